@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from snncc.files import atomic_write
+from snncc.files import Ours, atomic_write
 from snncc.frontends.digits import DEFAULT_MODELS, checkpoint, digits_for
 from snncc.frontends.zoo import build
 
@@ -53,7 +53,8 @@ def train(arch: str, epochs: int, seed: int, lr: float) -> float:
                   f"test accuracy {evaluate(model, xte, yte):.4f} ({time.time() - start:.0f} s)")
     acc = evaluate(model, xte, yte)
     path = checkpoint(arch)
-    atomic_write(path, lambda f: torch.save(model.state_dict(), f))
+    atomic_write(path, lambda f: torch.save(model.state_dict(), f),
+                 replaces=Ours("a checkpoint", lambda p: p.suffix == ".pt"))
     print(f"saved {path} (test accuracy {acc:.4f})")
     return acc
 

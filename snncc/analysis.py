@@ -185,7 +185,7 @@ def plot_report(report: EnergyReport, rates: dict[str, float], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .files import atomic_write
+    from .files import PNG, atomic_write
 
     fig, (a, b) = plt.subplots(2, 1, figsize=(max(8, 0.35 * len(report.layers)), 8))
     a.bar(range(len(rates)), list(rates.values()), color="tab:blue")
@@ -199,5 +199,5 @@ def plot_report(report: EnergyReport, rates: dict[str, float], path) -> None:
     b.set_ylabel("energy per sample (uJ)")
     b.set_title(f"energy per layer (red: MAC, green: AC); total {report.total_energy_uj:.3f} uJ")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), replaces=PNG)
     plt.close(fig)

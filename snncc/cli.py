@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -103,6 +106,8 @@ def compile(
     unknown = sorted(set(options) - tgt.options)
     if unknown:
         raise SnnccError(f"option(s) {unknown} do not apply to target '{target}'")
+    artifact_path = _artifact_path(tgt, out)
+    tgt.check_output(artifact_path)
     loaded = load_model(source, arch, trust=trust_checkpoint, T=T)
     pm = for_target(tgt.name, _split(passes), fixed_point=fixed_point,
                     calibrate=_calibration(calibrate), print_ir_after=set(print_ir_after),
@@ -117,7 +122,7 @@ def compile(
                              f"written: " + "; ".join(resources.violations))
     elif strict_hardware:
         raise SnnccError(f"target '{tgt.name}' has no hardware design rules to check")
-    path = tgt.emit(graph, _artifact_path(tgt, out), **options)
+    path = tgt.emit(graph, artifact_path, **options)
     _out(f"compiled {graph.name} ({len(graph)} nodes, {graph.param_count():,} parameters, "
          f"T={graph.meta.get('T')}) for target '{tgt.name}' -> {path}")
     if pm.passes:
@@ -155,7 +160,7 @@ def check(
 ):
     """Layer-by-layer parity of PyTorch, the simulator and a target on the same inputs."""
     from .errors import ParityError
-    from .files import atomic_write, load_array
+    from .files import JSON, atomic_write, load_array
     from .models import load_model
     from .parity import check_parity, random_inputs
 
@@ -168,7 +173,8 @@ def check(
                           calibrate=_calibration(calibrate))
     _out(report.format())
     if as_json:
-        atomic_write(as_json, lambda f: json.dump(report.to_dict(), f, indent=2), binary=False)
+        atomic_write(as_json, lambda f: json.dump(report.to_dict(), f, indent=2), binary=False,
+                     replaces=JSON)
     if report.min_agreement < min_agreement:
         raise ParityError(f"spike agreement {report.min_agreement:.6f} is below "
                           f"--min-agreement {min_agreement} (first divergent layer: "
@@ -191,7 +197,7 @@ def inspect(
 ):
     """Graph, parameters per node, firing rates, SOPs and energy (before and after the passes)."""
     from .analysis import energy_report, plot_report
-    from .files import atomic_write, load_array
+    from .files import JSON, atomic_write, load_array
     from .models import load_model
     from .parity import random_inputs
     from .pipeline import for_target
@@ -235,7 +241,8 @@ def inspect(
         doc = {"graph": g.name, "meta": g.meta, "nodes": rows, "total_parameters":
                g.param_count(), "firing_rates": rates, "energy": rep1.to_dict(),
                "energy_unoptimised": rep0.to_dict()}
-        atomic_write(as_json, lambda f: json.dump(doc, f, indent=2, default=str), binary=False)
+        atomic_write(as_json, lambda f: json.dump(doc, f, indent=2, default=str), binary=False,
+                     replaces=JSON)
 
 
 @app.command()
@@ -266,12 +273,14 @@ def demo(
     if arch not in DEFAULT_MODELS:
         raise SnnccError(f"--arch must be one of {list(DEFAULT_MODELS)}, got '{arch}'")
     tgt = get_target(target)
+    artifact_path = _artifact_path(tgt, out / target)
+    tgt.check_output(artifact_path)
     loaded = load_model(checkpoint(arch), arch)
     T = int(loaded.graph.meta["T"])
     _, (x, y) = digits_for(arch)
     x, y = x[:limit], y[:limit]
     compiled = for_target(tgt.name, log=lambda s: None).run(loaded.graph)
-    path = tgt.emit(compiled, _artifact_path(tgt, out / target))
+    path = tgt.emit(compiled, artifact_path)
     _out(f"compiled {arch} ({compiled.param_count():,} parameters, T={T}) for '{tgt.name}' -> "
          f"{path}")
 
@@ -348,14 +357,45 @@ def run(
     """Run a compiled artifact on inputs and write its outputs (.npy)."""
     import numpy as np
 
-    from .files import atomic_write, load_array
+    from .files import NPY, atomic_write, load_array
     from .targets import get_target, target_of
 
     tgt = get_target(target) if target else target_of(artifact)
     outputs, _ = tgt.run(artifact, load_array(inputs), T)
     (value,) = outputs.values() if len(outputs) == 1 else (np.stack(list(outputs.values())),)
-    atomic_write(out, lambda f: np.save(f, np.asarray(value)))
+    atomic_write(out, lambda f: np.save(f, np.asarray(value)), replaces=NPY)
     _out(f"ran {artifact} on target '{tgt.name}' -> {out} (shape {tuple(np.shape(value))})")
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that partial outputs are removed on the way out
+    (like Ctrl-C)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+@contextmanager
+def _signals(debug: bool):
+    """SIGTERM unwinds like Ctrl-C. Without --debug, errors Python reports while an interrupted
+    writer is torn down ("Exception ignored in ZipFile.__del__") are not shown: the one line
+    main() prints says what happened."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    hook = sys.unraisablehook
+    if not debug:
+        sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+INTERRUPTED = 130  # the shell's code for SIGINT
+TERMINATED = 143  # ... and for SIGTERM
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -364,13 +404,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     debug = "--debug" in argv
     cmd = typer.main.get_command(app)
     try:
-        cmd.main(args=argv, prog_name="snncc", standalone_mode=False)
-        return 0
+        with _signals(debug):
+            # typer turns Ctrl-C into Exit(130), which click returns in non-standalone mode
+            code = cmd.main(args=argv, prog_name="snncc", standalone_mode=False)
+        if code == INTERRUPTED:
+            typer.echo("snncc: interrupted; nothing partial was left at the output", err=True)
+        return code if isinstance(code, int) else 0
+    except _Terminated:
+        typer.echo("snncc: terminated; nothing partial was left at the output", err=True)
+        return TERMINATED
     except Exit as e:
         return e.exit_code
     except Abort:
         typer.echo("snncc: aborted", err=True)
-        return 130
+        return INTERRUPTED
     except TyperException as e:
         typer.echo(f"snncc: error: {e.format_message()}", err=True)
         return e.exit_code
@@ -380,8 +427,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         typer.echo(f"snncc: error: {' '.join(str(e).split())}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
-        typer.echo("snncc: interrupted", err=True)
-        return 130
+        typer.echo("snncc: interrupted; nothing partial was left at the output", err=True)
+        return INTERRUPTED
     except Exception as e:  # a bug: still one line, with a way to see more
         if debug:
             traceback.print_exc()

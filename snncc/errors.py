@@ -41,6 +41,10 @@ class FormatError(SnnccError):
     """A file (.snnir, checkpoint, .nir, inputs) is corrupt, truncated or of the wrong version."""
 
 
+class OutputError(SnnccError):
+    """An output path snncc must not or cannot write (a user's file, a full disk ...)."""
+
+
 class UnsupportedError(SnnccError):
     """A model contains an op or layer snncc (or the chosen target) cannot express."""
 

@@ -1,17 +1,37 @@
-"""Writing outputs atomically, and reading inputs a user hands to snncc without executing
-anything they contain."""
+"""Writing outputs atomically, never over a user's files, and reading inputs a user hands to
+snncc without executing anything they contain.
+
+Output rules (DESIGN.md, "Output paths"):
+
+- ``-o`` may replace only what snncc wrote: a file the caller's ``may_replace`` recognises
+  (a ``.snnir`` by its header, a ``.nir`` by snncc's metadata ...) or a directory holding the
+  :data:`MARKER` file that :func:`atomic_directory` writes, or an empty directory. Anything
+  else raises :class:`OutputError` and is left untouched.
+- A new output is built beside the target under a temporary name and swapped in: a file with
+  ``rename``, a directory with Linux ``renameat2(RENAME_EXCHANGE)``, so the old or the new
+  artifact is at the path at every instant, and concurrent writers each either win or fail
+  with one line.
+- Temporary names carry the writer's process id (``.NAME.snncc-tmp-PID-XXXX``); a later write
+  to the same path removes those whose process is gone (a writer killed with SIGKILL).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from .errors import FormatError
+from .errors import FormatError, OutputError
+
+MARKER = "snncc-artifact.json"
+_TMP = ".snncc-tmp-"
 
 
 def _umask() -> int:
@@ -20,40 +40,248 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable, binary: bool = True) -> Path:
-    """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place, so
-    ``path`` is either the old file or the complete new one, never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_TMP}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _alive(pid: int) -> bool:
     try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove temporaries of writes to ``path`` whose writer process no longer exists."""
+    removed = []
+    prefix = f".{path.name}{_TMP}"
+    try:
+        candidates = list(path.parent.iterdir()) if path.parent.is_dir() else []
+    except OSError:
+        return removed
+    for p in candidates:
+        if not p.name.startswith(prefix):
+            continue
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(p)
+            removed.append(p)
+    return removed
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _write_failed(path: Path, e: OSError) -> OutputError:
+    why = {errno.ENOSPC: "no space left on the device", errno.EACCES: "permission denied",
+           errno.EPERM: "permission denied", errno.EROFS: "read-only file system",
+           errno.EDQUOT: "disk quota exceeded", errno.ENAMETOOLONG: "file name too long"}
+    return OutputError(f"{path}: cannot write ({why.get(e.errno, e.strerror or str(e))}); "
+                       f"nothing was changed there")
+
+
+def _prepare_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{path}: a parent of the output path is a file") from None
+    except OSError as e:
+        raise _write_failed(path, e) from None
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: a parent of the output path is not a directory")
+    remove_stale_temporaries(path)
+
+
+# ---------------------------------------------------------------------------- swapping in
+_AT_FDCWD = -100
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+try:
+    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
+except (AttributeError, OSError):  # not Linux / glibc < 2.28
+    _renameat2 = None
+
+
+def _rename2(src: Path, dst: Path, flags: int) -> bool:
+    """``renameat2(src, dst, flags)``; False where the system or file system lacks it."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _swap_in_directory(tmp: Path, path: Path, check: Callable[[Path], None]) -> None:
+    """Move the complete directory ``tmp`` to ``path``; an existing ``path`` (which ``check``
+    accepts) is exchanged with it in one step and then removed."""
+    for _ in range(100):  # concurrent writers: each round either lands or sees a new state
+        if not os.path.lexists(path):
+            try:
+                if _rename2(tmp, path, _RENAME_NOREPLACE):
+                    return
+                os.rename(tmp, path)  # no renameat2: an empty directory here is replaced too
+                return
+            except FileExistsError:
+                continue
+            except OSError as e:
+                if e.errno != errno.ENOTEMPTY:
+                    raise
+                continue
+        check(path)
+        try:
+            exchanged = _rename2(tmp, path, _RENAME_EXCHANGE)
+        except FileNotFoundError:  # removed by someone else meanwhile: try again
+            continue
+        if not exchanged:  # without RENAME_EXCHANGE: two renames, the old copy kept aside
+            aside = _temp_name(path)
+            os.rename(path, aside)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                os.rename(aside, path)
+                raise
+            tmp = aside
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old artifact
+        return
+    raise OutputError(f"{path}: other writers keep replacing it; nothing was written")
+
+
+# ---------------------------------------------------------------------------- what is ours
+class Ours:
+    """Which existing file an output may replace: ``what`` for messages, ``test(path)``."""
+
+    def __init__(self, what: str, test: Callable[[Path], bool]):
+        self.what, self.test = what, test
+
+
+def _starts_with(magic: bytes) -> Callable[[Path], bool]:
+    def test(p: Path) -> bool:
+        try:
+            with open(p, "rb") as f:
+                return f.read(len(magic)) == magic
+        except OSError:
+            return False
+    return test
+
+
+def _is_json(p: Path) -> bool:
+    try:
+        json.loads(p.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+NPY = Ours("a .npy array", _starts_with(b"\x93NUMPY"))
+JSON = Ours("a JSON file", _is_json)
+PNG = Ours("a PNG image", _starts_with(b"\x89PNG\r\n\x1a\n"))
+TEXT = Ours("an IR listing", lambda p: p.suffix == ".txt")
+
+
+def _refuse_existing(path: Path, what: str) -> OutputError:
+    return OutputError(f"{path} exists and is not {what}; snncc replaces only its own "
+                       f"outputs: move it away or choose another output path")
+
+
+def _check_path_kind(path: Path) -> None:
+    if path.is_symlink():
+        raise OutputError(f"{path} is a symbolic link; give the real path as the output")
+
+
+def check_replaceable_file(path: Path, replaces: Ours | None) -> None:
+    """Refuse, leaving it untouched, an existing ``path`` that ``replaces`` does not
+    recognise."""
+    _check_path_kind(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; the output is a file")
+    if path.exists() and (replaces is None or not replaces.test(path)):
+        raise _refuse_existing(path, replaces.what if replaces else "an output of snncc")
+
+
+def atomic_write(path: str | Path, write: Callable, binary: bool = True, *,
+                 replaces: Ours | None = None) -> Path:
+    """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place, so
+    ``path`` is either the old file or the complete new one, never half-written. An existing
+    ``path`` is replaced only if ``replaces`` recognises it."""
+    path = Path(path)
+    check_replaceable_file(path, replaces)
+    _prepare_parent(path)
+    tmp = _temp_name(path)
+    try:
+        with open(tmp, "xb" if binary else "x") as f:
             write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_failed(path, e) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
 
-def atomic_directory(path: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Build a directory with ``fill(tmpdir)`` and move it into place as ``path`` in one step;
-    an existing ``path`` is replaced only once the new one is complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+def _directory_entries(path: Path) -> set[str]:
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual mode
+        return {p.name for p in path.iterdir()}
+    except OSError as e:
+        raise _write_failed(path, e) from None
+
+
+def check_replaceable_directory(path: Path, target: str = "") -> None:
+    """Refuse, leaving it untouched, an existing ``path`` that is not an empty directory or an
+    artifact directory snncc wrote holding nothing but what it wrote."""
+    _check_path_kind(path)
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise OutputError(f"{path} exists and is a file; the {target or 'artifact'} output is "
+                          f"a directory: move it away or choose another output path")
+    entries = _directory_entries(path)
+    if not entries:
+        return
+    if MARKER not in entries:
+        raise _refuse_existing(path, "an empty directory or an artifact directory of snncc")
+    try:
+        listed = set(json.loads((path / MARKER).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OutputError(f"{path}: its {MARKER} is unreadable; move the directory away or "
+                          f"choose another output path") from None
+    extra = sorted(entries - listed - {MARKER})
+    if extra:
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        raise OutputError(f"{path} holds files snncc did not write ({shown}); move them away "
+                          f"or choose another output path")
+
+
+def atomic_directory(path: str | Path, fill: Callable[[Path], None], target: str = "") -> Path:
+    """Build a directory with ``fill(tmpdir)``, mark it as snncc's (:data:`MARKER`) and swap
+    it in as ``path``: the old or the new directory is at ``path`` at every instant."""
+    path = Path(path)
+    check_replaceable_directory(path, target)
+    _prepare_parent(path)
+    tmp = _temp_name(path)
+    try:
+        tmp.mkdir(mode=0o777)
         fill(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        files = sorted(p.name for p in tmp.iterdir())
+        (tmp / MARKER).write_text(json.dumps({"format": "snncc-artifact", "version": 1,
+                                              "target": target, "files": files}, indent=1))
+        _swap_in_directory(tmp, path, lambda p: check_replaceable_directory(p, target))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_failed(path, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -98,13 +98,13 @@ class PassManager:
         if "all" in self.print_ir_after or name in self.print_ir_after:
             self.log(f"// ----- IR after {name} -----\n{graph.format()}")
         if self.dump_ir_dir is not None:
-            from .files import atomic_write
+            from .files import TEXT, atomic_write
             from .serialize import save
 
             stem = Path(self.dump_ir_dir) / f"{index:02d}-{name}"
             save(graph, stem.with_suffix(".snnir"))
             atomic_write(stem.with_suffix(".txt"), lambda f: f.write(graph.format() + "\n"),
-                         binary=False)
+                         binary=False, replaces=TEXT)
 
 
 def run_passes(graph: Graph, passes: list[str], **kw) -> Graph:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import ir
 from .errors import FormatError, IRError
-from .files import atomic_write
+from .files import Ours, atomic_write
 from .graph import Graph
 
 FORMAT = "snnir"
@@ -63,7 +63,18 @@ def save(graph: Graph, path: str | Path) -> Path:
     """Write ``graph`` to ``path`` atomically (a crash never leaves a half-written file)."""
     graph.verify(allow_dead=True)
     arrays = to_bytes_dict(graph)
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    return atomic_write(path, lambda f: np.savez(f, **arrays), replaces=SNNIR_FILE)
+
+
+def _is_snnir(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return f"{HEADER}.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+SNNIR_FILE = Ours("a .snnir file", _is_snnir)
 
 
 def load(path: str | Path) -> Graph:

@@ -32,6 +32,18 @@ class Target:
     runner: str = ""  # "module:function", fn(artifact, inputs, T) -> (outputs, traces)
     fixed_point: bool = False  # runs graphs quantized by quantize_for_loihi2 bit-exactly
     hardware_report: str = ""  # "module:function", fn(graph) -> report with .format()/.violations
+    replaces: str = ""  # file artifacts: "module:NAME" of the files.Ours an output may replace
+
+    def check_output(self, out: Path) -> None:
+        """Refuse, before any work, an output path that writing this artifact would clobber."""
+        from .files import check_replaceable_directory, check_replaceable_file
+
+        if not self.suffix:
+            check_replaceable_directory(Path(out), self.name)
+            return
+        mod, name = self.replaces.split(":") if self.replaces else ("", "")
+        check_replaceable_file(Path(out), getattr(importlib.import_module(mod), name)
+                               if mod else None)
 
     def resources(self, graph):
         """The target hardware's resource estimate and design-rule check, or None."""

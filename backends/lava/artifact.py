@@ -69,7 +69,7 @@ def emit(graph: Graph, out: str | Path) -> Path:
     """The lava target's emitter: lower ``graph`` (which must carry a current latency plan from
     ``balance_synaptic_latency``) and write the artifact directory ``out`` atomically."""
     net = lower(graph, require_plan(graph))
-    return atomic_directory(out, lambda d: write(net, graph, d))
+    return atomic_directory(out, lambda d: write(net, graph, d), target="lava")
 
 
 def load(directory: str | Path) -> LavaNet:

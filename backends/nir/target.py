@@ -15,6 +15,7 @@ TARGET = register_target(Target(
     default_passes=("eliminate_dead_nodes", "remove_identities", "fold_batchnorm_into_threshold"),
     emitter=f"{__package__}.writer:emit_nir",
     suffix=".nir",
+    replaces=f"{__package__}.writer:WRITTEN_BY_SNNCC",
     options=frozenset({"strict"}),
     runner=f"{__package__}.runner:run_nir",
 ))

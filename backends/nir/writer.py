@@ -31,7 +31,7 @@ import numpy as np
 from snncc import ir
 from snncc import neuron as nrn
 from snncc.errors import UnsupportedError
-from snncc.files import atomic_write
+from snncc.files import Ours, atomic_write
 from snncc.graph import Graph
 
 from .extensions import PATH, check_nir_types, encode, meta_array, nir_name
@@ -210,4 +210,18 @@ def emit_nir(graph: Graph, out, dt: float | None = None, strict: bool = False) -
     g = to_nir_graph(graph, dt, strict)
     buf = io.BytesIO()
     nir.write(buf, g)
-    return atomic_write(out, lambda f: f.write(buf.getvalue()))
+    return atomic_write(out, lambda f: f.write(buf.getvalue()), replaces=WRITTEN_BY_SNNCC)
+
+
+def _written_by_snncc(path: Path) -> bool:
+    """A ``.nir`` file this writer made: HDF5 with snncc's graph name in its metadata."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "snncc.name" in f.get("node/metadata", {})
+    except (OSError, ValueError):
+        return False
+
+
+WRITTEN_BY_SNNCC = Ours("a .nir file written by snncc", _written_by_snncc)

@@ -245,4 +245,4 @@ def emit_onnx(graph: Graph, out, T: int | None = None, dtype: str = "float32",
     def fill(tmp: Path) -> None:
         for fname, m in models.items():
             onnx.save_model(m, tmp / fname)
-    return atomic_directory(out, fill)
+    return atomic_directory(out, fill, target="onnx")

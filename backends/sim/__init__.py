@@ -14,6 +14,7 @@ TARGET = register_target(Target(
     default_passes=(),
     emitter="snncc.serialize:save",
     suffix=".snnir",
+    replaces="snncc.serialize:SNNIR_FILE",
     runner="snncc.simulator:run_snnir",
     fixed_point=True,
 ))
