@@ -26,8 +26,15 @@ _STATE = {"debug": False}
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors")):
+def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors"),
+          max_memory: Optional[str] = typer.Option(
+              None, "--max-memory", help="memory budget, e.g. 8G or 512M (default: half the "
+                                         "physical memory, or $SNNCC_MAX_MEMORY); inputs and "
+                                         "runs declaring more are refused before allocating")):
+    from .limits import set_max_memory
+
     _STATE["debug"] = debug
+    set_max_memory(max_memory)
 
 
 def _out(msg: str = "") -> None:
@@ -38,9 +45,47 @@ def _split(csv: Optional[str]) -> Optional[list[str]]:
     return None if csv is None else [p.strip() for p in csv.split(",") if p.strip()]
 
 
-SOURCE_HELP = "a .snnir or .nir file, or a checkpoint (.pt/.pth) with --arch"
-ARCH_HELP = "zoo architecture of the checkpoint (`snncc zoo` lists them)"
-TRUST_HELP = "allow the checkpoint to unpickle arbitrary Python objects (only for files you trust)"
+SOURCE_HELP = ("a .snnir or .nir file; a checkpoint (.pt/.pth) with --arch or --model; or a "
+               "whole-model pickle (torch.save(model)) with --trust-checkpoint")
+TRUST_HELP = ("allow the file to unpickle arbitrary Python objects, e.g. a whole pickled model: "
+              "this runs code from the file (only for files you trust)")
+# The ways to name the model a checkpoint belongs to, shared by compile, check and inspect.
+ARCH = typer.Option(None, "--arch", help="zoo architecture of the checkpoint (`snncc zoo` "
+                                         "lists them)")
+MODEL = typer.Option(None, "--model", help="your model's code: package.module:factory or "
+                                           "path/to/file.py:ClassName; snncc imports and runs "
+                                           "it to build the model, then loads the checkpoint's "
+                                           "state_dict into it")
+MODEL_ARGS = typer.Option(None, "--model-args", help="JSON object of keyword arguments for "
+                                                     "--model, e.g. '{\"num_classes\": 10}'")
+INPUT_SHAPE = typer.Option(None, "--input-shape", help="per-sample input shape, e.g. 3,32,32 "
+                                                       "(default: the model's own)")
+LAYOUT = typer.Option(None, "--layout", help="how the model takes its input: static ([B, ...] "
+                                             "image repeated over T), TB ([T, B, ...]) or BT; "
+                                             "default: tried in that order")
+TRUST = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP)
+
+
+def _shape(csv: Optional[str]) -> Optional[tuple[int, ...]]:
+    if csv is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in csv.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise SnnccError(f"--input-shape must be positive integers such as 3,32,32, got '{csv}'")
+    return shape
+
+
+def _loaded(source: str, arch, model, model_args, input_shape, layout, trust, T):
+    """What compile, check and inspect were pointed at, loaded (snncc.models.load_model)."""
+    from .models import load_model
+
+    if model_args is not None and model is None:
+        raise SnnccError("--model-args needs --model")
+    return load_model(source, arch, trust=trust, T=T, factory=model, factory_args=model_args,
+                      input_shape=_shape(input_shape), layout=layout)
 
 
 def _calibration(path: Optional[Path]):
@@ -49,31 +94,18 @@ def _calibration(path: Optional[Path]):
     return None if path is None else load_array(path)
 
 
-def _print_quantization(graph) -> None:
-    """The summary of quantize_for_loihi2's report, if it ran."""
-    q = graph.meta.get("reports", {}).get("quantize_for_loihi2")
-    if not q:
-        return
-    _out(f"quantized for Loihi 2: spike agreement with the float network "
-         f"{q['spike_agreement']:.4f} (lowest layer {q['min_spike_agreement']:.4f}), output "
-         f"argmax agreement {q['output_argmax_agreement']}, on {q['calibration']['inputs']} "
-         f"calibration inputs")
-    for w in q["warnings"]:
-        _out(f"warning: {w}")
-
-
-def _artifact_path(target, out: Path) -> Path:
-    if target.suffix and out.suffix != target.suffix:
-        return out / f"model{target.suffix}"
-    return out
-
-
 @app.command()
 def compile(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     target: str = typer.Option("sim", "--target", "-t", help="sim, nir, onnx or lava"),
-    out: Path = typer.Option(..., "--out", "-o", help="artifact file or directory"),
-    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="artifact file or directory (an existing "
+                                                      "one must be an earlier artifact of "
+                                                      "snncc or empty)"),
+    arch: Optional[str] = ARCH,
+    model: Optional[str] = MODEL,
+    model_args: Optional[str] = MODEL_ARGS,
+    input_shape: Optional[str] = INPUT_SHAPE,
+    layout: Optional[str] = LAYOUT,
     passes: Optional[str] = typer.Option(None, "--passes",
                                          help="comma-separated pipeline replacing the target's "
                                               "default (`snncc passes` lists them)"),
@@ -82,8 +114,8 @@ def compile(
                                                   "name or 'all'); repeatable"),
     dump_ir: Optional[Path] = typer.Option(None, "--dump-ir", help="write the IR after every "
                                                                    "pass into this directory"),
-    T: Optional[int] = typer.Option(None, "--T", help="time steps (default: the model's)"),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
+    T: Optional[int] = typer.Option(None, "--T", min=1, help="time steps (default: the model's)"),
+    trust_checkpoint: bool = TRUST,
     strict_nir: bool = typer.Option(False, "--strict-nir",
                                     help="nir: refuse graphs that need snncc extension nodes"),
     fixed_point: bool = typer.Option(False, "--fixed-point",
@@ -97,49 +129,32 @@ def compile(
                                               "hardware's design-rule check finds violations"),
 ):
     """Compile a model into a target artifact."""
-    from .models import load_model
-    from .pipeline import for_target
+    from . import api
     from .targets import get_target
 
-    tgt = get_target(target)
-    options = {k: v for k, v in {"strict": strict_nir}.items() if v}
-    unknown = sorted(set(options) - tgt.options)
-    if unknown:
-        raise SnnccError(f"option(s) {unknown} do not apply to target '{target}'")
-    artifact_path = _artifact_path(tgt, out)
-    tgt.check_output(artifact_path)
-    loaded = load_model(source, arch, trust=trust_checkpoint, T=T)
-    pm = for_target(tgt.name, _split(passes), fixed_point=fixed_point,
-                    calibrate=_calibration(calibrate), print_ir_after=set(print_ir_after),
-                    dump_ir_dir=dump_ir, log=_out)
-    graph = pm.run(loaded.graph)
-    _print_quantization(graph)
-    resources = tgt.resources(graph)
-    if resources is not None:
-        _out(resources.format())
-        if strict_hardware and resources.violations:
-            raise SnnccError(f"{len(resources.violations)} design-rule violation(s), nothing "
-                             f"written: " + "; ".join(resources.violations))
-    elif strict_hardware:
-        raise SnnccError(f"target '{tgt.name}' has no hardware design rules to check")
-    path = tgt.emit(graph, artifact_path, **options)
-    _out(f"compiled {graph.name} ({len(graph)} nodes, {graph.param_count():,} parameters, "
-         f"T={graph.meta.get('T')}) for target '{tgt.name}' -> {path}")
-    if pm.passes:
-        _out(f"passes: {', '.join(pm.passes)}")
+    get_target(target).check_output(api.artifact_path(get_target(target), out))
+    loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T)
+    api.compile(loaded.graph, target=target, out=out, passes=_split(passes),
+                fixed_point=fixed_point, calibrate=_calibration(calibrate),
+                strict_nir=strict_nir, strict_hardware=strict_hardware,
+                print_ir_after=set(print_ir_after), dump_ir=dump_ir, log=_out)
 
 
 @app.command()
 def check(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     target: str = typer.Option("sim", "--target", "-t", help="sim, nir, onnx or lava"),
-    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    arch: Optional[str] = ARCH,
+    model: Optional[str] = MODEL,
+    model_args: Optional[str] = MODEL_ARGS,
+    input_shape: Optional[str] = INPUT_SHAPE,
+    layout: Optional[str] = LAYOUT,
     inputs: Optional[Path] = typer.Option(None, "--inputs",
                                             help=".npy inputs in the IR layout: [B, ...] for "
                                                  "a static image, [T, B, ...] for sequences "
                                                  "(default: random)"),
     labels: Optional[Path] = typer.Option(None, "--labels", help=".npy labels: report accuracy"),
-    T: Optional[int] = typer.Option(None, "--T", help="time steps (default: the model's)"),
+    T: Optional[int] = typer.Option(None, "--T", min=1, help="time steps (default: the model's)"),
     batch: int = typer.Option(4, "--batch", help="batch of random inputs"),
     seed: int = typer.Option(0, "--seed", help="seed of random inputs"),
     dtype: str = typer.Option("float64", "--dtype", help="float64 or float32"),
@@ -156,21 +171,18 @@ def check(
                                           "quantization (simulator and target)"),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate",
                                              help="--fixed-point: .npy calibration inputs"),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
+    trust_checkpoint: bool = TRUST,
 ):
     """Layer-by-layer parity of PyTorch, the simulator and a target on the same inputs."""
+    from . import api
     from .errors import ParityError
     from .files import JSON, atomic_write, load_array
-    from .models import load_model
-    from .parity import check_parity, random_inputs
 
-    loaded = load_model(source, arch, trust=trust_checkpoint, T=T)
-    steps = int(T or loaded.graph.meta.get("T", 4))
-    x = load_array(inputs) if inputs else random_inputs(loaded.graph, batch, steps, seed)
-    y = load_array(labels) if labels else None
-    report = check_parity(loaded, target, x, T=steps, labels=y, passes=_split(passes),
-                          dtype=dtype, artifact=artifact, fixed_point=fixed_point,
-                          calibrate=_calibration(calibrate))
+    loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T)
+    report = api.check(loaded, target=target, T=T, inputs=load_array(inputs) if inputs else None,
+                       labels=load_array(labels) if labels else None, batch=batch, seed=seed,
+                       dtype=dtype, passes=_split(passes), artifact=artifact,
+                       fixed_point=fixed_point, calibrate=_calibration(calibrate))
     _out(report.format())
     if as_json:
         atomic_write(as_json, lambda f: json.dump(report.to_dict(), f, indent=2), binary=False,
@@ -184,26 +196,29 @@ def check(
 @app.command()
 def inspect(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    arch: Optional[str] = ARCH,
+    model: Optional[str] = MODEL,
+    model_args: Optional[str] = MODEL_ARGS,
+    input_shape: Optional[str] = INPUT_SHAPE,
+    layout: Optional[str] = LAYOUT,
     inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npy inputs for firing rates "
                                                                  "(default: random)"),
-    T: Optional[int] = typer.Option(None, "--T", help="time steps (default: the model's)"),
+    T: Optional[int] = typer.Option(None, "--T", min=1, help="time steps (default: the model's)"),
     batch: int = typer.Option(4, "--batch", help="batch of random inputs"),
     seed: int = typer.Option(0, "--seed", help="seed of random inputs"),
     as_json: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="draw firing rate and energy per "
                                                              "layer into this PNG"),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
+    trust_checkpoint: bool = TRUST,
 ):
     """Graph, parameters per node, firing rates, SOPs and energy (before and after the passes)."""
     from .analysis import energy_report, plot_report
     from .files import JSON, atomic_write, load_array
-    from .models import load_model
     from .parity import random_inputs
     from .pipeline import for_target
     from .simulator import simulate
 
-    g = load_model(source, arch, trust=trust_checkpoint, T=T).graph
+    g = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T).graph
     _out(g.format())
     _out("")
     _out(f"{'node':<40} {'op':<20} {'shape':<18} {'parameters':>12}")
@@ -265,6 +280,7 @@ def demo(
     from snncc.frontends.digits import DEFAULT_MODELS, checkpoint, digits_for
 
     from .analysis import energy_report, plot_report
+    from . import api
     from .models import load_model
     from .pipeline import for_target
     from .simulator import simulate
@@ -273,7 +289,7 @@ def demo(
     if arch not in DEFAULT_MODELS:
         raise SnnccError(f"--arch must be one of {list(DEFAULT_MODELS)}, got '{arch}'")
     tgt = get_target(target)
-    artifact_path = _artifact_path(tgt, out / target)
+    artifact_path = api.artifact_path(tgt, out / target)
     tgt.check_output(artifact_path)
     loaded = load_model(checkpoint(arch), arch)
     T = int(loaded.graph.meta["T"])
@@ -352,14 +368,15 @@ def run(
     out: Path = typer.Option(Path("outputs.npy"), "--out", "-o", help="where to write outputs"),
     target: str = typer.Option("", "--target", help="artifact's target (default: told by "
                                                      "the artifact)"),
-    T: Optional[int] = typer.Option(None, "--T", help="time steps (default: the artifact's)"),
+    T: Optional[int] = typer.Option(None, "--T", min=1, help="time steps (default: the artifact's)"),
 ):
     """Run a compiled artifact on inputs and write its outputs (.npy)."""
     import numpy as np
 
-    from .files import NPY, atomic_write, load_array
+    from .files import NPY, atomic_write, check_replaceable_file, load_array
     from .targets import get_target, target_of
 
+    check_replaceable_file(out, NPY)
     tgt = get_target(target) if target else target_of(artifact)
     outputs, _ = tgt.run(artifact, load_array(inputs), T)
     (value,) = outputs.values() if len(outputs) == 1 else (np.stack(list(outputs.values())),)

@@ -4,6 +4,7 @@ same inputs. Neuron layers are matched by module path (PyTorch) and node name (I
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from . import ir
+from .errors import FormatError
 from .graph import Graph
+from .limits import nbytes, positive_int, require_fits
 from .models import LoadedModel
 from .simulator import simulate
 
@@ -58,6 +61,9 @@ class ParityReport:
     def to_dict(self) -> dict:
         return {**asdict(self), "min_agreement": self.min_agreement}
 
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
     def format(self) -> str:
         head = (f"parity: {self.reference} vs simulator vs {self.target}  "
                 f"(T={self.T}, batch={self.batch}, {self.dtype})")
@@ -85,8 +91,11 @@ def random_inputs(graph: Graph, batch: int, T: int, seed: int) -> np.ndarray:
     """Inputs for the graph's single Input: N(0, 1) for real inputs, Bernoulli(0.3) for spikes;
     ``[B, ...]`` for a static input, ``[T, B, ...]`` for a sequence."""
     (inp,) = graph.inputs
-    rng = np.random.default_rng(seed)
+    batch = positive_int(batch, "the batch of random inputs (--batch)")
+    T = positive_int(T, "T (time steps)")
     shape = ((batch,) if inp.static else (T, batch)) + inp.input_shape
+    require_fits(nbytes(shape) * 2, f"random inputs of shape {shape}")
+    rng = np.random.default_rng(seed)
     if inp.input_kind is ir.Kind.SPIKE:
         return (rng.random(shape) < 0.3).astype(np.float64)
     return rng.normal(0.0, 1.0, shape)
@@ -94,15 +103,23 @@ def random_inputs(graph: Graph, batch: int, T: int, seed: int) -> np.ndarray:
 
 def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str):
     """Run the PyTorch model on ``x`` recording every neuron module named by a Neuron node's
-    path; returns (output, {node name: spikes [T, B, ...]})."""
+    path; returns (output, {node name: spikes [T, B, ...]}). The model is run in ``dtype`` and
+    eval mode and given back in the dtype and mode it came in (both conversions are exact for
+    float32 <-> float64). A neuron returning ``(spikes, state)`` is recorded by its spikes."""
     import torch
 
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
+    before = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    modes = [(m, m.training) for m in model.modules()]
     model = model.to(tdtype).eval()
     by_path = {n.path: n for n in graph.of_type(ir.Neuron) if n.path}
     records: dict[str, list] = {p: [] for p in by_path}
+
+    def record(p, out):
+        records[p].append((out[0] if isinstance(out, (tuple, list)) else out).detach())
+
     hooks = [model.get_submodule(p).register_forward_hook(
-        lambda m, a, out, p=p: records[p].append(out.detach())) for p in by_path]
+        lambda m, a, out, p=p: record(p, out)) for p in by_path]
     try:
         xt = torch.as_tensor(to_torch_layout(graph, x), dtype=tdtype)
         with torch.no_grad():
@@ -110,6 +127,10 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str):
     finally:
         for h in hooks:
             h.remove()
+        if before is not None:
+            model.to(before)
+        for m, training in modes:
+            m.train(training)
     traces = {}
     for p, outs in records.items():
         node = by_path[p]
@@ -150,6 +171,24 @@ def _cosine(ref: dict, other: dict, names: list[str]) -> float:
     return float(a @ b / den) if den else float(np.array_equal(a, b))
 
 
+def check_labels(labels, batch: int, classes: int, what: str = "labels") -> np.ndarray:
+    """Labels for a batch: one whole number in [0, classes) per sample (any array shape with
+    ``batch`` elements); anything else is refused naming the first offending value."""
+    a = np.asarray(labels)
+    if a.dtype.kind not in "biuf":
+        raise FormatError(f"{what}: dtype {a.dtype} is not a class index")
+    a = a.ravel()
+    if a.size != batch:
+        raise FormatError(f"{what}: {a.size} label(s) for a batch of {batch} input(s)")
+    bad = np.flatnonzero(~np.isfinite(a) | (a != np.round(a)) | (a < 0) | (a >= classes)) \
+        if a.dtype.kind == "f" else np.flatnonzero((a < 0) | (a >= classes))
+    if bad.size:
+        i = int(bad[0])
+        raise FormatError(f"{what}: label {a[i]!r} at index {i} is not a class index in "
+                          f"[0, {classes}) ({bad.size} such label(s))")
+    return a.astype(np.int64)
+
+
 def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int,
                  labels: np.ndarray | None = None, passes: list[str] | None = None,
                  dtype: str = "float64", workdir: Path | None = None,
@@ -166,6 +205,9 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
     compiled = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
                           log=lambda s: None).run(loaded.graph)
     sim = simulate(compiled, x, T, dtype=dtype, record=True)
+    if labels is not None:
+        classes = int(loaded.graph.outputs[0].shape[-1]) if loaded.graph.outputs[0].shape else 1
+        labels = check_labels(labels, x_batch(loaded.graph, x), classes)
     if loaded.torch_model is not None:
         reference = "pytorch"
         ref_out, ref = torch_neuron_traces(loaded.torch_model, loaded.graph, x, dtype)

@@ -1,0 +1,223 @@
+"""Models outside the zoo: a user's ``nn.Module`` from a whole-model pickle or from their own
+code plus a state_dict, and the example input its trace needs.
+
+- A whole-model pickle (``torch.save(model)``) runs code when it is unpickled, so it is loaded
+  only with ``trust=True`` (``--trust-checkpoint``).
+- ``--model package.module:factory`` or ``--model path/to/file.py:ClassName`` imports and runs
+  that code to build the model (``--model-args`` are its keyword arguments); the state_dict is
+  then loaded safely and strictly, every mismatch listed.
+- The input layout is ``static`` (one image ``[B, ...]`` the model repeats over T), ``TB`` (a
+  sequence ``[T, B, ...]``) or ``BT`` (``[B, T, ...]``, DVS); where the caller does not name it,
+  :func:`layouts_to_try` says which readings of the input are possible, most likely first.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from snncc.errors import CheckpointError, FormatError, SnnccError
+
+from .checkpoint import _NEEDS_CODE, _load, load_into
+
+LAYOUTS = ("static", "TB", "BT")
+
+
+def load_pickled_model(path: str | Path, trust: bool) -> nn.Module:
+    """The ``nn.Module`` a ``torch.save(model)`` file holds; refused without ``trust``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file")
+    try:
+        obj = _load(path, trust)
+    except CheckpointError as e:
+        if _NEEDS_CODE.search(str(e)) or "pickled" in str(e):
+            raise CheckpointError(
+                f"{path}: holds a pickled model (torch.save(model)); loading it runs code from "
+                "the file, so pass --trust-checkpoint if you trust it, or save "
+                "model.state_dict() and pass --model package.module:factory") from None
+        raise
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a state_dict, not a model: name its architecture "
+                              "with --arch (`snncc zoo`) or your code with --model "
+                              "package.module:factory (or path/to/file.py:ClassName)")
+    raise FormatError(f"{path}: holds a {type(obj).__name__}, neither a model nor a state_dict")
+
+
+def import_factory(spec: str):
+    """``package.module:attr`` or ``path/to/file.py:attr`` -> that object (imported, so the
+    module's code runs)."""
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise SnnccError(f"--model '{spec}': expected package.module:factory or "
+                         "path/to/file.py:ClassName")
+    if where.endswith(".py"):
+        file = Path(where)
+        if not file.is_file():
+            raise FormatError(f"--model '{spec}': {file}: no such file")
+        name = f"snncc_user_model_{abs(hash(str(file.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # dataclasses and pickling look modules up by name
+        sys.path.insert(0, str(file.resolve().parent))  # its sibling imports
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:
+            sys.modules.pop(name, None)
+            raise SnnccError(f"--model '{spec}': importing {file} failed: "
+                             f"{type(e).__name__}: {e}") from None
+        finally:
+            sys.path.remove(str(file.resolve().parent))
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as e:
+            raise SnnccError(f"--model '{spec}': cannot import '{where}': "
+                             f"{type(e).__name__}: {e}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise SnnccError(f"--model '{spec}': '{where}' has no attribute '{attr}'") from None
+
+
+def build_model(spec: str, args: str | Mapping | None = None) -> nn.Module:
+    """Call the factory ``spec`` names with the keyword arguments ``args`` (JSON or a dict)."""
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError as e:
+            raise SnnccError(f"--model-args: not JSON ({e})") from None
+    if args is not None and not isinstance(args, Mapping):
+        raise SnnccError("--model-args: expected a JSON object of keyword arguments")
+    factory = import_factory(spec)
+    try:
+        model = factory(**dict(args or {}))
+    except Exception as e:
+        raise SnnccError(f"--model '{spec}': building the model failed: "
+                         f"{type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise SnnccError(f"--model '{spec}' returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path, name: str, trust: bool = False) -> nn.Module:
+    """Load the state_dict in ``path`` into ``model`` strictly (every mismatch listed)."""
+    from .checkpoint import load_state_dict
+
+    return load_into(model, load_state_dict(path, trust), name)
+
+
+def declared_T(model: nn.Module) -> int | None:
+    """The number of time steps a model declares (spikingjelly's and the zoo's ``model.T``)."""
+    T = getattr(model, "T", None)
+    return int(T) if isinstance(T, int) and not isinstance(T, bool) and T > 0 else None
+
+
+def declared_input_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """A per-sample input shape the model declares as ``model.input_shape``."""
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, (tuple, list)) and shape and all(isinstance(d, int) for d in shape):
+        return tuple(shape)
+    return None
+
+
+def layouts_to_try(x: torch.Tensor, T: int) -> list[str]:
+    """The readings of an example input the tracer can tell apart, most likely first: a first
+    axis of length T is time (the batch must differ from T); a second axis of length T may be
+    time (``[B, T, ...]``) or a channel axis of a static image."""
+    if x.dim() >= 3 and x.shape[0] == T:
+        return ["TB"]
+    if x.dim() >= 3 and x.shape[1] == T:
+        return ["static", "BT"]
+    return ["static"]
+
+
+def example_for(input_shape: tuple[int, ...], T: int, layout: str, spikes: bool = False,
+                dtype=torch.float64) -> torch.Tensor:
+    """A random example input of ``layout`` for a per-sample ``input_shape``."""
+    batch = 3 if T == 2 else 2  # the tracer tells time and batch axes apart by their sizes
+    lead = {"static": (batch,), "TB": (T, batch), "BT": (batch, T)}[layout]
+    gen = torch.Generator().manual_seed(0)
+    if spikes:
+        return (torch.rand((*lead, *input_shape), generator=gen) < 0.3).to(dtype)
+    return torch.randn((*lead, *input_shape), generator=gen, dtype=dtype)
+
+
+def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
+                     layout: str | None = None, input_shape=None, name: str = "model"):
+    """Trace a user's model into an IR graph. ``example``: an input batch; without one, a
+    random batch of ``input_shape`` (or the model's declared ``input_shape``). ``T``: the time
+    steps (default: the model's ``T``, or the length of a sequence example). ``layout``:
+    'static', 'TB' or 'BT'; when not given, each possible reading is tried, most likely first."""
+    from .tracer import trace
+
+    if layout is not None and layout not in LAYOUTS:
+        raise SnnccError(f"layout must be one of {list(LAYOUTS)}, got '{layout}'")
+    T = T if T is not None else declared_T(model)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if example is None:
+        shape = tuple(input_shape) if input_shape else declared_input_shape(model)
+        if shape is None:
+            raise SnnccError("the model declares no input shape: give an example input or the "
+                             "per-sample input shape (input_shape=(C, H, W), --input-shape C,H,W)")
+        if T is None:
+            raise SnnccError("the model declares no number of time steps (model.T): set T "
+                             "(--T)")
+        candidates = [layout] if layout else ["static", "TB"]
+        examples = {c: example_for(shape, T, c, dtype=dtype) for c in candidates}
+    else:
+        x = torch.as_tensor(example)
+        x = x.to(dtype) if x.is_floating_point() or x.dtype == torch.bool else x
+        if T is None:
+            if layout not in ("TB", "BT"):
+                raise SnnccError("the model declares no number of time steps (model.T): set T "
+                                 "(--T)")
+            T = x.shape[0 if layout == "TB" else 1]
+        candidates = [layout] if layout else layouts_to_try(x, T)
+        examples = {c: x for c in candidates}
+    if T < 1:
+        raise SnnccError(f"T must be at least 1, got {T}")
+    failures = []
+    for c in candidates:
+        try:
+            graph = trace(model, examples[c], T=T, static=c == "static", name=name)
+        except (SnnccError, ValueError, RuntimeError, TypeError, IndexError) as e:
+            failures.append((c, e))
+            continue
+        if c != "static" and graph.meta.get("input_layout") != c:
+            failures.append((c, SnnccError(f"the example reads as {graph.meta.get('input_layout')}"
+                                           f", not {c}")))
+            continue
+        graph.meta["input_layout"] = c
+        return graph
+    raise _trace_failure(failures, examples, explicit=layout is not None)
+
+
+_READINGS = {"static": "a static [B, ...] image the model repeats over T",
+             "TB": "a [T, B, ...] sequence", "BT": "a [B, T, ...] sequence"}
+
+
+def _trace_failure(failures, examples, explicit: bool) -> SnnccError:
+    """The first reading's error (the most likely one), saying how the input was read and which
+    argument changes that."""
+    layout, err = failures[0]
+    shape = tuple(examples[layout].shape)
+    how = f"input {shape} read as {_READINGS[layout]}"
+    hint = "" if explicit else (
+        "; tried " + ", ".join(c for c, _ in failures) + " (set layout= / --layout to one of "
+        "static, TB, BT, and T= / --T, if the input means something else)")
+    if isinstance(err, SnnccError):
+        err.message = f"{err.message} ({how}{hint})"
+        return err
+    text = " ".join(str(err).split())
+    return SnnccError(f"running the model on the example input failed: {type(err).__name__}: "
+                      f"{text} ({how}{hint})")

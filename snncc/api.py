@@ -1,0 +1,183 @@
+"""snncc's public Python API (``import snncc``), the same jobs as the CLI::
+
+    graph  = snncc.trace(model, example_input, T=4)                  # IR graph
+    path   = snncc.compile(model, example_input, target="lava", out="out/", T=4)
+    report = snncc.check(model, example_input, target="onnx", T=4)   # ParityReport
+    y      = snncc.run(path, inputs)
+
+``model`` is a spiking ``nn.Module`` (snncc's zoo, spikingjelly, snntorch, norse ...), an IR
+:class:`~snncc.graph.Graph`, or a path: a ``.snnir`` / ``.nir`` file, a zoo checkpoint with
+``arch=``, a whole-model pickle with ``trust_checkpoint=True``.
+
+The example input's layout is inferred where it can be: a first axis of length T is time
+(``[T, B, ...]``); otherwise the input is one static image batch ``[B, ...]`` that the model
+repeats over T (or, failing that, ``[B, T, ...]``). ``layout='static' | 'TB' | 'BT'`` says it
+outright. Without an example input, ``input_shape=(C, H, W)`` (or the model's declared
+``input_shape``) gives a random one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SnnccError
+from .graph import Graph
+from .models import LoadedModel, load_model
+
+
+def _quiet(message: str) -> None:
+    """The default log: the API prints nothing; the CLI passes its own."""
+
+
+def load(model, example_input=None, *, T: int | None = None, layout: str | None = None,
+         input_shape=None, arch: str | None = None, trust_checkpoint: bool = False,
+         name: str | None = None) -> LoadedModel:
+    """``model`` (module, graph or path) as a graph plus, where there is one, the PyTorch
+    model it came from."""
+    if isinstance(model, LoadedModel):
+        if T is not None:
+            model.graph.meta["T"] = int(T)
+        return model
+    if isinstance(model, Graph):
+        graph = model.copy()
+        if T is not None:
+            graph.meta["T"] = int(T)
+        return LoadedModel(graph)
+    if isinstance(model, (str, Path)):
+        return load_model(model, arch, trust=trust_checkpoint, T=T, input_shape=input_shape,
+                          layout=layout)
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise SnnccError(f"model must be an nn.Module, an snncc Graph or a path, got "
+                         f"{type(model).__name__}")
+    from snncc.frontends.user_model import trace_user_model
+
+    graph = trace_user_model(model, example_input, T=T, layout=layout, input_shape=input_shape,
+                             name=name or type(model).__name__)
+    return LoadedModel(graph, model)
+
+
+def trace(model, example_input=None, *, T: int | None = None, layout: str | None = None,
+          input_shape=None, name: str | None = None, **load_options) -> Graph:
+    """The IR graph of ``model`` (verified; before any pass)."""
+    return load(model, example_input, T=T, layout=layout, input_shape=input_shape, name=name,
+                **load_options).graph
+
+
+def artifact_path(target, out: str | Path) -> Path:
+    """Where a target's artifact goes for ``out``: a file target's ``out`` without its suffix
+    is a directory that receives ``model<suffix>``."""
+    out = Path(out)
+    if target.suffix and out.suffix != target.suffix:
+        return out / f"model{target.suffix}"
+    return out
+
+
+def _summarise_quantization(graph: Graph, log: Callable[[str], None]) -> None:
+    q = graph.meta.get("reports", {}).get("quantize_for_loihi2")
+    if not q:
+        return
+    log(f"quantized for Loihi 2: spike agreement with the float network "
+        f"{q['spike_agreement']:.4f} (lowest layer {q['min_spike_agreement']:.4f}), output "
+        f"argmax agreement {q['output_argmax_agreement']}, on {q['calibration']['inputs']} "
+        f"calibration inputs")
+    for w in q["warnings"]:
+        log(f"warning: {w}")
+
+
+def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
+            T: int | None = None, layout: str | None = None, input_shape=None,
+            passes: list[str] | None = None, fixed_point: bool = False, calibrate=None,
+            strict_nir: bool = False, strict_hardware: bool = False,
+            print_ir_after: set[str] | frozenset = frozenset(), dump_ir: str | Path | None = None,
+            log: Callable[[str], None] = _quiet, **load_options) -> Path:
+    """Compile ``model`` for ``target`` ('sim', 'onnx', 'nir', 'lava') into ``out`` and return
+    the artifact's path. ``out`` may hold only an earlier artifact of snncc or nothing (see
+    :mod:`snncc.files`); it is checked before any work."""
+    from .pipeline import for_target
+    from .targets import get_target
+
+    tgt = get_target(target)
+    options = {"strict": True} if strict_nir else {}
+    unknown = sorted(set(options) - tgt.options)
+    if unknown:
+        raise SnnccError(f"option(s) {unknown} do not apply to target '{target}'")
+    path = artifact_path(tgt, out)
+    tgt.check_output(path)
+    loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
+                  **load_options)
+    pm = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
+                    print_ir_after=set(print_ir_after), dump_ir_dir=dump_ir, log=log)
+    graph = pm.run(loaded.graph)
+    _summarise_quantization(graph, log)
+    resources = tgt.resources(graph)
+    if resources is not None:
+        log(resources.format())
+        if strict_hardware and resources.violations:
+            raise SnnccError(f"{len(resources.violations)} design-rule violation(s), nothing "
+                             f"written: " + "; ".join(resources.violations))
+    elif strict_hardware:
+        raise SnnccError(f"target '{tgt.name}' has no hardware design rules to check")
+    written = tgt.emit(graph, path, **options)
+    log(f"compiled {graph.name} ({len(graph)} nodes, {graph.param_count():,} parameters, "
+        f"T={graph.meta.get('T')}) for target '{tgt.name}' -> {written}")
+    if pm.passes:
+        log(f"passes: {', '.join(pm.passes)}")
+    return written
+
+
+def to_ir_layout(graph: Graph, x) -> np.ndarray:
+    """An input batch in the model's own layout as the IR takes it (``[B, T, ...]`` ->
+    ``[T, B, ...]``)."""
+    x = _numpy(x)
+    if not graph.inputs[0].static and graph.meta.get("input_layout") == "BT":
+        return np.swapaxes(x, 0, 1)
+    return x
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def check(model, example_input=None, *, target: str = "sim", T: int | None = None,
+          layout: str | None = None, input_shape=None, inputs=None, labels=None,
+          batch: int = 4, seed: int = 0, dtype: str = "float64",
+          passes: list[str] | None = None, artifact: str | Path | None = None,
+          fixed_point: bool = False, calibrate=None, **load_options):
+    """Layer-by-layer spike parity of the PyTorch model (or, for a graph or file, the
+    simulator on the uncompiled graph) against the simulator and ``target`` on the same inputs:
+    ``inputs`` in the IR layout (``[B, ...]`` static, ``[T, B, ...]`` sequences), else the
+    example input, else ``batch`` random inputs. Returns a
+    :class:`~snncc.parity.ParityReport` (``min_agreement``, ``layers``, ``to_json()``)."""
+    from .parity import check_parity, random_inputs
+
+    loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
+                  **load_options)
+    steps = int(T or loaded.graph.meta.get("T", 4))
+    if inputs is not None:
+        x = _numpy(inputs)
+    elif example_input is not None:
+        x = to_ir_layout(loaded.graph, example_input)
+    else:
+        x = random_inputs(loaded.graph, batch, steps, seed)
+    return check_parity(loaded, target, x.astype(np.float64), T=steps,
+                        labels=None if labels is None else _numpy(labels), passes=passes,
+                        dtype=dtype, artifact=None if artifact is None else Path(artifact),
+                        fixed_point=fixed_point, calibrate=calibrate)
+
+
+def run(artifact: str | Path, inputs, *, target: str | None = None, T: int | None = None):
+    """Run an artifact written by :func:`compile` on ``inputs`` (IR layout); returns the output
+    array (a dict by output name when the model has several)."""
+    from .targets import get_target, target_of
+
+    artifact = Path(artifact)
+    tgt = get_target(target) if target else target_of(artifact)
+    outputs, _ = tgt.run(artifact, _numpy(inputs), T)
+    return next(iter(outputs.values())) if len(outputs) == 1 else outputs

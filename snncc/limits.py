@@ -1,0 +1,163 @@
+"""How much memory snncc may use, and checks of declared sizes against it.
+
+Every reader and runner estimates what a file or a run *declares* it needs (tensor shapes x
+dtype, T x batch x nodes, delay FIFOs, archive members) and calls :func:`require_fits` before
+allocating it, so a small file that declares gigabytes is refused in one line instead of
+exhausting the machine.
+
+The budget is, in order: what :func:`set_max_memory` set (the CLI's ``--max-memory``), the
+environment variable ``SNNCC_MAX_MEMORY``, else half of the physical memory (or of the
+cgroup's limit, when that is lower). Sizes are written like ``8G``, ``512M``, ``1.5G`` or a
+plain number of bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+
+import numpy as np
+
+from .errors import FormatError, SnnccError
+
+DEFAULT_FRACTION = 0.5  # of physical memory
+ENV = "SNNCC_MAX_MEMORY"
+OVERRIDE = "raise the budget with --max-memory SIZE (e.g. --max-memory 32G) or SNNCC_MAX_MEMORY"
+
+_UNITS = {"": 1, "B": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+_budget: int | None = None
+
+
+class ResourceError(SnnccError):
+    """What a file or a run declares it needs does not fit the memory budget (or is
+    implausible for the file's size)."""
+
+
+def parse_size(text: str | int | float) -> int:
+    """``8G`` / ``512M`` / ``1.5g`` / ``1000000`` (bytes) / ``4GiB`` -> bytes."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*",
+                         str(text))
+        if m is None:
+            raise SnnccError(f"memory size {text!r} is not a size like 8G, 512M or 1000000")
+        value = float(m.group(1)) * _UNITS[m.group(2).upper()]
+    if not (value >= 1 and np.isfinite(value)):
+        raise SnnccError(f"memory size {text!r} must be at least one byte")
+    return int(value)
+
+
+def physical_memory() -> int:
+    """Physical memory in bytes (the cgroup's limit when lower)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(f) as fh:
+                v = fh.read().strip()
+            if v.isdigit() and 0 < int(v) < total:
+                total = int(v)
+        except OSError:
+            pass
+    return total
+
+
+def max_memory() -> int:
+    """The budget in bytes (see the module docstring)."""
+    if _budget is not None:
+        return _budget
+    env = os.environ.get(ENV)
+    if env:
+        return parse_size(env)
+    return int(physical_memory() * DEFAULT_FRACTION)
+
+
+def set_max_memory(size: str | int | None) -> None:
+    """Set the budget for this process (``None``: back to the default)."""
+    global _budget
+    _budget = None if size is None else parse_size(size)
+
+
+@contextmanager
+def memory_budget(size: str | int | None):
+    """``with memory_budget("2G"): ...`` (the Python API's ``--max-memory``)."""
+    global _budget
+    old = _budget
+    set_max_memory(size)
+    try:
+        yield
+    finally:
+        _budget = old
+
+
+def fmt_bytes(n: float) -> str:
+    """3.2 GB, 512.0 MB, 900 bytes (powers of 1024)."""
+    n = float(n)
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1024 or unit == "PB":
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def require_fits(nbytes: float, what: str) -> None:
+    """Raise :class:`ResourceError` when ``nbytes`` exceeds the budget. ``what`` names the
+    file / node / run and what it declares (the message says the size and the override)."""
+    budget = max_memory()
+    if nbytes > budget:
+        raise ResourceError(f"{what} would take {fmt_bytes(nbytes)}, more than the memory "
+                            f"budget of {fmt_bytes(budget)}; {OVERRIDE}")
+
+
+def nbytes(shape, itemsize: int = 8) -> int:
+    """Bytes of an array of ``shape`` (Python integers: no overflow)."""
+    n = int(itemsize)
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def positive_int(value, what: str, error=SnnccError) -> int:
+    """``value`` as an int >= 1 (a bool, a float that is not whole, a string: refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float,
+                                                                       np.floating)):
+        raise error(f"{what} must be a whole number >= 1, got {value!r}")
+    if isinstance(value, (float, np.floating)) and not (np.isfinite(value)
+                                                       and float(value).is_integer()):
+        raise error(f"{what} must be a whole number >= 1, got {value!r}")
+    if int(value) < 1:
+        raise error(f"{what} must be >= 1, got {int(value)}")
+    return int(value)
+
+
+def exact_float64(a, what: str, notes: list | None = None, error=FormatError) -> np.ndarray:
+    """An array read from a file as float64: floats pass; bool and integer arrays are cast only
+    when every value is exactly representable (and ``notes`` gets a line saying so); complex,
+    object, string and inexact integer arrays are refused with ``error`` naming ``what``."""
+    a = np.asarray(a)
+    kind = a.dtype.kind
+    if kind == "f":
+        return a.astype(np.float64, copy=False)
+    if kind in "biu":
+        if kind in "iu" and a.size and (int(a.min()) < -2 ** 53 or int(a.max()) > 2 ** 53):
+            raise error(f"{what}: {a.dtype} values beyond 2**53 have no exact float64 value")
+        out = a.astype(np.float64)
+        if kind in "iu" and not np.array_equal(out.astype(a.dtype), a):
+            raise error(f"{what}: {a.dtype} values have no exact float64 value")
+        if notes is not None:
+            notes.append(f"{what}: {a.dtype} values cast exactly to float64")
+        return out
+    raise error(f"{what}: {a.dtype} values are not real numbers (refusing to cast them to "
+                "float64)")
+
+
+class SnnccWarning(UserWarning):
+    """Something snncc accepted but changed or doubts (the CLI prints it as one line)."""
+
+
+def warn(message: str) -> None:
+    """Say that an input was accepted with a change (e.g. integers cast exactly to float64)."""
+    import warnings
+
+    warnings.warn(message, SnnccWarning, stacklevel=2)

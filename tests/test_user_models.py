@@ -1,0 +1,199 @@
+"""Compiling a user's own model (issue 12): the public Python API (``snncc.trace / compile /
+check / run``), its layout inference and errors, and the CLI paths for models outside the zoo:
+a whole-model pickle (only with --trust-checkpoint) and a state_dict plus the user's code
+(--model package.module:factory or path/to/file.py:ClassName, --model-args)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import snncc
+from snncc.cli import main
+from snncc.errors import SnnccError
+from snncc.graph import Graph
+
+from conftest import assert_rates_in_range
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "compile_your_model.py"
+DIGITS = REPO / "examples" / "checkpoints" / "digits-spikformer.pt"
+DIGITS_ARGS = {"variant": "cifar", "img_size_h": 8, "img_size_w": 8, "patch_size": 4,
+               "in_channels": 1, "num_classes": 10, "embed_dims": 32, "num_heads": 2,
+               "depths": 1, "T": 4}
+
+
+def _example_module():
+    """examples/compile_your_model.py, imported under its own name (so its model pickles)."""
+    if "compile_your_model" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("compile_your_model", EXAMPLE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["compile_your_model"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["compile_your_model"]
+
+
+@pytest.fixture
+def net():
+    ex = _example_module()
+    torch.manual_seed(0)
+    return ex.pretend_trained(ex.ConvSNN(), seed=1)
+
+
+def _sequence(T=4, batch=3, seed=0):
+    return torch.randn(T, batch, 2, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("snncc: error:"), err
+    return err[0]
+
+
+# ---------------------------------------------------------------------------- Python API
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_the_example_runs_and_is_exact(tmp_path, target):
+    result = _example_module().main(["--target", target, "--out", str(tmp_path / "m")])
+    assert result["report"].min_agreement == 1.0
+    assert_rates_in_range({r.node: r.rate_reference for r in result["report"].layers})
+    np.testing.assert_array_equal(result["output"], result["expected"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
+def test_check_is_exact_on_several_seeds(net, target, seed):
+    ex = _example_module()
+    model = ex.pretend_trained(ex.ConvSNN(), seed=seed)
+    report = snncc.check(model, _sequence(seed=seed), target=target, T=4)
+    assert report.min_agreement == 1.0 and report.reference == "pytorch"
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    doc = json.loads(report.to_json())
+    assert doc["min_agreement"] == 1.0 and len(doc["layers"]) == 3
+
+
+def test_check_leaves_the_model_as_it_was(net):
+    net.train()
+    snncc.check(net, _sequence(), target="sim", T=4)
+    assert net.training and next(net.parameters()).dtype == torch.float32
+
+
+def test_trace_infers_a_sequence_and_a_static_image():
+    from snncc.frontends.zoo import build
+
+    seq = snncc.trace(_example_module().ConvSNN(), _sequence(), T=4)
+    assert seq.meta["input_layout"] == "TB" and not seq.inputs[0].static
+    zoo = build("digits-spikformer")  # declares T = 4 and repeats a static image itself
+    static = snncc.trace(zoo, torch.randn(3, 1, 8, 8))
+    assert static.meta["input_layout"] == "static" and static.inputs[0].static
+    assert static.meta["T"] == 4
+
+
+def test_api_accepts_graphs_and_paths(tmp_path):
+    loaded = snncc.load(DIGITS, arch="digits-spikformer")
+    assert isinstance(loaded.graph, Graph) and loaded.torch_model is not None
+    path = snncc.compile(loaded.graph, target="sim", out=tmp_path / "a")
+    assert path == tmp_path / "a" / "model.snnir"
+    report = snncc.check(path, target="onnx")
+    assert report.reference == "simulator" and report.min_agreement == 1.0
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8))
+    y = snncc.run(path, x)
+    assert y.shape == (2, 10)
+    report = snncc.check(DIGITS, arch="digits-spikformer", target="sim")
+    assert report.reference == "pytorch" and report.min_agreement == 1.0
+
+
+def test_batch_equal_to_T_names_the_arguments_to_set(net):
+    from snncc.frontends.zoo import build
+
+    with pytest.raises(SnnccError, match=r"differ from T=4.*layout="):
+        snncc.trace(build("digits-spikformer"), torch.randn(4, 1, 8, 8), T=4)
+
+
+def test_a_missing_T_says_how_to_give_it(net):
+    with pytest.raises(SnnccError, match=r"set T"):
+        snncc.trace(net, torch.randn(2, 2, 16, 16))
+
+
+def test_wrong_input_shape_says_how_the_input_was_read(net):
+    with pytest.raises(SnnccError, match=r"running the model on the example input failed.*"
+                                         r"\[T, B, \.\.\.\] sequence"):
+        snncc.trace(net, torch.randn(4, 3, 5, 16, 16), T=4)
+
+
+def test_not_a_model_is_refused():
+    with pytest.raises(SnnccError, match="nn.Module, an snncc Graph or a path"):
+        snncc.trace(42, None)
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_whole_model_pickle_needs_trust(net, tmp_path, capsys):
+    pickled = tmp_path / "model.pt"
+    torch.save(net, pickled)
+    out = tmp_path / "m"
+    args = ["compile", str(pickled), "--T", "4", "--input-shape", "2,16,16", "-t", "onnx",
+            "-o", str(out)]
+    assert main(args) == 1
+    line = _one_error_line(capsys)
+    assert "pickled model" in line and "--trust-checkpoint" in line and not out.exists()
+    assert main([*args, "--trust-checkpoint"]) == 0
+    assert (out / "model.onnx").is_file()
+    assert main(["check", str(pickled), "--T", "4", "--input-shape", "2,16,16", "-t", "onnx",
+                 "--trust-checkpoint"]) == 0
+
+
+def test_state_dict_with_the_users_code_file(net, tmp_path, capsys):
+    weights = tmp_path / "weights.pt"
+    torch.save(net.state_dict(), weights)
+    common = [str(weights), "--model", f"{EXAMPLE}:ConvSNN", "--model-args", '{"classes": 10}',
+              "--input-shape", "2,16,16", "--T", "4"]
+    assert main(["compile", *common, "-t", "nir", "-o", str(tmp_path / "m.nir")]) == 0
+    assert main(["check", *common, "-t", "sim", "--json", str(tmp_path / "r.json")]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["min_agreement"] == 1.0 and doc["reference"] == "pytorch"
+    assert main(["inspect", *common]) == 0
+    assert "features.2" in capsys.readouterr().out
+
+
+def test_state_dict_with_a_package_factory(tmp_path, capsys):
+    common = [str(DIGITS), "--model", "snncc.frontends.zoo.spikformer:Spikformer",
+              "--model-args", json.dumps(DIGITS_ARGS), "--input-shape", "1,8,8"]
+    assert main(["check", *common, "-t", "onnx", "--json", str(tmp_path / "r.json")]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["min_agreement"] == 1.0 and doc["T"] == 4  # T: the model's own
+
+
+def test_a_state_dict_alone_says_what_to_add(tmp_path, capsys):
+    assert main(["compile", str(DIGITS), "-t", "sim", "-o", str(tmp_path / "m")]) == 1
+    line = _one_error_line(capsys)
+    assert "--arch" in line and "--model" in line
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "no_such_module_xyz:Net"], "cannot import 'no_such_module_xyz'"),
+    (["--model", "snncc.frontends.zoo.spikformer:Nope"], "has no attribute 'Nope'"),
+    (["--model", "Spikformer"], "expected package.module:factory"),
+    (["--model", "snncc.frontends.zoo.spikformer:Spikformer", "--model-args", "{bad"],
+     "not JSON"),
+    (["--model", "snncc.frontends.zoo.spikformer:Spikformer", "--model-args", "[1]"],
+     "JSON object"),
+    (["--model-args", "{}"], "--model-args needs --model"),
+    (["--model", "snncc.frontends.zoo.spikformer:Spikformer", "--model-args",
+      '{"embed_dims": 64, "num_heads": 2, "img_size_h": 8, "img_size_w": 8, "in_channels": 1, "depths": 1}'],
+     "does not fit"),
+    (["--model", "snncc.frontends.zoo.spikformer:Spikformer", "--arch", "digits-spikformer"],
+     "not both"),
+    (["--model", "snncc.frontends.zoo.spikformer:Spikformer", "--model-args",
+      json.dumps(DIGITS_ARGS), "--input-shape", "1,x,8"], "--input-shape"),
+    (["--model", "snncc.frontends.zoo.spikformer:Spikformer", "--model-args",
+      json.dumps(DIGITS_ARGS), "--layout", "sideways"], "layout must be one of"),
+])
+def test_user_model_errors_are_one_line(tmp_path, capsys, args, message):
+    assert main(["compile", str(DIGITS), *args, "-t", "sim", "-o", str(tmp_path / "m")]) == 1
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "m").exists()
