@@ -1,11 +1,11 @@
 """The torch.fx front-end: a PyTorch spiking network and an example input -> snncc IR.
 
-1. **Concrete tracing.** A ``torch.fx`` tracer whose leaves are the spiking neurons (any module
-   with a ``canonical()`` method, such as the zoo's ``LIF``, and spikingjelly's ``LIFNode``,
-   ``IFNode``, ``ParametricLIFNode``), torch's layers and spikingjelly's layer wrappers runs
-   every op on the example input while it records it. Shape queries (``x.shape``, ``len(x)``,
-   iterating a tensor) return plain Python values, so code that reads shapes or loops over time
-   traces (loops unroll).
+1. **Concrete tracing.** A ``torch.fx`` tracer whose leaves are the spiking neurons, torch's
+   layers and the layers a library's adapter declares leaves runs every op on the example input
+   while it records it. What is library-specific (which modules are neurons, their canonical
+   parameters, step modes, state) comes from :mod:`snncc.frontends.adapters`; this module knows
+   no library. Shape queries (``x.shape``, ``len(x)``, iterating a tensor) return plain Python
+   values, so code that reads shapes or loops over time traces (loops unroll).
 2. **Time layouts.** Every traced tensor is ``[frame..., *per-step shape]`` where the frame is
    ``[T, B]``, ``[T*B]`` (after ``x.flatten(0, 1)``), ``[B]`` (a static value, one step of an
    unrolled loop, or the mean over time), ``[1, B]`` (a static value before ``.repeat(T, ...)``)
@@ -15,14 +15,14 @@
    backwards, so only what the output needs is emitted, and structurally identical nodes are
    merged, so the T copies of an unrolled loop body become one.
 4. **Loops over time** (single-step neurons, as in SNASNet): a single-step neuron's call with the
-   membrane of its call at step t-1 (spikingjelly: its t-th call) is its step t. A value
-   computed at step s and used at a later step t becomes a ``Delay(t - s)`` of the node that
-   computes the same program site (module, Python call stack) in the last step, which closes
-   the loop's cycles; an op that combines such a value with a static one is evaluated in the
-   consuming step. At t = 0 a delay gives 0, which is how such models start (they add nothing
-   from "step -1"). The per-step computation must be the same at every step t >= 1 (checked);
-   a sum over all steps divided by T becomes a ``Readout``, a ``torch.stack`` of the steps a
-   sequence.
+   state of its call at step t-1 (or, when the module keeps its state, its t-th call) is its
+   step t. A value computed at step s and used at a later step t becomes a ``Delay(t - s)`` of
+   the node that computes the same program site (module, Python call stack) in the last step,
+   which closes the loop's cycles; an op that combines such a value with a static one is
+   evaluated in the consuming step. At t = 0 a delay gives 0, which is how such models start
+   (they add nothing from "step -1"). The per-step computation must be the same at every step
+   t >= 1 (checked); a sum over all steps divided by T becomes a ``Readout``, a ``torch.stack``
+   of the steps a sequence.
 
 Anything else raises :class:`~snncc.errors.UnsupportedError` naming every unsupported op with its
 module path, e.g. ``module 'blocks.0.attn': op 'torch.softmax' is not supported``.
@@ -51,6 +51,9 @@ from snncc import neuron as cn
 from snncc.errors import IRError, UnsupportedError
 from snncc.graph import Graph
 
+from .adapters import STEP_MULTI, Adapter, NeuronCircuit, adapter_for
+from .adapters import reset_state
+
 STATIC, SEQ, READOUT = "static", "seq", "readout"
 TB, BT, TBM, B, B1 = ("T", "B"), ("B", "T"), ("TB",), ("B",), ("1", "B")
 _LAYOUT_NAMES = {TB: "TB", BT: "BT", TBM: "T*B", B: "B", B1: "1B"}
@@ -64,7 +67,6 @@ class _Refuse(Exception):
 
 _TENSOR_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout"})
 _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
-_SJ_PACKAGES = ("spikingjelly.activation_based.neuron", "spikingjelly.activation_based.layer")
 
 
 class _ConcreteProxy(fx.Proxy):
@@ -88,13 +90,10 @@ def _concrete(obj):
         obj, lambda a: a.node.meta["value"] if isinstance(a, fx.Proxy) else a)
 
 
-def _is_spikingjelly(m: nn.Module) -> bool:
-    return type(m).__module__.startswith(_SJ_PACKAGES)
-
-
-def _is_neuron(m: nn.Module) -> bool:
-    return callable(getattr(m, "canonical", None)) or (
-        _is_spikingjelly(m) and ".neuron" in type(m).__module__)
+def _neuron_adapter(m: nn.Module) -> Adapter | None:
+    """The adapter of ``m`` if ``m`` is a spiking neuron."""
+    adapter = adapter_for(m)
+    return adapter if adapter is not None and adapter.is_neuron(m) else None
 
 
 class _ConcreteTracer(fx.Tracer):
@@ -114,10 +113,11 @@ class _ConcreteTracer(fx.Tracer):
         self._occurrences: dict[tuple, int] = {}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if _is_neuron(m):
-            return True
-        if _is_spikingjelly(m):
-            return not isinstance(m, nn.Sequential)  # containers are traced through
+        adapter = adapter_for(m)
+        if adapter is not None:
+            leaf = True if adapter.is_neuron(m) else adapter.is_leaf(m)
+            if leaf is not None:
+                return leaf
         return super().is_leaf_module(m, qualname)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
@@ -191,21 +191,16 @@ def _fetch(root: nn.Module, target: str):
 
 @contextmanager
 def _inference(model: nn.Module):
-    """Eval mode, no autograd and fresh spikingjelly state while tracing; restored after."""
+    """Eval mode, no autograd and fresh neuron state while tracing; restored after."""
     modes = [(m, m.training) for m in model.modules()]
 
-    def reset_state():
-        for m in model.modules():
-            if _is_spikingjelly(m) and callable(getattr(m, "reset", None)):
-                m.reset()
-
     model.eval()
-    reset_state()
+    reset_state(model)
     try:
         with torch.no_grad():
             yield
     finally:
-        reset_state()
+        reset_state(model)
         for m, mode in modes:
             m.training = mode
 
@@ -242,6 +237,16 @@ class _StepOf(Expr):
 @dataclass(eq=False)
 class _NeuronStep(Expr):
     """The spikes of the single-step neuron at ``path`` at ``step``."""
+
+
+@dataclass(eq=False)
+class _Slice(Expr):
+    """``args[0][..., start:stop, ...]`` along per-step ``axis`` (a piece of chunk/split); its
+    nodes depend on the input's kind, known once the input is built."""
+
+    axis: int = 0
+    start: int = 0
+    stop: int = 0
 
 
 @dataclass(eq=False)
@@ -310,7 +315,8 @@ def _np(t) -> np.ndarray:
 
 
 def _neuron_node(name: str, inputs, path: str, p: cn.CanonicalParams) -> ir.Neuron:
-    return ir.Neuron(name, inputs, path=path, **p.fields())
+    return ir.Neuron(name, inputs, path=path,
+                     **(p.fire if isinstance(p, NeuronCircuit) else p).fields())
 
 
 def _node_key(n: ir.Node) -> tuple:
@@ -369,8 +375,8 @@ class _Builder:
             if node.op == "call_module":
                 return self._module(self.root.get_submodule(node.target), c, args, kwargs)
             return self._function(node, c, args, kwargs)
-        except _Refuse as err:
-            reason = str(err)
+        except (_Refuse, UnsupportedError) as err:  # the latter from an adapter
+            reason = err.message if isinstance(err, UnsupportedError) else str(err)
             msg = f"op '{c.op}' is not supported" + (f" ({reason})" if reason else "")
             return self._refused(c, msg, not reason, args, kwargs)
 
@@ -429,7 +435,8 @@ class _Builder:
 
         def poison(v):
             if isinstance(v, (tuple, list)):
-                return type(v)(poison(i) for i in v)
+                items = [poison(i) for i in v]
+                return type(v)(*items) if hasattr(v, "_fields") else type(v)(items)  # NamedTuple
             if not isinstance(v, torch.Tensor):
                 return v
             shape = tuple(v.shape[len(frame):])
@@ -532,46 +539,69 @@ class _Builder:
 
     # ------------------------------------------------------------------ modules
     def _module(self, m: nn.Module, c: _Call, args, kwargs):
-        if _is_neuron(m):
-            return self._neuron(m, c, *args, **kwargs)
-        handler = _module_handler(m)
-        if handler is None:
-            raise _Refuse("")
-        if _is_spikingjelly(m) and getattr(m, "step_mode", "s") == "m":
-            # a multi-step wrapper: the torch layer applied to x.flatten(0, 1)
+        adapter = adapter_for(m)
+        if adapter is not None and adapter.is_neuron(m):
+            return self._neuron(adapter, m, c, args, kwargs)
+        handler = _module_handler(m, adapter)
+        if adapter is not None and adapter.step_mode(m) == STEP_MULTI:
+            # a multi-step layer: its per-step layer applied to x.flatten(0, 1)
             x = args[0]
             if not isinstance(x, Val) or x.frame != TB:
                 raise _Refuse("a multi-step layer needs a [T, B, ...] input")
-            y = handler(self, replace(c, value=c.value.flatten(0, 1)), m, Val(x.expr, TBM))
+            y = handler(self, replace(c, value=c.value.flatten(0, 1)), Val(x.expr, TBM))
             return Val(y.expr, TB)
-        return handler(self, c, m, *args, **kwargs)
+        return handler(self, c, *args, **kwargs)
 
-    def _neuron(self, m: nn.Module, c: _Call, x, v=None):
-        p = _canonical(m)
+    def _neuron(self, adapter: Adapter, m: nn.Module, c: _Call, args, kwargs):
+        p = adapter.canonical(m, c.path)
+        x, state, returns_state, spikes = adapter.single_step_call(m, args, kwargs, c.value)
         if not isinstance(x, Val) or x.expr.time == READOUT:
             raise _Refuse("a neuron's input must be a per-step tensor")
-        if getattr(m, "step_mode", "m") == "m":
-            if x.frame != TB or x.expr.step is not None or v is not None:
-                raise _Refuse("a multi-step neuron needs a [T, B, ...] input")
-            return self.new(c, lambda n, i: _neuron_node(n, i, c.path, p), [x], TB, time=SEQ)
+        c = replace(c, value=spikes)
+        if adapter.step_mode(m) == STEP_MULTI:
+            if x.frame != TB or x.expr.step is not None or state is not None:
+                raise _Refuse("a multi-step neuron needs a [T, B, ...] input and no state")
+            shape = tuple(spikes.shape[2:])
+            out = self.new(c, lambda n, i: _neuron_node(
+                n, (self._neuron_input(n, i[0], p, shape, c.path),), c.path, p), [x], TB,
+                time=SEQ)
+            return (out, *[Membrane(c.path, self.T - 1)] * int(returns_state)) \
+                if returns_state else out
         if x.frame != B:
             raise _Refuse("a single-step neuron needs a [B, ...] input")
-        explicit = callable(getattr(m, "canonical", None))  # snncc's LIF: (spikes, membrane)
-        value = c.value[0] if explicit else c.value
-        rec = self.neurons.setdefault(c.path, _SteppedNeuron(p, tuple(value.shape[1:]), {}))
-        if not explicit:
-            t = len(rec.calls)
-        elif v is None:
-            t = 0
-        elif isinstance(v, Membrane) and v.path == c.path:
-            t = v.step + 1
-        else:
-            raise _Refuse("its membrane argument is not its own membrane from the step before")
+        rec = self.neurons.setdefault(c.path, _SteppedNeuron(p, tuple(spikes.shape[1:]), {}))
+        t = self._step_of_call(c.path, rec, state, returns_state)
         if t in rec.calls or (x.expr.step or 0) > t or t >= self.T:
             raise _Refuse(f"its call for step {t} does not fit a loop over T={self.T} steps")
         rec.calls[t] = x.expr
-        spikes = Val(_NeuronStep(None, (), c.op, c.hint, c.path, rec.shape, step=t), B)
-        return (spikes, Membrane(c.path, t)) if explicit else spikes
+        out = Val(_NeuronStep(None, (), c.op, c.hint, c.path, rec.shape, step=t), B)
+        return (out, *[Membrane(c.path, t)] * int(returns_state)) if returns_state else out
+
+    def _neuron_input(self, name: str, x: str, p, shape: tuple, path: str) -> str:
+        """The input node of neuron ``name``: ``x``, or the membrane a NeuronCircuit's nodes
+        compute from ``x`` (added to the graph here)."""
+        if not isinstance(p, NeuronCircuit):
+            return x
+        try:
+            nodes, membrane = p.build(name, x, shape)
+            for n in nodes:
+                self.graph.add(n)
+        except IRError as err:
+            self.errors[(path, f"neuron circuit: {err.message}")] = None
+            return x
+        return membrane
+
+    @staticmethod
+    def _step_of_call(path: str, rec: _SteppedNeuron, state, returns_state: bool) -> int:
+        """The time step of a single-step neuron's call (adapters' table in their docstring)."""
+        if state is None:
+            return 0 if returns_state else len(rec.calls)
+        if isinstance(state, Membrane) and state.path == path:
+            return state.step + 1
+        if isinstance(state, Const) and _is_initial_state(state.value, rec.params.v_init):
+            return 0
+        raise _Refuse("its state argument is neither its initial state nor its own state from "
+                      "the step before")
 
     # ------------------------------------------------------------------ graph emission
     def finish(self, outputs) -> Graph:
@@ -619,7 +649,48 @@ class _Builder:
         inputs = tuple(self.materialize(a, t) for a in e.args)
         if None in inputs:
             return None
+        if isinstance(e, _Slice):
+            return self._slice(e, inputs[0])
         return self._add(e, lambda: e.make(self._fresh(e.hint), inputs))
+
+    def _chain(self, e: Expr, src: str, steps) -> str | None:
+        """Nodes applied one after the other to ``src``: ``steps`` are (hint suffix, shape,
+        make(name, input)); the last one has ``e``'s shape."""
+        for suffix, shape, make in steps:
+            if src is None:
+                return None
+            part = replace(e, shape=shape, hint=f"{e.hint}.{suffix}")
+            src = self._add(part, lambda: make(self._fresh(part.hint), src))
+        return src
+
+    def _slice(self, e: _Slice, src: str) -> str | None:
+        """A slice as existing nodes: seen as rows [r0, r1) of (P, R, W), rows of g elements of
+        the axis. Spikes stay spikes: row r is a one-row MaxPool2d over a zero row prepended
+        and row r (dilation r + 1), exact as spikes are >= 0; several rows are concatenated.
+        Any other kind: a Linear with one-hot rows (exact: x * 1 + y * 0 == x)."""
+        shape = self.graph[src].shape
+        P, L, Q = math.prod(shape[:e.axis]), shape[e.axis], math.prod(shape[e.axis + 1:])
+        if self.graph[src].kind is not ir.Kind.SPIKE:
+            return self._chain(e, src, _select_columns(e, P, L, Q))
+        g = math.gcd(e.start, e.stop, L)
+        R, W = L // g, g * Q
+        rows3 = self._chain(e, src, [("rows", (P, R, W), lambda n, i: ir.Reshape(
+            n, (i,), path=e.path, target=(P, R, W)))])
+        padded = self._chain(e, rows3, [("pad", (P, R + 1, W), lambda n, i: ir.Pad(
+            n, (i,), path=e.path, pads=(0, 0, 1, 0)))]) if e.stop // g > 1 else None
+        picked = [self._chain(e, padded if r else rows3,
+                              [(f"row{r}", (P, 1, W), _pick_row(e, r, R))])
+                  for r in range(e.start // g, e.stop // g)]
+        if len(picked) > 1:
+            joined = replace(e, shape=(P, len(picked), W), hint=f"{e.hint}.rows_cat")
+            if None in picked:
+                return None
+            out = self._add(joined, lambda: ir.Concat(self._fresh(joined.hint), tuple(picked),
+                                                      path=e.path, axis=1))
+        else:
+            out = picked[0]
+        return self._chain(e, out, [("out", e.shape, lambda n, i: ir.Reshape(
+            n, (i,), path=e.path, target=e.shape))])
 
     def _add(self, e: Expr, build: Callable[[], ir.Node]) -> str | None:
         try:
@@ -698,7 +769,8 @@ class _Builder:
                     self.errors[(path, f"op '{first.op}': called at steps {sorted(rec.calls)}, "
                                        f"not at every step 0..{self.T - 1}")] = None
                 elif (inp := self._same_each_step(first, rec.calls)) is not None:
-                    node.inputs = (inp,)
+                    node.inputs = (self._neuron_input(node.name, inp, rec.params, rec.shape,
+                                                      path),)
             self._queue.append(connect)
         return rec.name
 
@@ -745,21 +817,10 @@ def _unsupported(errors: list[tuple[str, str]]) -> UnsupportedError:
 
 # ============================================================================ neurons
 
-def _canonical(m: nn.Module) -> cn.CanonicalParams:
-    """The canonical parameters of a neuron module (snncc.neuron's mappings)."""
-    if callable(getattr(m, "canonical", None)):
-        return m.canonical()
-    from spikingjelly.activation_based import neuron as sj
-
-    v_reset = None if m.v_reset is None else float(m.v_reset)
-    if type(m) is sj.LIFNode:
-        return cn.from_lif(float(m.tau), float(m.v_threshold), v_reset, bool(m.decay_input))
-    if type(m) is sj.ParametricLIFNode:
-        tau = 1.0 / float(torch.sigmoid(m.w.detach().double()))
-        return cn.from_lif(tau, float(m.v_threshold), v_reset, bool(m.decay_input))
-    if type(m) is sj.IFNode:
-        return cn.from_if(float(m.v_threshold), v_reset)
-    raise _Refuse("this neuron model has no canonical form")
+def _is_initial_state(value, v_init: float) -> bool:
+    """A constant state argument meaning "start from v_init": empty, or v_init everywhere."""
+    v = torch.as_tensor(value)
+    return v.numel() == 0 or bool((v == v_init).all())
 
 
 # ============================================================================ op handlers
@@ -863,6 +924,63 @@ def _stack(b, c, tensors, dim=0):
         raise _Refuse("only stacking the T steps of a loop over time is supported")
     return Val(_OverSteps(None, tuple(v.expr for v in vals), c.op, c.hint, c.path,
                           vals[-1].expr.shape), TB)
+
+
+def _pieces(b, c, x, dim) -> tuple[Val, ...]:
+    """The pieces ``c.value`` (chunk / split results) of ``x`` along ``dim`` as slices."""
+    x = _val(x)
+    axis = dim % _ndim(x) - len(x.frame)
+    if axis < 0:
+        raise _Refuse("it splits the time or batch axis")
+    time, step = _join_time([x.expr])
+    out, start = [], 0
+    for k, piece in enumerate(c.value):
+        stop = start + piece.shape[dim]
+        e = _Slice(None, (x.expr,), c.op, f"{c.hint}_{k}", c.path,
+                   tuple(piece.shape[len(x.frame):]), time, step,
+                   None if c.site is None else (*c.site, k), axis=axis, start=start, stop=stop)
+        if step is not None and e.site is not None:
+            b._note_site(e)
+        out.append(Val(e, x.frame))
+        start = stop
+    return tuple(out)
+
+
+def _chunk(b, c, x, chunks, dim=0):
+    return _pieces(b, c, x, dim)
+
+
+def _split(b, c, x, split_size_or_sections, dim=0):
+    return _pieces(b, c, x, dim)
+
+
+def _select_columns(e: _Slice, P: int, L: int, Q: int) -> list:
+    """Steps of a slice of a real value: (P, L, Q) -> (P, Q, L) -> one-hot Linear -> back."""
+    m = e.stop - e.start
+    onehot = np.zeros((m, L))
+    onehot[np.arange(m), np.arange(e.start, e.stop)] = 1.0
+    steps = [("rows", (P, L, Q), lambda n, i: ir.Reshape(n, (i,), path=e.path, target=(P, L, Q)))]
+    if Q > 1:
+        steps.append(("t", (P, Q, L), lambda n, i: ir.Transpose(n, (i,), path=e.path,
+                                                               perm=(0, 2, 1))))
+    steps.append(("select", (P, Q, m), lambda n, i: ir.Linear(n, (i,), path=e.path,
+                                                              weight=onehot, bias=None)))
+    if Q > 1:
+        steps.append(("tb", (P, m, Q), lambda n, i: ir.Transpose(n, (i,), path=e.path,
+                                                                perm=(0, 2, 1))))
+    steps.append(("out", e.shape, lambda n, i: ir.Reshape(n, (i,), path=e.path,
+                                                          target=e.shape)))
+    return steps
+
+
+def _pick_row(e: _Slice, r: int, R: int):
+    """make(name, input) of the one-row MaxPool2d picking row r of (P, R, W) (see _slice; for
+    r > 0 the input is (P, R + 1, W) with a zero row first)."""
+    if r == 0:
+        return lambda n, i: ir.MaxPool2d(n, (i,), path=e.path, kernel_size=(1, 1),
+                                         stride=(R, 1), padding=(0, 0), dilation=(1, 1))
+    return lambda n, i: ir.MaxPool2d(n, (i,), path=e.path, kernel_size=(2, 1),
+                                     stride=(R + 1, 1), padding=(0, 0), dilation=(r + 1, 1))
 
 
 def _cat(b, c, tensors, dim=0):
@@ -975,6 +1093,13 @@ def _like(b, c, x, *args, **kwargs):
     return Const(c.value, _val(x).frame)
 
 
+def _avg_pool1d_function(b, c, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                         count_include_pad=True):
+    """``F.avg_pool1d`` (e.g. a voting layer averaging groups of outputs) as its module."""
+    return _avgpool1d(b, c, nn.AvgPool1d(kernel_size, stride, padding, ceil_mode,
+                                         count_include_pad), x)
+
+
 _add, _sub, _mul, _div, _matmul = (_binary(k) for k in ("add", "sub", "mul", "div", "matmul"))
 _FUNCTIONS = {
     operator.add: _add, operator.iadd: _add, torch.add: _add,
@@ -988,7 +1113,8 @@ _FUNCTIONS = {
     torch.sum: _reduce(False), torch.mean: _reduce(True), torch.cat: _cat, torch.concat: _cat,
     torch.stack: _stack, torch.unbind: _unbind, torch.select: _select, F.pad: _pad,
     torch.zeros_like: _like, torch.ones_like: _like, torch.full_like: _like,
-    torch.clone: _identity,
+    torch.clone: _identity, torch.chunk: _chunk, torch.split: _split,
+    torch.avg_pool1d: _avg_pool1d_function, F.avg_pool1d: _avg_pool1d_function,
 }
 _METHODS = {
     "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "neg": _neg,
@@ -996,7 +1122,7 @@ _METHODS = {
     "reshape_as": _reshape, "squeeze": _reshape, "unsqueeze": _reshape, "unflatten": _reshape,
     "permute": _permute, "transpose": _transpose, "contiguous": _identity, "clone": _identity,
     "detach": _identity, "sum": _reduce(False), "mean": _reduce(True), "repeat": _repeat,
-    "expand": _repeat, "select": _select, "unbind": _unbind,
+    "expand": _repeat, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
 }
 
 
@@ -1096,6 +1222,27 @@ def _avgpool1d(b, c, m, x):
     return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=out), [y], x.frame)
 
 
+def _adaptive_avgpool(b, c, m, x):
+    """AdaptiveAvgPool1d/2d: to 1 (global) a Mean over the pooled axes; to a size that divides
+    the input an AvgPool with kernel = stride = input / output; anything else is refused."""
+    x = _val(x)
+    nd = 2 if isinstance(m, nn.AdaptiveAvgPool2d) else 1
+    size_in = x.expr.shape[-nd:]
+    size_out = tuple(c.value.shape[-nd:])
+    if len(x.expr.shape) != nd + 1 or len(x.frame) != 1:
+        raise _Refuse(f"it needs a [T*B or B, C, {'H, W' if nd == 2 else 'L'}] input")
+    if all(o == 1 for o in size_out):
+        axes = tuple(range(1, nd + 1))
+        return b.new(c, lambda n, i: ir.Mean(n, i, path=c.path, axes=axes, keepdim=True), [x],
+                     x.frame)
+    if any(i % o for i, o in zip(size_in, size_out)):
+        raise _Refuse(f"output size {size_out} does not divide input size {size_in}; use "
+                      f"nn.AvgPool{nd}d with a fixed kernel")
+    k = tuple(i // o for i, o in zip(size_in, size_out))
+    pool = nn.AvgPool2d(k, k) if nd == 2 else nn.AvgPool1d(k, k)
+    return (_avgpool2d if nd == 2 else _avgpool1d)(b, c, pool, x)
+
+
 def _flatten_module(b, c, m, x):
     return _flatten(b, c, x, m.start_dim, m.end_dim)
 
@@ -1108,18 +1255,24 @@ _MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.Conv1d, _conv), (nn.Conv2d, _conv), (nn.Linear, _linear),
     (nn.BatchNorm1d, _batchnorm), (nn.BatchNorm2d, _batchnorm),
     (nn.MaxPool2d, _maxpool), (nn.MaxPool3d, _maxpool), (nn.AvgPool2d, _avgpool2d),
-    (nn.AvgPool1d, _avgpool1d), (nn.Flatten, _flatten_module), (nn.Identity, _identity_module),
+    (nn.AvgPool1d, _avgpool1d), (nn.AdaptiveAvgPool2d, _adaptive_avgpool),
+    (nn.AdaptiveAvgPool1d, _adaptive_avgpool), (nn.Flatten, _flatten_module),
+    (nn.Identity, _identity_module),
     (nn.modules.dropout._DropoutNd, _identity_module),
 )
 
 
-def _module_handler(m: nn.Module) -> Callable | None:
+def _module_handler(m: nn.Module, adapter: Adapter | None) -> Callable:
+    """``handler(builder, call, *args, **kwargs)`` mapping a call of the leaf ``m``: the
+    adapter's handler or equivalent torch module, else the handler of m's torch class."""
+    own = adapter.module_handler(m) if adapter is not None else None
+    if own is not None and not isinstance(own, nn.Module):
+        return lambda b, c, *args, **kwargs: own(b, c, m, *args, **kwargs)
+    torch_module = m if own is None else own
     for cls, handler in _MODULES:
-        if isinstance(m, cls):
-            return handler
-    if _is_spikingjelly(m) and type(m).__name__ == "Dropout":  # an identity in eval mode
-        return _identity_module
-    return None
+        if isinstance(torch_module, cls):
+            return lambda b, c, *args, **kwargs: handler(b, c, torch_module, *args, **kwargs)
+    raise _Refuse("")
 
 
 # ============================================================================ entry point
@@ -1133,15 +1286,18 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
     ``meta['input_layout']`` says which; the IR input is ``[T, B, ...]``). The batch must have
     at least 2 samples and differ from T, so that time and batch axes can be told apart.
     A 0/1 example input makes a spike input. The model is traced in eval mode without
-    gradients; its training flags and spikingjelly state are restored after.
+    gradients; its training flags are restored after and neuron state is cleared
+    before and after (the adapters' ``reset_state``).
     """
     x = torch.as_tensor(example_input)
     if T < 1 or x.dim() < 2:
         raise ValueError(f"need T >= 1 and a batched input, got T={T}, shape {tuple(x.shape)}")
     batch = x.shape[0] if static or x.shape[0] != T else x.shape[1]
     if batch < 2 or batch == T:
+        hint = (f"; for a [T, B, ...] sequence input pass static=False" if static
+                and x.dim() >= 3 and x.shape[0] == T else "")
         raise ValueError(f"the example batch must have >= 2 samples and differ from T={T}, "
-                         f"got {batch}")
+                         f"got {batch}{hint}")
     tracer = _ConcreteTracer(x)
     with _inference(model):
         try:

@@ -20,6 +20,9 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -r "$repo/requirements-lava.txt"
 "${pip[@]}" install --no-deps --ignore-requires-python "lava-nc==0.10.0"
 "${pip[@]}" install -e "$repo[test]"
-# last, so that no later pip run reports its undeclared (unused) dependencies as conflicts
-"${pip[@]}" install --no-deps "spikingjelly==2.0.0"
+# last, so that no later pip run reports their undeclared (unused) dependencies as conflicts.
+# The front-end adapters for these libraries are tested against their own modules; --no-deps so
+# that none of them can replace the CPU torch or numpy < 2 (norse needs nirtorch at import).
+"${pip[@]}" install --no-deps "spikingjelly==2.0.0" "snntorch==1.0.0" "norse==1.1.0" \
+  "nirtorch==2.6"
 echo "snncc installed in $venv (activate with: source $venv/bin/activate)"

@@ -104,22 +104,32 @@ def random_inputs(graph: Graph, batch: int, T: int, seed: int) -> np.ndarray:
 def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str):
     """Run the PyTorch model on ``x`` recording every neuron module named by a Neuron node's
     path; returns (output, {node name: spikes [T, B, ...]}). The model is run in ``dtype`` and
-    eval mode and given back in the dtype and mode it came in (both conversions are exact for
-    float32 <-> float64). A neuron returning ``(spikes, state)`` is recorded by its spikes."""
+    eval mode from fresh neuron state, and given back in the dtype and mode it came in (both
+    conversions are exact for float32 <-> float64). A neuron returning ``(spikes, state)`` is
+    recorded by its spikes; spikes a library casts to float32 (snntorch) are cast to ``dtype``
+    (exact for 0/1), so that a float64 run does not stop at the next layer."""
     import torch
+
+    from snncc.frontends.adapters import is_neuron, reset_state
 
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     before = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     modes = [(m, m.training) for m in model.modules()]
     model = model.to(tdtype).eval()
+    reset_state(model)
     by_path = {n.path: n for n in graph.of_type(ir.Neuron) if n.path}
     records: dict[str, list] = {p: [] for p in by_path}
 
-    def record(p, out):
-        records[p].append((out[0] if isinstance(out, (tuple, list)) else out).detach())
+    def spikes_in_dtype(path, out):
+        spikes, rest = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, None)
+        if spikes.is_floating_point() and spikes.dtype != tdtype:
+            spikes = spikes.to(tdtype)
+        if path in records:
+            records[path].append(spikes.detach())
+        return spikes if rest is None else (spikes, *rest)
 
-    hooks = [model.get_submodule(p).register_forward_hook(
-        lambda m, a, out, p=p: record(p, out)) for p in by_path]
+    hooks = [m.register_forward_hook(lambda m, a, out, p=p: spikes_in_dtype(p, out))
+             for p, m in model.named_modules() if p in by_path or is_neuron(m)]
     try:
         xt = torch.as_tensor(to_torch_layout(graph, x), dtype=tdtype)
         with torch.no_grad():
@@ -127,6 +137,7 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str):
     finally:
         for h in hooks:
             h.remove()
+        reset_state(model)
         if before is not None:
             model.to(before)
         for m, training in modes:
@@ -171,7 +182,7 @@ def _cosine(ref: dict, other: dict, names: list[str]) -> float:
     return float(a @ b / den) if den else float(np.array_equal(a, b))
 
 
-def check_labels(labels, batch: int, classes: int, what: str = "labels") -> np.ndarray:
+def check_labels(labels, batch: int, classes: int, what: str = "--labels") -> np.ndarray:
     """Labels for a batch: one whole number in [0, classes) per sample (any array shape with
     ``batch`` elements); anything else is refused naming the first offending value."""
     a = np.asarray(labels)

@@ -1,0 +1,168 @@
+"""Front-end adapters: what the library-agnostic tracer (:mod:`snncc.frontends.tracer`) needs to
+know about one spiking-network library. One module per library; a module of this package that
+defines ``ADAPTER = SomeAdapter()`` is registered when the package is imported, so supporting a
+new library is one new file.
+
+An :class:`Adapter` answers, for a module ``m`` it :meth:`~Adapter.owns`:
+
+- :meth:`~Adapter.is_neuron`: ``m`` is a spiking neuron (a leaf of the trace; its spikes are an
+  ``ir.Neuron``). :meth:`~Adapter.canonical` gives its :class:`snncc.neuron.CanonicalParams`, or
+  raises :class:`snncc.errors.UnsupportedError` (with ``path``) when the canonical neuron cannot
+  compute exactly what ``m`` computes; or a :class:`NeuronCircuit` (other IR nodes computing the
+  membrane in the library's operation order, a canonical neuron firing on it).
+- :meth:`~Adapter.step_mode`: ``"m"``, multi-step: ``m`` takes a whole ``[T, B, ...]`` sequence
+  and returns one (a neuron starting from its initial state; a non-neuron leaf is its per-step
+  layer applied to every step), or ``"s"``, single-step: one call per time step on ``[B, ...]``.
+- :meth:`~Adapter.single_step_call`: how to read one call of a neuron (either step mode):
+  returns ``(x, state, returns_state, spikes)`` where ``x`` is the input current argument,
+  ``state`` the membrane/state argument passed in, ``returns_state`` whether the call returns
+  ``(spikes, state)`` (spikes first; an int n > 1: ``(spikes, state_1, ..., state_n)``, each
+  handed back as the same opaque state), and ``spikes`` the spike tensor of the call's ``value``.
+  A single-step call's time step follows from ``state``:
+
+  ===================================  ===========================================================
+  ``state``                            the call is step ...
+  ===================================  ===========================================================
+  ``None``, ``returns_state`` false    the module keeps its state itself: its k-th call is step k
+  ``None``, ``returns_state`` true     0 (no state passed: the neuron starts from ``v_init``)
+  a constant equal to ``v_init``       0 (an initial state made without the input)
+  the state its previous call returned t + 1, where t is the step of that call
+  ===================================  ===========================================================
+
+  The tracer hands the state it returned back opaquely: model code may only pass it to the
+  same neuron again.
+- :meth:`~Adapter.is_leaf`: ``True``/``False`` to make ``m`` a leaf of the trace or trace through
+  its ``forward``; ``None`` lets the tracer decide (torch's own layers are leaves, everything
+  else is traced through). Neurons are always leaves.
+- :meth:`~Adapter.module_handler`: for a non-neuron leaf: ``None`` (the tracer maps it by its
+  torch layer class), an equivalent ``torch.nn.Module`` (what ``m`` computes on one step in
+  eval mode, e.g. ``nn.Identity()`` for a dropout), or a handler function
+  ``handler(builder, call, m, *args, **kwargs)`` (the tracer's own handler protocol); a handler
+  or :meth:`canonical` that cannot map an op raises ``UnsupportedError`` and the tracer lists it
+  with every other unsupported op.
+- :meth:`~Adapter.reset_state`: clear the hidden state of ``model``'s modules of this library
+  (called before and after tracing, so tracing runs from fresh state and leaves none behind).
+
+snncc's own neurons (any module with a ``canonical()`` method, such as the zoo's ``LIF``) are the
+built-in :class:`CanonicalMethodAdapter`, consulted first.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from snncc import neuron as cn
+from snncc.errors import UnsupportedError
+
+STEP_MULTI, STEP_SINGLE = "m", "s"
+
+
+@dataclass(frozen=True)
+class NeuronCircuit:
+    """What :meth:`Adapter.canonical` returns for a neuron whose update the canonical neuron
+    alone cannot compute with the same operations (a reset applied one step late, a second
+    state such as a synaptic current): other IR nodes (Scale, Add, Hadamard, Delay, ...)
+    compute its membrane from its input and, through one-step Delays, from its own spikes and
+    the circuit's values; the ``fire`` neuron (usually a pure threshold: alpha = 0, gamma = 1)
+    fires on that membrane and is the neuron's node. ``build(name, x, shape)`` returns
+    ``(nodes, membrane)``: ``name`` is the firing node's name (the circuit's nodes are named
+    ``name:...`` and may read ``name`` through a Delay), ``x`` the input node, ``shape`` the
+    per-step shape. ``v_init``: the state value a constant initial-state argument must have."""
+
+    fire: cn.CanonicalParams
+    build: Callable[[str, str, tuple], tuple[list, str]]
+    v_init: float = 0.0
+
+
+class Adapter:
+    """One library's answers to the tracer's questions (see the module docstring). The defaults
+    describe a library with no neurons whose modules the tracer handles on its own."""
+
+    name: str = ""
+
+    def owns(self, m: nn.Module) -> bool:
+        return False
+
+    def is_neuron(self, m: nn.Module) -> bool:
+        return False
+
+    def canonical(self, m: nn.Module, path: str) -> cn.CanonicalParams:
+        raise UnsupportedError(f"{type(m).__name__} has no canonical form", path=path)
+
+    def step_mode(self, m: nn.Module) -> str:
+        return STEP_SINGLE
+
+    def single_step_call(self, m: nn.Module, args: tuple, kwargs: dict, value) -> tuple:
+        return args[0], None, False, value
+
+    def is_leaf(self, m: nn.Module) -> bool | None:
+        return None
+
+    def module_handler(self, m: nn.Module):
+        return None
+
+    def reset_state(self, model: nn.Module) -> None:
+        return None
+
+
+class CanonicalMethodAdapter(Adapter):
+    """snncc's own neurons: a ``canonical()`` method; ``step_mode`` ``"m"`` (``lif(x)`` on
+    ``[T, B, ...]``) or ``"s"`` (``lif(x, v)`` returning ``(spikes, v)``, ``v=None`` at t = 0)."""
+
+    name = "snncc"
+
+    def owns(self, m: nn.Module) -> bool:
+        return callable(getattr(m, "canonical", None))
+
+    def is_neuron(self, m: nn.Module) -> bool:
+        return True
+
+    def canonical(self, m: nn.Module, path: str) -> cn.CanonicalParams:
+        return m.canonical()
+
+    def step_mode(self, m: nn.Module) -> str:
+        return getattr(m, "step_mode", STEP_MULTI)
+
+    def single_step_call(self, m: nn.Module, args: tuple, kwargs: dict, value) -> tuple:
+        state = args[1] if len(args) > 1 else kwargs.get("v")
+        if self.step_mode(m) == STEP_MULTI:
+            return args[0], state, False, value
+        return args[0], state, True, value[0]
+
+
+def _discover() -> list[Adapter]:
+    """The built-in adapter, then every module of this package that defines ``ADAPTER``, in
+    name order. A library adapter whose library is not installed still imports (it imports the
+    library only when it meets one of its modules)."""
+    found: list[Adapter] = [CanonicalMethodAdapter()]
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        adapter = getattr(module, "ADAPTER", None)
+        if isinstance(adapter, Adapter):
+            found.append(adapter)
+    return found
+
+
+ADAPTERS: list[Adapter] = _discover()
+
+
+def adapter_for(m: nn.Module) -> Adapter | None:
+    """The adapter that owns ``m``, or None (a plain torch module or user code)."""
+    return next((a for a in ADAPTERS if a.owns(m)), None)
+
+
+def is_neuron(m: nn.Module) -> bool:
+    adapter = adapter_for(m)
+    return adapter is not None and adapter.is_neuron(m)
+
+
+def reset_state(model: nn.Module) -> None:
+    """Clear the hidden neuron state every library keeps in ``model``'s modules."""
+    for adapter in ADAPTERS:
+        adapter.reset_state(model)
+

@@ -1,0 +1,141 @@
+"""Norse (``norse`` 1.1): ``IAFCell`` / ``IAF``, ``LIFBoxCell``, ``LIFCell`` / ``LIF``.
+
+What Norse computes per step (``norse/torch/functional/iaf.py``, ``lif_box.py``, ``lif.py``;
+k = dt * tau_mem_inv and ks = -dt * tau_syn_inv evaluated as the forward evaluates them)::
+
+    IAF      h = v + x
+    LIFBox   h = v + k * ((x + v_leak) - v)
+    LIF      i' = i + x;  h = v + k * ((v_leak - v) + i');  i = i' + ks * i'
+    fires    z = H(h - v_th) with H(u) = (u > 0), i.e. strictly h > v_th, for every ``method``
+             Norse's threshold() accepts (heaviside, super, triangle, tanh, circ, heavi_erfc:
+             they differ only in the surrogate gradient)
+    reset    v = (1 - z) * h + z * v_reset   (LIFBox's reset_subtract: (1 - z) * h + z * (h - v_th))
+
+IAF is the canonical neuron (alpha = gamma = 1, hard reset to v_reset, '>', starting at
+v_reset). LIFBox and LIF charge in another operation order than ``alpha * v + gamma * x``, so
+they are a :class:`NeuronCircuit` (Scale/Add/Hadamard/Delay nodes computing exactly Norse's
+arithmetic, the current ``i`` as a second state, and a threshold neuron firing on ``h``).
+
+Refused, naming the module: ``v_leak != 0`` for LIFBox/LIF (their state starts at v_leak and
+the circuit's Delays start at 0), per-neuron (tensor) parameters, ``method="adjoint"``, an
+unknown reset function, and every other Norse neuron (LIFRefrac, LIFAdEx, LSNN, recurrent
+cells, ...). Cells take and return their state (``z, s = cell(x, s)``, ``s=None`` at step 0);
+``IAF`` / ``LIF`` loop over the time axis of a ``[T, B, ...]`` input from their initial state.
+Containers (``SequentialState``) are traced through.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from snncc import neuron as cn
+from snncc.errors import UnsupportedError
+
+from . import STEP_MULTI, STEP_SINGLE, Adapter, NeuronCircuit
+from .snntorch import Circuit, scalar, threshold
+
+_PACKAGE = "norse"
+_METHODS = ("heaviside", "super", "triangle", "tanh", "circ", "heavi_erfc")
+_CELLS = {"IAFCell": "IAF", "LIFBoxCell": "LIFBox", "LIFCell": "LIF"}
+_SEQUENCES = {"IAF": "IAF", "LIF": "LIF"}
+
+
+def _base(m: nn.Module) -> str:
+    """The names of Norse's neuron base classes among ``m``'s classes."""
+    names = {c.__name__ for c in type(m).__mro__ if c.__module__.startswith(_PACKAGE)}
+    return next((n for n in ("SNNCell", "SNN", "SNNRecurrentCell", "SNNRecurrent") if n in names),
+                "")
+
+
+class NorseAdapter(Adapter):
+    name = "norse"
+
+    def owns(self, m: nn.Module) -> bool:
+        return type(m).__module__.startswith(_PACKAGE)
+
+    def is_neuron(self, m: nn.Module) -> bool:
+        return bool(_base(m))
+
+    def canonical(self, m: nn.Module, path: str):
+        kind = type(m).__name__
+        model = _CELLS.get(kind) or _SEQUENCES.get(kind)
+        if model is None or type(m).__module__.split(".")[-1] not in ("iaf", "lif", "lif_box"):
+            raise UnsupportedError(f"norse's {kind} is not supported (supported: IAFCell, IAF, "
+                                   "LIFBoxCell, LIFCell, LIF)", path=path)
+        p, dt = m.p, float(m.dt)
+        if p.method not in _METHODS:
+            raise UnsupportedError(f"method {p.method!r} is not a Heaviside threshold snncc knows "
+                                   f"(supported: {', '.join(_METHODS)})", path=path)
+        v_th = scalar(p.v_th, "v_th", path)
+        v_reset = scalar(p.v_reset, "v_reset", path)
+        if model == "IAF":
+            return cn.CanonicalParams(alpha=1.0, gamma=1.0, beta=0.0, theta=v_th,
+                                      v_reset=v_reset, reset=cn.RESET_HARD, cmp=cn.CMP_GT,
+                                      v_init=v_reset)
+        if scalar(p.v_leak, "v_leak", path) != 0.0:
+            raise UnsupportedError("v_leak != 0: the membrane starts at v_leak, a Delay at 0",
+                                   path=path)
+        scalar(p.tau_mem_inv, "tau_mem_inv", path)
+        k = scalar(dt * p.tau_mem_inv, "dt * tau_mem_inv", path)  # as the forward computes it
+        if model == "LIFBox":
+            reset = getattr(p, "reset_method", None)
+            name = getattr(reset, "__name__", "")
+            if name not in ("reset_value", "reset_subtract") or \
+                    not getattr(reset, "__module__", "").startswith(_PACKAGE):
+                raise UnsupportedError(f"reset method {name or reset!r} is not supported",
+                                       path=path)
+            return _lif_box(k, v_th, v_reset, subtract=name == "reset_subtract")
+        scalar(p.tau_syn_inv, "tau_syn_inv", path)
+        ks = scalar(-dt * p.tau_syn_inv, "-dt * tau_syn_inv", path)
+        return _lif(k, ks, v_th, v_reset)
+
+    def step_mode(self, m: nn.Module) -> str:
+        return STEP_SINGLE if _base(m).endswith("Cell") else STEP_MULTI
+
+    def single_step_call(self, m: nn.Module, args: tuple, kwargs: dict, value) -> tuple:
+        x = args[0] if args else kwargs.get("input_tensor")
+        state = args[1] if len(args) > 1 else kwargs.get("state")
+        return x, state, True, value[0]
+
+
+def _charge(c: Circuit, v: str, drive: str, k: float) -> str:
+    """h = v + k * drive, drive already computed."""
+    return c.add(v, c.scale(drive, k, "dv"), "h")
+
+
+def _reset_value(c: Circuit, h: str, v_reset: float) -> str:
+    """(1 - z) * h + z * v_reset as h - z*h (+ z*v_reset): both give h or v_reset exactly."""
+    z = c.name  # the firing node, this step
+    v = c.add(h, c.scale(c.mul(z, h, "z*h"), -1.0, "-z*h"), "mem" if v_reset == 0 else "h-z*h")
+    return v if v_reset == 0 else c.add(v, c.scale(z, v_reset, "z*v_reset"), "mem")
+
+
+def _lif_box(k: float, v_th: float, v_reset: float, subtract: bool) -> NeuronCircuit:
+    def build(name, x, shape):
+        c = Circuit(name, name, shape)
+        v = c.prev(f"{name}:mem")  # v[t-1] (0 at t = 0: v_leak = 0)
+        drive = c.add(x, c.scale(v, -1.0, "-v"), "x-v")  # (x + 0) - v
+        h = _charge(c, v, drive, k)
+        if subtract:  # (1 - z) * h + z * (h - v_th)
+            c.add(h, c.scale(name, -v_th, "-z*v_th"), "mem")
+        else:
+            _reset_value(c, h, v_reset)
+        return c.nodes, h
+    return NeuronCircuit(threshold(v_th), build)
+
+
+def _lif(k: float, ks: float, v_th: float, v_reset: float) -> NeuronCircuit:
+    def build(name, x, shape):
+        c = Circuit(name, name, shape)
+        v, i = c.prev(f"{name}:mem"), c.prev(f"{name}:cur")
+        i_new = c.add(i, x, "i+x")
+        c.add(i_new, c.scale(i_new, ks, "di"), "cur")  # i' + (-dt * tau_syn_inv) * i'
+        drive = c.add(c.scale(v, -1.0, "-v"), i_new, "-v+i")  # (0 - v) + i'
+        h = _charge(c, v, drive, k)
+        _reset_value(c, h, v_reset)
+        return c.nodes, h
+    return NeuronCircuit(threshold(v_th), build)
+
+
+ADAPTER = NorseAdapter()

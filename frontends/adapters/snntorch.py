@@ -1,0 +1,367 @@
+"""snnTorch (``snntorch`` 1.0): ``Leaky``, ``Synaptic`` and ``RLeaky`` neurons.
+
+What snnTorch computes per call (``_neurons/leaky.py``, ``synaptic.py``, ``rleaky.py``; b, a are
+``beta``, ``alpha`` clamped to [0, 1] by the forward itself, thr the threshold, m the stored
+membrane, r = H(m[t-1] - thr) the previous step's spike recomputed from the stored membrane)::
+
+    Leaky     base = b*m + x                              (x: the input current)
+    Synaptic  syn  = a*syn + x;  base = b*m + syn
+    RLeaky    base = b*m + x + recurrent(s[t-1])          (Linear, Conv2d or x*V)
+    reset     "subtract": m = base - r*thr  (Leaky, Synaptic, RLeaky)
+              "zero":     Leaky m = b*((1 - r)*m) + x;  Synaptic, RLeaky m = base - r*base
+              "none":     m = base
+    fires     s = H(m - thr) with H(u) = (u > 0): strictly m > thr (exact in IEEE arithmetic)
+
+The reset from the previous step's spike is applied *after* the decay (subtract) or to the whole
+new membrane (Synaptic/RLeaky zero). Only Leaky's "zero" reset is the canonical neuron itself
+(alpha = b, gamma = 1, hard reset to 0, '>'); every other form is a :class:`NeuronCircuit`:
+Scale/Add/Hadamard nodes compute snnTorch's membrane in snnTorch's operation order from the
+input, a Delay of the membrane and a Delay of the neuron's own spikes, and a threshold neuron
+(alpha = 0) fires on it, so ties and rounding agree spike for spike.
+
+``reset_delay=False`` (the reset in the same step): with "zero" it is the canonical hard reset
+(Leaky) / integrator + canonical neuron (Synaptic); with "none" nothing changes; with
+"subtract" snnTorch may subtract the threshold twice in one step (``do_reset = spk - reset``),
+which is refused. Also refused, naming the module: graded spikes, inhibition, state
+quantisation, a spike function not from ``snntorch.surrogate``, per-neuron (tensor) beta /
+alpha / threshold, a negative threshold (snnTorch then fires a reset before step 0),
+``init_hidden=True`` with ``output=True`` (it returns its membrane), and every other snnTorch
+neuron (Alpha, Lapicque, LeakyParallel, SLSTM, RSynaptic, ...).
+
+Calls: ``init_hidden=False`` neurons take and return their state (``spk, mem = lif(x, mem)``;
+``spk, syn, mem = syn_lif(x, syn, mem)``; ``spk, mem = rlif(x, spk, mem)``), with
+``init_leaky()`` / ``init_synaptic()`` / ``init_rleaky()`` (empty tensors) as the state at step 0;
+``init_hidden=True`` neurons keep it in the module (``spk = lif(x)``, the k-th call is step k).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from snncc import ir
+from snncc import neuron as cn
+from snncc.errors import UnsupportedError
+
+from . import STEP_SINGLE, Adapter, NeuronCircuit
+
+_PACKAGE = "snntorch"
+_NEURONS = "snntorch._neurons"
+_SUPPORTED = ("Leaky", "Synaptic", "RLeaky")
+
+
+# ----------------------------------------------------------------------------- circuits
+
+class Circuit:
+    """Collects the IR nodes of one neuron circuit; node names are ``{name}:{part}``."""
+
+    def __init__(self, name: str, path: str, shape: tuple):
+        self.name, self.path, self.shape = name, path, tuple(shape)
+        self.nodes: list[ir.Node] = []
+
+    def _node(self, cls, part: str, inputs, **kw) -> str:
+        node = cls(f"{self.name}:{part}", tuple(inputs), path=self.path, **kw)
+        self.nodes.append(node)
+        return node.name
+
+    def prev(self, src: str, kind: ir.Kind = ir.Kind.REAL) -> str:
+        """``src`` one step back (0 at t = 0); one Delay per source."""
+        part = "s[t-1]" if src == self.name else f"{src.rsplit(':', 1)[-1]}[t-1]"
+        name = f"{self.name}:{part}"
+        if any(n.name == name for n in self.nodes):
+            return name
+        return self._node(ir.Delay, part, (src,), steps=1, shape_hint=self.shape,
+                          kind_hint=kind)
+
+    def spikes_before(self) -> str:
+        return self.prev(self.name, ir.Kind.SPIKE)
+
+    def scale(self, src: str, k: float, part: str) -> str:
+        return self._node(ir.Scale, part, (src,), factor=np.asarray(k, dtype=np.float64))
+
+    def add(self, a: str, b: str, part: str) -> str:
+        return self._node(ir.Add, part, (a, b))
+
+    def mul(self, spikes: str, real: str, part: str) -> str:
+        return self._node(ir.Hadamard, part, (spikes, real))
+
+    def linear(self, src: str, m: nn.Linear, part: str) -> str:
+        return self._node(ir.Linear, part, (src,), weight=_np(m.weight),
+                          bias=None if m.bias is None else _np(m.bias))
+
+    def conv2d(self, src: str, m: nn.Conv2d, part: str) -> str:
+        return self._node(ir.Conv2d, part, (src,), weight=_np(m.weight),
+                          bias=None if m.bias is None else _np(m.bias), stride=m.stride,
+                          padding=m.padding, dilation=m.dilation, groups=m.groups)
+
+    def integrator(self, x: str, alpha: float, part: str) -> str:
+        """v[t] = alpha * v[t-1] + x[t] (``alpha * v`` first, then ``+ x``), v[-1] = 0: the
+        NIR reader's leaky integrator (Scale, Delay, Add), named ``{name}:{part}``."""
+        from snncc.frontends.nir_reader import _integrator
+
+        full = np.full(self.shape, alpha, dtype=np.float64)
+        name = f"{self.name}:{part}"
+        self.nodes += _integrator(name, x, full, np.ones(self.shape), np.zeros(self.shape),
+                                  self.path)
+        return name
+
+
+def threshold(theta: float) -> cn.CanonicalParams:
+    """A neuron that only compares its input: h = x, spike if h > theta (alpha = 0)."""
+    return cn.CanonicalParams(alpha=0.0, gamma=1.0, beta=0.0, theta=float(theta), v_reset=0.0,
+                              reset=cn.RESET_HARD, cmp=cn.CMP_GT, v_init=0.0)
+
+
+def circuit(theta: float, body, v_init: float = 0.0) -> NeuronCircuit:
+    """A NeuronCircuit whose membrane ``body(c, x)`` computes in a :class:`Circuit` ``c``, fired
+    on by a threshold neuron at ``theta``."""
+
+    def build(name, x, shape, path=""):
+        c = Circuit(name, path or name, shape)
+        membrane = body(c, x)
+        return c.nodes, membrane
+    return NeuronCircuit(threshold(theta), build, v_init)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def scalar(value, what: str, path: str) -> float:
+    """A parameter that must be one number (a scalar tensor or a one-element one)."""
+    t = torch.as_tensor(value).detach()
+    if t.numel() != 1:
+        raise UnsupportedError(f"a per-neuron {what} (a tensor of shape {tuple(t.shape)}) is not "
+                               "supported; snncc maps one value per layer", path=path)
+    v = float(t.reshape(()).to(torch.float64))
+    if not np.isfinite(v):
+        raise UnsupportedError(f"{what} = {v} is not finite", path=path)
+    return v
+
+
+# ----------------------------------------------------------------------------- the adapter
+
+class SnnTorchAdapter(Adapter):
+    name = "snntorch"
+
+    def owns(self, m: nn.Module) -> bool:
+        return type(m).__module__.startswith(_PACKAGE)
+
+    def is_neuron(self, m: nn.Module) -> bool:
+        return type(m).__module__.startswith(_NEURONS)
+
+    def canonical(self, m: nn.Module, path: str):
+        kind = type(m).__name__
+        if kind not in _SUPPORTED:
+            raise UnsupportedError(f"snntorch's {kind} is not supported (supported: "
+                                   f"{', '.join(_SUPPORTED)})", path=path)
+        _check_common(m, path)
+        b = min(max(scalar(m.beta, "beta", path), 0.0), 1.0)  # the forward clamps it
+        thr = scalar(m.threshold, "threshold", path)
+        if thr < 0:
+            raise UnsupportedError(f"threshold {thr} < 0: snntorch resets before the first step "
+                                   "(H(0 - threshold) = 1)", path=path)
+        mode = _mode(m, path)
+        delayed = bool(getattr(m, "reset_delay", True))
+        if not delayed and mode == "subtract":
+            raise UnsupportedError(
+                "reset_delay=False with reset_mechanism='subtract' can subtract the threshold "
+                "twice in one step (do_reset = spk - reset), which no IR neuron computes",
+                path=path)
+        if kind == "Leaky":
+            return _leaky(b, thr, mode)
+        if kind == "Synaptic":
+            a = min(max(scalar(m.alpha, "alpha", path), 0.0), 1.0)
+            return _synaptic(a, b, thr, mode, delayed)
+        return _rleaky(m, b, thr, mode, delayed, path)
+
+    def step_mode(self, m: nn.Module) -> str:
+        return STEP_SINGLE
+
+    def single_step_call(self, m: nn.Module, args: tuple, kwargs: dict, value) -> tuple:
+        kind = type(m).__name__
+        x = args[0] if args else kwargs.get("input_")
+        if m.init_hidden:
+            if m.output:
+                raise UnsupportedError("init_hidden=True with output=True returns the membrane, "
+                                       "which snncc does not expose; use output=False")
+            return x, None, False, value
+        names = {"Leaky": ("mem",), "Synaptic": ("syn", "mem"), "RLeaky": ("spk", "mem")}
+        names = names.get(kind, ("mem",))
+        given = [args[1 + i] if len(args) > 1 + i else kwargs.get(n)
+                 for i, n in enumerate(names)]
+        if kind == "Synaptic":
+            syn, mem = given
+            if not _same_state(syn, mem):
+                raise UnsupportedError("its syn and mem arguments are not both its own state from "
+                                       "the step before (or both its initial state)")
+            return x, mem, 2, value[0]
+        if kind == "RLeaky":
+            spk, mem = given
+            if not _own_spikes(spk, mem):
+                raise UnsupportedError("its spk argument is not its own spikes from the step "
+                                       "before (or its initial state)")
+            return x, mem, True, value[0]
+        return x, given[0], True, value[0]
+
+    def reset_state(self, model: nn.Module) -> None:
+        for m in model.modules():
+            if not self.is_neuron(m):
+                continue
+            for buf in ("mem", "syn", "spk"):
+                if isinstance(getattr(m, buf, None), torch.Tensor):
+                    setattr(m, buf, torch.zeros(0))
+
+
+def _same_state(a, b) -> bool:
+    """Two state arguments that are both None, the same traced state, or both constants."""
+    if a is None or b is None:
+        return a is None and b is None
+    if type(a).__name__ == "Membrane":
+        return a == b
+    return type(a).__name__ == "Const" and type(b).__name__ == "Const"
+
+
+def _own_spikes(spk, mem) -> bool:
+    """RLeaky's spk argument: its own spikes of the step the membrane comes from, or (with an
+    initial membrane) a constant initial state."""
+    if spk is None or mem is None:
+        return spk is None and mem is None
+    if type(mem).__name__ == "Membrane":
+        e = getattr(spk, "expr", None)
+        return getattr(e, "path", None) == mem.path and getattr(e, "step", None) == mem.step \
+            and type(e).__name__ == "_NeuronStep"
+    return type(spk).__name__ == "Const" and not torch.as_tensor(spk.value).any()
+
+
+def _check_common(m: nn.Module, path: str) -> None:
+    if getattr(m, "inhibition", False):
+        raise UnsupportedError("inhibition=True (only the largest membrane fires) is not "
+                               "supported", path=path)
+    if getattr(m, "state_quant", False):
+        raise UnsupportedError("a quantised state (state_quant) is not supported", path=path)
+    gsf = getattr(m, "graded_spikes_factor", 1.0)
+    if torch.as_tensor(gsf).numel() != 1 or float(torch.as_tensor(gsf)) != 1.0:
+        raise UnsupportedError("graded spikes (graded_spikes_factor != 1) are not spikes",
+                               path=path)
+    fn = m.spike_grad
+    module = getattr(fn, "__module__", "") or ""
+    qual = getattr(fn, "__qualname__", "") or ""
+    if not (module == "snntorch.surrogate" or qual.endswith("_surrogate_bypass")):
+        raise UnsupportedError(
+            f"spike_grad {qual or type(fn).__name__!r} is not one of snntorch.surrogate's (whose "
+            "forward is H(mem - threshold) = mem > threshold); its forward is unknown", path=path)
+
+
+def _mode(m: nn.Module, path: str) -> str:
+    """The reset the forward really applies: ``state_function`` is chosen in ``__init__``, so
+    it wins over a ``reset_mechanism`` changed afterwards (which must then agree)."""
+    fn = getattr(getattr(m, "state_function", None), "__name__", "")
+    mode = {"_base_sub": "subtract", "_base_zero": "zero", "_base_int": "none"}.get(fn)
+    if mode is None:
+        raise UnsupportedError(f"unknown state function {fn!r}", path=path)
+    declared = {0: "subtract", 1: "zero", 2: "none"}.get(int(m.reset_mechanism_val))
+    if declared != mode:
+        raise UnsupportedError(f"reset_mechanism was changed to {declared!r} after construction; "
+                               f"the forward still integrates as {mode!r}", path=path)
+    return mode
+
+
+def _leaky(b: float, thr: float, mode: str):
+    if mode == "zero":
+        # m = b * ((1 - r) * m) + x: after a spike b * 0 + x = x, exactly a hard reset to 0
+        return cn.CanonicalParams(alpha=b, gamma=1.0, beta=0.0, theta=thr, v_reset=0.0,
+                                  reset=cn.RESET_HARD, cmp=cn.CMP_GT, v_init=0.0)
+    if mode == "none":
+        return circuit(thr, lambda c, x: c.integrator(x, b, "mem"))
+
+    def subtract(c: Circuit, x: str) -> str:  # m = (b * m[t-1] + x) - thr * s[t-1]
+        base = c.add(c.scale(f"{c.name}:mem", b, "b*mem"), x, "base")
+        return c.add(base, c.scale(c.spikes_before(), -thr, "reset"), "mem")
+    return _with_prev_mem(thr, subtract)
+
+
+def _with_prev_mem(thr: float, body) -> NeuronCircuit:
+    """A circuit whose body reads ``{name}:mem`` one step back (the Delay is made here; the body
+    refers to the delayed membrane by the name ``{name}:mem`` and must produce it)."""
+
+    def wrapped(c: Circuit, x: str) -> str:
+        prev = c.prev(f"{c.name}:mem")
+        start = len(c.nodes)
+        out = body(c, x)
+        for n in c.nodes[start:]:  # read m[t-1] where the body named m
+            n.inputs = tuple(prev if i == f"{c.name}:mem" and n.name != prev else i
+                             for i in n.inputs)
+        return out
+    return circuit(thr, wrapped)
+
+
+def _synaptic(a: float, b: float, thr: float, mode: str, delayed: bool):
+    if mode == "zero" and not delayed:
+        # the same-step zero reset leaves r = 0 at every step (thr >= 0), so the membrane is the
+        # canonical neuron on the current: integrator -> hard reset to 0
+        def body(c: Circuit, x: str) -> str:
+            return c.integrator(x, a, "syn")
+        canon = cn.CanonicalParams(alpha=b, gamma=1.0, beta=0.0, theta=thr, v_reset=0.0,
+                                   reset=cn.RESET_HARD, cmp=cn.CMP_GT, v_init=0.0)
+
+        def build(name, x, shape):
+            c = Circuit(name, name, shape)
+            return c.nodes, body(c, x)
+        return NeuronCircuit(canon, build)
+
+    def membrane(c: Circuit, x: str) -> str:
+        syn = c.integrator(x, a, "syn")  # syn = a * syn + x
+        base = c.add(c.scale(f"{c.name}:mem", b, "b*mem"), syn, "base")
+        return _reset(c, base, thr, mode)
+    return _with_prev_mem(thr, membrane)
+
+
+def _reset(c: Circuit, base: str, thr: float, mode: str) -> str:
+    """snnTorch's late reset of the new membrane ``base`` by the previous step's spike."""
+    if mode == "none":
+        return _rename(c, base, "mem")
+    if mode == "subtract":  # base - r * thr
+        return c.add(base, c.scale(c.spikes_before(), -thr, "reset"), "mem")
+    # zero: base - base * r (0 after a spike, base otherwise)
+    return c.add(base, c.scale(c.mul(c.spikes_before(), base, "r*base"), -1.0, "-r*base"), "mem")
+
+
+def _rename(c: Circuit, node: str, part: str) -> str:
+    """Give the last node ``node`` the name ``{name}:{part}`` (it is nobody's input yet)."""
+    new = f"{c.name}:{part}"
+    (last,) = [n for n in c.nodes if n.name == node]
+    last.name = new
+    return new
+
+
+def _rleaky(m: nn.Module, b: float, thr: float, mode: str, delayed: bool, path: str):
+    rec = m.recurrent
+    if isinstance(rec, nn.Linear) or isinstance(rec, nn.Conv2d):
+        if isinstance(rec, nn.Conv2d) and (rec.padding_mode != "zeros"
+                                           or isinstance(rec.padding, str)):
+            raise UnsupportedError("a recurrent Conv2d without explicit zero padding", path=path)
+        layer = rec
+    elif type(rec).__name__ == "RecurrentOneToOne":
+        layer = scalar(rec.V, "recurrent weight V", path)
+    else:
+        raise UnsupportedError(f"recurrent layer {type(rec).__name__} is not supported", path=path)
+    if not delayed and mode == "zero":
+        raise UnsupportedError("RLeaky with reset_delay=False and reset_mechanism='zero' is not "
+                               "supported", path=path)
+
+    def membrane(c: Circuit, x: str) -> str:
+        s = c.spikes_before()
+        if isinstance(layer, nn.Linear):
+            r = c.linear(s, layer, "recurrent")
+        elif isinstance(layer, nn.Conv2d):
+            r = c.conv2d(s, layer, "recurrent")
+        else:
+            r = c.scale(s, layer, "recurrent")
+        base = c.add(c.add(c.scale(f"{c.name}:mem", b, "b*mem"), x, "b*mem+x"), r, "base")
+        return _reset(c, base, thr, mode)
+    return _with_prev_mem(thr, membrane)
+
+
+ADAPTER = SnnTorchAdapter()

@@ -1,0 +1,134 @@
+"""spikingjelly (``spikingjelly.activation_based``, 2.0): neurons, layer wrappers and state.
+
+- **Neurons** (modules of the ``neuron`` package) are leaves. ``LIFNode``, ``IFNode`` and
+  ``ParametricLIFNode`` (its tau = 1 / sigmoid(w), fixed after training) map onto the canonical
+  neuron (DESIGN.md, "Models from other libraries"); every other neuron model is refused by
+  name. ``step_mode`` is the module's own: ``"m"`` takes ``[T, B, ...]``; ``"s"`` keeps its
+  membrane in the module, so its k-th call is step k.
+- **Layer wrappers** (``layer.Conv2d``, ``layer.BatchNorm2d``, ``layer.AdaptiveAvgPool2d``, ...)
+  are leaves mapped as the torch layer they subclass, applied to every step when their
+  ``step_mode`` is ``"m"``. ``layer.Dropout`` is the identity in eval mode; the
+  weight-standardised ``WSConv2d`` / ``WSLinear`` are the plain layer with the standardised
+  weight. Wrappers that compute something else (batch norms over time, NeuNorm, DropConnect)
+  are refused. Containers (``SeqToANNContainer``, ``MultiStepContainer``, ...) and everything
+  else (attention blocks, the model zoo's blocks) are traced through.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from snncc import neuron as cn
+from snncc.errors import UnsupportedError
+
+from . import STEP_SINGLE, Adapter
+
+_PACKAGE = "spikingjelly.activation_based"
+_NEURONS = f"{_PACKAGE}.neuron"
+# the modules of spikingjelly's layer package whose classes are single layers (leaves)
+_LEAF_LAYERS = tuple(f"{_PACKAGE}.layer.{m}" for m in ("stateless_wrapper", "bn", "dropout"))
+# leaf layers that compute exactly what the torch layer they subclass computes
+_PLAIN_WRAPPERS = frozenset({
+    "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+    "Linear", "Flatten", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d",
+    "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "Upsample",
+    "GroupNorm", "MaxUnpool1d", "MaxUnpool2d", "MaxUnpool3d", "BatchNorm1d", "BatchNorm2d",
+    "BatchNorm3d",
+})
+
+
+class SpikingJellyAdapter(Adapter):
+    name = "spikingjelly"
+
+    def owns(self, m: nn.Module) -> bool:
+        return type(m).__module__.startswith(_PACKAGE)
+
+    def is_neuron(self, m: nn.Module) -> bool:
+        return type(m).__module__.startswith(_NEURONS)
+
+    def canonical(self, m: nn.Module, path: str) -> cn.CanonicalParams:
+        from spikingjelly.activation_based import neuron as sj
+
+        kind = type(m)
+        if kind not in (sj.LIFNode, sj.IFNode, sj.ParametricLIFNode):
+            raise UnsupportedError(
+                f"spikingjelly's {kind.__name__} has no exact canonical form (supported: "
+                "LIFNode, IFNode, ParametricLIFNode)", path=path)
+        if getattr(m, "_neuron_precision", None) is not None:
+            raise UnsupportedError("a neuron with a reduced-precision state (set_neuron_precision)"
+                                   " computes in another dtype than the model", path=path)
+        v_reset = None if m.v_reset is None else float(m.v_reset)
+        if kind is sj.IFNode:
+            return cn.from_if(float(m.v_threshold), v_reset)
+        if kind is sj.ParametricLIFNode:
+            tau = 1.0 / float(torch.sigmoid(m.w.detach().double()))
+        else:
+            tau = float(m.tau)
+        return cn.from_lif(tau, float(m.v_threshold), v_reset, bool(m.decay_input))
+
+    def step_mode(self, m: nn.Module) -> str:
+        return getattr(m, "step_mode", STEP_SINGLE)
+
+    def is_leaf(self, m: nn.Module) -> bool | None:
+        return True if type(m).__module__ in _LEAF_LAYERS else None
+
+    def module_handler(self, m: nn.Module):
+        name = type(m).__name__
+        if name in _PLAIN_WRAPPERS:
+            return None
+        if name in ("Dropout", "Dropout2d"):  # the identity in eval mode
+            return nn.Identity()
+        if name in ("WSConv2d", "WSLinear"):
+            return _standardised(m)
+        return _refuse(f"spikingjelly's {name} has no IR mapping")
+
+    def reset_state(self, model: nn.Module) -> None:
+        for m in model.modules():
+            if self.owns(m) and callable(getattr(m, "reset", None)):
+                m.reset()
+
+
+def _standardised(m: nn.Module) -> nn.Module:
+    """The plain Conv2d / Linear with the weight ``m`` computes from its parameters."""
+    plain = copy.deepcopy(m)
+    plain.__class__ = nn.Conv2d if isinstance(m, nn.Conv2d) else nn.Linear
+    with torch.no_grad():
+        plain.weight = nn.Parameter(m.get_weight().detach().clone())
+    return plain
+
+
+def _refuse(message: str):
+    def handler(builder, call, m, *args, **kwargs):
+        raise UnsupportedError(message, path=call.path)
+    return handler
+
+
+ADAPTER = SpikingJellyAdapter()
+
+
+def provide_weight_loader_without_torchvision() -> bool:
+    """Let spikingjelly's model files (``spikingjelly.activation_based.model``) import where
+    torchvision cannot: they import it only for ``load_state_dict_from_url``, to download
+    pretrained weights. PyPI's torchvision wheels are CUDA builds that fail to load beside the
+    CPU torch snncc pins (``RuntimeError: operator torchvision::nms does not exist``). When
+    torchvision does not import, this registers a ``torchvision`` module holding just that one
+    name, taken from ``torch.hub`` (the same function); a working torchvision is left alone.
+    Call it before importing the model files. Returns True if it registered the stand-in."""
+    import sys
+    import types
+
+    try:
+        import torchvision  # noqa: F401
+        return False
+    except (ImportError, RuntimeError):
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]  # what a failed import left half-initialised
+    utils = types.ModuleType("torchvision._internally_replaced_utils")
+    utils.load_state_dict_from_url = torch.hub.load_state_dict_from_url
+    package = types.ModuleType("torchvision")
+    package._internally_replaced_utils = utils
+    sys.modules.update({"torchvision": package, utils.__name__: utils})
+    return True

@@ -1,0 +1,428 @@
+"""Networks built from snnTorch's and Norse's own modules (conv + BN + neuron + linear, BN
+statistics randomised), traced into IR through the library adapters, against the library's own
+forward in float64: identical spikes at every neuron and the same output in the simulator,
+in onnxruntime (unrolled and step models) and after writing NIR and reading it back; Lava for
+a net without recurrence (slow). Plus the refusals, which name the module.
+
+snnTorch's spike functions return float32 (``(u > 0).float()``), so a ``.double()`` snnTorch
+model fails in its next layer; the reference is the float64 copy of the model with each neuron's
+spike function cast to the membrane's dtype (0/1 either way). The traced model is the float32
+original: its parameters are float32 values, exactly the float64 copy's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from snncc import ir
+from snncc.errors import UnsupportedError
+from snncc.frontends.tracer import trace
+from snncc.frontends.zoo import randomize_bn
+from snncc.simulator import simulate
+from snncc.targets import get_target
+
+from conftest import assert_rates_in_range
+
+snn = pytest.importorskip("snntorch")
+norse = pytest.importorskip("norse.torch")
+from snntorch import utils as snn_utils  # noqa: E402
+
+T, B = 4, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- networks
+
+class LeakyLoop(nn.Module):
+    """snnTorch's tutorial style: states passed explicitly, a Python loop over T on a static
+    image, the output spikes recorded and stacked."""
+
+    def __init__(self, mode: str = "subtract", delay: bool = True):
+        super().__init__()
+        kw = dict(reset_mechanism=mode, reset_delay=delay)
+        self.conv = nn.Conv2d(2, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.lif1 = snn.Leaky(beta=0.7, threshold=0.6, **kw)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(6 * 4 * 4, 10)
+        self.lif2 = snn.Leaky(beta=0.9, threshold=0.25, **kw)
+
+    def forward(self, x):
+        mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
+        out = []
+        for _ in range(T):
+            spk1, mem1 = self.lif1(self.bn(self.conv(x)), mem1)
+            spk2, mem2 = self.lif2(self.fc(self.pool(spk1).flatten(1)), mem2)
+            out.append(spk2)
+        return torch.stack(out)
+
+
+class HiddenSequential(nn.Module):
+    """``init_hidden=True``: the neurons keep their state; an nn.Sequential called per step."""
+
+    def __init__(self, mode: str = "subtract"):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6),
+            snn.Leaky(beta=0.8, threshold=0.5, init_hidden=True, reset_mechanism=mode),
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 4 * 4, 10),
+            snn.Leaky(beta=0.6, threshold=0.2, init_hidden=True, reset_mechanism=mode))
+
+    def forward(self, x):
+        return torch.stack([self.net(x) for _ in range(T)])
+
+
+class SynapticRLeaky(nn.Module):
+    """A sequence input [T, B, 8]: Synaptic (a second state, the current) and RLeaky (its own
+    spikes fed back through a Linear)."""
+
+    def __init__(self, mode: str = "subtract"):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 12)
+        self.bn = nn.BatchNorm1d(12)
+        self.syn = snn.Synaptic(alpha=0.6, beta=0.8, threshold=0.7, reset_mechanism=mode)
+        self.fc2 = nn.Linear(12, 10)
+        self.rlif = snn.RLeaky(beta=0.7, threshold=0.3, linear_features=10, reset_mechanism=mode)
+        self.fc3 = nn.Linear(10, 4)
+        with torch.no_grad():
+            self.rlif.recurrent.weight.mul_(0.5)
+
+    def forward(self, x):
+        syn, mem = self.syn.init_synaptic()
+        spk2, mem2 = self.rlif.init_rleaky()
+        out = []
+        for t in range(T):
+            spk1, syn, mem = self.syn(self.bn(self.fc1(x[t])), syn, mem)
+            spk2, mem2 = self.rlif(self.fc2(spk1), spk2, mem2)
+            out.append(self.fc3(spk2))
+        return torch.stack(out).mean(0)
+
+
+def _norse_p(kind: str, **kw):
+    from norse.torch.functional.iaf import IAFParameters
+    from norse.torch.functional.lif import LIFParameters
+    from norse.torch.functional.lif_box import LIFBoxParameters
+
+    cls = {"iaf": IAFParameters, "lif": LIFParameters, "box": LIFBoxParameters}[kind]
+    return cls(**{k: v if isinstance(v, str) else torch.as_tensor(v) for k, v in kw.items()})
+
+
+class NorseCells(nn.Module):
+    """Norse's SequentialState of cells called once per step with the state list handed back."""
+
+    def __init__(self):
+        super().__init__()
+        self.seq = norse.SequentialState(
+            nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6),
+            norse.LIFBoxCell(_norse_p("box", tau_mem_inv=200.0, v_th=0.3)),
+            nn.AvgPool2d(2), nn.Flatten(), nn.Linear(6 * 4 * 4, 12),
+            norse.LIFCell(_norse_p("lif", tau_syn_inv=300.0, tau_mem_inv=250.0, v_th=0.12)),
+            nn.Linear(12, 10),
+            norse.IAFCell(_norse_p("iaf", v_th=0.8)))
+
+    def forward(self, x):
+        state, out = None, []
+        for _ in range(T):
+            z, state = self.seq(x, state)
+            out.append(z)
+        return torch.stack(out)
+
+
+class NorseMultiStep(nn.Module):
+    """Norse's multi-step modules over a [T, B, ...] sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 12)
+        self.lif = norse.LIF(_norse_p("lif", tau_syn_inv=400.0, tau_mem_inv=300.0, v_th=0.15))
+        self.fc2 = nn.Linear(12, 10)
+        self.iaf = norse.IAF(_norse_p("iaf", v_th=0.3, v_reset=-0.2))
+        self.head = nn.Linear(10, 4)
+
+    def forward(self, x):
+        z, _ = self.lif(self.fc1(x))
+        z, _ = self.iaf(self.fc2(z))
+        return self.head(z.mean(0))
+
+
+# ----------------------------------------------------------------------------- harness
+
+def _f64_reference(model: nn.Module) -> nn.Module:
+    """The model in float64; snnTorch's float32 spikes cast to the membrane's dtype."""
+    ref = copy.deepcopy(model).double().eval()
+    for m in ref.modules():
+        if type(m).__module__.startswith("snntorch._neurons"):
+            m.spike_grad = (lambda g: lambda u: g(u).to(u.dtype))(m.spike_grad)
+    return ref
+
+
+def library_spikes(model: nn.Module, x: torch.Tensor, paths: set[str]):
+    """The library's own forward in float64: (output, {module path: spikes [T, B, ...]})."""
+    ref = _f64_reference(model)
+    calls: dict[str, list] = {p: [] for p in paths}
+    for name, m in ref.named_modules():
+        if name in calls:
+            m.register_forward_hook(lambda _m, _i, out, name=name: calls[name].append(
+                (out[0] if isinstance(out, tuple) else out).detach()))
+    snn_utils.reset(ref)
+    with torch.no_grad():
+        y = ref(x.double())
+    return y.numpy(), {p: (torch.stack(c) if len(c) > 1 else c[0]).numpy()
+                       for p, c in calls.items() if c}
+
+
+def sim_layout(graph, x: torch.Tensor) -> np.ndarray:
+    return x.double().numpy()
+
+
+def target_runs(graph, x: np.ndarray, tmp_path, targets) -> dict:
+    """{target: (outputs by Output name, traces by node name)} for sim, onnx (both forms), nir."""
+    runs = {}
+    sim = simulate(graph, x, T, record=True)
+    runs["sim"] = (sim.outputs, sim.trace, sim)
+    if "onnx" in targets:
+        from snncc.backends.onnx.runner import run_onnx
+
+        path = get_target("onnx").emit(graph, tmp_path / "m", dtype="float64")
+        for form in ("unrolled", "step"):
+            runs[f"onnx-{form}"] = run_onnx(path, x, form=form)
+    if "nir" in targets:
+        from snncc.frontends.nir_reader import read_nir
+
+        back = simulate(read_nir(get_target("nir").emit(graph, tmp_path / "m.nir")), x, T,
+                        record=True)
+        runs["nir"] = (back.outputs, back.trace)
+    return runs
+
+
+def check(model: nn.Module, x: torch.Tensor, static: bool, tmp_path,
+          targets=("onnx", "nir")) -> dict:
+    """Trace, run every target, assert identical spikes at every neuron against the library and
+    the same output; return {target: min spike agreement} and the reference firing rates."""
+    graph = trace(model, x, T=T, static=static, name=type(model).__name__)
+    neurons = graph.of_type(ir.Neuron)
+    paths = {n.path for n in neurons}
+    y, ref = library_spikes(model, x, paths)
+    assert set(ref) == paths, f"neurons without a library call: {paths - set(ref)}"
+    xs = sim_layout(graph, x)
+    runs = target_runs(graph, xs, tmp_path, targets)
+    sim = runs["sim"][2]
+    (out,) = graph.outputs
+    got = sim.output if graph.meta["output_layout"] == "B" else sim.output_sequence[out.name]
+    np.testing.assert_allclose(got, y, rtol=0, atol=1e-10)
+    agreement = {}
+    for name, (outputs, traces, *_) in runs.items():
+        worst = 1.0
+        for n in neurons:
+            r, s = ref[n.path], traces.get(n.name)
+            assert s is not None and r.shape == s.shape, (name, n.name)
+            worst = min(worst, float(np.mean(r == s)))
+        agreement[name] = worst
+        for k, v in sim.outputs.items():
+            np.testing.assert_allclose(outputs[k], v, rtol=1e-9, atol=1e-9, err_msg=name)
+    rates = {n.path: float(ref[n.path].mean()) for n in neurons}
+    print(f"{type(model).__name__}: agreement {agreement}, rates {rates}")
+    assert all(a == 1.0 for a in agreement.values()), agreement
+    assert_rates_in_range(rates)
+    return agreement
+
+
+def _image(seed: int, scale: float = 1.5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(B, 2, 8, 8, generator=g)).float()
+
+
+def _sequence(seed: int, scale: float = 1.5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(T, B, 8, generator=g)).float()
+
+
+def _built(cls, seed: int, *args, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize_bn(cls(*args, **kwargs), seed).eval()
+
+
+# ----------------------------------------------------------------------------- snnTorch
+
+@pytest.mark.parametrize("mode", ["subtract", "zero", "none"])
+def test_snntorch_leaky_loop(mode, tmp_path):
+    check(_built(LeakyLoop, 0, mode), _image(0), True, tmp_path)
+
+
+def test_snntorch_leaky_zero_without_reset_delay(tmp_path):
+    """reset_delay=False with a zero reset is the same canonical neuron."""
+    model = _built(LeakyLoop, 1, "zero", delay=False)
+    graph = trace(model, _image(1), T=T)
+    assert [n.op for n in graph.topological_order()].count("Neuron") == 2
+    assert not graph.of_type(ir.Delay)
+    check(model, _image(1), True, tmp_path, targets=())
+
+
+@pytest.mark.parametrize("mode", ["subtract", "zero"])
+def test_snntorch_init_hidden_sequential(mode, tmp_path):
+    check(_built(HiddenSequential, 2, mode), _image(2), True, tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["subtract", "zero", "none"])
+def test_snntorch_synaptic_and_rleaky(mode, tmp_path):
+    check(_built(SynapticRLeaky, 3, mode), _sequence(3), False, tmp_path)
+
+
+def test_snntorch_mapping_shapes():
+    """zero: one canonical neuron (alpha = beta, hard reset to 0, '>'); subtract: a circuit whose
+    reset reads the neuron's own spikes one step back."""
+    zero = trace(_built(LeakyLoop, 0, "zero"), _image(0), T=T)
+    lif = zero["lif1"]
+    assert (float(lif.alpha), float(lif.gamma), lif.cmp, lif.reset, float(lif.v_reset)) == \
+        (pytest.approx(0.7), 1.0, ">", "hard", 0.0)
+    sub = trace(_built(LeakyLoop, 0, "subtract"), _image(0), T=T)
+    delays = {d.inputs[0] for d in sub.of_type(ir.Delay)}
+    assert {"lif1", "lif1:mem", "lif2", "lif2:mem"} <= delays
+    assert float(sub["lif1"].alpha) == 0.0 and float(sub["lif1"].theta) == pytest.approx(0.6)
+
+
+# ----------------------------------------------------------------------------- Norse
+
+def test_norse_cells_sequential_state(tmp_path):
+    check(_built(NorseCells, 4), _image(4, 2.0), True, tmp_path)
+
+
+def test_norse_multistep_modules(tmp_path):
+    model = _built(NorseMultiStep, 5)
+    graph = trace(model, _sequence(5), T=T, static=False)
+    vr = float(torch.tensor(-0.2))  # Norse's parameters are float32 tensors
+    assert float(graph["iaf"].v_init) == vr and float(graph["iaf"].alpha) == 1.0
+    check(model, _sequence(5, 2.0), False, tmp_path)
+
+
+# ----------------------------------------------------------------------------- Lava
+
+@pytest.mark.slow
+def test_snntorch_zero_reset_net_in_lava(tmp_path):
+    """Leaky with reset to zero is Lava's LIF (no circuit, no recurrence)."""
+    from snncc.backends.lava.runner import run_artifact
+    from snncc.pipeline import run_passes
+
+    model = _built(LeakyLoop, 6, "zero")
+    x = _image(6)
+    graph = trace(model, x, T=T)
+    assert not graph.of_type(ir.Delay)
+    _, ref = library_spikes(model, x, {n.path for n in graph.of_type(ir.Neuron)})
+    tgt = get_target("lava")
+    compiled = run_passes(graph, list(tgt.default_passes), log=lambda s: None)
+    art = tgt.emit(compiled, tmp_path / "art")
+    res = run_artifact(art, x.double().numpy(),
+                       record=[n.name for n in graph.of_type(ir.Neuron)])
+    for n in graph.of_type(ir.Neuron):
+        agreement = float(np.mean(res["trace"][n.name] == ref[n.path]))
+        print(f"lava {n.name}: agreement {agreement}")
+        assert agreement == 1.0
+
+
+# ----------------------------------------------------------------------------- refusals
+
+class One(nn.Module):
+    def __init__(self, neuron: nn.Module, hidden: bool = False):
+        super().__init__()
+        self.fc = nn.Linear(8, 6)
+        self.block = nn.Module()
+        self.block.lif = neuron
+        self.hidden = hidden
+
+    def forward(self, x):
+        if self.hidden:
+            return torch.stack([self.block.lif(self.fc(x[t])) for t in range(T)])
+        out, state = [], None
+        for t in range(T):
+            z, state = self.block.lif(self.fc(x[t]), state)
+            out.append(z)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("neuron, reason", [
+    (lambda: snn.Leaky(beta=0.9, graded_spikes_factor=0.5, init_hidden=True), "graded spikes"),
+    (lambda: snn.Leaky(beta=0.9, inhibition=True, init_hidden=True), "inhibition"),
+    (lambda: snn.Leaky(beta=torch.full((6,), 0.5), init_hidden=True), "per-neuron beta"),
+    (lambda: snn.Leaky(beta=0.9, reset_delay=False, init_hidden=True), "twice in one step"),
+    (lambda: snn.Leaky(beta=0.9, threshold=-0.5, init_hidden=True), "threshold -0.5 < 0"),
+    (lambda: snn.Leaky(beta=0.9, init_hidden=True, spike_grad=lambda u: (u > 0).float()),
+     "spike_grad"),
+    (lambda: snn.Alpha(alpha=0.9, beta=0.8, init_hidden=True), "Alpha is not supported"),
+], ids=["graded", "inhibition", "per-neuron", "reset-delay", "negative-threshold",
+        "spike-grad", "alpha"])
+def test_snntorch_refusals_name_the_module(neuron, reason):
+    with pytest.raises(UnsupportedError) as err:
+        trace(One(neuron(), hidden=True), torch.randn(T, B, 8), T=T, static=False)
+    assert "module 'block.lif'" in str(err.value) and reason in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("neuron, reason", [
+    (lambda: norse.LIFBoxCell(_norse_p("box", v_leak=0.1)), "v_leak != 0"),
+    (lambda: norse.LIFRefracCell(), "LIFRefracCell is not supported"),
+    (lambda: norse.IAFCell(_norse_p("iaf", v_th=torch.full((6,), 0.5))), "per-neuron v_th"),
+], ids=["v-leak", "refrac", "per-neuron"])
+def test_norse_refusals_name_the_module(neuron, reason):
+    with pytest.raises(UnsupportedError) as err:
+        trace(One(neuron()), torch.randn(T, B, 8), T=T, static=False)
+    assert "module 'block.lif'" in str(err.value) and reason in str(err.value), str(err.value)
+
+
+# ----------------------------------------------------------------------------- ties
+
+class CellLoop(nn.Module):
+    def __init__(self, cell: nn.Module):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x):
+        state, out = None, []
+        for t in range(T):
+            z, state = self.cell(x[t], state)
+            out.append(z)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("kind", ["box", "lif"])
+def test_norse_threshold_tie_follows_norse_operation_order(kind, tmp_path):
+    """The threshold is put exactly on a membrane value Norse computes at step 1, at a neuron
+    where the canonical form's order of operations (alpha*v + gamma*x) rounds above it: Norse
+    does not fire there (strictly >), the textbook mapping would, the compiled graph does not."""
+    g = torch.Generator().manual_seed(7)
+    x = 0.5 + torch.rand(T, B, 64, generator=g, dtype=torch.float64)
+    kw = dict(tau_mem_inv=torch.tensor(130.0, dtype=torch.float64))
+    if kind == "lif":
+        kw["tau_syn_inv"] = torch.tensor(170.0, dtype=torch.float64)
+    make = (lambda th: norse.LIFBoxCell(_norse_p("box", v_th=th, **kw))) if kind == "box" else \
+        (lambda th: norse.LIFCell(_norse_p("lif", v_th=th, **kw)))
+    quiet = make(torch.tensor(1e9, dtype=torch.float64))
+    with torch.no_grad():
+        z0, s0 = quiet(x[0])
+        _, s1 = quiet(x[1], s0)
+    k = 1e-3 * 130.0
+    h0, h1 = s0.v.numpy(), s1.v.numpy()
+    if kind == "box":
+        naive = (1 - k) * h0 + k * x[1].numpy()
+    else:
+        i1 = s0.i.numpy() + x[1].numpy()
+        naive = (1 - k) * h0 + k * i1
+    flips = np.argwhere((naive > h1) & (h1 > h0))
+    assert len(flips), "no neuron where the two orders round apart"
+    theta = float(h1[tuple(flips[0])])
+    model = CellLoop(make(torch.tensor(theta, dtype=torch.float64)))
+    graph = trace(model, x, T=T, static=False)
+    _, ref = library_spikes(model, x, {"cell"})
+    assert ref["cell"][(1, *flips[0])] == 0  # the tie: Norse does not fire
+    sim = simulate(graph, x.numpy(), T, record=True)
+    np.testing.assert_array_equal(sim.trace["cell"], ref["cell"])

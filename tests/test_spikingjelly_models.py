@@ -1,0 +1,213 @@
+"""spikingjelly 2.0's own model constructors (``spikingjelly.activation_based.model``), built at
+small sizes with randomised BN statistics, traced through the spikingjelly adapter and run in
+float64: the simulator, onnxruntime (unrolled and step models) and the NIR round trip give the
+library's own forward spikes at every neuron (firing rates in [5%, 95%]) and its output; Lava
+gives them for small graphs without recurrence. Models that need what the IR cannot express are
+refused with every unsupported op listed. The larger cases are marked slow.
+
+The model files import ``torchvision`` only to download weights. PyPI's torchvision wheels are
+CUDA builds that cannot load beside the CPU torch used here, so when torchvision does not
+import, the one name those files take from it is provided from ``torch.hub``, as the README
+tells users to do (``provide_weight_loader_without_torchvision``)."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from snncc import ir
+from snncc.errors import UnsupportedError
+from snncc.frontends.adapters.spikingjelly import provide_weight_loader_without_torchvision
+from snncc.frontends.tracer import trace
+from snncc.frontends.zoo import randomize_bn
+from snncc.simulator import simulate
+from snncc.targets import get_target
+
+from conftest import assert_rates_in_range
+
+T = 4
+pytest.importorskip("spikingjelly.activation_based")
+
+
+provide_weight_loader_without_torchvision()
+from spikingjelly.activation_based import functional, neuron  # noqa: E402
+from spikingjelly.activation_based.model import (  # noqa: E402
+    maxformer, ms_resnet, qkformer, sew_resnet, spike_driven_transformer, spikformer,
+    spiking_resnet, spiking_vgg)
+
+
+def _image(seed: int, scale: float = 2.0, size: int = 32, batch: int = 2) -> torch.Tensor:
+    return scale * torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.float64)
+
+
+def _sequence(x: torch.Tensor) -> torch.Tensor:
+    """The image repeated over T (the input of models that do not repeat it themselves)."""
+    return x.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+
+
+def _multi_step(model):
+    functional.set_step_mode(model, "m")
+    return model
+
+
+BUILDERS = {
+    "spikformer": lambda: spikformer.Spikformer(
+        T=T, img_size_h=32, img_size_w=32, patch_size=4, num_classes=10, embed_dims=32,
+        num_heads=2, mlp_ratio=2, depths=1),
+    "sdt": lambda: spike_driven_transformer.SpikeDrivenTransformer(
+        T=T, num_classes=10, embed_dims=32, num_heads=2, depths=1, mlp_ratio=2),
+    "qkformer": lambda: qkformer.QKFormer(
+        T=T, num_classes=10, embed_dims=48, num_heads=(1, 2, 2), depths=(1, 1, 1), mlp_ratio=2),
+    "maxformer": lambda: maxformer.MaxFormer(
+        T=T, num_classes=10, embed_dims=48, depths=(1, 1, 1), mlp_ratio=2, cifar=True),
+    "ms_resnet": lambda: ms_resnet.MSResNet(
+        T=T, num_classes=10, layers=(1, 1, 1), base_channels=8, stage_channels=(8, 16, 32),
+        stem_kernel_size=3, stem_stride=1),
+    "max_resnet18": lambda: ms_resnet.max_resnet18(T=T),
+    "sew_resnet18": lambda: _multi_step(sew_resnet.sew_resnet18(
+        cnf="ADD", num_classes=10, spiking_neuron=neuron.IFNode, detach_reset=True)),
+    "spiking_resnet18": lambda: _multi_step(spiking_resnet.spiking_resnet18(
+        num_classes=10, spiking_neuron=neuron.LIFNode, tau=2.0)),
+}
+# the model repeats a static image over T itself (else it takes a [T, B, ...] sequence)
+STATIC = {"spikformer", "sdt", "qkformer", "maxformer", "ms_resnet", "max_resnet18"}
+# QKFormer's token attention fires where any of a head's channels spikes: sparser Q keeps its
+# rate below 95%
+BN_OVERRIDES = {"qkformer": {"*.attn.qk_conv_bn*": {"bias_range": (-0.5, 0.0)}}}
+INPUT_SCALE = {"qkformer": 1.0}
+SLOW = {"max_resnet18"}
+CASES = [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
+         for name in BUILDERS]
+
+
+def _build(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = BUILDERS[name]().double().eval()
+    randomize_bn(model, seed, overrides=BN_OVERRIDES.get(name))
+    x = _image(seed, INPUT_SCALE.get(name, 2.0))
+    return model, x if name in STATIC else _sequence(x)
+
+
+def library_spikes(model, x: torch.Tensor, paths: set[str]):
+    """The model's own forward from fresh state: its output and every hooked neuron's spikes."""
+    calls: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+    hooks = [model.get_submodule(p).register_forward_hook(
+        lambda _m, _i, out, p=p: calls[p].append(out.detach())) for p in paths]
+    functional.reset_net(model)
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        functional.reset_net(model)
+    return y.numpy(), {p: torch.cat(c).numpy() for p, c in calls.items() if c}
+
+
+@pytest.fixture(scope="module")
+def traced():
+    """name -> (model, graph, simulator input, float64 simulation, library spikes by node)."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            model, x = _build(name)
+            g = trace(model, x, T=T, static=name in STATIC, name=name)
+            neurons = g.of_type(ir.Neuron)
+            y, spikes = library_spikes(model, x, {n.path for n in neurons})
+            ref = {n.name: spikes[n.path].reshape(T, x.shape[-4], *n.shape) for n in neurons}
+            xs = x.numpy()
+            cache[name] = g, xs, simulate(g, xs, T, record=True), ref, y
+        return cache[name]
+    return get
+
+
+def _assert_spikes(traces: dict, ref: dict) -> None:
+    for k, spikes in ref.items():
+        assert k in traces, f"{k}: no trace"
+        mismatch = float(np.mean(traces[k] != spikes))
+        assert mismatch == 0, f"{k}: spike mismatch rate {mismatch:.3g}"
+
+
+def _output(g, outputs: dict) -> np.ndarray:
+    return np.asarray(outputs[g.outputs[0].name])
+
+
+def _last_step(g, y: np.ndarray) -> np.ndarray:
+    """What the targets report of the library's output: its value at the last step."""
+    return y[-1] if g.meta["output_layout"] == "TB" else y
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_simulator_equals_library(traced, name):
+    g, _, res, ref, y = traced(name)
+    _assert_spikes(res.trace, ref)
+    got = res.output_sequence if g.meta["output_layout"] == "TB" else res.outputs
+    np.testing.assert_allclose(_output(g, got), y, rtol=0, atol=1e-10)
+    assert_rates_in_range({k: float(v.mean()) for k, v in ref.items()})
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_onnx_equals_library(traced, tmp_path, name):
+    from snncc.backends.onnx.runner import run_onnx
+
+    g, x, _, ref, y = traced(name)
+    path = get_target("onnx").emit(g, tmp_path / "m", dtype="float64")
+    for form in ("unrolled", "step"):
+        outputs, traces = run_onnx(path, x, form=form)
+        _assert_spikes(traces, ref)
+        np.testing.assert_allclose(_output(g, outputs), _last_step(g, y), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_nir_round_trip_equals_library(traced, tmp_path, name):
+    from snncc.frontends.nir_reader import read_nir
+
+    g, x, _, ref, y = traced(name)
+    back = read_nir(get_target("nir").emit(g, tmp_path / "m.nir"))
+    res = simulate(back, x, T, record=True)
+    _assert_spikes(res.trace, ref)
+    np.testing.assert_allclose(_output(back, res.outputs), _last_step(g, y), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["sdt", *(pytest.param(n, marks=pytest.mark.slow) for n in (
+    "spikformer", "qkformer", "maxformer", "ms_resnet", "sew_resnet18", "spiking_resnet18"))])
+def test_lava_equals_library(traced, tmp_path, name):
+    from snncc.backends.lava.artifact import emit
+    from snncc.backends.lava.runner import run_artifact
+    from snncc.pipeline import run_passes
+
+    g, x, _, ref, y = traced(name)
+    compiled = run_passes(g, list(get_target("lava").default_passes), log=lambda s: None)
+    res = run_artifact(emit(compiled, tmp_path / "lava"), x, T)
+    _assert_spikes(res["trace"], ref)
+    (out,) = res["outputs"].values()
+    np.testing.assert_allclose(out, _last_step(g, y), rtol=1e-12, atol=1e-12)
+
+
+def test_sequence_input_traced_as_static_says_to_pass_static_false():
+    model, x = _build("sew_resnet18")
+    with pytest.raises(ValueError, match="pass static=False"):
+        trace(model, x, T=T)
+
+
+def test_unsupported_neuron_and_ops_are_all_listed():
+    from spikingjelly.activation_based.model import masnn
+
+    model = masnn.MASNN(T=T, channels=(8, 8, 8), fc_hidden=8, reduction_t=2, reduction_c=4)
+    with pytest.raises(UnsupportedError) as err:
+        trace(model.double(), torch.rand(T, 2, 2, 32, 32, dtype=torch.float64), T=T, static=False)
+    msg = str(err.value)
+    assert "\n" not in msg and "op 'torch.sigmoid' is not supported" in msg
+    assert "module 'conv_blocks.0.attn.ta.avg_pool': op 'AdaptiveAvgPool3d'" in msg
+
+
+def test_vgg_adaptive_pool_to_a_size_that_does_not_divide_is_refused():
+    model = _multi_step(spiking_vgg.spiking_vgg11_bn(num_classes=10,
+                                                     spiking_neuron=neuron.IFNode)).double()
+    with pytest.raises(UnsupportedError, match=r"module 'avgpool': op 'AdaptiveAvgPool2d' .*"
+                                               r"use nn.AvgPool2d"):
+        trace(model, _sequence(_image(0)), T=T, static=False)
