@@ -45,11 +45,20 @@ from snncc.pipeline import register_pass, report
 from .common import where
 
 
-def _addressed(graph: Graph, name: str, a: str, b: str, path: str) -> ir.AddressedAccumulate:
-    """``a @ b`` addressed by ``a`` if it is spikes, else by ``b`` (a new matmul's output,
-    not yet inferred, is never spikes)."""
+def _put(graph: Graph, node: ir.Node) -> None:
+    """Put ``node`` in place of its namesake with its shape and kind inferred from its inputs
+    as they are now: later rewrites in this pass read them (a lowered matmul whose output also
+    feeds another matmul, a re-associated inner matmul whose shape changed)."""
+    graph.replace(node.name, node)
+    shape, node.kind = node.infer([graph[i].shape for i in node.inputs],
+                                  [graph[i].kind for i in node.inputs])
+    node.shape = tuple(int(d) for d in shape)
+
+
+def _addressed(graph: Graph, name: str, a: str, b: str, path: str) -> None:
+    """Replace node ``name`` by ``a @ b`` addressed by ``a`` if it is spikes, else by ``b``."""
     operand = 0 if graph[a].kind is ir.Kind.SPIKE else 1
-    return ir.AddressedAccumulate(name, (a, b), path, spike_operand=operand)
+    _put(graph, ir.AddressedAccumulate(name, (a, b), path, spike_operand=operand))
 
 
 def _dense_additions(graph: Graph, a: str, b: str) -> int:
@@ -93,8 +102,8 @@ def _lower_chain(graph: Graph, outer: ir.SpikeMatMul, side: int, inner: ir.Spike
         new_inner, new_outer = (a, b), (inner.name, c)
     else:
         new_inner, new_outer = (b, c), (a, inner.name)
-    graph.replace(inner.name, _addressed(graph, inner.name, *new_inner, inner.path))
-    graph.replace(outer.name, _addressed(graph, outer.name, *new_outer, outer.path))
+    _addressed(graph, inner.name, *new_inner, inner.path)
+    _addressed(graph, outer.name, *new_outer, outer.path)
     names = {"left": f"({a} @ {b}) @ {c}", "right": f"{a} @ ({b} @ {c})"}
     heads = math.prod(outer.shape[:-2])
     entry = {"order": names[best], "source_order": names[source], "heads": heads,
@@ -123,7 +132,7 @@ def _column_sum(graph: Graph, s: ir.Sum) -> dict:
                                target=(*lead, n, 1)))
     acc = graph.add(ir.AddressedAccumulate(graph.fresh(f"{s.name}.acc"), (row, col), s.path,
                                            spike_operand=0))
-    graph.replace(s.name, ir.Reshape(s.name, (acc,), s.path, target=s.shape))
+    _put(graph, ir.Reshape(s.name, (acc,), s.path, target=s.shape))
     return {"node": acc, "columns": math.prod(lead), "length": n,
             "max_additions_per_step": math.prod(lead) * n}
 
@@ -131,7 +140,7 @@ def _column_sum(graph: Graph, s: ir.Sum) -> dict:
 @register_pass()
 def lower_spike_matmul_to_addressed_additions(graph: Graph) -> Graph:
     """Every SpikeMatMul and every Sum of spikes into AddressedAccumulate (exact counts)."""
-    graph.verify()  # kinds are current (an earlier pass may have removed a scale)
+    graph.verify(allow_dead=True)  # kinds are current (an earlier pass may have removed a scale)
     chains, single, column_sums = {}, {}, {}
     order = graph.topological_order()
     for n in reversed(order):  # outer matmuls first, so each chain is seen from its end
@@ -143,11 +152,11 @@ def lower_spike_matmul_to_addressed_additions(graph: Graph) -> Graph:
     for n in order:
         if isinstance(graph[n.name], ir.SpikeMatMul):
             a, b = n.inputs
-            graph.replace(n.name, _addressed(graph, n.name, a, b, n.path))
+            _addressed(graph, n.name, a, b, n.path)
             single[n.name] = {"max_additions_per_step": _dense_additions(graph, a, b)}
         elif n.op == "Sum" and graph[n.inputs[0]].kind is ir.Kind.SPIKE:  # not Mean
             column_sums[n.name] = _column_sum(graph, n)
-    graph.verify()
+    graph.verify(allow_dead=True)
     report(graph, "lower_spike_matmul_to_addressed_additions", chains=chains, matmuls=single,
            column_sums=column_sums)
     return graph

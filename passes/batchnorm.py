@@ -26,9 +26,35 @@ remove it, each exact in real arithmetic (the equations of :mod:`snncc.passes.co
    for targets with one threshold per layer); the BN's output is unchanged, so it applies
    whatever the BN feeds.
 
-``fold_batchnorm_into_threshold`` tries 1, then 2 (threshold form), then 3;
-``fold_batchnorm_into_weights`` tries 3, then 2 (weights form). A BN none of them applies to
-stays, with its one-line reason in the report.
+**Exact ties.** Each fold is exact in real arithmetic; in floating point it can also round,
+and a membrane that equals theta exactly in the unfolded network (common with integer or
+coarse-grid weights) may then land on the other side of the folded threshold, in either
+direction, and with a soft reset the membrane drifts from then on. A fold is *exact* when it
+adds no rounding of its own:
+
+- the BN's a and c are computed without rounding (sqrt(var + eps) a power of two, so every
+  way of computing them, the simulator's torch ``batch_norm`` included, gives the same
+  numbers);
+- every new parameter (weights, bias, gamma, beta, theta, v_reset, v_init) is the exact real
+  result (checked with error-free float64 products, sums and quotients,
+  :func:`~snncc.passes.common.exact_mul` and friends);
+- a divided membrane is divided by a power of two (otherwise ``v/|a|`` is not representable
+  and the state drifts even where theta/|a| is exact), and an average pooling between the BN
+  and the neuron divides by a power of two when the scale moves across it (form 2).
+
+Then every value of the folded network is the unfolded one times a power of two, up to the
+order of additions (the BN's shift joins the synapse's bias or the neuron's beta): spikes are
+identical, ties included, wherever those sums are exact (integer or fixed-point values, coarse
+grids); with arbitrary float values a reordered sum rounds differently by an ulp, which decides
+a spike only at an exact tie, where general float data essentially never lands.
+
+``fold_batchnorm_into_threshold`` tries 1, then 2 (threshold form), then 2 with the scale kept
+in gamma (gamma' = gamma a, beta' = beta + gamma c, theta, v_reset and v_init unchanged:
+weights untouched and no division), then 3, and takes the first exact fold;
+``fold_batchnorm_into_weights`` tries 3, then 2 (weights form), likewise. If none is exact the
+first that applies is taken and the report lists the BN under ``ties_may_differ`` with the
+reason (every folded BN not listed there is exact). A BN none of them applies to stays, with
+its one-line reason in the report.
 """
 
 from __future__ import annotations
@@ -36,11 +62,13 @@ from __future__ import annotations
 import numpy as np
 
 from snncc import ir
+from snncc.errors import IRError
 from snncc.graph import Graph
 from snncc.pipeline import register_pass, report
 
 from .common import (LAYOUT, POOLS, Decline, axis_labels, bn_branch, bypass, carry_labels,
-                     divide_membrane, input_region, scale_region, scaled_synapse, where)
+                     divide_membrane, exact_add, exact_div, exact_mul, input_region,
+                     is_power_of_two, per_label, scale_region, scaled_synapse, where)
 
 
 def _downstream_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, through_add: bool):
@@ -62,72 +90,173 @@ def _downstream_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, through_add: 
         name = nxt.name
 
 
-def _into_thresholds(graph: Graph, bn: ir.BatchNorm, cons: dict) -> list[str]:
+# ----------------------------------------------------------------------------- rounding checks
+# Each returns '' when the fold adds no rounding (module doc, "Exact ties"), else why not.
+
+
+def _bn_rounding(bn: ir.BatchNorm) -> str:
+    s = np.sqrt(bn.var + bn.eps)
+    a, _ = bn.scale_shift()
+    if not (exact_add(bn.var, bn.eps) and is_power_of_two(s) and np.all(s * s == bn.var + bn.eps)
+            and exact_div(bn.weight, s)):
+        return (f"the scale of {where(bn)} rounds (sqrt(var + eps) is not a power of two)")
+    if not (exact_mul(a, bn.mean) and exact_add(bn.bias, -a * bn.mean)):
+        return f"the shift bias - a mean of {where(bn)} rounds"
+    return ""
+
+
+def _membrane_rounding(neuron: ir.Neuron, k, g, e) -> str:
+    """Rounding in :func:`~snncc.passes.common.divide_membrane` (``neuron``, k, g, e)."""
+    p = {nm: np.broadcast_to(v, neuron.shape) for nm, v in neuron.params().items()}
+    k = np.broadcast_to(k, neuron.shape)
+    if not is_power_of_two(k):
+        return (f"dividing the membrane of {where(neuron)} by |a| (not a power of two) rounds "
+                "theta/|a| and the membrane itself")
+    if not (exact_mul(p["gamma"], g) and exact_mul(p["gamma"], e) and exact_div(p["beta"], k)
+            and exact_add(p["gamma"] * e, p["beta"] / k)
+            and all(exact_div(p[nm], k) for nm in ("theta", "v_reset", "v_init"))):
+        return f"the new parameters of {where(neuron)} round"
+    return ""
+
+
+def _synapse_rounding(node: ir.Node, w, shift) -> str:
+    """Rounding in :func:`~snncc.passes.common.scaled_synapse` (``node``, w, shift)."""
+    bias = np.zeros(node.weight.shape[0]) if node.bias is None else node.bias
+    if not (exact_mul(node.weight, w.reshape((-1,) + (1,) * (node.weight.ndim - 1)))
+            and exact_mul(w, bias) and exact_add(w * bias, shift)):
+        return f"the new weights or bias of {where(node)} round"
+    return ""
+
+
+# ----------------------------------------------------------------------------- the folds
+# Each checks that it applies (else Decline) and what it would round, changing nothing, and
+# returns ('' or why it rounds, a function that does the fold and returns the removed BNs).
+
+
+def _into_thresholds(graph: Graph, bn: ir.BatchNorm, cons: dict):
     neuron, _ = _downstream_neuron(graph, bn, cons, through_add=True)
     branches = input_region(graph, neuron, cons)
     mine = next(b for b in branches if b.bn is bn)
     a = np.abs(mine.a[mine.labels])
-    scale_region(graph, neuron, branches, np.where(a == 0, 1.0, a))
-    return [b.bn.name for b in branches if b.bn is not None]
+    k = np.where(a == 0, 1.0, a)
+    divide_membrane(neuron, k)  # raises here, not half-way through the fold, if it overflows
+    rounding = _membrane_rounding(neuron, k, 1.0, 0.0)
+    for b in branches:
+        k_syn = per_label(k, b.labels, b.channels,
+                          f"the factor for {where(b.synapse)} into {where(neuron)}")
+        rounding = (rounding or (_bn_rounding(b.bn) if b.bn else "")
+                    or ("" if exact_div(b.a, k_syn) and exact_div(b.c, k_syn)
+                        else f"a/|a| or c/|a| of {where(b.synapse)} rounds")
+                    or _synapse_rounding(b.synapse, b.a / k_syn, b.c / k_syn))
+
+    def fold():
+        scale_region(graph, neuron, branches, k)
+        return [b.bn.name for b in branches if b.bn is not None]
+    return rounding, fold
 
 
-def _into_weights(graph: Graph, bn: ir.BatchNorm, cons: dict) -> list[str]:
+def _into_weights(graph: Graph, bn: ir.BatchNorm, cons: dict):
     b = bn_branch(graph, bn, cons)
-    graph.replace(b.synapse.name, scaled_synapse(b.synapse, b.a, b.c))
-    bypass(graph, bn.name)
-    return [bn.name]
+    synapse = scaled_synapse(b.synapse, b.a, b.c)
+
+    def fold():
+        graph.replace(synapse.name, synapse)
+        bypass(graph, bn.name)
+        return [bn.name]
+    return _bn_rounding(bn) or _synapse_rounding(b.synapse, b.a, b.c), fold
 
 
-def _into_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, threshold: bool) -> list[str]:
+def _into_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, threshold: bool):
+    """Form 2: into the threshold (divide the membrane by |a|) or, with ``threshold=False``,
+    into gamma and beta."""
     neuron, path = _downstream_neuron(graph, bn, cons, through_add=False)
     a, c = bn.scale_shift()
     labels = axis_labels(bn.shape, bn.axis)
+    rounding = _bn_rounding(bn)
     for n in path:
         if isinstance(n, ir.MaxPool2d) and np.any(a < 0):
             raise Decline(f"max-pooling {where(n)} does not commute with its negative scales")
-        if isinstance(n, ir.AvgPool2d) and any(n.padding) and np.any(c != 0):
-            raise Decline(f"padded average pooling {where(n)} does not commute with its shift")
+        if isinstance(n, ir.AvgPool2d):
+            if any(n.padding) and np.any(c != 0):
+                raise Decline(f"padded average pooling {where(n)} does not commute with its "
+                              "shift")
+            # the mean of a x + c is a mean(x) + c only up to the rounding of the division
+            if not is_power_of_two(np.prod(n.kernel_size)):
+                rounding = rounding or (f"average pooling {where(n)} divides by "
+                                        f"{np.prod(n.kernel_size)}, not a power of two")
         labels = carry_labels(n, labels)
     a, c = a[labels], c[labels]
     if threshold:
         k = np.where(a == 0, 1.0, np.abs(a))
+        rounding = (rounding or ("" if exact_div(c, k) else f"c/|a| of {where(bn)} rounds")
+                    or _membrane_rounding(neuron, k, np.sign(a), c / k))
         new = divide_membrane(neuron, k, g=np.sign(a), e=c / k)
     else:
+        rounding = rounding or _membrane_rounding(neuron, 1.0, a, c)
         new = divide_membrane(neuron, 1.0, g=a, e=c)
-    graph.replace(neuron.name, new)
-    bypass(graph, bn.name)
-    return [bn.name]
+
+    def fold():
+        graph.replace(neuron.name, new)
+        bypass(graph, bn.name)
+        return [bn.name]
+    return rounding, fold
 
 
 def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
+    """Fold every BN by the first exact method that applies, else the first that applies
+    (module doc)."""
     folded: dict[str, list[str]] = {label: [] for label, _ in methods}
     not_first: dict[str, str] = {}
     declined: dict[str, str] = {}
+    ties: dict[str, str] = {}
     for name in [n.name for n in graph.topological_order() if isinstance(n, ir.BatchNorm)]:
         if name not in graph:  # folded together with an earlier BN of the same region
             continue
-        bn, reasons = graph[name], []
+        bn, cons, reasons, chosen = graph[name], graph.consumers(), [], None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if not np.all(np.isfinite(bn.scale_shift())):
+                declined[name] = f"BN {where(bn)}: var + eps is 0, so its scale is infinite"
+                continue
         for label, method in methods:
             try:
-                folded[label] += method(graph, bn, graph.consumers())
-                break
+                with np.errstate(over="ignore"):  # an overflow fails the node's finite check
+                    rounding, fold = method(graph, bn, cons)
             except Decline as why:
                 reasons.append(str(why))
-        else:
+                continue
+            except IRError as why:  # a folded parameter overflows (a tiny |a|)
+                reasons.append(f"{label}: {why}")
+                continue
+            if not rounding:
+                chosen = (label, fold, "")
+                break
+            reasons.append(f"{label} would round: {rounding}")
+            chosen = chosen or (label, fold, rounding)
+        if chosen is None:
             declined[name] = f"BN {where(bn)}: " + "; ".join(reasons)
             continue
-        if reasons:
+        label, fold, rounding = chosen
+        bns = {k: where(graph[k]) for k in graph.nodes if isinstance(graph[k], ir.BatchNorm)}
+        names = fold()
+        folded[label] += names
+        if label != methods[0][0]:
             not_first[name] = f"BN {where(bn)}: {reasons[0]}"
-    report(graph, pass_name, **folded, declined=declined, fallback_reasons=not_first)
+        for k in names if rounding else ():
+            ties[k] = (f"BN {bns[k]}: {rounding}; spikes can differ from the unfolded network "
+                       "where the membrane equals the threshold exactly")
+    report(graph, pass_name, **folded, declined=declined, fallback_reasons=not_first,
+           ties_may_differ=ties)
     return graph
 
 
 @register_pass()
 def fold_batchnorm_into_threshold(graph: Graph) -> Graph:
-    """Move each BN into the thresholds of the neuron it feeds (weights untouched up to sign)."""
+    """Move each BN into the threshold (or, where dividing would round, the gain) of the neuron
+    it feeds, weights untouched up to sign; else into the weights."""
     return _fold_all(graph, "fold_batchnorm_into_threshold", (
         ("into_threshold", _into_thresholds),
         ("into_neuron", lambda g, bn, cons: _into_neuron(g, bn, cons, threshold=True)),
+        ("into_neuron_gain", lambda g, bn, cons: _into_neuron(g, bn, cons, threshold=False)),
         ("into_weights", _into_weights)))
 
 

@@ -57,6 +57,53 @@ def is_power_of_two(x) -> bool:
     return bool(np.all(np.abs(m) == 0.5))
 
 
+# Error-free float64 arithmetic tests: does an operation round anywhere? (Dekker's product and
+# Knuth's sum give the rounding error exactly; magnitudes are kept far from overflow and
+# underflow, where those identities fail, and such values count as rounding.)
+_SAFE = (2.0 ** -400, 2.0 ** 400)
+
+
+def _safe(*xs) -> np.ndarray:
+    return np.logical_and.reduce([(x == 0) | ((np.abs(x) > _SAFE[0]) & (np.abs(x) < _SAFE[1]))
+                                  for x in xs])
+
+
+def _split(x):
+    c = 134217729.0 * x  # 2^27 + 1: Veltkamp's split into two 26-bit halves
+    hi = c - (c - x)
+    return hi, x - hi
+
+
+def exact_mul(x, y) -> bool:
+    """Whether every ``x * y`` (broadcast, float64) is the real product, unrounded."""
+    x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    with np.errstate(all="ignore"):
+        p = x * y
+        (xh, xl), (yh, yl) = _split(x), _split(y)
+        err = ((xh * yh - p) + xh * yl + xl * yh) + xl * yl
+    return bool(np.all(_safe(x, y, p) & (err == 0)))
+
+
+def exact_add(x, y) -> bool:
+    """Whether every ``x + y`` (broadcast, float64) is the real sum, unrounded."""
+    x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    with np.errstate(all="ignore"):
+        s = x + y
+        yy = s - x
+        err = (x - (s - yy)) + (y - yy)
+    return bool(np.all(_safe(x, y, s) & (err == 0)))
+
+
+def exact_div(x, y) -> bool:
+    """Whether every ``x / y`` (broadcast, float64, y != 0) is the real quotient, unrounded."""
+    x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    if np.any(y == 0):
+        return False
+    with np.errstate(all="ignore"):
+        q = x / y
+    return exact_mul(q, y) and bool(np.all(q * y == x))
+
+
 def compact(a, shape) -> np.ndarray:
     """The smallest array that broadcasts to ``shape`` with the values of ``a`` broadcast to it:
     size 1 along every axis on which it is constant, leading size-1 axes dropped (a scalar

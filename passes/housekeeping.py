@@ -10,13 +10,15 @@ Identities (``remove_identities``), each removed with its consumers reading its 
 
 Constants (``fold_constants``), only where the result is bit-identical:
 
-- ``Scale(Scale(x, f1), f2)`` is ``Scale(x, f1 f2)`` when f1 or f2 is a power of two (then
-  ``(x f1) f2`` and ``x (f1 f2)`` round identically);
+- ``Scale(Scale(x, f1), f2)`` is ``Scale(x, f1 f2)`` when f1 or f2 is a power of two and f1 f2
+  is exact (no underflow or overflow; then ``(x f1) f2`` and ``x (f1 f2)`` round identically);
 - a ``Scale(x, 0)`` input of an Add is zero and is dropped from the Add (``y + 0 == y`` up to the
   sign of a zero, which no comparison or product can see), when the other inputs still give
-  the Add its shape (SNASNet's "zeroize" operation).
+  the Add its shape (SNASNet's "zeroize" operation), and unless that would leave a model Input
+  without a path to an Output: the Input stays part of the model's signature, and a graph with
+  an unused Input fails verification, so that zero addend is kept (and reported).
 
-Nodes left without consumers are removed as dead nodes.
+Nodes left without consumers are removed as dead nodes (Inputs never are).
 """
 
 from __future__ import annotations
@@ -27,16 +29,24 @@ from snncc import ir
 from snncc.graph import Graph, node_with
 from snncc.pipeline import register_pass, report
 
-from .common import bypass, is_power_of_two
+from .common import bypass, exact_mul, is_power_of_two
 
 
-def _remove_dead(graph: Graph) -> list[str]:
+def _live(graph: Graph, inputs_of: dict | None = None) -> set[str]:
+    """The nodes whose results reach an Output, with ``inputs_of`` overriding some nodes'
+    inputs (to ask what a rewrite would leave live)."""
+    inputs_of = inputs_of or {}
     live, stack = set(), [n.name for n in graph.outputs]
     while stack:
         k = stack.pop()
         if k not in live:
             live.add(k)
-            stack.extend(graph[k].inputs)
+            stack.extend(inputs_of.get(k, graph[k].inputs))
+    return live
+
+
+def _remove_dead(graph: Graph) -> list[str]:
+    live = _live(graph)
     dead = [k for k in graph.nodes if k not in live and graph[k].op != "Input"]
     for k in dead:
         graph.remove(k)
@@ -88,7 +98,7 @@ def _sweep(graph: Graph, rewrite) -> tuple[list[str], list[str]]:
                 done.append(n.name)
                 changed = True
         dead += _remove_dead(graph)
-        graph.verify()
+        graph.verify(allow_dead=True)  # re-infer kinds; dead nodes are the pass manager's call
     return done, dead
 
 
@@ -112,10 +122,12 @@ def remove_identities(graph: Graph) -> Graph:
     return graph
 
 
-def _fold(graph: Graph, n: ir.Node) -> bool:
+def _fold(graph: Graph, n: ir.Node, kept: dict[str, str]) -> bool:
     if isinstance(n, ir.Scale) and isinstance(graph[n.inputs[0]], ir.Scale):
         src = graph[n.inputs[0]]
-        if is_power_of_two(n.factor) or is_power_of_two(src.factor):
+        # with a power of two the product of the factors is exact, unless it under/overflows
+        if (is_power_of_two(n.factor) or is_power_of_two(src.factor)) \
+                and exact_mul(src.factor, n.factor):
             graph.replace(n.name, node_with(n, inputs=src.inputs, factor=src.factor * n.factor))
             return True
     if isinstance(n, ir.Add) and len(n.inputs) > 1:
@@ -124,6 +136,12 @@ def _fold(graph: Graph, n: ir.Node) -> bool:
         rest = [i for i in n.inputs if i not in zero]
         if zero and rest and \
                 tuple(np.broadcast_shapes(*(graph[i].shape for i in rest))) == n.shape:
+            now, after = _live(graph), _live(graph, {n.name: tuple(rest)})
+            lost = [i.name for i in graph.inputs if i.name in now and i.name not in after]
+            if lost:
+                kept[n.name] = (f"kept the zero addend(s) {zero}: dropping them would leave "
+                                f"input(s) {lost} unused")
+                return False
             graph.replace(n.name, node_with(n, inputs=tuple(rest)))
             return True
     return False
@@ -132,6 +150,7 @@ def _fold(graph: Graph, n: ir.Node) -> bool:
 @register_pass()
 def fold_constants(graph: Graph) -> Graph:
     """Fold exact constant arithmetic: scale chains with a power of two, zero-scaled addends."""
-    folded, dead = _sweep(graph, _fold)
-    report(graph, "fold_constants", folded=folded, dead=dead)
+    kept: dict[str, str] = {}
+    folded, dead = _sweep(graph, lambda g, n: _fold(g, n, kept))
+    report(graph, "fold_constants", folded=folded, dead=dead, kept=kept)
     return graph

@@ -191,7 +191,8 @@ class Graph:
             if n.name not in fwd:
                 raise VerificationError("unreachable: no path from any Input", node=n.name,
                                         path=n.path)
-            if n.name not in bwd and not allow_dead:
+            # an Input is the model's interface even where the model ignores it
+            if n.name not in bwd and not allow_dead and not isinstance(n, ir.Input):
                 raise VerificationError("unreachable: its result reaches no Output (dead node)",
                                         node=n.name, path=n.path)
 
