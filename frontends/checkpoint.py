@@ -10,10 +10,14 @@ and their ``state_dict()`` is used.
 
 from __future__ import annotations
 
+import collections
 import difflib
+import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +25,7 @@ from torch import nn
 
 from snncc.errors import CheckpointError, FormatError, UnsupportedError
 from snncc.graph import Graph
+from snncc.limits import ResourceError, fmt_bytes, nbytes, positive_int, require_fits, warn
 
 from .tracer import trace
 
@@ -31,19 +36,180 @@ _NEEDS_CODE = re.compile(r"Unsupported global|unsupported class|unrecognized fun
                          r"allowlisted", re.IGNORECASE)
 
 
-def load_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
-    """The state_dict in ``path``: unwrapped, prefixes removed, every value a finite tensor."""
+def load_state_dict(path: str | Path, trust: bool = False,
+                    expected: Mapping[str, torch.Tensor] | None = None,
+                    arch: str = "") -> dict[str, torch.Tensor]:
+    """The state_dict in ``path``: unwrapped, prefixes removed, every value a finite tensor.
+
+    Before anything is unpickled, the archive's declared sizes (zip members, and the tensors
+    and storages ``data.pkl`` describes, read without loading them) are checked against the
+    file and the memory budget; with ``expected`` (a model's state_dict) the keys and shapes
+    are compared first, so a checkpoint that does not fit is refused without loading it."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
+    described = _prescan(path)
+    if expected is not None and described is not None:
+        _check_fit(expected, _strip_prefix(described), arch, path)
     state = _strip_prefix(_unwrap(_load(path, trust), path))
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: key '{key}' holds a {type(value).__name__}, "
                                   "not a tensor")
+        if value.is_complex():
+            raise CheckpointError(f"{path}: key '{key}' holds complex values ({value.dtype}); "
+                                  "refusing to drop their imaginary part")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise CheckpointError(f"{path}: key '{key}' contains NaN or infinite values")
+        if expected is not None and key in expected:
+            state[key] = _exact_cast(path, key, value, expected[key].dtype)
     return state
+
+
+def _exact_cast(path: Path, key: str, value: torch.Tensor, want: torch.dtype) -> torch.Tensor:
+    """An integer/bool tensor for a floating-point parameter: cast when every value survives
+    the cast exactly (saying so), else refused."""
+    if not want.is_floating_point or value.is_floating_point():
+        return value
+    cast = value.to(want)
+    if not torch.equal(cast.to(value.dtype), value) or (
+            value.numel() and float(value.abs().max()) > 2 / torch.finfo(want).eps):
+        raise CheckpointError(f"{path}: key '{key}' holds {value.dtype} values that {want} "
+                              "cannot represent exactly")
+    warn(f"{path}: key '{key}' holds {value.dtype} values; cast exactly to {want}")
+    return cast
+
+
+# ----------------------------------------------------------------------------- pre-scan
+#: A zip member may be compressed at most this much (deflate's limit is about 1032:1).
+MAX_RATIO = 1100
+
+
+@dataclass
+class _Described:
+    """A tensor as ``data.pkl`` describes it, without its data."""
+
+    shape: tuple
+    dtype: torch.dtype
+    storage: str
+
+
+class _Storage:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+class _Unsupported(Exception):
+    """data.pkl holds more than a plain state_dict: leave it to torch.load's own checks."""
+
+
+def _rebuild(storage, offset, size, stride, *rest):
+    key, dtype, numel = storage
+    return _Described(tuple(int(s) for s in size), dtype, key)
+
+
+class _ScanUnpickler(pickle.Unpickler):
+    """Reads data.pkl into dicts of :class:`_Described` (no storage is loaded); any global
+    beyond dicts, tensors and storages stops the scan."""
+
+    def __init__(self, f, storages: dict):
+        super().__init__(f)
+        self.storages = storages
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return lambda data, requires_grad, hooks, *rest: data
+        if module == "torch" and name.endswith("Storage"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TypedStorage is deprecated
+                st = getattr(torch, name, None)
+                dtype = getattr(st, "dtype", None) if st is not None else None
+            if isinstance(dtype, torch.dtype):
+                return _Storage(dtype)
+        raise _Unsupported(f"{module}.{name}")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise _Unsupported("persistent id")
+        _, st, key, _, numel = pid
+        dtype = st.dtype if isinstance(st, _Storage) else getattr(st, "dtype", None)
+        if not isinstance(dtype, torch.dtype) or not isinstance(numel, int) or numel < 0:
+            raise _Unsupported("storage type")
+        self.storages[str(key)] = (dtype, numel)
+        return (str(key), dtype, numel)
+
+
+def _prescan(path: Path) -> dict | None:
+    """Check a zip checkpoint's declared sizes before torch.load allocates them; return
+    {key: _Described} when data.pkl is a plain (possibly wrapped) state_dict, else None."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None  # not a zip (legacy format or garbage): torch.load decides
+    with zf:
+        infos = zf.infolist()
+        total = 0
+        for info in infos:
+            if info.file_size > MAX_RATIO * max(info.compress_size, 1) + 4096:
+                raise ResourceError(f"{path}: member '{info.filename}' declares "
+                                    f"{fmt_bytes(info.file_size)} stored in "
+                                    f"{fmt_bytes(info.compress_size)}, more than any real "
+                                    "tensor compresses (a zip bomb?)")
+            total += info.file_size
+        if sum(i.compress_size for i in infos) > path.stat().st_size:
+            raise ResourceError(f"{path}: its members overlap (together they claim more bytes "
+                                "than the file has: a zip bomb?)")
+        require_fits(total, f"{path}: its {len(infos)} members")
+        pkl = [i for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
+        if len(pkl) != 1:
+            return None
+        prefix = pkl[0].filename[:-len("data.pkl")]
+        storages: dict = {}
+        try:
+            with zf.open(pkl[0]) as f:
+                obj = _ScanUnpickler(f, storages).load()
+        except _Unsupported:
+            return None
+        except Exception:  # a damaged pickle: torch.load reports it
+            return None
+        need = 0
+        sizes = {i.filename: i.file_size for i in infos}
+        for key, (dtype, numel) in storages.items():
+            nb = numel * _itemsize(dtype)
+            have = sizes.get(f"{prefix}data/{key}")
+            if have is None or have < nb:
+                raise FormatError(f"{path}: storage '{key}' declares {numel} {dtype} values "
+                                  f"({fmt_bytes(nb)}) but the archive holds "
+                                  f"{fmt_bytes(have or 0)} for it (corrupt or forged?)")
+            if have > nb + 4096:  # torch reads the whole member to load the storage
+                raise ResourceError(f"{path}: member '{prefix}data/{key}' holds "
+                                    f"{fmt_bytes(have)} for a storage of {fmt_bytes(nb)} "
+                                    "(a zip bomb?)")
+            need += nb
+        require_fits(need, f"{path}: its {len(storages)} tensor storages")
+    try:
+        state = _unwrap(obj, path)
+    except FormatError:
+        return None
+    if not all(isinstance(v, _Described) for v in state.values()):
+        return None
+    return state
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _check_fit(expected: Mapping, state: Mapping, arch: str, path: Path) -> None:
+    """The key and shape comparison of :func:`load_into`, on shapes alone."""
+    try:
+        _mismatch(expected, state, arch)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def _load(path: Path, trust: bool):
@@ -92,7 +258,14 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: st
     """Load ``state_dict`` into ``model`` only if keys and shapes match exactly; otherwise
     raise CheckpointError listing missing, unexpected and mis-shaped keys (and likely renames:
     a missing key and an unexpected one of the same shape and a similar name)."""
-    expected = model.state_dict()
+    _mismatch(model.state_dict(), state_dict, arch)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _mismatch(expected: Mapping, state_dict: Mapping, arch: str) -> None:
+    """CheckpointError listing missing, unexpected and mis-shaped keys (values need only a
+    ``shape``)."""
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     misshaped = [k for k in expected if k in state_dict
@@ -108,8 +281,6 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: st
                   f"{tuple(expected[k].shape)} in the model" for k in misshaped]
         raise CheckpointError(f"checkpoint does not fit architecture '{arch}': "
                               + "; ".join(p for p in parts if p))
-    model.load_state_dict(state_dict, strict=True)
-    return model
 
 
 def _renames(missing, unexpected, expected, state_dict) -> list[tuple[str, str]]:
@@ -138,9 +309,58 @@ def from_checkpoint(path: str | Path, arch: str, trust: bool = False,
     checkpoint into it strictly, and trace it: returns (model in eval mode, graph)."""
     from .zoo import build
 
+    if overrides.get("T") is not None:
+        overrides["T"] = positive_int(overrides["T"], "T (time steps)")
     model = build(arch, **overrides)
-    load_into(model, load_state_dict(path, trust), arch)
-    return model.eval(), from_model(model, arch)
+    state = load_state_dict(path, trust, model.state_dict(), arch)
+    load_into(model, state, arch)
+    return model.eval(), _trace_at(model, arch, overrides, state)
+
+
+def _trace_at(model: nn.Module, arch: str, overrides: dict, state: Mapping) -> Graph:
+    """The graph of ``model``. Tracing runs the model over all its T steps and keeps every
+    value, but the IR is per step: when T is raised above the architecture's own, the model is
+    traced at its own T and T + 1, and if the two graphs differ only in T that graph is used
+    with the requested T; otherwise the full trace's memory is estimated first."""
+    from .zoo import ZOO, build
+
+    entry, T = ZOO.get(arch), overrides.get("T")
+    if entry is None or T is None or T <= entry.T + 1:
+        return from_model(model, arch)
+    graphs = []
+    for t in (entry.T, entry.T + 1):
+        small = build(arch, **{**overrides, "T": t})
+        try:
+            load_into(small, state, arch)
+        except CheckpointError:
+            break
+        graphs.append(from_model(small.eval(), arch))
+    if len(graphs) == 2 and _same_but_T(*graphs):
+        graphs[0].meta["T"] = T
+        return graphs[0]
+    per_step = sum(nbytes(n.shape, 1) for n in (graphs[0] if graphs else
+                                                from_model(build(arch, **{**overrides,
+                                                                          "T": entry.T}),
+                                                           arch)).nodes.values())
+    itemsize = next(model.parameters()).element_size()
+    require_fits(per_step * itemsize * (3 if T == 2 else 2) * T,
+                 f"tracing '{arch}' over T={T} steps")
+    return from_model(model, arch)
+
+
+def _same_but_T(a: Graph, b: Graph) -> bool:
+    """Whether two graphs are the same apart from meta['T'] (structure and every array)."""
+    import json
+
+    import numpy as np
+
+    from snncc.serialize import HEADER, to_bytes_dict
+
+    da, db = to_bytes_dict(a), to_bytes_dict(b)
+    ha, hb = (json.loads(bytes(d.pop(HEADER)).decode()) for d in (da, db))
+    for h in (ha, hb):
+        h["meta"].pop("T", None)
+    return ha == hb and da.keys() == db.keys() and all(np.array_equal(da[k], db[k]) for k in da)
 
 
 def from_model(model: nn.Module, arch: str) -> Graph:

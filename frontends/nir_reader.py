@@ -13,36 +13,107 @@ nested (non-snncc) subgraphs with one Input and one Output are inlined.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import nir
 import numpy as np
 
 from snncc import ir
 from snncc import neuron as nrn
-from snncc.backends.nir.extensions import (decode, extension_nodes, ir_name, is_extension,
-                                           sources, text)
+from snncc.backends.nir.extensions import (ATTRS, decode, extension_nodes, ir_name,
+                                           is_extension, sources, text)
 from snncc.errors import FormatError, IRError, UnsupportedError, VerificationError
 from snncc.graph import Graph
+from snncc.limits import (ResourceError, SnnccWarning, exact_float64, fmt_bytes, nbytes,
+                          positive_int, require_fits, warn)
 
 __all__ = ["read_nir", "from_nir_graph"]
 
 
+#: An HDF5 dataset may be compressed at most this much (gzip's limit is about 1032:1); one
+#: declaring more holds unwritten space (the fill value), not data.
+MAX_RATIO = 1100
+
+
+def _prescan(path: Path) -> None:
+    """Every dataset's declared size (shape x dtype), read from the HDF5 metadata before any
+    data: each checked against what the file stores, their sum against the memory budget;
+    links and external storage into other files are refused."""
+    total, count, problems = 0, 0, []
+
+    # (raising inside h5py's visit callbacks confuses its lock: the callbacks collect)
+    def visit(name, obj):
+        nonlocal total, count
+        if not isinstance(obj, h5py.Dataset) or problems:
+            return
+        count += 1
+        declared = nbytes(obj.shape or (), obj.dtype.itemsize)
+        stored = obj.id.get_storage_size()
+        if obj.id.get_create_plist().get_external_count():
+            problems.append(FormatError(f"{path}: dataset '{name}' keeps its data in external "
+                                        "files, which NIR files do not do"))
+        elif declared > MAX_RATIO * stored + 65536:
+            problems.append(ResourceError(
+                f"{path}: dataset '{name}' declares shape {obj.shape} ({fmt_bytes(declared)}) "
+                f"but the file stores {fmt_bytes(stored)} of it (unwritten data read back as "
+                "the HDF5 fill value); refusing to allocate it"))
+        total += declared
+
+    def link(name, lnk):
+        if isinstance(lnk, h5py.ExternalLink) and not problems:
+            problems.append(FormatError(f"{path}: '{name}' links to another file "
+                                        f"({lnk.filename}), which NIR files do not do"))
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems_links(link)
+            if not problems:
+                f.visititems(visit)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: is a directory, not a .nir file") from None
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise FormatError(f"{path}: not a readable NIR (HDF5) file ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]})") from None
+    if problems:
+        raise problems[0]
+    require_fits(total, f"{path}: its {count} datasets")
+
+
 def read_nir(path, dt: float | None = None) -> Graph:
     """Read a ``.nir`` file into a verified IR graph (see the module docstring);
-    ``meta['extensions']`` lists the file's non-standard (snncc extension) nodes."""
+    ``meta['extensions']`` lists the file's non-standard (snncc extension) nodes. Declared
+    sizes are checked against the file and the memory budget before any array is read."""
     path = Path(path)
+    _prescan(path)
     try:
         g = nir.read(path, type_check=False)
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
-    except (OSError, KeyError, ValueError, AssertionError, TypeError) as e:
-        raise FormatError(f"{path}: not a readable NIR file ({type(e).__name__}: {e})") from None
+    except (OSError, KeyError, ValueError, AssertionError, TypeError, AttributeError,
+            IndexError, RuntimeError) as e:
+        detail = " ".join(str(e).split())[:200] or "a node of an unknown type or missing a field"
+        raise FormatError(f"{path}: not a readable NIR file ({type(e).__name__}: {detail})") \
+            from None
+    if not isinstance(g, nir.NIRGraph):
+        raise FormatError(f"{path}: holds a single {type(g).__name__}, not a NIR graph")
     try:
-        graph = from_nir_graph(g, dt, name=path.stem)
-    except IRError as e:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SnnccWarning)
+            graph = from_nir_graph(g, dt, name=path.stem)
+        for w in caught:
+            warnings.warn_explicit(f"{path}: {w.message}" if issubclass(w.category, SnnccWarning)
+                                   else w.message, w.category, w.filename, w.lineno)
+    except (IRError, FormatError) as e:
         raise FormatError(f"{path}: {e}") from None
+    except (UnsupportedError, ResourceError) as e:
+        raise type(e)(f"{path}: {e}") from None
+    require_fits(sum(nbytes(n.shape) for n in graph.nodes.values()),
+                 f"{path}: one time step of one sample ({len(graph)} nodes)")
     graph.meta["extensions"] = [f"{name} ({op}{', ' + p if p else ''})"
                                 for name, op, p in extension_nodes(g)]
     return graph
@@ -53,6 +124,50 @@ def _meta(node) -> dict:
 
 
 # ----------------------------------------------------------------------------- graph surgery
+
+
+def _check_structure(graph: nir.NIRGraph, notes: list, prefix: str = "") -> None:
+    """Edges name existing nodes; every value array is real (integers cast exactly, with a
+    warning); extension nodes carry readable metadata."""
+    if not isinstance(graph.nodes, dict) or not isinstance(graph.edges, (list, tuple)):
+        raise FormatError(f"graph '{prefix or 'top level'}' has no node table or edge list")
+    for e in graph.edges:
+        if len(e) != 2 or any(not isinstance(x, str) for x in e):
+            raise FormatError(f"malformed edge {e!r}" + (f" in '{prefix[:-1]}'" if prefix else ""))
+        for end in e:
+            if end not in graph.nodes:
+                raise FormatError(f"edge {e[0]} -> {e[1]} names node '{prefix}{end}', which "
+                                  "the graph does not have")
+    for name, node in graph.nodes.items():
+        full = prefix + name
+        for field in _VALUES:
+            v = getattr(node, field, None)
+            if v is not None and not isinstance(v, (str, bytes)):
+                a = exact_float64(v, f"node '{full}': '{field}'", notes)
+                if not np.all(np.isfinite(a)) and not (field.startswith("tau")
+                                                       and np.all(a[~np.isfinite(a)] > 0)):
+                    raise FormatError(f"'{field}' contains NaN or infinity", node=full)
+        if is_extension(node):
+            try:
+                src = sources(node)
+                if not isinstance(src, list) or not all(isinstance(x, str) for x in src):
+                    raise TypeError("'snncc.inputs' is not a list of names")
+                kw = json.loads(text(node.metadata.get(ATTRS, "{}")))
+                if not isinstance(kw, dict):
+                    raise TypeError("'snncc.attrs' is not a JSON object")
+                for x in src:
+                    if x not in graph.nodes:
+                        raise KeyError(f"operand '{x}' is not a node of the graph")
+            except (KeyError, TypeError, ValueError) as e:
+                raise FormatError(f"snncc extension node with unreadable metadata "
+                                  f"({type(e).__name__}: {e})", node=full) from None
+        elif isinstance(node, nir.NIRGraph):
+            _check_structure(node, notes, full + ".")
+
+
+#: The fields of NIR nodes that hold real values (others are shapes and sizes).
+_VALUES = ("weight", "bias", "tau", "tau_mem", "tau_syn", "r", "v_leak", "v_threshold",
+           "v_reset", "w_in", "scale", "delay", "threshold")
 
 
 def _inline(graph: nir.NIRGraph, prefix: str = ""):
@@ -137,7 +252,9 @@ def _break_cycles(nodes: dict, edges: list, dt: float) -> tuple[list, dict]:
     delayed = {}
     for u, v in cut:
         d = delayed[(u, v)] = f"{u}>{v}:delay"
-        nodes[d] = nir.Delay(np.full(_out_shape(u, nodes[u]), dt))
+        shape = _out_shape(u, nodes[u])
+        require_fits(nbytes(shape), f"the recurrent edge {u} -> {v} (shape {shape})")
+        nodes[d] = nir.Delay(np.full(shape, dt))
         i = edges.index((u, v))
         edges[i:i + 1] = [(u, d), (d, v)]
     return edges, delayed
@@ -221,9 +338,27 @@ def _integrator(name: str, x: str, alpha, gamma, beta, path: str) -> list[ir.Nod
     return nodes
 
 
+def _from_nir(name, node, tau_field: str, r, v_leak, v_threshold, v_reset, dt):
+    """:func:`nrn.from_nir` after checking that tau is positive and that the Euler step gives
+    a decay in [0, 1]: alpha = 1 - dt/tau < 0 means dt >= 2 tau (usually dt and tau in
+    different units), which no discretisation of the leak can mean."""
+    tau = np.asarray(getattr(node, tau_field), dtype=np.float64)
+    if np.any(tau <= 0):
+        bad = tau[tau <= 0].ravel()[0]
+        raise FormatError(f"{tau_field} = {bad:g} must be positive (a time constant)", node=name)
+    alpha = 1.0 - dt / tau
+    if np.any(alpha < 0):
+        i = np.unravel_index(np.argmin(alpha), alpha.shape) if alpha.ndim else ()
+        raise FormatError(
+            f"{tau_field} = {tau[i]:g} with dt = {dt:g} gives a leak alpha = 1 - dt/{tau_field} "
+            f"= {alpha[i]:g} < 0: dt/{tau_field} looks wrong (dt and {tau_field} in different "
+            "units? dt comes from the graph's metadata 'dt', default 1e-4 s)", node=name)
+    return nrn.from_nir(tau, r, v_leak, v_threshold, v_reset, dt)
+
+
 def _lif(name, node, x, ctx):
-    return [_spiking(name, node, x, nrn.from_nir(node.tau, node.r, node.v_leak,
-                                                 node.v_threshold, node.v_reset, ctx.dt),
+    return [_spiking(name, node, x, _from_nir(name, node, "tau", node.r, node.v_leak,
+                                              node.v_threshold, node.v_reset, ctx.dt),
                      _path(node))]
 
 
@@ -238,7 +373,7 @@ def _threshold(name, node, x, ctx):
 
 
 def _li(name, node, x, ctx):
-    a, g, b, _, _ = nrn.from_nir(node.tau, node.r, node.v_leak, 0.0, 0.0, ctx.dt)
+    a, g, b, _, _ = _from_nir(name, node, "tau", node.r, node.v_leak, 0.0, 0.0, ctx.dt)
     return _integrator(name, x, a, g, b, _path(node))
 
 
@@ -249,20 +384,20 @@ def _i(name, node, x, ctx):
 
 def _synapse(name, node, x, ctx) -> tuple[str, list[ir.Node]]:
     """The current of a Cuba neuron: tau_syn dI/dt = -I + w_in x, stepped like an LI."""
-    a, g, b, _, _ = nrn.from_nir(node.tau_syn, node.w_in, 0.0, 0.0, 0.0, ctx.dt)
+    a, g, b, _, _ = _from_nir(name, node, "tau_syn", node.w_in, 0.0, 0.0, 0.0, ctx.dt)
     return f"{name}:I", _integrator(f"{name}:I", x, a, g, b, _path(node))
 
 
 def _cuba_lif(name, node, x, ctx):
     current, syn = _synapse(name, node, x, ctx)
-    params = nrn.from_nir(node.tau_mem, node.r, node.v_leak, node.v_threshold, node.v_reset,
-                          ctx.dt)
+    params = _from_nir(name, node, "tau_mem", node.r, node.v_leak, node.v_threshold,
+                       node.v_reset, ctx.dt)
     return syn + [_spiking(name, node, current, params, _path(node))]
 
 
 def _cuba_li(name, node, x, ctx):
     current, syn = _synapse(name, node, x, ctx)
-    a, g, b, _, _ = nrn.from_nir(node.tau_mem, node.r, node.v_leak, 0.0, 0.0, ctx.dt)
+    a, g, b, _, _ = _from_nir(name, node, "tau_mem", node.r, node.v_leak, 0.0, 0.0, ctx.dt)
     return syn + _integrator(name, current, a, g, b, _path(node))
 
 
@@ -315,6 +450,7 @@ def _sumpool(name, node, x, ctx):
     """SumPool2d as a depthwise Conv2d with all-ones kernels (an exact sum)."""
     c = ctx.graph[x].shape[0]
     k = _per_axis(node.kernel_size, 2)
+    require_fits(nbytes((c, 1, *k)), f"node '{name}': a sum-pool kernel {k} over {c} channels")
     return [ir.Conv2d(name, (x,), path=_path(node), weight=np.ones((c, 1, *k)), groups=c,
                       stride=_per_axis(node.stride, 2), padding=_per_axis(node.padding, 2))]
 
@@ -325,6 +461,11 @@ def _avgpool(name, node, x, ctx):
 
 
 def _flatten(name, node, x, ctx):
+    k = len(ctx.graph[x].shape)
+    for d in (node.start_dim, node.end_dim):
+        if not -k <= int(d) < k:
+            raise FormatError(f"flatten axis {int(d)} is out of range for its input of shape "
+                              f"{ctx.graph[x].shape}", node=name)
     return [ir.Flatten(name, (x,), path=_path(node), start=int(node.start_dim),
                        end=int(node.end_dim))]
 
@@ -357,8 +498,10 @@ _CONVERT = {
 
 def _input(name, node) -> ir.Input:
     m = _meta(node)
-    return ir.Input(name, path=_path(node),
-                    input_shape=tuple(int(v) for v in np.asarray(node.input_type["input"])),
+    shape = np.asarray((node.input_type or {}).get("input", ()))
+    if shape.dtype.kind not in "iu" or shape.ndim != 1 or not shape.size:
+        raise FormatError(f"input shape {shape.tolist()!r} is not a list of sizes", node=name)
+    return ir.Input(name, path=_path(node), input_shape=tuple(int(v) for v in shape),
                     static=bool(m.get("snncc.static", False)),
                     input_kind=text(m.get("snncc.kind", "real")))
 
@@ -368,7 +511,11 @@ def _ir_nodes(name: str, node, srcs: list[str], ctx: _Ctx) -> list[ir.Node]:
     if isinstance(node, nir.Input):
         return [_input(name, node)]
     if is_extension(node):
-        return [decode(name, node, srcs)]
+        try:
+            return [decode(name, node, srcs)]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise FormatError(f"snncc extension node does not decode ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]})", node=name) from None
     if (isinstance(node, nir.Scale) and text(_meta(node).get("snncc.op", "")) == "Add"
             and np.all(node.scale == 1)):
         return [ir.Add(name, tuple(srcs), path=_path(node))]
@@ -403,21 +550,63 @@ def _verify(g: Graph) -> Graph:
     return g.verify()
 
 
+def _number(v):
+    """A metadata value as a number when it reads as one (h5py gives bytes, 0-d arrays)."""
+    v = text(v) if isinstance(v, bytes) else v
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v.item()
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _positive_dt(v) -> float:
+    v = _number(v)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                              np.floating)):
+        raise FormatError(f"the time step dt = {v!r} is not a number")
+    if not (np.isfinite(v) and v > 0):
+        raise FormatError(f"the time step dt = {v!r} must be positive and finite (the graph's "
+                          "metadata 'dt')")
+    return float(v)
+
+
+def _graph_meta(meta: dict) -> dict:
+    if "snncc.meta" not in meta:
+        return {}
+    try:
+        m = json.loads(text(meta["snncc.meta"]))
+    except (ValueError, TypeError) as e:
+        raise FormatError(f"metadata 'snncc.meta' is not JSON ({e})") from None
+    if not isinstance(m, dict):
+        raise FormatError("metadata 'snncc.meta' is not a JSON object")
+    if m.get("T") is not None:
+        positive_int(m["T"], "metadata 'snncc.meta' T (time steps)", FormatError)
+    return m
+
+
 def from_nir_graph(graph: nir.NIRGraph, dt: float | None = None, name: str = "model") -> Graph:
     """An in-memory NIR graph as a verified IR graph (see the module docstring)."""
     meta = _meta(graph)
-    dt = float(dt if dt is not None else meta.get("dt", nrn.DEFAULT_DT))
+    dt = _positive_dt(dt if dt is not None else meta.get("dt", nrn.DEFAULT_DT))
+    notes: list[str] = []
+    _check_structure(graph, notes)
+    for note in notes:
+        warn(note)
     nodes, edges, junctions = _inline(graph)
     edges = _drop_junctions(nodes, edges, junctions)
     edges, delayed = _break_cycles(nodes, edges, dt)
     incoming = {n: [] for n in nodes}
     for s, d in edges:
         incoming[d].append(s)
-    g = Graph(text(meta.get("snncc.name", name)),
-              json.loads(text(meta["snncc.meta"])) if "snncc.meta" in meta else {})
+    g = Graph(text(meta.get("snncc.name", name)), _graph_meta(meta))
     g.meta["dt"] = dt
     if "snncc.T" in meta:
-        g.meta["T"] = int(meta["snncc.T"])
+        g.meta["T"] = positive_int(_number(meta["snncc.T"]), "metadata 'snncc.T' (time steps)",
+                                   FormatError)
     ctx = _Ctx(g, dt)
     for n in _topological(nodes, incoming):
         node = nodes[n]

@@ -31,10 +31,11 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks on 
               None, "--max-memory", help="memory budget, e.g. 8G or 512M (default: half the "
                                          "physical memory, or $SNNCC_MAX_MEMORY); inputs and "
                                          "runs declaring more are refused before allocating")):
-    from .limits import set_max_memory
+    from .limits import print_warnings_as_lines, set_max_memory
 
     _STATE["debug"] = debug
     set_max_memory(max_memory)
+    print_warnings_as_lines()
 
 
 def _out(msg: str = "") -> None:
@@ -214,9 +215,10 @@ def inspect(
     """Graph, parameters per node, firing rates, SOPs and energy (before and after the passes)."""
     from .analysis import energy_report, plot_report
     from .files import JSON, atomic_write, load_array
-    from .parity import random_inputs
+    from .limits import require_fits
+    from .parity import random_inputs, x_batch
     from .pipeline import for_target
-    from .simulator import simulate
+    from .simulator import estimate_bytes, simulate
 
     g = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T).graph
     _out(g.format())
@@ -235,8 +237,13 @@ def inspect(
 
     steps = int(T or g.meta.get("T", 4))
     x = load_array(inputs) if inputs else random_inputs(g, batch, steps, seed)
-    before = simulate(g, x, steps, record=True)
     optimised = for_target("sim", log=lambda s: None).run(g)
+    n = x_batch(g, x)
+    require_fits(estimate_bytes(g, steps, n, record=True)
+                 + estimate_bytes(optimised, steps, n, record=True),
+                 f"two recorded runs of '{g.name}' (before and after the passes) for T={steps} "
+                 f"on a batch of {n}")
+    before = simulate(g, x, steps, record=True)
     after = simulate(optimised, x, steps, record=True)
     rates = after.firing_rates(optimised)
     rep0, rep1 = energy_report(g, before), energy_report(optimised, after)

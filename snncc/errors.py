@@ -45,6 +45,11 @@ class OutputError(SnnccError):
     """An output path snncc must not or cannot write (a user's file, a full disk ...)."""
 
 
+class ResourceError(SnnccError):
+    """What a file or a run declares it needs does not fit the memory budget (or is
+    implausible for the file's size)."""
+
+
 class UnsupportedError(SnnccError):
     """A model contains an op or layer snncc (or the chosen target) cannot express."""
 

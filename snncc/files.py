@@ -290,7 +290,10 @@ def atomic_directory(path: str | Path, fill: Callable[[Path], None], target: str
 
 def load_array(path: str | Path) -> np.ndarray:
     """Load a ``.npy`` array (never pickled objects); non-finite values are refused."""
+    from .limits import require_npy_fits
+
     path = Path(path)
+    require_npy_fits(path)
     try:
         a = np.load(path, allow_pickle=False)
     except FileNotFoundError:

@@ -19,19 +19,15 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .errors import FormatError, SnnccError
+from .errors import FormatError, ResourceError, SnnccError  # noqa: F401 (ResourceError: re-exported)
 
 DEFAULT_FRACTION = 0.5  # of physical memory
 ENV = "SNNCC_MAX_MEMORY"
-OVERRIDE = "raise the budget with --max-memory SIZE (e.g. --max-memory 32G) or SNNCC_MAX_MEMORY"
+OVERRIDE = ("to allow it, rerun as `snncc --max-memory SIZE <command> ...` (e.g. 32G) or set "
+            "SNNCC_MAX_MEMORY")
 
 _UNITS = {"": 1, "B": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 _budget: int | None = None
-
-
-class ResourceError(SnnccError):
-    """What a file or a run declares it needs does not fit the memory budget (or is
-    implausible for the file's size)."""
 
 
 def parse_size(text: str | int | float) -> int:
@@ -161,3 +157,47 @@ def warn(message: str) -> None:
     import warnings
 
     warnings.warn(message, SnnccWarning, stacklevel=2)
+
+
+def print_warnings_as_lines() -> None:
+    """Show every :class:`SnnccWarning` as one ``snncc: warning: ...`` line on stderr (the
+    CLI's form); other warnings keep Python's format."""
+    import sys
+    import warnings
+
+    if getattr(warnings.showwarning, "_snncc", False):
+        return
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SnnccWarning):
+            print(f"snncc: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show._snncc = True
+    warnings.showwarning = show
+
+
+def require_npy_fits(path) -> None:
+    """Check a ``.npy`` file's declared shape x dtype against the bytes the file holds and the
+    memory budget, reading only its header (np.load allocates the declared size first).
+    Files that are not plain .npy arrays are left to np.load to report."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = np.lib.format._read_array_header(f, version)
+            offset = f.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError):
+        return
+    if dtype.hasobject:
+        return
+    need = nbytes(shape, dtype.itemsize)
+    if need > size - offset:
+        raise FormatError(f"{path}: declares an array of shape {shape} ({fmt_bytes(need)}) but "
+                          f"holds {fmt_bytes(size - offset)} of data (truncated or forged)")
+    require_fits(need, f"{path}: an array of shape {shape}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ir
-from .errors import FormatError
+from .errors import FormatError, UnsupportedError
 from .graph import Graph
 from .limits import nbytes, positive_int, require_fits
 from .models import LoadedModel
@@ -90,6 +90,10 @@ class ParityReport:
 def random_inputs(graph: Graph, batch: int, T: int, seed: int) -> np.ndarray:
     """Inputs for the graph's single Input: N(0, 1) for real inputs, Bernoulli(0.3) for spikes;
     ``[B, ...]`` for a static input, ``[T, B, ...]`` for a sequence."""
+    if len(graph.inputs) != 1:
+        raise UnsupportedError(f"graph '{graph.name}' has {len(graph.inputs)} inputs "
+                               f"{[i.name for i in graph.inputs]}; snncc's checks take models "
+                               "with exactly one input")
     (inp,) = graph.inputs
     batch = positive_int(batch, "the batch of random inputs (--batch)")
     T = positive_int(T, "T (time steps)")
@@ -200,6 +204,26 @@ def check_labels(labels, batch: int, classes: int, what: str = "--labels") -> np
     return a.astype(np.int64)
 
 
+def _require_check_fits(loaded: LoadedModel, compiled: Graph, x: np.ndarray, T: int,
+                        dtype: str) -> None:
+    """A parity check holds three recorded runs at once (the compiled graph in the simulator
+    and on the target, and the reference): refuse before the first when they cannot fit."""
+    from .limits import fmt_bytes
+    from .simulator import estimate_bytes
+
+    x = np.asarray(x)
+    static = loaded.graph.inputs[0].static if len(loaded.graph.inputs) == 1 else True
+    if x.ndim < (1 if static else 2):
+        return  # the simulator refuses the shape
+    B = x_batch(loaded.graph, x)
+    item = 4 if dtype == "float32" else 8
+    one = estimate_bytes(compiled, T, B, True, item)
+    ref = estimate_bytes(loaded.graph, T, B, True, item)
+    require_fits(2 * one + ref, f"checking parity for T={T} on a batch of {B} (the simulator "
+                                f"and the target, {fmt_bytes(one)} each, and the reference, "
+                                f"{fmt_bytes(ref)})")
+
+
 def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int,
                  labels: np.ndarray | None = None, passes: list[str] | None = None,
                  dtype: str = "float64", workdir: Path | None = None,
@@ -215,6 +239,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
     tgt = get_target(target_name)
     compiled = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
                           log=lambda s: None).run(loaded.graph)
+    _require_check_fits(loaded, compiled, x, T, dtype)
     sim = simulate(compiled, x, T, dtype=dtype, record=True)
     if labels is not None:
         classes = int(loaded.graph.outputs[0].shape[-1]) if loaded.graph.outputs[0].shape else 1

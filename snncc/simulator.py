@@ -20,6 +20,7 @@ from . import ir
 from . import neuron as nrn
 from .errors import ShapeError, SnnccError
 from .graph import Graph
+from .limits import fmt_bytes, nbytes, require_fits
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -174,6 +175,8 @@ class Simulator:
                     raise ShapeError(f"sequence has {x.shape[0]} steps, T={T}", node=node.name)
                 T = x.shape[0]
             b = x.shape[0 if node.static else 1]
+            if b == 0:
+                raise ShapeError("the batch is empty (0 samples)", node=node.name)
             if batch is not None and b != batch:
                 raise ShapeError(f"batch {b} differs from other inputs' {batch}", node=node.name)
             batch = b
@@ -188,6 +191,7 @@ class Simulator:
         T = int(T if T is not None else self.graph.meta.get("T", 1))
         if T < 1:
             raise SnnccError(f"T must be >= 1, got {T}")
+        require_run_fits(self.graph, T, B, record, self.dtype.itemsize)
         g, dt = self.graph, self.dtype
         state: dict[str, object] = {}
         for n in self.order:
@@ -240,6 +244,50 @@ class Simulator:
         return SimResult(T=T, outputs={k: v[-1] for k, v in seq.items()}, output_sequence=seq,
                          trace=stack(trace), membrane=stack(membrane),
                          additions={k: np.asarray(v) for k, v in additions.items()})
+
+
+#: Python and torch overhead of one queued tensor in a Delay's FIFO (measured: ~0.3 KB)
+_TENSOR_OVERHEAD = 512
+
+
+def estimate_parts(graph: Graph, T: int, batch: int, record: bool = False,
+                   itemsize: int = 8) -> dict[str, int]:
+    """Memory a run of ``graph`` takes beyond its inputs, estimated from the declared shapes
+    before anything is allocated, by part: one step's values of every node, neuron states,
+    each delay's FIFO (``steps`` tensors), the outputs' sequences (T steps) and, with
+    ``record``, every node's and membrane's trace over T (twice: lists and stacked arrays)."""
+    parts = {"one step of every node": 0}
+    for n in graph.nodes.values():
+        size = nbytes(n.shape, itemsize) * batch
+        parts["one step of every node"] += size
+        if record:
+            parts["traces"] = parts.get("traces", 0) + T * (2 * size + _TENSOR_OVERHEAD)
+        if isinstance(n, ir.Neuron):
+            parts["neuron states"] = parts.get("neuron states", 0) + size * (
+                1 + 2 * T if record else 1)
+        elif isinstance(n, ir.Delay):
+            parts[f"Delay '{n.name}' of {n.steps} steps"] = n.steps * (size + _TENSOR_OVERHEAD)
+        elif isinstance(n, ir.Output):
+            parts["output sequences"] = parts.get("output sequences", 0) + 2 * T * size
+    return parts
+
+
+def estimate_bytes(graph: Graph, T: int, batch: int, record: bool = False,
+                   itemsize: int = 8) -> int:
+    """The total of :func:`estimate_parts`."""
+    return sum(estimate_parts(graph, T, batch, record, itemsize).values())
+
+
+def require_run_fits(graph: Graph, T: int, batch: int, record: bool = False,
+                     itemsize: int = 8) -> None:
+    """Refuse (ResourceError) a run whose estimate exceeds the memory budget, naming its
+    largest part."""
+    parts = estimate_parts(graph, T, batch, record, itemsize)
+    big = max(parts, key=parts.get)
+    require_fits(sum(parts.values()),
+                 f"simulating '{graph.name}' for T={T} on a batch of {batch}"
+                 + (" with every node's trace" if record else "")
+                 + f" (largest part: {big}, {fmt_bytes(parts[big])})")
 
 
 def addressed_additions(operands, spike_operand: int) -> int:

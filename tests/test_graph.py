@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 import pytest
 
 from snncc import ir, serialize
-from snncc.errors import FormatError, IRError, ShapeError, VerificationError
+from snncc.errors import FormatError, IRError, OutputError, ShapeError, VerificationError
 from snncc.graph import Graph
 from snncc.simulator import simulate
 
@@ -172,9 +174,9 @@ def test_failed_save_leaves_previous_file(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def boom(*a, **k):
-        raise OSError("disk full")
-    monkeypatch.setattr(np, "savez", boom)
-    with pytest.raises(OSError):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(np.lib.format, "write_array", boom)
+    with pytest.raises(OutputError, match="no space left on the device"):
         serialize.save(build_ir(make_params(1)), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.snnir"]

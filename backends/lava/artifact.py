@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from snncc.errors import FormatError
 from snncc.files import atomic_directory
 from snncc.graph import Graph
+from snncc.serialize import read_npz, write_npz
 from snncc.passes.latency import require_plan
 
 from .lower import LavaNet, Port, ProcSpec, lower
@@ -61,8 +63,8 @@ def write(net: LavaNet, graph: Graph, directory: Path) -> None:
     doc = {**manifest(net), "netx": {"file": NETX, "nodes": prefix.nodes,
                                      "stops_at": prefix.stops_at, "reason": prefix.reason}}
     (directory / MANIFEST).write_text(json.dumps(doc, indent=1, default=_jsonable))
-    np.savez(directory / WEIGHTS,
-             **{f"{s.name}/{k}": v for s in net.processes for k, v in s.arrays.items()})
+    with open(directory / WEIGHTS, "wb") as f:
+        write_npz(f, {f"{s.name}/{k}": v for s in net.processes for k, v in s.arrays.items()})
 
 
 def emit(graph: Graph, out: str | Path) -> Path:
@@ -77,12 +79,18 @@ def load(directory: str | Path) -> LavaNet:
     directory = Path(directory)
     try:
         doc = json.loads((directory / MANIFEST).read_text())
-        with np.load(directory / WEIGHTS, allow_pickle=False) as npz:
-            weights = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
+        weights = read_npz(directory / WEIGHTS)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise FormatError(f"{directory}: not a readable Lava artifact ({e})") from None
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise FormatError(f"{directory}: not a {FORMAT} v{VERSION} artifact")
+    try:
+        return _net(doc, weights)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise FormatError(f"{directory}/{MANIFEST}: malformed ({type(e).__name__}: {e})") from None
+
+
+def _net(doc: dict, weights: dict[str, np.ndarray]) -> LavaNet:
     inputs: dict[str, dict[str, Port]] = {}
     for c in doc["connections"]:
         inputs.setdefault(c["to"], {})[c["port"]] = Port.from_json(c["from"])

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from snncc.errors import ShapeError, SnnccError
+from snncc.limits import nbytes, positive_int, require_fits
 
 from . import processes as custom
 from .compat import lava
@@ -228,6 +229,7 @@ def _batch_inputs(net: LavaNet, inputs, T: int | None) -> tuple[dict[str, np.nda
     arrays = {s["node"]: np.asarray(inputs[s["node"]], dtype=np.float64) for s in net.inputs}
     if T is None:
         T = next((len(arrays[s["node"]]) for s in net.inputs if not s["static"]), net.T)
+    T = positive_int(T, "T (time steps)")
     seqs, batch = {}, None
     for spec in net.inputs:
         name, shape, x = spec["node"], tuple(spec["shape"]), arrays[spec["node"]]
@@ -239,8 +241,23 @@ def _batch_inputs(net: LavaNet, inputs, T: int | None) -> tuple[dict[str, np.nda
                              f"{np.shape(inputs[name])}", node=name)
         if batch is not None and x.shape[1] != batch:
             raise ShapeError(f"batch {x.shape[1]} differs from other inputs' {batch}", node=name)
+        if x.shape[1] == 0:
+            raise ShapeError("the batch is empty (0 samples)", node=name)
+        if not np.all(np.isfinite(arrays[name])):
+            raise ShapeError("input contains NaN or infinity", node=name)
         seqs[name], batch = x, x.shape[1]
     return seqs, int(T), batch
+
+
+def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str]) -> int:
+    """Host memory of a run: the input ring buffers (B x period steps per input), the
+    recorded traces ([T, B, ...] per recorded node) and the delay FIFOs (steps x shape, held
+    by the process and its model), in float64."""
+    P = T + net.latency
+    inputs = sum(nbytes((B, P, *s["shape"])) * 2 for s in net.inputs)
+    fifos = sum(nbytes((int(p.params.get("steps", 1)), *p.shape)) * 2
+                for p in net.processes if p.type == "Delay")
+    return inputs + fifos + sum(nbytes((T, B, *net.shapes[k])) for k in record)
 
 
 def _default_record(net: LavaNet) -> list[str]:
@@ -260,6 +277,13 @@ def run_network(net: LavaNet, inputs, T: int | None = None,
     startup and stepping times}. ``record``: IR nodes to trace (default: every neuron and
     output); outputs are always traced."""
     seqs, T, B = _batch_inputs(net, inputs, T)
+    names = list(dict.fromkeys([*(_default_record(net) if record is None else record),
+                                *net.outputs]))
+    unknown = [k for k in names if k not in net.shapes]
+    if unknown:
+        raise SnnccError(f"cannot record {unknown}: not nodes of the Lava network")
+    require_fits(estimate_bytes(net, T, B, names),
+                 f"running '{net.name}' in Lava for T={T} on a batch of {B}")
     net = replace(net, T=T)
     procs, io = build_network(net)
     P, steps = net.period, B * net.period
@@ -279,8 +303,6 @@ def run_network(net: LavaNet, inputs, T: int | None = None,
             src = source.RingBuffer(data=data)
             io_models[src] = source.PySendModelFloat
         io.connect_input(name, src.s_out)
-    names = list(dict.fromkeys([*(_default_record(net) if record is None else record),
-                                *net.outputs]))
     recorder = custom.Recorder(shapes=[tuple(net.shapes[k]) for k in names],
                                buffer=min(steps, RECORD_BUFFER))
     for i, node in enumerate(names):
