@@ -23,7 +23,6 @@ standard edge, and the declared types at every extension boundary).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from urllib.parse import quote, unquote
 
@@ -127,12 +126,26 @@ def _stub_types(node: nir.NIRGraph) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 
 def _checkable(node):
-    """A copy for NIR's checker. NIR 1.0.8 types a convolution's input channels as
-    ``weight.shape[1]``, which is C_in / groups, so a grouped convolution is given no input
-    shape and NIR infers its types from the edge instead."""
-    if isinstance(node, (nir.Conv1d, nir.Conv2d)) and int(node.groups) > 1:
-        return dataclasses.replace(node, input_shape=None)
-    return copy.deepcopy(node)
+    """A copy for NIR's checker, with a convolution's types computed here: NIR 1.0.8 types a
+    convolution's input channels as ``weight.shape[1]``, which is C_in / groups, and its output
+    with ``weight.shape[2]`` as the kernel size of *every* spatial axis, so a grouped
+    convolution or a non-square kernel (3 x 2) would fail NIR's check although the node is
+    right. Its declared input shape and the torch output-size formula per axis give the
+    types."""
+    node = copy.deepcopy(node)
+    if isinstance(node, (nir.Conv1d, nir.Conv2d)) and node.input_shape is not None \
+            and not isinstance(node.padding, str):
+        kernel = np.array(node.weight.shape[2:], dtype=np.int64)
+        nd = len(kernel)
+
+        def per_axis(v):
+            return np.broadcast_to(np.asarray(v, dtype=np.int64).ravel(), (nd,))
+        spatial = per_axis(node.input_shape)
+        pad, stride, dil = per_axis(node.padding), per_axis(node.stride), per_axis(node.dilation)
+        out = (spatial + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+        node.input_type = {"input": np.array([node.weight.shape[1] * int(node.groups), *spatial])}
+        node.output_type = {"output": np.array([node.weight.shape[0], *out])}
+    return node
 
 
 def check_nir_types(graph: nir.NIRGraph) -> None:
