@@ -1222,22 +1222,59 @@ def _avgpool1d(b, c, m, x):
     return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=out), [y], x.frame)
 
 
+def _single_cell_sources(size_in: tuple, size_out: tuple) -> list[list[int]] | None:
+    """Per pooled axis, the input index each output cell averages when every output cell of an
+    adaptive average pool covers exactly one input cell (torch's cell j covers
+    [floor(j I / O), ceil((j + 1) I / O)); that is when O is a multiple of I), else None."""
+    sources = []
+    for i, o in zip(size_in, size_out):
+        starts = [j * i // o for j in range(o)]
+        if any(-(-(j + 1) * i // o) - s != 1 for j, s in enumerate(starts)):
+            return None
+        sources.append(starts)
+    return sources
+
+
+def _replicate_cells(b, c, x: Val, sources: list[list[int]]) -> Val:
+    """An adaptive pool whose output cells each average one input cell (``sources``) copies
+    cells: Reshape (C, cells in) -> one-hot Linear -> Reshape (C, *size out). Each output is
+    x * 1 plus zeros, exact for finite values."""
+    size_in, size_out = x.expr.shape[1:], tuple(len(s) for s in sources)
+    if size_out == tuple(size_in):
+        return x
+    ch, n_in = x.expr.shape[0], math.prod(size_in)
+    weight = np.zeros((math.prod(size_out), n_in))
+    cols = np.ravel_multi_index(np.meshgrid(*sources, indexing="ij"), size_in).ravel()
+    weight[np.arange(len(cols)), cols] = 1.0
+    y = b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=(ch, n_in)), [x], x.frame,
+              shape=(ch, n_in), hint=f"{c.hint}.cells")
+    y = b.new(c, lambda n, i: ir.Linear(n, i, path=c.path, weight=weight), [y], x.frame,
+              shape=(ch, len(cols)), hint=f"{c.hint}.copy")
+    return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=(ch, *size_out)), [y],
+                 x.frame)
+
+
 def _adaptive_avgpool(b, c, m, x):
     """AdaptiveAvgPool1d/2d: to 1 (global) a Mean over the pooled axes; to a size that divides
-    the input an AvgPool with kernel = stride = input / output; anything else is refused."""
+    the input an AvgPool with kernel = stride = input / output; to a multiple of the input
+    (every output cell covers one input cell: replication, or the same size) a copy of cells;
+    anything else is refused."""
     x = _val(x)
     nd = 2 if isinstance(m, nn.AdaptiveAvgPool2d) else 1
     size_in = x.expr.shape[-nd:]
     size_out = tuple(c.value.shape[-nd:])
     if len(x.expr.shape) != nd + 1 or len(x.frame) != 1:
         raise _Refuse(f"it needs a [T*B or B, C, {'H, W' if nd == 2 else 'L'}] input")
+    sources = _single_cell_sources(size_in, size_out)
+    if sources is not None:
+        return _replicate_cells(b, c, x, sources)
     if all(o == 1 for o in size_out):
         axes = tuple(range(1, nd + 1))
         return b.new(c, lambda n, i: ir.Mean(n, i, path=c.path, axes=axes, keepdim=True), [x],
                      x.frame)
     if any(i % o for i, o in zip(size_in, size_out)):
-        raise _Refuse(f"output size {size_out} does not divide input size {size_in}; use "
-                      f"nn.AvgPool{nd}d with a fixed kernel")
+        raise _Refuse(f"output size {size_out} neither divides input size {size_in} nor is a "
+                      f"multiple of it; use nn.AvgPool{nd}d with a fixed kernel")
     k = tuple(i // o for i, o in zip(size_in, size_out))
     pool = nn.AvgPool2d(k, k) if nd == 2 else nn.AvgPool1d(k, k)
     return (_avgpool2d if nd == 2 else _avgpool1d)(b, c, pool, x)
@@ -1306,4 +1343,21 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
             raise UnsupportedError(f"cannot trace: {' '.join(str(err).split())}",
                                    path=tracer.scope.module_path or None) from None
     builder = _Builder(model, T, batch, name)
-    return builder.finish(builder.interpret(fx_graph, static))
+    with _recursion_limit(_EMISSION_DEPTH):
+        return builder.finish(builder.interpret(fx_graph, static))
+
+
+# Emission recurses along the longest path of the model, about 3 frames per op: a 101- or
+# 152-layer ResNet needs more than Python's default limit of 1000. (Python-to-Python calls do
+# not grow the C stack in 3.11, so the higher limit is safe.)
+_EMISSION_DEPTH = 50_000
+
+
+@contextmanager
+def _recursion_limit(limit: int):
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)

@@ -35,7 +35,7 @@ provide_weight_loader_without_torchvision()
 from spikingjelly.activation_based import functional, neuron  # noqa: E402
 from spikingjelly.activation_based.model import (  # noqa: E402
     maxformer, ms_resnet, qkformer, sew_resnet, spike_driven_transformer, spikformer,
-    spiking_resnet, spiking_vgg)
+    spiking_resnet)
 
 
 def _image(seed: int, scale: float = 2.0, size: int = 32, batch: int = 2) -> torch.Tensor:
@@ -203,11 +203,3 @@ def test_unsupported_neuron_and_ops_are_all_listed():
     msg = str(err.value)
     assert "\n" not in msg and "op 'torch.sigmoid' is not supported" in msg
     assert "module 'conv_blocks.0.attn.ta.avg_pool': op 'AdaptiveAvgPool3d'" in msg
-
-
-def test_vgg_adaptive_pool_to_a_size_that_does_not_divide_is_refused():
-    model = _multi_step(spiking_vgg.spiking_vgg11_bn(num_classes=10,
-                                                     spiking_neuron=neuron.IFNode)).double()
-    with pytest.raises(UnsupportedError, match=r"module 'avgpool': op 'AdaptiveAvgPool2d' .*"
-                                               r"use nn.AvgPool2d"):
-        trace(model, _sequence(_image(0)), T=T, static=False)

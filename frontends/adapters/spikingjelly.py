@@ -1,10 +1,11 @@
 """spikingjelly (``spikingjelly.activation_based``, 2.0): neurons, layer wrappers and state.
 
-- **Neurons** (modules of the ``neuron`` package) are leaves. ``LIFNode``, ``IFNode`` and
-  ``ParametricLIFNode`` (its tau = 1 / sigmoid(w), fixed after training) map onto the canonical
-  neuron (DESIGN.md, "Models from other libraries"); every other neuron model is refused by
-  name. ``step_mode`` is the module's own: ``"m"`` takes ``[T, B, ...]``; ``"s"`` keeps its
-  membrane in the module, so its k-th call is step k.
+- **Neurons** (modules of the ``neuron`` package, and the model zoo's
+  ``spike_dhs.save_v_LIFNode``, a ``LIFNode`` that also records its mean pre-spike membrane) are
+  leaves. ``LIFNode``, ``IFNode`` and ``ParametricLIFNode`` (its tau = 1 / sigmoid(w), fixed after
+  training) map onto the canonical neuron (DESIGN.md, "Models from other libraries"); every
+  other neuron model is refused by name. ``step_mode`` is the module's own: ``"m"`` takes
+  ``[T, B, ...]``; ``"s"`` keeps its membrane in the module, so its k-th call is step k.
 - **Layer wrappers** (``layer.Conv2d``, ``layer.BatchNorm2d``, ``layer.AdaptiveAvgPool2d``, ...)
   are leaves mapped as the torch layer they subclass, applied to every step when their
   ``step_mode`` is ``"m"``. ``layer.Dropout`` is the identity in eval mode; the
@@ -28,6 +29,10 @@ from . import STEP_SINGLE, Adapter
 
 _PACKAGE = "spikingjelly.activation_based"
 _NEURONS = f"{_PACKAGE}.neuron"
+# neurons defined outside the neuron package whose spikes are those of a neuron class there:
+# spike_dhs's save_v_LIFNode is a LIFNode (the same charge, fire and reset operations) that also
+# records its mean pre-spike membrane as an observation
+_NEURONS_ELSEWHERE = {f"{_PACKAGE}.model.spike_dhs.save_v_LIFNode": "LIFNode"}
 # the modules of spikingjelly's layer package whose classes are single layers (leaves)
 _LEAF_LAYERS = tuple(f"{_PACKAGE}.layer.{m}" for m in ("stateless_wrapper", "bn", "dropout"))
 # leaf layers that compute exactly what the torch layer they subclass computes
@@ -47,12 +52,13 @@ class SpikingJellyAdapter(Adapter):
         return type(m).__module__.startswith(_PACKAGE)
 
     def is_neuron(self, m: nn.Module) -> bool:
-        return type(m).__module__.startswith(_NEURONS)
+        return type(m).__module__.startswith(_NEURONS) or _qualname(m) in _NEURONS_ELSEWHERE
 
     def canonical(self, m: nn.Module, path: str) -> cn.CanonicalParams:
         from spikingjelly.activation_based import neuron as sj
 
-        kind = type(m)
+        kind = getattr(sj, _NEURONS_ELSEWHERE[_qualname(m)]) if _qualname(m) in \
+            _NEURONS_ELSEWHERE else type(m)
         if kind not in (sj.LIFNode, sj.IFNode, sj.ParametricLIFNode):
             raise UnsupportedError(
                 f"spikingjelly's {kind.__name__} has no exact canonical form (supported: "
@@ -89,6 +95,10 @@ class SpikingJellyAdapter(Adapter):
         for m in model.modules():
             if self.owns(m) and callable(getattr(m, "reset", None)):
                 m.reset()
+
+
+def _qualname(m: nn.Module) -> str:
+    return f"{type(m).__module__}.{type(m).__name__}"
 
 
 def _standardised(m: nn.Module) -> nn.Module:
