@@ -89,6 +89,16 @@ def _summarise_quantization(graph: Graph, log: Callable[[str], None]) -> None:
         log(f"warning: {w}")
 
 
+def _summarise_ties(graph: Graph, log: Callable[[str], None]) -> None:
+    """One line per pass that folded with rounding: where spikes may differ on exact ties."""
+    for name, rep in graph.meta.get("reports", {}).items():
+        ties = rep.get("ties_may_differ") if isinstance(rep, dict) else None
+        if ties:
+            log(f"note: {name} rounds in {len(ties)} layer(s) ({', '.join(sorted(ties)[:4])}"
+                f"{' ...' if len(ties) > 4 else ''}): spikes are exact except where a membrane "
+                f"equals its threshold exactly (the pass report in the IR says why)")
+
+
 def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
             T: int | None = None, layout: str | None = None, input_shape=None,
             passes: list[str] | None = None, fixed_point: bool = False, calibrate=None,
@@ -114,6 +124,7 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
                     print_ir_after=set(print_ir_after), dump_ir_dir=dump_ir, log=log)
     graph = pm.run(loaded.graph)
     _summarise_quantization(graph, log)
+    _summarise_ties(graph, log)
     resources = tgt.resources(graph)
     if resources is not None:
         log(resources.format())

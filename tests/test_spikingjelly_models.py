@@ -125,18 +125,18 @@ def traced():
     return get
 
 
-def _assert_spikes(traces: dict, ref: dict) -> None:
+def assert_spikes(traces: dict, ref: dict) -> None:
     for k, spikes in ref.items():
         assert k in traces, f"{k}: no trace"
         mismatch = float(np.mean(traces[k] != spikes))
         assert mismatch == 0, f"{k}: spike mismatch rate {mismatch:.3g}"
 
 
-def _output(g, outputs: dict) -> np.ndarray:
+def output_of(g, outputs: dict) -> np.ndarray:
     return np.asarray(outputs[g.outputs[0].name])
 
 
-def _last_step(g, y: np.ndarray) -> np.ndarray:
+def last_step(g, y: np.ndarray) -> np.ndarray:
     """What the targets report of the library's output: its value at the last step."""
     return y[-1] if g.meta["output_layout"] == "TB" else y
 
@@ -144,9 +144,9 @@ def _last_step(g, y: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", CASES)
 def test_simulator_equals_library(traced, name):
     g, _, res, ref, y = traced(name)
-    _assert_spikes(res.trace, ref)
+    assert_spikes(res.trace, ref)
     got = res.output_sequence if g.meta["output_layout"] == "TB" else res.outputs
-    np.testing.assert_allclose(_output(g, got), y, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(output_of(g, got), y, rtol=0, atol=1e-10)
     assert_rates_in_range({k: float(v.mean()) for k, v in ref.items()})
 
 
@@ -158,8 +158,8 @@ def test_onnx_equals_library(traced, tmp_path, name):
     path = get_target("onnx").emit(g, tmp_path / "m", dtype="float64")
     for form in ("unrolled", "step"):
         outputs, traces = run_onnx(path, x, form=form)
-        _assert_spikes(traces, ref)
-        np.testing.assert_allclose(_output(g, outputs), _last_step(g, y), rtol=1e-9, atol=1e-9)
+        assert_spikes(traces, ref)
+        np.testing.assert_allclose(output_of(g, outputs), last_step(g, y), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -169,8 +169,8 @@ def test_nir_round_trip_equals_library(traced, tmp_path, name):
     g, x, _, ref, y = traced(name)
     back = read_nir(get_target("nir").emit(g, tmp_path / "m.nir"))
     res = simulate(back, x, T, record=True)
-    _assert_spikes(res.trace, ref)
-    np.testing.assert_allclose(_output(back, res.outputs), _last_step(g, y), rtol=1e-9, atol=1e-9)
+    assert_spikes(res.trace, ref)
+    np.testing.assert_allclose(output_of(back, res.outputs), last_step(g, y), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["sdt", *(pytest.param(n, marks=pytest.mark.slow) for n in (
@@ -183,9 +183,9 @@ def test_lava_equals_library(traced, tmp_path, name):
     g, x, _, ref, y = traced(name)
     compiled = run_passes(g, list(get_target("lava").default_passes), log=lambda s: None)
     res = run_artifact(emit(compiled, tmp_path / "lava"), x, T)
-    _assert_spikes(res["trace"], ref)
+    assert_spikes(res["trace"], ref)
     (out,) = res["outputs"].values()
-    np.testing.assert_allclose(out, _last_step(g, y), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out, last_step(g, y), rtol=1e-12, atol=1e-12)
 
 
 def test_sequence_input_traced_as_static_says_to_pass_static_false():

@@ -31,6 +31,7 @@ from snncc.simulator import simulate
 from snncc.targets import get_target
 
 from conftest import assert_rates_in_range
+from test_spikingjelly_models import assert_spikes, last_step, library_spikes, output_of
 
 T = 4
 pytest.importorskip("spikingjelly.activation_based")
@@ -184,23 +185,6 @@ def _build(name: str, seed: int = 0):
     return model, make_input(), static
 
 
-def library_spikes(model, x: torch.Tensor, paths: set[str]):
-    """The model's own forward from fresh state: its output and every hooked neuron's spikes
-    (all calls of a single-step neuron, in order)."""
-    calls: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    hooks = [model.get_submodule(p).register_forward_hook(
-        lambda _m, _i, out, p=p: calls[p].append(out.detach())) for p in paths]
-    functional.reset_net(model)
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        functional.reset_net(model)
-    return y.numpy(), {p: torch.cat(c).numpy() for p, c in calls.items() if c}
-
-
 @pytest.fixture(scope="module")
 def traced():
     """name -> (graph, input, steps, float64 simulation, library spikes by node, library
@@ -224,29 +208,13 @@ def traced():
     return get
 
 
-def _assert_spikes(traces: dict, ref: dict) -> None:
-    for k, spikes in ref.items():
-        assert k in traces, f"{k}: no trace"
-        mismatch = float(np.mean(traces[k] != spikes))
-        assert mismatch == 0, f"{k}: spike mismatch rate {mismatch:.3g}"
-
-
-def _output(g, outputs: dict) -> np.ndarray:
-    return np.asarray(outputs[g.outputs[0].name])
-
-
-def _last_step(g, y: np.ndarray) -> np.ndarray:
-    """What the targets other than the simulator report: the output's value at the last step."""
-    return y[-1] if g.meta["output_layout"] == "TB" else y
-
-
 @pytest.mark.parametrize("name, target", PAIRS)
 def test_equals_library(traced, tmp_path, name, target):
     g, x, steps, res, ref, y = traced(name)
     if target == "sim":
-        _assert_spikes(res.trace, ref)
+        assert_spikes(res.trace, ref)
         got = res.output_sequence if g.meta["output_layout"] == "TB" else res.outputs
-        np.testing.assert_allclose(_output(g, got), y, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(output_of(g, got), y, rtol=0, atol=1e-10)
         assert_rates_in_range({k: float(v.mean()) for k, v in ref.items()})
     elif target == "onnx":
         from snncc.backends.onnx.runner import run_onnx
@@ -254,16 +222,16 @@ def test_equals_library(traced, tmp_path, name, target):
         path = get_target("onnx").emit(g, tmp_path / "m", dtype="float64")
         for form in ("unrolled", "step"):
             outputs, traces = run_onnx(path, x, form=form)
-            _assert_spikes(traces, ref)
-            np.testing.assert_allclose(_output(g, outputs), _last_step(g, y), rtol=1e-9,
+            assert_spikes(traces, ref)
+            np.testing.assert_allclose(output_of(g, outputs), last_step(g, y), rtol=1e-9,
                                        atol=1e-9)
     elif target == "nir":
         from snncc.frontends.nir_reader import read_nir
 
         back = read_nir(get_target("nir").emit(g, tmp_path / "m.nir"))
         back_res = simulate(back, x, steps, record=True)
-        _assert_spikes(back_res.trace, ref)
-        np.testing.assert_allclose(_output(back, back_res.outputs), _last_step(g, y),
+        assert_spikes(back_res.trace, ref)
+        np.testing.assert_allclose(output_of(back, back_res.outputs), last_step(g, y),
                                    rtol=1e-9, atol=1e-9)
     else:
         from snncc.backends.lava.artifact import emit
@@ -272,9 +240,9 @@ def test_equals_library(traced, tmp_path, name, target):
 
         compiled = run_passes(g, list(get_target("lava").default_passes), log=lambda s: None)
         lava = run_artifact(emit(compiled, tmp_path / "lava"), x, steps)
-        _assert_spikes(lava["trace"], ref)
+        assert_spikes(lava["trace"], ref)
         (out,) = lava["outputs"].values()
-        np.testing.assert_allclose(out, _last_step(g, y), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out, last_step(g, y), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.slow
@@ -313,7 +281,7 @@ def test_adaptive_avgpool_where_it_is_exact(size, out_size, ops):
         y = model(x).numpy()
     functional.reset_net(model)
     res = simulate(g, x.numpy(), T)
-    np.testing.assert_array_equal(_output(g, res.output_sequence), y)
+    np.testing.assert_array_equal(output_of(g, res.output_sequence), y)
 
 
 def test_adaptive_avgpool1d_replicates_cells():
@@ -325,7 +293,7 @@ def test_adaptive_avgpool1d_replicates_cells():
     with torch.no_grad():
         y = model(x).numpy()
     functional.reset_net(model)
-    np.testing.assert_array_equal(_output(g, simulate(g, x.numpy(), T).output_sequence), y)
+    np.testing.assert_array_equal(output_of(g, simulate(g, x.numpy(), T).output_sequence), y)
 
 
 @pytest.mark.parametrize("size, out_size", [(2, (3, 3)), (4, (3, 3)), (4, (2, 8))])
@@ -454,8 +422,8 @@ def test_every_constructor_traces_exactly_or_is_refused(module, name):
     batch = x.shape[0] if static else x.shape[1]
     res = simulate(g, x.numpy(), steps, record=True)
     ref = {n.name: spikes[n.path].reshape(steps, batch, *n.shape) for n in neurons}
-    _assert_spikes(res.trace, ref)
+    assert_spikes(res.trace, ref)
     got = res.output_sequence if g.meta["output_layout"] == "TB" else res.outputs
-    np.testing.assert_allclose(_output(g, got), y, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(output_of(g, got), y, rtol=0, atol=1e-10)
     if name not in SATURATING:
         assert_rates_in_range({k: float(v.mean()) for k, v in ref.items()})
