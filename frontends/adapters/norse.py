@@ -33,7 +33,7 @@ from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
 from . import STEP_MULTI, STEP_SINGLE, Adapter, NeuronCircuit
-from .snntorch import Circuit, scalar, threshold
+from .circuits import Circuit, scalar, threshold
 
 _PACKAGE = "norse"
 _METHODS = ("heaviside", "super", "triangle", "tanh", "circ", "heavi_erfc")

@@ -1,0 +1,101 @@
+"""Building blocks for neurons that are not the canonical neuron alone (:class:`NeuronCircuit`):
+a library's membrane update computed by Scale/Add/Hadamard/Delay nodes in the library's own
+operation order, fired on by a threshold neuron. Shared by the snntorch and norse adapters."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from snncc import ir
+from snncc import neuron as cn
+from snncc.errors import UnsupportedError
+
+from . import NeuronCircuit
+
+
+class Circuit:
+    """Collects the IR nodes of one neuron circuit; node names are ``{name}:{part}``."""
+
+    def __init__(self, name: str, path: str, shape: tuple):
+        self.name, self.path, self.shape = name, path, tuple(shape)
+        self.nodes: list[ir.Node] = []
+
+    def _node(self, cls, part: str, inputs, **kw) -> str:
+        node = cls(f"{self.name}:{part}", tuple(inputs), path=self.path, **kw)
+        self.nodes.append(node)
+        return node.name
+
+    def prev(self, src: str, kind: ir.Kind = ir.Kind.REAL) -> str:
+        """``src`` one step back (0 at t = 0); one Delay per source."""
+        part = "s[t-1]" if src == self.name else f"{src.rsplit(':', 1)[-1]}[t-1]"
+        name = f"{self.name}:{part}"
+        if any(n.name == name for n in self.nodes):
+            return name
+        return self._node(ir.Delay, part, (src,), steps=1, shape_hint=self.shape,
+                          kind_hint=kind)
+
+    def spikes_before(self) -> str:
+        return self.prev(self.name, ir.Kind.SPIKE)
+
+    def scale(self, src: str, k: float, part: str) -> str:
+        return self._node(ir.Scale, part, (src,), factor=np.asarray(k, dtype=np.float64))
+
+    def add(self, a: str, b: str, part: str) -> str:
+        return self._node(ir.Add, part, (a, b))
+
+    def mul(self, spikes: str, real: str, part: str) -> str:
+        return self._node(ir.Hadamard, part, (spikes, real))
+
+    def linear(self, src: str, m: nn.Linear, part: str) -> str:
+        return self._node(ir.Linear, part, (src,), weight=_np(m.weight),
+                          bias=None if m.bias is None else _np(m.bias))
+
+    def conv2d(self, src: str, m: nn.Conv2d, part: str) -> str:
+        return self._node(ir.Conv2d, part, (src,), weight=_np(m.weight),
+                          bias=None if m.bias is None else _np(m.bias), stride=m.stride,
+                          padding=m.padding, dilation=m.dilation, groups=m.groups)
+
+    def integrator(self, x: str, alpha: float, part: str) -> str:
+        """v[t] = alpha * v[t-1] + x[t] (``alpha * v`` first, then ``+ x``), v[-1] = 0: the
+        NIR reader's leaky integrator (Scale, Delay, Add), named ``{name}:{part}``."""
+        from snncc.frontends.nir_reader import _integrator
+
+        full = np.full(self.shape, alpha, dtype=np.float64)
+        name = f"{self.name}:{part}"
+        self.nodes += _integrator(name, x, full, np.ones(self.shape), np.zeros(self.shape),
+                                  self.path)
+        return name
+
+
+def threshold(theta: float) -> cn.CanonicalParams:
+    """A neuron that only compares its input: h = x, spike if h > theta (alpha = 0)."""
+    return cn.CanonicalParams(alpha=0.0, gamma=1.0, beta=0.0, theta=float(theta), v_reset=0.0,
+                              reset=cn.RESET_HARD, cmp=cn.CMP_GT, v_init=0.0)
+
+
+def circuit(theta: float, body, v_init: float = 0.0) -> NeuronCircuit:
+    """A NeuronCircuit whose membrane ``body(c, x)`` computes in a :class:`Circuit` ``c``, fired
+    on by a threshold neuron at ``theta``."""
+
+    def build(name, x, shape, path=""):
+        c = Circuit(name, path or name, shape)
+        membrane = body(c, x)
+        return c.nodes, membrane
+    return NeuronCircuit(threshold(theta), build, v_init)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def scalar(value, what: str, path: str) -> float:
+    """A parameter that must be one number (a scalar tensor or a one-element one)."""
+    t = torch.as_tensor(value).detach()
+    if t.numel() != 1:
+        raise UnsupportedError(f"a per-neuron {what} (a tensor of shape {tuple(t.shape)}) is not "
+                               "supported; snncc maps one value per layer", path=path)
+    v = float(t.reshape(()).to(torch.float64))
+    if not np.isfinite(v):
+        raise UnsupportedError(f"{what} = {v} is not finite", path=path)
+    return v
