@@ -16,8 +16,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
+import re
 import sys
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,13 +39,22 @@ def load_pickled_model(path: str | Path, trust: bool) -> nn.Module:
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
     try:
-        obj = _load(path, trust)
+        with _importable_from_cwd():
+            obj = _load(path, trust)
     except CheckpointError as e:
         if _NEEDS_CODE.search(str(e)) or "pickled" in str(e):
             raise CheckpointError(
                 f"{path}: holds a pickled model (torch.save(model)); loading it runs code from "
                 "the file, so pass --trust-checkpoint if you trust it, or save "
                 "model.state_dict() and pass --model package.module:factory") from None
+        raise
+    except FormatError as e:
+        missing = re.search(r"No module named '([^']+)'", str(e))
+        if missing:
+            raise FormatError(f"{path}: the pickled model's code is in module "
+                              f"'{missing.group(1)}', which cannot be imported here: run snncc "
+                              "where it can (the current directory is searched) or add it to "
+                              "PYTHONPATH") from None
         raise
     if isinstance(obj, nn.Module):
         return obj
@@ -51,6 +63,21 @@ def load_pickled_model(path: str | Path, trust: bool) -> nn.Module:
                               "with --arch (`snncc zoo`) or your code with --model "
                               "package.module:factory (or path/to/file.py:ClassName)")
     raise FormatError(f"{path}: holds a {type(obj).__name__}, neither a model nor a state_dict")
+
+
+@contextmanager
+def _importable_from_cwd():
+    """Modules in the current directory import, as for ``python -m`` (a console script's
+    ``sys.path`` starts at its own directory instead): the user's model code is usually there."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 def import_factory(spec: str):
@@ -79,7 +106,8 @@ def import_factory(spec: str):
             sys.path.remove(str(file.resolve().parent))
     else:
         try:
-            module = importlib.import_module(where)
+            with _importable_from_cwd():
+                module = importlib.import_module(where)
         except Exception as e:
             raise SnnccError(f"--model '{spec}': cannot import '{where}': "
                              f"{type(e).__name__}: {e}") from None

@@ -197,3 +197,48 @@ def test_user_model_errors_are_one_line(tmp_path, capsys, args, message):
     assert main(["compile", str(DIGITS), *args, "-t", "sim", "-o", str(tmp_path / "m")]) == 1
     assert message in _one_error_line(capsys)
     assert not (tmp_path / "m").exists()
+
+
+_USER_NET = '''
+import torch
+from torch import nn
+from spikingjelly.activation_based import functional, layer, neuron
+
+
+class Net(nn.Module):
+    def __init__(self, width=4):
+        super().__init__()
+        self.body = nn.Sequential(layer.Conv2d(1, width, 3, padding=1), layer.BatchNorm2d(width),
+                                  neuron.LIFNode(), layer.Flatten(),
+                                  layer.Linear(width * 64, 10), neuron.IFNode())
+        functional.set_step_mode(self, "m")
+        self.T = 4
+
+    def forward(self, x):
+        return self.body(x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)).mean(0)
+'''
+
+
+def test_the_users_module_in_the_current_directory_imports(tmp_path, monkeypatch, capsys):
+    """A console script does not search the current directory; the user's model code is
+    usually there, for a pickled model as for --model module:factory."""
+    (tmp_path / "my_snn_module.py").write_text(_USER_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_snn_module
+
+    torch.save(my_snn_module.Net(), tmp_path / "net.pt")
+    torch.save(my_snn_module.Net().state_dict(), tmp_path / "w.pt")
+    sys.path.remove(str(tmp_path))
+    del sys.modules["my_snn_module"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = ["compile", "../net.pt", "--trust-checkpoint", "--input-shape", "1,8,8", "-o", "m"]
+    assert main(args) == 1
+    assert "module 'my_snn_module', which cannot be imported here" in _one_error_line(capsys)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", "net.pt", "--trust-checkpoint", "--input-shape", "1,8,8",
+                 "-o", "m"]) == 0
+    assert main(["check", "w.pt", "--model", "my_snn_module:Net", "--model-args",
+                 '{"width": 4}', "--input-shape", "1,8,8", "-t", "onnx"]) == 0
+    assert str(tmp_path) not in sys.path
