@@ -34,7 +34,7 @@ class ConvSNN(nn.Module):
             layer.Conv2d(channels, width, 3, padding=1, bias=False), layer.BatchNorm2d(width),
             neuron.LIFNode(tau=2.0),
             layer.Conv2d(width, 2 * width, 3, padding=1, bias=False), layer.BatchNorm2d(2 * width),
-            neuron.LIFNode(tau=2.0, decay_input=False, v_reset=None),
+            neuron.LIFNode(tau=2.0, decay_input=False),
             layer.MaxPool2d(2), layer.Flatten())
         self.head = nn.Sequential(layer.Linear(2 * width * (size // 2) ** 2, classes),
                                   neuron.IFNode(v_threshold=0.5))

@@ -57,7 +57,7 @@ def _one_error_line(capsys) -> str:
 
 
 # ---------------------------------------------------------------------------- Python API
-@pytest.mark.parametrize("target", ["sim", "onnx"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "lava"])
 def test_the_example_runs_and_is_exact(tmp_path, target):
     result = _example_module().main(["--target", target, "--out", str(tmp_path / "m")])
     assert result["report"].min_agreement == 1.0
