@@ -257,10 +257,33 @@ def _strip_prefix(state: dict, prefix: str = "module.") -> dict:
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str) -> nn.Module:
     """Load ``state_dict`` into ``model`` only if keys and shapes match exactly; otherwise
     raise CheckpointError listing missing, unexpected and mis-shaped keys (and likely renames:
-    a missing key and an unexpected one of the same shape and a similar name)."""
+    a missing key and an unexpected one of the same shape and a similar name).
+
+    An architecture whose official checkpoints are not the model's own shape (Auto-Spikformer's
+    supernets: its zoo entry's ``adapt_state_dict``) is adapted first, saying what changed."""
+    state_dict = adapt(model, state_dict, arch)
     _mismatch(model.state_dict(), state_dict, arch)
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def _adapter(arch: str):
+    from .zoo import ZOO
+
+    return getattr(ZOO.get(arch), "adapt_state_dict", None)
+
+
+def adapt(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str
+          ) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` as the zoo entry ``arch``'s ``adapt_state_dict`` makes it fit ``model``
+    (each note it returns becomes a warning), or unchanged for the other architectures."""
+    fn = _adapter(arch)
+    if fn is None:
+        return state_dict
+    state_dict, notes = fn(state_dict, model)
+    for note in notes:
+        warn(f"{arch}: {note}")
+    return state_dict
 
 
 def _mismatch(expected: Mapping, state_dict: Mapping, arch: str) -> None:
@@ -312,7 +335,13 @@ def from_checkpoint(path: str | Path, arch: str, trust: bool = False,
     if overrides.get("T") is not None:
         overrides["T"] = positive_int(overrides["T"], "T (time steps)")
     model = build(arch, **overrides)
-    state = load_state_dict(path, trust, model.state_dict(), arch)
+    if _adapter(arch) is None:
+        state = load_state_dict(path, trust, model.state_dict(), arch)
+    else:  # a supernet checkpoint: checked against the model once adapted to it
+        state = adapt(model, load_state_dict(path, trust, None, arch), arch)
+        expected = model.state_dict()
+        state = {k: _exact_cast(Path(path), k, v, expected[k].dtype) if k in expected else v
+                 for k, v in state.items()}
     load_into(model, state, arch)
     return model.eval(), _trace_at(model, arch, overrides, state)
 

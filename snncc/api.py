@@ -34,9 +34,14 @@ def _quiet(message: str) -> None:
 
 def load(model, example_input=None, *, T: int | None = None, layout: str | None = None,
          input_shape=None, arch: str | None = None, trust_checkpoint: bool = False,
-         name: str | None = None) -> LoadedModel:
+         name: str | None = None, arch_options: dict | None = None) -> LoadedModel:
     """``model`` (module, graph or path) as a graph plus, where there is one, the PyTorch
-    model it came from."""
+    model it came from. A zoo checkpoint (``arch=``) takes ``arch_options={"num_heads": 8}``
+    for the hyper-parameters no checkpoint records (``snncc zoo --verbose`` lists them); the
+    values it was loaded with are in ``LoadedModel.arch_info``."""
+    if arch_options and not isinstance(model, (str, Path)):
+        raise SnnccError("arch_options apply to a zoo checkpoint loaded with arch=...; build "
+                         "an in-memory model with the values you want instead")
     if isinstance(model, LoadedModel):
         if T is not None:
             model.graph.meta["T"] = int(T)
@@ -48,7 +53,7 @@ def load(model, example_input=None, *, T: int | None = None, layout: str | None 
         return LoadedModel(graph)
     if isinstance(model, (str, Path)):
         return load_model(model, arch, trust=trust_checkpoint, T=T, input_shape=input_shape,
-                          layout=layout)
+                          layout=layout, arch_options=arch_options)
     from torch import nn
 
     if not isinstance(model, nn.Module):
@@ -120,6 +125,8 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
     tgt.check_output(path)
     loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
                   **load_options)
+    if loaded.arch_info:
+        log(loaded.arch_info)
     pm = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
                     print_ir_after=set(print_ir_after), dump_ir_dir=dump_ir, log=log)
     graph = pm.run(loaded.graph)

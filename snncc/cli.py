@@ -65,6 +65,10 @@ LAYOUT = typer.Option(None, "--layout", help="how the model takes its input: sta
                                              "image repeated over T), TB ([T, B, ...]) or BT; "
                                              "default: tried in that order")
 TRUST = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP)
+ARCH_OPTION = typer.Option([], "--arch-option", help="with --arch: name=value for a "
+                                                     "hyper-parameter no checkpoint records "
+                                                     "(heads, T, tau, thresholds, scale; `snncc "
+                                                     "zoo --verbose` lists them); repeatable")
 
 
 def _shape(csv: Optional[str]) -> Optional[tuple[int, ...]]:
@@ -79,14 +83,20 @@ def _shape(csv: Optional[str]) -> Optional[tuple[int, ...]]:
     return shape
 
 
-def _loaded(source: str, arch, model, model_args, input_shape, layout, trust, T):
-    """What compile, check and inspect were pointed at, loaded (snncc.models.load_model)."""
+def _loaded(source: str, arch, model, model_args, input_shape, layout, trust, T,
+            arch_options=None):
+    """What compile, check and inspect were pointed at, loaded (snncc.models.load_model); a
+    zoo checkpoint's hyper-parameters are printed as one line."""
     from .models import load_model
 
     if model_args is not None and model is None:
         raise SnnccError("--model-args needs --model")
-    return load_model(source, arch, trust=trust, T=T, factory=model, factory_args=model_args,
-                      input_shape=_shape(input_shape), layout=layout)
+    loaded = load_model(source, arch, trust=trust, T=T, factory=model, factory_args=model_args,
+                        input_shape=_shape(input_shape), layout=layout,
+                        arch_options=arch_options)
+    if loaded.arch_info:
+        _out(loaded.arch_info)
+    return loaded
 
 
 def _calibration(path: Optional[Path]):
@@ -103,6 +113,7 @@ def compile(
                                                       "one must be an earlier artifact of "
                                                       "snncc or empty)"),
     arch: Optional[str] = ARCH,
+    arch_option: list[str] = ARCH_OPTION,
     model: Optional[str] = MODEL,
     model_args: Optional[str] = MODEL_ARGS,
     input_shape: Optional[str] = INPUT_SHAPE,
@@ -134,7 +145,8 @@ def compile(
     from .targets import get_target
 
     get_target(target).check_output(api.artifact_path(get_target(target), out))
-    loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T)
+    loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
+                     arch_option)
     api.compile(loaded.graph, target=target, out=out, passes=_split(passes),
                 fixed_point=fixed_point, calibrate=_calibration(calibrate),
                 strict_nir=strict_nir, strict_hardware=strict_hardware,
@@ -146,6 +158,7 @@ def check(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     target: str = typer.Option("sim", "--target", "-t", help="sim, nir, onnx or lava"),
     arch: Optional[str] = ARCH,
+    arch_option: list[str] = ARCH_OPTION,
     model: Optional[str] = MODEL,
     model_args: Optional[str] = MODEL_ARGS,
     input_shape: Optional[str] = INPUT_SHAPE,
@@ -179,7 +192,8 @@ def check(
     from .errors import ParityError
     from .files import JSON, atomic_write, load_array
 
-    loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T)
+    loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
+                     arch_option)
     report = api.check(loaded, target=target, T=T, inputs=load_array(inputs) if inputs else None,
                        labels=load_array(labels) if labels else None, batch=batch, seed=seed,
                        dtype=dtype, passes=_split(passes), artifact=artifact,
@@ -198,6 +212,7 @@ def check(
 def inspect(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     arch: Optional[str] = ARCH,
+    arch_option: list[str] = ARCH_OPTION,
     model: Optional[str] = MODEL,
     model_args: Optional[str] = MODEL_ARGS,
     input_shape: Optional[str] = INPUT_SHAPE,
@@ -220,7 +235,8 @@ def inspect(
     from .pipeline import for_target
     from .simulator import estimate_bytes, simulate
 
-    g = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T).graph
+    g = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
+                arch_option).graph
     _out(g.format())
     _out("")
     _out(f"{'node':<40} {'op':<20} {'shape':<18} {'parameters':>12}")
@@ -343,14 +359,22 @@ def demo(
 
 
 @app.command()
-def zoo():
+def zoo(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                     help="also list each architecture's shape-free "
+                                          "hyper-parameters (what --arch-option sets) and the "
+                                          "official file they come from")):
     """List the built-in architectures (names for --arch)."""
-    from snncc.frontends.zoo import ZOO
+    from snncc.frontends.zoo import ZOO, hyperparameters
+    from snncc.frontends.zoo.options import format_values
 
     _out(f"{'name':<32} {'input':<14} {'T':>3} {'classes':>8}  description")
     for name, e in ZOO.items():
         shape = "x".join(map(str, e.input_shape))
         _out(f"{name:<32} {shape:<14} {e.T:>3} {e.num_classes:>8}  {e.description}")
+        if verbose:
+            values = hyperparameters(e)
+            _out(f"{'':<32} hyper-parameters: "
+                 + (format_values(values) if values else "none listed (see the description)"))
 
 
 @app.command("passes")

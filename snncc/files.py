@@ -239,7 +239,7 @@ def _directory_entries(path: Path) -> set[str]:
         raise _write_failed(path, e) from None
 
 
-def check_replaceable_directory(path: Path, target: str = "") -> None:
+def _judge_directory(path: Path, target: str = "") -> None:
     """Refuse, leaving it untouched, an existing ``path`` that is not an empty directory or an
     artifact directory snncc wrote holding nothing but what it wrote."""
     _check_path_kind(path)
@@ -263,6 +263,29 @@ def check_replaceable_directory(path: Path, target: str = "") -> None:
         shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
         raise OutputError(f"{path} holds files snncc did not write ({shown}); move them away "
                           f"or choose another output path")
+
+
+def check_replaceable_directory(path: Path, target: str = "") -> None:
+    """Refuse, leaving it untouched, an existing ``path`` that is not an empty directory or an
+    artifact directory snncc wrote holding nothing but what it wrote. Other writers may swap
+    ``path`` meanwhile: a refusal counts only if ``path`` still names the directory that was
+    judged (the one a concurrent writer just swapped out is being emptied, and looks
+    foreign)."""
+    for _ in range(100):
+        try:
+            before = os.lstat(path).st_ino
+        except (FileNotFoundError, NotADirectoryError):
+            return  # gone: the caller's next round moves the new directory in
+        try:
+            _judge_directory(path, target)
+            return
+        except OutputError:
+            try:
+                if os.lstat(path).st_ino == before:
+                    raise
+            except (FileNotFoundError, NotADirectoryError):
+                return
+    raise OutputError(f"{path}: other writers keep replacing it; nothing was written")
 
 
 def atomic_directory(path: str | Path, fill: Callable[[Path], None], target: str = "") -> Path:

@@ -20,15 +20,19 @@ class LoadedModel:
     graph: Graph
     torch_model: object | None = None  # torch.nn.Module when the source is a PyTorch model
     arch: str | None = None
+    #: a zoo checkpoint's shape-free hyper-parameters as loaded, one line (``zoo.describe``)
+    arch_info: str | None = None
 
 
 def load_model(source: str | Path, arch: str | None = None, *, trust: bool = False,
                T: int | None = None, factory: str | None = None, factory_args=None,
-               input_shape=None, layout: str | None = None) -> LoadedModel:
+               input_shape=None, layout: str | None = None, arch_options=None) -> LoadedModel:
     """``source``: a ``.snnir`` / ``.nir`` file, or a PyTorch file: a checkpoint loaded into the
     zoo architecture ``arch`` or into the model ``factory`` builds, or (``trust``) a pickled
     ``nn.Module``. ``T``, ``input_shape`` and ``layout`` shape the example the model is traced
-    on (defaults: what the model declares)."""
+    on (defaults: what the model declares). ``arch_options`` (a dict, or ``name=value``
+    strings) override the architecture's shape-free hyper-parameters (heads, T, tau, thresholds,
+    scale: ``snncc zoo --verbose`` lists them); the values used are in ``arch_info``."""
     if T is not None and T < 1:
         raise SnnccError(f"--T must be at least 1, got {T}")
     path = Path(source)
@@ -47,12 +51,25 @@ def load_model(source: str | Path, arch: str | None = None, *, trust: bool = Fal
     if arch is not None and factory is not None:
         raise SnnccError("give either --arch (a zoo architecture) or --model (your code), "
                          "not both")
+    if arch_options and arch is None:
+        raise SnnccError("--arch-option needs --arch (a zoo architecture)")
     if arch is not None:
         from snncc.frontends import from_checkpoint
+        from snncc.frontends.zoo import arch_options as resolve_options
+        from snncc.frontends.zoo import describe
 
-        overrides = {} if T is None else {"T": T}
-        model, graph = from_checkpoint(path, arch, trust=trust, **overrides)
-        return LoadedModel(graph, model, arch)
+        overrides = resolve_options(arch, arch_options)
+        if T is not None:
+            if overrides.get("T", T) != T:
+                raise SnnccError(f"--T {T} and --arch-option T={overrides['T']} disagree")
+            overrides["T"] = T
+        try:
+            model, graph = from_checkpoint(path, arch, trust=trust, **overrides)
+        except ValueError as e:  # the constructor refusing the values (heads not dividing a width)
+            if not arch_options:
+                raise
+            raise SnnccError(f"--arch-option for '{arch}': {e}") from None
+        return LoadedModel(graph, model, arch, describe(arch, overrides))
     from snncc.frontends import user_model
 
     if factory is not None:

@@ -71,9 +71,13 @@ def test_auto_spikformer_candidate_sets_per_block_neurons():
     assert m.block[1].mlp.fc1_linear.out_features == 96
     assert (m.block[0].attn.num_heads, m.block[1].attn.num_heads) == (2, 4)
     for blk, theta, tau in zip(m.block, (1.2, 0.8), (2.0, 1.5)):
+        # the official code (not eq. 1): spikingjelly's LIF with decay_input, the searched
+        # threshold on mlp.fc1_lif only, the attention LIF's 0.5 kept (model.py 75, 180-187);
+        # tests/test_auto_spikformer.py checks every LIF of the zoo entries
         p = blk.mlp.fc1_lif.canonical()
-        assert (p.theta, p.alpha, p.gamma) == (theta, 1 - 1 / tau, 1.0)  # eq. 1: no input decay
-        assert blk.attn.attn_lif.canonical().theta == pytest.approx(theta / 2)
+        assert (p.theta, p.alpha, p.gamma) == (theta, 1 - 1 / tau, 1 / tau)
+        assert blk.attn.attn_lif.canonical().theta == 0.5
+        assert blk.mlp.fc2_lif.canonical().theta == blk.attn.q_lif.canonical().theta == 1.0
     assert m.patch_embed.proj_lif.canonical() == cn.from_lif(2.0)
     with pytest.raises(ValueError):
         auto_spikformer((2, 3.0, 2.0, 2, 4))
@@ -124,9 +128,10 @@ def test_lif_has_a_surrogate_gradient():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_snasnet_neuron_is_the_papers():
+def test_snasnet_neuron_is_the_official_codes():
+    # eq. 2's charge with the official spikingjelly LIFNode's `>=` (eq. 3 writes a strict `>`)
     m = build("snasnet-bw-cifar100")
-    assert m.last_act[1].canonical() == cn.from_snasnet_lif(4 / 3, 1.0)
+    assert m.last_act[1].canonical() == cn.from_lif(4 / 3, 1.0, 0.0, True, cn.CMP_GE)
 
 
 # --- (d) state_dict keys as in the official code ------------------------------------------

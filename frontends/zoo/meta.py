@@ -34,9 +34,20 @@ SDSA operators (Fig. 3, eq. 15), chosen with ``sdsa``:
 
 RepConv (``RepConv`` + ``BNAndPadLayer``): ``Conv1x1 -> BN -> pad 1 pixel with the BN's value of
 a zero input -> depthwise Conv3x3 (no padding) -> Conv1x1 -> BN``, which a re-parameterisation
-pass can merge into one 3x3 conv. The head is the official one: ``head(features).mean(0)`` on
-the time-step features (non-spiking; the official forward computes ``self.lif(x)`` but only
-uses it for the knowledge-distillation head ``head_kd``, kept here behind ``kd=True``).
+pass can merge into one 3x3 conv.
+
+The head (``head_lif``): the official forward at its current head (``classification/models.py``
+since commit d95ad13, March 2024) is spiking, ``head(lif(x)).mean(0)`` on the time-step features
+averaged over tokens, with ``self.lif = MultiStepLIFNode(tau=2.0, detach_reset=True)`` (threshold
+1, hard reset to 0, ``>=``): ``head_lif=True``, the default. Before that commit the forward was
+``head(x).mean(0)`` (non-spiking; ``self.lif`` fed only the distillation head):
+``head_lif=False``. With ``kd=True`` (the official T = 4 fine-tuning runs with ``--kd``, so its
+checkpoints carry ``head_kd``) the output is the official evaluation's
+``(head(lif(x)).mean(0) + head_kd(lif(x)).mean(0)) / 2`` (``head(x)`` with ``head_lif=False``).
+
+Shape-free hyper-parameters (none is in a checkpoint): ``num_heads`` (8 in every official
+``metaspikformer_*``), ``T``, the LIFs' ``tau`` (2) and ``v_threshold`` (1), the SDSA neuron's
+``attn_v_threshold`` (0.5) and ``scale`` (0.125).
 """
 
 from __future__ import annotations
@@ -48,7 +59,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import merge_heads, repeat_static, split_heads, step_wise
-from .neurons import LIF
+from .neurons import LIF, LIFSpec
+
+
+def _lif(neuron: LIFSpec, v_threshold: float | None = None) -> LIF:
+    """A LIF of ``neuron`` (tau, threshold, hard reset to 0), optionally with its own threshold."""
+    return LIF(neuron.tau, neuron.v_threshold if v_threshold is None else v_threshold, 0.0,
+               neuron.decay_input)
 
 
 class BNAndPadLayer(nn.Module):
@@ -98,13 +115,14 @@ class SepConv(nn.Module):
     """Inverted separable conv (MobileNetV2): ``pwconv2(dwconv7x7(SN(bn1(pwconv1(SN(x))))))``
     followed by ``bn2``; expansion 2, no activation between the depthwise and pointwise conv."""
 
-    def __init__(self, dim: int, expansion_ratio: int = 2, kernel_size: int = 7, padding: int = 3):
+    def __init__(self, dim: int, expansion_ratio: int = 2, kernel_size: int = 7, padding: int = 3,
+                 neuron: LIFSpec = LIFSpec()):
         super().__init__()
         med = int(expansion_ratio * dim)
-        self.lif1 = LIF()
+        self.lif1 = _lif(neuron)
         self.pwconv1 = nn.Conv2d(dim, med, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(med)
-        self.lif2 = LIF()
+        self.lif2 = _lif(neuron)
         self.dwconv = nn.Conv2d(med, med, kernel_size, padding=padding, groups=med, bias=False)
         self.pwconv2 = nn.Conv2d(med, dim, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(dim)
@@ -118,13 +136,13 @@ class MS_ConvBlock(nn.Module):
     """Conv-based SNN block (eqs. 7-10): ``x + SepConv(x)``, then ``+ ChannelConv`` (3x3 convs,
     expansion ``mlp_ratio``)."""
 
-    def __init__(self, dim: int, mlp_ratio: int = 4):
+    def __init__(self, dim: int, mlp_ratio: int = 4, neuron: LIFSpec = LIFSpec()):
         super().__init__()
-        self.Conv = SepConv(dim)
-        self.lif1 = LIF()
+        self.Conv = SepConv(dim, neuron=neuron)
+        self.lif1 = _lif(neuron)
         self.conv1 = nn.Conv2d(dim, dim * mlp_ratio, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(dim * mlp_ratio)
-        self.lif2 = LIF()
+        self.lif2 = _lif(neuron)
         self.conv2 = nn.Conv2d(dim * mlp_ratio, dim, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(dim)
 
@@ -139,14 +157,14 @@ class MS_ConvBlock(nn.Module):
 class MS_MLP(nn.Module):
     """Channel MLP (eq. 14) over the flattened tokens: ``BN1d(Conv1d(SN(BN1d(Conv1d(SN(x))))))``."""
 
-    def __init__(self, in_features: int, hidden_features: int):
+    def __init__(self, in_features: int, hidden_features: int, neuron: LIFSpec = LIFSpec()):
         super().__init__()
         self.fc1_conv = nn.Conv1d(in_features, hidden_features, 1, 1)
         self.fc1_bn = nn.BatchNorm1d(hidden_features)
-        self.fc1_lif = LIF()
+        self.fc1_lif = _lif(neuron)
         self.fc2_conv = nn.Conv1d(hidden_features, in_features, 1, 1)
         self.fc2_bn = nn.BatchNorm1d(in_features)
-        self.fc2_lif = LIF()
+        self.fc2_lif = _lif(neuron)
         self.c_hidden = hidden_features
         self.c_output = in_features
 
@@ -161,9 +179,12 @@ SDSA_VARIANTS = (1, 2, 3, 4)
 
 
 class MS_Attention_RepConv_qkv_id(nn.Module):
-    """Transformer-block token mixer (eqs. 11-12 without the shortcut) with SDSA-``sdsa``."""
+    """Transformer-block token mixer (eqs. 11-12 without the shortcut) with SDSA-``sdsa``;
+    ``attn_v_threshold`` is the SDSA neuron's threshold (``attn_lif``), ``scale`` the factor on
+    ``Q (K^T V)`` (SDSA-3; SDSA-4's learnable scale starts there)."""
 
-    def __init__(self, dim: int, num_heads: int = 8, sdsa: int = 3):
+    def __init__(self, dim: int, num_heads: int = 8, sdsa: int = 3, neuron: LIFSpec = LIFSpec(),
+                 attn_v_threshold: float = 0.5, scale: float = 0.125):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} should be divided by num_heads {num_heads}.")
@@ -171,14 +192,14 @@ class MS_Attention_RepConv_qkv_id(nn.Module):
             raise ValueError(f"sdsa must be one of {SDSA_VARIANTS}, got {sdsa!r}")
         self.dim, self.num_heads, self.sdsa = dim, num_heads, sdsa
         self.branches = ("q", "k") if sdsa == 2 else ("q", "k", "v")
-        self.head_lif = LIF()
+        self.head_lif = _lif(neuron)
         for name in self.branches:
             setattr(self, f"{name}_conv", nn.Sequential(RepConv(dim, dim), nn.BatchNorm2d(dim)))
         for name in self.branches:
-            setattr(self, f"{name}_lif", LIF())
-        self.attn_lif = LIF(v_threshold=0.5)
+            setattr(self, f"{name}_lif", _lif(neuron))
+        self.attn_lif = _lif(neuron, attn_v_threshold)
         # SDSA-4: a learnable scale, i.e. a learnable threshold 0.5 / scale on the counts
-        self.scale = nn.Parameter(torch.tensor(0.125)) if sdsa == 4 else 0.125
+        self.scale = nn.Parameter(torch.tensor(float(scale))) if sdsa == 4 else scale
         self.proj_conv = nn.Sequential(RepConv(dim, dim), nn.BatchNorm2d(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,10 +222,12 @@ class MS_Attention_RepConv_qkv_id(nn.Module):
 class MS_Block(nn.Module):
     """Transformer-based SNN block: ``x + attn(x)``, then ``+ mlp``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, sdsa: int = 3):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, sdsa: int = 3,
+                 neuron: LIFSpec = LIFSpec(), attn_v_threshold: float = 0.5, scale: float = 0.125):
         super().__init__()
-        self.attn = MS_Attention_RepConv_qkv_id(dim, num_heads, sdsa)
-        self.mlp = MS_MLP(dim, int(dim * mlp_ratio))
+        self.attn = MS_Attention_RepConv_qkv_id(dim, num_heads, sdsa, neuron, attn_v_threshold,
+                                                scale)
+        self.mlp = MS_MLP(dim, int(dim * mlp_ratio), neuron)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(x)
@@ -215,13 +238,13 @@ class MS_DownSampling(nn.Module):
     """``BN(Conv(SN(x)))`` (no SN before the first, analog-input layer); the conv has a bias."""
 
     def __init__(self, in_channels: int, embed_dims: int, kernel_size: int = 3, stride: int = 2,
-                 padding: int = 1, first_layer: bool = True):
+                 padding: int = 1, first_layer: bool = True, neuron: LIFSpec = LIFSpec()):
         super().__init__()
         self.encode_conv = nn.Conv2d(in_channels, embed_dims, kernel_size, stride, padding)
         self.encode_bn = nn.BatchNorm2d(embed_dims)
         self.first_layer = first_layer
         if not first_layer:
-            self.encode_lif = LIF()
+            self.encode_lif = _lif(neuron)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.first_layer:
@@ -231,31 +254,41 @@ class MS_DownSampling(nn.Module):
 
 class Spiking_vit_MetaFormer(nn.Module):
     """Meta-SpikeFormer (module docstring). ``embed_dim`` = the four stage widths; the official
-    model has 1+1+2 Conv-based and 6+2 Transformer-based blocks regardless of ``depths``."""
+    model has 1+1+2 Conv-based and 6+2 Transformer-based blocks regardless of ``depths``.
+
+    ``head_lif``: the spiking head ``head(lif(x))`` of the current official code (default) or
+    the earlier ``head(x)`` (``False``). ``tau`` and ``v_threshold`` are every LIF's (spikingjelly
+    ``MultiStepLIFNode(tau=2.0)``: threshold 1, hard reset to 0), ``attn_v_threshold`` and
+    ``scale`` the SDSA neuron's threshold and scale."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1000,
                  embed_dim: Sequence[int] = (96, 192, 384, 480), num_heads: int = 8,
                  mlp_ratios: int = 4, T: int = 4, sdsa: int = 3,
-                 stage_blocks: Sequence[int] = (6, 2), kd: bool = False):
+                 stage_blocks: Sequence[int] = (6, 2), kd: bool = False, head_lif: bool = True,
+                 tau: float = 2.0, v_threshold: float = 1.0, attn_v_threshold: float = 0.5,
+                 scale: float = 0.125):
         super().__init__()
         c0, c1, c2, c3 = embed_dim
-        self.T, self.num_classes, self.kd = T, num_classes, kd
+        self.T, self.num_classes, self.kd, self.head_lif = T, num_classes, kd, head_lif
+        n = LIFSpec(tau, v_threshold)
         self.downsample1_1 = MS_DownSampling(in_channels, c0 // 2, 7, 2, 3, first_layer=True)
-        self.ConvBlock1_1 = nn.ModuleList([MS_ConvBlock(c0 // 2, mlp_ratios)])
-        self.downsample1_2 = MS_DownSampling(c0 // 2, c0, 3, 2, 1, first_layer=False)
-        self.ConvBlock1_2 = nn.ModuleList([MS_ConvBlock(c0, mlp_ratios)])
-        self.downsample2 = MS_DownSampling(c0, c1, 3, 2, 1, first_layer=False)
-        self.ConvBlock2_1 = nn.ModuleList([MS_ConvBlock(c1, mlp_ratios)])
-        self.ConvBlock2_2 = nn.ModuleList([MS_ConvBlock(c1, mlp_ratios)])
-        self.downsample3 = MS_DownSampling(c1, c2, 3, 2, 1, first_layer=False)
+        self.ConvBlock1_1 = nn.ModuleList([MS_ConvBlock(c0 // 2, mlp_ratios, n)])
+        self.downsample1_2 = MS_DownSampling(c0 // 2, c0, 3, 2, 1, first_layer=False, neuron=n)
+        self.ConvBlock1_2 = nn.ModuleList([MS_ConvBlock(c0, mlp_ratios, n)])
+        self.downsample2 = MS_DownSampling(c0, c1, 3, 2, 1, first_layer=False, neuron=n)
+        self.ConvBlock2_1 = nn.ModuleList([MS_ConvBlock(c1, mlp_ratios, n)])
+        self.ConvBlock2_2 = nn.ModuleList([MS_ConvBlock(c1, mlp_ratios, n)])
+        self.downsample3 = MS_DownSampling(c1, c2, 3, 2, 1, first_layer=False, neuron=n)
         self.block3 = nn.ModuleList(
-            MS_Block(c2, num_heads, mlp_ratios, sdsa) for _ in range(stage_blocks[0]))
-        self.downsample4 = MS_DownSampling(c2, c3, 3, 1, 1, first_layer=False)
+            MS_Block(c2, num_heads, mlp_ratios, sdsa, n, attn_v_threshold, scale)
+            for _ in range(stage_blocks[0]))
+        self.downsample4 = MS_DownSampling(c2, c3, 3, 1, 1, first_layer=False, neuron=n)
         self.block4 = nn.ModuleList(
-            MS_Block(c3, num_heads, mlp_ratios, sdsa) for _ in range(stage_blocks[1]))
+            MS_Block(c3, num_heads, mlp_ratios, sdsa, n, attn_v_threshold, scale)
+            for _ in range(stage_blocks[1]))
+        self.lif = _lif(n)  # official: MultiStepLIFNode(tau=2.0, detach_reset=True)
         self.head = nn.Linear(c3, num_classes)
         if kd:
-            self.lif = LIF()
             self.head_kd = nn.Linear(c3, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -269,7 +302,8 @@ class Spiking_vit_MetaFormer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(repeat_static(x, self.T)).flatten(3).mean(3)
-        out = self.head(x).mean(0)
+        x_lif = self.lif(x) if self.head_lif or self.kd else x
+        out = self.head(x_lif if self.head_lif else x).mean(0)
         if self.kd:
-            return (out + self.head_kd(self.lif(x)).mean(0)) / 2
+            return (out + self.head_kd(x_lif).mean(0)) / 2
         return out

@@ -24,7 +24,13 @@ from torch import nn
 
 from .common import (add_sps_stages, merge_heads, repeat_static, split_heads, stage_suffix,
                      step_wise)
-from .neurons import LIF
+from .neurons import LIF, LIFSpec
+
+
+def _lif(neuron: LIFSpec, v_threshold: float | None = None) -> LIF:
+    """A LIF of ``neuron`` (tau, threshold, hard reset to 0), optionally with its own threshold."""
+    return LIF(neuron.tau, neuron.v_threshold if v_threshold is None else v_threshold, 0.0,
+               neuron.decay_input)
 
 
 class Erode(nn.Module):
@@ -45,13 +51,16 @@ class MS_SPS(nn.Module):
     shortcut of the relative position embedding ``BN(Conv3x3(LIF(x))) + x``. Output
     ``[T, B, D, H', W']`` (membrane potentials)."""
 
-    def __init__(self, in_channels: int = 3, embed_dims: int = 512, pooling_stat: str = "1111"):
+    def __init__(self, in_channels: int = 3, embed_dims: int = 512, pooling_stat: str = "1111",
+                 neuron: LIFSpec = LIFSpec()):
         super().__init__()
         if len(pooling_stat) != 4 or set(pooling_stat) - {"0", "1"}:
             raise ValueError(f"pooling_stat must be 4 characters of 0/1, got {pooling_stat!r}")
         self.pooling_stat = pooling_stat
         # every stage has a max-pool module (official keys); pooling_stat says which run
         add_sps_stages(self, in_channels, embed_dims, pooled=lambda i: True)
+        for i in range(4):  # the stem's LIFs with the model's neuron parameters
+            setattr(self, f"proj_lif{stage_suffix(i)}", _lif(neuron))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(4):
@@ -69,7 +78,8 @@ class MS_SPS(nn.Module):
 class MS_SSA_Conv(nn.Module):
     """SDSA block with its membrane shortcut (module docstring); ``[T, B, C, H, W]`` in and out."""
 
-    def __init__(self, dim: int, num_heads: int = 8, dvs: bool = False):
+    def __init__(self, dim: int, num_heads: int = 8, dvs: bool = False,
+                 neuron: LIFSpec = LIFSpec(), attn_v_threshold: float = 0.5):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} should be divided by num_heads {num_heads}.")
@@ -79,12 +89,12 @@ class MS_SSA_Conv(nn.Module):
         for name in ("q", "k", "v"):
             setattr(self, f"{name}_conv", nn.Conv2d(dim, dim, 1, 1, bias=False))
             setattr(self, f"{name}_bn", nn.BatchNorm2d(dim))
-            setattr(self, f"{name}_lif", LIF())
+            setattr(self, f"{name}_lif", _lif(neuron))
         self.talking_heads = nn.Conv1d(num_heads, num_heads, 1, 1, bias=False)
-        self.talking_heads_lif = LIF(v_threshold=0.5)
+        self.talking_heads_lif = _lif(neuron, attn_v_threshold)
         self.proj_conv = nn.Conv2d(dim, dim, 1, 1)
         self.proj_bn = nn.BatchNorm2d(dim)
-        self.shortcut_lif = LIF()
+        self.shortcut_lif = _lif(neuron)
 
     def _erode(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(x) if self.dvs else x
@@ -112,15 +122,15 @@ class MS_MLP_Conv(nn.Module):
     """``U + BN(Conv1x1(SN(BN(Conv1x1(SN(U))))))``; when the hidden width equals the input width
     the official code adds a second membrane shortcut after fc1 (``self.res``)."""
 
-    def __init__(self, in_features: int, hidden_features: int):
+    def __init__(self, in_features: int, hidden_features: int, neuron: LIFSpec = LIFSpec()):
         super().__init__()
         self.res = in_features == hidden_features
         self.fc1_conv = nn.Conv2d(in_features, hidden_features, 1, 1)
         self.fc1_bn = nn.BatchNorm2d(hidden_features)
-        self.fc1_lif = LIF()
+        self.fc1_lif = _lif(neuron)
         self.fc2_conv = nn.Conv2d(hidden_features, in_features, 1, 1)
         self.fc2_bn = nn.BatchNorm2d(in_features)
-        self.fc2_lif = LIF()
+        self.fc2_lif = _lif(neuron)
         self.c_hidden = hidden_features
         self.c_output = in_features
 
@@ -137,10 +147,11 @@ class MS_MLP_Conv(nn.Module):
 class MS_Block_Conv(nn.Module):
     """``mlp(attn(x))`` (each sub-block carries its own membrane shortcut)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dvs: bool = False):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dvs: bool = False,
+                 neuron: LIFSpec = LIFSpec(), attn_v_threshold: float = 0.5):
         super().__init__()
-        self.attn = MS_SSA_Conv(dim, num_heads, dvs)
-        self.mlp = MS_MLP_Conv(dim, int(dim * mlp_ratio))
+        self.attn = MS_SSA_Conv(dim, num_heads, dvs, neuron, attn_v_threshold)
+        self.mlp = MS_MLP_Conv(dim, int(dim * mlp_ratio), neuron)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.attn(x))
@@ -151,17 +162,24 @@ class SpikeDrivenTransformer(nn.Module):
 
     Static input ``[B, C, H, W]`` is repeated over ``T``; with ``dvs_mode`` the input is
     ``[B, T, C, H, W]`` and is transposed to ``[T, B, ...]`` (official: chosen by the input's rank).
+
+    ``tau`` and ``v_threshold`` are every LIF's (official ``MultiStepLIFNode(tau=2.0)``:
+    threshold 1, hard reset to 0), ``attn_v_threshold`` the SDSA neuron's (``talking_heads_lif``,
+    0.5). The official ``self.scale = 0.125`` is never used by SDSA-1, so there is no scale.
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1000, embed_dims: int = 512,
                  num_heads: int = 8, mlp_ratios: float = 4.0, depths: int = 8, T: int = 4,
-                 pooling_stat: str = "1111", dvs_mode: bool = False):
+                 pooling_stat: str = "1111", dvs_mode: bool = False, tau: float = 2.0,
+                 v_threshold: float = 1.0, attn_v_threshold: float = 0.5):
         super().__init__()
         self.T, self.dvs, self.num_classes = T, dvs_mode, num_classes
-        self.patch_embed = MS_SPS(in_channels, embed_dims, pooling_stat)
+        n = LIFSpec(tau, v_threshold)
+        self.patch_embed = MS_SPS(in_channels, embed_dims, pooling_stat, n)
         self.block = nn.ModuleList(
-            MS_Block_Conv(embed_dims, num_heads, mlp_ratios, dvs_mode) for _ in range(depths))
-        self.head_lif = LIF()
+            MS_Block_Conv(embed_dims, num_heads, mlp_ratios, dvs_mode, n, attn_v_threshold)
+            for _ in range(depths))
+        self.head_lif = _lif(n)
         self.head = nn.Linear(embed_dims, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,14 @@ paper 003; github
 Intelligent-Computing-Lab-Yale/Neural-Architecture-Search-for-Spiking-Neural-Networks,
 ``model_snn.py`` and ``searchcells/search_cell_snn.py``).
 
-Neuron (eqs. 2-3): ``u[t] = (1 - 1/tau) u[t-1] + x[t] / tau``, spike if ``u[t] > theta``
-(strict), reset to 0; tau = 4/3, theta = 1 (``config.py``). These are single-step
-:class:`LIF` modules (``cmp=">"``) whose membrane is passed explicitly from step to step.
+Neuron: the official code's spikingjelly ``LIFNode(v_threshold=args.threshold, v_reset=0.0,
+tau=args.tau, surrogate_function=surrogate.ATan(), detach_reset=True)`` (``model_snn.py``,
+``searchcells/search_cell_snn.py``; ``config.py``: tau = 4/3, threshold 1):
+``u[t] = u[t-1] + (x[t] - u[t-1]) / tau``, i.e. ``(1 - 1/tau) u[t-1] + x[t] / tau`` (paper eq.
+2), spike if ``u[t] - theta >= 0`` (the ATan surrogate's forward is spikingjelly's Heaviside with
+H(0) = 1), reset to 0. The paper's eq. 3 writes a strict ``u[t] > theta``; snncc follows the
+code (``cmp=">="``), which decides exact ties. These are single-step :class:`LIF` modules whose
+membrane is passed explicitly from step to step.
 
 Macro skeleton (Fig. 5; official code): an analog stem ``BN(Conv3x3(image))`` computed once,
 then for every time step t::
@@ -40,11 +45,14 @@ OPS = {0: "zeroize", 1: "skip", 2: "conv1x1", 3: "conv3x3", 4: "avgpool3x3"}
 
 #: The searched backward cell of the official README (CIFAR100), ``--cnt_mat 0302 0030 3003 0000``.
 CIFAR100_BW_CELL = ((0, 3, 0, 2), (0, 0, 3, 0), (3, 0, 0, 3), (0, 0, 0, 0))
+#: The cell of the official CIFAR10 checkpoint (README), ``--cnt_mat 0303 0030 2002 0200``.
+CIFAR10_BW_CELL = ((0, 3, 0, 3), (0, 0, 3, 0), (2, 0, 0, 2), (0, 2, 0, 0))
 
 
 def snasnet_lif(tau: float = 4 / 3, v_threshold: float = 1.0) -> LIF:
-    """SNASNet eqs. 2-3 as a single-step LIF (``snncc.neuron.from_snasnet_lif``)."""
-    return LIF(tau, v_threshold, 0.0, decay_input=True, cmp=">", step_mode="s")
+    """The official neuron (spikingjelly ``LIFNode(tau, v_threshold, v_reset=0.0)``, fires on
+    ``>=``) as a single-step LIF."""
+    return LIF(tau, v_threshold, 0.0, decay_input=True, cmp=">=", step_mode="s")
 
 
 class ScaleLayer(nn.Module):
@@ -140,19 +148,21 @@ class Neuronal_Cell(nn.Module):
 class SNASNet(nn.Module):
     """SNASNet with a searched cell ``con_mat`` (see the module docstring).
 
-    Dataset presets of the official code: CIFAR10 (10 classes, 10-neuron voting clusters),
-    CIFAR100 (100 classes, clusters of 5), TinyImageNet (200 classes, clusters of 5, stem stride
-    2, 4096 hidden, 64x64 input). ``first_out_channel`` is C (the official code fixes 128 and a
-    C -> 2C reduction cell). Dropout before the classifier is an identity (inference).
+    Dataset presets of the official ``model_snn.py``: CIFAR10 (10 classes, 10-neuron voting
+    clusters, ``channel_ratio = 2``), CIFAR100 (100 classes, clusters of 5), TinyImageNet (200
+    classes, clusters of 5, stem stride 2, 4096 hidden, 64x64 input). The cells work at
+    C = ``first_out_channel * channel_ratio`` (official: 128 x 1, or 128 x 2 = 256 for CIFAR10),
+    the reduction cell C -> 2C. Dropout before the classifier is an identity (inference).
+    ``tau`` and ``v_threshold`` are every LIF's (``config.py``: 4/3 and 1).
     """
 
     def __init__(self, con_mat: Sequence[Sequence[int]] = CIFAR100_BW_CELL, backward: bool = True,
                  in_channels: int = 3, num_classes: int = 100, num_cluster: int = 5,
                  img_size: int = 32, first_out_channel: int = 128, classifier_inter_ch: int = 1024,
                  stem_stride: int = 1, second_avgpooling: int = 2, T: int = 5,
-                 tau: float = 4 / 3, v_threshold: float = 1.0):
+                 tau: float = 4 / 3, v_threshold: float = 1.0, channel_ratio: int = 1):
         super().__init__()
-        c = first_out_channel
+        c = first_out_channel * channel_ratio
         self.T, self.num_classes = T, num_classes
         self.con_mat = [list(map(int, row)) for row in con_mat]
         spatial_decay = 2 * second_avgpooling * stem_stride

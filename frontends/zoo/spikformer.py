@@ -53,14 +53,17 @@ class SPS(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, embed_dims: int = 384,
-                 pool_stages: Sequence[int] = (2, 3), layout: str = "tokens"):
+                 pool_stages: Sequence[int] = (2, 3), layout: str = "tokens",
+                 neuron: LIFSpec = LIFSpec()):
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.layout = layout
         self.pool_stages = tuple(pool_stages)
         add_sps_stages(self, in_channels, embed_dims, pooled=lambda i: i in self.pool_stages)
-        self.rpe_lif = LIF()
+        for i in range(4):  # the stem's LIFs with the model's neuron parameters
+            setattr(self, f"proj_lif{stage_suffix(i)}", neuron.make())
+        self.rpe_lif = neuron.make()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(4):
@@ -84,17 +87,18 @@ class SCSBlock(nn.Module):
         x = x + LIF(BN(Conv3x3(LIF(BN(Conv3x3(x))))))        (MLP-like pair, expansion ratio r)
     """
 
-    def __init__(self, in_channels: int, channels: int, ratio: int = 4):
+    def __init__(self, in_channels: int, channels: int, ratio: int = 4,
+                 neuron: LIFSpec = LIFSpec()):
         super().__init__()
         self.down_conv = nn.Conv2d(in_channels, channels, 2, 2, bias=False)
         self.down_bn = nn.BatchNorm2d(channels)
-        self.down_lif = LIF()
+        self.down_lif = neuron.make()
         self.conv1 = nn.Conv2d(channels, ratio * channels, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(ratio * channels)
-        self.lif1 = LIF()
+        self.lif1 = neuron.make()
         self.conv2 = nn.Conv2d(ratio * channels, channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.lif2 = LIF()
+        self.lif2 = neuron.make()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.down_lif(step_wise(x, self.down_conv, self.down_bn))
@@ -112,10 +116,12 @@ class SCS(nn.Module):
     to the MLP Block" (it has no parameters, so the counts do not confirm it).
     """
 
-    def __init__(self, in_channels: int = 3, embed_dims: int = 384, ratio: int = 4):
+    def __init__(self, in_channels: int = 3, embed_dims: int = 384, ratio: int = 4,
+                 neuron: LIFSpec = LIFSpec()):
         super().__init__()
         widths = [in_channels, embed_dims // 8, embed_dims // 4, embed_dims // 2, embed_dims]
-        self.blocks = nn.ModuleList(SCSBlock(widths[i], widths[i + 1], ratio) for i in range(4))
+        self.blocks = nn.ModuleList(SCSBlock(widths[i], widths[i + 1], ratio, neuron)
+                                    for i in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
@@ -137,10 +143,12 @@ class SSA(nn.Module):
     """Spiking self-attention (eqs. 11-13 above). ``order`` is the official association:
     ``"qk_v"`` = ``((q @ k^T) * s) @ v`` (CIFAR), ``"q_kv"`` = ``(q @ (k^T @ v)) * s`` (ImageNet),
     ``"qkv"`` = ``((q @ k^T) @ v) * s`` (DVS). q/k/v are bias-free except in the tokens layout
-    (the CIFAR code uses ``nn.Linear(dim, dim)``)."""
+    (the CIFAR code uses ``nn.Linear(dim, dim)``). The attention neuron's threshold is
+    ``attn_v_threshold``, or half the block's (``None``: 0.5 in the official code)."""
 
     def __init__(self, dim: int, num_heads: int, layout: str = "tokens", scale: float = 0.125,
-                 order: str = "qk_v", neuron: LIFSpec = LIFSpec()):
+                 order: str = "qk_v", neuron: LIFSpec = LIFSpec(),
+                 attn_v_threshold: float | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} should be divided by num_heads {num_heads}.")
@@ -154,7 +162,8 @@ class SSA(nn.Module):
                     _fc(layout, dim, dim, bias=layout == "tokens", conv2d=False))
             setattr(self, f"{name}_bn", nn.BatchNorm1d(dim))
             setattr(self, f"{name}_lif", neuron.make())
-        self.attn_lif = neuron.make(0.5)
+        self.attn_lif = (neuron.make(0.5) if attn_v_threshold is None else
+                         LIF(neuron.tau, attn_v_threshold, 0.0, neuron.decay_input))
         setattr(self, f"proj_{self._fc_name}", _fc(layout, dim, dim, bias=True, conv2d=False))
         self.proj_bn = nn.BatchNorm1d(dim)
         self.proj_lif = neuron.make()
@@ -214,11 +223,11 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, layout: str = "tokens",
                  scale: float = 0.125, order: str = "qk_v", neuron: LIFSpec = LIFSpec(),
-                 norm_layers: bool = True):
+                 norm_layers: bool = True, attn_v_threshold: float | None = None):
         super().__init__()
         if norm_layers:
             self.norm1 = nn.LayerNorm(dim)
-        self.attn = SSA(dim, num_heads, layout, scale, order, neuron)
+        self.attn = SSA(dim, num_heads, layout, scale, order, neuron, attn_v_threshold)
         if norm_layers:
             self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), layout, neuron)
@@ -243,6 +252,12 @@ class Spikformer(nn.Module):
     LayerNorms). ``num_heads``, ``mlp_ratios`` and ``neurons`` (a :class:`LIFSpec`) may be given
     per block, which is how Auto-Spikformer sub-nets are built. Static variants take
     ``[B, C, H, W]`` and repeat it over ``T``; ``"dvs"`` takes ``[B, T, C, H, W]``.
+
+    Neurons: ``tau`` and ``v_threshold`` are those of every LIF (the official
+    ``MultiStepLIFNode(tau=2.0)``: threshold 1, hard reset to 0) except the blocks' when
+    ``neurons`` gives them per block; ``attn_v_threshold`` is the attention LIF's threshold
+    (official 0.5; ``None``: half the block's threshold); ``scale`` multiplies the attention
+    product (``None``: the variant's official 0.125, or 0.25 for ``"dvs"``).
     """
 
     VARIANTS = {  # layout, SPS max-pool stages, attention order, scale
@@ -256,25 +271,31 @@ class Spikformer(nn.Module):
                  patch_size: int = 4, in_channels: int = 3, num_classes: int = 10,
                  embed_dims: int = 384, num_heads: int | Sequence[int] = 12,
                  mlp_ratios: float | Sequence[float] = 4.0, depths: int = 4, T: int = 4,
-                 neurons: LIFSpec | Sequence[LIFSpec] = LIFSpec()):
+                 neurons: LIFSpec | Sequence[LIFSpec] | None = None, tau: float = 2.0,
+                 v_threshold: float = 1.0, attn_v_threshold: float | None = None,
+                 scale: float | None = None):
         super().__init__()
         if variant not in self.VARIANTS:
             raise ValueError(f"variant must be one of {sorted(self.VARIANTS)}, got {variant!r}")
-        layout, pool_stages, order, scale = self.VARIANTS[variant]
+        layout, pool_stages, order, variant_scale = self.VARIANTS[variant]
+        scale = variant_scale if scale is None else scale
+        stem_neuron = LIFSpec(tau, v_threshold)
+        neurons = stem_neuron if neurons is None else neurons
         self.variant, self.layout, self.T, self.num_classes = variant, layout, T, num_classes
         if variant == "dvs":
             num_patches = (img_size_h // patch_size) * (img_size_w // patch_size)
             self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dims))
         if variant == "v2":
-            self.patch_embed = SCS(in_channels, embed_dims)
+            self.patch_embed = SCS(in_channels, embed_dims, neuron=stem_neuron)
         else:
-            self.patch_embed = SPS(in_channels, embed_dims, pool_stages, layout)
+            self.patch_embed = SPS(in_channels, embed_dims, pool_stages, layout, stem_neuron)
         heads = _per_block(num_heads, depths, "num_heads")
         ratios = _per_block(mlp_ratios, depths, "mlp_ratios")
         specs = _per_block(neurons, depths, "neurons")
         self.block = nn.ModuleList(
             Block(embed_dims, heads[j], ratios[j], layout, scale, order, specs[j],
-                  norm_layers=variant != "v2") for j in range(depths))
+                  norm_layers=variant != "v2", attn_v_threshold=attn_v_threshold)
+            for j in range(depths))
         if variant == "dvs":
             self.norm = nn.LayerNorm(embed_dims)
         self.head = nn.Linear(embed_dims, num_classes)
