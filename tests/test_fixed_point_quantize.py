@@ -11,7 +11,7 @@ import pytest
 from snncc import ir
 from snncc import neuron as nrn
 from snncc.backends.lava.compat import lava
-from snncc.errors import UnsupportedError
+from snncc.errors import PassError, UnsupportedError
 from snncc.fixed_point import bias_format, lava_dense_params, quantize_bias, weight_format
 from snncc.frontends.checkpoint import from_checkpoint
 from snncc.frontends.digits import checkpoint, digits_for
@@ -36,11 +36,17 @@ def compiled_for_lava(g: Graph) -> Graph:
     return run_passes(g, default_pipeline("lava"), log=lambda s: None)
 
 
+# Meta-SpikeFormer's official spiking head fires on the mean over tokens, which has no integer
+# form on the chip (test_spiking_head_on_a_mean_is_refused_by_name); its earlier head reads the
+# mean on the host.
+HOST_HEAD = {"meta-spikeformer": {"head_lif": False}}
+
+
 @pytest.mark.parametrize("family", ["spikformer-cifar", "meta-spikeformer"])
 def test_report_states_spike_agreement_with_the_float_network(family):
     """Every neuron layer's spike agreement, as the report states it, is what the simulator
     gives on the calibration inputs (float graph vs quantized graph in Loihi 2 arithmetic)."""
-    case = small(family, 0)
+    case = small(family, 0, **HOST_HEAD.get(family, {}))
     g = compiled_for_lava(trace(case.model, case.inputs, T=4, name=family))
     q = quantize(g)
     rep = q.meta["reports"][REPORT]
@@ -164,3 +170,11 @@ def test_weight_and_bias_formats_are_what_lava_keeps():
     mant, exp, sat = quantize_bias(np.array([0.4, 5000.3, -1e9]))
     assert np.array_equal(nrn.loihi2_bias(mant, exp), [0, 5000, -(4096 << 7)])
     assert sat.tolist() == [False, False, True]
+
+
+def test_spiking_head_on_a_mean_is_refused_by_name():
+    case = small("meta-spikeformer", 0)  # the official head: head(lif(mean over tokens))
+    g = compiled_for_lava(trace(case.model, case.inputs, T=4, name="meta"))
+    with pytest.raises(PassError, match=r"neuron 'lif' .*reads 'mean' \(Mean\), which has no "
+                                        r"integer form on the chip"):
+        quantize(g)
