@@ -2,7 +2,9 @@
 another exporter) as an IR graph.
 
 Conventions (docs/nir.md): neurons are stepped with forward Euler at ``dt`` (the ``dt``
-argument, else the graph's metadata ``dt``, else 1e-4) through :mod:`snncc.neuron`; IF and I
+argument, else the graph's metadata ``dt``, else the dialect's; a node needing dt in a file
+without one is refused) through :mod:`snncc.neuron`, or read in a producer's dialect
+(:mod:`snncc.frontends.nir_dialects`); IF and I
 add ``R x`` per step (the ecosystem's convention); several edges into one node are summed in
 edge order (an IR ``Add``); a cycle that passes through no ``Delay`` gets a one-step Delay on
 the edge leaving the node where a depth-first search from the inputs enters the cycle, so that
@@ -26,6 +28,7 @@ from snncc import neuron as nrn
 from snncc.backends.nir.extensions import (ATTRS, decode, extension_nodes, ir_name,
                                            is_extension, sources, text)
 from snncc.errors import FormatError, IRError, UnsupportedError, VerificationError
+from snncc.frontends.nir_dialects import Dialect, convert as dialect_convert, parse_dialect
 from snncc.graph import Graph
 from snncc.limits import (ResourceError, SnnccWarning, exact_float64, fmt_bytes, nbytes,
                           positive_int, require_fits, warn)
@@ -38,15 +41,46 @@ __all__ = ["read_nir", "from_nir_graph"]
 MAX_RATIO = 1100
 
 
-def _prescan(path: Path) -> None:
+#: NIR neuron types whose ``v_reset`` field NIR 1.0.4 and older did not have.
+_RESET_TYPES = ("LIF", "IF", "CubaLIF")
+
+
+def _node_name(group: str) -> str:
+    """'node/nodes/a/nodes/b' -> 'a.b' (the reader's name of a nested node)."""
+    parts = group.split("/")
+    return ".".join(parts[i + 1] for i in range(len(parts) - 1) if parts[i] == "nodes")
+
+
+def _prescan(path: Path) -> set[str]:
     """Every dataset's declared size (shape x dtype), read from the HDF5 metadata before any
     data: each checked against what the file stores, their sum against the memory budget;
-    links and external storage into other files are refused."""
-    total, count, problems = 0, 0, []
+    links and external storage into other files are refused; a node group without a ``type``
+    is refused by name. Returns the names of the neuron nodes stored without ``v_reset``
+    (files of NIR <= 1.0.4, whose neurons had no reset convention)."""
+    total, count, problems, no_reset = 0, 0, [], set()
+
+    def group(name, obj):
+        parts = name.split("/")
+        if len(parts) < 3 or parts[-2] != "nodes":
+            return
+        owner = obj.parent.parent  # the graph whose node table holds this group
+        if "type" not in owner or text(owner["type"][()]) != "NIRGraph":
+            return
+        if "type" not in obj:
+            problems.append(FormatError(
+                f"{path}: node '{_node_name(name)}' has no 'type' (an exporter wrote a node it "
+                "could not convert, e.g. norse's to_nir writes a conv net's Flatten as None; "
+                "export again without that layer or fix the exporter)"))
+            return
+        t = obj["type"][()]
+        if text(t) in _RESET_TYPES and "v_reset" not in obj:
+            no_reset.add(_node_name(name))
 
     # (raising inside h5py's visit callbacks confuses its lock: the callbacks collect)
     def visit(name, obj):
         nonlocal total, count
+        if isinstance(obj, h5py.Group) and not problems:
+            group(name, obj)
         if not isinstance(obj, h5py.Dataset) or problems:
             return
         count += 1
@@ -82,14 +116,19 @@ def _prescan(path: Path) -> None:
     if problems:
         raise problems[0]
     require_fits(total, f"{path}: its {count} datasets")
+    return no_reset
 
 
-def read_nir(path, dt: float | None = None) -> Graph:
+def read_nir(path, dt: float | None = None, dialect: str | None = None) -> Graph:
     """Read a ``.nir`` file into a verified IR graph (see the module docstring);
     ``meta['extensions']`` lists the file's non-standard (snncc extension) nodes. Declared
-    sizes are checked against the file and the memory budget before any array is read."""
+    sizes are checked against the file and the memory budget before any array is read.
+    ``dt``: the time step (else the file's metadata ``dt``; a file without one is refused where
+    a time constant needs it). ``dialect``: read a producer's own conventions
+    (:mod:`snncc.frontends.nir_dialects`: ``snntorch:subtract``, ``snntorch:zero``, ``norse``)."""
     path = Path(path)
-    _prescan(path)
+    d = parse_dialect(dialect)
+    no_reset = _prescan(path)
     try:
         g = nir.read(path, type_check=False)
     except FileNotFoundError:
@@ -104,7 +143,7 @@ def read_nir(path, dt: float | None = None) -> Graph:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SnnccWarning)
-            graph = from_nir_graph(g, dt, name=path.stem)
+            graph = from_nir_graph(g, dt, name=path.stem, dialect=d, no_reset=no_reset)
         for w in caught:
             warnings.warn_explicit(f"{path}: {w.message}" if issubclass(w.category, SnnccWarning)
                                    else w.message, w.category, w.filename, w.lineno)
@@ -290,7 +329,28 @@ def _topological(nodes: dict, incoming: dict) -> list[str]:
 @dataclass
 class _Ctx:
     graph: Graph
-    dt: float
+    dt: float | None  # None: the file records none and none was given
+    dialect: Dialect | None = None
+    no_reset: frozenset = frozenset()
+    loop_delays: frozenset = frozenset()  # the one-step Delays that close recurrent cycles
+
+    def step(self, name: str, node, field: str) -> float:
+        """dt for a node whose ``field`` needs it; refused (one line) when there is none."""
+        if self.dt is None:
+            v = np.asarray(getattr(node, field), dtype=np.float64).ravel()
+            raise FormatError(
+                f"{type(node).__name__} {field} = {v[0] if v.size else float('nan'):g} needs the "
+                "time step dt, which the file does not record: give --nir-dt SECONDS "
+                "(read_nir(dt=...)) or the producer with --nir-dialect snntorch:subtract|"
+                "snntorch:zero|norse", node=name)
+        return self.dt
+
+    def reset_known(self, name: str, node) -> None:
+        if name in self.no_reset:
+            raise UnsupportedError(
+                f"{type(node).__name__} without v_reset (a file of NIR <= 1.0.4, whose neurons had "
+                "no reset convention; sinabs subtracts, others reset to 0): its reset is unknown; "
+                "give --nir-dialect with the producer", node=name)
 
 
 def _path(node) -> str:
@@ -338,10 +398,13 @@ def _integrator(name: str, x: str, alpha, gamma, beta, path: str) -> list[ir.Nod
     return nodes
 
 
-def _from_nir(name, node, tau_field: str, r, v_leak, v_threshold, v_reset, dt):
-    """:func:`nrn.from_nir` after checking that tau is positive and that the Euler step gives
-    a decay in [0, 1]: alpha = 1 - dt/tau < 0 means dt >= 2 tau (usually dt and tau in
-    different units), which no discretisation of the leak can mean."""
+def _from_nir(name, node, tau_field: str, r, v_leak, v_threshold, v_reset, ctx):
+    """:func:`nrn.from_nir` after checking that there is a dt, that tau is positive and that
+    the Euler step gives a decay in [0, 1]: alpha = 1 - dt/tau < 0 means dt > tau (usually dt
+    and tau in different units, or a producer's own convention such as norse's tau =
+    dt/tau_mem_inv), which no discretisation of the leak can mean. alpha = 0 exactly (tau ==
+    dt, a neuron without memory, e.g. snnTorch's Leaky(beta=0)) is accepted."""
+    dt = ctx.step(name, node, tau_field)
     tau = np.asarray(getattr(node, tau_field), dtype=np.float64)
     if np.any(tau <= 0):
         bad = tau[tau <= 0].ravel()[0]
@@ -351,18 +414,21 @@ def _from_nir(name, node, tau_field: str, r, v_leak, v_threshold, v_reset, dt):
         i = np.unravel_index(np.argmin(alpha), alpha.shape) if alpha.ndim else ()
         raise FormatError(
             f"{tau_field} = {tau[i]:g} with dt = {dt:g} gives a leak alpha = 1 - dt/{tau_field} "
-            f"= {alpha[i]:g} < 0: dt/{tau_field} looks wrong (dt and {tau_field} in different "
-            "units? dt comes from the graph's metadata 'dt', default 1e-4 s)", node=name)
+            f"= {alpha[i]:g} < 0 (dt and {tau_field} in different units?): give the producer's "
+            "step with --nir-dt or its conventions with --nir-dialect (norse writes tau = "
+            "dt/tau_mem_inv)", node=name)
     return nrn.from_nir(tau, r, v_leak, v_threshold, v_reset, dt)
 
 
 def _lif(name, node, x, ctx):
+    ctx.reset_known(name, node)
     return [_spiking(name, node, x, _from_nir(name, node, "tau", node.r, node.v_leak,
-                                              node.v_threshold, node.v_reset, ctx.dt),
+                                              node.v_threshold, node.v_reset, ctx),
                      _path(node))]
 
 
 def _if(name, node, x, ctx):
+    ctx.reset_known(name, node)
     return [_spiking(name, node, x, nrn.from_nir_if(node.r, node.v_threshold, node.v_reset),
                      _path(node))]
 
@@ -373,7 +439,7 @@ def _threshold(name, node, x, ctx):
 
 
 def _li(name, node, x, ctx):
-    a, g, b, _, _ = _from_nir(name, node, "tau", node.r, node.v_leak, 0.0, 0.0, ctx.dt)
+    a, g, b, _, _ = _from_nir(name, node, "tau", node.r, node.v_leak, 0.0, 0.0, ctx)
     return _integrator(name, x, a, g, b, _path(node))
 
 
@@ -384,20 +450,21 @@ def _i(name, node, x, ctx):
 
 def _synapse(name, node, x, ctx) -> tuple[str, list[ir.Node]]:
     """The current of a Cuba neuron: tau_syn dI/dt = -I + w_in x, stepped like an LI."""
-    a, g, b, _, _ = _from_nir(name, node, "tau_syn", node.w_in, 0.0, 0.0, 0.0, ctx.dt)
+    a, g, b, _, _ = _from_nir(name, node, "tau_syn", node.w_in, 0.0, 0.0, 0.0, ctx)
     return f"{name}:I", _integrator(f"{name}:I", x, a, g, b, _path(node))
 
 
 def _cuba_lif(name, node, x, ctx):
+    ctx.reset_known(name, node)
     current, syn = _synapse(name, node, x, ctx)
     params = _from_nir(name, node, "tau_mem", node.r, node.v_leak, node.v_threshold,
-                       node.v_reset, ctx.dt)
+                       node.v_reset, ctx)
     return syn + [_spiking(name, node, current, params, _path(node))]
 
 
 def _cuba_li(name, node, x, ctx):
     current, syn = _synapse(name, node, x, ctx)
-    a, g, b, _, _ = _from_nir(name, node, "tau_mem", node.r, node.v_leak, 0.0, 0.0, ctx.dt)
+    a, g, b, _, _ = _from_nir(name, node, "tau_mem", node.r, node.v_leak, 0.0, 0.0, ctx)
     return syn + _integrator(name, current, a, g, b, _path(node))
 
 
@@ -476,11 +543,14 @@ def _scale(name, node, x, ctx):
 
 def _delay(name, node, x, ctx):
     d = np.asarray(node.delay, dtype=np.float64)
-    steps = d / ctx.dt
+    if name in ctx.loop_delays:
+        return [ir.Delay(name, (x,), path=_path(node), steps=1, shape_hint=d.shape)]
+    dt = ctx.step(name, node, "delay")
+    steps = d / dt
     k = int(np.rint(steps.flat[0])) if d.size else 0
     if k < 1 or not np.allclose(steps, k, rtol=1e-6, atol=0):
         raise UnsupportedError(f"delay {d.ravel()[:4]} is not one whole number (>= 1) of steps "
-                               f"of dt={ctx.dt}", node=name)
+                               f"of dt={dt}", node=name)
     return [ir.Delay(name, (x,), path=_path(node), steps=k, shape_hint=d.shape)]
 
 
@@ -527,8 +597,17 @@ def _ir_nodes(name: str, node, srcs: list[str], ctx: _Ctx) -> list[ir.Node]:
     pre = []
     if len(srcs) > 1:  # several edges into one node are summed
         pre = [ir.Add(f"{name}:in", tuple(srcs), path=_path(node))]
+        for n in pre:
+            ctx.graph.add(n)
         srcs = [pre[0].name]
-    return pre + fn(name, node, srcs[0], ctx)
+    if ctx.dialect is not None:
+        shape = ctx.graph[srcs[0]].shape
+        out = dialect_convert(ctx.dialect, name, node, srcs[0], shape,
+                              ctx.dt if ctx.dt is not None else ctx.dialect.default_dt,
+                              _path(node))
+        if out is not None:
+            return out
+    return fn(name, node, srcs[0], ctx)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -588,26 +667,42 @@ def _graph_meta(meta: dict) -> dict:
     return m
 
 
-def from_nir_graph(graph: nir.NIRGraph, dt: float | None = None, name: str = "model") -> Graph:
-    """An in-memory NIR graph as a verified IR graph (see the module docstring)."""
+def from_nir_graph(graph: nir.NIRGraph, dt: float | None = None, name: str = "model",
+                   dialect=None, no_reset=frozenset()) -> Graph:
+    """An in-memory NIR graph as a verified IR graph (see the module docstring and
+    :func:`read_nir`); ``no_reset``: names of neurons stored without ``v_reset``."""
     meta = _meta(graph)
-    dt = _positive_dt(dt if dt is not None else meta.get("dt", nrn.DEFAULT_DT))
+    dia = parse_dialect(dialect)
+    if dt is None and "dt" in meta:
+        dt = meta["dt"]
+    if dt is None and dia is not None:
+        dt = dia.default_dt
+    dt = None if dt is None else _positive_dt(dt)
+    if dia is not None:
+        nested = [k for k, v in graph.nodes.items()
+                  if isinstance(v, nir.NIRGraph) and not is_extension(v)]
+        if nested:
+            raise UnsupportedError(f"--nir-dialect {dia}: nested graph '{nested[0]}' (a recurrent "
+                                   "RLeaky/RSynaptic) is not read in a dialect yet; read the "
+                                   "file without --nir-dialect (NIR's meaning) instead")
     notes: list[str] = []
     _check_structure(graph, notes)
     for note in notes:
         warn(note)
     nodes, edges, junctions = _inline(graph)
     edges = _drop_junctions(nodes, edges, junctions)
-    edges, delayed = _break_cycles(nodes, edges, dt)
+    edges, delayed = _break_cycles(nodes, edges, dt if dt is not None else nrn.DEFAULT_DT)
     incoming = {n: [] for n in nodes}
     for s, d in edges:
         incoming[d].append(s)
     g = Graph(text(meta.get("snncc.name", name)), _graph_meta(meta))
-    g.meta["dt"] = dt
+    g.meta["dt"] = dt if dt is not None else nrn.DEFAULT_DT
+    if dia is not None:
+        g.meta["nir_dialect"] = str(dia)
     if "snncc.T" in meta:
         g.meta["T"] = positive_int(_number(meta["snncc.T"]), "metadata 'snncc.T' (time steps)",
                                    FormatError)
-    ctx = _Ctx(g, dt)
+    ctx = _Ctx(g, dt, dia, frozenset(no_reset), frozenset(ir_name(v) for v in delayed.values()))
     for n in _topological(nodes, incoming):
         node = nodes[n]
         srcs = ([delayed.get((s, n), s) for s in sources(node)] if is_extension(node)

@@ -34,11 +34,14 @@ def _quiet(message: str) -> None:
 
 def load(model, example_input=None, *, T: int | None = None, layout: str | None = None,
          input_shape=None, arch: str | None = None, trust_checkpoint: bool = False,
-         name: str | None = None, arch_options: dict | None = None) -> LoadedModel:
+         name: str | None = None, arch_options: dict | None = None,
+         nir_dialect: str | None = None, nir_dt: float | None = None) -> LoadedModel:
     """``model`` (module, graph or path) as a graph plus, where there is one, the PyTorch
     model it came from. A zoo checkpoint (``arch=``) takes ``arch_options={"num_heads": 8}``
     for the hyper-parameters no checkpoint records (``snncc zoo --verbose`` lists them); the
-    values it was loaded with are in ``LoadedModel.arch_info``."""
+    values it was loaded with are in ``LoadedModel.arch_info``. A ``.nir`` file written by
+    another framework takes ``nir_dialect`` ('snntorch:subtract', 'snntorch:zero', 'norse')
+    and ``nir_dt`` (its time step, where the file records none)."""
     if arch_options and not isinstance(model, (str, Path)):
         raise SnnccError("arch_options apply to a zoo checkpoint loaded with arch=...; build "
                          "an in-memory model with the values you want instead")
@@ -53,7 +56,8 @@ def load(model, example_input=None, *, T: int | None = None, layout: str | None 
         return LoadedModel(graph)
     if isinstance(model, (str, Path)):
         return load_model(model, arch, trust=trust_checkpoint, T=T, input_shape=input_shape,
-                          layout=layout, arch_options=arch_options)
+                          layout=layout, arch_options=arch_options, nir_dialect=nir_dialect,
+                          nir_dt=nir_dt)
     from torch import nn
 
     if not isinstance(model, nn.Module):
@@ -180,6 +184,9 @@ def check(model, example_input=None, *, target: str = "sim", T: int | None = Non
     steps = int(T or loaded.graph.meta.get("T", 4))
     if inputs is not None:
         x = _numpy(inputs)
+        ins = loaded.graph.inputs
+        if T is None and len(ins) == 1 and not ins[0].static and x.ndim >= 2:
+            steps = int(x.shape[0])  # a [T, B, ...] sequence says its T, as `run` takes it
     elif example_input is not None:
         x = to_ir_layout(loaded.graph, example_input)
     else:
@@ -188,6 +195,33 @@ def check(model, example_input=None, *, target: str = "sim", T: int | None = Non
                         labels=None if labels is None else _numpy(labels), passes=passes,
                         dtype=dtype, artifact=None if artifact is None else Path(artifact),
                         fixed_point=fixed_point, calibrate=calibrate)
+
+
+def check_dataset(model, dataset: str, example_input=None, *, target: str = "sim",
+                  T: int | None = None, layout: str | None = None, input_shape=None,
+                  batch: int = 64, limit: int | None = None, transform=None,
+                  dtype: str = "float64", passes: list[str] | None = None,
+                  artifact: str | Path | None = None, fixed_point: bool = False,
+                  calibrate=None, device: str = "cpu", resume: str | Path | None = None,
+                  checkpoint_every: int = 10, progress: bool = False, **load_options):
+    """:func:`check` over a whole labelled data set streamed in batches of ``batch``:
+    ``dataset`` is ``"digits"`` (``digits:test`` / ``digits:train``), a ``.npz`` with ``x``
+    [N, ...] and ``y`` [N], or an ImageFolder directory (``transform``: ``{"mean": [...],
+    "std": [...], "scale": [255]}`` or the CLI's ``["mean=0.5", ...]``). Under torchrun the
+    batches are sharded over the ranks and every rank returns the reduced report. ``resume``:
+    checkpoint file (see :func:`snncc.dataset.check_dataset`). Returns a
+    :class:`~snncc.dataset.DatasetReport` (``engines``, ``layers``, ``worst_samples``,
+    ``to_json()``)."""
+    from .dataset import check_dataset as _check
+
+    loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
+                  **load_options)
+    return _check(loaded, dataset, target=target, T=T, batch=batch, limit=limit,
+                  transform=transform, dtype=dtype, passes=passes,
+                  artifact=None if artifact is None else Path(artifact),
+                  fixed_point=fixed_point, calibrate=calibrate, device=device,
+                  resume=None if resume is None else Path(resume),
+                  checkpoint_every=checkpoint_every, progress=progress)
 
 
 def run(artifact: str | Path, inputs, *, target: str | None = None, T: int | None = None):

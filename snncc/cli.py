@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,10 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks on 
 
 def _out(msg: str = "") -> None:
     typer.echo(msg)
+
+
+def _silent(msg: str = "") -> None:
+    """What ranks other than 0 print under torchrun: nothing."""
 
 
 def _split(csv: Optional[str]) -> Optional[list[str]]:
@@ -83,19 +88,27 @@ def _shape(csv: Optional[str]) -> Optional[tuple[int, ...]]:
     return shape
 
 
+NIR_DIALECT = typer.Option(None, "--nir-dialect",
+                           help=".nir source: read the producer's own conventions: "
+                                "snntorch:subtract, snntorch:zero (snnTorch's export_to_nir "
+                                "records no reset) or norse (tau = dt/tau_mem_inv)")
+NIR_DT = typer.Option(None, "--nir-dt", help=".nir source: the time step in seconds when the "
+                                             "file records none (snntorch 1e-4, norse 1e-3)")
+
+
 def _loaded(source: str, arch, model, model_args, input_shape, layout, trust, T,
-            arch_options=None):
+            arch_options=None, nir_dialect=None, nir_dt=None, say=_out):
     """What compile, check and inspect were pointed at, loaded (snncc.models.load_model); a
-    zoo checkpoint's hyper-parameters are printed as one line."""
+    zoo checkpoint's hyper-parameters are printed (``say``) as one line."""
     from .models import load_model
 
     if model_args is not None and model is None:
         raise SnnccError("--model-args needs --model")
     loaded = load_model(source, arch, trust=trust, T=T, factory=model, factory_args=model_args,
                         input_shape=_shape(input_shape), layout=layout,
-                        arch_options=arch_options)
+                        arch_options=arch_options, nir_dialect=nir_dialect, nir_dt=nir_dt)
     if loaded.arch_info:
-        _out(loaded.arch_info)
+        say(loaded.arch_info)
     return loaded
 
 
@@ -136,6 +149,8 @@ def compile(
     calibrate: Optional[Path] = typer.Option(None, "--calibrate",
                                              help="--fixed-point: .npy calibration inputs "
                                                   "(default: random inputs)"),
+    nir_dialect: Optional[str] = NIR_DIALECT,
+    nir_dt: Optional[float] = NIR_DT,
     strict_hardware: bool = typer.Option(False, "--strict-hardware",
                                          help="fail, before writing anything, when the target "
                                               "hardware's design-rule check finds violations"),
@@ -146,7 +161,7 @@ def compile(
 
     get_target(target).check_output(api.artifact_path(get_target(target), out))
     loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
-                     arch_option)
+                     arch_option, nir_dialect, nir_dt)
     api.compile(loaded.graph, target=target, out=out, passes=_split(passes),
                 fixed_point=fixed_point, calibrate=_calibration(calibrate),
                 strict_nir=strict_nir, strict_hardware=strict_hardware,
@@ -169,7 +184,9 @@ def check(
                                                  "(default: random)"),
     labels: Optional[Path] = typer.Option(None, "--labels", help=".npy labels: report accuracy"),
     T: Optional[int] = typer.Option(None, "--T", min=1, help="time steps (default: the model's)"),
-    batch: int = typer.Option(4, "--batch", help="batch of random inputs"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="batch of random inputs "
+                                                              "(default 4), or of --dataset "
+                                                              "samples (default 64)"),
     seed: int = typer.Option(0, "--seed", help="seed of random inputs"),
     dtype: str = typer.Option("float64", "--dtype", help="float64 or float32"),
     passes: Optional[str] = typer.Option(None, "--passes", help="pipeline instead of the "
@@ -186,14 +203,54 @@ def check(
     calibrate: Optional[Path] = typer.Option(None, "--calibrate",
                                              help="--fixed-point: .npy calibration inputs"),
     trust_checkpoint: bool = TRUST,
+    dataset: Optional[str] = typer.Option(None, "--dataset",
+                                          help="check a whole labelled data set, streamed in "
+                                               "--batch batches: digits (digits:test, "
+                                               "digits:train), a .npz with arrays x [N, ...] and "
+                                               "y [N], or an image folder (one sub-folder per "
+                                               "class); runs sharded under torchrun"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="--dataset: the first N samples "
+                                                              "only"),
+    transform: list[str] = typer.Option([], "--transform",
+                                        help="image folder: mean=..., std=... (one value or one "
+                                             "per channel), scale=255 (pixel divisor); "
+                                             "repeatable"),
+    device: str = typer.Option("cpu", "--device", help="--dataset: where PyTorch and the "
+                                                       "simulator run: cpu or cuda[:N]"),
+    resume: Optional[Path] = typer.Option(None, "--resume",
+                                          help="--dataset: checkpoint file, written every "
+                                               "--checkpoint-every batches and on interruption, "
+                                               "and continued from when it exists"),
+    checkpoint_every: int = typer.Option(10, "--checkpoint-every",
+                                         help="--resume: batches between checkpoints"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="--dataset: no progress bar"),
+    nir_dialect: Optional[str] = NIR_DIALECT,
+    nir_dt: Optional[float] = NIR_DT,
 ):
-    """Layer-by-layer parity of PyTorch, the simulator and a target on the same inputs."""
+    """Layer-by-layer parity of PyTorch, the simulator and a target on the same inputs (or,
+    with --dataset, on a whole labelled data set)."""
     from . import api
     from .errors import ParityError
     from .files import JSON, atomic_write, load_array
 
+    if dataset is None:
+        unused = [o for o, v in (("--limit", limit), ("--transform", transform),
+                                 ("--resume", resume), ("--quiet", quiet),
+                                 ("--device", device != "cpu")) if v]
+        if unused:
+            raise SnnccError(f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} "
+                             "to --dataset only")
+    elif inputs is not None or labels is not None:
+        raise SnnccError("--dataset replaces --inputs/--labels; pass one or the other")
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks
     loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
-                     arch_option)
+                     arch_option, nir_dialect, nir_dt, say=_out if rank0 else _silent)
+    if dataset is not None:
+        _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, passes,
+                       artifact, fixed_point, calibrate, device, resume, checkpoint_every, quiet,
+                       as_json, min_agreement, rank0)
+        return
+    batch = 4 if batch is None else batch
     report = api.check(loaded, target=target, T=T, inputs=load_array(inputs) if inputs else None,
                        labels=load_array(labels) if labels else None, batch=batch, seed=seed,
                        dtype=dtype, passes=_split(passes), artifact=artifact,
@@ -206,6 +263,38 @@ def check(
         raise ParityError(f"spike agreement {report.min_agreement:.6f} is below "
                           f"--min-agreement {min_agreement} (first divergent layer: "
                           f"{report.first_divergent_target or report.first_divergent_sim})")
+
+
+def _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, passes,
+                   artifact, fixed_point, calibrate, device, resume, checkpoint_every, quiet,
+                   as_json, min_agreement, rank0: bool) -> None:
+    """`check --dataset`: streamed, sharded under torchrun (rank 0 prints and writes)."""
+    from .dataset import check_dataset, finish_dist
+    from .errors import ParityError
+    from .files import JSON, atomic_write
+
+    say = _out if rank0 else _silent
+    try:
+        report = check_dataset(loaded, dataset, target=target, T=T,
+                               batch=64 if batch is None else batch, limit=limit,
+                               transform=transform, dtype=dtype, passes=_split(passes),
+                               artifact=artifact, fixed_point=fixed_point,
+                               calibrate=_calibration(calibrate), device=device, resume=resume,
+                               checkpoint_every=checkpoint_every,
+                               progress=not quiet and sys.stderr.isatty(), log=say)
+        if rank0:
+            _out(report.format())
+            if as_json:
+                atomic_write(as_json, lambda f: json.dump(report.to_dict(), f, indent=2),
+                             binary=False, replaces=JSON)
+    except BaseException:
+        finish_dist(barrier=False)
+        raise
+    finish_dist()
+    if report.min_agreement < min_agreement:
+        raise ParityError(f"spike agreement {report.min_agreement:.6f} over {report.samples} "
+                          f"samples is below --min-agreement {min_agreement} (first divergent "
+                          f"layer: {report.first_divergent_target or report.first_divergent_sim})")
 
 
 @app.command()
@@ -226,6 +315,8 @@ def inspect(
     plot: Optional[Path] = typer.Option(None, "--plot", help="draw firing rate and energy per "
                                                              "layer into this PNG"),
     trust_checkpoint: bool = TRUST,
+    nir_dialect: Optional[str] = NIR_DIALECT,
+    nir_dt: Optional[float] = NIR_DT,
 ):
     """Graph, parameters per node, firing rates, SOPs and energy (before and after the passes)."""
     from .analysis import energy_report, plot_report
@@ -236,7 +327,7 @@ def inspect(
     from .simulator import estimate_bytes, simulate
 
     g = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
-                arch_option).graph
+                arch_option, nir_dialect, nir_dt).graph
     _out(g.format())
     _out("")
     _out(f"{'node':<40} {'op':<20} {'shape':<18} {'parameters':>12}")

@@ -26,23 +26,30 @@ class LoadedModel:
 
 def load_model(source: str | Path, arch: str | None = None, *, trust: bool = False,
                T: int | None = None, factory: str | None = None, factory_args=None,
-               input_shape=None, layout: str | None = None, arch_options=None) -> LoadedModel:
+               input_shape=None, layout: str | None = None, arch_options=None,
+               nir_dialect: str | None = None, nir_dt: float | None = None) -> LoadedModel:
     """``source``: a ``.snnir`` / ``.nir`` file, or a PyTorch file: a checkpoint loaded into the
     zoo architecture ``arch`` or into the model ``factory`` builds, or (``trust``) a pickled
     ``nn.Module``. ``T``, ``input_shape`` and ``layout`` shape the example the model is traced
     on (defaults: what the model declares). ``arch_options`` (a dict, or ``name=value``
     strings) override the architecture's shape-free hyper-parameters (heads, T, tau, thresholds,
-    scale: ``snncc zoo --verbose`` lists them); the values used are in ``arch_info``."""
+    scale: ``snncc zoo --verbose`` lists them); the values used are in ``arch_info``.
+    ``nir_dialect`` / ``nir_dt``: how a ``.nir`` file is read (docs/nir.md, "Dialects")."""
     if T is not None and T < 1:
         raise SnnccError(f"--T must be at least 1, got {T}")
     path = Path(source)
     suffix = path.suffix.lower()
     if suffix in (".snnir", ".nir"):
         if suffix == ".snnir":
+            if nir_dialect is not None or nir_dt is not None:
+                raise SnnccError("--nir-dialect / --nir-dt apply to a .nir file only")
             from .serialize import load as read
+
+            g = read(path)
         else:
-            from snncc.frontends.nir_reader import read_nir as read
-        g = read(path)
+            from snncc.frontends.nir_reader import read_nir
+
+            g = read_nir(path, dt=nir_dt, dialect=nir_dialect)
         if T is not None:
             g.meta["T"] = T
         return LoadedModel(g)

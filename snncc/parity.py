@@ -105,21 +105,23 @@ def random_inputs(graph: Graph, batch: int, T: int, seed: int) -> np.ndarray:
     return rng.normal(0.0, 1.0, shape)
 
 
-def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str):
+def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: str = "cpu"):
     """Run the PyTorch model on ``x`` recording every neuron module named by a Neuron node's
     path; returns (output, {node name: spikes [T, B, ...]}). The model is run in ``dtype`` and
     eval mode from fresh neuron state, and given back in the dtype and mode it came in (both
     conversions are exact for float32 <-> float64). A neuron returning ``(spikes, state)`` is
     recorded by its spikes; spikes a library casts to float32 (snntorch) are cast to ``dtype``
-    (exact for 0/1), so that a float64 run does not stop at the next layer."""
+    (exact for 0/1), so that a float64 run does not stop at the next layer. ``device``: where
+    the model runs (e.g. ``cuda``); it is given back on the device it came from."""
     import torch
 
     from snncc.frontends.adapters import is_neuron, reset_state
 
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     before = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    before_device = next((p.device for p in model.parameters()), torch.device("cpu"))
     modes = [(m, m.training) for m in model.modules()]
-    model = model.to(tdtype).eval()
+    model = model.to(device=device, dtype=tdtype).eval()
     reset_state(model)
     by_path = {n.path: n for n in graph.of_type(ir.Neuron) if n.path}
     records: dict[str, list] = {p: [] for p in by_path}
@@ -135,7 +137,7 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str):
     hooks = [m.register_forward_hook(lambda m, a, out, p=p: spikes_in_dtype(p, out))
              for p, m in model.named_modules() if p in by_path or is_neuron(m)]
     try:
-        xt = torch.as_tensor(to_torch_layout(graph, x), dtype=tdtype)
+        xt = torch.as_tensor(to_torch_layout(graph, x), dtype=tdtype, device=device)
         with torch.no_grad():
             out = model(xt)
     finally:
@@ -144,15 +146,27 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str):
         reset_state(model)
         if before is not None:
             model.to(before)
+        model.to(before_device)
         for m, training in modes:
             m.train(training)
     traces = {}
     for p, outs in records.items():
         node = by_path[p]
         if outs:
-            traces[node.name] = torch.cat(outs).numpy().reshape(-1, x_batch(graph, x),
+            traces[node.name] = torch.cat(outs).cpu().numpy().reshape(-1, x_batch(graph, x),
                                                                  *node.shape)
-    return out.detach().numpy(), traces
+    return out.detach().cpu().numpy(), traces
+
+
+def _on_device(device: str, fn):
+    """``fn()`` with torch's default device set to ``device`` (the simulator builds its tensors
+    with torch's factories, so they land there; its results come back as numpy arrays)."""
+    if device in (None, "cpu"):
+        return fn()
+    import torch
+
+    with torch.device(device):
+        return fn()
 
 
 def x_batch(graph: Graph, x: np.ndarray) -> int:
@@ -228,36 +242,57 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
                  labels: np.ndarray | None = None, passes: list[str] | None = None,
                  dtype: str = "float64", workdir: Path | None = None,
                  artifact: Path | None = None, fixed_point: bool = False,
-                 calibrate=None) -> ParityReport:
+                 calibrate=None, compiled: Graph | None = None, device: str = "cpu",
+                 details: dict | None = None) -> ParityReport:
     """Compile ``loaded`` for the target, run reference, simulator and target on ``x``.
     ``artifact``: check this existing artifact (written by ``snncc compile``) instead of a
     freshly emitted one. ``fixed_point``: compile with ``quantize_for_loihi2`` so the simulator
-    and the target run Loihi 2 integer arithmetic against the float reference."""
+    and the target run Loihi 2 integer arithmetic against the float reference.
+    ``compiled``: the graph already compiled for the target (a data-set check compiles once
+    and calls this per batch). ``device``: where PyTorch and the simulator run (``cuda``).
+    ``details``: a dict that receives this batch's raw results (``outputs`` and ``traces`` by
+    engine, ``seconds`` by engine) for aggregation over many batches (:mod:`snncc.dataset`)."""
+    import time
+
     from .pipeline import available_passes, for_target
     from .targets import get_target
 
     tgt = get_target(target_name)
-    compiled = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
-                          log=lambda s: None).run(loaded.graph)
+    if compiled is None:
+        compiled = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
+                              log=lambda s: None).run(loaded.graph)
     _require_check_fits(loaded, compiled, x, T, dtype)
-    sim = simulate(compiled, x, T, dtype=dtype, record=True)
+    seconds = {}
+    start = time.perf_counter()
+    sim = _on_device(device, lambda: simulate(compiled, x, T, dtype=dtype, record=True))
+    seconds["simulator"] = time.perf_counter() - start
     if labels is not None:
         classes = int(loaded.graph.outputs[0].shape[-1]) if loaded.graph.outputs[0].shape else 1
         labels = check_labels(labels, x_batch(loaded.graph, x), classes)
+    start = time.perf_counter()
     if loaded.torch_model is not None:
         reference = "pytorch"
-        ref_out, ref = torch_neuron_traces(loaded.torch_model, loaded.graph, x, dtype)
+        ref_out, ref = torch_neuron_traces(loaded.torch_model, loaded.graph, x, dtype, device)
     else:
         reference = "simulator"
-        r0 = simulate(loaded.graph, x, T, dtype=dtype, record=True)
+        r0 = _on_device(device, lambda: simulate(loaded.graph, x, T, dtype=dtype, record=True))
         ref_out, ref = first_output(loaded.graph, r0.outputs), {k: v for k, v in r0.trace.items()
                                    if isinstance(loaded.graph[k], ir.Neuron)}
+    seconds["reference"] = time.perf_counter() - start
     options = {"dtype": dtype} if "dtype" in tgt.options else {}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if artifact is None:
             artifact = tgt.emit(compiled, Path(tmp) / f"model{tgt.suffix}", **options)
+        start = time.perf_counter()
         tgt_outputs, tgt_traces = tgt.run(artifact, x, T)
+        seconds["target"] = time.perf_counter() - start
     sim_out, tgt_out = (first_output(compiled, o) for o in (sim.outputs, tgt_outputs))
+    if details is not None:
+        details.update(reference=reference, compiled=compiled, seconds=seconds,
+                       outputs={"reference": np.asarray(ref_out), "simulator": sim_out,
+                                "target": np.asarray(tgt_out)},
+                       traces={"reference": ref, "simulator": sim.trace,
+                               "target": tgt_traces})
 
     layers = []
     for n in loaded.graph.topological_order():

@@ -239,7 +239,7 @@ class Simulator:
                     q.append(val[n.inputs[0]])
 
         def stack(d):
-            return {k: torch.stack(v).numpy() for k, v in d.items() if v}
+            return {k: torch.stack(v).cpu().numpy() for k, v in d.items() if v}
         seq = stack(out_seq)
         return SimResult(T=T, outputs={k: v[-1] for k, v in seq.items()}, output_sequence=seq,
                          trace=stack(trace), membrane=stack(membrane),

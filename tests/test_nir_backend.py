@@ -179,7 +179,10 @@ def test_exporter_style_recurrent_graph(tmp_path, seed):
 
     graph, expected = _recurrent_nir(seed)
     nir.write(tmp_path / "rnn.nir", graph)
-    g = read_nir(tmp_path / "rnn.nir")  # no dt in the file: the ecosystem's 1e-4
+    with pytest.raises(FormatError, match=r"node 'lif1': LIF tau = .* needs the time step dt.*"
+                                          r"--nir-dt"):
+        read_nir(tmp_path / "rnn.nir")  # no dt in the file: refused, not guessed
+    g = read_nir(tmp_path / "rnn.nir", dt=DT)
     x = np.random.default_rng(seed).uniform(0, 1.5, (12, 2, 3))
     got, want = simulate(g, x, record=True).trace, expected(x)
     for k, v in want.items():
@@ -217,7 +220,7 @@ def test_exporter_style_conv_graph(tmp_path):
                ("flat", "scale"), ("scale", "thr"), ("thr", "fa"), ("thr", "late"),
                ("late", "fb"), ("fa", "li"), ("fb", "li"), ("li", "output")])
     nir.write(tmp_path / "conv.nir", graph)
-    g = read_nir(tmp_path / "conv.nir")
+    g = read_nir(tmp_path / "conv.nir", dt=DT)
     x = rng.uniform(0, 1, (T + 2, 2, 1, 6, 6))
     res = simulate(g, x, record=True)
 

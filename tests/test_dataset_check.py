@@ -1,0 +1,276 @@
+"""`snncc check --dataset`: whole labelled sets streamed in batches (digits, .npz, an image
+folder), accuracies equal to a direct computation, bounded memory, the 2-process torchrun run
+equal to the 1-process one, resuming, and one-line errors for bad specs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from snncc import api, serialize
+from snncc.dataset import DatasetCheck, check_dataset, checkpoint_path, open_dataset
+from snncc.frontends.digits import digits_split
+from snncc.models import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CKPT = ROOT / "examples" / "checkpoints" / "digits-spikformer.pt"
+ARCH = ["--arch", "digits-spikformer"]
+
+
+def snncc(*args, env=None, module=("-m", "snncc")):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, *module, *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env=e)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_model(CKPT, "digits-spikformer")
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return digits_split(8)[1]
+
+
+def direct_accuracy(loaded, x, y) -> float:
+    with torch.no_grad():
+        out = loaded.torch_model.double().eval()(torch.as_tensor(x)).numpy()
+    return float(np.mean(out.argmax(-1) == y))
+
+
+def without_run(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k != "run"}
+
+
+def test_digits_through_the_cli_equals_a_direct_computation(tmp_path, loaded, test_split):
+    r = snncc("check", CKPT, *ARCH, "--dataset", "digits", "--limit", "100", "--batch", "40",
+              "--json", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # not a terminal: no progress bar
+    rep = json.loads((tmp_path / "r.json").read_text())
+    x, y = test_split
+    acc = direct_accuracy(loaded, x[:100], y[:100])
+    assert rep["samples"] == 100 and rep["batch"] == 40
+    for e in ("pytorch", "simulator", "sim"):
+        assert rep["engines"][e]["accuracy"] == pytest.approx(acc, abs=1e-12)
+        assert rep["engines"][e]["agreement_with_reference"] == 1.0
+    assert rep["min_agreement"] == 1.0 and rep["first_divergent_target"] is None
+    assert rep["worst_samples"] == []
+    assert all(0 < layer["rate_reference"] < 1 for layer in rep["layers"])
+    assert "100 samples" in r.stdout and "pytorch" in r.stdout
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_is_read_per_batch_and_gives_the_same_report_as_digits(tmp_path, loaded,
+                                                                   test_split, compressed):
+    x, y = test_split
+    path = tmp_path / "d.npz"
+    (np.savez_compressed if compressed else np.savez)(path, x=x[:50], y=y[:50])
+    ds = open_dataset(str(path), loaded.graph, batch=16)
+    assert (ds.x.memmap is not None) == (not compressed)
+    got = np.concatenate([b.x for b in ds.batches()])
+    np.testing.assert_array_equal(got, x[:50])
+    assert [len(b.y) for b in ds.batches()] == [16, 16, 16, 2]
+    ds.close()
+    rep = check_dataset(loaded, str(path), batch=16)
+    ref = check_dataset(loaded, "digits", batch=16, limit=50)
+    a, b = without_run(rep.to_dict()), without_run(ref.to_dict())
+    assert a.pop("dataset") == str(path) and b.pop("dataset") == "digits"
+    assert a == b
+    assert rep.accuracy["pytorch"] == pytest.approx(direct_accuracy(loaded, x[:50], y[:50]))
+
+
+def test_image_folder_decoded_with_pillow_and_normalised(tmp_path, loaded):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs, y = d.images[-30:], d.target[-30:]
+    for i, (im, c) in enumerate(zip(imgs, y)):
+        (tmp_path / "f" / f"c{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((im * 15).astype(np.uint8), "L").save(tmp_path / "f" / f"c{c}" /
+                                                               f"{i:03d}.png")
+    (tmp_path / "f" / "c0" / "notes.txt").write_text("not an image")  # ignored
+    # pixel / 240 = digits value / 16; then the training split's standardisation
+    from sklearn.model_selection import train_test_split
+
+    x16 = (d.images / 16.0)[:, None]
+    tr, _ = train_test_split(x16, test_size=0.2, random_state=0, stratify=d.target)
+    mean, std = tr.mean(), tr.std()
+    transform = ["scale=240", f"mean={mean!r}", f"std={std!r}"]
+    rep = api.check_dataset(CKPT, str(tmp_path / "f"), arch="digits-spikformer", batch=8,
+                            transform=transform)
+    ds = open_dataset(str(tmp_path / "f"), loaded.graph, batch=64, transform=transform)
+    (b,) = list(ds.batches())
+    assert rep.samples == 30 and ds.classes == len(set(y))
+    # labels are the sorted class folders' indices
+    names = sorted(f"c{c}" for c in set(y))
+    np.testing.assert_array_equal(b.y, [names.index(f"c{c}") for c in
+                                        [y[int(p.rsplit('/', 1)[1][:3])] for p in ds.files]])
+    expect = (x16[-30:] - mean) / std
+    order = [int(Path(p).stem) for p in ds.files]
+    np.testing.assert_allclose(b.x, expect[order], atol=1e-12)
+    # accuracy against the folder's labels, computed directly
+    with torch.no_grad():
+        out = loaded.torch_model.double().eval()(torch.as_tensor(b.x)).numpy()
+    assert rep.accuracy["pytorch"] == pytest.approx(float(np.mean(out.argmax(-1) == b.y)))
+    assert rep.min_agreement == 1.0
+
+
+def test_streaming_memory_is_bounded(tmp_path, loaded):
+    # a 40 MB x read batch by batch: the reader's peak is about one batch, not the array
+    x = np.random.default_rng(0).normal(size=(80_000, 1, 8, 8))
+    path = tmp_path / "big.npz"
+    np.savez(path, x=x, y=np.zeros(80_000, dtype=np.int64))
+    del x
+    ds = open_dataset(str(path), loaded.graph, batch=256)
+    tracemalloc.start()
+    n = sum(len(b.y) for b in ds.batches())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    ds.close()
+    assert n == 80_000 and peak < 2_000_000, peak
+    # the accumulator's state does not grow with the number of batches
+    sizes = []
+    acc = DatasetCheck("sim", "pytorch", [("a", "a", 4)])
+    rng = np.random.default_rng(1)
+    for i in range(50):
+        r = (rng.random((4, 8, 4)) < 0.5).astype(float)
+        s = r.copy()
+        s[0, i % 8, 0] = 1 - s[0, i % 8, 0]
+        out = rng.normal(size=(8, 10))
+        acc.add(i * 8, rng.integers(0, 10, 8), {
+            "outputs": {"reference": out, "simulator": out, "target": out},
+            "traces": {"reference": {"a": r}, "simulator": {"a": s}, "target": {"a": r}}})
+        sizes.append(len(pickle.dumps(acc.state())))
+    assert max(sizes[10:]) <= sizes[9] + 64  # worst-sample heap full: constant from then on
+    assert acc.n == 400 and len(acc.worst) == 10
+
+
+def corrupt_artifact(tmp_path) -> Path:
+    r = snncc("compile", CKPT, *ARCH, "--target", "sim", "-o", tmp_path / "sim")
+    assert r.returncode == 0, r.stderr
+    path = tmp_path / "sim" / "model.snnir"
+    g = serialize.load(path)
+    node = g["block.0.mlp.fc1_linear"]
+    w = node.weight.copy()
+    w[np.unravel_index(np.argmax(np.abs(w)), w.shape)] *= -4.0
+    node.weight = w
+    serialize.save(g, path)
+    return path
+
+
+def test_two_process_torchrun_equals_one_process(tmp_path):
+    art = corrupt_artifact(tmp_path)
+    args = ["check", CKPT, *ARCH, "--dataset", "digits", "--limit", "130", "--batch", "20",
+            "--artifact", art, "--min-agreement", "0"]
+    one = snncc(*args, "--json", tmp_path / "1.json")
+    assert one.returncode == 0, one.stderr
+    two = snncc("--standalone", "--nproc-per-node", "2", "-m", "snncc", *args, "--json",
+                tmp_path / "2.json", module=("-m", "torch.distributed.run"))
+    assert two.returncode == 0, two.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("1.json", "2.json"))
+    assert a["run"]["processes"] == 1 and b["run"]["processes"] == 2
+    assert without_run(a) == without_run(b)
+    assert a["samples"] == 130 and a["first_divergent_target"] == "block.0.mlp.fc1_lif"
+    assert a["worst_samples"] and a["engines"]["sim"]["agreement_with_reference"] <= 1.0
+    keys = [(w["spike_mismatches"], w["output_max_abs_diff"]) for w in a["worst_samples"]]
+    assert keys == sorted(keys, reverse=True)
+    assert two.stdout.count("data set digits") == 1  # rank 0 alone reports
+
+
+def test_resume_continues_and_gives_the_same_report(tmp_path, loaded):
+    full = check_dataset(loaded, "digits", batch=20, limit=140)
+    ck = tmp_path / "ck.json"
+
+    def stop(i):
+        if i == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        check_dataset(loaded, "digits", batch=20, limit=140, resume=ck, checkpoint_every=2,
+                      on_batch=stop)
+    doc = json.loads(ck.read_text())
+    assert doc["batches_done"] == 5 and doc["state"]["n"] == 100  # saved on interruption
+    seen = []
+    resumed = check_dataset(loaded, "digits", batch=20, limit=140, resume=ck,
+                            on_batch=seen.append)
+    assert seen == [6, 7]  # only the two batches left
+    assert without_run(resumed.to_dict()) == without_run(full.to_dict())
+    # a checkpoint of another run is refused, not mixed in
+    from snncc.errors import SnnccError
+
+    with pytest.raises(SnnccError, match="different run"):
+        check_dataset(loaded, "digits", batch=20, limit=120, resume=ck)
+    assert checkpoint_path(ck, 1, 2).name == "ck.json.rank1-of-2"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "nowhere.npz"], "no such file"),
+    (["--dataset", "digits:validation"], "'test' or 'train'"),
+    (["--dataset", "BAD_NPZ"], "needs arrays 'x' and 'y'"),
+    (["--dataset", "WRONG_SHAPE"], "the model takes [1, 8, 8]"),
+    (["--dataset", "EMPTY_DIR"], "one sub-folder per class"),
+    (["--dataset", "digits", "--transform", "mean=0"], "image folder only"),
+    (["--dataset", "IMG_DIR", "--transform", "gamma=2"], "is not one of"),
+    (["--dataset", "digits", "--limit", "0"], "--limit must be >= 1"),
+    (["--dataset", "digits", "--device", "tpu"], "--device must be cpu or cuda"),
+    (["--limit", "5"], "--limit applies to --dataset only"),
+    (["--dataset", "digits", "--inputs", "x.npy"], "--dataset replaces --inputs"),
+])
+def test_bad_specs_are_one_line_errors(tmp_path, args, message):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((3, 1, 8, 8)))
+    np.savez(tmp_path / "shape.npz", x=np.zeros((3, 8, 8)), y=np.zeros(3, dtype=int))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "img" / "a").mkdir(parents=True)
+    subs = {"BAD_NPZ": tmp_path / "bad.npz", "WRONG_SHAPE": tmp_path / "shape.npz",
+            "EMPTY_DIR": tmp_path / "empty", "IMG_DIR": tmp_path / "img",
+            "nowhere.npz": tmp_path / "nowhere.npz"}
+    r = snncc("check", CKPT, *ARCH, *[str(subs.get(a, a)) for a in args])
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snncc: error:"), r.stderr
+    assert message in lines[0], lines[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_report(loaded):
+    cpu = check_dataset(loaded, "digits", batch=32, limit=96)
+    gpu = check_dataset(loaded, "digits", batch=32, limit=96, device="cuda")
+    assert gpu.accuracy == cpu.accuracy
+    assert gpu.min_agreement == 1.0
+    assert [r["rate_reference"] for r in gpu.layers] == \
+        pytest.approx([r["rate_reference"] for r in cpu.layers], abs=1e-3)
+
+
+def test_check_takes_T_from_a_sequence_input(tmp_path):
+    """Issue 14 item 6: `check x.snnir --inputs x.npy` with [8, B, ...] on a T=4 graph runs 8
+    steps (as `run` does) instead of failing with 'sequence has 8 steps, T=4'."""
+    from snncc import ir
+    from snncc.graph import Graph
+
+    rng = np.random.default_rng(0)
+    g = Graph("seq", {"T": 4})
+    g.add(ir.Input("x", input_shape=(6,), static=False))
+    g.add(ir.Linear("fc", ("x",), weight=rng.normal(0, 1, (5, 6))))
+    g.add(ir.Neuron("lif", ("fc",), "lif", alpha=0.5, gamma=1.0, beta=0.0, theta=1.0,
+                    v_reset=0.0, v_init=0.0, cmp=">=", reset="hard"))
+    g.add(ir.Readout("mean", ("lif",)))
+    g.add(ir.Output("out", ("mean",)))
+    serialize.save(g.verify(), tmp_path / "seq.snnir")
+    np.save(tmp_path / "x.npy", rng.normal(0.5, 1, (8, 3, 6)))
+    r = snncc("check", tmp_path / "seq.snnir", "--inputs", tmp_path / "x.npy", "--json",
+              tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["T"] == 8 and rep["min_agreement"] == 1.0
