@@ -333,6 +333,7 @@ class _Ctx:
     dialect: Dialect | None = None
     no_reset: frozenset = frozenset()
     loop_delays: frozenset = frozenset()  # the one-step Delays that close recurrent cycles
+    zero_reset: bool = False  # snncc wrote the file for NIR 1.0.4: a missing v_reset is 0
 
     def step(self, name: str, node, field: str) -> float:
         """dt for a node whose ``field`` needs it; refused (one line) when there is none."""
@@ -346,7 +347,7 @@ class _Ctx:
         return self.dt
 
     def reset_known(self, name: str, node) -> None:
-        if name in self.no_reset:
+        if name in self.no_reset and not self.zero_reset:
             raise UnsupportedError(
                 f"{type(node).__name__} without v_reset (a file of NIR <= 1.0.4, whose neurons had "
                 "no reset convention; sinabs subtracts, others reset to 0): its reset is unknown; "
@@ -368,8 +369,10 @@ def _exact(node, alpha, gamma, beta, theta):
     cmp = text(m["snncc.cmp"])
     close = all(np.allclose(np.broadcast_to(x, y.shape), y, rtol=1e-9, atol=1e-12)
                 for x, y in ((a, alpha), (g, gamma), (b, beta)))
-    same = cmp in nrn.CMPS and np.array_equal(
-        np.broadcast_to(nrn.strict_threshold(th, cmp), theta.shape), theta)
+    same = cmp in nrn.CMPS and any(  # float64's strict threshold, or float32's (--nir-compat)
+        np.array_equal(np.broadcast_to(nrn.strict_threshold(th.astype(ft), cmp, ft)
+                                       .astype(np.float64), theta.shape), theta)
+        for ft in (np.float64, np.float32))
     return (a, g, b, th, cmp) if close and same else (alpha, gamma, beta, theta, nrn.CMP_GT)
 
 
@@ -589,6 +592,11 @@ def _ir_nodes(name: str, node, srcs: list[str], ctx: _Ctx) -> list[ir.Node]:
     if (isinstance(node, nir.Scale) and text(_meta(node).get("snncc.op", "")) == "Add"
             and np.all(node.scale == 1)):
         return [ir.Add(name, tuple(srcs), path=_path(node))]
+    if isinstance(node, nir.AvgPool2d) and _marker(node) == "Mean" and len(srcs) == 1:
+        mean = _restore(ctx, ir.Mean(name, (srcs[0],), path=_path(node), axes=(1, 2),
+                                     keepdim=True), _whole_plane(node, ctx.graph[srcs[0]].shape))
+        if mean is not None:
+            return [mean]
     fn = _CONVERT.get(type(node).__name__)
     if fn is None:
         raise UnsupportedError(f"NIR node type {type(node).__name__} is not supported", node=name)
@@ -608,6 +616,85 @@ def _ir_nodes(name: str, node, srcs: list[str], ctx: _Ctx) -> list[ir.Node]:
         if out is not None:
             return out
     return fn(name, node, srcs[0], ctx)
+
+
+# ----------------------------------------------------------------------------- snncc's pairs
+
+# snncc writes some IR ops as two standard NIR nodes, marked in metadata ``snncc.op`` ("X:sum" /
+# "X:pool" on the first, "X" on the second): MaxPool2d of spikes as SumPool2d -> Threshold,
+# Readout as I -> Scale(1/T), a spatial Mean as AvgPool2d (-> Flatten). The reader restores the
+# IR op when the standard fields say the same thing; otherwise it reads the standard nodes.
+
+
+def _marker(node) -> str:
+    return text(_meta(node).get("snncc.op", ""))
+
+
+def _fused_pairs(nodes: dict, edges: list, incoming: dict) -> dict[str, str]:
+    """{first: second} for every marked pair whose first node feeds only the second and whose
+    second reads only the first."""
+    outgoing: dict[str, list] = {n: [] for n in nodes}
+    for s, d in edges:
+        outgoing[s].append(d)
+    pairs = {}
+    for b, node in nodes.items():
+        op = _marker(node)
+        if op not in _FUSE or len(incoming[b]) != 1:
+            continue
+        a = incoming[b][0]
+        if _marker(nodes[a]).startswith(op + ":") and outgoing[a] == [b]:
+            pairs[a] = b
+    return pairs
+
+
+def _restore(ctx, node: ir.Node, agrees: bool) -> ir.Node | None:
+    """``node`` if the standard fields agree and it fits its input, else None."""
+    if not agrees:
+        return None
+    try:
+        node.infer([ctx.graph[i].shape for i in node.inputs],
+                   [ctx.graph[i].kind for i in node.inputs])
+    except (IRError, ValueError, TypeError):
+        return None
+    return node
+
+
+def _whole_plane(node, shape) -> bool:
+    """An AvgPool2d whose window is the whole (H, W) plane of a (C, H, W) input."""
+    return (len(shape) == 3 and _per_axis(node.kernel_size, 2) == tuple(shape[1:])
+            and _per_axis(node.stride, 2) == tuple(shape[1:])
+            and _per_axis(node.padding, 2) == (0, 0))
+
+
+def _fuse_maxpool(name, a, b, x, ctx):
+    t = np.asarray(b.threshold, dtype=np.float64)
+    return _restore(ctx, ir.MaxPool2d(name, (x,), path=_path(b),
+                                      kernel_size=_per_axis(a.kernel_size, 2),
+                                      stride=_per_axis(a.stride, 2),
+                                      padding=_per_axis(a.padding, 2)),
+                    isinstance(a, nir.SumPool2d) and isinstance(b, nir.Threshold)
+                    and ctx.graph[x].kind is ir.Kind.SPIKE and bool(np.all((t >= 0) & (t < 1))))
+
+
+def _fuse_readout(name, a, b, x, ctx):
+    try:
+        T = int(_number(_meta(b).get("snncc.T")))
+    except (TypeError, ValueError):
+        return None
+    return _restore(ctx, ir.Readout(name, (x,), path=_path(b)),
+                    isinstance(a, nir.I) and isinstance(b, nir.Scale) and T >= 1
+                    and bool(np.all(np.asarray(a.r) == 1))
+                    and bool(np.all(np.asarray(b.scale) == 1.0 / T)))
+
+
+def _fuse_mean(name, a, b, x, ctx):
+    return _restore(ctx, ir.Mean(name, (x,), path=_path(b), axes=(1, 2), keepdim=False),
+                    isinstance(a, nir.AvgPool2d) and isinstance(b, nir.Flatten)
+                    and _whole_plane(a, ctx.graph[x].shape)
+                    and int(b.start_dim) == 0 and int(b.end_dim) in (-1, 2))
+
+
+_FUSE = {"MaxPool2d": _fuse_maxpool, "Readout": _fuse_readout, "Mean": _fuse_mean}
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -702,9 +789,21 @@ def from_nir_graph(graph: nir.NIRGraph, dt: float | None = None, name: str = "mo
     if "snncc.T" in meta:
         g.meta["T"] = positive_int(_number(meta["snncc.T"]), "metadata 'snncc.T' (time steps)",
                                    FormatError)
-    ctx = _Ctx(g, dt, dia, frozenset(no_reset), frozenset(ir_name(v) for v in delayed.values()))
+    ctx = _Ctx(g, dt, dia, frozenset(no_reset), frozenset(ir_name(v) for v in delayed.values()),
+               zero_reset="nir-1.0.4" in text(meta.get("snncc.compat", "")).split(","))
+    pairs, skip = _fused_pairs(nodes, edges, incoming), set()
     for n in _topological(nodes, incoming):
         node = nodes[n]
+        if n in skip:
+            continue
+        if n in pairs and len(incoming[n]) == 1:
+            b = pairs[n]
+            fused = _FUSE[_marker(nodes[b])](ir_name(b), node, nodes[b], ir_name(incoming[n][0]),
+                                             ctx)
+            if fused is not None:
+                g.add(fused)
+                skip.add(b)
+                continue
         srcs = ([delayed.get((s, n), s) for s in sources(node)] if is_extension(node)
                 else incoming[n])
         for ir_node in _ir_nodes(ir_name(n), node, [ir_name(s) for s in srcs], ctx):

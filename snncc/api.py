@@ -28,6 +28,12 @@ from .graph import Graph
 from .models import LoadedModel, load_model
 
 
+#: The arithmetic a target's ``dtype`` option takes; the first is the default (exact).
+DTYPES = ("float64", "float32")
+#: ``graph.meta['output_layout']`` values of a model whose output is one value per time step.
+PER_STEP_LAYOUTS = frozenset({"TB", "BT", "T*B"})
+
+
 def _quiet(message: str) -> None:
     """The default log: the API prints nothing; the CLI passes its own."""
 
@@ -113,18 +119,20 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
             passes: list[str] | None = None, fixed_point: bool = False, calibrate=None,
             strict_nir: bool = False, strict_hardware: bool = False,
             print_ir_after: set[str] | frozenset = frozenset(), dump_ir: str | Path | None = None,
+            dtype: str | None = None, nir_compat: str | None = None,
             log: Callable[[str], None] = _quiet, **load_options) -> Path:
     """Compile ``model`` for ``target`` ('sim', 'onnx', 'nir', 'lava') into ``out`` and return
     the artifact's path. ``out`` may hold only an earlier artifact of snncc or nothing (see
-    :mod:`snncc.files`); it is checked before any work."""
+    :mod:`snncc.files`); it is checked before any work. ``dtype``: the arithmetic of targets
+    that take one (onnx): ``"float64"`` (the default; spikes exactly as the simulator's) or
+    ``"float32"`` (faster; may flip spikes within float32 rounding of a threshold).
+    ``nir_compat`` (nir): write for a consumer's importer ('snntorch', 'norse', 'nir-1.0.4';
+    comma-separated), refusing what it would misread (docs/nir.md)."""
     from .pipeline import for_target
     from .targets import get_target
 
     tgt = get_target(target)
-    options = {"strict": True} if strict_nir else {}
-    unknown = sorted(set(options) - tgt.options)
-    if unknown:
-        raise SnnccError(f"option(s) {unknown} do not apply to target '{target}'")
+    options = emit_options(tgt, strict_nir=strict_nir, dtype=dtype, nir_compat=nir_compat)
     path = artifact_path(tgt, out)
     tgt.check_output(path)
     loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
@@ -146,10 +154,38 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
         raise SnnccError(f"target '{tgt.name}' has no hardware design rules to check")
     written = tgt.emit(graph, path, **options)
     log(f"compiled {graph.name} ({len(graph)} nodes, {graph.param_count():,} parameters, "
-        f"T={graph.meta.get('T')}) for target '{tgt.name}' -> {written}")
+        f"T={graph.meta.get('T')}) for target '{tgt.name}'"
+        + (f" in {options['dtype']}" if "dtype" in options else "") + f" -> {written}")
     if pm.passes:
         log(f"passes: {', '.join(pm.passes)}")
     return written
+
+
+def emit_options(tgt, *, strict_nir: bool = False, dtype: str | None = None,
+                 nir_compat: str | None = None) -> dict:
+    """The emitter options of :func:`compile` for target ``tgt``, refused when they do not
+    apply; a target that takes a ``dtype`` gets the default, float64, unless told."""
+    from .targets import all_targets
+
+    options = {"strict": True} if strict_nir else {}
+    if nir_compat:
+        options["compat"] = nir_compat
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise SnnccError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+        if "dtype" not in tgt.options:
+            takes = sorted(t.name for t in all_targets().values() if "dtype" in t.options)
+            raise SnnccError(f"dtype (--dtype) does not apply to target '{tgt.name}'; targets "
+                             f"that take it: {', '.join(takes)} (the simulator's arithmetic is "
+                             "chosen when it runs)")
+    if "dtype" in tgt.options:
+        options["dtype"] = dtype or DTYPES[0]
+    unknown = sorted(set(options) - tgt.options)
+    if unknown:
+        flags = {"strict": "--strict-nir / strict_nir", "compat": "--nir-compat / nir_compat"}
+        raise SnnccError(f"{', '.join(flags.get(k, k) for k in unknown)} do(es) not apply to "
+                         f"target '{tgt.name}'")
+    return options
 
 
 def to_ir_layout(graph: Graph, x) -> np.ndarray:
@@ -224,12 +260,67 @@ def check_dataset(model, dataset: str, example_input=None, *, target: str = "sim
                   checkpoint_every=checkpoint_every, progress=progress)
 
 
-def run(artifact: str | Path, inputs, *, target: str | None = None, T: int | None = None):
+def run(artifact: str | Path, inputs, *, target: str | None = None, T: int | None = None,
+        sequence: bool | None = None):
     """Run an artifact written by :func:`compile` on ``inputs`` (IR layout); returns the output
-    array (a dict by output name when the model has several)."""
+    array (a dict by output name when the model has several). A model whose output is one
+    value per time step (it returned ``[T, B, ...]``, ``[B, T, ...]`` or ``[T*B, ...]``; the
+    artifact records it) gives the whole sequence ``[T, B, ...]`` (IR layout); any other the
+    value at the last step ``[B, ...]``. ``sequence=True`` / ``False`` asks for one or the
+    other."""
+    outputs = run_outputs(artifact, inputs, target=target, T=T, sequence=sequence)[0]
+    return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+
+def run_outputs(artifact: str | Path, inputs, *, target: str | None = None,
+                T: int | None = None, sequence: bool | None = None):
+    """:func:`run`'s work: ``(outputs by name, target, whether they are sequences)``."""
     from .targets import get_target, target_of
 
     artifact = Path(artifact)
     tgt = get_target(target) if target else target_of(artifact)
-    outputs, _ = tgt.run(artifact, _numpy(inputs), T)
-    return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+    outputs, traces = tgt.run(artifact, _numpy(inputs), T)
+    if sequence is None:
+        sequence = _artifact_meta(tgt, artifact).get("output_layout") in PER_STEP_LAYOUTS
+        if sequence and not all(k in traces for k in outputs):
+            from .limits import warn
+
+            warn(f"{artifact}: the model's output is one value per time step, but target "
+                 f"'{tgt.name}' gives only the last step's; writing that")
+            sequence = False
+    if sequence:
+        missing = [k for k in outputs if k not in traces]
+        if missing:
+            raise SnnccError(f"target '{tgt.name}' does not give the whole output sequence of "
+                             f"{artifact} (output(s) {missing}); only the last step")
+        outputs = {k: traces[k] for k in outputs}
+    return outputs, tgt, bool(sequence)
+
+
+def _artifact_meta(tgt, artifact: Path) -> dict:
+    """The graph metadata (``output_layout`` ...) ``artifact`` records, read without its
+    weights; {} where it records none (lava) or cannot be read (the runner has said why)."""
+    import json
+    import zipfile
+
+    try:
+        if tgt.name == "onnx":
+            from snncc.backends.onnx.runner import read_metadata
+
+            return {"output_layout": read_metadata(artifact).get("snncc.output_layout")}
+        if tgt.name == "sim":
+            from .serialize import HEADER, _members, _read_member
+
+            with zipfile.ZipFile(artifact) as zf:
+                header = json.loads(bytes(_read_member(artifact, zf,
+                                                       _members(artifact, zf)[HEADER])).decode())
+            return dict(header.get("meta") or {})
+        if tgt.name == "nir":
+            import h5py
+
+            with h5py.File(artifact, "r") as f:
+                raw = f["node/metadata"]["snncc.meta"][()]
+            return dict(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, SnnccError):
+        pass
+    return {}

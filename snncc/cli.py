@@ -143,6 +143,10 @@ def compile(
     trust_checkpoint: bool = TRUST,
     strict_nir: bool = typer.Option(False, "--strict-nir",
                                     help="nir: refuse graphs that need snncc extension nodes"),
+    nir_compat: Optional[str] = typer.Option(None, "--nir-compat",
+                                             help="nir: write for a consumer's importer "
+                                                  "(snntorch, norse, nir-1.0.4; comma-separated), "
+                                                  "refusing what it would misread"),
     fixed_point: bool = typer.Option(False, "--fixed-point",
                                      help="quantize for Loihi 2 (sim, lava) and run it in "
                                           "fixed-point arithmetic"),
@@ -154,18 +158,26 @@ def compile(
     strict_hardware: bool = typer.Option(False, "--strict-hardware",
                                          help="fail, before writing anything, when the target "
                                               "hardware's design-rule check finds violations"),
+    dtype: Optional[str] = typer.Option(None, "--dtype",
+                                        help="onnx: float64 (default; spikes exactly as the "
+                                             "simulator's) or float32 (faster; may flip spikes "
+                                             "within float32 rounding of a threshold)"),
 ):
     """Compile a model into a target artifact."""
     from . import api
     from .targets import get_target
 
-    get_target(target).check_output(api.artifact_path(get_target(target), out))
+    tgt = get_target(target)
+    api.emit_options(tgt, strict_nir=strict_nir, dtype=dtype,
+                     nir_compat=nir_compat)  # refused before any work
+    tgt.check_output(api.artifact_path(tgt, out))
     loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
                      arch_option, nir_dialect, nir_dt)
     api.compile(loaded.graph, target=target, out=out, passes=_split(passes),
                 fixed_point=fixed_point, calibrate=_calibration(calibrate),
                 strict_nir=strict_nir, strict_hardware=strict_hardware,
-                print_ir_after=set(print_ir_after), dump_ir=dump_ir, log=_out)
+                print_ir_after=set(print_ir_after), dump_ir=dump_ir, dtype=dtype,
+                nir_compat=nir_compat, log=_out)
 
 
 @app.command()
@@ -262,7 +274,11 @@ def check(
     if report.min_agreement < min_agreement:
         raise ParityError(f"spike agreement {report.min_agreement:.6f} is below "
                           f"--min-agreement {min_agreement} (first divergent layer: "
-                          f"{report.first_divergent_target or report.first_divergent_sim})")
+                          f"{report.first_divergent_target or report.first_divergent_sim})"
+                          + (f"; the {report.target} artifact computes in float32 (compile "
+                             f"with --dtype float64 for exact spikes, or accept its rounding "
+                             f"with a lower --min-agreement)"
+                             if report.target_less_precise else ""))
 
 
 def _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, passes,
@@ -491,19 +507,25 @@ def run(
     target: str = typer.Option("", "--target", help="artifact's target (default: told by "
                                                      "the artifact)"),
     T: Optional[int] = typer.Option(None, "--T", min=1, help="time steps (default: the artifact's)"),
+    sequence: Optional[bool] = typer.Option(None, "--sequence/--last-step",
+                                            help="write every step's output [T, B, ...] or the "
+                                                 "last step's [B, ...] (default: the sequence "
+                                                 "when the model's output is per step)"),
 ):
-    """Run a compiled artifact on inputs and write its outputs (.npy)."""
+    """Run a compiled artifact on inputs and write its outputs (.npy): the whole sequence
+    [T, B, ...] when the model's output is one value per time step, else the last step's."""
     import numpy as np
 
+    from . import api
     from .files import NPY, atomic_write, check_replaceable_file, load_array
-    from .targets import get_target, target_of
 
     check_replaceable_file(out, NPY)
-    tgt = get_target(target) if target else target_of(artifact)
-    outputs, _ = tgt.run(artifact, load_array(inputs), T)
+    outputs, tgt, is_seq = api.run_outputs(artifact, load_array(inputs), target=target or None,
+                                           T=T, sequence=sequence)
     (value,) = outputs.values() if len(outputs) == 1 else (np.stack(list(outputs.values())),)
     atomic_write(out, lambda f: np.save(f, np.asarray(value)), replaces=NPY)
-    _out(f"ran {artifact} on target '{tgt.name}' -> {out} (shape {tuple(np.shape(value))})")
+    _out(f"ran {artifact} on target '{tgt.name}' -> {out} (shape {tuple(np.shape(value))}"
+         f"{', every time step' if is_seq else ''})")
 
 
 class _Terminated(BaseException):

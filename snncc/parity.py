@@ -48,6 +48,12 @@ class ParityReport:
     activity_cosine_target: float
     lossy: bool = False  # compiled with a lossy pass (quantization): judge simulator vs target
     accuracy: dict[str, float] = field(default_factory=dict)
+    target_dtype: str = ""  # the arithmetic of the target's run, as its outputs came back
+
+    @property
+    def target_less_precise(self) -> bool:
+        """The target ran in float32 while the reference and the simulator ran in float64."""
+        return self.target_dtype == "float32" and self.dtype == "float64"
 
     @property
     def min_agreement(self) -> float:
@@ -59,14 +65,17 @@ class ParityReport:
                             for r in self.layers])
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "min_agreement": self.min_agreement}
+        return {**asdict(self), "min_agreement": self.min_agreement,
+                "target_mismatch_rate": self.target_mismatch_rate}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     def format(self) -> str:
         head = (f"parity: {self.reference} vs simulator vs {self.target}  "
-                f"(T={self.T}, batch={self.batch}, {self.dtype})")
+                f"(T={self.T}, batch={self.batch}, {self.dtype}"
+                + (f"; {self.target} in {self.target_dtype}"
+                   if self.target_dtype and self.target_dtype != self.dtype else "") + ")")
         cols = (f"{'layer':<36} {'neurons':>8} {'agree sim':>10} {'agree ' + self.target:>12} "
                 f"{'sim=' + self.target:>10} {'rate ref':>9} {'rate sim':>9} {'rate tgt':>9}")
         lines = [head + ("  [lossy: quantized]" if self.lossy else ""), cols]
@@ -84,7 +93,19 @@ class ParityReport:
         ]
         if self.accuracy:
             lines.append("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
+        if self.target_less_precise:
+            lines.append(f"note: the {self.target} artifact computes in float32: spikes whose "
+                         f"membrane lies within float32 rounding of the threshold may flip "
+                         f"(mismatch rate {self.target_mismatch_rate:.3g} of all neuron-steps "
+                         f"checked; compile with --dtype float64 for exact parity)")
         return "\n".join(lines)
+
+    @property
+    def target_mismatch_rate(self) -> float:
+        """The fraction of neuron outputs (all layers, steps, samples) where the target differs
+        from the reference."""
+        n = sum(r.neurons for r in self.layers)
+        return sum(r.neurons * (1 - r.agreement_target) for r in self.layers) / n if n else 0.0
 
 
 def random_inputs(graph: Graph, batch: int, T: int, seed: int) -> np.ndarray:
@@ -287,6 +308,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         tgt_outputs, tgt_traces = tgt.run(artifact, x, T)
         seconds["target"] = time.perf_counter() - start
     sim_out, tgt_out = (first_output(compiled, o) for o in (sim.outputs, tgt_outputs))
+    target_dtype = str(tgt_out.dtype) if tgt_out.dtype.kind == "f" else ""
     if details is not None:
         details.update(reference=reference, compiled=compiled, seconds=seconds,
                        outputs={"reference": np.asarray(ref_out), "simulator": sim_out,
@@ -317,7 +339,8 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         output_max_abs_diff_target=float(np.max(np.abs(np.asarray(tgt_out) - ref_out))),
         activity_cosine_sim=_cosine(ref, sim_n, names),
         activity_cosine_target=_cosine(ref, tgt_traces, names),
-        lossy=any(available_passes()[p].lossy for p in compiled.meta.get("passes", [])))
+        lossy=any(available_passes()[p].lossy for p in compiled.meta.get("passes", [])),
+        target_dtype=target_dtype)
     if labels is not None:
         labels = np.asarray(labels).ravel()
         for key, out in (("reference", ref_out), ("simulator", sim_out), (tgt.name, tgt_out)):

@@ -6,6 +6,9 @@ documented equations give (computed here with numpy, independently of snncc.neur
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import nir
 import numpy as np
 import pytest
@@ -22,9 +25,9 @@ from test_onnx_backend import GRAPHS, SEEDS, T, make_inputs
 DT = 1e-4
 
 EXTENSIONS = {
-    "conv": {"bn1", "pool1", "pad", "bn2", "lif2", "mean"},
+    "conv": {"bn1", "pad", "bn2", "lif2"},  # pool1 (max of spikes), mean: standard
     "attention": {"q_bn", "k_bn", "v_bn", "q_heads", "k_heads", "v_heads", "q_t", "k_t", "v_t",
-                  "k_T", "kv", "qkv", "gate", "merge_t", "tok_sum", "head_mean", "cat"},
+                  "k_T", "kv", "qkv", "gate", "merge_t", "tok_sum", "cat"},  # head_mean: standard
     "recurrent": set(),
 }
 
@@ -254,3 +257,143 @@ def test_target_runner(written):
     ref = simulate(g, x, record=True)
     np.testing.assert_array_equal(outputs["y"], ref.outputs["y"])
     np.testing.assert_array_equal(traces["lif"], ref.trace["lif"])
+
+
+# ----------------------------------------------------------------------------- real conv nets
+
+
+def _conv_nets():
+    """The conv-BN-LIF-conv-BN-LIF-maxpool-linear-IF net of examples/compile_your_model.py
+    (firing rate over T as output) and an avg-pool variant, traced and run through the nir
+    target's default passes (BN folded into thresholds)."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron
+    from torch import nn
+
+    import snncc
+    from snncc.pipeline import for_target
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from compile_your_model import ConvSNN, pretend_trained
+
+    class AvgSNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                layer.Conv2d(2, 8, 3, padding=1, bias=False), layer.BatchNorm2d(8),
+                neuron.LIFNode(tau=2.0), layer.AvgPool2d(2), layer.Flatten())
+            self.head = nn.Sequential(layer.Linear(8 * 8 * 8, 10), neuron.IFNode(v_threshold=0.5))
+            functional.set_step_mode(self, "m")
+
+        def forward(self, x):
+            return self.head(self.features(x)).mean(0)
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 2, 16, 16)
+    out = {}
+    for name, model in (("maxpool", ConvSNN()), ("avgpool", AvgSNN())):
+        g = for_target("nir", None).run(snncc.trace(pretend_trained(model), x, T=4))
+        out[name] = g, x.numpy().astype(np.float64)
+    return out
+
+
+@pytest.fixture(scope="module")
+def conv_nets():
+    return _conv_nets()
+
+
+@pytest.mark.parametrize("name", ["maxpool", "avgpool"])
+def test_strict_nir_accepts_spiking_conv_nets(conv_nets, name, tmp_path):
+    """--strict-nir writes the example's conv net (max-pool of spikes as SumPool2d + Threshold,
+    the mean over T as I + Scale(1/T)) and its avg-pool variant in standard NIR only; plain
+    nir.read type-checks them; snncc reads back the same ops and the same spikes."""
+    from snncc.frontends.nir_reader import read_nir
+
+    g, x = conv_nets[name]
+    path = get_target("nir").emit(g, tmp_path / f"{name}.nir", strict=True)
+    loaded = nir.read(path)  # NIR's own type inference and checks
+    kinds = sorted(type(v).__name__ for v in loaded.nodes.values())
+    pool = ["SumPool2d", "Threshold"] if name == "maxpool" else ["AvgPool2d"]
+    lifs = ["LIF", "LIF"] if name == "maxpool" else ["LIF"]
+    assert kinds == sorted(["Input", "Output", "Flatten", "Affine", "IF", "I", "Scale", *pool,
+                            *lifs, *(["Conv2d"] * len(lifs))])
+    back = read_nir(path)
+    assert [n.op for n in back.topological_order()] == [n.op for n in g.topological_order()]
+    for dtype in ("float64", "float32"):
+        a, b = simulate(g, x, record=True, dtype=dtype), simulate(back, x, record=True,
+                                                                 dtype=dtype)
+        for n in g.of_type(ir.Neuron):
+            assert 0.02 < a.trace[n.name].mean() < 0.98, n.name
+            np.testing.assert_array_equal(b.trace[n.name], a.trace[n.name], err_msg=n.name)
+        np.testing.assert_array_equal(b.outputs["output"], a.outputs["output"])
+
+
+@pytest.mark.parametrize("name", ["maxpool", "avgpool"])
+def test_standard_meaning_of_conv_nets_without_snncc_metadata(conv_nets, name, tmp_path):
+    """What a plain NIR consumer computes: the file with every node's metadata removed
+    (--nir-compat nir-1.0.4 also drops v_reset, all 0) read by snncc as standard NIR: the
+    SumPool2d + Threshold and the I + Scale(1/T) give the same spikes and, at T = 4 (1/T
+    exact), the same output at the last step."""
+    from snncc.frontends.nir_reader import read_nir
+
+    g, x = conv_nets[name]
+    path = get_target("nir").emit(g, tmp_path / f"{name}.nir", strict=True, compat="nir-1.0.4")
+    back = read_nir(path)
+    ops = {n.op for n in back.nodes.values()}
+    assert "Readout" not in ops and "MaxPool2d" not in ops
+    a, b = simulate(g, x, record=True), simulate(back, x, record=True)
+    for n in g.of_type(ir.Neuron):
+        np.testing.assert_array_equal(b.trace[n.name], a.trace[n.name], err_msg=n.name)
+    np.testing.assert_array_equal(b.outputs["output"], a.outputs["output"])
+
+
+def test_maxpool_of_real_values_and_unknown_T_stay_extensions(conv_nets, tmp_path):
+    from snncc.backends.nir.writer import to_nir_graph
+
+    g, _ = conv_nets["maxpool"]
+    del g.meta["T"]
+    try:
+        with pytest.raises(UnsupportedError, match=r"mean \(Readout.*T unknown"):
+            to_nir_graph(g, strict=True)
+    finally:
+        g.meta["T"] = 4
+    real = ir.MaxPool2d("mp", ("x",), kernel_size=(2, 2), stride=(2, 2))
+    from snncc.graph import Graph
+
+    h = Graph("h", {"T": 2})
+    h.add(ir.Input("x", input_shape=(1, 4, 4)))
+    h.add(real)
+    h.add(ir.Output("y", ("mp",)))
+    with pytest.raises(UnsupportedError, match="mp .*non-spike"):
+        to_nir_graph(h, strict=True)
+
+
+# ----------------------------------------------------------------------------- NIR 1.0.4
+
+NIR104 = Path(os.environ.get("SNNCC_NIR104_VENV",
+                             Path(__file__).resolve().parents[1] / ".venv" / "nir104"))
+
+
+@pytest.mark.skipif(not (NIR104 / "bin" / "python").exists(),
+                    reason="no nir==1.0.4 environment (run scripts/nir104_env.sh)")
+@pytest.mark.parametrize("name", ["maxpool", "avgpool"])
+def test_nir_1_0_4_reads_compat_files(conv_nets, name, tmp_path):
+    """`--nir-compat nir-1.0.4` files load with nir 1.0.4's own nir.read (the version sinabs
+    pins), in a separate environment without torch; the default file does not."""
+    import subprocess
+
+    g, _ = conv_nets[name]
+    compat = get_target("nir").emit(g, tmp_path / "compat.nir", compat="nir-1.0.4")
+    plain = get_target("nir").emit(g, tmp_path / "plain.nir")
+    script = ("import sys, nir; g = nir.read(sys.argv[1]); "
+              "print(nir.version, sorted(type(v).__name__ for v in g.nodes.values()), "
+              "g.metadata.get('dt'))")
+    run = [str(NIR104 / "bin" / "python"), "-c", script]
+    ok = subprocess.run([*run, str(compat)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("1.0.4 [") and "LIF" in ok.stdout and "0.0001" in ok.stdout
+    bad = subprocess.run([*run, str(plain)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "unexpected keyword argument" in bad.stderr

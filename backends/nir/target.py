@@ -6,7 +6,8 @@ from snncc.targets import Target, register_target
 TARGET = register_target(Target(
     name="nir",
     description="Neuromorphic Intermediate Representation (.nir via nir.write); ops NIR lacks "
-                "become snncc extension subgraphs, refused with strict=True (--strict-nir)",
+                "become snncc extension subgraphs, refused with strict=True (--strict-nir); "
+                "compat= (--nir-compat) writes for snntorch, norse or nir-1.0.4",
     ops=frozenset(ir.NODE_TYPES),
     cmps=frozenset({">=", ">"}),
     resets=frozenset({"hard", "soft"}),
@@ -16,6 +17,6 @@ TARGET = register_target(Target(
     emitter=f"{__package__}.writer:emit_nir",
     suffix=".nir",
     replaces=f"{__package__}.writer:WRITTEN_BY_SNNCC",
-    options=frozenset({"strict"}),
+    options=frozenset({"strict", "compat"}),
     runner=f"{__package__}.runner:run_nir",
 ))

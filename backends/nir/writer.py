@@ -15,7 +15,12 @@ Standard mappings (dt from the graph's metadata, default 1e-4; docs/nir.md has t
   '>=' becomes NIR's '>' with ``v_threshold = next_below(theta)`` (float64). The exact
   canonical parameters ride along in metadata (``snncc.alpha``, ``snncc.gamma``,
   ``snncc.beta``, ``snncc.theta``, ``snncc.cmp``) so snncc's reader restores them bit for bit.
+* MaxPool2d of spikes -> SumPool2d -> Threshold(0.5); Readout (T known) -> I(r=1) ->
+  Scale(1/T); Mean over (H, W) -> AvgPool2d (-> Flatten): two NIR nodes for one IR op are
+  marked ``snncc.op`` ("X:sum" / "X:pool", then "X") so snncc's reader restores the op.
 * Everything else (and neurons NIR cannot express) -> an extension subgraph.
+* ``compat`` (``--nir-compat``): rewrites for a consumer's importer (norse, snntorch) or for
+  NIR 1.0.4, refusing what that consumer would still misread (docs/nir.md).
 """
 
 from __future__ import annotations
@@ -34,13 +39,49 @@ from snncc.errors import UnsupportedError
 from snncc.files import Ours, atomic_write
 from snncc.graph import Graph
 
-from .extensions import PATH, check_nir_types, encode, meta_array, nir_name
+from .extensions import (PATH, check_nir_types, encode, ir_name, is_extension, meta_array,
+                         nir_name, text)
 
 NEURON_META = ("alpha", "gamma", "beta", "theta")
 
 
 class _NonStandard(Exception):
     """Raised by a converter: the node needs an extension subgraph (the message says why)."""
+
+
+#: ``compat`` values of :func:`emit_nir` (docs/nir.md, "Consumers of snncc's files"):
+#: ``snntorch`` and ``norse`` rewrite what that framework's importer misreads into a standard
+#: form it reads correctly, ``nir-1.0.4`` writes what NIR 1.0.4 (and so sinabs) can read.
+COMPAT = ("snntorch", "norse", "nir-1.0.4")
+
+
+def parse_compat(compat) -> frozenset[str]:
+    """``compat`` (None, one name, a comma-separated string or a list) as a set of names."""
+    if compat is None:
+        return frozenset()
+    items = compat.split(",") if isinstance(compat, str) else list(compat)
+    names = frozenset(str(c).strip().lower() for c in items if str(c).strip())
+    names = frozenset("nir-1.0.4" if c in ("1.0.4", "nir1.0.4", "nir==1.0.4") else c
+                      for c in names)
+    unknown = sorted(names - set(COMPAT))
+    if unknown:
+        raise UnsupportedError(f"--nir-compat: unknown consumer(s) {unknown}; known: "
+                               f"{', '.join(COMPAT)}")
+    return names
+
+
+class _Ctx:
+    """What every converter may need: the time step, the consumers to write for, T, and
+    weights rescaled by a fold (norse's AvgPool2d as SumPool2d, its 1/k in the next layer)."""
+
+    def __init__(self, dt: float, compat: frozenset, T: int | None):
+        self.dt, self.compat, self.T = dt, compat, T
+        self.weight_scale: dict[str, float] = {}  # layer -> factor on its weights
+        self.sum_pools: set[str] = set()  # AvgPool2d written as SumPool2d
+
+    @property
+    def float32_consumer(self) -> bool:
+        return bool(self.compat & {"snntorch", "norse"})
 
 
 def _full(a, shape) -> np.ndarray:
@@ -54,12 +95,12 @@ def _shape(shape) -> np.ndarray:
 # ----------------------------------------------------------------------------- converters
 
 
-def _input(n: ir.Input, g: Graph, dt: float):
+def _input(n: ir.Input, g: Graph, w: _Ctx):
     return nir.Input(_shape(n.input_shape),
                      metadata={"snncc.static": n.static, "snncc.kind": n.input_kind.value})
 
 
-def _output(n: ir.Output, g: Graph, dt: float):
+def _output(n: ir.Output, g: Graph, w: _Ctx):
     return nir.Output(_shape(n.shape))
 
 
@@ -69,31 +110,79 @@ def _is_sum_pool(n: ir.Conv2d) -> bool:
             and n.dilation == (1, 1) and bool(np.all(n.weight == 1.0)))
 
 
-def _conv(n: ir.Conv2d, g: Graph, dt: float):
+def _conv(n: ir.Conv2d, g: Graph, w: _Ctx):
     in_shape = g[n.inputs[0]].shape
     if _is_sum_pool(n):
         return nir.SumPool2d(kernel_size=np.array(n.weight.shape[2:]), stride=np.array(n.stride),
                              padding=np.array(n.padding))
     bias = n.bias if n.bias is not None else np.zeros(n.weight.shape[0])
+    weight = n.weight * w.weight_scale.get(n.name, 1.0)
     if n.op == "Conv1d":
-        return nir.Conv1d(input_shape=in_shape[1], weight=n.weight, stride=n.stride[0],
+        return nir.Conv1d(input_shape=in_shape[1], weight=weight, stride=n.stride[0],
                           padding=n.padding[0], dilation=n.dilation[0], groups=n.groups,
                           bias=bias)
-    return nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=n.weight, stride=n.stride,
+    return nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=weight, stride=n.stride,
                       padding=n.padding, dilation=n.dilation, groups=n.groups, bias=bias)
 
 
-def _linear(n: ir.Linear, g: Graph, dt: float):
+def _linear(n: ir.Linear, g: Graph, w: _Ctx):
     lead = n.shape[:-1]
-    w = np.broadcast_to(n.weight, (*lead, *n.weight.shape)).copy() if lead else n.weight
+    weight = n.weight * w.weight_scale.get(n.name, 1.0)
+    weight = np.broadcast_to(weight, (*lead, *weight.shape)).copy() if lead else weight
     if n.bias is None:
-        return nir.Linear(weight=w)
-    return nir.Affine(weight=w, bias=_full(n.bias, n.shape))
+        return nir.Linear(weight=weight)
+    return nir.Affine(weight=weight, bias=_full(n.bias, n.shape))
 
 
-def _avgpool(n: ir.AvgPool2d, g: Graph, dt: float):
+def _avgpool(n: ir.AvgPool2d, g: Graph, w: _Ctx):
+    if n.name in w.sum_pools:  # compat norse: the 1/k is in the next layer's weights
+        return nir.SumPool2d(kernel_size=np.array(n.kernel_size), stride=np.array(n.stride),
+                             padding=np.array(n.padding), metadata={"snncc.op": "AvgPool2d"})
     return nir.AvgPool2d(kernel_size=np.array(n.kernel_size), stride=np.array(n.stride),
                          padding=np.array(n.padding))
+
+
+def _maxpool(n: ir.MaxPool2d, g: Graph, w: _Ctx):
+    """Max-pooling of spikes (0/1) is an OR: the window's count is > 0. SumPool2d then a
+    Threshold at 0.5 (stateless, fires on count > 0.5) is exact. Of real values there is no
+    standard form (NIR has no max)."""
+    if g[n.inputs[0]].kind is not ir.Kind.SPIKE:
+        raise _NonStandard("max-pooling of non-spike values (NIR has no max; of spikes it is "
+                           "SumPool2d + Threshold)")
+    if n.dilation != (1, 1) or n.ceil_mode:
+        raise _NonStandard("max-pooling with dilation or ceil_mode (NIR's SumPool2d has "
+                           "neither)")
+    return [(":sum", nir.SumPool2d(kernel_size=np.array(n.kernel_size), stride=np.array(n.stride),
+                                   padding=np.array(n.padding),
+                                   metadata={"snncc.op": "MaxPool2d:sum"})),
+            ("", nir.Threshold(np.full(n.shape, 0.5), metadata={"snncc.op": "MaxPool2d"}))]
+
+
+def _readout(n: ir.Readout, g: Graph, w: _Ctx):
+    """The mean over time read at the last step, y[T-1] = (x[0] + ... + x[T-1]) / T: an
+    integrator I (r = 1, one addition per step) then Scale(1/T). Equal to the running mean at
+    t = T-1 only (earlier steps give the partial sum / T): NIR has no time-varying factor."""
+    if w.T is None:
+        raise _NonStandard("a mean over time with T unknown (the standard form divides by T)")
+    return [(":sum", nir.I(np.ones(n.shape), metadata={"snncc.op": "Readout:sum"})),
+            ("", nir.Scale(np.full(n.shape, 1.0 / w.T),
+                           metadata={"snncc.op": "Readout", "snncc.T": int(w.T)}))]
+
+
+def _mean(n: ir.Mean, g: Graph, w: _Ctx):
+    """A mean over the two spatial axes of (C, H, W) (global average pooling): AvgPool2d with
+    the whole plane as its kernel, then a Flatten of (C, 1, 1) when keepdim is False."""
+    s = g[n.inputs[0]].shape
+    if len(s) != 3 or {a % 3 for a in n.axes} != {1, 2} or len(n.axes) != 2:
+        raise _NonStandard("a mean over axes other than the spatial ones of (C, H, W)")
+    pool = nir.AvgPool2d(kernel_size=np.array(s[1:]), stride=np.array(s[1:]),
+                         padding=np.array([0, 0]), metadata={"snncc.op": "Mean"})
+    if n.keepdim:
+        return pool
+    pool.metadata["snncc.op"] = "Mean:pool"
+    return [(":pool", pool),
+            ("", nir.Flatten(input_type={"input": _shape((s[0], 1, 1))}, start_dim=0,
+                             end_dim=-1, metadata={"snncc.op": "Mean"}))]
 
 
 def _flatten_range(in_shape: tuple, out_shape: tuple) -> tuple[int, int] | None:
@@ -106,7 +195,7 @@ def _flatten_range(in_shape: tuple, out_shape: tuple) -> tuple[int, int] | None:
     return None
 
 
-def _flatten(n: ir.Node, g: Graph, dt: float):
+def _flatten(n: ir.Node, g: Graph, w: _Ctx):
     in_shape = g[n.inputs[0]].shape
     rng = _flatten_range(in_shape, n.shape)
     if rng is None:
@@ -116,7 +205,7 @@ def _flatten(n: ir.Node, g: Graph, dt: float):
                        end_dim=-1 if end == len(in_shape) - 1 else end)
 
 
-def _add(n: ir.Add, g: Graph, dt: float):
+def _add(n: ir.Add, g: Graph, w: _Ctx):
     if any(g[i].shape != n.shape for i in n.inputs):
         raise _NonStandard("inputs of different shapes (broadcasting)")
     if len(set(n.inputs)) != len(n.inputs):
@@ -124,37 +213,48 @@ def _add(n: ir.Add, g: Graph, dt: float):
     return nir.Scale(np.ones(n.shape), metadata={"snncc.op": "Add"})
 
 
-def _scale(n: ir.Scale, g: Graph, dt: float):
+def _scale(n: ir.Scale, g: Graph, w: _Ctx):
     return nir.Scale(_full(n.factor, n.shape))
 
 
-def _delay(n: ir.Delay, g: Graph, dt: float):
-    return nir.Delay(np.full(n.shape, n.steps * dt))
+def _delay(n: ir.Delay, g: Graph, w: _Ctx):
+    return nir.Delay(np.full(n.shape, n.steps * w.dt))
 
 
-def _neuron(n: ir.Neuron, g: Graph, dt: float):
+def _neuron(n: ir.Neuron, g: Graph, w: _Ctx):
     if n.reset != nrn.RESET_HARD:
         raise _NonStandard("soft reset (NIR neurons reset to v_reset)")
     if np.any(n.v_init != 0):
         raise _NonStandard("v_init != 0 (NIR neurons start at 0)")
     p = {a: _full(getattr(n, a), n.shape) for a in ("alpha", "gamma", "beta", "v_reset")}
-    theta = _full(nrn.strict_threshold(n.theta, n.cmp), n.shape)
+    # a float32 consumer (snnTorch, norse) rounds a float64 threshold: give it float32's own
+    # strict equivalent of what snncc's float32 simulation computes (theta rounded to float32)
+    theta = _full(nrn.strict_threshold(np.asarray(n.theta, dtype=np.float32), n.cmp,
+                                       np.float32) if w.float32_consumer
+                  else nrn.strict_threshold(n.theta, n.cmp), n.shape)
     meta = {f"snncc.{a}": meta_array(getattr(n, a)) for a in NEURON_META}
     meta["snncc.cmp"] = n.cmp
     if np.all(p["alpha"] == 1.0):
         if np.any(p["beta"] != 0):
             raise _NonStandard("no leak but a constant input beta (NIR's IF has no bias)")
+        if "snntorch" in w.compat:
+            # snnTorch's importer reads IF as Leaky(beta=0.9); an LIF whose leak rounds to 1
+            # (tau = dt 2^60, r = tau/dt: beta = 1 - 2^-60 == 1.0) is its Leaky(beta=1), an IF
+            tau = _full(w.dt * 2.0 ** 60, n.shape)
+            return nir.LIF(tau=tau, r=p["gamma"] * 2.0 ** 60, v_leak=np.zeros(n.shape),
+                           v_threshold=theta, v_reset=p["v_reset"], metadata=meta)
         return nir.IF(r=p["gamma"], v_threshold=theta, v_reset=p["v_reset"], metadata=meta)
     if not np.all((p["alpha"] >= 0) & (p["alpha"] < 1)):
         raise _NonStandard("alpha outside [0, 1) (or mixed with alpha = 1): no LIF or IF form")
-    tau, r, v_leak = nrn.to_nir(p["alpha"], p["gamma"], p["beta"], dt)
+    tau, r, v_leak = nrn.to_nir(p["alpha"], p["gamma"], p["beta"], w.dt)
     return nir.LIF(tau=tau, r=r, v_leak=v_leak, v_threshold=theta, v_reset=p["v_reset"],
                    metadata=meta)
 
 
 _STANDARD = {
     "Input": _input, "Output": _output, "Conv1d": _conv, "Conv2d": _conv, "Linear": _linear,
-    "AvgPool2d": _avgpool, "Flatten": _flatten, "Reshape": _flatten, "Add": _add,
+    "AvgPool2d": _avgpool, "MaxPool2d": _maxpool, "Readout": _readout, "Mean": _mean,
+    "Flatten": _flatten, "Reshape": _flatten, "Add": _add,
     "Scale": _scale, "Delay": _delay, "Neuron": _neuron,
 }
 
@@ -162,13 +262,14 @@ _STANDARD = {
 # ----------------------------------------------------------------------------- graph
 
 
-def _convert(n: ir.Node, g: Graph, dt: float):
-    """(NIR node, None) for a standard mapping, or (None, why it needs an extension)."""
+def _convert(n: ir.Node, g: Graph, w: _Ctx):
+    """(NIR node or [(name suffix, NIR node), ...] chain, None) for a standard mapping, or
+    (None, why it needs an extension)."""
     fn = _STANDARD.get(n.op)
     if fn is None:
         return None, "no NIR primitive"
     try:
-        return fn(n, g, dt), None
+        return fn(n, g, w), None
     except _NonStandard as e:
         return None, str(e)
 
@@ -177,40 +278,174 @@ def _jsonable(v):
     return v.item() if isinstance(v, np.generic) else str(v)
 
 
-def to_nir_graph(graph: Graph, dt: float | None = None, strict: bool = False) -> nir.NIRGraph:
+def _where(n: ir.Node) -> str:
+    return f"{n.name} ({n.op}{', ' + n.path if n.path else ''})"
+
+
+def _fold_sum_pools(graph: Graph, w: _Ctx) -> list[str]:
+    """compat norse: norse's importer drops AvgPool2d (and Scale) without a word but reads
+    SumPool2d. An AvgPool2d whose output goes only into one Conv2d or Linear (through a
+    flatten or not) becomes a SumPool2d with 1/k multiplied into that layer's weights: exact to
+    the bit when k (the kernel's element count) is a power of two and there is no padding
+    (norse's SumPool2d ignores padding). Returns the pools that cannot be folded, and why."""
+    consumers: dict[str, list[ir.Node]] = {n.name: [] for n in graph.nodes.values()}
+    for n in graph.nodes.values():
+        for i in dict.fromkeys(n.inputs):
+            consumers[i].append(n)
+    refused = []
+    for n in graph.of_type(ir.AvgPool2d):
+        k = int(np.prod(n.kernel_size))
+        nxt = consumers[n.name]
+        if (len(nxt) == 1 and nxt[0].op in ("Flatten", "Reshape")
+                and _flatten_range(graph[nxt[0].inputs[0]].shape, nxt[0].shape) is not None):
+            nxt = consumers[nxt[0].name]
+        if any(n.padding):
+            why = "padding (norse's SumPool2d ignores it)"
+        elif k & (k - 1):
+            why = f"a {k}-element kernel (1/{k} folded into weights is exact only for powers of 2)"
+        elif (len(nxt) != 1 or nxt[0].op not in ("Conv2d", "Linear") or _is_sum_pool(nxt[0])
+              or nxt[0].name in w.weight_scale):
+            why = ("its output does not go into one Conv2d or Linear only (optionally through a "
+                   "Flatten), whose weights could take its 1/k")
+        else:
+            w.sum_pools.add(n.name)
+            w.weight_scale[nxt[0].name] = 1.0 / k
+            continue
+        refused.append(f"{_where(n)}: norse drops AvgPool2d; as SumPool2d: {why}")
+    return refused
+
+
+#: What each consumer's importer reads correctly (snntorch 1.0.0 import_from_nir, norse 1.1.0
+#: from_nir); docs/nir.md, "Consumers of snncc's files".
+_READS = {
+    "snntorch": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "AvgPool2d", "LIF",
+                 "CubaLIF"},
+    "norse": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "SumPool2d", "LIF",
+              "IF", "CubaLIF"},
+}
+
+
+def _consumer_problems(name: str, node, w: _Ctx) -> list[str]:  # noqa: ARG001
+    """Why the compat consumers would misread one written node (empty if they read it)."""
+    kind = "an snncc extension subgraph" if is_extension(node) else type(node).__name__
+    out = []
+    for c in sorted(w.compat & set(_READS)):
+        if kind not in _READS[c]:
+            out.append(f"{c} cannot read {kind}")
+            continue
+        if isinstance(node, (nir.LIF, nir.IF, nir.CubaLIF)) and np.any(node.v_reset != 0):
+            out.append(f"{c} resets to 0, not to v_reset")
+        if isinstance(node, nir.LIF) and c == "snntorch":
+            gain = node.r * w.dt / node.tau
+            if np.any(node.v_leak != 0) or not np.allclose(gain, 1.0, rtol=1e-12):
+                out.append("snntorch reads an LIF with v_leak = 0 and an input gain "
+                           "r dt / tau = 1 only")
+            if np.unique(node.v_threshold).size != 1:
+                out.append("snntorch needs one threshold per layer")
+        if isinstance(node, (nir.LIF, nir.IF)) and c == "norse" and np.any(node.r != 1):
+            out.append("norse ignores r (it reads an LIF's input gain as dt/tau, an IF's as 1)")
+        if isinstance(node, nir.SumPool2d) and c == "norse" and np.any(node.padding != 0):
+            out.append("norse's SumPool2d ignores padding")
+    return list(dict.fromkeys(out))
+
+
+def to_nir_graph(graph: Graph, dt: float | None = None, strict: bool = False,
+                 compat=None) -> nir.NIRGraph:
     """The NIR graph of ``graph``. ``strict``: refuse (UnsupportedError listing every node that
-    would need an extension subgraph, with its module path and the reason) instead."""
+    would need an extension subgraph, with its module path and the reason) instead.
+    ``compat`` (:data:`COMPAT`, several allowed): write for those consumers, refusing with
+    the list of every node they would misread (docs/nir.md)."""
     graph.verify()
     dt = float(dt if dt is not None else graph.meta.get("dt", nrn.DEFAULT_DT))
+    w = _Ctx(dt, parse_compat(compat), graph.meta.get("T"))
+    misread = _fold_sum_pools(graph, w) if "norse" in w.compat else []
+    if "snntorch" in w.compat and dt != nrn.DEFAULT_DT:
+        misread.append(f"dt = {dt:g}: snnTorch's importer assumes dt = {nrn.DEFAULT_DT:g}")
+    taken = {nir_name(n) for n in graph.nodes}
     nodes, edges, refused = {}, [], []
     for n in graph.topological_order():
-        node, why = _convert(n, graph, dt)
+        node, why = _convert(n, graph, w)
         srcs = [nir_name(i) for i in n.inputs]
         if node is None:
-            refused.append(f"{n.name} ({n.op}{', ' + n.path if n.path else ''}): {why}")
+            refused.append(f"{_where(n)}: {why}")
             node = encode(n, [graph[i].shape for i in n.inputs], srcs)
-        elif n.path:
-            node.metadata[PATH] = n.path
-        nodes[nir_name(n.name)] = node
-        edges += [(s, nir_name(n.name)) for s in dict.fromkeys(srcs)]
+        chain = node if isinstance(node, list) else [("", node)]
+        names = []
+        for suffix, part in chain:
+            name = nir_name(n.name + suffix) if suffix else nir_name(n.name)
+            while suffix and name in taken:
+                name += "_"
+            taken.add(name)
+            if n.path and not is_extension(part):
+                part.metadata[PATH] = n.path
+            nodes[name] = part
+            names.append(name)
+            part_of = f" [NIR node {name}]" if suffix else ""
+            misread += [f"{_where(n)}{part_of}: {p}" for p in _consumer_problems(name, part, w)]
+        edges += [(s, names[0]) for s in dict.fromkeys(srcs)]
+        edges += list(zip(names, names[1:]))
     if strict and refused:
         raise UnsupportedError(f"--strict-nir: {len(refused)} node(s) have no standard NIR "
                                "form:\n  " + "\n  ".join(refused))
+    if misread:
+        raise UnsupportedError(f"--nir-compat {','.join(sorted(w.compat))}: {len(misread)} "
+                               "node(s) the consumer would misread:\n  " + "\n  ".join(misread))
+    if "nir-1.0.4" in w.compat:
+        resets = [k for k, v in nodes.items()
+                  if isinstance(v, (nir.LIF, nir.IF, nir.CubaLIF)) and np.any(v.v_reset != 0)]
+        if resets:
+            raise UnsupportedError("--nir-compat nir-1.0.4: NIR 1.0.4's neurons have no "
+                                   f"v_reset; nonzero in {', '.join(map(ir_name, resets))}")
     meta = {"dt": dt, "snncc.name": graph.name,
             "snncc.meta": json.dumps({**graph.meta, "dt": dt}, default=_jsonable)}
     if "T" in graph.meta:
         meta["snncc.T"] = int(graph.meta["T"])
+    if w.compat:
+        meta["snncc.compat"] = ",".join(sorted(w.compat))
     out = nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)
     check_nir_types(out)
     return out
 
 
-def emit_nir(graph: Graph, out, dt: float | None = None, strict: bool = False) -> Path:
-    """The ``nir`` target: write ``graph`` as a ``.nir`` file with ``nir.write`` (atomically)."""
-    g = to_nir_graph(graph, dt, strict)
+def _strip_for_nir_1_0_4(buf: io.BytesIO) -> bytes:
+    """The file without what NIR 1.0.4's reader passes to constructors that do not take it:
+    every non-graph node's ``metadata`` and every ``v_reset`` (all 0, checked). Graph metadata
+    (dt, snncc's marker) stays: NIR 1.0.4's NIRGraph has it."""
+    import h5py
+
+    with h5py.File(buf, "r+") as f:
+        doomed = []
+
+        def visit(name, obj):
+            if not isinstance(obj, h5py.Group) or "type" not in obj:
+                return
+            if text(obj["type"][()]) != "NIRGraph" and "metadata" in obj:
+                doomed.append(f"{name}/metadata")
+            if "v_reset" in obj:
+                doomed.append(f"{name}/v_reset")
+        f["node"].visititems(visit)
+        for d in doomed:
+            del f["node"][d]
+        del f["version"]
+        f.create_dataset("version", data="1.0.4")
+    # copy into a fresh file: deleting from HDF5 leaves the space allocated
+    src, out = io.BytesIO(buf.getvalue()), io.BytesIO()
+    with h5py.File(src, "r") as a, h5py.File(out, "w") as b:
+        for k in a:
+            a.copy(a[k], b, name=k)
+    return out.getvalue()
+
+
+def emit_nir(graph: Graph, out, dt: float | None = None, strict: bool = False,
+             compat=None) -> Path:
+    """The ``nir`` target: write ``graph`` as a ``.nir`` file with ``nir.write`` (atomically).
+    ``compat``: consumers to write for (:data:`COMPAT`; docs/nir.md)."""
+    g = to_nir_graph(graph, dt, strict, compat)
     buf = io.BytesIO()
     nir.write(buf, g)
-    return atomic_write(out, lambda f: f.write(buf.getvalue()), replaces=WRITTEN_BY_SNNCC)
+    data = (_strip_for_nir_1_0_4(buf) if "nir-1.0.4" in parse_compat(compat)
+            else buf.getvalue())
+    return atomic_write(out, lambda f: f.write(data), replaces=WRITTEN_BY_SNNCC)
 
 
 def _written_by_snncc(path: Path) -> bool:

@@ -11,11 +11,15 @@
   batch_axis, init value broadcastable to the shape).
 * **unrolled** (``model.onnx``): the step graph repeated T times with the state wired from
   step to step; inputs ``[T, B, *shape]`` (static inputs ``[B, *shape]``), outputs the model
-  outputs at the last step.
+  outputs at the last step. Each output's value at an earlier step t is the tensor
+  ``t<t>/<output>`` (which :func:`with_traces` exposes).
 
-Both carry ``snncc.form``, ``snncc.T``, ``snncc.dt``, ``snncc.dtype``, ``snncc.inputs`` (name,
-shape, static, kind), ``snncc.outputs`` and ``snncc.neurons`` (the IR neurons, whose spikes
-:func:`with_traces` exposes) in ``metadata_props``. The batch axis is symbolic (``batch``).
+Both carry ``snncc.form``, ``snncc.T``, ``snncc.dt``, ``snncc.dtype`` (the arithmetic of every
+tensor: ``float64``, the default, or ``float32``), ``snncc.inputs`` (name, shape, static, kind),
+``snncc.outputs``, ``snncc.output_layout`` (the traced model's output layout, ``graph.meta
+['output_layout']``: ``TB``, ``BT`` or ``T*B`` for an output per step, ``B`` for one value; ''
+when unknown) and ``snncc.neurons`` (the IR neurons, whose spikes :func:`with_traces` exposes)
+in ``metadata_props``. The batch axis is symbolic (``batch``).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def _metadata(graph: Graph, form: str, T: int | None, dt: float, dtype: str) -> 
         "snncc.form": form, "snncc.T": "" if T is None else str(T), "snncc.dt": repr(float(dt)),
         "snncc.dtype": dtype, "snncc.inputs": json.dumps(inputs),
         "snncc.outputs": json.dumps([n.name for n in graph.outputs]),
+        "snncc.output_layout": str(graph.meta.get("output_layout") or ""),
         "snncc.neurons": json.dumps([n.name for n in graph.of_type(ir.Neuron)]),
     }
 
@@ -91,7 +96,7 @@ def _resolve_dt(graph: Graph, dt: float | None) -> float:
 # ----------------------------------------------------------------------------- step model
 
 
-def build_step_model(graph: Graph, dtype: str = "float32", dt: float | None = None,
+def build_step_model(graph: Graph, dtype: str = "float64", dt: float | None = None,
                      T: int | None = None) -> onnx.ModelProto:
     """The single-step model (see the module docstring)."""
     graph.verify()
@@ -144,7 +149,7 @@ def build_step_model(graph: Graph, dtype: str = "float32", dt: float | None = No
 # ----------------------------------------------------------------------------- unrolled model
 
 
-def build_unrolled_model(graph: Graph, T: int | None = None, dtype: str = "float32",
+def build_unrolled_model(graph: Graph, T: int | None = None, dtype: str = "float64",
                          dt: float | None = None) -> onnx.ModelProto:
     """The model unrolled over T steps (see the module docstring)."""
     graph.verify()
@@ -178,7 +183,7 @@ def build_unrolled_model(graph: Graph, T: int | None = None, dtype: str = "float
                 prev[n.name] = acc
                 b.op("Div", [acc, b.const(f"snncc:steps{t + 1}", t + 1)], out)
             elif isinstance(n, ir.Output) and t < T - 1:
-                out = args[0]  # only the last step's value is a model output
+                b.op("Identity", args, out)  # only the last step's value is a model output
             else:
                 lower(b, n, args, out)
             names[n.name] = out
@@ -220,23 +225,39 @@ def _zeros_factory(b: OnnxBuilder, graph: Graph):
 
 def with_traces(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose every neuron spike tensor (per step in the unrolled form) is
-    also a graph output, for layer-by-layer parity checks."""
+    also a graph output, for layer-by-layer parity checks; in the unrolled form, so is every
+    output's value at the steps before the last (``t<t>/<output>``)."""
     meta = {p.key: p.value for p in model.metadata_props}
     neurons = json.loads(meta["snncc.neurons"])
     steps = [None] if meta["snncc.form"] == "step" else range(int(meta["snncc.T"]))
+    names = [spike_tensor(n, t) for n in neurons for t in steps]
+    if meta["snncc.form"] != "step":
+        names += output_steps(model, meta)
     elem = ELEM[meta["snncc.dtype"]]
     out = onnx.ModelProto()
     out.CopyFrom(model)
     have = {o.name for o in out.graph.output}
-    out.graph.output.extend(helper.make_tensor_value_info(spike_tensor(n, t), elem, None)
-                            for n in neurons for t in steps if spike_tensor(n, t) not in have)
+    out.graph.output.extend(helper.make_tensor_value_info(name, elem, None)
+                            for name in dict.fromkeys(names) if name not in have)
     return out
 
 
-def emit_onnx(graph: Graph, out, T: int | None = None, dtype: str = "float32",
+def output_steps(model: onnx.ModelProto, meta: dict) -> list[str]:
+    """The unrolled model's tensors ``t<t>/<output>``, t < T - 1 (none in a model written
+    before they existed)."""
+    made = {n.output[0] for n in model.graph.node}
+    T = int(meta["snncc.T"])
+    return [f"t{t}/{o}" for o in json.loads(meta["snncc.outputs"]) for t in range(T - 1)
+            if f"t{t}/{o}" in made]
+
+
+def emit_onnx(graph: Graph, out, T: int | None = None, dtype: str = "float64",
               dt: float | None = None, trace: bool = False) -> Path:
     """The ``onnx`` target: write ``model.onnx`` (unrolled over T) and ``model.step.onnx`` into
-    the directory ``out``, atomically. ``trace`` also exposes every neuron's spikes as outputs."""
+    the directory ``out``, atomically. ``dtype``: ``float64`` (the default: spikes exactly as
+    the reference simulator's) or ``float32`` (faster; rounding may flip spikes whose membrane
+    lies within float32 precision of the threshold), recorded as ``snncc.dtype``. ``trace``
+    also exposes every neuron's spikes as outputs."""
     models = {UNROLLED_FILE: build_unrolled_model(graph, T, dtype, dt),
               STEP_FILE: build_step_model(graph, dtype, dt, T)}
     if trace:

@@ -14,13 +14,17 @@ from google.protobuf.message import DecodeError
 from snncc.errors import FormatError, ShapeError, SnnccError
 
 from .builder import NP_DTYPE
-from .models import STEP_FILE, STEP_INDEX, UNROLLED_FILE, spike_tensor, with_traces
+from .models import (STEP_FILE, STEP_INDEX, UNROLLED_FILE, output_steps, spike_tensor,
+                     with_traces)
+
+
+def _file(path_or_dir, form: str) -> Path:
+    path = Path(path_or_dir)
+    return path / (STEP_FILE if form == "step" else UNROLLED_FILE) if path.is_dir() else path
 
 
 def _load(path_or_dir, form: str) -> onnx.ModelProto:
-    path = Path(path_or_dir)
-    if path.is_dir():
-        path = path / (STEP_FILE if form == "step" else UNROLLED_FILE)
+    path = _file(path_or_dir, form)
     try:
         model = onnx.load_model(path)
     except (OSError, ValueError, DecodeError) as e:
@@ -28,6 +32,52 @@ def _load(path_or_dir, form: str) -> onnx.ModelProto:
     if not any(p.key == "snncc.form" for p in model.metadata_props):
         raise FormatError(f"{path}: not an ONNX model written by snncc (no snncc.form metadata)")
     return model
+
+
+def read_metadata(path_or_dir, form: str = "unrolled") -> dict[str, str]:
+    """The ``metadata_props`` of an snncc ONNX model (``snncc.dtype``, ``snncc.output_layout``
+    ...), read without decoding its graph and weights ({} for a file that is not one)."""
+    try:
+        import mmap
+
+        with open(_file(path_or_dir, form), "rb") as f, \
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _top_level_metadata(buf)
+    except (OSError, ValueError, IndexError, DecodeError):
+        return {}
+
+
+def _varint(buf, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+
+
+def _top_level_metadata(buf) -> dict[str, str]:
+    """ModelProto's field 14 (metadata_props) from the serialized bytes, skipping the other
+    fields (the graph and its weights) by their lengths."""
+    meta, i = {}, 0
+    while i < len(buf):
+        tag, i = _varint(buf, i)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            if field == 14:
+                entry = onnx.StringStringEntryProto.FromString(bytes(buf[i:i + size]))
+                meta[entry.key] = entry.value
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+    return meta
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -82,8 +132,9 @@ def run_onnx(path_or_dir, inputs, T: int | None = None, form: str = "unrolled",
     ``model.onnx``, "unrolled", or ``model.step.onnx``, "step"). ``inputs`` as for the
     simulator: an array (single input) or a dict by input name, sequences ``[T, B, ...]`` and
     static inputs ``[B, ...]``. Returns ``(outputs, traces)``: each IR Output's value at the
-    last step ``[B, ...]``, and (``trace``) each neuron's spikes ``[T, B, ...]`` keyed by IR
-    node name."""
+    last step ``[B, ...]``, and (``trace``) each neuron's spikes and each Output's value at
+    every step, ``[T, B, ...]``, keyed by IR node name. Arrays are in the model's dtype
+    (``snncc.dtype``)."""
     model = _load(path_or_dir, form)
     meta = {p.key: p.value for p in model.metadata_props}
     dtype = NP_DTYPE[meta["snncc.dtype"]]
@@ -100,6 +151,9 @@ def run_onnx(path_or_dir, inputs, T: int | None = None, form: str = "unrolled",
     outputs = {k: res[k] for k in json.loads(meta["snncc.outputs"])}
     traces = {n: np.stack([res[spike_tensor(n, t)] for t in range(T)])
               for n in json.loads(meta["snncc.neurons"])} if trace else {}
+    if trace and (T == 1 or output_steps(model, meta)):
+        traces.update({o: np.stack([res[f"t{t}/{o}"] for t in range(T - 1)] + [v])
+                       for o, v in outputs.items()})
     return outputs, traces
 
 
@@ -119,6 +173,7 @@ def _run_step(sess, meta, xs, T, trace, dtype):
     wants_t = any(i.name == STEP_INDEX for i in sess.get_inputs())
     names = [o.name for o in sess.get_outputs()]
     outs, spikes = {}, {n: [] for n in json.loads(meta["snncc.neurons"])} if trace else {}
+    out_seq = {k: [] for k in json.loads(meta["snncc.outputs"])}
     for t in range(T):
         feed = {k: (x if specs[k]["static"] else x[t]) for k, x in xs.items()}
         feed.update(state)
@@ -129,4 +184,6 @@ def _run_step(sess, meta, xs, T, trace, dtype):
         outs = {k: res[k] for k in json.loads(meta["snncc.outputs"])}
         for n in spikes:
             spikes[n].append(res[spike_tensor(n)])
-    return outs, {k: np.stack(v) for k, v in spikes.items()}
+        for k in out_seq if trace else ():
+            out_seq[k].append(outs[k])
+    return outs, {k: np.stack(v) for k, v in {**spikes, **out_seq}.items() if v}

@@ -1,0 +1,110 @@
+"""`snncc run` / `snncc.run` on a model whose output is one value per time step (issue 14 item
+6): a spikingjelly multi-step net returning its spikes ``[T, B, ...]`` gives back the whole
+sequence, equal to the library's, on the simulator, ONNX (unrolled and step models) and NIR; a
+model returning one value (the mean over time) still gives ``[B, ...]``; ``--last-step`` /
+``--sequence`` (``sequence=``) ask for one or the other."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import snncc
+from snncc.cli import main
+
+pytest.importorskip("spikingjelly.activation_based")
+from spikingjelly.activation_based import functional, layer, neuron  # noqa: E402
+
+T, B = 4, 3
+TARGETS = ("sim", "onnx", "nir")
+
+
+class MeanOverTime(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x).mean(0)
+
+
+def _net(per_step: bool):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(layer.Linear(6, 8), neuron.LIFNode(tau=2.0, v_threshold=0.5),
+                              layer.Linear(8, 5), neuron.LIFNode(tau=2.0, v_threshold=0.2))
+    functional.set_step_mode(net, "m")
+    return (net if per_step else MeanOverTime(net)).double().eval()
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """per_step -> (x [T, B, 6], the library's output, {target: artifact})."""
+    root = tmp_path_factory.mktemp("seq")
+    x = 2 * torch.randn(T, B, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for per_step in (True, False):
+        model = _net(per_step)
+        with torch.no_grad():
+            y = model(x).numpy()
+        functional.reset_net(model)
+        paths = {t: snncc.compile(model, x, target=t, out=root / f"{per_step}-{t}", T=T)
+                 for t in TARGETS}
+        out[per_step] = x.numpy(), y, paths
+    np.save(root / "x.npy", x.numpy())
+    return root, out
+
+
+def test_the_output_changes_over_time(compiled):
+    _, out = compiled
+    x, y, _ = out[True]
+    assert y.shape == (T, B, 5) and 0.05 < y.mean() < 0.95
+    assert not all(np.array_equal(y[t], y[-1]) for t in range(T))  # the last step is not all
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_api_run_gives_the_whole_sequence(compiled, target):
+    _, out = compiled
+    x, y, paths = out[True]
+    np.testing.assert_array_equal(snncc.run(paths[target], x), y)
+    np.testing.assert_array_equal(snncc.run(paths[target], x, sequence=False), y[-1])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_one_value_per_sample_stays_the_last_step(compiled, target):
+    _, out = compiled
+    x, y, paths = out[False]
+    got = snncc.run(paths[target], x)
+    assert got.shape == (B, 5)
+    np.testing.assert_allclose(got, y, rtol=0, atol=1e-12)
+    # asked for, the sequence is the running mean at every step
+    assert snncc.run(paths[target], x, sequence=True).shape == (T, B, 5)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cli_run_writes_the_whole_sequence(compiled, target, capsys):
+    root, out = compiled
+    x, y, paths = out[True]
+    dest = root / f"y-{target}.npy"
+    assert main(["run", str(paths[target]), "--inputs", str(root / "x.npy"),
+                 "-o", str(dest)]) == 0
+    assert f"shape {(T, B, 5)}, every time step" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(dest), y)
+    assert main(["run", str(paths[target]), "--inputs", str(root / "x.npy"),
+                 "-o", str(dest), "--last-step"]) == 0
+    np.testing.assert_array_equal(np.load(dest), y[-1])
+
+
+def test_onnx_step_model_gives_the_sequence_too(compiled):
+    from snncc.backends.onnx.runner import read_metadata, run_onnx
+
+    _, out = compiled
+    x, y, paths = out[True]
+    assert read_metadata(paths["onnx"])["snncc.output_layout"] == "TB"
+    (name,) = json.loads(read_metadata(paths["onnx"])["snncc.outputs"])
+    for form in ("unrolled", "step"):
+        outputs, traces = run_onnx(paths["onnx"], x, form=form)
+        np.testing.assert_array_equal(outputs[name], y[-1])
+        np.testing.assert_array_equal(traces[name], y)
