@@ -25,4 +25,6 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # that none of them can replace the CPU torch or numpy < 2 (norse needs nirtorch at import).
 "${pip[@]}" install --no-deps "spikingjelly==2.0.0" "snntorch==1.0.0" "norse==1.1.0" \
   "nirtorch==2.6"
+# nir 1.0.4 (what sinabs pins) in its own small environment, to test --nir-compat nir-1.0.4
+SNNCC_NIR104_VENV="$venv/nir104" PYTHON="$python" bash "$repo/scripts/nir104_env.sh" >/dev/null
 echo "snncc installed in $venv (activate with: source $venv/bin/activate)"
