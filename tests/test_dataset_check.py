@@ -189,6 +189,20 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
     assert two.stdout.count("data set digits") == 1  # rank 0 alone reports
 
 
+def test_two_lava_runtimes_under_torchrun_equal_one(tmp_path):
+    """One Lava runtime per rank: the reduced report equals the one-process run."""
+    args = ["check", CKPT, *ARCH, "-t", "lava", "--dataset", "digits", "--limit", "16",
+            "--batch", "4"]
+    one = snncc(*args, "--json", tmp_path / "1.json")
+    assert one.returncode == 0, one.stderr
+    two = snncc("--standalone", "--nproc-per-node", "2", "-m", "snncc", *args, "--json",
+                tmp_path / "2.json", module=("-m", "torch.distributed.run"))
+    assert two.returncode == 0, two.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("1.json", "2.json"))
+    assert without_run(a) == without_run(b) and a["samples"] == 16
+    assert a["min_agreement"] == 1.0
+
+
 def test_resume_continues_and_gives_the_same_report(tmp_path, loaded):
     full = check_dataset(loaded, "digits", batch=20, limit=140)
     ck = tmp_path / "ck.json"
