@@ -81,13 +81,15 @@ def _top_level_metadata(buf) -> dict[str, str]:
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    """A CPU session with one intra-op thread: parity runs are small, and onnxruntime's default
-    spinning thread pool only competes with everything else on a shared machine."""
+    """A session with one intra-op CPU thread (parity runs are small, and onnxruntime's default
+    spinning thread pool only competes with everything else on a shared machine), on CUDA where
+    an onnxruntime with the CUDA provider is installed (ops it lacks fall back to the CPU)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
 
 
 def _inputs(meta: dict, inputs, T: int | None, dtype) -> tuple[dict[str, np.ndarray], int]:
