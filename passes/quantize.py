@@ -61,7 +61,7 @@ from snncc import neuron as nrn
 from snncc.errors import PassError
 from snncc.graph import Graph, node_with
 from snncc.pipeline import register_pass, report
-from snncc.simulator import Simulator
+from snncc.simulator import FixedPointSimulator, Simulator
 
 from .common import LAYOUT, SYNAPSES, bypass, carry_labels, channel_labels, compact, where
 
@@ -655,7 +655,7 @@ def _headroom(peak: int) -> float | None:
 
 def _report(graph: Graph, plan: _Plan, x, random_inputs: bool, T: int, float_run,
             neurons: dict, synapses: dict, max_weight_error: float) -> None:
-    sim = fxp.FixedPointSimulator(graph)
+    sim = FixedPointSimulator(graph)
     fixed_run = sim.run(x, T, record=True)
     notes: list[str] = []
     layers = []

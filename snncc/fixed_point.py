@@ -51,8 +51,7 @@ import torch
 from . import ir
 from . import neuron as nrn
 from .errors import UnsupportedError
-from .graph import Graph, node_with
-from .simulator import Simulator
+from .graph import Graph
 
 #: the largest threshold mantissa (unsigned 17-bit) and decay (unsigned 12-bit)
 VTH_MAX = 2 ** 17 - 1
@@ -308,64 +307,36 @@ def signed_wrap24(x: torch.Tensor) -> torch.Tensor:
     return torch.remainder(x + ACC_MAX, 2 * ACC_MAX) - ACC_MAX
 
 
-# ----------------------------------------------------------------------------- the simulator
+# ----------------------------------------------------------------------------- kernels
+# What the simulator's "loihi2" arithmetic (snncc.simulator.FixedPointSimulator) computes where
+# it differs from floats. This module does not import the simulator: the simulator chooses these
+# kernels by arithmetic.
 
 
-class FixedPointSimulator(Simulator):
-    """The reference simulator in Loihi 2's fixed-point arithmetic (module doc): the same graph
-    walk, with the encoders, on-chip convolutions and neurons replaced by their integer forms
-    (values travel as float64 holding integers, exact below 2^53; neuron state is int64).
+def encode(x: torch.Tensor, factor: torch.Tensor, bits: int) -> torch.Tensor:
+    """The host's encoder: ``clip(round(x * factor), -2^(bits-1), 2^(bits-1) - 1)`` (round half
+    to even)."""
+    lim = 2 ** (bits - 1)
+    return torch.clamp(torch.round(x * factor), -lim, lim - 1)
 
-    After each :meth:`run`, ``peaks`` holds per on-chip node the largest magnitude seen:
-    neurons ``{"v": |h| (V units, before the spike decision), "input": |a_in << 6|}``,
-    convolutions ``{"acc": |W x|}`` before the 24-bit wrap."""
 
-    def __init__(self, graph: Graph):
-        self.view = fixed_point_view(graph)
-        self.peaks: dict[str, dict[str, int]] = {}
-        super().__init__(graph, "float64")
+def neuron_state(q: Loihi2Neuron, shape: tuple, batch: int) -> dict:
+    """A quantized neuron layer's state at the start of a run: integer parameters (int64
+    tensors), du, and u = 0, v = V_init per sample."""
+    p = {k: torch.as_tensor(np.asarray(getattr(q, k)), dtype=torch.int64)
+         for k in ("gamma", "dv", "vth", "bias", "v_reset")}
+    v = torch.as_tensor(q.v_init, dtype=torch.int64).expand(batch, *shape).clone()
+    return {"p": p, "du": q.du, "u": torch.zeros_like(v), "v": v}
 
-    def run(self, inputs, T: int | None = None, record: bool = False):
-        self.peaks = {}
-        return super().run(inputs, T, record)
 
-    def _peak(self, node: str, what: str, x: torch.Tensor) -> None:
-        if x.numel():
-            p = self.peaks.setdefault(node, {})
-            p[what] = max(p.get(what, 0), int(x.abs().max()))
-
-    def _kernel(self, n: ir.Node):
-        if n.name in self.view.encoders:
-            lim = 2 ** (self.view.encoders[n.name] - 1)
-            f = torch.as_tensor(np.asarray(n.factor), dtype=torch.float64)
-            return lambda x: torch.clamp(torch.round(x * f), -lim, lim - 1)
-        if isinstance(n, ir.Conv2d) and n.name in self.view.chip:
-            conv = super()._kernel(node_with(n, bias=None))
-            b = 0.0 if n.bias is None else torch.as_tensor(
-                n.bias.reshape(-1, *[1] * (len(n.shape) - 1)), dtype=torch.float64)
-
-            def wrapped(x):
-                y = conv(x)
-                self._peak(n.name, "acc", y)
-                return signed_wrap24(y) + b
-            return wrapped
-        return super()._kernel(n)
-
-    def _neuron_state(self, n: ir.Neuron, batch: int) -> dict:
-        q = self.view.neurons[n.name]
-        p = {k: torch.as_tensor(np.asarray(getattr(q, k)), dtype=torch.int64)
-             for k in ("gamma", "dv", "vth", "bias", "v_reset")}
-        v = torch.as_tensor(q.v_init, dtype=torch.int64).expand(batch, *n.shape).clone()
-        return {"p": p, "du": q.du, "u": torch.zeros_like(v), "v": v}
-
-    def _neuron_step(self, n: ir.Neuron, state: dict, x: torch.Tensor):
-        """:func:`snncc.neuron.loihi2_fixed_step` on ``a_in = gamma * x``; returns (spikes,
-        v[t] / 64 as float64: the membrane in the IR's units)."""
-        p = state["p"]
-        a = p["gamma"] * x.to(torch.int64)  # x holds integers (fixed_point_view checked)
-        self._peak(n.name, "input", a << nrn.LOIHI2_ACT_SHIFT)
-        s, state["u"], state["v"], h = nrn.loihi2_fixed_step(
-            state["u"], state["v"], a, state["du"], p["dv"], p["vth"], p["bias"],
-            p["v_reset"], n.reset)
-        self._peak(n.name, "v", h)
-        return s.to(torch.float64), state["v"].to(torch.float64) / 2 ** nrn.LOIHI2_ACT_SHIFT
+def neuron_step(state: dict, x: torch.Tensor, reset: str):
+    """One step of :func:`snncc.neuron.loihi2_fixed_step` on ``a_in = gamma * x`` (x holds
+    integers: :func:`fixed_point_view` checked), updating ``state`` (:func:`neuron_state`).
+    Returns (spikes, v[t], a_in << 6, h[t]) as int64: v in V units (the IR's membrane is
+    v / 64); the last two are what the chip's 24-bit registers must hold."""
+    p = state["p"]
+    a = p["gamma"] * x.to(torch.int64)
+    s, state["u"], state["v"], h = nrn.loihi2_fixed_step(
+        state["u"], state["v"], a, state["du"], p["dv"], p["vth"], p["bias"], p["v_reset"],
+        reset)
+    return s, state["v"], a << nrn.LOIHI2_ACT_SHIFT, h

@@ -5,10 +5,35 @@ kernels), optionally recording every node's output at every step.
 At each step t = 0 .. T-1 nodes are evaluated in topological order; a static input gives the
 same value at every step; :class:`~snncc.ir.Delay` nodes emit what their input produced
 ``steps`` steps earlier; neurons follow :mod:`snncc.neuron`.
+
+**Time folding** (the default, ``fold=True``). A stateless node's value at step t depends only
+on its inputs at step t, so where those inputs do not depend on the same node's earlier steps
+the node is evaluated once over all T steps, time folded into the batch (``[T * B, ...]``),
+with the same kernel as the step-by-step walk. The run is planned in *units*, in an order in
+which every unit comes after the units it reads:
+
+- a stateless node: one kernel call over ``[T * B, ...]``; if every input is *static* (the same
+  at every step: a static Input and what is computed from it alone) one call on ``[B, ...]``,
+  as a static image's first layers are the same at every step;
+- a neuron: its own step over t = 0 .. T-1 on its precomputed input ``[T, B, ...]``;
+- a Readout: the running sum over t, divided by t + 1 at each step;
+- a Delay outside every cycle: a shift in time (zeros for the first ``steps`` steps);
+- a strongly connected component (a cycle through Delays): evaluated step by step, each node
+  with the same per-step code as the unfolded walk, its outside inputs read at step t.
+
+Each op has one implementation (:meth:`Simulator._kernel`, :meth:`Simulator._neuron_step`)
+used by both walks; float64 spikes are identical in both (tested). ``fold=False`` keeps the
+step-by-step walk of the whole graph (the reference for those tests, and the fallback when the
+time-folded values would not fit the memory budget).
+
+**Arithmetic.** ``Simulator`` computes in floats; :class:`FixedPointSimulator` chooses Loihi 2's
+fixed-point kernels (from :mod:`snncc.fixed_point`, which knows nothing of the simulator) for
+the encoders, on-chip convolutions and neurons of a quantized graph.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -16,11 +41,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import fixed_point as fxp
 from . import ir
 from . import neuron as nrn
 from .errors import ShapeError, SnnccError
-from .graph import Graph
-from .limits import fmt_bytes, nbytes, require_fits
+from .graph import Graph, node_with
+from .limits import fmt_bytes, max_memory, nbytes, require_fits
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -58,19 +84,161 @@ def _align(x: torch.Tensor, ndim: int) -> torch.Tensor:
     return x.reshape(x.shape[0], *([1] * extra), *x.shape[1:]) if extra > 0 else x
 
 
-class Simulator:
-    """Build once per graph and dtype; call :meth:`run` for each input batch."""
+# ----------------------------------------------------------------------------- the plan
 
-    def __init__(self, graph: Graph, dtype: str = "float64"):
+#: nodes with state over time, or that pass values through (evaluated in run(), not by a kernel)
+_SPECIAL = (ir.Output, ir.Input, ir.Neuron, ir.Delay, ir.Readout)
+
+
+@dataclass
+class Plan:
+    """How a time-folded run walks a graph (module doc): ``units`` in evaluation order, each
+    (cyclic, nodes in topological order); ``static``: nodes whose value is the same at every
+    step (computed once on [B, ...]); ``last_use``: per node, the index of the last unit that
+    reads its value (after which a run without ``record`` frees it)."""
+
+    units: list[tuple[bool, list[ir.Node]]]
+    static: set[str]
+    last_use: dict[str, int]
+
+    @property
+    def cyclic_nodes(self) -> int:
+        return sum(len(u) for c, u in self.units if c)
+
+
+def _sccs(names: list[str], succ: dict[str, list[str]]) -> list[list[str]]:
+    """Strongly connected components (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    for root in names:
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        work = [(root, iter(succ[root]))]
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(succ[w])))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                u = work[-1][0]
+                low[u] = min(low[u], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                out.append(comp)
+    return out
+
+
+def plan(graph: Graph, order: list[ir.Node] | None = None) -> Plan:
+    """The time-folded evaluation plan of ``graph`` (module doc). Every edge counts here,
+    including a Delay's input, so a Delay outside every cycle comes after what it delays and a
+    cycle through Delays becomes one unit stepped through time."""
+    order = order if order is not None else graph.topological_order()
+    names = [n.name for n in order]
+    pos = {nm: i for i, nm in enumerate(names)}
+    succ: dict[str, list[str]] = {nm: [] for nm in names}
+    for n in order:
+        for i in n.inputs:
+            if i in succ:
+                succ[i].append(n.name)
+    comps = _sccs(names, succ)
+    comp_of = {nm: k for k, c in enumerate(comps) for nm in c}
+    cyclic = [len(c) > 1 or c[0] in succ[c[0]] for c in comps]
+    csucc: list[set[int]] = [set() for _ in comps]
+    indeg = [0] * len(comps)
+    for a in names:
+        for b in succ[a]:
+            ka, kb = comp_of[a], comp_of[b]
+            if ka != kb and kb not in csucc[ka]:
+                csucc[ka].add(kb)
+                indeg[kb] += 1
+    heap = [(min(pos[nm] for nm in c), k) for k, c in enumerate(comps) if not indeg[k]]
+    heapq.heapify(heap)
+    units: list[tuple[bool, list[ir.Node]]] = []
+    while heap:
+        _, k = heapq.heappop(heap)
+        units.append((cyclic[k], [graph[nm] for nm in sorted(comps[k], key=pos.get)]))
+        for j in csucc[k]:
+            indeg[j] -= 1
+            if not indeg[j]:
+                heapq.heappush(heap, (min(pos[nm] for nm in comps[j]), j))
+    static: set[str] = set()
+    last_use: dict[str, int] = {}
+    for u, (cyc, nodes) in enumerate(units):
+        for n in nodes:
+            for i in n.inputs:
+                last_use[i] = u
+            if cyc:
+                continue
+            if isinstance(n, ir.Input):
+                if n.static:
+                    static.add(n.name)
+            elif (not isinstance(n, _SPECIAL) or isinstance(n, ir.Output)) and n.inputs \
+                    and all(i in static for i in n.inputs):
+                static.add(n.name)
+    return Plan(units, static, last_use)
+
+
+def _folded_peak(graph: Graph, p: Plan, T: int, batch: int, itemsize: int) -> int:
+    """Bytes of the values a time-folded run without ``record`` holds at once, at its peak:
+    the live sequences ([T, B, ...], static ones [B, ...]) plus the largest new one (the
+    temporaries of a kernel or a neuron's loop)."""
+    def size(nm):
+        return nbytes(graph[nm].shape, itemsize) * batch * (1 if nm in p.static else T)
+    live, held, peak = {}, 0, 0
+    for u, (_, nodes) in enumerate(p.units):
+        new = sum(size(n.name) for n in nodes)
+        for n in nodes:
+            live[n.name] = size(n.name)
+        held += new
+        peak = max(peak, held + new)
+        for n in nodes:
+            for nm in (n.name, *n.inputs):
+                if nm in live and p.last_use.get(nm, -1) <= u:
+                    held -= live.pop(nm)
+    return peak
+
+
+class Simulator:
+    """Build once per graph and dtype; call :meth:`run` for each input batch. ``fold``:
+    evaluate stateless nodes once over all T steps (module doc); False walks the whole graph
+    step by step."""
+
+    def __init__(self, graph: Graph, dtype: str = "float64", fold: bool = True):
         if dtype not in DTYPES:
             raise SnnccError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
         self.graph = graph.verify(allow_dead=True)
         self.dtype = DTYPES[dtype]
+        self.fold = bool(fold)
         self.order = graph.topological_order()
+        self.plan = plan(self.graph, self.order)
+        self._params: dict[str, tuple] = {}  # neuron -> (parameter tensors, what they skip)
+        self._walks: dict[tuple, bool] = {}  # (T, B, record) -> fold (memory checked)
         self._kernels = {n.name: self._kernel(n) for n in self.order}
 
     # ------------------------------------------------------------------ kernels
     def _kernel(self, n: ir.Node):
+        """The node's per-step function of its inputs ``[B, ...]`` (B may be T * B: every
+        kernel treats axis 0 as independent samples)."""
         dt = self.dtype
         if isinstance(n, ir.Conv2d):  # Conv1d included
             conv = F.conv1d if isinstance(n, ir.Conv1d) else F.conv2d
@@ -133,22 +301,45 @@ class Simulator:
                                    keepdim=n.keepdim)
         if isinstance(n, ir.Concat):
             return lambda *xs: torch.cat(xs, dim=n.axis % len(n.shape) + 1)
-        if isinstance(n, (ir.Output, ir.Input, ir.Neuron, ir.Delay, ir.Readout)):
+        if isinstance(n, _SPECIAL):
             return None  # stateful or pass-through: handled in run()
         raise SnnccError(f"the simulator has no kernel for {n.op}", node=n.name, path=n.path)
 
     # ------------------------------------------------------------------ neurons
     def _neuron_state(self, n: ir.Neuron, batch: int) -> dict:
-        """A neuron's state at the start of a run: its parameters and membrane v[-1]."""
-        p = {a: _t(v, self.dtype) for a, v in n.params().items()}
-        return {"p": p, "v": p["v_init"].expand(batch, *n.shape).clone()}
+        """A neuron's state at the start of a run: its parameters, which of them change
+        nothing (alpha = 1, gamma = 1, beta = 0, v_reset = 0) and membrane v[-1]."""
+        if n.name not in self._params:  # once per simulator
+            p = {a: _t(v, self.dtype) for a, v in n.params().items()}
+            skip = {"alpha": bool(np.all(n.alpha == 1)), "gamma": bool(np.all(n.gamma == 1)),
+                    "beta": bool(np.all(n.beta == 0)),
+                    "zero_reset": bool(np.all(n.v_reset == 0))}
+            self._params[n.name] = p, skip
+        p, skip = self._params[n.name]
+        return {"p": p, "skip": skip, "v": p["v_init"].expand(batch, *n.shape).clone()}
 
-    def _neuron_step(self, n: ir.Neuron, state: dict, x: torch.Tensor):
-        """One step of :func:`snncc.neuron.step`; returns (spikes, membrane v[t])."""
-        p = state["p"]
-        s, state["v"], _ = nrn.step(state["v"], x, p["alpha"], p["gamma"], p["beta"],
-                                    p["theta"], p["v_reset"], n.cmp, n.reset)
-        return s, state["v"]
+    def _neuron_step(self, n: ir.Neuron, state: dict, x: torch.Tensor, out=None):
+        """One step of :func:`snncc.neuron.step`: the same operations in the same order, so
+        the same numbers, without its multiplications by 1 and additions of 0 (``h + 0`` and
+        ``h * (1 - s) + 0 * s`` differ from ``h`` only in the sign of a zero, which no
+        comparison or later sum sees), and with the comparison written straight into spikes of
+        h's dtype (torch's bool tensors are several times slower); returns (spikes, membrane
+        v[t]); the spikes are written into ``out`` when given."""
+        p, skip, v = state["p"], state["skip"], state["v"]
+        gx = x if skip["gamma"] else p["gamma"] * x
+        h = v + gx if skip["alpha"] else (p["alpha"] * v).add_(gx)
+        if not skip["beta"]:
+            h.add_(p["beta"])
+        cmp = torch.ge if n.cmp == nrn.CMP_GE else torch.gt
+        s = cmp(h, p["theta"], out=torch.empty_like(h) if out is None else out)  # nrn.fire
+        if n.reset != nrn.RESET_HARD:
+            v = h.sub_(p["theta"] * s)
+        else:
+            v = h.mul_(1 - s)
+            if not skip["zero_reset"]:
+                v.add_(p["v_reset"] * s)
+        state["v"] = v
+        return s, v
 
     # ------------------------------------------------------------------ running
     def _prepare_inputs(self, inputs, T: int | None, batch: int | None):
@@ -183,6 +374,44 @@ class Simulator:
             out[node.name] = x
         return out, T, batch
 
+    def _initial_state(self, nodes, B: int) -> dict:
+        """Neuron states, Delay FIFOs (``steps`` zeros) and Readout sums at the start."""
+        state: dict[str, object] = {}
+        for n in nodes:
+            if isinstance(n, ir.Neuron):
+                state[n.name] = self._neuron_state(n, B)
+            elif isinstance(n, ir.Delay):
+                state[n.name] = deque(torch.zeros((B, *n.shape), dtype=self.dtype)
+                                      for _ in range(n.steps))
+            elif isinstance(n, ir.Readout):
+                state[n.name] = torch.zeros((B, *n.shape), dtype=self.dtype)
+        return state
+
+    def _step_node(self, n: ir.Node, t: int, args: list, state: dict, xs: dict,
+                   rec) -> torch.Tensor:
+        """Node ``n``'s value at step t from its inputs' values at step t (the step-by-step
+        walk, shared by the unfolded run and the cycles of a folded one). ``rec`` holds the
+        run's membrane (None without record) and addition lists."""
+        if isinstance(n, ir.Input):
+            x = xs[n.name]
+            return x if n.static else x[t]
+        if isinstance(n, ir.Neuron):
+            y, v = self._neuron_step(n, state[n.name], args[0])
+            if rec.membrane is not None:
+                rec.membrane[n.name].append(v)
+            return y
+        if isinstance(n, ir.Delay):
+            return state[n.name][0]
+        if isinstance(n, ir.Readout):
+            state[n.name] = state[n.name] + args[0]
+            return state[n.name] / (t + 1)
+        if isinstance(n, ir.Output):
+            return args[0]
+        y = self._kernels[n.name](*args)
+        if isinstance(n, ir.AddressedAccumulate):
+            rec.additions[n.name].append(addressed_additions(args, n.spike_operand))
+        return y
+
     def run(self, inputs, T: int | None = None, record: bool = False) -> SimResult:
         """Simulate. ``inputs``: an array (single input) or a dict by Input name; static inputs
         are ``[B, ...]``, sequences ``[T, B, ...]``. ``T`` defaults to the sequence length or
@@ -191,59 +420,197 @@ class Simulator:
         T = int(T if T is not None else self.graph.meta.get("T", 1))
         if T < 1:
             raise SnnccError(f"T must be >= 1, got {T}")
-        require_run_fits(self.graph, T, B, record, self.dtype.itemsize)
-        g, dt = self.graph, self.dtype
-        state: dict[str, object] = {}
-        for n in self.order:
-            if isinstance(n, ir.Neuron):
-                state[n.name] = self._neuron_state(n, B)
-            elif isinstance(n, ir.Delay):
-                state[n.name] = deque(torch.zeros((B, *n.shape), dtype=dt) for _ in range(n.steps))
-            elif isinstance(n, ir.Readout):
-                state[n.name] = torch.zeros((B, *n.shape), dtype=dt)
-        trace = {n.name: [] for n in self.order} if record else {}
-        membrane = {n.name: [] for n in self.order if isinstance(n, ir.Neuron)} if record else {}
-        additions = {n.name: [] for n in self.order if isinstance(n, ir.AddressedAccumulate)}
-        out_seq = {n.name: [] for n in g.outputs}
+        fold = self._walks.get((T, B, record))
+        if fold is None:  # checked once per (T, batch, record)
+            fold = self.fold
+            if fold and not record and not _fits(self.graph, T, B, record,
+                                                 self.dtype.itemsize, True, self.plan):
+                fold = False  # the step-by-step walk holds one step of every node instead
+            require_run_fits(self.graph, T, B, record, self.dtype.itemsize, fold, self.plan)
+            self._walks[T, B, record] = fold
+        rec = _Record(self.order, record)
+        if fold:
+            self._run_folded(xs, T, B, rec)
+        else:
+            self._run_stepped(xs, T, B, rec)
 
+        def stack(d):
+            return {k: (v if torch.is_tensor(v) else torch.stack(v)).cpu().numpy()
+                    for k, v in d.items() if len(v)}
+        seq = stack(rec.out_seq)
+        return SimResult(T=T, outputs={k: v[-1] for k, v in seq.items()}, output_sequence=seq,
+                         trace=stack(rec.trace), membrane=stack(rec.membrane or {}),
+                         additions={k: np.asarray(v) for k, v in rec.additions.items()})
+
+    def _run_stepped(self, xs: dict, T: int, B: int, rec: "_Record") -> None:
+        """The whole graph step by step: at each t every node in topological order."""
+        state = self._initial_state(self.order, B)
         for t in range(T):
             val: dict[str, torch.Tensor] = {}
             for n in self.order:
                 args = [val[i] for i in n.inputs] if not n.breaks_cycles else []
-                if isinstance(n, ir.Input):
-                    x = xs[n.name]
-                    y = x if n.static else x[t]
-                elif isinstance(n, ir.Neuron):
-                    y, v = self._neuron_step(n, state[n.name], args[0])
-                    if record:
-                        membrane[n.name].append(v)
-                elif isinstance(n, ir.Delay):
-                    y = state[n.name][0]
-                elif isinstance(n, ir.Readout):
-                    state[n.name] = state[n.name] + args[0]
-                    y = state[n.name] / (t + 1)
-                elif isinstance(n, ir.Output):
-                    y = args[0]
-                    out_seq[n.name].append(y)
-                else:
-                    y = self._kernels[n.name](*args)
-                    if isinstance(n, ir.AddressedAccumulate):
-                        additions[n.name].append(addressed_additions(args, n.spike_operand))
-                val[n.name] = y
-                if record:
-                    trace[n.name].append(y)
+                y = val[n.name] = self._step_node(n, t, args, state, xs, rec)
+                if isinstance(n, ir.Output):
+                    rec.out_seq[n.name].append(y)
+                if rec.trace:
+                    rec.trace[n.name].append(y)
             for n in self.order:
                 if isinstance(n, ir.Delay):
                     q = state[n.name]
                     q.popleft()
                     q.append(val[n.inputs[0]])
 
-        def stack(d):
-            return {k: torch.stack(v).cpu().numpy() for k, v in d.items() if v}
-        seq = stack(out_seq)
-        return SimResult(T=T, outputs={k: v[-1] for k, v in seq.items()}, output_sequence=seq,
-                         trace=stack(trace), membrane=stack(membrane),
-                         additions={k: np.asarray(v) for k, v in additions.items()})
+    def _run_folded(self, xs: dict, T: int, B: int, rec: "_Record") -> None:
+        """The plan's units in order (module doc); values are [T, B, ...], static ones
+        [B, ...]."""
+        static, dt = self.plan.static, self.dtype
+        vals: dict[str, torch.Tensor] = {}
+
+        def seq(nm: str) -> torch.Tensor:  # [T, B, ...]
+            v = vals[nm]
+            return v.unsqueeze(0).expand(T, *v.shape) if nm in static else v
+
+        def folded(nm: str) -> torch.Tensor:  # [T * B, ...]
+            return seq(nm).reshape(T * B, *vals[nm].shape[1 if nm in static else 2:])
+
+        for u, (cyclic, nodes) in enumerate(self.plan.units):
+            if cyclic:
+                self._run_cycle(nodes, vals, seq, xs, T, B, rec)
+            else:
+                (n,) = nodes
+                nm = n.name
+                if isinstance(n, ir.Input):
+                    vals[nm] = xs[nm]
+                elif isinstance(n, ir.Output):
+                    vals[nm] = vals[n.inputs[0]]
+                    rec.out_seq[nm] = seq(nm)
+                elif isinstance(n, ir.Neuron):
+                    x, st = seq(n.inputs[0]), self._neuron_state(n, B)
+                    spikes = torch.empty((T, B, *n.shape), dtype=dt)
+                    for t in range(T):
+                        _, v = self._neuron_step(n, st, x[t], spikes[t])
+                        if rec.membrane is not None:
+                            rec.membrane[nm].append(v)
+                    vals[nm] = spikes
+                elif isinstance(n, ir.Delay):
+                    k = min(n.steps, T)
+                    vals[nm] = torch.cat([torch.zeros((k, B, *n.shape), dtype=dt),
+                                          seq(n.inputs[0])[:T - k]])
+                elif isinstance(n, ir.Readout):
+                    x, acc, out = seq(n.inputs[0]), torch.zeros((B, *n.shape), dtype=dt), []
+                    for t in range(T):
+                        acc = acc + x[t]
+                        out.append(acc / (t + 1))
+                    vals[nm] = torch.stack(out)
+                elif nm in static:
+                    vals[nm] = self._kernels[nm](*(vals[i] for i in n.inputs))
+                else:
+                    y = self._kernels[nm](*(folded(i) for i in n.inputs))
+                    vals[nm] = y.reshape(T, B, *y.shape[1:])
+                if isinstance(n, ir.AddressedAccumulate):
+                    s = seq(n.inputs[n.spike_operand]).reshape(T, -1)
+                    r = self.graph[n.inputs[1 - n.spike_operand]].shape
+                    row = r[-1] if n.spike_operand == 0 else r[-2]
+                    nz = torch.ne(s, 0, out=torch.empty(s.shape, dtype=torch.float64))
+                    rec.additions[nm] = [int(c) * int(row) for c in nz.sum(dim=1).tolist()]
+            for n in nodes:
+                if rec.trace:
+                    rec.trace[n.name] = seq(n.name).contiguous()
+                else:  # free what no later unit reads
+                    for nm in (n.name, *n.inputs):
+                        if nm in vals and self.plan.last_use.get(nm, -1) <= u:
+                            del vals[nm]
+
+    def _run_cycle(self, nodes, vals, seq, xs, T: int, B: int, rec: "_Record") -> None:
+        """A cycle through Delays: its nodes step by step, reading outside inputs at step t."""
+        inside = {n.name for n in nodes}
+        outside = {i: seq(i) for n in nodes for i in n.inputs if i not in inside}
+        state = self._initial_state(nodes, B)
+        hist: dict[str, list] = {n.name: [] for n in nodes}
+        for t in range(T):
+            val: dict[str, torch.Tensor] = {}
+
+            def at(i):
+                return val[i] if i in inside else outside[i][t]
+            for n in nodes:
+                args = [at(i) for i in n.inputs] if not n.breaks_cycles else []
+                y = val[n.name] = self._step_node(n, t, args, state, xs, rec)
+                hist[n.name].append(y)
+            for n in nodes:
+                if isinstance(n, ir.Delay):
+                    q = state[n.name]
+                    q.popleft()
+                    q.append(at(n.inputs[0]))
+        for n in nodes:
+            vals[n.name] = torch.stack(hist[n.name])
+            if isinstance(n, ir.Output):
+                rec.out_seq[n.name] = vals[n.name]
+
+
+class _Record:
+    """What a run collects besides values: traces (with ``record``), membranes (with
+    ``record``), the outputs' sequences and the additions of AddressedAccumulate nodes."""
+
+    def __init__(self, order, record: bool):
+        self.trace = {n.name: [] for n in order} if record else {}
+        self.membrane = ({n.name: [] for n in order if isinstance(n, ir.Neuron)}
+                         if record else None)
+        self.additions = {n.name: [] for n in order if isinstance(n, ir.AddressedAccumulate)}
+        self.out_seq = {n.name: [] for n in order if isinstance(n, ir.Output)}
+
+
+class FixedPointSimulator(Simulator):
+    """The reference simulator in Loihi 2's fixed-point arithmetic (:mod:`snncc.fixed_point`):
+    the same walks, with the encoders, on-chip convolutions and neurons replaced by their
+    integer forms (values travel as float64 holding integers, exact below 2^53; neuron state is
+    int64).
+
+    After each :meth:`run`, ``peaks`` holds per on-chip node the largest magnitude seen:
+    neurons ``{"v": |h| (V units, before the spike decision), "input": |a_in << 6|}``,
+    convolutions ``{"acc": |W x|}`` before the 24-bit wrap."""
+
+    def __init__(self, graph: Graph, fold: bool = True):
+        self.view = fxp.fixed_point_view(graph)
+        self.peaks: dict[str, dict[str, int]] = {}
+        super().__init__(graph, "float64", fold)
+
+    def run(self, inputs, T: int | None = None, record: bool = False):
+        self.peaks = {}
+        return super().run(inputs, T, record)
+
+    def _peak(self, node: str, what: str, x: torch.Tensor) -> None:
+        if x.numel():
+            p = self.peaks.setdefault(node, {})
+            p[what] = max(p.get(what, 0), int(x.abs().max()))
+
+    def _kernel(self, n: ir.Node):
+        if n.name in self.view.encoders:
+            bits = self.view.encoders[n.name]
+            f = torch.as_tensor(np.asarray(n.factor), dtype=torch.float64)
+            return lambda x: fxp.encode(x, f, bits)
+        if isinstance(n, ir.Conv2d) and n.name in self.view.chip:
+            conv = super()._kernel(node_with(n, bias=None))
+            b = 0.0 if n.bias is None else torch.as_tensor(
+                n.bias.reshape(-1, *[1] * (len(n.shape) - 1)), dtype=torch.float64)
+
+            def wrapped(x):
+                y = conv(x)
+                self._peak(n.name, "acc", y)
+                return fxp.signed_wrap24(y) + b
+            return wrapped
+        return super()._kernel(n)
+
+    def _neuron_state(self, n: ir.Neuron, batch: int) -> dict:
+        return fxp.neuron_state(self.view.neurons[n.name], n.shape, batch)
+
+    def _neuron_step(self, n: ir.Neuron, state: dict, x: torch.Tensor, out=None):
+        """:func:`snncc.fixed_point.neuron_step`; returns (spikes, v[t] / 64 as float64: the
+        membrane in the IR's units); the spikes are written into ``out`` when given."""
+        s, v, a_in, h = fxp.neuron_step(state, x, n.reset)
+        self._peak(n.name, "input", a_in)
+        self._peak(n.name, "v", h)
+        s = s.to(torch.float64) if out is None else out.copy_(s)
+        return s, v.to(torch.float64) / 2 ** nrn.LOIHI2_ACT_SHIFT
 
 
 #: Python and torch overhead of one queued tensor in a Delay's FIFO (measured: ~0.3 KB)
@@ -251,17 +618,25 @@ _TENSOR_OVERHEAD = 512
 
 
 def estimate_parts(graph: Graph, T: int, batch: int, record: bool = False,
-                   itemsize: int = 8) -> dict[str, int]:
+                   itemsize: int = 8, fold: bool = True, plan_: Plan | None = None
+                   ) -> dict[str, int]:
     """Memory a run of ``graph`` takes beyond its inputs, estimated from the declared shapes
-    before anything is allocated, by part: one step's values of every node, neuron states,
-    each delay's FIFO (``steps`` tensors), the outputs' sequences (T steps) and, with
-    ``record``, every node's and membrane's trace over T (twice: lists and stacked arrays)."""
+    before anything is allocated, by part: one step of every node, neuron states, each delay's
+    FIFO (``steps`` tensors), the outputs' sequences (T steps) and, with ``record``, every
+    node's and membrane's trace over T (twice for what steps: lists and stacked arrays; once
+    for what a time-folded run computes over T at once). A time-folded run (``fold``) without
+    ``record`` also holds the sequences [T, B, ...] of the values alive at once
+    (:class:`Plan`); with ``record`` the traces hold them."""
     parts = {"one step of every node": 0}
+    p = (plan_ if plan_ is not None else plan(graph)) if fold else None
+    stepped = ({n.name for cyc, nodes in p.units if cyc for n in nodes} if fold
+               else set(graph.nodes))
     for n in graph.nodes.values():
         size = nbytes(n.shape, itemsize) * batch
         parts["one step of every node"] += size
-        if record:
-            parts["traces"] = parts.get("traces", 0) + T * (2 * size + _TENSOR_OVERHEAD)
+        if record:  # step by step: T tensors, then stacked; folded: one [T, B, ...] tensor
+            parts["traces"] = parts.get("traces", 0) + (
+                T * (2 * size + _TENSOR_OVERHEAD) if n.name in stepped else T * size)
         if isinstance(n, ir.Neuron):
             parts["neuron states"] = parts.get("neuron states", 0) + size * (
                 1 + 2 * T if record else 1)
@@ -269,20 +644,27 @@ def estimate_parts(graph: Graph, T: int, batch: int, record: bool = False,
             parts[f"Delay '{n.name}' of {n.steps} steps"] = n.steps * (size + _TENSOR_OVERHEAD)
         elif isinstance(n, ir.Output):
             parts["output sequences"] = parts.get("output sequences", 0) + 2 * T * size
+    if fold and not record:
+        parts["time-folded values alive at once"] = _folded_peak(graph, p, T, batch, itemsize)
     return parts
 
 
 def estimate_bytes(graph: Graph, T: int, batch: int, record: bool = False,
-                   itemsize: int = 8) -> int:
+                   itemsize: int = 8, fold: bool = True) -> int:
     """The total of :func:`estimate_parts`."""
-    return sum(estimate_parts(graph, T, batch, record, itemsize).values())
+    return sum(estimate_parts(graph, T, batch, record, itemsize, fold).values())
+
+
+def _fits(graph, T, batch, record, itemsize, fold, plan_=None) -> bool:
+    return sum(estimate_parts(graph, T, batch, record, itemsize, fold, plan_).values()) \
+        <= max_memory()
 
 
 def require_run_fits(graph: Graph, T: int, batch: int, record: bool = False,
-                     itemsize: int = 8) -> None:
+                     itemsize: int = 8, fold: bool = False, plan_: Plan | None = None) -> None:
     """Refuse (ResourceError) a run whose estimate exceeds the memory budget, naming its
     largest part."""
-    parts = estimate_parts(graph, T, batch, record, itemsize)
+    parts = estimate_parts(graph, T, batch, record, itemsize, fold, plan_)
     big = max(parts, key=parts.get)
     require_fits(sum(parts.values()),
                  f"simulating '{graph.name}' for T={T} on a batch of {batch}"
@@ -300,20 +682,19 @@ def addressed_additions(operands, spike_operand: int) -> int:
 
 
 def simulate(graph: Graph, inputs, T: int | None = None, dtype: str = "float64",
-             record: bool = False, arithmetic: str | None = None) -> SimResult:
-    """One-shot convenience: ``Simulator(graph, dtype).run(inputs, T, record)``;
+             record: bool = False, arithmetic: str | None = None, fold: bool = True
+             ) -> SimResult:
+    """One-shot convenience: ``Simulator(graph, dtype, fold).run(inputs, T, record)``;
     ``arithmetic="loihi2"`` runs a quantized graph in Loihi 2's fixed-point arithmetic
-    (:class:`snncc.fixed_point.FixedPointSimulator`, which ignores ``dtype``). By default a
-    graph quantized by ``quantize_for_loihi2`` runs in that arithmetic, any other in floats."""
+    (:class:`FixedPointSimulator`, which ignores ``dtype``). By default a graph quantized by
+    ``quantize_for_loihi2`` runs in that arithmetic, any other in floats."""
     if arithmetic is None:
         arithmetic = "loihi2" if "loihi2" in graph.meta else "float"
     if arithmetic == "loihi2":
-        from .fixed_point import FixedPointSimulator
-
-        return FixedPointSimulator(graph).run(inputs, T, record)
+        return FixedPointSimulator(graph, fold).run(inputs, T, record)
     if arithmetic != "float":
         raise SnnccError(f"arithmetic must be 'float' or 'loihi2', got {arithmetic!r}")
-    return Simulator(graph, dtype).run(inputs, T, record)
+    return Simulator(graph, dtype, fold).run(inputs, T, record)
 
 
 def run_snnir(artifact, inputs, T):

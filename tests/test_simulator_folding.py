@@ -1,0 +1,188 @@
+"""The simulator's time-folded walk (stateless nodes evaluated once over all T steps, time in the
+batch; neurons, readouts and cycles through Delays stepped) against its step-by-step walk
+(``fold=False``): bit-identical float64 values at every node (spikes, currents, membranes,
+outputs), the same addition counts, on every zoo family (SNASNet's backward cells are a cycle
+through Delays), on graphs compiled for the sim target (addressed additions), with
+hand-built delays in and out of cycles, and in Loihi 2's fixed-point arithmetic (with the
+same register peaks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from snncc import ir
+from snncc import neuron as nrn
+from snncc.graph import Graph
+from snncc.simulator import FixedPointSimulator, Simulator, plan, simulate
+
+T = 4
+
+
+def _zoo(family: str, seed: int = 0, batch: int = 3, **overrides):
+    from snncc.frontends.tracer import trace
+    from snncc.frontends.zoo import small
+
+    case = small(family, seed, batch=batch, **overrides)
+    g = trace(case.model, case.inputs, T=T, static=case.inputs.dim() == 4, name=family)
+    x = case.inputs.numpy()
+    if g.meta.get("input_layout") == "BT":
+        x = np.swapaxes(x, 0, 1)  # the IR's sequence input is [T, B, ...]
+    return g, x
+
+
+def assert_identical(g: Graph, x, **kw):
+    """Both walks, with and without record: every array equal to the bit."""
+    step = simulate(g, x, record=True, fold=False, **kw)
+    fold = simulate(g, x, record=True, fold=True, **kw)
+    assert set(fold.trace) == set(step.trace) == set(g.nodes)
+    for k, v in step.trace.items():
+        np.testing.assert_array_equal(fold.trace[k], v, err_msg=k)
+    for d in ("membrane", "additions", "output_sequence", "outputs"):
+        a, b = getattr(step, d), getattr(fold, d)
+        assert set(a) == set(b), d
+        for k in a:
+            np.testing.assert_array_equal(b[k], a[k], err_msg=f"{d} {k}")
+    quick = simulate(g, x, fold=True, **kw)  # without record: values freed as they go
+    for k in step.outputs:
+        np.testing.assert_array_equal(quick.outputs[k], step.outputs[k])
+    for k in step.additions:
+        np.testing.assert_array_equal(quick.additions[k], step.additions[k])
+    return step
+
+
+def _families():
+    from snncc.frontends.zoo import FAMILIES
+
+    return FAMILIES
+
+
+@pytest.mark.parametrize("family", _families())
+def test_zoo_family_folded_equals_stepped(family):
+    g, x = _zoo(family)
+    res = assert_identical(g, x)
+    rates = [float(res.trace[n.name].mean()) for n in g.of_type(ir.Neuron)]
+    assert 0 < np.mean(rates) < 1  # the models do fire (ties and all)
+    if family == "snasnet-bw":
+        assert Simulator(g).plan.cyclic_nodes > 0  # backward edges: a cycle, stepped
+
+
+@pytest.mark.parametrize("family", ["spikformer-cifar", "sdt-v1", "meta-spikeformer"])
+def test_compiled_for_sim_target_folded_equals_stepped(family):
+    """After the sim target's passes (BN into thresholds, attention lowered to addressed
+    additions, static hoisting): the same values and additions either way."""
+    from snncc.passes import default_pipeline
+    from snncc.pipeline import run_passes
+
+    g, x = _zoo(family)
+    g.meta["target"] = "sim"
+    c = run_passes(g, default_pipeline("sim"), log=lambda s: None)
+    res = assert_identical(c, x)
+    if c.of_type(ir.AddressedAccumulate):
+        assert sum(int(v.sum()) for v in res.additions.values()) > 0
+
+
+def _lif(name, src):
+    return ir.Neuron(name, (src,), **nrn.from_lif(2.0, 0.5, 0.0).fields())
+
+
+def test_delays_inside_and_outside_cycles():
+    """A Delay of 2 steps outside any cycle (a shift in time), a recurrent layer through a
+    Delay (a cycle, stepped), a readout, a static input mixed with a sequence, and T shorter
+    than a delay."""
+    rng = np.random.default_rng(0)
+    g = Graph("delays", {"T": 5})
+    g.add(ir.Input("img", input_shape=(6,), static=True))
+    g.add(ir.Input("seq", input_shape=(6,)))
+    g.add(ir.Linear("fi", ("img",), weight=rng.normal(0, 0.5, (6, 6)), bias=rng.normal(0, .1, 6)))
+    g.add(ir.Add("mix", ("fi", "seq")))
+    g.add(_lif("a", "mix"))
+    g.add(ir.Delay("d2", ("a",), steps=2))
+    g.add(ir.Delay("back", ("b",), steps=1, shape_hint=(6,)))
+    g.add(ir.Linear("wr", ("back",), weight=rng.normal(0, 0.7, (6, 6))))
+    g.add(ir.Linear("wf", ("d2",), weight=rng.normal(0, 0.9, (6, 6))))
+    g.add(ir.Add("cur", ("wf", "wr", "fi")))
+    g.add(_lif("b", "cur"))
+    g.add(ir.Delay("d9", ("b",), steps=9))
+    g.add(ir.Add("both", ("b", "d9")))
+    g.add(ir.Readout("mean", ("both",)))
+    g.add(ir.Output("out", ("mean",)))
+    g.verify()
+    p = plan(g)
+    (cycle,) = [{n.name for n in nodes} for cyc, nodes in p.units if cyc]
+    assert cycle == {"back", "wr", "cur", "b"}
+    assert p.static == {"img", "fi"}
+    x = {"img": rng.normal(0, 1, (3, 6)), "seq": rng.normal(0, 1, (5, 3, 6))}
+    res = assert_identical(g, x)
+    assert 0 < res.trace["b"].mean() < 1
+    np.testing.assert_array_equal(res.trace["d2"][2:], res.trace["a"][:-2])
+    assert not res.trace["d9"].any()
+
+
+def test_fixed_point_folded_equals_stepped():
+    """Loihi 2 arithmetic: the same spikes, membranes and register peaks either way."""
+    from snncc.passes import default_pipeline
+    from snncc.passes.quantize import calibration_inputs
+    from snncc.pipeline import run_passes
+
+    g, _ = _zoo("spikformer-cifar", batch=2)
+    g.meta["target"] = "lava"
+    g = run_passes(g, default_pipeline("lava"), log=lambda s: None)
+    q = run_passes(g, ["quantize_for_loihi2"], log=lambda s: None)
+    x = calibration_inputs(g)
+    assert_identical(q, x, arithmetic="loihi2")
+    a, b = FixedPointSimulator(q, fold=False), FixedPointSimulator(q, fold=True)
+    a.run(x, record=True)
+    b.run(x)
+    assert a.peaks and a.peaks == b.peaks
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("alpha,gamma,beta,v_reset", [
+    (0.5, 0.5, 0.0, 0.0), (1.0, 1.0, 0.0, 0.0), (0.75, 1.0, 0.25, -0.5),
+    ("per", "per", "per", "per")])
+@pytest.mark.parametrize("cmp", nrn.CMPS)
+@pytest.mark.parametrize("reset", nrn.RESETS)
+def test_neuron_kernel_computes_snncc_neuron_step(dtype, alpha, gamma, beta, v_reset, cmp, reset):
+    """The simulator's neuron kernel (which skips multiplications by 1 and additions of 0 and
+    resets by masking) gives :func:`snncc.neuron.step`'s spikes and membranes exactly, ties at
+    the threshold included (inputs on a grid of 1/8)."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    per = lambda lo, hi: rng.integers(lo, hi, (3, 1)) / 8  # noqa: E731
+    kw = dict(alpha=per(4, 9) if alpha == "per" else alpha,
+              gamma=per(1, 9) if gamma == "per" else gamma,
+              beta=per(-2, 3) if beta == "per" else beta, theta=per(2, 9),
+              v_reset=per(-3, 1) if v_reset == "per" else v_reset, cmp=cmp, reset=reset)
+    n = ir.Neuron("n", ("x",), **kw)
+    n.shape = (3, 5)
+    sim = Simulator.__new__(Simulator)
+    sim.dtype, sim._params = getattr(torch, dtype), {}
+    state = sim._neuron_state(n, 4)
+    tt = lambda a: torch.as_tensor(np.asarray(a), dtype=sim.dtype)  # noqa: E731
+    v = tt(n.v_init).expand(4, 3, 5).clone()
+    fired = 0
+    for _ in range(12):
+        x = tt(rng.integers(-4, 12, (4, 3, 5)) / 8)
+        s, got = sim._neuron_step(n, state, x)
+        s_ref, v, _ = nrn.step(v, x, *(tt(kw[k]) for k in ("alpha", "gamma", "beta", "theta",
+                                                              "v_reset")), cmp, reset)
+        assert torch.equal(s, s_ref) and torch.equal(got, v)
+        fired += int(s.sum())
+    assert 0 < fired < 12 * 60
+
+
+def test_fixed_point_does_not_import_the_simulator():
+    """One-way dependency: the simulator chooses fixed-point kernels; fixed_point.py knows
+    nothing of the simulator."""
+    import ast
+    from pathlib import Path
+
+    import snncc.fixed_point as fixed_point
+
+    tree = ast.parse(Path(fixed_point.__file__).read_text())
+    imported = {(node.module or "") + "." + a.name if isinstance(node, ast.ImportFrom) else a.name
+                for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for a in node.names}
+    assert not [m for m in imported if "simulator" in m], imported
