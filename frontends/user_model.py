@@ -180,6 +180,9 @@ def example_for(input_shape: tuple[int, ...], T: int, layout: str, spikes: bool 
     return torch.randn((*lead, *input_shape), generator=gen, dtype=dtype)
 
 
+_NO_T = "the model declares no number of time steps (model.T): set T (--T)"
+
+
 def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
                      layout: str | None = None, input_shape=None, name: str = "model"):
     """Trace a user's model into an IR graph. ``example``: an input batch; without one, a
@@ -198,8 +201,7 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
             raise SnnccError("the model declares no input shape: give an example input or the "
                              "per-sample input shape (input_shape=(C, H, W), --input-shape C,H,W)")
         if T is None:
-            raise SnnccError("the model declares no number of time steps (model.T): set T "
-                             "(--T)")
+            raise SnnccError(_NO_T)
         candidates = [layout] if layout else ["static", "TB"]
         examples = {c: example_for(shape, T, c, dtype=dtype) for c in candidates}
     else:
@@ -207,8 +209,7 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
         x = x.to(dtype) if x.is_floating_point() or x.dtype == torch.bool else x
         if T is None:
             if layout not in ("TB", "BT"):
-                raise SnnccError("the model declares no number of time steps (model.T): set T "
-                                 "(--T)")
+                raise SnnccError(_NO_T)
             T = x.shape[0 if layout == "TB" else 1]
         candidates = [layout] if layout else layouts_to_try(x, T)
         examples = {c: x for c in candidates}
