@@ -281,7 +281,7 @@ def run_outputs(artifact: str | Path, inputs, *, target: str | None = None,
     tgt = get_target(target) if target else target_of(artifact)
     outputs, traces = tgt.run(artifact, _numpy(inputs), T)
     if sequence is None:
-        sequence = _artifact_meta(tgt, artifact).get("output_layout") in PER_STEP_LAYOUTS
+        sequence = tgt.graph_meta(artifact).get("output_layout") in PER_STEP_LAYOUTS
         if sequence and not all(k in traces for k in outputs):
             from .limits import warn
 
@@ -295,32 +295,3 @@ def run_outputs(artifact: str | Path, inputs, *, target: str | None = None,
                              f"{artifact} (output(s) {missing}); only the last step")
         outputs = {k: traces[k] for k in outputs}
     return outputs, tgt, bool(sequence)
-
-
-def _artifact_meta(tgt, artifact: Path) -> dict:
-    """The graph metadata (``output_layout`` ...) ``artifact`` records, read without its
-    weights; {} where it records none (lava) or cannot be read (the runner has said why)."""
-    import json
-    import zipfile
-
-    try:
-        if tgt.name == "onnx":
-            from snncc.backends.onnx.runner import read_metadata
-
-            return {"output_layout": read_metadata(artifact).get("snncc.output_layout")}
-        if tgt.name == "sim":
-            from .serialize import HEADER, _members, _read_member
-
-            with zipfile.ZipFile(artifact) as zf:
-                header = json.loads(bytes(_read_member(artifact, zf,
-                                                       _members(artifact, zf)[HEADER])).decode())
-            return dict(header.get("meta") or {})
-        if tgt.name == "nir":
-            import h5py
-
-            with h5py.File(artifact, "r") as f:
-                raw = f["node/metadata"]["snncc.meta"][()]
-            return dict(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, SnnccError):
-        pass
-    return {}

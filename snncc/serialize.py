@@ -143,6 +143,18 @@ def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.n
         return _read_data(f, shape, fortran, dtype)
 
 
+def read_meta(path: Path) -> dict:
+    """The graph metadata a ``.snnir`` file records, read from its header alone ({} for a file
+    that is not one)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            header = json.loads(bytes(_read_member(path, zf, _members(path, zf)[HEADER])).decode())
+        return dict(header.get("meta") or {})
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, zipfile.BadZipFile,
+            FormatError, ResourceError):
+        return {}
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` archive (snncc's artifacts), declared sizes checked before
     anything is decompressed; never unpickles."""

@@ -33,6 +33,15 @@ class Target:
     fixed_point: bool = False  # runs graphs quantized by quantize_for_loihi2 bit-exactly
     hardware_report: str = ""  # "module:function", fn(graph) -> report with .format()/.violations
     replaces: str = ""  # file artifacts: "module:NAME" of the files.Ours an output may replace
+    meta_reader: str = ""  # "module:function", fn(artifact) -> the graph metadata it records
+
+    def graph_meta(self, artifact: Path) -> dict:
+        """The graph metadata (``output_layout`` ...) an artifact records, read without its
+        weights; {} where it records none or cannot be read (its runner says why)."""
+        if not self.meta_reader:
+            return {}
+        mod, fn = self.meta_reader.split(":")
+        return getattr(importlib.import_module(mod), fn)(Path(artifact))
 
     def check_output(self, out: Path) -> None:
         """Refuse, before any work, an output path that writing this artifact would clobber."""

@@ -7,6 +7,21 @@ from snncc.frontends.nir_reader import read_nir
 from snncc.simulator import simulate
 
 
+def read_meta(artifact) -> dict:
+    """The graph metadata (``snncc.meta``) a ``.nir`` file snncc wrote records, without reading
+    its weights ({} for other files)."""
+    import json
+
+    import h5py
+
+    try:
+        with h5py.File(artifact, "r") as f:
+            raw = f["node/metadata"]["snncc.meta"][()]
+        return dict(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
+    except (OSError, KeyError, ValueError, TypeError):
+        return {}
+
+
 def run_nir(artifact, inputs, T=None, dtype: str = "float64"):
     """(outputs at the last step, every node's output [T, B, ...] by IR node name)."""
     res = simulate(read_nir(artifact), inputs, T, dtype=dtype, record=True)

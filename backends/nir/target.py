@@ -19,4 +19,5 @@ TARGET = register_target(Target(
     replaces=f"{__package__}.writer:WRITTEN_BY_SNNCC",
     options=frozenset({"strict", "compat"}),
     runner=f"{__package__}.runner:run_nir",
+    meta_reader=f"{__package__}.runner:read_meta",
 ))

@@ -47,6 +47,12 @@ def read_metadata(path_or_dir, form: str = "unrolled") -> dict[str, str]:
         return {}
 
 
+def read_graph_meta(artifact) -> dict:
+    """The graph metadata the target cares about (``output_layout``), from the model's
+    metadata alone."""
+    return {"output_layout": read_metadata(artifact).get("snncc.output_layout")}
+
+
 def _varint(buf, i: int) -> tuple[int, int]:
     value = shift = 0
     while True:

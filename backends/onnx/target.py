@@ -18,4 +18,5 @@ TARGET = register_target(Target(
     marker="model.onnx",
     options=frozenset({"dtype"}),
     runner=f"{__package__}.runner:run_onnx",
+    meta_reader=f"{__package__}.runner:read_graph_meta",
 ))

@@ -15,6 +15,7 @@ TARGET = register_target(Target(
     emitter="snncc.serialize:save",
     suffix=".snnir",
     replaces="snncc.serialize:SNNIR_FILE",
+    meta_reader="snncc.serialize:read_meta",
     runner="snncc.simulator:run_snnir",
     fixed_point=True,
 ))
