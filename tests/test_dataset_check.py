@@ -170,16 +170,23 @@ def corrupt_artifact(tmp_path) -> Path:
     return path
 
 
-def test_two_process_torchrun_equals_one_process(tmp_path):
-    art = corrupt_artifact(tmp_path)
-    args = ["check", CKPT, *ARCH, "--dataset", "digits", "--limit", "130", "--batch", "20",
-            "--artifact", art, "--min-agreement", "0"]
+def one_and_two_processes(tmp_path, *options):
+    """`check` of the digits checkpoint with ``options`` in one process and under torchrun with
+    two: (one-process JSON report, two-process JSON report, the torchrun result)."""
+    args = ["check", CKPT, *ARCH, *options]
     one = snncc(*args, "--json", tmp_path / "1.json")
     assert one.returncode == 0, one.stderr
     two = snncc("--standalone", "--nproc-per-node", "2", "-m", "snncc", *args, "--json",
                 tmp_path / "2.json", module=("-m", "torch.distributed.run"))
     assert two.returncode == 0, two.stderr
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("1.json", "2.json"))
+    return a, b, two
+
+
+def test_two_process_torchrun_equals_one_process(tmp_path):
+    art = corrupt_artifact(tmp_path)
+    a, b, two = one_and_two_processes(tmp_path, "--dataset", "digits", "--limit", "130",
+                                      "--batch", "20", "--artifact", art, "--min-agreement", "0")
     assert a["run"]["processes"] == 1 and b["run"]["processes"] == 2
     assert without_run(a) == without_run(b)
     assert a["samples"] == 130 and a["first_divergent_target"] == "block.0.mlp.fc1_lif"
@@ -191,14 +198,8 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
 
 def test_two_lava_runtimes_under_torchrun_equal_one(tmp_path):
     """One Lava runtime per rank: the reduced report equals the one-process run."""
-    args = ["check", CKPT, *ARCH, "-t", "lava", "--dataset", "digits", "--limit", "16",
-            "--batch", "4"]
-    one = snncc(*args, "--json", tmp_path / "1.json")
-    assert one.returncode == 0, one.stderr
-    two = snncc("--standalone", "--nproc-per-node", "2", "-m", "snncc", *args, "--json",
-                tmp_path / "2.json", module=("-m", "torch.distributed.run"))
-    assert two.returncode == 0, two.stderr
-    a, b = (json.loads((tmp_path / f).read_text()) for f in ("1.json", "2.json"))
+    a, b, _ = one_and_two_processes(tmp_path, "-t", "lava", "--dataset", "digits", "--limit",
+                                    "16", "--batch", "4")
     assert without_run(a) == without_run(b) and a["samples"] == 16
     assert a["min_agreement"] == 1.0
 

@@ -171,22 +171,28 @@ def _sim_out(g, x):
     return res.trace[g.outputs[0].inputs[0]]
 
 
-def test_snncc_file_read_by_snntorch_is_exact(tmp_path):
-    from snntorch.import_nir import import_from_nir
+def _snntorch_reads(path, x, b: int) -> np.ndarray:
+    """Sample ``b`` of ``x`` through snnTorch's import_from_nir of ``path``, step by step: one
+    sample at a time, since snnTorch flattens the batch on Flatten(0)."""
     from snntorch import utils
+    from snntorch.import_nir import import_from_nir
 
+    net = import_from_nir(nir.read(path))
+    utils.reset(net)
+    got = []
+    with torch.no_grad():
+        for t in range(T):
+            y = net(x[t, b:b + 1])
+            got.append((y[0] if isinstance(y, tuple) else y).detach().clone())
+    return torch.cat(got).numpy()
+
+
+def test_snncc_file_read_by_snntorch_is_exact(tmp_path):
     g, path, x = _snncc_file(tmp_path, 5)
     want = _sim_out(g, x)
     assert 0.02 < want.mean() < 0.98
-    for b in range(B):  # one sample at a time (snnTorch flattens the batch on Flatten(0))
-        net = import_from_nir(nir.read(path))
-        utils.reset(net)
-        got = []
-        with torch.no_grad():
-            for t in range(T):
-                y = net(x[t, b:b + 1])
-                got.append((y[0] if isinstance(y, tuple) else y).detach().clone())
-        np.testing.assert_array_equal(torch.cat(got).numpy(), want[:, b])
+    for b in range(B):
+        np.testing.assert_array_equal(_snntorch_reads(path, x, b), want[:, b])
 
 
 def test_snncc_file_read_by_norse_is_exact(tmp_path):
@@ -301,9 +307,6 @@ def test_compat_norse_avgpool_as_sumpool_is_exact(tmp_path):
 def test_compat_snntorch_if_as_lif_beta_one_is_exact(tmp_path):
     """snnTorch's import_from_nir reads IF as Leaky(beta=0.9); compat="snntorch" writes it as
     an LIF with tau = dt 2^60, r = tau/dt, which snnTorch reads as Leaky(beta=1.0), an IF."""
-    from snntorch import utils
-    from snntorch.import_nir import import_from_nir
-
     from snncc.targets import get_target
 
     rng = np.random.default_rng(9)
@@ -330,14 +333,7 @@ def test_compat_snntorch_if_as_lif_beta_one_is_exact(tmp_path):
     np.testing.assert_array_equal(_sim_out(back, x), want)
     assert 0.05 < want.mean() < 0.95
     for b in range(B):
-        net = import_from_nir(nir.read(path))
-        utils.reset(net)
-        got = []
-        with torch.no_grad():
-            for t in range(T):
-                y = net(x[t, b:b + 1])
-                got.append((y[0] if isinstance(y, tuple) else y).detach().clone())
-        np.testing.assert_array_equal(torch.cat(got).numpy(), want[:, b])
+        np.testing.assert_array_equal(_snntorch_reads(path, x, b), want[:, b])
 
 
 def test_compat_refuses_what_the_consumer_would_misread(tmp_path):

@@ -14,8 +14,6 @@ cases are marked slow. See ``test_spikingjelly_models.py`` for why torchvision i
 from __future__ import annotations
 
 import inspect
-import sys
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
@@ -325,18 +323,6 @@ def test_spike_dhs_resampling_cells_are_refused():
 
 # ------------------------------------------------------------ every constructor of the package
 
-@contextmanager
-def _recursion_limit(limit: int):
-    """The tracer emits the IR recursively from the output (3 frames per op on the longest
-    path): the 101/152-layer ResNets need more than Python's default 1000 frames."""
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(old, limit))
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(old)
-
-
 def _constructors() -> list[tuple[str, str]]:
     """(module, name) of every model constructor of the package: the builder functions and the
     model classes whose arguments all have defaults (the others are built by a function)."""
@@ -415,8 +401,7 @@ def test_every_constructor_traces_exactly_or_is_refused(module, name):
             trace(model, x, T=T if static else x.shape[0], static=static)
         return
     steps = 6 if name == "SpikeDHS" else T if static else x.shape[0]
-    with _recursion_limit(10_000):
-        g = trace(model, x, T=steps, static=static, name=name)
+    g = trace(model, x, T=steps, static=static, name=name)  # deep ResNets: trace() copes
     neurons = g.of_type(ir.Neuron)
     y, spikes = library_spikes(model, x, {n.path for n in neurons})
     batch = x.shape[0] if static else x.shape[1]
