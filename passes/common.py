@@ -172,13 +172,12 @@ def carry_labels(node: ir.Node, labels: np.ndarray) -> np.ndarray:
 
 def per_label(values: np.ndarray, labels: np.ndarray, count: int, what: str) -> np.ndarray:
     """``values`` (one per element) as one per label; declines if a label's values differ."""
-    lo = np.full(count, np.inf)
-    hi = np.full(count, -np.inf)
-    np.minimum.at(lo, labels.ravel(), values.ravel())
-    np.maximum.at(hi, labels.ravel(), values.ravel())
-    if np.any(lo != hi):
+    labels, values = labels.ravel(), values.ravel()
+    out, seen = np.empty(count), np.zeros(count, dtype=bool)
+    out[labels], seen[labels] = values, True  # one of each label's values (ufunc.at is slow)
+    if not seen.all() or np.any(out[labels] != values):
         raise Decline(f"{what} differs between elements of one channel")
-    return lo
+    return out
 
 
 # ----------------------------------------------------------------------------- input regions
