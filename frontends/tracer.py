@@ -36,7 +36,7 @@ import operator
 import re
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -44,11 +44,12 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.nn.modules.utils import _pair, _triple
 
 from snncc import ir
 from snncc import neuron as cn
-from snncc.errors import IRError, UnsupportedError
+from snncc.errors import IRError, SnnccError, UnsupportedError
 from snncc.graph import Graph
 
 from .adapters import STEP_MULTI, Adapter, NeuronCircuit, adapter_for
@@ -101,13 +102,22 @@ class _ConcreteTracer(fx.Tracer):
 
     ``node.meta['scope']`` is the module path the op was called in; ``node.meta['site']``
     identifies the op's place in the program (module, Python call stack, and how often that
-    stack occurred before in the same module call), the same in every iteration of a loop."""
+    stack occurred before in the same module call), the same in every iteration of a loop.
+
+    ``fake``: ops on values derived from the input run on fake tensors (shapes and dtypes,
+    no data), so tracing a full-size model neither computes nor keeps its activations; the IR
+    needs only their shapes. Ops on constants only, and ``*_like`` constructors, whose values
+    become constants of the graph, still compute real values. A model whose Python code reads
+    activation values (``if x.max() > 0``) fails under fake tensors: :func:`trace` then
+    traces it again on real values."""
 
     proxy_buffer_attributes = True
 
-    def __init__(self, example: torch.Tensor):
+    def __init__(self, example: torch.Tensor, fake: bool):
         super().__init__()
         self.example = example
+        self._fake = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+        self._input = self._fake.from_tensor(example) if fake else example
         self._running = 0
         self._constants = 0
         self._occurrences: dict[tuple, int] = {}
@@ -152,6 +162,8 @@ class _ConcreteTracer(fx.Tracer):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
                                      proxy_factory_fn)
         proxy.node.meta["value"] = value
+        if kind == "placeholder":
+            proxy.node.meta["example"] = self.example
         proxy.node.meta["scope"] = self.scope.module_path
         proxy.node.meta["site"] = self._site()
         return proxy
@@ -168,18 +180,39 @@ class _ConcreteTracer(fx.Tracer):
 
     def _evaluate(self, kind, target, args, kwargs):
         if kind == "placeholder":
-            return self.example
+            return self._input
+        fake = any(isinstance(a, FakeTensor) for a in _walk((args, kwargs)))
+        if fake and target in _CONSTANT_LIKE:
+            args, kwargs = fx.node.map_aggregate((args, kwargs), _real_stand_in)
+            fake = False
         self._running += 1
         try:
-            if kind == "get_attr":
-                return _fetch(self.root, target)
-            if kind == "call_module":
-                return self.root.get_submodule(target)(*args, **kwargs)
-            if kind == "call_method":
-                return getattr(args[0], target)(*args[1:], **kwargs)
-            return target(*args, **kwargs)
+            with self._fake if fake else nullcontext():
+                return self._run(kind, target, args, kwargs, fake)
         finally:
             self._running -= 1
+
+    def _run(self, kind, target, args, kwargs, fake: bool):
+        if kind == "get_attr":
+            return _fetch(self.root, target)
+        if kind == "call_module":
+            m = self.root.get_submodule(target)
+            if fake and isinstance(m, _SHAPE_PRESERVING):  # fake BN dispatches ~20 ops
+                return torch.empty_like(args[0])
+            return m(*args, **kwargs)
+        if kind == "call_method":
+            return getattr(args[0], target)(*args[1:], **kwargs)
+        return target(*args, **kwargs)
+
+
+#: layers whose output has their input's shape and dtype
+_SHAPE_PRESERVING = (nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Dropout)
+#: ops on a traced value whose result is a constant of the graph (its shape and dtype only)
+_CONSTANT_LIKE = frozenset({torch.zeros_like, torch.ones_like, torch.full_like})
+
+
+def _real_stand_in(a):
+    return torch.empty(a.shape, dtype=a.dtype) if isinstance(a, FakeTensor) else a
 
 
 def _fetch(root: nn.Module, target: str):
@@ -191,15 +224,23 @@ def _fetch(root: nn.Module, target: str):
 
 @contextmanager
 def _inference(model: nn.Module):
-    """Eval mode, no autograd and fresh neuron state while tracing; restored after."""
+    """Eval mode, no autograd and fresh neuron state while tracing; restored after. A trace
+    that fails half-way can leave proxies or fake tensors in the modules' attributes and
+    buffers (neuron state), which no library's reset clears: they are put back as they were."""
     modes = [(m, m.training) for m in model.modules()]
 
     model.eval()
     reset_state(model)
+    saved = [(m, dict(m.__dict__), dict(m._buffers)) for m in model.modules()]
     try:
         with torch.no_grad():
             yield
     finally:
+        for m, attrs, buffers in saved:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            m._buffers.clear()
+            m._buffers.update(buffers)
         reset_state(model)
         for m, mode in modes:
             m.training = mode
@@ -395,7 +436,7 @@ class _Builder:
         return _Call(scope, op, f"{scope}.{base}" if scope else base, value, site)
 
     def _input(self, node: fx.Node, static: bool) -> Val:
-        x, T = node.meta["value"], self.T
+        x, T = node.meta["example"], self.T
         if any(isinstance(n, ir.Input) for n in self.graph):
             raise UnsupportedError("the model takes more than one tensor input")
         if static:
@@ -1335,7 +1376,17 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
                 and x.dim() >= 3 and x.shape[0] == T else "")
         raise ValueError(f"the example batch must have >= 2 samples and differ from T={T}, "
                          f"got {batch}{hint}")
-    tracer = _ConcreteTracer(x)
+    try:
+        return _trace(model, x, T, batch, static, name, fake=True)
+    except (SnnccError, RecursionError, MemoryError):
+        raise
+    except Exception:  # the model's code needs activation values: compute them
+        return _trace(model, x, T, batch, static, name, fake=False)
+
+
+def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, name: str,
+           fake: bool) -> Graph:
+    tracer = _ConcreteTracer(x, fake)
     with _inference(model):
         try:
             fx_graph = tracer.trace(model)

@@ -1,0 +1,94 @@
+"""Tracing on fake tensors (shapes only) gives the graph of tracing on real values, node for
+node and array for array; a model whose Python code reads activation values is traced on real
+values instead; a failed attempt leaves the model's state as it was."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from snncc.frontends import tracer, zoo
+from snncc.serialize import to_bytes_dict
+
+T = 4
+
+
+def same_graph(a, b) -> bool:
+    da, db = to_bytes_dict(a), to_bytes_dict(b)
+    return da.keys() == db.keys() and all(
+        np.array_equal(np.asarray(da[k]), np.asarray(db[k])) for k in da)
+
+
+def both(model, x, static=True):
+    batch = x.shape[0] if static or x.shape[0] != T else x.shape[1]
+    return (tracer._trace(model, x, T, batch, static, "m", fake=True),
+            tracer._trace(model, x, T, batch, static, "m", fake=False))
+
+
+@pytest.mark.parametrize("family", zoo.FAMILIES)
+def test_fake_trace_equals_real_trace_for_every_zoo_family(family):
+    case = zoo.small(family, 1)
+    fake, real = both(case.model, case.inputs, static=case.inputs.dim() == 4)
+    assert same_graph(fake, real)
+
+
+def test_spikingjelly_models_trace_on_fake_tensors():
+    pytest.importorskip("spikingjelly.activation_based")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(0)
+    model = nn.Sequential(layer.Conv2d(2, 4, 3, padding=1), layer.BatchNorm2d(4),
+                          neuron.LIFNode(tau=2.0), layer.MaxPool2d(2), layer.Flatten(),
+                          layer.Linear(64, 5), neuron.IFNode())
+    functional.set_step_mode(model, "m")
+    x = torch.rand(T, 3, 2, 8, 8).double()
+    model.double()
+    fake, real = both(model, x, static=False)
+    assert same_graph(fake, real)
+
+
+def _snntorch_loop():
+    """snnTorch's Leaky with reset_delay=False reads a value of its membrane in forward
+    (``aten._local_scalar_dense``), which fake tensors cannot answer."""
+    snn = pytest.importorskip("snntorch")
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+            self.lif = snn.Leaky(beta=0.7, reset_mechanism="zero", reset_delay=False)
+
+        def forward(self, x):
+            mem = self.lif.init_leaky()
+            out = []
+            for _ in range(T):
+                spk, mem = self.lif(self.fc(x), mem)
+                out.append(spk)
+            return torch.stack(out)
+
+    torch.manual_seed(0)
+    return Loop()
+
+
+def test_a_model_reading_values_is_traced_on_real_values():
+    model, x = _snntorch_loop(), torch.randn(2, 3)
+    with pytest.raises(Exception):
+        tracer._trace(model, x, T, 2, True, "m", fake=True)
+    graph = tracer.trace(model, x, T=T, name="m")
+    assert len(graph) > 3
+    assert same_graph(graph, tracer._trace(model, x, T, 2, True, "m", fake=False))
+
+
+def test_a_failed_trace_leaves_the_model_state_as_it_was():
+    """snnTorch keeps its membrane in a buffer that tracing rebinds: a trace that fails half-way
+    must not leave a proxy there for the next trace (it did: KeyError in the retry)."""
+    model, x = _snntorch_loop(), torch.randn(2, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(Exception):
+        tracer._trace(model, x, T, 2, True, "m", fake=True)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert len(tracer._trace(model, x, T, 2, True, "m", fake=False)) > 3
