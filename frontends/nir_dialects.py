@@ -14,7 +14,18 @@ continuous-time reading or is not recorded in the file (docs/nir.md, "Dialects")
   - v), k = dt * tau_mem_inv), ``CubaLIF`` a ``LIFCell``, ``IF`` an ``IAFCell``; no reset is
   recorded and norse's default (``reset_value`` to v_reset = 0) is assumed, as norse's own
   ``from_nir`` does. tau_mem_inv is recovered in float32 and checked against the stored tau.
-* ``sinabs`` and ``spikingjelly``: not implemented (refused by name, not guessed).
+* ``sinabs`` (``sinabs.to_nir``, sinabs 3.1.3 with nir 1.0.4): ``tau`` counts time steps (no
+  dt is written; alpha = exp(-1/tau) in the file's float type, as sinabs computes it), ``r`` is
+  1 and no reset is written: ``IF`` is an ``IAF``, ``LIF`` an ``LIF`` with ``norm_input=False``
+  (how sinabs's ``from_nir`` reads it), both subtracting the threshold on a spike, ``LI`` an
+  ``ExpLeak``. sinabs's default ``MultiSpike`` emits floor(v / threshold) spikes per step;
+  snncc's neuron (fire on v >= threshold, subtract it) is the same exactly when no step can
+  reach twice the threshold, which the reader proves from an upper bound of the neuron's input
+  (spikes into Linear / Conv2d / sum-pooling) or refuses. ``sinabs:single-spike`` says the
+  layers used ``SingleSpike`` (the exporter does not record ``spike_fn``), ``sinabs:spike-input``
+  that the model's inputs are 0/1 events (the bound then starts there). ``min_v_mem`` is not
+  written either: the layers' default (none) is assumed.
+* ``spikingjelly``: not implemented (refused by name, not guessed).
 
 Anything a dialect cannot represent exactly (per-neuron values where the framework's circuit
 has one per layer, a gain, a leak voltage, a nested recurrent graph) is refused, naming the
@@ -34,24 +45,27 @@ from snncc.errors import SnnccError, UnsupportedError
 DIALECTS = ("snntorch", "norse", "sinabs", "spikingjelly")
 SNNTORCH_DT = 1e-4
 NORSE_DT = 1e-3
-SNNTORCH_RESETS = ("subtract", "zero")
+SINABS_DT = 1.0  # sinabs's tau counts time steps
+OPTIONS = {"snntorch": ("subtract", "zero"), "norse": (), "sinabs": ("single-spike",
+                                                                     "spike-input")}
 
 
 @dataclass(frozen=True)
 class Dialect:
     name: str
-    reset: str | None = None  # snntorch: Leaky's reset_mechanism
+    option: str | None = None  # snntorch: Leaky's reset_mechanism; sinabs: see OPTIONS
 
     @property
     def default_dt(self) -> float:
-        return SNNTORCH_DT if self.name == "snntorch" else NORSE_DT
+        return {"snntorch": SNNTORCH_DT, "sinabs": SINABS_DT}.get(self.name, NORSE_DT)
 
     def __str__(self) -> str:
-        return self.name + (f":{self.reset}" if self.reset else "")
+        return self.name + (f":{self.option}" if self.option else "")
 
 
 def parse_dialect(spec) -> Dialect | None:
-    """``None`` / ``''`` (NIR's own meaning), ``snntorch[:subtract|zero]`` or ``norse``."""
+    """``None`` / ``''`` (NIR's own meaning), ``snntorch[:subtract|zero]``, ``norse`` or
+    ``sinabs[:single-spike|spike-input]``."""
     if spec is None or isinstance(spec, Dialect):
         return spec
     spec = str(spec).strip().lower()
@@ -60,18 +74,14 @@ def parse_dialect(spec) -> Dialect | None:
     name, _, opt = spec.partition(":")
     if name not in DIALECTS:
         raise SnnccError(f"--nir-dialect '{spec}': unknown (known: {', '.join(DIALECTS)})")
-    if name in ("sinabs", "spikingjelly"):
+    if name == "spikingjelly":
         raise UnsupportedError(
             f"--nir-dialect {name} is not implemented: snncc has no {name} exporter to check its "
-            "conventions against here (sinabs: tau in time steps, multi-spike IAF); refused "
-            "rather than guessed")
-    if name == "snntorch":
-        if opt and opt not in SNNTORCH_RESETS:
-            raise SnnccError(f"--nir-dialect '{spec}': snntorch's reset is 'subtract' or 'zero'")
-        return Dialect(name, opt or None)
-    if opt:
-        raise SnnccError(f"--nir-dialect '{spec}': norse takes no option")
-    return Dialect(name)
+            "conventions against here; refused rather than guessed")
+    if opt and opt not in OPTIONS[name]:
+        known = " or ".join(f"'{o}'" for o in OPTIONS[name]) or "none"
+        raise SnnccError(f"--nir-dialect '{spec}': {name}'s options are {known}")
+    return Dialect(name, opt or None)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -154,14 +164,14 @@ def _circuit_nodes(name: str, x: str, nc, shape, path: str) -> list[ir.Node]:
 
 
 def _snntorch_reset(d: Dialect, name: str) -> str:
-    if d.reset is None:
+    if d.option is None:
         raise UnsupportedError(
             "snnTorch's export_to_nir does not record Leaky's reset_mechanism: give "
             "--nir-dialect snntorch:subtract (Leaky's default) or snntorch:zero", node=name)
-    return d.reset
+    return d.option
 
 
-def _snntorch_lif(d, name, node, x, shape, dt, path):
+def _snntorch_lif(d, name, node, x, shape, dt, path, graph):
     from snncc.frontends.adapters.snntorch import _leaky
 
     mode = _snntorch_reset(d, name)
@@ -188,7 +198,7 @@ def _gain_one(r, tau, dt, name, field):
                                node=name)
 
 
-def _snntorch_cuba(d, name, node, x, shape, dt, path):
+def _snntorch_cuba(d, name, node, x, shape, dt, path, graph):
     from snncc.frontends.adapters.snntorch import _synaptic
 
     mode = _snntorch_reset(d, name)
@@ -215,7 +225,7 @@ def _norse_common(node, name):
              "default reset to 0 is assumed)")
 
 
-def _norse_lif(d, name, node, x, shape, dt, path):
+def _norse_lif(d, name, node, x, shape, dt, path, graph):
     from snncc.frontends.adapters.norse import _lif_box
 
     _norse_common(node, name)
@@ -225,7 +235,7 @@ def _norse_lif(d, name, node, x, shape, dt, path):
     return _circuit_nodes(name, x, nc, shape, path)
 
 
-def _norse_cuba(d, name, node, x, shape, dt, path):
+def _norse_cuba(d, name, node, x, shape, dt, path, graph):
     from snncc.frontends.adapters.norse import _lif
 
     _norse_common(node, name)
@@ -236,7 +246,7 @@ def _norse_cuba(d, name, node, x, shape, dt, path):
     return _circuit_nodes(name, x, nc, shape, path)
 
 
-def _norse_if(d, name, node, x, shape, dt, path):
+def _norse_if(d, name, node, x, shape, dt, path, graph):
     _must_be(node.r, 1.0, name, "r", "norse's IAFCell has no input gain")
     _must_be(node.v_reset, 0.0, name, "v_reset", "norse's exporter writes no v_reset")
     return [ir.Neuron(name, (x,), path=path, alpha=1.0, gamma=1.0, beta=0.0,
@@ -244,7 +254,131 @@ def _norse_if(d, name, node, x, shape, dt, path):
                       v_init=0.0, cmp=nrn.CMP_GT, reset=nrn.RESET_HARD)]
 
 
-def _refuse(d, name, node, x, shape, dt, path):
+# ----------------------------------------------------------------------------- sinabs
+
+#: Rounding slack of a bound on a Linear / Conv2d output: (fan-in + 1) units of float32's
+#: roundoff on the terms' magnitudes (a float64 sum errs less).
+_ROUNDOFF = 2.0 ** -23
+#: An input below this fraction of the threshold keeps h = alpha v + x below 2 * threshold
+#: (v < threshold after every step, by induction), with room for the addition's rounding.
+_ONE_SPIKE = 1.0 - 2.0 ** -20
+
+
+def _affine_max(n, hi: float) -> np.ndarray:
+    """Upper bound of a Linear's / Conv's output per output unit (Linear: (out,), Conv:
+    (out, 1[, 1])) for inputs in [0, hi]: bias + hi * (sum of the positive weights)."""
+    w = np.asarray(n.weight, dtype=np.float64).reshape(n.weight.shape[0], -1)
+    b = np.zeros(w.shape[0]) if n.bias is None else np.asarray(n.bias, dtype=np.float64)
+    slack = (w.shape[1] + 1) * _ROUNDOFF * (np.abs(b) + hi * np.abs(w).sum(1))
+    up = b + hi * np.clip(w, 0, None).sum(1) + slack
+    return up if isinstance(n, ir.Linear) else up.reshape(-1, *(1,) * (n.weight.ndim - 2))
+
+
+def _spikes_max(graph, x: str) -> float | None:
+    """hi when every value of node ``x`` lies in [0, hi] (spikes, their pooled sums), else
+    None."""
+    n = graph[x]
+    if n.kind is ir.Kind.SPIKE:
+        return 1.0
+    if isinstance(n, (ir.Flatten, ir.Reshape, ir.MaxPool2d, ir.AvgPool2d)):
+        return _spikes_max(graph, n.inputs[0])
+    if (isinstance(n, (ir.Linear, ir.Conv2d)) and np.all(n.weight >= 0)
+            and (n.bias is None or np.all(n.bias >= 0))):  # sum-pooling, as snncc reads it
+        hi = _spikes_max(graph, n.inputs[0])
+        return None if hi is None else float(np.max(_affine_max(n, hi)))
+    return None
+
+
+def _input_max(graph, x: str):
+    """An upper bound of node ``x``'s values (array broadcastable to its shape), or None."""
+    hi = _spikes_max(graph, x)
+    if hi is not None:
+        return hi
+    n = graph[x]
+    if isinstance(n, (ir.Linear, ir.Conv2d)):
+        hi = _spikes_max(graph, n.inputs[0])
+        return None if hi is None else _affine_max(n, hi)
+    return None
+
+
+def _sinabs_one_spike(d: Dialect, name: str, x: str, graph, theta: np.ndarray, what: str):
+    """sinabs's MultiSpike fires trunc(h / theta) spikes. For theta > 0, fl(h / theta) >= 1
+    exactly when h >= theta (a float below theta divides to below 1 after rounding), so with
+    at most one spike per step it is snncc's ``>=`` neuron with subtract reset: refused unless
+    the input bound proves h < 2 theta (or the layers used SingleSpike: v >= theta)."""
+    if d.option == "single-spike":
+        return
+    up = _input_max(graph, x)
+    if up is None:
+        why = ("its input is not bounded (real values" +
+               ("" if d.option == "spike-input" else "; --nir-dialect sinabs:spike-input says "
+                "the model's inputs are 0/1 events") + ")")
+    else:
+        up, th = np.broadcast_arrays(np.asarray(up, dtype=np.float64), theta)
+        over = up >= th * _ONE_SPIKE
+        if not over.any():
+            return
+        why = (f"its input can reach {up[over].ravel()[0]:g} >= v_threshold = "
+               f"{th[over].ravel()[0]:g}")
+    raise UnsupportedError(
+        f"sinabs's {what} (MultiSpike) emits floor(v / v_threshold) spikes per step, snncc's "
+        f"neurons one: the same only while no step reaches 2 * v_threshold, but {why}; give "
+        "--nir-dialect sinabs:single-spike if its layers used spike_fn=SingleSpike", node=name)
+
+
+def _sinabs_common(node, name: str, what: str) -> np.ndarray | None:
+    """The checks every sinabs neuron shares; returns its thresholds (positive), if any."""
+    _must_be(node.r, 1.0, name, "r", f"sinabs's exporter writes 1 (its {what} has no input "
+             "gain, and sinabs's from_nir ignores r)")
+    if hasattr(node, "v_leak"):
+        _must_be(node.v_leak, 0.0, name, "v_leak", f"sinabs's {what} has no leak voltage")
+    if not hasattr(node, "v_threshold"):
+        return None
+    theta = np.asarray(node.v_threshold, dtype=np.float64)
+    if not np.all(theta >= np.finfo(np.float32).tiny):
+        raise UnsupportedError(f"v_threshold = {theta[~(theta > 0)].ravel()[0]:g}: sinabs's "
+                               "MultiSpike is read exactly for positive thresholds only",
+                               node=name)
+    return theta
+
+
+def _sinabs_alpha(tau, name: str) -> np.ndarray:
+    """sinabs's decay ``exp(-1 / tau_mem)``, tau in time steps, computed by torch in the
+    file's float type as sinabs's forward computes it (tau = inf: no leak)."""
+    import torch
+
+    t = torch.as_tensor(np.asarray(tau, dtype=_float_type(tau)))
+    if not bool((t > 0).all()):
+        raise UnsupportedError(f"tau = {float(t[~(t > 0)].reshape(-1)[0]):g} is not positive "
+                               "(sinabs's tau counts time steps)", node=name)
+    return torch.exp(-1.0 / t).to(torch.float64).numpy()
+
+
+def _sinabs_neuron(d, name, x, path, graph, alpha, theta, what):
+    _sinabs_one_spike(d, name, x, graph, theta, what)
+    return [ir.Neuron(name, (x,), path=path, alpha=alpha, gamma=1.0, beta=0.0, theta=theta,
+                      v_reset=0.0, v_init=0.0, cmp=nrn.CMP_GE, reset=nrn.RESET_SOFT)]
+
+
+def _sinabs_lif(d, name, node, x, shape, dt, path, graph):
+    theta = _sinabs_common(node, name, "LIF")
+    return _sinabs_neuron(d, name, x, path, graph, _sinabs_alpha(node.tau, name), theta, "LIF")
+
+
+def _sinabs_if(d, name, node, x, shape, dt, path, graph):
+    theta = _sinabs_common(node, name, "IAF")
+    return _sinabs_neuron(d, name, x, path, graph, 1.0, theta, "IAF")
+
+
+def _sinabs_li(d, name, node, x, shape, dt, path, graph):
+    from snncc.frontends.nir_reader import _integrator
+
+    _sinabs_common(node, name, "ExpLeak")
+    alpha = np.broadcast_to(_sinabs_alpha(node.tau, name), shape).copy()
+    return _integrator(name, x, alpha, 1.0, 0.0, path)
+
+
+def _refuse(d, name, node, x, shape, dt, path, graph):
     raise UnsupportedError(f"--nir-dialect {d.name}: a {type(node).__name__} is not what "
                            f"{d.name}'s exporter writes for any neuron snncc can read exactly",
                            node=name)
@@ -255,11 +389,13 @@ _HANDLERS = {
                  "LI": _refuse, "CubaLI": _refuse, "I": _refuse},
     "norse": {"LIF": _norse_lif, "CubaLIF": _norse_cuba, "IF": _norse_if, "LI": _refuse,
               "CubaLI": _refuse, "I": _refuse},
+    "sinabs": {"LIF": _sinabs_lif, "IF": _sinabs_if, "LI": _sinabs_li, "CubaLIF": _refuse,
+               "CubaLI": _refuse, "I": _refuse},
 }
 
 
-def convert(d: Dialect, name: str, node, x: str, shape: tuple, dt: float, path: str):
-    """The IR nodes of a neuron ``node`` as dialect ``d`` reads it, or None when the dialect
-    reads this node type as NIR does."""
+def convert(d: Dialect, name: str, node, x: str, shape: tuple, dt: float, path: str, graph):
+    """The IR nodes of a neuron ``node`` reading IR node ``x`` of ``graph`` (the graph built
+    so far) as dialect ``d`` reads it, or None when the dialect reads this type as NIR does."""
     fn = _HANDLERS[d.name].get(type(node).__name__)
-    return None if fn is None else fn(d, name, node, x, tuple(shape), dt, path)
+    return None if fn is None else fn(d, name, node, x, tuple(shape), dt, path, graph)

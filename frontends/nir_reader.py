@@ -64,7 +64,15 @@ def _prescan(path: Path) -> set[str]:
         if len(parts) < 3 or parts[-2] != "nodes":
             return
         owner = obj.parent.parent  # the graph whose node table holds this group
-        if "type" not in owner or text(owner["type"][()]) != "NIRGraph":
+        if "type" not in owner:  # only a nir.write that stopped part-way leaves this
+            problems.append(FormatError(
+                f"{path}: graph '{_node_name(owner.name.lstrip('/')) or 'top level'}' has no "
+                f"'type' (seen at node '{_node_name(name)}'): the file was left by a "
+                "nir.write that failed part-way (sinabs.to_nir leaves a conv net's Conv2d "
+                "input_shape unset, which nir 1.0.4 cannot write: call graph.infer_types() "
+                "before nir.write)"))
+            return
+        if text(owner["type"][()]) != "NIRGraph":
             return
         if "type" not in obj:
             problems.append(FormatError(
@@ -125,7 +133,8 @@ def read_nir(path, dt: float | None = None, dialect: str | None = None) -> Graph
     sizes are checked against the file and the memory budget before any array is read.
     ``dt``: the time step (else the file's metadata ``dt``; a file without one is refused where
     a time constant needs it). ``dialect``: read a producer's own conventions
-    (:mod:`snncc.frontends.nir_dialects`: ``snntorch:subtract``, ``snntorch:zero``, ``norse``)."""
+    (:mod:`snncc.frontends.nir_dialects`: ``snntorch:subtract``, ``snntorch:zero``, ``norse``,
+    ``sinabs[:single-spike|spike-input]``)."""
     path = Path(path)
     d = parse_dialect(dialect)
     no_reset = _prescan(path)
@@ -343,7 +352,7 @@ class _Ctx:
                 f"{type(node).__name__} {field} = {v[0] if v.size else float('nan'):g} needs the "
                 "time step dt, which the file does not record: give --nir-dt SECONDS "
                 "(read_nir(dt=...)) or the producer with --nir-dialect snntorch:subtract|"
-                "snntorch:zero|norse", node=name)
+                "snntorch:zero|norse|sinabs", node=name)
         return self.dt
 
     def reset_known(self, name: str, node) -> None:
@@ -569,20 +578,22 @@ _CONVERT = {
 }
 
 
-def _input(name, node) -> ir.Input:
+def _input(name, node, spikes: bool = False) -> ir.Input:
+    """``spikes``: the producer's dialect says the input is 0/1 events (sinabs:spike-input)."""
     m = _meta(node)
     shape = np.asarray((node.input_type or {}).get("input", ()))
     if shape.dtype.kind not in "iu" or shape.ndim != 1 or not shape.size:
         raise FormatError(f"input shape {shape.tolist()!r} is not a list of sizes", node=name)
     return ir.Input(name, path=_path(node), input_shape=tuple(int(v) for v in shape),
                     static=bool(m.get("snncc.static", False)),
-                    input_kind=text(m.get("snncc.kind", "real")))
+                    input_kind="spike" if spikes else text(m.get("snncc.kind", "real")))
 
 
 def _ir_nodes(name: str, node, srcs: list[str], ctx: _Ctx) -> list[ir.Node]:
     """The IR nodes of one NIR node reading the IR names ``srcs`` (its incoming edges)."""
     if isinstance(node, nir.Input):
-        return [_input(name, node)]
+        spikes = ctx.dialect is not None and ctx.dialect.option == "spike-input"
+        return [_input(name, node, spikes)]
     if is_extension(node):
         try:
             return [decode(name, node, srcs)]
@@ -612,7 +623,7 @@ def _ir_nodes(name: str, node, srcs: list[str], ctx: _Ctx) -> list[ir.Node]:
         shape = ctx.graph[srcs[0]].shape
         out = dialect_convert(ctx.dialect, name, node, srcs[0], shape,
                               ctx.dt if ctx.dt is not None else ctx.dialect.default_dt,
-                              _path(node))
+                              _path(node), ctx.graph)
         if out is not None:
             return out
     return fn(name, node, srcs[0], ctx)

@@ -91,9 +91,12 @@ def _shape(csv: Optional[str]) -> Optional[tuple[int, ...]]:
 NIR_DIALECT = typer.Option(None, "--nir-dialect",
                            help=".nir source: read the producer's own conventions: "
                                 "snntorch:subtract, snntorch:zero (snnTorch's export_to_nir "
-                                "records no reset) or norse (tau = dt/tau_mem_inv)")
+                                "records no reset), norse (tau = dt/tau_mem_inv) or "
+                                "sinabs[:spike-input|single-spike] (tau in time steps; "
+                                "multi-spike IAF where one spike a step is provable)")
 NIR_DT = typer.Option(None, "--nir-dt", help=".nir source: the time step in seconds when the "
-                                             "file records none (snntorch 1e-4, norse 1e-3)")
+                                             "file records none (snntorch 1e-4, norse 1e-3, "
+                                             "sinabs 1: steps)")
 
 
 def _loaded(source: str, arch, model, model_args, input_shape, layout, trust, T,
