@@ -219,7 +219,7 @@ def atomic_write(path: str | Path, write: Callable, binary: bool = True, *,
     _prepare_parent(path)
     tmp = _temp_name(path)
     try:
-        with open(tmp, "xb" if binary else "x") as f:
+        with open(tmp, "x+b" if binary else "x") as f:  # readable too: h5py needs it
             write(f)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)

@@ -397,3 +397,30 @@ def test_nir_1_0_4_reads_compat_files(conv_nets, name, tmp_path):
     assert ok.stdout.startswith("1.0.4 [") and "LIF" in ok.stdout and "0.0001" in ok.stdout
     bad = subprocess.run([*run, str(plain)], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unexpected keyword argument" in bad.stderr
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_writer_dictionary_is_nirs_own_without_copies(name):
+    """The writer hands nir.write NIR's own to_dict (Input/Output/Flatten fields, nested
+    extension graphs) with the node arrays themselves, not NIR's deep copies; the per-neuron
+    spreads stay ndarrays (compressed), the rest raw."""
+    from snncc.backends.nir.writer import _Raw, _Shared, to_nir_graph
+
+    g = to_nir_graph(GRAPHS[name](0))
+    ours, theirs = _Shared(g).to_dict(), g.to_dict()
+
+    def same(a, b, node):
+        if isinstance(b, dict):
+            assert a.keys() == b.keys()
+            for k in b:
+                same(a[k], b[k], node.nodes[k] if isinstance(node, nir.NIRGraph)
+                     and k in node.nodes else node)
+        elif isinstance(b, np.ndarray):
+            arr = a.a if isinstance(a, _Raw) else a
+            assert isinstance(a, _Raw) != (arr.size > 1 and 0 in arr.strides)
+            assert np.array_equal(arr, b) and arr.dtype == b.dtype
+        else:
+            assert a == b
+    same(ours, theirs, g)
+    lif = next(n for n in g.nodes.values() if isinstance(n, (nir.LIF, nir.IF)))
+    assert lif.v_threshold.size > 1 and 0 in lif.v_threshold.strides  # a spread, not a copy

@@ -132,7 +132,10 @@ def _checkable(node):
     convolution or a non-square kernel (3 x 2) would fail NIR's check although the node is
     right. Its declared input shape and the torch output-size formula per axis give the
     types."""
-    node = copy.deepcopy(node)
+    node = copy.copy(node)  # the arrays are shared (never written), the types replaced
+    for types in ("input_type", "output_type"):
+        if getattr(node, types, None) is not None:
+            setattr(node, types, dict(getattr(node, types)))
     if isinstance(node, (nir.Conv1d, nir.Conv2d)) and node.input_shape is not None \
             and not isinstance(node.padding, str):
         kernel = np.array(node.weight.shape[2:], dtype=np.int64)
