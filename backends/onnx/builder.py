@@ -18,7 +18,7 @@ import itertools
 import math
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from snncc import ir
 from snncc import neuron as nrn
@@ -43,7 +43,8 @@ class OnnxBuilder:
         self.dtype = dtype
         self.elem = ELEM[dtype]
         self.nodes: list = []
-        self.initializers: dict[str, object] = {}
+        #: name -> array; made into TensorProtos only inside the model (see models._model)
+        self.initializers: dict[str, np.ndarray] = {}
         self._count = 0
 
     @property
@@ -56,12 +57,13 @@ class OnnxBuilder:
 
     def _init(self, name: str, array: np.ndarray) -> str:
         if name not in self.initializers:
-            self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+            self.initializers[name] = np.ascontiguousarray(array)
         return name
 
     def const(self, name: str, value) -> str:
         """A float initializer in the model's dtype."""
-        return self._init(name, np.asarray(value, dtype=np.float64).astype(NP_DTYPE[self.dtype]))
+        return self._init(name, np.asarray(np.asarray(value, dtype=np.float64),
+                                           dtype=NP_DTYPE[self.dtype]))  # no copy in float64
 
     def param(self, node: ir.Node, attr: str, value=None) -> str:
         """The initializer of array ``attr`` of ``node`` (or of ``value`` derived from it)."""

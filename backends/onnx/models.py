@@ -25,6 +25,7 @@ in ``metadata_props``. The batch axis is symbolic (``batch``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +74,33 @@ def _metadata(graph: Graph, form: str, T: int | None, dt: float, dtype: str) -> 
 
 
 def _model(b: OnnxBuilder, name: str, inputs, outputs, meta: dict[str, str]) -> onnx.ModelProto:
-    g = helper.make_graph(b.nodes, name, inputs, outputs, list(b.initializers.values()))
+    g = helper.make_graph(b.nodes, name, inputs, outputs)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="snncc")
     helper.set_model_props(model, meta)
-    onnx.checker.check_model(model, full_check=True)
+    for key, array in b.initializers.items():  # straight into the model: make_graph and
+        _put_initializer(model.graph, key, array)  # make_model would copy each weight twice
     return model
+
+
+def _put_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> None:
+    """``numpy_helper.from_array`` (numeric, little-endian raw data) written in place."""
+    t = graph.initializer.add()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    t.dims.extend(array.shape)
+    t.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def save_checked(build: Callable[[], onnx.ModelProto], path: Path, check: bool = True) -> None:
+    """Build a model, write it to ``path`` and check the file (``full_check``), holding one
+    copy of the weights at a time where it can: checking the proto in memory would
+    serialize it again beside the proto."""
+    data = build().SerializeToString()
+    path.write_bytes(data)
+    del data
+    if check:
+        onnx.checker.check_model(str(path), full_check=True)
 
 
 def _check_supported(graph: Graph) -> None:
@@ -258,12 +280,12 @@ def emit_onnx(graph: Graph, out, T: int | None = None, dtype: str = "float64",
     the reference simulator's) or ``float32`` (faster; rounding may flip spikes whose membrane
     lies within float32 precision of the threshold), recorded as ``snncc.dtype``. ``trace``
     also exposes every neuron's spikes as outputs."""
-    models = {UNROLLED_FILE: build_unrolled_model(graph, T, dtype, dt),
-              STEP_FILE: build_step_model(graph, dtype, dt, T)}
-    if trace:
-        models = {k: with_traces(m) for k, m in models.items()}
+    builders = {UNROLLED_FILE: lambda: build_unrolled_model(graph, T, dtype, dt),
+                STEP_FILE: lambda: build_step_model(graph, dtype, dt, T)}
 
     def fill(tmp: Path) -> None:
-        for fname, m in models.items():
-            onnx.save_model(m, tmp / fname)
+        for fname, build in builders.items():  # one at a time: each holds every weight
+            # the traced outputs have no declared shape, which the full check requires
+            save_checked(lambda: with_traces(build()) if trace else build(), tmp / fname,
+                         check=not trace)
     return atomic_directory(out, fill, target="onnx")
