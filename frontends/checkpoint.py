@@ -343,6 +343,9 @@ def from_checkpoint(path: str | Path, arch: str, trust: bool = False,
         state = {k: _exact_cast(Path(path), k, v, expected[k].dtype) if k in expected else v
                  for k, v in state.items()}
     load_into(model, state, arch)
+    if overrides.get("T") is None:
+        del state  # the model holds the weights now: not a second copy while tracing
+        return model.eval(), from_model(model, arch)
     return model.eval(), _trace_at(model, arch, overrides, state)
 
 

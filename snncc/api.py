@@ -120,14 +120,17 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
             strict_nir: bool = False, strict_hardware: bool = False,
             print_ir_after: set[str] | frozenset = frozenset(), dump_ir: str | Path | None = None,
             dtype: str | None = None, nir_compat: str | None = None,
-            log: Callable[[str], None] = _quiet, **load_options) -> Path:
+            log: Callable[[str], None] = _quiet, consume: bool = False,
+            **load_options) -> Path:
     """Compile ``model`` for ``target`` ('sim', 'onnx', 'nir', 'lava') into ``out`` and return
     the artifact's path. ``out`` may hold only an earlier artifact of snncc or nothing (see
     :mod:`snncc.files`); it is checked before any work. ``dtype``: the arithmetic of targets
     that take one (onnx): ``"float64"`` (the default; spikes exactly as the simulator's) or
     ``"float32"`` (faster; may flip spikes within float32 rounding of a threshold).
     ``nir_compat`` (nir): write for a consumer's importer ('snntorch', 'norse', 'nir-1.0.4';
-    comma-separated), refusing what it would misread (docs/nir.md)."""
+    comma-separated), refusing what it would misread (docs/nir.md). ``consume``: ``model`` is
+    a :class:`LoadedModel` that may be emptied as it is compiled (see
+    :meth:`LoadedModel.release`); a model, graph or path loaded here always is."""
     from .pipeline import for_target
     from .targets import get_target
 
@@ -141,7 +144,7 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
         log(loaded.arch_info)
     pm = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
                     print_ir_after=set(print_ir_after), dump_ir_dir=dump_ir, log=log)
-    graph = pm.run(loaded.graph)
+    graph = pm.run(loaded.release() if consume or loaded is not model else loaded.graph)
     _summarise_quantization(graph, log)
     _summarise_ties(graph, log)
     resources = tgt.resources(graph)

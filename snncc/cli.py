@@ -175,8 +175,8 @@ def compile(
                      nir_compat=nir_compat)  # refused before any work
     tgt.check_output(api.artifact_path(tgt, out))
     loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
-                     arch_option, nir_dialect, nir_dt)
-    api.compile(loaded.graph, target=target, out=out, passes=_split(passes),
+                     arch_option, nir_dialect, nir_dt, say=_silent)  # api.compile says it
+    api.compile(loaded, target=target, out=out, passes=_split(passes), consume=True,
                 fixed_point=fixed_point, calibrate=_calibration(calibrate),
                 strict_nir=strict_nir, strict_hardware=strict_hardware,
                 print_ir_after=set(print_ir_after), dump_ir=dump_ir, dtype=dtype,

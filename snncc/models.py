@@ -23,6 +23,13 @@ class LoadedModel:
     #: a zoo checkpoint's shape-free hyper-parameters as loaded, one line (``zoo.describe``)
     arch_info: str | None = None
 
+    def release(self) -> Graph:
+        """The graph, handed over: this object keeps neither it nor the PyTorch model, so a
+        compile that goes on with the graph alone holds neither (a full-size model's weights
+        and the traced graph's arrays that passes replace)."""
+        graph, self.graph, self.torch_model = self.graph, None, None
+        return graph
+
 
 def load_model(source: str | Path, arch: str | None = None, *, trust: bool = False,
                T: int | None = None, factory: str | None = None, factory_args=None,

@@ -215,14 +215,14 @@ def test_a_failing_fill_leaves_the_old_artifact(tmp_path):
 # the signal arrives while the new artifact is half written.
 _SLOW_WRITER = """
 import sys, time
-import onnx
+from snncc.backends.onnx import models
 from snncc.cli import main
-save = onnx.save_model
-def slow_save(model, path, *a, **k):
-    save(model, path, *a, **k)
+save = models.save_checked
+def slow_save(*a, **k):
+    save(*a, **k)
     print("WRITING", flush=True)
     time.sleep(60)
-onnx.save_model = slow_save
+models.save_checked = slow_save
 sys.exit(main(sys.argv[1:]))
 """
 

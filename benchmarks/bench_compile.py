@@ -1,0 +1,146 @@
+"""Compile benchmark: `snncc compile` time and peak memory per target against the checkpoint's
+size and one eager forward of the same model, at the zoo's full sizes (issue 17).
+
+For each architecture a random checkpoint (seeded weights, BN statistics randomised as the
+tests do) is written to a temporary directory; then, each in a fresh process:
+
+- the baseline: an interpreter with torch and snncc's CLI imported (its peak RSS);
+- one eager forward of the model at batch 1 (T steps, the architecture's input size), best of
+  ``--repeat`` after a warm-up, the checkpoint loaded as `compile` loads it;
+- ``snncc compile CKPT --arch A --target t -o OUT`` for each target: wall time and peak RSS
+  (``ru_maxrss`` of that process from ``wait4``; this script itself never imports torch, so
+  the child's high-water mark is its own).
+
+Ratios: peak RSS above the baseline / checkpoint bytes, compile time / eager forward time. All
+processes use ``--threads`` torch threads (``OMP_NUM_THREADS``). Run::
+
+    python benchmarks/bench_compile.py [--arch meta-spikeformer-15m ...] [--targets sim onnx nir]
+        [--append benchmarks/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ARCHS = ["digits-spikformer", "meta-spikeformer-15m", "meta-spikeformer-31m",
+         "meta-spikeformer-55m"]
+TARGETS = ["sim", "onnx", "nir", "lava"]
+
+_MAKE_CHECKPOINT = """
+import sys, torch
+from snncc.frontends.zoo import build
+from snncc.frontends.zoo.testing import randomize_bn
+torch.manual_seed(0)
+model = build(sys.argv[1])
+randomize_bn(model, 0)
+torch.save(model.state_dict(), sys.argv[2])
+"""
+
+_FORWARD = """
+import sys, time, torch
+from snncc.frontends.adapters import reset_state
+from snncc.frontends.checkpoint import load_into, load_state_dict
+from snncc.frontends.zoo import ZOO, build
+arch, path, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = build(arch)
+load_into(model, load_state_dict(path, False, model.state_dict(), arch), arch)
+model.eval()
+entry = ZOO[arch]
+x = torch.randn((1, *entry.input_shape))
+if entry.sequence_input:
+    x = (torch.rand((1, entry.T, *entry.input_shape)) < 0.5).float()
+best = float("inf")
+with torch.no_grad():
+    for i in range(repeat + 1):
+        t0 = time.perf_counter()
+        model(x)
+        if i:
+            best = min(best, time.perf_counter() - t0)
+        reset_state(model)
+print(best)
+"""
+
+_BASELINE = "import torch, snncc.cli"
+
+
+def run(cmd: list[str], env: dict) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS bytes, stdout) of a child process; raises if it fails."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}): "
+                               f"{err.read().strip()[-600:]}")
+        return wall, usage.ru_maxrss * 1024, out.read()
+
+
+def measure(arch: str, targets: list[str], repeat: int, env: dict, work: Path) -> list[dict]:
+    py = sys.executable
+    ckpt = work / f"{arch}.pt"
+    run([py, "-c", _MAKE_CHECKPOINT, arch, str(ckpt)], env)
+    _, base, _ = run([py, "-c", _BASELINE], env)
+    forward = float(run([py, "-c", _FORWARD, arch, str(ckpt), str(repeat)], env)[2])
+    size = ckpt.stat().st_size
+    rows = []
+    for target in targets:
+        out = work / f"{arch}-{target}"
+        wall, peak, _ = run([py, "-m", "snncc", "compile", str(ckpt), "--arch", arch,
+                             "--target", target, "-o", str(out)], env)
+        rows.append({"arch": arch, "target": target, "ckpt": size, "forward": forward,
+                     "wall": wall, "above": peak - base, "base": base})
+        print(f"{arch} {target}: {wall:.2f} s ({wall / forward:.1f}x forward {forward:.3f} s), "
+              f"peak {peak / 2**20:.0f} MiB = baseline {base / 2**20:.0f} + "
+              f"{(peak - base) / 2**20:.0f} MiB ({(peak - base) / size:.2f}x checkpoint "
+              f"{size / 2**20:.0f} MiB)", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | checkpoint | target | eager forward (batch 1) | compile | compile / "
+             "forward | peak RSS above baseline | / checkpoint |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['arch']} | {r['ckpt'] / 2**20:.0f} MiB | {r['target']} | "
+                     f"{r['forward']:.2f} s | {r['wall']:.1f} s | {r['wall'] / r['forward']:.1f}x"
+                     f" | {r['above'] / 2**20:.0f} MiB | {r['above'] / r['ckpt']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", nargs="+", default=ARCHS)
+    ap.add_argument("--targets", nargs="+", default=TARGETS, choices=TARGETS)
+    ap.add_argument("--repeat", type=int, default=3, help="eager forwards (best of)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--append", help="append the results as a Markdown section to this file")
+    args = ap.parse_args(argv)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [r for arch in args.arch
+                for r in measure(arch, args.targets, args.repeat, env, Path(tmp))]
+    load = os.getloadavg()[0]
+    text = (f"\n## Compile: time and peak memory vs checkpoint size and eager forward\n\n"
+            f"`python benchmarks/bench_compile.py {' '.join(argv or sys.argv[1:])}`\n\n"
+            f"{args.threads} torch threads; {platform.machine()}, {os.cpu_count()} cores "
+            f"(load average {load:.1f}). Peak RSS of each `snncc compile` process above the "
+            f"baseline (interpreter with torch and snncc imported).\n\n{table(rows)}\n")
+    print(text)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
