@@ -20,6 +20,8 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -r "$repo/requirements-lava.txt"
 "${pip[@]}" install --no-deps --ignore-requires-python "lava-nc==0.10.0"
 "${pip[@]}" install -e "$repo[test]"
+# lava-dl's netx loader (tests/test_netx.py loads snncc's netx files with it), --no-deps
+SNNCC_VENV="$venv" bash "$repo/scripts/lava_dl_env.sh" >/dev/null
 # last, so that no later pip run reports their undeclared (unused) dependencies as conflicts.
 # The front-end adapters for these libraries are tested against their own modules; --no-deps so
 # that none of them can replace the CPU torch or numpy < 2 (norse needs nirtorch at import).

@@ -200,11 +200,13 @@ def test_to_lava_lif_maps_the_canonical_neuron_or_says_why():
 def test_vectorised_conv_model_is_lavas_convolution(shape, k, stride, padding, dilation, groups,
                                                     rng):
     """The Conv model snncc runs Lava's Conv process with computes lava.proc.conv.utils.conv
-    (Lava's own float model: scipy, one call per channel pair), layout and flip included."""
+    (Lava's own float model: scipy, one call per channel pair), layout and flip included, for
+    every lane of a stack of samples."""
     from snncc.backends.lava.processes.kernels import lava_conv
 
-    x = rng.random(shape) < 0.4
+    x = rng.random((3, *shape)) < 0.4
     w = rng.normal(size=(6, *k, shape[2] // groups))
-    ref = lava(".proc.conv.utils").conv(x, w, k, stride, padding, dilation, groups)
-    np.testing.assert_allclose(lava_conv(x.astype(float), w, stride, padding, dilation, groups),
-                               ref, rtol=1e-13, atol=1e-13)
+    got = lava_conv(x.astype(float), w, stride, padding, dilation, groups)
+    for lane in range(3):
+        ref = lava(".proc.conv.utils").conv(x[lane], w, k, stride, padding, dilation, groups)
+        np.testing.assert_allclose(got[lane], ref, rtol=1e-13, atol=1e-13)

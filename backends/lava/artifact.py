@@ -3,7 +3,8 @@
     manifest.json   processes (type, IR node, shape, parameters), connections (with the virtual
                     -port transforms), the port showing each IR node, depths, latency, T, dt
     weights.npz     every process array, keyed "<process>/<array>"
-    netx.h5         the feed-forward prefix netx can describe (see :mod:`.netx`)
+    netx.h5         a quantized network's feed-forward prefix that lava-dl's netx holds exactly
+                    (see :mod:`.netx`); absent for a float network
 
 :func:`emit` writes it atomically; :func:`load` reads it back as a :class:`~.lower.LavaNet`
 (what :mod:`.runner` builds processes from).
@@ -24,7 +25,7 @@ from snncc.serialize import read_npz, write_npz
 from snncc.passes.latency import require_plan
 
 from .lower import LavaNet, Port, ProcSpec, lower
-from .netx import NetxPrefix, netx_prefix, write_netx
+from .netx import manifest_entry, netx_prefix, write_netx
 
 FORMAT, VERSION = "snncc-lava", 1
 MANIFEST, WEIGHTS, NETX = "manifest.json", "weights.npz", "netx.h5"
@@ -56,12 +57,9 @@ def manifest(net: LavaNet) -> dict:
 
 def write(net: LavaNet, graph: Graph, directory: Path) -> None:
     """Write manifest, weights and the netx prefix of ``net`` (lowered from ``graph``)."""
-    prefix = netx_prefix(graph, net) if net.arithmetic == "float" else NetxPrefix(
-        [], [], graph.inputs[0].name if graph.inputs else None,
-        "a fixed-point (loihi2) network: netx's quantized description is not written")
-    write_netx(directory / NETX, prefix, net.T)
-    doc = {**manifest(net), "netx": {"file": NETX, "nodes": prefix.nodes,
-                                     "stops_at": prefix.stops_at, "reason": prefix.reason}}
+    prefix = netx_prefix(graph)
+    written = write_netx(directory / NETX, prefix, net.T)
+    doc = {**manifest(net), "netx": manifest_entry(prefix, written, net.T, NETX)}
     (directory / MANIFEST).write_text(json.dumps(doc, indent=1, default=_jsonable))
     with open(directory / WEIGHTS, "wb") as f:
         write_npz(f, {f"{s.name}/{k}": v for s in net.processes for k, v in s.arrays.items()})

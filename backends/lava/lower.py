@@ -15,10 +15,12 @@ What maps where:
 - Everything else (pooling, padding, Add, Scale, Hadamard, spike matmuls, reductions, Concat,
   Delay, Readout, an unabsorbed bias) -> the custom processes of :mod:`.processes`.
 
-Values between processes keep the IR layout (C, H, W) / (N, D), row-major. A batch is laid out in
-time: sample b occupies Lava steps [b P, (b + 1) P) with period P = T + latency; a node of depth
-d (see :mod:`snncc.passes.latency`) shows its IR step t at local step d + t, and every stateful
-process re-initialises at local step d, so nothing leaks between samples or from warm-up steps.
+Values between processes keep the IR layout (C, H, W) / (N, D), row-major, and everything here is
+per sample: the runner gives every process a leading lane axis (the samples of a batch side by
+side) when it builds them, so the network does not depend on the batch. A run proceeds in rounds
+of period P = T + latency; a node of depth d (see :mod:`snncc.passes.latency`) shows its IR step
+t at local step d + t, and every stateful process re-initialises at local step d, so nothing
+leaks between rounds or from warm-up steps.
 
 **Fixed point.** A graph quantized by ``quantize_for_loihi2`` (``graph.meta["loihi2"]``; see
 :mod:`snncc.fixed_point`) lowers with ``arithmetic = "loihi2"``: every process on the chip is

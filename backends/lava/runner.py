@@ -6,10 +6,17 @@ graph quantized by ``quantize_for_loihi2``, whose artifact says ``"arithmetic": 
 ``run_network`` / ``run_artifact`` drive a whole batch and hand back outputs and per-node traces
 in the simulator's layout ([T, B, ...], IR time), the latency already removed.
 
-Batch layout: the samples follow each other in one Lava run, ``period`` = T + latency steps
-apart. Sample b's input is presented at steps b * period + [0, T); a node of depth d shows its
-IR step t at step b * period + d + t. Lava's Dense/Conv/LIF are not vectorised over a batch axis
-(Dense takes one vector), so time is the batch axis; the processes are built once per run.
+Batch layout: the samples run side by side. Every process is built with a leading *lane* axis
+(``lanes`` copies of its state, one per sample): Lava's LIFReset on (lanes, ...), Lava's Conv
+and Dense as ``BatchConv`` / ``BatchDense`` (their ports given the lane axis), Lava's Sparse on
+one vector holding every lane's tokens (weights kron(I_lanes x blocks, W); a fixed-point Dense
+on several lanes is such a Sparse), the custom processes on (lanes, ...). Lava synchronises
+every process once a step whatever its size, so one step now serves ``lanes`` samples. A batch
+larger than the lanes (``MAX_LANES``, or fewer when the memory budget asks) runs in rounds,
+``period`` = T + latency steps apart: sample b runs on lane b % lanes in round r = b // lanes,
+its input presented at steps r * period + [0, T); a node of depth d shows its IR step t at step
+r * period + d + t, and every stateful process re-initialises at local step d of each round. The
+artifact is the same for every batch: lanes are chosen when the processes are built.
 """
 
 from __future__ import annotations
@@ -17,18 +24,24 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from snncc.errors import ShapeError, SnnccError
-from snncc.limits import nbytes, positive_int, require_fits
+from snncc.limits import max_memory, nbytes, positive_int, require_fits
 
 from . import processes as custom
 from .compat import lava
 from .lower import CUSTOM_NEURON, FIXED_NEURON, LavaNet, ProcSpec
 
 RECORD_BUFFER = 32  # steps the recorder may run ahead of the host reading them
+STATE_COPIES = 6  # a process's shape held per lane: state, in/out messages, channel buffers
+#: samples a run puts side by side (more run in rounds): past this, a step's numpy work (the
+#: block-diagonal synapses grow with the lanes) outweighs the per-step synchronisation it shares
+MAX_LANES = 128
+SYNAPSES = ("Dense", "Sparse")  # at most lanes x blocks copies of their weights
 
 
 # ---------------------------------------------------------------------------- process factories
@@ -39,10 +52,15 @@ def _fixed(s: ProcSpec) -> bool:
     return bool(s.params.get("fixed_pt", False))
 
 
-def _conv(s: ProcSpec, period: int):
+def _lanes_of(s: ProcSpec, lanes: int) -> tuple:
+    """The process's shape with the lane axis in front."""
+    return (lanes, *s.shape)
+
+
+def _conv(s: ProcSpec, period: int, lanes: int):
     p = s.params
-    proc = lava(".proc.conv.process").Conv(
-        weight=s.arrays["weight"], input_shape=tuple(p["input_shape"]),
+    proc = custom.BatchConv(
+        lanes=lanes, weight=s.arrays["weight"], input_shape=tuple(p["input_shape"]),
         padding=tuple(p["padding"]), stride=tuple(p["stride"]), dilation=tuple(p["dilation"]),
         groups=p["groups"], num_message_bits=p["num_message_bits"], name=s.name)
     return proc, custom.PyVectorConvModelFixed if _fixed(s) else custom.PyVectorConvModel
@@ -57,78 +75,88 @@ def _weight_args(s: ProcSpec) -> dict:
             "sign_mode": sign_mode}
 
 
-def _dense(s: ProcSpec, period: int):
-    proc = lava(".proc.dense.process").Dense(
+def _dense(s: ProcSpec, period: int, lanes: int):
+    """Lava's Dense on the lanes (Lava's float arithmetic lane by lane); a fixed-point one on
+    several lanes as block-diagonal Sparse (integer sums: exact in any order)."""
+    if not _fixed(s):
+        return custom.BatchDense(lanes=lanes, weights=s.arrays["weights"], name=s.name,
+                                 num_message_bits=s.params["num_message_bits"]), \
+            custom.PyBatchDenseModel
+    if lanes > 1:
+        return _sparse(s, period, lanes)
+    return lava(".proc.dense.process").Dense(
         weights=s.arrays["weights"], num_message_bits=s.params["num_message_bits"], name=s.name,
-        **_weight_args(s))
-    models = lava(".proc.dense.models")
-    return proc, models.PyDenseModelBitAcc if _fixed(s) else models.PyDenseModelFloat
+        **_weight_args(s)), lava(".proc.dense.models").PyDenseModelBitAcc
 
 
-def _sparse(s: ProcSpec, period: int):
+def _sparse(s: ProcSpec, period: int, lanes: int):
+    """Lava's Sparse with kron(I_n, W), n = lanes x blocks: every lane's tokens in one
+    vector."""
     from scipy import sparse
 
     w = s.arrays["weights"]
-    w = sparse.kron(sparse.identity(s.params["blocks"], dtype=w.dtype), w, format="csr")
+    w = sparse.kron(sparse.identity(s.params["blocks"] * lanes, dtype=w.dtype), w, format="csr")
     proc = lava(".proc.sparse.process").Sparse(
         weights=w, num_message_bits=s.params["num_message_bits"], name=s.name, **_weight_args(s))
     models = lava(".proc.sparse.models")
     return proc, models.PySparseModelBitAcc if _fixed(s) else models.PySparseModelFloat
 
 
-def _lif(s: ProcSpec, period: int):
+def _lif(s: ProcSpec, period: int, lanes: int):
     """Lava's LIFReset zeroes u and v when time_step % period == offset, before integrating
     that step; time_step counts from 1, so offset = start + 1 resets at local step ``start``.
     Fixed point: integer du, dv, vth, bias_mant, bias_exp and the bit-accurate model."""
     p = s.params
     extra = {"bias_exp": s.arrays["bias_exp"]} if _fixed(s) else {}
     proc = lava(".proc.lif.process").LIFReset(
-        shape=tuple(s.shape), du=p["du"], dv=p["dv"], vth=p["vth"],
+        shape=_lanes_of(s, lanes), du=p["du"], dv=p["dv"], vth=p["vth"],
         bias_mant=s.arrays["bias_mant"], reset_interval=period,
         reset_offset=(p["start"] + 1) % period, name=s.name, **extra)
     models = lava(".proc.lif.models")
     return proc, models.PyLifResetModelBitAcc if _fixed(s) else models.PyLifResetModelFloat
 
 
-def _loihi2_lif(s: ProcSpec, period: int):
+def _loihi2_lif(s: ProcSpec, period: int, lanes: int):
     p = s.params
-    return custom.Loihi2LIF(shape=tuple(s.shape), params=s.arrays, du=p["du"], reset=p["reset"],
-                            period=period, start=p["start"], name=s.name), \
+    return custom.Loihi2LIF(shape=_lanes_of(s, lanes), params=s.arrays, du=p["du"],
+                            reset=p["reset"], period=period, start=p["start"], name=s.name), \
         custom.PyLoihi2LIFModel
 
 
-def _canonical_lif(s: ProcSpec, period: int):
+def _canonical_lif(s: ProcSpec, period: int, lanes: int):
     p = s.params
-    return custom.CanonicalLIF(shape=tuple(s.shape), params=s.arrays, cmp=p["cmp"],
+    return custom.CanonicalLIF(shape=_lanes_of(s, lanes), params=s.arrays, cmp=p["cmp"],
                                reset=p["reset"], period=period, start=p["start"], name=s.name), \
         custom.PyCanonicalLIFModel
 
 
-def _unary(s: ProcSpec, period: int):
+def _unary(s: ProcSpec, period: int, lanes: int):
     p = s.params
     model = custom.PyUnaryOpModel
     if _fixed(s):
         model = custom.PyEncoderModel if p["op"] == "Encode" else custom.PyUnaryOpModelFixed
-    return custom.UnaryOp(op=p["op"], shape_in=tuple(p["shape_in"]), shape=tuple(s.shape),
-                          attrs={**p["attrs"], **s.arrays}, name=s.name), model
+    return custom.UnaryOp(op=p["op"], shape_in=(lanes, *p["shape_in"]),
+                          shape=_lanes_of(s, lanes), attrs={**p["attrs"], **s.arrays},
+                          name=s.name), model
 
 
-def _binary(s: ProcSpec, period: int):
+def _binary(s: ProcSpec, period: int, lanes: int):
     p = s.params
-    return custom.BinaryOp(op=p["op"], shape_a=tuple(p["shape_a"]), shape_b=tuple(p["shape_b"]),
-                           shape=tuple(s.shape), attrs=dict(p["attrs"]), name=s.name), \
+    return custom.BinaryOp(op=p["op"], shape_a=(lanes, *p["shape_a"]),
+                           shape_b=(lanes, *p["shape_b"]), shape=_lanes_of(s, lanes),
+                           attrs=dict(p["attrs"]), name=s.name), \
         custom.PyBinaryOpModelFixed if _fixed(s) else custom.PyBinaryOpModel
 
 
-def _delay(s: ProcSpec, period: int):
+def _delay(s: ProcSpec, period: int, lanes: int):
     p = s.params
-    return custom.Delay(shape=tuple(s.shape), steps=p["steps"], period=period,
+    return custom.Delay(shape=_lanes_of(s, lanes), steps=p["steps"], period=period,
                         clear_at=p["clear_at"], name=s.name), \
         custom.PyDelayModelFixed if _fixed(s) else custom.PyDelayModel
 
 
-def _readout(s: ProcSpec, period: int):
-    return custom.Readout(shape=tuple(s.shape), period=period, start=s.params["start"],
+def _readout(s: ProcSpec, period: int, lanes: int):
+    return custom.Readout(shape=_lanes_of(s, lanes), period=period, start=s.params["start"],
                           name=s.name), custom.PyReadoutModel
 
 
@@ -140,26 +168,36 @@ FACTORIES = {
 
 
 # ---------------------------------------------------------------------------- building
-def _through(port, transforms) -> object:
-    """A Lava port seen through virtual-port transforms."""
+def _through(port, transforms, lanes: int) -> object:
+    """A Lava port of (lanes, ...) seen through the per-sample virtual-port transforms."""
     for kind, arg in transforms:
-        port = port.reshape(tuple(arg)) if kind == "reshape" else port.transpose(list(arg))
+        port = port.reshape((lanes, *arg)) if kind == "reshape" else \
+            port.transpose([0, *(a + 1 for a in arg)])
     return port
+
+
+def _connect(port, in_port) -> None:
+    """Connect a (lanes, ...) value to an in-port (flattened for a vector one: Lava's Sparse,
+    and its Dense on one lane)."""
+    (port if port.shape == in_port.shape else port.reshape(in_port.shape)).connect(in_port)
 
 
 @dataclass
 class LavaIO:
     """Handles to connect a built network to one's own processes.
 
-    ``connect_input(name, out_port)`` feeds an Input node; ``port(node)`` is the (virtual)
-    out-port showing an IR node's value, to connect a sink (for a value derived from an input
-    alone, after that input is connected); ``run_cfg(extra)`` is the
-    Loihi2SimCfg whose exception_proc_model_map (keyed by process instance) names the model
-    of every process, plus ``extra`` {process: model} for one's own I/O processes."""
+    Every value has a leading lane axis (``lanes`` samples side by side):
+    ``connect_input(name, out_port)`` feeds an Input node from an out-port of shape
+    (lanes, *input shape); ``port(node)`` is the (virtual) out-port showing an IR node's value
+    as (lanes, *shape), to connect a sink (for a value derived from an input alone, after that
+    input is connected); ``run_cfg(extra)`` is the Loihi2SimCfg whose exception_proc_model_map
+    (keyed by process instance) names the model of every process, plus ``extra``
+    {process: model} for one's own I/O processes."""
 
     net: LavaNet
     processes: dict
     models: dict
+    lanes: int = 1
     pending: list = field(default_factory=list)  # (Input node, transforms, in-port)
     sources: dict = field(default_factory=dict)  # Input node -> the out-port feeding it
 
@@ -171,16 +209,26 @@ class LavaIO:
         self.sources[name] = out_port
         for node, transforms, in_port in self.pending:
             if node == name:
-                _through(out_port, transforms).connect(in_port)
+                _connect(_through(out_port, transforms, self.lanes), in_port)
+
+    def out_port(self, process: str, port: str):
+        """A process's out-port as (lanes, *shape) (Lava's Sparse, and its Dense on one lane,
+        send a vector)."""
+        out = getattr(self.processes[process], port)
+        shape = (self.lanes, *self.specs[process].shape)
+        return out if out.shape == shape else out.reshape(shape)
 
     def port(self, node: str):
         if node not in self.net.values:
             raise SnnccError(f"node '{node}' has no observable value in the Lava network "
                              f"(a neuron absorbed its bias or scale)")
         v = self.net.values[node]
-        src = self.sources[v.process] if v.port == "input" else \
-            getattr(self.processes[v.process], v.port)
-        return _through(src, v.transforms)
+        src = self.sources[v.process] if v.port == "input" else self.out_port(v.process, v.port)
+        return _through(src, v.transforms, self.lanes)
+
+    @cached_property
+    def specs(self) -> dict[str, ProcSpec]:
+        return {s.name: s for s in self.net.processes}
 
     def run_cfg(self, extra: dict | None = None):
         """floating_pt, or fixed_pt for a quantized network (every process's model is named
@@ -191,28 +239,32 @@ class LavaIO:
             select_tag=tag, exception_proc_model_map={**self.models, **(extra or {})})
 
 
-def build_network(net: LavaNet) -> tuple[dict, LavaIO]:
-    """Instantiate and connect the processes of ``net``; returns ({name: process}, io)."""
+def build_network(net: LavaNet, lanes: int = 1) -> tuple[dict, LavaIO]:
+    """Instantiate and connect the processes of ``net``, each on ``lanes`` samples side by
+    side; returns ({name: process}, io)."""
     procs, models = {}, {}
-    io = LavaIO(net, procs, models)
+    io = LavaIO(net, procs, models, lanes)
     for spec in net.processes:
-        proc, model = FACTORIES[spec.type](spec, net.period)
+        proc, model = FACTORIES[spec.type](spec, net.period, lanes)
         procs[spec.name], models[proc] = proc, model
         for in_name, src in spec.inputs.items():
             in_port = getattr(proc, in_name)
             if src.process in procs:
-                _through(getattr(procs[src.process], src.port), src.transforms).connect(in_port)
+                _connect(_through(io.out_port(src.process, src.port), src.transforms, lanes),
+                         in_port)
             else:  # a network input
                 io.pending.append((src.process, src.transforms, in_port))
     return procs, io
 
 
-def build(artifact: str | Path, T: int | None = None) -> tuple[dict, LavaIO]:
-    """The Lava processes of an artifact directory (``T`` overrides the compiled one)."""
+def build(artifact: str | Path, T: int | None = None, lanes: int = 1) -> tuple[dict, LavaIO]:
+    """The Lava processes of an artifact directory (``T`` overrides the compiled one), on
+    ``lanes`` samples side by side."""
     from .artifact import load
 
     net = load(artifact)
-    return build_network(net if T is None else replace(net, T=int(T)))
+    return build_network(net if T is None else replace(net, T=int(T)),
+                         positive_int(lanes, "lanes"))
 
 
 # ---------------------------------------------------------------------------- running
@@ -249,15 +301,46 @@ def _batch_inputs(net: LavaNet, inputs, T: int | None) -> tuple[dict[str, np.nda
     return seqs, int(T), batch
 
 
-def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str]) -> int:
-    """Host memory of a run: the input ring buffers (B x period steps per input), the
-    recorded traces ([T, B, ...] per recorded node) and the delay FIFOs (steps x shape, held
-    by the process and its model), in float64."""
-    P = T + net.latency
-    inputs = sum(nbytes((B, P, *s["shape"])) * 2 for s in net.inputs)
-    fifos = sum(nbytes((int(p.params.get("steps", 1)), *p.shape)) * 2
+def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int = 1) -> int:
+    """Host memory of a run on ``lanes`` samples side by side, in float64: the input ring
+    buffers (every round's period per lane), the recorded traces ([T, B, ...] per recorded
+    node), and per lane the delay FIFOs (steps x shape), every process's state and messages
+    (a few copies of its shape) and the block-diagonal synapses (value and index per nonzero);
+    what a process holds counted twice (its description and its running model)."""
+    P, rounds = T + net.latency, -(-B // lanes)
+    inputs = sum(nbytes((rounds * lanes, P, *s["shape"])) * 2 for s in net.inputs)
+    fifos = sum(nbytes((lanes, int(p.params.get("steps", 1)), *p.shape)) * 2
                 for p in net.processes if p.type == "Delay")
-    return inputs + fifos + sum(nbytes((T, B, *net.shapes[k])) for k in record)
+    states = sum(nbytes((lanes, *p.shape)) * STATE_COPIES for p in net.processes)
+    synapses = sum(nbytes((lanes, p.params["blocks"], p.arrays["weights"].size), 12) * 2
+                   for p in net.processes if p.type in SYNAPSES)
+    traces = sum(nbytes((T, B, *net.shapes[k])) for k in record)
+    return inputs + fifos + states + synapses + traces
+
+
+def _lanes(net: LavaNet, T: int, B: int, record: list[str], lanes: int | None) -> int:
+    """``lanes``, else the most of the batch, up to MAX_LANES, that fits the memory budget
+    (the rest of the batch runs in rounds); the run must fit either way."""
+    if lanes is None:
+        lanes = min(B, MAX_LANES)
+        while lanes > 1 and estimate_bytes(net, T, B, record, lanes) > max_memory():
+            lanes -= 1
+    lanes = positive_int(lanes, "lanes")
+    require_fits(estimate_bytes(net, T, B, record, lanes),
+                 f"running '{net.name}' in Lava for T={T} on a batch of {B} ({lanes} side by "
+                 f"side)")
+    return lanes
+
+
+def _stream(x: np.ndarray, lanes: int, period: int) -> np.ndarray:
+    """[T, B, ...] as a RingBuffer's data (lanes, ..., rounds x period): sample b on lane
+    b % lanes, its T steps at the start of round b // lanes; zeros elsewhere."""
+    T, B, shape = x.shape[0], x.shape[1], x.shape[2:]
+    rounds = -(-B // lanes)
+    data = np.zeros((period, rounds * lanes, *shape))
+    data[:T, :B] = x
+    data = np.swapaxes(data.reshape(period, rounds, lanes, *shape), 0, 1)
+    return np.moveaxis(data.reshape(rounds * period, lanes, *shape), 0, -1)
 
 
 def _default_record(net: LavaNet) -> list[str]:
@@ -268,32 +351,31 @@ def _default_record(net: LavaNet) -> list[str]:
 
 
 def run_network(net: LavaNet, inputs, T: int | None = None,
-                record: Iterable[str] | None = None) -> dict:
-    """Run ``net`` on a batch in Loihi2SimCfg.
+                record: Iterable[str] | None = None, lanes: int | None = None) -> dict:
+    """Run ``net`` on a batch in Loihi2SimCfg, ``lanes`` samples side by side (default: the
+    whole batch, up to MAX_LANES and the memory budget; the rest in rounds).
 
     ``T`` defaults to the length of the sequence inputs, else the compiled T. Returns
     {"outputs": {Output: [B, ...] at the last step}, "trace": {node: [T, B, ...]},
-    "latency": L, "period": P, "steps": Lava steps run, "processes": how many, "seconds":
-    startup and stepping times}. ``record``: IR nodes to trace (default: every neuron and
-    output); outputs are always traced."""
+    "latency": L, "period": P, "lanes", "steps": Lava steps run, "processes": how many,
+    "seconds": startup and stepping times}. ``record``: IR nodes to trace (default: every
+    neuron and output); outputs are always traced."""
     seqs, T, B = _batch_inputs(net, inputs, T)
     names = list(dict.fromkeys([*(_default_record(net) if record is None else record),
                                 *net.outputs]))
     unknown = [k for k in names if k not in net.shapes]
     if unknown:
         raise SnnccError(f"cannot record {unknown}: not nodes of the Lava network")
-    require_fits(estimate_bytes(net, T, B, names),
-                 f"running '{net.name}' in Lava for T={T} on a batch of {B}")
+    lanes = _lanes(net, T, B, names, lanes)
     net = replace(net, T=T)
-    procs, io = build_network(net)
-    P, steps = net.period, B * net.period
+    procs, io = build_network(net, lanes)
+    P = net.period
+    steps = -(-B // lanes) * P
     source = lava(".proc.io.source")
     io_models = {}
     integer = {s["node"]: net.arithmetic == "loihi2" and s["kind"] != "real" for s in net.inputs}
     for name, x in seqs.items():
-        data = np.zeros((B, P, *x.shape[2:]))
-        data[:, :net.T] = np.swapaxes(x, 0, 1)
-        data = np.moveaxis(data.reshape(steps, *x.shape[2:]), 0, -1)
+        data = _stream(x, lanes, P)
         if integer[name]:  # spikes / counts straight onto the chip of a quantized network
             if not np.array_equal(data, np.round(data)):
                 raise SnnccError(f"input '{name}' of a fixed-point network must be integers")
@@ -303,7 +385,7 @@ def run_network(net: LavaNet, inputs, T: int | None = None,
             src = source.RingBuffer(data=data)
             io_models[src] = source.PySendModelFloat
         io.connect_input(name, src.s_out)
-    recorder = custom.Recorder(shapes=[tuple(net.shapes[k]) for k in names],
+    recorder = custom.Recorder(shapes=[(lanes, *net.shapes[k]) for k in names],
                                buffer=min(steps, RECORD_BUFFER))
     for i, node in enumerate(names):
         io.port(node).connect(getattr(recorder, f"a_in{i}"))
@@ -311,45 +393,47 @@ def run_network(net: LavaNet, inputs, T: int | None = None,
     trace = {k: np.zeros((net.T, B, *net.shapes[k])) for k in names}
 
     def keep(step: int, values: list) -> None:
-        """Store what a step shows of IR step t = local step - depth, for t in [0, T)."""
-        b, local = divmod(step, P)
+        """Store what a step shows of IR step t = local step - depth, for t in [0, T), for
+        the round's samples (the last round's spare lanes ran zeros)."""
+        r, local = divmod(step, P)
+        first = r * lanes
+        n = min(lanes, B - first)
         for k, v in zip(names, values):
             if 0 <= local - net.depth[k] < net.T:
-                trace[k][local - net.depth[k], b] = v
+                trace[k][local - net.depth[k], first:first + n] = v[:n]
 
     seconds = _run(next(iter(io_models)), io.run_cfg(io_models), recorder, steps, keep)
     return {"outputs": {o: trace[o][-1] for o in net.outputs}, "trace": trace,
-            "latency": net.latency, "period": P, "steps": steps, "seconds": seconds,
-            "processes": len(procs) + len(io_models)}
+            "latency": net.latency, "period": P, "lanes": lanes, "steps": steps,
+            "seconds": seconds, "processes": len(procs) + len(io_models)}
 
 
 def _run(first, run_cfg, recorder, steps: int, keep) -> dict:
-    """Run ``steps`` steps, handing each step's recorded values to ``keep(step, values)`` as
-    they stream out: one step (compiling and starting every process), then the rest, timed
-    apart. Returns {"startup", "steps", "per_step"} in seconds."""
+    """Run ``steps`` steps in one Lava run, handing each step's recorded values to
+    ``keep(step, values)`` as they stream out. Returns {"startup": compiling, starting every
+    process and the first step, "steps": the other steps as they stream, "per_step"} in
+    seconds (stopping the processes is in neither)."""
     run_steps = lava(".magma.core.run_conditions").RunSteps
     try:
         t0 = time.perf_counter()
-        first.run(condition=run_steps(num_steps=1), run_cfg=run_cfg)
+        first.run(condition=run_steps(num_steps=steps, blocking=False), run_cfg=run_cfg)
         keep(0, recorder.receive())
         t1 = time.perf_counter()
-        if steps > 1:
-            first.run(condition=run_steps(num_steps=steps - 1, blocking=False), run_cfg=run_cfg)
-            for step in range(1, steps):
-                keep(step, recorder.receive())
-            first.wait()
+        for step in range(1, steps):
+            keep(step, recorder.receive())
         t2 = time.perf_counter()
+        first.wait()
     finally:
         first.stop()
     return {"startup": t1 - t0, "steps": t2 - t1, "per_step": (t2 - t1) / max(steps - 1, 1)}
 
 
 def run_artifact(artifact: str | Path, inputs, T: int | None = None,
-                 record: Iterable[str] | None = None) -> dict:
+                 record: Iterable[str] | None = None, lanes: int | None = None) -> dict:
     """Load an artifact directory and :func:`run_network` it."""
     from .artifact import load
 
-    return run_network(load(artifact), inputs, T, record)
+    return run_network(load(artifact), inputs, T, record, lanes)
 
 
 def run(artifact, inputs, T=None):

@@ -1,10 +1,12 @@
 """What every snncc custom Lava process shares: the Lava names they use (imported through the
 compatibility shim), the decorator that declares a CPU floating_pt model, and the step counter
-of the batch-as-time layout.
+of a run.
 
-All custom processes answer within the step (no synaptic latency). Samples of a batch follow
-each other in one Lava run, ``period`` steps apart; a stateful process re-initialises its state
-at local step ``start`` of every period (its depth: the first step that carries the sample).
+All custom processes answer within the step (no synaptic latency). Every port and state carries a
+leading lane axis: the samples of a batch run side by side, one per lane, all starting together.
+A batch larger than the lanes runs in rounds, ``period`` steps apart; a stateful process
+re-initialises its state at local step ``start`` of every period (its depth: the first step that
+carries the round's samples).
 """
 
 from __future__ import annotations
@@ -64,5 +66,5 @@ def to_int(x) -> np.ndarray:
 
 
 def local_step(model) -> int:
-    """The step within the current sample's period (Lava counts time_step from 1)."""
+    """The step within the current round's period (Lava counts time_step from 1)."""
     return (model.time_step - 1) % model.proc_params["period"]

@@ -1,10 +1,14 @@
-"""A vectorised floating_pt model for Lava's own ``Conv`` process.
+"""Lava's own ``Conv`` process with a leading lane axis, and vectorised models for it.
+
+Lava's ``Conv`` takes one (W, H, C) sample. :class:`BatchConv` is that process (same weights,
+parameters and validation) with its ports and buffer given a leading lane axis, so the samples
+of a batch run side by side in one process.
 
 Lava's ``PyConvModelFloat`` convolves with one ``scipy.signal.convolve2d`` call per pair of
 input and output channels (C_in x C_out calls per step; most of a step's time in a network with
-64-channel layers). :class:`PyVectorConvModel` implements the same process, with the same
-behaviour (it sends the convolution of the previous step's input; binary spikes when
-num_message_bits is 0), by :func:`.kernels.lava_conv`, one einsum.
+64-channel layers). :class:`PyVectorConvModel` implements the same behaviour (it sends the
+convolution of the previous step's input; binary spikes when num_message_bits is 0) for every
+lane at once by :func:`.kernels.lava_conv`, a stacked matrix product.
 """
 
 from __future__ import annotations
@@ -14,13 +18,24 @@ import numpy as np
 from snncc.fixed_point import ACC_MAX
 
 from ..compat import lava
-from .base import fixed_pt_model, floating_pt_model
+from .base import InPort, OutPort, Var, fixed_pt_model, floating_pt_model
 from .kernels import lava_conv
 
 Conv = lava(".proc.conv.process").Conv
 
 
-@floating_pt_model(Conv)
+class BatchConv(Conv):
+    """Lava's ``Conv`` on ``lanes`` samples: s_in (lanes, W, H, C_in), a_out (lanes, W', H',
+    C_out)."""
+
+    def __init__(self, *, lanes: int, **conv_args):
+        super().__init__(**conv_args)
+        self.s_in = InPort(shape=(lanes, *self.input_shape))
+        self.a_out = OutPort(shape=(lanes, *self.output_shape))
+        self.a_buf = Var(shape=(lanes, *self.output_shape), init=0)
+
+
+@floating_pt_model(Conv)  # Lava's Conv model, run on a BatchConv (a Conv)
 class PyVectorConvModel(lava(".proc.conv.models").PyConvModelFloat):
     def run_spk(self):
         self.a_out.send(self.a_buf)
