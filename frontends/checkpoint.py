@@ -262,8 +262,13 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: st
     An architecture whose official checkpoints are not the model's own shape (Auto-Spikformer's
     supernets: its zoo entry's ``adapt_state_dict``) is adapted first, saying what changed."""
     state_dict = adapt(model, state_dict, arch)
-    _mismatch(model.state_dict(), state_dict, arch)
-    model.load_state_dict(state_dict, strict=True)
+    expected = model.state_dict()
+    _mismatch(expected, state_dict, arch)
+    if any(t.is_meta for t in expected.values()):  # built without storage: take the tensors
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()},
+                              strict=True, assign=True)
+    else:
+        model.load_state_dict(state_dict, strict=True)
     return model
 
 
@@ -334,7 +339,8 @@ def from_checkpoint(path: str | Path, arch: str, trust: bool = False,
 
     if overrides.get("T") is not None:
         overrides["T"] = positive_int(overrides["T"], "T (time steps)")
-    model = build(arch, **overrides)
+    with torch.device("meta"):  # no random initialisation the checkpoint then overwrites
+        model = build(arch, **overrides)
     if _adapter(arch) is None:
         state = load_state_dict(path, trust, model.state_dict(), arch)
     else:  # a supernet checkpoint: checked against the model once adapted to it
