@@ -4,7 +4,8 @@ size and one eager forward of the same model, at the zoo's full sizes (issue 17)
 For each architecture a random checkpoint (seeded weights, BN statistics randomised as the
 tests do) is written to a temporary directory; then, each in a fresh process:
 
-- the baseline: an interpreter with torch and snncc's CLI imported (its peak RSS);
+- the baseline: an interpreter with torch and snncc's CLI imported (its peak RSS, and its
+  wall time: the start-up every `snncc` command pays, shown subtracted in one column);
 - one eager forward of the model at batch 1 (T steps, the architecture's input size), best of
   ``--repeat`` after a warm-up, the checkpoint loaded as `compile` loads it;
 - ``snncc compile CKPT --arch A --target t -o OUT`` for each target: wall time and peak RSS
@@ -41,6 +42,7 @@ torch.manual_seed(0)
 model = build(sys.argv[1])
 randomize_bn(model, 0)
 torch.save(model.state_dict(), sys.argv[2])
+print(sum(p.numel() for p in model.parameters()))
 """
 
 _FORWARD = """
@@ -88,8 +90,8 @@ def run(cmd: list[str], env: dict) -> tuple[float, int, str]:
 def measure(arch: str, targets: list[str], repeat: int, env: dict, work: Path) -> list[dict]:
     py = sys.executable
     ckpt = work / f"{arch}.pt"
-    run([py, "-c", _MAKE_CHECKPOINT, arch, str(ckpt)], env)
-    _, base, _ = run([py, "-c", _BASELINE], env)
+    params = int(run([py, "-c", _MAKE_CHECKPOINT, arch, str(ckpt)], env)[2])
+    start, base, _ = run([py, "-c", _BASELINE], env)
     forward = float(run([py, "-c", _FORWARD, arch, str(ckpt), str(repeat)], env)[2])
     size = ckpt.stat().st_size
     rows = []
@@ -97,7 +99,8 @@ def measure(arch: str, targets: list[str], repeat: int, env: dict, work: Path) -
         out = work / f"{arch}-{target}"
         wall, peak, _ = run([py, "-m", "snncc", "compile", str(ckpt), "--arch", arch,
                              "--target", target, "-o", str(out)], env)
-        rows.append({"arch": arch, "target": target, "ckpt": size, "forward": forward,
+        rows.append({"arch": arch, "params": params, "target": target, "ckpt": size,
+                     "forward": forward, "start": start,
                      "wall": wall, "above": peak - base, "base": base})
         print(f"{arch} {target}: {wall:.2f} s ({wall / forward:.1f}x forward {forward:.3f} s), "
               f"peak {peak / 2**20:.0f} MiB = baseline {base / 2**20:.0f} + "
@@ -107,14 +110,44 @@ def measure(arch: str, targets: list[str], repeat: int, env: dict, work: Path) -
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | checkpoint | target | eager forward (batch 1) | compile | compile / "
-             "forward | peak RSS above baseline | / checkpoint |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | parameters | checkpoint | target | eager forward (batch 1) | compile "
+             "(process) | compile / forward | without start-up / forward | peak RSS above "
+             "baseline | / checkpoint |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['arch']} | {r['ckpt'] / 2**20:.0f} MiB | {r['target']} | "
+        lines.append(f"| {r['arch']} | {r['params'] / 1e6:.2f}M | {r['ckpt'] / 2**20:.1f} MiB | "
+                     f"{r['target']} | "
                      f"{r['forward']:.2f} s | {r['wall']:.1f} s | {r['wall'] / r['forward']:.1f}x"
+                     f" | {(r['wall'] - r['start']) / r['forward']:.1f}x"
                      f" | {r['above'] / 2**20:.0f} MiB | {r['above'] / r['ckpt']:.2f}x |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Compile time (and one eager forward) and peak RSS above the baseline (and 2x the
+    checkpoint) against the parameter count, one line per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for target in dict.fromkeys(r["target"] for r in rows):
+        rs = [r for r in rows if r["target"] == target]
+        x = [r["params"] / 1e6 for r in rs]
+        left.plot(x, [r["wall"] for r in rs], "o-", label=f"compile --target {target}")
+        right.plot(x, [r["above"] / 2**20 for r in rs], "o-", label=target)
+    first = list({r["arch"]: r for r in rows}.values())
+    x = [r["params"] / 1e6 for r in first]
+    left.plot(x, [3 * r["forward"] for r in first], "k--", label="3x one eager forward")
+    right.plot(x, [2 * r["ckpt"] / 2**20 for r in first], "k--", label="2x checkpoint")
+    left.set(xlabel="parameters (M)", ylabel="seconds", title="compile time")
+    right.set(xlabel="parameters (M)", ylabel="MiB above baseline", title="compile peak RSS")
+    for ax in (left, right):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def main(argv=None) -> int:
@@ -124,6 +157,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="eager forwards (best of)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--append", help="append the results as a Markdown section to this file")
+    ap.add_argument("--plot", help="write the scaling plot (PNG) here")
     args = ap.parse_args(argv)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,6 +170,8 @@ def main(argv=None) -> int:
             f"(load average {load:.1f}). Peak RSS of each `snncc compile` process above the "
             f"baseline (interpreter with torch and snncc imported).\n\n{table(rows)}\n")
     print(text)
+    if args.plot:
+        plot(rows, args.plot)
     if args.append:
         with open(args.append, "a") as f:
             f.write(text)
