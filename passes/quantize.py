@@ -27,23 +27,32 @@ lowered to make that an integer, so the threshold is exact.
 ``k = g S / gamma`` keeps its spikes: a_in = g x_int (g an integer, 1 after a synapse), and
 threshold, bias and reset values are multiplied by k: ``vth = round(k theta)``, ``bias = 64 k
 (beta + gamma b)`` (b: the bias of a synapse feeding only this neuron, moved into the neuron)
-as a 13-bit mantissa << exponent 0 .. 7, ``V_reset = 64 k v_reset``; the decay becomes the
+as a 13-bit mantissa << ``bias_exp``, ``V_reset = 64 k v_reset``; the decay becomes the
 12-bit ``dv = round(4096 (1 - alpha))``. A neuron that reads exact integers (spike counts in
 attention) with a decay of 12 bits is made *exact*: g is the smallest power of two that keeps
 k h[t] an integer for the T steps (so the voltage is a multiple of 64, the decay's rounding
 toward zero never acts, and ``h >= theta`` is ``V > 64 (ceil(k theta) - 1)`` to the bit); ties
 at the threshold, common with counts, then behave as in float.
 
+**Bias exponent.** ``bias_exp`` (default 6, :data:`NETX_BIAS_EXP`) is the one exponent of every
+bias: whole input units up to 4095, the only biases lava-dl netx holds (it fixes bias_exp = 6),
+so the netx file of ``--target lava --fixed-point`` is the prefix of the very graph the
+simulator and the Lava fixed-point network run. Its cost is small: at most 0.6% of a threshold
+per step on the zoo and digits models, spike agreement with float within 0.6 points of
+``bias_exp=None`` (each bias's smallest exponent 0 .. 7, finer and twice the range).
+
 **Report** (``graph.meta['reports']['quantize_for_loihi2']``): per layer the scale and what
 set it, the weight quantization error (RMS error over the RMS of the weights clipped at their
 99th percentile, so an outlier cannot hide the error it causes), the headroom before 24-bit
-saturation at the peak seen on the calibration inputs, and each neuron layer's spike agreement
+saturation at the peak seen on the calibration inputs, each neuron layer's bias rounding error
+(``bias_error``: in thresholds per step) and spike agreement
 with the float network on those inputs (``calibrate``: an input array or dict as the simulator
 takes; default: :func:`calibration_inputs`, random inputs of the model's shape); the overall
 spike and output-argmax agreement. ``warnings`` lists, and :class:`QuantizationWarning` raises,
 every place where quantization costs more than rounding, naming the layer and the error: weights
 that do not fit 8 bits with one exponent (an outlier, or a scale another limit keeps small),
-thresholds that lose precision or range, saturated biases, overflow on the calibration inputs.
+thresholds that lose precision or range, biases saturated or rounded by more than 5% of a
+threshold, overflow on the calibration inputs.
 """
 
 from __future__ import annotations
@@ -75,6 +84,8 @@ PRODUCTS = (ir.Hadamard, ir.SpikeMatMul, ir.AddressedAccumulate)
 MAX_GAMMA_BITS = 16  # the largest input multiplier g tried for a neuron reading counts
 OUTLIER_RATIO = 4.0  # largest |w| over the 99th percentile that makes a weight an outlier
 MAX_THRESHOLD_ERROR = 0.05  # a larger relative threshold rounding error is warned about
+MAX_BIAS_ERROR = 0.05  # a larger bias rounding error (in thresholds per step) is warned about
+NETX_BIAS_EXP = 6  # lava-dl netx gives every neuron bias_exp = 6: biases in whole input units
 
 
 class QuantizationWarning(UserWarning):
@@ -143,6 +154,7 @@ class _Plan:
     folded: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # neuron ->
     # (synapse whose bias moves into it, the synapse channel of every neuron element)
     bound: dict[int, str] = field(default_factory=dict)  # free root -> what limited it
+    bias_exp: int | None = None  # the one bias exponent of every neuron (None: each its own)
 
     def scale(self, name: str) -> float:
         return self.scales.scale(self.val[name], self.free)
@@ -160,10 +172,10 @@ def _peak(a) -> float:
     return float(np.max(np.abs(a), initial=0.0))
 
 
-def _classify(graph: Graph, ref, input_bits: int) -> _Plan:
+def _classify(graph: Graph, ref, input_bits: int, bias_exp: int | None) -> _Plan:
     """Assign every on-chip value a scale class (module doc) and find the synapse biases that
     move into neurons."""
-    plan = _Plan()
+    plan = _Plan(bias_exp=bias_exp)
     plan.unit = plan.scales.new(pinned=1.0)
     for n in graph.topological_order():
         if any(i not in plan.val for i in n.inputs) or isinstance(n, HOST_OPS):
@@ -371,7 +383,8 @@ def _limits(graph: Graph, plan: _Plan, ref, names: list[str]) -> dict[str, float
         bias = _peak(n.beta + (0.0 if syn is None or graph[syn].bias is None
                                else n.gamma * graph[syn].bias[labels]))
         if bias:
-            bound(f"13-bit bias of {where(n)}", fxp.BIAS_MAX * gamma / (V_UNIT * u.ratio * bias))
+            bound(f"13-bit bias of {where(n)}",
+                  _bias_max(plan.bias_exp) * gamma / (V_UNIT * u.ratio * bias))
         if np.max(n.theta) > 0:
             bound(f"17-bit threshold of {where(n)}",
                   fxp.VTH_MAX * gamma / (u.ratio * float(np.max(n.theta))))
@@ -415,6 +428,7 @@ class _NeuronQ:
     k: np.ndarray
     exact: bool
     bias_saturated: int
+    bias_error: float  # largest |quantized - exact bias| / threshold: charge lost per step
     threshold_clipped: int
     threshold_error: float  # largest |vth / k - theta| / |theta| (0 for an exact neuron)
     alpha_error: float
@@ -439,11 +453,29 @@ def _lattice_gamma(n: ir.Neuron, s_x: float, T: int) -> int | None:
     return None
 
 
+def _bias_max(bias_exp: int | None) -> int:
+    """The largest effective bias (V units) with exponent ``bias_exp`` (None: any, 0 .. 7)."""
+    return fxp.BIAS_MANT_MAX << (fxp.BIAS_EXP_MAX if bias_exp is None else bias_exp)
+
+
+def _quantize_bias(b: np.ndarray, bias_exp: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The representable effective bias (V units) nearest to ``b``, a 13-bit mantissa <<
+    ``bias_exp`` (None: the smallest exponent that fits), and the mask of saturated ones."""
+    if bias_exp is None:
+        mant, exp, sat = fxp.quantize_bias(b)
+    else:
+        mant, exp = np.round(b / 2 ** bias_exp), bias_exp
+        sat = (mant < fxp.BIAS_MANT_MIN) | (mant > fxp.BIAS_MANT_MAX)
+        mant = np.clip(mant, fxp.BIAS_MANT_MIN, fxp.BIAS_MANT_MAX).astype(np.int64)
+    return nrn.loihi2_bias(mant, exp), sat
+
+
 def _quantize_neuron(n: ir.Neuron, s_x: float, exact_input: bool, peak_x: float,
-                     peak_h: float, bias: np.ndarray, T: int) -> tuple[ir.Neuron, _NeuronQ]:
+                     peak_h: float, bias: np.ndarray, T: int,
+                     bias_exp: int | None) -> tuple[ir.Neuron, _NeuronQ]:
     """The integer neuron (module doc) reading x_int = s_x x. ``exact_input``: x_int are
     exact integers of the float network (not rounded); ``bias``: the folded synaptic bias
-    (per neuron element)."""
+    (per neuron element); ``bias_exp``: the one bias exponent (None: each bias its own)."""
     theta = np.broadcast_to(n.theta, n.shape)
     g, exact = 1, False
     if exact_input and n.reset == nrn.RESET_HARD:
@@ -463,14 +495,17 @@ def _quantize_neuron(n: ir.Neuron, s_x: float, exact_input: bool, peak_x: float,
     vth = np.clip(vth, 0, fxp.VTH_MAX)
     dv = np.clip(np.round(nrn.LOIHI2_DECAY_UNITY * (1 - n.alpha)), 0, fxp.DECAY_MAX)
     alpha = (nrn.LOIHI2_DECAY_UNITY - dv) / nrn.LOIHI2_DECAY_UNITY
-    mant, exp, sat = fxp.quantize_bias(V_UNIT * k * (n.beta + n.gamma * bias))
+    exact_bias = V_UNIT * k * (n.beta + n.gamma * bias)
+    int_bias, sat = _quantize_bias(exact_bias, bias_exp)
     new = node_with(n, alpha=compact(alpha, n.shape), gamma=compact(np.full(n.shape, g), n.shape),
-                    beta=compact(nrn.loihi2_bias(mant, exp) / V_UNIT, n.shape),
+                    beta=compact(int_bias / V_UNIT, n.shape),
                     theta=compact(vth, n.shape), v_reset=compact(_voltage(k, n.v_reset), n.shape),
                     v_init=compact(_voltage(k, n.v_init), n.shape), cmp=nrn.CMP_GT)
     off = np.abs(vth / k - theta)[theta != 0] / np.abs(theta[theta != 0])
-    return new, _NeuronQ(new, compact(k, n.shape), exact, int(sat.sum()), clipped,
-                         0.0 if exact else _peak(off), float(np.max(np.abs(alpha - n.alpha))))
+    bias_off = np.abs(int_bias - exact_bias)[vth > 0] / (V_UNIT * vth[vth > 0])
+    return new, _NeuronQ(new, compact(k, n.shape), exact, int(sat.sum()), _peak(bias_off),
+                         clipped, 0.0 if exact else _peak(off),
+                         float(np.max(np.abs(alpha - n.alpha))))
 
 
 def _voltage(k, v) -> np.ndarray:
@@ -577,12 +612,17 @@ def calibration_inputs(graph: Graph, batch: int = 16, seed: int = 0) -> dict[str
 
 @register_pass(lossy=True)
 def quantize_for_loihi2(graph: Graph, calibrate=None, input_bits: int = 8,
-                        max_weight_error: float = 0.05) -> Graph:
-    """Quantize weights (8 bits + exponent), thresholds, biases and decays for Loihi 2."""
+                        max_weight_error: float = 0.05,
+                        bias_exp: int | None = NETX_BIAS_EXP) -> Graph:
+    """Quantize weights (8 bits + exponent), thresholds, biases and decays for Loihi 2;
+    every neuron's bias a 13-bit mantissa << ``bias_exp`` (None: the smallest exponent that
+    fits, 0 .. 7)."""
+    if bias_exp is not None and not 0 <= bias_exp <= fxp.BIAS_EXP_MAX:
+        raise PassError(f"bias_exp must be 0 .. {fxp.BIAS_EXP_MAX} or None, not {bias_exp}")
     x = calibrate if calibrate is not None else calibration_inputs(graph)
     T = int(graph.meta.get("T", 1))
     float_run = Simulator(graph).run(x, T, record=True)
-    plan = _classify(graph, float_run, input_bits)
+    plan = _classify(graph, float_run, input_bits, bias_exp)
     _choose_free_scales(graph, plan, float_run)
     rounded = {plan.root(m) for m in plan.val if isinstance(graph[m], SYNAPSES)}
     neurons, synapses = {}, {}
@@ -596,7 +636,7 @@ def quantize_for_loihi2(graph: Graph, calibrate=None, input_bits: int = 8,
         new, q = _quantize_neuron(n, plan.scale(src), exact_input,
                                   _peak(float_run.trace[src]),
                                   _charge_peak(n, float_run.trace[src], float_run.membrane[n.name]),
-                                  bias, T)
+                                  bias, T, bias_exp)
         graph.replace(n.name, new)
         neurons[n.name] = q
     folded = {syn: n for n, (syn, _) in plan.folded.items()}
@@ -664,7 +704,8 @@ def _report(graph: Graph, plan: _Plan, x, random_inputs: bool, T: int, float_run
             layers.append(_synapse_entry(graph, plan, synapses[n.name], sim.peaks, notes,
                                          max_weight_error))
         elif n.name in neurons:
-            layers.append(_neuron_entry(neurons[n.name], float_run, fixed_run, sim.peaks, notes))
+            layers.append(_neuron_entry(neurons[n.name], float_run, fixed_run, sim.peaks, notes,
+                                        plan.bias_exp))
     agreement = [(e["spike_agreement"], e["neurons"]) for e in layers if e["kind"] == "neuron"]
     out_f, out_q = float_run.output, fixed_run.output
     summary = {
@@ -674,6 +715,7 @@ def _report(graph: Graph, plan: _Plan, x, random_inputs: bool, T: int, float_run
         if out_f.ndim > 1 else None,
         "calibration": {"inputs": "random" if random_inputs else "given",
                         "batch": int(fixed_run.output.shape[0]), "T": T},
+        "bias_exp": plan.bias_exp,
         "encoders": {k: {"scale": plan.encoders[graph[k].inputs[0]], "bits": b}
                      for k, b in graph.meta["loihi2"]["encoders"].items()},
     }
@@ -719,7 +761,8 @@ def _weight_warning(n: ir.Node, q: _SynapseQ, limited_by: str) -> str:
                    f"set by the {limited_by}")
 
 
-def _neuron_entry(q: _NeuronQ, float_run, fixed_run, peaks, notes) -> dict:
+def _neuron_entry(q: _NeuronQ, float_run, fixed_run, peaks, notes,
+                  bias_exp: int | None) -> dict:
     n = q.node
     p = peaks.get(n.name, {})
     s_f, s_q = float_run.trace[n.name], fixed_run.trace[n.name]
@@ -727,7 +770,8 @@ def _neuron_entry(q: _NeuronQ, float_run, fixed_run, peaks, notes) -> dict:
              "scale": float(np.max(q.k)), "vth": int(np.max(n.theta)),
              "dv": int(np.max(nrn.LOIHI2_DECAY_UNITY * (1 - n.alpha))),
              "gamma": int(np.max(n.gamma)), "exact": q.exact,
-             "threshold_error": q.threshold_error, "alpha_error": q.alpha_error,
+             "threshold_error": q.threshold_error, "bias_error": q.bias_error,
+             "alpha_error": q.alpha_error,
              "voltage_headroom_bits": _headroom(p.get("v", 0)),
              "current_headroom_bits": _headroom(p.get("input", 0)),
              "spike_agreement": float(np.mean(s_f == s_q)),
@@ -738,7 +782,11 @@ def _neuron_entry(q: _NeuronQ, float_run, fixed_run, peaks, notes) -> dict:
     if p.get("input", 0) >= nrn.LOIHI2_STATE_MAX:
         problems.append("its 24-bit current wrapped")
     if q.bias_saturated:
-        problems.append(f"{q.bias_saturated} bias(es) exceed 13 bits << 7 and were clipped")
+        problems.append(f"{q.bias_saturated} bias(es) exceed 13 bits << "
+                        f"{fxp.BIAS_EXP_MAX if bias_exp is None else bias_exp} and were clipped")
+    if q.bias_error > MAX_BIAS_ERROR:
+        problems.append(f"its bias is off by {q.bias_error:.0%} of its threshold per step "
+                        f"(bias exponent {'0 .. 7' if bias_exp is None else bias_exp})")
     if q.threshold_clipped:
         problems.append(f"{q.threshold_clipped} threshold(s) outside 0 .. {fxp.VTH_MAX} clipped")
     if q.threshold_error > MAX_THRESHOLD_ERROR:

@@ -172,6 +172,45 @@ def test_weight_and_bias_formats_are_what_lava_keeps():
     assert sat.tolist() == [False, False, True]
 
 
+def biased_graph(bias: float) -> Graph:
+    """encoded input -> Linear (bias ``bias``, moved into the neuron) -> LIF (theta 1)."""
+    rng = np.random.default_rng(3)
+    g = Graph("biased", {"T": 4})
+    g.add(ir.Input("x", input_shape=(12,)))
+    g.add(ir.Linear("fc", ("x",), path="net.fc", weight=rng.normal(0.0, 0.3, (8, 12)),
+                    bias=bias + rng.normal(0.0, 0.1, 8)))
+    g.add(ir.Neuron("lif", ("fc",), alpha=0.5, theta=1.0))
+    g.add(ir.Output("out", ("lif",)))
+    return g.verify()
+
+
+def test_biases_are_whole_input_units_unless_told_otherwise():
+    """Default (netx's bias_exp = 6): every bias a whole number of input units (beta = (mant
+    << 6) / 64), its rounding reported as bias_error (in thresholds per step); bias_exp=None:
+    each bias's smallest exponent, finer."""
+    reps, betas = {}, {}
+    for bias_exp in (6, None):
+        q = quantize(biased_graph(0.3), bias_exp=bias_exp)
+        reps[bias_exp], betas[bias_exp] = q.meta["reports"][REPORT], q["lif"].beta
+        assert reps[bias_exp]["bias_exp"] == bias_exp and not reps[bias_exp]["warnings"]
+    (whole, fine) = [[e for e in reps[b]["layers"] if e["kind"] == "neuron"][0]
+                     for b in (6, None)]
+    assert np.all(betas[6] % 1 == 0) and np.any(betas[None] % 1)
+    assert 0 < fine["bias_error"] < whole["bias_error"] <= 0.5 / whole["vth"]
+
+
+@pytest.mark.parametrize("bias_exp, bias_max", [(6, 4095), (None, 4095 * 2)])
+def test_a_large_bias_limits_the_scale_to_its_13_bit_range(bias_exp, bias_max):
+    """A bias of 50 thresholds: the input scale is lowered until the bias fits 13 bits << the
+    exponent (4095 input units at netx's 6, twice that at 7), none saturates."""
+    q = quantize(biased_graph(50.0), bias_exp=bias_exp)
+    rep = q.meta["reports"][REPORT]
+    (fc,) = [e for e in rep["layers"] if e["node"] == "fc"]
+    assert fc["scale_limited_by"] == "13-bit bias of 'lif'"
+    assert bias_max / 2 < np.max(np.abs(q["lif"].beta)) <= bias_max
+    assert not rep["warnings"]
+
+
 def test_spiking_head_on_a_mean_is_refused_by_name():
     case = small("meta-spikeformer", 0)  # the official head: head(lif(mean over tokens))
     g = compiled_for_lava(trace(case.model, case.inputs, T=4, name="meta"))

@@ -15,7 +15,8 @@ So snncc writes a netx file only for a graph quantized by ``quantize_for_loihi2`
 units: the integer weights of the quantized graph; ``vThMant`` its integer threshold (its
 ``>=`` was already legalised to Lava's ``>`` by an integer threshold that keeps every spike);
 ``vDecay`` its 12-bit dv, ``iDecay`` 4096 (du = 4095: no current filter); ``bias`` its
-effective bias in V units over 2^6, which must be an integer 13-bit mantissa. Every value is
+effective bias in V units over 2^6, which must be an integer 13-bit mantissa (what
+``quantize_for_loihi2`` makes by default: ``bias_exp = 6``). Every value is
 checked to be what netx and Lava's models compute exactly; the chain stops at the first layer
 that is not, and :func:`netx_prefix` says which and why. A float graph gets no file.
 
@@ -44,8 +45,7 @@ from snncc import fixed_point as fxp
 from snncc import ir
 from snncc.errors import UnsupportedError
 from snncc.graph import Graph
-
-NETX_BIAS_EXP = 6  # netx gives every neuron bias_exp = 6: its bias is V / 2^6
+from snncc.passes.quantize import NETX_BIAS_EXP  # netx's bias_exp: its bias is V / 2^6
 RESET_OFFSET = 1  # netx adds the layer index + 1: layer i resets when its input first arrives
 FLOAT_REASON = ("a float network: netx builds fixed-point Lava models only, so it is written "
                 "for a quantized graph (compile with --fixed-point)")
@@ -107,7 +107,8 @@ def _neuron(q: fxp.Loihi2Neuron, shape: tuple) -> tuple[dict, np.ndarray]:
     unit = 2 ** NETX_BIAS_EXP
     if np.any(bias % unit):
         raise UnsupportedError("its bias is finer than netx's bias_exp = 6 allows (not a whole "
-                               "number of input units; quantize_for_loihi2 keeps it finer)")
+                               "number of input units; quantize_for_loihi2 makes them whole "
+                               "with bias_exp = 6, its default)")
     if np.any(bias // unit < fxp.BIAS_MANT_MIN) or np.any(bias // unit > fxp.BIAS_MANT_MAX):
         raise UnsupportedError("its bias / 2^6 is not a 13-bit mantissa (netx fixes bias_exp = 6)")
     return ({"type": "CUBA", "iDecay": lif["du"] + 1, "vDecay": lif["dv"], "vThMant": lif["vth"],
