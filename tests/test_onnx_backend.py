@@ -222,18 +222,34 @@ def test_float64_models_avoid_missing_double_kernels(emitted):
     assert {"Conv", "AveragePool"} <= ops("float32")
 
 
+def test_unrolled_model_folds_time_into_the_batch(emitted):
+    """Stateless layers run once over all T steps in the unrolled model (a static input's
+    conv once on [B, ...], the others on [T * B, ...]); only the neurons step."""
+    from collections import Counter
+
+    from snncc.backends.onnx.models import UNROLLED_FILE
+
+    g, _, path = emitted["conv", 0, "float32"]
+    ops = Counter(n.op_type for n in onnx.load(path / UNROLLED_FILE).graph.node)
+    assert ops["Conv"] == len(g.of_type(ir.Conv2d)) and ops["MaxPool"] == 1
+    assert ops["GreaterOrEqual"] + ops["Greater"] == T * len(g.of_type(ir.Neuron))
+
+
 def test_neuron_arithmetic_is_canonical(emitted):
-    """h = (alpha * v + gamma * x) + beta, then GreaterOrEqual / Greater and Where."""
+    """h = alpha * v + gamma * x (+ beta, left out where it is 0, as the simulator does), then
+    GreaterOrEqual / Greater; hard reset h * (1 - s), soft h - theta * s."""
     from snncc.backends.onnx.models import STEP_FILE
 
     step = onnx.load(emitted["conv", 0, "float64"][2] / STEP_FILE)
     by_out = {n.output[0]: n for n in step.graph.node}
-    h = by_out["lif1/h"]
-    inner = by_out[h.input[0]]
-    assert h.op_type == "Add" and h.input[1] == "lif1.beta" and inner.op_type == "Add"
-    assert [by_out[i].input for i in inner.input] == [["lif1.alpha", "lif1:v"],
-                                                     ["lif1.gamma", "bn1"]]
-    assert {n.op_type for n in step.graph.node} >= {"GreaterOrEqual", "Greater", "Where"}
+    h = by_out["lif1/h"]  # beta = 0
+    assert h.op_type == "Add"
+    assert [by_out[i].input for i in h.input] == [["lif1.alpha", "lif1:v"], ["lif1.gamma", "bn1"]]
+    reset = by_out["lif1:v.next"]
+    assert reset.op_type == "Mul" and reset.input[0] == "lif1/h"
+    assert by_out[reset.input[1]].input == ["snncc:one", "lif1"]
+    assert by_out["lif2:v.next"].op_type == "Sub"  # soft reset
+    assert {n.op_type for n in step.graph.node} >= {"GreaterOrEqual", "Greater"}
 
 
 def test_runner_refuses_bad_inputs(emitted):

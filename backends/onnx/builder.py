@@ -1,4 +1,5 @@
-"""Lowering of IR nodes to standard ONNX operators (one time step).
+"""Lowering of IR nodes to standard ONNX operators (for one step, or for T steps folded into
+the batch axis: the lowerings never depend on the batch size).
 
 :class:`OnnxBuilder` accumulates ONNX nodes and initializers; :func:`lower` emits the operators
 of one stateless IR node and :func:`lower_neuron` those of one neuron step, with the canonical
@@ -80,6 +81,14 @@ class OnnxBuilder:
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
         return out
 
+    def split(self, x: str, outs: list[str]) -> None:
+        """``x`` split into ``len(outs)`` equal parts along axis 0, named ``outs``."""
+        if len(outs) == 1:
+            self.op("Identity", [x], outs[0])
+        else:
+            self.nodes.append(helper.make_node("Split", [x], outs, name=outs[0], axis=0,
+                                               num_outputs=len(outs)))
+
     def value_info(self, name: str, shape) -> object:
         return helper.make_tensor_value_info(name, self.elem, list(shape))
 
@@ -104,6 +113,8 @@ def _patches(b: OnnxBuilder, x: str, kernel, stride, padding, dilation, out_sp) 
     """im2col: [B, C, *spatial] -> [B, C, K, *out_spatial], K = prod(kernel), kernel offsets in
     row-major order (the order of a weight's trailing axes)."""
     nd = len(kernel)
+    if set(kernel) == {1} and set(stride) == {1} and not any(padding):  # pointwise: x itself
+        return b.op("Unsqueeze", [x, b.ints([2])])
     if any(padding):
         x = b.op("Pad", [x, b.ints([0, 0, *padding, 0, 0, *padding])])
     axes = b.ints(range(2, 2 + nd))
@@ -252,14 +263,24 @@ def lower(b: OnnxBuilder, n: ir.Node, args: list[str], out: str) -> str:
 def lower_neuron(b: OnnxBuilder, n: ir.Neuron, x: str, v: str, spike: str,
                  v_next: str) -> None:
     """One step of the canonical neuron: ``h = alpha*v + gamma*x + beta`` (this order),
-    ``s = h >= theta`` (or ``>``), hard reset ``where(s, v_reset, h)`` or soft ``h - theta*s``.
-    Writes the spikes (0/1 in the model dtype) to ``spike`` and the membrane to ``v_next``."""
-    p = {a: b.param(n, a) for a in ("alpha", "gamma", "beta", "theta", "v_reset")}
-    h = b.op("Add", [b.op("Add", [b.op("Mul", [p["alpha"], v]), b.op("Mul", [p["gamma"], x])]),
-                     p["beta"]], f"{spike}/h")
-    fired = b.op("GreaterOrEqual" if n.cmp == nrn.CMP_GE else "Greater", [h, p["theta"]])
-    s = b.op("Cast", [fired], spike, to=b.elem)
-    if n.reset == nrn.RESET_HARD:
-        b.op("Where", [fired, p["v_reset"], h], v_next)
+    ``s = h >= theta`` (or ``>``), hard reset ``h * (1 - s) + v_reset * s`` or soft
+    ``h - theta*s``. Writes the spikes (0/1 in the model dtype) to ``spike`` and the membrane to
+    ``v_next``. As in the simulator, multiplications by 1 and additions of 0 are left out: they
+    change at most the sign of a zero, which no comparison or later sum sees (and the hard reset
+    as a product: onnxruntime's Where costs several elementwise ops)."""
+    gx = x if np.all(n.gamma == 1) else b.op("Mul", [b.param(n, "gamma"), x])
+    av = v if np.all(n.alpha == 1) else b.op("Mul", [b.param(n, "alpha"), v])
+    if np.all(n.beta == 0):
+        h = b.op("Add", [av, gx], f"{spike}/h")
     else:
-        b.op("Sub", [h, b.op("Mul", [p["theta"], s])], v_next)
+        h = b.op("Add", [b.op("Add", [av, gx]), b.param(n, "beta")], f"{spike}/h")
+    theta = b.param(n, "theta")
+    fired = b.op("GreaterOrEqual" if n.cmp == nrn.CMP_GE else "Greater", [h, theta])
+    s = b.op("Cast", [fired], spike, to=b.elem)
+    if n.reset != nrn.RESET_HARD:
+        b.op("Sub", [h, b.op("Mul", [theta, s])], v_next)
+        return
+    kept = b.op("Mul", [h, b.op("Sub", [b.const("snncc:one", 1.0), s])],
+                v_next if np.all(n.v_reset == 0) else None)
+    if not np.all(n.v_reset == 0):
+        b.op("Add", [kept, b.op("Mul", [b.param(n, "v_reset"), s])], v_next)

@@ -9,10 +9,16 @@
   ``.next`` appended. The initial state (membrane v_init, empty FIFOs, zero sums, t = 0) is
   listed in the metadata key ``snncc.state`` (JSON: name, shape without the batch axis,
   batch_axis, init value broadcastable to the shape).
-* **unrolled** (``model.onnx``): the step graph repeated T times with the state wired from
-  step to step; inputs ``[T, B, *shape]`` (static inputs ``[B, *shape]``), outputs the model
-  outputs at the last step. Each output's value at an earlier step t is the tensor
-  ``t<t>/<output>`` (which :func:`with_traces` exposes).
+* **unrolled** (``model.onnx``): all T steps in one graph; inputs ``[T, B, *shape]`` (static
+  inputs ``[B, *shape]``), outputs the model outputs at the last step. As in the simulator's
+  time folding (the same plan, :func:`snncc.simulator.plan`), a stateless layer outside every
+  cycle runs once over all T steps with time folded into the batch axis (``T/<node>``,
+  ``[T * B, ...]``; once on ``[B, ...]`` where it reads static inputs alone); neurons, delays,
+  readouts and cycles step through time (``t<t>/<node>``), the T steps concatenated on the
+  batch axis before a folded region and split after it. Same kernels, same numbers: float64
+  outputs equal the model unrolled layer by layer. Float64 im2col layers step (see
+  ``_im2col``). Each output's value at an earlier step t is the tensor ``t<t>/<output>``, each
+  neuron's spikes ``t<t>/<neuron>`` (which :func:`with_traces` exposes).
 
 Both carry ``snncc.form``, ``snncc.T``, ``snncc.dt``, ``snncc.dtype`` (the arithmetic of every
 tensor: ``float64``, the default, or ``float32``), ``snncc.inputs`` (name, shape, static, kind),
@@ -25,6 +31,7 @@ in ``metadata_props``. The batch axis is symbolic (``batch``).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,55 +180,104 @@ def build_step_model(graph: Graph, dtype: str = "float64", dt: float | None = No
 
 def build_unrolled_model(graph: Graph, T: int | None = None, dtype: str = "float64",
                          dt: float | None = None) -> onnx.ModelProto:
-    """The model unrolled over T steps (see the module docstring)."""
+    """The model unrolled over T steps, its stateless layers time-folded (module docstring)."""
+    from snncc.simulator import plan  # here: its torch import is no cost the runner should pay
+
     graph.verify()
     _check_supported(graph)
     T = int(T if T is not None else graph.meta.get("T", 0))
     if T < 1:
         raise SnnccError("the unrolled ONNX model needs T >= 1 (pass T or set graph.meta['T'])")
     b = OnnxBuilder(graph, dtype)
-    order = graph.topological_order()
-    batch_zeros = _zeros_factory(b, graph)
-    seq_inputs = {n.name: _step_slicer(b, n) for n in graph.inputs}
-    prev: dict[str, str] = {}  # neuron -> membrane, readout -> running sum, after step t-1
-    history: dict[str, list[str]] = {n.name: [] for n in order}
-
-    for t in range(T):
-        names: dict[str, str] = {}
-        for n in order:
-            out = n.name if (isinstance(n, ir.Output) and t == T - 1) else f"t{t}/{n.name}"
-            args = [names.get(i) for i in n.inputs]
-            if isinstance(n, ir.Input):
-                out = seq_inputs[n.name](t)
-            elif isinstance(n, ir.Neuron):
-                v = prev.get(n.name) or b.param(n, "v_init")
-                prev[n.name] = f"{out}:v"
-                lower_neuron(b, n, args[0], v, out, prev[n.name])
-            elif isinstance(n, ir.Delay):
-                src = history[n.inputs[0]]
-                out = src[t - n.steps] if t >= n.steps else batch_zeros(n)
-            elif isinstance(n, ir.Readout):
-                acc = args[0] if t == 0 else b.op("Add", [prev[n.name], args[0]], f"{out}:acc")
-                prev[n.name] = acc
-                b.op("Div", [acc, b.const(f"snncc:steps{t + 1}", t + 1)], out)
-            elif isinstance(n, ir.Output) and t < T - 1:
-                b.op("Identity", args, out)  # only the last step's value is a model output
-            else:
-                lower(b, n, args, out)
-            names[n.name] = out
-            history[n.name].append(out)
+    vals = _Values(b, graph, T)
+    p = plan(graph)
+    for cyclic, nodes in p.units:
+        n = nodes[0]
+        if isinstance(n, ir.Input):
+            vals.add_input(n)
+        elif isinstance(n, ir.Output):
+            for t, name in enumerate([f"t{t}/{n.name}" for t in range(T - 1)] + [n.name]):
+                b.op("Identity", [vals.at(n.inputs[0], t)], name)
+        elif n.name in p.static:  # stateless, from static inputs alone: once, on [B, ...]
+            vals.static[n.name] = lower(b, n, list(n.inputs), n.name)
+        elif not cyclic and n.op in STATELESS_OPS and not _im2col(b, n):
+            vals.fold[n.name] = lower(b, n, [vals.folded(i) for i in n.inputs], f"T/{n.name}")
+        else:  # neurons, delays, readouts, the nodes of a cycle and im2col step through time
+            for nd in nodes:
+                vals.steps[nd.name] = []
+            for t in range(T):
+                for nd in nodes:
+                    vals.steps[nd.name].append(_step(b, vals, nd, t))
     inputs = [_input_info(b, n, T) for n in graph.inputs]
     outputs = [_batched(b, n.name, n.shape) for n in graph.outputs]
     meta = _metadata(graph, "unrolled", T, _resolve_dt(graph, dt), dtype)
     return _model(b, f"{graph.name}.unrolled", inputs, outputs, meta)
 
 
-def _step_slicer(b: OnnxBuilder, n: ir.Input):
-    """t -> the tensor of input ``n`` at step t (a static input is the same at every step)."""
-    if n.static:
-        return lambda t: n.name
-    return lambda t: b.op("Squeeze", [b.op("Slice", [n.name, b.ints([t]), b.ints([t + 1])]),
-                                      b.ints([0])], f"t{t}/{n.name}")
+def _im2col(b: OnnxBuilder, n: ir.Node) -> bool:
+    """A float64 convolution or average pool with a window (im2col, see builder): left step by
+    step, as im2col over T steps at once takes T times the memory (15M at batch 32: GBs) and
+    ran slower than T calls (measured, benchmarks/bench_onnx_speed.py)."""
+    if not b.double or n.op not in ("Conv1d", "Conv2d", "AvgPool2d"):
+        return False
+    return math.prod(n.kernel_size if n.op == "AvgPool2d" else n.weight.shape[2:]) > 1
+
+
+class _Values:
+    """Each node's value over the T steps in one of three forms: ``static`` (one ``[B, ...]``
+    tensor, the same at every step), ``fold`` (``[T * B, ...]``, time folded into the batch
+    axis step-major: sample b of step t at t * B + b) or ``steps`` (T tensors ``[B, ...]``,
+    ``t<t>/<node>``). The form a reader needs is made on first use (Concat on the batch axis,
+    Split into steps) and kept. ``state``: each neuron's membrane and each readout's running
+    sum after the last step emitted."""
+
+    def __init__(self, b: OnnxBuilder, graph: Graph, T: int):
+        self.b, self.T = b, T
+        self.static: dict[str, str] = {}
+        self.fold: dict[str, str] = {}
+        self.steps: dict[str, list[str]] = {}
+        self.state: dict[str, str] = {}
+        self.zeros = _zeros_factory(b, graph)
+
+    def add_input(self, n: ir.Input) -> None:
+        if n.static:
+            self.static[n.name] = n.name
+        else:  # [T, B, *s] -> [T * B, *s]: step-major already, so a plain reshape
+            self.fold[n.name] = self.b.op("Reshape", [n.name, self.b.ints([-1, *n.shape])],
+                                          f"T/{n.name}")
+
+    def folded(self, name: str) -> str:
+        if name not in self.fold:
+            parts = [self.static[name]] * self.T if name in self.static else self.steps[name]
+            self.fold[name] = self.b.op("Concat", parts, f"T/{name}", axis=0)
+        return self.fold[name]
+
+    def at(self, name: str, t: int) -> str:
+        """The value of ``name`` at step t."""
+        if name in self.static:
+            return self.static[name]
+        if name not in self.steps:  # folded only: split it once into its T steps
+            self.steps[name] = [f"t{s}/{name}" for s in range(self.T)]
+            self.b.split(self.fold[name], self.steps[name])
+        return self.steps[name][t]
+
+
+def _step(b: OnnxBuilder, vals: _Values, n: ir.Node, t: int) -> str:
+    """Node ``n``'s value at step t: a neuron, delay or readout, or a node of a cycle."""
+    out = f"t{t}/{n.name}"
+    if isinstance(n, ir.Delay):
+        return vals.at(n.inputs[0], t - n.steps) if t >= n.steps else vals.zeros(n)
+    args = [vals.at(i, t) for i in n.inputs]
+    if isinstance(n, ir.Neuron):
+        v = vals.state.get(n.name) or b.param(n, "v_init")
+        vals.state[n.name] = f"{out}:v"
+        lower_neuron(b, n, args[0], v, out, vals.state[n.name])
+        return out
+    if isinstance(n, ir.Readout):
+        acc = args[0] if t == 0 else b.op("Add", [vals.state[n.name], args[0]], f"{out}:acc")
+        vals.state[n.name] = acc
+        return b.op("Div", [acc, b.const(f"snncc:steps{t + 1}", t + 1)], out)
+    return lower(b, n, args, out)
 
 
 def _zeros_factory(b: OnnxBuilder, graph: Graph):
@@ -267,7 +323,7 @@ def with_traces(model: onnx.ModelProto) -> onnx.ModelProto:
 def output_steps(model: onnx.ModelProto, meta: dict) -> list[str]:
     """The unrolled model's tensors ``t<t>/<output>``, t < T - 1 (none in a model written
     before they existed)."""
-    made = {n.output[0] for n in model.graph.node}
+    made = {o for n in model.graph.node for o in n.output}
     T = int(meta["snncc.T"])
     return [f"t{t}/{o}" for o in json.loads(meta["snncc.outputs"]) for t in range(T - 1)
             if f"t{t}/{o}" in made]

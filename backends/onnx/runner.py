@@ -86,13 +86,26 @@ def _top_level_metadata(buf) -> dict[str, str]:
     return meta
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    """A session with one intra-op CPU thread (parity runs are small, and onnxruntime's default
-    spinning thread pool only competes with everything else on a shared machine), on CUDA where
-    an onnxruntime with the CUDA provider is installed (ops it lacks fall back to the CPU)."""
+#: ``optimization`` levels of :func:`session` (onnxruntime's graph optimisation levels)
+OPTIMIZATION = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def session(model: onnx.ModelProto, threads: int = 1,
+            optimization: str = "all") -> ort.InferenceSession:
+    """An onnxruntime session: ``threads`` intra-op CPU threads (default one: parity runs are
+    small, and onnxruntime's spinning thread pool only competes with everything else on a shared
+    machine; 0 lets onnxruntime choose), graph optimisations at ``optimization`` (a key of
+    :data:`OPTIMIZATION`), on CUDA where an onnxruntime with the CUDA provider is installed
+    (ops it lacks fall back to the CPU)."""
+    if optimization not in OPTIMIZATION:
+        raise SnnccError(f"optimization must be one of {list(OPTIMIZATION)}, got {optimization!r}")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = int(threads)
+    opts.graph_optimization_level = OPTIMIZATION[optimization]
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
@@ -133,7 +146,8 @@ def _batch(xs: dict[str, np.ndarray], meta: dict) -> int:
 
 
 def run_onnx(path_or_dir, inputs, T: int | None = None, form: str = "unrolled",
-             trace: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+             trace: bool = True, threads: int = 1, optimization: str = "all"
+             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Run an snncc ONNX model in onnxruntime.
 
     ``path_or_dir``: a ``.onnx`` file, or the directory the emitter wrote (``form`` picks
@@ -142,14 +156,14 @@ def run_onnx(path_or_dir, inputs, T: int | None = None, form: str = "unrolled",
     static inputs ``[B, ...]``. Returns ``(outputs, traces)``: each IR Output's value at the
     last step ``[B, ...]``, and (``trace``) each neuron's spikes and each Output's value at
     every step, ``[T, B, ...]``, keyed by IR node name. Arrays are in the model's dtype
-    (``snncc.dtype``)."""
+    (``snncc.dtype``). ``threads``, ``optimization``: the session's (:func:`session`)."""
     model = _load(path_or_dir, form)
     meta = {p.key: p.value for p in model.metadata_props}
     dtype = NP_DTYPE[meta["snncc.dtype"]]
     xs, T = _inputs(meta, inputs, T, dtype)
     if trace:
         model = with_traces(model)
-    sess = _session(model)
+    sess = session(model, threads, optimization)
     if meta["snncc.form"] == "step":
         return _run_step(sess, meta, xs, T, trace, dtype)
     if meta.get("snncc.T") and T != int(meta["snncc.T"]):
