@@ -217,12 +217,12 @@ _SLOW_WRITER = """
 import sys, time
 from snncc.backends.onnx import models
 from snncc.cli import main
-save = models.save_checked
+write = models.write_model
 def slow_save(*a, **k):
-    save(*a, **k)
+    write(*a, **k)
     print("WRITING", flush=True)
     time.sleep(60)
-models.save_checked = slow_save
+models.write_model = slow_save
 sys.exit(main(sys.argv[1:]))
 """
 

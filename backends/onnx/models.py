@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ from snncc.files import atomic_directory
 from snncc.graph import Graph
 
 from .builder import ELEM, OPSET, STATELESS_OPS, OnnxBuilder, lower, lower_neuron
+from .stream import check_without_weights, tensor, write_model
 
 UNROLLED_FILE = "model.onnx"
 STEP_FILE = "model.step.onnx"
@@ -80,34 +81,28 @@ def _metadata(graph: Graph, form: str, T: int | None, dt: float, dtype: str) -> 
     }
 
 
-def _model(b: OnnxBuilder, name: str, inputs, outputs, meta: dict[str, str]) -> onnx.ModelProto:
+@dataclass
+class ModelParts:
+    """A model whose graph has no initializers, and the initializers as arrays: written with
+    :func:`stream.write_model` one tensor at a time (the proto never holds every weight)."""
+
+    model: onnx.ModelProto
+    weights: dict[str, np.ndarray]
+
+    def whole(self) -> onnx.ModelProto:
+        """The model with its initializers (a copy)."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self.model)
+        out.graph.initializer.extend(tensor(k, a) for k, a in self.weights.items())
+        return out
+
+
+def _model(b: OnnxBuilder, name: str, inputs, outputs, meta: dict[str, str]) -> ModelParts:
     g = helper.make_graph(b.nodes, name, inputs, outputs)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="snncc")
     helper.set_model_props(model, meta)
-    for key, array in b.initializers.items():  # straight into the model: make_graph and
-        _put_initializer(model.graph, key, array)  # make_model would copy each weight twice
-    return model
-
-
-def _put_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> None:
-    """``numpy_helper.from_array`` (numeric, little-endian raw data) written in place."""
-    t = graph.initializer.add()
-    t.name = name
-    t.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-    t.dims.extend(array.shape)
-    t.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-
-
-def save_checked(build: Callable[[], onnx.ModelProto], path: Path, check: bool = True) -> None:
-    """Build a model, write it to ``path`` and check the file (``full_check``), holding one
-    copy of the weights at a time where it can: checking the proto in memory would
-    serialize it again beside the proto."""
-    data = build().SerializeToString()
-    path.write_bytes(data)
-    del data
-    if check:
-        onnx.checker.check_model(str(path), full_check=True)
+    return ModelParts(model, b.initializers)
 
 
 def _check_supported(graph: Graph) -> None:
@@ -128,6 +123,10 @@ def _resolve_dt(graph: Graph, dt: float | None) -> float:
 def build_step_model(graph: Graph, dtype: str = "float64", dt: float | None = None,
                      T: int | None = None) -> onnx.ModelProto:
     """The single-step model (see the module docstring)."""
+    return _step_parts(graph, dtype, dt, T).whole()
+
+
+def _step_parts(graph: Graph, dtype: str, dt: float | None, T: int | None) -> ModelParts:
     graph.verify()
     _check_supported(graph)
     b = OnnxBuilder(graph, dtype)
@@ -181,6 +180,10 @@ def build_step_model(graph: Graph, dtype: str = "float64", dt: float | None = No
 def build_unrolled_model(graph: Graph, T: int | None = None, dtype: str = "float64",
                          dt: float | None = None) -> onnx.ModelProto:
     """The model unrolled over T steps, its stateless layers time-folded (module docstring)."""
+    return _unrolled_parts(graph, T, dtype, dt).whole()
+
+
+def _unrolled_parts(graph: Graph, T: int | None, dtype: str, dt: float | None) -> ModelParts:
     from snncc.simulator import plan  # here: its torch import is no cost the runner should pay
 
     graph.verify()
@@ -336,12 +339,16 @@ def emit_onnx(graph: Graph, out, T: int | None = None, dtype: str = "float64",
     the reference simulator's) or ``float32`` (faster; rounding may flip spikes whose membrane
     lies within float32 precision of the threshold), recorded as ``snncc.dtype``. ``trace``
     also exposes every neuron's spikes as outputs."""
-    builders = {UNROLLED_FILE: lambda: build_unrolled_model(graph, T, dtype, dt),
-                STEP_FILE: lambda: build_step_model(graph, dtype, dt, T)}
+    builders = {UNROLLED_FILE: lambda: _unrolled_parts(graph, T, dtype, dt),
+                STEP_FILE: lambda: _step_parts(graph, dtype, dt, T)}
 
     def fill(tmp: Path) -> None:
-        for fname, build in builders.items():  # one at a time: each holds every weight
-            # the traced outputs have no declared shape, which the full check requires
-            save_checked(lambda: with_traces(build()) if trace else build(), tmp / fname,
-                         check=not trace)
+        for fname, build in builders.items():
+            parts = build()
+            if trace:  # the traced outputs have no declared shape, which the check requires
+                parts.model = with_traces(parts.model)
+            else:
+                check_without_weights(parts.model, parts.weights)
+            with open(tmp / fname, "xb") as f:
+                write_model(parts.model, parts.weights, f)
     return atomic_directory(out, fill, target="onnx")
