@@ -1,6 +1,6 @@
 """Simulator benchmark: the IR simulator in float32, step by step (``fold=False``, the walk
 before time folding) and time-folded (the default), against PyTorch eager inference of the same
-model, at batch 1 and 32, as ratios measured in one run.
+model and the simulators of earlier commits, at batch 1 and 32, as ratios measured in one run.
 
 Models: a small zoo configuration (``small("spikformer-cifar")``: 32x32, 2 blocks, dim 32) and
 the zoo's Meta-SpikeFormer 15M (``build("meta-spikeformer-15m")``, random weights, BN
@@ -12,8 +12,10 @@ runs, all with the same number of torch threads (``--threads``, default 1). Run:
 
     .venv/bin/python benchmarks/bench_simulator.py [--meta-size 64] [--append benchmarks/RESULTS.md]
 
-"Before" is the simulator of commit ``BASELINE`` (loaded from git), the last one without time
-folding; ``fold=False`` is today's step-by-step walk (it shares the new neuron kernel).
+The earlier simulators are those of the commits in ``BASELINES`` (loaded from git): the last
+one without time folding, and the last one before float32's oneDNN convolutions on
+channels-last activations; ``fold=False`` is today's step-by-step walk (it shares today's
+kernels).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from snncc.pipeline import for_target
 from snncc.simulator import Simulator
 
 T = 4
-#: the last commit before time folding: its simulator is the "before" column
-BASELINE = "b8012fa"
+#: earlier simulators measured beside today's: commit -> what it was
+BASELINES = {"b8012fa": "before time folding",
+             "ae4c1af": "time-folded, before float32's oneDNN convolutions"}
 
 
 def baseline_simulator(commit: str):
@@ -50,7 +53,7 @@ def baseline_simulator(commit: str):
                              capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    spec = importlib.util.spec_from_loader("snncc._simulator_baseline", loader=None)
+    spec = importlib.util.spec_from_loader(f"snncc._simulator_{commit}", loader=None)
     mod = importlib.util.module_from_spec(spec)
     mod.__package__ = "snncc"
     sys.modules[spec.name] = mod  # dataclasses look their module up
@@ -84,43 +87,46 @@ def models(meta_size: int):
            lambda b: torch.randn((b, 3, meta_size, meta_size), generator=gen))
 
 
-def measure(label, model, make_input, batches, repeat: int, base) -> list[dict]:
+def measure(label, model, make_input, batches, repeat: int, bases: dict) -> list[dict]:
+    """Per batch: best times of eager, each earlier simulator (``bases``: commit -> class or
+    None), today's fold=False and today's default; all simulators built before timing."""
     graph = trace(model, make_input(2), T=T, static=True, name=label.split()[0])
     graph = for_target("sim", log=lambda s: None).run(graph)
-    step = Simulator(graph, "float32", fold=False)
-    fold = Simulator(graph, "float32", fold=True)
-    old = base(graph, "float32") if base else None
+    sims = {c: cls(graph, "float32") for c, cls in bases.items() if cls is not None}
+    sims["step"] = Simulator(graph, "float32", fold=False)
+    sims["now"] = Simulator(graph, "float32")
     rows = []
     for b in batches:
         x = make_input(b)
         xn = x.numpy()
         with torch.no_grad():
             ref = model(x).numpy()
-            t_eager = best_of(lambda: model(x), repeat)
-        t_step = best_of(lambda: step.run(xn, T), repeat)
-        t_fold = best_of(lambda: fold.run(xn, T), repeat)
-        t_old = best_of(lambda: old.run(xn, T), repeat) if old else float("nan")
-        diff = float(np.abs(fold.run(xn, T).output - ref).max())
-        rows.append(dict(model=label, batch=b, eager=t_eager, step=t_step, fold=t_fold,
-                         old=t_old, diff=diff))
-        print(f"{label} batch {b}: eager {t_eager * 1e3:.1f} ms | {BASELINE} simulator "
-              f"{t_old * 1e3:.1f} ms | fold=False {t_step * 1e3:.1f} ms | folded "
-              f"{t_fold * 1e3:.1f} ms: {t_eager / t_fold:.2f}x eager, {t_old / t_fold:.2f}x "
-              f"before | max |out - eager| {diff:.1e}", flush=True)
+            row = dict(model=label, batch=b, eager=best_of(lambda: model(x), repeat))
+        for k, sim in sims.items():
+            row[k] = best_of(lambda: sim.run(xn, T), repeat)
+        row["diff"] = float(np.abs(sims["now"].run(xn, T).output - ref).max())
+        rows.append(row)
+        print(f"{label} batch {b}: " + " | ".join(f"{k} {row.get(k, float('nan')) * 1e3:.1f} ms"
+                                                  for k in ("eager", *bases, "step", "now"))
+              + f": {row['eager'] / row['now']:.2f}x eager | max |out - eager| "
+              f"{row['diff']:.1e}", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"| model | batch | PyTorch eager | simulator at {BASELINE} (before) | simulator "
-             "fold=False (step by step) | simulator time-folded (after) | after vs eager | "
-             "after vs before | max abs output diff |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    nan = float("nan")
+    lines = ["| model | batch | PyTorch eager | "
+             + " | ".join(f"simulator at {c} ({what})" for c, what in BASELINES.items())
+             + " | simulator fold=False (step by step) | simulator now | now vs eager | "
+             + " | ".join(f"now vs {c}" for c in BASELINES) + " | max abs output diff |",
+             "|---|---:|" + "---:|" * (2 * len(BASELINES) + 5)]
     for r in rows:
+        earlier = [r.get(c, nan) for c in (*BASELINES, "step")]
         lines.append(f"| {r['model']} | {r['batch']} | {r['eager'] * 1e3:.1f} ms | "
-                     f"{r['old'] * 1e3:.1f} ms ({r['eager'] / r['old']:.2f}x) | "
-                     f"{r['step'] * 1e3:.1f} ms ({r['eager'] / r['step']:.2f}x) | "
-                     f"{r['fold'] * 1e3:.1f} ms | **{r['eager'] / r['fold']:.2f}x** | "
-                     f"{r['old'] / r['fold']:.2f}x | {r['diff']:.1e} |")
+                     + " | ".join(f"{t * 1e3:.1f} ms ({r['eager'] / t:.2f}x)" for t in earlier)
+                     + f" | {r['now'] * 1e3:.1f} ms | **{r['eager'] / r['now']:.2f}x** | "
+                     + " | ".join(f"{r.get(c, nan) / r['now']:.2f}x" for c in BASELINES)
+                     + f" | {r['diff']:.1e} |")
     return "\n".join(lines)
 
 
@@ -134,19 +140,19 @@ def main(argv=None) -> int:
     ap.add_argument("--append", help="append the results as a Markdown section to this file")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    base = baseline_simulator(BASELINE)
+    bases = {c: baseline_simulator(c) for c in BASELINES}
     rows = []
     for i, (label, model, make_input) in enumerate(models(a.meta_size)):
         if a.only and (i == 0) != (a.only == "small"):
             continue
-        rows.extend(measure(label, model, make_input, a.batches, a.repeat, base))
+        rows.extend(measure(label, model, make_input, a.batches, a.repeat, bases))
     md = table(rows)
     print(md)
     if a.append:
         cmd = " ".join(["python", "benchmarks/bench_simulator.py", *(argv or sys.argv[1:])])
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         with open(a.append, "a") as f:
-            f.write(f"\n## Simulator: time-folded vs step-by-step vs PyTorch eager (float32)\n\n"
+            f.write(f"\n## Simulator vs PyTorch eager and earlier simulators (float32)\n\n"
                     f"`{cmd}`\n\nT={T}, float32, {a.threads} torch thread(s), best of "
                     f"{a.repeat}; {platform.machine()}, {os.cpu_count()} cores shared (load "
                     f"average {load:.1f}), torch {torch.__version__}. Graphs compiled for the sim "

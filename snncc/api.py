@@ -210,14 +210,17 @@ def check(model, example_input=None, *, target: str = "sim", T: int | None = Non
           layout: str | None = None, input_shape=None, inputs=None, labels=None,
           batch: int = 4, seed: int = 0, dtype: str = "float64",
           passes: list[str] | None = None, artifact: str | Path | None = None,
-          fixed_point: bool = False, calibrate=None, **load_options):
+          fixed_point: bool = False, calibrate=None, device: str = "cpu", **load_options):
     """Layer-by-layer spike parity of the PyTorch model (or, for a graph or file, the
     simulator on the uncompiled graph) against the simulator and ``target`` on the same inputs:
     ``inputs`` in the IR layout (``[B, ...]`` static, ``[T, B, ...]`` sequences), else the
-    example input, else ``batch`` random inputs. Returns a
-    :class:`~snncc.parity.ParityReport` (``min_agreement``, ``layers``, ``to_json()``)."""
+    example input, else ``batch`` random inputs. ``device``: where PyTorch and the simulator
+    run (``cuda``; DeviceError when absent). Returns a :class:`~snncc.parity.ParityReport`
+    (``min_agreement``, ``layers``, ``to_json()``)."""
     from .parity import check_parity, random_inputs
+    from .simulator import resolve_device
 
+    resolve_device(device)  # refused before any work
     loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
                   **load_options)
     steps = int(T or loaded.graph.meta.get("T", 4))
@@ -233,7 +236,7 @@ def check(model, example_input=None, *, target: str = "sim", T: int | None = Non
     return check_parity(loaded, target, x.astype(np.float64), T=steps,
                         labels=None if labels is None else _numpy(labels), passes=passes,
                         dtype=dtype, artifact=None if artifact is None else Path(artifact),
-                        fixed_point=fixed_point, calibrate=calibrate)
+                        fixed_point=fixed_point, calibrate=calibrate, device=device)
 
 
 def check_dataset(model, dataset: str, example_input=None, *, target: str = "sim",
@@ -264,25 +267,34 @@ def check_dataset(model, dataset: str, example_input=None, *, target: str = "sim
 
 
 def run(artifact: str | Path, inputs, *, target: str | None = None, T: int | None = None,
-        sequence: bool | None = None):
+        sequence: bool | None = None, dtype: str | None = None, device: str | None = None):
     """Run an artifact written by :func:`compile` on ``inputs`` (IR layout); returns the output
     array (a dict by output name when the model has several). A model whose output is one
     value per time step (it returned ``[T, B, ...]``, ``[B, T, ...]`` or ``[T*B, ...]``; the
     artifact records it) gives the whole sequence ``[T, B, ...]`` (IR layout); any other the
     value at the last step ``[B, ...]``. ``sequence=True`` / ``False`` asks for one or the
-    other."""
-    outputs = run_outputs(artifact, inputs, target=target, T=T, sequence=sequence)[0]
+    other. ``dtype`` (float64, the default, or float32) and ``device`` (cpu, cuda[:N]): the
+    arithmetic and device of targets that run on the simulator (sim, nir)."""
+    outputs = run_outputs(artifact, inputs, target=target, T=T, sequence=sequence,
+                          dtype=dtype, device=device)[0]
     return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
 
 def run_outputs(artifact: str | Path, inputs, *, target: str | None = None,
-                T: int | None = None, sequence: bool | None = None):
+                T: int | None = None, sequence: bool | None = None,
+                dtype: str | None = None, device: str | None = None):
     """:func:`run`'s work: ``(outputs by name, target, whether they are sequences)``."""
+    from .simulator import resolve_device
     from .targets import get_target, target_of
 
+    if device is not None:
+        resolve_device(device)  # refused before any work
+    if dtype is not None and dtype not in DTYPES:
+        raise SnnccError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     artifact = Path(artifact)
     tgt = get_target(target) if target else target_of(artifact)
-    outputs, traces = tgt.run(artifact, _numpy(inputs), T)
+    options = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+    outputs, traces = tgt.run(artifact, _numpy(inputs), T, **options)
     if sequence is None:
         sequence = tgt.graph_meta(artifact).get("output_layout") in PER_STEP_LAYOUTS
         if sequence and not all(k in traces for k in outputs):

@@ -230,8 +230,8 @@ def check(
                                         help="image folder: mean=..., std=... (one value or one "
                                              "per channel), scale=255 (pixel divisor); "
                                              "repeatable"),
-    device: str = typer.Option("cpu", "--device", help="--dataset: where PyTorch and the "
-                                                       "simulator run: cpu or cuda[:N]"),
+    device: str = typer.Option("cpu", "--device", help="where PyTorch and the simulator run: "
+                                                       "cpu or cuda[:N]"),
     resume: Optional[Path] = typer.Option(None, "--resume",
                                           help="--dataset: checkpoint file, written every "
                                                "--checkpoint-every batches and on interruption, "
@@ -250,8 +250,7 @@ def check(
 
     if dataset is None:
         unused = [o for o, v in (("--limit", limit), ("--transform", transform),
-                                 ("--resume", resume), ("--quiet", quiet),
-                                 ("--device", device != "cpu")) if v]
+                                 ("--resume", resume), ("--quiet", quiet)) if v]
         if unused:
             raise SnnccError(f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} "
                              "to --dataset only")
@@ -269,7 +268,7 @@ def check(
     report = api.check(loaded, target=target, T=T, inputs=load_array(inputs) if inputs else None,
                        labels=load_array(labels) if labels else None, batch=batch, seed=seed,
                        dtype=dtype, passes=_split(passes), artifact=artifact,
-                       fixed_point=fixed_point, calibrate=_calibration(calibrate))
+                       fixed_point=fixed_point, calibrate=_calibration(calibrate), device=device)
     _out(report.format())
     if as_json:
         atomic_write(as_json, lambda f: json.dump(report.to_dict(), f, indent=2), binary=False,
@@ -514,6 +513,12 @@ def run(
                                             help="write every step's output [T, B, ...] or the "
                                                  "last step's [B, ...] (default: the sequence "
                                                  "when the model's output is per step)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="targets run on the simulator "
+                                                              "(sim, nir): float64 (default, "
+                                                              "exact) or float32 (faster)"),
+    device: Optional[str] = typer.Option(None, "--device", help="targets run on the simulator "
+                                                                "(sim, nir): cpu (default) or "
+                                                                "cuda[:N]"),
 ):
     """Run a compiled artifact on inputs and write its outputs (.npy): the whole sequence
     [T, B, ...] when the model's output is one value per time step, else the last step's."""
@@ -524,7 +529,7 @@ def run(
 
     check_replaceable_file(out, NPY)
     outputs, tgt, is_seq = api.run_outputs(artifact, load_array(inputs), target=target or None,
-                                           T=T, sequence=sequence)
+                                           T=T, sequence=sequence, dtype=dtype, device=device)
     (value,) = outputs.values() if len(outputs) == 1 else (np.stack(list(outputs.values())),)
     atomic_write(out, lambda f: np.save(f, np.asarray(value)), replaces=NPY)
     _out(f"ran {artifact} on target '{tgt.name}' -> {out} (shape {tuple(np.shape(value))}"

@@ -50,6 +50,10 @@ class ResourceError(SnnccError):
     implausible for the file's size)."""
 
 
+class DeviceError(SnnccError):
+    """The device asked for (``--device cuda``) is not available to this process."""
+
+
 class UnsupportedError(SnnccError):
     """A model contains an op or layer snncc (or the chosen target) cannot express."""
 

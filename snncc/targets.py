@@ -30,6 +30,7 @@ class Target:
     marker: str = ""  # for a directory artifact: the file in it that says it is this target's
     options: frozenset[str] = frozenset()  # emitter keyword options the CLI may pass
     runner: str = ""  # "module:function", fn(artifact, inputs, T) -> (outputs, traces)
+    run_options: frozenset[str] = frozenset()  # runner keyword options (`snncc run --dtype`)
     fixed_point: bool = False  # runs graphs quantized by quantize_for_loihi2 bit-exactly
     hardware_report: str = ""  # "module:function", fn(graph) -> report with .format()/.violations
     replaces: str = ""  # file artifacts: "module:NAME" of the files.Ours an output may replace
@@ -61,12 +62,19 @@ class Target:
         mod, fn = self.hardware_report.split(":")
         return getattr(importlib.import_module(mod), fn)(graph)
 
-    def run(self, artifact, inputs, T):
-        """Run an artifact; returns (outputs by name, spike traces by IR node name [T,B,...])."""
+    def run(self, artifact, inputs, T, **options):
+        """Run an artifact; returns (outputs by name, spike traces by IR node name [T,B,...]).
+        ``options``: those of ``run_options`` (a runner that simulates takes ``dtype`` and
+        ``device``); any other is refused."""
         if not self.runner:
             raise UnsupportedError(f"target '{self.name}' has no runner")
+        other = sorted(set(options) - self.run_options)
+        if other:
+            takes = sorted(t.name for t in all_targets().values() if set(other) <= t.run_options)
+            raise SnnccError(f"{', '.join('--' + o for o in other)} does not apply to running "
+                             f"target '{self.name}'; targets that take it: {takes}")
         mod, fn = self.runner.split(":")
-        return getattr(importlib.import_module(mod), fn)(artifact, inputs, T)
+        return getattr(importlib.import_module(mod), fn)(artifact, inputs, T, **options)
 
     def emit(self, graph, out, **options):
         mod, fn = self.emitter.split(":")

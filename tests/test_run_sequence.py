@@ -2,7 +2,8 @@
 6): a spikingjelly multi-step net returning its spikes ``[T, B, ...]`` gives back the whole
 sequence, equal to the library's, on the simulator, ONNX (unrolled and step models) and NIR; a
 model returning one value (the mean over time) still gives ``[B, ...]``; ``--last-step`` /
-``--sequence`` (``sequence=``) ask for one or the other."""
+``--sequence`` (``sequence=``) ask for one or the other. ``run`` and ``check`` take ``--dtype``
+and ``--device`` (the simulator's arithmetic and device; CUDA tests skip without a GPU)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 import snncc
 from snncc.cli import main
+from snncc.errors import DeviceError, SnnccError
 
 pytest.importorskip("spikingjelly.activation_based")
 from spikingjelly.activation_based import functional, layer, neuron  # noqa: E402
@@ -108,3 +110,67 @@ def test_onnx_step_model_gives_the_sequence_too(compiled):
         outputs, traces = run_onnx(paths["onnx"], x, form=form)
         np.testing.assert_array_equal(outputs[name], y[-1])
         np.testing.assert_array_equal(traces[name], y)
+
+
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("target", ["sim", "nir"])
+def test_run_in_float32_on_the_cpu(compiled, target):
+    _, out = compiled
+    x, y, paths = out[True]
+    got = snncc.run(paths[target], x, dtype="float32", device="cpu")
+    assert got.dtype == np.float32
+    assert (got == y).mean() > 0.99  # spikes: equal but for float32 rounding ties
+
+
+def test_cli_run_in_float32_on_the_cpu(compiled, capsys):
+    root, out = compiled
+    _, y, paths = out[True]
+    dest = root / "y32.npy"
+    assert main(["run", str(paths["sim"]), "--inputs", str(root / "x.npy"), "-o", str(dest),
+                 "--dtype", "float32", "--device", "cpu"]) == 0
+    got = np.load(dest)
+    assert got.dtype == np.float32 and (got == y).mean() > 0.99
+
+
+def test_run_options_refused_where_they_do_not_apply(compiled):
+    _, out = compiled
+    paths = out[True][2]
+    with pytest.raises(SnnccError, match="--dtype does not apply to running target "
+                                               "'onnx'; targets that take it: .*'sim'"):
+        snncc.run(paths["onnx"], out[True][0], dtype="float32")
+    with pytest.raises(SnnccError, match="dtype must be one of"):
+        snncc.run(paths["sim"], out[True][0], dtype="float16")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_cuda_asked_for_and_absent_is_one_line_error(compiled, command, capsys):
+    root, out = compiled
+    _, _, paths = out[True]
+    with pytest.raises(DeviceError, match="no such CUDA device"):
+        snncc.run(paths["sim"], out[True][0], device="cuda")
+    args = ([str(paths["sim"]), "--inputs", str(root / "x.npy"), "-o", str(root / "o.npy")]
+            if command == "run" else [str(paths["sim"])])
+    assert main([command, *args, "--device", "cuda"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no such CUDA device" in err and "\n" not in err
+
+
+def test_check_runs_on_the_given_device_and_dtype(compiled):
+    _, out = compiled
+    x, _, paths = out[True]
+    rep = snncc.check(paths["sim"], inputs=x, device="cpu", dtype="float32")
+    assert rep.min_agreement > 0.99
+
+
+@NO_CUDA
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_run_and_check_on_cuda(compiled, dtype):
+    _, out = compiled
+    x, y, paths = out[True]
+    got = snncc.run(paths["sim"], x, dtype=dtype, device="cuda")
+    assert got.shape == y.shape and (got == y).mean() > 0.99  # GPU kernels sum in their order
+    assert snncc.check(_net(True), torch.as_tensor(x), T=T, target="sim", dtype=dtype,
+                       device="cuda").min_agreement > 0.99

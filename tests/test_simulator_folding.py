@@ -70,13 +70,15 @@ def test_zoo_family_folded_equals_stepped(family):
 @pytest.mark.parametrize("family", ["spikformer-cifar", "sdt-v1", "meta-spikeformer"])
 def test_compiled_for_sim_target_folded_equals_stepped(family):
     """After the sim target's passes (BN into thresholds, attention lowered to addressed
-    additions, static hoisting): the same values and additions either way."""
+    additions, static hoisting): the same values and additions either way (without record,
+    neurons write their spikes over their inputs)."""
     from snncc.passes import default_pipeline
     from snncc.pipeline import run_passes
 
     g, x = _zoo(family)
     g.meta["target"] = "sim"
     c = run_passes(g, default_pipeline("sim"), log=lambda s: None)
+    assert Simulator(c).plan.overwrite
     res = assert_identical(c, x)
     if c.of_type(ir.AddressedAccumulate):
         assert sum(int(v.sum()) for v in res.additions.values()) > 0
@@ -145,8 +147,9 @@ def test_fixed_point_folded_equals_stepped():
 @pytest.mark.parametrize("reset", nrn.RESETS)
 def test_neuron_kernel_computes_snncc_neuron_step(dtype, alpha, gamma, beta, v_reset, cmp, reset):
     """The simulator's neuron kernel (which skips multiplications by 1 and additions of 0 and
-    resets by masking) gives :func:`snncc.neuron.step`'s spikes and membranes exactly, ties at
-    the threshold included (inputs on a grid of 1/8)."""
+    resets in one ``addcmul``), in fresh memory and in the previous membrane's, gives
+    :func:`snncc.neuron.step`'s spikes and membranes exactly, ties at the threshold included
+    (inputs on a grid of 1/8)."""
     import torch
 
     rng = np.random.default_rng(1)
@@ -158,14 +161,17 @@ def test_neuron_kernel_computes_snncc_neuron_step(dtype, alpha, gamma, beta, v_r
     n = ir.Neuron("n", ("x",), **kw)
     n.shape = (3, 5)
     sim = Simulator.__new__(Simulator)
-    sim.dtype, sim._params = getattr(torch, dtype), {}
+    sim.dtype, sim.device, sim._params = getattr(torch, dtype), torch.device("cpu"), {}
     state = sim._neuron_state(n, 4)
     tt = lambda a: torch.as_tensor(np.asarray(a), dtype=sim.dtype)  # noqa: E731
+    reused = sim._neuron_state(n, 4)
     v = tt(n.v_init).expand(4, 3, 5).clone()
     fired = 0
     for _ in range(12):
         x = tt(rng.integers(-4, 12, (4, 3, 5)) / 8)
         s, got = sim._neuron_step(n, state, x)
+        s2, got2 = sim._neuron_step(n, reused, x, reuse=True)  # in the previous v's memory
+        assert torch.equal(s2, s) and torch.equal(got2, got)
         s_ref, v, _ = nrn.step(v, x, *(tt(kw[k]) for k in ("alpha", "gamma", "beta", "theta",
                                                               "v_reset")), cmp, reset)
         assert torch.equal(s, s_ref) and torch.equal(got, v)
@@ -186,3 +192,46 @@ def test_fixed_point_does_not_import_the_simulator():
                 for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                 for a in node.names}
     assert not [m for m in imported if "simulator" in m], imported
+
+
+@pytest.mark.parametrize("op,kw,shape", [
+    (ir.Conv2d, dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=1), (4, 9, 11)),
+    (ir.Conv2d, dict(padding=(1, 1), groups=4), (4, 6, 6)),
+    (ir.Conv1d, dict(stride=(2,), padding=(1,), dilation=(2,), groups=2), (4, 13)),
+])
+def test_float32_onednn_convolution_is_the_convolution_up_to_rounding(op, kw, shape):
+    """float32 on a CPU runs convolutions in oneDNN (weight reordered once, channels-last
+    activations): F.conv's values up to float32 rounding; float64 keeps F.conv's kernel."""
+    import torch
+    import torch.nn.functional as F
+
+    from snncc.simulator import _onednn_conv
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    rng = np.random.default_rng(0)
+    k = (3,) * (len(shape) - 1)
+    w = rng.standard_normal((8, shape[0] // kw["groups"], *k))
+    n = op("c", ("x",), weight=w, bias=rng.standard_normal(8), **kw)
+    x = torch.as_tensor(rng.random((5, *shape)) < 0.3, dtype=torch.float32)
+    conv = F.conv1d if op is ir.Conv1d else F.conv2d
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    ref = conv(x, t(w), t(n.bias), n.stride, n.padding, n.dilation, n.groups)
+    got = _onednn_conv(n, t(w), t(n.bias))(x)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_float32_simulator_agrees_with_float64_up_to_rounding():
+    """The float32 fast path (oneDNN convolutions on channels-last activations, neurons in
+    that layout) on a zoo model: the same spikes as float64 but for rounding ties, outputs
+    within float32 rounding; float64 never takes it."""
+    g, x = _zoo("meta-spikeformer")
+    assert not Simulator(g, "float64").onednn
+    a = simulate(g, x, record=True, dtype="float64")
+    b = simulate(g, x, record=True, dtype="float32")
+    for k, v in a.trace.items():
+        if isinstance(g[k], ir.Neuron):
+            assert (b.trace[k] == v).mean() > 0.999, k
+    for k, v in a.outputs.items():
+        np.testing.assert_allclose(b.outputs[k], v, rtol=1e-3, atol=1e-3)

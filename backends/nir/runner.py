@@ -22,7 +22,8 @@ def read_meta(artifact) -> dict:
         return {}
 
 
-def run_nir(artifact, inputs, T=None, dtype: str = "float64"):
-    """(outputs at the last step, every node's output [T, B, ...] by IR node name)."""
-    res = simulate(read_nir(artifact), inputs, T, dtype=dtype, record=True)
+def run_nir(artifact, inputs, T=None, dtype: str = "float64", device=None):
+    """(outputs at the last step, every node's output [T, B, ...] by IR node name), simulated
+    in ``dtype`` on ``device``."""
+    res = simulate(read_nir(artifact), inputs, T, dtype=dtype, record=True, device=device)
     return res.outputs, res.trace

@@ -19,5 +19,6 @@ TARGET = register_target(Target(
     replaces=f"{__package__}.writer:WRITTEN_BY_SNNCC",
     options=frozenset({"strict", "compat"}),
     runner=f"{__package__}.runner:run_nir",
+    run_options=frozenset({"dtype", "device"}),
     meta_reader=f"{__package__}.runner:read_meta",
 ))

@@ -17,5 +17,6 @@ TARGET = register_target(Target(
     replaces="snncc.serialize:SNNIR_FILE",
     meta_reader="snncc.serialize:read_meta",
     runner="snncc.simulator:run_snnir",
+    run_options=frozenset({"dtype", "device"}),
     fixed_point=True,
 ))
