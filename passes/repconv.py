@@ -94,19 +94,27 @@ class _Affine:
                 raise Decline(f"conv {where(n)} zero-pads the output of a non-pointwise or "
                               "biased conv")
             k = self._padded(n.padding)
-        wc = _dense(n.weight, n.groups)
+        depthwise = n.weight.shape[1] == 1 and n.groups == n.weight.shape[0] == k.W.shape[0]
+        # a depthwise conv mixes no channels: tap (i, j) scales each channel of K, the same
+        # values as the expanded dense weights give (their other terms are exact zeros)
+        # without a (C, C, kh, kw) array and C times the work
+        wc = n.weight if depthwise else _dense(n.weight, n.groups)
         bc = np.zeros(wc.shape[0]) if n.bias is None else n.bias
-        bias = bc + wc.sum(axis=(2, 3)) @ k.b
+        bias = bc + (wc.sum(axis=(1, 2, 3)) * k.b if depthwise else wc.sum(axis=(2, 3)) @ k.b)
+
+        def tap(i: int, j: int) -> np.ndarray:
+            return wc[:, 0, i, j, None, None, None] * k.W if depthwise \
+                else _mix_channels(wc[:, :, i, j], k.W)
+        if wc.shape[2:] == (1, 1):  # one tap: no kernel to widen, any stride of K
+            return _Affine(tap(0, 0), bias, tuple(s * t for s, t in zip(k.stride, n.stride)),
+                           k.padding)
         if k.stride == (1, 1):
             kh, kw = k.W.shape[2:]
             W = np.zeros((wc.shape[0], k.W.shape[1], kh + wc.shape[2] - 1, kw + wc.shape[3] - 1))
             for i in range(wc.shape[2]):
                 for j in range(wc.shape[3]):
-                    W[:, :, i:i + kh, j:j + kw] += _mix_channels(wc[:, :, i, j], k.W)
+                    W[:, :, i:i + kh, j:j + kw] += tap(i, j)
             return _Affine(W, bias, n.stride, k.padding)
-        if wc.shape[2:] == (1, 1):
-            W = _mix_channels(wc[:, :, 0, 0], k.W)
-            return _Affine(W, bias, tuple(s * t for s, t in zip(k.stride, n.stride)), k.padding)
         raise Decline(f"conv {where(n)} of kernel > 1 follows a strided conv")
 
 
