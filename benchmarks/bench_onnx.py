@@ -18,7 +18,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -31,17 +30,9 @@ from snncc.frontends.zoo import small
 from snncc.pipeline import run_passes
 from snncc.targets import get_target
 
+from common import best_of  # noqa: E402 (benchmarks/ is sys.path[0])
+
 T, BATCH = 4, 16
-
-
-def best_of(fn, repeat: int) -> float:
-    """Shortest wall time of ``repeat`` calls (seconds)."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def measure(family: str, repeat: int, tmp: Path) -> tuple[list[tuple[str, float]], float]:
@@ -60,7 +51,7 @@ def measure(family: str, repeat: int, tmp: Path) -> tuple[list[tuple[str, float]
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (x,), str(tmp / "torch.onnx"), dynamo=True, verbose=False)
 
-    t_snncc, t_torch = best_of(snncc_compile, 3), best_of(torch_export, 2)
+    t_snncc, t_torch = best_of(snncc_compile, 3, False), best_of(torch_export, 2, False)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(tmp / "snncc" / "model.onnx"), opts,
@@ -68,8 +59,8 @@ def measure(family: str, repeat: int, tmp: Path) -> tuple[list[tuple[str, float]
     feed = {sess.get_inputs()[0].name: x.numpy()}
     with torch.no_grad():
         ref = model(x).numpy()
-        t_eager = best_of(lambda: model(x), repeat)
-    t_ort = best_of(lambda: sess.run(None, feed), repeat)
+        t_eager = best_of(lambda: model(x), repeat, False)
+    t_ort = best_of(lambda: sess.run(None, feed), repeat, False)
     diff = float(np.abs(sess.run(None, feed)[0] - ref).max())
     return [("compile: snncc --target onnx (trace + passes + both forms)", t_snncc),
             ("compile: torch.onnx.export (dynamo)", t_torch),

@@ -19,14 +19,10 @@ model's float64 outputs equal the baseline model's bit for bit. Run::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
-import subprocess
 import sys
-import time
 import types
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -39,6 +35,8 @@ from snncc.frontends.zoo import build, small
 from snncc.frontends.zoo.testing import randomize_bn
 from snncc.pipeline import for_target
 
+from common import best_of, module_at  # noqa: E402 (benchmarks/ is sys.path[0])
+
 T = 4
 #: the last commit whose unrolled model repeats every layer at each step: the "before" column
 BASELINE = "ae4c1af"
@@ -47,33 +45,15 @@ BASELINE = "ae4c1af"
 def baseline_builder(commit: str):
     """``build_unrolled_model`` of ``backends/onnx`` at ``commit`` (its builder and models
     modules loaded as a package of their own), or None without git or that commit."""
-    root = Path(__file__).resolve().parents[1]
     pkg = types.ModuleType("snncc._onnx_baseline")
     pkg.__path__ = []
     sys.modules[pkg.__name__] = pkg
     for name in ("builder", "models"):
-        try:
-            src = subprocess.run(["git", "show", f"{commit}:backends/onnx/{name}.py"], cwd=root,
-                                 capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
+        mod = module_at(commit, f"backends/onnx/{name}.py", f"{pkg.__name__}.{name}",
+                        pkg.__name__)
+        if mod is None:
             return None
-        spec = importlib.util.spec_from_loader(f"{pkg.__name__}.{name}", loader=None)
-        mod = importlib.util.module_from_spec(spec)
-        mod.__package__ = pkg.__name__
-        sys.modules[spec.name] = mod
-        exec(compile(src, f"{commit}:backends/onnx/{name}.py", "exec"), mod.__dict__)
     return mod.build_unrolled_model
-
-
-def best_of(fn, repeat: int) -> float:
-    """Shortest wall time of ``repeat`` calls (seconds), after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def models(meta_size: int):

@@ -21,13 +21,9 @@ kernels).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +34,8 @@ from snncc.frontends.zoo.testing import randomize_bn
 from snncc.pipeline import for_target
 from snncc.simulator import Simulator
 
+from common import best_of, module_at  # noqa: E402 (benchmarks/ is sys.path[0])
+
 T = 4
 #: earlier simulators measured beside today's: commit -> what it was
 BASELINES = {"b8012fa": "before time folding",
@@ -47,29 +45,8 @@ BASELINES = {"b8012fa": "before time folding",
 def baseline_simulator(commit: str):
     """The ``Simulator`` class of ``snncc/simulator.py`` at ``commit`` (loaded beside the
     installed snncc), or None without git or that commit."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        src = subprocess.run(["git", "show", f"{commit}:snncc/simulator.py"], cwd=root,
-                             capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    spec = importlib.util.spec_from_loader(f"snncc._simulator_{commit}", loader=None)
-    mod = importlib.util.module_from_spec(spec)
-    mod.__package__ = "snncc"
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    exec(compile(src, f"{commit}:snncc/simulator.py", "exec"), mod.__dict__)
-    return mod.Simulator
-
-
-def best_of(fn, repeat: int) -> float:
-    """Shortest wall time of ``repeat`` calls (seconds), after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    mod = module_at(commit, "snncc/simulator.py", f"snncc._simulator_{commit}", "snncc")
+    return None if mod is None else mod.Simulator
 
 
 def models(meta_size: int):
