@@ -671,13 +671,9 @@ def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = Non
     from .pipeline import available_passes, for_target
     from .targets import get_target
 
-    if device not in ("cpu",) and not str(device).startswith("cuda"):
-        raise SnnccError(f"--device must be cpu or cuda[:N], got '{device}'")
-    if str(device).startswith("cuda"):
-        import torch
+    from .simulator import resolve_device
 
-        if not torch.cuda.is_available():
-            raise SnnccError("--device cuda: no CUDA device is available to this process")
+    resolve_device(device)  # refused (DeviceError) before any work
     checkpoint_every = positive_int(checkpoint_every, "--checkpoint-every")
     _init_dist(device)
     rank, world, dist = _dist()

@@ -239,7 +239,7 @@ def test_resume_continues_and_gives_the_same_report(tmp_path, loaded):
     (["--dataset", "digits", "--transform", "mean=0"], "image folder only"),
     (["--dataset", "IMG_DIR", "--transform", "gamma=2"], "is not one of"),
     (["--dataset", "digits", "--limit", "0"], "--limit must be >= 1"),
-    (["--dataset", "digits", "--device", "tpu"], "--device must be cpu or cuda"),
+    (["--dataset", "digits", "--device", "tpu"], "device must be cpu or cuda"),
     (["--limit", "5"], "--limit applies to --dataset only"),
     (["--dataset", "digits", "--inputs", "x.npy"], "--dataset replaces --inputs"),
 ])
