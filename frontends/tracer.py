@@ -109,13 +109,17 @@ class _ConcreteTracer(fx.Tracer):
     needs only their shapes. Ops on constants only, and ``*_like`` constructors, whose values
     become constants of the graph, still compute real values. A model whose Python code reads
     activation values (``if x.max() > 0``) fails under fake tensors: :func:`trace` then
-    traces it again on real values."""
+    traces it again on real values. ``budget``: on real values, the bytes of op results the
+    trace may hold before it gives up (:class:`_LargeValues`) so that :func:`trace` uses fake
+    tensors instead: a small model traces faster on real values (fake tensors cost about 1 s
+    of imports once and more per op)."""
 
     proxy_buffer_attributes = True
 
-    def __init__(self, example: torch.Tensor, fake: bool):
+    def __init__(self, example: torch.Tensor, fake: bool, budget: int | None = None):
         super().__init__()
         self.example = example
+        self._budget, self._held = budget, 0
         self._fake = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
         self._input = self._fake.from_tensor(example) if fake else example
         self._running = 0
@@ -159,6 +163,10 @@ class _ConcreteTracer(fx.Tracer):
         if kind == "call_method" and target in _SHAPE_METHODS:
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
         value = self._evaluate(kind, target, cargs, ckwargs)
+        if self._budget is not None and kind.startswith("call"):
+            self._held += sum(v.nbytes for v in _walk(value) if isinstance(v, torch.Tensor))
+            if self._held > self._budget:
+                raise _LargeValues()
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
                                      proxy_factory_fn)
         proxy.node.meta["value"] = value
@@ -204,6 +212,13 @@ class _ConcreteTracer(fx.Tracer):
             return getattr(args[0], target)(*args[1:], **kwargs)
         return target(*args, **kwargs)
 
+
+class _LargeValues(Exception):
+    """A trace on real values would hold more than its budget of activations."""
+
+
+#: activations a trace on real values may hold before tracing on fake tensors instead
+REAL_TRACE_BUDGET = 64 * 2**20
 
 #: layers whose output has their input's shape and dtype
 _SHAPE_PRESERVING = (nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Dropout)
@@ -1376,6 +1391,10 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
                 and x.dim() >= 3 and x.shape[0] == T else "")
         raise ValueError(f"the example batch must have >= 2 samples and differ from T={T}, "
                          f"got {batch}{hint}")
+    try:  # small models: on real values, the faster way
+        return _trace(model, x, T, batch, static, name, fake=False, budget=REAL_TRACE_BUDGET)
+    except _LargeValues:
+        pass
     try:
         return _trace(model, x, T, batch, static, name, fake=True)
     except (SnnccError, RecursionError, MemoryError):
@@ -1385,8 +1404,8 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
 
 
 def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, name: str,
-           fake: bool) -> Graph:
-    tracer = _ConcreteTracer(x, fake)
+           fake: bool, budget: int | None = None) -> Graph:
+    tracer = _ConcreteTracer(x, fake, budget)
     with _inference(model):
         try:
             fx_graph = tracer.trace(model)

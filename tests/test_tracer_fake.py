@@ -92,3 +92,25 @@ def test_a_failed_trace_leaves_the_model_state_as_it_was():
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(tracer._trace(model, x, T, 2, True, "m", fake=False)) > 3
+
+
+def test_trace_uses_fake_tensors_past_the_real_value_budget(monkeypatch):
+    """trace() traces on real values while the activations it holds stay within the budget,
+    else on fake tensors (else, when the code reads values, on real values unbounded): the same
+    graph every way."""
+    case = zoo.small("spikformer-cifar", 2)
+    real = tracer.trace(case.model, case.inputs, T=T, name="m")
+    used = []
+    original = tracer._trace
+
+    def spy(*args, **kwargs):
+        used.append((kwargs["fake"], kwargs.get("budget")))
+        return original(*args, **kwargs)
+    monkeypatch.setattr(tracer, "_trace", spy)
+    monkeypatch.setattr(tracer, "REAL_TRACE_BUDGET", 0)
+    assert same_graph(tracer.trace(case.model, case.inputs, T=T, name="m"), real)
+    assert used == [(False, 0), (True, None)]
+    used.clear()
+    model, x = _snntorch_loop(), torch.randn(2, 3)
+    tracer.trace(model, x, T=T)
+    assert used == [(False, 0), (True, None), (False, None)]
