@@ -205,12 +205,19 @@ class _ConcreteTracer(fx.Tracer):
             return _fetch(self.root, target)
         if kind == "call_module":
             m = self.root.get_submodule(target)
-            if fake and isinstance(m, _SHAPE_PRESERVING):  # fake BN dispatches ~20 ops
-                return torch.empty_like(args[0])
+            if fake and (isinstance(m, _SHAPE_PRESERVING) or _multi_step_neuron(m)):
+                return torch.empty_like(args[0])  # a fake BN dispatches ~20 ops, a neuron ~10 T
             return m(*args, **kwargs)
         if kind == "call_method":
             return getattr(args[0], target)(*args[1:], **kwargs)
         return target(*args, **kwargs)
+
+
+def _multi_step_neuron(m: nn.Module) -> bool:
+    """A neuron whose call on ``[T, B, ...]`` returns its spikes, of the input's shape (the
+    adapters' contract for multi-step neurons)."""
+    adapter = adapter_for(m)
+    return adapter is not None and adapter.is_neuron(m) and adapter.step_mode(m) == STEP_MULTI
 
 
 class _LargeValues(Exception):
