@@ -348,10 +348,7 @@ def from_checkpoint(path: str | Path, arch: str, trust: bool = False,
         expected = model.state_dict()
         state = {k: _exact_cast(Path(path), k, v, expected[k].dtype) if k in expected else v
                  for k, v in state.items()}
-    load_into(model, state, arch)
-    if overrides.get("T") is None:
-        del state  # the model holds the weights now: not a second copy while tracing
-        return model.eval(), from_model(model, arch)
+    load_into(model, state, arch)  # built on meta: the model takes state's tensors, no copy
     return model.eval(), _trace_at(model, arch, overrides, state)
 
 

@@ -21,6 +21,8 @@ from snncc.dataset import DatasetCheck, check_dataset, checkpoint_path, open_dat
 from snncc.frontends.digits import digits_split
 from snncc.models import load_model
 
+from test_check_cli import corrupt_snnir
+
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "examples" / "checkpoints" / "digits-spikformer.pt"
 ARCH = ["--arch", "digits-spikformer"]
@@ -161,12 +163,7 @@ def corrupt_artifact(tmp_path) -> Path:
     r = snncc("compile", CKPT, *ARCH, "--target", "sim", "-o", tmp_path / "sim")
     assert r.returncode == 0, r.stderr
     path = tmp_path / "sim" / "model.snnir"
-    g = serialize.load(path)
-    node = g["block.0.mlp.fc1_linear"]
-    w = node.weight.copy()
-    w[np.unravel_index(np.argmax(np.abs(w)), w.shape)] *= -4.0
-    node.weight = w
-    serialize.save(g, path)
+    corrupt_snnir(path)
     return path
 
 
