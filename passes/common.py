@@ -274,7 +274,9 @@ def scaled_synapse(node: ir.Node, w: np.ndarray, shift: np.ndarray) -> ir.Node:
     view = (-1,) + (1,) * (node.weight.ndim - 1)
     bias = np.zeros(node.weight.shape[0]) if node.bias is None else node.bias
     new_bias = None if node.bias is None and not np.any(shift) else w * bias + shift
-    return node_with(node, weight=node.weight * w.reshape(view), bias=new_bias)
+    # unscaled weights stay the same array: a pass never copies weights it does not change
+    weight = node.weight if np.all(w == 1) else node.weight * w.reshape(view)
+    return node_with(node, weight=weight, bias=new_bias)
 
 
 def bypass(graph: Graph, name: str) -> None:

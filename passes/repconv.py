@@ -125,18 +125,14 @@ def _is_conv2d(n: ir.Node) -> bool:
 def _chain_from(graph: Graph, first: ir.Conv2d, cons: dict):
     """The longest mergeable chain starting at ``first`` as (nodes, composed affine), or None
     when no BN sits between two of its convs; and why a conv after a BN did not compose."""
-    if first.dilation != (1, 1):
-        return None, ""
+    if first.dilation != (1, 1) or not _has_conv_after_bn(graph, first, cons):
+        return None, ""  # nothing to merge: compose no weights (a dense 512x512x7x7 is 100 MB)
     k = _Affine(_dense(first.weight, first.groups),
                 np.zeros(first.weight.shape[0]) if first.bias is None else first.bias,
                 first.stride, first.padding)
     chain, best = [first], None
     after_bn = qualifies = False
-    while len(cons[chain[-1].name]) == 1:
-        n = graph[cons[chain[-1].name][0]]
-        if not (_is_conv2d(n) or isinstance(n, ir.Pad)
-                or (isinstance(n, ir.BatchNorm) and n.axis == 0)):
-            break
+    for n in _candidates(graph, first, cons):
         try:
             k = k.then(n)
         except Decline as why:
@@ -147,6 +143,29 @@ def _chain_from(graph: Graph, first: ir.Conv2d, cons: dict):
         if qualifies:
             best = (list(chain), k)
     return best, ""
+
+
+def _candidates(graph: Graph, first: ir.Conv2d, cons: dict):
+    """The nodes after ``first`` that a chain could take: single consumers in a row, each a
+    Conv2d, Pad or channel BatchNorm."""
+    node = first
+    while len(cons[node.name]) == 1:
+        node = graph[cons[node.name][0]]
+        if not (_is_conv2d(node) or isinstance(node, ir.Pad)
+                or (isinstance(node, ir.BatchNorm) and node.axis == 0)):
+            return
+        yield node
+
+
+def _has_conv_after_bn(graph: Graph, first: ir.Conv2d, cons: dict) -> bool:
+    """Whether a conv follows a BN (with only pads between) among the candidates: otherwise no
+    prefix of the chain qualifies, whatever composes."""
+    after_bn = False
+    for n in _candidates(graph, first, cons):
+        if _is_conv2d(n) and after_bn:
+            return True
+        after_bn = isinstance(n, ir.BatchNorm) or (after_bn and isinstance(n, ir.Pad))
+    return False
 
 
 def _module_prefix(paths) -> str:
