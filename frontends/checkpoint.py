@@ -361,7 +361,7 @@ def _trace_at(model: nn.Module, arch: str, overrides: dict, state: Mapping) -> G
 
     entry, T = ZOO.get(arch), overrides.get("T")
     if entry is None or T is None or T <= entry.T + 1:
-        return from_model(model, arch)
+        return from_model(model, arch, share_weights=True)
     graphs = []
     for t in (entry.T, entry.T + 1):
         small = build(arch, **{**overrides, "T": t})
@@ -369,7 +369,7 @@ def _trace_at(model: nn.Module, arch: str, overrides: dict, state: Mapping) -> G
             load_into(small, state, arch)
         except CheckpointError:
             break
-        graphs.append(from_model(small.eval(), arch))
+        graphs.append(from_model(small.eval(), arch, share_weights=True))
     if len(graphs) == 2 and _same_but_T(*graphs):
         graphs[0].meta["T"] = T
         return graphs[0]
@@ -380,7 +380,7 @@ def _trace_at(model: nn.Module, arch: str, overrides: dict, state: Mapping) -> G
     itemsize = next(model.parameters()).element_size()
     require_fits(per_step * itemsize * (3 if T == 2 else 2) * T,
                  f"tracing '{arch}' over T={T} steps")
-    return from_model(model, arch)
+    return from_model(model, arch, share_weights=True)
 
 
 def _same_but_T(a: Graph, b: Graph) -> bool:
@@ -398,10 +398,11 @@ def _same_but_T(a: Graph, b: Graph) -> bool:
     return ha == hb and da.keys() == db.keys() and all(np.array_equal(da[k], db[k]) for k in da)
 
 
-def from_model(model: nn.Module, arch: str) -> Graph:
+def from_model(model: nn.Module, arch: str, share_weights: bool = False) -> Graph:
     """Trace an in-memory model of the zoo architecture ``arch`` on a random example of the
     architecture's input (``[B, C, H, W]`` images, or ``[B, T, C, H, W]`` binary event frames
-    for sequence-input (DVS) architectures) with the model's ``T``."""
+    for sequence-input (DVS) architectures) with the model's ``T``. ``share_weights``: see
+    :func:`~snncc.frontends.tracer.trace` (for a model built here from a checkpoint)."""
     from .zoo import ZOO
 
     entry = ZOO.get(arch)
@@ -415,6 +416,7 @@ def from_model(model: nn.Module, arch: str) -> Graph:
         x = (torch.rand((batch, T, *entry.input_shape), generator=gen) < 0.5).to(dtype)
     else:
         x = torch.randn((batch, *entry.input_shape), generator=gen, dtype=dtype)
-    graph = trace(model, x, T=T, static=not entry.sequence_input, name=arch)
+    graph = trace(model, x, T=T, static=not entry.sequence_input, name=arch,
+                  share_weights=share_weights)
     graph.meta["arch"] = arch
     return graph

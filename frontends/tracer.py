@@ -51,6 +51,7 @@ from snncc import ir
 from snncc import neuron as cn
 from snncc.errors import IRError, SnnccError, UnsupportedError
 from snncc.graph import Graph
+from snncc.limits import return_freed_memory
 
 from .adapters import STEP_MULTI, Adapter, NeuronCircuit, adapter_for
 from .adapters import reset_state
@@ -377,6 +378,17 @@ def _np(t) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
+def _weights(b: "_Builder", t: torch.Tensor) -> np.ndarray:
+    """A synapse's weights. float32 ones stay float32 (the IR's ``float32_arrays``): shared
+    with the model when the builder may (a model snncc built from a checkpoint; IR arrays are
+    never changed in place), else copied, so that a graph never changes when the user's model
+    does."""
+    if t.dtype != torch.float32:
+        return _np(t)
+    w = t.detach().cpu().numpy()
+    return w if b.share_weights else w.copy()
+
+
 def _neuron_node(name: str, inputs, path: str, p: cn.CanonicalParams) -> ir.Neuron:
     return ir.Neuron(name, inputs, path=path,
                      **(p.fire if isinstance(p, NeuronCircuit) else p).fields())
@@ -402,8 +414,9 @@ def _walk(obj):
 class _Builder:
     """Interprets the traced graph into :class:`Val` / :class:`Expr` values, then emits the IR."""
 
-    def __init__(self, root: nn.Module, T: int, batch: int, name: str):
-        self.root, self.T = root, T
+    def __init__(self, root: nn.Module, T: int, batch: int, name: str,
+                 share_weights: bool = False):
+        self.root, self.T, self.share_weights = root, T, share_weights
         self.size = {"T": T, "B": batch, "TB": T * batch, "1": 1}
         self.graph = Graph(name, {"T": T, "source": "torch.fx"})
         self.errors: dict[tuple[str, str], None] = {}
@@ -1204,7 +1217,7 @@ def _conv(b, c, m, x):
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise _Refuse("only explicit zero padding is supported")
     cls = ir.Conv2d if nd == 2 else ir.Conv1d
-    w, bias = _np(m.weight), None if m.bias is None else _np(m.bias)
+    w, bias = _weights(b, m.weight), None if m.bias is None else _np(m.bias)
     return b.new(c, lambda n, i: cls(n, i, path=c.path, weight=w, bias=bias, stride=m.stride,
                                      padding=m.padding, dilation=m.dilation, groups=m.groups),
                  [x], x.frame)
@@ -1212,7 +1225,7 @@ def _conv(b, c, m, x):
 
 def _linear(b, c, m, x):
     x = _val(x)
-    w, bias = _np(m.weight), None if m.bias is None else _np(m.bias)
+    w, bias = _weights(b, m.weight), None if m.bias is None else _np(m.bias)
     return b.new(c, lambda n, i: ir.Linear(n, i, path=c.path, weight=w, bias=bias), [x], x.frame)
 
 
@@ -1378,7 +1391,7 @@ def _module_handler(m: nn.Module, adapter: Adapter | None) -> Callable:
 # ============================================================================ entry point
 
 def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool = True,
-          name: str = "model") -> Graph:
+          name: str = "model", share_weights: bool = False) -> Graph:
     """Trace ``model`` on ``example_input`` into a verified IR graph.
 
     ``static``: the input is one image ``[B, ...]`` that the model repeats over ``T`` (an IR
@@ -1387,7 +1400,9 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
     at least 2 samples and differ from T, so that time and batch axes can be told apart.
     A 0/1 example input makes a spike input. The model is traced in eval mode without
     gradients; its training flags are restored after and neuron state is cleared
-    before and after (the adapters' ``reset_state``).
+    before and after (the adapters' ``reset_state``). ``share_weights``: float32 synapse
+    weights are the model's own memory (read-only views) instead of copies, for a model
+    nothing else will change.
     """
     x = torch.as_tensor(example_input)
     if T < 1 or x.dim() < 2:
@@ -1398,20 +1413,23 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
                 and x.dim() >= 3 and x.shape[0] == T else "")
         raise ValueError(f"the example batch must have >= 2 samples and differ from T={T}, "
                          f"got {batch}{hint}")
+    args = (model, x, T, batch, static, name)
     try:  # small models: on real values, the faster way
-        return _trace(model, x, T, batch, static, name, fake=False, budget=REAL_TRACE_BUDGET)
+        return _trace(*args, fake=False, budget=REAL_TRACE_BUDGET, share_weights=share_weights)
     except _LargeValues:
         pass
     try:
-        return _trace(model, x, T, batch, static, name, fake=True)
+        graph = _trace(*args, fake=True, share_weights=share_weights)
+        return_freed_memory()  # what tracing a large model left: before its passes allocate
+        return graph
     except (SnnccError, RecursionError, MemoryError):
         raise
     except Exception:  # the model's code needs activation values: compute them
-        return _trace(model, x, T, batch, static, name, fake=False)
+        return _trace(*args, fake=False, share_weights=share_weights)
 
 
 def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, name: str,
-           fake: bool, budget: int | None = None) -> Graph:
+           fake: bool, budget: int | None = None, share_weights: bool = False) -> Graph:
     tracer = _ConcreteTracer(x, fake, budget)
     with _inference(model):
         try:
@@ -1419,7 +1437,7 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
         except fx.proxy.TraceError as err:
             raise UnsupportedError(f"cannot trace: {' '.join(str(err).split())}",
                                    path=tracer.scope.module_path or None) from None
-    builder = _Builder(model, T, batch, name)
+    builder = _Builder(model, T, batch, name, share_weights)
     with _recursion_limit(_EMISSION_DEPTH):
         return builder.finish(builder.interpret(fx_graph, static))
 

@@ -238,7 +238,7 @@ def _product(plan: _Plan, n: ir.Node) -> tuple[int, float]:
 def _weight_bound(w: np.ndarray) -> float:
     """The largest factor f with round(f w) an 8-bit mantissa of w's sign mode (exponent 0)."""
     lo, hi = fxp.SIGN_MODES[fxp.sign_mode(w)]
-    pos, neg = np.max(w, initial=0.0), -np.min(w, initial=0.0)
+    pos, neg = float(np.max(w, initial=0.0)), -float(np.min(w, initial=0.0))
     return min(hi / pos if pos > 0 else math.inf, -lo / neg if neg > 0 else math.inf)
 
 
@@ -560,14 +560,15 @@ def _quantize_synapse(n: ir.Node, f: float, s_out: float,
                       folded_into: str | None) -> tuple[ir.Node, _SynapseQ]:
     """Integer weights round(f W); the bias stays on the synapse as an integer at its output
     scale ``s_out`` unless it moves into neuron ``folded_into``."""
-    q, fmt = _quantize_weights(n.weight, f)
-    a = np.abs(n.weight)
+    w = np.asarray(n.weight, np.float64)  # float32 weights: f * w in float64, as for others
+    q, fmt = _quantize_weights(w, f)
+    a = np.abs(w)
     typical = math.sqrt(float(np.mean(np.minimum(a, np.percentile(a, 99)) ** 2)))
-    nz = n.weight != 0
+    nz = w != 0
     stats = dict(
-        rms_error=math.sqrt(float(np.mean((q / f - n.weight) ** 2))) / typical
+        rms_error=math.sqrt(float(np.mean((q / f - w) ** 2))) / typical
         if typical else 0.0,
-        max_error=_peak(q - f * n.weight) / 2 ** fmt.exp,
+        max_error=_peak(q - f * w) / 2 ** fmt.exp,
         zeroed=float(np.mean(q[nz] == 0)) if nz.any() else 0.0)
     if n.bias is None or folded_into:
         new = node_with(n, weight=q, bias=None)
@@ -575,7 +576,7 @@ def _quantize_synapse(n: ir.Node, f: float, s_out: float,
     else:
         new = node_with(n, weight=q, bias=np.round(s_out * n.bias))
         how = "integer"
-    return new, _SynapseQ(new, n.weight, f, fmt, bias=how, **stats)
+    return new, _SynapseQ(new, w, f, fmt, bias=how, **stats)
 
 
 def _folded_bias(graph: Graph, n: ir.Neuron, cons: dict) -> tuple[ir.Node | None, np.ndarray]:

@@ -98,7 +98,7 @@ class _Affine:
         # a depthwise conv mixes no channels: tap (i, j) scales each channel of K, the same
         # values as the expanded dense weights give (their other terms are exact zeros)
         # without a (C, C, kh, kw) array and C times the work
-        wc = n.weight if depthwise else _dense(n.weight, n.groups)
+        wc = np.asarray(n.weight, np.float64) if depthwise else _dense(n.weight, n.groups)
         bc = np.zeros(wc.shape[0]) if n.bias is None else n.bias
         bias = bc + (wc.sum(axis=(1, 2, 3)) * k.b if depthwise else wc.sum(axis=(2, 3)) @ k.b)
 

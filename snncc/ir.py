@@ -49,7 +49,8 @@ class Kind(str, Enum):
 
 
 def _arr(x, name: str, node: "Node") -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
+    keep = name in node.float32_arrays and isinstance(x, np.ndarray) and x.dtype == np.float32
+    a = x if keep else np.asarray(x, dtype=np.float64)
     if not np.all(np.isfinite(a)):
         raise IRError(f"parameter '{name}' contains NaN or infinity", node=node.name, path=node.path)
     return a
@@ -67,6 +68,10 @@ class Node:
 
     #: names of array-valued parameters (serialised as arrays, compared exactly)
     arrays: ClassVar[tuple[str, ...]] = ()
+    #: array parameters kept in float32 when given so: a float32 model's synapse weights, exact
+    #: in float64, at half the memory and shared with the model; code computing with them
+    #: promotes to float64 first (``np.asarray(w, np.float64)``), as numpy does not for scalars
+    float32_arrays: ClassVar[tuple[str, ...]] = ()
     #: number of inputs, or None for any number >= 1
     arity: ClassVar[int | None] = 1
     #: whether output at step t depends on an input at an earlier step only (cycles may pass)
@@ -159,6 +164,7 @@ class Conv2d(Node):
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     arrays: ClassVar = ("weight", "bias")
+    float32_arrays: ClassVar = ("weight",)
 
     def validate(self):
         self.stride, self.padding, self.dilation = (tuple(int(v) for v in t) for t in
@@ -221,6 +227,7 @@ class Linear(Node):
     weight: np.ndarray = None
     bias: np.ndarray | None = None
     arrays: ClassVar = ("weight", "bias")
+    float32_arrays: ClassVar = ("weight",)
 
     def validate(self):
         if self.weight is None or self.weight.ndim != 2:

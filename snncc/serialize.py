@@ -1,5 +1,7 @@
 """The ``.snnir`` file: one zip archive (numpy ``.npz``) holding a JSON header with the graph's
-structure and every parameter array, float64, bit-exact. Versioned; loading never unpickles.
+structure and every parameter array, bit-exact: float64, or float32 where the IR keeps it
+(a float32 model's synapse weights, ``ir.Node.float32_arrays``). Versioned; loading never
+unpickles.
 
 Layout: ``__snnir__`` is the UTF-8 JSON header as uint8 bytes::
 
@@ -52,7 +54,7 @@ def to_bytes_dict(graph: Graph) -> dict[str, np.ndarray]:
                 refs[a] = None
             else:
                 key = f"a{len(arrays)}"
-                arrays[key] = np.asarray(v, dtype=np.float64)
+                arrays[key] = v if v.dtype == np.float32 else np.asarray(v, dtype=np.float64)
                 refs[a] = key
         nodes.append({"op": n.op, "name": n.name, "inputs": list(n.inputs), "path": n.path,
                       "attrs": {k: _jsonable(v) for k, v in n.attrs().items()}, "arrays": refs})
@@ -84,6 +86,11 @@ def write_npz(f, arrays: dict[str, np.ndarray]) -> None:
             pass
         raise
     zf.close()
+
+
+def _float(a: np.ndarray, what: str, notes: list) -> np.ndarray:
+    """A float32 array as it is (the node keeps or widens it), anything else as float64."""
+    return a if a.dtype == np.float32 else exact_float64(a, what, notes)
 
 
 def _is_snnir(path: Path) -> bool:
@@ -235,8 +242,8 @@ def load(path: str | Path) -> Graph:
             if missing:
                 raise FormatError(f"{path}: array '{missing[0]}' named by a node is missing")
             notes: list[str] = []
-            arrays = {k: exact_float64(_read_member(path, zf, members[k]),
-                                       f"{path}: array '{k}'", notes) for k in sorted(used)}
+            arrays = {k: _float(_read_member(path, zf, members[k]), f"{path}: array '{k}'",
+                                notes) for k in sorted(used)}
             for note in notes:
                 warn(note)
     except (FormatError, ResourceError):

@@ -113,13 +113,19 @@ def _is_sum_pool(n: ir.Conv2d) -> bool:
             and n.dilation == (1, 1) and bool(np.all(n.weight == 1.0)))
 
 
+def _scaled_weight(n: ir.Node, w: _Ctx) -> np.ndarray:
+    """The synapse's weights times the factor moved onto them (float64), or the same array."""
+    scale = w.weight_scale.get(n.name)
+    return n.weight if scale is None else np.asarray(n.weight, np.float64) * scale
+
+
 def _conv(n: ir.Conv2d, g: Graph, w: _Ctx):
     in_shape = g[n.inputs[0]].shape
     if _is_sum_pool(n):
         return nir.SumPool2d(kernel_size=np.array(n.weight.shape[2:]), stride=np.array(n.stride),
                              padding=np.array(n.padding))
     bias = n.bias if n.bias is not None else np.zeros(n.weight.shape[0])
-    weight = n.weight * w.weight_scale.get(n.name, 1.0)
+    weight = _scaled_weight(n, w)
     if n.op == "Conv1d":
         return nir.Conv1d(input_shape=in_shape[1], weight=weight, stride=n.stride[0],
                           padding=n.padding[0], dilation=n.dilation[0], groups=n.groups,
@@ -130,7 +136,7 @@ def _conv(n: ir.Conv2d, g: Graph, w: _Ctx):
 
 def _linear(n: ir.Linear, g: Graph, w: _Ctx):
     lead = n.shape[:-1]
-    weight = n.weight * w.weight_scale.get(n.name, 1.0)
+    weight = _scaled_weight(n, w)
     weight = np.broadcast_to(weight, (*lead, *weight.shape)).copy() if lead else weight
     if n.bias is None:
         return nir.Linear(weight=weight)

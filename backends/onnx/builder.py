@@ -44,7 +44,9 @@ class OnnxBuilder:
         self.dtype = dtype
         self.elem = ELEM[dtype]
         self.nodes: list = []
-        #: name -> array; made into TensorProtos only inside the model (see models._model)
+        #: name -> array, float ones in any float type (cast to the model's as they are
+        #: written: a float32 weight is not copied here); made into TensorProtos only inside
+        #: the model (see models._model)
         self.initializers: dict[str, np.ndarray] = {}
         self._count = 0
 
@@ -58,13 +60,13 @@ class OnnxBuilder:
 
     def _init(self, name: str, array: np.ndarray) -> str:
         if name not in self.initializers:
-            self.initializers[name] = np.ascontiguousarray(array)
+            self.initializers[name] = np.asarray(array)
         return name
 
     def const(self, name: str, value) -> str:
-        """A float initializer in the model's dtype."""
-        return self._init(name, np.asarray(np.asarray(value, dtype=np.float64),
-                                           dtype=NP_DTYPE[self.dtype]))  # no copy in float64
+        """A float initializer (in the model's dtype once written)."""
+        v = np.asarray(value)
+        return self._init(name, v if v.dtype.kind == "f" else v.astype(np.float64))
 
     def param(self, node: ir.Node, attr: str, value=None) -> str:
         """The initializer of array ``attr`` of ``node`` (or of ``value`` derived from it)."""

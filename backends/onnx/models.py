@@ -45,7 +45,7 @@ from snncc.errors import SnnccError, UnsupportedError
 from snncc.files import atomic_directory
 from snncc.graph import Graph
 
-from .builder import ELEM, OPSET, STATELESS_OPS, OnnxBuilder, lower, lower_neuron
+from .builder import ELEM, NP_DTYPE, OPSET, STATELESS_OPS, OnnxBuilder, lower, lower_neuron
 from .stream import check_without_weights, tensor, write_model
 
 UNROLLED_FILE = "model.onnx"
@@ -88,12 +88,13 @@ class ModelParts:
 
     model: onnx.ModelProto
     weights: dict[str, np.ndarray]
+    floats: np.dtype  # the model's float type: float weights are cast to it as written
 
     def whole(self) -> onnx.ModelProto:
         """The model with its initializers (a copy)."""
         out = onnx.ModelProto()
         out.CopyFrom(self.model)
-        out.graph.initializer.extend(tensor(k, a) for k, a in self.weights.items())
+        out.graph.initializer.extend(tensor(k, a, self.floats) for k, a in self.weights.items())
         return out
 
 
@@ -102,7 +103,7 @@ def _model(b: OnnxBuilder, name: str, inputs, outputs, meta: dict[str, str]) -> 
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="snncc")
     helper.set_model_props(model, meta)
-    return ModelParts(model, b.initializers)
+    return ModelParts(model, b.initializers, NP_DTYPE[b.dtype])
 
 
 def _check_supported(graph: Graph) -> None:
@@ -348,7 +349,7 @@ def emit_onnx(graph: Graph, out, T: int | None = None, dtype: str = "float64",
             if trace:  # the traced outputs have no declared shape, which the check requires
                 parts.model = with_traces(parts.model)
             else:
-                check_without_weights(parts.model, parts.weights)
+                check_without_weights(parts.model, parts.weights, parts.floats)
             with open(tmp / fname, "xb") as f:
-                write_model(parts.model, parts.weights, f)
+                write_model(parts.model, parts.weights, f, parts.floats)
     return atomic_directory(out, fill, target="onnx")

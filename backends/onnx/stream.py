@@ -38,38 +38,48 @@ def _field(number: int, length: int) -> bytes:
     return _varint(number << 3 | 2) + _varint(length)
 
 
-def tensor(name: str, array: np.ndarray) -> onnx.TensorProto:
+def _dtype(array: np.ndarray, floats: np.dtype | None) -> np.dtype:
+    """The dtype ``array`` is written in: ``floats`` for a float array when given (the model's
+    float type: weights are cast one at a time as they are written, never all at once)."""
+    return np.dtype(floats) if floats is not None and array.dtype.kind == "f" else array.dtype
+
+
+def tensor(name: str, array: np.ndarray, floats: np.dtype | None = None) -> onnx.TensorProto:
     """``numpy_helper.from_array`` for numeric arrays: raw little-endian data."""
-    t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+    dtype = _dtype(array, floats)
+    t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(dtype))
     t.dims.extend(array.shape)
-    t.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    t.raw_data = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()
     return t
 
 
 def write_model(model: onnx.ModelProto, initializers: Mapping[str, np.ndarray],
-                f: BinaryIO) -> None:
+                f: BinaryIO, floats: np.dtype | None = None) -> None:
     """Write ``model`` (its graph without initializers) with ``initializers`` as its graph's
-    initializers to ``f``; only one tensor is serialized at a time."""
+    initializers to ``f`` (float ones in ``floats`` when given); only one tensor is serialized
+    at a time."""
     head = onnx.ModelProto()
     head.CopyFrom(model)  # no weights in it: small
     head.ClearField("graph")
     graph = model.graph.SerializeToString()
-    sizes = [tensor(k, a).ByteSize() for k, a in initializers.items()]
+    sizes = [tensor(k, a, floats).ByteSize() for k, a in initializers.items()]
     body = len(graph) + sum(len(_field(_GRAPH_INITIALIZER, s)) + s for s in sizes)
     f.write(head.SerializeToString())
     f.write(_field(_MODEL_GRAPH, body))
     f.write(graph)
     for (key, array), size in zip(initializers.items(), sizes):
         f.write(_field(_GRAPH_INITIALIZER, size))
-        f.write(tensor(key, array).SerializeToString())
+        f.write(tensor(key, array, floats).SerializeToString())
 
 
-def check_without_weights(model: onnx.ModelProto, initializers: Mapping[str, np.ndarray]) -> None:
+def check_without_weights(model: onnx.ModelProto, initializers: Mapping[str, np.ndarray],
+                          floats: np.dtype | None = None) -> None:
     """ONNX's full check (types and shapes) of ``model`` with its initializers declared as
-    typed graph inputs."""
+    typed graph inputs (float ones in ``floats`` when given)."""
     light = onnx.ModelProto()
     light.CopyFrom(model)
     light.graph.input.extend(
-        helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+        helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(_dtype(a, floats)),
+                                      a.shape)
         for k, a in initializers.items())
     onnx.checker.check_model(light, full_check=True)
