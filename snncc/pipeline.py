@@ -79,8 +79,10 @@ class PassManager:
         self._after("input", 0, graph)
         for i, name in enumerate(self.passes, 1):
             info = PASSES[name]
+            # the input is not kept: arrays the pass replaces are freed as it goes
+            work, graph = graph.copy(), None
             try:
-                graph = info.fn(graph.copy(), **self.options.get(name, {}))
+                graph = info.fn(work, **self.options.get(name, {}))
             except SnnccError:
                 raise
             except Exception as e:  # a bug in a pass: say which pass, keep the cause chained

@@ -114,3 +114,32 @@ def test_trace_uses_fake_tensors_past_the_real_value_budget(monkeypatch):
     model, x = _snntorch_loop(), torch.randn(2, 3)
     tracer.trace(model, x, T=T)
     assert used == [(False, 0), (True, None), (False, None)]
+
+
+def test_constants_repeated_over_time_and_batch_are_held_once():
+    """Meta-SpikeFormer's padding border (``ones_like`` of an activation, padded, times the BN's
+    value per channel) is a real constant of the activation's [T*B, C, H, W] shape: kept as one
+    slice expanded, with the same graph as on real values."""
+    torch.manual_seed(0)
+    model = zoo.meta.BNAndPadLayer(pad_pixels=1, num_features=64).double().eval()
+    zoo.testing.randomize_bn(model, 0)
+    x = torch.rand(T * 2, 64, 48, 48, dtype=torch.float64)
+    border = 1.0 - nn.functional.pad(torch.ones_like(x[:, :1]), [1] * 4)
+    value = border * torch.rand(1, 64, 1, 1, dtype=torch.float64)
+    assert value.nbytes > 2**20
+    held = tracer._compact_constant(value)
+    assert torch.equal(held, value) and held.stride()[0] == 0
+    assert held.untyped_storage().nbytes() == value.nbytes // (T * 2)
+    varying = value * torch.arange(T * 2, dtype=torch.float64).view(-1, 1, 1, 1)
+    assert tracer._compact_constant(varying) is varying
+
+    class Folded(nn.Module):  # [T, B, ...] -> the layer on [T*B, ...]
+        def __init__(self):
+            super().__init__()
+            self.layer = model
+
+        def forward(self, x):
+            return self.layer(x.flatten(0, 1)).reshape(T, 2, *x.shape[2:3], 50, 50)
+
+    fake, real = both(Folded(), x.reshape(T, 2, 64, 48, 48), static=False)
+    assert same_graph(fake, real)
