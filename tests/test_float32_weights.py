@@ -127,3 +127,23 @@ def test_artifacts_keep_the_values(tmp_path):
     back = load(tmp_path / "g.snnir")
     assert_same_arrays(back, reference)
     assert any(n.weight.dtype == np.float32 for n in back.of_type(ir.Conv2d, ir.Linear))
+
+
+@pytest.mark.parametrize("target", ["lava", "nir", "sim"])
+def test_artifacts_run_as_the_float64_graph(tmp_path, target):
+    """Artifacts keep a float32 model's weights as float32; Lava's processes widen them, the
+    NIR and .snnir readers keep them exactly: outputs equal those of the float64 graph's."""
+    from snncc import api
+    from snncc.api import emit_options
+    from snncc.targets import get_target
+
+    g, wide, x = traced32("spikformer-cifar")
+    tgt = get_target(target)
+    outs = []
+    for i, h in enumerate((g, wide)):
+        compiled = for_target(target, log=lambda s: None).run(h)
+        path = tgt.emit(compiled, api.artifact_path(tgt, tmp_path / f"{i}"),
+                        **emit_options(tgt))
+        outs.append(api.run(path, x[:1] if target == "lava" else x, T=T, target=target))
+    assert np.array_equal(outs[0], outs[1])
+    assert np.any(outs[1])

@@ -286,7 +286,7 @@ class Lowerer:
         params = {k: v[::-1] for k, v in hyper.items()}
         params.update(input_shape=shape_in[::-1], groups=n.groups,
                       num_message_bits=self._message_bits(n))
-        lava_w = np.ascontiguousarray(w.transpose(0, 3, 2, 1)[:, ::-1, ::-1], np.float64)
+        lava_w = np.ascontiguousarray(w.transpose(0, 3, 2, 1)[:, ::-1, ::-1])
         if n.name in self.chip:  # the effective integer weights (Lava's fixed Conv has no exp)
             lava_w = lava_w.astype(np.int64)
         spec = ProcSpec(n.name, "Conv", shape_out[::-1], {"s_in": src.then("transpose", WHC)},
@@ -301,7 +301,7 @@ class Lowerer:
     def _op_Linear(self, n: ir.Linear) -> Port:
         """Dense on a vector; on (..., in) the block-diagonal kron(I, W) as Sparse."""
         scale = self._weight_scale(n)
-        w = np.asarray(n.weight if scale is None else n.weight * scale[:, None], np.float64)
+        w = n.weight if scale is None else n.weight * scale[:, None]
         shape_in = self.g[n.inputs[0]].shape
         src = self.source(n, 0)
         if len(shape_in) > 1:

@@ -52,6 +52,13 @@ def _fixed(s: ProcSpec) -> bool:
     return bool(s.params.get("fixed_pt", False))
 
 
+def _weights(s: ProcSpec, key: str) -> np.ndarray:
+    """A synapse's weights as its process computes with them: float64 in a float run (the
+    artifact keeps a float32 model's weights as they are, exactly), integers when fixed."""
+    w = s.arrays[key]
+    return w if _fixed(s) else np.asarray(w, np.float64)
+
+
 def _lanes_of(s: ProcSpec, lanes: int) -> tuple:
     """The process's shape with the lane axis in front."""
     return (lanes, *s.shape)
@@ -60,7 +67,7 @@ def _lanes_of(s: ProcSpec, lanes: int) -> tuple:
 def _conv(s: ProcSpec, period: int, lanes: int):
     p = s.params
     proc = custom.BatchConv(
-        lanes=lanes, weight=s.arrays["weight"], input_shape=tuple(p["input_shape"]),
+        lanes=lanes, weight=_weights(s, "weight"), input_shape=tuple(p["input_shape"]),
         padding=tuple(p["padding"]), stride=tuple(p["stride"]), dilation=tuple(p["dilation"]),
         groups=p["groups"], num_message_bits=p["num_message_bits"], name=s.name)
     return proc, custom.PyVectorConvModelFixed if _fixed(s) else custom.PyVectorConvModel
@@ -79,7 +86,7 @@ def _dense(s: ProcSpec, period: int, lanes: int):
     """Lava's Dense on the lanes (Lava's float arithmetic lane by lane); a fixed-point one on
     several lanes as block-diagonal Sparse (integer sums: exact in any order)."""
     if not _fixed(s):
-        return custom.BatchDense(lanes=lanes, weights=s.arrays["weights"], name=s.name,
+        return custom.BatchDense(lanes=lanes, weights=_weights(s, "weights"), name=s.name,
                                  num_message_bits=s.params["num_message_bits"]), \
             custom.PyBatchDenseModel
     if lanes > 1:
@@ -94,7 +101,7 @@ def _sparse(s: ProcSpec, period: int, lanes: int):
     vector."""
     from scipy import sparse
 
-    w = s.arrays["weights"]
+    w = _weights(s, "weights")
     w = sparse.kron(sparse.identity(s.params["blocks"] * lanes, dtype=w.dtype), w, format="csr")
     proc = lava(".proc.sparse.process").Sparse(
         weights=w, num_message_bits=s.params["num_message_bits"], name=s.name, **_weight_args(s))
