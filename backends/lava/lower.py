@@ -45,6 +45,7 @@ from snncc import ir
 from snncc import neuron as nrn
 from snncc.errors import UnsupportedError
 from snncc.graph import Graph
+from snncc.passes.common import compact
 from snncc.passes.latency import SYNAPSE_OPS, feed_forward_order
 
 WHC = (2, 1, 0)  # (C, H, W) <-> (W, H, C)
@@ -286,7 +287,7 @@ class Lowerer:
         params = {k: v[::-1] for k, v in hyper.items()}
         params.update(input_shape=shape_in[::-1], groups=n.groups,
                       num_message_bits=self._message_bits(n))
-        lava_w = np.ascontiguousarray(w.transpose(0, 3, 2, 1)[:, ::-1, ::-1])
+        lava_w = w.transpose(0, 3, 2, 1)[:, ::-1, ::-1]  # a view: the artifact writes it in C order
         if n.name in self.chip:  # the effective integer weights (Lava's fixed Conv has no exp)
             lava_w = lava_w.astype(np.int64)
         spec = ProcSpec(n.name, "Conv", shape_out[::-1], {"s_in": src.then("transpose", WHC)},
@@ -336,9 +337,9 @@ class Lowerer:
             return self.add(ProcSpec(
                 n.name, "LIFReset", n.shape, {"a_in": src},
                 {"du": c.lif.du, "dv": c.lif.dv, "vth": c.lif.vth, "start": start},
-                {"bias_mant": _full(c.lif.weight_scale * bias + c.lif.bias, n.shape)}, n.name))
-        arrays = {p: _full(getattr(n, p), n.shape) for p in n.arrays}
-        arrays["x_bias"] = _full(bias, n.shape)
+                {"bias_mant": compact(c.lif.weight_scale * bias + c.lif.bias, n.shape)}, n.name))
+        arrays = {p: compact(getattr(n, p), n.shape) for p in n.arrays}
+        arrays["x_bias"] = compact(bias, n.shape)
         return self.add(ProcSpec(n.name, CUSTOM_NEURON, n.shape, {"a_in": self.source(n, 0)},
                                  {"cmp": n.cmp, "reset": n.reset, "start": start}, arrays, n.name))
 
@@ -483,11 +484,6 @@ def _as_2d(n: ir.Conv2d, shape_in: tuple):
 def _channel_shape(synapse: ir.Node) -> tuple:
     """Shape that broadcasts a synapse's per-output-channel vector over its output."""
     return (-1,) if synapse.op == "Linear" else (-1,) + (1,) * (len(synapse.shape) - 1)
-
-
-def _full(a, shape: tuple) -> np.ndarray:
-    """``a`` broadcast to ``shape``, as its own float64 array."""
-    return np.broadcast_to(np.asarray(a, dtype=np.float64), shape).copy()
 
 
 SUPPORTED_OPS = frozenset(op for op in ir.NODE_TYPES if hasattr(Lowerer, f"_op_{op}"))

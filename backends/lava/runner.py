@@ -59,6 +59,12 @@ def _weights(s: ProcSpec, key: str) -> np.ndarray:
     return w if _fixed(s) else np.asarray(w, np.float64)
 
 
+def _per_neuron(s: ProcSpec, key: str) -> np.ndarray:
+    """A neuron parameter over the process's shape (the artifact holds the smallest array that
+    broadcasts to it, e.g. one value per channel)."""
+    return np.broadcast_to(s.arrays[key], s.shape).copy()
+
+
 def _lanes_of(s: ProcSpec, lanes: int) -> tuple:
     """The process's shape with the lane axis in front."""
     return (lanes, *s.shape)
@@ -117,7 +123,7 @@ def _lif(s: ProcSpec, period: int, lanes: int):
     extra = {"bias_exp": s.arrays["bias_exp"]} if _fixed(s) else {}
     proc = lava(".proc.lif.process").LIFReset(
         shape=_lanes_of(s, lanes), du=p["du"], dv=p["dv"], vth=p["vth"],
-        bias_mant=s.arrays["bias_mant"], reset_interval=period,
+        bias_mant=_per_neuron(s, "bias_mant"), reset_interval=period,
         reset_offset=(p["start"] + 1) % period, name=s.name, **extra)
     models = lava(".proc.lif.models")
     return proc, models.PyLifResetModelBitAcc if _fixed(s) else models.PyLifResetModelFloat
@@ -132,7 +138,8 @@ def _loihi2_lif(s: ProcSpec, period: int, lanes: int):
 
 def _canonical_lif(s: ProcSpec, period: int, lanes: int):
     p = s.params
-    return custom.CanonicalLIF(shape=_lanes_of(s, lanes), params=s.arrays, cmp=p["cmp"],
+    return custom.CanonicalLIF(shape=_lanes_of(s, lanes),
+                               params={k: _per_neuron(s, k) for k in s.arrays}, cmp=p["cmp"],
                                reset=p["reset"], period=period, start=p["start"], name=s.name), \
         custom.PyCanonicalLIFModel
 
