@@ -109,6 +109,8 @@ def compact(a, shape) -> np.ndarray:
     size 1 along every axis on which it is constant, leading size-1 axes dropped (a scalar
     when uniform)."""
     a = np.broadcast_to(np.asarray(a, dtype=np.float64), shape)
+    # an axis ``a`` is broadcast along (stride 0) is constant: only the others are compared
+    a = a[tuple(slice(0, 1) if step == 0 else slice(None) for step in a.strides)]
     for ax in range(a.ndim):
         first = a.take([0], axis=ax)
         if np.array_equal(a, np.broadcast_to(first, a.shape)):
@@ -120,10 +122,10 @@ def compact(a, shape) -> np.ndarray:
 
 def divide_membrane(n: ir.Neuron, k, g=1.0, e=0.0) -> ir.Neuron:
     """The neuron on x' equivalent to ``n`` on ``x = k * (g * x' + e)``, k > 0 (module doc)."""
-    k = np.broadcast_to(np.asarray(k, dtype=np.float64), n.shape)
+    k = compact(k, n.shape)  # parameters stay per channel (or uniform) where they are
     if not np.all(k > 0):
         raise ValueError("the membrane can only be divided by a positive factor")
-    p = {a: np.broadcast_to(v, n.shape) for a, v in n.params().items()}
+    p = n.params()
     return node_with(
         n, gamma=compact(p["gamma"] * g, n.shape),
         beta=compact(p["gamma"] * e + p["beta"] / k, n.shape),
