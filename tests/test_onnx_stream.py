@@ -46,3 +46,20 @@ def test_weightless_check_still_catches_shape_errors():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(Exception, match="(?i)shape|dimension|incompatible"):
         check_without_weights(model, {"w": w})
+
+
+@pytest.mark.parametrize("shape, dtype", [((3, 4), np.float64), ((0, 5), np.float32),
+                                          ((), np.float64), ((2, 3), np.int64)])
+def test_a_tensor_is_written_as_protobuf_serializes_it(shape, dtype):
+    """Each initializer is written from the array's memory, field for field what
+    ``TensorProto.SerializeToString`` gives (also empty and 0-d arrays), and as the model's
+    float type when one is given (integers stay)."""
+    from snncc.backends.onnx.stream import _write_tensor, tensor
+
+    a = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
+    for floats in (None, np.float32):
+        buf = io.BytesIO()
+        _write_tensor(buf, "w", a.T if a.ndim == 2 else a, floats)
+        whole = tensor("w", a.T if a.ndim == 2 else a, floats).SerializeToString()
+        prefix = bytes([5 << 3 | 2]) + len(whole).to_bytes(1, "little")  # a short message
+        assert buf.getvalue() == prefix + whole

@@ -22,6 +22,7 @@ from onnx import helper
 
 _MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_INITIALIZER = 5  # GraphProto.initializer
+_TENSOR_RAW_DATA = 9  # TensorProto.raw_data
 
 
 def _varint(n: int) -> bytes:
@@ -44,13 +45,37 @@ def _dtype(array: np.ndarray, floats: np.dtype | None) -> np.dtype:
     return np.dtype(floats) if floats is not None and array.dtype.kind == "f" else array.dtype
 
 
-def tensor(name: str, array: np.ndarray, floats: np.dtype | None = None) -> onnx.TensorProto:
-    """``numpy_helper.from_array`` for numeric arrays: raw little-endian data."""
+def _header(name: str, array: np.ndarray, floats: np.dtype | None):
+    """The TensorProto of ``array`` without its data (fields 1, 2 and 8), and the data's
+    little-endian dtype."""
     dtype = _dtype(array, floats)
     t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(dtype))
     t.dims.extend(array.shape)
-    t.raw_data = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()
+    return t, dtype.newbyteorder("<")
+
+
+def tensor(name: str, array: np.ndarray, floats: np.dtype | None = None) -> onnx.TensorProto:
+    """``numpy_helper.from_array`` for numeric arrays: raw little-endian data."""
+    t, dtype = _header(name, array, floats)
+    t.raw_data = np.ascontiguousarray(array, dtype=dtype).tobytes()
     return t
+
+
+def _write_tensor(f: BinaryIO, name: str, array: np.ndarray, floats: np.dtype | None) -> None:
+    """``tensor(...).SerializeToString()`` written without building it: the header's fields
+    come before raw_data (field 9) in protobuf's own order, and the data is written from the
+    array's memory (no bytes object, no proto copy)."""
+    t, dtype = _header(name, array, floats)
+    data = np.ascontiguousarray(array, dtype=dtype)
+    f.write(_field(_GRAPH_INITIALIZER, _tensor_size(t, data.nbytes)))
+    f.write(t.SerializeToString())
+    f.write(_field(_TENSOR_RAW_DATA, data.nbytes))
+    f.write(data.reshape(-1).view(np.uint8).data)
+
+
+def _tensor_size(header: onnx.TensorProto, nbytes: int) -> int:
+    """The serialized size of ``header`` with ``nbytes`` of raw_data (always present)."""
+    return header.ByteSize() + len(_field(_TENSOR_RAW_DATA, nbytes)) + nbytes
 
 
 def write_model(model: onnx.ModelProto, initializers: Mapping[str, np.ndarray],
@@ -62,14 +87,16 @@ def write_model(model: onnx.ModelProto, initializers: Mapping[str, np.ndarray],
     head.CopyFrom(model)  # no weights in it: small
     head.ClearField("graph")
     graph = model.graph.SerializeToString()
-    sizes = [tensor(k, a, floats).ByteSize() for k, a in initializers.items()]
+    sizes = []
+    for key, array in initializers.items():
+        t, dtype = _header(key, array, floats)
+        sizes.append(_tensor_size(t, array.size * dtype.itemsize))
     body = len(graph) + sum(len(_field(_GRAPH_INITIALIZER, s)) + s for s in sizes)
     f.write(head.SerializeToString())
     f.write(_field(_MODEL_GRAPH, body))
     f.write(graph)
-    for (key, array), size in zip(initializers.items(), sizes):
-        f.write(_field(_GRAPH_INITIALIZER, size))
-        f.write(tensor(key, array, floats).SerializeToString())
+    for key, array in initializers.items():
+        _write_tensor(f, key, array, floats)
 
 
 def check_without_weights(model: onnx.ModelProto, initializers: Mapping[str, np.ndarray],
