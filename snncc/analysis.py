@@ -123,15 +123,20 @@ class EnergyReport:
 
 
 def fan_out(node: ir.Node, in_shape: tuple[int, ...]) -> torch.Tensor:
-    """Number of synapses leaving each input element of a conv/linear (exact at borders)."""
+    """Number of synapses leaving each input element of a conv/linear (exact at borders).
+
+    A conv's fan-out separates: an input element feeds every output channel of its group at
+    each (output position, kernel tap) pair that reads it, counted along each spatial axis
+    on its own."""
     if isinstance(node, ir.Linear):
         return torch.full(in_shape, float(node.weight.shape[0]), dtype=torch.float64)
-    conv = torch.nn.functional.conv1d if isinstance(node, ir.Conv1d) else \
-        torch.nn.functional.conv2d
-    x = torch.zeros((1, *in_shape), dtype=torch.float64, requires_grad=True)
-    w = torch.ones(node.weight.shape, dtype=torch.float64)
-    conv(x, w, None, node.stride, node.padding, node.dilation, node.groups).sum().backward()
-    return x.grad[0]
+    out = torch.full((), float(node.weight.shape[0] // node.groups), dtype=torch.float64)
+    for d, (size, k) in enumerate(zip(in_shape[1:], node.weight.shape[2:])):
+        taps = (torch.arange(node.shape[1 + d])[:, None] * node.stride[d] - node.padding[d]
+                + torch.arange(k)[None, :] * node.dilation[d]).ravel()
+        reads = torch.bincount(taps[(taps >= 0) & (taps < size)], minlength=size)
+        out = out[..., None] * reads.to(torch.float64)
+    return out.expand(in_shape)
 
 
 def _spike_operand(graph: Graph, n: ir.Node) -> int:

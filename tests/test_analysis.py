@@ -95,3 +95,26 @@ def test_attention_additions_counted_from_spike_addresses():
     assert res.additions["qk"].tolist() == [int(q[t].sum()) * 6 for t in range(T)]
     row = analysis.energy_report(g, res).layers[0]
     assert row.sops == q.sum() * 6 / 3
+
+
+@pytest.mark.parametrize("op, in_shape, kw", [
+    ("Conv2d", (4, 9, 7), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)),
+    ("Conv2d", (3, 8, 8), dict(stride=(3, 3), padding=(0, 0))),
+    ("Conv2d", (6, 5, 6), dict(stride=(1, 2), padding=(3, 1), groups=6)),
+    ("Conv1d", (4, 11), dict(stride=(2,), padding=(1,), dilation=(3,)))])
+def test_fan_out_counts_what_the_convolution_reads(op, in_shape, kw):
+    """Against the gradient of the conv's sum with all-ones weights: the synapses each input
+    element has, borders, strides, dilation and groups included."""
+    from snncc.analysis import fan_out
+
+    groups = kw.get("groups", 1)
+    k = (3, 2) if op == "Conv2d" else (3,)
+    node = getattr(ir, op)("c", ("x",), weight=np.ones((6 if groups > 1 else 5,
+                                                          in_shape[0] // groups, *k)), **kw)
+    node.shape = node.infer([in_shape], [ir.Kind.SPIKE])[0]
+    conv = torch.nn.functional.conv2d if op == "Conv2d" else torch.nn.functional.conv1d
+    x = torch.zeros((1, *in_shape), dtype=torch.float64, requires_grad=True)
+    conv(x, torch.ones(node.weight.shape, dtype=torch.float64), None, node.stride,
+         node.padding, node.dilation, groups).sum().backward()
+    got = fan_out(node, in_shape)
+    assert got.shape == in_shape and torch.equal(got, x.grad[0])
