@@ -1418,8 +1418,8 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
     A 0/1 example input makes a spike input. The model is traced in eval mode without
     gradients; its training flags are restored after and neuron state is cleared
     before and after (the adapters' ``reset_state``). ``share_weights``: float32 synapse
-    weights are the model's own memory (read-only views) instead of copies, for a model
-    nothing else will change.
+    weights are the model's own memory instead of copies, for a model nothing else will
+    change (the IR never changes an array in place).
     """
     x = torch.as_tensor(example_input)
     if T < 1 or x.dim() < 2:

@@ -184,11 +184,13 @@ _NO_T = "the model declares no number of time steps (model.T): set T (--T)"
 
 
 def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
-                     layout: str | None = None, input_shape=None, name: str = "model"):
+                     layout: str | None = None, input_shape=None, name: str = "model",
+                     share_weights: bool = False):
     """Trace a user's model into an IR graph. ``example``: an input batch; without one, a
     random batch of ``input_shape`` (or the model's declared ``input_shape``). ``T``: the time
     steps (default: the model's ``T``, or the length of a sequence example). ``layout``:
-    'static', 'TB' or 'BT'; when not given, each possible reading is tried, most likely first."""
+    'static', 'TB' or 'BT'; when not given, each possible reading is tried, most likely first.
+    ``share_weights``: as :func:`~snncc.frontends.tracer.trace` (a model loaded here)."""
     from .tracer import trace
 
     if layout is not None and layout not in LAYOUTS:
@@ -218,7 +220,8 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
     failures = []
     for c in candidates:
         try:
-            graph = trace(model, examples[c], T=T, static=c == "static", name=name)
+            graph = trace(model, examples[c], T=T, static=c == "static", name=name,
+                          share_weights=share_weights)
         except (SnnccError, ValueError, RuntimeError, TypeError, IndexError) as e:
             failures.append((c, e))
             continue

@@ -92,5 +92,6 @@ def load_model(source: str | Path, arch: str | None = None, *, trust: bool = Fal
     else:
         model = user_model.load_pickled_model(path, trust)
     graph = user_model.trace_user_model(model.eval(), T=T, layout=layout,
-                                        input_shape=input_shape, name=path.stem)
+                                        input_shape=input_shape, name=path.stem,
+                                        share_weights=True)  # the model is ours
     return LoadedModel(graph, model)

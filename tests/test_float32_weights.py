@@ -147,3 +147,17 @@ def test_artifacts_run_as_the_float64_graph(tmp_path, target):
         outs.append(api.run(path, x[:1] if target == "lava" else x, T=T, target=target))
     assert np.array_equal(outs[0], outs[1])
     assert np.any(outs[1])
+
+
+def test_a_checkpoint_loaded_for_compile_shares_the_models_weights(tmp_path):
+    """``snncc compile model.pt --arch ...`` builds the model itself: the IR's weights are the
+    model's own memory, not a second copy."""
+    from snncc.frontends.zoo import build
+    from snncc.models import load_model
+
+    torch.manual_seed(0)
+    torch.save(build("digits-spikformer").state_dict(), tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt", "digits-spikformer")
+    params = {p.data_ptr() for p in loaded.torch_model.parameters()}
+    weights = [n.weight for n in loaded.graph.of_type(ir.Conv2d, ir.Conv1d, ir.Linear)]
+    assert weights and all(w.dtype == np.float32 and w.ctypes.data in params for w in weights)
