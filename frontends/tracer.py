@@ -241,7 +241,8 @@ def _compact_constant(v):
     slice expanded to its shape: a constant broadcast over time and batch, such as a padding
     border made from ``ones_like`` of an activation, holds T*B times less while the trace keeps
     it (Meta-SpikeFormer 55M: 136 MB of them)."""
-    if not isinstance(v, torch.Tensor) or isinstance(v, FakeTensor) or v.nbytes < 2**20:
+    if (not isinstance(v, torch.Tensor) or isinstance(v, FakeTensor)
+            or v.layout != torch.strided or v.nbytes < 2**20):
         return v
     base = v
     for axis in range(min(2, v.dim())):
