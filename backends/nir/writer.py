@@ -452,11 +452,18 @@ def emit_nir(graph: Graph, out, dt: float | None = None, strict: bool = False,
     ``compat``: consumers to write for (:data:`COMPAT`; docs/nir.md)."""
     g = _Shared(to_nir_graph(graph, dt, strict, compat))
     if "nir-1.0.4" not in parse_compat(compat):  # straight into the file: no copy in memory
-        return atomic_write(out, lambda f: nir.write(f, g), replaces=WRITTEN_BY_SNNCC)
+        return atomic_write(out, lambda f: _write(f, g), replaces=WRITTEN_BY_SNNCC)
     buf = io.BytesIO()
-    nir.write(buf, g)
+    _write(buf, g)
     data = _strip_for_nir_1_0_4(buf)
     return atomic_write(out, lambda f: f.write(data), replaces=WRITTEN_BY_SNNCC)
+
+
+def _write(f, g) -> None:
+    """``nir.write`` with gzip at level 1: the arrays it compresses are per-neuron parameters
+    spread from per-channel values, which level 1 shrinks as well as the default level 4
+    (55M Meta-SpikeFormer: 413 against 409 MB) much faster (its emit 4.0-4.7 s -> 2.6-3.0 s)."""
+    nir.write(f, g, compression="gzip", compression_opts=1)
 
 
 class _Shared:
