@@ -41,7 +41,7 @@ STATE_COPIES = 6  # a process's shape held per lane: state, in/out messages, cha
 #: samples a run puts side by side (more run in rounds): past this, a step's numpy work (the
 #: block-diagonal synapses grow with the lanes) outweighs the per-step synchronisation it shares
 MAX_LANES = 128
-SYNAPSES = ("Dense", "Sparse")  # at most lanes x blocks copies of their weights
+SYNAPSES = ("Dense", "Sparse")  # fixed point: lanes x blocks copies of their weights
 
 
 # ---------------------------------------------------------------------------- process factories
@@ -103,16 +103,20 @@ def _dense(s: ProcSpec, period: int, lanes: int):
 
 
 def _sparse(s: ProcSpec, period: int, lanes: int):
-    """Lava's Sparse with kron(I_n, W), n = lanes x blocks: every lane's tokens in one
-    vector."""
+    """Every lane's tokens in one vector: n = lanes x blocks copies of W. Fixed point: Lava's
+    Sparse with kron(I_n, W) (bit-accurate); float: :class:`BlockDense`."""
     from scipy import sparse
 
-    w = _weights(s, "weights")
-    w = sparse.kron(sparse.identity(s.params["blocks"] * lanes, dtype=w.dtype), w, format="csr")
+    n = s.params["blocks"] * lanes
+    if not _fixed(s):
+        return custom.BlockDense(blocks=n, weights=_weights(s, "weights"), name=s.name,
+                                 num_message_bits=s.params["num_message_bits"]), \
+            custom.PyBlockDenseModel
+    w = s.arrays["weights"]
+    w = sparse.kron(sparse.identity(n, dtype=w.dtype), w, format="csr")
     proc = lava(".proc.sparse.process").Sparse(
         weights=w, num_message_bits=s.params["num_message_bits"], name=s.name, **_weight_args(s))
-    models = lava(".proc.sparse.models")
-    return proc, models.PySparseModelBitAcc if _fixed(s) else models.PySparseModelFloat
+    return proc, lava(".proc.sparse.models").PySparseModelBitAcc
 
 
 def _lif(s: ProcSpec, period: int, lanes: int):
@@ -319,7 +323,8 @@ def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int =
     """Host memory of a run on ``lanes`` samples side by side, in float64: the input ring
     buffers (every round's period per lane), the recorded traces ([T, B, ...] per recorded
     node), and per lane the delay FIFOs (steps x shape), every process's state and messages
-    (a few copies of its shape) and the block-diagonal synapses (value and index per nonzero);
+    (a few copies of its shape) and a fixed-point run's block-diagonal synapses (value and
+    index per nonzero; a float run holds each weight matrix once);
     what a process holds counted twice (its description and its running model)."""
     P, rounds = T + net.latency, -(-B // lanes)
     inputs = sum(nbytes((rounds * lanes, P, *s["shape"])) * 2 for s in net.inputs)
@@ -327,7 +332,7 @@ def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int =
                 for p in net.processes if p.type == "Delay")
     states = sum(nbytes((lanes, *p.shape)) * STATE_COPIES for p in net.processes)
     synapses = sum(nbytes((lanes, p.params["blocks"], p.arrays["weights"].size), 12) * 2
-                   for p in net.processes if p.type in SYNAPSES)
+                   for p in net.processes if p.type in SYNAPSES and _fixed(p))
     traces = sum(nbytes((T, B, *net.shapes[k])) for k in record)
     return inputs + fifos + states + synapses + traces
 

@@ -7,15 +7,15 @@ keyed by process instance (a Recorder's model depends on its number of in-ports:
 ``recorder_model(k)``)."""
 
 from .conv import BatchConv, PyVectorConvModel, PyVectorConvModelFixed
-from .dense import BatchDense, PyBatchDenseModel
+from .dense import BatchDense, BlockDense, PyBatchDenseModel, PyBlockDenseModel
 from .neuron import CanonicalLIF, Loihi2LIF, PyCanonicalLIFModel, PyLoihi2LIFModel
 from .ops import (BinaryOp, PyBinaryOpModel, PyBinaryOpModelFixed, PyEncoderModel,
                   PyUnaryOpModel, PyUnaryOpModelFixed, UnaryOp)
 from .recorder import Recorder, recorder_model
 from .state import Delay, PyDelayModel, PyDelayModelFixed, PyReadoutModel, Readout
 
-__all__ = ["BatchConv", "BatchDense", "BinaryOp", "CanonicalLIF", "Delay", "Loihi2LIF",
-           "PyBatchDenseModel", "PyBinaryOpModel", "PyBinaryOpModelFixed", "PyCanonicalLIFModel",
+__all__ = ["BatchConv", "BatchDense", "BlockDense", "BinaryOp", "CanonicalLIF", "Delay", "Loihi2LIF",
+           "PyBatchDenseModel", "PyBlockDenseModel", "PyBinaryOpModel", "PyBinaryOpModelFixed", "PyCanonicalLIFModel",
            "PyDelayModel", "PyDelayModelFixed", "PyEncoderModel", "PyLoihi2LIFModel",
            "PyReadoutModel", "PyUnaryOpModel", "PyUnaryOpModelFixed", "PyVectorConvModel",
            "PyVectorConvModelFixed", "Readout", "Recorder", "UnaryOp", "recorder_model"]

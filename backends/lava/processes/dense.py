@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..compat import lava
-from .base import InPort, OutPort, Var, floating_pt_model
+from .base import (FLOAT_IN, FLOAT_OUT, FLOAT_VAR, AbstractProcess, InPort, LavaPyType, OutPort,
+                   PyInPort, PyLoihiProcessModel, PyOutPort, Var, floating_pt_model)
 
 Dense = lava(".proc.dense.process").Dense
 
@@ -38,3 +39,42 @@ class PyBatchDenseModel(lava(".proc.dense.models").PyDenseModelFloat):
             self.a_buff = np.stack([self.weights.dot(s) for s in s_in])
         else:
             self.a_buff = np.stack([self.weights[:, s].sum(axis=1) for s in s_in.astype(bool)])
+
+
+class BlockDense(AbstractProcess):
+    """``blocks`` copies of one weight matrix on a flat vector: the float run of what the
+    fixed-point graph gives Lava as ``Sparse`` with ``kron(I_blocks, W)`` (a Linear over
+    tokens, blocks = lanes x tokens). s_in (blocks * in,), a_out (blocks * out,)."""
+
+    def __init__(self, *, blocks: int, weights: np.ndarray, num_message_bits: int = 0,
+                 name: str | None = None):
+        super().__init__(name=name)
+        n_out, n_in = weights.shape
+        self.s_in = InPort(shape=(blocks * n_in,))
+        self.a_out = OutPort(shape=(blocks * n_out,))
+        self.weights = Var(shape=weights.shape, init=weights)
+        self.a_buff = Var(shape=(blocks * n_out,), init=0)
+        self.num_message_bits = Var(shape=(1,), init=num_message_bits)
+
+
+@floating_pt_model(BlockDense)
+class PyBlockDenseModel(PyLoihiProcessModel):
+    """Lava's ``PySparseModelFloat`` (one step late; the sum of the weights of the spiking
+    inputs, or the dot product of graded ones) on the blocks at once: ``einsum`` reduces each
+    block's row with the same kernel over the same inputs whatever the number of blocks, so a
+    sample's sums do not depend on the lanes beside it, at a tenth of the time of Lava's
+    column slicing of the block-diagonal matrix (8 lanes of 64 tokens)."""
+
+    s_in: PyInPort = FLOAT_IN
+    a_out: PyOutPort = FLOAT_OUT
+    a_buff: np.ndarray = FLOAT_VAR
+    weights: np.ndarray = FLOAT_VAR
+    num_message_bits: np.ndarray = LavaPyType(np.ndarray, int, precision=5)
+
+    def run_spk(self):
+        self.a_out.send(self.a_buff)
+        s_in = self.s_in.recv()
+        if self.num_message_bits.item() == 0:
+            s_in = s_in.astype(bool)
+        x = s_in.astype(float).reshape(-1, self.weights.shape[1])
+        self.a_buff = np.einsum("bi,oi->bo", x, self.weights).reshape(-1)
