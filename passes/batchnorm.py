@@ -68,7 +68,8 @@ from snncc.pipeline import register_pass, report
 
 from .common import (LAYOUT, POOLS, Decline, axis_labels, bn_branch, bypass, carry_labels,
                      divide_membrane, exact_add, exact_div, exact_mul, input_region,
-                     is_power_of_two, per_label, scale_region, scaled_synapse, where)
+                     is_power_of_two, per_label, scale_region, scaled_synapse, unbroadcast,
+                     where)
 
 
 def _downstream_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, through_add: bool):
@@ -107,8 +108,7 @@ def _bn_rounding(bn: ir.BatchNorm) -> str:
 
 def _membrane_rounding(neuron: ir.Neuron, k, g, e) -> str:
     """Rounding in :func:`~snncc.passes.common.divide_membrane` (``neuron``, k, g, e)."""
-    p = {nm: np.broadcast_to(v, neuron.shape) for nm, v in neuron.params().items()}
-    k = np.broadcast_to(k, neuron.shape)
+    p = neuron.params()  # each broadcasts to the neuron, as k, g and e do
     if not is_power_of_two(k):
         return (f"dividing the membrane of {where(neuron)} by |a| (not a power of two) rounds "
                 "theta/|a| and the membrane itself")
@@ -137,7 +137,7 @@ def _into_thresholds(graph: Graph, bn: ir.BatchNorm, cons: dict):
     neuron, _ = _downstream_neuron(graph, bn, cons, through_add=True)
     branches = input_region(graph, neuron, cons)
     mine = next(b for b in branches if b.bn is bn)
-    a = np.abs(mine.a[mine.labels])
+    a = np.abs(mine.a[unbroadcast(mine.labels)])
     k = np.where(a == 0, 1.0, a)
     divide_membrane(neuron, k)  # raises here, not half-way through the fold, if it overflows
     rounding = _membrane_rounding(neuron, k, 1.0, 0.0)
@@ -185,7 +185,7 @@ def _into_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, threshold: bool):
                 rounding = rounding or (f"average pooling {where(n)} divides by "
                                         f"{np.prod(n.kernel_size)}, not a power of two")
         labels = carry_labels(n, labels)
-    a, c = a[labels], c[labels]
+    a, c = a[unbroadcast(labels)], c[unbroadcast(labels)]
     if threshold:
         k = np.where(a == 0, 1.0, np.abs(a))
         rounding = (rounding or ("" if exact_div(c, k) else f"c/|a| of {where(bn)} rounds")

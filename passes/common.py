@@ -104,13 +104,17 @@ def exact_div(x, y) -> bool:
     return exact_mul(q, y) and bool(np.all(q * y == x))
 
 
+def unbroadcast(a: np.ndarray) -> np.ndarray:
+    """``a`` with size 1 along every axis it is broadcast along (stride 0): the same values
+    wherever it is broadcast back, without computing on the copies."""
+    return a[tuple(slice(0, 1) if step == 0 else slice(None) for step in a.strides)]
+
+
 def compact(a, shape) -> np.ndarray:
     """The smallest array that broadcasts to ``shape`` with the values of ``a`` broadcast to it:
     size 1 along every axis on which it is constant, leading size-1 axes dropped (a scalar
     when uniform)."""
-    a = np.broadcast_to(np.asarray(a, dtype=np.float64), shape)
-    # an axis ``a`` is broadcast along (stride 0) is constant: only the others are compared
-    a = a[tuple(slice(0, 1) if step == 0 else slice(None) for step in a.strides)]
+    a = unbroadcast(np.broadcast_to(np.asarray(a, dtype=np.float64), shape))
     for ax in range(a.ndim):
         first = a.take([0], axis=ax)
         if np.array_equal(a, np.broadcast_to(first, a.shape)):
@@ -173,8 +177,13 @@ def carry_labels(node: ir.Node, labels: np.ndarray) -> np.ndarray:
 
 
 def per_label(values: np.ndarray, labels: np.ndarray, count: int, what: str) -> np.ndarray:
-    """``values`` (one per element) as one per label; declines if a label's values differ."""
-    labels, values = labels.ravel(), values.ravel()
+    """``values`` (one per element; broadcast with ``labels``) as one per label; declines if a
+    label's values differ."""
+    labels, values = np.broadcast_arrays(labels, values)
+    # an axis along which both are broadcast repeats the same (label, value) pairs
+    keep = tuple(slice(0, 1) if a == 0 and b == 0 else slice(None)
+                 for a, b in zip(labels.strides, values.strides))
+    labels, values = labels[keep].ravel(), values[keep].ravel()
     out, seen = np.empty(count), np.zeros(count, dtype=bool)
     out[labels], seen[labels] = values, True  # one of each label's values (ufunc.at is slow)
     if not seen.all() or np.any(out[labels] != values):
@@ -221,8 +230,7 @@ def bn_branch(graph: Graph, bn: ir.BatchNorm, cons: dict) -> Branch:
     for n in reversed(chain):
         labels = carry_labels(n, labels)
     bn_ch = axis_labels(labels.shape, bn.axis)
-    bn_of = per_label(bn_ch.astype(np.float64), labels, node.weight.shape[0],
-                      "the BN channel").astype(int)
+    bn_of = per_label(bn_ch, labels, node.weight.shape[0], "the BN channel").astype(int)
     a, c = bn.scale_shift()
     return Branch(node, bn, a[bn_of], c[bn_of], labels)
 
