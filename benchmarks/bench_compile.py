@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import append, load_average, section  # (benchmarks/ is sys.path[0]; no torch)
+
 ARCHS = ["digits-spikformer", "meta-spikeformer-15m", "meta-spikeformer-31m",
          "meta-spikeformer-55m"]
 TARGETS = ["sim", "onnx", "nir", "lava"]
@@ -163,18 +165,16 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [r for arch in args.arch
                 for r in measure(arch, args.targets, args.repeat, env, Path(tmp))]
-    load = os.getloadavg()[0]
-    text = (f"\n## Compile: time and peak memory vs checkpoint size and eager forward\n\n"
-            f"`python benchmarks/bench_compile.py {' '.join(argv or sys.argv[1:])}`\n\n"
-            f"{args.threads} torch threads; {platform.machine()}, {os.cpu_count()} cores "
-            f"(load average {load:.1f}). Peak RSS of each `snncc compile` process above the "
-            f"baseline (interpreter with torch and snncc imported).\n\n{table(rows)}\n")
+    text = section(
+        "Compile: time and peak memory vs checkpoint size and eager forward", "bench_compile.py",
+        argv, f"{args.threads} torch threads; {platform.machine()}, {os.cpu_count()} cores "
+        f"(load average {load_average():.1f}). Peak RSS of each `snncc compile` process above "
+        f"the baseline (interpreter with torch and snncc imported).", table(rows))
     print(text)
     if args.plot:
         plot(rows, args.plot)
     if args.append:
-        with open(args.append, "a") as f:
-            f.write(text)
+        append(args.append, text)
     return 0
 
 

@@ -30,7 +30,8 @@ from snncc.frontends.zoo import small
 from snncc.pipeline import run_passes
 from snncc.targets import get_target
 
-from common import best_of  # noqa: E402 (benchmarks/ is sys.path[0])
+from common import (append, best_of, load_average,  # noqa: E402 (benchmarks/ is sys.path[0])
+                    section)
 
 T, BATCH = 4, 16
 
@@ -85,14 +86,11 @@ def main(argv=None) -> int:
               f"| max abs output difference (float32) | {diff:.1e} |"]
     print("\n".join(lines))
     if args.append:
-        env = (f"{platform.machine()}, {os.cpu_count()} cores shared (load average "
-               f"{os.getloadavg()[0]:.1f}), 1 thread, torch {torch.__version__}, onnxruntime "
-               f"{ort.__version__}")
-        head = ["", f"## ONNX: snncc vs torch.onnx.export and PyTorch eager ({args.family})", "",
-                f"`{' '.join(['python', *sys.argv])}`", "",
-                f"Small zoo configuration, float32, T={T}, batch {BATCH}; {env}.", ""]
-        with open(args.append, "a") as f:
-            f.write("\n".join(head + lines) + "\n")
+        append(args.append, section(
+            f"ONNX: snncc vs torch.onnx.export and PyTorch eager ({args.family})", "bench_onnx.py",
+            argv, f"Small zoo configuration, float32, T={T}, batch {BATCH}; {platform.machine()}, "
+            f"{os.cpu_count()} cores shared (load average {load_average():.1f}), 1 thread, torch "
+            f"{torch.__version__}, onnxruntime {ort.__version__}.", "\n".join(lines)))
     return 0
 
 

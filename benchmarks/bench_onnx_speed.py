@@ -35,7 +35,8 @@ from snncc.frontends.zoo import build, small
 from snncc.frontends.zoo.testing import randomize_bn
 from snncc.pipeline import for_target
 
-from common import best_of, module_at  # noqa: E402 (benchmarks/ is sys.path[0])
+from common import (append, best_of, chosen, load_average, module_at,  # noqa: E402
+                    section)  # (benchmarks/ is sys.path[0])
 
 T = 4
 #: the last commit whose unrolled model repeats every layer at each step: the "before" column
@@ -130,22 +131,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     old_build = baseline_builder(BASELINE)
     rows = []
-    for i, (label, model, make_input) in enumerate(models(a.meta_size)):
-        if a.only and (i == 0) != (a.only == "small"):
-            continue
+    for label, model, make_input in chosen(models(a.meta_size), a.only):
         rows.extend(measure(label, model, make_input, a, old_build))
     md = table(rows)
     print(md)
     if a.append:
-        cmd = " ".join(["python", "benchmarks/bench_onnx_speed.py", *(argv or sys.argv[1:])])
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        with open(a.append, "a") as f:
-            f.write(f"\n## ONNX: onnxruntime on the time-folded unrolled model vs PyTorch eager\n\n"
-                    f"`{cmd}`\n\nT={T}, {a.threads} thread(s) (torch and onnxruntime), graph "
-                    f"optimisations '{a.optimization}', best of {a.repeat}; {platform.machine()}, "
-                    f"{os.cpu_count()} cores shared (load average {load:.1f}), torch "
-                    f"{torch.__version__}, onnxruntime {ort.__version__}. Random weights, "
-                    f"randomised BN; each dtype against eager in the same dtype.\n\n{md}\n")
+        append(a.append, section(
+            "ONNX: onnxruntime on the time-folded unrolled model vs PyTorch eager",
+            "bench_onnx_speed.py", argv,
+            f"T={T}, {a.threads} thread(s) (torch and onnxruntime), graph optimisations "
+            f"'{a.optimization}', best of {a.repeat}; {platform.machine()}, {os.cpu_count()} "
+            f"cores shared (load average {load_average():.1f}), torch {torch.__version__}, "
+            f"onnxruntime {ort.__version__}. Random weights, randomised BN; each dtype against "
+            f"eager in the same dtype.", md))
     return 0
 
 

@@ -34,7 +34,8 @@ from snncc.frontends.zoo.testing import randomize_bn
 from snncc.pipeline import for_target
 from snncc.simulator import Simulator
 
-from common import best_of, module_at  # noqa: E402 (benchmarks/ is sys.path[0])
+from common import (append, best_of, chosen, load_average, module_at,  # noqa: E402
+                    section)  # (benchmarks/ is sys.path[0])
 
 T = 4
 #: earlier simulators measured beside today's: commit -> what it was
@@ -119,21 +120,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     bases = {c: baseline_simulator(c) for c in BASELINES}
     rows = []
-    for i, (label, model, make_input) in enumerate(models(a.meta_size)):
-        if a.only and (i == 0) != (a.only == "small"):
-            continue
+    for label, model, make_input in chosen(models(a.meta_size), a.only):
         rows.extend(measure(label, model, make_input, a.batches, a.repeat, bases))
     md = table(rows)
     print(md)
     if a.append:
-        cmd = " ".join(["python", "benchmarks/bench_simulator.py", *(argv or sys.argv[1:])])
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        with open(a.append, "a") as f:
-            f.write(f"\n## Simulator vs PyTorch eager and earlier simulators (float32)\n\n"
-                    f"`{cmd}`\n\nT={T}, float32, {a.threads} torch thread(s), best of "
-                    f"{a.repeat}; {platform.machine()}, {os.cpu_count()} cores shared (load "
-                    f"average {load:.1f}), torch {torch.__version__}. Graphs compiled for the sim "
-                    f"target; random weights, randomised BN.\n\n{md}\n")
+        append(a.append, section(
+            "Simulator vs PyTorch eager and earlier simulators (float32)", "bench_simulator.py",
+            argv, f"T={T}, float32, {a.threads} torch thread(s), best of {a.repeat}; "
+            f"{platform.machine()}, {os.cpu_count()} cores shared (load average "
+            f"{load_average():.1f}), torch {torch.__version__}. Graphs compiled for the sim "
+            f"target; random weights, randomised BN.", md))
     return 0
 
 

@@ -1,9 +1,11 @@
-"""What the benchmarks share: timing, and loading a module as it was at an earlier commit to
-measure it beside today's in the same run."""
+"""What the benchmarks share: timing, loading a module as it was at an earlier commit to
+measure it beside today's in the same run, choosing models, and the Markdown section each
+appends to RESULTS.md."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -38,3 +40,30 @@ def module_at(commit: str, path: str, name: str, package: str):
     sys.modules[name] = mod  # dataclasses look their module up
     exec(compile(src, f"{commit}:{path}", "exec"), mod.__dict__)
     return mod
+
+
+def chosen(models, only: str | None):
+    """The entries of ``models`` (the small model first, then the full-size one) that
+    ``--only small|meta`` keeps: all without it."""
+    for i, entry in enumerate(models):
+        if only is None or (i == 0) == (only == "small"):
+            yield entry
+
+
+def section(title: str, script: str, argv, setting: str, body: str) -> str:
+    """A Markdown section of benchmarks/RESULTS.md: ``title``, the command that produced it
+    (``script`` run with ``argv``, default this process's arguments), ``setting`` (machine,
+    threads, load; :func:`load_average` gives the load) and ``body``."""
+    args = sys.argv[1:] if argv is None else argv
+    cmd = " ".join(["python", f"benchmarks/{script}", *args])
+    return f"\n## {title}\n\n`{cmd}`\n\n{setting}\n\n{body}\n"
+
+
+def load_average() -> float:
+    """The one-minute load average (NaN where the system has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def append(path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
