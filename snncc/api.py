@@ -174,8 +174,7 @@ def emit_options(tgt, *, strict_nir: bool = False, dtype: str | None = None,
     if nir_compat:
         options["compat"] = nir_compat
     if dtype is not None:
-        if dtype not in DTYPES:
-            raise SnnccError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+        _check_dtype(dtype)
         if "dtype" not in tgt.options:
             takes = sorted(t.name for t in all_targets().values() if "dtype" in t.options)
             raise SnnccError(f"dtype (--dtype) does not apply to target '{tgt.name}'; targets "
@@ -189,6 +188,11 @@ def emit_options(tgt, *, strict_nir: bool = False, dtype: str | None = None,
         raise SnnccError(f"{', '.join(flags.get(k, k) for k in unknown)} do(es) not apply to "
                          f"target '{tgt.name}'")
     return options
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise SnnccError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
 
 
 def to_ir_layout(graph: Graph, x) -> np.ndarray:
@@ -289,8 +293,8 @@ def run_outputs(artifact: str | Path, inputs, *, target: str | None = None,
 
     if device is not None:
         resolve_device(device)  # refused before any work
-    if dtype is not None and dtype not in DTYPES:
-        raise SnnccError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if dtype is not None:
+        _check_dtype(dtype)
     artifact = Path(artifact)
     tgt = get_target(target) if target else target_of(artifact)
     options = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
