@@ -203,3 +203,24 @@ def test_unsupported_neuron_and_ops_are_all_listed():
     msg = str(err.value)
     assert "\n" not in msg and "op 'torch.sigmoid' is not supported" in msg
     assert "module 'conv_blocks.0.attn.ta.avg_pool': op 'AdaptiveAvgPool3d'" in msg
+
+
+@pytest.mark.parametrize("name", ["spikformer", "sew_resnet18"])
+def test_float32_model_keeps_float32_weights_and_library_spikes(name):
+    """A float32 model of the library's own constructors: the IR keeps its weights in float32,
+    and the float64 simulation equals the library's float64 forward of the same weights at
+    every neuron (float32 -> float64 is exact)."""
+    model, x = _build(name)
+    model.float()
+    x = x.float()
+    g = trace(model, x, T=T, static=name in STATIC, name=name)
+    weights = [n.weight for n in g.of_type(ir.Conv2d, ir.Linear)]
+    assert weights and all(w.dtype == np.float32 for w in weights)
+    model.double()
+    x = x.double()
+    neurons = g.of_type(ir.Neuron)
+    _, spikes = library_spikes(model, x, {n.path for n in neurons})
+    ref = {n.name: spikes[n.path].reshape(T, x.shape[-4], *n.shape) for n in neurons}
+    rates = [float(np.mean(s)) for s in ref.values()]
+    assert all(0.0 < r < 1.0 for r in rates) and 0.05 <= float(np.mean(rates)) <= 0.95
+    assert_spikes(simulate(g, x.numpy(), T, record=True).trace, ref)
