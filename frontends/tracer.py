@@ -36,7 +36,7 @@ import operator
 import re
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -44,7 +44,6 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.nn.modules.utils import _pair, _triple
 
 from snncc import ir
@@ -55,6 +54,7 @@ from snncc.limits import return_freed_memory
 
 from .adapters import STEP_MULTI, Adapter, NeuronCircuit, adapter_for
 from .adapters import reset_state
+from .shaped import ShapedTensor, release_fake_mode, shaped_like
 
 STATIC, SEQ, READOUT = "static", "seq", "readout"
 TB, BT, TBM, B, B1 = ("T", "B"), ("B", "T"), ("TB",), ("B",), ("1", "B")
@@ -105,27 +105,24 @@ class _ConcreteTracer(fx.Tracer):
     identifies the op's place in the program (module, Python call stack, and how often that
     stack occurred before in the same module call), the same in every iteration of a loop.
 
-    ``fake``: ops on values derived from the input run on fake tensors (shapes and dtypes,
-    no data), so tracing a full-size model neither computes nor keeps its activations; the IR
-    needs only their shapes. Ops on constants only, and ``*_like`` constructors, whose values
-    become constants of the graph, still compute real values. A model whose Python code reads
-    activation values (``if x.max() > 0``) fails under fake tensors: :func:`trace` then
-    traces it again on real values. ``budget``: on real values, the bytes of op results the
-    trace may hold before it gives up (:class:`_LargeValues`) so that :func:`trace` uses fake
-    tensors instead: a small model traces faster on real values (fake tensors cost about 1 s
-    of imports once and more per op)."""
+    ``shaped``: ops on values derived from the input run on shaped tensors (shapes and dtypes,
+    no data: :mod:`.shaped`), so tracing a full-size model neither computes nor keeps its
+    activations; the IR needs only their shapes. Ops on constants only, and ``*_like``
+    constructors, whose values become constants of the graph, still compute real values. A
+    model whose Python code reads activation values (``if x.max() > 0``) fails on shaped
+    tensors: :func:`trace` then traces it again on real values."""
 
     proxy_buffer_attributes = True
 
-    def __init__(self, example: torch.Tensor, fake: bool, budget: int | None = None):
+    def __init__(self, example: torch.Tensor, shaped: bool):
         super().__init__()
         self.example = example
-        self._budget, self._held = budget, 0
-        self._fake = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
-        self._input = self._fake.from_tensor(example) if fake else example
+        self._shaped = shaped
+        self._input = shaped_like(example) if shaped else example
         self._running = 0
         self._constants = 0
         self._occurrences: dict[tuple, int] = {}
+        self._names: dict[tuple[str, int], tuple[str, nn.Module, str]] | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         adapter = adapter_for(m)
@@ -144,9 +141,34 @@ class _ConcreteTracer(fx.Tracer):
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
-        if self._running:
+        """fx's ``getattr``, without its scan of every parameter and buffer of the model at each
+        access (a tenth of tracing Meta-SpikeFormer 15M)."""
+        if self._running or not isinstance(attr_val, torch.Tensor):
             return attr_val
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
+        name = self._attribute_name(attr_val)
+        if name is None:
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+    def _attribute_name(self, value: torch.Tensor) -> str | None:
+        """The name fx gives ``value``: its first name among the root's parameters if it is a
+        parameter, else among its buffers; None if it is neither. Names are looked up by
+        identity in an index, rebuilt when it misses (a buffer a forward replaced)."""
+        kind = "_parameters" if isinstance(value, nn.Parameter) else "_buffers"
+        for rebuild in (self._names is None, True):
+            if rebuild:
+                self._names = {}
+                for prefix, m in self.root.named_modules():
+                    for table in ("_parameters", "_buffers"):
+                        for attr, t in getattr(m, table).items():
+                            if t is not None:
+                                self._names.setdefault((table, id(t)), (prefix, m, attr))
+            found = self._names.get((kind, id(value)))
+            if found is not None and getattr(found[1], kind).get(found[2]) is value:
+                return f"{found[0]}.{found[2]}" if found[0] else found[2]
+        return None
 
     def create_arg(self, a):
         if isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter) \
@@ -164,12 +186,8 @@ class _ConcreteTracer(fx.Tracer):
         if kind == "call_method" and target in _SHAPE_METHODS:
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
         value = self._evaluate(kind, target, cargs, ckwargs)
-        if self._fake is not None and kind.startswith("call"):
+        if self._shaped and kind.startswith("call"):
             value = _compact_constant(value)
-        if self._budget is not None and kind.startswith("call"):
-            self._held += sum(v.nbytes for v in _walk(value) if isinstance(v, torch.Tensor))
-            if self._held > self._budget:
-                raise _LargeValues()
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
                                      proxy_factory_fn)
         proxy.node.meta["value"] = value
@@ -192,24 +210,23 @@ class _ConcreteTracer(fx.Tracer):
     def _evaluate(self, kind, target, args, kwargs):
         if kind == "placeholder":
             return self._input
-        fake = any(isinstance(a, FakeTensor) for a in _walk((args, kwargs)))
-        if fake and target in _CONSTANT_LIKE:
+        shaped = any(isinstance(a, ShapedTensor) for a in _walk((args, kwargs)))
+        if shaped and target in _CONSTANT_LIKE:
             args, kwargs = fx.node.map_aggregate((args, kwargs), _real_stand_in)
-            fake = False
+            shaped = False
         self._running += 1
         try:
-            with self._fake if fake else nullcontext():
-                return self._run(kind, target, args, kwargs, fake)
+            return self._run(kind, target, args, kwargs, shaped)
         finally:
             self._running -= 1
 
-    def _run(self, kind, target, args, kwargs, fake: bool):
+    def _run(self, kind, target, args, kwargs, shaped: bool):
         if kind == "get_attr":
             return _fetch(self.root, target)
         if kind == "call_module":
             m = self.root.get_submodule(target)
-            if fake and (isinstance(m, _SHAPE_PRESERVING) or _multi_step_neuron(m)):
-                return torch.empty_like(args[0])  # a fake BN dispatches ~20 ops, a neuron ~10 T
+            if shaped and (isinstance(m, _SHAPE_PRESERVING) or _multi_step_neuron(m)):
+                return shaped_like(args[0])  # a BN runs ~20 ops, a neuron ~10 T
             return m(*args, **kwargs)
         if kind == "call_method":
             return getattr(args[0], target)(*args[1:], **kwargs)
@@ -223,13 +240,6 @@ def _multi_step_neuron(m: nn.Module) -> bool:
     return adapter is not None and adapter.is_neuron(m) and adapter.step_mode(m) == STEP_MULTI
 
 
-class _LargeValues(Exception):
-    """A trace on real values would hold more than its budget of activations."""
-
-
-#: activations a trace on real values may hold before tracing on fake tensors instead
-REAL_TRACE_BUDGET = 64 * 2**20
-
 #: layers whose output has their input's shape and dtype
 _SHAPE_PRESERVING = (nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Dropout)
 #: ops on a traced value whose result is a constant of the graph (its shape and dtype only)
@@ -241,7 +251,7 @@ def _compact_constant(v):
     slice expanded to its shape: a constant broadcast over time and batch, such as a padding
     border made from ``ones_like`` of an activation, holds T*B times less while the trace keeps
     it (Meta-SpikeFormer 55M: 136 MB of them)."""
-    if (not isinstance(v, torch.Tensor) or isinstance(v, FakeTensor)
+    if (not isinstance(v, torch.Tensor) or isinstance(v, ShapedTensor)
             or v.layout != torch.strided or v.nbytes < 2**20):
         return v
     base = v
@@ -253,7 +263,7 @@ def _compact_constant(v):
 
 
 def _real_stand_in(a):
-    return torch.empty(a.shape, dtype=a.dtype) if isinstance(a, FakeTensor) else a
+    return torch.empty(a.shape, dtype=a.dtype) if isinstance(a, ShapedTensor) else a
 
 
 def _fetch(root: nn.Module, target: str):
@@ -266,7 +276,7 @@ def _fetch(root: nn.Module, target: str):
 @contextmanager
 def _inference(model: nn.Module):
     """Eval mode, no autograd and fresh neuron state while tracing; restored after. A trace
-    that fails half-way can leave proxies or fake tensors in the modules' attributes and
+    that fails half-way can leave proxies or shaped tensors in the modules' attributes and
     buffers (neuron state), which no library's reset clears: they are put back as they were."""
     modes = [(m, m.training) for m in model.modules()]
 
@@ -414,10 +424,17 @@ def _neuron_node(name: str, inputs, path: str, p: cn.CanonicalParams) -> ir.Neur
 
 def _node_key(n: ir.Node) -> tuple:
     """Structural identity: op, inputs, module path, attributes and parameter values."""
-    arrays = tuple(None if getattr(n, a) is None else
-                   (getattr(n, a).shape, hashlib.sha1(getattr(n, a).tobytes()).hexdigest())
+    arrays = tuple(None if getattr(n, a) is None else _array_key(getattr(n, a))
                    for a in n.arrays)
     return n.op, n.inputs, n.path, repr(sorted(n.attrs().items())), arrays
+
+
+def _array_key(a: np.ndarray) -> tuple:
+    """An array's identity, hashed from its memory: a constant broadcast over time and batch
+    (stride 0) is hashed once, not copied out to its full size (100 MB at 15M)."""
+    broadcast = tuple(step == 0 for step in a.strides)
+    one = np.ascontiguousarray(a[tuple(slice(0, 1) if b else slice(None) for b in broadcast)])
+    return a.shape, a.dtype.str, broadcast, hashlib.sha1(memoryview(one).cast("B")).hexdigest()
 
 
 def _walk(obj):
@@ -1432,29 +1449,27 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
         raise ValueError(f"the example batch must have >= 2 samples and differ from T={T}, "
                          f"got {batch}{hint}")
     args = (model, x, T, batch, static, name)
-    try:  # small models: on real values, the faster way
-        return _trace(*args, fake=False, budget=REAL_TRACE_BUDGET, share_weights=share_weights)
-    except _LargeValues:
-        pass
     try:
-        graph = _trace(*args, fake=True, share_weights=share_weights)
+        graph = _trace(*args, shaped=True, share_weights=share_weights)
         return_freed_memory()  # what tracing a large model left: before its passes allocate
         return graph
     except (SnnccError, RecursionError, MemoryError):
         raise
     except Exception:  # the model's code needs activation values: compute them
-        return _trace(*args, fake=False, share_weights=share_weights)
+        return _trace(*args, shaped=False, share_weights=share_weights)
 
 
 def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, name: str,
-           fake: bool, budget: int | None = None, share_weights: bool = False) -> Graph:
-    tracer = _ConcreteTracer(x, fake, budget)
+           shaped: bool, share_weights: bool = False) -> Graph:
+    tracer = _ConcreteTracer(x, shaped)
     with _inference(model):
         try:
             fx_graph = tracer.trace(model)
         except fx.proxy.TraceError as err:
             raise UnsupportedError(f"cannot trace: {' '.join(str(err).split())}",
                                    path=tracer.scope.module_path or None) from None
+        finally:
+            release_fake_mode()
     builder = _Builder(model, T, batch, name, share_weights)
     with _recursion_limit(_EMISSION_DEPTH):
         return builder.finish(builder.interpret(fx_graph, static))

@@ -1,4 +1,4 @@
-"""Tracing on fake tensors (shapes only) gives the graph of tracing on real values, node for
+"""Tracing on shaped tensors (shapes only) gives the graph of tracing on real values, node for
 node and array for array; a model whose Python code reads activation values is traced on real
 values instead; a failed attempt leaves the model's state as it was."""
 
@@ -23,18 +23,18 @@ def same_graph(a, b) -> bool:
 
 def both(model, x, static=True):
     batch = x.shape[0] if static or x.shape[0] != T else x.shape[1]
-    return (tracer._trace(model, x, T, batch, static, "m", fake=True),
-            tracer._trace(model, x, T, batch, static, "m", fake=False))
+    return (tracer._trace(model, x, T, batch, static, "m", shaped=True),
+            tracer._trace(model, x, T, batch, static, "m", shaped=False))
 
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)
-def test_fake_trace_equals_real_trace_for_every_zoo_family(family):
+def test_shaped_trace_equals_real_trace_for_every_zoo_family(family):
     case = zoo.small(family, 1)
-    fake, real = both(case.model, case.inputs, static=case.inputs.dim() == 4)
-    assert same_graph(fake, real)
+    shaped, real = both(case.model, case.inputs, static=case.inputs.dim() == 4)
+    assert same_graph(shaped, real)
 
 
-def test_spikingjelly_models_trace_on_fake_tensors():
+def test_spikingjelly_models_trace_on_shaped_tensors():
     pytest.importorskip("spikingjelly.activation_based")
     from spikingjelly.activation_based import functional, layer, neuron
 
@@ -45,20 +45,22 @@ def test_spikingjelly_models_trace_on_fake_tensors():
     functional.set_step_mode(model, "m")
     x = torch.rand(T, 3, 2, 8, 8).double()
     model.double()
-    fake, real = both(model, x, static=False)
-    assert same_graph(fake, real)
+    shaped, real = both(model, x, static=False)
+    assert same_graph(shaped, real)
 
 
-def _snntorch_loop():
-    """snnTorch's Leaky with reset_delay=False reads a value of its membrane in forward
-    (``aten._local_scalar_dense``), which fake tensors cannot answer."""
+def _snntorch_loop(neuron=None):
+    """snnTorch's Leaky in a loop over time. With reset_delay=False its forward reads the value
+    of a buffer (``if self.reset_mechanism_val == 0``), a constant that fake tensors could not
+    answer (``aten._local_scalar_dense``) and shaped tensors can."""
     snn = pytest.importorskip("snntorch")
 
     class Loop(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(3, 4)
-            self.lif = snn.Leaky(beta=0.7, reset_mechanism="zero", reset_delay=False)
+            self.lif = (neuron or snn.Leaky)(beta=0.7, reset_mechanism="zero",
+                                             reset_delay=False)
 
         def forward(self, x):
             mem = self.lif.init_leaky()
@@ -72,48 +74,67 @@ def _snntorch_loop():
     return Loop()
 
 
-def test_a_model_reading_values_is_traced_on_real_values():
+def _reads_activation_values():
+    """A Leaky whose forward checks its input's values: only real values answer. (Placed in
+    snnTorch's module, as a patched snnTorch would have it, so that the adapter takes it for a
+    neuron and runs its forward as a leaf.)"""
+    snn = pytest.importorskip("snntorch")
+
+    class Leaky(snn.Leaky):
+        def forward(self, input_, mem=None):
+            if not torch.isfinite(input_).all():
+                raise ValueError("non-finite input")
+            return super().forward(input_, mem)
+    Leaky.__module__ = snn.Leaky.__module__
+    return _snntorch_loop(Leaky)
+
+
+def test_a_model_reading_constant_values_traces_on_shaped_tensors():
     model, x = _snntorch_loop(), torch.randn(2, 3)
-    with pytest.raises(Exception):
-        tracer._trace(model, x, T, 2, True, "m", fake=True)
+    assert same_graph(tracer._trace(model, x, T, 2, True, "m", shaped=True),
+                      tracer._trace(model, x, T, 2, True, "m", shaped=False))
+
+
+def test_a_model_reading_activation_values_is_traced_on_real_values():
+    model, x = _reads_activation_values(), torch.randn(2, 3)
+    with pytest.raises(Exception, match="_local_scalar_dense"):
+        tracer._trace(model, x, T, 2, True, "m", shaped=True)
     graph = tracer.trace(model, x, T=T, name="m")
     assert len(graph) > 3
-    assert same_graph(graph, tracer._trace(model, x, T, 2, True, "m", fake=False))
+    assert same_graph(graph, tracer._trace(_snntorch_loop(), x, T, 2, True, "m", shaped=False))
 
 
 def test_a_failed_trace_leaves_the_model_state_as_it_was():
     """snnTorch keeps its membrane in a buffer that tracing rebinds: a trace that fails half-way
     must not leave a proxy there for the next trace (it did: KeyError in the retry)."""
-    model, x = _snntorch_loop(), torch.randn(2, 3)
+    model, x = _reads_activation_values(), torch.randn(2, 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(Exception):
-        tracer._trace(model, x, T, 2, True, "m", fake=True)
+        tracer._trace(model, x, T, 2, True, "m", shaped=True)
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert len(tracer._trace(model, x, T, 2, True, "m", fake=False)) > 3
+    assert len(tracer._trace(model, x, T, 2, True, "m", shaped=False)) > 3
 
 
-def test_trace_uses_fake_tensors_past_the_real_value_budget(monkeypatch):
-    """trace() traces on real values while the activations it holds stay within the budget,
-    else on fake tensors (else, when the code reads values, on real values unbounded): the same
-    graph every way."""
+def test_trace_uses_shaped_tensors_and_real_values_when_the_code_reads_them(monkeypatch):
+    """trace() traces on shaped tensors, and on real values when the model's code reads
+    activation values: the same graph both ways."""
     case = zoo.small("spikformer-cifar", 2)
-    real = tracer.trace(case.model, case.inputs, T=T, name="m")
     used = []
     original = tracer._trace
 
     def spy(*args, **kwargs):
-        used.append((kwargs["fake"], kwargs.get("budget")))
+        used.append(kwargs["shaped"])
         return original(*args, **kwargs)
     monkeypatch.setattr(tracer, "_trace", spy)
-    monkeypatch.setattr(tracer, "REAL_TRACE_BUDGET", 0)
-    assert same_graph(tracer.trace(case.model, case.inputs, T=T, name="m"), real)
-    assert used == [(False, 0), (True, None)]
+    graph = tracer.trace(case.model, case.inputs, T=T, name="m")
+    assert used == [True]
+    assert same_graph(graph, original(case.model, case.inputs, T, 2, True, "m", shaped=False))
     used.clear()
-    model, x = _snntorch_loop(), torch.randn(2, 3)
+    model, x = _reads_activation_values(), torch.randn(2, 3)
     tracer.trace(model, x, T=T)
-    assert used == [(False, 0), (True, None), (False, None)]
+    assert used == [True, False]
 
 
 def test_constants_repeated_over_time_and_batch_are_held_once():
@@ -141,5 +162,5 @@ def test_constants_repeated_over_time_and_batch_are_held_once():
         def forward(self, x):
             return self.layer(x.flatten(0, 1)).reshape(T, 2, *x.shape[2:3], 50, 50)
 
-    fake, real = both(Folded(), x.reshape(T, 2, 64, 48, 48), static=False)
-    assert same_graph(fake, real)
+    shaped, real = both(Folded(), x.reshape(T, 2, 64, 48, 48), static=False)
+    assert same_graph(shaped, real)
