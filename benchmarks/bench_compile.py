@@ -8,9 +8,10 @@ tests do) is written to a temporary directory; then, each in a fresh process:
   wall time: the start-up every `snncc` command pays, shown subtracted in one column);
 - one eager forward of the model at batch 1 (T steps, the architecture's input size), best of
   ``--repeat`` after a warm-up, the checkpoint loaded as `compile` loads it;
-- ``snncc compile CKPT --arch A --target t -o OUT`` for each target: wall time and peak RSS
-  (``ru_maxrss`` of that process from ``wait4``; this script itself never imports torch, so
-  the child's high-water mark is its own).
+- ``snncc compile CKPT --arch A --target t -o OUT`` for each target, ``--runs`` times: the
+  median wall time and the median peak RSS (``ru_maxrss`` of each process from ``wait4``;
+  this script itself never imports torch, so the child's high-water mark is its own). Single
+  runs' peaks differ by up to ~50 MB on this machine.
 
 Ratios: peak RSS above the baseline / checkpoint bytes, compile time / eager forward time. All
 processes use ``--threads`` torch threads (``OMP_NUM_THREADS``). Run::
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,7 +91,8 @@ def run(cmd: list[str], env: dict) -> tuple[float, int, str]:
         return wall, usage.ru_maxrss * 1024, out.read()
 
 
-def measure(arch: str, targets: list[str], repeat: int, env: dict, work: Path) -> list[dict]:
+def measure(arch: str, targets: list[str], repeat: int, runs: int, env: dict,
+            work: Path) -> list[dict]:
     py = sys.executable
     ckpt = work / f"{arch}.pt"
     params = int(run([py, "-c", _MAKE_CHECKPOINT, arch, str(ckpt)], env)[2])
@@ -99,8 +102,9 @@ def measure(arch: str, targets: list[str], repeat: int, env: dict, work: Path) -
     rows = []
     for target in targets:
         out = work / f"{arch}-{target}"
-        wall, peak, _ = run([py, "-m", "snncc", "compile", str(ckpt), "--arch", arch,
-                             "--target", target, "-o", str(out)], env)
+        each = [run([py, "-m", "snncc", "compile", str(ckpt), "--arch", arch, "--target",
+                     target, "-o", str(out)], env)[:2] for _ in range(runs)]
+        wall, peak = (statistics.median(v) for v in zip(*each))
         rows.append({"arch": arch, "params": params, "target": target, "ckpt": size,
                      "forward": forward, "start": start,
                      "wall": wall, "above": peak - base, "base": base})
@@ -157,6 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", nargs="+", default=ARCHS)
     ap.add_argument("--targets", nargs="+", default=TARGETS, choices=TARGETS)
     ap.add_argument("--repeat", type=int, default=3, help="eager forwards (best of)")
+    ap.add_argument("--runs", type=int, default=3, help="compiles per target (median of)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--append", help="append the results as a Markdown section to this file")
     ap.add_argument("--plot", help="write the scaling plot (PNG) here")
@@ -164,12 +169,13 @@ def main(argv=None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as tmp:
         rows = [r for arch in args.arch
-                for r in measure(arch, args.targets, args.repeat, env, Path(tmp))]
+                for r in measure(arch, args.targets, args.repeat, args.runs, env, Path(tmp))]
     text = section(
         "Compile: time and peak memory vs checkpoint size and eager forward", "bench_compile.py",
         argv, f"{args.threads} torch threads; {platform.machine()}, {os.cpu_count()} cores "
-        f"(load average {load_average():.1f}). Peak RSS of each `snncc compile` process above "
-        f"the baseline (interpreter with torch and snncc imported).", table(rows))
+        f"(load average {load_average():.1f}). Median of {args.runs} `snncc compile` processes "
+        f"per target: wall time, and peak RSS above the baseline (interpreter with torch and "
+        f"snncc imported).", table(rows))
     print(text)
     if args.plot:
         plot(rows, args.plot)

@@ -19,12 +19,12 @@ spatial axes alone; convolutions, linear layers and matmuls use their closed-for
 
 from __future__ import annotations
 
-import math
+import operator
 
 import torch
 from torch.utils._pytree import tree_map
 
-__all__ = ["ShapedTensor", "shaped_like", "release_fake_mode"]
+__all__ = ["ShapedTensor", "shaped_like", "release_fake_mode", "on_broadcast_constants"]
 
 
 class ShapedTensor(torch.Tensor):
@@ -116,8 +116,48 @@ def _wrap(out):
     return tree_map(lambda o: shaped_like(o) if isinstance(o, torch.Tensor) else o, out)
 
 
-def _one_per_axis(a: ShapedTensor) -> torch.Tensor:
+def _broadcast(*shapes) -> tuple[int, ...]:
+    """Broadcasting's result shape (``torch.broadcast_shapes`` imports sympy, 0.3 s)."""
+    out = [1] * max((len(s) for s in shapes), default=0)
+    for shape in shapes:
+        for i, n in enumerate(reversed(tuple(shape)), 1):
+            if n != out[-i] and out[-i] != 1 and n != 1:
+                raise ValueError(f"shapes {shapes} do not broadcast")
+            out[-i] = n if out[-i] == 1 else out[-i]
+    return tuple(out)
+
+
+def _one_per_axis(a: torch.Tensor) -> torch.Tensor:
     return torch.zeros((1,) * a.dim(), dtype=a.dtype, device=a.device)
+
+
+def on_broadcast_constants(func, args, kwargs):
+    """An elementwise op on real tensors of which some are broadcast (stride 0) along their
+    leading axes (constants repeated over time and batch, as the tracer holds them), computed
+    on one slice and broadcast back: the op's values without computing or allocating the
+    copies. None when ``func`` is not elementwise or nothing is broadcast."""
+    func = _OPERATORS.get(func, func)
+    ts = _tensors((args, kwargs))
+    if _RULES.get(func) is not _elementwise or not ts \
+            or any(isinstance(t, ShapedTensor) for t in ts):
+        return None
+    nd = max(t.dim() for t in ts)
+    if any(t.dim() not in (0, nd) for t in ts):
+        return None
+    shape = _broadcast(*(t.shape for t in ts))
+    axes = [i for i in range(min(2, nd)) if shape[i] > 1 and
+            all(t.dim() == 0 or t.shape[i] == 1 or t.stride(i) == 0 for t in ts)]
+    if not axes:
+        return None
+
+    def one_slice(a):
+        if isinstance(a, torch.Tensor) and a.dim():
+            for i in axes:
+                a = a.narrow(i, 0, 1)
+        return a
+    args, kwargs = tree_map(one_slice, (args, kwargs))
+    out = func(*args, **kwargs)
+    return out.expand(shape) if isinstance(out, torch.Tensor) else None
 
 
 def _zero_strided(a: ShapedTensor) -> torch.Tensor:
@@ -128,14 +168,15 @@ def _elementwise(func, args, kwargs):
     """Broadcasting ops: the result dtype (and device) from the op on one-element stand-ins,
     the shape from broadcasting the operands'."""
     shapes = [t.shape for t in _tensors((args, kwargs))]
-    with torch._C.DisableTorchFunctionSubclass():
-        args, kwargs = _map_shaped((args, kwargs), _one_per_axis)
+    with torch._C.DisableTorchFunctionSubclass():  # real operands too: a broadcast constant
+        args, kwargs = tree_map(lambda a: _one_per_axis(a) if isinstance(a, torch.Tensor)
+                                else a, (args, kwargs))
         out = func(*args, **kwargs)
     if out is NotImplemented:  # x == None: Python decides
         return out
     if not isinstance(out, torch.Tensor):
         return _DECLINE
-    return ShapedTensor(torch.broadcast_shapes(*shapes), out.dtype, out.device)
+    return ShapedTensor(_broadcast(*shapes), out.dtype, out.device)
 
 
 def _in_place(func, args, kwargs):
@@ -260,7 +301,7 @@ def _matmul(func, args, kwargs):
     a, b = args
     if not _same_dtypes(a, b) or a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
         return _DECLINE
-    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    batch = _broadcast(a.shape[:-2], b.shape[:-2])
     return ShapedTensor((*batch, a.shape[-2], b.shape[-1]), a.dtype, a.device)
 
 
@@ -410,4 +451,8 @@ def _rules() -> dict:
 
 
 _RULES = _rules()
+#: the Python operators fx records (``a * b``), as the tensor methods they call
+_OPERATORS = {getattr(operator, name): getattr(T_, f"__{name.rstrip('_')}__") for name in
+              ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "abs", "ge", "gt",
+               "le", "lt", "eq", "ne", "and_", "or_", "xor", "invert", "pos")}
 _SHAPE_OF_OTHER = frozenset({T_.view_as, T_.expand_as, T_.reshape_as})

@@ -54,7 +54,7 @@ from snncc.limits import return_freed_memory
 
 from .adapters import STEP_MULTI, Adapter, NeuronCircuit, adapter_for
 from .adapters import reset_state
-from .shaped import ShapedTensor, release_fake_mode, shaped_like
+from .shaped import ShapedTensor, on_broadcast_constants, release_fake_mode, shaped_like
 
 STATIC, SEQ, READOUT = "static", "seq", "readout"
 TB, BT, TBM, B, B1 = ("T", "B"), ("B", "T"), ("TB",), ("B",), ("1", "B")
@@ -228,9 +228,12 @@ class _ConcreteTracer(fx.Tracer):
             if shaped and (isinstance(m, _SHAPE_PRESERVING) or _multi_step_neuron(m)):
                 return shaped_like(args[0])  # a BN runs ~20 ops, a neuron ~10 T
             return m(*args, **kwargs)
-        if kind == "call_method":
-            return getattr(args[0], target)(*args[1:], **kwargs)
-        return target(*args, **kwargs)
+        func = getattr(type(args[0]), target) if kind == "call_method" else target
+        if not shaped:  # an op on constants: those repeated over time and batch computed once
+            value = on_broadcast_constants(func, args, kwargs)
+            if value is not None:
+                return value
+        return func(*args, **kwargs)
 
 
 def _multi_step_neuron(m: nn.Module) -> bool:
@@ -252,7 +255,7 @@ def _compact_constant(v):
     border made from ``ones_like`` of an activation, holds T*B times less while the trace keeps
     it (Meta-SpikeFormer 55M: 136 MB of them)."""
     if (not isinstance(v, torch.Tensor) or isinstance(v, ShapedTensor)
-            or v.layout != torch.strided or v.nbytes < 2**20):
+            or v.layout != torch.strided or v.nbytes < 2**20 or 0 in v.stride()[:2]):
         return v
     base = v
     for axis in range(min(2, v.dim())):
