@@ -50,7 +50,7 @@ from snncc import ir
 from snncc import neuron as cn
 from snncc.errors import IRError, SnnccError, UnsupportedError
 from snncc.graph import Graph
-from snncc.limits import return_freed_memory
+from snncc.limits import freeing_what_it_leaves
 
 from .adapters import STEP_MULTI, Adapter, NeuronCircuit, adapter_for
 from .adapters import reset_state
@@ -1453,9 +1453,8 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
                          f"got {batch}{hint}")
     args = (model, x, T, batch, static, name)
     try:
-        graph = _trace(*args, shaped=True, share_weights=share_weights)
-        return_freed_memory()  # what tracing a large model left: before its passes allocate
-        return graph
+        with freeing_what_it_leaves():  # before the passes allocate
+            return _trace(*args, shaped=True, share_weights=share_weights)
     except (SnnccError, RecursionError, MemoryError):
         raise
     except Exception:  # the model's code needs activation values: compute them

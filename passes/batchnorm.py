@@ -236,7 +236,8 @@ def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
             declined[name] = f"BN {where(bn)}: " + "; ".join(reasons)
             continue
         label, fold, rounding = chosen
-        bns = {k: where(graph[k]) for k in graph.nodes if isinstance(graph[k], ir.BatchNorm)}
+        bns = {k: where(graph[k]) for k in graph.nodes  # named before the fold removes them
+               if rounding and isinstance(graph[k], ir.BatchNorm)}
         names = fold()
         folded[label] += names
         if label != methods[0][0]:

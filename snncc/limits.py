@@ -205,12 +205,24 @@ def require_npy_fits(path) -> None:
     require_fits(need, f"{path}: an array of shape {shape}")
 
 
-def return_freed_memory() -> None:
-    """Collect reference cycles and hand the C heap's free pages back to the system (glibc's
-    ``malloc_trim``; nothing elsewhere). Tracing Meta-SpikeFormer 15M frees about 30 MB in
-    small blocks that glibc keeps otherwise, and the large arrays allocated after it are
-    mmapped, never reusing them: they add to the peak."""
-    gc.collect()
+@contextmanager
+def freeing_what_it_leaves():
+    """Run a block that leaves much garbage (a trace), then collect its reference cycles and
+    hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). Tracing Meta-SpikeFormer 15M frees about 30 MB in small blocks that glibc
+    keeps otherwise, and the large arrays allocated after it are mmapped, never reusing them:
+    they add to the peak. The objects that exist before the block are frozen out of the
+    collection (``gc.freeze``), which then takes 0.02 s instead of 0.1 s, unless the program
+    froze objects itself."""
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
+    try:
+        yield
+        gc.collect()
+    finally:
+        if freeze:
+            gc.unfreeze()
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
