@@ -1,8 +1,11 @@
 """The torch.fx front-end: a PyTorch spiking network and an example input -> snncc IR.
 
 1. **Concrete tracing.** A ``torch.fx`` tracer whose leaves are the spiking neurons, torch's
-   layers and the layers a library's adapter declares leaves runs every op on the example input
-   while it records it. What is library-specific (which modules are neurons, their canonical
+   layers and the layers a library's adapter declares leaves runs every op while it records
+   it: on shaped tensors of the example input's shape (:mod:`.shaped`: shapes and dtypes, no
+   values), or on the example input itself when the model's code reads activation values.
+   Ops on constants only compute real values (they become the graph's constants). What is
+   library-specific (which modules are neurons, their canonical
    parameters, step modes, state) comes from :mod:`snncc.frontends.adapters`; this module knows
    no library. Shape queries (``x.shape``, ``len(x)``, iterating a tensor) return plain Python
    values, so code that reads shapes or loops over time traces (loops unroll).
