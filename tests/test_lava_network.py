@@ -257,3 +257,32 @@ def test_emit_refuses_graphs_it_cannot_map(tmp_path):
     with pytest.raises(UnsupportedError, match=r"bn1 \(BatchNorm\), bn2 \(BatchNorm\)"):
         emit(compiled(bn.verify()), tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_gamma_scaled_convolutions_are_computed_where_used(tmp_path):
+    """A neuron's gamma folded into a convolution's weights is kept as the IR's unscaled
+    weights and the scale (:class:`ChannelScaled`), not as a float64 copy; converted to an
+    array (by the artifact writer and the runner) it is the product."""
+    from snncc.backends.lava.artifact import WEIGHTS
+    from snncc.backends.lava.lower import ChannelScaled
+    from snncc.frontends import tracer, zoo
+    from snncc.passes.latency import require_plan
+    from snncc.pipeline import for_target
+    from snncc.serialize import read_npz
+
+    case = zoo.small("meta-spikeformer", 0)
+    graph = for_target("lava", log=lambda s: None).run(
+        tracer.trace(case.model, case.inputs, T=case.model.T))
+    net = lower(graph, require_plan(graph))
+    scaled = {s.name: s.arrays["weight"] for s in net.processes
+              if isinstance(s.arrays.get("weight"), ChannelScaled)}
+    assert scaled
+    for name, w in scaled.items():
+        assert np.shares_memory(w.array, graph[name].weight)
+        product = w.array * w.scale[:, None, None, None]
+        assert np.asarray(w).dtype == w.dtype == product.dtype and w.shape == product.shape
+        assert np.array_equal(np.asarray(w), product)
+        assert np.array_equal(np.asarray(w, np.float64), product.astype(np.float64))
+    written = read_npz(emit(graph, tmp_path / "lava") / WEIGHTS)
+    for name, w in scaled.items():
+        assert np.array_equal(written[f"{name}/weight"], np.asarray(w))
