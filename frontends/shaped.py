@@ -135,10 +135,12 @@ def on_broadcast_constants(func, args, kwargs):
     """An elementwise op on real tensors of which some are broadcast (stride 0) along their
     leading axes (constants repeated over time and batch, as the tracer holds them), computed
     on one slice and broadcast back: the op's values without computing or allocating the
-    copies. None when ``func`` is not elementwise or nothing is broadcast."""
-    func = _OPERATORS.get(func, func)
+    copies; likewise padding that leaves those axes alone. None when ``func`` is neither or
+    nothing is broadcast."""
+    if func is F.pad:
+        return _pad_broadcast(func, args, kwargs)
     ts = _tensors((args, kwargs))
-    if _RULES.get(func) is not _elementwise or not ts \
+    if _RULES.get(_OPERATORS.get(func, func)) is not _elementwise or not ts \
             or any(isinstance(t, ShapedTensor) for t in ts):
         return None
     nd = max(t.dim() for t in ts)
@@ -158,6 +160,21 @@ def on_broadcast_constants(func, args, kwargs):
     args, kwargs = tree_map(one_slice, (args, kwargs))
     out = func(*args, **kwargs)
     return out.expand(shape) if isinstance(out, torch.Tensor) else None
+
+
+def _pad_broadcast(func, args, kwargs):
+    x = args[0] if args else None
+    if (not isinstance(x, torch.Tensor) or isinstance(x, ShapedTensor) or len(args) < 2
+            or x.dim() < 3 or len(args[1]) // 2 > x.dim() - 2):
+        return None
+    axes = [i for i in range(2) if x.shape[i] > 1 and x.stride(i) == 0]
+    if not axes:
+        return None
+    one = x
+    for i in axes:
+        one = one.narrow(i, 0, 1)
+    out = func(one, *args[1:], **kwargs)
+    return out.expand(tuple(x.shape[i] if i in axes else n for i, n in enumerate(out.shape)))
 
 
 def _zero_strided(a: ShapedTensor) -> torch.Tensor:

@@ -214,9 +214,8 @@ class _ConcreteTracer(fx.Tracer):
         if kind == "placeholder":
             return self._input
         shaped = any(isinstance(a, ShapedTensor) for a in _walk((args, kwargs)))
-        if shaped and target in _CONSTANT_LIKE:
-            args, kwargs = fx.node.map_aggregate((args, kwargs), _real_stand_in)
-            shaped = False
+        if shaped and target in _CONSTANT_LIKE and isinstance(args[0], ShapedTensor):
+            return _uniform_like(target, args, kwargs)
         self._running += 1
         try:
             return self._run(kind, target, args, kwargs, shaped)
@@ -268,8 +267,14 @@ def _compact_constant(v):
     return v if base is v else base.clone().expand(v.shape)
 
 
-def _real_stand_in(a):
-    return torch.empty(a.shape, dtype=a.dtype) if isinstance(a, ShapedTensor) else a
+def _uniform_like(target, args, kwargs) -> torch.Tensor:
+    """``zeros_like`` / ``ones_like`` / ``full_like`` of a shaped tensor: its uniform value made
+    for one time step and sample and broadcast over the leading (time and batch) axes, so that
+    the constants computed from it are held once (:func:`on_broadcast_constants`)."""
+    x = args[0]
+    lead = min(2, x.dim())
+    one = torch.empty((1,) * lead + tuple(x.shape[lead:]), dtype=x.dtype, device=x.device)
+    return target(one, *args[1:], **kwargs).expand(x.shape)
 
 
 def _fetch(root: nn.Module, target: str):
