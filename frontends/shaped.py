@@ -140,7 +140,7 @@ def on_broadcast_constants(func, args, kwargs):
     if func is F.pad:
         return _pad_broadcast(func, args, kwargs)
     ts = _tensors((args, kwargs))
-    if _RULES.get(_OPERATORS.get(func, func)) is not _elementwise or not ts \
+    if _OPERATORS.get(func, func) not in _POINTWISE or not ts \
             or any(isinstance(t, ShapedTensor) for t in ts):
         return None
     nd = max(t.dim() for t in ts)
@@ -428,8 +428,10 @@ def _rules() -> dict:
     add(T_.data.__get__, _elementwise)
     add(T_.T.__get__, _on_zero_strided)
     add(T_.mT.__get__, _on_zero_strided)
-    for f in (F.relu, F.sigmoid, F.hardtanh, F.leaky_relu, F.gelu, F.silu, F.dropout,
-              F.dropout1d, F.dropout2d, F.dropout3d):
+    for f in (F.relu, F.sigmoid, F.hardtanh, F.leaky_relu, F.gelu, F.silu):
+        add(f, _elementwise)
+    pointwise = frozenset(f for f, rule in rules.items() if rule is _elementwise)
+    for f in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
         add(f, _elementwise)
     for name in _VIEWS:
         add(getattr(torch, name, None), _on_zero_strided)
@@ -464,10 +466,12 @@ def _rules() -> dict:
     add(torch.concat, _concatenate(stack=False))
     add(torch.stack, _concatenate(stack=True))
     add(T_.repeat, _repeat)
-    return rules
+    return rules, pointwise
 
 
-_RULES = _rules()
+#: the rules; the ops among them that compute each element from the same position of their
+#: operands alone (not softmax or cumsum along an axis, not dropout's random draws)
+_RULES, _POINTWISE = _rules()
 #: the Python operators fx records (``a * b``), as the tensor methods they call
 _OPERATORS = {getattr(operator, name): getattr(T_, f"__{name.rstrip('_')}__") for name in
               ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "abs", "ge", "gt",

@@ -145,6 +145,11 @@ def test_ops_on_constants_broadcast_over_time_and_batch_compute_one_slice():
         assert out.stride(0) == 0 and out.untyped_storage().nbytes() == 5 * 36 * 4
     assert on_broadcast_constants(operator.mul, (border.contiguous(), value), {}) is None
     assert on_broadcast_constants(torch.matmul, (border, border), {}) is None
+    # along a broadcast axis a softmax or a running sum differs from one slice's
+    assert on_broadcast_constants(torch.cumsum, (border, 0), {}) is None
+    assert on_broadcast_constants(F.softmax, (border, 0), {}) is None
+    padded = on_broadcast_constants(F.pad, (border, [1, 1, 2, 0]), {})
+    assert torch.equal(padded, F.pad(border.contiguous(), [1, 1, 2, 0])) and padded.stride(0) == 0
 
 
 def test_ops_outside_the_rules_run_on_fake_tensors():
