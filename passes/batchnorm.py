@@ -55,6 +55,12 @@ weights untouched and no division), then 3, and takes the first exact fold;
 first that applies is taken and the report lists the BN under ``ties_may_differ`` with the
 reason (every folded BN not listed there is exact). A BN none of them applies to stays, with
 its one-line reason in the report.
+
+For a target that computes BNs itself (``Target.computes_batchnorm``: the simulator, ONNX),
+``fold_batchnorm_into_threshold(weight_folds="exact")`` folds into the weights only where that
+rounds nowhere; otherwise the BN stays (typically one on a residual stream, which no neuron
+follows alone). Scaled float32 weights are float64 arrays, twice the checkpoint's memory, and
+the BN computed as such is the model's own arithmetic.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ from __future__ import annotations
 import numpy as np
 
 from snncc import ir
-from snncc.errors import IRError
+from snncc.errors import IRError, PassError
 from snncc.graph import Graph
 from snncc.pipeline import register_pass, report
 
@@ -202,6 +208,17 @@ def _into_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, threshold: bool):
     return rounding, fold
 
 
+def _exact_only(method):
+    """``method``, declining where its fold would round."""
+    def fold_if_exact(graph: Graph, bn: ir.BatchNorm, cons: dict):
+        rounding, fold = method(graph, bn, cons)
+        if rounding:
+            raise Decline(f"into_weights would round ({rounding}); the target computes the BN "
+                          "itself")
+        return rounding, fold
+    return fold_if_exact
+
+
 def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
     """Fold every BN by the first exact method that applies, else the first that applies
     (module doc)."""
@@ -251,14 +268,17 @@ def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
 
 
 @register_pass()
-def fold_batchnorm_into_threshold(graph: Graph) -> Graph:
+def fold_batchnorm_into_threshold(graph: Graph, weight_folds: str = "any") -> Graph:
     """Move each BN into the threshold (or, where dividing would round, the gain) of the neuron
-    it feeds, weights untouched up to sign; else into the weights."""
+    it feeds, weights untouched up to sign; else into the weights (``weight_folds="exact"``:
+    only where that rounds nowhere, else the BN stays)."""
+    if weight_folds not in ("any", "exact"):
+        raise PassError(f"weight_folds must be 'any' or 'exact', got {weight_folds!r}")
     return _fold_all(graph, "fold_batchnorm_into_threshold", (
         ("into_threshold", _into_thresholds),
         ("into_neuron", lambda g, bn, cons: _into_neuron(g, bn, cons, threshold=True)),
         ("into_neuron_gain", lambda g, bn, cons: _into_neuron(g, bn, cons, threshold=False)),
-        ("into_weights", _into_weights)))
+        ("into_weights", _into_weights if weight_folds == "any" else _exact_only(_into_weights))))
 
 
 @register_pass()

@@ -285,8 +285,23 @@ def scaled_synapse(node: ir.Node, w: np.ndarray, shift: np.ndarray) -> ir.Node:
     bias = np.zeros(node.weight.shape[0]) if node.bias is None else node.bias
     new_bias = None if node.bias is None and not np.any(shift) else w * bias + shift
     # unscaled weights stay the same array: a pass never copies weights it does not change
-    weight = node.weight if np.all(w == 1) else node.weight * w.reshape(view)
+    weight = node.weight if np.all(w == 1) else _scaled_weights(node.weight, w.reshape(view))
     return node_with(node, weight=weight, bias=new_bias)
+
+
+def _scaled_weights(weight: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``weight * w``. float32 weights stay float32 where every float32 product is the real one
+    (w is 0 or +-2^k, typically the signs of a fold into thresholds): the float64 products would
+    be the same numbers at twice the memory."""
+    if weight.dtype == np.float32:
+        w32 = w.astype(np.float32)
+        if np.all(w32 == w) and np.all((w == 0) | (np.abs(np.frexp(w)[0]) == 0.5)):
+            scaled = weight * w32
+            # +-1 and 0 cannot round; other powers of two may overflow or lose subnormal bits
+            if np.all(np.isin(w, (-1.0, 0.0, 1.0))) or np.array_equal(
+                    scaled.astype(np.float64), weight.astype(np.float64) * w):
+                return scaled
+    return weight * w
 
 
 def bypass(graph: Graph, name: str) -> None:

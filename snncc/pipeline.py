@@ -114,6 +114,7 @@ def run_passes(graph: Graph, passes: list[str], **kw) -> Graph:
 
 
 QUANTIZE = "quantize_for_loihi2"
+FOLD_INTO_THRESHOLD = "fold_batchnorm_into_threshold"
 
 
 def for_target(target: str, passes: list[str] | None = None, *, fixed_point: bool = False,
@@ -122,13 +123,16 @@ def for_target(target: str, passes: list[str] | None = None, *, fixed_point: boo
     (``snncc.passes.default_pipeline``) unless ``passes`` overrides it, with ``legalize_for``
     told the target. ``fixed_point`` adds ``quantize_for_loihi2`` (calibrated on ``calibrate``
     inputs, default random ones) after legalization, before the target's own timing passes;
-    the target must declare that it runs quantized graphs."""
+    the target must declare that it runs quantized graphs. A float graph for a target that
+    computes BNs itself folds a BN into weights only where that rounds nowhere."""
     from snncc.passes import default_pipeline
 
     from .targets import get_target
 
     names = default_pipeline(target) if passes is None else list(passes)
     options = {"legalize_for": {"target": target}, **kw.pop("options", {})}
+    if get_target(target).computes_batchnorm and not fixed_point:
+        options.setdefault(FOLD_INTO_THRESHOLD, {"weight_folds": "exact"})
     if fixed_point:
         if not get_target(target).fixed_point:
             raise PassError(f"target '{target}' cannot run Loihi 2 fixed point; use sim or lava")

@@ -35,6 +35,9 @@ class Target:
     hardware_report: str = ""  # "module:function", fn(graph) -> report with .format()/.violations
     replaces: str = ""  # file artifacts: "module:NAME" of the files.Ours an output may replace
     meta_reader: str = ""  # "module:function", fn(artifact) -> the graph metadata it records
+    # computes a BN itself, per channel as the model does: a BN that only a weight fold with
+    # rounding would remove stays (no float64 copy of the weights, the model's own arithmetic)
+    computes_batchnorm: bool = False
 
     def graph_meta(self, artifact: Path) -> dict:
         """The graph metadata (``output_layout`` ...) an artifact records, read without its

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from snncc import ir, neuron
-from snncc.errors import UnsupportedError
+from snncc.errors import PassError, UnsupportedError
 from snncc.graph import Graph, node_with
 from snncc.pipeline import PASSES, run_passes
 from snncc.simulator import simulate
 from snncc.targets import TARGETS, Target, register_target
 
 from snncc.passes import default_pipeline  # (importing it registers the passes)
+from snncc.passes.common import scaled_synapse
 
 from conftest import assert_rates_in_range, randomized_bn
 
@@ -238,6 +239,56 @@ def test_bn_not_followed_by_neuron_goes_into_weights(seed):
     x = rng.normal(size=(T, B, 3, 5, 5))
     np.testing.assert_allclose(simulate(h, x).output, simulate(g, x).output, rtol=1e-12,
                                atol=1e-12)
+
+
+def _head_bn(seed: int, bn: dict):
+    """x -> conv (float32 weights) -> BN -> Readout: only a weight fold removes the BN."""
+    rng = np.random.default_rng(seed)
+    g = Graph("head", {"T": T})
+    g.add(ir.Input("x", input_shape=(3, 5, 5)))
+    g.add(ir.Conv2d("conv", ("x",), weight=rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32)))
+    g.add(ir.BatchNorm("bn", ("conv",), "head.bn", **bn))
+    g.add(ir.Readout("mean", ("bn",)))
+    g.add(ir.Output("out", ("mean",)))
+    return g.verify(), rng.normal(size=(T, B, 3, 5, 5))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bn_weight_folds_exact_only_keeps_a_rounding_bn(seed):
+    """weight_folds="exact" (the simulator's and ONNX's pipelines): a weight fold that rounds
+    is not done, the BN stays with its reason and the conv keeps its float32 weights; an exact
+    one (dyadic scale and shift) is done, and its float32 weights stay float32."""
+    rng = np.random.default_rng(seed)
+    g, x = _head_bn(seed, bn_params(rng, 4))
+    h = apply(g, "fold_batchnorm_into_threshold", weight_folds="exact")
+    assert [n.name for n in h.of_type(ir.BatchNorm)] == ["bn"] and h["conv"].weight is g["conv"].weight
+    assert "the target computes the BN itself" in h.meta["reports"][
+        "fold_batchnorm_into_threshold"]["declined"]["bn"]
+    np.testing.assert_array_equal(simulate(h, x).output, simulate(g, x).output)
+    exact = dict(weight=np.array([0.5, -2.0, 1.0, 0.25]), bias=np.array([0.5, 0.0, -1.0, 2.0]),
+                 mean=np.zeros(4), var=np.ones(4), eps=0.0)
+    g, x = _head_bn(seed, exact)
+    h = apply(g, "fold_batchnorm_into_threshold", weight_folds="exact")
+    assert not h.of_type(ir.BatchNorm) and h["conv"].weight.dtype == np.float32
+    np.testing.assert_array_equal(h["conv"].weight, g["conv"].weight.astype(np.float64)
+                                  * exact["weight"][:, None, None, None])
+    np.testing.assert_allclose(simulate(h, x).output, simulate(g, x).output, rtol=1e-12)
+    with pytest.raises(PassError, match="weight_folds"):
+        apply(g, "fold_batchnorm_into_threshold", weight_folds="some")
+
+
+def test_scaled_float32_weights_stay_float32_only_where_exact():
+    """Scaling a float32 synapse per channel: by 0, +-1 or a power of two the float32 products
+    are the real ones and stay float32; any other factor, or a power of two that would leave
+    float32's range, gives the float64 products."""
+    w = np.array([[1.5, -3.0], [2.0 ** -120, 7.0], [0.1, 0.2]], np.float32)
+    conv = ir.Linear("fc", ("x",), weight=w)
+    for factors, dtype in (([1.0, -1.0, 0.0], np.float32), ([4.0, -0.5, 1.0], np.float32),
+                           ([1.0, 2.0 ** -40, 1.0], np.float64), ([3.0, 1.0, 1.0], np.float64)):
+        f = np.array(factors)
+        new = scaled_synapse(conv, f, np.zeros(3)).weight
+        assert new.dtype == dtype, factors
+        np.testing.assert_array_equal(new, w.astype(np.float64) * f[:, None])
 
 
 @pytest.mark.parametrize("seed", SEEDS)

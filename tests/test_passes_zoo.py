@@ -2,9 +2,10 @@
 randomised (10% negative and 5% zero gammas), firing rates 5-95%, T = 4, float64.
 
 - each pass alone: identical spikes at every neuron (seeds 0 and 1);
-- the default pipelines (sim: seeds 0-2, lava: seeds 0-1; the back-ends' own passes are
-  theirs to test): identical spikes, and no BatchNorm, Scale before a neuron or SpikeMatMul
-  left, in the graph and in its printed IR;
+- the default pipelines with the options the CLI gives them (sim: seeds 0-2, lava: seeds 0-1;
+  the back-ends' own passes are theirs to test): identical spikes, no Scale before a neuron or
+  SpikeMatMul left, in the graph and in its printed IR, and no BatchNorm but those the
+  simulator computes itself (a weight fold would round), none of them folded into weights;
 - the attention neuron's ties (input exactly at the threshold) survive the scale merge;
 - the lowered attention's additions, as the simulator counts them, equal the spike-address x
   row-length events counted by a loop.
@@ -21,7 +22,7 @@ from snncc import ir
 from snncc import neuron as nrn
 from snncc.errors import UnsupportedError
 from snncc.passes import default_pipeline
-from snncc.pipeline import PASSES, run_passes
+from snncc.pipeline import PASSES, for_target, run_passes
 from snncc.simulator import simulate
 
 from test_passes import apply, assert_same_spikes, check_additions
@@ -105,14 +106,49 @@ def test_default_pipeline(case, target, seed):
     g, x, ref = traced(*case, seed)
     g = g.copy()
     g.meta["target"] = target
-    h = run_passes(g, [p for p in default_pipeline(target)  # a back-end's passes: its tests
-                       if PASSES[p].fn.__module__.split(".")[-1] in OUR_MODULES],
-                   log=lambda s: None)
-    assert not h.of_type(ir.BatchNorm, ir.SpikeMatMul) and not _scale_before_neuron(h)
+    pm = for_target(target, [p for p in default_pipeline(target)  # a back-end's passes: its tests
+                             if PASSES[p].fn.__module__.split(".")[-1] in OUR_MODULES],
+                    log=lambda s: None)
+    h = pm.run(g)
+    assert not h.of_type(ir.SpikeMatMul) and not _scale_before_neuron(h)
     printed = h.format()
-    for op in ("BatchNorm(", "SpikeMatMul("):
-        assert op not in printed
+    assert "SpikeMatMul(" not in printed
+    folds = h.meta["reports"]["fold_batchnorm_into_threshold" if target == "sim"
+                              else "fold_batchnorm_into_weights"]
+    kept = {n.name for n in h.of_type(ir.BatchNorm)}
+    assert printed.count("BatchNorm(") == len(kept)
+    if target == "sim":  # BN statistics are random: no weight fold is exact
+        assert not folds["into_weights"]
+        assert kept == set(folds["declined"])
+        assert all("the target computes the BN itself" in why for why in folds["declined"].values())
+    else:
+        assert not kept
     assert_same_spikes(g, h, x, ref=ref)
+
+
+def test_the_simulator_keeps_residual_batchnorms_and_the_models_weights():
+    """Meta-SpikeFormer's BNs on the residual stream (no neuron alone after them) would fold
+    into the weights only with rounding: the simulator computes them, and every synapse keeps the
+    traced weights: the very arrays, or (a fold into a threshold of a negative or zero BN
+    scale) each channel's weights times 1, -1 or 0, same dtype; the lava pipeline scales them."""
+    g, x, ref = traced("meta-spikeformer", (), 0)
+    g = g.copy()
+    weights = {n.name: n.weight for n in g.of_type(ir.Conv2d, ir.Conv1d, ir.Linear)}
+    h = for_target("sim").run(g)
+    kept = {n.name for n in h.of_type(ir.BatchNorm)}
+    assert {"block3.0.mlp.fc2_bn", "ConvBlock1_1.0.bn2"} <= kept, kept
+    synapses = [n for n in h.of_type(ir.Conv2d, ir.Conv1d, ir.Linear) if n.name in weights]
+    assert sum(n.weight is weights[n.name] for n in synapses) > len(synapses) // 2
+    for n in synapses:
+        assert n.weight.dtype == weights[n.name].dtype
+        new, old = (w.reshape(len(w), -1) for w in (n.weight, weights[n.name]))
+        assert all(any(np.array_equal(a, s * b) for s in (1, -1, 0))
+                   for a, b in zip(new, old)), n.name
+    assert_same_spikes(g, h, x, ref=ref)
+    lava = for_target("lava").run(traced("meta-spikeformer", (), 0)[0].copy())
+    assert not lava.of_type(ir.BatchNorm)
+    assert any(n.weight is not weights[n.name] for n in lava.of_type(ir.Conv2d, ir.Conv1d)
+               if n.name in weights)
 
 
 @pytest.mark.parametrize("case", [(f, ()) for f in ("spikformer-cifar", "spikformer-imagenet",

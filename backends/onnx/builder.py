@@ -187,14 +187,17 @@ def _avgpool(b: OnnxBuilder, n: ir.AvgPool2d, args, out):
 
 
 def _pad(b: OnnxBuilder, n: ir.Pad, args, out):
-    """Zero padding, then the per-channel fill added on the border (as the simulator does)."""
-    c, h, w = n.shape
+    """Zero padding, then the per-channel fill added on the border (as the simulator does).
+    The border is the fill [C, 1, 1] times a 0/1 mask [H, W] (exact), not a constant of the
+    activation's size in the file (18 MB at 15M)."""
+    _, h, w = n.shape
     left, right, top, bottom = n.pads
-    border = np.ones((1, c, h, w))
-    border[..., top:h - bottom, left:w - right] = 0
-    border = border * np.asarray(n.value).reshape(-1, 1, 1)
+    mask = np.ones((h, w))
+    mask[top:h - bottom, left:w - right] = 0
+    mask = b.const(f"snncc:border[{h},{w},{top},{bottom},{left},{right}]", mask)
+    fill = b.param(n, "value", np.asarray(n.value).reshape(-1, 1, 1))
     padded = b.op("Pad", [args[0], b.ints([0, 0, top, left, 0, 0, bottom, right])])
-    return b.op("Add", [padded, b.param(n, "value", border)], out)
+    return b.op("Add", [padded, b.op("Mul", [fill, mask])], out)
 
 
 def _reshape(b: OnnxBuilder, n: ir.Node, args, out):

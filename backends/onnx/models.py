@@ -352,4 +352,5 @@ def emit_onnx(graph: Graph, out, T: int | None = None, dtype: str = "float64",
                 check_without_weights(parts.model, parts.weights, parts.floats)
             with open(tmp / fname, "xb") as f:
                 write_model(parts.model, parts.weights, f, parts.floats)
+            del parts  # before the next model is built
     return atomic_directory(out, fill, target="onnx")

@@ -12,6 +12,7 @@ TARGET = register_target(Target(
     resets=frozenset({"hard", "soft"}),
     per_neuron_threshold=True,
     per_neuron_decay=True,
+    computes_batchnorm=True,
     default_passes=("eliminate_dead_nodes", "remove_identities"),
     emitter=f"{__package__}.models:emit_onnx",
     suffix="",

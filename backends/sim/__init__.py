@@ -11,6 +11,7 @@ TARGET = register_target(Target(
     resets=frozenset({"hard", "soft"}),
     per_neuron_threshold=True,
     per_neuron_decay=True,
+    computes_batchnorm=True,
     default_passes=(),
     emitter="snncc.serialize:save",
     suffix=".snnir",
