@@ -2,8 +2,9 @@
 PyTorch eager inference of the same model, before and after time folding, in float32 and
 float64 (each against eager in the same dtype), at batch 1 and 32, as ratios in one run.
 
-"Before" is the unrolled model of commit ``BASELINE`` (its ``backends/onnx`` loaded from git
-beside the installed snncc): every layer repeated at each of the T steps. "After" is today's:
+"Before" is the unrolled model of commit ``--baseline`` (its ``backends/onnx`` loaded from git
+beside the installed snncc; default ``BASELINE``, whose model repeats every layer at each of the
+T steps). "After" is today's:
 stateless layers evaluated once over all T steps, time folded into the batch axis. Both run in
 real onnxruntime sessions made by the runner (:func:`snncc.backends.onnx.runner.session`:
 ``--threads`` intra-op threads, ``--optimization`` graph optimisations); PyTorch eager runs with
@@ -49,10 +50,10 @@ def baseline_builder(commit: str):
     pkg = types.ModuleType("snncc._onnx_baseline")
     pkg.__path__ = []
     sys.modules[pkg.__name__] = pkg
-    for name in ("builder", "models"):
+    for name in ("builder", "stream", "models"):  # (stream: models imports it since f9f6dfe)
         mod = module_at(commit, f"backends/onnx/{name}.py", f"{pkg.__name__}.{name}",
                         pkg.__name__)
-        if mod is None:
+        if mod is None and name != "stream":
             return None
     return mod.build_unrolled_model
 
@@ -103,8 +104,8 @@ def measure(label, model, make_input, args, old_build) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | dtype | batch | PyTorch eager | onnxruntime, before (unrolled) | "
-             "onnxruntime, after (time-folded) | eager / after | before / after | max abs "
+    lines = ["| model | dtype | batch | PyTorch eager | onnxruntime, before (baseline commit) | "
+             "onnxruntime, after | eager / after | before / after | max abs "
              "diff to eager | after == before |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -126,10 +127,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--optimization", default="all", choices=list(OPTIMIZATION))
     ap.add_argument("--only", choices=["small", "meta"], help="benchmark one model only")
+    ap.add_argument("--baseline", default=BASELINE,
+                    help=f"the commit of the 'before' column (default {BASELINE})")
     ap.add_argument("--append", help="append the results as a Markdown section to this file")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    old_build = baseline_builder(BASELINE)
+    old_build = baseline_builder(a.baseline)
     rows = []
     for label, model, make_input in chosen(models(a.meta_size), a.only):
         rows.extend(measure(label, model, make_input, a, old_build))
