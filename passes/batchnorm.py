@@ -208,13 +208,12 @@ def _into_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, threshold: bool):
     return rounding, fold
 
 
-def _exact_only(method):
-    """``method``, declining where its fold would round."""
+def _exact_only(label: str, method):
+    """Fold ``method`` (named ``label``), declining where its fold would round."""
     def fold_if_exact(graph: Graph, bn: ir.BatchNorm, cons: dict):
         rounding, fold = method(graph, bn, cons)
         if rounding:
-            raise Decline(f"into_weights would round ({rounding}); the target computes the BN "
-                          "itself")
+            raise Decline(f"{label} would round ({rounding}); the target computes the BN itself")
         return rounding, fold
     return fold_if_exact
 
@@ -278,7 +277,7 @@ def fold_batchnorm_into_threshold(graph: Graph, weight_folds: str = "any") -> Gr
         ("into_threshold", _into_thresholds),
         ("into_neuron", lambda g, bn, cons: _into_neuron(g, bn, cons, threshold=True)),
         ("into_neuron_gain", lambda g, bn, cons: _into_neuron(g, bn, cons, threshold=False)),
-        ("into_weights", _into_weights if weight_folds == "any" else _exact_only(_into_weights))))
+        ("into_weights", _into_weights if weight_folds == "any" else _exact_only("into_weights", _into_weights))))
 
 
 @register_pass()

@@ -295,7 +295,7 @@ def _scaled_weights(weight: np.ndarray, w: np.ndarray) -> np.ndarray:
     be the same numbers at twice the memory."""
     if weight.dtype == np.float32:
         w32 = w.astype(np.float32)
-        if np.all(w32 == w) and np.all((w == 0) | (np.abs(np.frexp(w)[0]) == 0.5)):
+        if np.all(w32 == w) and is_power_of_two(w[w != 0]):
             scaled = weight * w32
             # +-1 and 0 cannot round; other powers of two may overflow or lose subnormal bits
             if np.all(np.isin(w, (-1.0, 0.0, 1.0))) or np.array_equal(

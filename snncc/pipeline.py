@@ -129,12 +129,13 @@ def for_target(target: str, passes: list[str] | None = None, *, fixed_point: boo
 
     from .targets import get_target
 
+    t = get_target(target)
     names = default_pipeline(target) if passes is None else list(passes)
     options = {"legalize_for": {"target": target}, **kw.pop("options", {})}
-    if get_target(target).computes_batchnorm and not fixed_point:
+    if t.computes_batchnorm and not fixed_point:
         options.setdefault(FOLD_INTO_THRESHOLD, {"weight_folds": "exact"})
     if fixed_point:
-        if not get_target(target).fixed_point:
+        if not t.fixed_point:
             raise PassError(f"target '{target}' cannot run Loihi 2 fixed point; use sim or lava")
         if QUANTIZE not in names:
             at = names.index("legalize_for") + 1 if "legalize_for" in names else len(names)
