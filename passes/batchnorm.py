@@ -56,11 +56,17 @@ first that applies is taken and the report lists the BN under ``ties_may_differ`
 reason (every folded BN not listed there is exact). A BN none of them applies to stays, with
 its one-line reason in the report.
 
-For a target that computes BNs itself (``Target.computes_batchnorm``: the simulator, ONNX),
-``fold_batchnorm_into_threshold(weight_folds="exact")`` folds into the weights only where that
-rounds nowhere; otherwise the BN stays (typically one on a residual stream, which no neuron
-follows alone). Scaled float32 weights are float64 arrays, twice the checkpoint's memory, and
-the BN computed as such is the model's own arithmetic.
+**Weight folds left to the target** (``Target.weight_folds``). Scaled float32 weights are
+float64 arrays, twice the checkpoint's memory; a BN that only a rounding weight fold removes
+(typically one on a residual stream, which no neuron follows alone) can stay in the IR beside
+the model's float32 weights:
+
+- ``weight_folds="exact"`` (the simulator, ONNX: they compute a BN per channel as the model
+  does) folds into the weights only where that rounds nowhere; otherwise the BN stays;
+- ``weight_folds="when_written"`` (NIR, Lava: no BN primitive) leaves such a fold to the
+  target's writer, which does this very fold (:func:`~snncc.passes.common.scaled_synapse_arrays`)
+  one layer at a time as it writes; the report lists the BN under ``folded_when_written`` and,
+  as the fold rounds, under ``ties_may_differ``.
 """
 
 from __future__ import annotations
@@ -208,20 +214,30 @@ def _into_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, threshold: bool):
     return rounding, fold
 
 
-def _exact_only(label: str, method):
-    """Fold ``method`` (named ``label``), declining where its fold would round."""
-    def fold_if_exact(graph: Graph, bn: ir.BatchNorm, cons: dict):
+WEIGHT_FOLDS = ("any", "exact", "when_written")
+WHEN_WRITTEN = "folded_when_written"  # the report's list of BNs left to the writer
+
+
+def _weight_folds(label: str, method, weight_folds: str):
+    """The weight fold ``method`` (named ``label``) as ``weight_folds`` wants it (module doc,
+    "Weight folds left to the target"): a fold that would round is declined ("exact"), or
+    leaves the graph as it is ("when_written": no BN is removed, the caller reports it)."""
+    if weight_folds not in WEIGHT_FOLDS:
+        raise PassError(f"weight_folds must be one of {WEIGHT_FOLDS}, got {weight_folds!r}")
+
+    def fold_as_wanted(graph: Graph, bn: ir.BatchNorm, cons: dict):
         rounding, fold = method(graph, bn, cons)
-        if rounding:
+        if rounding and weight_folds == "exact":
             raise Decline(f"{label} would round ({rounding}); the target computes the BN itself")
-        return rounding, fold
-    return fold_if_exact
+        return rounding, (list if rounding and weight_folds == "when_written" else fold)
+    return method if weight_folds == "any" else fold_as_wanted
 
 
 def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
     """Fold every BN by the first exact method that applies, else the first that applies
     (module doc)."""
     folded: dict[str, list[str]] = {label: [] for label, _ in methods}
+    when_written: list[str] = []
     not_first: dict[str, str] = {}
     declined: dict[str, str] = {}
     ties: dict[str, str] = {}
@@ -256,33 +272,44 @@ def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
                if rounding and isinstance(graph[k], ir.BatchNorm)}
         names = fold()
         folded[label] += names
+        if not names:  # the fold is left to the target's writer
+            when_written.append(name)
         if label != methods[0][0]:
             not_first[name] = f"BN {where(bn)}: {reasons[0]}"
-        for k in names if rounding else ():
+        for k in (names or [name]) if rounding else ():
             ties[k] = (f"BN {bns[k]}: {rounding}; spikes can differ from the unfolded network "
                        "where the membrane equals the threshold exactly")
+    when_written = [k for k in when_written if k in graph]  # not taken by a later region
     report(graph, pass_name, **folded, declined=declined, fallback_reasons=not_first,
-           ties_may_differ=ties)
+           ties_may_differ=ties, **({WHEN_WRITTEN: when_written} if when_written else {}))
     return graph
+
+
+def folds_left_to_writer(graph: Graph) -> list[str]:
+    """The BNs a fold pass left to the target's writer (``weight_folds="when_written"``), still
+    in ``graph``: the writer folds each into the synapse before it as the pass would have."""
+    reports = graph.meta.get("reports", {}).values()
+    names = [k for r in reports if isinstance(r, dict) for k in r.get(WHEN_WRITTEN, ())]
+    return [k for k in dict.fromkeys(names) if isinstance(graph.nodes.get(k), ir.BatchNorm)]
 
 
 @register_pass()
 def fold_batchnorm_into_threshold(graph: Graph, weight_folds: str = "any") -> Graph:
     """Move each BN into the threshold (or, where dividing would round, the gain) of the neuron
-    it feeds, weights untouched up to sign; else into the weights (``weight_folds="exact"``:
-    only where that rounds nowhere, else the BN stays)."""
-    if weight_folds not in ("any", "exact"):
-        raise PassError(f"weight_folds must be 'any' or 'exact', got {weight_folds!r}")
+    it feeds, weights untouched up to sign; else into the weights (``weight_folds``: where
+    that rounds, "exact" keeps the BN and "when_written" leaves the fold to the writer)."""
+    into_weights = _weight_folds("into_weights", _into_weights, weight_folds)
     return _fold_all(graph, "fold_batchnorm_into_threshold", (
         ("into_threshold", _into_thresholds),
         ("into_neuron", lambda g, bn, cons: _into_neuron(g, bn, cons, threshold=True)),
         ("into_neuron_gain", lambda g, bn, cons: _into_neuron(g, bn, cons, threshold=False)),
-        ("into_weights", _into_weights if weight_folds == "any" else _exact_only("into_weights", _into_weights))))
+        ("into_weights", into_weights)))
 
 
 @register_pass()
-def fold_batchnorm_into_weights(graph: Graph) -> Graph:
-    """Fold each BN into the preceding conv/linear weights and bias (thresholds untouched)."""
+def fold_batchnorm_into_weights(graph: Graph, weight_folds: str = "any") -> Graph:
+    """Fold each BN into the preceding conv/linear weights and bias (thresholds untouched);
+    ``weight_folds`` as for :func:`fold_batchnorm_into_threshold`."""
     return _fold_all(graph, "fold_batchnorm_into_weights", (
-        ("into_weights", _into_weights),
+        ("into_weights", _weight_folds("into_weights", _into_weights, weight_folds)),
         ("into_neuron", lambda g, bn, cons: _into_neuron(g, bn, cons, threshold=False))))

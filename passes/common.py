@@ -281,12 +281,40 @@ def scale_region(graph: Graph, neuron: ir.Neuron, branches: list[Branch], k) -> 
 
 def scaled_synapse(node: ir.Node, w: np.ndarray, shift: np.ndarray) -> ir.Node:
     """The synapse computing ``w * (W x + b) + shift`` per output channel."""
+    weight, bias = scaled_synapse_arrays(node, w, shift)
+    return node_with(node, weight=weight, bias=bias)
+
+
+def scaled_synapse_arrays(node: ir.Node, w: np.ndarray, shift: np.ndarray, lazy: bool = False):
+    """The weight and bias (None: none) of :func:`scaled_synapse`. ``lazy``: scaled weights as a
+    :class:`ChannelScaled`, computed when a writer converts them, one layer at a time."""
     view = (-1,) + (1,) * (node.weight.ndim - 1)
     bias = np.zeros(node.weight.shape[0]) if node.bias is None else node.bias
     new_bias = None if node.bias is None and not np.any(shift) else w * bias + shift
     # unscaled weights stay the same array: a pass never copies weights it does not change
-    weight = node.weight if np.all(w == 1) else _scaled_weights(node.weight, w.reshape(view))
-    return node_with(node, weight=weight, bias=new_bias)
+    if np.all(w == 1):
+        return node.weight, new_bias
+    if lazy:
+        return ChannelScaled(node.weight, w), new_bias
+    return _scaled_weights(node.weight, w.reshape(view)), new_bias
+
+
+class ChannelScaled:
+    """``array`` times ``scale`` along axis 0 (per output channel), computed as
+    :func:`scaled_synapse` computes it each time it is converted to an array
+    (``np.asarray``): writers (NIR's, Lava's) compute it as they need it, one weight at a time,
+    instead of holding a float64 copy of every scaled synapse (Meta-SpikeFormer 55M: hundreds
+    of MB)."""
+
+    def __init__(self, array: np.ndarray, scale):
+        self.array, self.scale = array, np.asarray(scale)
+        self.shape, self.ndim, self.size = array.shape, array.ndim, array.size
+
+    def __array__(self, dtype=None, copy=None):
+        view = (-1,) + (1,) * (self.ndim - 1)
+        out = _scaled_weights(self.array, np.broadcast_to(self.scale.reshape(view),
+                                                          (self.shape[0],) + (1,) * (self.ndim - 1)))
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def _scaled_weights(weight: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -114,7 +114,7 @@ def run_passes(graph: Graph, passes: list[str], **kw) -> Graph:
 
 
 QUANTIZE = "quantize_for_loihi2"
-FOLD_INTO_THRESHOLD = "fold_batchnorm_into_threshold"
+BN_FOLDS = ("fold_batchnorm_into_threshold", "fold_batchnorm_into_weights")
 
 
 def for_target(target: str, passes: list[str] | None = None, *, fixed_point: bool = False,
@@ -123,8 +123,8 @@ def for_target(target: str, passes: list[str] | None = None, *, fixed_point: boo
     (``snncc.passes.default_pipeline``) unless ``passes`` overrides it, with ``legalize_for``
     told the target. ``fixed_point`` adds ``quantize_for_loihi2`` (calibrated on ``calibrate``
     inputs, default random ones) after legalization, before the target's own timing passes;
-    the target must declare that it runs quantized graphs. A float graph for a target that
-    computes BNs itself folds a BN into weights only where that rounds nowhere."""
+    the target must declare that it runs quantized graphs. A float graph's BN folds do what the
+    target declares (``Target.weight_folds``) where a weight fold would round."""
     from snncc.passes import default_pipeline
 
     from .targets import get_target
@@ -132,8 +132,9 @@ def for_target(target: str, passes: list[str] | None = None, *, fixed_point: boo
     t = get_target(target)
     names = default_pipeline(target) if passes is None else list(passes)
     options = {"legalize_for": {"target": target}, **kw.pop("options", {})}
-    if t.computes_batchnorm and not fixed_point:
-        options.setdefault(FOLD_INTO_THRESHOLD, {"weight_folds": "exact"})
+    if t.weight_folds != "any" and not fixed_point:
+        for fold in BN_FOLDS:
+            options.setdefault(fold, {"weight_folds": t.weight_folds})
     if fixed_point:
         if not t.fixed_point:
             raise PassError(f"target '{target}' cannot run Loihi 2 fixed point; use sim or lava")

@@ -35,9 +35,11 @@ class Target:
     hardware_report: str = ""  # "module:function", fn(graph) -> report with .format()/.violations
     replaces: str = ""  # file artifacts: "module:NAME" of the files.Ours an output may replace
     meta_reader: str = ""  # "module:function", fn(artifact) -> the graph metadata it records
-    # computes a BN itself, per channel as the model does: a BN that only a weight fold with
-    # rounding would remove stays (no float64 copy of the weights, the model's own arithmetic)
-    computes_batchnorm: bool = False
+    # what the BN folds do where only a weight fold that rounds would remove a BN (the IR then
+    # keeps the model's float32 weights, not float64 products): "any" folds it; "exact" keeps
+    # the BN, which the target computes itself per channel, as the model does; "when_written"
+    # leaves the fold to the target's writer, one layer at a time (passes/batchnorm.py)
+    weight_folds: str = "any"
 
     def graph_meta(self, artifact: Path) -> dict:
         """The graph metadata (``output_layout`` ...) an artifact records, read without its

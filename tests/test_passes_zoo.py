@@ -151,6 +151,56 @@ def test_the_simulator_keeps_residual_batchnorms_and_the_models_weights():
                if n.name in weights)
 
 
+def _nir_parameters(graph) -> dict:
+    """Every float array of a NIR graph (weights, biases, neuron parameters) by (node, field),
+    converted as ``nir.write`` converts it."""
+    out = {}
+    for name, node in graph.nodes.items():
+        for f, v in node.to_dict().items():
+            if f != "metadata" and hasattr(v, "__array__"):
+                a = np.asarray(v)
+                if a.dtype.kind == "f":
+                    out[name, f] = a
+    return out
+
+
+@pytest.mark.parametrize("case", FAMILIES, ids=_id)
+def test_nir_folds_when_written_what_the_pass_would_fold(case, tmp_path):
+    """The nir pipeline leaves a rounding weight fold to the writer (``weight_folds=
+    "when_written"``): the IR keeps the BN and the traced weights, and the file holds the very
+    arrays of a graph the pass folded (same nodes, edges, values and dtypes), the scaled
+    weights computed one layer at a time as ``nir.write`` writes them."""
+    import nir
+
+    from snncc.backends.nir.writer import emit_nir, to_nir_graph
+    from snncc.passes.common import ChannelScaled
+
+    g, _, _ = traced(*case, 0)
+    new = for_target("nir", log=lambda s: None).run(g.copy())
+    old = for_target("nir", log=lambda s: None, options={
+        "fold_batchnorm_into_threshold": {"weight_folds": "any"}}).run(g.copy())
+    report = new.meta["reports"]["fold_batchnorm_into_threshold"]
+    left = report.get("folded_when_written", [])
+    assert {n.name for n in new.of_type(ir.BatchNorm)} == set(left)
+    assert set(left) <= set(report["ties_may_differ"])
+    assert (report["ties_may_differ"].keys()
+            == old.meta["reports"]["fold_batchnorm_into_threshold"]["ties_may_differ"].keys())
+    if case[0] == "meta-spikeformer":
+        assert "block3.0.mlp.fc2_bn" in left
+    written = to_nir_graph(new)
+    lazy = [k for k, v in written.nodes.items() if isinstance(getattr(v, "weight", None),
+                                                              ChannelScaled)]
+    assert len(lazy) == len(left)
+    expected = to_nir_graph(old)
+    assert sorted(written.edges) == sorted(expected.edges)
+    path = emit_nir(new, tmp_path / "m.nir")
+    for graph in (written, nir.read(path, type_check=False)):
+        got, want = _nir_parameters(graph), _nir_parameters(expected)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+
+
 @pytest.mark.parametrize("case", [(f, ()) for f in ("spikformer-cifar", "spikformer-imagenet",
                                                      "spikformer-dvs", "meta-spikeformer")],
                          ids=lambda c: c[0])

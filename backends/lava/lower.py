@@ -45,7 +45,7 @@ from snncc import ir
 from snncc import neuron as nrn
 from snncc.errors import UnsupportedError
 from snncc.graph import Graph
-from snncc.passes.common import compact
+from snncc.passes.common import ChannelScaled, compact
 from snncc.passes.latency import SYNAPSE_OPS, feed_forward_order
 
 WHC = (2, 1, 0)  # (C, H, W) <-> (W, H, C)
@@ -79,23 +79,6 @@ class Port:
     @staticmethod
     def from_json(d: dict) -> "Port":
         return Port(d["process"], d["port"], tuple((k, tuple(a)) for k, a in d["transforms"]))
-
-
-class ChannelScaled:
-    """``array`` times ``scale`` along axis 0 (a neuron's gamma folded into a convolution's
-    output channels), computed each time it is converted to an array (``np.asarray``): the
-    artifact writer and the runner compute it as they need it, one weight at a time, instead
-    of the lowered network holding a float64 copy of every scaled convolution (Meta-SpikeFormer
-    55M: 170 MB)."""
-
-    def __init__(self, array: np.ndarray, scale: np.ndarray):
-        self.array, self.scale = array, np.asarray(scale)
-        self.shape, self.ndim, self.size = array.shape, array.ndim, array.size
-        self.dtype = np.result_type(array, self.scale)
-
-    def __array__(self, dtype=None, copy=None):
-        out = self.array * self.scale.reshape(-1, *[1] * (self.ndim - 1))
-        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 @dataclass

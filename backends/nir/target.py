@@ -21,4 +21,5 @@ TARGET = register_target(Target(
     runner=f"{__package__}.runner:run_nir",
     run_options=frozenset({"dtype", "device"}),
     meta_reader=f"{__package__}.runner:read_meta",
+    weight_folds="when_written",
 ))

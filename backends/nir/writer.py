@@ -10,6 +10,9 @@ Standard mappings (dt from the graph's metadata, default 1e-4; docs/nir.md has t
   Scale -> Scale (factor broadcast to the full shape); Add of same-shape distinct inputs -> a
   Scale of ones that every input edges into (NIR sums a node's incoming edges), marked
   ``snncc.op = "Add"``; Delay(steps) -> Delay(delay = steps * dt).
+* A BatchNorm the BN fold left to the writer (``weight_folds="when_written"``: a weight fold
+  that rounds): the Conv / Linear before it with the BN folded into its weights and bias as
+  the pass folds it, each product computed as ``nir.write`` writes it.
 * Neuron with hard reset and v_init = 0 -> LIF (0 <= alpha < 1; tau, r, v_leak by
   :func:`snncc.neuron.to_nir`) or IF (alpha = 1, beta = 0; r = gamma, NIR's per-step IF);
   '>=' becomes NIR's '>' with ``v_threshold = next_below(theta)`` (float64). The exact
@@ -38,6 +41,9 @@ from snncc import neuron as nrn
 from snncc.errors import UnsupportedError
 from snncc.files import Ours, atomic_write
 from snncc.graph import Graph
+from snncc.passes.batchnorm import folds_left_to_writer
+from snncc.passes.common import (Branch, ChannelScaled, Decline, bn_branch,
+                                  scaled_synapse_arrays)
 
 from .extensions import (PATH, check_nir_types, encode, ir_name, is_extension, meta_array,
                          nir_name, text)
@@ -71,13 +77,16 @@ def parse_compat(compat) -> frozenset[str]:
 
 
 class _Ctx:
-    """What every converter may need: the time step, the consumers to write for, T, and
-    weights rescaled by a fold (norse's AvgPool2d as SumPool2d, its 1/k in the next layer)."""
+    """What every converter may need: the time step, the consumers to write for, T, weights
+    rescaled by a fold (norse's AvgPool2d as SumPool2d, its 1/k in the next layer) and the BNs
+    folded into the synapse before them."""
 
     def __init__(self, dt: float, compat: frozenset, T: int | None):
         self.dt, self.compat, self.T = dt, compat, T
         self.weight_scale: dict[str, float] = {}  # layer -> factor on its weights
         self.sum_pools: set[str] = set()  # AvgPool2d written as SumPool2d
+        self.batchnorm_of: dict[str, Branch] = {}  # synapse -> the BN folded into it
+        self.written_as: dict[str, str] = {}  # folded BN -> the node its readers read
 
     @property
     def float32_consumer(self) -> bool:
@@ -113,10 +122,32 @@ def _is_sum_pool(n: ir.Conv2d) -> bool:
             and n.dilation == (1, 1) and bool(np.all(n.weight == 1.0)))
 
 
-def _scaled_weight(n: ir.Node, w: _Ctx) -> np.ndarray:
-    """The synapse's weights times the factor moved onto them (float64), or the same array."""
+def _fold_batchnorms(graph: Graph, w: _Ctx) -> None:
+    """NIR has no BN: one the pipeline left to the writer (a weight fold that rounds) is written
+    folded into the conv / linear before it."""
+    cons = graph.consumers()
+    for name in folds_left_to_writer(graph):
+        bn = graph[name]
+        try:
+            branch = bn_branch(graph, bn, cons)
+        except Decline:
+            continue
+        w.batchnorm_of[branch.synapse.name] = branch
+        w.written_as[bn.name] = bn.inputs[0]
+
+
+def _synapse_arrays(n: ir.Node, g: Graph, w: _Ctx):
+    """The synapse's weight and bias (zeros for none) as written: with the BN after it folded in
+    and the factor moved onto it, the weights as a :class:`ChannelScaled` that ``nir.write``
+    computes as it writes them (no float64 copy of every layer at once), or the same array."""
+    weight, bias = n.weight, n.bias
+    if n.name in w.batchnorm_of:
+        branch = w.batchnorm_of[n.name]
+        weight, bias = scaled_synapse_arrays(n, branch.a, branch.c, lazy=True)
     scale = w.weight_scale.get(n.name)
-    return n.weight if scale is None else np.asarray(n.weight, np.float64) * scale
+    if scale is not None:  # never with a BN folded in (_fold_sum_pools)
+        weight = ChannelScaled(n.weight, scale)
+    return weight, (np.zeros(n.weight.shape[0]) if bias is None else bias)
 
 
 def _conv(n: ir.Conv2d, g: Graph, w: _Ctx):
@@ -124,8 +155,7 @@ def _conv(n: ir.Conv2d, g: Graph, w: _Ctx):
     if _is_sum_pool(n):
         return nir.SumPool2d(kernel_size=np.array(n.weight.shape[2:]), stride=np.array(n.stride),
                              padding=np.array(n.padding))
-    bias = n.bias if n.bias is not None else np.zeros(n.weight.shape[0])
-    weight = _scaled_weight(n, w)
+    weight, bias = _synapse_arrays(n, g, w)
     if n.op == "Conv1d":
         return nir.Conv1d(input_shape=in_shape[1], weight=weight, stride=n.stride[0],
                           padding=n.padding[0], dilation=n.dilation[0], groups=n.groups,
@@ -136,11 +166,11 @@ def _conv(n: ir.Conv2d, g: Graph, w: _Ctx):
 
 def _linear(n: ir.Linear, g: Graph, w: _Ctx):
     lead = n.shape[:-1]
-    weight = _scaled_weight(n, w)
+    weight, bias = _synapse_arrays(n, g, w)
     weight = np.broadcast_to(weight, (*lead, *weight.shape)).copy() if lead else weight
-    if n.bias is None:
+    if n.bias is None and n.name not in w.batchnorm_of:
         return nir.Linear(weight=weight)
-    return nir.Affine(weight=weight, bias=_full(n.bias, n.shape))
+    return nir.Affine(weight=weight, bias=_full(bias, n.shape))
 
 
 def _avgpool(n: ir.AvgPool2d, g: Graph, w: _Ctx):
@@ -314,7 +344,7 @@ def _fold_sum_pools(graph: Graph, w: _Ctx) -> list[str]:
         elif k & (k - 1):
             why = f"a {k}-element kernel (1/{k} folded into weights is exact only for powers of 2)"
         elif (len(nxt) != 1 or nxt[0].op not in ("Conv2d", "Linear") or _is_sum_pool(nxt[0])
-              or nxt[0].name in w.weight_scale):
+              or nxt[0].name in w.weight_scale or nxt[0].name in w.batchnorm_of):
             why = ("its output does not go into one Conv2d or Linear only (optionally through a "
                    "Flatten), whose weights could take its 1/k")
         else:
@@ -368,14 +398,17 @@ def to_nir_graph(graph: Graph, dt: float | None = None, strict: bool = False,
     graph.verify()
     dt = float(dt if dt is not None else graph.meta.get("dt", nrn.DEFAULT_DT))
     w = _Ctx(dt, parse_compat(compat), graph.meta.get("T"))
+    _fold_batchnorms(graph, w)
     misread = _fold_sum_pools(graph, w) if "norse" in w.compat else []
     if "snntorch" in w.compat and dt != nrn.DEFAULT_DT:
         misread.append(f"dt = {dt:g}: snnTorch's importer assumes dt = {nrn.DEFAULT_DT:g}")
     taken = {nir_name(n) for n in graph.nodes}
     nodes, edges, refused = {}, [], []
     for n in graph.topological_order():
+        if n.name in w.written_as:  # folded into the synapse before it
+            continue
         node, why = _convert(n, graph, w)
-        srcs = [nir_name(i) for i in n.inputs]
+        srcs = [nir_name(w.written_as.get(i, i)) for i in n.inputs]
         if node is None:
             refused.append(f"{_where(n)}: {why}")
             node = encode(n, [graph[i].shape for i in n.inputs], srcs)
