@@ -78,8 +78,8 @@ from snncc.errors import IRError, PassError
 from snncc.graph import Graph
 from snncc.pipeline import register_pass, report
 
-from .common import (LAYOUT, POOLS, Decline, axis_labels, bn_branch, bypass, carry_labels,
-                     divide_membrane, exact_add, exact_div, exact_mul, input_region,
+from .common import (LAYOUT, POOLS, Branch, Decline, axis_labels, bn_branch, bypass,
+                     carry_labels, divide_membrane, exact_add, exact_div, exact_mul, input_region,
                      is_power_of_two, per_label, scale_region, scaled_synapse, unbroadcast,
                      where)
 
@@ -285,12 +285,22 @@ def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
     return graph
 
 
-def folds_left_to_writer(graph: Graph) -> list[str]:
+def folds_left_to_writer(graph: Graph) -> dict[str, Branch]:
     """The BNs a fold pass left to the target's writer (``weight_folds="when_written"``), still
-    in ``graph``: the writer folds each into the synapse before it as the pass would have."""
+    in ``graph``, by the synapse each is folded into as the pass would have folded it
+    (:func:`~snncc.passes.common.scaled_synapse_arrays` of the branch's ``a`` and ``c``)."""
     reports = graph.meta.get("reports", {}).values()
     names = [k for r in reports if isinstance(r, dict) for k in r.get(WHEN_WRITTEN, ())]
-    return [k for k in dict.fromkeys(names) if isinstance(graph.nodes.get(k), ir.BatchNorm)]
+    cons, out = graph.consumers(), {}
+    for k in dict.fromkeys(names):
+        if isinstance(graph.nodes.get(k), ir.BatchNorm):
+            try:
+                b = bn_branch(graph, graph[k], cons)
+            except Decline as why:  # a pass after the fold changed the graph
+                raise PassError(f"BN {where(graph[k])} was left to the writer, but it can no "
+                                f"longer be folded: {why}") from None
+            out[b.synapse.name] = b
+    return out
 
 
 @register_pass()

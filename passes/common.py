@@ -304,7 +304,7 @@ class ChannelScaled:
     :func:`scaled_synapse` computes it each time it is converted to an array
     (``np.asarray``): writers (NIR's, Lava's) compute it as they need it, one weight at a time,
     instead of holding a float64 copy of every scaled synapse (Meta-SpikeFormer 55M: hundreds
-    of MB)."""
+    of MB). ``array`` may be a ChannelScaled itself: the factors apply in order."""
 
     def __init__(self, array: np.ndarray, scale):
         self.array, self.scale = array, np.asarray(scale)
@@ -312,7 +312,7 @@ class ChannelScaled:
 
     def __array__(self, dtype=None, copy=None):
         view = (-1,) + (1,) * (self.ndim - 1)
-        out = _scaled_weights(self.array, np.broadcast_to(self.scale.reshape(view),
+        out = _scaled_weights(np.asarray(self.array), np.broadcast_to(self.scale.reshape(view),
                                                           (self.shape[0],) + (1,) * (self.ndim - 1)))
         return out if dtype is None else out.astype(dtype, copy=False)
 

@@ -34,6 +34,7 @@ from snncc.graph import Graph, node_with
 from snncc.pipeline import register_pass, report
 from snncc.targets import Target, get_target
 
+from .batchnorm import folds_left_to_writer
 from .common import Decline, compact, input_region, scale_region, where
 
 
@@ -100,7 +101,12 @@ def legalize_for(graph: Graph, target: str | None = None, dtype: str = "float64"
     t = get_target(name)
     graph.verify()
     problems, rewritten = [], []
+    # the writer folds these into the synapse before them (Target.weight_folds)
+    left = ({b.bn.name for b in folds_left_to_writer(graph).values()}
+            if t.weight_folds == "when_written" else set())
     for n in graph.topological_order():
+        if n.name in left:
+            continue
         try:
             if isinstance(n, ir.Flatten) and "Flatten" not in t.ops and "Reshape" in t.ops:
                 new = ir.Reshape(n.name, n.inputs, n.path, target=n.shape)

@@ -87,12 +87,12 @@ def _synapses(node: ir.Node, in_shape: tuple[int, ...]) -> int:
     return int(fan_out(node, in_shape).sum())
 
 
-def _weight_violation(node: ir.Node, bits: int) -> str | None:
+def _weight_violation(node: ir.Node, weight: np.ndarray, bits: int) -> str | None:
     """Weights must be what Lava's bit-accurate Dense stores: integer mantissas of ``bits``
     bits in one sign mode times one exponent (:func:`snncc.fixed_point.weight_format`)."""
     from .fixed_point import weight_format
 
-    if weight_format(node.weight) is not None:
+    if weight_format(weight) is not None:
         return None
     return (f"{node.name} ({node.path or node.op}): weights are not {bits}-bit integers with a "
             f"shared exponent (float weights: quantize them, --fixed-point)")
@@ -115,9 +115,17 @@ def _neuron_violations(n: ir.Neuron) -> list[str]:
 
 
 def loihi2_report(graph: Graph, limits: Loihi2Limits = Loihi2Limits()) -> ResourceReport:
-    """Resource estimate and every design-rule violation of ``graph``."""
+    """Resource estimate and every design-rule violation of ``graph``. A BN left to the writer
+    is part of the synapse before it, whose weights are checked as they will be written."""
+    from .passes.batchnorm import folds_left_to_writer
+    from .passes.common import scaled_synapse_arrays
+
     layers, violations = [], []
+    left = folds_left_to_writer(graph)
+    folded_bns = {b.bn.name for b in left.values()}
     for n in graph.topological_order():
+        if n.name in folded_bns:
+            continue
         if isinstance(n, SYNAPTIC_NODES):
             in_shape = graph[n.inputs[0]].shape
             syn = _synapses(n, in_shape)
@@ -132,7 +140,9 @@ def loihi2_report(graph: Graph, limits: Loihi2Limits = Loihi2Limits()) -> Resour
             if n.fan_in() > limits.max_fan_in:
                 violations.append(f"{n.name} ({n.path or n.op}): fan-in {n.fan_in()} exceeds "
                                   f"{limits.max_fan_in} synapses per neuron")
-            v = _weight_violation(n, limits.weight_bits)
+            b = left.get(n.name)
+            v = _weight_violation(n, n.weight if b is None else np.asarray(
+                scaled_synapse_arrays(n, b.a, b.c, lazy=True)[0]), limits.weight_bits)
             if v:
                 violations.append(v)
         elif isinstance(n, NEURON_NODES):

@@ -124,7 +124,8 @@ def for_target(target: str, passes: list[str] | None = None, *, fixed_point: boo
     told the target. ``fixed_point`` adds ``quantize_for_loihi2`` (calibrated on ``calibrate``
     inputs, default random ones) after legalization, before the target's own timing passes;
     the target must declare that it runs quantized graphs. A float graph's BN folds do what the
-    target declares (``Target.weight_folds``) where a weight fold would round."""
+    target declares (``Target.weight_folds``) where a weight fold would round (one that is
+    quantized folds every BN)."""
     from snncc.passes import default_pipeline
 
     from .targets import get_target
@@ -132,8 +133,8 @@ def for_target(target: str, passes: list[str] | None = None, *, fixed_point: boo
     t = get_target(target)
     names = default_pipeline(target) if passes is None else list(passes)
     options = {"legalize_for": {"target": target}, **kw.pop("options", {})}
-    if t.weight_folds != "any" and not fixed_point:
-        for fold in BN_FOLDS:
+    if t.weight_folds != "any" and not fixed_point and QUANTIZE not in names:
+        for fold in BN_FOLDS:  # a quantized graph has every BN folded
             options.setdefault(fold, {"weight_folds": t.weight_folds})
     if fixed_point:
         if not t.fixed_point:

@@ -260,9 +260,10 @@ def test_emit_refuses_graphs_it_cannot_map(tmp_path):
 
 
 def test_gamma_scaled_convolutions_are_computed_where_used(tmp_path):
-    """A neuron's gamma folded into a convolution's weights is kept as the IR's unscaled
-    weights and the scale (:class:`ChannelScaled`), not as a float64 copy; converted to an
-    array (by the artifact writer and the runner) it is the product."""
+    """A neuron's gamma and a BN the pipeline left to the writer, folded into a convolution's
+    weights, are kept as the IR's unscaled weights and the scales (:class:`ChannelScaled`, the
+    BN's inside), not as float64 copies; converted to an array (by the artifact writer and the
+    runner) it is the product, the BN's scale first as the pass would have applied it."""
     from snncc.backends.lava.artifact import WEIGHTS
     from snncc.passes.common import ChannelScaled
     from snncc.frontends import tracer, zoo
@@ -277,9 +278,16 @@ def test_gamma_scaled_convolutions_are_computed_where_used(tmp_path):
     scaled = {s.name: s.arrays["weight"] for s in net.processes
               if isinstance(s.arrays.get("weight"), ChannelScaled)}
     assert scaled
+    assert any(isinstance(w.array, ChannelScaled) for w in scaled.values())  # BN and gamma
     for name, w in scaled.items():
-        assert np.shares_memory(w.array, graph[name].weight)
-        product = w.array.astype(np.float64) * w.scale[:, None, None, None]
+        scales, inner = [], w
+        while isinstance(inner, ChannelScaled):
+            scales.append(inner.scale)
+            inner = inner.array
+        assert np.shares_memory(inner, graph[name].weight)
+        product = inner
+        for scale in reversed(scales):
+            product = product.astype(np.float64) * scale[:, None, None, None]
         # float32 only where every float32 product is the real one, as the passes scale
         assert np.asarray(w).dtype in (np.float32, np.float64) and w.shape == product.shape
         assert np.array_equal(np.asarray(w), product)

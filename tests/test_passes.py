@@ -277,6 +277,41 @@ def test_bn_weight_folds_exact_only_keeps_a_rounding_bn(seed):
         apply(g, "fold_batchnorm_into_threshold", weight_folds="some")
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("pass_name", ["fold_batchnorm_into_threshold",
+                                       "fold_batchnorm_into_weights"])
+def test_bn_weight_folds_when_written_leaves_the_fold_to_the_writer(seed, pass_name):
+    """weight_folds="when_written" (the NIR and Lava pipelines): a weight fold that rounds is
+    left to the writer: the BN stays, listed as left and (as the writer's fold rounds) under
+    ties; the writers' lazy fold is the pass's fold, value for value and dtype; an exact fold
+    is done by the pass."""
+    from snncc.passes.batchnorm import folds_left_to_writer
+    from snncc.passes.common import ChannelScaled, scaled_synapse_arrays
+
+    rng = np.random.default_rng(seed)
+    g, x = _head_bn(seed, bn_params(rng, 4))
+    h = apply(g, pass_name, weight_folds="when_written")
+    rep = h.meta["reports"][pass_name]
+    assert [n.name for n in h.of_type(ir.BatchNorm)] == ["bn"] and h["conv"].weight is g["conv"].weight
+    assert rep["folded_when_written"] == ["bn"] and "bn" in rep["ties_may_differ"]
+    assert not rep["into_weights"] and not rep["declined"]
+    np.testing.assert_array_equal(simulate(h, x).output, simulate(g, x).output)
+    (syn, branch), = folds_left_to_writer(h).items()
+    assert syn == "conv" and branch.bn.name == "bn"
+    weight, bias = scaled_synapse_arrays(h["conv"], branch.a, branch.c, lazy=True)
+    assert isinstance(weight, ChannelScaled) and weight.array is g["conv"].weight
+    folded = apply(g, pass_name)["conv"]
+    assert np.asarray(weight).dtype == folded.weight.dtype
+    np.testing.assert_array_equal(np.asarray(weight), folded.weight)
+    np.testing.assert_array_equal(bias, folded.bias)
+    exact = dict(weight=np.array([0.5, -2.0, 1.0, 0.25]), bias=np.array([0.5, 0.0, -1.0, 2.0]),
+                 mean=np.zeros(4), var=np.ones(4), eps=0.0)
+    g, x = _head_bn(seed, exact)
+    h = apply(g, pass_name, weight_folds="when_written")
+    assert not h.of_type(ir.BatchNorm) and not folds_left_to_writer(h)
+    assert "folded_when_written" not in h.meta["reports"][pass_name]
+
+
 def test_scaled_float32_weights_stay_float32_only_where_exact():
     """Scaling a float32 synapse per channel: by 0, +-1 or a power of two the float32 products
     are the real ones and stay float32; any other factor, or a power of two that would leave

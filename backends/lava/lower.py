@@ -6,6 +6,10 @@ What maps where:
   C_in): Lava convolves, torch correlates; padding/stride/dilation in (W, H) order);
   Linear -> ``Dense`` on a 1-D input, ``Sparse`` with the block-diagonal kron(I, W) when it acts
   on the last axis of a larger tensor. Both deliver one step late; they carry no bias.
+- A BatchNorm the BN fold left to the writer (``weight_folds="when_written"``: a weight fold
+  that rounds) is folded into the synapse before it here: the synapse takes the new bias and
+  its weights are scaled as the artifact writes them (:class:`ChannelScaled`, times a neuron's
+  gamma after it as below); the BN's value is the synapse's, which is no longer observable.
 - Neuron -> ``LIFReset`` (Lava's LIF that re-initialises at a fixed phase of a period) whenever
   :func:`snncc.neuron.to_lava_lif` can express it: gamma folded into the weights of a synapse
   feeding only this neuron (else a Scale process in front), the synapse's bias into
@@ -44,8 +48,9 @@ from snncc import fixed_point as fxp
 from snncc import ir
 from snncc import neuron as nrn
 from snncc.errors import UnsupportedError
-from snncc.graph import Graph
-from snncc.passes.common import ChannelScaled, compact
+from snncc.graph import Graph, node_with
+from snncc.passes.batchnorm import folds_left_to_writer
+from snncc.passes.common import ChannelScaled, bypass, compact, scaled_synapse_arrays
 from snncc.passes.latency import SYNAPSE_OPS, feed_forward_order
 
 WHC = (2, 1, 0)  # (C, H, W) <-> (W, H, C)
@@ -70,7 +75,16 @@ class Port:
     transforms: tuple = ()
 
     def then(self, kind: str, arg) -> "Port":
-        return replace(self, transforms=self.transforms + ((kind, tuple(int(a) for a in arg)),))
+        """This port seen through one more transform; a transpose right after a transpose is
+        one transpose (none if they cancel: a BN between them folded into the synapse)."""
+        arg = tuple(int(a) for a in arg)
+        if kind == "transpose" and self.transforms and self.transforms[-1][0] == "transpose":
+            last = self.transforms[-1][1]
+            both = tuple(last[i] for i in arg)
+            rest = self.transforms[:-1]
+            return replace(self, transforms=rest if both == tuple(range(len(both)))
+                           else rest + (("transpose", both),))
+        return replace(self, transforms=self.transforms + ((kind, arg),))
 
     def to_json(self) -> dict:
         return {"process": self.process, "port": self.port,
@@ -149,8 +163,9 @@ class Lowerer:
     """Walks the graph inputs first, one ``_op_<IR op>`` method per op, each returning the port
     that shows the node's value."""
 
-    def __init__(self, graph: Graph, plan: dict):
+    def __init__(self, graph: Graph, plan: dict, bn_scale: dict | None = None):
         self.g, self.plan = graph, plan
+        self.bn_scale = bn_scale or {}  # synapse -> the scale of a BN folded into it here
         self.depth: dict[str, int] = plan["depth"]
         self.consumers = graph.consumers()
         self.values: dict[str, Port] = {}
@@ -286,7 +301,9 @@ class Lowerer:
         params.update(input_shape=shape_in[::-1], groups=n.groups,
                       num_message_bits=self._message_bits(n))
         lava_w = w.transpose(0, 3, 2, 1)[:, ::-1, ::-1]  # a view: the artifact writes it in C order
-        if scale is not None:  # output channels stay axis 0
+        if n.name in self.bn_scale:  # output channels stay axis 0
+            lava_w = ChannelScaled(lava_w, self.bn_scale[n.name])
+        if scale is not None:
             lava_w = ChannelScaled(lava_w, scale)
         if n.name in self.chip:  # the effective integer weights (Lava's fixed Conv has no exp)
             lava_w = np.asarray(lava_w).astype(np.int64)
@@ -302,7 +319,10 @@ class Lowerer:
     def _op_Linear(self, n: ir.Linear) -> Port:
         """Dense on a vector; on (..., in) the block-diagonal kron(I, W) as Sparse."""
         scale = self._weight_scale(n)
-        w = n.weight if scale is None else n.weight * scale[:, None]
+        w = n.weight
+        if n.name in self.bn_scale:
+            w = np.asarray(ChannelScaled(w, self.bn_scale[n.name]))
+        w = w if scale is None else w * scale[:, None]
         shape_in = self.g[n.inputs[0]].shape
         src = self.source(n, 0)
         if len(shape_in) > 1:
@@ -492,8 +512,43 @@ SUPPORTED_OPS = frozenset(op for op in ir.NODE_TYPES if hasattr(Lowerer, f"_op_{
 def lower(graph: Graph, plan: dict) -> LavaNet:
     """The Lava network of ``graph`` with latency plan ``plan`` (see snncc.passes.latency).
     Fails listing every node whose op has no Lava mapping."""
-    bad = [n for n in graph if n.op not in SUPPORTED_OPS]
+    graph.verify()
+    folded, bn_scale, shown_by = _fold_batchnorms_left_to_writer(graph)
+    bad = [n for n in folded if n.op not in SUPPORTED_OPS]
     if bad:
         raise UnsupportedError("no Lava mapping for " + ", ".join(
             f"{n.name} ({n.op}{', ' + n.path if n.path else ''})" for n in bad), node=graph.name)
-    return Lowerer(graph.verify(), plan).lower()
+    net = Lowerer(folded.verify(), plan, bn_scale).lower()
+    for bn, between in shown_by.items():  # the BN's value is the folded synapse's output
+        port = net.values.pop(between[0], None)
+        for k in between:
+            net.values.pop(k, None)
+        if port is not None:
+            net.values[bn] = port
+        net.shapes[bn] = graph[bn].shape
+    return net
+
+
+def _fold_batchnorms_left_to_writer(graph: Graph):
+    """``graph`` without the BNs left to the writer, each folded into the synapse before it: the
+    synapse's new bias, its unscaled weights (a depth the latency plan gives the BN too, as it
+    is no synapse); returns (that graph, {synapse: BN scale for its weights}, {BN: the nodes
+    from its input up to the synapse, whose IR values the folded synapse no longer shows})."""
+    branches = folds_left_to_writer(graph)
+    if not branches:
+        return graph, {}, {}
+    folded, bn_scale, shown_by = graph.copy(), {}, {}
+    for syn, b in branches.items():
+        weight, bias = scaled_synapse_arrays(b.synapse, b.a, b.c, lazy=True)
+        folded.replace(syn, node_with(b.synapse, bias=bias))
+        if isinstance(weight, ChannelScaled):
+            bn_scale[syn] = weight.scale
+        between, k = [], b.bn.inputs[0]
+        while True:
+            between.append(k)
+            if k == syn:
+                break
+            k = graph[k].inputs[0]
+        shown_by[b.bn.name] = between
+        bypass(folded, b.bn.name)
+    return folded, bn_scale, shown_by

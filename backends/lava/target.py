@@ -24,4 +24,5 @@ TARGET = register_target(Target(
     marker="manifest.json",
     runner="snncc.backends.lava.runner:run",
     hardware_report="snncc.loihi2:loihi2_report",
+    weight_folds="when_written",
 ))

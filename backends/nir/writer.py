@@ -42,8 +42,7 @@ from snncc.errors import UnsupportedError
 from snncc.files import Ours, atomic_write
 from snncc.graph import Graph
 from snncc.passes.batchnorm import folds_left_to_writer
-from snncc.passes.common import (Branch, ChannelScaled, Decline, bn_branch,
-                                  scaled_synapse_arrays)
+from snncc.passes.common import Branch, ChannelScaled, scaled_synapse_arrays
 
 from .extensions import (PATH, check_nir_types, encode, ir_name, is_extension, meta_array,
                          nir_name, text)
@@ -125,15 +124,8 @@ def _is_sum_pool(n: ir.Conv2d) -> bool:
 def _fold_batchnorms(graph: Graph, w: _Ctx) -> None:
     """NIR has no BN: one the pipeline left to the writer (a weight fold that rounds) is written
     folded into the conv / linear before it."""
-    cons = graph.consumers()
-    for name in folds_left_to_writer(graph):
-        bn = graph[name]
-        try:
-            branch = bn_branch(graph, bn, cons)
-        except Decline:
-            continue
-        w.batchnorm_of[branch.synapse.name] = branch
-        w.written_as[bn.name] = bn.inputs[0]
+    w.batchnorm_of = folds_left_to_writer(graph)
+    w.written_as = {b.bn.name: b.bn.inputs[0] for b in w.batchnorm_of.values()}
 
 
 def _synapse_arrays(n: ir.Node, g: Graph, w: _Ctx):
