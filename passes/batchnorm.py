@@ -64,8 +64,8 @@ the model's float32 weights:
 - ``weight_folds="exact"`` (the simulator, ONNX: they compute a BN per channel as the model
   does) folds into the weights only where that rounds nowhere; otherwise the BN stays;
 - ``weight_folds="when_written"`` (NIR, Lava: no BN primitive) leaves such a fold to the
-  target's writer, which does this very fold (:func:`~snncc.passes.common.scaled_synapse_arrays`)
-  one layer at a time as it writes; the report lists the BN under ``folded_when_written`` and,
+  target's writer, which does this very fold (:func:`~snncc.passes.common.folded_synapse_arrays`)
+  one layer at a time as it writes (a BN right after such a BN is left to it too); the report lists the BN under ``folded_when_written`` and,
   as the fold rounds, under ``ties_may_differ``.
 """
 
@@ -221,16 +221,37 @@ WHEN_WRITTEN = "folded_when_written"  # the report's list of BNs left to the wri
 def _weight_folds(label: str, method, weight_folds: str):
     """The weight fold ``method`` (named ``label``) as ``weight_folds`` wants it (module doc,
     "Weight folds left to the target"): a fold that would round is declined ("exact"), or
-    leaves the graph as it is ("when_written": no BN is removed, the caller reports it)."""
+    leaves the graph as it is ("when_written": no BN is removed, the caller reports it; a BN
+    after such a BN is left to the writer too, which folds both in order)."""
     if weight_folds not in WEIGHT_FOLDS:
         raise PassError(f"weight_folds must be one of {WEIGHT_FOLDS}, got {weight_folds!r}")
+    left: set[str] = set()
 
     def fold_as_wanted(graph: Graph, bn: ir.BatchNorm, cons: dict):
-        rounding, fold = method(graph, bn, cons)
+        try:
+            rounding, fold = method(graph, bn, cons)
+        except Decline:
+            if weight_folds != "when_written" or not left:
+                raise
+            b = bn_branch(graph, bn, cons, through=left)  # else Decline as the method did
+            rounding = f"it follows {', '.join(sorted(left & set(_between(graph, b, bn))))}"
+            fold = None
         if rounding and weight_folds == "exact":
             raise Decline(f"{label} would round ({rounding}); the target computes the BN itself")
-        return rounding, (list if rounding and weight_folds == "when_written" else fold)
+        if rounding and weight_folds == "when_written":
+            left.add(bn.name)
+            return rounding, list
+        return rounding, fold
     return method if weight_folds == "any" else fold_as_wanted
+
+
+def _between(graph: Graph, branch: Branch, bn: ir.BatchNorm) -> list[str]:
+    """The nodes from the BN's input up to its synapse."""
+    out, name = [], bn.inputs[0]
+    while name != branch.synapse.name:
+        out.append(name)
+        name = graph[name].inputs[0]
+    return out
 
 
 def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
@@ -285,21 +306,21 @@ def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
     return graph
 
 
-def folds_left_to_writer(graph: Graph) -> dict[str, Branch]:
+def folds_left_to_writer(graph: Graph) -> dict[str, list[Branch]]:
     """The BNs a fold pass left to the target's writer (``weight_folds="when_written"``), still
-    in ``graph``, by the synapse each is folded into as the pass would have folded it
-    (:func:`~snncc.passes.common.scaled_synapse_arrays` of the branch's ``a`` and ``c``)."""
+    in ``graph``, by the synapse they fold into, in the order to fold them
+    (:func:`~snncc.passes.common.folded_synapse_arrays`)."""
     reports = graph.meta.get("reports", {}).values()
     names = [k for r in reports if isinstance(r, dict) for k in r.get(WHEN_WRITTEN, ())]
+    names = [k for k in dict.fromkeys(names) if isinstance(graph.nodes.get(k), ir.BatchNorm)]
     cons, out = graph.consumers(), {}
-    for k in dict.fromkeys(names):
-        if isinstance(graph.nodes.get(k), ir.BatchNorm):
-            try:
-                b = bn_branch(graph, graph[k], cons)
-            except Decline as why:  # a pass after the fold changed the graph
-                raise PassError(f"BN {where(graph[k])} was left to the writer, but it can no "
-                                f"longer be folded: {why}") from None
-            out[b.synapse.name] = b
+    for k in names:  # in the fold's order: a BN after another comes after it
+        try:
+            b = bn_branch(graph, graph[k], cons, through=frozenset(names))
+        except Decline as why:  # a pass after the fold changed the graph
+            raise PassError(f"BN {where(graph[k])} was left to the writer, but it can no "
+                            f"longer be folded: {why}") from None
+        out.setdefault(b.synapse.name, []).append(b)
     return out
 
 

@@ -211,9 +211,10 @@ class Branch:
         return self.synapse.weight.shape[0]
 
 
-def bn_branch(graph: Graph, bn: ir.BatchNorm, cons: dict) -> Branch:
-    """The synapse a BN can be folded into: its input reached through layout nodes that feed
-    only the next node; ``labels`` are at the BN's output."""
+def bn_branch(graph: Graph, bn: ir.BatchNorm, cons: dict, through=frozenset()) -> Branch:
+    """The synapse a BN can be folded into: its input reached through layout nodes (and the BNs
+    named in ``through``, to be folded into it first) that feed only the next node; ``labels``
+    are at the BN's output."""
     chain, name = [], bn.inputs[0]
     reader = bn.name
     while True:
@@ -221,7 +222,7 @@ def bn_branch(graph: Graph, bn: ir.BatchNorm, cons: dict) -> Branch:
         node = graph[name]
         if isinstance(node, SYNAPSES):
             break
-        if not isinstance(node, LAYOUT):
+        if not (isinstance(node, LAYOUT) or name in through):
             raise Decline(f"its input {where(node)} ({node.op}) is not a conv/linear it could "
                           "be folded into")
         chain.append(node)
@@ -281,22 +282,30 @@ def scale_region(graph: Graph, neuron: ir.Neuron, branches: list[Branch], k) -> 
 
 def scaled_synapse(node: ir.Node, w: np.ndarray, shift: np.ndarray) -> ir.Node:
     """The synapse computing ``w * (W x + b) + shift`` per output channel."""
-    weight, bias = scaled_synapse_arrays(node, w, shift)
+    weight, bias = _scaled_arrays(node.weight, node.bias, w, shift, lazy=False)
     return node_with(node, weight=weight, bias=bias)
 
 
-def scaled_synapse_arrays(node: ir.Node, w: np.ndarray, shift: np.ndarray, lazy: bool = False):
-    """The weight and bias (None: none) of :func:`scaled_synapse`. ``lazy``: scaled weights as a
+def folded_synapse_arrays(node: ir.Node, branches: list[Branch]):
+    """The weight and bias (None: none) of ``node`` with the BNs of ``branches`` folded in one
+    after the other, as :func:`scaled_synapse` folds each: the scaled weights as a
     :class:`ChannelScaled`, computed when a writer converts them, one layer at a time."""
-    view = (-1,) + (1,) * (node.weight.ndim - 1)
-    bias = np.zeros(node.weight.shape[0]) if node.bias is None else node.bias
-    new_bias = None if node.bias is None and not np.any(shift) else w * bias + shift
+    weight, bias = node.weight, node.bias
+    for b in branches:
+        weight, bias = _scaled_arrays(weight, bias, b.a, b.c, lazy=True)
+    return weight, bias
+
+
+def _scaled_arrays(weight, bias, w: np.ndarray, shift: np.ndarray, lazy: bool):
+    view = (-1,) + (1,) * (weight.ndim - 1)
+    old_bias = np.zeros(weight.shape[0]) if bias is None else bias
+    new_bias = None if bias is None and not np.any(shift) else w * old_bias + shift
     # unscaled weights stay the same array: a pass never copies weights it does not change
     if np.all(w == 1):
-        return node.weight, new_bias
+        return weight, new_bias
     if lazy:
-        return ChannelScaled(node.weight, w), new_bias
-    return _scaled_weights(node.weight, w.reshape(view)), new_bias
+        return ChannelScaled(weight, w), new_bias
+    return _scaled_weights(weight, w.reshape(view)), new_bias
 
 
 class ChannelScaled:

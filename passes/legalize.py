@@ -102,7 +102,7 @@ def legalize_for(graph: Graph, target: str | None = None, dtype: str = "float64"
     graph.verify()
     problems, rewritten = [], []
     # the writer folds these into the synapse before them (Target.weight_folds)
-    left = ({b.bn.name for b in folds_left_to_writer(graph).values()}
+    left = ({b.bn.name for bs in folds_left_to_writer(graph).values() for b in bs}
             if t.weight_folds == "when_written" else set())
     for n in graph.topological_order():
         if n.name in left:

@@ -118,11 +118,11 @@ def loihi2_report(graph: Graph, limits: Loihi2Limits = Loihi2Limits()) -> Resour
     """Resource estimate and every design-rule violation of ``graph``. A BN left to the writer
     is part of the synapse before it, whose weights are checked as they will be written."""
     from .passes.batchnorm import folds_left_to_writer
-    from .passes.common import scaled_synapse_arrays
+    from .passes.common import folded_synapse_arrays
 
     layers, violations = [], []
     left = folds_left_to_writer(graph)
-    folded_bns = {b.bn.name for b in left.values()}
+    folded_bns = {b.bn.name for bs in left.values() for b in bs}
     for n in graph.topological_order():
         if n.name in folded_bns:
             continue
@@ -140,9 +140,9 @@ def loihi2_report(graph: Graph, limits: Loihi2Limits = Loihi2Limits()) -> Resour
             if n.fan_in() > limits.max_fan_in:
                 violations.append(f"{n.name} ({n.path or n.op}): fan-in {n.fan_in()} exceeds "
                                   f"{limits.max_fan_in} synapses per neuron")
-            b = left.get(n.name)
-            v = _weight_violation(n, n.weight if b is None else np.asarray(
-                scaled_synapse_arrays(n, b.a, b.c, lazy=True)[0]), limits.weight_bits)
+            weight = np.asarray(folded_synapse_arrays(n, left[n.name])[0] if n.name in left
+                                else n.weight)
+            v = _weight_violation(n, weight, limits.weight_bits)
             if v:
                 violations.append(v)
         elif isinstance(n, NEURON_NODES):

@@ -286,7 +286,7 @@ def test_bn_weight_folds_when_written_leaves_the_fold_to_the_writer(seed, pass_n
     ties; the writers' lazy fold is the pass's fold, value for value and dtype; an exact fold
     is done by the pass."""
     from snncc.passes.batchnorm import folds_left_to_writer
-    from snncc.passes.common import ChannelScaled, scaled_synapse_arrays
+    from snncc.passes.common import ChannelScaled, folded_synapse_arrays
 
     rng = np.random.default_rng(seed)
     g, x = _head_bn(seed, bn_params(rng, 4))
@@ -296,9 +296,9 @@ def test_bn_weight_folds_when_written_leaves_the_fold_to_the_writer(seed, pass_n
     assert rep["folded_when_written"] == ["bn"] and "bn" in rep["ties_may_differ"]
     assert not rep["into_weights"] and not rep["declined"]
     np.testing.assert_array_equal(simulate(h, x).output, simulate(g, x).output)
-    (syn, branch), = folds_left_to_writer(h).items()
-    assert syn == "conv" and branch.bn.name == "bn"
-    weight, bias = scaled_synapse_arrays(h["conv"], branch.a, branch.c, lazy=True)
+    (syn, branches), = folds_left_to_writer(h).items()
+    assert syn == "conv" and [b.bn.name for b in branches] == ["bn"]
+    weight, bias = folded_synapse_arrays(h["conv"], branches)
     assert isinstance(weight, ChannelScaled) and weight.array is g["conv"].weight
     folded = apply(g, pass_name)["conv"]
     assert np.asarray(weight).dtype == folded.weight.dtype

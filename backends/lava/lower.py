@@ -50,7 +50,7 @@ from snncc import neuron as nrn
 from snncc.errors import UnsupportedError
 from snncc.graph import Graph, node_with
 from snncc.passes.batchnorm import folds_left_to_writer
-from snncc.passes.common import ChannelScaled, bypass, compact, scaled_synapse_arrays
+from snncc.passes.common import ChannelScaled, bypass, compact, folded_synapse_arrays
 from snncc.passes.latency import SYNAPSE_OPS, feed_forward_order
 
 WHC = (2, 1, 0)  # (C, H, W) <-> (W, H, C)
@@ -165,7 +165,7 @@ class Lowerer:
 
     def __init__(self, graph: Graph, plan: dict, bn_scale: dict | None = None):
         self.g, self.plan = graph, plan
-        self.bn_scale = bn_scale or {}  # synapse -> the scale of a BN folded into it here
+        self.bn_scale = bn_scale or {}  # synapse -> its weights as the BNs folded here scale them
         self.depth: dict[str, int] = plan["depth"]
         self.consumers = graph.consumers()
         self.values: dict[str, Port] = {}
@@ -301,8 +301,8 @@ class Lowerer:
         params.update(input_shape=shape_in[::-1], groups=n.groups,
                       num_message_bits=self._message_bits(n))
         lava_w = w.transpose(0, 3, 2, 1)[:, ::-1, ::-1]  # a view: the artifact writes it in C order
-        if n.name in self.bn_scale:  # output channels stay axis 0
-            lava_w = ChannelScaled(lava_w, self.bn_scale[n.name])
+        for s in self.bn_scale.get(n.name, ()):  # output channels stay axis 0
+            lava_w = ChannelScaled(lava_w, s)
         if scale is not None:
             lava_w = ChannelScaled(lava_w, scale)
         if n.name in self.chip:  # the effective integer weights (Lava's fixed Conv has no exp)
@@ -320,9 +320,9 @@ class Lowerer:
         """Dense on a vector; on (..., in) the block-diagonal kron(I, W) as Sparse."""
         scale = self._weight_scale(n)
         w = n.weight
-        if n.name in self.bn_scale:
-            w = np.asarray(ChannelScaled(w, self.bn_scale[n.name]))
-        w = w if scale is None else w * scale[:, None]
+        for s in self.bn_scale.get(n.name, ()):
+            w = ChannelScaled(w, s)
+        w = np.asarray(w) if scale is None else np.asarray(w) * scale[:, None]
         shape_in = self.g[n.inputs[0]].shape
         src = self.source(n, 0)
         if len(shape_in) > 1:
@@ -534,21 +534,25 @@ def _fold_batchnorms_left_to_writer(graph: Graph):
     synapse's new bias, its unscaled weights (a depth the latency plan gives the BN too, as it
     is no synapse); returns (that graph, {synapse: BN scale for its weights}, {BN: the nodes
     from its input up to the synapse, whose IR values the folded synapse no longer shows})."""
-    branches = folds_left_to_writer(graph)
-    if not branches:
+    left = folds_left_to_writer(graph)
+    if not left:
         return graph, {}, {}
     folded, bn_scale, shown_by = graph.copy(), {}, {}
-    for syn, b in branches.items():
-        weight, bias = scaled_synapse_arrays(b.synapse, b.a, b.c, lazy=True)
-        folded.replace(syn, node_with(b.synapse, bias=bias))
-        if isinstance(weight, ChannelScaled):
-            bn_scale[syn] = weight.scale
-        between, k = [], b.bn.inputs[0]
-        while True:
-            between.append(k)
-            if k == syn:
-                break
-            k = graph[k].inputs[0]
-        shown_by[b.bn.name] = between
-        bypass(folded, b.bn.name)
+    for syn, branches in left.items():
+        weight, bias = folded_synapse_arrays(graph[syn], branches)
+        folded.replace(syn, node_with(graph[syn], bias=bias))
+        scales = []
+        while isinstance(weight, ChannelScaled):  # the innermost factor first
+            scales.insert(0, weight.scale)
+            weight = weight.array
+        bn_scale[syn] = scales
+        for b in branches:
+            between, k = [], b.bn.inputs[0]
+            while True:
+                between.append(k)
+                if k == syn:
+                    break
+                k = graph[k].inputs[0]
+            shown_by[b.bn.name] = between
+            bypass(folded, b.bn.name)
     return folded, bn_scale, shown_by

@@ -42,7 +42,7 @@ from snncc.errors import UnsupportedError
 from snncc.files import Ours, atomic_write
 from snncc.graph import Graph
 from snncc.passes.batchnorm import folds_left_to_writer
-from snncc.passes.common import Branch, ChannelScaled, scaled_synapse_arrays
+from snncc.passes.common import Branch, ChannelScaled, folded_synapse_arrays
 
 from .extensions import (PATH, check_nir_types, encode, ir_name, is_extension, meta_array,
                          nir_name, text)
@@ -84,7 +84,7 @@ class _Ctx:
         self.dt, self.compat, self.T = dt, compat, T
         self.weight_scale: dict[str, float] = {}  # layer -> factor on its weights
         self.sum_pools: set[str] = set()  # AvgPool2d written as SumPool2d
-        self.batchnorm_of: dict[str, Branch] = {}  # synapse -> the BN folded into it
+        self.batchnorm_of: dict[str, list[Branch]] = {}  # synapse -> the BNs folded into it
         self.written_as: dict[str, str] = {}  # folded BN -> the node its readers read
 
     @property
@@ -125,7 +125,14 @@ def _fold_batchnorms(graph: Graph, w: _Ctx) -> None:
     """NIR has no BN: one the pipeline left to the writer (a weight fold that rounds) is written
     folded into the conv / linear before it."""
     w.batchnorm_of = folds_left_to_writer(graph)
-    w.written_as = {b.bn.name: b.bn.inputs[0] for b in w.batchnorm_of.values()}
+    w.written_as = {b.bn.name: b.bn.inputs[0] for bs in w.batchnorm_of.values() for b in bs}
+
+
+def _written(name: str, w: _Ctx) -> str:
+    """The node written for ``name``: the node before a folded BN (before a chain of them)."""
+    while name in w.written_as:
+        name = w.written_as[name]
+    return name
 
 
 def _synapse_arrays(n: ir.Node, g: Graph, w: _Ctx):
@@ -134,8 +141,7 @@ def _synapse_arrays(n: ir.Node, g: Graph, w: _Ctx):
     computes as it writes them (no float64 copy of every layer at once), or the same array."""
     weight, bias = n.weight, n.bias
     if n.name in w.batchnorm_of:
-        branch = w.batchnorm_of[n.name]
-        weight, bias = scaled_synapse_arrays(n, branch.a, branch.c, lazy=True)
+        weight, bias = folded_synapse_arrays(n, w.batchnorm_of[n.name])
     scale = w.weight_scale.get(n.name)
     if scale is not None:  # never with a BN folded in (_fold_sum_pools)
         weight = ChannelScaled(n.weight, scale)
@@ -400,7 +406,7 @@ def to_nir_graph(graph: Graph, dt: float | None = None, strict: bool = False,
         if n.name in w.written_as:  # folded into the synapse before it
             continue
         node, why = _convert(n, graph, w)
-        srcs = [nir_name(w.written_as.get(i, i)) for i in n.inputs]
+        srcs = [nir_name(_written(i, w)) for i in n.inputs]
         if node is None:
             refused.append(f"{_where(n)}: {why}")
             node = encode(n, [graph[i].shape for i in n.inputs], srcs)
