@@ -64,9 +64,10 @@ the model's float32 weights:
 - ``weight_folds="exact"`` (the simulator, ONNX: they compute a BN per channel as the model
   does) folds into the weights only where that rounds nowhere; otherwise the BN stays;
 - ``weight_folds="when_written"`` (NIR, Lava: no BN primitive) leaves such a fold to the
-  target's writer, which does this very fold (:func:`~snncc.passes.common.folded_synapse_arrays`)
-  one layer at a time as it writes (a BN right after such a BN is left to it too); the report lists the BN under ``folded_when_written`` and,
-  as the fold rounds, under ``ties_may_differ``.
+  target's writer, which does this very fold one layer at a time as it writes
+  (:func:`~snncc.passes.common.folded_synapse_arrays`; a BN right after such a BN is left to
+  it too, and folded after it); the report lists the BN under ``folded_when_written`` and, as
+  the fold rounds, under ``ties_may_differ``.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ from snncc.pipeline import register_pass, report
 
 from .common import (LAYOUT, POOLS, Branch, Decline, axis_labels, bn_branch, bypass,
                      carry_labels, divide_membrane, exact_add, exact_div, exact_mul, input_region,
-                     is_power_of_two, per_label, scale_region, scaled_synapse, unbroadcast,
-                     where)
+                     is_power_of_two, nodes_between, per_label, scale_region, scaled_synapse,
+                     unbroadcast, where)
 
 
 def _downstream_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, through_add: bool):
@@ -230,12 +231,15 @@ def _weight_folds(label: str, method, weight_folds: str):
     def fold_as_wanted(graph: Graph, bn: ir.BatchNorm, cons: dict):
         try:
             rounding, fold = method(graph, bn, cons)
-        except Decline:
+        except Decline as declined:
             if weight_folds != "when_written" or not left:
                 raise
-            b = bn_branch(graph, bn, cons, through=left)  # else Decline as the method did
-            rounding = f"it follows {', '.join(sorted(left & set(_between(graph, b, bn))))}"
-            fold = None
+            try:
+                b = bn_branch(graph, bn, cons, through=left)
+            except Decline:
+                raise declined from None
+            left.add(bn.name)
+            return f"it follows {', '.join(sorted(left & set(nodes_between(graph, b))))}", list
         if rounding and weight_folds == "exact":
             raise Decline(f"{label} would round ({rounding}); the target computes the BN itself")
         if rounding and weight_folds == "when_written":
@@ -243,15 +247,6 @@ def _weight_folds(label: str, method, weight_folds: str):
             return rounding, list
         return rounding, fold
     return method if weight_folds == "any" else fold_as_wanted
-
-
-def _between(graph: Graph, branch: Branch, bn: ir.BatchNorm) -> list[str]:
-    """The nodes from the BN's input up to its synapse."""
-    out, name = [], bn.inputs[0]
-    while name != branch.synapse.name:
-        out.append(name)
-        name = graph[name].inputs[0]
-    return out
 
 
 def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:

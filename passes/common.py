@@ -236,6 +236,15 @@ def bn_branch(graph: Graph, bn: ir.BatchNorm, cons: dict, through=frozenset()) -
     return Branch(node, bn, a[bn_of], c[bn_of], labels)
 
 
+def nodes_between(graph: Graph, branch: Branch) -> list[str]:
+    """The nodes from the branch's BN's input up to its synapse, the synapse not included."""
+    out, name = [], branch.bn.inputs[0]
+    while name != branch.synapse.name:
+        out.append(name)
+        name = graph[name].inputs[0]
+    return out
+
+
 def input_region(graph: Graph, neuron: ir.Neuron, cons: dict) -> list[Branch]:
     """The branches of the linear region feeding ``neuron`` (module doc), labels at the
     neuron; declines naming the first node that does not fit."""

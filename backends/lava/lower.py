@@ -50,7 +50,8 @@ from snncc import neuron as nrn
 from snncc.errors import UnsupportedError
 from snncc.graph import Graph, node_with
 from snncc.passes.batchnorm import folds_left_to_writer
-from snncc.passes.common import ChannelScaled, bypass, compact, folded_synapse_arrays
+from snncc.passes.common import (ChannelScaled, bypass, compact, folded_synapse_arrays,
+                                  nodes_between)
 from snncc.passes.latency import SYNAPSE_OPS, feed_forward_order
 
 WHC = (2, 1, 0)  # (C, H, W) <-> (W, H, C)
@@ -532,8 +533,9 @@ def lower(graph: Graph, plan: dict) -> LavaNet:
 def _fold_batchnorms_left_to_writer(graph: Graph):
     """``graph`` without the BNs left to the writer, each folded into the synapse before it: the
     synapse's new bias, its unscaled weights (a depth the latency plan gives the BN too, as it
-    is no synapse); returns (that graph, {synapse: BN scale for its weights}, {BN: the nodes
-    from its input up to the synapse, whose IR values the folded synapse no longer shows})."""
+    is no synapse); returns (that graph, {synapse: the BN scales for its weights, in order},
+    {BN: the nodes from its input up to the synapse, whose IR values the folded synapse no
+    longer shows})."""
     left = folds_left_to_writer(graph)
     if not left:
         return graph, {}, {}
@@ -547,12 +549,6 @@ def _fold_batchnorms_left_to_writer(graph: Graph):
             weight = weight.array
         bn_scale[syn] = scales
         for b in branches:
-            between, k = [], b.bn.inputs[0]
-            while True:
-                between.append(k)
-                if k == syn:
-                    break
-                k = graph[k].inputs[0]
-            shown_by[b.bn.name] = between
+            shown_by[b.bn.name] = [*nodes_between(graph, b), syn]
             bypass(folded, b.bn.name)
     return folded, bn_scale, shown_by

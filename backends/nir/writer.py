@@ -135,7 +135,7 @@ def _written(name: str, w: _Ctx) -> str:
     return name
 
 
-def _synapse_arrays(n: ir.Node, g: Graph, w: _Ctx):
+def _synapse_arrays(n: ir.Node, w: _Ctx):
     """The synapse's weight and bias (zeros for none) as written: with the BN after it folded in
     and the factor moved onto it, the weights as a :class:`ChannelScaled` that ``nir.write``
     computes as it writes them (no float64 copy of every layer at once), or the same array."""
@@ -153,7 +153,7 @@ def _conv(n: ir.Conv2d, g: Graph, w: _Ctx):
     if _is_sum_pool(n):
         return nir.SumPool2d(kernel_size=np.array(n.weight.shape[2:]), stride=np.array(n.stride),
                              padding=np.array(n.padding))
-    weight, bias = _synapse_arrays(n, g, w)
+    weight, bias = _synapse_arrays(n, w)
     if n.op == "Conv1d":
         return nir.Conv1d(input_shape=in_shape[1], weight=weight, stride=n.stride[0],
                           padding=n.padding[0], dilation=n.dilation[0], groups=n.groups,
@@ -164,7 +164,7 @@ def _conv(n: ir.Conv2d, g: Graph, w: _Ctx):
 
 def _linear(n: ir.Linear, g: Graph, w: _Ctx):
     lead = n.shape[:-1]
-    weight, bias = _synapse_arrays(n, g, w)
+    weight, bias = _synapse_arrays(n, w)
     weight = np.broadcast_to(weight, (*lead, *weight.shape)).copy() if lead else weight
     if n.bias is None and n.name not in w.batchnorm_of:
         return nir.Linear(weight=weight)
