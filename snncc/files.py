@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FormatError, OutputError
+from .ir import all_finite
 
 MARKER = "snncc-artifact.json"
 _TMP = ".snncc-tmp-"
@@ -327,6 +328,6 @@ def load_array(path: str | Path) -> np.ndarray:
         raise FormatError(f"{path}: expected one array (.npy), got an archive")
     if a.dtype.kind not in "biuf":
         raise FormatError(f"{path}: array dtype {a.dtype} is not numeric")
-    if not np.all(np.isfinite(a)):
+    if not all_finite(a):
         raise FormatError(f"{path}: array contains NaN or infinity")
     return a

@@ -126,6 +126,13 @@ def test_nan_weights_and_non_tensors_are_refused(model, tmp_path):
     torch.save({"state_dict": state}, path)
     with pytest.raises(CheckpointError, match="key 'head.weight' contains NaN or infinite"):
         load_state_dict(path)
+    for bad in (float("nan"), float("-inf")):  # anywhere in the tensor, any float dtype
+        for dtype in (torch.float16, torch.float64):
+            state = {k: v.to(dtype) for k, v in model.state_dict().items()}
+            state["head.weight"].view(-1)[-1] = bad
+            torch.save(state, path)
+            with pytest.raises(CheckpointError, match="key 'head.weight' contains NaN"):
+                load_state_dict(path)
     torch.save({"head.weight": torch.ones(2), "head.note": "hello"}, path)
     with pytest.raises(CheckpointError, match="key 'head.note' holds a str, not a tensor"):
         load_state_dict(path)

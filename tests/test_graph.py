@@ -106,6 +106,20 @@ def test_printer_one_line_per_node():
     assert "%lif1 = Neuron(%bn1)" in text[4] and "spike" in text[4]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_refused_wherever_they_are(dtype, bad):
+    """``all_finite`` reads an array's extremes: a NaN or infinity anywhere is found."""
+    for i in (0, 7, 23):
+        w = np.arange(24, dtype=dtype).reshape(4, 6) - 5
+        w.flat[i] = bad
+        assert not ir.all_finite(w)
+        with pytest.raises(IRError, match="NaN or infinity"):
+            ir.Linear("fc", ("x",), weight=w)
+    assert ir.all_finite(np.arange(6, dtype=dtype)) and ir.all_finite(np.zeros(0, dtype))
+    assert ir.all_finite(np.arange(6)) and not ir.all_finite(np.array([1 + 1j, np.nan]))
+
+
 def test_bad_parameters_refused_at_construction():
     with pytest.raises(IRError, match="NaN"):
         ir.Linear("fc", ("x",), weight=np.array([[np.nan]]))
