@@ -401,26 +401,63 @@ def test_nir_1_0_4_reads_compat_files(conv_nets, name, tmp_path):
 
 @pytest.mark.parametrize("name", GRAPHS)
 def test_writer_dictionary_is_nirs_own_without_copies(name):
-    """The writer hands nir.write NIR's own to_dict (Input/Output/Flatten fields, nested
-    extension graphs) with the node arrays themselves, not NIR's deep copies; the per-neuron
-    spreads stay ndarrays (compressed), the rest raw."""
-    from snncc.backends.nir.writer import _Raw, _Shared, to_nir_graph
+    """The writer writes NIR's own to_dict (Input/Output/Flatten fields, nested extension
+    graphs) with the node arrays themselves, not NIR's deep copies; the per-neuron parameters
+    are spreads (views with a zero stride), not copies."""
+    from snncc.backends.nir.writer import _shallow_dict, to_nir_graph
 
     g = to_nir_graph(GRAPHS[name](0))
-    ours, theirs = _Shared(g).to_dict(), g.to_dict()
+    ours, theirs = _shallow_dict(g), g.to_dict()
 
-    def same(a, b, node):
+    def same(a, b):
         if isinstance(b, dict):
             assert a.keys() == b.keys()
             for k in b:
-                same(a[k], b[k], node.nodes[k] if isinstance(node, nir.NIRGraph)
-                     and k in node.nodes else node)
+                same(a[k], b[k])
         elif isinstance(b, np.ndarray):
-            arr = a.a if isinstance(a, _Raw) else a
-            assert isinstance(a, _Raw) != (arr.size > 1 and 0 in arr.strides)
-            assert np.array_equal(arr, b) and arr.dtype == b.dtype
+            assert np.array_equal(a, b) and a.dtype == b.dtype
         else:
             assert a == b
-    same(ours, theirs, g)
+    same(ours, theirs)
     lif = next(n for n in g.nodes.values() if isinstance(n, (nir.LIF, nir.IF)))
     assert lif.v_threshold.size > 1 and 0 in lif.v_threshold.strides  # a spread, not a copy
+
+
+def _datasets(path) -> dict:
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda k, o: out.update({k: (o[()], o.compression)})
+                     if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 1000])
+@pytest.mark.parametrize("name", GRAPHS)
+def test_written_file_is_what_nir_write_writes(name, chunk_bytes, tmp_path, monkeypatch):
+    """snncc's writer gives ``nir.write``'s file: the same datasets and groups, values and
+    dtypes, read back by h5py; per-neuron parameters gzip-compressed in chunks (small chunks:
+    many per array, a partial last one, chunks of the same values written once and reused),
+    everything else raw."""
+    from snncc.backends.nir import writer
+
+    monkeypatch.setattr(writer, "CHUNK_BYTES", chunk_bytes)
+    g = writer.to_nir_graph(GRAPHS[name](0))
+    writer._write(tmp_path / "ours.nir", g)
+    nir.write(tmp_path / "theirs.nir", g, compression="gzip", compression_opts=1)
+    ours, theirs = _datasets(tmp_path / "ours.nir"), _datasets(tmp_path / "theirs.nir")
+    assert ours.keys() == theirs.keys()
+    for k, (v, _) in ours.items():
+        w = theirs[k][0]
+        assert np.asarray(v).dtype == np.asarray(w).dtype and np.array_equal(v, w), k
+
+    def spreads(d, path):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from spreads(v, f"{path}/{k}")
+            elif isinstance(v, np.ndarray) and v.size > 1 and 0 in v.strides:
+                yield f"{path}/{k}"
+    spread = set(spreads(writer._shallow_dict(g), "node"))
+    assert spread and {k for k, (_, c) in ours.items() if c == "gzip"} == spread
+    assert all(c is None for k, (_, c) in ours.items() if k not in spread)

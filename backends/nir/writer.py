@@ -479,9 +479,10 @@ def _strip_for_nir_1_0_4(buf: io.BytesIO) -> bytes:
 
 def emit_nir(graph: Graph, out, dt: float | None = None, strict: bool = False,
              compat=None) -> Path:
-    """The ``nir`` target: write ``graph`` as a ``.nir`` file with ``nir.write`` (atomically).
-    ``compat``: consumers to write for (:data:`COMPAT`; docs/nir.md)."""
-    g = _Shared(to_nir_graph(graph, dt, strict, compat))
+    """The ``nir`` target: write ``graph`` as a ``.nir`` file (``nir.write``'s format,
+    :func:`_write`), atomically. ``compat``: consumers to write for (:data:`COMPAT`;
+    docs/nir.md)."""
+    g = to_nir_graph(graph, dt, strict, compat)
     if "nir-1.0.4" not in parse_compat(compat):  # straight into the file: no copy in memory
         return atomic_write(out, lambda f: _write(f, g), replaces=WRITTEN_BY_SNNCC)
     buf = io.BytesIO()
@@ -490,55 +491,95 @@ def emit_nir(graph: Graph, out, dt: float | None = None, strict: bool = False,
     return atomic_write(out, lambda f: f.write(data), replaces=WRITTEN_BY_SNNCC)
 
 
-def _write(f, g) -> None:
-    """``nir.write`` with gzip at level 1: the arrays it compresses are per-neuron parameters
-    spread from per-channel values, which level 1 shrinks as well as the default level 4
-    (55M Meta-SpikeFormer: 413 against 409 MB) much faster (its emit 4.0-4.7 s -> 2.6-3.0 s)."""
-    nir.write(f, g, compression="gzip", compression_opts=1)
+#: Bytes of a compressed chunk of a per-neuron parameter (before compression).
+CHUNK_BYTES = 1 << 20
 
 
-class _Shared:
-    """A NIR graph as ``nir.write`` takes it (it calls only ``to_dict``), whose dictionary
-    refers to the nodes' arrays: NIR's ``NIRNode.to_dict`` is ``dataclasses.asdict``, which
-    deep-copies every array, twice for nested graphs (4x the weights of a 15M-parameter model
-    in memory). Each node's own ``to_dict`` still runs (Input, Output and Flatten add fields),
-    with a field-by-field ``asdict`` in NIR's module while it does."""
+def _write(f, g: nir.NIRGraph) -> None:
+    """The file ``nir.write(f, g)`` writes (a "version" string and ``g.to_dict()`` under
+    "node", datasets and groups alike), written here because of how arrays are stored:
 
-    def __init__(self, graph: nir.NIRGraph):
-        self.graph = graph
+    - weights raw: gzip barely shrinks them (15M Meta-SpikeFormer: 1.8 s and 148 MB against
+      5.3 s and 110 MB with gzip everywhere), and NIR's ``to_dict`` would deep-copy them
+      (:func:`_shallow_dict` does not);
+    - per-neuron parameters, spread from per-channel values (views with a zero stride), with
+      gzip level 1 (about 1000:1; level 4, NIR's default, gives 409 against 413 MB at 55M,
+      much slower), in chunks of about :data:`CHUNK_BYTES` that one thread per core makes
+      contiguous and compresses (zlib, HDF5's deflate filter) while HDF5 stores the finished
+      ones: no copy of a whole per-neuron array, and the compression on every core."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
 
-    def to_dict(self) -> dict:
-        import dataclasses
+    import h5py
 
-        import nir.ir.node as node_module
-
-        deep = node_module.asdict
-        node_module.asdict = lambda obj: {f.name: getattr(obj, f.name)
-                                          for f in dataclasses.fields(obj)}
-        try:
-            return _compress_only_spread(self.graph.to_dict())
-        finally:
-            node_module.asdict = deep
+    with h5py.File(f, "w") as h5, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        h5.create_dataset("version", data=nir.version, dtype=h5py.string_dtype())
+        _write_group(h5.create_group("node"), _shallow_dict(g), pool)
 
 
-class _Raw:
-    """An array ``nir.write`` stores without compression (it compresses only ``ndarray``s)."""
+def _write_group(group, d: dict, pool) -> None:
+    """nir.write's ``write_recursive``, but for how arrays are stored (:func:`_write`)."""
+    import h5py
 
-    def __init__(self, a: np.ndarray):
-        self.a = a
+    for k, v in d.items():
+        if k == "metadata":
+            if v != {}:
+                _write_group(group.create_group(k), v, pool)
+        elif isinstance(v, str):
+            group.create_dataset(k, data=v, dtype=h5py.string_dtype())
+        elif isinstance(v, dict):
+            _write_group(group.create_group(str(k)), v, pool)
+        elif isinstance(v, np.ndarray) and v.size > 1 and 0 in v.strides:
+            _write_spread(group, k, v, pool)
+        else:  # weights, scalars, and ChannelScaled products computed here, one at a time
+            group.create_dataset(k, data=v)
 
-    def __array__(self, dtype=None, copy=None):
-        return self.a if dtype is None else self.a.astype(dtype)
+
+def _write_spread(group, name: str, a: np.ndarray, pool) -> None:
+    """A per-neuron parameter as a gzip-compressed dataset, chunked along its first axis; each
+    chunk made contiguous and compressed by ``pool``, stored in order."""
+    import zlib
+
+    inner = a.shape[1:]
+    rows = min(a.shape[0], max(1, CHUNK_BYTES // (a.itemsize * math.prod(inner))))
+    ds = group.create_dataset(name, shape=a.shape, dtype=a.dtype, chunks=(rows, *inner),
+                              compression="gzip", compression_opts=1)
+
+    def compress(start: int) -> bytes:
+        part = a[start:start + rows]
+        # the values the chunk spreads: chunks that spread the same ones are the same bytes
+        values = part[tuple(slice(0, 1) if st == 0 else slice(None) for st in part.strides)]
+        key = (len(part), values.shape, values.tobytes()) if values.size <= 4096 else None
+        if key is not None and key in done:
+            return done[key]
+        block = np.zeros((rows, *inner), a.dtype)  # HDF5 stores an edge chunk whole
+        block[:len(part)] = part
+        data = zlib.compress(block, 1)
+        if key is not None:
+            done[key] = data
+        return data
+    starts, done = range(0, a.shape[0], rows), {}
+    for start, data in zip(starts, pool.map(compress, starts)):
+        ds.id.write_direct_chunk((start,) + (0,) * len(inner), data)
 
 
-def _compress_only_spread(d: dict) -> dict:
-    """Per-neuron parameters spread from per-channel values (views with a zero stride) are
-    compressed, about 1000:1; weights, which gzip barely shrinks, are written raw (15M
-    Meta-SpikeFormer: 1.8 s and 148 MB instead of 5.3 s and 110 MB with gzip everywhere).
-    New dictionaries: the nested ones (metadata) are the nodes' own."""
-    return {k: _compress_only_spread(v) if isinstance(v, dict)
-            else _Raw(v) if isinstance(v, np.ndarray) and not (v.size > 1 and 0 in v.strides)
-            else v for k, v in d.items()}
+def _shallow_dict(graph: nir.NIRGraph) -> dict:
+    """``graph.to_dict()`` referring to the nodes' arrays: NIR's ``NIRNode.to_dict`` is
+    ``dataclasses.asdict``, which deep-copies every array, twice for nested graphs (4x the
+    weights of a 15M-parameter model in memory). Each node's own ``to_dict`` still runs (Input,
+    Output and Flatten add fields), with a field-by-field ``asdict`` in NIR's module while it
+    does."""
+    import dataclasses
+
+    import nir.ir.node as node_module
+
+    deep = node_module.asdict
+    node_module.asdict = lambda obj: {f.name: getattr(obj, f.name)
+                                      for f in dataclasses.fields(obj)}
+    try:
+        return graph.to_dict()
+    finally:
+        node_module.asdict = deep
 
 
 def _written_by_snncc(path: Path) -> bool:
