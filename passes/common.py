@@ -329,9 +329,9 @@ class ChannelScaled:
         self.shape, self.ndim, self.size = array.shape, array.ndim, array.size
 
     def __array__(self, dtype=None, copy=None):
-        view = (-1,) + (1,) * (self.ndim - 1)
-        out = _scaled_weights(np.asarray(self.array), np.broadcast_to(self.scale.reshape(view),
-                                                          (self.shape[0],) + (1,) * (self.ndim - 1)))
+        per_channel = (self.shape[0],) + (1,) * (self.ndim - 1)  # a scalar scale: every channel
+        out = _scaled_weights(np.asarray(self.array), np.broadcast_to(
+            self.scale.reshape((-1,) + per_channel[1:]), per_channel))
         return out if dtype is None else out.astype(dtype, copy=False)
 
 

@@ -292,7 +292,8 @@ def test_bn_weight_folds_when_written_leaves_the_fold_to_the_writer(seed, pass_n
     g, x = _head_bn(seed, bn_params(rng, 4))
     h = apply(g, pass_name, weight_folds="when_written")
     rep = h.meta["reports"][pass_name]
-    assert [n.name for n in h.of_type(ir.BatchNorm)] == ["bn"] and h["conv"].weight is g["conv"].weight
+    assert [n.name for n in h.of_type(ir.BatchNorm)] == ["bn"]
+    assert h["conv"].weight is g["conv"].weight
     assert rep["folded_when_written"] == ["bn"] and "bn" in rep["ties_may_differ"]
     assert not rep["into_weights"] and not rep["declined"]
     np.testing.assert_array_equal(simulate(h, x).output, simulate(g, x).output)

@@ -258,6 +258,13 @@ class Lowerer:
             b = b.transpose(r.perm) if r.op == "Transpose" else b.reshape(r.shape)
         return b.reshape(shape)
 
+    def _bn_scaled(self, n: ir.Node, weight):
+        """``weight`` (output channels on axis 0) times the scales of the BNs folded into
+        synapse ``n`` here, in order, as a :class:`ChannelScaled` (or ``weight`` itself)."""
+        for s in self.bn_scale.get(n.name, ()):
+            weight = ChannelScaled(weight, s)
+        return weight
+
     def _weight_scale(self, n: ir.Node) -> np.ndarray | None:
         """Per-output-channel factor a neuron's gamma puts on this synapse's weights."""
         return self.absorbed[n.name].scale if n.name in self.absorbed else None
@@ -302,8 +309,7 @@ class Lowerer:
         params.update(input_shape=shape_in[::-1], groups=n.groups,
                       num_message_bits=self._message_bits(n))
         lava_w = w.transpose(0, 3, 2, 1)[:, ::-1, ::-1]  # a view: the artifact writes it in C order
-        for s in self.bn_scale.get(n.name, ()):  # output channels stay axis 0
-            lava_w = ChannelScaled(lava_w, s)
+        lava_w = self._bn_scaled(n, lava_w)  # output channels stay axis 0
         if scale is not None:
             lava_w = ChannelScaled(lava_w, scale)
         if n.name in self.chip:  # the effective integer weights (Lava's fixed Conv has no exp)
@@ -320,10 +326,8 @@ class Lowerer:
     def _op_Linear(self, n: ir.Linear) -> Port:
         """Dense on a vector; on (..., in) the block-diagonal kron(I, W) as Sparse."""
         scale = self._weight_scale(n)
-        w = n.weight
-        for s in self.bn_scale.get(n.name, ()):
-            w = ChannelScaled(w, s)
-        w = np.asarray(w) if scale is None else np.asarray(w) * scale[:, None]
+        w = np.asarray(self._bn_scaled(n, n.weight))
+        w = w if scale is None else w * scale[:, None]
         shape_in = self.g[n.inputs[0]].shape
         src = self.source(n, 0)
         if len(shape_in) > 1:

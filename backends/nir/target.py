@@ -5,8 +5,9 @@ from snncc.targets import Target, register_target
 
 TARGET = register_target(Target(
     name="nir",
-    description="Neuromorphic Intermediate Representation (.nir, the file nir.write writes); ops NIR lacks "
-                "become snncc extension subgraphs, refused with strict=True (--strict-nir); "
+    description="Neuromorphic Intermediate Representation (.nir, the file nir.write writes); "
+                "ops NIR lacks become snncc extension subgraphs, refused with strict=True "
+                "(--strict-nir); "
                 "compat= (--nir-compat) writes for snntorch, norse or nir-1.0.4",
     ops=frozenset(ir.NODE_TYPES),
     cmps=frozenset({">=", ">"}),
