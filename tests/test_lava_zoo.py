@@ -4,7 +4,8 @@ SDSA-3, membrane shortcuts), small configurations with randomised BN (negative a
 among the channels), traced, compiled with the lava target's passes, emitted, run in Lava
 (Loihi2SimCfg floating_pt). Every neuron layer's spikes equal PyTorch's in float64 after the
 latency shift, T = 4, 2 seeds (the second Meta-SpikeFormer seed under ``-m slow``), firing
-rates in [5%, 95%]."""
+rates in [5%, 95%]. Also with the CLI's pipeline (``for_target``), which leaves the BN folds
+that round to the Lava lowering (``weight_folds="when_written"``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from snncc.backends.lava.runner import run_artifact
 from snncc.frontends.tracer import trace
 from snncc.frontends.zoo import small
 from snncc.parity import torch_neuron_traces
-from snncc.pipeline import run_passes
+from snncc.pipeline import for_target, run_passes
 from snncc.targets import get_target
 
 from conftest import assert_rates_in_range
@@ -25,16 +26,23 @@ from conftest import assert_rates_in_range
 T = 4
 
 
-CASES = [("spikformer-cifar", 0), ("spikformer-cifar", 1), ("meta-spikeformer", 0),
-         pytest.param("meta-spikeformer", 1, marks=pytest.mark.slow)]  # ~170 Lava processes
+CASES = [("spikformer-cifar", 0, "passes"), ("spikformer-cifar", 1, "passes"),
+         ("meta-spikeformer", 0, "passes"),
+         pytest.param("meta-spikeformer", 1, "passes", marks=pytest.mark.slow),  # ~170 processes
+         ("spikformer-cifar", 0, "for_target"), ("meta-spikeformer", 0, "for_target")]
 
 
-@pytest.mark.parametrize("family, seed", CASES)
-def test_zoo_model_spikes_in_lava_equal_pytorch(family, seed, tmp_path):
+@pytest.mark.parametrize("family, seed, pipeline", CASES)
+def test_zoo_model_spikes_in_lava_equal_pytorch(family, seed, pipeline, tmp_path):
     case = small(family, seed)
     graph = trace(case.model, case.inputs, T=T, name=family)
-    compiled = run_passes(graph, list(get_target("lava").default_passes), log=lambda s: None)
-    assert not compiled.of_type(ir.BatchNorm)
+    if pipeline == "passes":  # the target's own passes: every BN folded by the pass
+        compiled = run_passes(graph, list(get_target("lava").default_passes), log=lambda s: None)
+        assert not compiled.of_type(ir.BatchNorm)
+    else:  # BN folds that round are left to the lowering, which does them as it writes
+        compiled = for_target("lava", log=lambda s: None).run(graph)
+        left = compiled.meta["reports"]["fold_batchnorm_into_weights"]["folded_when_written"]
+        assert left and {n.name for n in compiled.of_type(ir.BatchNorm)} == set(left)
     x = case.inputs.numpy()
     res = run_artifact(emit(compiled, tmp_path / "lava"), x, T)
     out, ref = torch_neuron_traces(case.model, graph, x, "float64")
