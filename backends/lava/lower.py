@@ -545,8 +545,9 @@ def _fold_batchnorms_left_to_writer(graph: Graph):
         return graph, {}, {}
     folded, bn_scale, shown_by = graph.copy(), {}, {}
     for syn, branches in left.items():
-        weight, bias = folded_synapse_arrays(graph[syn], branches)
-        folded.replace(syn, node_with(graph[syn], bias=bias))
+        # the node as folded so far: an earlier bypass may have rewired its input
+        weight, bias = folded_synapse_arrays(folded[syn], branches)
+        folded.replace(syn, node_with(folded[syn], bias=bias))
         scales = []
         while isinstance(weight, ChannelScaled):  # the innermost factor first
             scales.insert(0, weight.scale)
