@@ -305,8 +305,11 @@ def folds_left_to_writer(graph: Graph) -> dict[str, list[Branch]]:
     """The BNs a fold pass left to the target's writer (``weight_folds="when_written"``), still
     in ``graph``, by the synapse they fold into, in the order to fold them
     (:func:`~snncc.passes.common.folded_synapse_arrays`)."""
-    reports = graph.meta.get("reports", {}).values()
-    names = [k for r in reports if isinstance(r, dict) for k in r.get(WHEN_WRITTEN, ())]
+    reports = graph.meta.get("reports", {})
+    lists = [r.get(WHEN_WRITTEN) for r in (reports.values() if isinstance(reports, dict) else ())
+             if isinstance(r, dict)]
+    # a report is metadata a .snnir file carries: names of BNs only, anything else ignored
+    names = [k for ks in lists if isinstance(ks, list) for k in ks if isinstance(k, str)]
     names = [k for k in dict.fromkeys(names) if isinstance(graph.nodes.get(k), ir.BatchNorm)]
     cons, out = graph.consumers(), {}
     for k in names:  # in the fold's order: a BN after another comes after it

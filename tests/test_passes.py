@@ -313,6 +313,21 @@ def test_bn_weight_folds_when_written_leaves_the_fold_to_the_writer(seed, pass_n
     assert "folded_when_written" not in h.meta["reports"][pass_name]
 
 
+@pytest.mark.parametrize("listed", [5, "bn", {"bn": 1}, [3, None], ["nope"], ["bn", "bn"]])
+def test_a_malformed_report_of_bns_left_to_the_writer_is_ignored(listed):
+    """The report is metadata a .snnir file carries (anyone may have written it): only the
+    names of BNs still in the graph count, anything else is ignored, never a crash."""
+    from snncc.passes.batchnorm import folds_left_to_writer
+
+    g, _ = _head_bn(0, bn_params(np.random.default_rng(0), 4))
+    g.meta["reports"] = {"fold_batchnorm_into_weights": {"folded_when_written": listed}}
+    left = folds_left_to_writer(g)
+    assert ({k: [b.bn.name for b in bs] for k, bs in left.items()}
+            == ({"conv": ["bn"]} if listed == ["bn", "bn"] else {}))
+    g.meta["reports"] = [listed]
+    assert folds_left_to_writer(g) == {}
+
+
 def test_scaled_float32_weights_stay_float32_only_where_exact():
     """Scaling a float32 synapse per channel: by 0, +-1 or a power of two the float32 products
     are the real ones and stay float32; any other factor, or a power of two that would leave
