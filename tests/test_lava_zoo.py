@@ -29,7 +29,8 @@ T = 4
 CASES = [("spikformer-cifar", 0, "passes"), ("spikformer-cifar", 1, "passes"),
          ("meta-spikeformer", 0, "passes"),
          pytest.param("meta-spikeformer", 1, "passes", marks=pytest.mark.slow),  # ~170 processes
-         ("spikformer-cifar", 0, "for_target"), ("meta-spikeformer", 0, "for_target")]
+         ("spikformer-cifar", 0, "for_target"),
+         pytest.param("meta-spikeformer", 0, "for_target", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("family, seed, pipeline", CASES)
