@@ -125,6 +125,7 @@ class _ConcreteTracer(fx.Tracer):
         self._running = 0
         self._constants = 0
         self._occurrences: dict[tuple, int] = {}
+        self._stacks: dict[tuple, tuple] = {}
         self._names: dict[tuple[str, int], tuple[str, nn.Module, str]] | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -206,7 +207,9 @@ class _ConcreteTracer(fx.Tracer):
         while frame is not None:
             stack.append((frame.f_code, frame.f_lineno))
             frame = frame.f_back
-        key = (call, tuple(stack))
+        stack = tuple(stack)
+        stack = self._stacks.setdefault(stack, stack)  # held once, not once per time step
+        key = (call, stack)
         n = self._occurrences[key] = self._occurrences.get(key, -1) + 1
         return re.sub(r"@\d+$", "", call), key[1], n
 

@@ -168,8 +168,10 @@ def compile(
 ):
     """Compile a model into a target artifact."""
     from . import api
+    from .limits import map_large_blocks
     from .targets import get_target
 
+    map_large_blocks()  # the peak memory of a compile, not the speed of a run, is at stake
     tgt = get_target(target)
     api.emit_options(tgt, strict_nir=strict_nir, dtype=dtype,
                      nir_compat=nir_compat)  # refused before any work
