@@ -247,7 +247,7 @@ def _add(n: ir.Add, g: Graph, w: _Ctx):
         raise _NonStandard("inputs of different shapes (broadcasting)")
     if len(set(n.inputs)) != len(n.inputs):
         raise _NonStandard("the same input added twice (NIR has one edge per pair of nodes)")
-    return nir.Scale(np.ones(n.shape), metadata={"snncc.op": "Add"})
+    return nir.Scale(_full(1.0, n.shape), metadata={"snncc.op": "Add"})
 
 
 def _scale(n: ir.Scale, g: Graph, w: _Ctx):
@@ -255,7 +255,7 @@ def _scale(n: ir.Scale, g: Graph, w: _Ctx):
 
 
 def _delay(n: ir.Delay, g: Graph, w: _Ctx):
-    return nir.Delay(np.full(n.shape, n.steps * w.dt))
+    return nir.Delay(_full(n.steps * w.dt, n.shape))
 
 
 def _neuron(n: ir.Neuron, g: Graph, w: _Ctx):
@@ -513,8 +513,22 @@ def _write(f, g: nir.NIRGraph) -> None:
     import h5py
 
     with h5py.File(f, "w") as h5, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        _hold_metadata_cache_to(h5, METADATA_CACHE_BYTES)
         h5.create_dataset("version", data=nir.version, dtype=h5py.string_dtype())
         _write_group(h5.create_group("node"), _shallow_dict(g), pool)
+
+
+#: HDF5's metadata cache, in bytes of its entries, which take about 13x as much memory: at
+#: HDF5's default (up to 2 MB) the 4,000 datasets of a 15M model's file held 18 MB while it was
+#: written, at 64 KB 2 MB, in the same time (measured).
+METADATA_CACHE_BYTES = 1 << 16
+
+
+def _hold_metadata_cache_to(h5, size: int) -> None:
+    config = h5.id.get_mdc_config()
+    config.set_initial_size = True
+    config.initial_size = config.min_size = config.max_size = size
+    h5.id.set_mdc_config(config)
 
 
 def _write_group(group, d: dict, pool) -> None:
