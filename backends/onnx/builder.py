@@ -119,13 +119,13 @@ def _patches(b: OnnxBuilder, x: str, kernel, stride, padding, dilation, out_sp) 
         return b.op("Unsqueeze", [x, b.ints([2])])
     if any(padding):
         x = b.op("Pad", [x, b.ints([0, 0, *padding, 0, 0, *padding])])
-    axes = b.ints(range(2, 2 + nd))
+    x = b.op("Unsqueeze", [x, b.ints([2])])  # once: each slice is then [B, C, 1, *out_spatial]
+    axes = b.ints(range(3, 3 + nd))
     cols = []
     for offs in itertools.product(*(range(k) for k in kernel)):
         starts = [o * d for o, d in zip(offs, dilation)]
         ends = [s + (o - 1) * st + 1 for s, o, st in zip(starts, out_sp, stride)]
-        sl = b.op("Slice", [x, b.ints(starts), b.ints(ends), axes, b.ints(stride)])
-        cols.append(b.op("Unsqueeze", [sl, b.ints([2])]))
+        cols.append(b.op("Slice", [x, b.ints(starts), b.ints(ends), axes, b.ints(stride)]))
     return b.op("Concat", cols, axis=2) if len(cols) > 1 else cols[0]
 
 

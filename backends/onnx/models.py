@@ -44,6 +44,7 @@ from snncc import neuron as nrn
 from snncc.errors import SnnccError, UnsupportedError
 from snncc.files import atomic_directory
 from snncc.graph import Graph
+from snncc.limits import freeing_what_it_leaves
 
 from .builder import ELEM, NP_DTYPE, OPSET, STATELESS_OPS, OnnxBuilder, lower, lower_neuron
 from .stream import check_without_weights, tensor, write_model
@@ -348,8 +349,9 @@ def emit_onnx(graph: Graph, out, T: int | None = None, dtype: str = "float64",
             parts = build()
             if trace:  # the traced outputs have no declared shape, which the check requires
                 parts.model = with_traces(parts.model)
-            else:
-                check_without_weights(parts.model, parts.weights, parts.floats)
+            else:  # the checker leaves ~15 MB (15M model) in small blocks glibc would keep
+                with freeing_what_it_leaves():
+                    check_without_weights(parts.model, parts.weights, parts.floats)
             with open(tmp / fname, "xb") as f:
                 write_model(parts.model, parts.weights, f, parts.floats)
             del parts  # before the next model is built

@@ -61,16 +61,24 @@ def tensor(name: str, array: np.ndarray, floats: np.dtype | None = None) -> onnx
     return t
 
 
+#: Bytes of a weight cast to the model's dtype at a time as it is written.
+CAST_CHUNK_BYTES = 1 << 20
+
+
 def _write_tensor(f: BinaryIO, name: str, array: np.ndarray, floats: np.dtype | None) -> None:
     """``tensor(...).SerializeToString()`` written without building it: the header's fields
     come before raw_data (field 9) in protobuf's own order, and the data is written from the
-    array's memory (no bytes object, no proto copy)."""
+    array's memory (no bytes object, no proto copy), cast to the model's dtype (float32 weights
+    in a float64 model) :data:`CAST_CHUNK_BYTES` at a time."""
     t, dtype = _header(name, array, floats)
-    data = np.ascontiguousarray(array, dtype=dtype)
-    f.write(_field(_GRAPH_INITIALIZER, _tensor_size(t, data.nbytes)))
+    flat = np.asarray(array).reshape(-1)  # C order: a copy only of a non-contiguous array
+    nbytes = flat.size * dtype.itemsize
+    f.write(_field(_GRAPH_INITIALIZER, _tensor_size(t, nbytes)))
     f.write(t.SerializeToString())
-    f.write(_field(_TENSOR_RAW_DATA, data.nbytes))
-    f.write(data.reshape(-1).view(np.uint8).data)
+    f.write(_field(_TENSOR_RAW_DATA, nbytes))
+    step = max(1, CAST_CHUNK_BYTES // dtype.itemsize)
+    for start in range(0, flat.size, step):
+        f.write(np.ascontiguousarray(flat[start:start + step], dtype=dtype).view(np.uint8).data)
 
 
 def _tensor_size(header: onnx.TensorProto, nbytes: int) -> int:
