@@ -78,7 +78,7 @@ def write_npz(f, arrays: dict[str, np.ndarray]) -> None:
     try:
         for key, value in arrays.items():
             with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+                _write_npy(member, np.asanyarray(value))
     except BaseException:
         try:
             zf.close()
@@ -86,6 +86,18 @@ def write_npz(f, arrays: dict[str, np.ndarray]) -> None:
             pass
         raise
     zf.close()
+
+
+def _write_npy(f, a: np.ndarray) -> None:
+    """``np.lib.format.write_array(f, a)`` for a numeric array, its data written from the
+    array's memory: write_array copies it to bytes first when ``f`` is not a real file (a zip
+    member), a second copy of the largest weight at the peak of a compile."""
+    if a.dtype.hasobject:
+        raise ValueError("object arrays cannot be saved without pickling")
+    if not (a.flags.c_contiguous or a.flags.f_contiguous):
+        a = a.copy(order="C")
+    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(a))
+    f.write(a.reshape(-1, order="A").view(np.uint8).data)
 
 
 def _float(a: np.ndarray, what: str, notes: list) -> np.ndarray:
