@@ -193,6 +193,7 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
     assert two.stdout.count("data set digits") == 1  # rank 0 alone reports
 
 
+@pytest.mark.slow  # ~30 s: CI keeps the two-process run of the simulator above
 def test_two_lava_runtimes_under_torchrun_equal_one(tmp_path):
     """One Lava runtime per rank: the reduced report equals the one-process run."""
     a, b, _ = one_and_two_processes(tmp_path, "-t", "lava", "--dataset", "digits", "--limit",
