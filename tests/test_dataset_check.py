@@ -92,6 +92,26 @@ def test_npz_is_read_per_batch_and_gives_the_same_report_as_digits(tmp_path, loa
     assert rep.accuracy["pytorch"] == pytest.approx(direct_accuracy(loaded, x[:50], y[:50]))
 
 
+@pytest.mark.parametrize("size", [8, 16])
+def test_digits_split_is_scikit_learns_without_importing_it(size):
+    """The shipped split (examples/checkpoints/digits-split.npz) and the images read from
+    scikit-learn's file give bit for bit what load_digits and train_test_split give."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d, k = load_digits(), size // 8
+    x = (d.images / 16.0)[:, None].repeat(k, axis=2).repeat(k, axis=3)
+    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, random_state=0,
+                                          stratify=d.target)
+    mean, std = xtr.mean(), xtr.std()
+    (a, b), (c, e) = digits_split(size)
+    for got, want in [(a, (xtr - mean) / std), (b, ytr), (c, (xte - mean) / std), (e, yte)]:
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    (a, _), (c, _) = digits_split(size, test_fraction=0.3, seed=1)  # scikit-learn's own split
+    assert len(a) == 1257 and len(c) == 540
+
+
 def test_image_folder_decoded_with_pillow_and_normalised(tmp_path, loaded):
     from PIL import Image
     from sklearn.datasets import load_digits
