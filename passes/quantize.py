@@ -70,7 +70,6 @@ from snncc import neuron as nrn
 from snncc.errors import PassError
 from snncc.graph import Graph, node_with
 from snncc.pipeline import register_pass, report
-from snncc.simulator import FixedPointSimulator, Simulator
 
 from .common import LAYOUT, SYNAPSES, bypass, carry_labels, channel_labels, compact, where
 
@@ -620,6 +619,8 @@ def quantize_for_loihi2(graph: Graph, calibrate=None, input_bits: int = 8,
     fits, 0 .. 7)."""
     if bias_exp is not None and not 0 <= bias_exp <= fxp.BIAS_EXP_MAX:
         raise PassError(f"bias_exp must be 0 .. {fxp.BIAS_EXP_MAX} or None, not {bias_exp}")
+    from snncc.simulator import Simulator  # (and torch) here: importing the passes needs neither
+
     x = calibrate if calibrate is not None else calibration_inputs(graph)
     T = int(graph.meta.get("T", 1))
     float_run = Simulator(graph).run(x, T, record=True)
@@ -696,6 +697,8 @@ def _headroom(peak: int) -> float | None:
 
 def _report(graph: Graph, plan: _Plan, x, random_inputs: bool, T: int, float_run,
             neurons: dict, synapses: dict, max_weight_error: float) -> None:
+    from snncc.simulator import FixedPointSimulator
+
     sim = FixedPointSimulator(graph)
     fixed_run = sim.run(x, T, record=True)
     notes: list[str] = []

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import ir
-
 from .graph import Graph
-from .simulator import SimResult, addressed_additions
+
+if TYPE_CHECKING:  # torch and the simulator when counting: the passes use this module without
+    import torch
+
+    from .simulator import SimResult
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
@@ -128,6 +130,8 @@ def fan_out(node: ir.Node, in_shape: tuple[int, ...]) -> torch.Tensor:
     A conv's fan-out separates: an input element feeds every output channel of its group at
     each (output position, kernel tap) pair that reads it, counted along each spatial axis
     on its own."""
+    import torch
+
     if isinstance(node, ir.Linear):
         return torch.full(in_shape, float(node.weight.shape[0]), dtype=torch.float64)
     out = torch.full((), float(node.weight.shape[0] // node.groups), dtype=torch.float64)
@@ -151,6 +155,10 @@ def energy_report(graph: Graph, result: SimResult) -> EnergyReport:
     Accumulates are counted exactly: sum over steps and inputs of (input value x fan-out), so a
     spike on a border pixel counts only the synapses that exist; for a uniform fan-out this is
     the papers' firing rate x T x FLOPs (reported as ``sops_paper``)."""
+    import torch
+
+    from .simulator import addressed_additions
+
     T = result.T
     hoisted = set(graph.meta.get("hoisted", [])) & upstream_static(graph)
     once = _after_readout(graph) | hoisted

@@ -44,14 +44,17 @@ integers. Lava's LIF shifts ``a_in`` in int32, so |a_in| must stay below 2^25.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import ir
 from . import neuron as nrn
 from .errors import UnsupportedError
 from .graph import Graph
+
+if TYPE_CHECKING:  # the kernels take tensors; the rest of this module runs without torch
+    import torch
 
 #: the largest threshold mantissa (unsigned 17-bit) and decay (unsigned 12-bit)
 VTH_MAX = 2 ** 17 - 1
@@ -305,7 +308,7 @@ def fixed_point_view(graph: Graph) -> FixedPointView:
 
 def signed_wrap24(x: torch.Tensor) -> torch.Tensor:
     """Lava's ``signed_clamp(x, 24)``: ``(x + 2^23) mod 2^24 - 2^23`` on integer values."""
-    return torch.remainder(x + ACC_MAX, 2 * ACC_MAX) - ACC_MAX
+    return (x + ACC_MAX).remainder(2 * ACC_MAX) - ACC_MAX
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -318,12 +321,14 @@ def encode(x: torch.Tensor, factor: torch.Tensor, bits: int) -> torch.Tensor:
     """The host's encoder: ``clip(round(x * factor), -2^(bits-1), 2^(bits-1) - 1)`` (round half
     to even)."""
     lim = 2 ** (bits - 1)
-    return torch.clamp(torch.round(x * factor), -lim, lim - 1)
+    return (x * factor).round().clamp(-lim, lim - 1)
 
 
 def neuron_state(q: Loihi2Neuron, shape: tuple, batch: int) -> dict:
     """A quantized neuron layer's state at the start of a run: integer parameters (int64
     tensors), du, and u = 0, v = V_init per sample."""
+    import torch
+
     p = {k: torch.as_tensor(np.asarray(getattr(q, k)), dtype=torch.int64)
          for k in ("gamma", "dv", "vth", "bias", "v_reset")}
     v = torch.as_tensor(q.v_init, dtype=torch.int64).expand(batch, *shape).clone()
@@ -336,7 +341,7 @@ def neuron_step(state: dict, x: torch.Tensor, reset: str):
     Returns (spikes, v[t], a_in << 6, h[t]) as int64: v in V units (the IR's membrane is
     v / 64); the last two are what the chip's 24-bit registers must hold."""
     p = state["p"]
-    a = p["gamma"] * x.to(torch.int64)
+    a = p["gamma"] * x.long()
     s, state["u"], state["v"], h = nrn.loihi2_fixed_step(
         state["u"], state["v"], a, state["du"], p["dv"], p["vth"], p["bias"], p["v_reset"],
         reset)
