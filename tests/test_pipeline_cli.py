@@ -93,6 +93,18 @@ def test_cli_errors_are_one_line(tmp_path, args, needle):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("args", [["compile", "ckpt.pt", "--arch", "meta-spikeformer-15m",
+                                   "-t", "lava", "-o", "x"],
+                                  ["check", "nope.snnir", "-t", "onnx"]])
+def test_a_command_refused_before_any_work_does_not_import_torch(tmp_path, args):
+    """Importing torch takes about 2 s: a mistyped path is answered without it."""
+    code = ("import sys\nfrom snncc.cli import main\nsys.stdout.write(str(main(sys.argv[1:])))\n"
+            "sys.stdout.write(' torch' if 'torch' in sys.modules else ' no torch')")
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.stdout == "1 no torch" and "no such file" in r.stderr, (r.stdout, r.stderr)
+
+
 def test_cli_corrupt_snnir_one_line(tmp_path):
     (tmp_path / "bad.snnir").write_bytes(b"\x00" * 100)
     r = snncc("inspect", tmp_path / "bad.snnir")
