@@ -102,22 +102,32 @@ def resolve_device(device=None) -> torch.device:
 
 def _onednn_conv(n: ir.Conv2d, w: torch.Tensor, b: torch.Tensor | None):
     """The float32 CPU kernel of a convolution: oneDNN's, with the weight reordered into
-    oneDNN's blocked layout once here (``F.conv2d`` reorders it at every call, a cost that
-    dominates small batches), on channels-last activations (oneDNN's fast layout for these
-    kernels, ~15 % over NCHW at batch 32; the output stays channels-last, and elementwise ops
-    and neurons keep that layout). Conv1d runs as a 2-D convolution of height 1. The same
-    products and sums as ``F.conv2d`` in another order: float32 rounding may differ."""
+    oneDNN's blocked layout for the input's shape (``F.conv2d`` reorders it at every call, a
+    cost that dominates small batches), on channels-last activations (oneDNN's fast layout for
+    these kernels, ~15 % over NCHW at batch 32; the output stays channels-last, and elementwise
+    ops and neurons keep that layout). Conv1d runs as a 2-D convolution of height 1. The same
+    products and sums as ``F.conv2d`` in another order: float32 rounding may differ.
+
+    The layout is chosen for the input's shape, and again when that changes (one packed copy
+    held at a time): packed without the shape, oneDNN picks a default layout that on an AVX2
+    CPU sends some shapes to a slow kernel (15M at 64x64: 512 -> 128 channels 3x3 on 8x8, 43
+    against 3.1 ms; measured)."""
     one_d = isinstance(n, ir.Conv1d)
     lead = [0] if one_d else []
     pad, stride = lead + list(n.padding), [1] * len(lead) + list(n.stride)
     dilation = [1] * len(lead) + list(n.dilation)
-    packed = torch.ops.mkldnn._reorder_convolution_weight(
-        w.unsqueeze(2) if one_d else w, pad, stride, dilation, n.groups)
+    w = w.unsqueeze(2) if one_d else w
     conv = torch.ops.mkldnn._convolution_pointwise
+    packed: dict[tuple, torch.Tensor] = {}
 
     def kernel(x):
         x = (x.unsqueeze(2) if one_d else x).contiguous(memory_format=torch.channels_last)
-        y = conv(x, packed, b, pad, stride, dilation, n.groups, "none", [], "")
+        shape = tuple(x.shape)
+        if shape not in packed:
+            packed.clear()
+            packed[shape] = torch.ops.mkldnn._reorder_convolution_weight(
+                w, pad, stride, dilation, n.groups, list(shape))
+        y = conv(x, packed[shape], b, pad, stride, dilation, n.groups, "none", [], "")
         return y.squeeze(2) if one_d else y
     return kernel
 

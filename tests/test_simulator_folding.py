@@ -207,8 +207,10 @@ def test_fixed_point_does_not_import_the_simulator():
     (ir.Conv1d, dict(stride=(2,), padding=(1,), dilation=(2,), groups=2), (4, 13)),
 ])
 def test_float32_onednn_convolution_is_the_convolution_up_to_rounding(op, kw, shape):
-    """float32 on a CPU runs convolutions in oneDNN (weight reordered once, channels-last
-    activations): F.conv's values up to float32 rounding; float64 keeps F.conv's kernel."""
+    """float32 on a CPU runs convolutions in oneDNN (weight reordered for the input's shape,
+    channels-last activations): F.conv's values up to float32 rounding, at one batch size,
+    then another (the weight reordered again), then the first again; float64 keeps F.conv's
+    kernel."""
     import torch
     import torch.nn.functional as F
 
@@ -220,13 +222,18 @@ def test_float32_onednn_convolution_is_the_convolution_up_to_rounding(op, kw, sh
     k = (3,) * (len(shape) - 1)
     w = rng.standard_normal((8, shape[0] // kw["groups"], *k))
     n = op("c", ("x",), weight=w, bias=rng.standard_normal(8), **kw)
-    x = torch.as_tensor(rng.random((5, *shape)) < 0.3, dtype=torch.float32)
     conv = F.conv1d if op is ir.Conv1d else F.conv2d
     t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-    ref = conv(x, t(w), t(n.bias), n.stride, n.padding, n.dilation, n.groups)
-    got = _onednn_conv(n, t(w), t(n.bias))(x)
-    assert got.shape == ref.shape
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    kernel = _onednn_conv(n, t(w), t(n.bias))
+    first = None
+    for batch in (5, 2, 5):
+        x = torch.as_tensor(rng.random((batch, *shape)) < 0.3, dtype=torch.float32)
+        ref = conv(x, t(w), t(n.bias), n.stride, n.padding, n.dilation, n.groups)
+        got = kernel(x)
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        first = first if first is not None else (x, got)
+    torch.testing.assert_close(kernel(first[0]), first[1], rtol=0, atol=0)
 
 
 def test_float32_simulator_agrees_with_float64_up_to_rounding():
