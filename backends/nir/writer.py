@@ -515,9 +515,9 @@ def _write(f, g: nir.NIRGraph) -> None:
     with h5py.File(f, "w") as h5, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         _hold_metadata_cache_to(h5, METADATA_CACHE_BYTES)
         _create_dataset(h5, "version", nir.version)
-        chunks = _Chunks(pool)
+        chunks = _Chunks(pool, h5)
         _write_group(h5.create_group("node"), _shallow_dict(g), chunks)
-        chunks.store(h5)
+        chunks.store()
 
 
 #: HDF5's metadata cache, in bytes of its entries, which take about 13x as much memory: at
@@ -538,15 +538,18 @@ class _Chunks:
     per file: chunks that spread the same values over the same shape are the same bytes, and
     most neurons of a model share their tau, threshold and reset (15M: 185 chunks, 140 MB,
     compressed for its 409 per-neuron arrays instead of 594, 426 MB, one array at a time).
-    The compressed chunks are stored (:meth:`store`) after every other dataset is written,
-    so that the pool compresses while HDF5 creates the datasets (15M: the writer waited
-    0.4 s for compression when each array's chunks were stored as it was created). A dataset
-    is closed after it is created and opened again to store its chunks: HDF5 keeps the
-    metadata of an open dataset in memory (15M: 409 datasets held open, 32 MB more at the
-    peak)."""
+    Chunks are stored in order as they are compressed (:meth:`store`), the rest once every
+    other dataset is written, so that the pool compresses while HDF5 creates the datasets (15M:
+    the writer waited 0.4 s for compression when each array's chunks were stored as it was
+    created). A dataset is closed after it is created and opened again to store its chunks:
+    HDF5 keeps the metadata of an open dataset in memory (15M: 409 datasets held open, 32 MB
+    more at the peak)."""
 
-    def __init__(self, pool):
-        self.pool, self.futures, self.pending = pool, {}, []
+    def __init__(self, pool, h5):
+        import collections
+
+        self.pool, self.h5, self.futures = pool, h5, {}
+        self.pending: collections.deque = collections.deque()
 
     def add(self, ds, a: np.ndarray, rows: int) -> None:
         """Compress the chunks of ``a`` (``rows`` of its first axis each) for ``ds``."""
@@ -556,20 +559,26 @@ class _Chunks:
             # the values the chunk spreads: chunks that spread the same ones are the same bytes
             values = part[tuple(slice(0, 1) if st == 0 else slice(None) for st in part.strides)]
             key = ((a.dtype.str, rows, inner, len(part), values.shape, values.tobytes())
-                   if values.size <= 4096 else object())
-            if key not in self.futures:
-                self.futures[key] = self.pool.submit(_compressed_block, part, rows)
-            self.pending.append((ds.name, (start,) + (0,) * len(inner), self.futures[key]))
+                   if values.size <= 4096 else None)
+            future = self.futures.get(key)
+            if future is None:  # a chunk of many distinct values is compressed, not kept
+                future = self.pool.submit(_compressed_block, part, rows)
+                if key is not None:
+                    self.futures[key] = future
+            self.pending.append((ds.name, (start,) + (0,) * len(inner), future))
+        self.store(wait=False)
 
-    def store(self, h5) -> None:
+    def store(self, wait: bool = True) -> None:
+        """Store the pending chunks in order: all of them, or (``wait=False``) those compressed
+        already, up to the first that is not (no compressed chunk is held longer than that)."""
         import h5py
 
         ds = path = None
-        for at, offset, future in self.pending:
+        while self.pending and (wait or self.pending[0][2].done()):
+            at, offset, future = self.pending.popleft()
             if at != path:
-                ds, path = h5py.h5d.open(h5.id, at.encode()), at
+                ds, path = h5py.h5d.open(self.h5.id, at.encode()), at
             ds.write_direct_chunk(offset, future.result())
-        self.pending.clear()
 
 
 def _compressed_block(part: np.ndarray, rows: int) -> bytes:
@@ -594,9 +603,10 @@ def _create_dataset(group, name: str, value) -> None:
 
     if isinstance(value, str):
         data = np.asarray(value, dtype=h5py.string_dtype())
-    else:
-        data = np.asarray(value)
-        if data.nbytes > COMPACT_BYTES or data.dtype.kind not in "biuf":
+    else:  # a ChannelScaled product is not computed here: h5py computes it once, to write it
+        data = np.asarray(value) if isinstance(value, (int, float, np.generic, np.ndarray)) \
+            else None
+        if data is None or data.nbytes > COMPACT_BYTES or data.dtype.kind not in "biuf":
             group.create_dataset(name, data=value)
             return
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
