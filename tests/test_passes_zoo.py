@@ -221,7 +221,13 @@ def test_nir_folds_when_written_what_the_pass_would_fold(case, dtype, tmp_path):
     assert len(lazy) == len(folds_left_to_writer(new))  # one per synapse, its BNs in it
     expected = to_nir_graph(old)
     assert sorted(written.edges) == sorted(expected.edges)
-    path = emit_nir(new, tmp_path / "m.nir")
+    computed = []  # each scaled weight is computed once, as it is written (not also to size it)
+    to_array = ChannelScaled.__array__
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ChannelScaled, "__array__",
+                   lambda self, *a, **k: computed.append(id(self)) or to_array(self, *a, **k))
+        path = emit_nir(new, tmp_path / "m.nir")
+    assert len(computed) == len(set(computed)) == len(lazy)
     for graph in (written, nir.read(path, type_check=False)):
         got, want = _nir_parameters(graph), _nir_parameters(expected)
         assert got.keys() == want.keys()
