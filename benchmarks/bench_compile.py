@@ -5,10 +5,12 @@ For each architecture a random checkpoint (seeded weights, BN statistics randomi
 tests do) is written to a temporary directory; then, each in a fresh process:
 
 - the baseline: an interpreter with torch and snncc's CLI imported (its peak RSS, and its
-  wall time: the start-up every `snncc` command pays, shown subtracted in one column);
+  wall time: the start-up every `snncc` command pays, shown subtracted in one column), once
+  per round;
 - one eager forward of the model at batch 1 (T steps, the architecture's input size), best of
   ``--repeat`` after a warm-up, the checkpoint loaded as `compile` loads it;
-- ``snncc compile CKPT --arch A --target t -o OUT`` for each target, ``--runs`` times: the
+- ``snncc compile CKPT --arch A --target t -o OUT`` for each target, ``--runs`` rounds of
+  every target in turn (so that a slow spell of a shared machine is not one target's): the
   median wall time and the median peak RSS (``ru_maxrss`` of each process from ``wait4``;
   this script itself never imports torch, so the child's high-water mark is its own). Single
   runs' peaks differ by up to ~50 MB on this machine.
@@ -96,15 +98,19 @@ def measure(arch: str, targets: list[str], repeat: int, runs: int, env: dict,
     py = sys.executable
     ckpt = work / f"{arch}.pt"
     params = int(run([py, "-c", _MAKE_CHECKPOINT, arch, str(ckpt)], env)[2])
-    start, base, _ = run([py, "-c", _BASELINE], env)
     forward = float(run([py, "-c", _FORWARD, arch, str(ckpt), str(repeat)], env)[2])
     size = ckpt.stat().st_size
+    baselines, each = [], {t: [] for t in targets}
+    for _ in range(runs):  # round by round: a slow spell of the machine falls on every target
+        baselines.append(run([py, "-c", _BASELINE], env)[:2])
+        for target in targets:
+            each[target].append(run([py, "-m", "snncc", "compile", str(ckpt), "--arch", arch,
+                                     "--target", target, "-o", str(work / f"{arch}-{target}")],
+                                    env)[:2])
+    start, base = (statistics.median(v) for v in zip(*baselines))
     rows = []
     for target in targets:
-        out = work / f"{arch}-{target}"
-        each = [run([py, "-m", "snncc", "compile", str(ckpt), "--arch", arch, "--target",
-                     target, "-o", str(out)], env)[:2] for _ in range(runs)]
-        wall, peak = (statistics.median(v) for v in zip(*each))
+        wall, peak = (statistics.median(v) for v in zip(*each[target]))
         rows.append({"arch": arch, "params": params, "target": target, "ckpt": size,
                      "forward": forward, "start": start,
                      "wall": wall, "above": peak - base, "base": base})
@@ -174,8 +180,8 @@ def main(argv=None) -> int:
         "Compile: time and peak memory vs checkpoint size and eager forward", "bench_compile.py",
         argv, f"{args.threads} torch threads; {platform.machine()}, {os.cpu_count()} cores "
         f"(load average {load_average():.1f}). Median of {args.runs} `snncc compile` processes "
-        f"per target: wall time, and peak RSS above the baseline (interpreter with torch and "
-        f"snncc imported).", table(rows))
+        f"per target, the targets run in turn in each of {args.runs} rounds: wall time, and "
+        f"peak RSS above the baseline (interpreter with torch and snncc imported).", table(rows))
     print(text)
     if args.plot:
         plot(rows, args.plot)
