@@ -36,8 +36,8 @@ from snncc.frontends.zoo import build, small
 from snncc.frontends.zoo.testing import randomize_bn
 from snncc.pipeline import for_target
 
-from common import (append, best_of, chosen, load_average, module_at,  # noqa: E402
-                    section)  # (benchmarks/ is sys.path[0])
+from common import (append, best_of, chosen, eager_run, load_average,  # noqa: E402
+                    module_at, section)  # (benchmarks/ is sys.path[0])
 
 T = 4
 #: the last commit whose unrolled model repeats every layer at each step: the "before" column
@@ -84,9 +84,7 @@ def measure(label, model, make_input, args, old_build) -> list[dict]:
         for b in args.batches:
             x = make_input(b).to(getattr(torch, dtype))
             feed = {new.get_inputs()[0].name: x.numpy()}
-            with torch.no_grad():
-                ref = eager(x).numpy()
-                t_eager = best_of(lambda: eager(x), args.repeat)
+            ref, t_eager = eager_run(eager, x, args.repeat)
             t_new = best_of(lambda: new.run(None, feed), args.repeat)
             t_old = best_of(lambda: old.run(None, feed), args.repeat) if old else float("nan")
             y_new = new.run(None, feed)[0]

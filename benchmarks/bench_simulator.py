@@ -34,8 +34,8 @@ from snncc.frontends.zoo.testing import randomize_bn
 from snncc.pipeline import for_target
 from snncc.simulator import Simulator
 
-from common import (append, best_of, chosen, load_average, module_at,  # noqa: E402
-                    section)  # (benchmarks/ is sys.path[0])
+from common import (append, best_of, chosen, eager_run, load_average,  # noqa: E402
+                    module_at, section)  # (benchmarks/ is sys.path[0])
 
 T = 4
 #: earlier simulators measured beside today's: commit -> what it was
@@ -77,9 +77,8 @@ def measure(label, model, make_input, batches, repeat: int, bases: dict) -> list
     for b in batches:
         x = make_input(b)
         xn = x.numpy()
-        with torch.no_grad():
-            ref = model(x).numpy()
-            row = dict(model=label, batch=b, eager=best_of(lambda: model(x), repeat))
+        ref, t_eager = eager_run(model, x, repeat)
+        row = dict(model=label, batch=b, eager=t_eager)
         for k, sim in sims.items():
             row[k] = best_of(lambda: sim.run(xn, T), repeat)
         row["diff"] = float(np.abs(sims["now"].run(xn, T).output - ref).max())

@@ -32,7 +32,8 @@ from snncc.pipeline import for_target
 from snncc.simulator import Simulator
 
 from bench_onnx_speed import models  # noqa: E402 (benchmarks/ is sys.path[0])
-from common import append, best_of, chosen, load_average, section  # noqa: E402
+from common import (append, best_of, chosen, eager_run, load_average,  # noqa: E402
+                    section)
 
 T = 4
 ENGINES = ("eager", "sim", "onnx")
@@ -51,9 +52,8 @@ def measure(label, model, make_input, batches, repeat: int, threads: int) -> lis
     for b in batches:
         x = make_input(b)
         xn = x.numpy()
-        with torch.no_grad():
-            ref = model(x).numpy()
-            row = dict(model=label, batch=b, eager=best_of(lambda: model(x), repeat))
+        ref, t_eager = eager_run(model, x, repeat)
+        row = dict(model=label, batch=b, eager=t_eager)
         row["sim"] = best_of(lambda: sim.run(xn, T), repeat)
         row["onnx"] = best_of(lambda: ort_session.run(None, {name: xn}), repeat)
         row["diff_sim"] = float(np.abs(sim.run(xn, T).output - ref).max())

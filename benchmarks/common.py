@@ -26,6 +26,14 @@ def best_of(fn, repeat: int, warm_up: bool = True) -> float:
     return min(times)
 
 
+def eager_run(model, x, repeat: int):
+    """(output as a numpy array, best time of ``repeat`` calls) of ``model(x)``, no gradients."""
+    import torch  # (here, not at the top: bench_compile imports this module without torch)
+
+    with torch.no_grad():
+        return model(x).numpy(), best_of(lambda: model(x), repeat)
+
+
 def module_at(commit: str, path: str, name: str, package: str):
     """The module ``path`` (repository-relative) as of ``commit``, loaded as ``name`` inside
     ``package`` (its relative imports resolve there), or None without git or that commit."""
