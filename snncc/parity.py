@@ -16,7 +16,7 @@ from .errors import FormatError, UnsupportedError
 from .graph import Graph
 from .limits import nbytes, positive_int, require_fits
 from .models import LoadedModel
-from .simulator import simulate
+from .simulator import SPIKES, simulate
 
 
 @dataclass
@@ -252,8 +252,8 @@ def _require_check_fits(loaded: LoadedModel, compiled: Graph, x: np.ndarray, T: 
         return  # the simulator refuses the shape
     B = x_batch(loaded.graph, x)
     item = 4 if dtype == "float32" else 8
-    one = estimate_bytes(compiled, T, B, True, item)
-    ref = estimate_bytes(loaded.graph, T, B, True, item)
+    one = estimate_bytes(compiled, T, B, SPIKES, item)
+    ref = estimate_bytes(loaded.graph, T, B, SPIKES, item)
     require_fits(2 * one + ref, f"checking parity for T={T} on a batch of {B} (the simulator "
                                 f"and the target, {fmt_bytes(one)} each, and the reference, "
                                 f"{fmt_bytes(ref)})")
@@ -285,7 +285,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
     _require_check_fits(loaded, compiled, x, T, dtype)
     seconds = {}
     start = time.perf_counter()
-    sim = _on_device(device, lambda: simulate(compiled, x, T, dtype=dtype, record=True))
+    sim = _on_device(device, lambda: simulate(compiled, x, T, dtype=dtype, record=SPIKES))
     seconds["simulator"] = time.perf_counter() - start
     if labels is not None:
         classes = int(loaded.graph.outputs[0].shape[-1]) if loaded.graph.outputs[0].shape else 1
@@ -296,7 +296,8 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         ref_out, ref = torch_neuron_traces(loaded.torch_model, loaded.graph, x, dtype, device)
     else:
         reference = "simulator"
-        r0 = _on_device(device, lambda: simulate(loaded.graph, x, T, dtype=dtype, record=True))
+        r0 = _on_device(device, lambda: simulate(loaded.graph, x, T, dtype=dtype,
+                                                 record=SPIKES))
         ref_out, ref = first_output(loaded.graph, r0.outputs), {k: v for k, v in r0.trace.items()
                                    if isinstance(loaded.graph[k], ir.Neuron)}
     seconds["reference"] = time.perf_counter() - start

@@ -508,14 +508,15 @@ class Simulator:
             rec.additions[n.name].append(addressed_additions(args, n.spike_operand))
         return y
 
-    def run(self, inputs, T: int | None = None, record: bool = False) -> SimResult:
+    def run(self, inputs, T: int | None = None, record=False) -> SimResult:
         """Simulate. ``inputs``: an array (single input) or a dict by Input name; static inputs
         are ``[B, ...]``, sequences ``[T, B, ...]``. ``T`` defaults to the sequence length or
-        the graph's ``meta['T']``. ``record`` keeps every node's output and every membrane."""
+        the graph's ``meta['T']``. ``record=True`` keeps every node's output and every
+        membrane, ``record=SPIKES`` the neurons' spikes and the outputs."""
         with torch.inference_mode():  # no autograd bookkeeping on any tensor
             return self._run(inputs, T, record)
 
-    def _run(self, inputs, T: int | None, record: bool) -> SimResult:
+    def _run(self, inputs, T: int | None, record) -> SimResult:
         xs, T, B = self._prepare_inputs(inputs, T, None)
         T = int(T if T is not None else self.graph.meta.get("T", 1))
         if T < 1:
@@ -523,8 +524,8 @@ class Simulator:
         fold = self._walks.get((T, B, record))
         if fold is None:  # checked once per (T, batch, record)
             fold = self.fold
-            if fold and not record and not _fits(self.graph, T, B, record,
-                                                 self.dtype.itemsize, True, self.plan):
+            if fold and record is not True and not _fits(self.graph, T, B, record,
+                                                         self.dtype.itemsize, True, self.plan):
                 fold = False  # the step-by-step walk holds one step of every node instead
             require_run_fits(self.graph, T, B, record, self.dtype.itemsize, fold, self.plan)
             self._walks[T, B, record] = fold
@@ -552,7 +553,7 @@ class Simulator:
                 y = val[n.name] = self._step_node(n, t, args, state, xs, rec)
                 if isinstance(n, ir.Output):
                     rec.out_seq[n.name].append(y)
-                if rec.trace:
+                if n.name in rec.trace:
                     rec.trace[n.name].append(y)
             for n in self.order:
                 if isinstance(n, ir.Delay):
@@ -587,7 +588,8 @@ class Simulator:
                 elif isinstance(n, ir.Neuron):
                     x = seq(n.inputs[0])
                     st = self._neuron_state(n, B, x[0] if self.onednn else None)
-                    spikes = (x if not rec.trace and nm in self.plan.overwrite
+                    # (an input that is recorded keeps its values)
+                    spikes = (x if nm in self.plan.overwrite and n.inputs[0] not in rec.trace
                               else _empty_steps(T, x[0], self.onednn))
                     for t in range(T):
                         _, v = self._neuron_step(n, st, x[t], spikes[t],
@@ -618,12 +620,12 @@ class Simulator:
                                                         device=s.device))
                     rec.additions[nm] = [int(c) * int(row) for c in nz.sum(dim=1).tolist()]
             for n in nodes:
-                if rec.trace:
+                if n.name in rec.trace:
                     rec.trace[n.name] = seq(n.name).contiguous()
-                else:  # free what no later unit reads
-                    for nm in (n.name, *n.inputs):
-                        if nm in vals and self.plan.last_use.get(nm, -1) <= u:
-                            del vals[nm]
+            for n in nodes:
+                for nm in (n.name, *n.inputs):  # free what no later unit reads
+                    if nm in vals and self.plan.last_use.get(nm, -1) <= u:
+                        del vals[nm]
 
     def _run_cycle(self, nodes, vals, seq, xs, T: int, B: int, rec: "_Record") -> None:
         """A cycle through Delays: its nodes step by step, reading outside inputs at step t."""
@@ -651,14 +653,30 @@ class Simulator:
                 rec.out_seq[n.name] = vals[n.name]
 
 
-class _Record:
-    """What a run collects besides values: traces (with ``record``), membranes (with
-    ``record``), the outputs' sequences and the additions of AddressedAccumulate nodes."""
+#: ``record=SPIKES``: keep only the neurons' spikes and the outputs over T (what a parity
+#: check compares), not every node's value and membrane (15M Meta-SpikeFormer at 224x224, batch
+#: 2: 0.7 GB of spikes against 3.4 GB of traces and 1.6 GB of neuron states).
+SPIKES = "spikes"
 
-    def __init__(self, order, record: bool):
-        self.trace = {n.name: [] for n in order} if record else {}
+
+def _recorded(n: ir.Node, record) -> bool:
+    """Whether a run with ``record`` (False, True or :data:`SPIKES`) keeps ``n``'s trace."""
+    if record == SPIKES:
+        return isinstance(n, (ir.Neuron, ir.Output))
+    if record not in (True, False):
+        raise SnnccError(f"record must be True, False or {SPIKES!r}, got {record!r}")
+    return record
+
+
+class _Record:
+    """What a run collects besides values: traces (``record``: every node's, or with
+    :data:`SPIKES` the neurons' and outputs'), membranes (``record=True``), the outputs'
+    sequences and the additions of AddressedAccumulate nodes."""
+
+    def __init__(self, order, record):
+        self.trace = {n.name: [] for n in order if _recorded(n, record)}
         self.membrane = ({n.name: [] for n in order if isinstance(n, ir.Neuron)}
-                         if record else None)
+                         if record is True else None)
         self.additions = {n.name: [] for n in order if isinstance(n, ir.AddressedAccumulate)}
         self.out_seq = {n.name: [] for n in order if isinstance(n, ir.Output)}
 
@@ -678,7 +696,7 @@ class FixedPointSimulator(Simulator):
         self.peaks: dict[str, dict[str, int]] = {}
         super().__init__(graph, "float64", fold)
 
-    def run(self, inputs, T: int | None = None, record: bool = False):
+    def run(self, inputs, T: int | None = None, record=False):
         self.peaks = {}
         return super().run(inputs, T, record)
 
@@ -723,16 +741,17 @@ class FixedPointSimulator(Simulator):
 _TENSOR_OVERHEAD = 512
 
 
-def estimate_parts(graph: Graph, T: int, batch: int, record: bool = False,
+def estimate_parts(graph: Graph, T: int, batch: int, record=False,
                    itemsize: int = 8, fold: bool = True, plan_: Plan | None = None
                    ) -> dict[str, int]:
     """Memory a run of ``graph`` takes beyond its inputs, estimated from the declared shapes
     before anything is allocated, by part: one step of every node, neuron states, each delay's
-    FIFO (``steps`` tensors), the outputs' sequences (T steps) and, with ``record``, every
-    node's and membrane's trace over T (twice for what steps: lists and stacked arrays; once
-    for what a time-folded run computes over T at once). A time-folded run (``fold``) without
-    ``record`` also holds the sequences [T, B, ...] of the values alive at once
-    (:class:`Plan`); with ``record`` the traces hold them."""
+    FIFO (``steps`` tensors), the outputs' sequences (T steps) and the traces ``record`` keeps
+    over T (every node's and membrane's, or with :data:`SPIKES` the neurons' and outputs';
+    twice for what steps: lists and stacked arrays; once for what a time-folded run computes
+    over T at once). A time-folded run (``fold``) without ``record=True`` also holds the
+    sequences [T, B, ...] of the values alive at once (:class:`Plan`); with it the traces hold
+    them."""
     parts = {"one step of every node": 0}
     p = (plan_ if plan_ is not None else plan(graph)) if fold else None
     stepped = ({n.name for cyc, nodes in p.units if cyc for n in nodes} if fold
@@ -740,22 +759,22 @@ def estimate_parts(graph: Graph, T: int, batch: int, record: bool = False,
     for n in graph.nodes.values():
         size = nbytes(n.shape, itemsize) * batch
         parts["one step of every node"] += size
-        if record:  # step by step: T tensors, then stacked; folded: one [T, B, ...] tensor
+        if _recorded(n, record):  # stepped: T tensors, then stacked; folded: one [T, B, ...]
             parts["traces"] = parts.get("traces", 0) + (
                 T * (2 * size + _TENSOR_OVERHEAD) if n.name in stepped else T * size)
         if isinstance(n, ir.Neuron):
             parts["neuron states"] = parts.get("neuron states", 0) + size * (
-                1 + 2 * T if record else 1)
+                1 + 2 * T if record is True else 1)
         elif isinstance(n, ir.Delay):
             parts[f"Delay '{n.name}' of {n.steps} steps"] = n.steps * (size + _TENSOR_OVERHEAD)
         elif isinstance(n, ir.Output):
             parts["output sequences"] = parts.get("output sequences", 0) + 2 * T * size
-    if fold and not record:
+    if fold and record is not True:
         parts["time-folded values alive at once"] = _folded_peak(graph, p, T, batch, itemsize)
     return parts
 
 
-def estimate_bytes(graph: Graph, T: int, batch: int, record: bool = False,
+def estimate_bytes(graph: Graph, T: int, batch: int, record=False,
                    itemsize: int = 8, fold: bool = True) -> int:
     """The total of :func:`estimate_parts`."""
     return sum(estimate_parts(graph, T, batch, record, itemsize, fold).values())
@@ -766,7 +785,7 @@ def _fits(graph, T, batch, record, itemsize, fold, plan_=None) -> bool:
         <= max_memory()
 
 
-def require_run_fits(graph: Graph, T: int, batch: int, record: bool = False,
+def require_run_fits(graph: Graph, T: int, batch: int, record=False,
                      itemsize: int = 8, fold: bool = False, plan_: Plan | None = None) -> None:
     """Refuse (ResourceError) a run whose estimate exceeds the memory budget, naming its
     largest part."""
@@ -774,7 +793,8 @@ def require_run_fits(graph: Graph, T: int, batch: int, record: bool = False,
     big = max(parts, key=parts.get)
     require_fits(sum(parts.values()),
                  f"simulating '{graph.name}' for T={T} on a batch of {batch}"
-                 + (" with every node's trace" if record else "")
+                 + {True: " with every node's trace", SPIKES: " with the neurons' spikes"}.get(
+                     record, "")
                  + f" (largest part: {big}, {fmt_bytes(parts[big])})")
 
 
@@ -788,7 +808,7 @@ def addressed_additions(operands, spike_operand: int) -> int:
 
 
 def simulate(graph: Graph, inputs, T: int | None = None, dtype: str = "float64",
-             record: bool = False, arithmetic: str | None = None, fold: bool = True,
+             record=False, arithmetic: str | None = None, fold: bool = True,
              device=None) -> SimResult:
     """One-shot convenience: ``Simulator(graph, dtype, fold, device).run(inputs, T, record)``;
     ``arithmetic="loihi2"`` runs a quantized graph in Loihi 2's fixed-point arithmetic
@@ -808,9 +828,9 @@ def simulate(graph: Graph, inputs, T: int | None = None, dtype: str = "float64",
 
 
 def run_snnir(artifact, inputs, T, dtype: str = "float64", device=None):
-    """Runner of the ``sim`` target: (outputs, traces) of a ``.snnir`` file, simulated in
-    ``dtype`` on ``device``."""
+    """Runner of the ``sim`` target: (outputs, the neurons' spikes and the outputs over T) of a
+    ``.snnir`` file, simulated in ``dtype`` on ``device``."""
     from .serialize import load
 
-    res = simulate(load(artifact), inputs, T, dtype=dtype, record=True, device=device)
+    res = simulate(load(artifact), inputs, T, dtype=dtype, record=SPIKES, device=device)
     return res.outputs, res.trace

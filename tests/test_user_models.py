@@ -242,3 +242,34 @@ def test_the_users_module_in_the_current_directory_imports(tmp_path, monkeypatch
     assert main(["check", "w.pt", "--model", "my_snn_module:Net", "--model-args",
                  '{"width": 4}', "--input-shape", "1,8,8", "-t", "onnx"]) == 0
     assert str(tmp_path) not in sys.path
+
+
+@pytest.mark.parametrize("target", ["sim", "nir"])
+def test_check_keeps_only_the_spikes_it_compares(target):
+    """A parity check keeps the neurons' spikes and the outputs over T (what it compares), not
+    every node's value and membrane: under a memory budget that fits that but not the full
+    record it runs and agrees; below it, it is refused before any work."""
+    from snncc import limits
+    from snncc.parity import random_inputs
+    from snncc.pipeline import for_target
+    from snncc.simulator import SPIKES, estimate_bytes
+
+    loaded = snncc.load(DIGITS, arch="digits-spikformer")
+    compiled = for_target(target, log=lambda s: None).run(loaded.graph)
+    T, B = 4, 4
+    x = random_inputs(loaded.graph, B, T, 0)
+
+    def need(record):
+        return (2 * estimate_bytes(compiled, T, B, record)
+                + estimate_bytes(loaded.graph, T, B, record))
+    assert need(SPIKES) < need(True)
+    try:
+        limits.set_max_memory((need(SPIKES) + need(True)) // 2)
+        report = snncc.check(DIGITS, arch="digits-spikformer", target=target, inputs=x)
+        assert report.min_agreement == 1.0
+        assert 0.05 < np.mean([layer.rate_reference for layer in report.layers]) < 0.95
+        limits.set_max_memory(need(SPIKES) - 1)
+        with pytest.raises(limits.ResourceError, match="checking parity"):
+            snncc.check(DIGITS, arch="digits-spikformer", target=target, inputs=x)
+    finally:
+        limits.set_max_memory(None)

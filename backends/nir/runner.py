@@ -4,7 +4,7 @@ the reference simulator (NIR has no execution engine of its own)."""
 from __future__ import annotations
 
 from snncc.frontends.nir_reader import read_nir
-from snncc.simulator import simulate
+from snncc.simulator import SPIKES, simulate
 
 
 def read_meta(artifact) -> dict:
@@ -23,7 +23,7 @@ def read_meta(artifact) -> dict:
 
 
 def run_nir(artifact, inputs, T=None, dtype: str = "float64", device=None):
-    """(outputs at the last step, every node's output [T, B, ...] by IR node name), simulated
-    in ``dtype`` on ``device``."""
-    res = simulate(read_nir(artifact), inputs, T, dtype=dtype, record=True, device=device)
+    """(outputs at the last step, the neurons' spikes and the outputs [T, B, ...] by IR node
+    name), simulated in ``dtype`` on ``device``."""
+    res = simulate(read_nir(artifact), inputs, T, dtype=dtype, record=SPIKES, device=device)
     return res.outputs, res.trace
