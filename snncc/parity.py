@@ -239,24 +239,34 @@ def check_labels(labels, batch: int, classes: int, what: str = "--labels") -> np
     return a.astype(np.int64)
 
 
+def check_bytes(loaded: LoadedModel, compiled: Graph, T: int, batch: int,
+                dtype: str) -> tuple[int, str]:
+    """Memory a parity check takes (bytes, and what they are): it keeps three runs' traces at
+    once (the compiled graph in the simulator and on the target, and the reference; the
+    neurons' spikes and the outputs, ``record=SPIKES``), and runs them one after another, so
+    one run's working memory at a time (the largest)."""
+    from .limits import fmt_bytes
+    from .simulator import estimate_parts
+
+    item = 4 if dtype == "float32" else 8
+    kept = ("traces", "output sequences")
+    runs = [estimate_parts(g, T, batch, SPIKES, item) for g in (compiled, compiled, loaded.graph)]
+    held = sum(v for p in runs for k, v in p.items() if k in kept)
+    working = max(sum(v for k, v in p.items() if k not in kept) for p in runs)
+    return held + working, (f"the three runs' spikes and outputs {fmt_bytes(held)}, the largest "
+                            f"run's working memory {fmt_bytes(working)}")
+
+
 def _require_check_fits(loaded: LoadedModel, compiled: Graph, x: np.ndarray, T: int,
                         dtype: str) -> None:
-    """A parity check holds three recorded runs at once (the compiled graph in the simulator
-    and on the target, and the reference): refuse before the first when they cannot fit."""
-    from .limits import fmt_bytes
-    from .simulator import estimate_bytes
-
+    """Refuse a parity check (:func:`check_bytes`) before its first run when it cannot fit."""
     x = np.asarray(x)
     static = loaded.graph.inputs[0].static if len(loaded.graph.inputs) == 1 else True
     if x.ndim < (1 if static else 2):
         return  # the simulator refuses the shape
     B = x_batch(loaded.graph, x)
-    item = 4 if dtype == "float32" else 8
-    one = estimate_bytes(compiled, T, B, SPIKES, item)
-    ref = estimate_bytes(loaded.graph, T, B, SPIKES, item)
-    require_fits(2 * one + ref, f"checking parity for T={T} on a batch of {B} (the simulator "
-                                f"and the target, {fmt_bytes(one)} each, and the reference, "
-                                f"{fmt_bytes(ref)})")
+    need, parts = check_bytes(loaded, compiled, T, B, dtype)
+    require_fits(need, f"checking parity for T={T} on a batch of {B} ({parts})")
 
 
 def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int,

@@ -247,28 +247,27 @@ def test_the_users_module_in_the_current_directory_imports(tmp_path, monkeypatch
 @pytest.mark.parametrize("target", ["sim", "nir"])
 def test_check_keeps_only_the_spikes_it_compares(target):
     """A parity check keeps the neurons' spikes and the outputs over T (what it compares), not
-    every node's value and membrane: under a memory budget that fits that but not the full
-    record it runs and agrees; below it, it is refused before any work."""
+    every node's value and membrane, and runs its three runs one after another: under a
+    memory budget of exactly its estimate it runs and agrees (three full records would not
+    fit); one byte less and it is refused before any work."""
     from snncc import limits
-    from snncc.parity import random_inputs
+    from snncc.parity import check_bytes, random_inputs
     from snncc.pipeline import for_target
-    from snncc.simulator import SPIKES, estimate_bytes
+    from snncc.simulator import estimate_bytes
 
     loaded = snncc.load(DIGITS, arch="digits-spikformer")
     compiled = for_target(target, log=lambda s: None).run(loaded.graph)
     T, B = 4, 4
     x = random_inputs(loaded.graph, B, T, 0)
-
-    def need(record):
-        return (2 * estimate_bytes(compiled, T, B, record)
-                + estimate_bytes(loaded.graph, T, B, record))
-    assert need(SPIKES) < need(True)
+    need = check_bytes(loaded, compiled, T, B, "float64")[0]
+    assert need < 2 * estimate_bytes(compiled, T, B, True) + estimate_bytes(loaded.graph, T, B,
+                                                                            True)
     try:
-        limits.set_max_memory((need(SPIKES) + need(True)) // 2)
+        limits.set_max_memory(need)
         report = snncc.check(DIGITS, arch="digits-spikformer", target=target, inputs=x)
         assert report.min_agreement == 1.0
         assert 0.05 < np.mean([layer.rate_reference for layer in report.layers]) < 0.95
-        limits.set_max_memory(need(SPIKES) - 1)
+        limits.set_max_memory(need - 1)
         with pytest.raises(limits.ResourceError, match="checking parity"):
             snncc.check(DIGITS, arch="digits-spikformer", target=target, inputs=x)
     finally:
