@@ -241,20 +241,33 @@ def check_labels(labels, batch: int, classes: int, what: str = "--labels") -> np
 
 def check_bytes(loaded: LoadedModel, compiled: Graph, T: int, batch: int,
                 dtype: str) -> tuple[int, str]:
-    """Memory a parity check takes (bytes, and what they are): it keeps three runs' traces at
-    once (the compiled graph in the simulator and on the target, and the reference; the
-    neurons' spikes and the outputs, ``record=SPIKES``), and runs them one after another, so
-    one run's working memory at a time (the largest)."""
+    """Memory a parity check takes (bytes, and what they are): it runs the compiled graph in the
+    simulator and on the target, and the reference, one after another, each keeping the
+    neurons' spikes and the outputs (``record=SPIKES``), which it then holds as booleans
+    (:func:`_as_booleans`) while the next runs: one run's working memory and traces at a time
+    (the largest), and the three runs' spikes at a byte each."""
     from .limits import fmt_bytes
     from .simulator import estimate_parts
 
     item = 4 if dtype == "float32" else 8
     kept = ("traces", "output sequences")
     runs = [estimate_parts(g, T, batch, SPIKES, item) for g in (compiled, compiled, loaded.graph)]
-    held = sum(v for p in runs for k, v in p.items() if k in kept)
-    working = max(sum(v for k, v in p.items() if k not in kept) for p in runs)
-    return held + working, (f"the three runs' spikes and outputs {fmt_bytes(held)}, the largest "
-                            f"run's working memory {fmt_bytes(working)}")
+    held = sum(v for p in runs for k, v in p.items() if k in kept) // item
+    largest = max(sum(p.values()) for p in runs)
+    return largest + held, (f"the largest run {fmt_bytes(largest)}, the three runs' spikes as "
+                            f"booleans {fmt_bytes(held)}")
+
+
+def _as_booleans(traces: dict) -> dict:
+    """Each trace whose values are all 0 or 1 (spikes) as a boolean array, an eighth of float64
+    (a check holds three runs' spikes); any other (an output, a graded value) as it is. What
+    reads them (agreements, rates, counts over time) gives the same numbers for either."""
+    out = {}
+    for k, v in traces.items():
+        v = np.asarray(v)
+        b = v.astype(bool) if v.dtype.kind == "f" else None
+        out[k] = b if b is not None and np.array_equal(b, v) else v
+    return out
 
 
 def _require_check_fits(loaded: LoadedModel, compiled: Graph, x: np.ndarray, T: int,
@@ -296,6 +309,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
     seconds = {}
     start = time.perf_counter()
     sim = _on_device(device, lambda: simulate(compiled, x, T, dtype=dtype, record=SPIKES))
+    sim.trace = _as_booleans(sim.trace)
     seconds["simulator"] = time.perf_counter() - start
     if labels is not None:
         classes = int(loaded.graph.outputs[0].shape[-1]) if loaded.graph.outputs[0].shape else 1
@@ -310,6 +324,8 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
                                                  record=SPIKES))
         ref_out, ref = first_output(loaded.graph, r0.outputs), {k: v for k, v in r0.trace.items()
                                    if isinstance(loaded.graph[k], ir.Neuron)}
+        del r0
+    ref = _as_booleans(ref)
     seconds["reference"] = time.perf_counter() - start
     options = {"dtype": dtype} if "dtype" in tgt.options else {}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -317,6 +333,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
             artifact = tgt.emit(compiled, Path(tmp) / f"model{tgt.suffix}", **options)
         start = time.perf_counter()
         tgt_outputs, tgt_traces = tgt.run(artifact, x, T)
+        tgt_traces = _as_booleans(tgt_traces)
         seconds["target"] = time.perf_counter() - start
     sim_out, tgt_out = (first_output(compiled, o) for o in (sim.outputs, tgt_outputs))
     target_dtype = str(tgt_out.dtype) if tgt_out.dtype.kind == "f" else ""

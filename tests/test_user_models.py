@@ -272,3 +272,22 @@ def test_check_keeps_only_the_spikes_it_compares(target):
             snncc.check(DIGITS, arch="digits-spikformer", target=target, inputs=x)
     finally:
         limits.set_max_memory(None)
+
+
+def test_check_holds_spikes_as_booleans_and_other_traces_as_they_are():
+    """A check holds each trace of 0s and 1s as booleans (an eighth of float64) and gives the
+    same agreement, rate and spike counts from them; a graded trace or an integer one stays."""
+    from snncc.parity import _agreement, _as_booleans, _cosine
+
+    rng = np.random.default_rng(0)
+    spikes = (rng.random((4, 2, 5)) < 0.3).astype(np.float64)
+    other = (rng.random((4, 2, 5)) < 0.3).astype(np.float64)
+    graded = spikes * 0.5
+    counts = spikes.astype(np.int64)
+    out = _as_booleans({"s": spikes, "o": other, "g": graded, "c": counts})
+    assert out["s"].dtype == bool and out["o"].dtype == bool
+    assert out["g"] is graded and out["c"] is counts
+    assert _agreement(out["s"], out["o"]) == _agreement(spikes, other)
+    assert out["s"].mean() == spikes.mean()
+    assert _cosine(out, out | {"s": out["o"]}, ["s"]) == _cosine({"s": spikes}, {"s": other},
+                                                                 ["s"])
