@@ -251,7 +251,8 @@ def check_bytes(loaded: LoadedModel, compiled: Graph, T: int, batch: int,
 
     item = 4 if dtype == "float32" else 8
     kept = ("traces", "output sequences")
-    runs = [estimate_parts(g, T, batch, SPIKES, item) for g in (compiled, compiled, loaded.graph)]
+    one = estimate_parts(compiled, T, batch, SPIKES, item)  # the simulator's and the target's
+    runs = [one, one, estimate_parts(loaded.graph, T, batch, SPIKES, item)]
     held = sum(v for p in runs for k, v in p.items() if k in kept) // item
     largest = max(sum(p.values()) for p in runs)
     return largest + held, (f"the largest run {fmt_bytes(largest)}, the three runs' spikes as "
