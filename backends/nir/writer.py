@@ -28,6 +28,7 @@ Standard mappings (dt from the graph's metadata, default 1e-4; docs/nir.md has t
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -602,20 +603,52 @@ def _create_dataset(group, name: str, value) -> None:
     import h5py
 
     if isinstance(value, str):
-        data = np.asarray(value, dtype=h5py.string_dtype())
+        data, file_type = np.asarray(value, dtype=h5py.string_dtype()), _string_type()
     else:  # a ChannelScaled product is not computed here: h5py computes it once, to write it
         data = np.asarray(value) if isinstance(value, (int, float, np.generic, np.ndarray)) \
             else None
         if data is None or data.nbytes > COMPACT_BYTES or data.dtype.kind not in "biuf":
             group.create_dataset(name, data=value)
             return
+        file_type = _numeric_type(data.dtype)
+    link, lcpl = _link_name(name)
+    ds = h5py.h5d.create(group.id, link, file_type, _dataspace(data.shape),
+                         dcpl=_compact_layout(), lcpl=lcpl)
+    ds.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
+
+
+# HDF5 types, dataspaces and property lists belong to no file: made once, not per dataset
+# (15M: the writing thread's CPU time, median of 9 writes, 1.33-1.38 s before, 1.12-1.25 after)
+@functools.cache
+def _compact_layout():
+    import h5py
+
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_layout(h5py.h5d.COMPACT)
     dcpl.set_obj_track_times(False)
-    link, lcpl = _link_name(name)
-    ds = h5py.h5d.create(group.id, link, h5py.h5t.py_create(data.dtype, logical=True),
-                         h5py.h5s.create_simple(data.shape), dcpl=dcpl, lcpl=lcpl)
-    ds.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
+    return dcpl
+
+
+@functools.cache
+def _string_type():
+    import h5py
+
+    return h5py.h5t.py_create(h5py.string_dtype(), logical=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _numeric_type(dtype: np.dtype):
+    """(Numeric only: numpy's dtype equality ignores the metadata that tells strings apart.)"""
+    import h5py
+
+    return h5py.h5t.py_create(dtype, logical=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _dataspace(shape: tuple):
+    import h5py
+
+    return h5py.h5s.create_simple(shape)
 
 
 def _create_group(group, name: str):
