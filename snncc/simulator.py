@@ -512,7 +512,13 @@ class Simulator:
         """Simulate. ``inputs``: an array (single input) or a dict by Input name; static inputs
         are ``[B, ...]``, sequences ``[T, B, ...]``. ``T`` defaults to the sequence length or
         the graph's ``meta['T']``. ``record=True`` keeps every node's output and every
-        membrane, ``record=SPIKES`` the neurons' spikes and the outputs."""
+        membrane, ``record=SPIKES`` the neurons' spikes and the outputs, a set of node names
+        those nodes' outputs."""
+        if isinstance(record, (set, frozenset)):
+            unknown = sorted(record - set(self.graph.nodes))
+            if unknown:
+                raise SnnccError(f"record names node(s) not in the graph: {unknown[:8]}")
+            record = frozenset(record)
         with torch.inference_mode():  # no autograd bookkeeping on any tensor
             return self._run(inputs, T, record)
 
@@ -614,11 +620,11 @@ class Simulator:
                     vals[nm] = y.reshape(T, B, *y.shape[1:])
                 if isinstance(n, ir.AddressedAccumulate):
                     s = seq(n.inputs[n.spike_operand]).reshape(T, -1)
-                    r = self.graph[n.inputs[1 - n.spike_operand]].shape
-                    row = r[-1] if n.spike_operand == 0 else r[-2]
+                    row = addressed_row(self.graph[n.inputs[1 - n.spike_operand]].shape,
+                                        n.spike_operand)
                     nz = torch.ne(s, 0, out=torch.empty(s.shape, dtype=torch.float64,
                                                         device=s.device))
-                    rec.additions[nm] = [int(c) * int(row) for c in nz.sum(dim=1).tolist()]
+                    rec.additions[nm] = [int(c) * row for c in nz.sum(dim=1).tolist()]
             for n in nodes:
                 if n.name in rec.trace:
                     rec.trace[n.name] = seq(n.name).contiguous()
@@ -660,11 +666,15 @@ SPIKES = "spikes"
 
 
 def _recorded(n: ir.Node, record) -> bool:
-    """Whether a run with ``record`` (False, True or :data:`SPIKES`) keeps ``n``'s trace."""
+    """Whether a run with ``record`` (False, True, :data:`SPIKES` or a set of node names) keeps
+    ``n``'s trace."""
     if record == SPIKES:
         return isinstance(n, (ir.Neuron, ir.Output))
+    if isinstance(record, (set, frozenset)):
+        return n.name in record
     if record not in (True, False):
-        raise SnnccError(f"record must be True, False or {SPIKES!r}, got {record!r}")
+        raise SnnccError(f"record must be True, False, {SPIKES!r} or a set of node names, "
+                         f"got {record!r}")
     return record
 
 
@@ -747,7 +757,8 @@ def estimate_parts(graph: Graph, T: int, batch: int, record=False,
     """Memory a run of ``graph`` takes beyond its inputs, estimated from the declared shapes
     before anything is allocated, by part: one step of every node, neuron states, each delay's
     FIFO (``steps`` tensors), the outputs' sequences (T steps) and the traces ``record`` keeps
-    over T (every node's and membrane's, or with :data:`SPIKES` the neurons' and outputs';
+    over T (every node's and membrane's, with :data:`SPIKES` the neurons' and outputs', or
+    those of a set of names;
     twice for what steps: lists and stacked arrays; once for what a time-folded run computes
     over T at once). A time-folded run (``fold``) without ``record=True`` also holds the
     sequences [T, B, ...] of the values alive at once (:class:`Plan`); with it the traces hold
@@ -793,8 +804,9 @@ def require_run_fits(graph: Graph, T: int, batch: int, record=False,
     big = max(parts, key=parts.get)
     require_fits(sum(parts.values()),
                  f"simulating '{graph.name}' for T={T} on a batch of {batch}"
-                 + {True: " with every node's trace", SPIKES: " with the neurons' spikes"}.get(
-                     record, "")
+                 + ({True: " with every node's trace", SPIKES: " with the neurons' spikes"}
+                    .get(record, "") if not isinstance(record, (set, frozenset))
+                    else f" with {len(record)} nodes' traces")
                  + f" (largest part: {big}, {fmt_bytes(parts[big])})")
 
 
@@ -803,8 +815,13 @@ def addressed_additions(operands, spike_operand: int) -> int:
     every spike selects one row (column) of the other operand, so additions = spikes x row
     length, summed over the batch."""
     s, r = operands[spike_operand], operands[1 - spike_operand]
-    row = r.shape[-1] if spike_operand == 0 else r.shape[-2]
-    return int(torch.count_nonzero(s)) * int(row)
+    return int(torch.count_nonzero(s)) * addressed_row(r.shape, spike_operand)
+
+
+def addressed_row(other_shape, spike_operand: int) -> int:
+    """Additions one spike makes in ``S @ R`` (spike_operand 0: a row of R) or ``R @ S`` (1: a
+    column of R), from the shape of the other operand R."""
+    return int(other_shape[-1] if spike_operand == 0 else other_shape[-2])
 
 
 def simulate(graph: Graph, inputs, T: int | None = None, dtype: str = "float64",

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from snncc import analysis, ir
+from snncc.errors import SnnccError
 from snncc.graph import Graph
 from snncc.simulator import simulate
 
@@ -118,3 +119,40 @@ def test_fan_out_counts_what_the_convolution_reads(op, in_shape, kw):
          node.padding, node.dilation, groups).sum().backward()
     got = fan_out(node, in_shape)
     assert got.shape == in_shape and torch.equal(got, x.grad[0])
+
+
+@pytest.mark.parametrize("family", ["spikformer-cifar", "sdt-v1", "meta-spikeformer",
+                                    "snasnet-bw"])
+def test_energy_from_recorded_inputs_equals_from_every_trace(family):
+    """``snncc inspect`` records only :func:`analysis.energy_record` (neurons and synaptic
+    inputs): the same report, to the bit, as from every node's trace, before and after the
+    passes (BN folded, attention lowered to addressed additions, static input hoisted)."""
+    from conftest import assert_rates_in_range
+
+    from snncc.frontends.tracer import trace
+    from snncc.frontends.zoo import small
+    from snncc.pipeline import for_target
+    from snncc.simulator import estimate_bytes
+
+    case = small(family, 1, batch=3)
+    g = trace(case.model, case.inputs, T=T, static=case.inputs.dim() == 4, name=family)
+    x = case.inputs.numpy()
+    if g.meta.get("input_layout") == "BT":
+        x = np.swapaxes(x, 0, 1)
+    for h in (g, for_target("sim", log=lambda s: None).run(g)):
+        names = analysis.energy_record(h)
+        full, kept = simulate(h, x, T, record=True), simulate(h, x, T, record=names)
+        assert set(kept.trace) == names and not kept.membrane
+        assert analysis.energy_report(h, kept).to_dict() == \
+            analysis.energy_report(h, full).to_dict()
+        assert kept.firing_rates(h) == full.firing_rates(h)
+        assert_rates_in_range(kept.firing_rates(h))
+        assert analysis.energy_report(h, kept).total_sops > 0
+        assert estimate_bytes(h, T, 3, names) < estimate_bytes(h, T, 3, True)
+
+
+def test_record_names_a_node_of_the_graph():
+    g = fixed_rate_graph(hoisted=False)
+    with pytest.raises(SnnccError, match="not in the graph: \\['nope'\\]"):
+        simulate(g, np.ones((2, 6)), record={"if1", "nope"})
+    assert set(simulate(g, np.ones((2, 6)), record={"if1"}).trace) == {"if1"}

@@ -67,6 +67,13 @@ def assert_identical(g: Graph, x, **kw):
             np.testing.assert_array_equal(spikes.trace[k], step.trace[k], err_msg=k)
         np.testing.assert_array_equal(spikes.output, step.output)
     assert estimate_bytes(g, T, BATCH, SPIKES) < estimate_bytes(g, T, BATCH, True)
+    # a set of names (snncc inspect's energy counts): those traces, equal to the bit
+    chosen = frozenset(list(g.nodes)[::3])
+    for walk in (False, True):
+        some = simulate(g, x, record=chosen, fold=walk, **kw)
+        assert set(some.trace) == chosen and not some.membrane
+        for k in chosen:
+            np.testing.assert_array_equal(some.trace[k], step.trace[k], err_msg=k)
     return step
 
 

@@ -274,6 +274,35 @@ def test_arch_option_is_printed_by_compile_and_inspect(tmp_path, capsys):
     assert "overridden" not in out[0]
 
 
+def test_inspect_records_what_it_counts_one_run_at_a_time(tmp_path, capsys):
+    """``snncc inspect`` keeps the neurons' spikes and the synaptic layers' inputs (what its
+    firing rates and energy read) of one run at a time: under a memory budget of exactly the
+    larger run's estimate it reports (two runs with every trace would not fit); one byte less
+    and it is refused before either run."""
+    import json
+
+    from snncc.analysis import energy_record
+    from snncc.models import load_model
+    from snncc.pipeline import for_target
+    from snncc.simulator import estimate_bytes
+
+    g = load_model(str(CKPT), "digits-spikformer").graph
+    runs = (g, for_target("sim", log=lambda s: None).run(g))
+    need = max(estimate_bytes(h, 4, 2, energy_record(h)) for h in runs)
+    assert need < sum(estimate_bytes(h, 4, 2, True) for h in runs) / 2
+    argv = ["inspect", str(CKPT), "--arch", "digits-spikformer", "--batch", "2",
+            "--json", str(tmp_path / "r.json")]
+    assert main(["--max-memory", str(need), *argv]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    rates = report["firing_rates"].values()
+    assert min(rates) > 0 and 0.05 < sum(rates) / len(rates) < 0.95  # a trained model's layers
+    assert report["energy"]["total_sops"] > 0 and report["energy_unoptimised"]["total_sops"] > 0
+    capsys.readouterr()
+    assert main(["--max-memory", str(need - 1), *argv]) == 1
+    err = capsys.readouterr().err
+    assert "a recorded run of" in err and "memory budget" in err, err
+
+
 @pytest.mark.parametrize("options, message", [
     (["heads=8"], "unknown --arch-option 'heads' for 'digits-spikformer'; valid: num_heads, T, "
                   "tau, v_threshold, attn_v_threshold, scale"),
