@@ -245,12 +245,13 @@ def check(model, example_input=None, *, target: str = "sim", T: int | None = Non
 
 def check_dataset(model, dataset: str, example_input=None, *, target: str = "sim",
                   T: int | None = None, layout: str | None = None, input_shape=None,
-                  batch: int = 64, limit: int | None = None, transform=None,
+                  batch: int | None = None, limit: int | None = None, transform=None,
                   dtype: str = "float64", passes: list[str] | None = None,
                   artifact: str | Path | None = None, fixed_point: bool = False,
                   calibrate=None, device: str = "cpu", resume: str | Path | None = None,
                   checkpoint_every: int = 10, progress: bool = False, **load_options):
-    """:func:`check` over a whole labelled data set streamed in batches of ``batch``:
+    """:func:`check` over a whole labelled data set streamed in batches of ``batch`` (default:
+    the largest up to 64 whose check fits the memory budget):
     ``dataset`` is ``"digits"`` (``digits:test`` / ``digits:train``), a ``.npz`` with ``x``
     [N, ...] and ``y`` [N], or an ImageFolder directory (``transform``: ``{"mean": [...],
     "std": [...], "scale": [255]}`` or the CLI's ``["mean=0.5", ...]``). Under torchrun the

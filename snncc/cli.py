@@ -203,7 +203,9 @@ def check(
     T: Optional[int] = typer.Option(None, "--T", min=1, help="time steps (default: the model's)"),
     batch: Optional[int] = typer.Option(None, "--batch", help="batch of random inputs "
                                                               "(default 4), or of --dataset "
-                                                              "samples (default 64)"),
+                                                              "samples (default: the largest "
+                                                              "up to 64 that fits the memory "
+                                                              "budget)"),
     seed: int = typer.Option(0, "--seed", help="seed of random inputs"),
     dtype: str = typer.Option("float64", "--dtype", help="float64 or float32"),
     passes: Optional[str] = typer.Option(None, "--passes", help="pipeline instead of the "
@@ -296,7 +298,7 @@ def _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, p
     say = _out if rank0 else _silent
     try:
         report = check_dataset(loaded, dataset, target=target, T=T,
-                               batch=64 if batch is None else batch, limit=limit,
+                               batch=batch, limit=limit,
                                transform=transform, dtype=dtype, passes=_split(passes),
                                artifact=artifact, fixed_point=fixed_point,
                                calibrate=_calibration(calibrate), device=device, resume=resume,

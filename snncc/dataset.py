@@ -39,7 +39,7 @@ import numpy as np
 
 from . import ir
 from .errors import FormatError, SnnccError
-from .limits import nbytes, positive_int, require_fits
+from .limits import fmt_bytes, max_memory, nbytes, positive_int, require_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff",
                   ".webp")
@@ -300,7 +300,13 @@ class ImageFolderDataset(Dataset):
                 np.asarray(self.labels[start:stop], dtype=np.int64))
 
 
-def open_dataset(spec: str, graph, *, batch: int = 64, limit: int | None = None,
+#: Samples per batch of a data-set check, at most, unless told: fewer where the memory budget
+#: does not hold the check of so many (15M Meta-SpikeFormer at 224x224 in float64, under the
+#: default budget of half of 24 GB: 10).
+DEFAULT_BATCH = 64
+
+
+def open_dataset(spec: str, graph, *, batch: int = DEFAULT_BATCH, limit: int | None = None,
                  transform: dict | list[str] | None = None) -> Dataset:
     """The data set named by ``spec`` for ``graph``'s input: ``digits[:test|train]``, a
     ``.npz`` path, or an ImageFolder directory. Bad specs raise a one-line error."""
@@ -652,7 +658,7 @@ class _Progress:
 
 
 def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = None,
-                  batch: int = 64, limit: int | None = None, transform=None,
+                  batch: int | None = None, limit: int | None = None, transform=None,
                   dtype: str = "float64", passes: list[str] | None = None,
                   artifact: Path | None = None, fixed_point: bool = False, calibrate=None,
                   device: str = "cpu", resume: Path | None = None, checkpoint_every: int = 10,
@@ -660,14 +666,15 @@ def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = Non
                   on_batch: Callable[[int], None] | None = None,
                   log: Callable[[str], None] = lambda s: None) -> DatasetReport:
     """Check ``loaded`` against the simulator and ``target`` on every sample of the data set
-    ``spec`` (see :func:`open_dataset`), ``batch`` samples at a time; under torchrun each rank
+    ``spec`` (see :func:`open_dataset`), ``batch`` samples at a time (by default the largest
+    up to :data:`DEFAULT_BATCH` whose check fits the memory budget); under torchrun each rank
     checks every ``world``-th batch and the statistics are reduced onto every rank.
     ``resume``: a checkpoint file (per rank under torchrun) written every ``checkpoint_every``
     batches and on interruption; an existing one from the same run is continued.
     ``on_batch(i)`` is called after each batch this process counted."""
     import tempfile
 
-    from .parity import check_parity
+    from .parity import check_parity, largest_batch
     from .pipeline import available_passes, for_target
     from .targets import get_target
 
@@ -679,10 +686,15 @@ def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = Non
     rank, world, dist = _dist()
     graph = loaded.graph
     steps = int(T or graph.meta.get("T", 4))
-    data = open_dataset(spec, graph, batch=batch, limit=limit, transform=transform)
     tgt = get_target(target)
     compiled = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
                           log=lambda s: None).run(graph)
+    if batch is None:
+        batch = largest_batch(loaded, compiled, steps, dtype, DEFAULT_BATCH)
+        if batch < DEFAULT_BATCH:
+            log(f"batch {batch}: the largest up to {DEFAULT_BATCH} whose check fits the memory "
+                f"budget of {fmt_bytes(max_memory())} (--batch chooses another)")
+    data = open_dataset(spec, graph, batch=batch, limit=limit, transform=transform)
     reference = "pytorch" if loaded.torch_model is not None else "reference"
     layers = [(n.name, n.path, int(np.prod(n.shape))) for n in graph.topological_order()
               if isinstance(n, ir.Neuron)]

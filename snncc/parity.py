@@ -14,7 +14,7 @@ import numpy as np
 from . import ir
 from .errors import FormatError, UnsupportedError
 from .graph import Graph
-from .limits import nbytes, positive_int, require_fits
+from .limits import max_memory, nbytes, positive_int, require_fits
 from .models import LoadedModel
 from .simulator import SPIKES, simulate
 
@@ -257,6 +257,19 @@ def check_bytes(loaded: LoadedModel, compiled: Graph, T: int, batch: int,
     largest = max(sum(p.values()) for p in runs)
     return largest + held, (f"the largest run {fmt_bytes(largest)}, the three runs' spikes as "
                             f"booleans {fmt_bytes(held)}")
+
+
+def largest_batch(loaded: LoadedModel, compiled: Graph, T: int, dtype: str, most: int) -> int:
+    """The largest batch up to ``most`` whose parity check (:func:`check_bytes`) fits the
+    memory budget; 1 when none does (the check then refuses, saying why)."""
+    lo, hi = 1, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if check_bytes(loaded, compiled, T, mid, dtype)[0] <= max_memory():
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _as_booleans(traces: dict) -> dict:

@@ -92,6 +92,34 @@ def test_npz_is_read_per_batch_and_gives_the_same_report_as_digits(tmp_path, loa
     assert rep.accuracy["pytorch"] == pytest.approx(direct_accuracy(loaded, x[:50], y[:50]))
 
 
+def test_default_batch_is_the_largest_whose_check_fits_the_budget(loaded):
+    """Without --batch a data-set check takes 64 samples at a time, or as many as the memory
+    budget holds the check of (a full-size model at 224x224: 10), and says so; the same report
+    as that batch given."""
+    from snncc import limits
+    from snncc.parity import check_bytes, largest_batch
+    from snncc.pipeline import for_target
+
+    compiled = for_target("sim", log=lambda s: None).run(loaded.graph)
+    need = {b: check_bytes(loaded, compiled, 4, b, "float64")[0] for b in (12, 13, 64)}
+    said = []
+    try:
+        limits.set_max_memory(need[13] - 1)
+        assert largest_batch(loaded, compiled, 4, "float64", 64) == 12
+        rep = check_dataset(loaded, "digits", limit=30, log=said.append)
+        assert rep.batch == 12 and rep.samples == 30
+        assert said == [f"batch 12: the largest up to 64 whose check fits the memory budget of "
+                        f"{limits.fmt_bytes(need[13] - 1)} (--batch chooses another)"]
+        limits.set_max_memory(need[64])
+        said.clear()
+        assert check_dataset(loaded, "digits", limit=30, log=said.append).batch == 64
+        assert said == []
+    finally:
+        limits.set_max_memory(None)
+    assert without_run(rep.to_dict()) == without_run(
+        check_dataset(loaded, "digits", batch=12, limit=30).to_dict())
+
+
 @pytest.mark.parametrize("size", [8, 16])
 def test_digits_split_is_scikit_learns_without_importing_it(size):
     """The shipped split (examples/checkpoints/digits-split.npz) and the images read from
