@@ -293,6 +293,10 @@ def _require_check_fits(loaded: LoadedModel, compiled: Graph, x: np.ndarray, T: 
         return  # the simulator refuses the shape
     B = x_batch(loaded.graph, x)
     need, parts = check_bytes(loaded, compiled, T, B, dtype)
+    if need > max_memory() and B > 1:
+        fits = largest_batch(loaded, compiled, T, dtype, B - 1)
+        if check_bytes(loaded, compiled, T, fits, dtype)[0] <= max_memory():
+            parts += f"; a batch of {fits} fits"
     require_fits(need, f"checking parity for T={T} on a batch of {B} ({parts})")
 
 

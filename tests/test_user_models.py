@@ -268,8 +268,9 @@ def test_check_keeps_only_the_spikes_it_compares(target):
         assert report.min_agreement == 1.0
         assert 0.05 < np.mean([layer.rate_reference for layer in report.layers]) < 0.95
         limits.set_max_memory(need - 1)
-        with pytest.raises(limits.ResourceError, match="checking parity"):
+        with pytest.raises(limits.ResourceError, match="checking parity") as refused:
             snncc.check(DIGITS, arch="digits-spikformer", target=target, inputs=x)
+        assert f"; a batch of {B - 1} fits)" in str(refused.value)  # what to do instead
     finally:
         limits.set_max_memory(None)
 
