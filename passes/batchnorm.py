@@ -284,8 +284,8 @@ def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
             declined[name] = f"BN {where(bn)}: " + "; ".join(reasons)
             continue
         label, fold, rounding = chosen
-        bns = {k: where(graph[k]) for k in graph.nodes  # named before the fold removes them
-               if rounding and isinstance(graph[k], ir.BatchNorm)}
+        bns = {k: n for k, n in graph.nodes.items()  # kept: the fold removes them
+               if rounding and isinstance(n, ir.BatchNorm)}
         names = fold()
         folded[label] += names
         if not names:  # the fold is left to the target's writer
@@ -293,7 +293,7 @@ def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
         if label != methods[0][0]:
             not_first[name] = f"BN {where(bn)}: {reasons[0]}"
         for k in (names or [name]) if rounding else ():
-            ties[k] = (f"BN {bns[k]}: {rounding}; spikes can differ from the unfolded network "
+            ties[k] = (f"BN {where(bns[k])}: {rounding}; spikes can differ from the unfolded network "
                        "where the membrane equals the threshold exactly")
     when_written = [k for k in when_written if k in graph]  # not taken by a later region
     report(graph, pass_name, **folded, declined=declined, fallback_reasons=not_first,
