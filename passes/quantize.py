@@ -47,7 +47,8 @@ set it, the weight quantization error (RMS error over the RMS of the weights cli
 saturation at the peak seen on the calibration inputs, each neuron layer's bias rounding error
 (``bias_error``: in thresholds per step) and spike agreement
 with the float network on those inputs (``calibrate``: an input array or dict as the simulator
-takes; default: :func:`calibration_inputs`, random inputs of the model's shape); the overall
+takes; default: :func:`calibration_inputs`, random inputs of the model's shape, as many as
+:func:`calibration_batch` allows); the overall
 spike and output-argmax agreement. ``warnings`` lists, and :class:`QuantizationWarning` raises,
 every place where quantization costs more than rounding, naming the layer and the error: weights
 that do not fit 8 bits with one exponent (an outlier, or a scale another limit keeps small),
@@ -171,9 +172,17 @@ def _peak(a) -> float:
     return float(np.max(np.abs(a), initial=0.0))
 
 
-def _classify(graph: Graph, ref, input_bits: int, bias_exp: int | None) -> _Plan:
+def _by_input(graph: Graph, x) -> dict:
+    """Inputs as the simulator takes them (an array for the single input, or a dict by name),
+    by name (the simulator validates them)."""
+    return dict(x) if isinstance(x, dict) else {graph.inputs[0].name: x}
+
+
+def _classify(graph: Graph, input_peaks: dict[str, float], input_bits: int,
+              bias_exp: int | None) -> _Plan:
     """Assign every on-chip value a scale class (module doc) and find the synapse biases that
-    move into neurons."""
+    move into neurons. Needs no run (``input_peaks``: each input's largest magnitude), so
+    what has no integer form is refused before the calibration runs."""
     plan = _Plan(bias_exp=bias_exp)
     plan.unit = plan.scales.new(pinned=1.0)
     for n in graph.topological_order():
@@ -188,7 +197,7 @@ def _classify(graph: Graph, ref, input_bits: int, bias_exp: int | None) -> _Plan
             if n.kind.integral:
                 plan.val[n.name] = (plan.unit, 1.0)
             else:
-                peak = _peak(ref.trace[n.name])
+                peak = input_peaks.get(n.name, 0.0)  # (one missing: the run refuses it)
                 plan.encoders[n.name] = (2 ** (input_bits - 1) - 1) / peak if peak > 0 else 1.0
                 plan.val[n.name] = (plan.scales.new(), 1.0)
         elif isinstance(n, SYNAPSES):
@@ -597,7 +606,27 @@ def _folded_bias(graph: Graph, n: ir.Neuron, cons: dict) -> tuple[ir.Node | None
 # ----------------------------------------------------------------------------- the pass
 
 
-def calibration_inputs(graph: Graph, batch: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+#: Random calibration inputs, at most: fewer where the memory budget does not hold their
+#: calibration runs (:func:`calibration_batch`).
+CALIBRATION_BATCH = 16
+
+
+def calibration_batch(graph: Graph, T: int) -> int:
+    """The largest batch up to :data:`CALIBRATION_BATCH` whose two calibration runs, the float
+    and the fixed-point one, each recording every node and held together, fit the memory
+    budget (estimated as twice the float graph's run); 1 when none does (the run then refuses,
+    saying why). 15M Meta-SpikeFormer at 224x224: 1 under a budget of 11.8 GB."""
+    from snncc.limits import max_memory
+    from snncc.simulator import estimate_bytes
+
+    for batch in range(CALIBRATION_BATCH, 1, -1):
+        if 2 * estimate_bytes(graph, T, batch, record=True) <= max_memory():
+            return batch
+    return 1
+
+
+def calibration_inputs(graph: Graph, batch: int = CALIBRATION_BATCH,
+                       seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs of the model's shape: N(0, 1) for real inputs, spikes with probability
     1/2 otherwise; ``[B, ...]`` for static inputs, ``[T, B, ...]`` for sequences."""
     rng = np.random.default_rng(seed)
@@ -621,10 +650,12 @@ def quantize_for_loihi2(graph: Graph, calibrate=None, input_bits: int = 8,
         raise PassError(f"bias_exp must be 0 .. {fxp.BIAS_EXP_MAX} or None, not {bias_exp}")
     from snncc.simulator import Simulator  # (and torch) here: importing the passes needs neither
 
-    x = calibrate if calibrate is not None else calibration_inputs(graph)
     T = int(graph.meta.get("T", 1))
+    x = calibrate if calibrate is not None else \
+        calibration_inputs(graph, calibration_batch(graph, T))
+    plan = _classify(graph, {k: _peak(v) for k, v in _by_input(graph, x).items()}, input_bits,
+                     bias_exp)
     float_run = Simulator(graph).run(x, T, record=True)
-    plan = _classify(graph, float_run, input_bits, bias_exp)
     _choose_free_scales(graph, plan, float_run)
     rounded = {plan.root(m) for m in plan.val if isinstance(graph[m], SYNAPSES)}
     neurons, synapses = {}, {}

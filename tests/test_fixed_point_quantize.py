@@ -66,6 +66,26 @@ def test_report_states_spike_agreement_with_the_float_network(family):
     assert synapses and all(e["weight_error"] < 0.1 for e in synapses)
 
 
+def test_calibration_batch_is_what_the_memory_budget_holds():
+    """Random calibration inputs: 16, or as many as the budget holds the float and fixed-point
+    runs of (a full-size model at 224x224: 2), stated in the report; the agreements are those
+    of that many inputs."""
+    from snncc import limits
+    from snncc.passes.quantize import CALIBRATION_BATCH, calibration_batch
+    from snncc.simulator import estimate_bytes
+
+    case = small("spikformer-cifar", 0)
+    g = compiled_for_lava(trace(case.model, case.inputs, T=4, name="spikformer-cifar"))
+    assert calibration_batch(g, 4) == CALIBRATION_BATCH == 16
+    with limits.memory_budget(2 * estimate_bytes(g, 4, 6, record=True) - 1):
+        assert calibration_batch(g, 4) == 5
+        rep = quantize(g).meta["reports"][REPORT]
+    assert rep["calibration"] == {"inputs": "random", "batch": 5, "T": 4}
+    given = quantize(g, calibrate=calibration_inputs(g, 5)).meta["reports"][REPORT]
+    assert [e["spike_agreement"] for e in rep["layers"] if e["kind"] == "neuron"] == \
+        [e["spike_agreement"] for e in given["layers"] if e["kind"] == "neuron"]
+
+
 @pytest.mark.parametrize("cmp", [">=", ">"])
 def test_a_neuron_on_spike_counts_is_exact_ties_included(cmp):
     """Spike-driven attention: counts into h = v/2 + x/2 with threshold 2 (h == 2 often). The
@@ -214,6 +234,7 @@ def test_a_large_bias_limits_the_scale_to_its_13_bit_range(bias_exp, bias_max):
 def test_spiking_head_on_a_mean_is_refused_by_name():
     case = small("meta-spikeformer", 0)  # the official head: head(lif(mean over tokens))
     g = compiled_for_lava(trace(case.model, case.inputs, T=4, name="meta"))
-    with pytest.raises(PassError, match=r"neuron 'lif' .*reads 'mean' \(Mean\), which has no "
-                                        r"integer form on the chip"):
-        quantize(g)
+    for calibrate in (None, np.zeros((1, 1))):  # refused before a calibration run (which
+        with pytest.raises(PassError, match=r"neuron 'lif' .*reads 'mean' \(Mean\), which "
+                                            r"has no integer form on the chip"):
+            quantize(g, calibrate=calibrate)  # would refuse the input's shape)
