@@ -70,6 +70,7 @@ from snncc import ir
 from snncc import neuron as nrn
 from snncc.errors import PassError
 from snncc.graph import Graph, node_with
+from snncc.limits import SnnccWarning, max_memory
 from snncc.pipeline import register_pass, report
 
 from .common import LAYOUT, SYNAPSES, bypass, carry_labels, channel_labels, compact, where
@@ -88,8 +89,9 @@ MAX_BIAS_ERROR = 0.05  # a larger bias rounding error (in thresholds per step) i
 NETX_BIAS_EXP = 6  # lava-dl netx gives every neuron bias_exp = 6: biases in whole input units
 
 
-class QuantizationWarning(UserWarning):
-    """Quantization for Loihi 2 loses more than rounding somewhere; the message names where."""
+class QuantizationWarning(SnnccWarning):
+    """Quantization for Loihi 2 loses more than rounding somewhere; the message names where
+    (the CLI prints each as one line)."""
 
 
 # ----------------------------------------------------------------------------- scale classes
@@ -616,7 +618,6 @@ def calibration_batch(graph: Graph, T: int) -> int:
     and the fixed-point one, each recording every node and held together, fit the memory
     budget (estimated as twice the float graph's run); 1 when none does (the run then refuses,
     saying why). 15M Meta-SpikeFormer at 224x224: 1 under a budget of 11.8 GB."""
-    from snncc.limits import max_memory
     from snncc.simulator import estimate_bytes
 
     for batch in range(CALIBRATION_BATCH, 1, -1):

@@ -99,9 +99,9 @@ def _summarise_quantization(graph: Graph, log: Callable[[str], None]) -> None:
     log(f"quantized for Loihi 2: spike agreement with the float network "
         f"{q['spike_agreement']:.4f} (lowest layer {q['min_spike_agreement']:.4f}), output "
         f"argmax agreement {q['output_argmax_agreement']}, on {q['calibration']['batch']} "
-        f"{q['calibration']['inputs']} calibration inputs")
-    for w in q["warnings"]:
-        log(f"warning: {w}")
+        f"{q['calibration']['inputs']} calibration inputs"
+        + (f"; {len(q['warnings'])} warning(s) about layers that lose more than rounding"
+           if q["warnings"] else ""))
 
 
 def _summarise_ties(graph: Graph, log: Callable[[str], None]) -> None:

@@ -122,6 +122,21 @@ def test_fixed_point_check_reports_accuracy_of_float_and_quantized(tmp_path):
     assert abs(acc["simulator"] - acc["reference"]) <= 0.02 and acc["sim"] == acc["simulator"]
 
 
+def test_quantization_warnings_are_one_line_each(tmp_path):
+    """`compile --fixed-point` on a model whose quantization costs more than rounding in some
+    layers: each of the pass's warnings once, as one `snncc: warning:` line naming the layer,
+    and a count in the summary."""
+    meta = ROOT / "examples" / "checkpoints" / "digits-meta-spikeformer.pt"
+    r = snncc("compile", meta, "--arch", "digits-meta-spikeformer", "--target", "lava",
+              "--fixed-point", "-o", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if line.startswith("snncc: warning: '")]
+    assert any("weight quantization error" in line for line in warned)
+    assert len(set(warned)) == len(warned) and "QuantizationWarning" not in r.stderr
+    assert f"; {len(warned)} warning(s) about layers that lose more than rounding" in r.stdout
+    assert "weight quantization error" not in r.stdout
+
+
 def test_fixed_point_refused_for_float_only_target(tmp_path):
     r = snncc("compile", CKPT, *ARCH, "--target", "onnx", "--fixed-point", "-o", tmp_path / "o")
     assert r.returncode == 1 and "cannot run Loihi 2 fixed point" in r.stderr
