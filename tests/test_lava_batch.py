@@ -57,6 +57,19 @@ def test_batch_equals_runs_of_one_sample(make, seed):
     assert_rates_in_range({k: batch["trace"][k].mean() for k in neurons})
 
 
+def test_a_network_whose_processes_exceed_the_budget_is_refused_before_lava_starts():
+    """Each Lava process is an OS process of its own: a network of more processes than the
+    budget holds is refused, naming the run, before any starts."""
+    from snncc.backends.lava.runner import PROCESS_BYTES
+    from snncc.limits import ResourceError
+
+    net, neurons, x = lava_net(residual_graph, 0, batch=1)
+    assert estimate_bytes(net, T, 1, neurons, 1) > PROCESS_BYTES * (len(net.processes) + 2)
+    with memory_budget(PROCESS_BYTES * len(net.processes)):
+        with pytest.raises(ResourceError, match=f"running '{net.name}' in Lava"):
+            run_network(net, x, T, record=neurons)
+
+
 def test_rounds_under_a_tight_memory_budget_equal_fresh_runs():
     """Under a budget too small for 3 lanes the runner takes 2 (3 samples on 2 lanes: two
     rounds, the second with a spare lane); each sample's spikes are those of a fresh run of

@@ -319,13 +319,20 @@ def _batch_inputs(net: LavaNet, inputs, T: int | None) -> tuple[dict[str, np.nda
     return seqs, int(T), batch
 
 
+#: Memory of a Lava process apart from its arrays: Lava's runtime runs each in an OS process of
+#: its own, forked (measured: 7.8 MiB proportional set size each, the digits Spikformer's 40).
+PROCESS_BYTES = 8 << 20
+
+
 def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int = 1) -> int:
     """Host memory of a run on ``lanes`` samples side by side, in float64: the input ring
     buffers (every round's period per lane), the recorded traces ([T, B, ...] per recorded
     node), and per lane the delay FIFOs (steps x shape), every process's state and messages
     (a few copies of its shape) and a fixed-point run's block-diagonal synapses (value and
     index per nonzero; a float run holds each weight matrix once);
-    what a process holds counted twice (its description and its running model)."""
+    what a process holds counted twice (its description and its running model); and
+    :data:`PROCESS_BYTES` per process, the network's, each input's source and the recorder
+    (15M Meta-SpikeFormer: 412 processes, 3.2 GiB before any array)."""
     P, rounds = T + net.latency, -(-B // lanes)
     inputs = sum(nbytes((rounds * lanes, P, *s["shape"])) * 2 for s in net.inputs)
     fifos = sum(nbytes((lanes, int(p.params.get("steps", 1)), *p.shape)) * 2
@@ -334,7 +341,8 @@ def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int =
     synapses = sum(nbytes((lanes, p.params["blocks"], p.arrays["weights"].size), 12) * 2
                    for p in net.processes if p.type in SYNAPSES and _fixed(p))
     traces = sum(nbytes((T, B, *net.shapes[k])) for k in record)
-    return inputs + fifos + states + synapses + traces
+    processes = PROCESS_BYTES * (len(net.processes) + len(net.inputs) + 1)
+    return inputs + fifos + states + synapses + traces + processes
 
 
 def _lanes(net: LavaNet, T: int, B: int, record: list[str], lanes: int | None) -> int:
