@@ -70,7 +70,7 @@ from snncc import ir
 from snncc import neuron as nrn
 from snncc.errors import PassError
 from snncc.graph import Graph, node_with
-from snncc.limits import SnnccWarning, max_memory
+from snncc.limits import SnnccWarning, largest_fitting
 from snncc.pipeline import register_pass, report
 
 from .common import LAYOUT, SYNAPSES, bypass, carry_labels, channel_labels, compact, where
@@ -620,10 +620,8 @@ def calibration_batch(graph: Graph, T: int) -> int:
     saying why). 15M Meta-SpikeFormer at 224x224: 1 under a budget of 11.8 GB."""
     from snncc.simulator import estimate_bytes
 
-    for batch in range(CALIBRATION_BATCH, 1, -1):
-        if 2 * estimate_bytes(graph, T, batch, record=True) <= max_memory():
-            return batch
-    return 1
+    return largest_fitting(lambda b: 2 * estimate_bytes(graph, T, b, record=True),
+                           CALIBRATION_BATCH)
 
 
 def calibration_inputs(graph: Graph, batch: int = CALIBRATION_BATCH,

@@ -116,6 +116,19 @@ def nbytes(shape, itemsize: int = 8) -> int:
     return n
 
 
+def largest_fitting(need, most: int) -> int:
+    """The largest batch ``b`` in 1 .. ``most`` whose ``need(b)`` (bytes, growing with ``b``)
+    fits the memory budget; 1 when none does (what then runs refuses, saying why)."""
+    lo, hi = 1, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if need(mid) <= max_memory():
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def positive_int(value, what: str, error=SnnccError) -> int:
     """``value`` as an int >= 1 (a bool, a float that is not whole, a string: refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float,

@@ -14,7 +14,7 @@ import numpy as np
 from . import ir
 from .errors import FormatError, UnsupportedError
 from .graph import Graph
-from .limits import max_memory, nbytes, positive_int, require_fits
+from .limits import largest_fitting, max_memory, nbytes, positive_int, require_fits
 from .models import LoadedModel
 from .simulator import SPIKES, simulate
 
@@ -262,14 +262,7 @@ def check_bytes(loaded: LoadedModel, compiled: Graph, T: int, batch: int,
 def largest_batch(loaded: LoadedModel, compiled: Graph, T: int, dtype: str, most: int) -> int:
     """The largest batch up to ``most`` whose parity check (:func:`check_bytes`) fits the
     memory budget; 1 when none does (the check then refuses, saying why)."""
-    lo, hi = 1, most
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if check_bytes(loaded, compiled, T, mid, dtype)[0] <= max_memory():
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return largest_fitting(lambda b: check_bytes(loaded, compiled, T, b, dtype)[0], most)
 
 
 def _as_booleans(traces: dict) -> dict:

@@ -300,7 +300,7 @@ def test_inspect_records_what_it_counts_one_run_at_a_time(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--max-memory", str(need - 1), *argv]) == 1
     err = capsys.readouterr().err
-    assert "a recorded run of" in err and "memory budget" in err, err
+    assert "a recorded run of" in err and "(a batch of 1 fits)" in err, err
 
 
 @pytest.mark.parametrize("options, message", [
