@@ -293,8 +293,8 @@ def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
         if label != methods[0][0]:
             not_first[name] = f"BN {where(bn)}: {reasons[0]}"
         for k in (names or [name]) if rounding else ():
-            ties[k] = (f"BN {where(bns[k])}: {rounding}; spikes can differ from the unfolded network "
-                       "where the membrane equals the threshold exactly")
+            ties[k] = (f"BN {where(bns[k])}: {rounding}; spikes can differ from the unfolded "
+                       "network where the membrane equals the threshold exactly")
     when_written = [k for k in when_written if k in graph]  # not taken by a later region
     report(graph, pass_name, **folded, declined=declined, fallback_reasons=not_first,
            ties_may_differ=ties, **({WHEN_WRITTEN: when_written} if when_written else {}))

@@ -617,7 +617,7 @@ def calibration_batch(graph: Graph, T: int) -> int:
     """The largest batch up to :data:`CALIBRATION_BATCH` whose two calibration runs, the float
     and the fixed-point one, each recording every node and held together, fit the memory
     budget (estimated as twice the float graph's run); 1 when none does (the run then refuses,
-    saying why). 15M Meta-SpikeFormer at 224x224: 1 under a budget of 11.8 GB."""
+    saying why). 15M Meta-SpikeFormer at 224x224: 2 under a budget of 11.8 GB."""
     from snncc.simulator import estimate_bytes
 
     return largest_fitting(lambda b: 2 * estimate_bytes(graph, T, b, record=True),

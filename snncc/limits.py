@@ -129,6 +129,15 @@ def largest_fitting(need, most: int) -> int:
     return lo
 
 
+def smaller_batch_that_fits(need, batch: int) -> int | None:
+    """For a ``batch`` whose ``need`` exceeds the memory budget: the largest smaller batch whose
+    need fits (what the refusal can suggest), or None."""
+    if batch <= 1:
+        return None
+    fits = largest_fitting(need, batch - 1)
+    return fits if need(fits) <= max_memory() else None
+
+
 def positive_int(value, what: str, error=SnnccError) -> int:
     """``value`` as an int >= 1 (a bool, a float that is not whole, a string: refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float,

@@ -679,9 +679,10 @@ def _recorded(n: ir.Node, record) -> bool:
 
 
 class _Record:
-    """What a run collects besides values: traces (``record``: every node's, or with
-    :data:`SPIKES` the neurons' and outputs'), membranes (``record=True``), the outputs'
-    sequences and the additions of AddressedAccumulate nodes."""
+    """What a run collects besides values: traces (``record``: every node's, with
+    :data:`SPIKES` the neurons' and outputs', or a set of names' own), membranes
+    (``record=True``), the outputs' sequences and the additions of AddressedAccumulate
+    nodes."""
 
     def __init__(self, order, record):
         self.trace = {n.name: [] for n in order if _recorded(n, record)}
