@@ -79,6 +79,10 @@ class Dataset:
     def __len__(self) -> int:
         return self.n
 
+    def limit_batch(self, batch: int) -> None:
+        """Read at most ``batch`` samples at a time (fewer than opened with)."""
+        self.batch = min(self.batch, positive_int(batch, "batch"))
+
     @property
     def num_batches(self) -> int:
         return -(-self.n // self.batch)
@@ -686,15 +690,17 @@ def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = Non
     rank, world, dist = _dist()
     graph = loaded.graph
     steps = int(T or graph.meta.get("T", 4))
+    # opened (a bad spec refused) before the compile; the batch limited once it is known
+    data = open_dataset(spec, graph, batch=DEFAULT_BATCH if batch is None else batch,
+                        limit=limit, transform=transform)
     tgt = get_target(target)
     compiled = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
                           log=lambda s: None).run(graph)
     if batch is None:
-        batch = largest_batch(loaded, compiled, steps, dtype, DEFAULT_BATCH)
-        if batch < DEFAULT_BATCH:
-            log(f"batch {batch}: the largest up to {DEFAULT_BATCH} whose check fits the memory "
-                f"budget of {fmt_bytes(max_memory())} (--batch chooses another)")
-    data = open_dataset(spec, graph, batch=batch, limit=limit, transform=transform)
+        data.limit_batch(largest_batch(loaded, compiled, steps, dtype, DEFAULT_BATCH))
+        if data.batch < DEFAULT_BATCH:
+            log(f"batch {data.batch}: the largest up to {DEFAULT_BATCH} whose check fits the "
+                f"memory budget of {fmt_bytes(max_memory())} (--batch chooses another)")
     reference = "pytorch" if loaded.torch_model is not None else "reference"
     layers = [(n.name, n.path, int(np.prod(n.shape))) for n in graph.topological_order()
               if isinstance(n, ir.Neuron)]

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from snncc import api, serialize
+from snncc.errors import SnnccError
 from snncc.dataset import DatasetCheck, check_dataset, checkpoint_path, open_dataset
 from snncc.frontends.digits import digits_split
 from snncc.models import load_model
@@ -118,6 +119,9 @@ def test_default_batch_is_the_largest_whose_check_fits_the_budget(loaded):
         limits.set_max_memory(None)
     assert without_run(rep.to_dict()) == without_run(
         check_dataset(loaded, "digits", batch=12, limit=30).to_dict())
+    # the data set is opened before the compile: a bad one is refused first
+    with pytest.raises(SnnccError, match="nope.npz: no such file"):
+        check_dataset(loaded, "nope.npz", passes=["no_such_pass"])
 
 
 @pytest.mark.parametrize("size", [8, 16])
@@ -269,8 +273,6 @@ def test_resume_continues_and_gives_the_same_report(tmp_path, loaded):
     assert seen == [6, 7]  # only the two batches left
     assert without_run(resumed.to_dict()) == without_run(full.to_dict())
     # a checkpoint of another run is refused, not mixed in
-    from snncc.errors import SnnccError
-
     with pytest.raises(SnnccError, match="different run"):
         check_dataset(loaded, "digits", batch=20, limit=120, resume=ck)
     assert checkpoint_path(ck, 1, 2).name == "ck.json.rank1-of-2"
