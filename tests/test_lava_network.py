@@ -6,8 +6,11 @@ process, the processes usable with one's own I/O, and the netx file."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -295,3 +298,62 @@ def test_gamma_scaled_convolutions_are_computed_where_used(tmp_path):
     written = read_npz(emit(graph, tmp_path / "lava") / WEIGHTS)
     for name, w in scaled.items():
         assert np.array_equal(written[f"{name}/weight"], np.asarray(w))
+
+
+def depthwise_graph(channels: int, seed: int = 0) -> tuple[Graph, np.ndarray]:
+    """A pointwise conv, then a depthwise 3x3 conv of ``channels`` groups (Meta-SpikeFormer's
+    separable convolutions: 256 and more channels at full size)."""
+    rng = np.random.default_rng(seed)
+    lif = neuron.from_lif(2.0, 1.0, 0.0).fields()
+    g = Graph("depthwise", {"T": T})
+    g.add(ir.Input("x", input_shape=(2, 4, 4), static=True))
+    g.add(ir.Conv2d("pw", ("x",), weight=rng.normal(0.4, 0.8, (channels, 2, 1, 1))))
+    g.add(ir.Neuron("lif1", ("pw",), **lif))
+    g.add(ir.Conv2d("dw", ("lif1",), weight=rng.normal(0.7, 0.6, (channels, 1, 3, 3)),
+                    padding=(1, 1), groups=channels))
+    g.add(ir.Neuron("lif2", ("dw",), **lif))
+    g.add(ir.Output("out", ("lif2",)))
+    return g.verify(), rng.normal(0, 1, (B, 2, 4, 4))
+
+
+@pytest.mark.parametrize("channels", [128, 256])
+def test_depthwise_convolution_of_128_channels_or_more(channels, tmp_path):
+    """Lava's Conv holds ``groups`` in an int8 Var: 128 groups read back as -128, 256 as 0, and
+    every step of such a convolution raised in the Lava process (found running the 15M
+    Meta-SpikeFormer in Lava). The spikes equal the simulator's."""
+    g, x = depthwise_graph(channels)
+    res = run_artifact(emit(compiled(g), tmp_path / "art"), x)
+    assert_same_spikes(g, res["trace"], simulate(g, x, T, record=True))
+
+
+def test_a_failing_lava_process_is_reported_not_waited_for(tmp_path, monkeypatch):
+    """A process model that raises used to leave the host waiting for the recorder forever
+    (Lava stops the other processes and tells only a caller waiting for the run's end): the
+    run is refused with the process's traceback, and its processes are gone."""
+    from snncc.backends.lava.failures import LavaProcessError
+    from snncc.backends.lava.processes import conv
+
+    def broken(self):
+        raise ValueError("a broken convolution")
+
+    monkeypatch.setattr(conv.PyVectorConvModel, "run_spk", broken)
+    g, x = cnn_graph(0)
+    art = emit(compiled(g), tmp_path / "art")
+    with pytest.raises(LavaProcessError, match="a broken convolution"):
+        run_artifact(art, x)
+    deadline = time.monotonic() + 10  # terminated: they end within moments
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
+
+
+def test_a_lava_process_that_exits_is_reported_not_waited_for(tmp_path, monkeypatch):
+    """A process that dies without a Python exception (killed, out of memory): the run is
+    refused saying so."""
+    from snncc.backends.lava.failures import LavaProcessError
+    from snncc.backends.lava.processes import conv
+
+    monkeypatch.setattr(conv.PyVectorConvModel, "run_spk", lambda self: os._exit(3))
+    g, x = cnn_graph(0)
+    with pytest.raises(LavaProcessError, match=r"exited before the run ended \(exit code 3\)"):
+        run_artifact(emit(compiled(g), tmp_path / "art"), x)

@@ -206,7 +206,7 @@ def test_vectorised_conv_model_is_lavas_convolution(shape, k, stride, padding, d
 
     x = rng.random((3, *shape)) < 0.4
     w = rng.normal(size=(6, *k, shape[2] // groups))
-    got = lava_conv(x.astype(float), w, stride, padding, dilation, groups)
+    got = lava_conv(x.astype(float), w, stride, padding, dilation)
     for lane in range(3):
         ref = lava(".proc.conv.utils").conv(x[lane], w, k, stride, padding, dilation, groups)
         np.testing.assert_allclose(got[lane], ref, rtol=1e-13, atol=1e-13)

@@ -22,6 +22,7 @@ from snncc import ir, neuron
 from snncc.backends.lava import netx_import
 from snncc.backends.lava.artifact import emit
 from snncc.backends.lava.compat import lava
+from snncc.backends.lava.failures import LavaProcessError
 from snncc.backends.lava.netx import netx_keeps_dense_weights
 from snncc.frontends.checkpoint import from_checkpoint
 from snncc.frontends.digits import checkpoint, digits_for
@@ -279,5 +280,5 @@ def test_a_failing_process_raises_instead_of_hanging(tmp_path):
     src = lava(".proc.io.source").RingBuffer(data=np.zeros(net.inp.shape + (2,), np.int32))
     src.s_out.connect(net.inp)
     cfg = lava(".magma.core.run_configs").Loihi2SimCfg(select_tag="fixed_pt")
-    with pytest.raises(netx_import.LavaProcessError, match="left_shift"):
+    with pytest.raises(LavaProcessError, match="left_shift"):
         netx_import.run_network(net, 2, cfg)

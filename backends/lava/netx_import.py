@@ -14,18 +14,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import os
 import sys
-import tempfile
 import threading
-import traceback
 import types
 from contextlib import contextmanager
-from pathlib import Path
-
-from snncc.errors import SnnccError
 
 from .compat import install as install_lava_shim
+from .failures import watching
 
 #: modules slayer imports at load time that netx never uses
 STAND_INS = ("cv2", "torchvision", "torchvision.ops", "torchvision.transforms")
@@ -72,37 +67,12 @@ def netx():
 # ----------------------------------------------------------------------------- running
 
 
-class LavaProcessError(SnnccError):
-    """A Lava process model raised while the network ran (its traceback is the message)."""
-
-
-_error_dir: str | None = None  # where a failing process model writes its traceback
-
-
-def _report_failures(run_spk):
-    """A process model that raises leaves Lava 0.10 waiting for it forever (it joins its ports
-    instead of exiting, and its peers wait on its messages): write the traceback where the
-    parent watches, before Lava's own handling."""
-    def spike(self):
-        try:
-            return run_spk(self)
-        except Exception:
-            if _error_dir is not None:
-                name = Path(_error_dir) / f"{type(self).__name__}.{os.getpid()}.txt"
-                name.write_text(traceback.format_exc())
-            raise
-    return spike
-
-
 def run_network(net, steps: int, run_cfg, poll_s: float = 0.2) -> None:
     """``net.run(RunSteps(steps), run_cfg)``, raising LavaProcessError with the traceback of any
     process model that fails (Lava itself would wait forever); the failed run's processes are
     terminated."""
-    global _error_dir
     compat = importlib.import_module("snncc.backends.lava.compat")
-    model = compat.lava(".magma.core.model.py.model").PyLoihiProcessModel
     steps_cond = compat.lava(".magma.core.run_conditions").RunSteps(num_steps=steps)
-    original = model._spike
     result: dict = {}
 
     def target():
@@ -111,27 +81,11 @@ def run_network(net, steps: int, run_cfg, poll_s: float = 0.2) -> None:
         except BaseException as e:  # reported to the caller below
             result["error"] = e
 
-    with tempfile.TemporaryDirectory() as d:
-        _error_dir, model._spike = d, _report_failures(original)
-        try:
-            worker = threading.Thread(target=target, daemon=True)
-            worker.start()
-            while worker.is_alive():
-                worker.join(poll_s)
-                failures = sorted(Path(d).iterdir())
-                if failures:
-                    _terminate(net)
-                    raise LavaProcessError("a Lava process failed:\n" + "\n".join(
-                        f"{f.name.split('.')[0]}: {f.read_text()}" for f in failures))
-        finally:
-            _error_dir, model._spike = None, original
+    with watching(net) as check:
+        worker = threading.Thread(target=target, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(poll_s)
+            check()
     if "error" in result:
         raise result["error"]
-
-
-def _terminate(net) -> None:
-    """End the Lava processes of ``net``'s runtime (they would wait forever)."""
-    infra = getattr(net.runtime, "_messaging_infrastructure", None)
-    for actor in getattr(infra, "actors", []):
-        with contextlib.suppress(ValueError):  # an actor Lava already closed
-            actor.terminate()

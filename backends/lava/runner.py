@@ -34,9 +34,11 @@ from snncc.limits import max_memory, nbytes, positive_int, require_fits
 
 from . import processes as custom
 from .compat import lava
+from .failures import LavaProcessError, watching
 from .lower import CUSTOM_NEURON, FIXED_NEURON, LavaNet, ProcSpec
 
 RECORD_BUFFER = 32  # steps the recorder may run ahead of the host reading them
+POLL_SECONDS = 0.2  # how often a host waiting for a step checks that no process failed
 STATE_COPIES = 6  # a process's shape held per lane: state, in/out messages, channel buffers
 #: samples a run puts side by side (more run in rounds): past this, a step's numpy work (the
 #: block-diagonal synapses grow with the lanes) outweighs the per-step synchronisation it shares
@@ -441,17 +443,28 @@ def _run(first, run_cfg, recorder, steps: int, keep) -> dict:
     process and the first step, "steps": the other steps as they stream, "per_step"} in
     seconds (stopping the processes is in neither)."""
     run_steps = lava(".magma.core.run_conditions").RunSteps
-    try:
-        t0 = time.perf_counter()
-        first.run(condition=run_steps(num_steps=steps, blocking=False), run_cfg=run_cfg)
-        keep(0, recorder.receive())
-        t1 = time.perf_counter()
-        for step in range(1, steps):
-            keep(step, recorder.receive())
-        t2 = time.perf_counter()
-        first.wait()
-    finally:
-        first.stop()
+    with watching(first) as check:
+        def receive() -> list:
+            while (values := recorder.receive(wait=POLL_SECONDS)) is None:
+                check()
+            return values
+
+        stop = True
+        try:
+            t0 = time.perf_counter()
+            first.run(condition=run_steps(num_steps=steps, blocking=False), run_cfg=run_cfg)
+            keep(0, receive())
+            t1 = time.perf_counter()
+            for step in range(1, steps):
+                keep(step, receive())
+            t2 = time.perf_counter()
+            first.wait()
+        except LavaProcessError:
+            stop = False  # its processes are gone: stopping would wait for them forever
+            raise
+        finally:
+            if stop:
+                first.stop()
     return {"startup": t1 - t0, "steps": t2 - t1, "per_step": (t2 - t1) / max(steps - 1, 1)}
 
 

@@ -43,7 +43,7 @@ class PyVectorConvModel(lava(".proc.conv.models").PyConvModelFloat):
         if self.num_message_bits.item() == 0:
             s_in = s_in.astype(bool)
         self.a_buf = lava_conv(s_in.astype(float), self.weight, self.stride, self.padding,
-                               self.dilation, int(self.groups[0]))
+                               self.dilation)
 
 
 @fixed_pt_model(Conv)
@@ -58,5 +58,5 @@ class PyVectorConvModelFixed(lava(".proc.conv.models").PyConvModelFixed):
         s_in = self.s_in.recv()
         s_in = s_in.astype(bool) if self.num_message_bits.item() == 0 else s_in
         acc = lava_conv(s_in.astype(np.int64), self.weight.astype(np.int64), self.stride,
-                        self.padding, self.dilation, int(self.groups[0]))
+                        self.padding, self.dilation)
         self.a_buf = (acc + ACC_MAX) % (2 * ACC_MAX) - ACC_MAX

@@ -28,7 +28,7 @@ def _window_taps(x, kernel_size, stride, padding, dilation, fill):
             for i in range(kernel_size[0]) for j in range(kernel_size[1])]
 
 
-def lava_conv(x, weight, stride, padding, dilation, groups: int):
+def lava_conv(x, weight, stride, padding, dilation):
     """Lava's convolution (``lava.proc.conv.utils.conv``) vectorised over samples and channels:
     x (L, W, H, C_in), weight (C_out, kW, kH, C_in / groups), all pairs in (W, H) order; a true
     convolution, i.e. the correlation with the spatially flipped kernel:
@@ -36,9 +36,12 @@ def lava_conv(x, weight, stride, padding, dilation, groups: int):
         y[l, x, y, o] = sum_{i, j, c} x_pad[l, x sW + i dW, y sH + j dH, c] w[o, kW-1-i, kH-1-j, c]
 
     computed as one matrix product per sample and group (a stacked matmul: every sample's sums
-    come out the same whatever the number of lanes)."""
+    come out the same whatever the number of lanes). The groups are C_in over the weight's last
+    axis: Lava's Conv holds ``groups`` in an int8 Var, which a depthwise convolution of 128
+    channels or more overflows (Meta-SpikeFormer's 256: 0)."""
     (pw, ph), (sw, sh), (dw, dh) = padding, stride, dilation
     c_out, kw, kh, c_grp = weight.shape
+    groups = x.shape[-1] // c_grp
     xp = np.pad(x, ((0, 0), (pw, pw), (ph, ph), (0, 0)))
     win = sliding_window_view(xp, (dw * (kw - 1) + 1, dh * (kh - 1) + 1), axis=(1, 2))
     win = win[:, ::sw, ::sh, :, ::dw, ::dh]  # (L, W', H', C_in, kW, kH)

@@ -9,6 +9,7 @@ them flattened into one vector over an external pipe; :meth:`Recorder.receive` r
 from __future__ import annotations
 
 import math
+import queue
 from functools import cache
 
 import numpy as np
@@ -28,9 +29,16 @@ class Recorder(AbstractProcess):
         self.s_out = OutPort(shape=(sum(math.prod(s) for s in self.shapes),))
         self.s_out.flag_external_pipe(buffer_size=buffer)
 
-    def receive(self) -> list[np.ndarray]:
-        """The values of one step, one array per in-port (blocks until the step has run)."""
-        flat = self.s_out.external_pipe_csp_recv_port.recv()
+    def receive(self, wait: float | None = None) -> list[np.ndarray] | None:
+        """The values of one step, one array per in-port; None when no step has run within
+        ``wait`` seconds (None: wait until one has)."""
+        port = self.s_out.external_pipe_csp_recv_port
+        if wait is not None:
+            try:  # (the port's own recv has no timeout)
+                port._queue.get(timeout=wait, peek=True)
+            except queue.Empty:
+                return None
+        flat = port.recv()
         cuts = np.cumsum([math.prod(s) for s in self.shapes])[:-1]
         return [part.reshape(s) for part, s in zip(np.split(flat, cuts), self.shapes)]
 
