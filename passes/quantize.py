@@ -269,6 +269,33 @@ def _charge_peak(n: ir.Neuron, x: np.ndarray, v: np.ndarray) -> float:
 
 
 @dataclass
+class _FloatPeaks:
+    """What the scales are chosen from: the float network's largest magnitudes over all the
+    calibration inputs, per node (``value``), per convolution without its bias
+    (``accumulator``), per neuron of its charge h (``charge``). Gathered run by run
+    (:meth:`add`), so that the inputs can be run a batch at a time."""
+
+    value: dict[str, float] = field(default_factory=dict)
+    accumulator: dict[str, float] = field(default_factory=dict)
+    charge: dict[str, float] = field(default_factory=dict)
+
+    def add(self, graph: Graph, run) -> None:
+        """Take in the peaks of ``run``, which recorded every node and membrane."""
+        def raise_to(peaks: dict, name: str, value: float) -> None:
+            peaks[name] = max(peaks.get(name, 0.0), value)
+
+        for name, v in run.trace.items():
+            raise_to(self.value, name, _peak(v))
+        for n in graph.of_type(ir.Conv2d):
+            raise_to(self.accumulator, n.name, _peak(
+                run.trace[n.name] if n.bias is None else
+                run.trace[n.name] - n.bias.reshape(-1, *[1] * (len(n.shape) - 1))))
+        for n in graph.of_type(ir.Neuron):
+            raise_to(self.charge, n.name,
+                     _charge_peak(n, run.trace[n.inputs[0]], run.membrane[n.name]))
+
+
+@dataclass
 class _Link:
     """A synapse (or an encoder: ``src`` None) between scale classes: ``level = x[dst] -
     x[src] - kappa`` (x: log scales) is the log of the fraction of its 8-bit range its largest
@@ -293,7 +320,7 @@ def _cost_slope(level: float) -> float:
     return -math.exp(-level) if level <= 0 else EXPONENT_COST
 
 
-def _choose_free_scales(graph: Graph, plan: _Plan, ref) -> None:
+def _choose_free_scales(graph: Graph, plan: _Plan, ref: _FloatPeaks) -> None:
     """Pick the scale of every free class: in logs x, minimise the total cost of the synapses'
     (and encoders') levels (:func:`_cost_slope`: the relative rounding error below the 8-bit
     range, a small cost for an exponent above it) within each class's limits
@@ -364,7 +391,8 @@ def _binding(r: int, x: dict, limits: dict, links: list) -> str:
     return "balance between the synapses writing and reading it"
 
 
-def _limits(graph: Graph, plan: _Plan, ref, names: list[str]) -> dict[str, float]:
+def _limits(graph: Graph, plan: _Plan, ref: _FloatPeaks, names: list[str]
+            ) -> dict[str, float]:
     """Upper limits (logs) on a class's scale, other than its synapses' weights: the input
     encoding's bits, 24-bit values and convolution accumulators, and for each neuron reading it
     a 17-bit threshold, a 13-bit bias, a 24-bit input current and voltage (calibration peaks
@@ -380,13 +408,11 @@ def _limits(graph: Graph, plan: _Plan, ref, names: list[str]) -> dict[str, float
         n = graph[m]
         if m in plan.encoders:
             bound(f"the input encoding of {where(n)}", plan.encoders[m] / ratio[m])
-        if isinstance(n, ir.Conv2d):
-            acc = ref.trace[m] if n.bias is None else \
-                ref.trace[m] - n.bias.reshape(-1, *[1] * (len(n.shape) - 1))
-            if _peak(acc):
-                bound(f"24-bit accumulator of {where(n)}", STATE_LIMIT / (_peak(acc) * ratio[m]))
-        if _peak(ref.trace[m]):
-            bound(f"24-bit values of {where(n)}", STATE_LIMIT / (_peak(ref.trace[m]) * ratio[m]))
+        if ref.accumulator.get(m):
+            bound(f"24-bit accumulator of {where(n)}",
+                  STATE_LIMIT / (ref.accumulator[m] * ratio[m]))
+        if ref.value[m]:
+            bound(f"24-bit values of {where(n)}", STATE_LIMIT / (ref.value[m] * ratio[m]))
     for u in _neuron_uses(graph, ref, ratio):
         n, gamma = u.node, float(np.min(u.node.gamma))
         syn, labels = plan.folded.get(n.name, (None, None))
@@ -422,10 +448,9 @@ def _exact_threshold_scale(graph: Graph, plan: _Plan, names: list[str], s: float
     return s
 
 
-def _neuron_uses(graph: Graph, ref, ratio: dict) -> list[_NeuronUse]:
+def _neuron_uses(graph: Graph, ref: _FloatPeaks, ratio: dict) -> list[_NeuronUse]:
     """The neurons reading a value of a class (``ratio``: its members' ratios to its root)."""
-    return [_NeuronUse(n, ratio[n.inputs[0]], _peak(ref.trace[n.inputs[0]]),
-                       _charge_peak(n, ref.trace[n.inputs[0]], ref.membrane[n.name]))
+    return [_NeuronUse(n, ratio[n.inputs[0]], ref.value[n.inputs[0]], ref.charge[n.name])
             for n in graph.of_type(ir.Neuron) if n.inputs[0] in ratio]
 
 
@@ -608,20 +633,63 @@ def _folded_bias(graph: Graph, n: ir.Neuron, cons: dict) -> tuple[ir.Node | None
 # ----------------------------------------------------------------------------- the pass
 
 
-#: Random calibration inputs, at most: fewer where the memory budget does not hold their
-#: calibration runs (:func:`calibration_batch`).
+#: Random calibration inputs, and calibration inputs run at a time, at most: fewer where the
+#: memory budget does not hold their runs (:func:`calibration_batch`).
 CALIBRATION_BATCH = 16
 
 
 def calibration_batch(graph: Graph, T: int) -> int:
-    """The largest batch up to :data:`CALIBRATION_BATCH` whose two calibration runs, the float
-    and the fixed-point one, each recording every node and held together, fit the memory
-    budget (estimated as twice the float graph's run); 1 when none does (the run then refuses,
-    saying why). 15M Meta-SpikeFormer at 224x224: 2 under a budget of 11.8 GB."""
-    from snncc.simulator import estimate_bytes
+    """The largest batch up to :data:`CALIBRATION_BATCH` whose calibration runs fit the memory
+    budget: the float run recording every node and membrane, then the float and fixed-point
+    runs recording the neurons' spikes, held together (estimated with the float graph); 1 when
+    none does (the run then refuses, saying why). The calibration inputs are run this many at a
+    time, and random ones are this many. 15M Meta-SpikeFormer at 224x224: 5 under a budget of
+    11.8 GB."""
+    from snncc.simulator import SPIKES, estimate_bytes
 
-    return largest_fitting(lambda b: 2 * estimate_bytes(graph, T, b, record=True),
+    return largest_fitting(lambda b: max(estimate_bytes(graph, T, b, record=True),
+                                         2 * estimate_bytes(graph, T, b, record=SPIKES)),
                            CALIBRATION_BATCH)
+
+
+def _batches(graph: Graph, x, size: int) -> list[dict]:
+    """The calibration inputs ``x`` (as the simulator takes them) in batches of ``size``
+    (static inputs ``[B, ...]``, sequences ``[T, B, ...]``; the simulator checks them)."""
+    x = _by_input(graph, x)
+    axis = {n.name: 0 if n.static else 1 for n in graph.inputs}
+    first = graph.inputs[0].name
+    total = np.shape(x[first])[axis[first]] if first in x else 0
+    if total <= size:
+        return [x]
+    return [{k: np.asarray(v)[(slice(None),) * axis.get(k, 0) + (slice(i, i + size),)]
+             for k, v in x.items()} for i in range(0, total, size)]
+
+
+@dataclass
+class _Spikes:
+    """A run's neuron spikes (by name, ``[T, B, ...]``) and output."""
+
+    neurons: dict[str, np.ndarray]
+    output: np.ndarray
+
+    @classmethod
+    def of(cls, graph: Graph, run) -> "_Spikes":
+        return cls({n.name: run.trace[n.name] for n in graph.of_type(ir.Neuron)}, run.output)
+
+
+def _float_peaks(graph: Graph, batches: list, T: int):
+    """The float simulator, and its :class:`_FloatPeaks` over ``batches``, one recorded run at
+    a time; and the spikes of a single batch's run (None for several: the report runs the
+    float network again, batch by batch)."""
+    from snncc.simulator import Simulator  # (and torch) here: importing the passes needs neither
+
+    sim, peaks = Simulator(graph), _FloatPeaks()
+    for x in batches:
+        run = sim.run(x, T, record=True)
+        peaks.add(graph, run)
+        kept = _Spikes.of(graph, run) if len(batches) == 1 else None
+        del run  # before the next batch's run
+    return sim, peaks, kept
 
 
 def calibration_inputs(graph: Graph, batch: int = CALIBRATION_BATCH,
@@ -647,15 +715,15 @@ def quantize_for_loihi2(graph: Graph, calibrate=None, input_bits: int = 8,
     fits, 0 .. 7)."""
     if bias_exp is not None and not 0 <= bias_exp <= fxp.BIAS_EXP_MAX:
         raise PassError(f"bias_exp must be 0 .. {fxp.BIAS_EXP_MAX} or None, not {bias_exp}")
-    from snncc.simulator import Simulator  # (and torch) here: importing the passes needs neither
-
     T = int(graph.meta.get("T", 1))
-    x = calibrate if calibrate is not None else \
-        calibration_inputs(graph, calibration_batch(graph, T))
+    size = calibration_batch(graph, T)
+    x = calibrate if calibrate is not None else calibration_inputs(graph, size)
     plan = _classify(graph, {k: _peak(v) for k, v in _by_input(graph, x).items()}, input_bits,
                      bias_exp)
-    float_run = Simulator(graph).run(x, T, record=True)
-    _choose_free_scales(graph, plan, float_run)
+    batches = _batches(graph, x, size)
+    float_graph = graph.copy()  # this graph's nodes are replaced below; its arrays are shared
+    float_sim, peaks, float_spikes = _float_peaks(float_graph, batches, T)
+    _choose_free_scales(graph, plan, peaks)
     rounded = {plan.root(m) for m in plan.val if isinstance(graph[m], SYNAPSES)}
     neurons, synapses = {}, {}
     for n in graph.of_type(ir.Neuron):
@@ -665,10 +733,8 @@ def quantize_for_loihi2(graph: Graph, calibrate=None, input_bits: int = 8,
             raise PassError(f"neuron {where(n)}: gamma must be positive to scale its membrane")
         src = n.inputs[0]
         exact_input = plan.root(src) == plan.unit and plan.unit not in rounded
-        new, q = _quantize_neuron(n, plan.scale(src), exact_input,
-                                  _peak(float_run.trace[src]),
-                                  _charge_peak(n, float_run.trace[src], float_run.membrane[n.name]),
-                                  bias, T, bias_exp)
+        new, q = _quantize_neuron(n, plan.scale(src), exact_input, peaks.value[src],
+                                  peaks.charge[n.name], bias, T, bias_exp)
         graph.replace(n.name, new)
         neurons[n.name] = q
     folded = {syn: n for n, (syn, _) in plan.folded.items()}
@@ -687,8 +753,8 @@ def quantize_for_loihi2(graph: Graph, calibrate=None, input_bits: int = 8,
         bypass(graph, name)
     graph.meta["loihi2"] = {"encoders": encoders}
     graph.verify(allow_dead=True)
-    _report(graph, plan, x, calibrate is None, T, float_run, neurons, synapses,
-            max_weight_error)
+    _report(graph, plan, batches, calibrate is None, T, (float_sim, float_spikes), neurons,
+            synapses, max_weight_error)
     return graph
 
 
@@ -725,30 +791,75 @@ def _headroom(peak: int) -> float | None:
     return round(math.log2((nrn.LOIHI2_STATE_MAX - 1) / peak), 2) if peak else None
 
 
-def _report(graph: Graph, plan: _Plan, x, random_inputs: bool, T: int, float_run,
-            neurons: dict, synapses: dict, max_weight_error: float) -> None:
-    from snncc.simulator import FixedPointSimulator
+class _Agreement:
+    """The float and fixed-point runs compared, batch by batch: per neuron layer the number of
+    equal spikes, of spikes in each run and of values; equal output argmaxes, samples, and the
+    most samples in one run."""
 
-    sim = FixedPointSimulator(graph)
-    fixed_run = sim.run(x, T, record=True)
+    def __init__(self):
+        self.layers: dict[str, np.ndarray] = {}  # equal, float spikes, fixed spikes, values
+        self.argmax_equal = self.samples = self.per_run = 0
+        self.classes = True
+
+    def add(self, ref: _Spikes, got: _Spikes) -> None:
+        for name, s_f in ref.neurons.items():
+            s_q = got.neurons[name]
+            counts = np.array([np.count_nonzero(s_f == s_q), np.count_nonzero(s_f),
+                               np.count_nonzero(s_q), s_f.size])
+            self.layers[name] = self.layers.get(name, 0) + counts
+        self.classes = ref.output.ndim > 1
+        if self.classes:
+            self.argmax_equal += int(np.sum(ref.output.argmax(-1) == got.output.argmax(-1)))
+        self.samples += ref.output.shape[0]
+        self.per_run = max(self.per_run, ref.output.shape[0])
+
+    def of(self, name: str) -> tuple[float, float, float]:
+        """Spike agreement, float rate and fixed-point rate of a neuron layer."""
+        equal, ref, got, size = self.layers[name]
+        return equal / size, ref / size, got / size
+
+
+def _compare(graph: Graph, batches: list, T: int, float_runs) -> tuple[_Agreement, dict]:
+    """The fixed-point network against the float one on ``batches``, one batch at a time
+    (``float_runs``: the float simulator, and the spikes of a single batch's run if kept);
+    and the fixed-point run's peaks (:attr:`FixedPointSimulator.peaks`) over all batches."""
+    from snncc.simulator import SPIKES, FixedPointSimulator
+
+    float_sim, kept = float_runs
+    sim, agreement, peaks = FixedPointSimulator(graph), _Agreement(), {}
+    for x in batches:
+        ref = kept if kept is not None else \
+            _Spikes.of(float_sim.graph, float_sim.run(x, T, record=SPIKES))
+        agreement.add(ref, _Spikes.of(graph, sim.run(x, T, record=SPIKES)))
+        for node, p in sim.peaks.items():
+            mine = peaks.setdefault(node, {})
+            for what, v in p.items():
+                mine[what] = max(mine.get(what, 0), v)
+    return agreement, peaks
+
+
+def _report(graph: Graph, plan: _Plan, batches: list, random_inputs: bool, T: int, float_runs,
+            neurons: dict, synapses: dict, max_weight_error: float) -> None:
+    agreement, peaks = _compare(graph, batches, T, float_runs)
     notes: list[str] = []
     layers = []
     for n in graph.topological_order():
         if n.name in synapses:
-            layers.append(_synapse_entry(graph, plan, synapses[n.name], sim.peaks, notes,
+            layers.append(_synapse_entry(graph, plan, synapses[n.name], peaks, notes,
                                          max_weight_error))
         elif n.name in neurons:
-            layers.append(_neuron_entry(neurons[n.name], float_run, fixed_run, sim.peaks, notes,
+            layers.append(_neuron_entry(neurons[n.name], agreement, peaks, notes,
                                         plan.bias_exp))
-    agreement = [(e["spike_agreement"], e["neurons"]) for e in layers if e["kind"] == "neuron"]
-    out_f, out_q = float_run.output, fixed_run.output
+    layer_agreement = [(e["spike_agreement"], e["neurons"]) for e in layers
+                       if e["kind"] == "neuron"]
     summary = {
-        "spike_agreement": sum(a * k for a, k in agreement) / max(1, sum(k for _, k in agreement)),
-        "min_spike_agreement": min([a for a, _ in agreement], default=1.0),
-        "output_argmax_agreement": float(np.mean(out_f.argmax(-1) == out_q.argmax(-1)))
-        if out_f.ndim > 1 else None,
+        "spike_agreement": sum(a * k for a, k in layer_agreement) /
+        max(1, sum(k for _, k in layer_agreement)),
+        "min_spike_agreement": min([a for a, _ in layer_agreement], default=1.0),
+        "output_argmax_agreement": agreement.argmax_equal / agreement.samples
+        if agreement.classes else None,
         "calibration": {"inputs": "random" if random_inputs else "given",
-                        "batch": int(fixed_run.output.shape[0]), "T": T},
+                        "batch": agreement.samples, "T": T, "per_run": agreement.per_run},
         "bias_exp": plan.bias_exp,
         "encoders": {k: {"scale": plan.encoders[graph[k].inputs[0]], "bits": b}
                      for k, b in graph.meta["loihi2"]["encoders"].items()},
@@ -795,11 +906,11 @@ def _weight_warning(n: ir.Node, q: _SynapseQ, limited_by: str) -> str:
                    f"set by the {limited_by}")
 
 
-def _neuron_entry(q: _NeuronQ, float_run, fixed_run, peaks, notes,
+def _neuron_entry(q: _NeuronQ, agreement: _Agreement, peaks, notes,
                   bias_exp: int | None) -> dict:
     n = q.node
     p = peaks.get(n.name, {})
-    s_f, s_q = float_run.trace[n.name], fixed_run.trace[n.name]
+    spike_agreement, rate_float, rate_fixed = agreement.of(n.name)
     entry = {"node": n.name, "path": n.path, "kind": "neuron", "neurons": int(np.prod(n.shape)),
              "scale": float(np.max(q.k)), "vth": int(np.max(n.theta)),
              "dv": int(np.max(nrn.LOIHI2_DECAY_UNITY * (1 - n.alpha))),
@@ -808,8 +919,8 @@ def _neuron_entry(q: _NeuronQ, float_run, fixed_run, peaks, notes,
              "alpha_error": q.alpha_error,
              "voltage_headroom_bits": _headroom(p.get("v", 0)),
              "current_headroom_bits": _headroom(p.get("input", 0)),
-             "spike_agreement": float(np.mean(s_f == s_q)),
-             "rate_float": float(s_f.mean()), "rate_fixed": float(s_q.mean())}
+             "spike_agreement": float(spike_agreement), "rate_float": float(rate_float),
+             "rate_fixed": float(rate_fixed)}
     problems = []
     if p.get("v", 0) >= nrn.LOIHI2_STATE_MAX - 1:
         problems.append("its 24-bit voltage saturated")

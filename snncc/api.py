@@ -96,10 +96,12 @@ def _summarise_quantization(graph: Graph, log: Callable[[str], None]) -> None:
     q = graph.meta.get("reports", {}).get("quantize_for_loihi2")
     if not q:
         return
+    cal = q["calibration"]
     log(f"quantized for Loihi 2: spike agreement with the float network "
         f"{q['spike_agreement']:.4f} (lowest layer {q['min_spike_agreement']:.4f}), output "
-        f"argmax agreement {q['output_argmax_agreement']}, on {q['calibration']['batch']} "
-        f"{q['calibration']['inputs']} calibration inputs"
+        f"argmax agreement {q['output_argmax_agreement']}, on {cal['batch']} "
+        f"{cal['inputs']} calibration inputs"
+        + (f" ({cal['per_run']} at a time)" if cal["per_run"] < cal["batch"] else "")
         + (f"; {len(q['warnings'])} warning(s) about layers that lose more than rounding"
            if q["warnings"] else ""))
 

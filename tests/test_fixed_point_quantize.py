@@ -21,7 +21,7 @@ from snncc.graph import Graph
 from snncc.passes import default_pipeline
 from snncc.passes.quantize import QuantizationWarning, calibration_inputs
 from snncc.pipeline import run_passes
-from snncc.serialize import load, save
+from snncc.serialize import load, save, to_bytes_dict
 from snncc.simulator import simulate
 
 REPORT = "quantize_for_loihi2"
@@ -59,7 +59,7 @@ def test_report_states_spike_agreement_with_the_float_network(family):
         assert e["spike_agreement"] == np.mean(ref[e["node"]] == got[e["node"]]), e["node"]
         assert e["voltage_headroom_bits"] is None or e["voltage_headroom_bits"] > 0
     assert 0.85 < rep["spike_agreement"] <= 1 and rep["min_spike_agreement"] > 0.7
-    assert rep["calibration"] == {"inputs": "random", "batch": 16, "T": 4}
+    assert rep["calibration"] == {"inputs": "random", "batch": 16, "T": 4, "per_run": 16}
     assert all(e["exact"] for e in neurons if e["node"].endswith("attn_lif"))
     assert not rep["warnings"] if family == "spikformer-cifar" else True
     synapses = [e for e in rep["layers"] if e["kind"] == "synapse"]
@@ -67,23 +67,58 @@ def test_report_states_spike_agreement_with_the_float_network(family):
 
 
 def test_calibration_batch_is_what_the_memory_budget_holds():
-    """Random calibration inputs: 16, or as many as the budget holds the float and fixed-point
-    runs of (a full-size model at 224x224: 2), stated in the report; the agreements are those
-    of that many inputs."""
+    """Random calibration inputs: 16, or as many as the budget holds the runs of (one float
+    run recording every node, then the float and fixed-point runs' spikes; a full-size model
+    at 224x224: 3), stated in the report; the agreements are those of that many inputs."""
     from snncc import limits
     from snncc.passes.quantize import CALIBRATION_BATCH, calibration_batch
-    from snncc.simulator import estimate_bytes
+    from snncc.simulator import SPIKES, estimate_bytes
 
     case = small("spikformer-cifar", 0)
     g = compiled_for_lava(trace(case.model, case.inputs, T=4, name="spikformer-cifar"))
     assert calibration_batch(g, 4) == CALIBRATION_BATCH == 16
-    with limits.memory_budget(2 * estimate_bytes(g, 4, 6, record=True) - 1):
+    need = max(estimate_bytes(g, 4, 6, record=True), 2 * estimate_bytes(g, 4, 6, record=SPIKES))
+    with limits.memory_budget(need - 1):
         assert calibration_batch(g, 4) == 5
         rep = quantize(g).meta["reports"][REPORT]
-    assert rep["calibration"] == {"inputs": "random", "batch": 5, "T": 4}
+    assert rep["calibration"] == {"inputs": "random", "batch": 5, "T": 4, "per_run": 5}
     given = quantize(g, calibrate=calibration_inputs(g, 5)).meta["reports"][REPORT]
     assert [e["spike_agreement"] for e in rep["layers"] if e["kind"] == "neuron"] == \
         [e["spike_agreement"] for e in given["layers"] if e["kind"] == "neuron"]
+
+
+@pytest.mark.parametrize("family", ["spikformer-cifar", "spikformer-dvs"])
+def test_calibration_inputs_beyond_the_budget_run_a_batch_at_a_time(family):
+    """Given more calibration inputs than the budget holds the runs of, quantization runs them
+    a few at a time (it used to be refused): the quantized graph and every figure of the
+    report are those of one run of them all, but the number run at a time."""
+    from snncc import limits
+    from snncc.errors import ResourceError
+    from snncc.passes.quantize import calibration_batch
+    from snncc.simulator import SPIKES, estimate_bytes
+
+    case = small(family, 0)
+    g = compiled_for_lava(trace(case.model, case.inputs, T=4, name=family,
+                                static=case.inputs.dim() == 4))
+    x = calibration_inputs(g, 12, seed=3)
+    whole = quantize(g, calibrate=x)
+    need = max(estimate_bytes(g, 4, 5, record=True), 2 * estimate_bytes(g, 4, 5, record=SPIKES))
+    with limits.memory_budget(need - 1):
+        assert calibration_batch(g, 4) == 4
+        with pytest.raises(ResourceError):  # the float run of all 12 at once
+            simulate(g, x, record=True)
+        parts = quantize(g, calibrate=x)
+    rep_whole, rep_parts = (q.meta.pop("reports")[REPORT] for q in (whole, parts))
+    assert rep_whole.pop("calibration") == {"inputs": "given", "batch": 12, "T": 4,
+                                            "per_run": 12}
+    assert rep_parts.pop("calibration") == {"inputs": "given", "batch": 12, "T": 4,
+                                            "per_run": 4}
+    assert rep_parts == rep_whole
+    rates = [e["rate_float"] for e in rep_whole["layers"] if e["kind"] == "neuron"]
+    assert 0.05 < np.mean(rates) < 0.95 and rep_whole["spike_agreement"] < 1.0
+    parts_bytes, whole_bytes = to_bytes_dict(parts), to_bytes_dict(whole)
+    assert parts_bytes.keys() == whole_bytes.keys()
+    assert all(np.array_equal(parts_bytes[k], whole_bytes[k]) for k in whole_bytes)
 
 
 @pytest.mark.parametrize("cmp", [">=", ">"])
