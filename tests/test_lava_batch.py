@@ -8,6 +8,8 @@ mean) and a quantized network on Lava's fixed_pt models; 2 seeds each, firing ra
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,32 @@ def test_rounds_under_a_tight_memory_budget_equal_fresh_runs():
     for b in range(3):
         assert_same(run_network(net, x[b:b + 1], T, record=neurons), rounds, neurons,
                     slice(b, b + 1))
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_the_channels_shared_memory_is_what_the_estimate_counts(lanes, monkeypatch):
+    """Lava allocates each channel's messages in shared memory, 64 per channel by default (the
+    15M Meta-SpikeFormer at 224x224 filled 10 GB of it before its first step). The runner asks
+    for CHANNEL_SLOTS; what Lava then allocates is within the estimate's share for channels,
+    and the messages between processes take most of it."""
+    from snncc.backends.lava.compat import lava
+    from snncc.backends.lava.runner import CHANNEL_SLOTS, RECORD_BUFFER, channel_bytes
+
+    channel = lava(".magma.compiler.channels.pypychannel").PyPyChannel
+    allocated, original = [], channel.__init__
+
+    def counting(self, *args, **kwargs):
+        a = inspect.signature(original).bind(self, *args, **kwargs).arguments
+        if "service" not in a["src_name"]:  # not the runtime's one-number command channels
+            allocated.append((a["size"], int(np.prod(a["shape"])) *
+                              np.dtype(a["dtype"]).itemsize * a["size"]))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(channel, "__init__", counting)
+    net, neurons, x = lava_net(residual_graph, 0, batch=3)
+    run_network(net, x, T, record=neurons, lanes=lanes)
+    names = list(dict.fromkeys([*neurons, *net.outputs]))
+    total, expected = sum(b for _, b in allocated), channel_bytes(net, T, 3, names, lanes)
+    assert 0.5 * expected < total <= expected
+    pipe = min(-(-3 // lanes) * net.period, RECORD_BUFFER)  # the recorder's, to the host
+    assert sorted(n for n, _ in allocated)[-2:] == [CHANNEL_SLOTS, pipe]

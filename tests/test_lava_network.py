@@ -357,3 +357,29 @@ def test_a_lava_process_that_exits_is_reported_not_waited_for(tmp_path, monkeypa
     g, x = cnn_graph(0)
     with pytest.raises(LavaProcessError, match=r"exited before the run ended \(exit code 3\)"):
         run_artifact(emit(compiled(g), tmp_path / "art"), x)
+
+
+def test_an_error_while_lava_starts_ends_the_run(tmp_path, monkeypatch):
+    """An exception while Lava starts the run (here: the recorder's pipe to the host, made
+    once the processes have started) used to leave the host in Lava's stop, waiting for
+    processes that never answer: it is raised, and the processes already started are ended."""
+    import inspect
+
+    from snncc.backends.lava.compat import lava
+
+    channel = lava(".magma.compiler.channels.pypychannel").PyPyChannel
+    original = channel.__init__
+
+    def failing(self, *args, **kwargs):
+        if inspect.signature(original).bind(self, *args, **kwargs).arguments["dst_name"] == "dst":
+            raise OSError("no space left for shared memory")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(channel, "__init__", failing)
+    g, x = cnn_graph(0)
+    with pytest.raises(OSError, match="no space left"):
+        run_artifact(emit(compiled(g), tmp_path / "art"), x)
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()

@@ -21,6 +21,7 @@ artifact is the same for every batch: lanes are chosen when the processes are bu
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -34,10 +35,14 @@ from snncc.limits import max_memory, nbytes, positive_int, require_fits
 
 from . import processes as custom
 from .compat import lava
-from .failures import LavaProcessError, watching
+from .failures import terminate, watching
 from .lower import CUSTOM_NEURON, FIXED_NEURON, LavaNet, ProcSpec
 
 RECORD_BUFFER = 32  # steps the recorder may run ahead of the host reading them
+#: messages a channel between two processes holds (Lava's default, 64, is shared memory of 64
+#: messages per connection: 15M Meta-SpikeFormer at 224x224 filled 10 GB before its first step);
+#: the processes advance in lockstep, one message per connection per step
+CHANNEL_SLOTS = 2
 POLL_SECONDS = 0.2  # how often a host waiting for a step checks that no process failed
 STATE_COPIES = 6  # a process's shape held per lane: state, in/out messages, channel buffers
 #: samples a run puts side by side (more run in rounds): past this, a step's numpy work (the
@@ -332,9 +337,10 @@ def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int =
     node), and per lane the delay FIFOs (steps x shape), every process's state and messages
     (a few copies of its shape) and a fixed-point run's block-diagonal synapses (value and
     index per nonzero; a float run holds each weight matrix once);
-    what a process holds counted twice (its description and its running model); and
-    :data:`PROCESS_BYTES` per process, the network's, each input's source and the recorder
-    (15M Meta-SpikeFormer: 412 processes, 3.2 GiB before any array)."""
+    what a process holds counted twice (its description and its running model); the shared
+    memory of the channels (:data:`CHANNEL_SLOTS` messages per connection, the recorder's pipe
+    its buffer of steps); and :data:`PROCESS_BYTES` per process, the network's, each input's
+    source and the recorder (15M Meta-SpikeFormer: 412 processes, 3.2 GiB before any array)."""
     P, rounds = T + net.latency, -(-B // lanes)
     inputs = sum(nbytes((rounds * lanes, P, *s["shape"])) * 2 for s in net.inputs)
     fifos = sum(nbytes((lanes, int(p.params.get("steps", 1)), *p.shape)) * 2
@@ -344,7 +350,22 @@ def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int =
                    for p in net.processes if p.type in SYNAPSES and _fixed(p))
     traces = sum(nbytes((T, B, *net.shapes[k])) for k in record)
     processes = PROCESS_BYTES * (len(net.processes) + len(net.inputs) + 1)
-    return inputs + fifos + states + synapses + traces + processes
+    return inputs + fifos + states + synapses + traces + processes + \
+        channel_bytes(net, T, B, record, lanes)
+
+
+def channel_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int = 1) -> int:
+    """The shared memory of a run's channels, in float64: :data:`CHANNEL_SLOTS` messages per
+    connection (into every process, and from each recorded node to the recorder) and the
+    recorder's pipe to the host, its buffer of steps."""
+    size = {**{s["node"]: math.prod(s["shape"]) for s in net.inputs},
+            **{p.name: math.prod(p.shape) for p in net.processes}}
+    recorded = sum(math.prod(net.shapes[k]) for k in record)
+    steps = -(-B // lanes) * (T + net.latency)
+    messages = CHANNEL_SLOTS * (sum(size[port.process] for p in net.processes
+                                    for port in p.inputs.values()) + recorded) \
+        + min(steps, RECORD_BUFFER) * recorded
+    return nbytes((lanes, messages))
 
 
 def _lanes(net: LavaNet, T: int, B: int, record: list[str], lanes: int | None) -> int:
@@ -449,22 +470,20 @@ def _run(first, run_cfg, recorder, steps: int, keep) -> dict:
                 check()
             return values
 
-        stop = True
         try:
             t0 = time.perf_counter()
-            first.run(condition=run_steps(num_steps=steps, blocking=False), run_cfg=run_cfg)
+            first.run(condition=run_steps(num_steps=steps, blocking=False), run_cfg=run_cfg,
+                      compile_config={"pypy_channel_size": CHANNEL_SLOTS})
             keep(0, receive())
             t1 = time.perf_counter()
             for step in range(1, steps):
                 keep(step, receive())
             t2 = time.perf_counter()
             first.wait()
-        except LavaProcessError:
-            stop = False  # its processes are gone: stopping would wait for them forever
+        except BaseException:  # (Lava's stop would wait for processes that may never answer)
+            terminate(first)
             raise
-        finally:
-            if stop:
-                first.stop()
+        first.stop()
     return {"startup": t1 - t0, "steps": t2 - t1, "per_step": (t2 - t1) / max(steps - 1, 1)}
 
 
