@@ -229,6 +229,19 @@ def test_netx_refuses_what_it_would_truncate(tmp_path):
     assert entry["output"] == "lif2" and entry["layers"] == 2
 
 
+def test_a_convolution_of_128_groups_or_more_ends_the_file(tmp_path):
+    """netx runs a conv layer on Lava's own Conv models, which hold the groups in int8 (128
+    reads back as -128): a depthwise convolution of 128 channels ends the file before it, and
+    the manifest says why; the layers before it are in the file."""
+    from test_lava_network import depthwise_graph
+
+    g, x = depthwise_graph(128)
+    art = emit(quantized(g, x), tmp_path / "lava")
+    entry = json.loads((art / "manifest.json").read_text())["netx"]
+    assert entry["stops_at"] == "dw" and "128 groups overflow the int8" in entry["reason"]
+    assert entry["output"] == "lif1" and entry["layers"] == 1
+
+
 def test_biases_finer_than_whole_input_units_end_the_file(tmp_path):
     """Quantized with each bias's own exponent (``bias_exp=None``) instead of netx's 6, the
     first biased layer's bias is finer than netx holds: no file, and the manifest says why."""

@@ -75,11 +75,13 @@ def terminate(process) -> None:
     its shared memory manager, with the channels' shared memory; the runtime is marked stopped
     (its ``stop``, which the process's ``__del__`` calls, would message the ended processes)."""
     actors = _actors(process)
+    # (ValueError, OSError: an actor, or its pipe, Lava closed; Lava's own thread of a blocking
+    # run may be joining them at the same time)
     for actor in actors:
-        with contextlib.suppress(ValueError):  # an actor Lava already closed
+        with contextlib.suppress(ValueError, OSError):
             actor.terminate()
     for actor in actors:
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, OSError):
             actor.join()
     smm = getattr(_infrastructure(process), "smm", None)
     if smm is not None:

@@ -46,6 +46,9 @@ from snncc import ir
 from snncc.errors import UnsupportedError
 from snncc.graph import Graph
 from snncc.passes.quantize import NETX_BIAS_EXP  # netx's bias_exp: its bias is V / 2^6
+#: the most groups Lava's Conv models hold (an int8 Var; snncc's own Conv models read the
+#: groups from the shapes)
+LAVA_CONV_GROUPS_MAX = 127
 RESET_OFFSET = 1  # netx adds the layer index + 1: layer i resets when its input first arrives
 FLOAT_REASON = ("a float network: netx builds fixed-point Lava models only, so it is written "
                 "for a quantized graph (compile with --fixed-point)")
@@ -129,6 +132,9 @@ def _synapse_layer(syn: ir.Node, neuron: ir.Neuron, q: fxp.Loihi2Neuron) -> dict
         raise UnsupportedError("its bias is on the synapse (netx adds biases in the neuron)")
     cell, bias = _neuron(q, neuron.shape)
     w = syn.weight.astype(np.int64)
+    if isinstance(syn, ir.Conv2d) and syn.groups > LAVA_CONV_GROUPS_MAX:
+        raise UnsupportedError(f"its {syn.groups} groups overflow the int8 Var Lava's Conv "
+                               f"holds them in (netx runs it on Lava's Conv models)")
     if isinstance(syn, ir.Conv2d):
         layer = {"type": "conv", "inChannels": w.shape[1] * syn.groups,
                  "outChannels": w.shape[0], "kernelSize": np.array(w.shape[2:]),
