@@ -44,7 +44,10 @@ RECORD_BUFFER = 32  # steps the recorder may run ahead of the host reading them
 #: the processes advance in lockstep, one message per connection per step
 CHANNEL_SLOTS = 2
 POLL_SECONDS = 0.2  # how often a host waiting for a step checks that no process failed
-STATE_COPIES = 6  # a process's shape held per lane: state, in/out messages, channel buffers
+#: a process's shape held per lane: state, in/out messages and what a process's model holds
+#: besides (the channels' shared memory is counted on its own, :func:`channel_bytes`; at full
+#: size the processes measured more than this estimate, RESULTS.md)
+STATE_COPIES = 6
 #: samples a run puts side by side (more run in rounds): past this, a step's numpy work (the
 #: block-diagonal synapses grow with the lanes) outweighs the per-step synchronisation it shares
 MAX_LANES = 128
