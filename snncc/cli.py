@@ -343,7 +343,7 @@ def inspect(
     """Graph, parameters per node, firing rates, SOPs and energy (before and after the passes)."""
     from .analysis import energy_record, energy_report, plot_report
     from .files import JSON, atomic_write, load_array
-    from .limits import max_memory, require_fits, smaller_batch_that_fits
+    from .limits import require_fits, smaller_batch_that_fits
     from .parity import random_inputs, x_batch
     from .pipeline import for_target
     from .simulator import estimate_bytes, simulate
@@ -373,10 +373,9 @@ def inspect(
 
     def need(batch: int) -> int:  # one run at a time
         return max(estimate_bytes(h, steps, batch, record=r) for h, r in records)
-    total = need(n)
-    fits = smaller_batch_that_fits(need, n) if total > max_memory() else None
-    require_fits(total, f"a recorded run of '{g.name}' (before or after the passes) for "
-                        f"T={steps} on a batch of {n}"
+    fits = smaller_batch_that_fits(need, n)
+    require_fits(need(n), f"a recorded run of '{g.name}' (before or after the passes) for "
+                          f"T={steps} on a batch of {n}"
                  + (f" (a batch of {fits} fits)" if fits else ""))
     rep0 = energy_report(g, simulate(g, x, steps, record=records[0][1]))
     after = simulate(optimised, x, steps, record=records[1][1])

@@ -131,8 +131,8 @@ def largest_fitting(need, most: int) -> int:
 
 def smaller_batch_that_fits(need, batch: int) -> int | None:
     """For a ``batch`` whose ``need`` exceeds the memory budget: the largest smaller batch whose
-    need fits (what the refusal can suggest), or None."""
-    if batch <= 1:
+    need fits (what the refusal can suggest); None when ``batch`` fits or none smaller does."""
+    if batch <= 1 or need(batch) <= max_memory():
         return None
     fits = largest_fitting(need, batch - 1)
     return fits if need(fits) <= max_memory() else None

@@ -14,7 +14,7 @@ import numpy as np
 from . import ir
 from .errors import FormatError, UnsupportedError
 from .graph import Graph
-from .limits import (largest_fitting, max_memory, nbytes, positive_int, require_fits,
+from .limits import (largest_fitting, nbytes, positive_int, require_fits,
                      smaller_batch_that_fits)
 from .models import LoadedModel
 from .simulator import SPIKES, simulate
@@ -287,8 +287,7 @@ def _require_check_fits(loaded: LoadedModel, compiled: Graph, x: np.ndarray, T: 
         return  # the simulator refuses the shape
     B = x_batch(loaded.graph, x)
     need, parts = check_bytes(loaded, compiled, T, B, dtype)
-    fits = smaller_batch_that_fits(lambda b: check_bytes(loaded, compiled, T, b, dtype)[0], B) \
-        if need > max_memory() else None
+    fits = smaller_batch_that_fits(lambda b: check_bytes(loaded, compiled, T, b, dtype)[0], B)
     if fits:
         parts += f"; a batch of {fits} fits"
     require_fits(need, f"checking parity for T={T} on a batch of {B} ({parts})")

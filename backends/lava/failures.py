@@ -106,10 +106,13 @@ def watching(process):
         exit_codes = _exit_codes(process)
         if not failures and not exit_codes:
             return
-        message = "a Lava process failed:\n" + "\n".join(
-            f"{f.name.split('.')[0]}: {f.read_text()}" for f in failures) if failures else \
-            f"{len(exit_codes)} Lava process(es) exited before the run ended" + \
-            (f" (exit code {exit_codes[0]})" if exit_codes[0] is not None else "")
+        if failures:
+            message = "a Lava process failed:\n" + "\n".join(
+                f"{f.name.split('.')[0]}: {f.read_text()}" for f in failures)
+        else:
+            message = f"{len(exit_codes)} Lava process(es) exited before the run ended"
+            if exit_codes[0] is not None:
+                message += f" (exit code {exit_codes[0]})"
         terminate(process)
         raise LavaProcessError(message)
 
