@@ -12,6 +12,7 @@ process has exited before the run ended, after terminating the run's processes.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import tempfile
 import traceback
@@ -75,14 +76,15 @@ def terminate(process) -> None:
     its shared memory manager, with the channels' shared memory; the runtime is marked stopped
     (its ``stop``, which the process's ``__del__`` calls, would message the ended processes)."""
     actors = _actors(process)
-    # (ValueError, OSError: an actor, or its pipe, Lava closed; Lava's own thread of a blocking
-    # run may be joining them at the same time)
     for actor in actors:
-        with contextlib.suppress(ValueError, OSError):
+        with contextlib.suppress(ValueError):  # an actor Lava already closed
             actor.terminate()
     for actor in actors:
-        with contextlib.suppress(ValueError, OSError):
-            actor.join()
+        # the OS process's end only: Lava's own join also reads the actor's exception pipe,
+        # which Lava's thread of a blocking run may be reading at the same time (EOFError,
+        # "handle is closed"); the tracebacks come from the files instead
+        with contextlib.suppress(ValueError):
+            multiprocessing.Process.join(actor)
     smm = getattr(_infrastructure(process), "smm", None)
     if smm is not None:
         smm.shutdown()
