@@ -75,6 +75,24 @@ def test_written_file_is_nir_with_extensions_listed(written, name):
         assert op == g[n].op
 
 
+def test_type_check_refuses_a_shape_mismatch_as_nirs_own(written):
+    """snncc's check (NIR's inference, found inputs kept) refuses what NIR's own type check
+    refuses: a convolution that declares another input size than its producer gives."""
+    from snncc.errors import FormatError
+    from snncc.backends.nir.extensions import check_nir_types
+
+    loaded = nir.read(written["conv", 0][2], type_check=False)
+    check_nir_types(loaded)
+    conv = next(v for v in loaded.nodes.values() if isinstance(v, nir.Conv2d))
+    conv.input_shape = np.asarray(conv.input_shape) + 2
+    conv.input_type = {"input": np.asarray(conv.input_type["input"])}
+    conv.input_type["input"][1:] += 2
+    with pytest.raises(FormatError, match="NIR type check failed"):
+        check_nir_types(loaded)
+    with pytest.raises(ValueError):
+        nir.NIRGraph(nodes=loaded.nodes, edges=loaded.edges, type_check=True)
+
+
 def test_standard_nodes_are_standard(written):
     loaded = nir.read(written["conv", 0][2], type_check=False)
     kinds = {k: type(v).__name__ for k, v in loaded.nodes.items()}

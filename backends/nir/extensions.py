@@ -151,6 +151,20 @@ def _checkable(node):
     return node
 
 
+class _TypeCheckedGraph(nir.NIRGraph):
+    """An NIRGraph whose ``inputs`` are found once per set of nodes: NIR 1.0.8's
+    ``infer_types`` reads ``self.inputs``, a scan of every node, once per edge (15M: 468 scans
+    of about 470 nodes, 0.06-0.1 s, most of the check)."""
+
+    @property
+    def inputs(self):
+        key = (id(self.nodes), len(self.nodes))  # infer_types may add Input nodes first
+        cached = self.__dict__.get("_found_inputs")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_found_inputs"] = (key, super().inputs)
+        return cached[1]
+
+
 def check_nir_types(graph: nir.NIRGraph) -> None:
     """NIR's own type inference and checks (``NIRGraph(type_check=True)``) on a copy of
     ``graph`` in which every extension node is cut out: its operand edges end in ``Output``
@@ -170,7 +184,7 @@ def check_nir_types(graph: nir.NIRGraph) -> None:
             nodes[b] = nir.Output(_stub_types(graph.nodes[dst])[0][src])
         edges.append((a, b))
     try:
-        nir.NIRGraph(nodes=nodes, edges=edges, metadata={}, type_check=True)
+        _TypeCheckedGraph(nodes=nodes, edges=edges, metadata={}, type_check=True)
     except (ValueError, AssertionError, TypeError) as e:
         raise FormatError(f"NIR type check failed: {e}") from None
 
