@@ -72,6 +72,7 @@ from snncc.errors import PassError
 from snncc.graph import Graph, node_with
 from snncc.limits import SnnccWarning, largest_fitting
 from snncc.pipeline import register_pass, report
+from snncc.progress import progress
 
 from .common import LAYOUT, SYNAPSES, bypass, carry_labels, channel_labels, compact, where
 
@@ -684,11 +685,13 @@ def _float_peaks(graph: Graph, batches: list, T: int):
     from snncc.simulator import Simulator  # (and torch) here: importing the passes needs neither
 
     sim, peaks = Simulator(graph), _FloatPeaks()
-    for x in batches:
-        run = sim.run(x, T, record=True)
-        peaks.add(graph, run)
-        kept = _Spikes.of(graph, run) if len(batches) == 1 else None
-        del run  # before the next batch's run
+    with progress("calibrating: float runs", len(batches), "batches") as done:
+        for x in batches:
+            run = sim.run(x, T, record=True)
+            peaks.add(graph, run)
+            kept = _Spikes.of(graph, run) if len(batches) == 1 else None
+            del run  # before the next batch's run
+            done.advance()
     return sim, peaks, kept
 
 
@@ -827,14 +830,16 @@ def _compare(graph: Graph, batches: list, T: int, float_runs) -> tuple[_Agreemen
 
     float_sim, kept = float_runs
     sim, agreement, peaks = FixedPointSimulator(graph), _Agreement(), {}
-    for x in batches:
-        ref = kept if kept is not None else \
-            _Spikes.of(float_sim.graph, float_sim.run(x, T, record=SPIKES))
-        agreement.add(ref, _Spikes.of(graph, sim.run(x, T, record=SPIKES)))
-        for node, p in sim.peaks.items():
-            mine = peaks.setdefault(node, {})
-            for what, v in p.items():
-                mine[what] = max(mine.get(what, 0), v)
+    with progress("calibrating: fixed point against float", len(batches), "batches") as done:
+        for x in batches:
+            ref = kept if kept is not None else \
+                _Spikes.of(float_sim.graph, float_sim.run(x, T, record=SPIKES))
+            agreement.add(ref, _Spikes.of(graph, sim.run(x, T, record=SPIKES)))
+            for node, p in sim.peaks.items():
+                mine = peaks.setdefault(node, {})
+                for what, v in p.items():
+                    mine[what] = max(mine.get(what, 0), v)
+            done.advance()
     return agreement, peaks
 
 

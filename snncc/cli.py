@@ -37,6 +37,27 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks on 
     _STATE["debug"] = debug
     set_max_memory(max_memory)
     print_warnings_as_lines()
+    from .progress import report_to
+
+    every = os.environ.get("SNNCC_PROGRESS_EVERY", "").strip()
+    try:
+        seconds = float(every) if every else None
+    except ValueError:
+        seconds = -1.0
+    if seconds is not None and not 0 <= seconds < float("inf"):
+        raise SnnccError(f"SNNCC_PROGRESS_EVERY must be a number of seconds (0: no progress "
+                         f"lines), not {every!r}")
+    report_to(_progress_line if seconds is None or seconds > 0 else None, seconds)
+
+
+def _progress_line(msg: str) -> None:
+    """A progress line on stderr (:mod:`snncc.progress`), in one write where stderr is a file
+    descriptor."""
+    line = f"snncc: {msg}\n"
+    try:
+        os.write(sys.stderr.fileno(), line.encode())
+    except (AttributeError, OSError, ValueError):  # a stream without one (tests, notebooks)
+        sys.stderr.write(line)
 
 
 def _out(msg: str = "") -> None:
@@ -296,6 +317,10 @@ def _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, p
     from .files import JSON, atomic_write
 
     say = _out if rank0 else _silent
+    if not rank0:
+        from .progress import report_to
+
+        report_to(None)
     try:
         report = check_dataset(loaded, dataset, target=target, T=T,
                                batch=batch, limit=limit,

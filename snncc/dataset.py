@@ -627,13 +627,17 @@ def _write_checkpoint(path: Path, doc: dict) -> None:
 
 
 class _Progress:
-    """A rich progress bar on stderr (images/s, ETA), only on a terminal and on rank 0."""
+    """A rich progress bar on stderr (images/s, ETA), only on a terminal and on rank 0; the
+    progress lines of the runs inside (:mod:`snncc.progress`) are held back meanwhile."""
 
     def __init__(self, total: int, done: int, enabled: bool, world: int):
         self.bar = None
         self.world = world
         if not enabled:
             return
+        from .progress import report_to
+
+        self.lines = report_to(None)
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
@@ -658,7 +662,10 @@ class _Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            from .progress import report_to
+
             self.bar.stop()
+            report_to(*self.lines)
 
 
 def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = None,

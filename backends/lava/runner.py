@@ -32,6 +32,7 @@ import numpy as np
 
 from snncc.errors import ShapeError, SnnccError
 from snncc.limits import max_memory, nbytes, positive_int, require_fits
+from snncc.progress import progress
 
 from . import processes as custom
 from .compat import lava
@@ -455,22 +456,24 @@ def run_network(net: LavaNet, inputs, T: int | None = None,
             if 0 <= local - net.depth[k] < net.T:
                 trace[k][local - net.depth[k], first:first + n] = v[:n]
 
-    seconds = _run(next(iter(io_models)), io.run_cfg(io_models), recorder, steps, keep)
+    seconds = _run(next(iter(io_models)), io.run_cfg(io_models), recorder, steps, keep,
+                   f"Lava run ({len(procs) + len(io_models)} processes)")
     return {"outputs": {o: trace[o][-1] for o in net.outputs}, "trace": trace,
             "latency": net.latency, "period": P, "lanes": lanes, "steps": steps,
             "seconds": seconds, "processes": len(procs) + len(io_models)}
 
 
-def _run(first, run_cfg, recorder, steps: int, keep) -> dict:
+def _run(first, run_cfg, recorder, steps: int, keep, what: str) -> dict:
     """Run ``steps`` steps in one Lava run, handing each step's recorded values to
-    ``keep(step, values)`` as they stream out. Returns {"startup": compiling, starting every
-    process and the first step, "steps": the other steps as they stream, "per_step"} in
-    seconds (stopping the processes is in neither)."""
+    ``keep(step, values)`` as they stream out (its progress reported as ``what``). Returns
+    {"startup": compiling, starting every process and the first step, "steps": the other
+    steps as they stream, "per_step"} in seconds (stopping the processes is in neither)."""
     run_steps = lava(".magma.core.run_conditions").RunSteps
-    with watching(first) as check:
+    with watching(first) as check, progress(what, steps, "steps") as done:
         def receive() -> list:
             while (values := recorder.receive(wait=POLL_SECONDS)) is None:
                 check()
+            done.advance()
             return values
 
         try:
