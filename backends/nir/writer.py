@@ -618,8 +618,8 @@ def _small_array(value) -> np.ndarray | None:
     """``value`` as the array h5py writes for it, when that is small enough for the compact
     layout: strings, numbers, and tuples and lists of them (a Conv's stride, a graph's edges:
     15M, 630 datasets that h5py's own path wrote in about twice a compact one's time; the
-    write's CPU time 3-8% less). None otherwise, and for a
-    ChannelScaled product, which h5py computes once, to write it."""
+    write's CPU time 3-8% less). None otherwise, and for a ChannelScaled product, which h5py
+    computes once, to write it."""
     import h5py
 
     if isinstance(value, str):
