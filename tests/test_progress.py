@@ -73,7 +73,8 @@ def test_estimate_counts_steps_from_the_first_one():
     assert re.fullmatch(r"run: 5/10 steps, 10\d s, about [45] s left", p.line()), p.line()
 
 
-def test_lava_run_reports_its_steps(lines):
+@pytest.mark.parametrize("worker", [False, True], ids=["here", "worker"])
+def test_lava_run_reports_its_steps(lines, worker):
     from test_lava_network import T, assert_same_spikes, cnn_graph, compiled
 
     from snncc.backends.lava.lower import lower
@@ -83,7 +84,7 @@ def test_lava_run_reports_its_steps(lines):
 
     g, x = cnn_graph(0)
     res = run_network(lower(compiled(g), latency_plan(compiled(g))), x,
-                      record=[n.name for n in g.of_type(ir.Neuron)])
+                      record=[n.name for n in g.of_type(ir.Neuron)], worker=worker)
     assert lines and all(re.fullmatch(rf"Lava run \({res['processes']} processes\): \d+/"
                                       rf"{res['steps']} steps, \d+ s(, about \d+ s left)?", x)
                          for x in lines), lines

@@ -4,7 +4,8 @@ graph quantized by ``quantize_for_loihi2``, whose artifact says ``"arithmetic": 
 
 ``build`` returns the processes and a :class:`LavaIO` to connect one's own sources and sinks;
 ``run_network`` / ``run_artifact`` drive a whole batch and hand back outputs and per-node traces
-in the simulator's layout ([T, B, ...], IR time), the latency already removed.
+in the simulator's layout ([T, B, ...], IR time), the latency already removed; a network of
+many processes runs in a worker interpreter of its own (:mod:`.worker`).
 
 Batch layout: the samples run side by side. Every process is built with a leading *lane* axis
 (``lanes`` copies of its state, one per sample): Lava's LIFReset on (lanes, ...), Lava's Conv
@@ -331,8 +332,10 @@ def _batch_inputs(net: LavaNet, inputs, T: int | None) -> tuple[dict[str, np.nda
 
 
 #: Memory of a Lava process apart from its arrays: Lava's runtime runs each in an OS process of
-#: its own, forked (measured: 7.8 MiB proportional set size each, the digits Spikformer's 40).
-PROCESS_BYTES = 8 << 20
+#: its own, forked. Measured (proportional set size): 7.8 MiB each for the digits Spikformer's
+#: 40; 13.2 MiB each beyond the arrays and channels this estimate counts for the 15M
+#: Meta-SpikeFormer's 414 at 224x224 (12.64 GiB for the whole tree, the host's 1.0 GiB apart).
+PROCESS_BYTES = 14 << 20
 
 
 def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int = 1) -> int:
@@ -344,7 +347,7 @@ def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int =
     what a process holds counted twice (its description and its running model); the shared
     memory of the channels (:data:`CHANNEL_SLOTS` messages per connection, the recorder's pipe
     its buffer of steps); and :data:`PROCESS_BYTES` per process, the network's, each input's
-    source and the recorder (15M Meta-SpikeFormer: 412 processes, 3.2 GiB before any array)."""
+    source and the recorder (15M Meta-SpikeFormer: 414 processes, 5.7 GiB before any array)."""
     P, rounds = T + net.latency, -(-B // lanes)
     inputs = sum(nbytes((rounds * lanes, P, *s["shape"])) * 2 for s in net.inputs)
     fifos = sum(nbytes((lanes, int(p.params.get("steps", 1)), *p.shape)) * 2
@@ -404,10 +407,20 @@ def _default_record(net: LavaNet) -> list[str]:
     return neurons + [o for o in net.outputs if o not in neurons]
 
 
+#: A network of more Lava processes than this runs in a fresh interpreter (:mod:`.worker`):
+#: Lava forks an OS process per Lava process from the one that runs it, and each copies the
+#: pages of that parent's Python objects it touches. Measured, Spikformer 2-384 (60 processes):
+#: 0.9 GB for the processes forked from a fresh interpreter, 2.5 GB from a host holding 1.7
+#: GB; a worker takes about 2 s to start (importing Lava).
+WORKER_PROCESSES = 100
+
+
 def run_network(net: LavaNet, inputs, T: int | None = None,
-                record: Iterable[str] | None = None, lanes: int | None = None) -> dict:
+                record: Iterable[str] | None = None, lanes: int | None = None,
+                worker: bool | None = None) -> dict:
     """Run ``net`` on a batch in Loihi2SimCfg, ``lanes`` samples side by side (default: the
-    whole batch, up to MAX_LANES and the memory budget; the rest in rounds).
+    whole batch, up to MAX_LANES and the memory budget; the rest in rounds); in a worker
+    process when ``worker`` (default: for more than :data:`WORKER_PROCESSES` processes).
 
     ``T`` defaults to the length of the sequence inputs, else the compiled T. Returns
     {"outputs": {Output: [B, ...] at the last step}, "trace": {node: [T, B, ...]},
@@ -422,6 +435,24 @@ def run_network(net: LavaNet, inputs, T: int | None = None,
         raise SnnccError(f"cannot record {unknown}: not nodes of the Lava network")
     lanes = _lanes(net, T, B, names, lanes)
     net = replace(net, T=T)
+    job = {"net": net, "seqs": seqs, "B": B, "names": names, "lanes": lanes}
+    processes = len(net.processes) + len(net.inputs) + 1
+    what = f"Lava run ({processes} processes)"
+    steps = -(-B // lanes) * net.period
+    if worker is None:
+        worker = processes > WORKER_PROCESSES
+    if worker:
+        from .worker import run_in_worker
+
+        return run_in_worker(job, what, steps)
+    with progress(what, steps, "steps") as done:
+        return run_job(**job, advance=done.advance)
+
+
+def run_job(net: LavaNet, seqs: dict, B: int, names: list[str], lanes: int,
+            advance) -> dict:
+    """:func:`run_network`'s run, here, once its arguments are checked; ``advance()`` is
+    called after each step."""
     procs, io = build_network(net, lanes)
     P = net.period
     steps = -(-B // lanes) * P
@@ -457,23 +488,23 @@ def run_network(net: LavaNet, inputs, T: int | None = None,
                 trace[k][local - net.depth[k], first:first + n] = v[:n]
 
     seconds = _run(next(iter(io_models)), io.run_cfg(io_models), recorder, steps, keep,
-                   f"Lava run ({len(procs) + len(io_models)} processes)")
+                   advance)
     return {"outputs": {o: trace[o][-1] for o in net.outputs}, "trace": trace,
             "latency": net.latency, "period": P, "lanes": lanes, "steps": steps,
             "seconds": seconds, "processes": len(procs) + len(io_models)}
 
 
-def _run(first, run_cfg, recorder, steps: int, keep, what: str) -> dict:
+def _run(first, run_cfg, recorder, steps: int, keep, advance) -> dict:
     """Run ``steps`` steps in one Lava run, handing each step's recorded values to
-    ``keep(step, values)`` as they stream out (its progress reported as ``what``). Returns
+    ``keep(step, values)`` as they stream out and calling ``advance()`` after each. Returns
     {"startup": compiling, starting every process and the first step, "steps": the other
     steps as they stream, "per_step"} in seconds (stopping the processes is in neither)."""
     run_steps = lava(".magma.core.run_conditions").RunSteps
-    with watching(first) as check, progress(what, steps, "steps") as done:
+    with watching(first) as check:
         def receive() -> list:
             while (values := recorder.receive(wait=POLL_SECONDS)) is None:
                 check()
-            done.advance()
+            advance()
             return values
 
         try:

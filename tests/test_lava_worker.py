@@ -1,0 +1,102 @@
+"""Lava runs in a worker process (backends/lava/worker.py): the same spikes as a run in the
+host, the run's errors raised in the host with their type, and a worker that is killed or
+stopped leaves no Lava process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from snncc import ir
+from snncc.backends.lava.lower import lower
+from snncc.backends.lava.runner import run_network
+from snncc.backends.lava.worker import WorkerError, _session, run_in_worker
+from snncc.passes.latency import latency_plan
+from snncc.simulator import simulate
+
+from test_lava_network import T, assert_same_spikes, cnn_graph, compiled
+
+
+def network(seed: int = 0):
+    g, x = cnn_graph(seed)
+    c = compiled(g)
+    return g, x, lower(c, latency_plan(c))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_worker_run_equals_a_run_in_the_host(seed):
+    g, x, net = network(seed)
+    neurons = [n.name for n in g.of_type(ir.Neuron)]
+    here = run_network(net, x, record=neurons, worker=False)
+    there = run_network(net, x, record=neurons, worker=True)
+    assert here.keys() == there.keys() and there["processes"] == here["processes"]
+    for k, v in here["trace"].items():
+        np.testing.assert_array_equal(there["trace"][k], v, err_msg=k)
+    assert_same_spikes(g, there["trace"], simulate(g, x, T, record=True))
+
+
+def test_an_error_in_the_worker_is_raised_in_the_host():
+    with pytest.raises(AttributeError, match="processes"):
+        run_in_worker({"net": None, "seqs": {}, "B": 1, "names": [], "lanes": 1}, "run", 1)
+
+
+def _worker_pid() -> int:
+    me = str(os.getpid())
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    cmd = f.read()
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = f.read().rsplit(")", 1)[1].split()[1]
+            except OSError:
+                continue
+            if b"snncc.backends.lava.worker" in cmd and ppid == me:
+                return int(p)
+    return 0
+
+
+def _shared_memory() -> set[str]:
+    return {f for f in os.listdir("/dev/shm") if f.startswith("psm_")}
+
+
+def _until(done, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+def test_a_worker_that_ends_early_leaves_no_lava_process(how):
+    """Killed (as out of memory would) or stopped (as the host does when it is interrupted)
+    while Lava runs: the run is refused saying how the worker ended, its Lava processes, which
+    would wait forever for their peers, are ended with its session, and the shared memory of
+    their channels is unlinked."""
+    g, x, net = network()
+    seen: dict = {}
+    before = _shared_memory()
+
+    def end_worker_once_lava_runs():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pid = _worker_pid()
+            if pid and len(_session(pid)) > 3:  # the worker and its Lava processes
+                seen["pid"] = pid
+                os.kill(pid, how)
+                return
+            time.sleep(0.05)
+    killer = threading.Thread(target=end_worker_once_lava_runs)
+    killer.start()
+    with pytest.raises(WorkerError, match="killed \\(SIGKILL\\): out of memory\\?"
+                       if how == signal.SIGKILL else "exit code 143"):
+        run_network(net, x, T=5000, worker=True)  # long enough to be caught running
+    killer.join()
+    _until(lambda: not _session(seen["pid"]))  # SIGKILL is delivered within moments
+    assert _session(seen["pid"]) == []
+    _until(lambda: _shared_memory() <= before)
+    assert _shared_memory() <= before
