@@ -30,9 +30,9 @@ from snncc.errors import SnnccError
 from snncc.progress import progress
 
 JOB, RESULT = "job.pkl", "result.pkl"
-#: seconds a host gives a worker it has asked to stop before killing it (ending its Lava
-#: processes takes moments)
-STOP_SECONDS = 30
+#: seconds a host gives a worker it has asked to stop to exit (it leaves at once) before
+#: killing it with the rest of its session
+STOP_SECONDS = 10
 POLL_SECONDS = 0.2
 
 
@@ -61,7 +61,7 @@ def run_in_worker(job: dict, what: str, steps: int) -> dict:
                     if select.select([read], [], [], POLL_SECONDS)[0]:
                         done.advance(len(os.read(read, 65536)))
         except BaseException:
-            worker.terminate()  # it ends its Lava processes; killed if it does not in time
+            worker.terminate()
             _exited(worker, STOP_SECONDS)
             raise
         finally:
