@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,8 +48,8 @@ def test_an_error_in_the_worker_is_raised_in_the_host():
         run_in_worker({"net": None, "seqs": {}, "B": 1, "names": [], "lanes": 1}, "run", 1)
 
 
-def _worker_pid() -> int:
-    me = str(os.getpid())
+def _worker_pid(host: int | None = None) -> int:
+    me = str(host or os.getpid())
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
@@ -98,5 +101,36 @@ def test_a_worker_that_ends_early_leaves_no_lava_process(how):
     killer.join()
     _until(lambda: not _session(seen["pid"]))  # SIGKILL is delivered within moments
     assert _session(seen["pid"]) == []
+    _until(lambda: _shared_memory() <= before)
+    assert _shared_memory() <= before
+
+
+HOST = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_lava_worker import network
+from snncc.backends.lava.runner import run_network
+g, x, net = network()
+run_network(net, x, T=100000, worker=True)
+"""
+
+
+def test_an_interrupted_host_ends_its_worker():
+    """Ctrl-C in the host while the worker runs Lava: the host stops the worker, whose Lava
+    processes end with its session, and their shared memory is unlinked."""
+    before = _shared_memory()
+    host = subprocess.Popen([sys.executable, "-c", HOST, str(Path(__file__).parent)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _until(lambda: (p := _worker_pid(host.pid)) != 0 and len(_session(p)) > 3, 120)
+        pid = _worker_pid(host.pid)
+        assert pid, "no worker running Lava"
+        host.send_signal(signal.SIGINT)
+        _, err = host.communicate(timeout=60)
+    finally:
+        host.kill()
+    assert host.returncode != 0 and "KeyboardInterrupt" in err
+    _until(lambda: not _session(pid))
+    assert _session(pid) == []
     _until(lambda: _shared_memory() <= before)
     assert _shared_memory() <= before
