@@ -40,6 +40,7 @@ import numpy as np
 from . import ir
 from .errors import FormatError, SnnccError
 from .limits import fmt_bytes, max_memory, nbytes, positive_int, require_fits
+from .progress import report_to
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff",
                   ".webp")
@@ -635,8 +636,6 @@ class _Progress:
         self.world = world
         if not enabled:
             return
-        from .progress import report_to
-
         self.lines = report_to(None)
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -662,8 +661,6 @@ class _Progress:
 
     def close(self) -> None:
         if self.bar is not None:
-            from .progress import report_to
-
             self.bar.stop()
             report_to(*self.lines)
 

@@ -356,9 +356,19 @@ def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int =
     synapses = sum(nbytes((lanes, p.params["blocks"], p.arrays["weights"].size), 12) * 2
                    for p in net.processes if p.type in SYNAPSES and _fixed(p))
     traces = sum(nbytes((T, B, *net.shapes[k])) for k in record)
-    processes = PROCESS_BYTES * (len(net.processes) + len(net.inputs) + 1)
+    processes = PROCESS_BYTES * _os_processes(net)
     return inputs + fifos + states + synapses + traces + processes + \
         channel_bytes(net, T, B, record, lanes)
+
+
+def _os_processes(net: LavaNet) -> int:
+    """The OS processes of a run: the network's, each input's source and the recorder."""
+    return len(net.processes) + len(net.inputs) + 1
+
+
+def _steps(B: int, lanes: int, period: int) -> int:
+    """Lava steps of a batch of ``B`` on ``lanes``: its rounds, ``period`` steps each."""
+    return -(-B // lanes) * period
 
 
 def channel_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int = 1) -> int:
@@ -368,7 +378,7 @@ def channel_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int = 
     size = {**{s["node"]: math.prod(s["shape"]) for s in net.inputs},
             **{p.name: math.prod(p.shape) for p in net.processes}}
     recorded = sum(math.prod(net.shapes[k]) for k in record)
-    steps = -(-B // lanes) * (T + net.latency)
+    steps = _steps(B, lanes, T + net.latency)
     messages = CHANNEL_SLOTS * (sum(size[port.process] for p in net.processes
                                     for port in p.inputs.values()) + recorded) \
         + min(steps, RECORD_BUFFER) * recorded
@@ -436,9 +446,9 @@ def run_network(net: LavaNet, inputs, T: int | None = None,
     lanes = _lanes(net, T, B, names, lanes)
     net = replace(net, T=T)
     job = {"net": net, "seqs": seqs, "B": B, "names": names, "lanes": lanes}
-    processes = len(net.processes) + len(net.inputs) + 1
+    processes = _os_processes(net)
     what = f"Lava run ({processes} processes)"
-    steps = -(-B // lanes) * net.period
+    steps = _steps(B, lanes, net.period)
     if worker is None:
         worker = processes > WORKER_PROCESSES
     if worker:
@@ -455,7 +465,7 @@ def run_job(net: LavaNet, seqs: dict, B: int, names: list[str], lanes: int,
     called after each step."""
     procs, io = build_network(net, lanes)
     P = net.period
-    steps = -(-B // lanes) * P
+    steps = _steps(B, lanes, P)
     source = lava(".proc.io.source")
     io_models = {}
     integer = {s["node"]: net.arithmetic == "loihi2" and s["kind"] != "real" for s in net.inputs}

@@ -29,11 +29,12 @@ from pathlib import Path
 from snncc.errors import SnnccError
 from snncc.progress import progress
 
+from .runner import POLL_SECONDS, run_job
+
 JOB, RESULT = "job.pkl", "result.pkl"
 #: seconds a host gives a worker it has asked to stop to exit (it leaves at once) before
 #: killing it with the rest of its session
 STOP_SECONDS = 10
-POLL_SECONDS = 0.2
 
 
 class WorkerError(SnnccError):
@@ -133,8 +134,6 @@ def main(directory: str, fd: int) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
     # Lava's processes, forked from here, keep the default: Lava ends them with SIGTERM
     os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
-    from .runner import run_job
-
     tmp = Path(directory)
     with open(tmp / JOB, "rb") as f:
         job = pickle.load(f)  # (written by the host, in its private directory)
