@@ -4,6 +4,8 @@ size and one eager forward of the same model, at the zoo's full sizes (issue 17)
 For each architecture a random checkpoint (seeded weights, BN statistics randomised as the
 tests do) is written to a temporary directory; then, each in a fresh process:
 
+- snncc's bytecode is compiled first (:func:`common.compile_bytecode`), as an installed
+  package's is;
 - the baseline: an interpreter with torch and snncc's CLI imported (its peak RSS, and its
   wall time: the start-up every `snncc` command pays, shown subtracted in one column), once
   per round;
@@ -34,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import append, load_average, section  # (benchmarks/ is sys.path[0]; no torch)
+from common import append, compile_bytecode, load_average, section  # (benchmarks/ is sys.path[0]; no torch)
 
 ARCHS = ["digits-spikformer", "meta-spikeformer-15m", "meta-spikeformer-31m",
          "meta-spikeformer-55m"]
@@ -75,7 +77,8 @@ with torch.no_grad():
 print(best)
 """
 
-_BASELINE = "import torch, snncc.cli"
+# the start-up and exit of a `snncc` command that does no work (it exits as the CLI does)
+_BASELINE = "import torch, snncc.cli; snncc.cli.exit_process(0)"
 
 
 def run(cmd: list[str], env: dict) -> tuple[float, int, str]:
@@ -173,6 +176,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", help="write the scaling plot (PNG) here")
     args = ap.parse_args(argv)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    compile_bytecode()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [r for arch in args.arch
                 for r in measure(arch, args.targets, args.repeat, args.runs, env, Path(tmp))]

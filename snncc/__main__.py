@@ -1,8 +1,6 @@
 """``python -m snncc ...`` (and ``torchrun ... -m snncc check ...``): the ``snncc`` command."""
 
-import sys
-
-from .cli import main
+from .cli import exit_process, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -105,6 +105,22 @@ def test_a_command_refused_before_any_work_does_not_import_torch(tmp_path, args)
     assert r.stdout == "1 no torch" and "no such file" in r.stderr, (r.stdout, r.stderr)
 
 
+def test_the_process_exits_with_the_code_and_its_exit_handlers_run(tmp_path):
+    """The command ends with its objects frozen out of the collection at exit: the exit code,
+    exit handlers and buffered output are as with a plain exit, and a file the command wrote
+    is complete."""
+    code = ("import atexit, gc, sys\nfrom snncc.cli import exit_process\n"
+            "atexit.register(lambda: print('handler ran, frozen', gc.get_freeze_count() > 0))\n"
+            "sys.stdout.write('buffered ')\nexit_process(4)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (4, "buffered handler ran, frozen True\n"), r
+    path = serialize.save(build_ir(make_params(0)), tmp_path / "m.snnir")
+    r = snncc("compile", path, "--target", "onnx", "-o", tmp_path / "out", "--passes",
+              "eliminate_dead_nodes")
+    assert r.returncode == 0, r.stderr
+    assert snncc("check", path, "--artifact", tmp_path / "out", "-t", "onnx").returncode == 0
+
+
 def test_cli_corrupt_snnir_one_line(tmp_path):
     (tmp_path / "bad.snnir").write_bytes(b"\x00" * 100)
     r = snncc("inspect", tmp_path / "bad.snnir")
