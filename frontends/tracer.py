@@ -126,6 +126,9 @@ class _ConcreteTracer(fx.Tracer):
         self._constants = 0
         self._occurrences: dict[tuple, int] = {}
         self._stacks: dict[tuple, tuple] = {}
+        # the stack below the tracer's maker (alive while it traces) is the same for every op:
+        # not walked; its id, as the frame itself would make a cycle holding the trace's values
+        self._base = id(sys._getframe(1))
         self._names: dict[tuple[str, int], tuple[str, nn.Module, str]] | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -204,7 +207,7 @@ class _ConcreteTracer(fx.Tracer):
     def _site(self) -> tuple:
         call = next(reversed(self.module_stack), "")
         frame, stack = sys._getframe(2), []
-        while frame is not None:
+        while frame is not None and id(frame) != self._base:
             stack.append((frame.f_code, frame.f_lineno))
             frame = frame.f_back
         stack = tuple(stack)
