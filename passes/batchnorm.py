@@ -258,10 +258,11 @@ def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
     not_first: dict[str, str] = {}
     declined: dict[str, str] = {}
     ties: dict[str, str] = {}
+    cons = graph.consumers()  # made again after a fold, the only step that changes the graph
     for name in [n.name for n in graph.topological_order() if isinstance(n, ir.BatchNorm)]:
         if name not in graph:  # folded together with an earlier BN of the same region
             continue
-        bn, cons, reasons, chosen = graph[name], graph.consumers(), [], None
+        bn, reasons, chosen = graph[name], [], None
         with np.errstate(divide="ignore", invalid="ignore"):
             if not np.all(np.isfinite(bn.scale_shift())):
                 declined[name] = f"BN {where(bn)}: var + eps is 0, so its scale is infinite"
@@ -288,6 +289,8 @@ def _fold_all(graph: Graph, pass_name: str, methods) -> Graph:
         bns = {k: n for k, n in graph.nodes.items()  # kept: the fold removes them
                if rounding and isinstance(n, ir.BatchNorm)}
         names = fold()
+        if names:
+            cons = graph.consumers()
         folded[label] += names
         if not names:  # the fold is left to the target's writer
             when_written.append(name)

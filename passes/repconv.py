@@ -183,10 +183,11 @@ def _module_prefix(paths) -> str:
 def reparameterize_repconv(graph: Graph) -> Graph:
     """Merge each linear conv -> BN -> [pad] -> conv ... chain into one Conv2d."""
     merged, declined = {}, {}
+    cons = graph.consumers()  # made again after a merge, the only step that changes the graph
     for first in [n for n in graph.topological_order() if _is_conv2d(n)]:
         if first.name not in graph:
             continue
-        found, why = _chain_from(graph, first, graph.consumers())
+        found, why = _chain_from(graph, first, cons)
         if why:
             declined[first.name] = why
         if found is None:
@@ -198,6 +199,7 @@ def reparameterize_repconv(graph: Graph) -> Graph:
                                            stride=k.stride, padding=k.padding))
         for n in chain[:-1]:
             graph.remove(n.name)
+        cons = graph.consumers()
         merged[last.name] = [n.name for n in chain]
     graph.verify()
     report(graph, "reparameterize_repconv", merged=merged, declined=declined)
