@@ -105,8 +105,28 @@ def test_fixed_point_quantizer_gives_the_float64_graph(family):
     assert_same_arrays(pm.run(g), pm.run(wide))
 
 
+def _onnx_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The initializers as the model computes with them: a float32 weight stored for a Cast
+    node under its suffixed name is the widened array under the name the Cast gives it."""
+    from snncc.backends.onnx.models import STORED_FLOAT32
+
+    casts = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "Cast"}
+    out = {}
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if t.name.endswith(STORED_FLOAT32):
+            assert a.dtype == np.float32 and casts[t.name] == t.name[:-len(STORED_FLOAT32)]
+            out[casts[t.name]] = a.astype(np.float64)
+        else:
+            out[t.name] = a
+    return out
+
+
 def test_artifacts_keep_the_values(tmp_path):
+    """The ONNX models of the float32-weight graph hold the float64 graph's weights: a float64
+    model stores the float32 weights as such (half their bytes), widened by a Cast."""
     from snncc.api import emit_options
+    from snncc.backends.onnx.models import STORED_FLOAT32
     from snncc.targets import get_target
 
     g, wide, _ = traced32("spikformer-cifar")
@@ -118,9 +138,10 @@ def test_artifacts_keep_the_values(tmp_path):
                                   **emit_options(onnx_target, dtype=dtype))
                  for i, h in enumerate((compiled, reference))]
         a, b = (onnx.load(str(f / "model.onnx") if f.is_dir() else str(f)) for f in files)
-        wa = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
-        wb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+        wa, wb = _onnx_weights(a), _onnx_weights(b)
         assert wa.keys() == wb.keys()
+        stored32 = [t.name for t in a.graph.initializer if t.name.endswith(STORED_FLOAT32)]
+        assert bool(stored32) == (dtype == "float64")
         for k in wa:
             assert wa[k].dtype == wb[k].dtype and np.array_equal(wa[k], wb[k]), k
     save(compiled, tmp_path / "g.snnir")
@@ -129,10 +150,11 @@ def test_artifacts_keep_the_values(tmp_path):
     assert any(n.weight.dtype == np.float32 for n in back.of_type(ir.Conv2d, ir.Linear))
 
 
-@pytest.mark.parametrize("target", ["lava", "nir", "sim"])
+@pytest.mark.parametrize("target", ["lava", "nir", "sim", "onnx"])
 def test_artifacts_run_as_the_float64_graph(tmp_path, target):
     """Artifacts keep a float32 model's weights as float32; Lava's processes widen them, the
-    NIR and .snnir readers keep them exactly: outputs equal those of the float64 graph's."""
+    NIR and .snnir readers keep them exactly, a float64 ONNX model casts them (onnxruntime
+    folds the casts as it loads it): outputs equal those of the float64 graph's."""
     from snncc import api
     from snncc.api import emit_options
     from snncc.targets import get_target

@@ -40,9 +40,12 @@ def _field(number: int, length: int) -> bytes:
 
 
 def _dtype(array: np.ndarray, floats: np.dtype | None) -> np.dtype:
-    """The dtype ``array`` is written in: ``floats`` for a float array when given (the model's
-    float type: weights are cast one at a time as they are written, never all at once)."""
-    return np.dtype(floats) if floats is not None and array.dtype.kind == "f" else array.dtype
+    """The dtype ``array`` is written in: ``floats`` (the model's float type) for a wider float
+    array (a float64 weight in a float32 model: cast one at a time as written, never all at
+    once); a narrower one as it is (a float32 weight a float64 model widens with a Cast)."""
+    wider = floats is not None and array.dtype.kind == "f" and \
+        array.dtype.itemsize > np.dtype(floats).itemsize
+    return np.dtype(floats) if wider else array.dtype
 
 
 def _header(name: str, array: np.ndarray, floats: np.dtype | None):
@@ -89,7 +92,7 @@ def _tensor_size(header: onnx.TensorProto, nbytes: int) -> int:
 def write_model(model: onnx.ModelProto, initializers: Mapping[str, np.ndarray],
                 f: BinaryIO, floats: np.dtype | None = None) -> None:
     """Write ``model`` (its graph without initializers) with ``initializers`` as its graph's
-    initializers to ``f`` (float ones in ``floats`` when given); only one tensor is serialized
+    initializers to ``f`` (wider float ones in ``floats`` when given); only one tensor is serialized
     at a time."""
     head = onnx.ModelProto()
     head.CopyFrom(model)  # no weights in it: small
@@ -110,7 +113,7 @@ def write_model(model: onnx.ModelProto, initializers: Mapping[str, np.ndarray],
 def check_without_weights(model: onnx.ModelProto, initializers: Mapping[str, np.ndarray],
                           floats: np.dtype | None = None) -> None:
     """ONNX's full check (types and shapes) of ``model`` with its initializers declared as
-    typed graph inputs (float ones in ``floats`` when given)."""
+    typed graph inputs (wider float ones in ``floats`` when given)."""
     light = onnx.ModelProto()
     light.CopyFrom(model)
     light.graph.input.extend(
