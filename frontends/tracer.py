@@ -208,7 +208,7 @@ class _ConcreteTracer(fx.Tracer):
     def _site(self) -> tuple:
         """(module, call stack, occurrence). A stack is a number, one per distinct stack of
         (code, line) frames: sites are hashed again and again, and a tuple of code objects
-        hashes each one's bytecode and constants (a twentieth of tracing Meta-SpikeFormer 15M).
+        hashes each one's bytecode and constants (a 40-frame stack: 10 us per hash, 0.3 as ints).
         Frames are told apart by their code's id, the code held so that no id is reused."""
         call = next(reversed(self.module_stack), "")
         frame, stack, codes = sys._getframe(2), [], []

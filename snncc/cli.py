@@ -643,9 +643,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 def exit_process(code: int) -> None:
     """End the ``snncc`` process with ``code``, the objects left frozen out of the collection of
     reference cycles Python runs as it exits: with torch imported that collection traverses
-    every object of its modules, about 0.35 s of each command (measured: `import torch` and
-    exit, 1.5-1.9 s, 1.2-1.4 s frozen), to free memory the system takes back anyway. Exit
-    handlers run as before."""
+    every object of its modules, about 0.35 s of each command (measured: a process importing
+    torch and this module, 1.5-1.9 s; 1.2-1.4 s frozen), to free memory the system takes back
+    anyway. Exit handlers run as before."""
     gc.freeze()
     sys.exit(code)
 
