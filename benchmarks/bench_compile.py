@@ -36,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import append, compile_bytecode, load_average, section  # (benchmarks/ is sys.path[0]; no torch)
+# (benchmarks/ is sys.path[0]; no torch)
+from common import append, compile_bytecode, load_average, section
 
 ARCHS = ["digits-spikformer", "meta-spikeformer-15m", "meta-spikeformer-31m",
          "meta-spikeformer-55m"]
