@@ -183,3 +183,31 @@ def test_a_checkpoint_loaded_for_compile_shares_the_models_weights(tmp_path):
     params = {p.data_ptr() for p in loaded.torch_model.parameters()}
     weights = [n.weight for n in loaded.graph.of_type(ir.Conv2d, ir.Conv1d, ir.Linear)]
     assert weights and all(w.dtype == np.float32 and w.ctypes.data in params for w in weights)
+
+
+def test_onnxs_reference_evaluator_computes_the_widened_model(tmp_path):
+    """ONNX's own reference implementation (``onnx.reference``, not onnxruntime) runs a float64
+    model whose float32 weights are stored as float32 and widened by Cast nodes, with
+    onnxruntime's outputs, spikes included."""
+    from onnx.reference import ReferenceEvaluator
+
+    from snncc.api import emit_options
+    from snncc.backends.onnx.models import STORED_FLOAT32
+    from snncc.backends.onnx.runner import session
+    from snncc.targets import get_target
+
+    g, _, x = traced32("spikformer-cifar")
+    tgt = get_target("onnx")
+    path = tgt.emit(for_target("onnx", log=lambda s: None).run(g), tmp_path / "m",
+                    **emit_options(tgt), trace=True)
+    model = onnx.load(str(path / "model.onnx"))
+    assert any(n.op_type == "Cast" and n.input[0].endswith(STORED_FLOAT32)
+               for n in model.graph.node)
+    feed = {model.graph.input[0].name: x}
+    reference = ReferenceEvaluator(model).run(None, feed)
+    runtime = session(model).run(None, feed)
+    assert len(reference) == len(runtime) > 1
+    for a, b in zip(reference, runtime):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    spikes = np.concatenate([a.ravel() for a in reference[1:]])
+    assert set(np.unique(spikes)) <= {0.0, 1.0} and 0.05 < spikes.mean() < 0.95
