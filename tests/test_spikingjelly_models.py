@@ -230,11 +230,17 @@ def test_unsupported_neuron_and_ops_are_all_listed():
     assert "module 'conv_blocks.0.attn.ta.avg_pool': op 'AdaptiveAvgPool3d'" in msg
 
 
-@pytest.mark.parametrize("name", ["spikformer", "sew_resnet18"])
-def test_float32_model_keeps_float32_weights_and_library_spikes(name):
+@pytest.mark.parametrize("name", ["spikformer", "qkformer", "sew_resnet18"])
+def test_float32_model_keeps_float32_weights_and_library_spikes(tmp_path, name):
     """A float32 model of the library's own constructors: the IR keeps its weights in float32,
     and the float64 simulation equals the library's float64 forward of the same weights at
-    every neuron (float32 -> float64 is exact)."""
+    every neuron (float32 -> float64 is exact); so does onnxruntime on the float64 ONNX model,
+    which stores those weights as float32 and widens them with Cast nodes."""
+    import onnx
+
+    from snncc.backends.onnx.models import STORED_FLOAT32
+    from snncc.backends.onnx.runner import run_onnx
+
     model, x = _build(name)
     model.float()
     x = x.float()
@@ -249,3 +255,8 @@ def test_float32_model_keeps_float32_weights_and_library_spikes(name):
     rates = [float(np.mean(s)) for s in ref.values()]
     assert all(0.0 < r < 1.0 for r in rates) and 0.05 <= float(np.mean(rates)) <= 0.95
     assert_spikes(simulate(g, x.numpy(), T, record=True).trace, ref)
+    path = get_target("onnx").emit(g, tmp_path / "m", dtype="float64")
+    stored = onnx.load(str(path / "model.onnx")).graph.initializer
+    assert any(t.name.endswith(STORED_FLOAT32) for t in stored)
+    for form in ("unrolled", "step"):
+        assert_spikes(run_onnx(path, x.numpy(), form=form)[1], ref)
