@@ -479,6 +479,19 @@ def test_written_file_is_what_nir_write_writes(name, chunk_bytes, tmp_path, monk
     spread = set(spreads(writer._shallow_dict(g), "node"))
     assert spread and {k for k, (_, c) in ours.items() if c == "gzip"} == spread
     assert all(c is None for k, (_, c) in ours.items() if k not in spread)
+    # the small datasets were written with HDF5's conversion buffer cut to their size
+    assert _conversion_buffer_bytes(writer._small_transfer()) == writer.COMPACT_BYTES
+
+
+def _conversion_buffer_bytes(dxpl) -> int:
+    import ctypes
+
+    import h5py
+
+    get_buffer = ctypes.CDLL(h5py.h5p.__file__).H5Pget_buffer
+    get_buffer.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    get_buffer.restype = ctypes.c_size_t
+    return get_buffer(dxpl.id, None, None)
 
 
 def test_non_ascii_node_names_are_written_as_nir_write_writes_them(tmp_path):

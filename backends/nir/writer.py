@@ -32,6 +32,7 @@ import functools
 import io
 import json
 import math
+import threading
 from pathlib import Path
 
 import nir
@@ -582,12 +583,24 @@ class _Chunks:
             ds.write_direct_chunk(offset, future.result())
 
 
+_block_buffer = threading.local()
+
+
 def _compressed_block(part: np.ndarray, rows: int) -> bytes:
-    """``part`` as a whole chunk of ``rows`` (HDF5 stores an edge chunk whole), deflated."""
+    """``part`` as a whole chunk of ``rows`` (HDF5 stores an edge chunk whole), deflated. The
+    chunk is made in a buffer each compressing thread keeps: a new block per chunk is mapped
+    afresh (``snncc compile`` maps large blocks, :func:`snncc.limits.map_large_blocks`), and
+    filling it took a page fault per 4 KB (15M: about 35,000 of the compile's 145,000)."""
     import zlib
 
-    block = np.zeros((rows, *part.shape[1:]), part.dtype)
+    shape = (rows, *part.shape[1:])
+    nbytes = part.itemsize * math.prod(shape)
+    buffer = getattr(_block_buffer, "bytes", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = _block_buffer.bytes = np.empty(nbytes, np.uint8)
+    block = buffer[:nbytes].view(part.dtype).reshape(shape)
     block[:len(part)] = part
+    block[len(part):] = 0
     return zlib.compress(block, 1)
 
 
@@ -611,7 +624,7 @@ def _create_dataset(group, name: str, value) -> None:
     link, lcpl = _link_name(name)
     ds = h5py.h5d.create(group.id, link, file_type, _dataspace(data.shape),
                          dcpl=_compact_layout(), lcpl=lcpl)
-    ds.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
+    ds.write(h5py.h5s.ALL, h5py.h5s.ALL, data, dxpl=_small_transfer())
 
 
 def _small_array(value) -> np.ndarray | None:
@@ -651,6 +664,28 @@ def _compact_layout():
     dcpl.set_layout(h5py.h5d.COMPACT)
     dcpl.set_obj_track_times(False)
     return dcpl
+
+
+@functools.cache
+def _small_transfer():
+    """A transfer property list with a type conversion buffer of :data:`COMPACT_BYTES`
+    (``H5Pset_buffer``, which h5py does not wrap, from the HDF5 library h5py's modules link).
+    HDF5's default is 1 MB, allocated for each write that converts (variable-length strings,
+    twice): blocks that large are mapped afresh in ``snncc compile``
+    (:func:`snncc.limits.map_large_blocks`): the 15M file's 1,700 string datasets cost 3,400
+    maps and unmaps of 1 MB. None where the function cannot be found."""
+    import ctypes
+
+    import h5py
+
+    dxpl = h5py.h5p.create(h5py.h5p.DATASET_XFER)
+    try:
+        set_buffer = ctypes.CDLL(h5py.h5p.__file__).H5Pset_buffer
+    except (OSError, AttributeError):
+        return None
+    set_buffer.argtypes = [ctypes.c_int64, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
+    set_buffer.restype = ctypes.c_int
+    return dxpl if set_buffer(dxpl.id, COMPACT_BYTES, None, None) >= 0 else None
 
 
 @functools.cache
