@@ -30,8 +30,6 @@ from .models import LoadedModel, load_model
 
 #: The arithmetic a target's ``dtype`` option takes; the first is the default (exact).
 DTYPES = ("float64", "float32")
-#: ``graph.meta['output_layout']`` values of a model whose output is one value per time step.
-PER_STEP_LAYOUTS = frozenset({"TB", "BT", "T*B"})
 
 
 def _quiet(message: str) -> None:
@@ -291,6 +289,7 @@ def run_outputs(artifact: str | Path, inputs, *, target: str | None = None,
                 T: int | None = None, sequence: bool | None = None,
                 dtype: str | None = None, device: str | None = None):
     """:func:`run`'s work: ``(outputs by name, target, whether they are sequences)``."""
+    from .parity import PER_STEP_LAYOUTS
     from .simulator import resolve_device
     from .targets import get_target, target_of
 

@@ -364,6 +364,7 @@ class DatasetCheck:
         self.max_diff = {"sim": 0.0, "target": 0.0}
         self.seconds = {e: 0.0 for e in ("reference", "simulator", "target")}
         self.worst: list = []  # (mismatches, max |diff|, -index, record): a min-heap
+        self.output_over_steps = False  # parity.compared_outputs: compared at every step
 
     # ------------------------------------------------------------------ adding
     def add(self, start: int, labels: np.ndarray, details: dict) -> None:
@@ -404,12 +405,11 @@ class DatasetCheck:
                               ("tgt_tgt", "target", "target")):
                 if a in c and b in c and c[a].shape == c[b].shape:
                     self.cos[key] += int(np.sum(c[a] * c[b]))
-        diffs = {}
-        for key, k in (("sim", "simulator"), ("target", "target")):
-            d = np.abs(np.asarray(out[k], dtype=np.float64) - out["reference"])
-            d = d.reshape(B, -1).max(1) if d.size else np.zeros(B)
-            diffs[key] = d
+        diffs = {key: details["output_diffs"][k] for key, k in (("sim", "simulator"),
+                                                                 ("target", "target"))}
+        for key, d in diffs.items():
             self.max_diff[key] = max(self.max_diff[key], float(d.max()) if B else 0.0)
+        self.output_over_steps = bool(details["output_over_steps"])
         for e, s in details.get("seconds", {}).items():
             self.seconds[e] = self.seconds.get(e, 0.0) + float(s)
         for i in range(B):
@@ -439,7 +439,8 @@ class DatasetCheck:
         return {"n": self.n, "correct": self.correct, "agree": self.agree,
                 "elements": self.elements, "equal": self.equal, "spikes": self.spikes,
                 "cos": self.cos, "max_diff": self.max_diff, "seconds": self.seconds,
-                "worst": [rec for _, rec in self.worst]}
+                "worst": [rec for _, rec in self.worst],
+                "output_over_steps": self.output_over_steps}
 
     def load(self, state: dict) -> None:
         self.n = 0
@@ -462,6 +463,7 @@ class DatasetCheck:
             self.seconds[k] = self.seconds.get(k, 0.0) + float(v)
         for rec in state["worst"]:
             self._push(rec)
+        self.output_over_steps |= bool(state.get("output_over_steps", False))
 
     # ------------------------------------------------------------------ report
     def report(self, **run) -> "DatasetReport":
@@ -502,6 +504,7 @@ class DatasetCheck:
             activity_cosine_target=cosine("ref_tgt", "ref_ref", "tgt_tgt"),
             worst_samples=[rec for _, rec in sorted(self.worst, key=lambda it: it[0],
                                                     reverse=True)],
+            output_over_steps=self.output_over_steps,
             run={**run, "engine_seconds": dict(self.seconds)})
 
 
@@ -524,6 +527,7 @@ class DatasetReport:
     T: int = 0
     batch: int = 0
     dtype: str = "float64"
+    output_over_steps: bool = False  # as ParityReport's
     run: dict = field(default_factory=dict)  # timings, processes, device: not part of equality
 
     @property
@@ -546,10 +550,13 @@ class DatasetReport:
         return json.dumps(self.to_dict(), indent=indent)
 
     def format(self) -> str:
+        from .parity import MEAN_PREDICTION, OVER_STEPS
+
         lines = [f"data set {self.dataset}: {self.samples} samples, T={self.T}, batch "
                  f"{self.batch}, {self.dtype}; {self.reference} vs simulator vs {self.target}"
                  + ("  [lossy: quantized]" if self.lossy else ""),
-                 f"{'engine':<14} {'accuracy':>9} {'agrees with ' + self.reference:>22}"]
+                 f"{'engine':<14} {'accuracy':>9} {'agrees with ' + self.reference:>22}"
+                 + (MEAN_PREDICTION if self.output_over_steps else "")]
         for e, v in self.engines.items():
             lines.append(f"{e:<14} {v['accuracy']:>9.4f} {v['agreement_with_reference']:>22.4f}")
         lines.append(f"{'layer':<36} {'neurons':>8} {'agree sim':>10} "
@@ -560,8 +567,9 @@ class DatasetReport:
                          f"{r['rate_reference']:>9.4f}")
         lines += [f"first divergent layer: simulator {self.first_divergent_sim or 'none'}, "
                   f"{self.target} {self.first_divergent_target or 'none'}",
-                  f"output max |diff|: simulator {self.output_max_abs_diff_sim:.3g}, "
-                  f"{self.target} {self.output_max_abs_diff_target:.3g}"]
+                  f"output max |diff|{OVER_STEPS if self.output_over_steps else ''}: simulator "
+                  f"{self.output_max_abs_diff_sim:.3g}, {self.target} "
+                  f"{self.output_max_abs_diff_target:.3g}"]
         if self.worst_samples:
             lines.append("worst samples (index: spike mismatches, predictions): " + "; ".join(
                 f"{w['index']}: {w['spike_mismatches']}, "

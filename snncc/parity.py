@@ -19,6 +19,9 @@ from .limits import (largest_fitting, nbytes, positive_int, require_fits,
 from .models import LoadedModel
 from .simulator import SPIKES, simulate
 
+#: ``graph.meta['output_layout']`` values of a model whose output is one value per time step.
+PER_STEP_LAYOUTS = frozenset({"TB", "BT", "T*B"})
+
 
 @dataclass
 class LayerParity:
@@ -50,6 +53,9 @@ class ParityReport:
     lossy: bool = False  # compiled with a lossy pass (quantization): judge simulator vs target
     accuracy: dict[str, float] = field(default_factory=dict)
     target_dtype: str = ""  # the arithmetic of the target's run, as its outputs came back
+    # the model's output is one value per step: output differences are over every step, and
+    # predictions (accuracy) are the argmax of the output's mean over T
+    output_over_steps: bool = False
 
     @property
     def target_less_precise(self) -> bool:
@@ -87,13 +93,15 @@ class ParityReport:
         lines += [
             f"first divergent layer: simulator {self.first_divergent_sim or 'none'}, "
             f"{self.target} {self.first_divergent_target or 'none'}",
-            f"output max |diff|: simulator {self.output_max_abs_diff_sim:.3g}, "
-            f"{self.target} {self.output_max_abs_diff_target:.3g}",
+            f"output max |diff|{OVER_STEPS if self.output_over_steps else ''}: simulator "
+            f"{self.output_max_abs_diff_sim:.3g}, {self.target} "
+            f"{self.output_max_abs_diff_target:.3g}",
             f"activity cosine similarity: simulator {self.activity_cosine_sim:.6f}, "
             f"{self.target} {self.activity_cosine_target:.6f}",
         ]
         if self.accuracy:
-            lines.append("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
+            lines.append(f"accuracy{MEAN_PREDICTION if self.output_over_steps else ''}: "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
         if self.target_less_precise:
             lines.append(f"note: the {self.target} artifact computes in float32: spikes whose "
                          f"membrane lies within float32 rounding of the threshold may flip "
@@ -206,6 +214,47 @@ def to_torch_layout(graph: Graph, x: np.ndarray) -> np.ndarray:
 def first_output(graph: Graph, outputs: dict) -> np.ndarray:
     """The value of the graph's first Output (a model's prediction) from a runner's outputs."""
     return np.asarray(outputs[graph.outputs[0].name])
+
+
+#: How reports word outputs of one value per step (:func:`compared_outputs`).
+OVER_STEPS = " (every step)"
+MEAN_PREDICTION = " (argmax of the output's mean over T)"
+
+
+def output_in_ir_layout(graph: Graph, out: np.ndarray, batch: int) -> np.ndarray:
+    """A PyTorch model's per-step output as traced (``[T, B, ...]``, ``[B, T, ...]`` or
+    ``[T*B, ...]``, ``graph.meta['output_layout']``) in the IR's ``[T, B, ...]``."""
+    layout = graph.meta.get("output_layout")
+    if layout == "BT":
+        return np.swapaxes(out, 0, 1)
+    if layout == "T*B":
+        return out.reshape(-1, batch, *out.shape[1:])
+    return out
+
+
+def compared_outputs(last: dict, sequences: dict) -> tuple[dict, dict, bool]:
+    """What a check compares of the engines' outputs (``reference``, ``simulator``,
+    ``target``): their last-step values ``[B, ...]`` in ``last``, and, for a model whose output
+    is one value per step, their sequences ``[T, B, ...]`` in ``sequences`` (None where an
+    engine gave none). With every sequence, the differences cover every step and the
+    predictions are the means over T (a spiking classifier's rate output, as its training
+    reads it); otherwise the last steps. Returns (the values predictions are the argmax of,
+    by engine; each sample's largest |difference| to the reference, by ``simulator`` and
+    ``target``; whether they are over steps)."""
+    over_steps = bool(sequences) and all(sequences.get(k) is not None for k in last)
+    compared = {k: np.asarray(sequences[k] if over_steps else v, dtype=np.float64)
+                for k, v in last.items()}
+    values = {k: v.mean(0) if over_steps else v for k, v in compared.items()}
+    ref = compared["reference"]
+    diffs = {}
+    for k in ("simulator", "target"):
+        if compared[k].shape != ref.shape:  # an engine that answers in another shape differs
+            diffs[k] = np.full(len(values["reference"]), np.inf)
+            continue
+        d = np.abs(compared[k] - ref)
+        d = np.swapaxes(d, 0, 1) if over_steps else d
+        diffs[k] = d.reshape(len(d), -1).max(1) if d.size else np.zeros(len(d))
+    return values, diffs, over_steps
 
 
 def _agreement(a: np.ndarray | None, b: np.ndarray | None) -> float:
@@ -326,15 +375,21 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         classes = int(loaded.graph.outputs[0].shape[-1]) if loaded.graph.outputs[0].shape else 1
         labels = check_labels(labels, x_batch(loaded.graph, x), classes)
     start = time.perf_counter()
+    per_step = loaded.graph.meta.get("output_layout") in PER_STEP_LAYOUTS
+    out_name = loaded.graph.outputs[0].name
     if loaded.torch_model is not None:
         reference = "pytorch"
         ref_out, ref = torch_neuron_traces(loaded.torch_model, loaded.graph, x, dtype, device)
+        ref_seq = output_in_ir_layout(loaded.graph, ref_out, x_batch(loaded.graph, x)) \
+            if per_step else None
+        ref_out = ref_seq[-1] if per_step else ref_out
     else:
         reference = "simulator"
         r0 = _on_device(device, lambda: simulate(loaded.graph, x, T, dtype=dtype,
                                                  record=SPIKES))
         ref_out, ref = first_output(loaded.graph, r0.outputs), {k: v for k, v in r0.trace.items()
                                    if isinstance(loaded.graph[k], ir.Neuron)}
+        ref_seq = r0.output_sequence[out_name] if per_step else None
         del r0
     ref = _as_booleans(ref)
     seconds["reference"] = time.perf_counter() - start
@@ -348,10 +403,14 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         seconds["target"] = time.perf_counter() - start
     sim_out, tgt_out = (first_output(compiled, o) for o in (sim.outputs, tgt_outputs))
     target_dtype = str(tgt_out.dtype) if tgt_out.dtype.kind == "f" else ""
+    compiled_out = compiled.outputs[0].name
+    values, diffs, over_steps = compared_outputs(
+        {"reference": ref_out, "simulator": sim_out, "target": tgt_out},
+        {"reference": ref_seq, "simulator": sim.output_sequence.get(compiled_out),
+         "target": tgt_traces.get(compiled_out)} if per_step else {})
     if details is not None:
         details.update(reference=reference, compiled=compiled, seconds=seconds,
-                       outputs={"reference": np.asarray(ref_out), "simulator": sim_out,
-                                "target": np.asarray(tgt_out)},
+                       outputs=values, output_diffs=diffs, output_over_steps=over_steps,
                        traces={"reference": ref, "simulator": sim.trace,
                                "target": tgt_traces})
 
@@ -374,14 +433,15 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         layers=layers,
         first_divergent_sim=next((r.node for r in layers if r.agreement_sim < 1.0), None),
         first_divergent_target=next((r.node for r in layers if r.agreement_target < 1.0), None),
-        output_max_abs_diff_sim=float(np.max(np.abs(sim_out - ref_out))),
-        output_max_abs_diff_target=float(np.max(np.abs(np.asarray(tgt_out) - ref_out))),
+        output_max_abs_diff_sim=float(diffs["simulator"].max(initial=0.0)),
+        output_max_abs_diff_target=float(diffs["target"].max(initial=0.0)),
         activity_cosine_sim=_cosine(ref, sim_n, names),
         activity_cosine_target=_cosine(ref, tgt_traces, names),
         lossy=any(available_passes()[p].lossy for p in compiled.meta.get("passes", [])),
-        target_dtype=target_dtype)
+        target_dtype=target_dtype, output_over_steps=over_steps)
     if labels is not None:
         labels = np.asarray(labels).ravel()
-        for key, out in (("reference", ref_out), ("simulator", sim_out), (tgt.name, tgt_out)):
-            report.accuracy[key] = float(np.mean(np.argmax(out, -1) == labels))
+        for key, engine in (("reference", "reference"), ("simulator", "simulator"),
+                            (tgt.name, "target")):
+            report.accuracy[key] = float(np.mean(np.argmax(values[engine], -1) == labels))
     return report

@@ -205,6 +205,8 @@ def test_streaming_memory_is_bounded(tmp_path, loaded):
         out = rng.normal(size=(8, 10))
         acc.add(i * 8, rng.integers(0, 10, 8), {
             "outputs": {"reference": out, "simulator": out, "target": out},
+            "output_diffs": {"simulator": np.zeros(8), "target": np.zeros(8)},
+            "output_over_steps": False,
             "traces": {"reference": {"a": r}, "simulator": {"a": s}, "target": {"a": r}}})
         sizes.append(len(pickle.dumps(acc.state())))
     assert max(sizes[10:]) <= sizes[9] + 64  # worst-sample heap full: constant from then on

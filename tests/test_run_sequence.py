@@ -174,3 +174,45 @@ def test_run_and_check_on_cuda(compiled, dtype):
     assert got.shape == y.shape and (got == y).mean() > 0.99  # GPU kernels sum in their order
     assert snncc.check(_net(True), torch.as_tensor(x), T=T, target="sim", dtype=dtype,
                        device="cuda").min_agreement > 0.99
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("per_step", [True, False])
+def test_check_compares_the_output_the_model_gives(compiled, target, per_step):
+    """`check` on a model whose output is one value per step compares that output at every
+    step (it compared the last step of each engine with the library's whole sequence, so
+    identical outputs showed a difference), and its accuracy reads the argmax of the output's
+    mean over T, as a spiking classifier's training does; a model giving one value is compared
+    on that value."""
+    from conftest import assert_rates_in_range
+
+    _, out = compiled
+    x, y, _ = out[per_step]
+    prediction = np.argmax(y.mean(0) if per_step else y, -1)
+    labels = prediction.copy()
+    labels[0] = (labels[0] + 1) % y.shape[-1]  # one sample wrong: an accuracy of 2/3
+    rep = snncc.check(_net(per_step), torch.as_tensor(x), T=T, target=target, labels=labels)
+    assert rep.output_over_steps is per_step
+    assert rep.min_agreement == 1.0
+    assert rep.output_max_abs_diff_sim == 0 and rep.output_max_abs_diff_target <= 1e-12
+    assert rep.accuracy == {k: pytest.approx((B - 1) / B) for k in ("reference", "simulator",
+                                                                   target)}
+    assert ("(every step)" in rep.format()) is per_step
+    assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})
+
+
+def test_dataset_check_compares_every_step(compiled, tmp_path):
+    """The data-set check counts the same way: the argmax of the mean over T, and each
+    sample's output difference over every step."""
+    from snncc.api import check_dataset
+
+    _, out = compiled
+    x, y, _ = out[True]
+    labels = np.argmax(y.mean(0), -1)
+    np.savez(tmp_path / "d.npz", x=np.swapaxes(x, 0, 1), y=labels)
+    rep = check_dataset(_net(True), str(tmp_path / "d.npz"), torch.as_tensor(x), T=T,
+                              target="onnx", batch=2)
+    assert rep.samples == B and rep.output_over_steps
+    assert all(v["accuracy"] == 1.0 for v in rep.engines.values())
+    assert rep.output_max_abs_diff_sim == 0 and rep.output_max_abs_diff_target <= 1e-12
+    assert "(every step)" in rep.format() and "mean over T" in rep.format()
