@@ -216,3 +216,23 @@ def test_dataset_check_compares_every_step(compiled, tmp_path):
     assert all(v["accuracy"] == 1.0 for v in rep.engines.values())
     assert rep.output_max_abs_diff_sim == 0 and rep.output_max_abs_diff_target <= 1e-12
     assert "(every step)" in rep.format() and "mean over T" in rep.format()
+
+
+def test_an_engine_without_the_output_sequence_is_compared_on_the_last_step():
+    """An artifact that gives only the last step (written before targets gave the output
+    sequence): every engine is then compared, and predicts, on its last step; an engine whose
+    output has another shape differs by infinity, not by what broadcasting would make of it."""
+    from snncc.parity import compared_outputs
+
+    rng = np.random.default_rng(0)
+    seq = rng.normal(size=(T, B, 5))
+    last = {"reference": seq[-1], "simulator": seq[-1], "target": seq[-1] + 0.5}
+    values, diffs, over_steps = compared_outputs(
+        last, {"reference": seq, "simulator": seq, "target": None})
+    assert not over_steps and np.array_equal(values["target"], seq[-1] + 0.5)
+    np.testing.assert_allclose(diffs["target"], 0.5)
+    np.testing.assert_array_equal(diffs["simulator"], 0)
+    values, diffs, over_steps = compared_outputs(
+        last, {"reference": seq, "simulator": seq, "target": seq[..., :4]})
+    assert over_steps and np.array_equal(values["reference"], seq.mean(0))
+    assert np.all(diffs["target"] == np.inf) and np.all(diffs["simulator"] == 0)
