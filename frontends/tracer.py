@@ -1151,6 +1151,9 @@ def _binary(kind: str):
             return _tensor_tensor(b, c, kind, x, y)
         if not isinstance(x, Val) and kind in ("add", "mul"):
             x, y = y, x
+        elif not isinstance(x, Val) and isinstance(y, Val) and kind == "sub":
+            raise _Refuse("a constant minus a tensor (such as 1 - spikes, SEW-ResNet's IAND): "
+                          "the IR adds no constant to a tensor")
         return _tensor_const(b, c, kind, _val(x), y)
     return handler
 

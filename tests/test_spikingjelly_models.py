@@ -230,6 +230,18 @@ def test_unsupported_neuron_and_ops_are_all_listed():
     assert "module 'conv_blocks.0.attn.ta.avg_pool': op 'AdaptiveAvgPool3d'" in msg
 
 
+def test_sew_iand_is_refused_naming_the_constant_minus_a_tensor():
+    """SEW-ResNet's IAND connection computes ``out * (1 - identity)``: the refusal names the
+    module, the op and why (the IR adds no constant to a tensor), in one line."""
+    model = _multi_step(sew_resnet.sew_resnet18(cnf="IAND", num_classes=10,
+                                                spiking_neuron=neuron.IFNode, detach_reset=True))
+    with pytest.raises(UnsupportedError) as err:
+        trace(model.double(), _sequence(_image(0)), T=T, static=False)
+    msg = str(err.value)
+    assert "\n" not in msg and "module 'layer1.0': op 'operator.sub'" in msg
+    assert "a constant minus a tensor" in msg
+
+
 @pytest.mark.parametrize("name", ["spikformer", "qkformer", "sew_resnet18"])
 def test_float32_model_keeps_float32_weights_and_library_spikes(tmp_path, name):
     """A float32 model of the library's own constructors: the IR keeps its weights in float32,
