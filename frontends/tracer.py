@@ -401,6 +401,16 @@ class Const:
 
 
 @dataclass(frozen=True)
+class ConstMinus:
+    """``k - y`` for a constant number ``k`` and a traced ``y``. The IR adds no constant to a
+    tensor, so it is only taken as a factor: ``x * (k - y) = k*x - x*y`` (SEW-ResNet's IAND
+    connection, ``x * (1 - y)``)."""
+
+    k: float
+    y: Val
+
+
+@dataclass(frozen=True)
 class Membrane:
     """The membrane a single-step neuron returned at ``step``; only passed back to it."""
 
@@ -975,6 +985,9 @@ def _is_initial_state(value, v_init: float) -> bool:
 # Const or Python numbers, and returns the op's value; _Refuse for what it cannot map.
 
 def _val(x) -> Val:
+    if isinstance(x, ConstMinus):
+        raise _Refuse("(constant - tensor) is taken only as a factor of a product, x * (1 - y): "
+                      "the IR adds no constant to a tensor")
     if not isinstance(x, Val):
         raise _Refuse("this operand must be a tensor computed from the input")
     return x
@@ -1149,13 +1162,41 @@ def _binary(kind: str):
             raise _Refuse("alpha, rounding_mode and out are not supported")
         if isinstance(x, Val) and isinstance(y, Val):
             return _tensor_tensor(b, c, kind, x, y)
+        if kind == "sub" and isinstance(y, Val) and not isinstance(x, (Val, ConstMinus)):
+            return _const_minus(b, x, y)
+        if kind == "mul" and isinstance(x, ConstMinus) != isinstance(y, ConstMinus):
+            x, y = (x, y) if isinstance(y, ConstMinus) else (y, x)
+            return _times_const_minus(b, c, _val(x), y)
         if not isinstance(x, Val) and kind in ("add", "mul"):
             x, y = y, x
-        elif not isinstance(x, Val) and isinstance(y, Val) and kind == "sub":
-            raise _Refuse("a constant minus a tensor (such as 1 - spikes, SEW-ResNet's IAND): "
-                          "the IR adds no constant to a tensor")
-        return _tensor_const(b, c, kind, _val(x), y)
+        return _tensor_const(b, c, kind, _val(x), _val(y) if isinstance(y, ConstMinus) else y)
     return handler
+
+
+def _const_minus(b, k, y: Val) -> ConstMinus:
+    k = b.const(k, y)
+    if k.size != 1:
+        raise _Refuse("a constant tensor minus a tensor")
+    return ConstMinus(float(k.reshape(())), y)
+
+
+def _times_const_minus(b, c, x: Val, f: ConstMinus) -> Val:
+    """``x * (k - y)`` as ``k*x - x*y``: a Hadamard product, scaled by -1, added to x scaled by
+    k (left out for k = 1) or alone for k = 0."""
+    frame = _join_frames(x, f.y)
+    if not x.expr.shape == f.y.expr.shape == tuple(c.value.shape[len(frame):]):
+        raise _Refuse("a product with (constant - tensor) that broadcasts")
+    both = b.new(c, lambda n, i: ir.Hadamard(n, i, path=c.path), [x, f.y], frame,
+                 hint=f"{c.hint}_and")
+    neg = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [both], frame,
+                shape=both.expr.shape, hint=f"{c.hint}_neg" if f.k else None)
+    if not f.k:
+        return neg
+    kx = x if f.k == 1 else b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=f.k), [x],
+                                  x.frame, shape=x.expr.shape, hint=f"{c.hint}_scaled")
+    out = b.new(c, lambda n, i: ir.Add(n, i, path=c.path), [kx, neg], frame)
+    b.note_sum(out, kx, neg)
+    return out
 
 
 _TENSOR_OPS = {

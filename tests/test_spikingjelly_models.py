@@ -32,7 +32,7 @@ pytest.importorskip("spikingjelly.activation_based")
 
 
 provide_weight_loader_without_torchvision()
-from spikingjelly.activation_based import functional, neuron  # noqa: E402
+from spikingjelly.activation_based import functional, layer, neuron  # noqa: E402
 from spikingjelly.activation_based.model import (  # noqa: E402
     maxformer, ms_resnet, qkformer, sew_resnet, spike_driven_transformer, spikformer,
     spiking_resnet)
@@ -69,6 +69,9 @@ BUILDERS = {
     "max_resnet18": lambda: ms_resnet.max_resnet18(T=T),
     "sew_resnet18": lambda: _multi_step(sew_resnet.sew_resnet18(
         cnf="ADD", num_classes=10, spiking_neuron=neuron.IFNode, detach_reset=True)),
+    # IAND: out * (1 - identity), traced as out - out * identity
+    "sew_resnet18_iand": lambda: _multi_step(sew_resnet.sew_resnet18(
+        cnf="IAND", num_classes=10, spiking_neuron=neuron.IFNode, detach_reset=True)),
     "spiking_resnet18": lambda: _multi_step(spiking_resnet.spiking_resnet18(
         num_classes=10, spiking_neuron=neuron.LIFNode, tau=2.0)),
 }
@@ -193,7 +196,7 @@ def test_nir_compiled_by_the_cli_pipeline_equals_library(traced, tmp_path, name)
     ("ms_resnet", "for_target"),  # a conv reads a BN left to the lowering (the residual stream)
     *(pytest.param(n, "passes", marks=pytest.mark.slow)
     for n in ("spikformer", "qkformer", "maxformer", "ms_resnet", "sew_resnet18",
-              "spiking_resnet18"))])
+              "sew_resnet18_iand", "spiking_resnet18"))])
 def test_lava_equals_library(traced, tmp_path, name, pipeline):
     """The lava target's own passes (every BN folded by the pass), or the CLI's (``for_target``:
     the BN folds that round left to the lowering)."""
@@ -230,16 +233,21 @@ def test_unsupported_neuron_and_ops_are_all_listed():
     assert "module 'conv_blocks.0.attn.ta.avg_pool': op 'AdaptiveAvgPool3d'" in msg
 
 
-def test_sew_iand_is_refused_naming_the_constant_minus_a_tensor():
-    """SEW-ResNet's IAND connection computes ``out * (1 - identity)``: the refusal names the
-    module, the op and why (the IR adds no constant to a tensor), in one line."""
-    model = _multi_step(sew_resnet.sew_resnet18(cnf="IAND", num_classes=10,
-                                                spiking_neuron=neuron.IFNode, detach_reset=True))
+def test_constant_minus_a_tensor_outside_a_product_is_refused_saying_so():
+    """``1 - spikes`` is traced only as a factor of a product (SEW's IAND); fed to a layer, it
+    is refused naming the module, the op and why, in one line."""
+    class Inverted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.sn = layer.Linear(6, 4), neuron.IFNode(step_mode="m")
+
+        def forward(self, x):
+            return self.fc(1.0 - self.sn(x))
+
     with pytest.raises(UnsupportedError) as err:
-        trace(model.double(), _sequence(_image(0)), T=T, static=False)
+        trace(Inverted().double(), torch.rand(T, 2, 6, dtype=torch.float64), T=T, static=False)
     msg = str(err.value)
-    assert "\n" not in msg and "module 'layer1.0': op 'operator.sub'" in msg
-    assert "a constant minus a tensor" in msg
+    assert "\n" not in msg and "module 'fc'" in msg and "(constant - tensor)" in msg
 
 
 @pytest.mark.parametrize("name", ["spikformer", "qkformer", "sew_resnet18"])
