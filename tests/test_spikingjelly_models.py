@@ -280,3 +280,26 @@ def test_float32_model_keeps_float32_weights_and_library_spikes(tmp_path, name):
     assert any(t.name.endswith(STORED_FLOAT32) for t in stored)
     for form in ("unrolled", "step"):
         assert_spikes(run_onnx(path, x.numpy(), form=form)[1], ref)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
+def test_threshold_dependent_batch_norm_is_its_batch_norm(target):
+    """tdBN (``layer.ThresholdDependentBatchNorm2d/1d``, Zheng et al. 2021) normalises the
+    steps folded into the batch; in eval mode that is the batch norm it subclasses, its
+    ``alpha * v_th`` only the weight's initial value. A conv net with tdBN after each synapse,
+    running statistics and affine parameters randomised: the library's spikes at every neuron."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        layer.Conv2d(3, 8, 3, padding=1), layer.ThresholdDependentBatchNorm2d(
+            alpha=1.0, v_th=1.0, num_features=8), neuron.LIFNode(tau=2.0),
+        layer.Flatten(), layer.Linear(8 * 8 * 8, 16),
+        layer.ThresholdDependentBatchNorm1d(alpha=0.5, v_th=1.0, num_features=16),
+        neuron.IFNode())
+    functional.set_step_mode(model, "m")
+    model = model.double().eval()
+    randomize_bn(model, 0)
+    rep = snncc.check(model, _sequence(_image(0, size=8)), T=T, target=target)
+    assert rep.min_agreement == 1.0 and rep.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})

@@ -10,8 +10,10 @@
   are leaves mapped as the torch layer they subclass, applied to every step when their
   ``step_mode`` is ``"m"``. ``layer.Dropout`` is the identity in eval mode; the
   weight-standardised ``WSConv2d`` / ``WSLinear`` are the plain layer with the standardised
-  weight. Wrappers that compute something else (batch norms over time, NeuNorm, DropConnect)
-  are refused. Containers (``SeqToANNContainer``, ``MultiStepContainer``, ...) and everything
+  weight; threshold-dependent batch norm (tdBN, ``ThresholdDependentBatchNorm1d/2d``) is, in
+  eval mode, the batch norm it subclasses over the steps folded into the batch (its
+  ``alpha * v_th`` only initialises the weight). Wrappers that compute something else (batch
+  norms per time step, NeuNorm, DropConnect) are refused. Containers (``SeqToANNContainer``, ``MultiStepContainer``, ...) and everything
   else (attention blocks, the model zoo's blocks) are traced through.
 """
 
@@ -89,6 +91,8 @@ class SpikingJellyAdapter(Adapter):
             return nn.Identity()
         if name in ("WSConv2d", "WSLinear"):
             return _standardised(m)
+        if name in _TDBN:
+            return _as_class(m, _TDBN[name])
         return _refuse(f"spikingjelly's {name} has no IR mapping")
 
     def reset_state(self, model: nn.Module) -> None:
@@ -99,6 +103,17 @@ class SpikingJellyAdapter(Adapter):
 
 def _qualname(m: nn.Module) -> str:
     return f"{type(m).__module__}.{type(m).__name__}"
+
+
+_TDBN = {"ThresholdDependentBatchNorm1d": nn.BatchNorm1d,
+         "ThresholdDependentBatchNorm2d": nn.BatchNorm2d}
+
+
+def _as_class(m: nn.Module, cls: type) -> nn.Module:
+    """``m`` (sharing its parameters and buffers) as the torch layer ``cls`` it computes."""
+    plain = copy.copy(m)
+    plain.__class__ = cls
+    return plain
 
 
 def _standardised(m: nn.Module) -> nn.Module:
