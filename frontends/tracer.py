@@ -55,7 +55,7 @@ from snncc.errors import IRError, SnnccError, UnsupportedError
 from snncc.graph import Graph
 from snncc.limits import freeing_what_it_leaves
 
-from .adapters import STEP_MULTI, Adapter, NeuronCircuit, adapter_for
+from .adapters import STATE_KEPT, STEP_MULTI, Adapter, NeuronCircuit, adapter_for
 from .adapters import reset_state
 from .shaped import ShapedTensor, on_broadcast_constants, release_fake_mode, shaped_like
 
@@ -750,6 +750,8 @@ class _Builder:
     @staticmethod
     def _step_of_call(path: str, rec: _SteppedNeuron, state, returns_state: bool) -> int:
         """The time step of a single-step neuron's call (adapters' table in their docstring)."""
+        if state is STATE_KEPT:
+            return len(rec.calls)
         if state is None:
             return 0 if returns_state else len(rec.calls)
         if isinstance(state, Membrane) and state.path == path:
@@ -985,6 +987,9 @@ def _is_initial_state(value, v_init: float) -> bool:
 # Const or Python numbers, and returns the op's value; _Refuse for what it cannot map.
 
 def _val(x) -> Val:
+    if isinstance(x, Membrane):
+        raise _Refuse(f"the state neuron '{x.path}' returns (its membrane) may only be passed "
+                      "back to that neuron: snncc compiles the spikes")
     if isinstance(x, ConstMinus):
         raise _Refuse("(constant - tensor) is taken only as a factor of a product, x * (1 - y): "
                       "the IR adds no constant to a tensor")
@@ -1079,6 +1084,9 @@ def _unbind(b, c, x, dim=0):
 
 def _stack(b, c, tensors, dim=0):
     vals = list(tensors)
+    for v in vals:
+        if isinstance(v, Membrane):
+            _val(v)
     if dim != 0 or len(vals) != b.T or not all(
             isinstance(v, Val) and v.frame == B and v.expr.step == t for t, v in enumerate(vals)):
         raise _Refuse("only stacking the T steps of a loop over time is supported")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ir
-from .errors import FormatError, UnsupportedError
+from .errors import FormatError, SnnccError, UnsupportedError
 from .graph import Graph
 from .limits import (largest_fitting, nbytes, positive_int, require_fits,
                      smaller_batch_that_fits)
@@ -170,6 +170,13 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
         xt = torch.as_tensor(to_torch_layout(graph, x), dtype=tdtype, device=device)
         with torch.no_grad():
             out = model(xt)
+    except (RuntimeError, TypeError, ValueError) as err:  # the model's own code failing
+        text = " ".join(str(err).split())[:300]
+        raise SnnccError(f"running the PyTorch model in {dtype} failed: {type(err).__name__}: "
+                         f"{text}" + (" (a model that keeps state in float32 runs only in "
+                                      "float32: check with --dtype float32)"
+                                      if dtype == "float64" and "dtype" in text else "")) \
+            from None
     finally:
         for h in hooks:
             h.remove()

@@ -84,6 +84,33 @@ class HiddenSequential(nn.Module):
         return torch.stack([self.net(x) for _ in range(T)])
 
 
+class TutorialNet(nn.Module):
+    """snnTorch's tutorials' network: an nn.Sequential whose neurons keep their state
+    (``init_hidden=True``), the last one with ``output=True`` returning its state too; the loop
+    over time records the spikes and the membranes and returns the spikes (``membranes=True``:
+    the membranes instead)."""
+
+    def __init__(self, last: str = "Leaky", membranes: bool = False):
+        super().__init__()
+        out = (snn.Leaky(beta=0.6, threshold=0.2, init_hidden=True, output=True)
+               if last == "Leaky" else
+               snn.Synaptic(alpha=0.5, beta=0.6, threshold=0.3, init_hidden=True, output=True))
+        self.net = nn.Sequential(
+            nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6),
+            snn.Leaky(beta=0.8, threshold=0.5, init_hidden=True), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(6 * 4 * 4, 10), out)
+        self.membranes = membranes
+
+    def forward(self, x):
+        snn_utils.reset(self.net)
+        spk_rec, mem_rec = [], []
+        for _ in range(T):
+            spk, *state = self.net(x)
+            spk_rec.append(spk)
+            mem_rec.append(state[-1])
+        return torch.stack(mem_rec if self.membranes else spk_rec)
+
+
 class SynapticRLeaky(nn.Module):
     """A sequence input [T, B, 8]: Synaptic (a second state, the current) and RLeaky (its own
     spikes fed back through a Linear)."""
@@ -275,6 +302,20 @@ def test_snntorch_init_hidden_sequential(mode, tmp_path):
     check(_built(HiddenSequential, 2, mode), _image(2), True, tmp_path)
 
 
+@pytest.mark.parametrize("last", ["Leaky", "Synaptic"])
+def test_snntorch_tutorial_net_whose_last_neuron_returns_its_state(last, tmp_path):
+    """``init_hidden=True`` with ``output=True`` (the tutorials' last layer): the call's k-th
+    call is step k as without ``output``; the state it returns may be recorded and dropped."""
+    check(_built(TutorialNet, 4, last), _image(4), True, tmp_path)
+
+
+def test_snntorch_returned_membranes_are_refused_saying_so():
+    with pytest.raises(UnsupportedError) as err:
+        trace(_built(TutorialNet, 4, membranes=True), _image(4), T=T)
+    msg = str(err.value)
+    assert "op 'torch.stack'" in msg and "neuron 'net.6' returns" in msg, msg
+
+
 @pytest.mark.parametrize("mode", ["subtract", "zero", "none"])
 def test_snntorch_synaptic_and_rleaky(mode, tmp_path):
     check(_built(SynapticRLeaky, 3, mode), _sequence(3), False, tmp_path)
@@ -426,3 +467,22 @@ def test_norse_threshold_tie_follows_norse_operation_order(kind, tmp_path):
     assert ref["cell"][(1, *flips[0])] == 0  # the tie: Norse does not fire
     sim = simulate(graph, x.numpy(), T, record=True)
     np.testing.assert_array_equal(sim.trace["cell"], ref["cell"])
+
+
+def test_a_model_that_cannot_run_in_float64_is_checked_in_float32():
+    """snnTorch's RLeaky keeps its own float32 spikes (``init_hidden``) and feeds them to its
+    float64 recurrent weights: the library's forward fails in float64. `check` says so in one
+    line, with what to do, and checks it in float32 exactly."""
+    import snncc
+    from snncc.errors import SnnccError
+
+    model = _built(One, 5, snn.RLeaky(beta=0.9, threshold=0.3, linear_features=6,
+                                      init_hidden=True), hidden=True)
+    x = _sequence(5)
+    with pytest.raises(SnnccError) as err:
+        snncc.check(model, x, T=T, target="sim")
+    msg = str(err.value)
+    assert "\n" not in msg and "in float64 failed" in msg and "--dtype float32" in msg, msg
+    rep = snncc.check(model, x, T=T, target="onnx", dtype="float32")
+    assert rep.min_agreement == 1.0
+    assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})

@@ -25,6 +25,8 @@ An :class:`Adapter` answers, for a module ``m`` it :meth:`~Adapter.owns`:
   ===================================  ===========================================================
   ``None``, ``returns_state`` false    the module keeps its state itself: its k-th call is step k
   ``None``, ``returns_state`` true     0 (no state passed: the neuron starts from ``v_init``)
+  :data:`STATE_KEPT`                   the module keeps its state and also returns it (snnTorch's
+                                       ``init_hidden`` with ``output``): its k-th call is step k
   a constant equal to ``v_init``       0 (an initial state made without the input)
   the state its previous call returned t + 1, where t is the step of that call
   ===================================  ===========================================================
@@ -60,6 +62,8 @@ from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
 STEP_MULTI, STEP_SINGLE = "m", "s"
+#: ``single_step_call``'s ``state`` of a neuron that keeps its state and returns it too
+STATE_KEPT = "kept"
 
 
 @dataclass(frozen=True)

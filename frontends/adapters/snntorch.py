@@ -24,14 +24,15 @@ input, a Delay of the membrane and a Delay of the neuron's own spikes, and a thr
 "subtract" snnTorch may subtract the threshold twice in one step (``do_reset = spk - reset``),
 which is refused. Also refused, naming the module: graded spikes, inhibition, state
 quantisation, a spike function not from ``snntorch.surrogate``, per-neuron (tensor) beta /
-alpha / threshold, a negative threshold (snnTorch then fires a reset before step 0),
-``init_hidden=True`` with ``output=True`` (it returns its membrane), and every other snnTorch
-neuron (Alpha, Lapicque, LeakyParallel, SLSTM, RSynaptic, ...).
+alpha / threshold, a negative threshold (snnTorch then fires a reset before step 0), and every
+other snnTorch neuron (Alpha, Lapicque, LeakyParallel, SLSTM, RSynaptic, ...).
 
 Calls: ``init_hidden=False`` neurons take and return their state (``spk, mem = lif(x, mem)``;
 ``spk, syn, mem = syn_lif(x, syn, mem)``; ``spk, mem = rlif(x, spk, mem)``), with
 ``init_leaky()`` / ``init_synaptic()`` / ``init_rleaky()`` (empty tensors) as the state at step 0;
-``init_hidden=True`` neurons keep it in the module (``spk = lif(x)``, the k-th call is step k).
+``init_hidden=True`` neurons keep it in the module (``spk = lif(x)``, the k-th call is step k);
+with ``output=True`` they return it too (``spk, mem = lif(x)``, snnTorch's tutorials' last
+layer), which the model may record or drop but not compute with: snncc compiles the spikes.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from torch import nn
 from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
-from . import STEP_SINGLE, Adapter, NeuronCircuit
+from . import STATE_KEPT, STEP_SINGLE, Adapter, NeuronCircuit
 from .circuits import Circuit, circuit, scalar, threshold
 
 _PACKAGE = "snntorch"
@@ -92,10 +93,9 @@ class SnnTorchAdapter(Adapter):
     def single_step_call(self, m: nn.Module, args: tuple, kwargs: dict, value) -> tuple:
         kind = type(m).__name__
         x = args[0] if args else kwargs.get("input_")
-        if m.init_hidden:
+        if m.init_hidden:  # with output=True it returns its state too, (spk, [syn,] mem)
             if m.output:
-                raise UnsupportedError("init_hidden=True with output=True returns the membrane, "
-                                       "which snncc does not expose; use output=False")
+                return x, STATE_KEPT, 2 if kind == "Synaptic" else True, value[0]
             return x, None, False, value
         names = {"Leaky": ("mem",), "Synaptic": ("syn", "mem"), "RLeaky": ("spk", "mem")}
         names = names.get(kind, ("mem",))
