@@ -55,7 +55,8 @@ from snncc.errors import IRError, SnnccError, UnsupportedError
 from snncc.graph import Graph
 from snncc.limits import freeing_what_it_leaves
 
-from .adapters import STATE_KEPT, STEP_MULTI, Adapter, NeuronCircuit, adapter_for
+from .adapters import (STATE_KEPT, STEP_MULTI, Adapter, Integrator, NeuronCircuit,
+                       adapter_for)
 from .adapters import reset_state
 from .shaped import ShapedTensor, on_broadcast_constants, release_fake_mode, shaped_like
 
@@ -718,9 +719,10 @@ class _Builder:
             if x.frame != TB or x.expr.step is not None or state is not None:
                 raise _Refuse("a multi-step neuron needs a [T, B, ...] input and no state")
             shape = tuple(spikes.shape[2:])
-            out = self.new(c, lambda n, i: _neuron_node(
-                n, (self._neuron_input(n, i[0], p, shape, c.path),), c.path, p), [x], TB,
-                time=SEQ)
+            out = self.new(c, lambda n, i: self._integrator(n, i[0], p, shape)
+                           if isinstance(p, Integrator) else _neuron_node(
+                               n, (self._neuron_input(n, i[0], p, shape, c.path),), c.path, p),
+                           [x], TB, time=SEQ)
             return (out, *[Membrane(c.path, self.T - 1)] * int(returns_state)) \
                 if returns_state else out
         if x.frame != B:
@@ -732,6 +734,14 @@ class _Builder:
         rec.calls[t] = x.expr
         out = Val(_NeuronStep(None, (), c.op, c.hint, c.path, rec.shape, step=t), B)
         return (out, *[Membrane(c.path, t)] * int(returns_state)) if returns_state else out
+
+    def _integrator(self, name: str, x: str, p: Integrator, shape: tuple) -> ir.Node:
+        """The output node of a non-spiking cell reading ``x``; its other nodes (which read the
+        output back through Delays) enter the graph here."""
+        *nodes, out = p.build(name, x, shape)
+        for n in nodes:
+            self.graph.add(n)
+        return out
 
     def _neuron_input(self, name: str, x: str, p, shape: tuple, path: str) -> str:
         """The input node of neuron ``name``: ``x``, or the membrane a NeuronCircuit's nodes
@@ -918,16 +928,30 @@ class _Builder:
         declared; its input (which may read it back through a delay) is connected later."""
         rec = self.neurons[path]
         if rec.name is None:
-            node = _neuron_node(self._fresh(path), (f"{path}.pending",), path, rec.params)
-            self.graph.add(node)
-            node.shape, node.kind, rec.name = rec.shape, ir.Kind.SPIKE, node.name
+            pending = f"{path}.pending"
+            if isinstance(rec.params, Integrator):  # its nodes now, their input connected later
+                nodes = rec.params.build(self._fresh(path), pending, rec.shape)
+                kind = ir.Kind.REAL
+            else:
+                nodes = [_neuron_node(self._fresh(path), (pending,), path, rec.params)]
+                kind = ir.Kind.SPIKE
+            for n in nodes:
+                self.graph.add(n)
+                n.shape, n.kind = rec.shape, kind
+            node = nodes[-1]
+            rec.name = node.name
 
             def connect():
                 first = next(iter(rec.calls.values()))
                 if sorted(rec.calls) != list(range(self.T)):
                     self.errors[(path, f"op '{first.op}': called at steps {sorted(rec.calls)}, "
                                        f"not at every step 0..{self.T - 1}")] = None
-                elif (inp := self._same_each_step(first, rec.calls)) is not None:
+                elif (inp := self._same_each_step(first, rec.calls)) is None:
+                    return
+                elif kind is ir.Kind.REAL:
+                    for n in nodes:
+                        n.inputs = tuple(inp if i == pending else i for i in n.inputs)
+                else:
                     node.inputs = (self._neuron_input(node.name, inp, rec.params, rec.shape,
                                                       path),)
             self._queue.append(connect)

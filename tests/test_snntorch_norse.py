@@ -139,10 +139,12 @@ class SynapticRLeaky(nn.Module):
 
 def _norse_p(kind: str, **kw):
     from norse.torch.functional.iaf import IAFParameters
+    from norse.torch.functional.leaky_integrator import LIParameters
     from norse.torch.functional.lif import LIFParameters
     from norse.torch.functional.lif_box import LIFBoxParameters
 
-    cls = {"iaf": IAFParameters, "lif": LIFParameters, "box": LIFBoxParameters}[kind]
+    cls = {"iaf": IAFParameters, "lif": LIFParameters, "box": LIFBoxParameters,
+           "li": LIParameters}[kind]
     return cls(**{k: v if isinstance(v, str) else torch.as_tensor(v) for k, v in kw.items()})
 
 
@@ -165,6 +167,35 @@ class NorseCells(nn.Module):
             z, state = self.seq(x, state)
             out.append(z)
         return torch.stack(out)
+
+
+class NorseReadout(nn.Module):
+    """Norse's tutorials' classifier: spiking layers, then a leaky integrator (``LICell``, or
+    the multi-step ``LI``) whose voltage over time is the output."""
+
+    def __init__(self, multi_step: bool = False):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.lif = norse.LIFCell(_norse_p("lif", tau_syn_inv=300.0, tau_mem_inv=250.0,
+                                          v_th=0.12))
+        self.fc = nn.Linear(6 * 8 * 8, 10)
+        li = _norse_p("li", tau_syn_inv=150.0, tau_mem_inv=120.0)
+        self.li = norse.LI(li) if multi_step else norse.LICell(li)
+        self.multi_step = multi_step
+
+    def forward(self, x):
+        s, out = None, []
+        for _ in range(T):
+            z, s = self.lif(self.bn(self.conv(x)), s)
+            out.append(self.fc(z.flatten(1)))
+        if self.multi_step:
+            v, _ = self.li(torch.stack(out))
+            return v
+        s, volts = None, []
+        for current in out:
+            v, s = self.li(current, s)
+            volts.append(v)
+        return torch.stack(volts)
 
 
 class NorseMultiStep(nn.Module):
@@ -338,6 +369,16 @@ def test_snntorch_mapping_shapes():
 
 def test_norse_cells_sequential_state(tmp_path):
     check(_built(NorseCells, 4), _image(4, 2.0), True, tmp_path)
+
+
+@pytest.mark.parametrize("multi_step", [False, True], ids=["LICell", "LI"])
+def test_norse_leaky_integrator_readout(multi_step, tmp_path):
+    """The readout's voltage, computed by Scale/Add/Delay nodes in Norse's operation order (no
+    spikes, no reset), equals the library's at every step, on every target."""
+    model = _built(NorseReadout, 6, multi_step)
+    graph = trace(model, _image(6, 2.0), T=T)
+    assert graph.meta["output_layout"] == "TB" and len(graph.of_type(ir.Neuron)) == 1
+    check(model, _image(6, 2.0), True, tmp_path)
 
 
 def test_norse_multistep_modules(tmp_path):

@@ -9,7 +9,8 @@ An :class:`Adapter` answers, for a module ``m`` it :meth:`~Adapter.owns`:
   ``ir.Neuron``). :meth:`~Adapter.canonical` gives its :class:`snncc.neuron.CanonicalParams`, or
   raises :class:`snncc.errors.UnsupportedError` (with ``path``) when the canonical neuron cannot
   compute exactly what ``m`` computes; or a :class:`NeuronCircuit` (other IR nodes computing the
-  membrane in the library's operation order, a canonical neuron firing on it).
+  membrane in the library's operation order, a canonical neuron firing on it); or, for a cell
+  that does not spike (a leaky-integrator readout), an :class:`Integrator`.
 - :meth:`~Adapter.step_mode`: ``"m"``, multi-step: ``m`` takes a whole ``[T, B, ...]`` sequence
   and returns one (a neuron starting from its initial state; a non-neuron leaf is its per-step
   layer applied to every step), or ``"s"``, single-step: one call per time step on ``[B, ...]``.
@@ -81,6 +82,17 @@ class NeuronCircuit:
     fire: cn.CanonicalParams
     build: Callable[[str, str, tuple], tuple[list, str]]
     v_init: float = 0.0
+
+
+@dataclass(frozen=True)
+class Integrator:
+    """What :meth:`Adapter.canonical` returns for a cell that does not spike (Norse's ``LI``, a
+    leaky-integrator readout): its output is its membrane, which IR nodes (Scale/Add/Delay)
+    compute from its input and, through one-step Delays, from their own earlier values, in the
+    library's operation order. ``build(name, x, shape)`` returns the nodes; the last one, named
+    ``name``, is the output."""
+
+    build: Callable[[str, str, tuple], list]
 
 
 class Adapter:

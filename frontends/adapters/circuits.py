@@ -28,7 +28,8 @@ class Circuit:
 
     def prev(self, src: str, kind: ir.Kind = ir.Kind.REAL) -> str:
         """``src`` one step back (0 at t = 0); one Delay per source."""
-        part = "s[t-1]" if src == self.name else f"{src.rsplit(':', 1)[-1]}[t-1]"
+        own = "s[t-1]" if kind is ir.Kind.SPIKE else "v[t-1]"  # a neuron's spikes, a cell's value
+        part = own if src == self.name else f"{src.rsplit(':', 1)[-1]}[t-1]"
         name = f"{self.name}:{part}"
         if any(n.name == name for n in self.nodes):
             return name

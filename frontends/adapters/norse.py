@@ -1,4 +1,5 @@
-"""Norse (``norse`` 1.1): ``IAFCell`` / ``IAF``, ``LIFBoxCell``, ``LIFCell`` / ``LIF``.
+"""Norse (``norse`` 1.1): ``IAFCell`` / ``IAF``, ``LIFBoxCell``, ``LIFCell`` / ``LIF``, and the
+leaky-integrator readout ``LICell`` / ``LI``.
 
 What Norse computes per step (``norse/torch/functional/iaf.py``, ``lif_box.py``, ``lif.py``;
 k = dt * tau_mem_inv and ks = -dt * tau_syn_inv evaluated as the forward evaluates them)::
@@ -6,6 +7,7 @@ k = dt * tau_mem_inv and ks = -dt * tau_syn_inv evaluated as the forward evaluat
     IAF      h = v + x
     LIFBox   h = v + k * ((x + v_leak) - v)
     LIF      i' = i + x;  h = v + k * ((v_leak - v) + i');  i = i' + ks * i'
+    LI       LIF's current and charge, with v = h: no threshold, no reset; the output is v
     fires    z = H(h - v_th) with H(u) = (u > 0), i.e. strictly h > v_th, for every ``method``
              Norse's threshold() accepts (heaviside, super, triangle, tanh, circ, heavi_erfc:
              they differ only in the surrogate gradient)
@@ -14,9 +16,10 @@ k = dt * tau_mem_inv and ks = -dt * tau_syn_inv evaluated as the forward evaluat
 IAF is the canonical neuron (alpha = gamma = 1, hard reset to v_reset, '>', starting at
 v_reset). LIFBox and LIF charge in another operation order than ``alpha * v + gamma * x``, so
 they are a :class:`NeuronCircuit` (Scale/Add/Hadamard/Delay nodes computing exactly Norse's
-arithmetic, the current ``i`` as a second state, and a threshold neuron firing on ``h``).
+arithmetic, the current ``i`` as a second state, and a threshold neuron firing on ``h``); LI is
+an :class:`Integrator`, the same nodes without the neuron, its output the membrane.
 
-Refused, naming the module: ``v_leak != 0`` for LIFBox/LIF (their state starts at v_leak and
+Refused, naming the module: ``v_leak != 0`` for LIFBox/LIF/LI (their state starts at v_leak and
 the circuit's Delays start at 0), per-neuron (tensor) parameters, ``method="adjoint"``, an
 unknown reset function, and every other Norse neuron (LIFRefrac, LIFAdEx, LSNN, recurrent
 cells, ...). Cells take and return their state (``z, s = cell(x, s)``, ``s=None`` at step 0);
@@ -32,13 +35,15 @@ from torch import nn
 from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
-from . import STEP_MULTI, STEP_SINGLE, Adapter, NeuronCircuit
+from snncc import ir
+
+from . import STEP_MULTI, STEP_SINGLE, Adapter, Integrator, NeuronCircuit
 from .circuits import Circuit, scalar, threshold
 
 _PACKAGE = "norse"
 _METHODS = ("heaviside", "super", "triangle", "tanh", "circ", "heavi_erfc")
-_CELLS = {"IAFCell": "IAF", "LIFBoxCell": "LIFBox", "LIFCell": "LIF"}
-_SEQUENCES = {"IAF": "IAF", "LIF": "LIF"}
+_CELLS = {"IAFCell": "IAF", "LIFBoxCell": "LIFBox", "LIFCell": "LIF", "LICell": "LI"}
+_SEQUENCES = {"IAF": "IAF", "LIF": "LIF", "LI": "LI"}
 
 
 def _base(m: nn.Module) -> str:
@@ -60,10 +65,19 @@ class NorseAdapter(Adapter):
     def canonical(self, m: nn.Module, path: str):
         kind = type(m).__name__
         model = _CELLS.get(kind) or _SEQUENCES.get(kind)
-        if model is None or type(m).__module__.split(".")[-1] not in ("iaf", "lif", "lif_box"):
+        if model is None or type(m).__module__.split(".")[-1] not in (
+                "iaf", "lif", "lif_box", "leaky_integrator"):
             raise UnsupportedError(f"norse's {kind} is not supported (supported: IAFCell, IAF, "
-                                   "LIFBoxCell, LIFCell, LIF)", path=path)
+                                   "LIFBoxCell, LIFCell, LIF, LICell, LI)", path=path)
         p, dt = m.p, float(m.dt)
+        if model == "LI":
+            if scalar(p.v_leak, "v_leak", path) != 0.0:
+                raise UnsupportedError("v_leak != 0: the membrane starts at v_leak, a Delay at 0",
+                                       path=path)
+            scalar(p.tau_mem_inv, "tau_mem_inv", path)
+            scalar(p.tau_syn_inv, "tau_syn_inv", path)
+            return _li(scalar(dt * p.tau_mem_inv, "dt * tau_mem_inv", path),
+                       scalar(-dt * p.tau_syn_inv, "-dt * tau_syn_inv", path))
         if p.method not in _METHODS:
             raise UnsupportedError(f"method {p.method!r} is not a Heaviside threshold snncc knows "
                                    f"(supported: {', '.join(_METHODS)})", path=path)
@@ -125,17 +139,33 @@ def _lif_box(k: float, v_th: float, v_reset: float, subtract: bool) -> NeuronCir
     return NeuronCircuit(threshold(v_th), build)
 
 
+def _current_drive(c: Circuit, v: str, x: str, ks: float) -> str:
+    """LIF's and LI's synaptic current: i' = i + x, the next i = i' + ks * i'; returns the drive
+    (0 - v) + i' of the membrane."""
+    i_new = c.add(c.prev(f"{c.name}:cur"), x, "i+x")
+    c.add(i_new, c.scale(i_new, ks, "di"), "cur")  # i' + (-dt * tau_syn_inv) * i'
+    return c.add(c.scale(v, -1.0, "-v"), i_new, "-v+i")  # (0 - v) + i'
+
+
 def _lif(k: float, ks: float, v_th: float, v_reset: float) -> NeuronCircuit:
     def build(name, x, shape):
         c = Circuit(name, name, shape)
-        v, i = c.prev(f"{name}:mem"), c.prev(f"{name}:cur")
-        i_new = c.add(i, x, "i+x")
-        c.add(i_new, c.scale(i_new, ks, "di"), "cur")  # i' + (-dt * tau_syn_inv) * i'
-        drive = c.add(c.scale(v, -1.0, "-v"), i_new, "-v+i")  # (0 - v) + i'
-        h = _charge(c, v, drive, k)
+        v = c.prev(f"{name}:mem")
+        h = _charge(c, v, _current_drive(c, v, x, ks), k)
         _reset_value(c, h, v_reset)
         return c.nodes, h
     return NeuronCircuit(threshold(v_th), build)
+
+
+def _li(k: float, ks: float) -> Integrator:
+    """Norse's leaky integrator: LIF's current and charge, no threshold and no reset; its output
+    is the membrane v + k * ((0 - v) + i'), the node named after the cell."""
+    def build(name, x, shape):
+        c = Circuit(name, name, shape)
+        v = c.prev(name)
+        dv = c.scale(_current_drive(c, v, x, ks), k, "dv")
+        return [*c.nodes, ir.Add(name, (v, dv), path=name)]
+    return Integrator(build)
 
 
 ADAPTER = NorseAdapter()
