@@ -133,18 +133,26 @@ def _snntorch_decay(tau, dt: float, name: str, field: str) -> np.ndarray:
 
 def _norse_k(tau, dt: float, name: str, field: str) -> float:
     """Norse's ``dt * tau_inv`` (float32, as its forward computes it) from the tau its exporter
-    wrote as ``dt / tau_inv``: tau_inv is the float32 value that gives the stored tau exactly."""
+    wrote as ``dt / tau_inv``: tau_inv is the float32 value that gives the stored tau exactly;
+    where several neighbours do (float32 division maps some to one tau: 120 and the float32
+    below it give the same), the one with the shortest mantissa, the value a person wrote (its
+    products differ: dt * 120 and dt * 119.99999 are 0.12000000 and 0.11999999)."""
     import torch
 
     t = torch.as_tensor(np.asarray(tau, dtype=np.float32))
     if not bool((t > 0).all()):
         raise UnsupportedError(f"{field} is not positive", node=name)
     c0 = torch.as_tensor((dt / np.asarray(tau, dtype=np.float64)).astype(np.float32))
+    up, down = torch.full_like(c0, float("inf")), torch.full_like(c0, float("-inf"))
+    above, below = torch.nextafter(c0, up), torch.nextafter(c0, down)
+    candidates = [c0, above, below, torch.nextafter(above, up), torch.nextafter(below, down)]
     inv = torch.full_like(t, float("nan"))
-    for c in (c0, torch.nextafter(c0, torch.full_like(c0, float("inf"))),
-              torch.nextafter(c0, torch.full_like(c0, float("-inf")))):
-        ok = torch.isnan(inv) & ((dt / c) == t)
-        inv[ok] = c[ok]
+    best = torch.full(t.shape, -1, dtype=torch.int32)
+    for c in candidates:
+        bits = c.view(torch.int32) & 0x7FFFFF
+        zeros = torch.where(bits == 0, 23, torch.log2((bits & -bits).float()).int())
+        ok = ((dt / c) == t) & (zeros > best)
+        inv[ok], best[ok] = c[ok], zeros[ok]
     if bool(torch.isnan(inv).any()):
         bad = float(t[torch.isnan(inv)].reshape(-1)[0])
         raise UnsupportedError(
@@ -155,9 +163,14 @@ def _norse_k(tau, dt: float, name: str, field: str) -> float:
 
 def _circuit_nodes(name: str, x: str, nc, shape, path: str) -> list[ir.Node]:
     nodes, membrane = nc.build(name, x, shape)
+    return _at(path, nodes) + [ir.Neuron(name, (membrane,), path=path, **nc.fire.fields())]
+
+
+def _at(path: str, nodes: list[ir.Node]) -> list[ir.Node]:
+    """``nodes`` (a circuit's) marked as computed for the file's node ``path``."""
     for n in nodes:
         n.path = path
-    return nodes + [ir.Neuron(name, (membrane,), path=path, **nc.fire.fields())]
+    return nodes
 
 
 # ----------------------------------------------------------------------------- snntorch
@@ -244,6 +257,16 @@ def _norse_cuba(d, name, node, x, shape, dt, path, graph):
     ks = -_norse_k(node.tau_syn, dt, name, "tau_syn")
     nc = _lif(k, ks, _one(node.v_threshold, "norse's LIFCell", name, "v_threshold"), 0.0)
     return _circuit_nodes(name, x, nc, shape, path)
+
+
+def _norse_li(d, name, node, x, shape, dt, path, graph):
+    """norse's exporter writes its LIBoxCell as an LI (r = 1, tau = dt / tau_mem_inv)."""
+    from snncc.frontends.adapters.norse import _li_box
+
+    _must_be(node.r, 1.0, name, "r", "norse's cells have no input gain (its exporter writes 1)")
+    _must_be(node.v_leak, 0.0, name, "v_leak", "snncc reads norse's cells with v_leak = 0 only "
+             "(their state starts at v_leak)")
+    return _at(path, _li_box(_norse_k(node.tau, dt, name, "tau")).build(name, x, shape))
 
 
 def _norse_if(d, name, node, x, shape, dt, path, graph):
@@ -387,7 +410,7 @@ def _refuse(d, name, node, x, shape, dt, path, graph):
 _HANDLERS = {
     "snntorch": {"LIF": _snntorch_lif, "CubaLIF": _snntorch_cuba, "IF": _refuse,
                  "LI": _refuse, "CubaLI": _refuse, "I": _refuse},
-    "norse": {"LIF": _norse_lif, "CubaLIF": _norse_cuba, "IF": _norse_if, "LI": _refuse,
+    "norse": {"LIF": _norse_lif, "CubaLIF": _norse_cuba, "IF": _norse_if, "LI": _norse_li,
               "CubaLI": _refuse, "I": _refuse},
     "sinabs": {"LIF": _sinabs_lif, "IF": _sinabs_if, "LI": _sinabs_li, "CubaLIF": _refuse,
                "CubaLI": _refuse, "I": _refuse},

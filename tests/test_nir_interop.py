@@ -142,6 +142,29 @@ def test_norse_export_without_dialect_is_refused(norse_file):
         read_nir(path, dt=1e-4)
 
 
+def test_norse_leaky_integrator_readout_read_with_dialect_is_exact(tmp_path):
+    """norse's exporter writes an LIBoxCell readout as an LI (tau = dt / tau_mem_inv, r = 1):
+    read with ``dialect="norse"``, its voltage at every step is norse's own."""
+    torch.manual_seed(4)
+    p = norse.LIFBoxParameters(tau_mem_inv=torch.full((16,), 150.0), v_th=torch.full((16,), 0.3),
+                               v_leak=torch.zeros(16))
+    net = norse.SequentialState(torch.nn.Linear(6, 16), norse.LIFBoxCell(p),
+                                torch.nn.Linear(16, 4), norse.LIBoxCell(norse.LIBoxParameters(
+                                    tau_mem_inv=torch.full((4,), 120.0), v_leak=torch.zeros(4))))
+    path = tmp_path / "readout.nir"
+    nir.write(path, norse.to_nir(net, torch.randn(1, 6)))
+    x = _inputs(5, (6,)).double()
+    hid, want = _norse_forward(net.double(), x)  # float64: the readout's voltage is not rounded
+    assert 0.05 < hid.mean() < 0.95 and np.abs(want).max() > 0.1
+    g = read_nir(path, dialect="norse")
+    assert [type(n).__name__ for n in nir.read(path, type_check=False).nodes.values()] \
+        .count("LI") == 1
+    res = simulate(g, x.numpy()[:, :, None], record=True)
+    np.testing.assert_array_equal(res.trace["1"].reshape(hid.shape), hid)
+    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name].reshape(want.shape),
+                                  want)
+
+
 def test_dialects_not_implemented_are_refused_by_name(norse_file):
     with pytest.raises(UnsupportedError, match="--nir-dialect spikingjelly is not implemented"):
         read_nir(norse_file[1], dialect="spikingjelly")

@@ -140,11 +140,12 @@ class SynapticRLeaky(nn.Module):
 def _norse_p(kind: str, **kw):
     from norse.torch.functional.iaf import IAFParameters
     from norse.torch.functional.leaky_integrator import LIParameters
+    from norse.torch.functional.leaky_integrator_box import LIBoxParameters
     from norse.torch.functional.lif import LIFParameters
     from norse.torch.functional.lif_box import LIFBoxParameters
 
     cls = {"iaf": IAFParameters, "lif": LIFParameters, "box": LIFBoxParameters,
-           "li": LIParameters}[kind]
+           "li": LIParameters, "li_box": LIBoxParameters}[kind]
     return cls(**{k: v if isinstance(v, str) else torch.as_tensor(v) for k, v in kw.items()})
 
 
@@ -170,17 +171,19 @@ class NorseCells(nn.Module):
 
 
 class NorseReadout(nn.Module):
-    """Norse's tutorials' classifier: spiking layers, then a leaky integrator (``LICell``, or
-    the multi-step ``LI``) whose voltage over time is the output."""
+    """Norse's tutorials' classifier: spiking layers, then a leaky integrator (``LICell``, the
+    multi-step ``LI``, or ``LIBoxCell`` without a current) whose voltage over time is the
+    output."""
 
-    def __init__(self, multi_step: bool = False):
+    def __init__(self, multi_step: bool = False, box: bool = False):
         super().__init__()
         self.conv, self.bn = nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6)
         self.lif = norse.LIFCell(_norse_p("lif", tau_syn_inv=300.0, tau_mem_inv=250.0,
                                           v_th=0.12))
         self.fc = nn.Linear(6 * 8 * 8, 10)
         li = _norse_p("li", tau_syn_inv=150.0, tau_mem_inv=120.0)
-        self.li = norse.LI(li) if multi_step else norse.LICell(li)
+        self.li = (norse.LIBoxCell(_norse_p("li_box", tau_mem_inv=120.0)) if box else
+                   norse.LI(li) if multi_step else norse.LICell(li))
         self.multi_step = multi_step
 
     def forward(self, x):
@@ -371,11 +374,12 @@ def test_norse_cells_sequential_state(tmp_path):
     check(_built(NorseCells, 4), _image(4, 2.0), True, tmp_path)
 
 
-@pytest.mark.parametrize("multi_step", [False, True], ids=["LICell", "LI"])
-def test_norse_leaky_integrator_readout(multi_step, tmp_path):
+@pytest.mark.parametrize("multi_step, box", [(False, False), (True, False), (False, True)],
+                         ids=["LICell", "LI", "LIBoxCell"])
+def test_norse_leaky_integrator_readout(multi_step, box, tmp_path):
     """The readout's voltage, computed by Scale/Add/Delay nodes in Norse's operation order (no
     spikes, no reset), equals the library's at every step, on every target."""
-    model = _built(NorseReadout, 6, multi_step)
+    model = _built(NorseReadout, 6, multi_step, box)
     graph = trace(model, _image(6, 2.0), T=T)
     assert graph.meta["output_layout"] == "TB" and len(graph.of_type(ir.Neuron)) == 1
     check(model, _image(6, 2.0), True, tmp_path)

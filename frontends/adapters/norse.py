@@ -1,5 +1,5 @@
 """Norse (``norse`` 1.1): ``IAFCell`` / ``IAF``, ``LIFBoxCell``, ``LIFCell`` / ``LIF``, and the
-leaky-integrator readout ``LICell`` / ``LI``.
+leaky-integrator readouts ``LICell`` / ``LI`` and ``LIBoxCell``.
 
 What Norse computes per step (``norse/torch/functional/iaf.py``, ``lif_box.py``, ``lif.py``;
 k = dt * tau_mem_inv and ks = -dt * tau_syn_inv evaluated as the forward evaluates them)::
@@ -8,6 +8,7 @@ k = dt * tau_mem_inv and ks = -dt * tau_syn_inv evaluated as the forward evaluat
     LIFBox   h = v + k * ((x + v_leak) - v)
     LIF      i' = i + x;  h = v + k * ((v_leak - v) + i');  i = i' + ks * i'
     LI       LIF's current and charge, with v = h: no threshold, no reset; the output is v
+    LIBox    v = v + k * ((v_leak - v) + x): no current, threshold or reset; the output is v
     fires    z = H(h - v_th) with H(u) = (u > 0), i.e. strictly h > v_th, for every ``method``
              Norse's threshold() accepts (heaviside, super, triangle, tanh, circ, heavi_erfc:
              they differ only in the surrogate gradient)
@@ -17,7 +18,8 @@ IAF is the canonical neuron (alpha = gamma = 1, hard reset to v_reset, '>', star
 v_reset). LIFBox and LIF charge in another operation order than ``alpha * v + gamma * x``, so
 they are a :class:`NeuronCircuit` (Scale/Add/Hadamard/Delay nodes computing exactly Norse's
 arithmetic, the current ``i`` as a second state, and a threshold neuron firing on ``h``); LI is
-an :class:`Integrator`, the same nodes without the neuron, its output the membrane.
+an :class:`Integrator`, the same nodes without the neuron, its output the membrane (LIBox
+likewise, without the current).
 
 Refused, naming the module: ``v_leak != 0`` for LIFBox/LIF/LI (their state starts at v_leak and
 the circuit's Delays start at 0), per-neuron (tensor) parameters, ``method="adjoint"``, an
@@ -42,7 +44,8 @@ from .circuits import Circuit, scalar, threshold
 
 _PACKAGE = "norse"
 _METHODS = ("heaviside", "super", "triangle", "tanh", "circ", "heavi_erfc")
-_CELLS = {"IAFCell": "IAF", "LIFBoxCell": "LIFBox", "LIFCell": "LIF", "LICell": "LI"}
+_CELLS = {"IAFCell": "IAF", "LIFBoxCell": "LIFBox", "LIFCell": "LIF", "LICell": "LI",
+          "LIBoxCell": "LIBox"}
 _SEQUENCES = {"IAF": "IAF", "LIF": "LIF", "LI": "LI"}
 
 
@@ -66,18 +69,20 @@ class NorseAdapter(Adapter):
         kind = type(m).__name__
         model = _CELLS.get(kind) or _SEQUENCES.get(kind)
         if model is None or type(m).__module__.split(".")[-1] not in (
-                "iaf", "lif", "lif_box", "leaky_integrator"):
+                "iaf", "lif", "lif_box", "leaky_integrator", "leaky_integrator_box"):
             raise UnsupportedError(f"norse's {kind} is not supported (supported: IAFCell, IAF, "
-                                   "LIFBoxCell, LIFCell, LIF, LICell, LI)", path=path)
+                                   "LIFBoxCell, LIFCell, LIF, LICell, LI, LIBoxCell)", path=path)
         p, dt = m.p, float(m.dt)
-        if model == "LI":
+        if model in ("LI", "LIBox"):
             if scalar(p.v_leak, "v_leak", path) != 0.0:
                 raise UnsupportedError("v_leak != 0: the membrane starts at v_leak, a Delay at 0",
                                        path=path)
             scalar(p.tau_mem_inv, "tau_mem_inv", path)
+            k = scalar(dt * p.tau_mem_inv, "dt * tau_mem_inv", path)
+            if model == "LIBox":
+                return _li_box(k)
             scalar(p.tau_syn_inv, "tau_syn_inv", path)
-            return _li(scalar(dt * p.tau_mem_inv, "dt * tau_mem_inv", path),
-                       scalar(-dt * p.tau_syn_inv, "-dt * tau_syn_inv", path))
+            return _li(k, scalar(-dt * p.tau_syn_inv, "-dt * tau_syn_inv", path))
         if p.method not in _METHODS:
             raise UnsupportedError(f"method {p.method!r} is not a Heaviside threshold snncc knows "
                                    f"(supported: {', '.join(_METHODS)})", path=path)
@@ -164,6 +169,17 @@ def _li(k: float, ks: float) -> Integrator:
         c = Circuit(name, name, shape)
         v = c.prev(name)
         dv = c.scale(_current_drive(c, v, x, ks), k, "dv")
+        return [*c.nodes, ir.Add(name, (v, dv), path=name)]
+    return Integrator(build)
+
+
+def _li_box(k: float) -> Integrator:
+    """Norse's leaky integrator without a current (``LIBoxCell``; its exporter's NIR ``LI``):
+    the output is v + k * ((0 - v) + x), the node named after the cell."""
+    def build(name, x, shape):
+        c = Circuit(name, name, shape)
+        v = c.prev(name)
+        dv = c.scale(c.add(c.scale(v, -1.0, "-v"), x, "-v+x"), k, "dv")
         return [*c.nodes, ir.Add(name, (v, dv), path=name)]
     return Integrator(build)
 
