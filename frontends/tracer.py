@@ -412,11 +412,23 @@ class ConstMinus:
 
 
 @dataclass(frozen=True)
+class SumOverTime:
+    """``x.sum(0)`` of a ``[T, B, ...]`` value: taken only divided by T, which is its mean over
+    time (a Readout), as ``x.mean(0)`` is (torch's mean is that sum divided by T)."""
+
+    x: Val
+
+
+@dataclass(frozen=True)
 class Membrane:
     """The membrane a single-step neuron returned at ``step``; only passed back to it."""
 
     path: str
     step: int
+
+
+#: what the tracer's values computed from the input are (an op on none of them is a constant)
+_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime)
 
 
 @dataclass(frozen=True)
@@ -575,7 +587,7 @@ class _Builder:
 
     def _function(self, node: fx.Node, c: _Call, args, kwargs):
         leaves = _walk((args, kwargs))
-        if not any(isinstance(a, (Val, Membrane)) for a in leaves):
+        if not any(isinstance(a, _FROM_INPUT) for a in leaves):
             if isinstance(c.value, torch.Tensor):  # computed from constants only
                 frames = [a.frame for a in leaves if isinstance(a, Const) and a.frame]
                 return Const(c.value, frames[0] if frames else ())
@@ -1011,6 +1023,8 @@ def _is_initial_state(value, v_init: float) -> bool:
 # Const or Python numbers, and returns the op's value; _Refuse for what it cannot map.
 
 def _val(x) -> Val:
+    if isinstance(x, SumOverTime):
+        raise _Refuse("a sum over the time axis is taken only divided by T (the mean over time)")
     if isinstance(x, Membrane):
         raise _Refuse(f"the state neuron '{x.path}' returns (its membrane) may only be passed "
                       "back to that neuron: snncc compiles the spikes")
@@ -1194,14 +1208,20 @@ def _binary(kind: str):
             raise _Refuse("alpha, rounding_mode and out are not supported")
         if isinstance(x, Val) and isinstance(y, Val):
             return _tensor_tensor(b, c, kind, x, y)
-        if kind == "sub" and isinstance(y, Val) and not isinstance(x, (Val, ConstMinus)):
+        if kind == "div" and isinstance(x, SumOverTime) and not isinstance(y, _FROM_INPUT) \
+                and np.all(b.const(y, x.x) == b.T):
+            return _readout(b, c, x.x)
+        if kind == "sub" and isinstance(y, Val) and not isinstance(x, _FROM_INPUT):
             return _const_minus(b, x, y)
-        if kind == "mul" and isinstance(x, ConstMinus) != isinstance(y, ConstMinus):
+        if kind == "mul" and {type(x), type(y)} == {Val, ConstMinus}:
             x, y = (x, y) if isinstance(y, ConstMinus) else (y, x)
-            return _times_const_minus(b, c, _val(x), y)
+            return _times_const_minus(b, c, x, y)
+        for a in (x, y):  # a value of another form from the input: its own reason
+            if isinstance(a, _FROM_INPUT):
+                _val(a)
         if not isinstance(x, Val) and kind in ("add", "mul"):
             x, y = y, x
-        return _tensor_const(b, c, kind, _val(x), _val(y) if isinstance(y, ConstMinus) else y)
+        return _tensor_const(b, c, kind, _val(x), y)
     return handler
 
 
@@ -1290,14 +1310,19 @@ def _reduce(mean: bool):
             raise _Refuse("a reduction needs explicit axes and no dtype")
         dims = sorted({d % _ndim(x) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))})
         f = len(x.frame)
-        if mean and dims == [0] and x.frame == TB and not keepdim:
-            return b.new(c, lambda n, i: ir.Readout(n, i, path=c.path), [x], B, time=READOUT)
+        if dims == [0] and x.frame == TB and not keepdim:
+            return _readout(b, c, x) if mean else SumOverTime(x)
         if dims[0] < f:
             raise _Refuse("it reduces over the time or batch axis")
         axes = tuple(d - f for d in dims)
         return b.new(c, lambda n, i: cls(n, i, path=c.path, axes=axes, keepdim=bool(keepdim)),
                      [x], x.frame)
     return handler
+
+
+def _readout(b, c, x: Val) -> Val:
+    """The mean over time of a ``[T, B, ...]`` value."""
+    return b.new(c, lambda n, i: ir.Readout(n, i, path=c.path), [x], B, time=READOUT)
 
 
 def _pad(b, c, x, pad, mode="constant", value=None):
@@ -1323,6 +1348,21 @@ def _avg_pool1d_function(b, c, x, kernel_size, stride=None, padding=0, ceil_mode
                                          count_include_pad), x)
 
 
+def _max_pool2d_function(b, c, x, kernel_size, stride=None, padding=0, dilation=1,
+                         ceil_mode=False, return_indices=False):
+    """``F.max_pool2d`` as its module."""
+    if return_indices:
+        raise _Refuse("return_indices is not supported")
+    return _maxpool(b, c, nn.MaxPool2d(kernel_size, stride, padding, dilation, False, ceil_mode), x)
+
+
+def _avg_pool2d_function(b, c, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                         count_include_pad=True, divisor_override=None):
+    """``F.avg_pool2d`` as its module."""
+    return _avgpool2d(b, c, nn.AvgPool2d(kernel_size, stride, padding, ceil_mode,
+                                         count_include_pad, divisor_override), x)
+
+
 _add, _sub, _mul, _div, _matmul = (_binary(k) for k in ("add", "sub", "mul", "div", "matmul"))
 _FUNCTIONS = {
     operator.add: _add, operator.iadd: _add, torch.add: _add,
@@ -1338,6 +1378,7 @@ _FUNCTIONS = {
     torch.zeros_like: _like, torch.ones_like: _like, torch.full_like: _like,
     torch.clone: _identity, torch.chunk: _chunk, torch.split: _split,
     torch.avg_pool1d: _avg_pool1d_function, F.avg_pool1d: _avg_pool1d_function,
+    F.max_pool2d: _max_pool2d_function, F.avg_pool2d: _avg_pool2d_function,
 }
 _METHODS = {
     "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "neg": _neg,

@@ -169,6 +169,62 @@ def test_spikingjelly_single_step_neurons_in_a_loop():
     assert_rates_in_range(assert_parity(model, x, graph))
 
 
+class FunctionalForms(nn.Module):
+    """What user code writes as function calls: F.max_pool2d / F.avg_pool2d instead of the
+    modules, and the readout as ``x.sum(0) / T`` instead of ``x.mean(0)``."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.sn1 = neuron.LIFNode(tau=2.0, step_mode="m")
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+        self.sn2 = neuron.IFNode(v_threshold=0.2, step_mode="m")
+        self.pool = pool
+
+    def forward(self, x):  # [T, B, 2, 8, 8]
+        y = self.pool(self.bn(self.conv(x.flatten(0, 1))), 2)
+        y = self.sn1(y.reshape(T, -1, *y.shape[1:]))
+        return self.sn2(self.fc(y.flatten(2))).sum(0) / T
+
+
+@pytest.mark.parametrize("pool", [torch.nn.functional.max_pool2d,
+                                  torch.nn.functional.avg_pool2d], ids=["max", "avg"])
+def test_functional_pools_and_a_sum_over_time_divided_by_T(pool):
+    torch.manual_seed(2)
+    model = FunctionalForms(pool).double().eval()
+    zoo.randomize_bn(model, 2)
+    x = 2 * torch.randn(T, 3, 2, 8, 8, dtype=torch.float64)
+    graph = trace(model, x, T=T, static=False)
+    assert graph.of_type(ir.Readout) and graph.meta["output_layout"] == "B"
+    assert graph.of_type(ir.MaxPool2d if pool is torch.nn.functional.max_pool2d
+                         else ir.AvgPool2d)
+    assert_rates_in_range(assert_parity(model, x, graph))
+
+
+class ScaledInverse(nn.Module):
+    """``(1 - s) * 0.5`` and ``s.sum(0) * 2``: values from the input in ops with constants only,
+    which must not be taken for constants."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.fc, self.sn = nn.Linear(6, 4), neuron.IFNode(step_mode="m")
+        self.form = form
+
+    def forward(self, x):
+        s = self.sn(self.fc(x))
+        return (1.0 - s) * 0.5 if self.form == "inverse" else s.sum(0) * 2
+
+
+@pytest.mark.parametrize("form, reason", [
+    ("inverse", "(constant - tensor) is taken only as a factor of a product"),
+    ("sum", "a sum over the time axis is taken only divided by T")])
+def test_values_from_the_input_in_constant_ops_are_refused(form, reason):
+    with pytest.raises(UnsupportedError) as err:
+        trace(ScaledInverse(form).double(), torch.randn(T, 3, 6, dtype=torch.float64), T=T,
+              static=False)
+    assert reason in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
 # ----------------------------------------------------------------------------- refusals
 
 class Attention(nn.Module):
