@@ -46,8 +46,13 @@ def feed_forward_order(graph: Graph) -> list:
                 ready.append(c)
     if len(order) < len(graph):
         stuck = next(k for k, d in pending.items() if d > 0)
-        raise UnsupportedError("latency balancing needs a feed-forward graph; a cycle passes "
-                               "through this node", node=stuck, path=graph[stuck].path)
+        raise UnsupportedError(
+            "latency balancing needs a feed-forward graph; a cycle passes through this node: "
+            "the graph feeds a value back to the next step (a recurrent connection, or a "
+            "library neuron that is not the canonical neuron, built from its own earlier state, "
+            "such as snnTorch's subtract reset or Norse's LIF; snnTorch's Leaky with "
+            "reset_mechanism='zero', spikingjelly's LIF/IF and Norse's IAF are canonical)",
+            node=stuck, path=graph[stuck].path)
     return order
 
 

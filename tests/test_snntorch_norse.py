@@ -417,6 +417,19 @@ def test_snntorch_zero_reset_net_in_lava(tmp_path):
         assert agreement == 1.0
 
 
+def test_lava_refuses_a_recurrent_circuit_saying_what_maps_instead():
+    """snnTorch's subtract reset reads the neuron's own spikes a step late: a cycle, which
+    Lava's feed-forward lowering refuses, naming the neuron and what is canonical instead."""
+    from snncc.pipeline import run_passes
+
+    graph = trace(_built(HiddenSequential, 2, "subtract"), _image(2), T=T)
+    with pytest.raises(UnsupportedError) as err:
+        run_passes(graph, list(get_target("lava").default_passes), log=lambda s: None)
+    msg = str(err.value)
+    assert "a cycle passes" in msg and "snnTorch's subtract reset" in msg and \
+        "reset_mechanism='zero'" in msg and "\n" not in msg, msg
+
+
 # ----------------------------------------------------------------------------- refusals
 
 class One(nn.Module):
