@@ -183,6 +183,15 @@ def example_for(input_shape: tuple[int, ...], T: int, layout: str, spikes: bool 
 _NO_T = "the model declares no number of time steps (model.T): set T (--T)"
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers (their
+    forward scatters inputs to devices; the module paths then lose the ``module.`` prefix, as
+    checkpoint keys do)."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
 def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
                      layout: str | None = None, input_shape=None, name: str = "model",
                      share_weights: bool = False):

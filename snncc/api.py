@@ -67,8 +67,9 @@ def load(model, example_input=None, *, T: int | None = None, layout: str | None 
     if not isinstance(model, nn.Module):
         raise SnnccError(f"model must be an nn.Module, an snncc Graph or a path, got "
                          f"{type(model).__name__}")
-    from snncc.frontends.user_model import trace_user_model
+    from snncc.frontends.user_model import trace_user_model, unwrapped
 
+    model = unwrapped(model)
     graph = trace_user_model(model, example_input, T=T, layout=layout, input_shape=input_shape,
                              name=name or type(model).__name__)
     return LoadedModel(graph, model)

@@ -292,3 +292,17 @@ def test_check_holds_spikes_as_booleans_and_other_traces_as_they_are():
     assert out["s"].mean() == spikes.mean()
     assert _cosine(out, out | {"s": out["o"]}, ["s"]) == _cosine({"s": spikes}, {"s": other},
                                                                  ["s"])
+
+
+def test_a_data_parallel_model_is_its_module(net, tmp_path):
+    """``nn.DataParallel(model)`` (a training script's wrapper, also pickled whole): traced as
+    the model inside, its node paths without the wrapper's ``module.``, and exact."""
+    wrapped = torch.nn.DataParallel(net)
+    x = _sequence()
+    graph = snncc.trace(wrapped, x, T=4)
+    assert not any(n.path.startswith("module.") for n in graph.nodes.values())
+    assert snncc.check(wrapped, x, target="onnx", T=4).min_agreement == 1.0
+    pickled = tmp_path / "wrapped.pt"
+    torch.save(wrapped, pickled)
+    assert main(["check", str(pickled), "--T", "4", "--input-shape", "2,16,16", "-t", "sim",
+                 "--trust-checkpoint"]) == 0
