@@ -403,9 +403,8 @@ class Const:
 
 @dataclass(frozen=True)
 class ConstMinus:
-    """``k - y`` for a constant number ``k`` and a traced ``y``. The IR adds no constant to a
-    tensor, so it is only taken as a factor: ``x * (k - y) = k*x - x*y`` (SEW-ResNet's IAND
-    connection, ``x * (1 - y)``)."""
+    """``k - y`` for k = 1 (or 0) and a traced ``y``. The IR adds no constant to a tensor, so it
+    is only taken as a factor: ``x * (1 - y) = x - x*y`` (SEW-ResNet's IAND connection)."""
 
     k: float
     y: Val
@@ -1227,14 +1226,16 @@ def _binary(kind: str):
 
 def _const_minus(b, k, y: Val) -> ConstMinus:
     k = b.const(k, y)
-    if k.size != 1:
-        raise _Refuse("a constant tensor minus a tensor")
+    if k.size != 1 or float(k.reshape(())) not in (0.0, 1.0):
+        raise _Refuse("(constant - tensor) is supported as 1 - tensor (or 0 - tensor) only: "
+                      "another constant's product would round differently")
     return ConstMinus(float(k.reshape(())), y)
 
 
 def _times_const_minus(b, c, x: Val, f: ConstMinus) -> Val:
-    """``x * (k - y)`` as ``k*x - x*y``: a Hadamard product, scaled by -1, added to x scaled by
-    k (left out for k = 1) or alone for k = 0."""
+    """``x * (k - y)`` as ``x - x*y`` (k = 1) or ``-(x*y)`` (k = 0): a Hadamard product, which
+    needs one operand of spikes, and then the same numbers (either operand 0 or 1 makes each
+    product and difference exact)."""
     frame = _join_frames(x, f.y)
     if not x.expr.shape == f.y.expr.shape == tuple(c.value.shape[len(frame):]):
         raise _Refuse("a product with (constant - tensor) that broadcasts")
@@ -1244,10 +1245,8 @@ def _times_const_minus(b, c, x: Val, f: ConstMinus) -> Val:
                 shape=both.expr.shape, hint=f"{c.hint}_neg" if f.k else None)
     if not f.k:
         return neg
-    kx = x if f.k == 1 else b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=f.k), [x],
-                                  x.frame, shape=x.expr.shape, hint=f"{c.hint}_scaled")
-    out = b.new(c, lambda n, i: ir.Add(n, i, path=c.path), [kx, neg], frame)
-    b.note_sum(out, kx, neg)
+    out = b.new(c, lambda n, i: ir.Add(n, i, path=c.path), [x, neg], frame)
+    b.note_sum(out, x, neg)
     return out
 
 

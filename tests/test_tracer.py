@@ -203,7 +203,8 @@ def test_functional_pools_and_a_sum_over_time_divided_by_T(pool):
 
 class ScaledInverse(nn.Module):
     """``(1 - s) * 0.5`` and ``s.sum(0) * 2``: values from the input in ops with constants only,
-    which must not be taken for constants."""
+    which must not be taken for constants; ``h * (0.5 - s)``, which as ``0.5*h - h*s`` would
+    round differently."""
 
     def __init__(self, form: str):
         super().__init__()
@@ -211,13 +212,17 @@ class ScaledInverse(nn.Module):
         self.form = form
 
     def forward(self, x):
-        s = self.sn(self.fc(x))
+        h = self.fc(x)
+        s = self.sn(h)
+        if self.form == "half":
+            return h * (0.5 - s)
         return (1.0 - s) * 0.5 if self.form == "inverse" else s.sum(0) * 2
 
 
 @pytest.mark.parametrize("form, reason", [
     ("inverse", "(constant - tensor) is taken only as a factor of a product"),
-    ("sum", "a sum over the time axis is taken only divided by T")])
+    ("sum", "a sum over the time axis is taken only divided by T"),
+    ("half", "supported as 1 - tensor (or 0 - tensor) only")])
 def test_values_from_the_input_in_constant_ops_are_refused(form, reason):
     with pytest.raises(UnsupportedError) as err:
         trace(ScaledInverse(form).double(), torch.randn(T, 3, 6, dtype=torch.float64), T=T,
