@@ -1352,7 +1352,8 @@ def _max_pool2d_function(b, c, x, kernel_size, stride=None, padding=0, dilation=
     """``F.max_pool2d`` as its module."""
     if return_indices:
         raise _Refuse("return_indices is not supported")
-    return _maxpool(b, c, nn.MaxPool2d(kernel_size, stride, padding, dilation, False, ceil_mode), x)
+    pool = nn.MaxPool2d(kernel_size, stride, padding, dilation, False, ceil_mode)
+    return _maxpool(b, c, pool, x)
 
 
 def _avg_pool2d_function(b, c, x, kernel_size, stride=None, padding=0, ceil_mode=False,

@@ -13,8 +13,9 @@
   weight; threshold-dependent batch norm (tdBN, ``ThresholdDependentBatchNorm1d/2d``) is, in
   eval mode, the batch norm it subclasses over the steps folded into the batch (its
   ``alpha * v_th`` only initialises the weight). Wrappers that compute something else (batch
-  norms per time step, NeuNorm, DropConnect) are refused. Containers (``SeqToANNContainer``, ``MultiStepContainer``, ...) and everything
-  else (attention blocks, the model zoo's blocks) are traced through.
+  norms per time step, NeuNorm, DropConnect) are refused. Containers (``SeqToANNContainer``,
+  ``MultiStepContainer``, ...) and everything else (attention blocks, the model zoo's blocks)
+  are traced through.
 """
 
 from __future__ import annotations
