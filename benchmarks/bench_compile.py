@@ -18,10 +18,13 @@ tests do) is written to a temporary directory; then, each in a fresh process:
   runs' peaks differ by up to ~50 MB on this machine.
 
 Ratios: peak RSS above the baseline / checkpoint bytes, compile time / eager forward time. All
-processes use ``--threads`` torch threads (``OMP_NUM_THREADS``). Run::
+processes use ``--threads`` torch threads (``OMP_NUM_THREADS``). ``--library NAME ...``: instead
+of the zoo, spikingjelly's own models at their default sizes (``library_models.py``), a
+state_dict compiled with ``--model benchmarks/library_models.py:NAME`` as a user's model is.
+Run::
 
     python benchmarks/bench_compile.py [--arch meta-spikeformer-15m ...] [--targets sim onnx nir]
-        [--append benchmarks/RESULTS.md]
+        [--library sew_resnet18 ...] [--append benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -78,6 +81,40 @@ with torch.no_grad():
 print(best)
 """
 
+_MAKE_LIBRARY_CHECKPOINT = """
+import sys, torch
+import library_models
+from snncc.frontends.zoo.testing import randomize_bn
+torch.manual_seed(0)
+model = getattr(library_models, sys.argv[1])()
+randomize_bn(model, 0)
+torch.save(model.state_dict(), sys.argv[2])
+print(sum(p.numel() for p in model.parameters()), library_models.T,
+      int(sys.argv[1] in library_models.SEQUENCE))
+"""
+
+_LIBRARY_FORWARD = """
+import sys, time, torch
+import library_models
+from snncc.frontends.adapters import reset_state
+name, path, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = getattr(library_models, name)()
+model.load_state_dict(torch.load(path, weights_only=True))
+model.eval()
+x = torch.randn(1, 3, 224, 224)
+if name in library_models.SEQUENCE:
+    x = x.unsqueeze(0).repeat(library_models.T, 1, 1, 1, 1)
+best = float("inf")
+with torch.no_grad():
+    for i in range(repeat + 1):
+        t0 = time.perf_counter()
+        model(x)
+        if i:
+            best = min(best, time.perf_counter() - t0)
+        reset_state(model)
+print(best)
+"""
+
 # the start-up and exit of a `snncc` command that does no work (it exits as the CLI does)
 _BASELINE = "import torch, snncc.cli; snncc.cli.exit_process(0)"
 
@@ -98,17 +135,26 @@ def run(cmd: list[str], env: dict) -> tuple[float, int, str]:
 
 
 def measure(arch: str, targets: list[str], repeat: int, runs: int, env: dict,
-            work: Path) -> list[dict]:
+            work: Path, library: bool = False) -> list[dict]:
+    """``arch``: a zoo architecture, or (``library``) a name of ``library_models.py``."""
     py = sys.executable
     ckpt = work / f"{arch}.pt"
-    params = int(run([py, "-c", _MAKE_CHECKPOINT, arch, str(ckpt)], env)[2])
-    forward = float(run([py, "-c", _FORWARD, arch, str(ckpt), str(repeat)], env)[2])
+    made = run([py, "-c", _MAKE_LIBRARY_CHECKPOINT if library else _MAKE_CHECKPOINT, arch,
+                str(ckpt)], env)[2].split()
+    params = int(made[0])
+    forward = float(run([py, "-c", _LIBRARY_FORWARD if library else _FORWARD, arch, str(ckpt),
+                         str(repeat)], env)[2])
     size = ckpt.stat().st_size
+    source = ["--arch", arch]
+    if library:  # T and whether the model takes a sequence, as its checkpoint's maker said
+        source = ["--model", f"{Path(__file__).resolve().parent / 'library_models.py'}:{arch}",
+                  "--input-shape", "3,224,224", "--T", made[1],
+                  *(["--layout", "TB"] if made[2] == "1" else [])]
     baselines, each = [], {t: [] for t in targets}
     for _ in range(runs):  # round by round: a slow spell of the machine falls on every target
         baselines.append(run([py, "-c", _BASELINE], env)[:2])
         for target in targets:
-            each[target].append(run([py, "-m", "snncc", "compile", str(ckpt), "--arch", arch,
+            each[target].append(run([py, "-m", "snncc", "compile", str(ckpt), *source,
                                      "--target", target, "-o", str(work / f"{arch}-{target}")],
                                     env)[:2])
     start, base = (statistics.median(v) for v in zip(*baselines))
@@ -169,6 +215,8 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", nargs="+", default=ARCHS)
+    ap.add_argument("--library", nargs="+", help="spikingjelly's own models (library_models.py) "
+                                                 "instead of the zoo")
     ap.add_argument("--targets", nargs="+", default=TARGETS, choices=TARGETS)
     ap.add_argument("--repeat", type=int, default=3, help="eager forwards (best of)")
     ap.add_argument("--runs", type=int, default=3, help="compiles per target (median of)")
@@ -176,11 +224,15 @@ def main(argv=None) -> int:
     ap.add_argument("--append", help="append the results as a Markdown section to this file")
     ap.add_argument("--plot", help="write the scaling plot (PNG) here")
     args = ap.parse_args(argv)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    here = str(Path(__file__).resolve().parent)  # library_models, for the child processes
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
+           "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     compile_bytecode()
+    models = args.library or args.arch
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [r for arch in args.arch
-                for r in measure(arch, args.targets, args.repeat, args.runs, env, Path(tmp))]
+        rows = [r for arch in models
+                for r in measure(arch, args.targets, args.repeat, args.runs, env, Path(tmp),
+                                 library=bool(args.library))]
     text = section(
         "Compile: time and peak memory vs checkpoint size and eager forward", "bench_compile.py",
         argv, f"{args.threads} torch threads; {platform.machine()}, {os.cpu_count()} cores "

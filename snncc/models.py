@@ -87,8 +87,7 @@ def load_model(source: str | Path, arch: str | None = None, *, trust: bool = Fal
     from snncc.frontends import user_model
 
     if factory is not None:
-        model = user_model.load_weights(user_model.build_model(factory, factory_args), path,
-                                        factory, trust)
+        model = user_model.build_with_weights(factory, factory_args, path, trust)
     else:
         model = user_model.load_pickled_model(path, trust)
     model = user_model.unwrapped(model)

@@ -306,3 +306,55 @@ def test_a_data_parallel_model_is_its_module(net, tmp_path):
     torch.save(wrapped, pickled)
     assert main(["check", str(pickled), "--T", "4", "--input-shape", "2,16,16", "-t", "sim",
                  "--trust-checkpoint"]) == 0
+
+
+_GAINED = '''
+import torch
+from torch import nn
+from spikingjelly.activation_based import functional, layer, neuron
+
+
+class Gained(nn.Module):
+    """A gain the checkpoint does not hold (a non-persistent buffer), used in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = layer.Linear(6, 8), layer.Linear(8, 4)
+        self.sn1, self.sn2 = neuron.LIFNode(tau=2.0), neuron.IFNode(v_threshold=0.3)
+        self.register_buffer("gain", torch.full((8,), 1.5), persistent=False)
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x):
+        return self.sn2(self.fc2(self.sn1(self.fc1(x) * self.gain))).mean(0)
+'''
+
+
+@pytest.mark.parametrize("gained", [False, True])
+def test_a_users_model_is_built_without_initialising_weights_it_then_loads(net, tmp_path,
+                                                                         monkeypatch, gained):
+    """A model built by the user's factory takes the checkpoint's tensors, built on the meta
+    device (one build); one that keeps a tensor the checkpoint does not hold is built again as
+    the factory builds it (two), and checks exact either way."""
+    from snncc.frontends import user_model
+
+    calls = []
+    build = user_model.build_model
+    monkeypatch.setattr(user_model, "build_model",
+                        lambda *a, **k: calls.append(k.get("device") == "meta") or build(*a, **k))
+    weights = tmp_path / "weights.pt"
+    if gained:
+        (tmp_path / "gained.py").write_text(_GAINED)
+        torch.manual_seed(0)
+        spec = f"{tmp_path / 'gained.py'}:Gained"
+        model = user_model.build_model(spec, None)
+        calls.clear()
+        torch.save(model.state_dict(), weights)
+        args = ["--input-shape", "6", "--T", "4", "--layout", "TB"]
+    else:
+        torch.save(net.state_dict(), weights)
+        spec = f"{EXAMPLE}:ConvSNN"
+        args = ["--model-args", '{"classes": 10}', "--input-shape", "2,16,16", "--T", "4"]
+    assert main(["check", str(weights), "--model", spec, *args, "-t", "onnx", "--json",
+                 str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["min_agreement"] == 1.0
+    assert calls == ([True, False] if gained else [True])
