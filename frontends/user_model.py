@@ -164,7 +164,7 @@ def build_with_weights(spec: str, args, path: str | Path, trust: bool = False) -
     """The model the factory ``spec`` builds, holding the state_dict in ``path`` (strictly).
     Built on the meta device, it takes the checkpoint's tensors instead of initialising its own
     and copying them in (spikingjelly's default Spike-Driven Transformer, 64 MiB of weights:
-    the compile's peak 156 MiB above the interpreter's, then about 92); a factory that cannot
+    the compile's peak above the interpreter's 155-157 MiB, now 104-122); a factory that cannot
     build there, or a model left holding meta tensors (a buffer or attribute the checkpoint does
     not hold), is built again as the factory builds it and the weights copied in."""
     from .checkpoint import load_state_dict
