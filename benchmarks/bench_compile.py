@@ -57,6 +57,19 @@ torch.save(model.state_dict(), sys.argv[2])
 print(sum(p.numel() for p in model.parameters()))
 """
 
+# the child's `model` on `x`: the best of `repeat` forwards after a warm-up, printed
+_BEST_FORWARD = """
+best = float("inf")
+with torch.no_grad():
+    for i in range(repeat + 1):
+        t0 = time.perf_counter()
+        model(x)
+        if i:
+            best = min(best, time.perf_counter() - t0)
+        reset_state(model)
+print(best)
+"""
+
 _FORWARD = """
 import sys, time, torch
 from snncc.frontends.adapters import reset_state
@@ -70,16 +83,7 @@ entry = ZOO[arch]
 x = torch.randn((1, *entry.input_shape))
 if entry.sequence_input:
     x = (torch.rand((1, entry.T, *entry.input_shape)) < 0.5).float()
-best = float("inf")
-with torch.no_grad():
-    for i in range(repeat + 1):
-        t0 = time.perf_counter()
-        model(x)
-        if i:
-            best = min(best, time.perf_counter() - t0)
-        reset_state(model)
-print(best)
-"""
+""" + _BEST_FORWARD
 
 _MAKE_LIBRARY_CHECKPOINT = """
 import sys, torch
@@ -104,16 +108,7 @@ model.eval()
 x = torch.randn(1, 3, 224, 224)
 if name in library_models.SEQUENCE:
     x = x.unsqueeze(0).repeat(library_models.T, 1, 1, 1, 1)
-best = float("inf")
-with torch.no_grad():
-    for i in range(repeat + 1):
-        t0 = time.perf_counter()
-        model(x)
-        if i:
-            best = min(best, time.perf_counter() - t0)
-        reset_state(model)
-print(best)
-"""
+""" + _BEST_FORWARD
 
 # the start-up and exit of a `snncc` command that does no work (it exits as the CLI does)
 _BASELINE = "import torch, snncc.cli; snncc.cli.exit_process(0)"
