@@ -69,7 +69,10 @@ BUILDERS = {
     "max_resnet18": lambda: ms_resnet.max_resnet18(T=T),
     "sew_resnet18": lambda: _multi_step(sew_resnet.sew_resnet18(
         cnf="ADD", num_classes=10, spiking_neuron=neuron.IFNode, detach_reset=True)),
-    # IAND: out * (1 - identity), traced as out - out * identity
+    # AND: out * identity (a Hadamard of spikes); IAND: out * (1 - identity), traced as
+    # out - out * identity
+    "sew_resnet18_and": lambda: _multi_step(sew_resnet.sew_resnet18(
+        cnf="AND", num_classes=10, spiking_neuron=neuron.IFNode, detach_reset=True)),
     "sew_resnet18_iand": lambda: _multi_step(sew_resnet.sew_resnet18(
         cnf="IAND", num_classes=10, spiking_neuron=neuron.IFNode, detach_reset=True)),
     "spiking_resnet18": lambda: _multi_step(spiking_resnet.spiking_resnet18(
@@ -196,7 +199,7 @@ def test_nir_compiled_by_the_cli_pipeline_equals_library(traced, tmp_path, name)
     ("ms_resnet", "for_target"),  # a conv reads a BN left to the lowering (the residual stream)
     *(pytest.param(n, "passes", marks=pytest.mark.slow)
     for n in ("spikformer", "qkformer", "maxformer", "ms_resnet", "sew_resnet18",
-              "sew_resnet18_iand", "spiking_resnet18"))])
+              "sew_resnet18_and", "sew_resnet18_iand", "spiking_resnet18"))])
 def test_lava_equals_library(traced, tmp_path, name, pipeline):
     """The lava target's own passes (every BN folded by the pass), or the CLI's (``for_target``:
     the BN folds that round left to the lowering)."""
