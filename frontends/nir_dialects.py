@@ -230,10 +230,14 @@ def _snntorch_cuba(d, name, node, x, shape, dt, path, graph):
 # ----------------------------------------------------------------------------- norse
 
 
-def _norse_common(node, name):
+def _norse_gain_and_leak(node, name):
     _must_be(node.r, 1.0, name, "r", "norse's cells have no input gain (its exporter writes 1)")
     _must_be(node.v_leak, 0.0, name, "v_leak", "snncc reads norse's cells with v_leak = 0 only "
              "(their state starts at v_leak)")
+
+
+def _norse_common(node, name):
+    _norse_gain_and_leak(node, name)
     _must_be(node.v_reset, 0.0, name, "v_reset", "norse's exporter writes no v_reset (its "
              "default reset to 0 is assumed)")
 
@@ -263,9 +267,7 @@ def _norse_li(d, name, node, x, shape, dt, path, graph):
     """norse's exporter writes its LIBoxCell as an LI (r = 1, tau = dt / tau_mem_inv)."""
     from snncc.frontends.adapters.norse import _li_box
 
-    _must_be(node.r, 1.0, name, "r", "norse's cells have no input gain (its exporter writes 1)")
-    _must_be(node.v_leak, 0.0, name, "v_leak", "snncc reads norse's cells with v_leak = 0 only "
-             "(their state starts at v_leak)")
+    _norse_gain_and_leak(node, name)
     return _at(path, _li_box(_norse_k(node.tau, dt, name, "tau")).build(name, x, shape))
 
 

@@ -117,11 +117,10 @@ def import_factory(spec: str):
         raise SnnccError(f"--model '{spec}': '{where}' has no attribute '{attr}'") from None
 
 
-def build_model(spec: str, args: str | Mapping | None = None, device: str | None = None
-                ) -> nn.Module:
-    """Call the factory ``spec`` names with the keyword arguments ``args`` (JSON or a dict),
-    with ``device`` as torch's default device (the factory's module imported before: its
-    module-level tensors stay on the CPU)."""
+def build_model(spec: str, args: str | Mapping | None = None, meta: bool = False) -> nn.Module:
+    """Call the factory ``spec`` names with the keyword arguments ``args`` (JSON or a dict);
+    ``meta``: on the meta device (the factory's module imported before, on the CPU: its
+    module-level tensors stay there)."""
     if isinstance(args, str):
         try:
             args = json.loads(args)
@@ -131,8 +130,7 @@ def build_model(spec: str, args: str | Mapping | None = None, device: str | None
         raise SnnccError("--model-args: expected a JSON object of keyword arguments")
     factory = import_factory(spec)
     try:
-        with torch.device(device) if device else nullcontext(), \
-                _MetaFillsNothing() if device == "meta" else nullcontext():
+        with _on_meta() if meta else nullcontext():
             model = factory(**dict(args or {}))
     except Exception as e:
         raise SnnccError(f"--model '{spec}': building the model failed: "
@@ -160,6 +158,12 @@ class _MetaFillsNothing(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+@contextmanager
+def _on_meta():
+    with torch.device("meta"), _MetaFillsNothing():
+        yield
+
+
 def build_with_weights(spec: str, args, path: str | Path, trust: bool = False) -> nn.Module:
     """The model the factory ``spec`` builds, holding the state_dict in ``path`` (strictly).
     Built on the meta device, it takes the checkpoint's tensors instead of initialising its own
@@ -171,7 +175,7 @@ def build_with_weights(spec: str, args, path: str | Path, trust: bool = False) -
 
     state = load_state_dict(path, trust)
     try:
-        model = build_model(spec, args, device="meta")
+        model = build_model(spec, args, meta=True)
     except SnnccError:
         model = None
     if model is not None:

@@ -73,16 +73,10 @@ class NorseAdapter(Adapter):
             raise UnsupportedError(f"norse's {kind} is not supported (supported: IAFCell, IAF, "
                                    "LIFBoxCell, LIFCell, LIF, LICell, LI, LIBoxCell)", path=path)
         p, dt = m.p, float(m.dt)
-        if model in ("LI", "LIBox"):
-            if scalar(p.v_leak, "v_leak", path) != 0.0:
-                raise UnsupportedError("v_leak != 0: the membrane starts at v_leak, a Delay at 0",
-                                       path=path)
-            scalar(p.tau_mem_inv, "tau_mem_inv", path)
-            k = scalar(dt * p.tau_mem_inv, "dt * tau_mem_inv", path)
-            if model == "LIBox":
-                return _li_box(k)
-            scalar(p.tau_syn_inv, "tau_syn_inv", path)
-            return _li(k, scalar(-dt * p.tau_syn_inv, "-dt * tau_syn_inv", path))
+        if model == "LIBox":
+            return _li_box(_membrane_k(p, dt, path))
+        if model == "LI":
+            return _li(_membrane_k(p, dt, path), _current_ks(p, dt, path))
         if p.method not in _METHODS:
             raise UnsupportedError(f"method {p.method!r} is not a Heaviside threshold snncc knows "
                                    f"(supported: {', '.join(_METHODS)})", path=path)
@@ -92,11 +86,7 @@ class NorseAdapter(Adapter):
             return cn.CanonicalParams(alpha=1.0, gamma=1.0, beta=0.0, theta=v_th,
                                       v_reset=v_reset, reset=cn.RESET_HARD, cmp=cn.CMP_GT,
                                       v_init=v_reset)
-        if scalar(p.v_leak, "v_leak", path) != 0.0:
-            raise UnsupportedError("v_leak != 0: the membrane starts at v_leak, a Delay at 0",
-                                   path=path)
-        scalar(p.tau_mem_inv, "tau_mem_inv", path)
-        k = scalar(dt * p.tau_mem_inv, "dt * tau_mem_inv", path)  # as the forward computes it
+        k = _membrane_k(p, dt, path)
         if model == "LIFBox":
             reset = getattr(p, "reset_method", None)
             name = getattr(reset, "__name__", "")
@@ -105,9 +95,7 @@ class NorseAdapter(Adapter):
                 raise UnsupportedError(f"reset method {name or reset!r} is not supported",
                                        path=path)
             return _lif_box(k, v_th, v_reset, subtract=name == "reset_subtract")
-        scalar(p.tau_syn_inv, "tau_syn_inv", path)
-        ks = scalar(-dt * p.tau_syn_inv, "-dt * tau_syn_inv", path)
-        return _lif(k, ks, v_th, v_reset)
+        return _lif(k, _current_ks(p, dt, path), v_th, v_reset)
 
     def step_mode(self, m: nn.Module) -> str:
         return STEP_SINGLE if _base(m).endswith("Cell") else STEP_MULTI
@@ -116,6 +104,21 @@ class NorseAdapter(Adapter):
         x = args[0] if args else kwargs.get("input_tensor")
         state = args[1] if len(args) > 1 else kwargs.get("state")
         return x, state, True, value[0]
+
+
+def _membrane_k(p, dt: float, path: str) -> float:
+    """``dt * tau_mem_inv`` as the forward computes it, for a cell whose state starts at 0."""
+    if scalar(p.v_leak, "v_leak", path) != 0.0:
+        raise UnsupportedError("v_leak != 0: the membrane starts at v_leak, a Delay at 0",
+                               path=path)
+    scalar(p.tau_mem_inv, "tau_mem_inv", path)
+    return scalar(dt * p.tau_mem_inv, "dt * tau_mem_inv", path)
+
+
+def _current_ks(p, dt: float, path: str) -> float:
+    """``-dt * tau_syn_inv`` as the forward computes it."""
+    scalar(p.tau_syn_inv, "tau_syn_inv", path)
+    return scalar(-dt * p.tau_syn_inv, "-dt * tau_syn_inv", path)
 
 
 def _charge(c: Circuit, v: str, drive: str, k: float) -> str:
@@ -162,26 +165,27 @@ def _lif(k: float, ks: float, v_th: float, v_reset: float) -> NeuronCircuit:
     return NeuronCircuit(threshold(v_th), build)
 
 
-def _li(k: float, ks: float) -> Integrator:
-    """Norse's leaky integrator: LIF's current and charge, no threshold and no reset; its output
-    is the membrane v + k * ((0 - v) + i'), the node named after the cell."""
+def _integrator(k: float, drive) -> Integrator:
+    """A leaky integrator whose output, the node named after the cell, is its membrane
+    v + k * drive(circuit, v, x), v its own value a step before."""
     def build(name, x, shape):
         c = Circuit(name, name, shape)
         v = c.prev(name)
-        dv = c.scale(_current_drive(c, v, x, ks), k, "dv")
+        dv = c.scale(drive(c, v, x), k, "dv")
         return [*c.nodes, ir.Add(name, (v, dv), path=name)]
     return Integrator(build)
+
+
+def _li(k: float, ks: float) -> Integrator:
+    """Norse's leaky integrator: LIF's current and charge, no threshold and no reset; its output
+    is the membrane v + k * ((0 - v) + i')."""
+    return _integrator(k, lambda c, v, x: _current_drive(c, v, x, ks))
 
 
 def _li_box(k: float) -> Integrator:
     """Norse's leaky integrator without a current (``LIBoxCell``; its exporter's NIR ``LI``):
-    the output is v + k * ((0 - v) + x), the node named after the cell."""
-    def build(name, x, shape):
-        c = Circuit(name, name, shape)
-        v = c.prev(name)
-        dv = c.scale(c.add(c.scale(v, -1.0, "-v"), x, "-v+x"), k, "dv")
-        return [*c.nodes, ir.Add(name, (v, dv), path=name)]
-    return Integrator(build)
+    the output is v + k * ((0 - v) + x)."""
+    return _integrator(k, lambda c, v, x: c.add(c.scale(v, -1.0, "-v"), x, "-v+x"))
 
 
 ADAPTER = NorseAdapter()
