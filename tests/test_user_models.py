@@ -301,7 +301,9 @@ def test_a_data_parallel_model_is_its_module(net, tmp_path):
     x = _sequence()
     graph = snncc.trace(wrapped, x, T=4)
     assert not any(n.path.startswith("module.") for n in graph.nodes.values())
-    assert snncc.check(wrapped, x, target="onnx", T=4).min_agreement == 1.0
+    report = snncc.check(wrapped, x, target="onnx", T=4)
+    assert report.min_agreement == 1.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
     pickled = tmp_path / "wrapped.pt"
     torch.save(wrapped, pickled)
     assert main(["check", str(pickled), "--T", "4", "--input-shape", "2,16,16", "-t", "sim",
@@ -321,7 +323,7 @@ class Gained(nn.Module):
         super().__init__()
         self.fc1, self.fc2 = layer.Linear(6, 8), layer.Linear(8, 4)
         self.sn1, self.sn2 = neuron.LIFNode(tau=2.0), neuron.IFNode(v_threshold=0.3)
-        self.register_buffer("gain", torch.full((8,), 1.5), persistent=False)
+        self.register_buffer("gain", torch.full((8,), 3.0), persistent=False)
         functional.set_step_mode(self, "m")
 
     def forward(self, x):
@@ -356,5 +358,7 @@ def test_a_users_model_is_built_without_initialising_weights_it_then_loads(net, 
         args = ["--model-args", '{"classes": 10}', "--input-shape", "2,16,16", "--T", "4"]
     assert main(["check", str(weights), "--model", spec, *args, "-t", "onnx", "--json",
                  str(tmp_path / "r.json")]) == 0
-    assert json.loads((tmp_path / "r.json").read_text())["min_agreement"] == 1.0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["min_agreement"] == 1.0
+    assert_rates_in_range({r["node"]: r["rate_reference"] for r in doc["layers"]})
     assert calls == ([True, False] if gained else [True])
