@@ -1121,8 +1121,8 @@ def _unbind(b, c, x, dim=0):
 
 def _stack(b, c, tensors, dim=0):
     vals = list(tensors)
-    for v in vals:
-        if isinstance(v, Membrane):
+    for v in vals:  # a value of another form from the input: its own reason
+        if isinstance(v, _FROM_INPUT):
             _val(v)
     if dim != 0 or len(vals) != b.T or not all(
             isinstance(v, Val) and v.frame == B and v.expr.step == t for t, v in enumerate(vals)):
