@@ -1,6 +1,6 @@
 """``python -m snncc ...`` (and ``torchrun ... -m snncc check ...``): the ``snncc`` command."""
 
-from .cli import exit_process, main
+from .cli import entry
 
 if __name__ == "__main__":
-    exit_process(main())
+    entry()
