@@ -31,6 +31,28 @@ def test_shape_mismatch_names_the_node():
     assert "expects last axis 5" in str(e.value) and "head.fc" in str(e.value)
 
 
+def _numpy_broadcasts(shape, to) -> bool:
+    try:
+        return np.broadcast_shapes(shape, to) == to
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (3,), (5,), (4, 1, 1), (1, 5, 1), (4, 5, 5),
+                                   (2, 1, 1), (1, 4, 5, 5), (4, 5), (5, 5)])
+def test_neuron_parameters_broadcast_as_numpy_does(shape):
+    g = Graph("per_channel", {"T": 2})
+    g.add(ir.Input("x", input_shape=(4, 5, 5)))
+    neuron = ir.Neuron("n", ("x",), theta=np.full(shape, 0.5), path="blocks.0.lif")
+    if _numpy_broadcasts(shape, (4, 5, 5)):
+        g.add(neuron)
+        assert g.nodes["n"].shape == (4, 5, 5)
+    else:
+        with pytest.raises(ShapeError, match=r"'theta' of shape .* does not broadcast") as e:
+            g.add(neuron)
+        assert "blocks.0.lif" in str(e.value)
+
+
 def test_shape_mismatch_found_by_verify_after_edit():
     g = small_graph()
     g.nodes["fc"] = ir.Linear("fc", ("x",), weight=np.ones((3, 7)))
