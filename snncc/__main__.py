@@ -1,6 +1,6 @@
 """``python -m snncc ...`` (and ``torchrun ... -m snncc check ...``): the ``snncc`` command."""
 
-from .cli import entry
+from .cli import exit_process, main
 
 if __name__ == "__main__":
-    entry()
+    exit_process(main())

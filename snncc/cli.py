@@ -651,11 +651,6 @@ def exit_process(code: int) -> None:
 
 
 def entry() -> None:
-    """The ``snncc`` command. The objects of the modules imported so far (torch's) are frozen
-    out of the collection of reference cycles first: Python's automatic full collections during
-    a command traverse them all (a 15M compile ran two to four, 0.13-0.14 s; frozen, 0.03-0.05
-    s). Tests calling ``main`` in one process do not freeze what they leave behind."""
-    gc.freeze()
     exit_process(main())
 
 
