@@ -19,7 +19,9 @@ spatial axes alone; convolutions, linear layers and matmuls use their closed-for
 
 from __future__ import annotations
 
+import logging
 import operator
+from contextlib import contextmanager
 
 import torch
 from torch.utils._pytree import tree_map
@@ -84,10 +86,23 @@ def _on_fake(func, args, kwargs):
 
     with torch._C.DisableTorchFunctionSubclass():
         args, kwargs = tree_map(to_fake, (args, kwargs))
-    with mode:
+    with mode, _failures_unlogged():
         out = func(*args, **kwargs)
     return tree_map(lambda o: ShapedTensor(o.shape, o.dtype, o.device)
                     if isinstance(o, FakeTensor) else o, out)
+
+
+@contextmanager
+def _failures_unlogged():
+    """Fake tensors log an op that fails on them, with its traceback, before raising: a model
+    read the wrong way (the tracer tries static and sequence inputs) printed torch's traceback
+    before snncc's own one-line error."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    disabled, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = disabled
 
 
 def release_fake_mode() -> None:

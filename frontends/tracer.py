@@ -727,6 +727,11 @@ class _Builder:
             raise _Refuse("a neuron's input must be a per-step tensor")
         c = replace(c, value=spikes)
         if adapter.step_mode(m) == STEP_MULTI:
+            if x.frame == TBM:  # QKFormer's official code feeds proj_lif [T*B, C, N]
+                raise _Refuse("its input has time and batch folded into one axis ([T*B, ...]): a "
+                              "multi-step neuron steps along that axis, carrying its state from "
+                              "one sample into the next, so a sample's spikes depend on the rest "
+                              "of its batch; unfold it first (x.reshape(T, B, ...))")
             if x.frame != TB or x.expr.step is not None or state is not None:
                 raise _Refuse("a multi-step neuron needs a [T, B, ...] input and no state")
             shape = tuple(spikes.shape[2:])

@@ -31,6 +31,13 @@ SNNCC_VENV="$venv" bash "$repo/scripts/lava_dl_env.sh" >/dev/null
 # that none of them can replace the CPU torch or numpy < 2 (norse needs nirtorch at import).
 "${pip[@]}" install --no-deps "spikingjelly==2.0.0" "snntorch==1.0.0" "norse==1.1.0" \
   "nirtorch==2.6"
+# spikingjelly 0.0.0.0.14, whose clock_driven API the official Spikformer, Spike-Driven
+# Transformer and QKFormer code imports, in a directory of its own (the package's name is 2.0's):
+# tests/test_spikingjelly_legacy.py puts it ahead of 2.0 on a test process's path
+legacy_sj="$venv/spikingjelly-0.0.0.0.14"
+if [ ! -d "$legacy_sj/spikingjelly/clock_driven" ]; then
+  "${pip[@]}" install --no-deps --target "$legacy_sj" "spikingjelly==0.0.0.0.14"
+fi
 # nir 1.0.4 (what sinabs pins) in its own small environment, to test --nir-compat nir-1.0.4
 SNNCC_NIR104_VENV="$venv/nir104" PYTHON="$python" bash "$repo/scripts/nir104_env.sh" >/dev/null
 echo "snncc installed in $venv (activate with: source $venv/bin/activate)"

@@ -4,6 +4,7 @@ semantics (through fake tensors); values are never invented."""
 
 from __future__ import annotations
 
+import logging
 import operator
 import subprocess
 import sys
@@ -157,6 +158,17 @@ def test_ops_outside_the_rules_run_on_fake_tensors():
     out = torch.flip(x, [1]).cumprod(2)
     assert isinstance(out, ShapedTensor) and out.shape == X5.shape
     assert shaped._fake_mode is not None
+    shaped.release_fake_mode()
+
+
+def test_an_op_that_fails_on_fake_tensors_raises_without_torch_logging_it(caplog):
+    """torch's traceback would be printed before snncc's one-line error (the tracer tries
+    several readings of an input, and a wrong one fails)."""
+    x = shaped_like(X5)
+    with caplog.at_level(logging.DEBUG), pytest.raises(RuntimeError, match="repeat dims"):
+        torch.flip(x, [1]).repeat(2)
+    assert not [r for r in caplog.records if r.name.startswith("torch")]
+    assert not logging.getLogger("torch._subclasses.fake_tensor").disabled
     shaped.release_fake_mode()
 
 

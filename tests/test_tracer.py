@@ -281,6 +281,22 @@ def test_matmul_without_spikes_is_refused():
         trace(model, torch.randn(T, 3, 5, 6), T=T, static=False)
 
 
+def test_a_multi_step_neuron_on_time_and_batch_folded_together_is_refused_saying_so():
+    """QKFormer's official code feeds a multi-step LIF ``[T*B, C, N]``: the neuron would step
+    through T*B steps, carrying its state from one sample into the next."""
+    class FoldedLif(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(6, 6), neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):
+            return self.lif(self.fc(x.flatten(0, 1)))
+
+    with pytest.raises(UnsupportedError, match=r"module 'lif': .*time and batch folded into one "
+                                               r"axis \(\[T\*B, \.\.\.\]\).*x\.reshape\(T, B"):
+        trace(FoldedLif(), torch.randn(T, 3, 5, 6), T=T, static=False)
+
+
 def test_data_dependent_control_flow_is_refused():
     class Branchy(nn.Module):
         def forward(self, x):

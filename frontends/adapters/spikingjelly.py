@@ -1,4 +1,6 @@
-"""spikingjelly (``spikingjelly.activation_based``, 2.0): neurons, layer wrappers and state.
+"""spikingjelly (``spikingjelly.activation_based``, 2.0, and ``spikingjelly.clock_driven``, the
+API of 0.0.0.0.14 that the official code of Spikformer, Spike-Driven Transformer and QKFormer
+imports): neurons, layer wrappers and state.
 
 - **Neurons** (modules of the ``neuron`` package, and the model zoo's
   ``spike_dhs.save_v_LIFNode``, a ``LIFNode`` that also records its mean pre-spike membrane) are
@@ -16,6 +18,15 @@
   norms per time step, NeuNorm, DropConnect) are refused. Containers (``SeqToANNContainer``,
   ``MultiStepContainer``, ...) and everything else (attention blocks, the model zoo's blocks)
   are traced through.
+- **clock_driven** (0.0.0.0.14): the same neuron models (the same charge, fire and reset
+  operations) in single-step classes (``LIFNode``, ``IFNode``, ``ParametricLIFNode``: step
+  ``"s"``) and multi-step ones (``MultiStepLIFNode``, ...: step ``"m"``, whatever their
+  ``backend``); its ``Dropout`` family is the identity in eval mode, its multi-step tdBN the
+  batch norm it subclasses over the steps folded into the batch; ``SeqToANNContainer`` and
+  ``MultiStepContainer`` are traced through; every other module of its ``layer`` (stateful
+  filters, NeuNorm, DropConnect, recurrent containers) is refused by name. A multi-step neuron
+  with ``backend='cupy'`` compiles, but its model's own forward (``snncc check``) then needs
+  CUDA tensors.
 """
 
 from __future__ import annotations
@@ -28,16 +39,31 @@ from torch import nn
 from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
-from . import STEP_SINGLE, Adapter
+from . import STEP_MULTI, STEP_SINGLE, Adapter
 
 _PACKAGE = "spikingjelly.activation_based"
-_NEURONS = f"{_PACKAGE}.neuron"
+_LEGACY = "spikingjelly.clock_driven"
+_NEURON_MODULES = (f"{_PACKAGE}.neuron", f"{_LEGACY}.neuron")
+#: the neuron models with a canonical form; clock_driven's multi-step classes are these models
+#: with a ``MultiStep`` prefix
+_CANONICAL = ("LIFNode", "IFNode", "ParametricLIFNode")
+_MULTI_STEP = "MultiStep"
 # neurons defined outside the neuron package whose spikes are those of a neuron class there:
 # spike_dhs's save_v_LIFNode is a LIFNode (the same charge, fire and reset operations) that also
 # records its mean pre-spike membrane as an observation
 _NEURONS_ELSEWHERE = {f"{_PACKAGE}.model.spike_dhs.save_v_LIFNode": "LIFNode"}
 # the modules of spikingjelly's layer package whose classes are single layers (leaves)
 _LEAF_LAYERS = tuple(f"{_PACKAGE}.layer.{m}" for m in ("stateless_wrapper", "bn", "dropout"))
+# 0.0.0.0.14 keeps each API's layers in one module, beside the classes traced through: those 2.0
+# keeps outside its leaf modules (containers, misc), and clock_driven's containers
+_TRACED_THROUGH = {
+    f"{_PACKAGE}.layer": frozenset({
+        "MultiStepContainer", "SeqToANNContainer", "StepModeContainer",
+        "ElementWiseRecurrentContainer", "LinearRecurrentContainer", "PrintShapeModule",
+        "VotingLayer", "TemporalWiseAttention", "MultiDimensionalAttention"}),
+    f"{_LEGACY}.layer": frozenset({"SeqToANNContainer", "MultiStepContainer",
+                                   "PrintShapeModule"}),
+}
 # leaf layers that compute exactly what the torch layer they subclass computes
 _PLAIN_WRAPPERS = frozenset({
     "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
@@ -52,43 +78,49 @@ class SpikingJellyAdapter(Adapter):
     name = "spikingjelly"
 
     def owns(self, m: nn.Module) -> bool:
-        return type(m).__module__.startswith(_PACKAGE)
+        return type(m).__module__.startswith((_PACKAGE, _LEGACY))
 
     def is_neuron(self, m: nn.Module) -> bool:
-        return type(m).__module__.startswith(_NEURONS) or _qualname(m) in _NEURONS_ELSEWHERE
+        return type(m).__module__.startswith(_NEURON_MODULES) or \
+            _qualname(m) in _NEURONS_ELSEWHERE
 
     def canonical(self, m: nn.Module, path: str) -> cn.CanonicalParams:
-        from spikingjelly.activation_based import neuron as sj
-
-        kind = getattr(sj, _NEURONS_ELSEWHERE[_qualname(m)]) if _qualname(m) in \
-            _NEURONS_ELSEWHERE else type(m)
-        if kind not in (sj.LIFNode, sj.IFNode, sj.ParametricLIFNode):
+        kind = _NEURONS_ELSEWHERE.get(_qualname(m), type(m).__name__)
+        if _legacy(m):
+            kind = kind.removeprefix(_MULTI_STEP)
+        if kind not in _CANONICAL:
             raise UnsupportedError(
-                f"spikingjelly's {kind.__name__} has no exact canonical form (supported: "
-                "LIFNode, IFNode, ParametricLIFNode)", path=path)
+                f"spikingjelly's {type(m).__name__} has no exact canonical form (supported: "
+                f"{', '.join(_CANONICAL)}"
+                + (", and their MultiStep classes)" if _legacy(m) else ")"), path=path)
         if getattr(m, "_neuron_precision", None) is not None:
             raise UnsupportedError("a neuron with a reduced-precision state (set_neuron_precision)"
                                    " computes in another dtype than the model", path=path)
         v_reset = None if m.v_reset is None else float(m.v_reset)
-        if kind is sj.IFNode:
+        if kind == "IFNode":
             return cn.from_if(float(m.v_threshold), v_reset)
-        if kind is sj.ParametricLIFNode:
+        if kind == "ParametricLIFNode":
             tau = 1.0 / float(torch.sigmoid(m.w.detach().double()))
         else:
             tau = float(m.tau)
         return cn.from_lif(tau, float(m.v_threshold), v_reset, bool(m.decay_input))
 
     def step_mode(self, m: nn.Module) -> str:
+        if _legacy(m):
+            return STEP_MULTI if type(m).__name__.startswith(_MULTI_STEP) else STEP_SINGLE
         return getattr(m, "step_mode", STEP_SINGLE)
 
     def is_leaf(self, m: nn.Module) -> bool | None:
+        traced_through = _TRACED_THROUGH.get(type(m).__module__)
+        if traced_through is not None:
+            return type(m).__name__ not in traced_through
         return True if type(m).__module__ in _LEAF_LAYERS else None
 
     def module_handler(self, m: nn.Module):
         name = type(m).__name__
         if name in _PLAIN_WRAPPERS:
             return None
-        if name in ("Dropout", "Dropout2d"):  # the identity in eval mode
+        if name in _IDENTITIES:
             return nn.Identity()
         if name in ("WSConv2d", "WSLinear"):
             return _standardised(m)
@@ -106,8 +138,16 @@ def _qualname(m: nn.Module) -> str:
     return f"{type(m).__module__}.{type(m).__name__}"
 
 
+def _legacy(m: nn.Module) -> bool:
+    return type(m).__module__.startswith(_LEGACY)
+
+
+# dropouts: the identity in eval mode
+_IDENTITIES = frozenset({"Dropout", "Dropout2d", "MultiStepDropout", "MultiStepDropout2d"})
 _TDBN = {"ThresholdDependentBatchNorm1d": nn.BatchNorm1d,
-         "ThresholdDependentBatchNorm2d": nn.BatchNorm2d}
+         "ThresholdDependentBatchNorm2d": nn.BatchNorm2d,
+         "MultiStepThresholdDependentBatchNorm1d": nn.BatchNorm1d,
+         "MultiStepThresholdDependentBatchNorm2d": nn.BatchNorm2d}
 
 
 def _as_class(m: nn.Module, cls: type) -> nn.Module:
