@@ -90,6 +90,22 @@ class _ConcreteProxy(fx.Proxy):
     def __iter__(self):
         return (self[i] for i in range(len(self.node.meta["value"])))
 
+    def __setitem__(self, index, value):
+        """``x[index] = value`` is recorded as ``x = _assigned(x, index, value)``: later uses of
+        this proxy read the assignment's result."""
+        self.node = self.tracer.create_proxy("call_function", _assigned,
+                                             (self, index, value), {}).node
+
+
+def _assigned(x: torch.Tensor, index, value) -> torch.Tensor:
+    """``x`` with ``x[index] = value``, as a new tensor (of ``x``'s shape: a shaped tensor's
+    stand-in without running the assignment on fake tensors)."""
+    if isinstance(x, ShapedTensor):
+        return shaped_like(x)
+    y = x.clone()
+    y[index] = value
+    return y
+
 
 def _concrete(obj):
     return fx.node.map_aggregate(
@@ -426,8 +442,29 @@ class Membrane:
     step: int
 
 
+def _border(shape: tuple[int, ...], pads: tuple[int, ...]) -> np.ndarray:
+    """The (H, W) cells of a padded (C, H, W) tensor that ``pads`` (left, right, top, bottom)
+    added."""
+    left, right, top, bottom = pads
+    H, W = shape[-2:]
+    border = np.ones((H, W), bool)
+    border[top:H - bottom, left:W - right] = False
+    return border
+
+
+@dataclass(frozen=True, eq=False)
+class PaddedBorder:
+    """``F.pad(inner)`` whose border was assigned in part (``out[:, :, :p, :] = v``) and is not
+    one value per channel yet: taken only by further assignments (see assign_border)."""
+
+    inner: Val
+    pads: tuple[int, ...]
+    full: np.ndarray
+    frame: tuple[str, ...]
+
+
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
-_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime)
+_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, PaddedBorder)
 
 
 @dataclass(frozen=True)
@@ -516,7 +553,8 @@ class _Builder:
         self._done: dict[tuple[Expr, int | None], str | None] = {}
         self._delays: dict[tuple[Expr, int], str] = {}
         self._keys: dict[tuple, list[str]] = {}
-        self._zero_pads: dict[Expr, tuple[Val, tuple[int, ...]]] = {}
+        # F.pad outputs: the padded value, its pads and its border's constant (None: zeros)
+        self._pad_borders: dict[Expr, tuple[Val, tuple[int, ...], np.ndarray | None]] = {}
         self._step_terms: dict[Expr, list[Expr]] = {}
         self._sites: dict[tuple, Expr | None] = {}  # site -> its value in the latest step
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
@@ -675,8 +713,8 @@ class _Builder:
                                           *self._step_terms.get(y.expr, [y.expr])]
 
     def note_zero_pad(self, out: Val, x: Val, pads: tuple[int, ...]) -> None:
-        """Remember ``out = F.pad(x, pads)`` (zero fill), for fold_pad."""
-        self._zero_pads[out.expr] = (x, pads)
+        """Remember ``out = F.pad(x, pads)`` (zero fill), for fold_pad and assign_border."""
+        self._pad_borders[out.expr] = (x, pads, None)
 
     def mean_over_steps(self, c: _Call, x: Val) -> Val | None:
         """``(y_0 + ... + y_{T-1}) / T`` over the steps of a loop -> Readout, or None."""
@@ -688,22 +726,56 @@ class _Builder:
 
     def fold_pad(self, c: _Call, x: Val, k: np.ndarray) -> Val | None:
         """``F.pad(y) + border`` with a per-channel border constant -> one Pad with that value."""
-        if x.expr not in self._zero_pads:
+        if x.expr not in self._pad_borders:
             return None
-        inner, (l, r, t, b) = self._zero_pads[x.expr]
-        C, H, W = x.expr.shape
+        inner, pads, full = self._pad_borders[x.expr]
         try:
-            full = np.broadcast_to(k, (C, H, W))
+            k = np.broadcast_to(k, x.expr.shape)
         except ValueError:
             return None
-        border = np.ones((H, W), bool)
-        border[t:H - b, l:W - r] = False
-        edge = full[:, border]
-        if full[:, ~border].any() or not (edge == edge[:, :1]).all():
+        if k[:, ~_border(x.expr.shape, pads)].any():
             return None
+        out = self._bordered(c, inner, pads, k if full is None else full + k, x.frame)
+        return out if isinstance(out, Val) else None
+
+    def assign_border(self, c: _Call, x, index, k: np.ndarray):
+        """``out[index] = k`` on ``out = F.pad(y)`` (Meta-SpikeFormer's BNAndPadLayer sets each
+        side of the border to its BN's per-channel value, one assignment each): the Pad with
+        that value once the border is one value per channel, before that a PaddedBorder."""
+        if isinstance(x, PaddedBorder):
+            inner, pads, full, frame = x.inner, x.pads, x.full, x.frame
+            shape = full.shape
+        elif isinstance(x, Val) and x.expr in self._pad_borders:
+            (inner, pads, full), frame, shape = self._pad_borders[x.expr], x.frame, x.expr.shape
+        else:
+            raise _Refuse("an assignment into a tensor (out[...] = v) is taken only into the "
+                          "border F.pad added")
+        lead = len(frame)  # the time and batch axes
+        if not (isinstance(index, tuple) and len(index) == lead + len(shape)
+                and all(isinstance(i, slice) for i in index)
+                and all(i == slice(None) for i in index[:lead])):
+            raise _Refuse("an assignment is taken only with slices of every axis, the time and "
+                          "batch axes whole")
+        region = np.zeros(shape, bool)
+        region[index[lead:]] = True
+        if (region & ~_border(shape, pads)).any():
+            raise _Refuse("an assignment inside the tensor F.pad padded, not only to its border")
+        full = np.zeros(shape) if full is None else full.copy()
+        full[region] = np.broadcast_to(k, shape)[region]
+        return self._bordered(c, inner, pads, full, frame)
+
+    def _bordered(self, c: _Call, inner: Val, pads: tuple[int, ...], full: np.ndarray,
+                  frame) -> "Val | PaddedBorder":
+        """``inner`` padded with the border ``full`` holds (zero inside): one Pad if that is one
+        value per channel, else a PaddedBorder."""
+        edge = full[:, _border(full.shape, pads)]
+        if not (edge == edge[:, :1]).all():
+            return PaddedBorder(inner, pads, full, frame)
         value = edge[:, 0].copy()
-        return self.new(c, lambda n, i: ir.Pad(n, i, path=c.path, pads=(l, r, t, b), value=value),
-                        [inner], x.frame)
+        out = self.new(c, lambda n, i: ir.Pad(n, i, path=c.path, pads=pads, value=value),
+                       [inner], frame)
+        self._pad_borders[out.expr] = (inner, pads, full)
+        return out
 
     # ------------------------------------------------------------------ modules
     def _module(self, m: nn.Module, c: _Call, args, kwargs):
@@ -1035,6 +1107,9 @@ def _val(x) -> Val:
     if isinstance(x, ConstMinus):
         raise _Refuse("(constant - tensor) is taken only as a factor of a product, x * (1 - y): "
                       "the IR adds no constant to a tensor")
+    if isinstance(x, PaddedBorder):
+        raise _Refuse("a padded tensor whose border was assigned in part is used before its "
+                      "border is one value per channel (each side assigned the same values)")
     if not isinstance(x, Val):
         raise _Refuse("this operand must be a tensor computed from the input")
     return x
@@ -1341,6 +1416,13 @@ def _pad(b, c, x, pad, mode="constant", value=None):
     return out
 
 
+def _assign(b, c, x, index, value):
+    if isinstance(value, _FROM_INPUT):
+        raise _Refuse("an assignment of a tensor computed from the input")
+    y = x if isinstance(x, PaddedBorder) else _val(x)
+    return b.assign_border(c, y, index, b.const(value, y if isinstance(y, Val) else y.inner))
+
+
 def _like(b, c, x, *args, **kwargs):
     return Const(c.value, _val(x).frame)
 
@@ -1380,6 +1462,7 @@ _FUNCTIONS = {
     torch.unsqueeze: _reshape, torch.permute: _permute, torch.transpose: _transpose,
     torch.sum: _reduce(False), torch.mean: _reduce(True), torch.cat: _cat, torch.concat: _cat,
     torch.stack: _stack, torch.unbind: _unbind, torch.select: _select, F.pad: _pad,
+    _assigned: _assign,
     torch.zeros_like: _like, torch.ones_like: _like, torch.full_like: _like,
     torch.clone: _identity, torch.chunk: _chunk, torch.split: _split,
     torch.avg_pool1d: _avg_pool1d_function, F.avg_pool1d: _avg_pool1d_function,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from snncc import ir
@@ -314,3 +315,100 @@ def test_tracing_restores_training_mode():
     model = SJNet().train()
     trace(model, torch.randn(3, 2, 16, 16), T=T)
     assert all(m.training for m in model.modules())
+
+
+class AssignedBorderPad(nn.Module):
+    """Meta-SpikeFormer's official BNAndPadLayer: F.pad, then each side of the border set to the
+    BN's per-channel value by a slice assignment (``sides``: which of the four)."""
+
+    def __init__(self, c: int, pad: int = 1, sides=(0, 1, 2, 3), inside: bool = False):
+        super().__init__()
+        self.bn, self.pad, self.sides, self.inside = nn.BatchNorm2d(c), pad, sides, inside
+
+    def forward(self, x):
+        out = self.bn(x)
+        bn = self.bn
+        value = (bn.bias.detach() - bn.running_mean * bn.weight.detach()
+                 / torch.sqrt(bn.running_var + bn.eps)).view(1, -1, 1, 1)
+        p = self.pad
+        out = F.pad(out, [p] * 4)
+        index = [(slice(None), slice(None), slice(0, p), slice(None)),
+                 (slice(None), slice(None), slice(-p, None), slice(None)),
+                 (slice(None), slice(None), slice(None), slice(0, p)),
+                 (slice(None), slice(None), slice(None), slice(-p, None))]
+        for side in self.sides:
+            out[index[side]] = value
+        if self.inside:
+            out[:, :, p:p + 1, p:p + 1] = value
+        return out
+
+
+class RepConvLike(nn.Module):
+    """1x1 conv, the padding BN, depthwise 3x3 conv, BN and a LIF, on ``[T*B, C, H, W]``."""
+
+    def __init__(self, pad: nn.Module):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 1, bias=False)
+        self.pad = pad
+        self.dw, self.bn = nn.Conv2d(8, 8, 3, groups=8, bias=False), nn.BatchNorm2d(8)
+        self.lif = neuron.LIFNode(tau=2.0, step_mode="m")
+
+    def forward(self, x):
+        t, b = x.shape[:2]
+        y = self.bn(self.dw(self.pad(self.conv1(x.flatten(0, 1)))))
+        return self.lif(y.reshape(t, b, *y.shape[1:]))
+
+
+def _assigned_pad_model(seed: int, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    model = RepConvLike(AssignedBorderPad(8, **kw)).double().eval()
+    zoo.randomize_bn(model, seed)
+    return model
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_border_set_by_slice_assignments_is_one_pad_with_the_bn_values(seed):
+    """The four assignments give the graph of the zoo's BNAndPadLayer (a Pad with the BN's
+    per-channel value), and the model's own spikes."""
+    from snncc.frontends.zoo.meta import BNAndPadLayer
+
+    model = _assigned_pad_model(seed)
+    x = 2 * torch.randn(T, 2, 3, 6, 6, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(seed))
+    g = trace(model, x, T=T, static=False)
+    (pad,) = g.of_type(ir.Pad)
+    zoo_model = RepConvLike(BNAndPadLayer(pad_pixels=1, num_features=8)).double().eval()
+    zoo_model.load_state_dict(model.state_dict())
+    (zoo_pad,) = trace(zoo_model, x, T=T, static=False).of_type(ir.Pad)
+    assert pad.pads == zoo_pad.pads == (1, 1, 1, 1)
+    np.testing.assert_array_equal(pad.value, zoo_pad.value)
+    assert np.ptp(pad.value) > 0  # per channel, not one number
+    functional.reset_net(model)
+    with torch.no_grad():
+        y = model(x).numpy()
+    res = Simulator(g).run(x.numpy(), T)
+    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
+    assert_rates_in_range({"lif": float(y.mean())})
+
+
+@pytest.mark.parametrize("kw, reason", [
+    ({"sides": (0, 1, 2)}, "border was assigned in part is used before its border is one value"),
+    ({"inside": True}, "an assignment inside the tensor F.pad padded"),
+])
+def test_border_assignments_that_are_no_pad_are_refused_saying_why(kw, reason):
+    model = _assigned_pad_model(0, **kw)
+    with pytest.raises(UnsupportedError, match=reason):
+        trace(model, torch.randn(T, 2, 3, 6, 6, dtype=torch.float64), T=T, static=False)
+
+
+def test_assigning_into_a_tensor_that_is_not_a_padding_is_refused():
+    class Overwrite(nn.Module):
+        def forward(self, x):
+            y = x * 2
+            y[:, :, 0:1] = 0.5
+            return y
+
+    model = nn.Sequential(layer.Conv2d(3, 4, 1, step_mode="m"), Overwrite(),
+                          neuron.IFNode(step_mode="m")).double()
+    with pytest.raises(UnsupportedError, match="taken only into the border F.pad added"):
+        trace(model, torch.randn(T, 2, 3, 6, 6, dtype=torch.float64), T=T, static=False)
