@@ -73,6 +73,47 @@ class _Refuse(Exception):
 
 _TENSOR_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout"})
 _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
+#: in-place tensor methods that change a tensor's shape, not its memory (no other tensor sees them)
+_METADATA_IN_PLACE = frozenset({"unsqueeze_", "squeeze_", "transpose_", "t_", "swapaxes_",
+                                "swapdims_"})
+# ops whose result may be (or share memory with) their input
+_VIEW_METHODS = frozenset({
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze",
+    "transpose", "permute", "t", "expand", "expand_as", "narrow", "select", "unbind", "chunk",
+    "split", "contiguous", "detach", "swapaxes", "swapdims", "movedim", "diagonal",
+    "as_strided", "unfold", "__getitem__"})
+_VIEW_FUNCTIONS = frozenset({
+    operator.getitem, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
+    torch.transpose, torch.permute, torch.narrow, torch.select, torch.chunk, torch.split,
+    torch.unbind, torch.movedim, torch.swapaxes, torch.t, torch.detach, F.dropout})
+_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
+
+
+def _in_place(method: str) -> bool:
+    """``method`` is a tensor's in-place variant of an op (``mul_`` of ``mul``)."""
+    return (method.endswith("_") and not method.startswith("_")
+            and callable(getattr(torch.Tensor, method[:-1], None)))
+
+
+def _may_share_memory(node: fx.Node, root: nn.Module) -> bool:
+    """Whether the tensor of ``node`` may share memory with another of the trace: the model's
+    input or one of its parameters, a view (or possibly one), or a tensor viewed by an earlier
+    op. Followed back through the in-place ops recorded as new values."""
+    while True:
+        if node.op in ("placeholder", "get_attr") or _views(node, root) or any(
+                _views(u, root) for u in node.users if u.meta.get("in_place_of") is not node):
+            return True
+        node = node.meta.get("in_place_of")
+        if node is None:
+            return False
+
+
+def _views(node: fx.Node, root: nn.Module) -> bool:
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS
+    if node.op == "call_function":
+        return node.target in _VIEW_FUNCTIONS
+    return node.op == "call_module" and isinstance(root.get_submodule(node.target), _VIEW_MODULES)
 
 
 class _ConcreteProxy(fx.Proxy):
@@ -210,6 +251,17 @@ class _ConcreteTracer(fx.Tracer):
         cargs, ckwargs = _concrete((args, kwargs))
         if kind == "call_method" and target in _SHAPE_METHODS:
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
+        receiver = args[0] if kind == "call_method" and _in_place(target) else None
+        if receiver is not None:  # x.op_(...): recorded as x.op(...), see below
+            if target not in _METADATA_IN_PLACE and _may_share_memory(receiver.node, self.root):
+                # refused here, even where nothing reads the result: the other tensor would
+                # have changed too
+                raise UnsupportedError(
+                    f"op 'Tensor.{target}' is not supported (an in-place op on a tensor that "
+                    "shares memory with another (the input, a parameter, a view or a tensor "
+                    "viewed) would change that one too: write it out of place)",
+                    path=self.scope.module_path or None)
+            target = target[:-1]
         value = self._evaluate(kind, target, cargs, ckwargs)
         if self._shaped and kind.startswith("call"):
             value = _compact_constant(value)
@@ -220,6 +272,12 @@ class _ConcreteTracer(fx.Tracer):
             proxy.node.meta["example"] = self.example
         proxy.node.meta["scope"] = self.scope.module_path
         proxy.node.meta["site"] = self._site()
+        if receiver is not None:
+            # the in-place op's result, computed without changing the value it was called on:
+            # the proxy the model holds reads it from now on, as the tensor itself would
+            proxy.node.meta["in_place_of"] = receiver.node
+            receiver.node = proxy.node
+            return receiver
         return proxy
 
     def _site(self) -> tuple:
@@ -1032,8 +1090,12 @@ class _Builder:
             def connect():
                 first = next(iter(rec.calls.values()))
                 if sorted(rec.calls) != list(range(self.T)):
-                    self.errors[(path, f"op '{first.op}': called at steps {sorted(rec.calls)}, "
-                                       f"not at every step 0..{self.T - 1}")] = None
+                    once = ("; a model of single-step neurons called once per step by a loop "
+                            "outside it is traced through a module that runs that loop"
+                            if sorted(rec.calls) == [0] else "")
+                    self.errors[(path, f"op '{type(self.root.get_submodule(path)).__name__}': "
+                                       f"called at steps {sorted(rec.calls)}, not at every step "
+                                       f"0..{self.T - 1}{once}")] = None
                 elif (inp := self._same_each_step(first, rec.calls)) is None:
                     return
                 elif kind is ir.Kind.REAL:

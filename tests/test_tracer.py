@@ -412,3 +412,62 @@ def test_assigning_into_a_tensor_that_is_not_a_padding_is_refused():
                           neuron.IFNode(step_mode="m")).double()
     with pytest.raises(UnsupportedError, match="taken only into the border F.pad added"):
         trace(model, torch.randn(T, 2, 3, 6, 6, dtype=torch.float64), T=T, static=False)
+
+
+class InPlace(nn.Module):
+    """A conv, an in-place op on its result (``how``), an IF neuron, on ``[T, B, ...]``."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.conv, self.how = layer.Conv2d(3, 4, 1, step_mode="m"), how
+        self.lif = neuron.IFNode(step_mode="m")
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.how == "result_unused":
+            y.mul_(3.0)
+        elif self.how == "chained":
+            y.mul_(3.0).add_(0.0)
+            y.transpose_(-1, -2)
+        elif self.how == "on_a_view":
+            v = y.flatten(2)
+            v.mul_(3.0)
+        elif self.how == "viewed":
+            v = y.flatten(2)
+            y.mul_(3.0)
+            return self.lif(v)
+        elif self.how == "on_the_input":
+            x.mul_(3.0)
+        return self.lif(y)
+
+
+@pytest.mark.parametrize("how", ["result_unused", "chained"])
+def test_in_place_ops_are_traced_as_the_values_they_leave(how):
+    """``y.mul_(3.0)`` with its result unused was left out of the graph: a wrong graph, silently."""
+    torch.manual_seed(0)
+    model = InPlace(how).double().eval()
+    x = torch.randn(T, 2, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    g = trace(model, x, T=T, static=False)
+    assert [n.factor for n in g.of_type(ir.Scale)] == [3.0]
+    functional.reset_net(model)
+    with torch.no_grad():
+        y = model(x.clone()).numpy()
+    res = Simulator(g).run(x.numpy(), T)
+    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
+    assert_rates_in_range({"lif": float(y.mean())})
+
+
+@pytest.mark.parametrize("how", ["on_a_view", "viewed", "on_the_input"])
+def test_in_place_ops_on_memory_another_tensor_shares_are_refused(how):
+    with pytest.raises(UnsupportedError, match=r"op 'Tensor.mul_' is not supported \(an in-place "
+                                               r"op on a tensor that shares memory"):
+        trace(InPlace(how).double(), torch.randn(T, 2, 3, 5, 5, dtype=torch.float64), T=T,
+              static=False)
+
+
+def test_a_single_step_model_called_once_says_to_trace_its_loop():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), neuron.IFNode())
+    with pytest.raises(UnsupportedError, match=r"op 'IFNode': called at steps \[0\], not at "
+                                               r"every step 0..3; a model of single-step neurons "
+                                               r"called once per step by a loop outside"):
+        trace(model, torch.randn(2, 3, 5, 5), T=T)
