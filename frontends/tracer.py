@@ -73,9 +73,10 @@ class _Refuse(Exception):
 
 _TENSOR_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout"})
 _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
-#: in-place tensor methods that change a tensor's shape, not its memory (no other tensor sees them)
+#: in-place tensor methods that change a tensor's shape or autograd state, not its memory (no
+#: other tensor sees them)
 _METADATA_IN_PLACE = frozenset({"unsqueeze_", "squeeze_", "transpose_", "t_", "swapaxes_",
-                                "swapdims_"})
+                                "swapdims_", "detach_"})
 # ops whose result may be (or share memory with) their input
 _VIEW_METHODS = frozenset({
     "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze",
@@ -85,14 +86,14 @@ _VIEW_METHODS = frozenset({
 _VIEW_FUNCTIONS = frozenset({
     operator.getitem, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
     torch.transpose, torch.permute, torch.narrow, torch.select, torch.chunk, torch.split,
-    torch.unbind, torch.movedim, torch.swapaxes, torch.t, torch.detach, F.dropout})
+    torch.unbind, torch.movedim, torch.swapaxes, torch.t, torch.detach, F.dropout,
+    getattr})  # x.data, x.T, ...
 _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
 
 
 def _in_place(method: str) -> bool:
-    """``method`` is a tensor's in-place variant of an op (``mul_`` of ``mul``)."""
-    return (method.endswith("_") and not method.startswith("_")
-            and callable(getattr(torch.Tensor, method[:-1], None)))
+    """``method`` is a tensor method that changes the tensor (``mul_``, ``zero_``)."""
+    return method.endswith("_") and not method.startswith("_") and method != "requires_grad_"
 
 
 def _may_share_memory(node: fx.Node, root: nn.Module) -> bool:
@@ -253,14 +254,19 @@ class _ConcreteTracer(fx.Tracer):
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
         receiver = args[0] if kind == "call_method" and _in_place(target) else None
         if receiver is not None:  # x.op_(...): recorded as x.op(...), see below
-            if target not in _METADATA_IN_PLACE and _may_share_memory(receiver.node, self.root):
-                # refused here, even where nothing reads the result: the other tensor would
-                # have changed too
-                raise UnsupportedError(
-                    f"op 'Tensor.{target}' is not supported (an in-place op on a tensor that "
-                    "shares memory with another (the input, a parameter, a view or a tensor "
-                    "viewed) would change that one too: write it out of place)",
-                    path=self.scope.module_path or None)
+            # refused here, even where nothing reads the result, which the tensor would hold
+            if not callable(getattr(torch.Tensor, target[:-1], None)):
+                reason = "an in-place op with no out-of-place form"
+            elif target not in _METADATA_IN_PLACE and _may_share_memory(receiver.node,
+                                                                          self.root):
+                reason = ("an in-place op on a tensor that shares memory with another (the "
+                          "input, a parameter, a view or a tensor viewed) would change that one "
+                          "too: write it out of place")
+            else:
+                reason = None
+            if reason:
+                raise UnsupportedError(f"op 'Tensor.{target}' is not supported ({reason})",
+                                       path=self.scope.module_path or None)
             target = target[:-1]
         value = self._evaluate(kind, target, cargs, ckwargs)
         if self._shaped and kind.startswith("call"):

@@ -438,6 +438,10 @@ class InPlace(nn.Module):
             return self.lif(v)
         elif self.how == "on_the_input":
             x.mul_(3.0)
+        elif self.how == "on_its_data":
+            y.data.mul_(3.0)
+        elif self.how == "no_out_of_place_form":
+            y.zero_()
         return self.lif(y)
 
 
@@ -457,10 +461,14 @@ def test_in_place_ops_are_traced_as_the_values_they_leave(how):
     assert_rates_in_range({"lif": float(y.mean())})
 
 
-@pytest.mark.parametrize("how", ["on_a_view", "viewed", "on_the_input"])
-def test_in_place_ops_on_memory_another_tensor_shares_are_refused(how):
-    with pytest.raises(UnsupportedError, match=r"op 'Tensor.mul_' is not supported \(an in-place "
-                                               r"op on a tensor that shares memory"):
+@pytest.mark.parametrize("how, reason", [
+    *[(how, r"'Tensor.mul_' is not supported \(an in-place op on a tensor that shares memory")
+      for how in ("on_a_view", "viewed", "on_the_input", "on_its_data")],
+    ("no_out_of_place_form", r"'Tensor.zero_' is not supported \(an in-place op with no "
+                             r"out-of-place form"),
+])
+def test_in_place_ops_that_would_change_what_the_graph_does_not_see_are_refused(how, reason):
+    with pytest.raises(UnsupportedError, match=reason):
         trace(InPlace(how).double(), torch.randn(T, 2, 3, 5, 5, dtype=torch.float64), T=T,
               static=False)
 
