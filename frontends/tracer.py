@@ -91,6 +91,23 @@ _VIEW_FUNCTIONS = frozenset({
 _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
 
 
+def refuse_hooks(m: nn.Module, path: str) -> None:
+    """Refuse a leaf or root module with forward hooks: the graph has its ``forward`` only (a
+    hook that scales the output was left out, without a word). Hooks of the modules traced
+    through are traced with them; torch.nn.utils.prune's, which make the weight the graph
+    reads, are no change."""
+    from torch.nn.modules import module as torch_module
+    from torch.nn.utils.prune import BasePruningMethod
+
+    hooks = [*torch_module._global_forward_pre_hooks.values(),
+             *torch_module._global_forward_hooks.values(),
+             *m._forward_pre_hooks.values(), *m._forward_hooks.values()]
+    if any(not isinstance(h, BasePruningMethod) for h in hooks):
+        raise UnsupportedError(f"op '{type(m).__name__}' is not supported (it has forward hooks "
+                               "(register_forward_hook, register_forward_pre_hook), which the "
+                               "graph would leave out: remove them)", path=path or None)
+
+
 def _in_place(method: str) -> bool:
     """``method`` is a tensor method that changes the tensor (``mul_``, ``zero_``)."""
     return method.endswith("_") and not method.startswith("_") and method != "requires_grad_"
@@ -205,6 +222,9 @@ class _ConcreteTracer(fx.Tracer):
     def call_module(self, m, forward, args, kwargs):
         if self._running:  # a leaf being evaluated: plain PyTorch
             return forward(*args, **kwargs)
+        path = self.path_of_module(m)
+        if self.is_leaf_module(m, path):
+            refuse_hooks(m, path)
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
@@ -1772,6 +1792,7 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
     tracer = _ConcreteTracer(x, shaped)
     with _inference(model):
         try:
+            refuse_hooks(model, "")
             fx_graph = tracer.trace(model)
         except fx.proxy.TraceError as err:
             raise UnsupportedError(f"cannot trace: {' '.join(str(err).split())}",

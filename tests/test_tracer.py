@@ -479,3 +479,60 @@ def test_a_single_step_model_called_once_says_to_trace_its_loop():
                                                r"every step 0..3; a model of single-step neurons "
                                                r"called once per step by a loop outside"):
         trace(model, torch.randn(2, 3, 5, 5), T=T)
+
+
+def _conv_if(hooked: str | None):
+    """A block (conv) and an IF neuron, on ``[T, B, ...]``; a hook that triples the conv's
+    output (or input) where ``hooked`` says."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = layer.Conv2d(3, 4, 1, step_mode="m")
+
+        def forward(self, x):
+            return self.conv(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), neuron.IFNode(step_mode="m")).double().eval()
+    triple = lambda m, args, out: out * 3.0  # noqa: E731
+    if hooked == "leaf":
+        model[0].conv.register_forward_hook(triple)
+    elif hooked == "leaf_input":
+        model[0].conv.register_forward_pre_hook(lambda m, args: (args[0] * 3.0,))
+    elif hooked == "root":
+        model.register_forward_hook(lambda m, args, out: 1.0 - out)
+    elif hooked == "traced_through":
+        model[0].register_forward_hook(triple)
+    elif hooked == "pruned":
+        from torch.nn.utils import prune
+
+        prune.l1_unstructured(model[0].conv, "weight", amount=0.5)
+    return model
+
+
+@pytest.mark.parametrize("hooked, path", [("leaf", "0.conv"), ("leaf_input", "0.conv"),
+                                          ("root", None)])
+def test_forward_hooks_the_graph_would_leave_out_are_refused(hooked, path):
+    """A hook on a leaf or the root changed the model's output while the graph had the module's
+    forward only: spikes differed, without a word."""
+    with pytest.raises(UnsupportedError, match=r"it has forward hooks") as e:
+        trace(_conv_if(hooked), torch.randn(T, 2, 3, 5, 5, dtype=torch.float64), T=T,
+              static=False)
+    assert (f"module '{path}'" in str(e.value)) == (path is not None)
+
+
+@pytest.mark.parametrize("hooked", ["traced_through", "pruned"])
+def test_hooks_traced_through_and_pruning_give_the_model_spikes(hooked):
+    model = _conv_if(hooked)
+    x = 4 * torch.randn(T, 2, 3, 5, 5, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(2))
+    g = trace(model, x, T=T, static=False)
+    functional.reset_net(model)
+    with torch.no_grad():
+        y = model(x).numpy()
+    res = Simulator(g).run(x.numpy(), T)
+    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
+    assert_rates_in_range({"if": float(y.mean())})
+    if hooked == "pruned":
+        (conv,) = g.of_type(ir.Conv2d)
+        assert (conv.weight == 0).mean() == 0.5
