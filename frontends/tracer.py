@@ -260,10 +260,11 @@ class _ConcreteTracer(fx.Tracer):
     def create_arg(self, a):
         if isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter) \
                 and not any(a is buf for buf in self.root.buffers()):
-            # a tensor made in forward: keep it in the graph, not as an attribute of the model
+            # a tensor made in forward: keep it in the graph, not as an attribute of the model;
+            # its value now (the model may change it in place afterwards: that is another value)
             node = self.create_node("get_attr", f"_snncc_constant{self._constants}", (), {})
             self._constants += 1
-            node.meta["value"] = a
+            node.meta["value"] = a.clone()
             return node
         return super().create_arg(a)
 

@@ -536,3 +536,31 @@ def test_hooks_traced_through_and_pruning_give_the_model_spikes(hooked):
     if hooked == "pruned":
         (conv,) = g.of_type(ir.Conv2d)
         assert (conv.weight == 0).mean() == 0.5
+
+
+def test_a_tensor_made_in_forward_is_taken_as_it_is_when_used():
+    """A constant changed in place after a first use (w.mul_(2)) had its later value in both
+    uses: a wrong graph without a word."""
+    class Rescaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.lif = layer.Conv2d(3, 4, 1, step_mode="m"), neuron.IFNode(step_mode="m")
+
+        def forward(self, x):
+            w = torch.full((1, 1, 4, 1, 1), 0.75, dtype=x.dtype)
+            y = self.conv(x) * w
+            w.mul_(2.0)
+            return self.lif(y * w)
+
+    torch.manual_seed(0)
+    model = Rescaled().double().eval()
+    x = 3 * torch.randn(T, 2, 3, 5, 5, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(3))
+    g = trace(model, x, T=T, static=False)
+    assert sorted(float(n.factor.ravel()[0]) for n in g.of_type(ir.Scale)) == [0.75, 1.5]
+    functional.reset_net(model)
+    with torch.no_grad():
+        y = model(x).numpy()
+    res = Simulator(g).run(x.numpy(), T)
+    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
+    assert_rates_in_range({"if": float(y.mean())})
