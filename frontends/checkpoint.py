@@ -301,16 +301,45 @@ def _mismatch(expected: Mapping, state_dict: Mapping, arch: str) -> None:
     misshaped = [k for k in expected if k in state_dict
                  and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or misshaped:
-        parts = []
-        for old, new in _renames(missing, unexpected, expected, state_dict):
-            parts.append(f"key '{old}' is missing; checkpoint has '{new}' instead")
+        renames = _renames(missing, unexpected, expected, state_dict)
+        parts = [f"key '{old}' is missing; checkpoint has '{new}' instead"
+                 for old, new in renames[:_LISTED]]
+        for old, new in renames:
             missing.remove(old)
             unexpected.remove(new)
-        parts += [_listing("missing keys", missing), _listing("unexpected keys", unexpected)]
+        parts += [_more(len(renames), "renamed keys"),
+                  _listing("missing keys", missing), _listing("unexpected keys", unexpected)]
         parts += [f"key '{k}' has shape {tuple(state_dict[k].shape)} in the checkpoint but "
-                  f"{tuple(expected[k].shape)} in the model" for k in misshaped]
+                  f"{tuple(expected[k].shape)} in the model" for k in misshaped[:_LISTED]]
+        parts.append(_more(len(misshaped), "keys of another shape"))
+        fits = _fitting_architectures(state_dict, arch)
+        if fits:
+            parts.append(f"it fits architecture {', '.join(repr(a) for a in fits)}")
         raise CheckpointError(f"checkpoint does not fit architecture '{arch}': "
                               + "; ".join(p for p in parts if p))
+
+
+def _more(count: int, what: str) -> str:
+    return f"and {count - _LISTED} more {what}" if count > _LISTED else ""
+
+
+def _fitting_architectures(state_dict: Mapping, arch: str) -> list[str]:
+    """The zoo architectures other than ``arch`` (when it is one) whose keys and shapes are the
+    checkpoint's, built on the meta device (the whole zoo in about 0.5 s)."""
+    from .zoo import ZOO, build
+
+    if arch not in ZOO:
+        return []
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    fits = []
+    for name in ZOO:
+        if name == arch or _adapter(name) is not None:
+            continue
+        with torch.device("meta"):
+            model = build(name)
+        if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
+            fits.append(name)
+    return fits
 
 
 def _renames(missing, unexpected, expected, state_dict) -> list[tuple[str, str]]:

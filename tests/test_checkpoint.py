@@ -73,6 +73,18 @@ def test_renamed_key_is_refused_with_both_names(model, tmp_path):
             "'block.0.attn.q_lnear.weight' instead") in str(err.value)
 
 
+def test_a_checkpoint_of_another_size_names_the_architecture_it_fits(tmp_path):
+    """Every key of another shape (683 for Meta-SpikeFormer 31M read as 15M) made a message of
+    some 90,000 characters; now the first few, a count, and the zoo entries it does fit."""
+    torch.save(zoo.build("spikformer-cifar-4-256").state_dict(), tmp_path / "c.pth")
+    with pytest.raises(CheckpointError) as err:
+        from_checkpoint(tmp_path / "c.pth", "spikformer-cifar-4-384")
+    msg = str(err.value)
+    assert len(msg) < 2000, len(msg)
+    assert msg.count("in the checkpoint but") == 8
+    assert "more keys of another shape; it fits architecture 'spikformer-cifar-4-256'" in msg
+
+
 def test_missing_unexpected_and_misshaped_keys_are_listed(model):
     state = model.state_dict()
     del state["head.bias"]
