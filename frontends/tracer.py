@@ -640,6 +640,7 @@ class _Builder:
         self._keys: dict[tuple, list[str]] = {}
         # F.pad outputs: the padded value, its pads and its border's constant (None: zeros)
         self._pad_borders: dict[Expr, tuple[Val, tuple[int, ...], np.ndarray | None]] = {}
+        self._multi_step_called: set[str] = set()  # neurons that keep their state (keeps_state)
         self._step_terms: dict[Expr, list[Expr]] = {}
         self._sites: dict[tuple, Expr | None] = {}  # site -> its value in the latest step
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
@@ -891,6 +892,11 @@ class _Builder:
                               "of its batch; unfold it first (x.reshape(T, B, ...))")
             if x.frame != TB or x.expr.step is not None or state is not None:
                 raise _Refuse("a multi-step neuron needs a [T, B, ...] input and no state")
+            if adapter.keeps_state(m):
+                if c.path in self._multi_step_called:
+                    raise _Refuse("called a second time in one forward, it goes on from the "
+                                  "membrane its first call left: use one neuron module per call")
+                self._multi_step_called.add(c.path)
             shape = tuple(spikes.shape[2:])
             out = self.new(c, lambda n, i: self._integrator(n, i[0], p, shape)
                            if isinstance(p, Integrator) else _neuron_node(

@@ -564,3 +564,39 @@ def test_a_tensor_made_in_forward_is_taken_as_it_is_when_used():
     res = Simulator(g).run(x.numpy(), T)
     np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
     assert_rates_in_range({"if": float(y.mean())})
+
+
+def test_a_spikingjelly_neuron_called_twice_in_one_forward_is_refused():
+    """Its second multi-step call goes on from the membrane the first left; the graph started
+    it afresh (7% of spikes differed, without a word). A conv called twice is fine."""
+    class Twice(nn.Module):
+        def __init__(self, reuse: str):
+            super().__init__()
+            self.c1, self.c2 = (layer.Conv2d(3, 4, 1, step_mode="m"),
+                                layer.Conv2d(4, 4, 1, step_mode="m"))
+            self.lif, self.lif2 = neuron.IFNode(step_mode="m"), neuron.IFNode(step_mode="m")
+            self.reuse = reuse
+
+        def forward(self, x):
+            a = self.lif(self.c1(x))
+            if self.reuse == "neuron":
+                return self.lif(self.c2(a))
+            return self.lif2(self.c2(self.c2(a)))
+
+    x = 2 * torch.randn(T, 2, 3, 5, 5, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(4))
+    with pytest.raises(UnsupportedError, match=r"module 'lif': op 'IFNode' is not supported "
+                                               r"\(called a second time in one forward"):
+        trace(Twice("neuron").double(), x, T=T, static=False)
+    torch.manual_seed(0)
+    model = Twice("conv").double().eval()
+    with torch.no_grad():  # the second IF fires
+        model.c2.weight.mul_(4.0)
+        model.c2.bias.fill_(0.6)
+    g = trace(model, x, T=T, static=False)
+    functional.reset_net(model)
+    with torch.no_grad():
+        y = model(x).numpy()
+    res = Simulator(g).run(x.numpy(), T)
+    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
+    assert_rates_in_range({"lif2": float(y.mean())})

@@ -37,6 +37,9 @@ An :class:`Adapter` answers, for a module ``m`` it :meth:`~Adapter.owns`:
 - :meth:`~Adapter.is_leaf`: ``True``/``False`` to make ``m`` a leaf of the trace or trace through
   its ``forward``; ``None`` lets the tracer decide (torch's own layers are leaves, everything
   else is traced through). Neurons are always leaves.
+- :meth:`~Adapter.keeps_state`: whether a multi-step neuron ``m`` keeps its membrane when a
+  call ends, so that a second call would go on from it (spikingjelly's, until reset); the tracer
+  then refuses a second call in one forward.
 - :meth:`~Adapter.module_handler`: for a non-neuron leaf: ``None`` (the tracer maps it by its
   torch layer class), an equivalent ``torch.nn.Module`` (what ``m`` computes on one step in
   eval mode, e.g. ``nn.Identity()`` for a dropout), or a handler function
@@ -118,6 +121,9 @@ class Adapter:
 
     def is_leaf(self, m: nn.Module) -> bool | None:
         return None
+
+    def keeps_state(self, m: nn.Module) -> bool:
+        return False
 
     def module_handler(self, m: nn.Module):
         return None

@@ -110,6 +110,9 @@ class SpikingJellyAdapter(Adapter):
             return STEP_MULTI if type(m).__name__.startswith(_MULTI_STEP) else STEP_SINGLE
         return getattr(m, "step_mode", STEP_SINGLE)
 
+    def keeps_state(self, m: nn.Module) -> bool:
+        return True  # its membrane stays in the module until reset()
+
     def is_leaf(self, m: nn.Module) -> bool | None:
         traced_through = _TRACED_THROUGH.get(type(m).__module__)
         if traced_through is not None:
