@@ -91,6 +91,19 @@ _VIEW_FUNCTIONS = frozenset({
 _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
 
 
+def _defaults_after_input(model: nn.Module) -> dict:
+    """The parameters of ``model.forward`` after its input that have defaults, at those values:
+    the model is called with its input alone. fx would make each a placeholder, which the
+    model's ``if hook is not None`` took for a value given (Spike-Driven Transformer's
+    ``forward(x, hook=None)``)."""
+    import inspect
+
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {p.name: p.default for p in params
+            if p.default is not inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
 def refuse_hooks(m: nn.Module, path: str) -> None:
     """Refuse a leaf or root module with forward hooks: the graph has its ``forward`` only (a
     hook that scales the output was left out, without a word). Hooks of the modules traced
@@ -200,6 +213,7 @@ class _ConcreteTracer(fx.Tracer):
         self._input = shaped_like(example) if shaped else example
         self._running = 0
         self._constants = 0
+        self._placeholders = 0
         self._occurrences: dict[tuple, int] = {}
         self._stacks: dict[tuple, int] = {}
         self._codes: list[list] = []
@@ -297,6 +311,9 @@ class _ConcreteTracer(fx.Tracer):
         proxy.node.meta["value"] = value
         if kind == "placeholder":
             proxy.node.meta["example"] = self.example
+            # a later parameter at its default (_defaults_after_input): that value, no input
+            proxy.node.meta["default"] = self._placeholders > 0 and bool(args)
+            self._placeholders += 1
         proxy.node.meta["scope"] = self.scope.module_path
         proxy.node.meta["site"] = self._site()
         if receiver is not None:
@@ -329,7 +346,7 @@ class _ConcreteTracer(fx.Tracer):
 
     def _evaluate(self, kind, target, args, kwargs):
         if kind == "placeholder":
-            return self._input
+            return args[0] if self._placeholders > 0 and args else self._input
         shaped = any(isinstance(a, ShapedTensor) for a in _walk((args, kwargs)))
         if shaped and target in _CONSTANT_LIKE and isinstance(args[0], ShapedTensor):
             return _uniform_like(target, args, kwargs)
@@ -661,6 +678,9 @@ class _Builder:
             return Const(node.meta["value"] if "value" in node.meta else
                          _fetch(self.root, node.target))
         if node.op == "placeholder":
+            if node.meta["default"]:
+                value = node.meta["value"]
+                return Const(value) if isinstance(value, torch.Tensor) else value
             return self._input(node, static)
         c = self._call(node)
         try:
@@ -954,7 +974,11 @@ class _Builder:
     def finish(self, outputs) -> Graph:
         outs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
         if not outs or not all(isinstance(o, Val) for o in outs):
-            raise UnsupportedError("the model must return tensors computed from its input")
+            returned = ", ".join("a tensor" if isinstance(o, Val) else type(o).__name__
+                                 for o in outs)
+            raise UnsupportedError(f"the model must return tensors computed from its input; it "
+                                   f"returns ({returned}): wrap it in a module that returns its "
+                                   f"output tensor(s) alone")
         for i, o in enumerate(outs):
             name = self.materialize(o.expr, self.T - 1)
             if name is not None:
@@ -1800,7 +1824,7 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
     with _inference(model):
         try:
             refuse_hooks(model, "")
-            fx_graph = tracer.trace(model)
+            fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
         except fx.proxy.TraceError as err:
             raise UnsupportedError(f"cannot trace: {' '.join(str(err).split())}",
                                    path=tracer.scope.module_path or None) from None

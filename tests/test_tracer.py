@@ -600,3 +600,40 @@ def test_a_spikingjelly_neuron_called_twice_in_one_forward_is_refused():
     res = Simulator(g).run(x.numpy(), T)
     np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
     assert_rates_in_range({"lif2": float(y.mean())})
+
+
+class WithOptions(nn.Module):
+    """``forward(x, hook=None, gain=2.0)`` as Spike-Driven Transformer's ``forward(x,
+    hook=None)``: fx made each a placeholder, and ``hook is not None`` held."""
+
+    def __init__(self, returns_hook: bool = False):
+        super().__init__()
+        self.conv, self.lif = layer.Conv2d(3, 4, 1, step_mode="m"), neuron.IFNode(step_mode="m")
+        self.returns_hook = returns_hook
+
+    def forward(self, x, hook=None, gain=2.0):
+        y = self.lif(self.conv(x) * gain)
+        if hook is not None:
+            hook["lif"] = y.detach()
+        return (y, hook) if self.returns_hook else y
+
+
+def test_parameters_after_the_input_are_traced_at_their_defaults():
+    torch.manual_seed(0)
+    model = WithOptions().double().eval()
+    x = 3 * torch.randn(T, 2, 3, 5, 5, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(5))
+    g = trace(model, x, T=T, static=False)
+    assert [n.factor for n in g.of_type(ir.Scale)] == [2.0]
+    functional.reset_net(model)
+    with torch.no_grad():
+        y = model(x).numpy()
+    res = Simulator(g).run(x.numpy(), T)
+    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
+    assert_rates_in_range({"lif": float(y.mean())})
+
+
+def test_returning_something_besides_tensors_says_what_it_returns():
+    with pytest.raises(UnsupportedError, match=r"it returns \(a tensor, NoneType\): wrap it"):
+        trace(WithOptions(returns_hook=True).double(),
+              torch.randn(T, 2, 3, 5, 5, dtype=torch.float64), T=T, static=False)
