@@ -274,19 +274,40 @@ def check_replaceable_directory(path: Path, target: str = "") -> None:
     foreign)."""
     for _ in range(100):
         try:
-            before = os.lstat(path).st_ino
+            before = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return  # gone: the caller's next round moves the new directory in
+        pinned = _pin_directory(path)
         try:
             _judge_directory(path, target)
             return
         except OutputError:
             try:
-                if os.lstat(path).st_ino == before:
-                    raise
+                now = os.lstat(path)
             except (FileNotFoundError, NotADirectoryError):
                 return
+            if _same_file(now, os.fstat(pinned) if pinned is not None else before):
+                raise
+        finally:
+            if pinned is not None:
+                os.close(pinned)
     raise OutputError(f"{path}: other writers keep replacing it; nothing was written")
+
+
+def _pin_directory(path: Path) -> int | None:
+    """A descriptor of the directory ``path`` names (None if it names none): while it is open,
+    no other directory can be given the same inode number, so comparing it with what ``path``
+    names later is exact. Without it, a directory swapped out and removed by a concurrent writer
+    had its number reused by the next one swapped in, and a refusal of the old, half-removed
+    one counted (once in CI, 6 writers replacing one path 300 times)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def atomic_directory(path: str | Path, fill: Callable[[Path], None], target: str = "") -> Path:

@@ -178,6 +178,28 @@ def test_the_old_or_the_new_artifact_is_there_at_every_instant(tmp_path):
     assert tree["a"] == tree["b"] and _litter(tmp_path) == []
 
 
+def test_a_directory_swapped_out_while_it_is_judged_is_judged_again(tmp_path, monkeypatch):
+    """A writer lists the old directory as another writer, having swapped it out, removes it
+    (its marker gone): the refusal of that one does not count, the path is judged again. (In
+    CI the path once named a new directory with the removed one's inode number, and the
+    refusal counted; comparing against a descriptor held open rules that out.)"""
+    import snncc.files as files
+
+    out = tmp_path / "art"
+    atomic_directory(out, _fill({"a": b"0"}))
+    real, raced = files._directory_entries, []
+
+    def listing_the_old_directory(path):
+        if raced:
+            return real(path)
+        raced.append(path)
+        atomic_directory(out, _fill({"a": b"1"}))  # another writer swaps its artifact in
+        return {"a"}  # what was left of the old one when it was listed
+    monkeypatch.setattr(files, "_directory_entries", listing_the_old_directory)
+    atomic_directory(out, _fill({"a": b"2"}))
+    assert raced and _tree(out)["a"] == b"2" and _litter(tmp_path) == []
+
+
 def test_concurrent_file_writers_each_win(tmp_path):
     out = tmp_path / "y.npy"
     errors = []
