@@ -1147,9 +1147,8 @@ class _Builder:
             def connect():
                 first = next(iter(rec.calls.values()))
                 if sorted(rec.calls) != list(range(self.T)):
-                    once = ("; a model of single-step neurons called once per step by a loop "
-                            "outside it is traced through a module that runs that loop"
-                            if sorted(rec.calls) == [0] else "")
+                    once = ("; if a loop outside the model calls it once per step, trace a "
+                            "module that runs that loop" if sorted(rec.calls) == [0] else "")
                     self.errors[(path, f"op '{type(self.root.get_submodule(path)).__name__}': "
                                        f"called at steps {sorted(rec.calls)}, not at every step "
                                        f"0..{self.T - 1}{once}")] = None

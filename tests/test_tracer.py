@@ -476,8 +476,8 @@ def test_in_place_ops_that_would_change_what_the_graph_does_not_see_are_refused(
 def test_a_single_step_model_called_once_says_to_trace_its_loop():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), neuron.IFNode())
     with pytest.raises(UnsupportedError, match=r"op 'IFNode': called at steps \[0\], not at "
-                                               r"every step 0..3; a model of single-step neurons "
-                                               r"called once per step by a loop outside"):
+                                               r"every step 0..3; if a loop outside the model "
+                                               r"calls it once per step, trace a module"):
         trace(model, torch.randn(2, 3, 5, 5), T=T)
 
 
