@@ -29,7 +29,7 @@ from snncc.frontends.zoo import randomize_bn
 from snncc.simulator import simulate
 from snncc.targets import get_target
 
-from conftest import assert_rates_in_range
+from conftest import assert_rates_in_range, library_spikes
 
 cd = pytest.importorskip("spikingjelly.clock_driven")
 from spikingjelly.clock_driven import functional, layer, neuron  # noqa: E402
@@ -47,8 +47,9 @@ class TokenMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1_linear, self.fc1_bn, self.fc1_lif = nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), _lif()
-        self.fc2_linear, self.fc2_bn, self.fc2_lif = nn.Linear(hidden, dim), nn.BatchNorm1d(dim), _lif()
+        self.fc1_linear, self.fc1_bn = nn.Linear(dim, hidden), nn.BatchNorm1d(hidden)
+        self.fc2_linear, self.fc2_bn = nn.Linear(hidden, dim), nn.BatchNorm1d(dim)
+        self.fc1_lif, self.fc2_lif = _lif(), _lif()
         self.hidden = hidden
 
     def forward(self, x):
@@ -98,10 +99,10 @@ class OfficialStyleSpikformer(nn.Module):
     def __init__(self, dim: int = 32, heads: int = 2, classes: int = 10):
         super().__init__()
         self.T = T
-        self.proj_conv, self.proj_bn, self.proj_lif = nn.Conv2d(3, dim // 2, 3, 1, 1, bias=False), \
-            nn.BatchNorm2d(dim // 2), _lif()
-        self.proj_conv1, self.proj_bn1, self.proj_lif1 = nn.Conv2d(dim // 2, dim, 3, 1, 1, bias=False), \
-            nn.BatchNorm2d(dim), _lif()
+        self.proj_conv = nn.Conv2d(3, dim // 2, 3, 1, 1, bias=False)
+        self.proj_bn, self.proj_lif = nn.BatchNorm2d(dim // 2), _lif()
+        self.proj_conv1 = nn.Conv2d(dim // 2, dim, 3, 1, 1, bias=False)
+        self.proj_bn1, self.proj_lif1 = nn.BatchNorm2d(dim), _lif()
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.rpe_conv, self.rpe_bn, self.rpe_lif = nn.Conv2d(dim, dim, 3, 1, 1, bias=False), \
             nn.BatchNorm2d(dim), _lif()
@@ -159,7 +160,8 @@ def transitional_api_net() -> nn.Module:
         ab_layer.Conv2d(3, 8, 3, padding=1, step_mode="m"), ab_layer.BatchNorm2d(8, step_mode="m"),
         ab_neuron.LIFNode(tau=2.0, step_mode="m"), ab_layer.MaxPool2d(2, step_mode="m"),
         ab_layer.Dropout(0.2, step_mode="m"), ab_layer.Flatten(step_mode="m"),
-        ab_layer.Linear(8 * 4 * 4, 16, step_mode="m"), ab_layer.SeqToANNContainer(nn.BatchNorm1d(16)),
+        ab_layer.Linear(8 * 4 * 4, 16, step_mode="m"),
+        ab_layer.SeqToANNContainer(nn.BatchNorm1d(16)),
         ab_neuron.ParametricLIFNode(init_tau=2.0, step_mode="m"),
         ab_layer.SeqToANNContainer(nn.Linear(16, 10), nn.BatchNorm1d(10)),
         ab_neuron.IFNode(step_mode="m"))
@@ -202,22 +204,6 @@ def build(name: str, seed: int = 0):
     return model, x.unsqueeze(0).repeat(T, 1, 1, 1, 1) if name in SEQUENCE else x
 
 
-def library_spikes(model, x, paths: set[str]):
-    """The model's own forward from fresh state: its output and every neuron's spikes."""
-    calls: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    hooks = [model.get_submodule(p).register_forward_hook(
-        lambda _m, _i, out, p=p: calls[p].append(out.detach())) for p in paths]
-    functional.reset_net(model)
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        functional.reset_net(model)
-    return y.numpy(), {p: torch.cat(c).numpy() for p, c in calls.items()}
-
-
 @pytest.fixture(scope="module")
 def traced():
     cache = {}
@@ -227,7 +213,7 @@ def traced():
             model, x = build(name)
             g = trace(model, x, T=T, static=name not in SEQUENCE, name=name)
             neurons = g.of_type(ir.Neuron)
-            y, spikes = library_spikes(model, x, {n.path for n in neurons})
+            y, spikes = library_spikes(model, x, {n.path for n in neurons}, functional.reset_net)
             batch = x.shape[1 if name in SEQUENCE else 0]
             ref = {n.name: spikes[n.path].reshape(T, batch, *n.shape) for n in neurons}
             assert len(neurons) == sum(type(m).__name__.endswith("Node") for m in model.modules())

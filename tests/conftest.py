@@ -26,6 +26,23 @@ def assert_rates_in_range(rates: dict, lo: float = 0.05, hi: float = 0.95) -> No
         assert lo <= r <= hi, f"firing rate of {name} is {r:.3f}, outside [{lo}, {hi}]"
 
 
+def library_spikes(model, x: torch.Tensor, paths: set[str], reset):
+    """The model's own forward from fresh state (``reset``: the library's reset_net): its output
+    and the concatenated outputs of every hooked module in ``paths``."""
+    calls: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+    hooks = [model.get_submodule(p).register_forward_hook(
+        lambda _m, _i, out, p=p: calls[p].append(out.detach())) for p in paths]
+    reset(model)
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        reset(model)
+    return y.numpy(), {p: torch.cat(c).numpy() for p, c in calls.items() if c}
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -25,7 +25,7 @@ from snncc.frontends.zoo import randomize_bn
 from snncc.simulator import simulate
 from snncc.targets import get_target
 
-from conftest import assert_rates_in_range
+from conftest import assert_rates_in_range, library_spikes
 
 T = 4
 pytest.importorskip("spikingjelly.activation_based")
@@ -97,22 +97,6 @@ def _build(name: str, seed: int = 0):
     return model, x if name in STATIC else _sequence(x)
 
 
-def library_spikes(model, x: torch.Tensor, paths: set[str]):
-    """The model's own forward from fresh state: its output and every hooked neuron's spikes."""
-    calls: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    hooks = [model.get_submodule(p).register_forward_hook(
-        lambda _m, _i, out, p=p: calls[p].append(out.detach())) for p in paths]
-    functional.reset_net(model)
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        functional.reset_net(model)
-    return y.numpy(), {p: torch.cat(c).numpy() for p, c in calls.items() if c}
-
-
 @pytest.fixture(scope="module")
 def traced():
     """name -> (model, graph, simulator input, float64 simulation, library spikes by node)."""
@@ -123,7 +107,7 @@ def traced():
             model, x = _build(name)
             g = trace(model, x, T=T, static=name in STATIC, name=name)
             neurons = g.of_type(ir.Neuron)
-            y, spikes = library_spikes(model, x, {n.path for n in neurons})
+            y, spikes = library_spikes(model, x, {n.path for n in neurons}, functional.reset_net)
             ref = {n.name: spikes[n.path].reshape(T, x.shape[-4], *n.shape) for n in neurons}
             xs = x.numpy()
             cache[name] = g, xs, simulate(g, xs, T, record=True), ref, y
@@ -273,7 +257,7 @@ def test_float32_model_keeps_float32_weights_and_library_spikes(tmp_path, name):
     model.double()
     x = x.double()
     neurons = g.of_type(ir.Neuron)
-    _, spikes = library_spikes(model, x, {n.path for n in neurons})
+    _, spikes = library_spikes(model, x, {n.path for n in neurons}, functional.reset_net)
     ref = {n.name: spikes[n.path].reshape(T, x.shape[-4], *n.shape) for n in neurons}
     rates = [float(np.mean(s)) for s in ref.values()]
     assert all(0.0 < r < 1.0 for r in rates) and 0.05 <= float(np.mean(rates)) <= 0.95

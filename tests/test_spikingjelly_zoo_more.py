@@ -29,7 +29,8 @@ from snncc.simulator import simulate
 from snncc.targets import get_target
 
 from conftest import assert_rates_in_range
-from test_spikingjelly_models import assert_spikes, last_step, library_spikes, output_of
+from conftest import library_spikes
+from test_spikingjelly_models import assert_spikes, last_step, output_of
 
 T = 4
 pytest.importorskip("spikingjelly.activation_based")
@@ -196,7 +197,7 @@ def traced():
             steps = STEPS.get(name, T)
             g = trace(model, x, T=steps, static=static, name=name)
             neurons = g.of_type(ir.Neuron)
-            y, spikes = library_spikes(model, x, {n.path for n in neurons})
+            y, spikes = library_spikes(model, x, {n.path for n in neurons}, functional.reset_net)
             batch = x.shape[0] if static else x.shape[1]
             ref = {n.name: spikes[n.path].reshape(steps, batch, *n.shape) for n in neurons}
             del model
@@ -403,7 +404,7 @@ def test_every_constructor_traces_exactly_or_is_refused(module, name):
     steps = 6 if name == "SpikeDHS" else T if static else x.shape[0]
     g = trace(model, x, T=steps, static=static, name=name)  # deep ResNets: trace() copes
     neurons = g.of_type(ir.Neuron)
-    y, spikes = library_spikes(model, x, {n.path for n in neurons})
+    y, spikes = library_spikes(model, x, {n.path for n in neurons}, functional.reset_net)
     batch = x.shape[0] if static else x.shape[1]
     res = simulate(g, x.numpy(), steps, record=True)
     ref = {n.name: spikes[n.path].reshape(steps, batch, *n.shape) for n in neurons}

@@ -317,6 +317,17 @@ def test_tracing_restores_training_mode():
     assert all(m.training for m in model.modules())
 
 
+def assert_output_sequence_is_the_models(model: nn.Module, x: torch.Tensor, g, name: str):
+    """The simulator's output at every step is the model's own (float64, exactly), and the
+    output neuron ``name`` fires at a rate within [5%, 95%]."""
+    functional.reset_net(model)
+    with torch.no_grad():
+        y = model(x).numpy()
+    res = Simulator(g).run(x.numpy(), T)
+    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
+    assert_rates_in_range({name: float(y.mean())})
+
+
 class AssignedBorderPad(nn.Module):
     """Meta-SpikeFormer's official BNAndPadLayer: F.pad, then each side of the border set to the
     BN's per-channel value by a slice assignment (``sides``: which of the four)."""
@@ -383,12 +394,7 @@ def test_border_set_by_slice_assignments_is_one_pad_with_the_bn_values(seed):
     assert pad.pads == zoo_pad.pads == (1, 1, 1, 1)
     np.testing.assert_array_equal(pad.value, zoo_pad.value)
     assert np.ptp(pad.value) > 0  # per channel, not one number
-    functional.reset_net(model)
-    with torch.no_grad():
-        y = model(x).numpy()
-    res = Simulator(g).run(x.numpy(), T)
-    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
-    assert_rates_in_range({"lif": float(y.mean())})
+    assert_output_sequence_is_the_models(model, x, g, "lif")
 
 
 @pytest.mark.parametrize("kw, reason", [
@@ -453,12 +459,7 @@ def test_in_place_ops_are_traced_as_the_values_they_leave(how):
     x = torch.randn(T, 2, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     g = trace(model, x, T=T, static=False)
     assert [n.factor for n in g.of_type(ir.Scale)] == [3.0]
-    functional.reset_net(model)
-    with torch.no_grad():
-        y = model(x.clone()).numpy()
-    res = Simulator(g).run(x.numpy(), T)
-    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
-    assert_rates_in_range({"lif": float(y.mean())})
+    assert_output_sequence_is_the_models(model, x, g, "lif")
 
 
 @pytest.mark.parametrize("how, reason", [
@@ -527,12 +528,7 @@ def test_hooks_traced_through_and_pruning_give_the_model_spikes(hooked):
     x = 4 * torch.randn(T, 2, 3, 5, 5, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(2))
     g = trace(model, x, T=T, static=False)
-    functional.reset_net(model)
-    with torch.no_grad():
-        y = model(x).numpy()
-    res = Simulator(g).run(x.numpy(), T)
-    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
-    assert_rates_in_range({"if": float(y.mean())})
+    assert_output_sequence_is_the_models(model, x, g, "if")
     if hooked == "pruned":
         (conv,) = g.of_type(ir.Conv2d)
         assert (conv.weight == 0).mean() == 0.5
@@ -558,12 +554,7 @@ def test_a_tensor_made_in_forward_is_taken_as_it_is_when_used():
                         generator=torch.Generator().manual_seed(3))
     g = trace(model, x, T=T, static=False)
     assert sorted(float(n.factor.ravel()[0]) for n in g.of_type(ir.Scale)) == [0.75, 1.5]
-    functional.reset_net(model)
-    with torch.no_grad():
-        y = model(x).numpy()
-    res = Simulator(g).run(x.numpy(), T)
-    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
-    assert_rates_in_range({"if": float(y.mean())})
+    assert_output_sequence_is_the_models(model, x, g, "if")
 
 
 def test_a_spikingjelly_neuron_called_twice_in_one_forward_is_refused():
@@ -594,12 +585,7 @@ def test_a_spikingjelly_neuron_called_twice_in_one_forward_is_refused():
         model.c2.weight.mul_(4.0)
         model.c2.bias.fill_(0.6)
     g = trace(model, x, T=T, static=False)
-    functional.reset_net(model)
-    with torch.no_grad():
-        y = model(x).numpy()
-    res = Simulator(g).run(x.numpy(), T)
-    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
-    assert_rates_in_range({"lif2": float(y.mean())})
+    assert_output_sequence_is_the_models(model, x, g, "lif2")
 
 
 class WithOptions(nn.Module):
@@ -625,12 +611,7 @@ def test_parameters_after_the_input_are_traced_at_their_defaults():
                         generator=torch.Generator().manual_seed(5))
     g = trace(model, x, T=T, static=False)
     assert [n.factor for n in g.of_type(ir.Scale)] == [2.0]
-    functional.reset_net(model)
-    with torch.no_grad():
-        y = model(x).numpy()
-    res = Simulator(g).run(x.numpy(), T)
-    np.testing.assert_array_equal(res.output_sequence[g.outputs[0].name], y)
-    assert_rates_in_range({"lif": float(y.mean())})
+    assert_output_sequence_is_the_models(model, x, g, "lif")
 
 
 def test_returning_something_besides_tensors_says_what_it_returns():
