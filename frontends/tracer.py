@@ -104,7 +104,7 @@ def _defaults_after_input(model: nn.Module) -> dict:
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def refuse_hooks(m: nn.Module, path: str) -> None:
+def _refuse_hooks(m: nn.Module, path: str) -> None:
     """Refuse a leaf or root module with forward hooks: the graph has its ``forward`` only (a
     hook that scales the output was left out, without a word). Hooks of the modules traced
     through are traced with them; torch.nn.utils.prune's, which make the weight the graph
@@ -119,6 +119,10 @@ def refuse_hooks(m: nn.Module, path: str) -> None:
         raise UnsupportedError(f"op '{type(m).__name__}' is not supported (it has forward hooks "
                                "(register_forward_hook, register_forward_pre_hook), which the "
                                "graph would leave out: remove them)", path=path or None)
+
+
+_SHARED = ("an in-place op on a tensor that shares memory with another (the input, a parameter, "
+           "a view or a tensor viewed) would change that one too: write it out of place")
 
 
 def _in_place(method: str) -> bool:
@@ -164,9 +168,13 @@ class _ConcreteProxy(fx.Proxy):
 
     def __setitem__(self, index, value):
         """``x[index] = value`` is recorded as ``x = _assigned(x, index, value)``: later uses of
-        this proxy read the assignment's result."""
-        self.node = self.tracer.create_proxy("call_function", _assigned,
-                                             (self, index, value), {}).node
+        this proxy read the assignment's result (refused where another tensor would see it)."""
+        if _may_share_memory(self.node, self.tracer.root):
+            raise UnsupportedError(f"op 'Tensor.__setitem__' is not supported ({_SHARED})",
+                                   path=self.tracer.scope.module_path or None)
+        node = self.tracer.create_proxy("call_function", _assigned, (self, index, value), {}).node
+        node.meta["in_place_of"] = self.node
+        self.node = node
 
 
 def _assigned(x: torch.Tensor, index, value) -> torch.Tensor:
@@ -238,7 +246,7 @@ class _ConcreteTracer(fx.Tracer):
             return forward(*args, **kwargs)
         path = self.path_of_module(m)
         if self.is_leaf_module(m, path):
-            refuse_hooks(m, path)
+            _refuse_hooks(m, path)
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
@@ -294,9 +302,7 @@ class _ConcreteTracer(fx.Tracer):
                 reason = "an in-place op with no out-of-place form"
             elif target not in _METADATA_IN_PLACE and _may_share_memory(receiver.node,
                                                                           self.root):
-                reason = ("an in-place op on a tensor that shares memory with another (the "
-                          "input, a parameter, a view or a tensor viewed) would change that one "
-                          "too: write it out of place")
+                reason = _SHARED
             else:
                 reason = None
             if reason:
@@ -1822,7 +1828,7 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
     tracer = _ConcreteTracer(x, shaped)
     with _inference(model):
         try:
-            refuse_hooks(model, "")
+            _refuse_hooks(model, "")
             fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
         except fx.proxy.TraceError as err:
             raise UnsupportedError(f"cannot trace: {' '.join(str(err).split())}",

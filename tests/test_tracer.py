@@ -618,3 +618,19 @@ def test_returning_something_besides_tensors_says_what_it_returns():
     with pytest.raises(UnsupportedError, match=r"it returns \(a tensor, NoneType\): wrap it"):
         trace(WithOptions(returns_hook=True).double(),
               torch.randn(T, 2, 3, 5, 5, dtype=torch.float64), T=T, static=False)
+
+
+def test_an_assignment_through_a_view_of_the_padding_is_refused():
+    """``out[..., 0:1, :]`` taken first, then assigned into: ``out`` changes too, which a
+    record of the assignment on the view alone would miss."""
+    class ThroughView(AssignedBorderPad):
+        def forward(self, x):
+            out = F.pad(self.bn(x), [1] * 4)
+            top = out[:, :, 0:1, :]
+            top[:, :, :, :] = 0.5
+            return out
+
+    model = RepConvLike(ThroughView(8)).double()
+    with pytest.raises(UnsupportedError, match=r"'Tensor.__setitem__' is not supported \(an "
+                                               r"in-place op on a tensor that shares memory"):
+        trace(model, torch.randn(T, 2, 3, 6, 6, dtype=torch.float64), T=T, static=False)
