@@ -26,7 +26,10 @@ imports): neurons, layer wrappers and state.
   ``MultiStepContainer`` are traced through; every other module of its ``layer`` (stateful
   filters, NeuNorm, DropConnect, recurrent containers) is refused by name. A multi-step neuron
   with ``backend='cupy'`` compiles, but its model's own forward (``snncc check``) then needs
-  CUDA tensors.
+  CUDA tensors. 0.0.0.0.14's own ``activation_based`` keeps its layers in one ``layer`` module:
+  its classes are leaves or traced through as 2.0's of the same names.
+- **State**: a neuron keeps its membrane in the module until ``reset()``, so a multi-step call
+  goes on from the one before (:meth:`keeps_state`: the tracer refuses a second call).
 """
 
 from __future__ import annotations
