@@ -4,7 +4,7 @@ repositories write them (``MultiStepLIFNode(tau=2.0, detach_reset=True)``, steps
 batch around every layer, BatchNorm1d over transposed tokens; ``SeqToANNContainer``; single-step
 ``LIFNode`` loops reset with ``functional.reset_net``) are traced and give the library's own
 spikes at every neuron (firing rates in [5%, 95%]) on the simulator, onnxruntime and a NIR round
-trip, in float64, as do two networks of 0.0.0.0.14's own model package (a multi-step SEW-ResNet-18
+trip (the Spikformer also in Lava), in float64, as do two networks of 0.0.0.0.14's own model package (a multi-step SEW-ResNet-18
 with IAND connections and a spiking VGG-11-BN); ``snncc compile`` and ``check`` take such a model
 file; the modules of its ``layer`` that compute something the IR does not express are refused by
 name.
@@ -303,3 +303,18 @@ def test_a_neuron_without_a_canonical_form_is_refused_naming_it():
                                                                  theta_rh=0.8)).double().eval()
     with pytest.raises(UnsupportedError, match="MultiStepEIFNode has no exact canonical form"):
         trace(net, torch.randn(T, 2, 8, dtype=torch.float64), T=T, static=False)
+
+
+def test_lava_gives_the_library_spikes(traced, tmp_path):
+    """The official-style Spikformer in Lava processes (Loihi2SimCfg floating_pt), through the
+    CLI's pass pipeline."""
+    from snncc.backends.lava.artifact import emit
+    from snncc.backends.lava.runner import run_artifact
+    from snncc.pipeline import for_target
+
+    g, x, ref, y = traced("spikformer")
+    compiled = for_target("lava", log=lambda s: None).run(g.copy())
+    res = run_artifact(emit(compiled, tmp_path / "lava"), x, T)
+    assert_spikes(res["trace"], ref)
+    (out,) = res["outputs"].values()
+    np.testing.assert_allclose(out, y, rtol=1e-12, atol=1e-12)
