@@ -36,7 +36,7 @@ SNNCC_VENV="$venv" bash "$repo/scripts/lava_dl_env.sh" >/dev/null
 # tests/test_spikingjelly_legacy.py puts it ahead of 2.0 on a test process's path
 legacy_sj="$venv/spikingjelly-0.0.0.0.14"
 if [ ! -d "$legacy_sj/spikingjelly/clock_driven" ]; then
-  "${pip[@]}" install --no-deps --target "$legacy_sj" "spikingjelly==0.0.0.0.14"
+  "${pip[@]}" install --no-deps --upgrade --target "$legacy_sj" "spikingjelly==0.0.0.0.14"
 fi
 # nir 1.0.4 (what sinabs pins) in its own small environment, to test --nir-compat nir-1.0.4
 SNNCC_NIR104_VENV="$venv/nir104" PYTHON="$python" bash "$repo/scripts/nir104_env.sh" >/dev/null
