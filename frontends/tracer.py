@@ -33,6 +33,7 @@ module path, e.g. ``module 'blocks.0.attn': op 'torch.softmax' is not supported`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import operator
@@ -322,6 +323,8 @@ class _ConcreteTracer(fx.Tracer):
             self._placeholders += 1
         proxy.node.meta["scope"] = self.scope.module_path
         proxy.node.meta["site"] = self._site()
+        if kind == "call_module":
+            self._note_dynamics(proxy.node)
         if receiver is not None:
             # the in-place op's result, computed without changing the value it was called on:
             # the proxy the model holds reads it from now on, as the tensor itself would
@@ -329,6 +332,21 @@ class _ConcreteTracer(fx.Tracer):
             receiver.node = proxy.node
             return receiver
         return proxy
+
+    def _note_dynamics(self, node: fx.Node) -> None:
+        """A neuron's parameters as they are when it is called (``node.meta['dynamics']``, or
+        the error saying why it has none): a model may change them between its calls (a
+        threshold per step), and the graph is built after the model's forward has ended."""
+        m = self.root.get_submodule(node.target)
+        adapter = _neuron_adapter(m)
+        if adapter is not None:
+            self._running += 1  # its parameters as values, not proxies
+            try:
+                node.meta["dynamics"] = adapter.canonical(m, node.target)
+            except UnsupportedError as e:
+                node.meta["dynamics"] = e
+            finally:
+                self._running -= 1
 
     def _site(self) -> tuple:
         """(module, call stack, occurrence). A stack is a number, one per distinct stack of
@@ -595,6 +613,28 @@ class _SteppedNeuron:
     name: str | None = None
 
 
+def _same_dynamics(a, b, shape: tuple) -> bool:
+    """Whether two calls of a single-step neuron compute the same: equal canonical parameters,
+    or circuits that build the same nodes (a model may change a threshold between its steps)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, cn.CanonicalParams):
+        return a == b
+    if isinstance(a, NeuronCircuit) and (a.fire != b.fire or a.v_init != b.v_init):
+        return False
+    built = [p.build("n", "x", shape) for p in (a, b)]
+    if isinstance(a, NeuronCircuit):
+        built = [nodes for nodes, _ in built]
+    return len(built[0]) == len(built[1]) and all(map(_same_node, *built))
+
+
+def _same_node(a: ir.Node, b: ir.Node) -> bool:
+    def same(u, v):
+        return np.array_equal(u, v) if isinstance(u, np.ndarray) else u == v
+    return type(a) is type(b) and all(same(getattr(a, f.name), getattr(b, f.name))
+                                      for f in dataclasses.fields(a))
+
+
 def _np(t) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
@@ -691,7 +731,8 @@ class _Builder:
         c = self._call(node)
         try:
             if node.op == "call_module":
-                return self._module(self.root.get_submodule(node.target), c, args, kwargs)
+                return self._module(self.root.get_submodule(node.target), c, args, kwargs,
+                                    node.meta.get("dynamics"))
             return self._function(node, c, args, kwargs)
         except (_Refuse, UnsupportedError) as err:  # the latter from an adapter
             reason = err.message if isinstance(err, UnsupportedError) else str(err)
@@ -890,10 +931,10 @@ class _Builder:
         return out
 
     # ------------------------------------------------------------------ modules
-    def _module(self, m: nn.Module, c: _Call, args, kwargs):
+    def _module(self, m: nn.Module, c: _Call, args, kwargs, dynamics=None):
         adapter = adapter_for(m)
         if adapter is not None and adapter.is_neuron(m):
-            return self._neuron(adapter, m, c, args, kwargs)
+            return self._neuron(adapter, m, c, args, kwargs, dynamics)
         handler = _module_handler(m, adapter)
         if adapter is not None and adapter.step_mode(m) == STEP_MULTI:
             # a multi-step layer: its per-step layer applied to x.flatten(0, 1)
@@ -904,8 +945,11 @@ class _Builder:
             return Val(y.expr, TB)
         return handler(self, c, *args, **kwargs)
 
-    def _neuron(self, adapter: Adapter, m: nn.Module, c: _Call, args, kwargs):
-        p = adapter.canonical(m, c.path)
+    def _neuron(self, adapter: Adapter, m: nn.Module, c: _Call, args, kwargs, dynamics=None):
+        """``dynamics``: its parameters at the call (_note_dynamics)."""
+        if isinstance(dynamics, UnsupportedError):
+            raise dynamics
+        p = adapter.canonical(m, c.path) if dynamics is None else dynamics
         x, state, returns_state, spikes = adapter.single_step_call(m, args, kwargs, c.value)
         if not isinstance(x, Val) or x.expr.time == READOUT:
             raise _Refuse("a neuron's input must be a per-step tensor")
@@ -933,6 +977,9 @@ class _Builder:
         if x.frame != B:
             raise _Refuse("a single-step neuron needs a [B, ...] input")
         rec = self.neurons.setdefault(c.path, _SteppedNeuron(p, tuple(spikes.shape[1:]), {}))
+        if rec.calls and not _same_dynamics(p, rec.params, rec.shape):
+            raise _Refuse("its parameters (threshold, decay, reset ...) differ from its first "
+                          "call's: one neuron of the graph has one set")
         t = self._step_of_call(c.path, rec, state, returns_state)
         if t in rec.calls or (x.expr.step or 0) > t or t >= self.T:
             raise _Refuse(f"its call for step {t} does not fit a loop over T={self.T} steps")

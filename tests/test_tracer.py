@@ -634,3 +634,34 @@ def test_an_assignment_through_a_view_of_the_padding_is_refused():
     with pytest.raises(UnsupportedError, match=r"'Tensor.__setitem__' is not supported \(an "
                                                r"in-place op on a tensor that shares memory"):
         trace(model, torch.randn(T, 2, 3, 6, 6, dtype=torch.float64), T=T, static=False)
+
+
+class ThresholdPerStep(nn.Module):
+    """A single-step IF neuron whose threshold the model's loop sets before each call (and
+    restores after): the graph was built with the value left at the end, for every step."""
+
+    def __init__(self, thresholds):
+        super().__init__()
+        self.conv, self.lif, self.thresholds = nn.Conv2d(3, 4, 1), neuron.IFNode(), thresholds
+
+    def forward(self, x):
+        out = []
+        for t in range(T):
+            self.lif.v_threshold = self.thresholds[t]
+            out.append(self.lif(self.conv(x)))
+        self.lif.v_threshold = 1.0
+        return torch.stack(out)
+
+
+def test_neuron_parameters_are_taken_as_they_are_at_each_call():
+    with pytest.raises(UnsupportedError, match=r"module 'lif': op 'IFNode' is not supported \(its "
+                                               r"parameters \(threshold, decay, reset ...\) differ"):
+        trace(ThresholdPerStep([1.0, 1.5, 2.0, 2.5]).double(),
+              torch.randn(2, 3, 5, 5, dtype=torch.float64), T=T)
+    torch.manual_seed(0)
+    model = ThresholdPerStep([0.5] * T).double().eval()  # the same at every call, not 1.0
+    x = 2 * torch.randn(2, 3, 5, 5, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(6))
+    g = trace(model, x, T=T)
+    assert [float(n.theta) for n in g.of_type(ir.Neuron)] == [0.5]
+    assert_output_sequence_is_the_models(model, x, g, "lif")
