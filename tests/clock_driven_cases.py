@@ -4,9 +4,9 @@ repositories write them (``MultiStepLIFNode(tau=2.0, detach_reset=True)``, steps
 batch around every layer, BatchNorm1d over transposed tokens; ``SeqToANNContainer``; single-step
 ``LIFNode`` loops reset with ``functional.reset_net``) are traced and give the library's own
 spikes at every neuron (firing rates in [5%, 95%]) on the simulator, onnxruntime and a NIR round
-trip (the Spikformer also in Lava), in float64, as do two networks of 0.0.0.0.14's own model package (a multi-step SEW-ResNet-18
-with IAND connections and a spiking VGG-11-BN); ``snncc compile`` and ``check`` take such a model
-file; the modules of its ``layer`` that compute something the IR does not express are refused by
+trip (the Spikformer also in Lava), in float64, as do two networks of 0.0.0.0.14's own model
+package (a multi-step SEW-ResNet-18 with IAND connections and a spiking VGG-11-BN); ``snncc
+compile`` and ``check`` take such a model file; the modules of its ``layer`` that compute something the IR does not express are refused by
 name.
 
 Not collected by the main test run (spikingjelly 2.0 is installed there): test_spikingjelly_legacy

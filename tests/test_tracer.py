@@ -654,8 +654,9 @@ class ThresholdPerStep(nn.Module):
 
 
 def test_neuron_parameters_are_taken_as_they_are_at_each_call():
-    with pytest.raises(UnsupportedError, match=r"module 'lif': op 'IFNode' is not supported \(its "
-                                               r"parameters \(threshold, decay, reset ...\) differ"):
+    with pytest.raises(UnsupportedError, match=r"module 'lif': op 'IFNode' is not supported "
+                                               r"\(its parameters \(threshold, decay, reset "
+                                               r"...\) differ"):
         trace(ThresholdPerStep([1.0, 1.5, 2.0, 2.5]).double(),
               torch.randn(2, 3, 5, 5, dtype=torch.float64), T=T)
     torch.manual_seed(0)
