@@ -666,3 +666,40 @@ def test_neuron_parameters_are_taken_as_they_are_at_each_call():
     g = trace(model, x, T=T)
     assert [float(n.theta) for n in g.of_type(ir.Neuron)] == [0.5]
     assert_output_sequence_is_the_models(model, x, g, "lif")
+
+
+class FixedLIF(neuron.LIFNode):
+    """A repository's own neuron class that only fixes the library's arguments (SpikingResformer's
+    ``class LIF(neuron.LIFNode)``)."""
+
+    def __init__(self):
+        super().__init__(tau=3.0, v_threshold=0.8, detach_reset=True, step_mode="m")
+
+
+class Conv1x1(layer.Conv2d):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, kernel_size=1, bias=False, step_mode="m")
+
+
+class LeakyCharge(neuron.LIFNode):
+    """A subclass that changes how the membrane charges: not LIFNode's spikes."""
+
+    def neuronal_charge(self, x):
+        self.v = 0.9 * self.v + x
+
+
+def test_subclasses_of_library_classes_that_fix_their_arguments_are_those_classes():
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1x1(3, 8), layer.BatchNorm2d(8, step_mode="m"),
+                          FixedLIF()).double().eval()
+    zoo.randomize_bn(model, 0)
+    x = 2 * torch.randn(T, 2, 3, 5, 5, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(7))
+    g = trace(model, x, T=T, static=False)
+    assert [type(n).__name__ for n in g.nodes.values()] == ["Input", "Conv2d", "BatchNorm",
+                                                             "Neuron", "Output"]
+    assert_output_sequence_is_the_models(model, x, g, "2")
+    with pytest.raises(UnsupportedError, match=r"LeakyCharge, a subclass of spikingjelly's "
+                                               r"LIFNode, defines neuronal_charge"):
+        trace(nn.Sequential(Conv1x1(3, 8), LeakyCharge(step_mode="m")).double(), x, T=T,
+              static=False)

@@ -81,19 +81,27 @@ class SpikingJellyAdapter(Adapter):
     name = "spikingjelly"
 
     def owns(self, m: nn.Module) -> bool:
-        return type(m).__module__.startswith((_PACKAGE, _LEGACY))
+        base = _library_class(m)
+        return base is not None and (self.is_neuron(m) or not _overridden(m))
 
     def is_neuron(self, m: nn.Module) -> bool:
-        return type(m).__module__.startswith(_NEURON_MODULES) or \
-            _qualname(m) in _NEURONS_ELSEWHERE
+        base = _library_class(m)
+        return base is not None and (base.__module__.startswith(_NEURON_MODULES)
+                                     or _qualname(m) in _NEURONS_ELSEWHERE)
 
     def canonical(self, m: nn.Module, path: str) -> cn.CanonicalParams:
-        kind = _NEURONS_ELSEWHERE.get(_qualname(m), type(m).__name__)
+        base = _library_class(m)
+        if _overridden(m):
+            raise UnsupportedError(
+                f"{type(m).__name__}, a subclass of spikingjelly's {base.__name__}, defines "
+                f"{', '.join(_overridden(m))}: what it computes may not be {base.__name__}'s",
+                path=path)
+        kind = _NEURONS_ELSEWHERE.get(_qualname(m), base.__name__)
         if _legacy(m):
             kind = kind.removeprefix(_MULTI_STEP)
         if kind not in _CANONICAL:
             raise UnsupportedError(
-                f"spikingjelly's {type(m).__name__} has no exact canonical form (supported: "
+                f"spikingjelly's {base.__name__} has no exact canonical form (supported: "
                 f"{', '.join(_CANONICAL)}"
                 + (", and their MultiStep classes)" if _legacy(m) else ")"), path=path)
         if getattr(m, "_neuron_precision", None) is not None:
@@ -110,20 +118,22 @@ class SpikingJellyAdapter(Adapter):
 
     def step_mode(self, m: nn.Module) -> str:
         if _legacy(m):
-            return STEP_MULTI if type(m).__name__.startswith(_MULTI_STEP) else STEP_SINGLE
+            return STEP_MULTI if _library_class(m).__name__.startswith(_MULTI_STEP) \
+                else STEP_SINGLE
         return getattr(m, "step_mode", STEP_SINGLE)
 
     def keeps_state(self, m: nn.Module) -> bool:
         return True  # its membrane stays in the module until reset()
 
     def is_leaf(self, m: nn.Module) -> bool | None:
-        traced_through = _TRACED_THROUGH.get(type(m).__module__)
+        base = _library_class(m)
+        traced_through = _TRACED_THROUGH.get(base.__module__)
         if traced_through is not None:
-            return type(m).__name__ not in traced_through
-        return True if type(m).__module__ in _LEAF_LAYERS else None
+            return base.__name__ not in traced_through
+        return True if base.__module__ in _LEAF_LAYERS else None
 
     def module_handler(self, m: nn.Module):
-        name = type(m).__name__
+        name = _library_class(m).__name__
         if name in _PLAIN_WRAPPERS:
             return None
         if name in _IDENTITIES:
@@ -140,12 +150,37 @@ class SpikingJellyAdapter(Adapter):
                 m.reset()
 
 
+def _library_class(m: nn.Module) -> type | None:
+    """The class of spikingjelly's that ``m`` is: its own, or the one a class defined elsewhere
+    subclasses (a repository's ``class LIF(neuron.LIFNode)`` that fixes the constructor's
+    arguments, as SpikingResformer's)."""
+    return next((c for c in type(m).__mro__ if c.__module__.startswith((_PACKAGE, _LEGACY))),
+                None)
+
+
+#: what a subclass may define without changing what its spikingjelly class computes
+_INERT = frozenset({"__init__", "__module__", "__qualname__", "__doc__", "__annotations__",
+                    "__dict__", "__weakref__", "__slots__", "extra_repr"})
+
+
+def _overridden(m: nn.Module) -> list[str]:
+    """What the classes between ``type(m)`` and its spikingjelly class define besides a
+    constructor."""
+    base, names = _library_class(m), set()
+    for cls in type(m).__mro__:
+        if cls is base:
+            break
+        names |= set(vars(cls))
+    return sorted(names - _INERT)
+
+
 def _qualname(m: nn.Module) -> str:
-    return f"{type(m).__module__}.{type(m).__name__}"
+    base = _library_class(m)
+    return f"{base.__module__}.{base.__name__}"
 
 
 def _legacy(m: nn.Module) -> bool:
-    return type(m).__module__.startswith(_LEGACY)
+    return _library_class(m).__module__.startswith(_LEGACY)
 
 
 # dropouts: the identity in eval mode
