@@ -319,7 +319,7 @@ class _ConcreteTracer(fx.Tracer):
         if kind == "placeholder":
             proxy.node.meta["example"] = self.example
             # a later parameter at its default (_defaults_after_input): that value, no input
-            proxy.node.meta["default"] = self._placeholders > 0 and bool(args)
+            proxy.node.meta["default"] = value is not self._input
             self._placeholders += 1
         proxy.node.meta["scope"] = self.scope.module_path
         proxy.node.meta["site"] = self._site()
@@ -931,7 +931,7 @@ class _Builder:
         return out
 
     # ------------------------------------------------------------------ modules
-    def _module(self, m: nn.Module, c: _Call, args, kwargs, dynamics=None):
+    def _module(self, m: nn.Module, c: _Call, args, kwargs, dynamics):
         adapter = adapter_for(m)
         if adapter is not None and adapter.is_neuron(m):
             return self._neuron(adapter, m, c, args, kwargs, dynamics)
@@ -945,11 +945,11 @@ class _Builder:
             return Val(y.expr, TB)
         return handler(self, c, *args, **kwargs)
 
-    def _neuron(self, adapter: Adapter, m: nn.Module, c: _Call, args, kwargs, dynamics=None):
-        """``dynamics``: its parameters at the call (_note_dynamics)."""
+    def _neuron(self, adapter: Adapter, m: nn.Module, c: _Call, args, kwargs, dynamics):
+        """``dynamics``: its parameters at the call (_note_dynamics), or why it has none."""
         if isinstance(dynamics, UnsupportedError):
             raise dynamics
-        p = adapter.canonical(m, c.path) if dynamics is None else dynamics
+        p = dynamics
         x, state, returns_state, spikes = adapter.single_step_call(m, args, kwargs, c.value)
         if not isinstance(x, Val) or x.expr.time == READOUT:
             raise _Refuse("a neuron's input must be a per-step tensor")
