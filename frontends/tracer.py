@@ -122,6 +122,8 @@ def _refuse_hooks(m: nn.Module, path: str) -> None:
                                "graph would leave out: remove them)", path=path or None)
 
 
+#: the name of a tensor made in forward (not the model's) in the fx graph
+_MADE_IN_FORWARD = "_snncc_constant"
 _SHARED = ("an in-place op on a tensor that shares memory with another (the input, a parameter, "
            "a view or a tensor viewed) would change that one too: write it out of place")
 
@@ -285,7 +287,7 @@ class _ConcreteTracer(fx.Tracer):
                 and not any(a is buf for buf in self.root.buffers()):
             # a tensor made in forward: keep it in the graph, not as an attribute of the model;
             # its value now (the model may change it in place afterwards: that is another value)
-            node = self.create_node("get_attr", f"_snncc_constant{self._constants}", (), {})
+            node = self.create_node("get_attr", f"{_MADE_IN_FORWARD}{self._constants}", (), {})
             self._constants += 1
             node.meta["value"] = a.clone()
             return node
@@ -537,10 +539,13 @@ class Val:
 @dataclass(frozen=True)
 class Const:
     """A tensor that does not depend on the input (parameters and what is computed from them);
-    ``frame``: the time/batch axes it has when made ``*_like`` a traced tensor."""
+    ``frame``: the time/batch axes it has when made ``*_like`` a traced tensor.
+    ``as_in_float64``: ``value`` is what the model run in float64 has here (upcast, where it is
+    in another float dtype): a parameter or buffer, or what is computed from them."""
 
     value: object
     frame: tuple[str, ...] = ()
+    as_in_float64: bool = False
 
 
 @dataclass(frozen=True)
@@ -679,6 +684,44 @@ def _array_key(a: np.ndarray) -> tuple:
     return a.shape, a.dtype.str, broadcast, hashlib.sha1(memoryview(one).cast("B")).hexdigest()
 
 
+def _computed_in_float64(node: fx.Node, value: torch.Tensor, args, kwargs):
+    """The op ``node`` on constants computed as the model run in float64 computes it (its
+    parameters and buffers upcast; tensors made in forward as they are), or None where no
+    operand is the model's or it cannot be. snncc's parity is against the model in float64:
+    traced in float32, SpikingResformer's ``1 / sqrt(firing_rate * d)`` kept float32 rounding
+    and flipped one spike in 33 million."""
+    if not any(isinstance(a, Const) and a.as_in_float64 for a in _walk((args, kwargs))):
+        return None
+
+    def operand(a):
+        if not isinstance(a, Const):
+            return a
+        v = a.value
+        if a.as_in_float64 and isinstance(v, torch.Tensor) and v.is_floating_point() \
+                and v.dtype != torch.float64:
+            return _upcast(v)
+        return v
+
+    cargs, ckwargs = fx.node.map_aggregate((args, kwargs), operand)
+    fn = getattr(type(cargs[0]), node.target) if node.op == "call_method" else node.target
+    try:  # (in-place ops are recorded out of place: no operand is changed)
+        out = on_broadcast_constants(fn, cargs, ckwargs)
+        out = fn(*cargs, **ckwargs) if out is None else out
+    except (RuntimeError, TypeError, ValueError):  # as the model in float64 would fail
+        return None
+    return out if isinstance(out, torch.Tensor) and out.shape == value.shape else None
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64, axes it is broadcast along (stride 0) kept broadcast: a constant
+    repeated over time and batch is not made whole."""
+    one = t
+    for axis, (n, stride) in enumerate(zip(t.shape, t.stride())):
+        if stride == 0 and n > 1:
+            one = one.narrow(axis, 0, 1)
+    return one.to(torch.float64).expand(t.shape)
+
+
 def _walk(obj):
     """Every leaf of nested tuples/lists/dicts/slices."""
     out = []
@@ -721,8 +764,10 @@ class _Builder:
 
     def _eval(self, node: fx.Node, args, kwargs, static: bool):
         if node.op == "get_attr":
-            return Const(node.meta["value"] if "value" in node.meta else
-                         _fetch(self.root, node.target))
+            if node.target.startswith(_MADE_IN_FORWARD):
+                return Const(node.meta["value"])
+            value = node.meta["value"] if "value" in node.meta else _fetch(self.root, node.target)
+            return Const(value, as_in_float64=True)  # a parameter or buffer
         if node.op == "placeholder":
             if node.meta["default"]:
                 value = node.meta["value"]
@@ -780,7 +825,9 @@ class _Builder:
         if not any(isinstance(a, _FROM_INPUT) for a in leaves):
             if isinstance(c.value, torch.Tensor):  # computed from constants only
                 frames = [a.frame for a in leaves if isinstance(a, Const) and a.frame]
-                return Const(c.value, frames[0] if frames else ())
+                value = _computed_in_float64(node, c.value, args, kwargs)
+                return Const(c.value if value is None else value, frames[0] if frames else (),
+                             value is not None)
             return c.value
         table = _METHODS if node.op == "call_method" else _FUNCTIONS
         handler = table.get(node.target)
@@ -1290,6 +1337,10 @@ def _ndim(x: Val) -> int:
     return len(x.frame) + len(x.expr.shape)
 
 
+def _full_shape(b, x: Val) -> tuple[int, ...]:
+    return (*(b.size[d] for d in x.frame), *x.expr.shape)
+
+
 def _identity(b, c, x, *args, **kwargs):
     return x
 
@@ -1355,7 +1406,30 @@ def _getitem(b, c, x, index):
         return x[index]  # a tuple or list of traced values
     if isinstance(index, int):
         return b.step_of(c, x, index % b.T)
-    raise _Refuse("only x[t] (one time step) indexing is supported")
+    parts = index if isinstance(index, tuple) else (index,)
+    if parts.count(Ellipsis) > 1 or not all(p is Ellipsis or isinstance(p, slice) for p in parts):
+        raise _Refuse("only x[t] (one time step) and slices (x[..., a:b, :]) are supported")
+    if Ellipsis in parts:
+        k = parts.index(Ellipsis)
+        parts = parts[:k] + (slice(None),) * (_ndim(x) - len(parts) + 1) + parts[k + 1:]
+    shape = _full_shape(b, x)
+    if len(parts) > len(shape):
+        raise _Refuse("too many indices for the tensor")
+    narrowed = [(dim, p.indices(n)) for dim, (p, n) in enumerate(zip(parts, shape))
+                if p.indices(n) != (0, n, 1)]
+    if not narrowed:
+        return x
+    if len(narrowed) > 1 or narrowed[0][1][2] != 1:
+        raise _Refuse("only a slice of one axis with step 1 is supported (x[..., a:b, :])")
+    dim, (start, stop, _) = narrowed[0]
+    return _narrowed(b, c, x, dim, start, stop, c.hint, c.site)
+
+
+def _narrow(b, c, x, dim, start, length):
+    x = _val(x)
+    dim %= _ndim(x)
+    start %= _full_shape(b, x)[dim]
+    return _narrowed(b, c, x, dim, start, start + length, c.hint, c.site)
 
 
 def _select(b, c, x, dim, index):
@@ -1382,22 +1456,32 @@ def _stack(b, c, tensors, dim=0):
                           vals[-1].expr.shape), TB)
 
 
+def _narrowed(b, c, x: Val, dim: int, start: int, stop: int, hint: str, site) -> Val:
+    """``x`` sliced to [start, stop) along its axis ``dim`` (a per-step axis)."""
+    axis = dim - len(x.frame)
+    if axis < 0:
+        raise _Refuse("it slices the time or batch axis")
+    if stop <= start:
+        raise _Refuse("it takes an empty slice")
+    time, step = _join_time([x.expr])
+    shape = list(x.expr.shape)
+    shape[axis] = stop - start
+    e = _Slice(None, (x.expr,), c.op, hint, c.path, tuple(shape), time, step, site, axis=axis,
+               start=start, stop=stop)
+    if step is not None and site is not None:
+        b._note_site(e)
+    return Val(e, x.frame)
+
+
 def _pieces(b, c, x, dim) -> tuple[Val, ...]:
     """The pieces ``c.value`` (chunk / split results) of ``x`` along ``dim`` as slices."""
     x = _val(x)
-    axis = dim % _ndim(x) - len(x.frame)
-    if axis < 0:
-        raise _Refuse("it splits the time or batch axis")
-    time, step = _join_time([x.expr])
+    dim %= _ndim(x)
     out, start = [], 0
     for k, piece in enumerate(c.value):
         stop = start + piece.shape[dim]
-        e = _Slice(None, (x.expr,), c.op, f"{c.hint}_{k}", c.path,
-                   tuple(piece.shape[len(x.frame):]), time, step,
-                   None if c.site is None else (*c.site, k), axis=axis, start=start, stop=stop)
-        if step is not None and e.site is not None:
-            b._note_site(e)
-        out.append(Val(e, x.frame))
+        out.append(_narrowed(b, c, x, dim, start, stop, f"{c.hint}_{k}",
+                             None if c.site is None else (*c.site, k)))
         start = stop
     return tuple(out)
 
@@ -1636,6 +1720,7 @@ _FUNCTIONS = {
     _assigned: _assign,
     torch.zeros_like: _like, torch.ones_like: _like, torch.full_like: _like,
     torch.clone: _identity, torch.chunk: _chunk, torch.split: _split,
+    torch.narrow: _narrow,
     torch.avg_pool1d: _avg_pool1d_function, F.avg_pool1d: _avg_pool1d_function,
     F.max_pool2d: _max_pool2d_function, F.avg_pool2d: _avg_pool2d_function,
 }
@@ -1646,6 +1731,7 @@ _METHODS = {
     "permute": _permute, "transpose": _transpose, "contiguous": _identity, "clone": _identity,
     "detach": _identity, "sum": _reduce(False), "mean": _reduce(True), "repeat": _repeat,
     "expand": _repeat, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
+    "narrow": _narrow,
 }
 
 

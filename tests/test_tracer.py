@@ -703,3 +703,102 @@ def test_subclasses_of_library_classes_that_fix_their_arguments_are_those_classe
                                                r"LIFNode, defines neuronal_charge"):
         trace(nn.Sequential(Conv1x1(3, 8), LeakyCharge(step_mode="m")).double(), x, T=T,
               static=False)
+
+
+class HeadSlices(nn.Module):
+    """SpikingResformer's DSSA (its official code, in small): the heads of a conv's output
+    sliced apart (``y[:, :, :, :c, :]``, reals) and attended with the input's spikes; a slice of
+    spikes too, in the form ``how``."""
+
+    def __init__(self, how: str, C: int = 4, heads: int = 2):
+        super().__init__()
+        self.how, self.heads = how, heads
+        self.lif_in = neuron.LIFNode(step_mode="m")
+        self.W = layer.Conv2d(C, 2 * C, 1, step_mode="m")
+        self.bn = layer.BatchNorm2d(2 * C, step_mode="m")
+        self.lif_attn, self.lif_out = neuron.IFNode(step_mode="m"), neuron.IFNode(step_mode="m")
+
+    def forward(self, x):
+        T_, B_, C, H, W = x.shape
+        x = self.lif_in(x)
+        y = self.bn(self.W(x)).reshape(T_, B_, self.heads, 2 * C // self.heads, -1)
+        c = C // self.heads
+        if self.how == "tuple":
+            y1, y2 = y[:, :, :, :c, :], y[:, :, :, c:, :]
+        elif self.how == "ellipsis":
+            y1, y2 = y[..., :c, :], y[..., -c:, :]
+        else:
+            y1, y2 = y.narrow(3, 0, c), torch.narrow(y, -2, c, c)
+        s = x.reshape(T_, B_, self.heads, c, -1)
+        attn = self.lif_attn(2.0 * (y1.transpose(-1, -2) @ s))
+        out = self.lif_out((y2 @ attn).reshape(T_, B_, C, H, W))
+        return out[..., 1:, :] if self.how == "ellipsis" else out
+
+
+@pytest.mark.parametrize("how", ["tuple", "ellipsis", "narrow"])
+def test_slices_of_one_axis_are_traced_as_the_model_computes_them(how):
+    """Indexing other than x[t] was refused, and SpikingResformer's official DSSA with it."""
+    torch.manual_seed(0)
+    model = HeadSlices(how).double().eval()
+    zoo.randomize_bn(model, 0)
+    x = 2 * torch.randn(T, 2, 4, 3, 3, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(5))
+    g = trace(model, x, T=T, static=False)
+    rates = assert_parity(model, x, g)
+    assert_rates_in_range({n.path: rates[n.name] for n in g.of_type(ir.Neuron)})
+
+
+@pytest.mark.parametrize("index, reason", [
+    ((Ellipsis, slice(None, None, 2)), r"only a slice of one axis with step 1"),
+    ((slice(None), slice(None), slice(0, 2), slice(0, 2)), r"only a slice of one axis"),
+    ((slice(1, None),), r"it slices the time or batch axis"),
+    ((Ellipsis, [0, 2]), r"only x\[t\] \(one time step\) and slices"),
+    ((Ellipsis, slice(3, 3)), r"it takes an empty slice"),
+])
+def test_indexing_the_graph_cannot_take_is_refused_saying_why(index, reason):
+    model = nn.Sequential(layer.Conv2d(3, 4, 1, step_mode="m"), neuron.IFNode(step_mode="m"))
+
+    class Indexed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return self.net(x)[index]
+
+    with pytest.raises(UnsupportedError, match=r"op 'operator.getitem' is not supported \("
+                                               + reason):
+        trace(Indexed(), torch.randn(T, 2, 3, 5, 5), T=T, static=False)
+
+
+class ScaleFromBuffer(nn.Module):
+    """SpikingResformer's DSSA scale in small: ``1 / sqrt(rate * d)`` of a buffer, computed in
+    forward, times a factor made in forward from a float32 tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.lif = layer.Conv2d(3, 4, 1, step_mode="m"), neuron.IFNode(step_mode="m")
+        self.register_buffer("rate", torch.tensor(0.1234567))
+
+    def forward(self, x):
+        scale = 1.0 / torch.sqrt(self.rate * 7)
+        return self.lif(self.conv(x) * scale * (torch.full((), 0.1) * 3))
+
+
+def test_constants_computed_from_the_models_tensors_are_the_float64_models():
+    """snncc's parity is against the model run in float64, where its buffers are float64: a
+    float32 model's ``1 / sqrt(rate * d)`` traced in float32 kept float32 rounding and flipped
+    a spike of the official SpikingResformer (one in 33 million). A tensor made in forward is
+    float32 in that run too, and stays so."""
+    torch.manual_seed(0)
+    model = ScaleFromBuffer().eval()
+    g = trace(model, torch.randn(T, 2, 3, 4, 4), T=T, static=False)
+    in_float64 = float(1.0 / torch.sqrt(model.rate.double() * 7))
+    assert in_float64 != float(1.0 / torch.sqrt(model.rate * 7))
+    made_in_forward = float(torch.full((), 0.1) * 3)
+    assert made_in_forward != 0.3
+    assert [float(n.factor) for n in g.of_type(ir.Scale)] == [in_float64, made_in_forward]
+    assert model.rate.dtype == torch.float32
+    x = 12 * torch.randn(T, 2, 3, 4, 4, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(2))
+    assert_output_sequence_is_the_models(model.double(), x, g, "lif")
