@@ -1407,22 +1407,35 @@ def _getitem(b, c, x, index):
     if isinstance(index, int):
         return b.step_of(c, x, index % b.T)
     parts = index if isinstance(index, tuple) else (index,)
-    if parts.count(Ellipsis) > 1 or not all(p is Ellipsis or isinstance(p, slice) for p in parts):
-        raise _Refuse("only x[t] (one time step) and slices (x[..., a:b, :]) are supported")
+    if parts.count(Ellipsis) > 1 or not all(p is Ellipsis or isinstance(p, (slice, int))
+                                            for p in parts):
+        raise _Refuse("only x[t] (one time step), slices (x[..., a:b, :]) and one position of a "
+                      "per-sample axis (x[:, :, 0]) are supported")
     if Ellipsis in parts:
         k = parts.index(Ellipsis)
         parts = parts[:k] + (slice(None),) * (_ndim(x) - len(parts) + 1) + parts[k + 1:]
     shape = _full_shape(b, x)
     if len(parts) > len(shape):
         raise _Refuse("too many indices for the tensor")
-    narrowed = [(dim, p.indices(n)) for dim, (p, n) in enumerate(zip(parts, shape))
-                if p.indices(n) != (0, n, 1)]
+    narrowed = [(dim, p) for dim, (p, n) in enumerate(zip(parts, shape))
+                if isinstance(p, int) or p.indices(n) != (0, n, 1)]
     if not narrowed:
         return x
-    if len(narrowed) > 1 or narrowed[0][1][2] != 1:
+    (dim, p), = narrowed if len(narrowed) == 1 else [(None, None)]
+    if isinstance(p, int):
+        return _select(b, c, x, dim, p)
+    if p is None or p.indices(shape[dim])[2] != 1:
         raise _Refuse("only a slice of one axis with step 1 is supported (x[..., a:b, :])")
-    dim, (start, stop, _) = narrowed[0]
+    start, stop, _ = p.indices(shape[dim])
     return _narrowed(b, c, x, dim, start, stop, c.hint, c.site)
+
+
+def _position(b, c, x: Val, dim: int, index: int) -> Val:
+    """``x.select(dim, index)`` of a per-sample axis: that one-wide slice, the axis dropped."""
+    index %= _full_shape(b, x)[dim]
+    one = _narrowed(b, c, x, dim, index, index + 1, f"{c.hint}_slice",
+                    None if c.site is None else (*c.site, "slice"))
+    return _reshape(b, c, one)
 
 
 def _narrow(b, c, x, dim, start, length):
@@ -1433,9 +1446,8 @@ def _narrow(b, c, x, dim, start, length):
 
 
 def _select(b, c, x, dim, index):
-    if dim % _ndim(_val(x)) != 0:
-        raise _Refuse("only the time axis can be selected")
-    return b.step_of(c, x, index % b.T)
+    dim %= _ndim(_val(x))
+    return b.step_of(c, x, index % b.T) if dim == 0 else _position(b, c, x, dim, index)
 
 
 def _unbind(b, c, x, dim=0):

@@ -748,11 +748,39 @@ def test_slices_of_one_axis_are_traced_as_the_model_computes_them(how):
     assert_rates_in_range({n.path: rates[n.name] for n in g.of_type(ir.Neuron)})
 
 
+class ClassToken(nn.Module):
+    """A spiking ViT's readout of its first token, ``x[:, :, 0]`` (or ``x.select(2, 0)``), and a
+    token picked from the end, ``x[..., -1, :]``."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.fc1, self.lif1 = layer.Linear(6, 8, step_mode="m"), neuron.LIFNode(step_mode="m")
+        self.fc2, self.lif2 = layer.Linear(8, 5, step_mode="m"), neuron.IFNode(step_mode="m")
+
+    def forward(self, x):  # [T, B, N, 6]
+        s = self.lif1(self.fc1(x))
+        first = s[:, :, 0] if self.how == "index" else s.select(2, 0)
+        return self.lif2(self.fc2(first + s[..., -1, :]))
+
+
+@pytest.mark.parametrize("how", ["index", "select"])
+def test_one_position_of_a_per_sample_axis_is_that_slice_without_the_axis(how):
+    torch.manual_seed(0)
+    model = ClassToken(how).double().eval()
+    x = 2 * torch.randn(T, 2, 3, 6, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(3))
+    g = trace(model, x, T=T, static=False)
+    rates = assert_parity(model, x, g)
+    assert_rates_in_range({n.path: rates[n.name] for n in g.of_type(ir.Neuron)})
+
+
 @pytest.mark.parametrize("index, reason", [
     ((Ellipsis, slice(None, None, 2)), r"only a slice of one axis with step 1"),
     ((slice(None), slice(None), slice(0, 2), slice(0, 2)), r"only a slice of one axis"),
     ((slice(1, None),), r"it slices the time or batch axis"),
-    ((Ellipsis, [0, 2]), r"only x\[t\] \(one time step\) and slices"),
+    ((Ellipsis, [0, 2]), r"only x\[t\] \(one time step\), slices"),
+    ((slice(None), 1), r"it slices the time or batch axis"),
     ((Ellipsis, slice(3, 3)), r"it takes an empty slice"),
 ])
 def test_indexing_the_graph_cannot_take_is_refused_saying_why(index, reason):
