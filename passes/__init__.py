@@ -17,14 +17,20 @@ from . import repconv  # noqa: F401
 from . import sdsa  # noqa: F401
 
 
-def default_pipeline(target_name: str) -> list[str]:
+def default_pipeline(target_name: str, quantized: bool = False) -> list[str]:
     """The default passes for a target: BN into thresholds where thresholds may differ per
     neuron, else into weights; ``legalize_for`` (it reads the target from
     ``graph.meta['target']`` or its ``target`` option); then the target's declared
-    ``default_passes`` not already in the list (e.g. Lava's latency balancing)."""
+    ``default_passes`` not already in the list (e.g. Lava's latency balancing).
+    ``reparameterize_repconv`` runs only in a pipeline that is ``quantized`` for Loihi 2:
+    Meta-SpikeFormer's RepConvs merged make their 1x1 / depthwise 3x3 / 1x1 chains dense 3x3
+    convolutions (15M: simulator and onnxruntime 20-30% slower, compile 1.6-2 s slower and 170
+    MB larger), which quantize within rounding where the chain's 8-bit weights lose 10-20% and
+    need no Pad processes off the neuro cores."""
     t = get_target(target_name)
     passes = [
-        "eliminate_dead_nodes", "fold_constants", "remove_identities", "reparameterize_repconv",
+        "eliminate_dead_nodes", "fold_constants", "remove_identities",
+        *(["reparameterize_repconv"] if quantized else []),
         "fold_batchnorm_into_threshold" if t.per_neuron_threshold
         else "fold_batchnorm_into_weights",
         "merge_sdsa_scale_into_threshold", "lower_spike_matmul_to_addressed_additions",

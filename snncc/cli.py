@@ -525,14 +525,17 @@ def list_passes():
     """List the registered passes and each target's default pipeline."""
     from snncc.passes import default_pipeline
 
-    from .pipeline import available_passes
+    from .pipeline import available_passes, for_target
     from .targets import all_targets
 
     for name, info in sorted(available_passes().items()):
         _out(f"{name:<44} {'(lossy) ' if info.lossy else ''}{info.doc}")
     _out("")
-    for name in sorted(all_targets()):
+    for name, target in sorted(all_targets().items()):
         _out(f"default pipeline for {name}: {', '.join(default_pipeline(name))}")
+        if target.fixed_point:
+            _out(f"default pipeline for {name} --fixed-point: "
+                 f"{', '.join(for_target(name, fixed_point=True).passes)}")
 
 
 @app.command()

@@ -131,7 +131,7 @@ def for_target(target: str, passes: list[str] | None = None, *, fixed_point: boo
     from .targets import get_target
 
     t = get_target(target)
-    names = default_pipeline(target) if passes is None else list(passes)
+    names = default_pipeline(target, fixed_point) if passes is None else list(passes)
     options = {"legalize_for": {"target": target}, **kw.pop("options", {})}
     if t.weight_folds != "any" and not fixed_point and QUANTIZE not in names:
         for fold in BN_FOLDS:  # a quantized graph has every BN folded

@@ -33,7 +33,7 @@ def quantize(g: Graph, **options) -> Graph:
 
 def compiled_for_lava(g: Graph) -> Graph:
     g.meta["target"] = "lava"
-    return run_passes(g, default_pipeline("lava"), log=lambda s: None)
+    return run_passes(g, default_pipeline("lava", quantized=True), log=lambda s: None)
 
 
 # Meta-SpikeFormer's official spiking head fires on the mean over tokens, which has no integer

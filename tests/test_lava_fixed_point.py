@@ -169,7 +169,7 @@ def test_runner_picks_fixed_pt_models_per_process(tmp_path):
 
 
 def zoo_passes() -> list[str]:
-    names = default_pipeline("lava")
+    names = default_pipeline("lava", quantized=True)
     names.insert(names.index("balance_synaptic_latency"), QUANTIZE)
     return names
 

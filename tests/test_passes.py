@@ -791,6 +791,21 @@ def test_default_pipelines():
         assert p in sim and p in lava
 
 
+def test_repconvs_are_merged_only_for_fixed_point():
+    """Merged, a RepConv is one dense 3x3 conv: slower to simulate and to compile in float (see
+    benchmarks/RESULTS.md), but its 8-bit weights lose only rounding, where the chain's lose
+    10-20%."""
+    from snncc.pipeline import for_target
+
+    for target in ("sim", "onnx", "nir", "lava"):
+        assert "reparameterize_repconv" not in default_pipeline(target)
+    for target, fold in (("sim", "fold_batchnorm_into_threshold"),
+                         ("lava", "fold_batchnorm_into_weights")):
+        names = for_target(target, fixed_point=True).passes
+        assert names.index("reparameterize_repconv") < names.index(fold) \
+            < names.index("quantize_for_loihi2")
+
+
 @pytest.mark.parametrize("target", ["sim", "nir", "onnx"])
 def test_default_pipeline_on_hand_built_graphs(target):
     for g, x in (conv_bn_lif(1), repconv_graph(1), attention_graph(1, N=8, d=4)):
