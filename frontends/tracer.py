@@ -1507,11 +1507,13 @@ def _split(b, c, x, split_size_or_sections, dim=0):
 
 
 def _select_columns(e: _Slice, P: int, L: int, Q: int) -> list:
-    """Steps of a slice of a real value: (P, L, Q) -> (P, Q, L) -> one-hot Linear -> back."""
+    """Steps of a slice of a real value: (P, L, Q) -> (P, Q, L) -> one-hot Linear -> back (the
+    last axis sliced, Q = 1: (P, 1, L) at once)."""
     m = e.stop - e.start
     onehot = np.zeros((m, L))
     onehot[np.arange(m), np.arange(e.start, e.stop)] = 1.0
-    steps = [("rows", (P, L, Q), lambda n, i: ir.Reshape(n, (i,), path=e.path, target=(P, L, Q)))]
+    rows = (P, L, Q) if Q > 1 else (P, Q, L)
+    steps = [("rows", rows, lambda n, i: ir.Reshape(n, (i,), path=e.path, target=rows))]
     if Q > 1:
         steps.append(("t", (P, Q, L), lambda n, i: ir.Transpose(n, (i,), path=e.path,
                                                                perm=(0, 2, 1))))

@@ -775,6 +775,41 @@ def test_one_position_of_a_per_sample_axis_is_that_slice_without_the_axis(how):
     assert_rates_in_range({n.path: rates[n.name] for n in g.of_type(ir.Neuron)})
 
 
+class LastAxisPieces(nn.Module):
+    """``q, k, v = qkv(x).chunk(3, dim=-1)`` on ``[T, B, C]`` (reals sliced along their last
+    axis, refused before: "expects last axis 12"), and in a loop of single-step neurons the
+    first and last tokens of spikes and a slice of their sum, ``tok[..., 2:5]``."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.qkv = nn.Linear(6, 12)
+        self.lif = neuron.LIFNode(step_mode="m" if how == "chunk" else "s")
+        self.fc, self.lif2 = nn.Linear(3, 4), neuron.IFNode()
+        with torch.no_grad():  # it fires
+            self.fc.bias.fill_(0.5)
+
+    def forward(self, x):
+        if self.how == "chunk":  # x: [T, B, 6]
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return self.lif(q + k + v)
+        outs = []  # x: [T, B, N, 6]
+        for t in range(T):
+            s = self.lif(self.qkv(x[t])[..., :8])
+            tok = s[:, 0] + s[:, -1]
+            outs.append(self.lif2(self.fc(tok[..., 2:5])))
+        return torch.stack(outs)
+
+
+@pytest.mark.parametrize("how, shape", [("chunk", (T, 2, 6)), ("loop", (T, 2, 3, 6))])
+def test_slices_of_the_last_axis_and_in_a_loop_over_time(how, shape):
+    torch.manual_seed(0)
+    model = LastAxisPieces(how).double().eval()
+    x = 2 * torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    g = trace(model, x, T=T, static=False)
+    assert_output_sequence_is_the_models(model, x, g, "lif" if how == "chunk" else "lif2")
+
+
 @pytest.mark.parametrize("index, reason", [
     ((Ellipsis, slice(None, None, 2)), r"only a slice of one axis with step 1"),
     ((slice(None), slice(None), slice(0, 2), slice(0, 2)), r"only a slice of one axis"),
