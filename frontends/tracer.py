@@ -1421,12 +1421,15 @@ def _getitem(b, c, x, index):
                 if isinstance(p, int) or p.indices(n) != (0, n, 1)]
     if not narrowed:
         return x
-    (dim, p), = narrowed if len(narrowed) == 1 else [(None, None)]
+    one_axis = "only a slice of one axis with step 1 is supported (x[..., a:b, :])"
+    if len(narrowed) > 1:
+        raise _Refuse(one_axis)
+    dim, p = narrowed[0]
     if isinstance(p, int):
         return _select(b, c, x, dim, p)
-    if p is None or p.indices(shape[dim])[2] != 1:
-        raise _Refuse("only a slice of one axis with step 1 is supported (x[..., a:b, :])")
-    start, stop, _ = p.indices(shape[dim])
+    start, stop, step = p.indices(shape[dim])
+    if step != 1:
+        raise _Refuse(one_axis)
     return _narrowed(b, c, x, dim, start, stop, c.hint, c.site)
 
 
