@@ -4,6 +4,9 @@ promises (what is removed, what is untouched, what is reported, what is declined
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -804,6 +807,11 @@ def test_repconvs_are_merged_only_for_fixed_point():
         names = for_target(target, fixed_point=True).passes
         assert names.index("reparameterize_repconv") < names.index(fold) \
             < names.index("quantize_for_loihi2")
+    listed = subprocess.run([sys.executable, "-m", "snncc.cli", "passes"], capture_output=True,
+                            text=True, timeout=120).stdout.splitlines()
+    assert f"default pipeline for lava: {', '.join(default_pipeline('lava'))}" in listed
+    assert ("default pipeline for lava --fixed-point: "
+            f"{', '.join(for_target('lava', fixed_point=True).passes)}") in listed
 
 
 @pytest.mark.parametrize("target", ["sim", "nir", "onnx"])
