@@ -746,6 +746,8 @@ class _Builder:
         self._keys: dict[tuple, list[str]] = {}
         # F.pad outputs: the padded value, its pads and its border's constant (None: zeros)
         self._pad_borders: dict[Expr, tuple[Val, tuple[int, ...], np.ndarray | None]] = {}
+        # cat of a value with constants: its zero-padded value and the constants (_cat_constants)
+        self._cat_constants: dict[Expr, tuple[Val, np.ndarray]] = {}
         self._multi_step_called: set[str] = set()  # neurons that keep their state (keeps_state)
         self._step_terms: dict[Expr, list[Expr]] = {}
         self._sites: dict[tuple, Expr | None] = {}  # site -> its value in the latest step
@@ -893,10 +895,15 @@ class _Builder:
             if not torch.equal(v, first.expand(v.shape)):
                 raise _Refuse("a constant that differs across time or batch")
             v = first
-        while v.dim() > len(x.expr.shape):
-            if v.shape[0] != 1:
+        lead = v.dim() - len(x.expr.shape)
+        if lead > 0:  # axes of the time and batch frame: one value along them (or expanded)
+            if lead > len(x.frame) or any(n not in (1, self.size[f]) for n, f in
+                                          zip(v.shape[:lead], x.frame[len(x.frame) - lead:])):
                 raise _Refuse("a constant that broadcasts over the time or batch axis")
-            v = v[0]
+            first = v[(0,) * lead]
+            if not torch.equal(v, first.expand(v.shape)):
+                raise _Refuse("a constant that differs across time or batch")
+            v = first
         return _np(v)
 
     def step_of(self, c: _Call, x: Val, t: int) -> Val:
@@ -1541,6 +1548,9 @@ def _pick_row(e: _Slice, r: int, R: int):
 
 
 def _cat(b, c, tensors, dim=0):
+    traced = [v for v in tensors if isinstance(v, _FROM_INPUT)]
+    if len(traced) == 1 and len(tensors) > 1:
+        return _cat_constants(b, c, list(tensors), _val(traced[0]), dim)
     vals = [_val(v) for v in tensors]
     frame, rank = vals[0].frame, len(vals[0].expr.shape)
     if any(v.frame != frame or len(v.expr.shape) != rank for v in vals):
@@ -1549,6 +1559,41 @@ def _cat(b, c, tensors, dim=0):
     if axis < 0:
         raise _Refuse("it concatenates along the time or batch axis")
     return b.new(c, lambda n, i: ir.Concat(n, i, path=c.path, axis=axis), vals, frame)
+
+
+def _cat_constants(b, c, items: list, x: Val, dim: int) -> Val:
+    """``cat`` of ``x`` with constants (a class token, ``cat([cls.expand(T, B, -1, -1), x])``):
+    ``x`` padded with zeros where the constants go along the axis, then the constants (zeros
+    over ``x``) added, exact: (P, L, Q) -> Pad of rows -> back -> :func:`_constant_added`."""
+    axis = dim % _ndim(x) - len(x.frame)
+    if axis < 0:
+        raise _Refuse("it concatenates along the time or batch axis")
+    shape = x.expr.shape
+    parts = []
+    for v in items:
+        if isinstance(v, _FROM_INPUT):
+            parts.append(np.zeros(shape))
+            continue
+        k = b.const(v, x)
+        if k.ndim != len(shape):
+            raise _Refuse("a constant of another rank")
+        parts.append(np.broadcast_to(k, shape[:axis] + (k.shape[axis],) + shape[axis + 1:]))
+    at = next(i for i, v in enumerate(items) if isinstance(v, _FROM_INPUT))
+    before = sum(p.shape[axis] for p in parts[:at])
+    after = sum(p.shape[axis] for p in parts[at + 1:])
+    P, L, Q = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+    out = shape[:axis] + (before + L + after,) + shape[axis + 1:]
+    rows = b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=(P, L, Q)), [x], x.frame,
+                 shape=(P, L, Q), hint=f"{c.hint}.rows")
+    padded = b.new(c, lambda n, i: ir.Pad(n, i, path=c.path, pads=(0, 0, before, after),
+                                          value=np.zeros(1)),
+                   [rows], x.frame, shape=(P, before + L + after, Q), hint=f"{c.hint}.pad")
+    joined = b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=out), [padded], x.frame,
+                   shape=out, hint=f"{c.hint}.joined")
+    k = np.concatenate(parts, axis=axis)
+    result = _constant_added(b, c, joined, k)
+    b._cat_constants[result.expr] = (joined, k)
+    return result
 
 
 def _binary(kind: str):
@@ -1630,9 +1675,7 @@ def _tensor_const(b, c, kind, x: Val, y) -> Val:
         if not k.any():
             return x
         folded = b.fold_pad(c, x, k) if kind == "add" else None
-        if folded is None:
-            raise _Refuse("adding a constant tensor")
-        return folded
+        return _constant_added(b, c, x, k if kind == "add" else -k) if folded is None else folded
     if kind == "div":
         if np.all(k == b.T) and (mean := b.mean_over_steps(c, x)) is not None:
             return mean
@@ -1645,6 +1688,27 @@ def _tensor_const(b, c, kind, x: Val, y) -> Val:
     if np.all(k == 1):
         return x
     return b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=k), [x], x.frame)
+
+
+def _constant_added(b, c, x: Val, k: np.ndarray) -> Val:
+    """``x + k`` for a constant ``k`` of at most a step's shape (a position embedding): each
+    element of a step its own channel of a BatchNorm of scale 1 (mean 0, variance 1, eps 0:
+    ``x * 1 + k`` exactly) with ``k`` as its bias."""
+    shape = x.expr.shape
+    if np.broadcast_shapes(k.shape, shape) != shape:
+        raise _Refuse("adding a constant tensor larger than a step of the value")
+    if x.expr in b._cat_constants:  # one bias: (padded + k0) + k == padded + (k0 + k) exactly,
+        x, k0 = b._cat_constants[x.expr]  # as padded is zero wherever k0 is not
+        k = k0 + k
+    bias = np.broadcast_to(k, shape).ravel()
+    n = bias.size
+    flat = b.new(c, lambda nm, i: ir.Reshape(nm, i, path=c.path, target=(n,)), [x], x.frame,
+                 shape=(n,), hint=f"{c.hint}.flat")
+    biased = b.new(c, lambda nm, i: ir.BatchNorm(
+        nm, i, path=c.path, weight=np.ones(n), bias=bias.copy(), mean=np.zeros(n),
+        var=np.ones(n), eps=0.0), [flat], x.frame, shape=(n,), hint=f"{c.hint}.bias")
+    return b.new(c, lambda nm, i: ir.Reshape(nm, i, path=c.path, target=shape), [biased],
+                 x.frame)
 
 
 def _neg(b, c, x):

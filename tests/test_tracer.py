@@ -834,6 +834,73 @@ def test_indexing_the_graph_cannot_take_is_refused_saying_why(index, reason):
         trace(Indexed(), torch.randn(T, 2, 3, 5, 5), T=T, static=False)
 
 
+@pytest.mark.parametrize("form", ["add", "radd", "sub"])
+def test_a_constant_tensor_added_is_a_batch_norm_of_scale_one(form):
+    """``x + pos`` (a position embedding), ``pos + x`` and ``x - pos``: each element its own
+    channel of a BN of scale 1 and the constant as its bias, exact."""
+    class Embedded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = layer.Linear(6, 5, step_mode="m"), neuron.LIFNode(step_mode="m")
+            self.pos = nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
+
+        def forward(self, x):  # [T, B, 3, 6]
+            y = self.fc(x)
+            y = y + self.pos if form == "add" else self.pos + y if form == "radd" else y - self.pos
+            return self.lif(y)
+
+    torch.manual_seed(0)
+    model = Embedded().double().eval()
+    x = 2 * torch.randn(T, 2, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    g = trace(model, x, T=T, static=False)
+    (bn,) = g.of_type(ir.BatchNorm)
+    sign = -1.0 if form == "sub" else 1.0
+    assert np.array_equal(bn.scale_shift()[0], np.ones(15))
+    assert np.array_equal(bn.scale_shift()[1], sign * model.pos.detach().numpy().ravel())
+    assert_output_sequence_is_the_models(model, x, g, "lif")
+
+
+def test_constants_concatenated_around_a_value_are_a_zero_pad_and_one_bias():
+    """``cat([a, x, b], -1) + pos``: x padded with zeros, then one BN of scale 1 whose bias is
+    a, pos and b in their places (exact: the padding is zero where the constants are)."""
+    class AroundConstants(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = layer.Linear(6, 4, step_mode="m"), neuron.LIFNode(step_mode="m")
+            self.a = nn.Parameter(torch.randn(1, 1, 3, 2, dtype=torch.float64))
+            self.b = nn.Parameter(torch.randn(3, 1, dtype=torch.float64))
+            self.pos = nn.Parameter(torch.randn(3, 7, dtype=torch.float64))
+
+        def forward(self, x):  # [T, B, 3, 6]
+            T_, B_ = x.shape[:2]
+            y = torch.cat([self.a.expand(T_, B_, -1, -1), self.fc(x),
+                           self.b.expand(T_, B_, -1, -1)], dim=-1)
+            return self.lif(y + self.pos)
+
+    torch.manual_seed(0)
+    model = AroundConstants().double().eval()
+    x = 2 * torch.randn(T, 2, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    g = trace(model, x, T=T, static=False)
+    (pad,) = g.of_type(ir.Pad)
+    assert pad.pads == (0, 0, 2, 1) and not pad.value.any()
+    assert len(g.of_type(ir.BatchNorm)) == 1
+    assert_output_sequence_is_the_models(model, x, g, "lif")
+
+
+def test_a_constant_larger_than_a_step_is_refused():
+    class Wider(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = layer.Linear(6, 1, step_mode="m"), neuron.IFNode(step_mode="m")
+            self.register_buffer("k", torch.ones(6))
+
+        def forward(self, x):  # [T, B, 6]
+            return self.lif(self.fc(x) + self.k)  # [T, B, 1] + [6]
+
+    with pytest.raises(UnsupportedError, match=r"adding a constant tensor larger than a step"):
+        trace(Wider(), torch.randn(T, 2, 6), T=T, static=False)
+
+
 class ScaleFromBuffer(nn.Module):
     """SpikingResformer's DSSA scale in small: ``1 / sqrt(rate * d)`` of a buffer, computed in
     forward, times a factor made in forward from a float32 tensor."""

@@ -362,3 +362,35 @@ def test_a_users_model_is_built_without_initialising_weights_it_then_loads(net, 
     assert doc["min_agreement"] == 1.0
     assert_rates_in_range({r["node"]: r["rate_reference"] for r in doc["layers"]})
     assert calls == ([True, False] if gained else [True])
+
+
+class PositionEmbedded(torch.nn.Module):
+    """A spiking ViT's patch embedding, a class token before the patches and a learnable
+    position embedding (``cat([cls.expand(T, B, -1, -1), x], 2) + self.pos``, both refused
+    before), a LIF over the tokens and a linear readout of the class token."""
+
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based import layer, neuron
+
+        self.embed = layer.Conv2d(3, 8, 4, 4, step_mode="m")
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 1, 8))
+        self.pos = torch.nn.Parameter(0.5 * torch.randn(1, 1, 5, 8))
+        self.lif = neuron.LIFNode(step_mode="m")
+        self.head = layer.Linear(8, 5, step_mode="m")
+
+    def forward(self, x):  # [T, B, 3, 8, 8]
+        T, B = x.shape[:2]
+        patches = self.embed(x).flatten(3).transpose(-1, -2)
+        tokens = torch.cat([self.cls.expand(T, B, -1, -1), patches], dim=2) + self.pos
+        return self.head(self.lif(tokens)[:, :, 0]).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_class_token_and_a_position_embedding_are_exact_on_every_target(target):
+    torch.manual_seed(0)
+    model = PositionEmbedded().eval()
+    x = 3 * torch.randn(4, 2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    report = snncc.check(model, x, target=target, layout="TB")
+    assert report.min_agreement == 1.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
