@@ -394,3 +394,65 @@ def test_a_class_token_and_a_position_embedding_are_exact_on_every_target(target
     report = snncc.check(model, x, target=target, layout="TB")
     assert report.min_agreement == 1.0
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class LinearAttentionBlock(torch.nn.Module):
+    """A spiking transformer block over tokens ``[T, B, N, d]`` written with Linear layers:
+    ``q, k, v = qkv(x).chunk(3, -1)`` (refused before: "expects last axis"), heads by reshape and
+    permute, SSA, a residual projection and MLP."""
+
+    def __init__(self, d: int = 16, heads: int = 2):
+        super().__init__()
+        from spikingjelly.activation_based import layer, neuron
+
+        self.heads = heads
+        self.qkv = layer.Linear(d, 3 * d, bias=False, step_mode="m")
+        self.bn = layer.BatchNorm1d(3 * d, step_mode="m")
+        self.q_lif, self.k_lif, self.v_lif = (neuron.LIFNode(step_mode="m") for _ in range(3))
+        self.attn_lif = neuron.LIFNode(v_threshold=0.5, step_mode="m")
+        self.proj = layer.Linear(d, d, step_mode="m")
+        self.mlp = torch.nn.Sequential(
+            neuron.LIFNode(step_mode="m"), layer.Linear(d, 2 * d, step_mode="m"),
+            neuron.LIFNode(step_mode="m"), layer.Linear(2 * d, d, step_mode="m"))
+
+    def forward(self, x):
+        T, B, N, d = x.shape
+        q, k, v = self.bn(self.qkv(x).transpose(-1, -2)).transpose(-1, -2).chunk(3, dim=-1)
+
+        def split(t):
+            return t.reshape(T, B, N, self.heads, d // self.heads).permute(0, 1, 3, 2, 4)
+
+        q, k, v = split(self.q_lif(q)), split(self.k_lif(k)), split(self.v_lif(v))
+        a = self.attn_lif((q @ k.transpose(-2, -1) @ v) * 0.5)
+        x = x + self.proj(a.permute(0, 1, 3, 2, 4).reshape(T, B, N, d))
+        return x + self.mlp(x)
+
+
+class LinearAttentionNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based import layer, neuron
+
+        self.embed = layer.Linear(8, 16, step_mode="m")
+        self.block = LinearAttentionBlock()
+        self.out_lif = neuron.IFNode(step_mode="m")
+        self.head = layer.Linear(16, 4, step_mode="m")
+
+    def forward(self, x):  # [T, B, N, 8]
+        return self.head(self.out_lif(self.block(self.embed(x))).mean(2)).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_transformer_written_with_linear_layers_is_exact_on_every_target(target):
+    from snncc.frontends.zoo import randomize_bn
+
+    torch.manual_seed(0)
+    model = LinearAttentionNet().eval()
+    randomize_bn(model, 0)
+    with torch.no_grad():  # the MLP's second neuron fires
+        model.block.mlp[1].weight.mul_(4.0)
+        model.block.mlp[1].bias.fill_(0.6)
+    x = 3 * torch.randn(4, 2, 6, 8, generator=torch.Generator().manual_seed(1))
+    report = snncc.check(model, x, target=target, layout="TB")
+    assert report.min_agreement == 1.0 and len(report.layers) == 7
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
