@@ -25,7 +25,7 @@ def default_pipeline(target_name: str, quantized: bool = False) -> list[str]:
     ``reparameterize_repconv`` runs only in a pipeline that is ``quantized`` for Loihi 2:
     Meta-SpikeFormer's RepConvs merged make their 1x1 / depthwise 3x3 / 1x1 chains dense 3x3
     convolutions (15M: simulator and onnxruntime 20-30% slower, compile 1.6-2 s slower and 170
-    MB larger), which quantize within rounding where the chain's 8-bit weights lose 10-20% and
+    MB larger), which quantize within rounding where the chain's 8-bit weights lose 5-20% and
     need no Pad processes off the neuro cores."""
     t = get_target(target_name)
     passes = [

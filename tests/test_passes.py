@@ -797,7 +797,7 @@ def test_default_pipelines():
 def test_repconvs_are_merged_only_for_fixed_point():
     """Merged, a RepConv is one dense 3x3 conv: slower to simulate and to compile in float (see
     benchmarks/RESULTS.md), but its 8-bit weights lose only rounding, where the chain's lose
-    10-20%."""
+    5-20%."""
     from snncc.pipeline import for_target
 
     for target in ("sim", "onnx", "nir", "lava"):
