@@ -1414,6 +1414,11 @@ def _getitem(b, c, x, index):
     if isinstance(index, int):
         return b.step_of(c, x, index % b.T)
     parts = index if isinstance(index, tuple) else (index,)
+    if any(p is None for p in parts):  # new axes: a reshape
+        if not all(p is None or p is Ellipsis or (isinstance(p, slice) and p == slice(None))
+                   for p in parts):
+            raise _Refuse("a new axis (None) is taken only beside whole axes (x[:, :, None])")
+        return _reshape(b, c, x)
     if parts.count(Ellipsis) > 1 or not all(p is Ellipsis or isinstance(p, (slice, int))
                                             for p in parts):
         raise _Refuse("only x[t] (one time step), slices (x[..., a:b, :]) and one position of a "

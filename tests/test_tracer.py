@@ -761,7 +761,8 @@ class ClassToken(nn.Module):
     def forward(self, x):  # [T, B, N, 6]
         s = self.lif1(self.fc1(x))
         first = s[:, :, 0] if self.how == "index" else s.select(2, 0)
-        return self.lif2(self.fc2(first + s[..., -1, :]))
+        last = s[..., -1, :][:, :, None].flatten(2)  # (a new axis, and away again)
+        return self.lif2(self.fc2(first + last))
 
 
 @pytest.mark.parametrize("how", ["index", "select"])
@@ -816,6 +817,8 @@ def test_slices_of_the_last_axis_and_in_a_loop_over_time(how, shape):
     ((slice(1, None),), r"it slices the time or batch axis"),
     ((Ellipsis, [0, 2]), r"only x\[t\] \(one time step\), slices"),
     ((slice(None), 1), r"it slices the time or batch axis"),
+    ((Ellipsis, slice(0, 2), None), r"a new axis \(None\) is taken only beside whole axes"),
+    ((None,), r"it mixes the time or batch axis with feature axes"),
     ((Ellipsis, slice(3, 3)), r"it takes an empty slice"),
 ])
 def test_indexing_the_graph_cannot_take_is_refused_saying_why(index, reason):
