@@ -33,7 +33,6 @@ module path, e.g. ``module 'blocks.0.attn': op 'torch.softmax' is not supported`
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import operator
@@ -634,10 +633,17 @@ def _same_dynamics(a, b, shape: tuple) -> bool:
 
 
 def _same_node(a: ir.Node, b: ir.Node) -> bool:
-    def same(u, v):
-        return np.array_equal(u, v) if isinstance(u, np.ndarray) else u == v
-    return type(a) is type(b) and all(same(getattr(a, f.name), getattr(b, f.name))
-                                      for f in dataclasses.fields(a))
+    return _node_key(a) == _node_key(b) and _same_arrays(a, b)
+
+
+def _one_step(v: torch.Tensor, lead: int) -> torch.Tensor:
+    """``v`` without its ``lead`` leading (time and batch) axes, along which it must not vary."""
+    if not lead:
+        return v
+    first = v[(0,) * lead]
+    if not torch.equal(v, first.expand(v.shape)):
+        raise _Refuse("a constant that differs across time or batch")
+    return first
 
 
 def _np(t) -> np.ndarray:
@@ -889,21 +895,13 @@ class _Builder:
         """A constant operand of ``x``'s op as a per-step array."""
         if not isinstance(k, Const):
             return np.asarray(float(k))
-        v = torch.as_tensor(k.value)
-        if k.frame:
-            first = v[(0,) * len(k.frame)]
-            if not torch.equal(v, first.expand(v.shape)):
-                raise _Refuse("a constant that differs across time or batch")
-            v = first
+        v = _one_step(torch.as_tensor(k.value), len(k.frame))
         lead = v.dim() - len(x.expr.shape)
         if lead > 0:  # axes of the time and batch frame: one value along them (or expanded)
             if lead > len(x.frame) or any(n not in (1, self.size[f]) for n, f in
                                           zip(v.shape[:lead], x.frame[len(x.frame) - lead:])):
                 raise _Refuse("a constant that broadcasts over the time or batch axis")
-            first = v[(0,) * lead]
-            if not torch.equal(v, first.expand(v.shape)):
-                raise _Refuse("a constant that differs across time or batch")
-            v = first
+            v = _one_step(v, lead)
         return _np(v)
 
     def step_of(self, c: _Call, x: Val, t: int) -> Val:

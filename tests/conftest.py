@@ -26,12 +26,15 @@ def assert_rates_in_range(rates: dict, lo: float = 0.05, hi: float = 0.95) -> No
         assert lo <= r <= hi, f"firing rate of {name} is {r:.3f}, outside [{lo}, {hi}]"
 
 
-def library_spikes(model, x: torch.Tensor, paths: set[str], reset):
+def hooked_calls(model, x: torch.Tensor, paths: set[str], reset):
     """The model's own forward from fresh state (``reset``: the library's reset_net): its output
-    and the concatenated outputs of every hooked module in ``paths``."""
+    and, for every module in ``paths`` that was called, the outputs of its calls (the first of a
+    tuple: a neuron's spikes beside its state)."""
     calls: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    hooks = [model.get_submodule(p).register_forward_hook(
-        lambda _m, _i, out, p=p: calls[p].append(out.detach())) for p in paths]
+    hooks = [m.register_forward_hook(
+        lambda _m, _i, out, p=p: calls[p].append(
+            (out[0] if isinstance(out, tuple) else out).detach()))
+        for p, m in model.named_modules() if p in calls]
     reset(model)
     try:
         with torch.no_grad():
@@ -40,7 +43,20 @@ def library_spikes(model, x: torch.Tensor, paths: set[str], reset):
         for h in hooks:
             h.remove()
         reset(model)
-    return y.numpy(), {p: torch.cat(c).numpy() for p, c in calls.items() if c}
+    return y.numpy(), {p: c for p, c in calls.items() if c}
+
+
+def library_spikes(model, x: torch.Tensor, paths: set[str], reset):
+    """:func:`hooked_calls` with each module's calls concatenated (multi-step calls)."""
+    y, calls = hooked_calls(model, x, paths, reset)
+    return y, {p: torch.cat(c).numpy() for p, c in calls.items()}
+
+
+def stacked_spikes(model, x: torch.Tensor, paths: set[str], reset):
+    """:func:`hooked_calls` with each module's calls stacked as [T, B, ...] (a single-step
+    neuron is called once per step; a multi-step one once)."""
+    y, calls = hooked_calls(model, x, paths, reset)
+    return y, {p: (torch.stack(c) if len(c) > 1 else c[0]).numpy() for p, c in calls.items()}
 
 
 @pytest.fixture

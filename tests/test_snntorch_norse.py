@@ -26,7 +26,7 @@ from snncc.frontends.zoo import randomize_bn
 from snncc.simulator import simulate
 from snncc.targets import get_target
 
-from conftest import assert_rates_in_range
+from conftest import assert_rates_in_range, stacked_spikes
 
 snn = pytest.importorskip("snntorch")
 norse = pytest.importorskip("norse.torch")
@@ -231,17 +231,7 @@ def _f64_reference(model: nn.Module) -> nn.Module:
 
 def library_spikes(model: nn.Module, x: torch.Tensor, paths: set[str]):
     """The library's own forward in float64: (output, {module path: spikes [T, B, ...]})."""
-    ref = _f64_reference(model)
-    calls: dict[str, list] = {p: [] for p in paths}
-    for name, m in ref.named_modules():
-        if name in calls:
-            m.register_forward_hook(lambda _m, _i, out, name=name: calls[name].append(
-                (out[0] if isinstance(out, tuple) else out).detach()))
-    snn_utils.reset(ref)
-    with torch.no_grad():
-        y = ref(x.double())
-    return y.numpy(), {p: (torch.stack(c) if len(c) > 1 else c[0]).numpy()
-                       for p, c in calls.items() if c}
+    return stacked_spikes(_f64_reference(model), x.double(), paths, snn_utils.reset)
 
 
 def sim_layout(graph, x: torch.Tensor) -> np.ndarray:

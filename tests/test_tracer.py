@@ -18,7 +18,7 @@ from snncc.frontends import zoo
 from snncc.frontends.tracer import trace
 from snncc.simulator import Simulator
 
-from conftest import assert_rates_in_range
+from conftest import assert_rates_in_range, stacked_spikes
 
 T = 4
 pytest.importorskip("spikingjelly.activation_based")
@@ -37,23 +37,7 @@ def one_thread():
 def torch_spikes(model: nn.Module, x: torch.Tensor, paths: set[str]):
     """Run ``model`` once; return its output and each hooked neuron's spikes as [T, B, ...]
     (single-step neurons are called once per step: their calls are stacked)."""
-    calls: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    hooks = []
-    for name, m in model.named_modules():
-        if name in calls:
-            hooks.append(m.register_forward_hook(
-                lambda _m, _i, out, name=name: calls[name].append(
-                    (out[0] if isinstance(out, tuple) else out).detach())))
-    functional.reset_net(model)
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        functional.reset_net(model)
-    spikes = {p: (torch.stack(c) if len(c) > 1 else c[0]).numpy() for p, c in calls.items() if c}
-    return y.numpy(), spikes
+    return stacked_spikes(model, x, paths, functional.reset_net)
 
 
 def assert_parity(model: nn.Module, x: torch.Tensor, graph) -> dict[str, float]:

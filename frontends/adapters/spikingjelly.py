@@ -90,11 +90,11 @@ class SpikingJellyAdapter(Adapter):
                                      or _qualname(m) in _NEURONS_ELSEWHERE)
 
     def canonical(self, m: nn.Module, path: str) -> cn.CanonicalParams:
-        base = _library_class(m)
-        if _overridden(m):
+        base, overridden = _library_class(m), _overridden(m)
+        if overridden:
             raise UnsupportedError(
                 f"{type(m).__name__}, a subclass of spikingjelly's {base.__name__}, defines "
-                f"{', '.join(_overridden(m))}: what it computes may not be {base.__name__}'s",
+                f"{', '.join(overridden)}: what it computes may not be {base.__name__}'s",
                 path=path)
         kind = _NEURONS_ELSEWHERE.get(_qualname(m), base.__name__)
         if _legacy(m):
