@@ -47,7 +47,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair, _triple
+from torch.nn.modules.utils import _pair, _single, _triple
 
 from snncc import ir
 from snncc import neuron as cn
@@ -1766,6 +1766,45 @@ def _like(b, c, x, *args, **kwargs):
     return Const(c.value, _val(x).frame)
 
 
+def _parameter(a, what: str) -> torch.Tensor | None:
+    """A functional layer's ``what`` (weight, bias, statistics): a constant, or None."""
+    if a is None:
+        return None
+    if isinstance(a, _FROM_INPUT):
+        raise _Refuse(f"its {what} is computed from the input")
+    if not isinstance(a, Const) or not isinstance(a.value, torch.Tensor):
+        raise _Refuse(f"its {what} is not a tensor")
+    if a.frame:
+        raise _Refuse(f"its {what} has the time or batch axes")
+    return a.value
+
+
+def _conv_function(b, c, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``F.conv1d`` / ``F.conv2d`` with constant weights (a weight-sharing supernet's slice of
+    a larger kernel) as the convolution module is."""
+    return _convolution(b, c, x, _parameter(weight, "weight"), _parameter(bias, "bias"),
+                        stride, padding, dilation, groups)
+
+
+def _linear_function(b, c, x, weight, bias=None):
+    """``F.linear`` with constant weights, as ``nn.Linear`` is."""
+    return _affine(b, c, x, _parameter(weight, "weight"), _parameter(bias, "bias"))
+
+
+def _batch_norm_function(b, c, x, running_mean, running_var, weight=None, bias=None,
+                         training=False, momentum=0.1, eps=1e-5):
+    """``F.batch_norm`` with the given running statistics, as a BatchNorm module in eval mode.
+    ``training=True`` normalises with the batch's own statistics: refused, as a sample's
+    output then depends on the rest of its batch."""
+    if training:
+        raise _Refuse("training=True normalises with the batch's own statistics, so a "
+                      "sample's output depends on the rest of its batch: call it with "
+                      "training=False (or self.training) to use the running statistics")
+    return _normalization(b, c, x, _parameter(running_mean, "running mean"),
+                          _parameter(running_var, "running variance"),
+                          _parameter(weight, "weight"), _parameter(bias, "bias"), eps)
+
+
 def _avg_pool1d_function(b, c, x, kernel_size, stride=None, padding=0, ceil_mode=False,
                          count_include_pad=True):
     """``F.avg_pool1d`` (e.g. a voting layer averaging groups of outputs) as its module."""
@@ -1807,6 +1846,8 @@ _FUNCTIONS = {
     torch.narrow: _narrow,
     torch.avg_pool1d: _avg_pool1d_function, F.avg_pool1d: _avg_pool1d_function,
     F.max_pool2d: _max_pool2d_function, F.avg_pool2d: _avg_pool2d_function,
+    F.conv1d: _conv_function, F.conv2d: _conv_function, F.linear: _linear_function,
+    F.batch_norm: _batch_norm_function,
 }
 _METHODS = {
     "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "neg": _neg,
@@ -1828,37 +1869,58 @@ def _one_sample_frame(x, rank: int) -> Val:
     return x
 
 
-def _conv(b, c, m, x):
-    nd = m.weight.dim() - 2
+def _convolution(b, c, x, weight: torch.Tensor, bias, stride, padding, dilation, groups):
+    """A convolution of ``x`` with constant ``weight`` and ``bias`` (module or function)."""
+    nd = weight.dim() - 2
+    if nd not in (1, 2):
+        raise _Refuse(f"a {nd}-D convolution")
     x = _one_sample_frame(x, nd + 1)
-    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+    if isinstance(padding, str):
         raise _Refuse("only explicit zero padding is supported")
-    cls = ir.Conv2d if nd == 2 else ir.Conv1d
-    w, bias = _weights(b, m.weight), None if m.bias is None else _np(m.bias)
-    return b.new(c, lambda n, i: cls(n, i, path=c.path, weight=w, bias=bias, stride=m.stride,
-                                     padding=m.padding, dilation=m.dilation, groups=m.groups),
+    cls, pack = (ir.Conv2d, _pair) if nd == 2 else (ir.Conv1d, _single)
+    w, bias = _weights(b, weight), None if bias is None else _np(bias)
+    stride, padding, dilation = pack(stride), pack(padding), pack(dilation)
+    return b.new(c, lambda n, i: cls(n, i, path=c.path, weight=w, bias=bias, stride=stride,
+                                     padding=padding, dilation=dilation, groups=groups),
                  [x], x.frame)
 
 
-def _linear(b, c, m, x):
+def _affine(b, c, x, weight: torch.Tensor, bias):
+    """``x @ weight.T + bias`` over the last axis, ``weight`` and ``bias`` constant."""
     x = _val(x)
-    w, bias = _weights(b, m.weight), None if m.bias is None else _np(m.bias)
+    if weight.dim() != 2:
+        raise _Refuse(f"a weight of {weight.dim()} axes (a linear layer's has 2)")
+    w, bias = _weights(b, weight), None if bias is None else _np(bias)
     return b.new(c, lambda n, i: ir.Linear(n, i, path=c.path, weight=w, bias=bias), [x], x.frame)
 
 
-def _batchnorm(b, c, m, x):
+def _normalization(b, c, x, mean, var, weight, bias, eps: float):
+    """Batch normalization of ``x``'s channel axis with constant statistics and affine."""
     x = _val(x)
     axis = 1 - len(x.frame)
     if axis < 0:
         raise _Refuse("its channel axis is the batch axis")
-    if m.running_mean is None:
+    if mean is None or var is None:
         raise _Refuse("a BatchNorm without running statistics")
-    ch = m.num_features
-    p = dict(weight=_np(m.weight) if m.affine else np.ones(ch),
-             bias=_np(m.bias) if m.affine else np.zeros(ch),
-             mean=_np(m.running_mean), var=_np(m.running_var))
-    return b.new(c, lambda n, i: ir.BatchNorm(n, i, path=c.path, eps=m.eps, axis=axis, **p),
+    ch = x.expr.shape[0]
+    p = dict(weight=np.ones(ch) if weight is None else _np(weight),
+             bias=np.zeros(ch) if bias is None else _np(bias), mean=_np(mean), var=_np(var))
+    return b.new(c, lambda n, i: ir.BatchNorm(n, i, path=c.path, eps=eps, axis=axis, **p),
                  [x], x.frame)
+
+
+def _conv(b, c, m, x):
+    if m.padding_mode != "zeros":
+        raise _Refuse("only explicit zero padding is supported")
+    return _convolution(b, c, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _linear(b, c, m, x):
+    return _affine(b, c, x, m.weight, m.bias)
+
+
+def _batchnorm(b, c, m, x):
+    return _normalization(b, c, x, m.running_mean, m.running_var, m.weight, m.bias, m.eps)
 
 
 def _pool2d(m, three: bool = False) -> dict:

@@ -150,6 +150,10 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     before = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     before_device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if before not in (None, tdtype):
+        _refuse_held_views(model, dtype, f"--dtype {str(before).removeprefix('torch.')}")
+    if before_device != torch.device(device):
+        _refuse_held_views(model, device, f"--device {before_device}")
     modes = [(m, m.training) for m in model.modules()]
     model = model.to(device=device, dtype=tdtype).eval()
     reset_state(model)
@@ -193,6 +197,50 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
             traces[node.name] = torch.cat(outs).cpu().numpy().reshape(-1, x_batch(graph, x),
                                                                  *node.shape)
     return out.detach().cpu().numpy(), traces
+
+
+def held_views(model) -> list[tuple[str, str]]:
+    """(attribute, parameter) for each tensor a module keeps outside its parameters and buffers
+    (as an attribute, or in a dict, list or tuple attribute) that shares memory with a
+    parameter or buffer: a weight-sharing supernet's slices of its larger kernels, made when a
+    sub-network is chosen (Auto-Spikformer's ``set_sample_config``)."""
+    import itertools
+
+    import torch
+
+    owners: dict[int, str] = {}
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if t.device.type != "meta":
+            owners.setdefault(t.untyped_storage().data_ptr(), name)
+    found = []
+    for path, m in model.named_modules():
+        for attr, v in vars(m).items():
+            if attr in ("_parameters", "_buffers", "_modules"):
+                continue
+            items = v.items() if isinstance(v, dict) else \
+                enumerate(v) if isinstance(v, (list, tuple)) else ((None, v),)
+            for key, t in items:
+                if isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter) \
+                        and t.device.type != "meta" \
+                        and (owner := owners.get(t.untyped_storage().data_ptr())) is not None:
+                    at = f"{path}.{attr}" if path else attr
+                    found.append((at if key is None else f"{at}[{key!r}]", owner))
+    return found
+
+
+def _refuse_held_views(model, to: str, instead: str) -> None:
+    """Converting a model gives its parameters and buffers new memory; a tensor a module keeps
+    of theirs (:func:`held_views`) stays behind, in the old dtype or device and no longer
+    theirs, so the model would fail or run on weights that no longer follow its parameters
+    (also after it is given back). Refused before anything is converted."""
+    views = held_views(model)
+    if views:
+        (at, owner), more = views[0], len(views) - 1
+        raise SnnccError(f"the model keeps '{at}', a view of '{owner}', outside its parameters"
+                         + (f" (and {more} more)" if more else "") + f": running it in {to} "
+                         f"would convert the parameters and leave that view behind, so snncc "
+                         f"does not convert the model; make such views in forward, or check "
+                         f"it as it is ({instead})")
 
 
 def _on_device(device: str, fn):

@@ -456,3 +456,131 @@ def test_a_transformer_written_with_linear_layers_is_exact_on_every_target(targe
     report = snncc.check(model, x, target=target, layout="TB")
     assert report.min_agreement == 1.0 and len(report.layers) == 7
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class SuperLinear(torch.nn.Linear):
+    """A weight-sharing supernet's linear layer (AutoFormer, Auto-Spikformer): the chosen
+    sub-network uses the top-left block of the weight, through ``F.linear``; sliced in forward,
+    or once when the sub-network is chosen (``hold``, as Auto-Spikformer's ``LinearSuper``)."""
+
+    def choose(self, n_in: int, n_out: int, hold: bool = False):
+        self.n_in, self.n_out = n_in, n_out
+        self.held = (self.weight[:n_out, :n_in], self.bias[:n_out]) if hold else None
+
+    def forward(self, x):
+        w, b = self.held or (self.weight[:self.n_out, :self.n_in], self.bias[:self.n_out])
+        return torch.nn.functional.linear(x, w, b)
+
+
+class SuperBatchNorm(torch.nn.BatchNorm1d):
+    """The first ``n`` channels of a BatchNorm, through ``F.batch_norm``."""
+
+    def choose(self, n: int, hold: bool = False):
+        self.n = n
+        self.held = self._sliced() if hold else None
+
+    def _sliced(self):
+        n = self.n
+        return (self.running_mean[:n], self.running_var[:n], self.weight[:n], self.bias[:n])
+
+    def forward(self, x):
+        mean, var, w, b = self.held or self._sliced()
+        return torch.nn.functional.batch_norm(x, mean, var, w, b, self.training, 0.1, self.eps)
+
+
+class SuperNet(torch.nn.Module):
+    """A spiking supernet's sub-network: a convolution with the first channels of a larger
+    kernel (``F.conv2d``), sliced BatchNorms, a token MLP of sliced Linear layers, LIFs."""
+
+    def __init__(self, hold: bool = False):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.kernel = torch.nn.Parameter(torch.randn(12, 2, 3, 3) / 3)
+        self.bn0, self.bn1 = SuperBatchNorm(12), SuperBatchNorm(24)
+        self.fc1, self.fc2 = SuperLinear(12, 24), SuperLinear(24, 5)
+        self.lif0, self.lif1 = neuron.LIFNode(step_mode="m"), neuron.LIFNode(step_mode="m")
+        self.bn0.choose(8, hold)
+        self.bn1.choose(16, hold)
+        self.fc1.choose(8, 16, hold)
+        self.fc2.choose(16, 5, hold)
+        self.held = self.kernel[:8] if hold else None
+
+    def forward(self, x):  # [T, B, 2, 6, 6]
+        T, B = x.shape[:2]
+        kernel = self.kernel[:8] if self.held is None else self.held
+        y = torch.nn.functional.conv2d(x.flatten(0, 1), kernel, padding=1)
+        s = self.lif0(self.bn0(y.flatten(2)).reshape(T, B, 8, 36))
+        z = self.fc1(s.transpose(-1, -2))  # [T, B, 36, 16]
+        z = self.bn1(z.flatten(0, 1).transpose(-1, -2)).transpose(-1, -2).reshape(T, B, 36, 16)
+        return self.fc2(self.lif1(z)).mean(2).mean(0)
+
+
+def _supernet(hold: bool = False) -> SuperNet:
+    from snncc.frontends.zoo import randomize_bn
+
+    torch.manual_seed(0)
+    model = SuperNet(hold).eval()
+    randomize_bn(model, 0)
+    with torch.no_grad():
+        model.fc1.bias.add_(0.3)
+    return model
+
+
+def _supernet_input():
+    return 2 * torch.randn(4, 2, 2, 6, 6, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_supernets_functional_layers_with_sliced_weights_are_exact(target):
+    """F.conv2d, F.linear and F.batch_norm with slices of the supernet's parameters map to the
+    layers their modules map to (they were refused as unsupported ops)."""
+    report = snncc.check(_supernet(), _supernet_input(), target=target, layout="TB")
+    assert report.min_agreement == 1.0 and len(report.layers) == 2
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    graph = snncc.trace(_supernet(), _supernet_input(), layout="TB")
+    assert sorted(n.weight.shape for n in graph if n.op in ("Conv2d", "Linear")) == \
+        [(5, 16), (8, 2, 3, 3), (16, 8)]
+
+
+def test_views_of_parameters_held_outside_forward_are_not_converted():
+    """Slices taken when the sub-network is chosen stay behind when the model is converted to
+    float64 (float32, no longer views): the float64 check is refused before it converts
+    anything, the check in the model's own dtype is exact, and the views stay views."""
+    model = _supernet(hold=True)
+    with pytest.raises(SnnccError, match=r"keeps 'held', a view of 'kernel'.* \(and 12 more\): "
+                       r"running it in float64 .*\(--dtype float32\)"):
+        snncc.check(model, _supernet_input(), target="sim", layout="TB")
+    report = snncc.check(model, _supernet_input(), target="sim", layout="TB", dtype="float32")
+    assert report.min_agreement == 1.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert model.held.data_ptr() == model.kernel.data_ptr()
+    assert model.fc1.held[0].untyped_storage().data_ptr() == \
+        model.fc1.weight.untyped_storage().data_ptr()
+
+
+class _BatchStatistics(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        bn = self.bn
+        return torch.nn.functional.batch_norm(self.conv(x), bn.running_mean, bn.running_var,
+                                              training=True)
+
+
+class _InputWeighted(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.linear(x, x[0])  # [T, B, 6] by the first step [B, 6]
+
+
+@pytest.mark.parametrize("model,x,message", [
+    (_BatchStatistics(), torch.rand(2, 2, 6, 6), r"'torch.nn.functional.batch_norm' is not supported \(training=True "
+                         r"normalises with the batch's own statistics"),
+    (_InputWeighted(), torch.rand(4, 2, 6), r"'torch.linear' is not supported \(its weight is computed from the "
+                       r"input\)"),
+])
+def test_functional_layers_the_graph_cannot_hold_are_refused_saying_why(model, x, message):
+    with pytest.raises(SnnccError, match=message):
+        snncc.trace(model.eval(), x, T=4, layout="static" if x.dim() == 4 else "TB")
