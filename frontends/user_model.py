@@ -186,8 +186,12 @@ def build_with_weights(spec: str, args, path: str | Path, trust: bool = False) -
 
 
 def _holds_meta(model: nn.Module) -> bool:
-    """Whether a parameter, buffer or tensor attribute (or a list of them) is on meta."""
+    """Whether a parameter, buffer or tensor attribute (or a list, tuple or dict of them) is on
+    meta: a slice of a weight kept in a dict (a supernet's chosen sub-network) stays on meta
+    when the checkpoint's tensors replace the weights."""
     def meta(v) -> bool:
+        if isinstance(v, dict):
+            v = tuple(v.values())
         if isinstance(v, (list, tuple)):
             return any(meta(i) for i in v)
         return isinstance(v, torch.Tensor) and v.is_meta

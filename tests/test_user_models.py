@@ -584,3 +584,49 @@ class _InputWeighted(torch.nn.Module):
 def test_functional_layers_the_graph_cannot_hold_are_refused_saying_why(model, x, message):
     with pytest.raises(SnnccError, match=message):
         snncc.trace(model.eval(), x, T=4, layout="static" if x.dim() == 4 else "TB")
+
+
+_DICT_HELD = '''
+import torch
+from spikingjelly.activation_based import neuron
+
+
+class DictHeld(torch.nn.Module):
+    """Slices of its weights chosen once and kept in a dict (AutoFormer's ``samples``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(12, 16)
+        self.head = torch.nn.Linear(8, 3)
+        self.lif = neuron.LIFNode(step_mode="m")
+        self.samples = {"weight": self.fc.weight[:8], "bias": self.fc.bias[:8]}
+
+    def forward(self, x):  # [T, B, 12]
+        w, b = self.samples["weight"], self.samples["bias"]
+        return self.head(self.lif(torch.nn.functional.linear(x, w, b))).mean(0)
+'''
+
+
+def test_a_checkpoint_for_code_that_keeps_weight_slices_in_a_dict(tmp_path, capsys):
+    """Built on the meta device, such a model kept meta slices in its dict once the checkpoint's
+    tensors had replaced its weights, and failed in its own forward ('Tensor on device meta');
+    it is now built again and the weights copied in. Its float32 check is exact; the float64
+    one is refused in one line, naming the slice."""
+    from snncc.frontends import user_model
+
+    (tmp_path / "dict_held.py").write_text(_DICT_HELD)
+    spec = f"{tmp_path / 'dict_held.py'}:DictHeld"
+    torch.manual_seed(0)
+    model = user_model.build_model(spec, None)
+    with torch.no_grad():
+        model.fc.weight.mul_(3.0)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    args = ["check", str(tmp_path / "w.pt"), "--model", spec, "--input-shape", "12", "--T", "4",
+            "--layout", "TB", "-t", "sim"]
+    assert main([*args, "--dtype", "float32", "--json", str(tmp_path / "r.json")]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["min_agreement"] == 1.0
+    assert_rates_in_range({r["node"]: r["rate_reference"] for r in doc["layers"]})
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "keeps 'samples['weight']', a view of 'fc.weight'" in _one_error_line(capsys)
