@@ -61,8 +61,8 @@ from .adapters import reset_state
 from .shaped import ShapedTensor, on_broadcast_constants, release_fake_mode, shaped_like
 
 STATIC, SEQ, READOUT = "static", "seq", "readout"
-TB, BT, TBM, B, B1 = ("T", "B"), ("B", "T"), ("TB",), ("B",), ("1", "B")
-_LAYOUT_NAMES = {TB: "TB", BT: "BT", TBM: "T*B", B: "B", B1: "1B"}
+TB, BT, TBM, BTM, B, B1 = ("T", "B"), ("B", "T"), ("TB",), ("BT",), ("B",), ("1", "B")
+_LAYOUT_NAMES = {TB: "TB", BT: "BT", TBM: "T*B", BTM: "B*T", B: "B", B1: "1B"}
 
 
 class _Refuse(Exception):
@@ -247,9 +247,13 @@ class _ConcreteTracer(fx.Tracer):
         if self._running:  # a leaf being evaluated: plain PyTorch
             return forward(*args, **kwargs)
         path = self.path_of_module(m)
-        if self.is_leaf_module(m, path):
+        leaf = self.is_leaf_module(m, path)
+        if leaf:
             _refuse_hooks(m, path)
-        return super().call_module(m, forward, args, kwargs)
+        out = super().call_module(m, forward, args, kwargs)
+        if not leaf and isinstance(out, fx.Proxy):  # what the module returns (check compares
+            out.node.meta.setdefault("returned_by", []).append(path)  # a neuron written so)
+        return out
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
         """fx's ``getattr``, without its scan of every parameter and buffer of the model at each
@@ -743,7 +747,7 @@ class _Builder:
     def __init__(self, root: nn.Module, T: int, batch: int, name: str,
                  share_weights: bool = False):
         self.root, self.T, self.share_weights = root, T, share_weights
-        self.size = {"T": T, "B": batch, "TB": T * batch, "1": 1}
+        self.size = {"T": T, "B": batch, "TB": T * batch, "BT": T * batch, "1": 1}
         self.graph = Graph(name, {"T": T, "source": "torch.fx"})
         self.errors: dict[tuple[str, str], None] = {}
         self.neurons: dict[str, _SteppedNeuron] = {}
@@ -757,7 +761,11 @@ class _Builder:
         self._multi_step_called: set[str] = set()  # neurons that keep their state (keeps_state)
         self._step_terms: dict[Expr, list[Expr]] = {}
         self._sites: dict[tuple, Expr | None] = {}  # site -> its value in the latest step
+        self._step_occurrences: dict[tuple, int] = {}  # (module, stack, step, ...) -> count
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
+        self.comparisons: set[str] = set()  # Neuron nodes that are a comparison (x > k)
+        self.booleans: set[Expr] = set()  # a comparison's values, as torch has them (bool)
+        self._returned: dict[str, Val] = {}  # module path -> the value it last returned
 
     # ------------------------------------------------------------------ interpretation
     def interpret(self, graph: fx.Graph, static: bool):
@@ -768,6 +776,9 @@ class _Builder:
                 return args[0]
             kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
             env[node] = self._eval(node, args, kwargs, static)
+            if isinstance(env[node], Val):
+                for path in node.meta.get("returned_by", ()):
+                    self._returned[path] = env[node]
         raise UnsupportedError("the traced model has no output")
 
     def _eval(self, node: fx.Node, args, kwargs, static: bool):
@@ -862,16 +873,30 @@ class _Builder:
     def new(self, c: _Call, make, operands: list[Val], frame, *, shape=None, time=None,
             hint=None) -> Val:
         """A new value computed by ``make`` from ``operands`` (time and step joined). ``shape``
-        and ``hint`` are for the extra nodes of an op that maps to several (they have no
-        site of their own)."""
+        and ``hint`` are for the extra nodes of an op that maps to several (their site is the
+        op's, told apart by the hint)."""
         t, s = _join_time([v.expr for v in operands])
         if shape is None:
             shape = tuple(c.value.shape[len(frame):])
+        site = c.site if hint is None or c.site is None else (*c.site, hint)
         e = Expr(make, tuple(v.expr for v in operands), c.op, hint or c.hint, c.path,
-                 tuple(shape), time or t, s, c.site if hint is None else None)
+                 tuple(shape), time or t, s, self.loop_site(site, s))
         if s is not None and e.site is not None:
             self._note_site(e)
         return Val(e, frame)
+
+    def loop_site(self, site: tuple | None, step: int | None) -> tuple | None:
+        """``site`` (module, stack, occurrence, ...) of a value at ``step`` with its occurrence
+        counted within that step, not within its module call: the same in every iteration of a
+        loop over time, whether the loop calls a module once per step or runs inside one
+        forward (a neuron written with tensor ops, ``for t in range(T): mem = mem * tau +
+        x[:, t]``, runs each of its stacks once per step)."""
+        if site is None or step is None:
+            return site
+        module, stack, _, *rest = site
+        key = (module, stack, step, *rest)
+        n = self._step_occurrences[key] = self._step_occurrences.get(key, -1) + 1
+        return (module, stack, n, *rest)
 
     def _note_site(self, e: Expr) -> None:
         """Remember the latest step's value of each site; a site that occurs twice in one step
@@ -904,11 +929,13 @@ class _Builder:
             v = _one_step(v, lead)
         return _np(v)
 
-    def step_of(self, c: _Call, x: Val, t: int) -> Val:
-        if x.frame != TB:
-            raise _Refuse("only the time axis of a [T, B, ...] tensor can be indexed")
-        if x.expr.time == STATIC:
-            return Val(x.expr, B)
+    def step_of(self, c: _Call, x: Val, t: int, dim: int = 0) -> Val:
+        """Step ``t`` of ``x``'s time axis, axis ``dim`` (0 of [T, B, ...], 1 of [B, T, ...])."""
+        if x.frame not in (TB, BT) or x.frame.index("T") != dim:
+            raise _Refuse("only the time axis of a [T, B, ...] or [B, T, ...] tensor can be "
+                          "indexed")
+        # a static value's step too is a step of the loop: a recurrence over its steps (a
+        # neuron written with tensor ops on a repeated image) is a recurrence in time
         return Val(_StepOf(None, (x.expr,), c.op, c.hint, c.path, x.expr.shape, step=t), B)
 
     def note_sum(self, out: Val, x: Val, y: Val) -> None:
@@ -1092,9 +1119,21 @@ class _Builder:
         while self._queue:
             self._queue.pop()()
         self.graph.meta["output_layout"] = _LAYOUT_NAMES[outs[0].frame]
+        self.graph.meta["neuron_modules"] = self._neuron_modules()
         if self.errors:
             raise _unsupported(list(self.errors))
         return self.graph.verify()
+
+    def _neuron_modules(self) -> dict[str, str]:
+        """Module path -> the layout of what it returns, for each module (a neuron written with
+        plain tensor ops) that returns the spikes of a comparison of its own: what ``check``
+        compares with the graph's node, the other comparisons having no module output."""
+        found = {}
+        for path, v in self._returned.items():
+            name = self._done.get((v.expr, v.expr.step))
+            if name in self.comparisons and self.graph[name].path == path:
+                found[path] = _LAYOUT_NAMES[v.frame]
+        return found
 
     def materialize(self, e: Expr, t: int | None) -> str | None:
         """The name of the node computing ``e`` as seen at step ``t`` (None: failed)."""
@@ -1114,8 +1153,9 @@ class _Builder:
             if e.unknown or not e.tainted:  # (a layout refusal may come from a tainted input)
                 self.errors[(e.path, e.message)] = None
             return None
-        if isinstance(e, _StepOf):
-            return self._delay(self.materialize(e.args[0], None), t - e.step, e)
+        if isinstance(e, _StepOf):  # (a static value is the same at every step: no delay)
+            src = self.materialize(e.args[0], None)
+            return src if e.args[0].time == STATIC else self._delay(src, t - e.step, e)
         if isinstance(e, _NeuronStep):
             return self._delay(self._stepped_neuron(e.path), t - e.step, e)
         if isinstance(e, _OverSteps):
@@ -1275,7 +1315,8 @@ class _Builder:
         return self._add(e, lambda: ir.Readout(self._fresh(e.hint), (name,), path=e.path))
 
 
-_RESHAPE_FRAMES = {TB: (TB, TBM), TBM: (TBM, TB), B: (B, B1), B1: (B1, B), BT: (BT,)}
+_RESHAPE_FRAMES = {TB: (TB, TBM), TBM: (TBM, TB), B: (B, B1), B1: (B1, B), BT: (BT, BTM),
+                   BTM: (BTM, BT)}
 _FRAME_JOIN = {(TB, B): TB, (TB, B1): TB, (B1, B): B1}
 
 
@@ -1399,11 +1440,17 @@ def _transpose(b, c, x, dim0, dim1):
 
 
 def _repeat(b, c, x, *sizes):
+    """A static value repeated over time: ``x.unsqueeze(0).repeat(T, 1, ...)`` ([T, B, ...]) or
+    ``x.unsqueeze(1).repeat(1, T, ...)`` ([B, T, ...], as TET-style code writes it)."""
     x = _val(x)
-    if x.frame != B1 or x.expr.time != STATIC or \
-            tuple(c.value.shape) != (b.T, b.size["B"], *x.expr.shape):
-        raise _Refuse("only a static value's leading unit axis can be repeated T times")
-    return Val(x.expr, TB)
+    out = tuple(c.value.shape)
+    if x.expr.time == STATIC and x.frame == B1 and out == (b.T, b.size["B"], *x.expr.shape):
+        return Val(x.expr, TB)
+    if x.expr.time == STATIC and x.frame == B and x.expr.shape[:1] == (1,) and \
+            out == (b.size["B"], b.T, *x.expr.shape[1:]):
+        return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=out[2:]), [x], BT)
+    raise _Refuse("only a static value's unit axis before or after the batch axis can be "
+                  "repeated T times")
 
 
 def _getitem(b, c, x, index):
@@ -1459,14 +1506,19 @@ def _narrow(b, c, x, dim, start, length):
 
 
 def _select(b, c, x, dim, index):
-    dim %= _ndim(_val(x))
-    return b.step_of(c, x, index % b.T) if dim == 0 else _position(b, c, x, dim, index)
+    x = _val(x)
+    dim %= _ndim(x)
+    if dim < len(x.frame) and x.frame[dim] == "T":
+        return b.step_of(c, x, index % b.T, dim)
+    return _position(b, c, x, dim, index)
 
 
 def _unbind(b, c, x, dim=0):
-    if dim % _ndim(_val(x)) != 0:
+    x = _val(x)
+    dim %= _ndim(x)
+    if dim >= len(x.frame) or x.frame[dim] != "T":
         raise _Refuse("only the time axis can be unbound")
-    return tuple(b.step_of(c, x, t) for t in range(b.T))
+    return tuple(b.step_of(c, x, t, dim) for t in range(b.T))
 
 
 def _stack(b, c, tensors, dim=0):
@@ -1474,11 +1526,14 @@ def _stack(b, c, tensors, dim=0):
     for v in vals:  # a value of another form from the input: its own reason
         if isinstance(v, _FROM_INPUT):
             _val(v)
-    if dim != 0 or len(vals) != b.T or not all(
+    if len(vals) != b.T or not all(
             isinstance(v, Val) and v.frame == B and v.expr.step == t for t, v in enumerate(vals)):
         raise _Refuse("only stacking the T steps of a loop over time is supported")
+    frame = {0: TB, 1: BT}.get(dim % (len(vals[-1].expr.shape) + 2))
+    if frame is None:
+        raise _Refuse("the steps of a loop are stacked as axis 0 ([T, B, ...]) or 1 ([B, T, ...])")
     return Val(_OverSteps(None, tuple(v.expr for v in vals), c.op, c.hint, c.path,
-                          vals[-1].expr.shape), TB)
+                          vals[-1].expr.shape), frame)
 
 
 def _narrowed(b, c, x: Val, dim: int, start: int, stop: int, hint: str, site) -> Val:
@@ -1491,7 +1546,8 @@ def _narrowed(b, c, x: Val, dim: int, start: int, stop: int, hint: str, site) ->
     time, step = _join_time([x.expr])
     shape = list(x.expr.shape)
     shape[axis] = stop - start
-    e = _Slice(None, (x.expr,), c.op, hint, c.path, tuple(shape), time, step, site, axis=axis,
+    e = _Slice(None, (x.expr,), c.op, hint, c.path, tuple(shape), time, step,
+               b.loop_site(site, step), axis=axis,
                start=start, stop=stop)
     if step is not None and site is not None:
         b._note_site(e)
@@ -1714,6 +1770,48 @@ def _constant_added(b, c, x: Val, k: np.ndarray) -> Val:
                  x.frame)
 
 
+_MIRRORED = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
+
+
+def _compare(kind: str):
+    """Handler of ``x <kind> k`` (gt, ge, lt, le) for a traced ``x`` and a constant ``k``: the
+    spikes of a neuron that only compares, h = x (alpha 0), fired on ``>`` or ``>=`` (``<`` and
+    ``<=`` as ``-x > -k`` and ``-x >= -k``, exact). With a reset written after it, it is a
+    neuron written with plain tensor ops (``(mem - th > 0).float()``)."""
+
+    def handler(b, c, x, y):
+        op = kind
+        if not isinstance(x, _FROM_INPUT):
+            x, y, op = y, x, _MIRRORED[kind]
+        x = _val(x)
+        if isinstance(y, _FROM_INPUT):
+            raise _Refuse("a comparison of two tensors computed from the input")
+        k = b.const(y, x)
+        if op in ("lt", "le"):
+            x = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [x], x.frame,
+                      shape=x.expr.shape, hint=f"{c.hint}_neg")
+            k, op = -k, _MIRRORED[op]
+
+        def make(name, inputs):
+            b.comparisons.add(name)
+            return ir.Neuron(name, inputs, path=c.path, alpha=0.0, gamma=1.0, beta=0.0,
+                             theta=k, v_reset=0.0, v_init=0.0, reset=cn.RESET_HARD,
+                             cmp=cn.CMP_GT if op == "gt" else cn.CMP_GE)
+        out = b.new(c, make, [x], x.frame)
+        b.booleans.add(out.expr)
+        return out
+    return handler
+
+
+def _cast(b, c, x, *args, **kwargs):
+    """A comparison's booleans cast to a float dtype: the same spikes (0 and 1 are exact in
+    every float dtype). Other casts change the arithmetic, and are refused."""
+    x = _val(x)
+    if x.expr not in b.booleans or not c.value.is_floating_point():
+        raise _Refuse("only a comparison's result (spikes) can be cast, to a float dtype")
+    return x
+
+
 def _neg(b, c, x):
     x = _val(x)
     return b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [x], x.frame)
@@ -1728,7 +1826,7 @@ def _reduce(mean: bool):
             raise _Refuse("a reduction needs explicit axes and no dtype")
         dims = sorted({d % _ndim(x) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))})
         f = len(x.frame)
-        if dims == [0] and x.frame == TB and not keepdim:
+        if x.frame in (TB, BT) and dims == [x.frame.index("T")] and not keepdim:
             return _readout(b, c, x) if mean else SumOverTime(x)
         if dims[0] < f:
             raise _Refuse("it reduces over the time or batch axis")
@@ -1848,6 +1946,9 @@ _FUNCTIONS = {
     F.max_pool2d: _max_pool2d_function, F.avg_pool2d: _avg_pool2d_function,
     F.conv1d: _conv_function, F.conv2d: _conv_function, F.linear: _linear_function,
     F.batch_norm: _batch_norm_function,
+    operator.gt: _compare("gt"), operator.ge: _compare("ge"), operator.lt: _compare("lt"),
+    operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
+    torch.lt: _compare("lt"), torch.le: _compare("le"),
 }
 _METHODS = {
     "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "neg": _neg,
@@ -1856,7 +1957,8 @@ _METHODS = {
     "permute": _permute, "transpose": _transpose, "contiguous": _identity, "clone": _identity,
     "detach": _identity, "sum": _reduce(False), "mean": _reduce(True), "repeat": _repeat,
     "expand": _repeat, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
-    "narrow": _narrow,
+    "narrow": _narrow, "gt": _compare("gt"), "ge": _compare("ge"), "lt": _compare("lt"),
+    "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast, "type_as": _cast,
 }
 
 

@@ -56,6 +56,9 @@ class ParityReport:
     # the model's output is one value per step: output differences are over every step, and
     # predictions (accuracy) are the argmax of the output's mean over T
     output_over_steps: bool = False
+    # neuron layers the reference has no spikes of: comparisons written inside a larger
+    # module's forward, whose spikes no module returns (the outputs are still compared)
+    unmatched: list[str] = field(default_factory=list)
 
     @property
     def target_less_precise(self) -> bool:
@@ -99,6 +102,11 @@ class ParityReport:
             f"activity cosine similarity: simulator {self.activity_cosine_sim:.6f}, "
             f"{self.target} {self.activity_cosine_target:.6f}",
         ]
+        if self.unmatched:
+            lines.append(f"not compared with the {self.reference} model: "
+                         f"{len(self.unmatched)} neuron layer(s) whose spikes no module returns "
+                         f"({', '.join(self.unmatched[:4])}{' ...' * (len(self.unmatched) > 4)})"
+                         f"; a neuron written as a module of its own is compared")
         if self.accuracy:
             lines.append(f"accuracy{MEAN_PREDICTION if self.output_over_steps else ''}: "
                          + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
@@ -157,7 +165,11 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     modes = [(m, m.training) for m in model.modules()]
     model = model.to(device=device, dtype=tdtype).eval()
     reset_state(model)
-    by_path = {n.path: n for n in graph.of_type(ir.Neuron) if n.path}
+    # a neuron written with tensor ops is its module's comparison where the module returns it
+    # (in the layout it does); other comparisons have no module output to compare
+    written = graph.meta.get("neuron_modules") or {}
+    by_path = {n.path: n for n in graph.of_type(ir.Neuron)
+               if n.path and (n.path in written or is_neuron(model.get_submodule(n.path)))}
     records: dict[str, list] = {p: [] for p in by_path}
 
     def spikes_in_dtype(path, out):
@@ -190,12 +202,16 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
         model.to(before_device)
         for m, training in modes:
             m.train(training)
-    traces = {}
+    traces, batch = {}, x_batch(graph, x)
     for p, outs in records.items():
         node = by_path[p]
         if outs:
-            traces[node.name] = torch.cat(outs).cpu().numpy().reshape(-1, x_batch(graph, x),
-                                                                 *node.shape)
+            spikes = torch.cat(outs)
+            if written.get(p) == "B*T":
+                spikes = spikes.reshape(batch, -1, *node.shape)
+            if written.get(p) in ("BT", "B*T"):
+                spikes = spikes.transpose(0, 1)
+            traces[node.name] = spikes.cpu().numpy().reshape(-1, batch, *node.shape)
     return out.detach().cpu().numpy(), traces
 
 
@@ -320,8 +336,9 @@ def _agreement(a: np.ndarray | None, b: np.ndarray | None) -> float:
 
 def _cosine(ref: dict, other: dict, names: list[str]) -> float:
     """Cosine similarity of per-neuron spike counts over all matched layers."""
-    a = np.concatenate([ref[n].sum(0).ravel() for n in names if n in ref and n in other])
-    b = np.concatenate([other[n].sum(0).ravel() for n in names if n in ref and n in other])
+    names = [n for n in names if n in ref and n in other]
+    a = np.concatenate([ref[n].sum(0).ravel() for n in names] or [np.zeros(0)])
+    b = np.concatenate([other[n].sum(0).ravel() for n in names] or [np.zeros(0)])
     den = np.linalg.norm(a) * np.linalg.norm(b)
     return float(a @ b / den) if den else float(np.array_equal(a, b))
 
@@ -493,7 +510,8 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         activity_cosine_sim=_cosine(ref, sim_n, names),
         activity_cosine_target=_cosine(ref, tgt_traces, names),
         lossy=any(available_passes()[p].lossy for p in compiled.meta.get("passes", [])),
-        target_dtype=target_dtype, output_over_steps=over_steps)
+        target_dtype=target_dtype, output_over_steps=over_steps,
+        unmatched=[n.name for n in loaded.graph.of_type(ir.Neuron) if n.name not in ref])
     if labels is not None:
         labels = np.asarray(labels).ravel()
         for key, engine in (("reference", "reference"), ("simulator", "simulator"),

@@ -1,0 +1,222 @@
+"""Neurons a user writes with plain tensor ops, not a library's neuron class: a comparison with a
+threshold (``(mem - th > 0).float()``) is the spikes of a neuron that only compares, and the
+membrane update and reset around it are the graph's Scale/Add/Hadamard nodes with a Delay for
+the state. Forms found in users' code: TET's ``LIFSpike`` (a surrogate ``autograd.Function``, a
+loop over ``x[:, t]`` in a [B, T, ...] network, ``torch.stack(..., dim=1)``), a soft-reset LIF
+looping over ``x[t]``, and a single-step cell keeping its membrane in an attribute. Each is
+checked against the model's own forward: every spike at the neuron modules, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import snncc
+from snncc.errors import SnnccError, UnsupportedError
+from snncc.frontends.zoo import randomize_bn
+
+from conftest import assert_rates_in_range
+
+
+class _ZIF(torch.autograd.Function):
+    """TET's surrogate spike function (temporal efficient training, its ``ZIF``)."""
+
+    @staticmethod
+    def forward(ctx, x, gama):
+        out = (x > 0).float()
+        ctx.save_for_backward(x, out, torch.tensor([gama]))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, _, others = ctx.saved_tensors
+        gama = others[0].item()
+        return grad_output * (1 / gama) ** 2 * (gama - x.abs()).clamp(min=0), None
+
+
+class LIFSpike(nn.Module):
+    """TET's LIF on [B, T, ...]: ``mem = mem * tau + x[:, t]``, fire on ``mem - thresh > 0``,
+    reset to zero by ``(1 - spike) * mem``."""
+
+    def __init__(self, thresh: float = 1.0, tau: float = 0.5, gama: float = 1.0):
+        super().__init__()
+        self.act, self.thresh, self.tau, self.gama = _ZIF.apply, thresh, tau, gama
+
+    def forward(self, x):
+        mem, spikes = 0, []
+        for t in range(x.shape[1]):
+            mem = mem * self.tau + x[:, t, ...]
+            spike = self.act(mem - self.thresh, self.gama)
+            mem = (1 - spike) * mem
+            spikes.append(spike)
+        return torch.stack(spikes, dim=1)
+
+
+class SeqToANN(nn.Module):
+    """TET's container: the stateless layers on [B*T, ...]."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        self.module = nn.Sequential(*modules)
+
+    def forward(self, x):
+        y = self.module(x.flatten(0, 1).contiguous())
+        return y.view(x.shape[0], x.shape[1], *y.shape[1:])
+
+
+class TETNet(nn.Module):
+    """A static image repeated over T on axis 1 (``x.unsqueeze(1).repeat(1, T, 1, 1, 1)``)."""
+
+    def __init__(self, T: int = 4):
+        super().__init__()
+        self.T = T
+        self.conv1 = SeqToANN(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.lif1 = LIFSpike()
+        self.conv2 = SeqToANN(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.lif2 = LIFSpike()
+        self.fc = SeqToANN(nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+
+    def forward(self, x):
+        x = x.unsqueeze(1).repeat(1, self.T, 1, 1, 1)
+        return self.fc(self.lif2(self.conv2(self.lif1(self.conv1(x))))).mean(1)
+
+
+class SoftLIF(nn.Module):
+    """A LIF on [T, B, ...]: ``v + (x - v) / 2``, fire on ``v >= 1`` cast with ``.to``, soft
+    reset ``v - s * 1``."""
+
+    def forward(self, x):
+        v, out = torch.zeros_like(x[0]), []
+        for t in range(x.shape[0]):
+            v = v + (x[t] - v) / 2.0
+            s = (v >= 1.0).to(x.dtype)
+            v = v - s * 1.0
+            out.append(s)
+        return torch.stack(out)
+
+
+class SoftLIFNet(nn.Module):
+    def __init__(self, inline: bool = False):
+        super().__init__()
+        self.inline = inline
+        self.conv, self.bn = nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.lif = SoftLIF()
+        self.fc = nn.Linear(6 * 36, 5)
+
+    def forward(self, x):  # [T, B, 2, 6, 6]
+        T, B = x.shape[:2]
+        cur = self.bn(self.conv(x.flatten(0, 1))).reshape(T, B, 6, 6, 6)
+        s = SoftLIF.forward(self, cur) if self.inline else self.lif(cur)
+        return self.fc(s.flatten(2)).mean(0)
+
+
+class IFCell(nn.Module):
+    """One step per call, its membrane kept in ``self.v`` (the caller resets it)."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold, self.v = threshold, 0.0
+
+    def forward(self, x):
+        self.v = self.v + x
+        s = (self.v > self.threshold).float()
+        self.v = self.v * (1.0 - s)
+        return s
+
+
+class CellNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.n1 = nn.Linear(10, 12), IFCell(1.0)
+        self.fc2, self.n2 = nn.Linear(12, 4), IFCell(0.5)
+
+    def forward(self, x):  # [T, B, 10]
+        self.n1.v = self.n2.v = 0.0
+        return torch.stack([self.n2(self.fc2(self.n1(self.fc1(x_t)))) for x_t in x]).mean(0)
+
+
+def _tet(seed: int):
+    torch.manual_seed(seed)
+    model = TETNet().eval()
+    randomize_bn(model, seed)
+    return model, 3 * torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _soft(seed: int, inline: bool = False):
+    torch.manual_seed(seed)
+    model = SoftLIFNet(inline).eval()
+    randomize_bn(model, seed)
+    return model, 2 * torch.randn(4, 3, 2, 6, 6, generator=torch.Generator().manual_seed(seed))
+
+
+def _cells(seed: int):
+    torch.manual_seed(seed)
+    model = CellNet().eval()
+    with torch.no_grad():
+        model.fc2.weight.mul_(2.0)
+    return model, 3 * torch.randn(4, 8, 10, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
+def test_tets_lif_spike_in_a_batch_major_network_is_exact(target, seed):
+    model, x = _tet(seed)
+    report = snncc.check(model, x, target=target, T=4)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert [r.path for r in report.layers] == ["lif1", "lif2"] and not report.unmatched
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_the_neuron_modules_and_their_layouts_are_recorded():
+    graph = snncc.trace(*_tet(0), T=4)
+    assert graph.meta["neuron_modules"] == {"lif1": "BT", "lif2": "BT"}
+    assert graph.meta["input_layout"] == "static"
+    graph = snncc.trace(*_soft(0), layout="TB")
+    assert graph.meta["neuron_modules"] == {"lif": "TB"}
+
+
+@pytest.mark.parametrize("make", [_soft, _cells], ids=["soft-reset-lif", "single-step-cell"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
+def test_a_lif_looping_over_steps_and_a_single_step_cell_are_exact(make, target):
+    model, x = make(2)
+    report = snncc.check(model, x, target=target, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert report.layers and not report.unmatched
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_a_comparison_inside_a_larger_forward_is_compiled_and_said_to_be_unmatched():
+    """No module returns its spikes, so the check cannot compare them with the model's; the
+    outputs still are, and the report says which layer it left out."""
+    model, x = _soft(0, inline=True)
+    report = snncc.check(model, x, target="onnx", layout="TB")
+    assert report.layers == [] and len(report.unmatched) == 1
+    assert report.output_max_abs_diff_sim == report.output_max_abs_diff_target == 0.0
+    assert "1 neuron layer(s) whose spikes no module returns" in report.format()
+
+
+def test_lava_refuses_the_recurrent_circuit_naming_the_module(tmp_path):
+    model, x = _tet(0)
+    with pytest.raises(UnsupportedError, match=r"module 'lif\d'.*a cycle passes through"):
+        snncc.compile(model, x, target="lava", T=4, out=tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+class _TwoInputs(nn.Module):
+    def forward(self, x):  # [T, B, 6]
+        return torch.stack([(x_t > x_t * 0.5).float() for x_t in x])
+
+
+class _RealCast(nn.Module):
+    def forward(self, x):
+        return torch.stack([(x_t * 2.0).float() for x_t in x])
+
+
+@pytest.mark.parametrize("model,message", [
+    (_TwoInputs(), r"a comparison of two tensors computed from the input"),
+    (_RealCast(), r"only a comparison's result \(spikes\) can be cast, to a float dtype"),
+])
+def test_comparisons_and_casts_the_graph_cannot_hold_are_refused(model, message):
+    with pytest.raises(SnnccError, match=message):
+        snncc.trace(model, torch.randn(4, 2, 6), layout="TB")
