@@ -7,6 +7,7 @@ fold the target's thresholds call for, legalization, then the target's own passe
 from snncc.targets import get_target
 
 from . import attention  # noqa: F401
+from . import circuits  # noqa: F401
 from . import batchnorm  # noqa: F401
 from . import hoist  # noqa: F401
 from . import housekeeping  # noqa: F401
@@ -34,5 +35,5 @@ def default_pipeline(target_name: str, quantized: bool = False) -> list[str]:
         "fold_batchnorm_into_threshold" if t.per_neuron_threshold
         else "fold_batchnorm_into_weights",
         "merge_sdsa_scale_into_threshold", "lower_spike_matmul_to_addressed_additions",
-        "remove_identities", "hoist_static_input", "legalize_for"]
+        "remove_identities", "fuse_tensor_op_neurons", "hoist_static_input", "legalize_for"]
     return passes + [p for p in t.default_passes if p not in passes]

@@ -8,6 +8,7 @@ checked against the model's own forward: every spike at the neuron modules, in f
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -125,6 +126,30 @@ class IFCell(nn.Module):
         return s
 
 
+class DecayLIF(nn.Module):
+    """``mem * 0.75 + x[t]``, fire on ``mem >= 1``, soft reset ``mem - s * 1.0``: the canonical
+    charge and reset, so ``fuse_tensor_op_neurons`` makes it one neuron."""
+
+    def forward(self, x):
+        mem, out = 0.0, []
+        for x_t in x:
+            mem = mem * 0.75 + x_t
+            s = (mem >= 1.0).float()
+            mem = mem - s * 1.0
+            out.append(s)
+        return torch.stack(out)
+
+
+class DecayNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(10, 16), DecayLIF()
+        self.fc2, self.lif2 = nn.Linear(16, 4), DecayLIF()
+
+    def forward(self, x):  # [T, B, 10]
+        return self.lif2(self.fc2(self.lif1(self.fc1(x)))).mean(0)
+
+
 class CellNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -134,6 +159,15 @@ class CellNet(nn.Module):
     def forward(self, x):  # [T, B, 10]
         self.n1.v = self.n2.v = 0.0
         return torch.stack([self.n2(self.fc2(self.n1(self.fc1(x_t)))) for x_t in x]).mean(0)
+
+
+def _decay(seed: int):
+    torch.manual_seed(seed)
+    model = DecayNet().eval()
+    with torch.no_grad():
+        model.fc2.weight.mul_(3.0)
+        model.fc2.bias.add_(0.3)
+    return model, 2 * torch.randn(4, 6, 10, generator=torch.Generator().manual_seed(seed))
 
 
 def _tet(seed: int):
@@ -159,7 +193,7 @@ def _cells(seed: int):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
 def test_tets_lif_spike_in_a_batch_major_network_is_exact(target, seed):
     model, x = _tet(seed)
     report = snncc.check(model, x, target=target, T=4)
@@ -176,9 +210,14 @@ def test_the_neuron_modules_and_their_layouts_are_recorded():
     assert graph.meta["neuron_modules"] == {"lif": "TB"}
 
 
-@pytest.mark.parametrize("make", [_soft, _cells], ids=["soft-reset-lif", "single-step-cell"])
-@pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
-def test_a_lif_looping_over_steps_and_a_single_step_cell_are_exact(make, target):
+@pytest.mark.parametrize("make,not_on_lava", [
+    (_soft, "its charge v + (x - v) / 2 is no canonical neuron: refused (test below)"),
+    (_decay, "Lava's LIF has no soft reset: legalize_for refuses it naming the layer"),
+    (_cells, None)], ids=["soft-reset-lif", "decay-lif", "single-step-cell"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_lif_looping_over_steps_and_a_single_step_cell_are_exact(make, not_on_lava, target):
+    if target == "lava" and not_on_lava:
+        pytest.skip(not_on_lava)
     model, x = make(2)
     report = snncc.check(model, x, target=target, layout="TB")
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
@@ -196,11 +235,39 @@ def test_a_comparison_inside_a_larger_forward_is_compiled_and_said_to_be_unmatch
     assert "1 neuron layer(s) whose spikes no module returns" in report.format()
 
 
-def test_lava_refuses_the_recurrent_circuit_naming_the_module(tmp_path):
-    model, x = _tet(0)
-    with pytest.raises(UnsupportedError, match=r"module 'lif\d'.*a cycle passes through"):
-        snncc.compile(model, x, target="lava", T=4, out=tmp_path / "m")
+def test_lava_refuses_a_circuit_that_is_no_canonical_neuron_naming_the_module(tmp_path):
+    model, x = _soft(0)
+    with pytest.raises(UnsupportedError, match=r"module 'lif'.*a cycle passes through"):
+        snncc.compile(model, x, target="lava", layout="TB", out=tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("make,fused,kw", [
+    (_tet, {"lif1.gt": (0.5, "hard"), "lif2.gt": (0.5, "hard")}, {"T": 4}),
+    (_decay, {"lif1.ge": (0.75, "soft"), "lif2.ge": (0.75, "soft")}, {"layout": "TB"}),
+    (_cells, {"n1.gt": (1.0, "hard"), "n2.gt": (1.0, "hard")}, {"layout": "TB"}),
+    (_soft, {}, {"layout": "TB"}),
+], ids=["tet", "decay", "cells", "soft"])
+def test_fuse_tensor_op_neurons_alone(make, fused, kw):
+    """The pass on the traced graph after the BN fold: each circuit of the canonical charge and
+    reset becomes one neuron with no Delay left, the simulator's spikes and outputs unchanged
+    bit for bit; another charge is declined with its reason."""
+    from snncc.pipeline import run_passes
+    from snncc.simulator import SPIKES, simulate
+
+    model, x = make(3)
+    traced = snncc.trace(model, x, **kw)
+    before = run_passes(traced, ["fold_batchnorm_into_weights", "remove_identities"])
+    after = run_passes(before.copy(), ["fuse_tensor_op_neurons"])
+    got = after.meta["reports"]["fuse_tensor_op_neurons"]
+    assert {k: (v["alpha"], v["reset"]) for k, v in got["fused"].items()} == fused
+    assert bool(got["declined"]) == (not fused)
+    assert bool(after.of_type(snncc.ir.Delay)) == (not fused)
+    a, b = (simulate(g, x.double().numpy(), 4, record=SPIKES) for g in (before, after))
+    for name in fused:
+        assert np.array_equal(a.trace[name], b.trace[name])
+    for out in a.outputs:
+        assert np.array_equal(a.outputs[out], b.outputs[out])
 
 
 class _TwoInputs(nn.Module):
