@@ -1803,6 +1803,32 @@ def _compare(kind: str):
     return handler
 
 
+def _where(b, c, condition, x, y):
+    """``torch.where(s, x, y)`` on a comparison's result ``s``, in the forms a neuron written
+    with tensor ops takes: ``(s, 1, 0)`` its spikes, ``(s, 0, 1)`` one minus them, ``(s, v, 0)``
+    a product with them and ``(s, 0, v)`` a reset to zero, ``v * (1 - s)``: exact, as each
+    product is with 0 or 1."""
+    if not isinstance(condition, Val) or condition.expr not in b.booleans:
+        raise _Refuse("its condition must be a comparison of a value with a constant")
+
+    def constant(a):
+        k = b.const(a, condition)
+        return float(k.flat[0]) if k.size and np.all(k == k.flat[0]) else None
+    x_val, y_val = isinstance(x, Val), isinstance(y, Val)
+    if not x_val and not y_val:
+        pair = (constant(x), constant(y))
+        if pair == (1.0, 0.0):
+            return condition
+        if pair == (0.0, 1.0):
+            return ConstMinus(1.0, condition)
+    elif x_val and not y_val and constant(y) == 0.0:
+        return _tensor_tensor(b, c, "mul", x, condition)
+    elif y_val and not x_val and constant(x) == 0.0:
+        return _times_const_minus(b, c, y, ConstMinus(1.0, condition))
+    raise _Refuse("torch.where(s, ...) on a comparison s is taken as (s, 1, 0), (s, 0, 1), "
+                  "(s, v, 0) or (s, 0, v)")
+
+
 def _cast(b, c, x, *args, **kwargs):
     """A comparison's booleans cast to a float dtype: the same spikes (0 and 1 are exact in
     every float dtype). Other casts change the arithmetic, and are refused."""
@@ -1948,7 +1974,7 @@ _FUNCTIONS = {
     F.batch_norm: _batch_norm_function,
     operator.gt: _compare("gt"), operator.ge: _compare("ge"), operator.lt: _compare("lt"),
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
-    torch.lt: _compare("lt"), torch.le: _compare("le"),
+    torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
 }
 _METHODS = {
     "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "neg": _neg,

@@ -150,6 +150,28 @@ class DecayNet(nn.Module):
         return self.lif2(self.fc2(self.lif1(self.fc1(x)))).mean(0)
 
 
+class WhereLIF(nn.Module):
+    """Spikes and reset written with ``torch.where`` on the comparison."""
+
+    def forward(self, x):
+        mem, out = torch.zeros_like(x[0]), []
+        for x_t in x:
+            mem = 0.5 * mem + x_t
+            fired = mem >= 1.0
+            out.append(torch.where(fired, 1.0, 0.0))
+            mem = torch.where(fired, torch.zeros_like(mem), mem)
+        return torch.stack(out)
+
+
+class WhereNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif, self.head = nn.Linear(8, 12), WhereLIF(), nn.Linear(12, 3)
+
+    def forward(self, x):  # [T, B, 8]
+        return self.head(self.lif(self.fc(x))).mean(0)
+
+
 class CellNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -168,6 +190,12 @@ def _decay(seed: int):
         model.fc2.weight.mul_(3.0)
         model.fc2.bias.add_(0.3)
     return model, 2 * torch.randn(4, 6, 10, generator=torch.Generator().manual_seed(seed))
+
+
+def _where(seed: int):
+    torch.manual_seed(seed)
+    x = 2 * torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(seed))
+    return WhereNet().eval(), x
 
 
 def _tet(seed: int):
@@ -213,7 +241,8 @@ def test_the_neuron_modules_and_their_layouts_are_recorded():
 @pytest.mark.parametrize("make,not_on_lava", [
     (_soft, "its charge v + (x - v) / 2 is no canonical neuron: refused (test below)"),
     (_decay, "Lava's LIF has no soft reset: legalize_for refuses it naming the layer"),
-    (_cells, None)], ids=["soft-reset-lif", "decay-lif", "single-step-cell"])
+    (_where, None), (_cells, None)],
+    ids=["soft-reset-lif", "decay-lif", "where-lif", "single-step-cell"])
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
 def test_a_lif_looping_over_steps_and_a_single_step_cell_are_exact(make, not_on_lava, target):
     if target == "lava" and not_on_lava:
@@ -275,6 +304,11 @@ class _TwoInputs(nn.Module):
         return torch.stack([(x_t > x_t * 0.5).float() for x_t in x])
 
 
+class _OtherWhere(nn.Module):
+    def forward(self, x):
+        return torch.stack([torch.where(x_t > 0.5, x_t, x_t * 2.0) for x_t in x])
+
+
 class _RealCast(nn.Module):
     def forward(self, x):
         return torch.stack([(x_t * 2.0).float() for x_t in x])
@@ -283,6 +317,7 @@ class _RealCast(nn.Module):
 @pytest.mark.parametrize("model,message", [
     (_TwoInputs(), r"a comparison of two tensors computed from the input"),
     (_RealCast(), r"only a comparison's result \(spikes\) can be cast, to a float dtype"),
+    (_OtherWhere(), r"taken as \(s, 1, 0\), \(s, 0, 1\), \(s, v, 0\) or \(s, 0, v\)"),
 ])
 def test_comparisons_and_casts_the_graph_cannot_hold_are_refused(model, message):
     with pytest.raises(SnnccError, match=message):

@@ -576,10 +576,11 @@ class _InputWeighted(torch.nn.Module):
 
 
 @pytest.mark.parametrize("model,x,message", [
-    (_BatchStatistics(), torch.rand(2, 2, 6, 6), r"'torch.nn.functional.batch_norm' is not supported \(training=True "
-                         r"normalises with the batch's own statistics"),
-    (_InputWeighted(), torch.rand(4, 2, 6), r"'torch.linear' is not supported \(its weight is computed from the "
-                       r"input\)"),
+    (_BatchStatistics(), torch.rand(2, 2, 6, 6),
+     r"'torch.nn.functional.batch_norm' is not supported \(training=True normalises with the "
+     r"batch's own statistics"),
+    (_InputWeighted(), torch.rand(4, 2, 6),
+     r"'torch.linear' is not supported \(its weight is computed from the input\)"),
 ])
 def test_functional_layers_the_graph_cannot_hold_are_refused_saying_why(model, x, message):
     with pytest.raises(SnnccError, match=message):
