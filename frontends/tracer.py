@@ -761,11 +761,11 @@ class _Builder:
         self._multi_step_called: set[str] = set()  # neurons that keep their state (keeps_state)
         self._step_terms: dict[Expr, list[Expr]] = {}
         self._sites: dict[tuple, Expr | None] = {}  # site -> its value in the latest step
-        self._step_occurrences: dict[tuple, int] = {}  # (module, stack, step, ...) -> count
+        self._step_occurrences: dict[tuple, int] = {}  # (module, stack, op, step, ...) -> n
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
         self.comparisons: set[str] = set()  # Neuron nodes that are a comparison (x > k)
         self.booleans: set[Expr] = set()  # a comparison's values, as torch has them (bool)
-        self._returned: dict[str, Val] = {}  # module path -> the value it last returned
+        self._returned: dict[str, list[Val]] = {}  # module path -> what each call returned
 
     # ------------------------------------------------------------------ interpretation
     def interpret(self, graph: fx.Graph, static: bool):
@@ -778,7 +778,7 @@ class _Builder:
             env[node] = self._eval(node, args, kwargs, static)
             if isinstance(env[node], Val):
                 for path in node.meta.get("returned_by", ()):
-                    self._returned[path] = env[node]
+                    self._returned.setdefault(path, []).append(env[node])
         raise UnsupportedError("the traced model has no output")
 
     def _eval(self, node: fx.Node, args, kwargs, static: bool):
@@ -880,23 +880,25 @@ class _Builder:
             shape = tuple(c.value.shape[len(frame):])
         site = c.site if hint is None or c.site is None else (*c.site, hint)
         e = Expr(make, tuple(v.expr for v in operands), c.op, hint or c.hint, c.path,
-                 tuple(shape), time or t, s, self.loop_site(site, s))
+                 tuple(shape), time or t, s, self.loop_site(site, s, c.op))
         if s is not None and e.site is not None:
             self._note_site(e)
         return Val(e, frame)
 
-    def loop_site(self, site: tuple | None, step: int | None) -> tuple | None:
-        """``site`` (module, stack, occurrence, ...) of a value at ``step`` with its occurrence
-        counted within that step, not within its module call: the same in every iteration of a
-        loop over time, whether the loop calls a module once per step or runs inside one
-        forward (a neuron written with tensor ops, ``for t in range(T): mem = mem * tau +
-        x[:, t]``, runs each of its stacks once per step)."""
+    def loop_site(self, site: tuple | None, step: int | None, op: str) -> tuple | None:
+        """``site`` (module, stack, occurrence, ...) of an ``op`` value at ``step`` with its
+        occurrence counted among the same op at that step, not within its module call: the
+        same in every iteration of a loop over time, whether the loop calls a module once per
+        step or runs inside one forward (a neuron written with tensor ops, ``for t in range(T):
+        mem = mem * tau + x[:, t]``, runs each op of its stacks once per step; the product there
+        is of step t - 1, the sum of step t). A module called at several places of one line
+        has its calls told apart by their order at each step."""
         if site is None or step is None:
             return site
         module, stack, _, *rest = site
-        key = (module, stack, step, *rest)
+        key = (module, stack, op, step, *rest)
         n = self._step_occurrences[key] = self._step_occurrences.get(key, -1) + 1
-        return (module, stack, n, *rest)
+        return (module, stack, op, n, *rest)
 
     def _note_site(self, e: Expr) -> None:
         """Remember the latest step's value of each site; a site that occurs twice in one step
@@ -1124,15 +1126,23 @@ class _Builder:
             raise _unsupported(list(self.errors))
         return self.graph.verify()
 
-    def _neuron_modules(self) -> dict[str, str]:
-        """Module path -> the layout of what it returns, for each module (a neuron written with
-        plain tensor ops) that returns the spikes of a comparison of its own: what ``check``
-        compares with the graph's node, the other comparisons having no module output."""
+    def _neuron_modules(self) -> dict[str, list[list[str]]]:
+        """Module path -> [node, layout] for each call of a module (a neuron written with plain
+        tensor ops) that returns the spikes of a comparison of its own, in the layout it
+        returns them; ``[[node, "steps"]]`` for a module called once per step (its calls are
+        that node's steps). What ``check`` compares with the graph's nodes; other comparisons
+        have no module output (a module reused at several places has one node per call)."""
         found = {}
-        for path, v in self._returned.items():
-            name = self._done.get((v.expr, v.expr.step))
-            if name in self.comparisons and self.graph[name].path == path:
-                found[path] = _LAYOUT_NAMES[v.frame]
+        for path, calls in self._returned.items():
+            per_step = all(v.expr.step is not None for v in calls)
+            if per_step:
+                calls = calls[-1:]
+            elif any(v.expr.step is not None for v in calls):
+                continue
+            names = [self._done.get((v.expr, v.expr.step)) for v in calls]
+            if all(n in self.comparisons and self.graph[n].path == path for n in names):
+                found[path] = [[n, "steps" if per_step else _LAYOUT_NAMES[v.frame]]
+                               for n, v in zip(names, calls)]
         return found
 
     def materialize(self, e: Expr, t: int | None) -> str | None:
@@ -1547,7 +1557,7 @@ def _narrowed(b, c, x: Val, dim: int, start: int, stop: int, hint: str, site) ->
     shape = list(x.expr.shape)
     shape[axis] = stop - start
     e = _Slice(None, (x.expr,), c.op, hint, c.path, tuple(shape), time, step,
-               b.loop_site(site, step), axis=axis,
+               b.loop_site(site, step, c.op), axis=axis,
                start=start, stop=stop)
     if step is not None and site is not None:
         b._note_site(e)

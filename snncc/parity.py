@@ -165,11 +165,12 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     modes = [(m, m.training) for m in model.modules()]
     model = model.to(device=device, dtype=tdtype).eval()
     reset_state(model)
-    # a neuron written with tensor ops is its module's comparison where the module returns it
-    # (in the layout it does); other comparisons have no module output to compare
-    written = graph.meta.get("neuron_modules") or {}
+    # a neuron written with tensor ops: each call of its module returns a comparison's spikes,
+    # in the layout that call returns them (tracer, graph.meta['neuron_modules'])
+    written = {p: [(graph[n], layout) for n, layout in calls]
+               for p, calls in (graph.meta.get("neuron_modules") or {}).items()}
     by_path = {n.path: n for n in graph.of_type(ir.Neuron)
-               if n.path and (n.path in written or is_neuron(model.get_submodule(n.path)))}
+               if n.path and n.path not in written and is_neuron(model.get_submodule(n.path))}
     records: dict[str, list] = {p: [] for p in by_path}
 
     def spikes_in_dtype(path, out):
@@ -180,8 +181,10 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
             records[path].append(spikes.detach())
         return spikes if rest is None else (spikes, *rest)
 
+    for p in written:
+        records[p] = []
     hooks = [m.register_forward_hook(lambda m, a, out, p=p: spikes_in_dtype(p, out))
-             for p, m in model.named_modules() if p in by_path or is_neuron(m)]
+             for p, m in model.named_modules() if p in records or is_neuron(m)]
     try:
         xt = torch.as_tensor(to_torch_layout(graph, x), dtype=tdtype, device=device)
         with torch.no_grad():
@@ -204,12 +207,13 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
             m.train(training)
     traces, batch = {}, x_batch(graph, x)
     for p, outs in records.items():
-        node = by_path[p]
-        if outs:
-            spikes = torch.cat(outs)
-            if written.get(p) == "B*T":
+        calls = written.get(p, [(by_path.get(p), "steps")])
+        if calls[0][1] == "steps":  # one output per step (or one whole [T, B, ...] sequence)
+            outs = [torch.cat(outs)] if outs else []
+        for (node, layout), spikes in zip(calls, outs) if len(calls) == len(outs) else ():
+            if layout == "B*T":
                 spikes = spikes.reshape(batch, -1, *node.shape)
-            if written.get(p) in ("BT", "B*T"):
+            if layout in ("BT", "B*T"):
                 spikes = spikes.transpose(0, 1)
             traces[node.name] = spikes.cpu().numpy().reshape(-1, batch, *node.shape)
     return out.detach().cpu().numpy(), traces
@@ -511,7 +515,8 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         activity_cosine_target=_cosine(ref, tgt_traces, names),
         lossy=any(available_passes()[p].lossy for p in compiled.meta.get("passes", [])),
         target_dtype=target_dtype, output_over_steps=over_steps,
-        unmatched=[n.name for n in loaded.graph.of_type(ir.Neuron) if n.name not in ref])
+        unmatched=[n.name for n in loaded.graph.of_type(ir.Neuron)
+                   if n.name not in ref and n.name in sim.trace])
     if labels is not None:
         labels = np.asarray(labels).ravel()
         for key, engine in (("reference", "reference"), ("simulator", "simulator"),

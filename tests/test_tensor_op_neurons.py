@@ -83,6 +83,25 @@ class TETNet(nn.Module):
         return self.fc(self.lif2(self.conv2(self.lif1(self.conv1(x))))).mean(1)
 
 
+class ReusedNet(nn.Module):
+    """One LIFSpike module called at three places (TET's ResNet-19 calls its blocks' ``spike``
+    twice and the root's on images and on features): each call is its own layer."""
+
+    def __init__(self, T: int = 4):
+        super().__init__()
+        self.T = T
+        self.conv1 = SeqToANN(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.conv2 = SeqToANN(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.fc = SeqToANN(nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+        self.spike = LIFSpike()
+
+    def forward(self, x):
+        x = self.spike(self.conv1(x.unsqueeze(1).repeat(1, self.T, 1, 1, 1)))
+        out = self.conv2(x)
+        out += x
+        return self.spike(self.fc(self.spike(out))).mean(1)
+
+
 class SoftLIF(nn.Module):
     """A LIF on [T, B, ...]: ``v + (x - v) / 2``, fire on ``v >= 1`` cast with ``.to``, soft
     reset ``v - s * 1``."""
@@ -198,6 +217,15 @@ def _where(seed: int):
     return WhereNet().eval(), x
 
 
+def _reused(seed: int):
+    torch.manual_seed(seed)
+    model = ReusedNet().eval()
+    randomize_bn(model, seed)
+    with torch.no_grad():
+        model.fc.module[1].weight.mul_(8.0)
+    return model, 3 * torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
 def _tet(seed: int):
     torch.manual_seed(seed)
     model = TETNet().eval()
@@ -230,12 +258,24 @@ def test_tets_lif_spike_in_a_batch_major_network_is_exact(target, seed):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_neuron_module_called_at_several_places_is_compared_at_each(target):
+    model, x = _reused(1)
+    report = snncc.check(model, x, target=target, T=4)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert [r.path for r in report.layers] == ["spike"] * 3 and not report.unmatched
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 def test_the_neuron_modules_and_their_layouts_are_recorded():
     graph = snncc.trace(*_tet(0), T=4)
-    assert graph.meta["neuron_modules"] == {"lif1": "BT", "lif2": "BT"}
+    assert graph.meta["neuron_modules"] == {"lif1": [["lif1.gt", "BT"]],
+                                            "lif2": [["lif2.gt", "BT"]]}
     assert graph.meta["input_layout"] == "static"
     graph = snncc.trace(*_soft(0), layout="TB")
-    assert graph.meta["neuron_modules"] == {"lif": "TB"}
+    assert graph.meta["neuron_modules"] == {"lif": [["lif.ge", "TB"]]}
+    graph = snncc.trace(*_cells(0), layout="TB")
+    assert graph.meta["neuron_modules"] == {"n1": [["n1.gt", "steps"]], "n2": [["n2.gt", "steps"]]}
 
 
 @pytest.mark.parametrize("make,not_on_lava", [
