@@ -503,6 +503,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
             rate_reference=float(r.mean()), rate_sim=float(s.mean()) if s is not None else -1.0,
             rate_target=float(t.mean()) if t is not None else -1.0))
     names = [row.node for row in layers]
+    compared = {row.path for row in layers}  # (a module's other comparisons are its own steps)
     sim_n = {k: v for k, v in sim.trace.items() if k in ref}
     report = ParityReport(
         target=tgt.name, reference=reference, T=T, batch=x_batch(loaded.graph, x), dtype=dtype,
@@ -516,7 +517,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         lossy=any(available_passes()[p].lossy for p in compiled.meta.get("passes", [])),
         target_dtype=target_dtype, output_over_steps=over_steps,
         unmatched=[n.name for n in loaded.graph.of_type(ir.Neuron)
-                   if n.name not in ref and n.name in sim.trace])
+                   if n.name not in ref and n.name in sim.trace and n.path not in compared])
     if labels is not None:
         labels = np.asarray(labels).ravel()
         for key, engine in (("reference", "reference"), ("simulator", "simulator"),

@@ -267,6 +267,18 @@ def test_a_neuron_module_called_at_several_places_is_compared_at_each(target):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+def test_two_steps_are_exact_and_every_module_compared():
+    """With T = 2 the loop has no steady step: the first step's reset path is its own nodes
+    (a comparison more per neuron), which belong to the module compared, not to the report's
+    unmatched layers."""
+    torch.manual_seed(0)
+    model = TETNet(T=2).eval()
+    randomize_bn(model, 0)
+    report = snncc.check(model, 3 * torch.rand(3, 2, 8, 8), target="onnx", T=2)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert [r.path for r in report.layers] == ["lif1", "lif2"] and not report.unmatched
+
+
 def test_the_neuron_modules_and_their_layouts_are_recorded():
     graph = snncc.trace(*_tet(0), T=4)
     assert graph.meta["neuron_modules"] == {"lif1": [["lif1.gt", "BT"]],
