@@ -1813,6 +1813,15 @@ def _compare(kind: str):
     return handler
 
 
+def _heaviside(b, c, x, values):
+    """``torch.heaviside(x, v)``: 1 above 0, ``v`` at 0, 0 below: ``x >= 0`` for v = 1 and
+    ``x > 0`` for v = 0, as spikes (float)."""
+    k = b.const(values, _val(x))
+    if k.size != 1 or float(k.flat[0]) not in (0.0, 1.0):
+        raise _Refuse("heaviside's value at 0 must be 0 or 1 (a spike or none)")
+    return _compare("ge" if float(k.flat[0]) else "gt")(b, c, x, 0.0)
+
+
 def _where(b, c, condition, x, y):
     """``torch.where(s, x, y)`` on a comparison's result ``s``, in the forms a neuron written
     with tensor ops takes: ``(s, 1, 0)`` its spikes, ``(s, 0, 1)`` one minus them, ``(s, v, 0)``
@@ -1985,6 +1994,7 @@ _FUNCTIONS = {
     operator.gt: _compare("gt"), operator.ge: _compare("ge"), operator.lt: _compare("lt"),
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
+    torch.heaviside: _heaviside,
 }
 _METHODS = {
     "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "neg": _neg,
@@ -1995,6 +2005,7 @@ _METHODS = {
     "expand": _repeat, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
     "narrow": _narrow, "gt": _compare("gt"), "ge": _compare("ge"), "lt": _compare("lt"),
     "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast, "type_as": _cast,
+    "heaviside": _heaviside,
 }
 
 

@@ -182,10 +182,23 @@ class WhereLIF(nn.Module):
         return torch.stack(out)
 
 
+class HeavisideLIF(nn.Module):
+    """Spikes by ``torch.heaviside`` (1 at 0: ``>=``), reset by the product with 1 - s."""
+
+    def forward(self, x):
+        mem, out = 0.0, []
+        for x_t in x:
+            mem = mem * 0.5 + x_t
+            s = torch.heaviside(mem - 1.0, torch.tensor(1.0, dtype=x.dtype))
+            mem = mem * (1.0 - s)
+            out.append(s)
+        return torch.stack(out)
+
+
 class WhereNet(nn.Module):
-    def __init__(self):
+    def __init__(self, lif=WhereLIF):
         super().__init__()
-        self.fc, self.lif, self.head = nn.Linear(8, 12), WhereLIF(), nn.Linear(12, 3)
+        self.fc, self.lif, self.head = nn.Linear(8, 12), lif(), nn.Linear(12, 3)
 
     def forward(self, x):  # [T, B, 8]
         return self.head(self.lif(self.fc(x))).mean(0)
@@ -224,6 +237,12 @@ def _reused(seed: int):
     with torch.no_grad():
         model.fc.module[1].weight.mul_(8.0)
     return model, 3 * torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _heaviside(seed: int):
+    torch.manual_seed(seed)
+    x = 2 * torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(seed))
+    return WhereNet(HeavisideLIF).eval(), x
 
 
 def _tet(seed: int):
@@ -293,8 +312,8 @@ def test_the_neuron_modules_and_their_layouts_are_recorded():
 @pytest.mark.parametrize("make,not_on_lava", [
     (_soft, "its charge v + (x - v) / 2 is no canonical neuron: refused (test below)"),
     (_decay, "Lava's LIF has no soft reset: legalize_for refuses it naming the layer"),
-    (_where, None), (_cells, None)],
-    ids=["soft-reset-lif", "decay-lif", "where-lif", "single-step-cell"])
+    (_where, None), (_heaviside, None), (_cells, None)],
+    ids=["soft-reset-lif", "decay-lif", "where-lif", "heaviside-lif", "single-step-cell"])
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
 def test_a_lif_looping_over_steps_and_a_single_step_cell_are_exact(make, not_on_lava, target):
     if target == "lava" and not_on_lava:
@@ -361,6 +380,11 @@ class _OtherWhere(nn.Module):
         return torch.stack([torch.where(x_t > 0.5, x_t, x_t * 2.0) for x_t in x])
 
 
+class _HalfStep(nn.Module):
+    def forward(self, x):
+        return torch.stack([torch.heaviside(x_t, torch.tensor(0.5)) for x_t in x])
+
+
 class _RealCast(nn.Module):
     def forward(self, x):
         return torch.stack([(x_t * 2.0).float() for x_t in x])
@@ -370,6 +394,7 @@ class _RealCast(nn.Module):
     (_TwoInputs(), r"a comparison of two tensors computed from the input"),
     (_RealCast(), r"only a comparison's result \(spikes\) can be cast, to a float dtype"),
     (_OtherWhere(), r"taken as \(s, 1, 0\), \(s, 0, 1\), \(s, v, 0\) or \(s, 0, v\)"),
+    (_HalfStep(), r"heaviside's value at 0 must be 0 or 1"),
 ])
 def test_comparisons_and_casts_the_graph_cannot_hold_are_refused(model, message):
     with pytest.raises(SnnccError, match=message):
