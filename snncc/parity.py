@@ -169,8 +169,9 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     # in the layout that call returns them (tracer, graph.meta['neuron_modules'])
     written = {p: [(graph[n], layout) for n, layout in calls]
                for p, calls in (graph.meta.get("neuron_modules") or {}).items()}
+    modules = dict(model.named_modules())
     by_path = {n.path: n for n in graph.of_type(ir.Neuron)
-               if n.path and n.path not in written and is_neuron(model.get_submodule(n.path))}
+               if n.path in modules and n.path not in written and is_neuron(modules[n.path])}
     records: dict[str, list] = {p: [] for p in by_path}
 
     def spikes_in_dtype(path, out):
