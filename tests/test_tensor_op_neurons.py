@@ -298,6 +298,31 @@ def test_two_steps_are_exact_and_every_module_compared():
     assert [r.path for r in report.layers] == ["lif1", "lif2"] and not report.unmatched
 
 
+class DVSNet(nn.Module):
+    """TET's DVS form: the input is already [B, T, 2, H, W] events."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = SeqToANN(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.lif = LIFSpike()
+        self.fc = SeqToANN(nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+
+    def forward(self, x):
+        return self.fc(self.lif(self.conv(x)))  # one output per step, [B, T, 10]
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_batch_major_event_input_is_exact(target):
+    torch.manual_seed(4)
+    model = DVSNet().eval()
+    randomize_bn(model, 4)
+    x = (torch.rand(3, 4, 2, 8, 8, generator=torch.Generator().manual_seed(4)) < 0.4).float()
+    report = snncc.check(model, x, target=target, T=4, layout="BT")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert report.output_over_steps and [r.path for r in report.layers] == ["lif"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 def test_the_neuron_modules_and_their_layouts_are_recorded():
     graph = snncc.trace(*_tet(0), T=4)
     assert graph.meta["neuron_modules"] == {"lif1": [["lif1.gt", "BT"]],
