@@ -224,10 +224,14 @@ def _decay(seed: int):
     return model, 2 * torch.randn(4, 6, 10, generator=torch.Generator().manual_seed(seed))
 
 
-def _where(seed: int):
+def _where(seed: int, lif=WhereLIF):
     torch.manual_seed(seed)
     x = 2 * torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(seed))
-    return WhereNet().eval(), x
+    return WhereNet(lif).eval(), x
+
+
+def _heaviside(seed: int):
+    return _where(seed, HeavisideLIF)
 
 
 def _reused(seed: int):
@@ -237,12 +241,6 @@ def _reused(seed: int):
     with torch.no_grad():
         model.fc.module[1].weight.mul_(8.0)
     return model, 3 * torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(seed))
-
-
-def _heaviside(seed: int):
-    torch.manual_seed(seed)
-    x = 2 * torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(seed))
-    return WhereNet(HeavisideLIF).eval(), x
 
 
 def _tet(seed: int):
