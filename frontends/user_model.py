@@ -185,18 +185,43 @@ def build_with_weights(spec: str, args, path: str | Path, trust: bool = False) -
     return load_into(build_model(spec, args), state, spec)
 
 
+def kept_tensors(model: nn.Module):
+    """(name, tensor) for each tensor a module keeps outside its parameters, buffers and
+    submodules: an attribute, or an item of a list, tuple or dict attribute (nested)."""
+    def walk(name: str, v):
+        if isinstance(v, torch.Tensor):
+            yield name, v
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                yield from walk(f"{name}[{k!r}]", item)
+        elif isinstance(v, (list, tuple)):
+            for k, item in enumerate(v):
+                yield from walk(f"{name}[{k}]", item)
+    for path, m in model.named_modules():
+        for attr, v in vars(m).items():
+            if attr not in ("_parameters", "_buffers", "_modules"):
+                yield from walk(f"{path}.{attr}" if path else attr, v)
+
+
 def _holds_meta(model: nn.Module) -> bool:
-    """Whether a parameter, buffer or tensor attribute (or a list, tuple or dict of them) is on
-    meta: a slice of a weight kept in a dict (a supernet's chosen sub-network) stays on meta
-    when the checkpoint's tensors replace the weights."""
-    def meta(v) -> bool:
-        if isinstance(v, dict):
-            v = tuple(v.values())
-        if isinstance(v, (list, tuple)):
-            return any(meta(i) for i in v)
-        return isinstance(v, torch.Tensor) and v.is_meta
-    return any(meta(t) for t in (*model.parameters(), *model.buffers())) or any(
-        meta(v) for m in model.modules() for v in vars(m).values())
+    """Whether a parameter, buffer or kept tensor (:func:`kept_tensors`) is on meta: a slice of
+    a weight kept in a dict (a supernet's chosen sub-network) stays on meta when the
+    checkpoint's tensors replace the weights."""
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers())) or any(
+        t.is_meta for _, t in kept_tensors(model))
+
+
+def held_views(model: nn.Module) -> list[tuple[str, str]]:
+    """(kept tensor, parameter) for each kept tensor (:func:`kept_tensors`) that shares memory
+    with a parameter or buffer: a weight-sharing supernet's slices of its larger kernels, made
+    when a sub-network is chosen (Auto-Spikformer's ``set_sample_config``)."""
+    owners: dict[int, str] = {}
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if not t.is_meta:
+            owners.setdefault(t.untyped_storage().data_ptr(), name)
+    return [(name, owners[ptr]) for name, t in kept_tensors(model)
+            if not isinstance(t, nn.Parameter) and not t.is_meta
+            and (ptr := t.untyped_storage().data_ptr()) in owners]
 
 
 def declared_T(model: nn.Module) -> int | None:

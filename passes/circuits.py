@@ -119,11 +119,11 @@ def fuse_tensor_op_neurons(graph: Graph) -> Graph:
     """Replace a membrane written with tensor ops and a comparing neuron by the canonical
     neuron, where the two compute the same numbers (module doc)."""
     fused, declined = {}, {}
+    cons = graph.consumers()
     for s in graph.of_type(ir.Neuron):
         theta = _compared_with(s)
         if theta is None:
             continue
-        cons = graph.consumers()
         try:
             neuron, replaced = _circuit(graph, s, theta, cons)
         except Decline as why:
@@ -132,6 +132,7 @@ def fuse_tensor_op_neurons(graph: Graph) -> Graph:
         graph.replace(s.name, neuron)
         for name in replaced:
             graph.remove(name)
+        cons = graph.consumers()  # (listed again only after a change, not per neuron)
         fused[s.name] = {"alpha": np.asarray(neuron.alpha).tolist(), "reset": neuron.reset}
     report(graph, "fuse_tensor_op_neurons", fused=fused, declined=declined)
     return graph

@@ -158,10 +158,11 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     before = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     before_device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if before not in (None, tdtype):
-        _refuse_held_views(model, dtype, f"--dtype {str(before).removeprefix('torch.')}")
-    if before_device != torch.device(device):
-        _refuse_held_views(model, device, f"--device {before_device}")
+    conversions = [(to, instead) for to, instead, differs in (
+        (dtype, f"--dtype {str(before).removeprefix('torch.')}", before not in (None, tdtype)),
+        (device, f"--device {before_device}", before_device != torch.device(device))) if differs]
+    if conversions:
+        _refuse_held_views(model, *(" and ".join(c) for c in zip(*conversions)))
     modes = [(m, m.training) for m in model.modules()]
     model = model.to(device=device, dtype=tdtype).eval()
     reset_state(model)
@@ -172,7 +173,7 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     modules = dict(model.named_modules())
     by_path = {n.path: n for n in graph.of_type(ir.Neuron)
                if n.path in modules and n.path not in written and is_neuron(modules[n.path])}
-    records: dict[str, list] = {p: [] for p in by_path}
+    records: dict[str, list] = {p: [] for p in (*by_path, *written)}
 
     def spikes_in_dtype(path, out):
         spikes, rest = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, None)
@@ -182,8 +183,6 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
             records[path].append(spikes.detach())
         return spikes if rest is None else (spikes, *rest)
 
-    for p in written:
-        records[p] = []
     hooks = [m.register_forward_hook(lambda m, a, out, p=p: spikes_in_dtype(p, out))
              for p, m in model.named_modules() if p in records or is_neuron(m)]
     try:
@@ -220,40 +219,14 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     return out.detach().cpu().numpy(), traces
 
 
-def held_views(model) -> list[tuple[str, str]]:
-    """(attribute, parameter) for each tensor a module keeps outside its parameters and buffers
-    (as an attribute, or in a dict, list or tuple attribute) that shares memory with a
-    parameter or buffer: a weight-sharing supernet's slices of its larger kernels, made when a
-    sub-network is chosen (Auto-Spikformer's ``set_sample_config``)."""
-    import itertools
-
-    import torch
-
-    owners: dict[int, str] = {}
-    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
-        if t.device.type != "meta":
-            owners.setdefault(t.untyped_storage().data_ptr(), name)
-    found = []
-    for path, m in model.named_modules():
-        for attr, v in vars(m).items():
-            if attr in ("_parameters", "_buffers", "_modules"):
-                continue
-            items = v.items() if isinstance(v, dict) else \
-                enumerate(v) if isinstance(v, (list, tuple)) else ((None, v),)
-            for key, t in items:
-                if isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter) \
-                        and t.device.type != "meta" \
-                        and (owner := owners.get(t.untyped_storage().data_ptr())) is not None:
-                    at = f"{path}.{attr}" if path else attr
-                    found.append((at if key is None else f"{at}[{key!r}]", owner))
-    return found
-
-
 def _refuse_held_views(model, to: str, instead: str) -> None:
     """Converting a model gives its parameters and buffers new memory; a tensor a module keeps
-    of theirs (:func:`held_views`) stays behind, in the old dtype or device and no longer
-    theirs, so the model would fail or run on weights that no longer follow its parameters
-    (also after it is given back). Refused before anything is converted."""
+    of theirs (:func:`~snncc.frontends.user_model.held_views`) stays behind, in the old dtype or
+    device and no longer theirs, so the model would fail or run on weights that no longer
+    follow its parameters (also after it is given back). Refused before anything is
+    converted."""
+    from snncc.frontends.user_model import held_views
+
     views = held_views(model)
     if views:
         (at, owner), more = views[0], len(views) - 1
