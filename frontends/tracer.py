@@ -576,6 +576,12 @@ class Membrane:
     step: int
 
 
+def _bordered_array(shape: tuple[int, ...], pads: tuple[int, ...], value: np.ndarray) -> np.ndarray:
+    """The (C, H, W) array of a padded tensor's border holding ``value`` per channel, zero
+    inside."""
+    return np.where(_border(shape, pads), value[:, None, None], 0.0)
+
+
 def _border(shape: tuple[int, ...], pads: tuple[int, ...]) -> np.ndarray:
     """The (H, W) cells of a padded (C, H, W) tensor that ``pads`` (left, right, top, bottom)
     added."""
@@ -754,7 +760,8 @@ class _Builder:
         self._done: dict[tuple[Expr, int | None], str | None] = {}
         self._delays: dict[tuple[Expr, int], str] = {}
         self._keys: dict[tuple, list[str]] = {}
-        # F.pad outputs: the padded value, its pads and its border's constant (None: zeros)
+        # F.pad outputs: the padded value, its pads and its border's per-channel value (None:
+        # zeros); the value, not the border's array, so that no traced constant is held
         self._pad_borders: dict[Expr, tuple[Val, tuple[int, ...], np.ndarray | None]] = {}
         # cat of a value with constants: its zero-padded value and the constants (_cat_constants)
         self._cat_constants: dict[Expr, tuple[Val, np.ndarray]] = {}
@@ -769,16 +776,28 @@ class _Builder:
 
     # ------------------------------------------------------------------ interpretation
     def interpret(self, graph: fx.Graph, static: bool):
+        # each value is dropped after its last use (as fx.Interpreter does): a constant's
+        # float64 value (_computed_in_float64) would otherwise live until the trace ends
+        last_uses: dict[fx.Node, list[fx.Node]] = {}
+        used: set[fx.Node] = set()
+        for node in reversed(graph.nodes):
+            fresh = [n for n in node.all_input_nodes if n not in used]
+            used.update(fresh)
+            last_uses[node] = fresh
         env: dict[fx.Node, object] = {}
         for node in graph.nodes:
             args = fx.node.map_arg(node.args, env.__getitem__)
             if node.op == "output":
                 return args[0]
             kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
-            env[node] = self._eval(node, args, kwargs, static)
-            if isinstance(env[node], Val):
+            value = env[node] = self._eval(node, args, kwargs, static)
+            if isinstance(value, Val):
                 for path in node.meta.get("returned_by", ()):
-                    self._returned.setdefault(path, []).append(env[node])
+                    self._returned.setdefault(path, []).append(value)
+            for done in last_uses[node]:
+                del env[done]
+            if node not in used:
+                del env[node]
         raise UnsupportedError("the traced model has no output")
 
     def _eval(self, node: fx.Node, args, kwargs, static: bool):
@@ -962,14 +981,15 @@ class _Builder:
         """``F.pad(y) + border`` with a per-channel border constant -> one Pad with that value."""
         if x.expr not in self._pad_borders:
             return None
-        inner, pads, full = self._pad_borders[x.expr]
+        inner, pads, value = self._pad_borders[x.expr]
         try:
             k = np.broadcast_to(k, x.expr.shape)
         except ValueError:
             return None
         if k[:, ~_border(x.expr.shape, pads)].any():
             return None
-        out = self._bordered(c, inner, pads, k if full is None else full + k, x.frame)
+        full = k if value is None else _bordered_array(x.expr.shape, pads, value) + k
+        out = self._bordered(c, inner, pads, full, x.frame)
         return out if isinstance(out, Val) else None
 
     def assign_border(self, c: _Call, x, index, k: np.ndarray):
@@ -980,7 +1000,8 @@ class _Builder:
             inner, pads, full, frame = x.inner, x.pads, x.full, x.frame
             shape = full.shape
         elif isinstance(x, Val) and x.expr in self._pad_borders:
-            (inner, pads, full), frame, shape = self._pad_borders[x.expr], x.frame, x.expr.shape
+            (inner, pads, value), frame, shape = self._pad_borders[x.expr], x.frame, x.expr.shape
+            full = None if value is None else _bordered_array(shape, pads, value)
         else:
             raise _Refuse("an assignment into a tensor (out[...] = v) is taken only into the "
                           "border F.pad added")
@@ -1008,7 +1029,7 @@ class _Builder:
         value = edge[:, 0].copy()
         out = self.new(c, lambda n, i: ir.Pad(n, i, path=c.path, pads=pads, value=value),
                        [inner], frame)
-        self._pad_borders[out.expr] = (inner, pads, full)
+        self._pad_borders[out.expr] = (inner, pads, value)
         return out
 
     # ------------------------------------------------------------------ modules
