@@ -772,6 +772,8 @@ class _Builder:
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
         self.comparisons: set[str] = set()  # Neuron nodes that are a comparison (x > k)
         self.booleans: set[Expr] = set()  # a comparison's values, as torch has them (bool)
+        # comparisons exact on integer inputs only -> (path, op) of the op they stand for
+        self.on_integers: dict[str, tuple[str, str]] = {}
         self._returned: dict[str, list[Val]] = {}  # module path -> what each call returned
 
     # ------------------------------------------------------------------ interpretation
@@ -1145,7 +1147,15 @@ class _Builder:
         self.graph.meta["neuron_modules"] = self._neuron_modules()
         if self.errors:
             raise _unsupported(list(self.errors))
-        return self.graph.verify()
+        self.graph.verify()
+        real = {(path, f"op '{op}' is not supported (only clamp(x, 0, 1) of integer values, "
+                       "spikes and sums of them, an OR of spikes: this operand is real)"): None
+                for name, (path, op) in self.on_integers.items()
+                if name in self.graph  # (not where a duplicate of another node was dropped)
+                and self.graph[self.graph[name].inputs[0]].kind is ir.Kind.REAL}
+        if real:
+            raise _unsupported(list(real))
+        return self.graph
 
     def _neuron_modules(self) -> dict[str, list[list[str]]]:
         """Module path -> [node, layout] for each call of a module (a neuron written with plain
@@ -1822,16 +1832,35 @@ def _compare(kind: str):
             x = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [x], x.frame,
                       shape=x.expr.shape, hint=f"{c.hint}_neg")
             k, op = -k, _MIRRORED[op]
-
-        def make(name, inputs):
-            b.comparisons.add(name)
-            return ir.Neuron(name, inputs, path=c.path, alpha=0.0, gamma=1.0, beta=0.0,
-                             theta=k, v_reset=0.0, v_init=0.0, reset=cn.RESET_HARD,
-                             cmp=cn.CMP_GT if op == "gt" else cn.CMP_GE)
-        out = b.new(c, make, [x], x.frame)
+        out = _comparison(b, c, x, k, op)
         b.booleans.add(out.expr)
         return out
     return handler
+
+
+def _comparison(b, c, x: Val, k, op: str, integers_only: bool = False) -> Val:
+    """The spikes of a neuron that only compares: ``x > k`` (op "gt") or ``x >= k`` ("ge").
+    ``integers_only``: exact only where ``x`` takes integer values, checked once the graph
+    knows its kind (:meth:`_Builder.finish`)."""
+
+    def make(name, inputs):
+        b.comparisons.add(name)
+        if integers_only:
+            b.on_integers[name] = (c.path, c.op)
+        return ir.Neuron(name, inputs, path=c.path, alpha=0.0, gamma=1.0, beta=0.0,
+                         theta=k, v_reset=0.0, v_init=0.0, reset=cn.RESET_HARD,
+                         cmp=cn.CMP_GT if op == "gt" else cn.CMP_GE)
+    return b.new(c, make, [x], x.frame)
+
+
+def _clamp(b, c, x, min=None, max=None):
+    """``torch.clamp(x, 0, 1)`` of integer values (spikes and sums of them: an OR of spikes,
+    ``clamp(x + y, 0, 1)``, XOR-Spikformer's ``or_clamp`` fusion) is ``x > 0``, exactly."""
+    x = _val(x)
+    bounds = [None if v is None else b.const(v, x) for v in (min, max)]
+    if any(v is None or v.size != 1 for v in bounds) or [float(v) for v in bounds] != [0, 1]:
+        raise _Refuse("only clamp(x, 0, 1) of integer values (an OR of spikes) is supported")
+    return _comparison(b, c, x, np.asarray(0.0), "gt", integers_only=True)
 
 
 def _heaviside(b, c, x, values):
@@ -2015,7 +2044,7 @@ _FUNCTIONS = {
     operator.gt: _compare("gt"), operator.ge: _compare("ge"), operator.lt: _compare("lt"),
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
-    torch.heaviside: _heaviside,
+    torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp,
 }
 _METHODS = {
     "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "neg": _neg,
@@ -2026,7 +2055,7 @@ _METHODS = {
     "expand": _repeat, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
     "narrow": _narrow, "gt": _compare("gt"), "ge": _compare("ge"), "lt": _compare("lt"),
     "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast, "type_as": _cast,
-    "heaviside": _heaviside,
+    "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp,
 }
 
 

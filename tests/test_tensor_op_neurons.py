@@ -393,6 +393,42 @@ def test_fuse_tensor_op_neurons_alone(make, fused, kw):
         assert np.array_equal(a.outputs[out], b.outputs[out])
 
 
+class SpikeOr(nn.Module):
+    """XOR-Spikformer's ``or_clamp`` residual fusion of two spike tensors: ``clamp(x + z, 0,
+    1)``, their OR."""
+
+    def forward(self, x, z):
+        return torch.clamp(x + z, 0, 1)
+
+
+class OrNet(TETNet):
+    """TETNet with its two spike layers joined by an OR (``x.clamp(0, 1)`` as a method too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.join = SpikeOr()
+
+    def forward(self, x):
+        s1 = self.lif1(self.conv1(x.unsqueeze(1).repeat(1, self.T, 1, 1, 1)))
+        s2 = self.lif2(self.conv2(s1))
+        return self.fc(self.join(s1, s2).clamp(0, 1)).mean(1)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_an_or_of_spikes_written_as_a_clamp_is_exact(target):
+    """``clamp(x, 0, 1)`` of integer values is ``x > 0``: a neuron that only compares."""
+    torch.manual_seed(3)
+    model = OrNet().eval()
+    randomize_bn(model, 3)
+    x = 3 * torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(3))
+    report = snncc.check(model, x, target=target, T=4)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert [r.path for r in report.layers] == ["lif1", "lif2", "join"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    ors = report.layers[2]
+    assert ors.rate_reference > max(r.rate_reference for r in report.layers[:2])
+
+
 class _TwoInputs(nn.Module):
     def forward(self, x):  # [T, B, 6]
         return torch.stack([(x_t > x_t * 0.5).float() for x_t in x])
@@ -413,11 +449,24 @@ class _RealCast(nn.Module):
         return torch.stack([(x_t * 2.0).float() for x_t in x])
 
 
+class _RealClamp(nn.Module):
+    def forward(self, x):
+        return torch.clamp(x * 2.0, 0, 1)
+
+
+class _OtherClamp(nn.Module):
+    def forward(self, x):
+        return torch.stack([(x_t > 0.5).float() for x_t in x]).clamp(min=0)
+
+
 @pytest.mark.parametrize("model,message", [
     (_TwoInputs(), r"a comparison of two tensors computed from the input"),
     (_RealCast(), r"only a comparison's result \(spikes\) can be cast, to a float dtype"),
     (_OtherWhere(), r"taken as \(s, 1, 0\), \(s, 0, 1\), \(s, v, 0\) or \(s, 0, v\)"),
     (_HalfStep(), r"heaviside's value at 0 must be 0 or 1"),
+    (_RealClamp(), r"op 'torch.clamp' is not supported \(only clamp\(x, 0, 1\) of integer "
+                   r"values, spikes and sums of them, an OR of spikes: this operand is real\)"),
+    (_OtherClamp(), r"only clamp\(x, 0, 1\) of integer values \(an OR of spikes\)"),
 ])
 def test_comparisons_and_casts_the_graph_cannot_hold_are_refused(model, message):
     with pytest.raises(SnnccError, match=message):
