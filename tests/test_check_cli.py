@@ -39,7 +39,7 @@ def check(tmp_path, target, artifact=None):
     return r, json.loads((tmp_path / "r.json").read_text())
 
 
-@pytest.mark.parametrize("target", ["sim", "onnx"])
+@pytest.mark.parametrize("target", [pytest.param("sim", marks=pytest.mark.slow), "onnx"])
 def test_clean_artifact_agrees_at_every_layer(tmp_path, target):
     r, rep = check(tmp_path, target, compile_to(tmp_path, target) / (
         "model.snnir" if target == "sim" else ""))

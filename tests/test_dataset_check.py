@@ -293,7 +293,11 @@ def test_resume_continues_and_gives_the_same_report(tmp_path, loaded):
     (["--limit", "5"], "--limit applies to --dataset only"),
     (["--dataset", "digits", "--inputs", "x.npy"], "--dataset replaces --inputs"),
 ])
-def test_bad_specs_are_one_line_errors(tmp_path, args, message):
+def test_bad_specs_are_one_line_errors(tmp_path, capsys, args, message):
+    """Through the CLI's entry point in this process (the first case also in a process of its
+    own, as a user runs it: the same line and a non-zero exit)."""
+    from snncc.cli import main
+
     np.savez(tmp_path / "bad.npz", x=np.zeros((3, 1, 8, 8)))
     np.savez(tmp_path / "shape.npz", x=np.zeros((3, 8, 8)), y=np.zeros(3, dtype=int))
     (tmp_path / "empty").mkdir()
@@ -301,11 +305,14 @@ def test_bad_specs_are_one_line_errors(tmp_path, args, message):
     subs = {"BAD_NPZ": tmp_path / "bad.npz", "WRONG_SHAPE": tmp_path / "shape.npz",
             "EMPTY_DIR": tmp_path / "empty", "IMG_DIR": tmp_path / "img",
             "nowhere.npz": tmp_path / "nowhere.npz"}
-    r = snncc("check", CKPT, *ARCH, *[str(subs.get(a, a)) for a in args])
-    assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("snncc: error:"), r.stderr
+    argv = ["check", str(CKPT), *ARCH, *[str(subs.get(a, a)) for a in args]]
+    assert main(argv) != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snncc: error:"), lines
     assert message in lines[0], lines[0]
+    if args[-1] == "nowhere.npz":
+        r = snncc(*argv)
+        assert r.returncode != 0 and r.stderr.strip().splitlines() == lines, r.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

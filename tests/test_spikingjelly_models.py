@@ -179,7 +179,7 @@ def test_nir_compiled_by_the_cli_pipeline_equals_library(traced, tmp_path, name)
 
 
 @pytest.mark.parametrize("name, pipeline", [
-    ("sdt", "passes"), ("sdt", "for_target"),
+    ("sdt", "passes"), pytest.param("sdt", "for_target", marks=pytest.mark.slow),
     ("ms_resnet", "for_target"),  # a conv reads a BN left to the lowering (the residual stream)
     *(pytest.param(n, "passes", marks=pytest.mark.slow)
     for n in ("spikformer", "qkformer", "maxformer", "ms_resnet", "sew_resnet18",
