@@ -772,8 +772,9 @@ class _Builder:
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
         self.comparisons: set[str] = set()  # Neuron nodes that are a comparison (x > k)
         self.booleans: set[Expr] = set()  # a comparison's values, as torch has them (bool)
-        # comparisons exact on integer inputs only -> (path, op) of the op they stand for
-        self.on_integers: dict[str, tuple[str, str]] = {}
+        # values an op is exact on only where they are integers (a clamp's operand, a cast
+        # value) -> (path, op, what is taken), checked once the graph knows their kinds
+        self.integers_only: dict[Expr, tuple[str, str, str]] = {}
         self._returned: dict[str, list[Val]] = {}  # module path -> what each call returned
 
     # ------------------------------------------------------------------ interpretation
@@ -1148,11 +1149,10 @@ class _Builder:
         if self.errors:
             raise _unsupported(list(self.errors))
         self.graph.verify()
-        real = {(path, f"op '{op}' is not supported (only clamp(x, 0, 1) of integer values, "
-                       "spikes and sums of them, an OR of spikes: this operand is real)"): None
-                for name, (path, op) in self.on_integers.items()
-                if name in self.graph  # (not where a duplicate of another node was dropped)
-                and self.graph[self.graph[name].inputs[0]].kind is ir.Kind.REAL}
+        names = {e: n for (e, _), n in self._done.items() if n and e in self.integers_only}
+        real = {(path, f"op '{op}' is not supported (only {taken}: this value is real)"): None
+                for e, (path, op, taken) in self.integers_only.items()
+                if e in names and self.graph[names[e]].kind is ir.Kind.REAL}
         if real:
             raise _unsupported(list(real))
         return self.graph
@@ -1838,15 +1838,11 @@ def _compare(kind: str):
     return handler
 
 
-def _comparison(b, c, x: Val, k, op: str, integers_only: bool = False) -> Val:
-    """The spikes of a neuron that only compares: ``x > k`` (op "gt") or ``x >= k`` ("ge").
-    ``integers_only``: exact only where ``x`` takes integer values, checked once the graph
-    knows its kind (:meth:`_Builder.finish`)."""
+def _comparison(b, c, x: Val, k, op: str) -> Val:
+    """The spikes of a neuron that only compares: ``x > k`` (op "gt") or ``x >= k`` ("ge")."""
 
     def make(name, inputs):
         b.comparisons.add(name)
-        if integers_only:
-            b.on_integers[name] = (c.path, c.op)
         return ir.Neuron(name, inputs, path=c.path, alpha=0.0, gamma=1.0, beta=0.0,
                          theta=k, v_reset=0.0, v_init=0.0, reset=cn.RESET_HARD,
                          cmp=cn.CMP_GT if op == "gt" else cn.CMP_GE)
@@ -1860,7 +1856,9 @@ def _clamp(b, c, x, min=None, max=None):
     bounds = [None if v is None else b.const(v, x) for v in (min, max)]
     if any(v is None or v.size != 1 for v in bounds) or [float(v) for v in bounds] != [0, 1]:
         raise _Refuse("only clamp(x, 0, 1) of integer values (an OR of spikes) is supported")
-    return _comparison(b, c, x, np.asarray(0.0), "gt", integers_only=True)
+    b.integers_only[x.expr] = (c.path, c.op, "clamp(x, 0, 1) of integer values, spikes and sums "
+                                             "of them, an OR of spikes")
+    return _comparison(b, c, x, np.asarray(0.0), "gt")
 
 
 def _heaviside(b, c, x, values):
@@ -1899,11 +1897,16 @@ def _where(b, c, condition, x, y):
 
 
 def _cast(b, c, x, *args, **kwargs):
-    """A comparison's booleans cast to a float dtype: the same spikes (0 and 1 are exact in
-    every float dtype). Other casts change the arithmetic, and are refused."""
+    """A cast to a float dtype of spikes or other integers (a comparison's booleans, a spike
+    input such as DVS events, counts): the same values in every float dtype. A real value's
+    cast would round where the graph does not, and is refused (once the graph knows its
+    kind)."""
     x = _val(x)
-    if x.expr not in b.booleans or not c.value.is_floating_point():
-        raise _Refuse("only a comparison's result (spikes) can be cast, to a float dtype")
+    if not c.value.is_floating_point():
+        raise _Refuse("a cast is taken only to a float dtype, of spikes or other integers")
+    if x.expr not in b.booleans:
+        b.integers_only[x.expr] = (c.path, c.op, "a cast to a float dtype of spikes or other "
+                                                 "integers (a real value's would round)")
     return x
 
 

@@ -187,13 +187,13 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
              for p, m in model.named_modules() if p in records or is_neuron(m)]
     try:
         xt = torch.as_tensor(to_torch_layout(graph, x), dtype=tdtype, device=device)
-        with torch.no_grad():
+        with torch.no_grad(), _floats_in(tdtype):
             out = model(xt)
     except (RuntimeError, TypeError, ValueError) as err:  # the model's own code failing
         text = " ".join(str(err).split())[:300]
         raise SnnccError(f"running the PyTorch model in {dtype} failed: {type(err).__name__}: "
-                         f"{text}" + (" (a model that keeps state in float32 runs only in "
-                                      "float32: check with --dtype float32)"
+                         f"{text}" + (" (a model whose tensors keep float32 in other ways "
+                                      "runs only in float32: check with --dtype float32)"
                                       if dtype == "float64" and "dtype" in text else "")) \
             from None
     finally:
@@ -217,6 +217,45 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
                 spikes = spikes.transpose(0, 1)
             traces[node.name] = spikes.cpu().numpy().reshape(-1, batch, *node.shape)
     return out.detach().cpu().numpy(), traces
+
+
+def _floats_in(dtype):
+    """A context in which the model's forward computes every float in ``dtype``, as a model
+    converted to it does: its casts to another float dtype (``x.float()``, ``.to(torch.float32)``,
+    ``.type``, ``.half()``) give ``dtype``, and tensors it makes (``torch.zeros(B, n)`` for a
+    state, with a float dtype or none) are made in it. A model written for float32 otherwise
+    cannot run in float64 (a float32 input or state meets float64 weights); the values a cast
+    keeps exactly (spikes, counts) are the same either way."""
+    import contextlib
+
+    import torch
+
+    casts = {torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.double}
+
+    def floating(d) -> bool:
+        return isinstance(d, torch.dtype) and d.is_floating_point
+
+    class FloatsIn(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in casts:
+                return args[0].to(dtype)
+            if func in (torch.Tensor.to, torch.Tensor.type):
+                args = tuple(dtype if floating(a) else a for a in args)
+            if floating(kwargs.get("dtype")):
+                kwargs = {**kwargs, "dtype": dtype}
+            return func(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def scope():
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with FloatsIn():
+                yield
+        finally:
+            torch.set_default_dtype(default)
+    return scope()
 
 
 def _refuse_held_views(model, to: str, instead: str) -> None:

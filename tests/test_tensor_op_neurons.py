@@ -393,6 +393,71 @@ def test_fuse_tensor_op_neurons_alone(make, fused, kw):
         assert np.array_equal(a.outputs[out], b.outputs[out])
 
 
+class Fire(nn.Module):
+    def forward(self, mem):
+        return (mem > 1.0).float()
+
+
+class STBPNet(nn.Module):
+    """STBP's style (Wu et al.'s ``mem_update``): the input cast with ``x.float()`` (events),
+    the state made in forward as float32 (``torch.zeros(B, n, dtype=torch.float32)``), the
+    spikes cast from a comparison."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2 = nn.Linear(8, 6), nn.Linear(6, 3)
+        self.fire = Fire()
+
+    def forward(self, x):  # [T, B, 8] events, as bool
+        x = x.float()
+        mem, out = torch.zeros(x.shape[1], 6, dtype=torch.float32), []
+        for t in range(x.shape[0]):
+            mem = mem * 0.5 + self.fc(x[t])
+            s = self.fire(mem)
+            mem = mem * (1 - s)
+            out.append(self.fc2(s))
+        return torch.stack(out).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
+def test_a_model_written_for_float32_is_checked_in_float64(target):
+    """Casts of spikes (the event input's ``x.float()``) are exact, and `check` runs the model
+    with its casts and the tensors it makes in float64 (``parity._floats_in``), where it would
+    otherwise stop at a float32 tensor meeting float64 weights."""
+    torch.manual_seed(0)
+    model = STBPNet().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(3.0)
+    x = torch.rand(4, 3, 8, generator=torch.Generator().manual_seed(0)) < 0.5
+    report = snncc.check(model, x, target=target, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert report.dtype == "float64" and [r.path for r in report.layers] == ["fire"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class _Float32Attribute(nn.Module):
+    """A float32 tensor kept as a plain attribute: converting the model leaves it float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.randn(6, 8)
+
+    def forward(self, x):
+        return torch.stack([(nn.functional.linear(x_t, self.w) > 0.5).float() for x_t in x])
+
+
+def test_a_model_that_cannot_run_in_float64_is_checked_in_float32():
+    """What keeps float32 beyond the casts and the tensors a forward makes (a plain attribute):
+    `check` says in one line that the model fails in float64, and what to do."""
+    model, x = _Float32Attribute().eval(), torch.randn(4, 3, 8)
+    with pytest.raises(SnnccError) as err:
+        snncc.check(model, x, target="sim", layout="TB")
+    msg = str(err.value)
+    assert "\n" not in msg and "in float64 failed" in msg and "--dtype float32" in msg, msg
+    report = snncc.check(model, x, target="onnx", layout="TB", dtype="float32")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+
+
 class SpikeOr(nn.Module):
     """XOR-Spikformer's ``or_clamp`` residual fusion of two spike tensors: ``clamp(x + z, 0,
     1)``, their OR."""
@@ -461,11 +526,13 @@ class _OtherClamp(nn.Module):
 
 @pytest.mark.parametrize("model,message", [
     (_TwoInputs(), r"a comparison of two tensors computed from the input"),
-    (_RealCast(), r"only a comparison's result \(spikes\) can be cast, to a float dtype"),
+    (_RealCast(), r"op 'Tensor.float' is not supported \(only a cast to a float dtype of "
+                  r"spikes or other integers \(a real value's would round\): this value is "
+                  r"real\)"),
     (_OtherWhere(), r"taken as \(s, 1, 0\), \(s, 0, 1\), \(s, v, 0\) or \(s, 0, v\)"),
     (_HalfStep(), r"heaviside's value at 0 must be 0 or 1"),
     (_RealClamp(), r"op 'torch.clamp' is not supported \(only clamp\(x, 0, 1\) of integer "
-                   r"values, spikes and sums of them, an OR of spikes: this operand is real\)"),
+                   r"values, spikes and sums of them, an OR of spikes: this value is real\)"),
     (_OtherClamp(), r"only clamp\(x, 0, 1\) of integer values \(an OR of spikes\)"),
 ])
 def test_comparisons_and_casts_the_graph_cannot_hold_are_refused(model, message):
