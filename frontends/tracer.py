@@ -576,7 +576,8 @@ class Membrane:
     step: int
 
 
-def _bordered_array(shape: tuple[int, ...], pads: tuple[int, ...], value: np.ndarray) -> np.ndarray:
+def _bordered_array(shape: tuple[int, ...], pads: tuple[int, ...],
+                    value: np.ndarray) -> np.ndarray:
     """The (C, H, W) array of a padded tensor's border holding ``value`` per channel, zero
     inside."""
     return np.where(_border(shape, pads), value[:, None, None], 0.0)
@@ -772,9 +773,9 @@ class _Builder:
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
         self.comparisons: set[str] = set()  # Neuron nodes that are a comparison (x > k)
         self.booleans: set[Expr] = set()  # a comparison's values, as torch has them (bool)
-        # values an op is exact on only where they are integers (a clamp's operand, a cast
-        # value) -> (path, op, what is taken), checked once the graph knows their kinds
-        self.integers_only: dict[Expr, tuple[str, str, str]] = {}
+        # values an op is exact on only where they are integers (a clamp's operand) -> (path,
+        # op), checked once the graph knows their kinds
+        self.integers_only: dict[Expr, tuple[str, str]] = {}
         self._returned: dict[str, list[Val]] = {}  # module path -> what each call returned
 
     # ------------------------------------------------------------------ interpretation
@@ -1150,8 +1151,9 @@ class _Builder:
             raise _unsupported(list(self.errors))
         self.graph.verify()
         names = {e: n for (e, _), n in self._done.items() if n and e in self.integers_only}
-        real = {(path, f"op '{op}' is not supported (only {taken}: this value is real)"): None
-                for e, (path, op, taken) in self.integers_only.items()
+        real = {(path, f"op '{op}' is not supported (only clamp(x, 0, 1) of integer values, "
+                       f"spikes and sums of them, an OR of spikes: this value is real)"): None
+                for e, (path, op) in self.integers_only.items()
                 if e in names and self.graph[names[e]].kind is ir.Kind.REAL}
         if real:
             raise _unsupported(list(real))
@@ -1856,8 +1858,7 @@ def _clamp(b, c, x, min=None, max=None):
     bounds = [None if v is None else b.const(v, x) for v in (min, max)]
     if any(v is None or v.size != 1 for v in bounds) or [float(v) for v in bounds] != [0, 1]:
         raise _Refuse("only clamp(x, 0, 1) of integer values (an OR of spikes) is supported")
-    b.integers_only[x.expr] = (c.path, c.op, "clamp(x, 0, 1) of integer values, spikes and sums "
-                                             "of them, an OR of spikes")
+    b.integers_only[x.expr] = (c.path, c.op)
     return _comparison(b, c, x, np.asarray(0.0), "gt")
 
 
@@ -1897,16 +1898,13 @@ def _where(b, c, condition, x, y):
 
 
 def _cast(b, c, x, *args, **kwargs):
-    """A cast to a float dtype of spikes or other integers (a comparison's booleans, a spike
-    input such as DVS events, counts): the same values in every float dtype. A real value's
-    cast would round where the graph does not, and is refused (once the graph knows its
-    kind)."""
+    """A cast to float32 or float64 (a comparison's booleans to spikes, ``x.float()`` of an
+    event input or a state), or a move to a device: the same values, in the arithmetic the
+    graph runs in; `check` runs the model's own such casts in its dtype too
+    (``parity._floats_in``). Another dtype (half precision, integers) would round: refused."""
     x = _val(x)
-    if not c.value.is_floating_point():
-        raise _Refuse("a cast is taken only to a float dtype, of spikes or other integers")
-    if x.expr not in b.booleans:
-        b.integers_only[x.expr] = (c.path, c.op, "a cast to a float dtype of spikes or other "
-                                                 "integers (a real value's would round)")
+    if c.value.dtype not in (torch.float32, torch.float64):
+        raise _Refuse("a cast is taken only to float32 or float64 (another dtype would round)")
     return x
 
 

@@ -220,20 +220,20 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
 
 
 def _floats_in(dtype):
-    """A context in which the model's forward computes every float in ``dtype``, as a model
-    converted to it does: its casts to another float dtype (``x.float()``, ``.to(torch.float32)``,
-    ``.type``, ``.half()``) give ``dtype``, and tensors it makes (``torch.zeros(B, n)`` for a
-    state, with a float dtype or none) are made in it. A model written for float32 otherwise
-    cannot run in float64 (a float32 input or state meets float64 weights); the values a cast
-    keeps exactly (spikes, counts) are the same either way."""
+    """A context in which the model's forward computes in ``dtype`` what a model converted to
+    it does not: its casts to float32 or float64 (``x.float()``, ``.to(torch.float32)``,
+    ``.type``) give ``dtype``, and tensors it makes (``torch.zeros(B, n)`` for a state, with
+    either dtype or none) are made in it. A model written for float32 otherwise cannot run in
+    float64 (a float32 input or state meets float64 weights). The graph takes such casts as
+    the values cast (the tracer's ``_cast``); other dtypes are left as they are."""
     import contextlib
 
     import torch
 
-    casts = {torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.double}
+    casts = {torch.Tensor.float, torch.Tensor.double}
 
     def floating(d) -> bool:
-        return isinstance(d, torch.dtype) and d.is_floating_point
+        return d in (torch.float32, torch.float64)
 
     class FloatsIn(torch.overrides.TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
