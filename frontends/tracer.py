@@ -224,6 +224,7 @@ class _ConcreteTracer(fx.Tracer):
         self._running = 0
         self._constants = 0
         self._placeholders = 0
+        self._overwritten: dict[int, torch.Tensor] = {}  # see _check_overwrite
         self._occurrences: dict[tuple, int] = {}
         self._stacks: dict[tuple, int] = {}
         self._codes: list[list] = []
@@ -285,7 +286,28 @@ class _ConcreteTracer(fx.Tracer):
                 return f"{found[0]}.{found[2]}" if found[0] else found[2]
         return None
 
+    def _check_overwrite(self, t: torch.Tensor, target: str) -> None:
+        """``t.op_(y)`` for a tensor ``t`` made in forward and a traced ``y`` (STBP's
+        ``sumspike = torch.zeros(...)`` then ``sumspike += spike`` at every step) is recorded
+        as ``t.op(y)``, which ``+=`` binds to the name. ``t`` itself keeps its value, so it may
+        not be read again (:meth:`create_arg`), nor be a parameter, a buffer or a view, which
+        would change too."""
+        def refuse(reason):
+            raise UnsupportedError(f"op 'Tensor.{target}' is not supported ({reason})",
+                                   path=self.scope.module_path or None)
+        if not callable(getattr(torch.Tensor, target[:-1], None)):
+            refuse("an in-place op with no out-of-place form")
+        if t._base is not None or isinstance(t, nn.Parameter) or any(
+                t.untyped_storage().data_ptr() == p.untyped_storage().data_ptr()
+                for p in (*self.root.parameters(), *self.root.buffers())):
+            refuse(_SHARED)
+
     def create_arg(self, a):
+        if isinstance(a, torch.Tensor) and self._overwritten.get(id(a)) is a:
+            raise UnsupportedError(
+                "a tensor made in forward and changed in place by a value computed from the "
+                "input (t += x) is read again, where the graph has its value before: write "
+                "it out of place (t = t + x)", path=self.scope.module_path or None)
         if isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter) \
                 and not any(a is buf for buf in self.root.buffers()):
             # a tensor made in forward: keep it in the graph, not as an attribute of the model;
@@ -302,6 +324,10 @@ class _ConcreteTracer(fx.Tracer):
         if kind == "call_method" and target in _SHAPE_METHODS:
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
         receiver = args[0] if kind == "call_method" and _in_place(target) else None
+        overwritten = None
+        if isinstance(receiver, torch.Tensor):  # a constant changed by a traced value
+            self._check_overwrite(receiver, target)
+            overwritten, receiver, target = receiver, None, target[:-1]
         if receiver is not None:  # x.op_(...): recorded as x.op(...), see below
             # refused here, even where nothing reads the result, which the tensor would hold
             if not callable(getattr(torch.Tensor, target[:-1], None)):
@@ -320,6 +346,8 @@ class _ConcreteTracer(fx.Tracer):
             value = _compact_constant(value)
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
                                      proxy_factory_fn)
+        if overwritten is not None:  # (held: no other tensor takes its id)
+            self._overwritten[id(overwritten)] = overwritten
         proxy.node.meta["value"] = value
         if kind == "placeholder":
             proxy.node.meta["example"] = self.example

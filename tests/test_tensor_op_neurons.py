@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import snncc
 from snncc.errors import SnnccError, UnsupportedError
@@ -456,6 +457,99 @@ def test_a_model_that_cannot_run_in_float64_is_checked_in_float32():
     assert "\n" not in msg and "in float64 failed" in msg and "--dtype float32" in msg, msg
     report = snncc.check(model, x, target="onnx", layout="TB", dtype="float32")
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+
+
+class _ActFun(torch.autograd.Function):
+    """STBP's spike function (Wu et al.'s code): fire above 0.5."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.gt(0.5).float()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return grad_output * ((x - 0.5).abs() < 0.5).float()
+
+
+def _mem_update(ops, x, mem, spike):
+    mem = mem * 0.2 * (1.0 - spike) + ops(x)
+    return mem, _ActFun.apply(mem)
+
+
+class STBPCifarNet(nn.Module):
+    """STBP's CIFAR code, small: states and spike counts made with ``torch.zeros`` and named
+    together (``mem = spike = sumspike = torch.zeros(...)``), a loop over steps that never
+    indexes time, the counts accumulated in place (``sumspike += spike``), their mean over
+    steps the output."""
+
+    def __init__(self, T: int = 4):
+        super().__init__()
+        self.T = T
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1)
+        self.fc1, self.fc2 = nn.Linear(8 * 4 * 4, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        B = x.size(0)
+        c1_mem = c1_spike = torch.zeros(B, 8, 16, 16)
+        c2_mem = c2_spike = torch.zeros(B, 8, 8, 8)
+        h1_mem = h1_spike = torch.zeros(B, 16)
+        h2_mem = h2_spike = h2_sumspike = torch.zeros(B, 10)
+        for _ in range(self.T):
+            c1_mem, c1_spike = _mem_update(self.conv1, x, c1_mem, c1_spike)
+            c2_mem, c2_spike = _mem_update(self.conv2, F.avg_pool2d(c1_spike, 2), c2_mem,
+                                           c2_spike)
+            h1_mem, h1_spike = _mem_update(self.fc1, F.avg_pool2d(c2_spike, 2).view(B, -1),
+                                           h1_mem, h1_spike)
+            h2_mem, h2_spike = _mem_update(self.fc2, h1_spike, h2_mem, h2_spike)
+            h2_sumspike += h2_spike
+        return h2_sumspike / self.T
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
+def test_stbps_loop_with_counts_accumulated_in_place_is_exact(target):
+    """Traced unrolled (the loop never indexes time): every layer once per step, its
+    comparisons reported as unmatched; the output is each class's firing rate."""
+    torch.manual_seed(1)
+    model = STBPCifarNet().eval()
+    with torch.no_grad():
+        for layer in (model.conv2, model.fc1, model.fc2):
+            layer.weight.mul_(3.0)
+    x = 2 * torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    report = snncc.check(model, x, target=target, T=4)
+    assert report.output_max_abs_diff_sim == report.output_max_abs_diff_target == 0.0
+    assert len(report.unmatched) == 16 and report.dtype == "float64"
+    with torch.no_grad():
+        rate = float(model(x).mean())
+    assert 0.05 < rate < 0.95, rate
+
+
+class _ReadAfterInPlace(nn.Module):
+    def forward(self, x):
+        total = kept = torch.zeros(x.shape[1], 6)
+        for x_t in x:
+            total += (x_t > 0.5).float()
+        return total + kept
+
+
+class _ViewInPlace(nn.Module):
+    def forward(self, x):
+        rows = torch.zeros(2, x.shape[1], 6)
+        first = rows[0]
+        first += (x[0] > 0.5).float()
+        return first
+
+
+@pytest.mark.parametrize("model,message", [
+    (_ReadAfterInPlace(), r"changed in place by a value computed from the input \(t \+= x\) is "
+                          r"read again"),
+    (_ViewInPlace(), r"op 'Tensor.add_' is not supported \(an in-place op on a tensor that "
+                     r"shares memory with another"),
+])
+def test_in_place_ops_on_constants_that_would_change_other_tensors_are_refused(model, message):
+    with pytest.raises(SnnccError, match=message):
+        snncc.trace(model, torch.randn(4, 2, 6), layout="TB")
 
 
 class SpikeOr(nn.Module):
