@@ -145,6 +145,17 @@ def _may_share_memory(node: fx.Node, root: nn.Module) -> bool:
             return False
 
 
+def _shares_model_memory(t: torch.Tensor, root: nn.Module) -> bool:
+    """For ``t.op_(y)`` on a tensor ``t`` made in forward with a traced ``y`` (STBP's
+    ``sumspike = torch.zeros(...)`` then ``sumspike += spike`` at every step), recorded as
+    ``t.op(y)``, which ``+=`` binds to the name: whether ``t`` is a view, a parameter or a
+    buffer, which would change too. ``t`` itself keeps its value in the graph, so it may not be
+    read again (``_ConcreteTracer.create_arg``)."""
+    return t._base is not None or isinstance(t, nn.Parameter) or any(
+        t.untyped_storage().data_ptr() == p.untyped_storage().data_ptr()
+        for p in (*root.parameters(), *root.buffers()))
+
+
 def _views(node: fx.Node, root: nn.Module) -> bool:
     if node.op == "call_method":
         return node.target in _VIEW_METHODS
@@ -224,7 +235,7 @@ class _ConcreteTracer(fx.Tracer):
         self._running = 0
         self._constants = 0
         self._placeholders = 0
-        self._overwritten: dict[int, torch.Tensor] = {}  # see _check_overwrite
+        self._overwritten: dict[int, torch.Tensor] = {}  # see _shares_model_memory
         self._occurrences: dict[tuple, int] = {}
         self._stacks: dict[tuple, int] = {}
         self._codes: list[list] = []
@@ -286,22 +297,6 @@ class _ConcreteTracer(fx.Tracer):
                 return f"{found[0]}.{found[2]}" if found[0] else found[2]
         return None
 
-    def _check_overwrite(self, t: torch.Tensor, target: str) -> None:
-        """``t.op_(y)`` for a tensor ``t`` made in forward and a traced ``y`` (STBP's
-        ``sumspike = torch.zeros(...)`` then ``sumspike += spike`` at every step) is recorded
-        as ``t.op(y)``, which ``+=`` binds to the name. ``t`` itself keeps its value, so it may
-        not be read again (:meth:`create_arg`), nor be a parameter, a buffer or a view, which
-        would change too."""
-        def refuse(reason):
-            raise UnsupportedError(f"op 'Tensor.{target}' is not supported ({reason})",
-                                   path=self.scope.module_path or None)
-        if not callable(getattr(torch.Tensor, target[:-1], None)):
-            refuse("an in-place op with no out-of-place form")
-        if t._base is not None or isinstance(t, nn.Parameter) or any(
-                t.untyped_storage().data_ptr() == p.untyped_storage().data_ptr()
-                for p in (*self.root.parameters(), *self.root.buffers())):
-            refuse(_SHARED)
-
     def create_arg(self, a):
         if isinstance(a, torch.Tensor) and self._overwritten.get(id(a)) is a:
             raise UnsupportedError(
@@ -325,13 +320,13 @@ class _ConcreteTracer(fx.Tracer):
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
         receiver = args[0] if kind == "call_method" and _in_place(target) else None
         overwritten = None
-        if isinstance(receiver, torch.Tensor):  # a constant changed by a traced value
-            self._check_overwrite(receiver, target)
-            overwritten, receiver, target = receiver, None, target[:-1]
         if receiver is not None:  # x.op_(...): recorded as x.op(...), see below
             # refused here, even where nothing reads the result, which the tensor would hold
             if not callable(getattr(torch.Tensor, target[:-1], None)):
                 reason = "an in-place op with no out-of-place form"
+            elif isinstance(receiver, torch.Tensor):  # made in forward, changed by a traced y
+                reason = _SHARED if _shares_model_memory(receiver, self.root) else None
+                overwritten, receiver = receiver, None
             elif target not in _METADATA_IN_PLACE and _may_share_memory(receiver.node,
                                                                           self.root):
                 reason = _SHARED
