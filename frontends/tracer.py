@@ -151,9 +151,10 @@ def _shares_model_memory(t: torch.Tensor, root: nn.Module) -> bool:
     ``t.op(y)``, which ``+=`` binds to the name: whether ``t`` is a view, a parameter or a
     buffer, which would change too. ``t`` itself keeps its value in the graph, so it may not be
     read again (``_ConcreteTracer.create_arg``)."""
-    return t._base is not None or isinstance(t, nn.Parameter) or any(
-        t.untyped_storage().data_ptr() == p.untyped_storage().data_ptr()
-        for p in (*root.parameters(), *root.buffers()))
+    from .user_model import storage_owners
+
+    return t._base is not None or isinstance(t, nn.Parameter) or \
+        t.untyped_storage().data_ptr() in storage_owners(root)
 
 
 def _views(node: fx.Node, root: nn.Module) -> bool:

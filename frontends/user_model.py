@@ -211,14 +211,21 @@ def _holds_meta(model: nn.Module) -> bool:
         t.is_meta for _, t in kept_tensors(model))
 
 
-def held_views(model: nn.Module) -> list[tuple[str, str]]:
-    """(kept tensor, parameter) for each kept tensor (:func:`kept_tensors`) that shares memory
-    with a parameter or buffer: a weight-sharing supernet's slices of its larger kernels, made
-    when a sub-network is chosen (Auto-Spikformer's ``set_sample_config``)."""
+def storage_owners(model: nn.Module) -> dict[int, str]:
+    """The address of each parameter's and buffer's memory -> the first name it has (meta
+    tensors, which have no memory, left out)."""
     owners: dict[int, str] = {}
     for name, t in (*model.named_parameters(), *model.named_buffers()):
         if not t.is_meta:
             owners.setdefault(t.untyped_storage().data_ptr(), name)
+    return owners
+
+
+def held_views(model: nn.Module) -> list[tuple[str, str]]:
+    """(kept tensor, parameter) for each kept tensor (:func:`kept_tensors`) that shares memory
+    with a parameter or buffer: a weight-sharing supernet's slices of its larger kernels, made
+    when a sub-network is chosen (Auto-Spikformer's ``set_sample_config``)."""
+    owners = storage_owners(model)
     return [(name, owners[ptr]) for name, t in kept_tensors(model)
             if not isinstance(t, nn.Parameter) and not t.is_meta
             and (ptr := t.untyped_storage().data_ptr()) in owners]

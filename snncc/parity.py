@@ -232,8 +232,8 @@ def _floats_in(dtype):
 
     casts = {torch.Tensor.float, torch.Tensor.double}
 
-    def floating(d) -> bool:
-        return d in (torch.float32, torch.float64)
+    def floating(d) -> bool:  # (an argument may be a tensor: compared by type first)
+        return isinstance(d, torch.dtype) and d in (torch.float32, torch.float64)
 
     class FloatsIn(torch.overrides.TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
