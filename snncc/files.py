@@ -211,17 +211,23 @@ def check_replaceable_file(path: Path, replaces: Ours | None) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable, binary: bool = True, *,
-                 replaces: Ours | None = None) -> Path:
+                 replaces: Ours | None = None, by_name: bool = False) -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place, so
     ``path`` is either the old file or the complete new one, never half-written. An existing
-    ``path`` is replaced only if ``replaces`` recognises it."""
+    ``path`` is replaced only if ``replaces`` recognises it. ``by_name``: ``write(tmp_path)``
+    instead, the temporary file created empty, for a library that does its own I/O (HDF5's
+    through a Python file object costs a call into Python per read and write)."""
     path = Path(path)
     check_replaceable_file(path, replaces)
     _prepare_parent(path)
     tmp = _temp_name(path)
     try:
-        with open(tmp, "x+b" if binary else "x") as f:  # readable too: h5py needs it
-            write(f)
+        if by_name:
+            open(tmp, "xb").close()  # made here, exclusively, as a file object's would be
+            write(tmp)
+        else:
+            with open(tmp, "x+b" if binary else "x") as f:
+                write(f)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:

@@ -1189,20 +1189,36 @@ def output_json_unwritable(tmp):
                 "/proc/snncc-test.json")
 
 
+def big_snnir(tmp: Path) -> Path:
+    """A graph of 512 KB of weights, as .snnir."""
+    from snncc import ir, serialize
+    from snncc.graph import Graph
+
+    p = tmp / "big.snnir"
+    if not p.exists():
+        g = Graph("big", {"T": 2})
+        g.add(ir.Input("x", input_shape=(256,), static=True))
+        g.add(ir.Linear("fc", ("x",), weight=np.ones((256, 256))))
+        g.add(ir.Output("out", ("fc",)))
+        serialize.save(g.verify(), p)
+    return p
+
+
 @case(isolate=True)
 def output_disk_full(tmp):
     """A write that fails part way (RLIMIT_FSIZE stands in for ENOSPC)."""
-    from snncc import serialize
-    big = tiny_graph()
-    from snncc import ir
-    from snncc.graph import Graph
-    g = Graph("big", {"T": 2})
-    g.add(ir.Input("x", input_shape=(256,), static=True))
-    g.add(ir.Linear("fc", ("x",), weight=np.ones((256, 256))))
-    g.add(ir.Output("out", ("fc",)))
-    src = serialize.save(g.verify(), tmp / "big.snnir")
-    del big
-    c = Case(["compile", str(src), "-o", str(tmp / "full" / "out.snnir")], 1, "out.snnir")
+    c = Case(["compile", str(big_snnir(tmp)), "-o", str(tmp / "full" / "out.snnir")], 1,
+             "out.snnir")
+    c.fsize = 64 * 1024
+    return c
+
+
+@case(isolate=True)
+def output_disk_full_nir(tmp):
+    """The same through HDF5's own file I/O, whose failed system call is reported in its error
+    message (the NIR writer raises it as the OSError it is)."""
+    c = Case(["compile", str(big_snnir(tmp)), "-t", "nir", "-o", str(tmp / "full" / "out.nir")],
+             1, "out.nir: cannot write (file too large)")
     c.fsize = 64 * 1024
     return c
 

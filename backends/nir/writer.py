@@ -32,6 +32,7 @@ import functools
 import io
 import json
 import math
+import re
 import threading
 from pathlib import Path
 
@@ -486,7 +487,8 @@ def emit_nir(graph: Graph, out, dt: float | None = None, strict: bool = False,
     docs/nir.md)."""
     g = to_nir_graph(graph, dt, strict, compat)
     if "nir-1.0.4" not in parse_compat(compat):  # straight into the file: no copy in memory
-        return atomic_write(out, lambda f: _write(f, g), replaces=WRITTEN_BY_SNNCC)
+        return atomic_write(out, lambda tmp: _write(tmp, g), replaces=WRITTEN_BY_SNNCC,
+                            by_name=True)
     buf = io.BytesIO()
     _write(buf, g)
     data = _strip_for_nir_1_0_4(buf)
@@ -499,7 +501,8 @@ CHUNK_BYTES = 1 << 20
 
 def _write(f, g: nir.NIRGraph) -> None:
     """The file ``nir.write(f, g)`` writes (a "version" string and ``g.to_dict()`` under
-    "node", datasets and groups alike), written here because of how arrays are stored:
+    "node", datasets and groups alike) to a path or a file object, written here because of how
+    arrays are stored:
 
     - weights raw: gzip barely shrinks them (15M Meta-SpikeFormer: this file is 123 MB written
       in 2.4 s, ``nir.write``'s with gzip everywhere 107 MB in 4.8 s), and NIR's ``to_dict``
@@ -508,18 +511,30 @@ def _write(f, g: nir.NIRGraph) -> None:
       gzip level 1 (about 1000:1; level 4, NIR's default, gives 409 against 413 MB at 55M,
       much slower), in chunks of about :data:`CHUNK_BYTES` that one thread per core makes
       contiguous and compresses (zlib, HDF5's deflate filter) while HDF5 stores the finished
-      ones: no copy of a whole per-neuron array, and the compression on every core."""
+      ones: no copy of a whole per-neuron array, and the compression on every core.
+
+    A path is opened by HDF5 itself (15M: 0.2 s less than through a Python file object, of
+    0.75 s; measured), without file locking (a temporary file no one else opens); a failed
+    system call is raised as the OSError it reports."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
     import h5py
 
-    with h5py.File(f, "w") as h5, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        _hold_metadata_cache_to(h5, METADATA_CACHE_BYTES)
-        _create_dataset(h5, "version", nir.version)
-        chunks = _Chunks(pool, h5)
-        _write_group(h5.create_group("node"), _shallow_dict(g), chunks)
-        chunks.store()
+    opened = {"locking": False} if isinstance(f, (str, os.PathLike)) else {}
+    try:
+        with h5py.File(f, "w", **opened) as h5, \
+                ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            _hold_metadata_cache_to(h5, METADATA_CACHE_BYTES)
+            _create_dataset(h5, "version", nir.version)
+            chunks = _Chunks(pool, h5)
+            _write_group(h5.create_group("node"), _shallow_dict(g), chunks)
+            chunks.store()
+    except (OSError, RuntimeError) as e:
+        failed = re.search(r"errno = (\d+)", str(e))
+        if failed is None or (isinstance(e, OSError) and e.errno is not None):
+            raise
+        raise OSError(int(failed[1]), os.strerror(int(failed[1]))) from None
 
 
 #: HDF5's metadata cache, in bytes of its entries, which take about 13x as much memory: at
