@@ -73,6 +73,8 @@ class _Refuse(Exception):
 
 _TENSOR_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout"})
 _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
+#: methods that read only the shape and dtype of their other tensor (y.view_as(x))
+_SHAPE_OF_OTHER = frozenset({"view_as", "reshape_as", "expand_as", "type_as"})
 #: in-place tensor methods that change a tensor's shape or autograd state, not its memory (no
 #: other tensor sees them)
 _METADATA_IN_PLACE = frozenset({"unsqueeze_", "squeeze_", "transpose_", "t_", "swapaxes_",
@@ -123,8 +125,13 @@ def _refuse_hooks(m: nn.Module, path: str) -> None:
 
 #: the name of a tensor made in forward (not the model's) in the fx graph
 _MADE_IN_FORWARD = "_snncc_constant"
-_SHARED = ("an in-place op on a tensor that shares memory with another (the input, a parameter, "
-           "a view or a tensor viewed) would change that one too: write it out of place")
+_SHARED = ("an in-place op on a tensor that shares memory with another (a parameter, a buffer or "
+           "a view) would change that one too: write it out of place")
+_MODEL_STATE = ("an in-place op on a parameter or buffer of the model, or on a view of one, "
+                "would change the model itself: write it out of place")
+_STALE = ("reading a tensor that shares memory with one changed in place since (a view of it, "
+          "or the tensor it views), where the graph has its value before the change: write the "
+          "change out of place (y = y + x instead of y += x)")
 
 
 def _in_place(method: str) -> bool:
@@ -132,17 +139,26 @@ def _in_place(method: str) -> bool:
     return method.endswith("_") and not method.startswith("_") and method != "requires_grad_"
 
 
-def _may_share_memory(node: fx.Node, root: nn.Module) -> bool:
-    """Whether the tensor of ``node`` may share memory with another of the trace: the model's
-    input or one of its parameters, a view (or possibly one), or a tensor viewed by an earlier
-    op. Followed back through the in-place ops recorded as new values."""
+def _sharing_memory(node: fx.Node, root: nn.Module) -> set[fx.Node]:
+    """The nodes of the trace whose tensors may share memory with ``node``'s: back through the
+    views and in-place results it was made by to the tensor they view, then every view of that
+    and the in-place results of each, transitively. (``reshape`` and ``contiguous`` count as
+    views, which they may be.)"""
+    base = node
     while True:
-        if node.op in ("placeholder", "get_attr") or _views(node, root) or any(
-                _views(u, root) for u in node.users if u.meta.get("in_place_of") is not node):
-            return True
-        node = node.meta.get("in_place_of")
-        if node is None:
-            return False
+        up = base.meta.get("in_place_of")
+        if up is None and _views(base, root) and base.args and isinstance(base.args[0], fx.Node):
+            up = base.args[0]
+        if up is None:
+            break
+        base = up
+    shared, stack = set(), [base]
+    while stack:
+        n = stack.pop()
+        if n not in shared:
+            shared.add(n)
+            stack.extend(u for u in n.users if _views(u, root) or u.meta.get("in_place_of") is n)
+    return shared
 
 
 def _shares_model_memory(t: torch.Tensor, root: nn.Module) -> bool:
@@ -182,13 +198,28 @@ class _ConcreteProxy(fx.Proxy):
 
     def __setitem__(self, index, value):
         """``x[index] = value`` is recorded as ``x = _assigned(x, index, value)``: later uses of
-        this proxy read the assignment's result (refused where another tensor would see it)."""
-        if _may_share_memory(self.node, self.tracer.root):
-            raise UnsupportedError(f"op 'Tensor.__setitem__' is not supported ({_SHARED})",
-                                   path=self.tracer.scope.module_path or None)
+        this proxy read the assignment's result (see :meth:`_ConcreteTracer.changing_in_place`)."""
+        shared = self.tracer.changing_in_place(self.node, "Tensor.__setitem__")
         node = self.tracer.create_proxy("call_function", _assigned, (self, index, value), {}).node
         node.meta["in_place_of"] = self.node
         self.node = node
+        self.tracer.stale |= shared
+
+
+def _in_place_operator(method: str):
+    """``x += y`` as ``x.add_(y)``: fx's proxy has no ``__iadd__``, so Python would bind
+    ``x = x + y`` to the name, and another name for the same tensor (``identity = x`` before)
+    would keep the old value, which in PyTorch changes too."""
+    def apply(self, other):
+        return self.tracer.create_proxy("call_method", method, (self, other), {})
+
+    apply.__name__ = method
+    return apply
+
+
+for _operator, _method in (("iadd", "add_"), ("isub", "sub_"), ("imul", "mul_"),
+                           ("itruediv", "div_")):
+    setattr(_ConcreteProxy, f"__{_operator}__", _in_place_operator(_method))
 
 
 def _assigned(x: torch.Tensor, index, value) -> torch.Tensor:
@@ -237,6 +268,8 @@ class _ConcreteTracer(fx.Tracer):
         self._constants = 0
         self._placeholders = 0
         self._overwritten: dict[int, torch.Tensor] = {}  # see _shares_model_memory
+        self.stale: set[fx.Node] = set()  # see changing_in_place
+        self._shape_read: tuple = ()  # the arguments of the op recorded whose shape alone it reads
         self._occurrences: dict[tuple, int] = {}
         self._stacks: dict[tuple, int] = {}
         self._codes: list[list] = []
@@ -298,7 +331,23 @@ class _ConcreteTracer(fx.Tracer):
                 return f"{found[0]}.{found[2]}" if found[0] else found[2]
         return None
 
+    def changing_in_place(self, node: fx.Node, op: str) -> set[fx.Node]:
+        """For an in-place op on ``node``'s tensor, which the graph records as a new value that
+        the proxy changed reads from then on: the nodes that keep their old values in the graph
+        (``node`` and the other tensors sharing its memory: views of it, the tensor it views,
+        the model's input among them), which the caller marks stale once the op is recorded, so
+        that reading one again is refused (:meth:`create_arg`). Refused now if one is the
+        model's own parameter or buffer."""
+        shared = _sharing_memory(node, self.root)
+        if any(n.op == "get_attr" and not n.target.startswith(_MADE_IN_FORWARD) for n in shared):
+            raise UnsupportedError(f"op '{op}' is not supported ({_MODEL_STATE})",
+                                   path=self.scope.module_path or None)
+        return shared
+
     def create_arg(self, a):
+        if isinstance(a, fx.Proxy) and a.node in self.stale and \
+                not any(a is b for b in self._shape_read):
+            raise UnsupportedError(_STALE, path=self.scope.module_path or None)
         if isinstance(a, torch.Tensor) and self._overwritten.get(id(a)) is a:
             raise UnsupportedError(
                 "a tensor made in forward and changed in place by a value computed from the "
@@ -320,7 +369,7 @@ class _ConcreteTracer(fx.Tracer):
         if kind == "call_method" and target in _SHAPE_METHODS:
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
         receiver = args[0] if kind == "call_method" and _in_place(target) else None
-        overwritten = None
+        overwritten, shared = None, set()
         if receiver is not None:  # x.op_(...): recorded as x.op(...), see below
             # refused here, even where nothing reads the result, which the tensor would hold
             if not callable(getattr(torch.Tensor, target[:-1], None)):
@@ -328,11 +377,10 @@ class _ConcreteTracer(fx.Tracer):
             elif isinstance(receiver, torch.Tensor):  # made in forward, changed by a traced y
                 reason = _SHARED if _shares_model_memory(receiver, self.root) else None
                 overwritten, receiver = receiver, None
-            elif target not in _METADATA_IN_PLACE and _may_share_memory(receiver.node,
-                                                                          self.root):
-                reason = _SHARED
             else:
                 reason = None
+                if target not in _METADATA_IN_PLACE:
+                    shared = self.changing_in_place(receiver.node, f"Tensor.{target}")
             if reason:
                 raise UnsupportedError(f"op 'Tensor.{target}' is not supported ({reason})",
                                        path=self.scope.module_path or None)
@@ -340,8 +388,11 @@ class _ConcreteTracer(fx.Tracer):
         value = self._evaluate(kind, target, cargs, ckwargs)
         if self._shaped and kind.startswith("call"):
             value = _compact_constant(value)
+        self._shape_read = args[1:] if kind == "call_method" and target in _SHAPE_OF_OTHER \
+            else args[:1] if target in _CONSTANT_LIKE else ()
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
                                      proxy_factory_fn)
+        self._shape_read = ()
         if overwritten is not None:  # (held: no other tensor takes its id)
             self._overwritten[id(overwritten)] = overwritten
         proxy.node.meta["value"] = value
@@ -356,10 +407,13 @@ class _ConcreteTracer(fx.Tracer):
             self._note_dynamics(proxy.node)
         if receiver is not None:
             # the in-place op's result, computed without changing the value it was called on:
-            # the proxy the model holds reads it from now on, as the tensor itself would
+            # the proxy the model holds reads it from now on, as the tensor itself would (an
+            # attribute's, `y.data`, is no name the model holds)
             proxy.node.meta["in_place_of"] = receiver.node
-            receiver.node = proxy.node
-            return receiver
+            self.stale |= shared
+            if isinstance(receiver, _ConcreteProxy):
+                receiver.node = proxy.node
+                return receiver
         return proxy
 
     def _note_dynamics(self, node: fx.Node) -> None:

@@ -186,7 +186,8 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     hooks = [m.register_forward_hook(lambda m, a, out, p=p: spikes_in_dtype(p, out))
              for p, m in model.named_modules() if p in records or is_neuron(m)]
     try:
-        xt = torch.as_tensor(to_torch_layout(graph, x), dtype=tdtype, device=device)
+        # a copy: the model may change its input in place, which the engines then read
+        xt = torch.tensor(to_torch_layout(graph, x), dtype=tdtype, device=device)
         with torch.no_grad(), _floats_in(tdtype):
             out = model(xt)
     except (RuntimeError, TypeError, ValueError) as err:  # the model's own code failing
