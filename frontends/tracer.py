@@ -33,6 +33,7 @@ module path, e.g. ``module 'blocks.0.attn': op 'torch.softmax' is not supported`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import operator
@@ -71,7 +72,10 @@ class _Refuse(Exception):
 
 # ============================================================================ concrete tracing
 
-_TENSOR_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout"})
+#: attributes a proxy answers with its value's: shape and placement, and ``requires_grad``,
+#: False as in the inference it is traced for (a surrogate's ``if x.requires_grad:``)
+_TENSOR_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout",
+                           "requires_grad"})
 _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
 #: methods that read only the shape and dtype of their other tensor (y.view_as(x))
 _SHAPE_OF_OTHER = frozenset({"view_as", "reshape_as", "expand_as", "type_as"})
@@ -647,6 +651,15 @@ class SumOverTime:
 
 
 @dataclass(frozen=True)
+class TimeAxisLast:
+    """A ``[T, B, ...]`` value with its time axis moved last and the rest in order, ``[B, ...,
+    T]`` (einops' ``'(t b) c -> b c t'``, BrainCog's readout): taken only by a mean or sum over
+    that last axis, which is ``x.mean(0)`` or ``x.sum(0)``."""
+
+    x: Val
+
+
+@dataclass(frozen=True)
 class Membrane:
     """The membrane a single-step neuron returned at ``step``; only passed back to it."""
 
@@ -683,7 +696,7 @@ class PaddedBorder:
 
 
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
-_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, PaddedBorder)
+_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, PaddedBorder)
 
 
 @dataclass(frozen=True)
@@ -1486,6 +1499,9 @@ def _is_initial_state(value, v_init: float) -> bool:
 def _val(x) -> Val:
     if isinstance(x, SumOverTime):
         raise _Refuse("a sum over the time axis is taken only divided by T (the mean over time)")
+    if isinstance(x, TimeAxisLast):
+        raise _Refuse("it moves the time axis last, which only a mean or sum over that axis may "
+                      "read")
     if isinstance(x, Membrane):
         raise _Refuse(f"the state neuron '{x.path}' returns (its membrane) may only be passed "
                       "back to that neuron: snncc compiles the spikes")
@@ -1534,8 +1550,11 @@ def _flatten(b, c, x, start_dim=0, end_dim=-1):
                  x.frame)
 
 
-def _transposed(b, c, x: Val, perm: list[int]) -> Val:
+def _transposed(b, c, x: Val, perm: list[int]) -> Val | TimeAxisLast:
     f, frame = len(x.frame), x.frame
+    if frame in (TB, BT) and perm[-1] == frame.index("T") and \
+            [p for p in perm if p != perm[-1]] == [p for p in range(len(perm)) if p != perm[-1]]:
+        return TimeAxisLast(x)
     if f == 2 and perm[:2] == [1, 0] and frame in (TB, BT):
         frame = frame[::-1]
     elif perm[:f] != list(range(f)):
@@ -1995,6 +2014,10 @@ def _reduce(mean: bool):
     cls = ir.Mean if mean else ir.Sum
 
     def handler(b, c, x, dim=None, keepdim=False, *, dtype=None):
+        if isinstance(x, TimeAxisLast) and dim is not None and not keepdim and dtype is None:
+            n = _ndim(x.x)
+            if [d % n for d in (dim if isinstance(dim, (tuple, list)) else (dim,))] == [n - 1]:
+                return _readout(b, c, x.x) if mean else SumOverTime(x.x)
         x = _val(x)
         if dim is None or dtype is not None:
             raise _Refuse("a reduction needs explicit axes and no dtype")
@@ -2382,6 +2405,8 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
 
 def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, name: str,
            shaped: bool, share_weights: bool = False) -> Graph:
+    if "einops" in sys.modules:  # imported by the model's code
+        _einops_on_proxies()
     tracer = _ConcreteTracer(x, shaped)
     with _inference(model):
         try:
@@ -2395,6 +2420,28 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
     builder = _Builder(model, T, batch, name, share_weights)
     with _recursion_limit(_EMISSION_DEPTH):
         return builder.finish(builder.interpret(fx_graph, static))
+
+
+@functools.cache
+def _einops_on_proxies():
+    """einops (``rearrange``, ``repeat``, ``reduce``, ``einsum``) on the tracer's proxies.
+    einops finds a backend by the tensor's type and knows torch tensors only ("Tensor type
+    unknown to einops"); this is its torch backend (tensor methods and torch functions, which
+    the trace records, on the proxy's known shape) for the proxies. einops looks through the
+    subclasses of its backends when it meets a new type, so defining the class is enough; it
+    is returned, and so held: a class list holds its subclasses weakly."""
+    try:
+        from einops._backends import TorchBackend
+    except ImportError:  # an einops without it: its own error names the proxy's type
+        return None
+
+    class ProxyBackend(TorchBackend):
+        framework_name = __name__  # a module einops finds imported
+
+        def is_appropriate_type(self, tensor):
+            return isinstance(tensor, _ConcreteProxy)
+
+    return ProxyBackend
 
 
 # Emission recurses along the longest path of the model, about 3 frames per op: a 101- or

@@ -630,3 +630,106 @@ class _OtherClamp(nn.Module):
 def test_comparisons_and_casts_the_graph_cannot_hold_are_refused(model, message):
     with pytest.raises(SnnccError, match=message):
         snncc.trace(model, torch.randn(4, 2, 6), layout="TB")
+
+
+# ---------------------------------------------------------------------------- BrainCog's style
+# BrainCog (braincog.base.node.node, braincog.model_zoo), in small: a surrogate whose forward
+# computes its gradient only when the input requires one, a LIF keeping its membrane in an
+# attribute (charge mem + (x - mem) / tau, reset by multiplying with 1 - spike), stepped one step
+# per call or "layer by layer" over a (t b) batch rearranged with einops, and a readout
+# rearranging (t b) c -> b c t and averaging the last axis. Checked by hand against BrainCog
+# 0.2.7.19's own SNN5, SNN7_tiny and ResNet-19 (docs in the README).
+einops = pytest.importorskip("einops")
+
+
+class _QuadraticGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        if x.requires_grad:
+            ctx.save_for_backward(-alpha * alpha * x.abs() + alpha)
+        return x.gt(0.).float()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output * ctx.saved_tensors[0], None
+
+
+class BrainCogLIF(nn.Module):
+    def __init__(self, step: int, layer_by_layer: bool):
+        super().__init__()
+        self.threshold = nn.Parameter(torch.tensor(0.5), requires_grad=False)
+        self.tau, self.step, self.layer_by_layer = 2.0, step, layer_by_layer
+        self.n_reset()
+
+    def n_reset(self):
+        self.mem, self.spike = 0.0, 0.0
+
+    def _one_step(self, x):
+        self.mem = self.mem + (x - self.mem) / self.tau
+        self.spike = _QuadraticGate.apply(self.mem - self.threshold, 2.0)
+        self.mem = self.mem * (1 - self.spike.detach())
+        return self.spike
+
+    def forward(self, x):
+        if not self.layer_by_layer:
+            return self._one_step(x)
+        steps = einops.rearrange(x, "(t b) c h w -> t b c h w", t=self.step)
+        out = torch.stack([self._one_step(steps[i]) for i in range(self.step)])
+        return einops.rearrange(out, "t b c h w -> (t b) c h w")
+
+
+class BrainCogNet(nn.Module):
+    """Its encoder repeats the image over T with ``einops.repeat``; a residual block adds in
+    place (``out += identity``)."""
+
+    def __init__(self, layer_by_layer: bool, step: int = 4):
+        super().__init__()
+        self.step, self.layer_by_layer = step, layer_by_layer
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.node1, self.node2 = (BrainCogLIF(step, layer_by_layer) for _ in range(2))
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def _features(self, x):
+        x = self.node1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(x))
+        out += x
+        return self.fc(torch.flatten(F.avg_pool2d(self.node2(out), 2), 1))
+
+    def forward(self, inputs):
+        x = einops.repeat(inputs, "b c h w -> t b c h w", t=self.step)
+        for node in (self.node1, self.node2):
+            node.n_reset()
+        if self.layer_by_layer:
+            y = self._features(einops.rearrange(x, "t b c h w -> (t b) c h w"))
+            return einops.rearrange(y, "(t b) c -> b c t", t=self.step).mean(-1)
+        outputs = [self._features(x[t]) for t in range(self.step)]
+        return sum(outputs) / len(outputs)
+
+
+@pytest.mark.parametrize("layer_by_layer", [False, True])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
+def test_braincog_style_code_is_exact(layer_by_layer, target):
+    """einops on traced tensors (einops knows torch tensors only: the tracer gives it a backend
+    for its proxies), ``if x.requires_grad`` in a surrogate (False, as in inference), and the
+    time axis moved last then averaged (a readout)."""
+    torch.manual_seed(5)
+    model = BrainCogNet(layer_by_layer).eval()
+    randomize_bn(model, 5)
+    x = 2 * torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    report = snncc.check(model, x, target=target, T=4)
+    assert report.min_agreement == 1.0
+    assert report.output_max_abs_diff_sim == report.output_max_abs_diff_target == 0.0
+    assert [r.path for r in report.layers] == ["node1", "node2"] and not report.unmatched
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class _TimeLastThenOther(nn.Module):
+    def forward(self, x):  # [T, B, 6]
+        return (x > 0.5).float().permute(1, 2, 0).sum(1)
+
+
+def test_the_time_axis_moved_last_is_read_only_by_a_reduction_over_it():
+    with pytest.raises(UnsupportedError, match="it moves the time axis last, which only a mean "
+                                               "or sum over that axis may read"):
+        snncc.trace(_TimeLastThenOther(), torch.randn(4, 2, 6), layout="TB")
