@@ -42,6 +42,7 @@ import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -141,6 +142,20 @@ _STALE = ("reading a tensor that shares memory with one changed in place since (
 def _in_place(method: str) -> bool:
     """``method`` is a tensor method that changes the tensor (``mul_``, ``zero_``)."""
     return method.endswith("_") and not method.startswith("_") and method != "requires_grad_"
+
+
+def _model_code_line() -> str:
+    """``file:line`` of the innermost frame outside torch and this module: the model's code
+    (or a library's it calls) that is being traced."""
+    frame = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename == __file__ or
+                                 frame.f_code.co_filename.startswith(_TORCH_DIR)):
+        frame = frame.f_back
+    return "an unknown line" if frame is None else \
+        f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+_TORCH_DIR = str(Path(torch.__file__).parent)
 
 
 def _sharing_memory(node: fx.Node, root: nn.Module) -> set[fx.Node]:
@@ -292,6 +307,14 @@ class _ConcreteTracer(fx.Tracer):
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
+
+    def to_bool(self, obj):
+        """``if``, ``while``, ``assert`` or ``bool()`` on a traced tensor: which way it goes
+        depends on the input, and one graph cannot branch (fx's own error names neither the
+        module nor the line)."""
+        raise UnsupportedError("Python control flow on a traced tensor (an if, while, assert or "
+                               f"bool() of one, at {_model_code_line()}): one graph cannot take "
+                               "both ways", path=self.scope.module_path or None)
 
     def call_module(self, m, forward, args, kwargs):
         if self._running:  # a leaf being evaluated: plain PyTorch

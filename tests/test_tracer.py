@@ -282,14 +282,6 @@ def test_a_multi_step_neuron_on_time_and_batch_folded_together_is_refused_saying
         trace(FoldedLif(), torch.randn(T, 3, 5, 6), T=T, static=False)
 
 
-def test_data_dependent_control_flow_is_refused():
-    class Branchy(nn.Module):
-        def forward(self, x):
-            return x if x.sum() > 0 else -x
-    with pytest.raises(UnsupportedError, match="cannot trace"):
-        trace(Branchy(), torch.randn(3, 6), T=T)
-
-
 def test_batch_must_be_told_apart_from_time():
     with pytest.raises(ValueError, match="differ from T"):
         trace(SJNet(), torch.randn(T, 2, 16, 16), T=T)
@@ -973,3 +965,29 @@ def test_constants_computed_from_the_models_tensors_are_the_float64_models():
     x = 12 * torch.randn(T, 2, 3, 4, 4, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(2))
     assert_output_sequence_is_the_models(model.double(), x, g, "lif")
+
+
+class _BranchesOnItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lif = neuron.IFNode(step_mode="m")
+
+    def forward(self, x):
+        if (x > 0).any():  # this line is named
+            x = x * 2.0
+        return self.lif(x)
+
+
+def test_control_flow_on_a_traced_tensor_names_the_module_and_the_line():
+    """fx's own error ("symbolically traced variables cannot be used as inputs to control
+    flow") named neither (BrainCog's NoiseLIFNode validates a Beta distribution's parameters
+    inside torch: the line named is the model's call of it)."""
+    import inspect
+
+    line = inspect.getsource(_BranchesOnItsInput.forward).splitlines().index(
+        "        if (x > 0).any():  # this line is named") + \
+        _BranchesOnItsInput.forward.__code__.co_firstlineno
+    with pytest.raises(UnsupportedError, match=rf"Python control flow on a traced tensor \(an "
+                                               rf"if, while, assert or bool\(\) of one, at "
+                                               rf".*test_tracer.py:{line}\)"):
+        trace(_BranchesOnItsInput(), torch.randn(T, 2, 6), T=T, static=False)
