@@ -1575,11 +1575,11 @@ def _flatten(b, c, x, start_dim=0, end_dim=-1):
 
 def _transposed(b, c, x: Val, perm: list[int]) -> Val | TimeAxisLast:
     f, frame = len(x.frame), x.frame
-    if frame in (TB, BT) and perm[-1] == frame.index("T") and \
-            [p for p in perm if p != perm[-1]] == [p for p in range(len(perm)) if p != perm[-1]]:
-        return TimeAxisLast(x)
     if f == 2 and perm[:2] == [1, 0] and frame in (TB, BT):
         frame = frame[::-1]
+    elif frame in (TB, BT) and perm[-1] == frame.index("T") and \
+            [p for p in perm if p != perm[-1]] == [p for p in range(len(perm)) if p != perm[-1]]:
+        return TimeAxisLast(x)
     elif perm[:f] != list(range(f)):
         raise _Refuse("it moves the time or batch axis")
     per = tuple(p - f for p in perm[f:])

@@ -733,3 +733,23 @@ def test_the_time_axis_moved_last_is_read_only_by_a_reduction_over_it():
     with pytest.raises(UnsupportedError, match="it moves the time axis last, which only a mean "
                                                "or sum over that axis may read"):
         snncc.trace(_TimeLastThenOther(), torch.randn(4, 2, 6), layout="TB")
+
+
+class _CountsBatchFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):  # [T, B, 6] -> each step's spike count, [B, T]
+        return (self.fc(x) > 0.5).float().sum(-1).transpose(0, 1)
+
+
+def test_a_time_and_batch_value_transposed_is_a_batch_first_sequence():
+    """[T, B] -> [B, T] swaps the two axes, as before the time-last readout was taken."""
+    torch.manual_seed(0)
+    model = _CountsBatchFirst().double()
+    x = 2 * torch.randn(4, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    report = snncc.check(model, x, target="sim", T=4, layout="TB")
+    assert report.output_max_abs_diff_sim == 0.0
+    with torch.no_grad():
+        assert 0.05 < float((model.fc(x) > 0.5).double().mean()) < 0.95
