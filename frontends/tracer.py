@@ -675,9 +675,9 @@ class SumOverTime:
 
 @dataclass(frozen=True)
 class TimeAxisLast:
-    """A ``[T, B, ...]`` value with its time axis moved last and the rest in order, ``[B, ...,
-    T]`` (einops' ``'(t b) c -> b c t'``, BrainCog's readout): taken only by a mean or sum over
-    that last axis, which is ``x.mean(0)`` or ``x.sum(0)``."""
+    """A ``[T, B, ...]`` (or ``[B, T, ...]``) value with its time axis moved last and the rest in
+    order, ``[B, ..., T]`` (einops' ``'(t b) c -> b c t'``, BrainCog's readout): taken only by a
+    mean or sum over that last axis, which is the mean or sum over time."""
 
     x: Val
 
