@@ -1246,6 +1246,12 @@ class _Builder:
     # ------------------------------------------------------------------ graph emission
     def finish(self, outputs) -> Graph:
         outs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+        for o in outs:  # a partial form (x.sum(0) not yet divided by T, ...): why it is not one
+            if isinstance(o, _FROM_INPUT) and not isinstance(o, Val):
+                try:
+                    _val(o)
+                except _Refuse as why:
+                    raise UnsupportedError(f"the model's output: {why}") from None
         if not outs or not all(isinstance(o, Val) for o in outs):
             returned = ", ".join("a tensor" if isinstance(o, Val) else type(o).__name__
                                  for o in outs)

@@ -725,14 +725,22 @@ def test_braincog_style_code_is_exact(layer_by_layer, target):
 
 
 class _TimeLastThenOther(nn.Module):
+    def __init__(self, returned: bool):
+        super().__init__()
+        self.returned = returned
+
     def forward(self, x):  # [T, B, 6]
-        return (x > 0.5).float().permute(1, 2, 0).sum(1)
+        moved = (x > 0.5).float().permute(1, 2, 0)
+        return moved if self.returned else moved.sum(1)
 
 
-def test_the_time_axis_moved_last_is_read_only_by_a_reduction_over_it():
+@pytest.mark.parametrize("returned", [False, True])
+def test_the_time_axis_moved_last_is_read_only_by_a_reduction_over_it(returned):
+    """Also as the model's output, which named the internal form ("it returns
+    (TimeAxisLast)")."""
     with pytest.raises(UnsupportedError, match="it moves the time axis last, which only a mean "
                                                "or sum over that axis may read"):
-        snncc.trace(_TimeLastThenOther(), torch.randn(4, 2, 6), layout="TB")
+        snncc.trace(_TimeLastThenOther(returned), torch.randn(4, 2, 6), layout="TB")
 
 
 class _CountsBatchFirst(nn.Module):
