@@ -1608,6 +1608,13 @@ def _transpose(b, c, x, dim0, dim1):
     return _transposed(b, c, x, perm)
 
 
+def _t(b, c, x):
+    """``x.t()``: a 2-D tensor's two axes swapped (``[T, B]`` to ``[B, T]``)."""
+    if _ndim(_val(x)) != 2:
+        raise _Refuse("t() of a tensor that is not 2-D")
+    return _transpose(b, c, x, 0, 1)
+
+
 def _repeat(b, c, x, *sizes):
     """A static value repeated over time: ``x.unsqueeze(0).repeat(T, 1, ...)`` ([T, B, ...]) or
     ``x.unsqueeze(1).repeat(1, T, ...)`` ([B, T, ...], as TET-style code writes it)."""
@@ -2161,7 +2168,7 @@ _FUNCTIONS = {
     operator.matmul: _matmul, torch.matmul: _matmul,
     operator.neg: _neg, torch.neg: _neg, operator.getitem: _getitem,
     torch.flatten: _flatten, torch.reshape: _reshape, torch.squeeze: _reshape,
-    torch.unsqueeze: _reshape, torch.permute: _permute, torch.transpose: _transpose,
+    torch.unsqueeze: _reshape, torch.permute: _permute, torch.transpose: _transpose, torch.t: _t,
     torch.sum: _reduce(False), torch.mean: _reduce(True), torch.cat: _cat, torch.concat: _cat,
     torch.stack: _stack, torch.unbind: _unbind, torch.select: _select, F.pad: _pad,
     _assigned: _assign,
@@ -2181,7 +2188,8 @@ _METHODS = {
     "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "neg": _neg,
     "flatten": _flatten, "reshape": _reshape, "view": _reshape, "view_as": _reshape,
     "reshape_as": _reshape, "squeeze": _reshape, "unsqueeze": _reshape, "unflatten": _reshape,
-    "permute": _permute, "transpose": _transpose, "contiguous": _identity, "clone": _identity,
+    "permute": _permute, "transpose": _transpose, "t": _t, "contiguous": _identity,
+    "clone": _identity,
     "detach": _identity, "sum": _reduce(False), "mean": _reduce(True), "repeat": _repeat,
     "expand": _repeat, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
     "narrow": _narrow, "gt": _compare("gt"), "ge": _compare("ge"), "lt": _compare("lt"),

@@ -744,18 +744,22 @@ def test_the_time_axis_moved_last_is_read_only_by_a_reduction_over_it(returned):
 
 
 class _CountsBatchFirst(nn.Module):
-    def __init__(self):
+    def __init__(self, how: str):
         super().__init__()
-        self.fc = nn.Linear(6, 6)
+        self.fc, self.how = nn.Linear(6, 6), how
 
     def forward(self, x):  # [T, B, 6] -> each step's spike count, [B, T]
-        return (self.fc(x) > 0.5).float().sum(-1).transpose(0, 1)
+        counts = (self.fc(x) > 0.5).float().sum(-1)
+        if self.how == "t":
+            return counts.t()
+        return torch.t(counts) if self.how == "torch.t" else counts.transpose(0, 1)
 
 
-def test_a_time_and_batch_value_transposed_is_a_batch_first_sequence():
+@pytest.mark.parametrize("how", ["transpose", "t", "torch.t"])
+def test_a_time_and_batch_value_transposed_is_a_batch_first_sequence(how):
     """[T, B] -> [B, T] swaps the two axes, as before the time-last readout was taken."""
     torch.manual_seed(0)
-    model = _CountsBatchFirst().double()
+    model = _CountsBatchFirst(how).double()
     x = 2 * torch.randn(4, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     report = snncc.check(model, x, target="sim", T=4, layout="TB")
     assert report.output_max_abs_diff_sim == 0.0
