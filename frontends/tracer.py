@@ -1583,8 +1583,8 @@ def _transposed(b, c, x: Val, perm: list[int]) -> Val | TimeAxisLast:
     f, frame = len(x.frame), x.frame
     if f == 2 and perm[:2] == [1, 0] and frame in (TB, BT):
         frame = frame[::-1]
-    elif frame in (TB, BT) and perm[-1] == frame.index("T") and \
-            [p for p in perm if p != perm[-1]] == [p for p in range(len(perm)) if p != perm[-1]]:
+    elif frame in (TB, BT) and perm == [p for p in range(len(perm)) if p != frame.index("T")] \
+            + [frame.index("T")]:
         return TimeAxisLast(x)
     elif perm[:f] != list(range(f)):
         raise _Refuse("it moves the time or batch axis")
