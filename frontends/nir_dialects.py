@@ -4,7 +4,8 @@ continuous-time reading or is not recorded in the file (docs/nir.md, "Dialects")
 
 * ``snntorch`` (``snntorch.export_nir.export_to_nir``, dt hard-coded to 1e-4): ``LIF`` is a
   ``Leaky`` with beta = 1 - dt/tau and r = tau/dt (no input gain), ``CubaLIF`` a ``Synaptic``
-  (alpha from tau_syn, w_in = tau_syn/dt). The exporter does not record ``reset_mechanism``:
+  (alpha from tau_syn, w_in = tau_syn/dt); one in a cycle through its ``w_rec`` is an ``RLeaky`` /
+  ``RSynaptic``. The exporter does not record ``reset_mechanism``:
   ``snntorch:subtract`` (Leaky's default, reset_delay=True) or ``snntorch:zero`` says which.
   The neuron is then snnTorch's own arithmetic (the snntorch adapter's circuits), so spikes
   agree with snnTorch's forward bit for bit. beta is recovered in the file's float type and
@@ -28,8 +29,8 @@ continuous-time reading or is not recorded in the file (docs/nir.md, "Dialects")
 * ``spikingjelly``: not implemented (refused by name, not guessed).
 
 Anything a dialect cannot represent exactly (per-neuron values where the framework's circuit
-has one per layer, a gain, a leak voltage, a nested recurrent graph) is refused, naming the
-node, the value and what would resolve it.
+has one per layer, a gain, a leak voltage) is refused, naming the node, the value and what
+would resolve it.
 """
 
 from __future__ import annotations
@@ -184,8 +185,25 @@ def _snntorch_reset(d: Dialect, name: str) -> str:
     return d.option
 
 
+def _on_cycle(graph, x: str, name: str) -> bool:
+    """Whether the neuron ``name`` being built on input ``x`` feeds itself: some ancestor of
+    ``x`` reads a node not built yet (the reader builds a cycle's closing Delay before its
+    source, and every other node after its sources, so that source lies downstream of the
+    neuron), ``name`` included."""
+    seen, stack = set(), [x]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n == name or n not in graph.nodes:
+            return True
+        stack.extend(graph.nodes[n].inputs)
+    return False
+
+
 def _snntorch_lif(d, name, node, x, shape, dt, path, graph):
-    from snncc.frontends.adapters.snntorch import _leaky
+    from snncc.frontends.adapters.snntorch import _leaky, _rleaky_summed
 
     mode = _snntorch_reset(d, name)
     b = _snntorch_decay(node.tau, dt, name, "tau")
@@ -193,6 +211,13 @@ def _snntorch_lif(d, name, node, x, shape, dt, path, graph):
     _must_be(node.v_leak, 0.0, name, "v_leak", "snnTorch's Leaky has no leak voltage")
     _must_be(node.v_reset, 0.0, name, "v_reset", "snnTorch's Leaky resets to 0")
     thr = np.asarray(node.v_threshold, dtype=np.float64)
+    if mode == "zero" and _on_cycle(graph, x, name):
+        # an RLeaky (the exporter writes its LIF as Leaky's, in a cycle through its w_rec), whose
+        # zero reset also clears the new input
+        what = "snnTorch's zero-reset RLeaky"
+        nc = _rleaky_summed(_one(b, what, name, "beta"), _one(thr, what, name, "v_threshold"),
+                            mode)
+        return _circuit_nodes(name, x, nc, shape, path)
     if mode == "zero":  # exactly the canonical neuron (see the snntorch adapter)
         return [ir.Neuron(name, (x,), path=path, alpha=b, gamma=1.0, beta=0.0, theta=thr,
                           v_reset=0.0, v_init=0.0, cmp=nrn.CMP_GT, reset=nrn.RESET_HARD)]
@@ -419,8 +444,10 @@ _HANDLERS = {
 }
 
 
-def convert(d: Dialect, name: str, node, x: str, shape: tuple, dt: float, path: str, graph):
+def convert(d: Dialect, name: str, node, x: str, dt: float, path: str, graph):
     """The IR nodes of a neuron ``node`` reading IR node ``x`` of ``graph`` (the graph built
-    so far) as dialect ``d`` reads it, or None when the dialect reads this type as NIR does."""
+    so far) as dialect ``d`` reads it, or None when the dialect reads this type as NIR does
+    (a Delay closing a cycle among them: its source is not built yet, so its shape is asked
+    only of what a handler reads)."""
     fn = _HANDLERS[d.name].get(type(node).__name__)
-    return None if fn is None else fn(d, name, node, x, tuple(shape), dt, path, graph)
+    return None if fn is None else fn(d, name, node, x, tuple(graph[x].shape), dt, path, graph)

@@ -620,8 +620,7 @@ def _ir_nodes(name: str, node, srcs: list[str], ctx: _Ctx) -> list[ir.Node]:
             ctx.graph.add(n)
         srcs = [pre[0].name]
     if ctx.dialect is not None:
-        shape = ctx.graph[srcs[0]].shape
-        out = dialect_convert(ctx.dialect, name, node, srcs[0], shape,
+        out = dialect_convert(ctx.dialect, name, node, srcs[0],
                               ctx.dt if ctx.dt is not None else ctx.dialect.default_dt,
                               _path(node), ctx.graph)
         if out is not None:
@@ -776,13 +775,6 @@ def from_nir_graph(graph: nir.NIRGraph, dt: float | None = None, name: str = "mo
     if dt is None and dia is not None:
         dt = dia.default_dt
     dt = None if dt is None else _positive_dt(dt)
-    if dia is not None:
-        nested = [k for k, v in graph.nodes.items()
-                  if isinstance(v, nir.NIRGraph) and not is_extension(v)]
-        if nested:
-            raise UnsupportedError(f"--nir-dialect {dia}: nested graph '{nested[0]}' (a recurrent "
-                                   "RLeaky/RSynaptic) is not read in a dialect yet; read the "
-                                   "file without --nir-dialect (NIR's meaning) instead")
     notes: list[str] = []
     _check_structure(graph, notes)
     for note in notes:

@@ -79,6 +79,59 @@ def test_snntorch_export_read_with_dialect_is_exact(snntorch_files, mode):
     np.testing.assert_array_equal(res.trace["3"], want)
 
 
+def _recurrent_net(mode: str, seed: int):
+    """Linear -> RSynaptic -> Linear -> RLeaky with all-to-all recurrent Linears (the NIR paper's
+    Braille network is Linear -> RSynaptic -> Linear -> Synaptic). snnTorch 1.0's exporter
+    writes each recurrent neuron as a CubaLIF/LIF node ``k.lif`` in a cycle with ``k.w_rec``."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 16),
+        snn.RSynaptic(0.7, 0.8, linear_features=16, reset_mechanism=mode, init_hidden=True),
+        torch.nn.Linear(16, 4),
+        snn.RLeaky(0.9, linear_features=4, reset_mechanism=mode, init_hidden=True))
+    with torch.no_grad():
+        net[0].weight.mul_(3)
+        net[1].recurrent.weight.mul_(2)
+    return net
+
+
+def _nest_recurrent_pairs(g, keys):
+    """``g`` with each ``k.lif`` <-> ``k.w_rec`` pair as a nested graph ``k`` (one Input, one
+    Output), the form of earlier exporters."""
+    nodes, edges = dict(g.nodes), list(g.edges)
+    for k in keys:
+        lif, rec = nodes.pop(f"{k}.lif"), nodes.pop(f"{k}.w_rec")
+        shape = np.asarray(lif.input_type["input"])
+        nodes[k] = nir.NIRGraph(
+            nodes={"input": nir.Input(shape), "lif": lif, "w_rec": rec,
+                   "output": nir.Output(shape)},
+            edges=[("input", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")])
+        edges = [(s.replace(f"{k}.lif", k), d.replace(f"{k}.lif", k)) for s, d in edges
+                 if f"{k}.w_rec" not in (s, d)]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=g.metadata)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
+@pytest.mark.parametrize("mode", ["subtract", "zero"])
+def test_snntorch_recurrent_export_read_with_dialect_is_exact(tmp_path, mode, nested):
+    """RSynaptic and RLeaky through snnTorch's exporter: the recurrent edge gets its one-step
+    Delay, and a zero-reset RLeaky (a LIF in a cycle) clears its new input on the step after a
+    spike, where Leaky keeps it. Before: a dialect read of any such file ended in KeyError."""
+    from snntorch.export_nir import export_to_nir
+
+    net = _recurrent_net(mode, 3)
+    graph = export_to_nir(net, torch.randn(1, 6), ignore_dims=[0])
+    assert {"1.lif", "1.w_rec", "3.lif", "3.w_rec"} <= set(graph.nodes)
+    nir.write(tmp_path / "r.nir", _nest_recurrent_pairs(graph, "13") if nested else graph)
+    x = _inputs(4, (6,))
+    hid, want = _snntorch_forward(net, x)
+    assert 0.05 < hid.mean() < 0.95 and 0.05 < want.mean() < 0.95
+    g = read_nir(tmp_path / "r.nir", dialect=f"snntorch:{mode}")
+    res = simulate(g, x.numpy().astype(np.float64), record=True, dtype="float32")
+    np.testing.assert_array_equal(res.trace["1.lif"], hid)
+    np.testing.assert_array_equal(res.trace["3.lif"], want)
+
+
 def test_snntorch_export_is_refused_where_ambiguous(snntorch_files):
     _, path = snntorch_files["subtract"]
     with pytest.raises(FormatError, match=r"node '1': LIF tau = .* needs the time step dt"):

@@ -238,6 +238,15 @@ def _reset(c: Circuit, base: str, thr: float, mode: str) -> str:
     return c.add(base, c.scale(c.mul(c.spikes_before(), base, "r*base"), -1.0, "-r*base"), "mem")
 
 
+def _rleaky_summed(b: float, thr: float, mode: str) -> NeuronCircuit:
+    """RLeaky whose input ``x`` already holds ``recurrent(s[t-1])`` (a NIR file's cycle through
+    the neuron): base = b*m + x, reset late as RLeaky's (zero: base - r*base, the new input
+    included, where Leaky's keeps it)."""
+    def membrane(c: Circuit, x: str) -> str:
+        return _reset(c, c.add(c.scale(f"{c.name}:mem", b, "b*mem"), x, "base"), thr, mode)
+    return _with_prev_mem(thr, membrane)
+
+
 def _rename(c: Circuit, node: str, part: str) -> str:
     """Give the last node ``node`` the name ``{name}:{part}`` (it is nobody's input yet)."""
     new = f"{c.name}:{part}"
