@@ -26,6 +26,9 @@ continuous-time reading or is not recorded in the file (docs/nir.md, "Dialects")
   layers used ``SingleSpike`` (the exporter does not record ``spike_fn``), ``sinabs:spike-input``
   that the model's inputs are 0/1 events (the bound then starts there). ``min_v_mem`` is not
   written either: the layers' default (none) is assumed.
+* ``nir``: NIR's own meaning as ``nir.read`` (nir >= 1.0.5) gives it, for producers without a
+  dialect here: a neuron stored without ``v_reset`` (a file of nir <= 1.0.4) resets to 0; dt
+  from the file or ``--nir-dt`` (no default).
 * ``spikingjelly``: not implemented (refused by name, not guessed).
 
 Anything a dialect cannot represent exactly (per-neuron values where the framework's circuit
@@ -43,12 +46,12 @@ from snncc import ir
 from snncc import neuron as nrn
 from snncc.errors import SnnccError, UnsupportedError
 
-DIALECTS = ("snntorch", "norse", "sinabs", "spikingjelly")
+DIALECTS = ("snntorch", "norse", "sinabs", "nir", "spikingjelly")
 SNNTORCH_DT = 1e-4
 NORSE_DT = 1e-3
 SINABS_DT = 1.0  # sinabs's tau counts time steps
-OPTIONS = {"snntorch": ("subtract", "zero"), "norse": (), "sinabs": ("single-spike",
-                                                                     "spike-input")}
+OPTIONS = {"snntorch": ("subtract", "zero"), "norse": (), "nir": (),
+           "sinabs": ("single-spike", "spike-input")}
 
 
 @dataclass(frozen=True)
@@ -57,16 +60,16 @@ class Dialect:
     option: str | None = None  # snntorch: Leaky's reset_mechanism; sinabs: see OPTIONS
 
     @property
-    def default_dt(self) -> float:
-        return {"snntorch": SNNTORCH_DT, "sinabs": SINABS_DT}.get(self.name, NORSE_DT)
+    def default_dt(self) -> float | None:
+        return {"snntorch": SNNTORCH_DT, "sinabs": SINABS_DT, "norse": NORSE_DT}.get(self.name)
 
     def __str__(self) -> str:
         return self.name + (f":{self.option}" if self.option else "")
 
 
 def parse_dialect(spec) -> Dialect | None:
-    """``None`` / ``''`` (NIR's own meaning), ``snntorch[:subtract|zero]``, ``norse`` or
-    ``sinabs[:single-spike|spike-input]``."""
+    """``None`` / ``''`` (NIR's own meaning), ``snntorch[:subtract|zero]``, ``norse``,
+    ``sinabs[:single-spike|spike-input]`` or ``nir``."""
     if spec is None or isinstance(spec, Dialect):
         return spec
     spec = str(spec).strip().lower()
@@ -441,6 +444,7 @@ _HANDLERS = {
               "CubaLI": _refuse, "I": _refuse},
     "sinabs": {"LIF": _sinabs_lif, "IF": _sinabs_if, "LI": _sinabs_li, "CubaLIF": _refuse,
                "CubaLI": _refuse, "I": _refuse},
+    "nir": {},
 }
 
 

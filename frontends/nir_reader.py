@@ -342,7 +342,7 @@ class _Ctx:
     dialect: Dialect | None = None
     no_reset: frozenset = frozenset()
     loop_delays: frozenset = frozenset()  # the one-step Delays that close recurrent cycles
-    zero_reset: bool = False  # snncc wrote the file for NIR 1.0.4: a missing v_reset is 0
+    zero_reset: bool = False  # a missing v_reset is 0 (snncc wrote it for NIR 1.0.4; dialect nir)
 
     def step(self, name: str, node, field: str) -> float:
         """dt for a node whose ``field`` needs it; refused (one line) when there is none."""
@@ -360,7 +360,8 @@ class _Ctx:
             raise UnsupportedError(
                 f"{type(node).__name__} without v_reset (a file of NIR <= 1.0.4, whose neurons had "
                 "no reset convention; sinabs subtracts, others reset to 0): its reset is unknown; "
-                "give --nir-dialect with the producer", node=name)
+                "give --nir-dialect with the producer, or nir to reset to 0 as nir.read does",
+                node=name)
 
 
 def _path(node) -> str:
@@ -793,7 +794,8 @@ def from_nir_graph(graph: nir.NIRGraph, dt: float | None = None, name: str = "mo
         g.meta["T"] = positive_int(_number(meta["snncc.T"]), "metadata 'snncc.T' (time steps)",
                                    FormatError)
     ctx = _Ctx(g, dt, dia, frozenset(no_reset), frozenset(ir_name(v) for v in delayed.values()),
-               zero_reset="nir-1.0.4" in text(meta.get("snncc.compat", "")).split(","))
+               zero_reset=("nir-1.0.4" in text(meta.get("snncc.compat", "")).split(",")
+                           or (dia is not None and dia.name == "nir")))
     pairs, skip = _fused_pairs(nodes, edges, incoming), set()
     for n in _topological(nodes, incoming):
         node = nodes[n]

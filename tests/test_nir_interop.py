@@ -166,6 +166,47 @@ def _norse_forward(net, x):
     return torch.stack(hid).numpy(), torch.stack(out).numpy()
 
 
+def test_file_without_v_reset_read_as_nir_reads_it(tmp_path):
+    """A file of nir <= 1.0.4 stores no v_reset (the NIR paper's norse LIF file is one): refused
+    without a dialect; dialect "nir" resets to 0, as nir.read fills it in, which is the same
+    graph as the file with v_reset = 0 and, at dt = 1e-4, norse's LIFBoxCell (reset to 0)."""
+    import h5py
+
+    rng = np.random.default_rng(5)
+    w = rng.uniform(0.0, 0.4, (8, 3)).astype(np.float32)
+    lif = dict(tau=np.full(8, 1 / 400), r=np.ones(8), v_leak=np.zeros(8),
+               v_threshold=np.full(8, 0.1))
+    graph = lambda **reset: nir.NIRGraph(  # noqa: E731
+        nodes={"input": nir.Input(np.array([3])), "fc": nir.Linear(w),
+               "lif": nir.LIF(**lif, **reset), "output": nir.Output(np.array([8]))},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")])
+    nir.write(tmp_path / "old.nir", graph())
+    with h5py.File(tmp_path / "old.nir", "r+") as f:
+        del f["node/nodes/lif/v_reset"]
+    nir.write(tmp_path / "zero.nir", graph(v_reset=np.zeros(8)))
+    with pytest.raises(UnsupportedError, match=r"node 'lif': LIF without v_reset.*--nir-dialect "
+                                               r"with the producer, or nir"):
+        read_nir(tmp_path / "old.nir", dt=1e-4)
+    x = (torch.rand((80, B, 3), generator=torch.Generator().manual_seed(6)) < 0.5).float()
+    old = simulate(read_nir(tmp_path / "old.nir", dt=1e-4, dialect="nir"), x.numpy(),
+                   record=True, dtype="float32").trace["lif"]
+    std = simulate(read_nir(tmp_path / "zero.nir", dt=1e-4), x.numpy(), record=True,
+                   dtype="float32").trace["lif"]
+    np.testing.assert_array_equal(old, std)
+    fc = torch.nn.Linear(3, 8, bias=False)
+    with torch.no_grad():
+        fc.weight.copy_(torch.from_numpy(w))
+    cell = norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=torch.full((8,), 400.0),
+                                                   v_th=torch.full((8,), 0.1)), dt=1e-4)
+    want, state = [], None
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            z, state = cell(fc(x[t]), state)
+            want.append(z.numpy())
+    assert 0.05 < old.mean() < 0.95
+    np.testing.assert_array_equal(old, np.stack(want))
+
+
 @pytest.fixture(scope="module")
 def norse_file(tmp_path_factory):
     net = _norse_net(3)
