@@ -139,6 +139,52 @@ _STALE = ("reading a tensor that shares memory with one changed in place since (
           "change out of place (y = y + x instead of y += x)")
 
 
+#: torch's random draws: a graph would hold one draw made while tracing, or none, in place of
+#: the model's draw at every call. Functions -> None, or where they draw only in training the
+#: position and default of their ``training`` argument
+_RANDOM_FUNCTIONS = {
+    **dict.fromkeys((torch.rand, torch.rand_like, torch.randn, torch.randn_like, torch.randint,
+                     torch.randint_like, torch.randperm, torch.bernoulli, torch.poisson,
+                     torch.normal, torch.multinomial, torch._standard_gamma,
+                     torch._sample_dirichlet)),
+    **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d), (2, True)),
+    **dict.fromkeys((F.alpha_dropout, F.feature_alpha_dropout), (2, False)),
+    F.rrelu: (3, False)}
+_RANDOM_METHODS = frozenset({
+    "bernoulli", "bernoulli_", "uniform_", "normal_", "exponential_", "geometric_", "cauchy_",
+    "log_normal_", "random_", "multinomial"})
+_RANDOM = ("a random draw, as a stochastic encoder, noise or dropout in training makes: the graph "
+           "would hold one draw, not the model's; encode the input outside the model and give "
+           "its spikes as the input [T, B, ...] (layout TB)")
+
+
+class _RefuseRandomDraws(torch.overrides.TorchFunctionMode):
+    """While the model is traced: a random draw is refused where it is made, naming it, also
+    where it reads no traced tensor (``torch.rand(T, *x.shape) < x``), whose result would
+    otherwise enter the graph as a constant."""
+
+    def __init__(self, tracer: fx.Tracer):
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if getattr(torch.Tensor, name, None) is func and name in _RANDOM_METHODS:
+            op = f"Tensor.{name}"
+        elif func in _RANDOM_FUNCTIONS:
+            gate = _RANDOM_FUNCTIONS[func]
+            draws = gate is None or kwargs.get(
+                "training", args[gate[0]] if len(args) > gate[0] else gate[1])
+            op = f"torch.{name}" if draws else None
+        else:
+            op = None
+        if op is not None:
+            raise UnsupportedError(f"op '{op}' is not supported ({_RANDOM})",
+                                   path=self.tracer.scope.module_path or None)
+        return func(*args, **kwargs)
+
+
 def _in_place(method: str) -> bool:
     """``method`` is a tensor method that changes the tensor (``mul_``, ``zero_``)."""
     return method.endswith("_") and not method.startswith("_") and method != "requires_grad_"
@@ -392,6 +438,9 @@ class _ConcreteTracer(fx.Tracer):
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,
                      proxy_factory_fn=None):
+        if kind == "call_method" and target in _RANDOM_METHODS:  # (torch functions: the mode's)
+            raise UnsupportedError(f"op 'Tensor.{target}' is not supported ({_RANDOM})",
+                                   path=self.scope.module_path or None)
         cargs, ckwargs = _concrete((args, kwargs))
         if kind == "call_method" and target in _SHAPE_METHODS:
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
@@ -2183,6 +2232,9 @@ _FUNCTIONS = {
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp,
+    # (one that drops, in training, is refused while tracing: _RefuseRandomDraws)
+    **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+                     F.feature_alpha_dropout), _identity),
 }
 _METHODS = {
     "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "neg": _neg,
@@ -2448,7 +2500,8 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
     with _inference(model):
         try:
             _refuse_hooks(model, "")
-            fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
+            with _RefuseRandomDraws(tracer):
+                fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
         except fx.proxy.TraceError as err:
             raise UnsupportedError(f"cannot trace: {' '.join(str(err).split())}",
                                    path=tracer.scope.module_path or None) from None

@@ -255,6 +255,59 @@ def test_every_unsupported_op_is_listed_on_one_line():
     assert "module 'norm': op 'LayerNorm' is not supported" in msg
 
 
+class Encoded(nn.Module):
+    """An encoder inside forward, then Linear -> LIF: ``form`` says which."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form, self.fc, self.lif = form, nn.Linear(6, 4), neuron.LIFNode(step_mode="m")
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        xs = x.unsqueeze(0).repeat(T, 1, 1)
+        if self.form == "rand":  # a Poisson encoder; the draw reads no traced tensor
+            xs = (torch.rand(T, *x.shape, dtype=x.dtype) < x).to(x.dtype)
+        elif self.form == "rand_like":  # spikingjelly's PoissonEncoder
+            xs = torch.rand_like(xs).le(xs).to(xs)
+        elif self.form == "bernoulli":  # snnTorch's spikegen.rate
+            xs = torch.bernoulli(xs.clamp(0, 1))
+        elif self.form == "uniform_":
+            xs = xs + torch.empty_like(xs).uniform_()
+        elif self.form == "dropout default":  # F.dropout's training=True, also in eval
+            xs = F.dropout(xs, 0.2)
+        elif self.form == "dropout eval":  # a no-op in eval, as the module's
+            xs = self.drop(F.dropout(xs, 0.2, self.training))
+        return self.lif(self.fc(xs)).mean(0)
+
+
+@pytest.mark.parametrize("form, op", [
+    ("rand", "torch.rand"), ("rand_like", "torch.rand_like"), ("bernoulli", "torch.bernoulli"),
+    ("uniform_", "Tensor.uniform_"), ("dropout default", "torch.dropout")])
+def test_random_draws_in_forward_are_refused_by_name(form, op):
+    """A random draw was refused as an unknown op, or (torch.rand of a shape, which reads no
+    traced tensor) taken as a constant and refused as one that broadcasts over time."""
+    with pytest.raises(UnsupportedError) as err:
+        trace(Encoded(form), torch.rand(3, 6), T=T)
+    msg = str(err.value)
+    assert f"op '{op}' is not supported (a random draw" in msg and "(layout TB)" in msg, msg
+
+
+def test_dropout_in_eval_is_traced_and_exact():
+    torch.manual_seed(2)
+    model = Encoded("dropout eval").double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(4)
+        model.fc.bias.add_(0.5)
+    x = torch.rand(8, 6, dtype=torch.float64)
+    graph = trace(model, x, T=T)
+    functional.reset_net(model)
+    with torch.no_grad():
+        _, want = stacked_spikes(model, x, {"lif"}, functional.reset_net)
+    res = Simulator(graph).run(x.numpy(), T, record=True)
+    assert_rates_in_range({"lif": want["lif"].mean()})
+    np.testing.assert_array_equal(res.trace["lif"], want["lif"])
+
+
 def test_matmul_without_spikes_is_refused():
     class Scores(nn.Module):
         def forward(self, x):
