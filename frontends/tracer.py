@@ -261,6 +261,21 @@ class _ConcreteProxy(fx.Proxy):
     def __iter__(self):
         return (self[i] for i in range(len(self.node.meta["value"])))
 
+    def __setattr__(self, name, value):
+        """``y.data = v``, and ``y.data += v``, which Python ends with it (fx's attribute proxy
+        has no ``__iadd__``, so ``v`` is ``y.data + v``): ``y`` reads ``v`` from then on, as every
+        name for the tensor does, and the tensors sharing its memory are stale, as after an
+        in-place op. Set on the proxy object, it changed nothing the graph reads: wrong spikes
+        without a word."""
+        if name != "data":
+            return super().__setattr__(name, value)
+        if not isinstance(value, fx.Proxy):
+            raise UnsupportedError("y.data = a tensor not computed from the input: write "
+                                   "y = that tensor", path=self.tracer.scope.module_path or None)
+        shared = self.tracer.changing_in_place(self.node, "Tensor.data")
+        self.node = value.node
+        self.tracer.stale |= shared - {value.node}
+
     def __setitem__(self, index, value):
         """``x[index] = value`` is recorded as ``x = _assigned(x, index, value)``: later uses of
         this proxy read the assignment's result (see :meth:`_ConcreteTracer.changing_in_place`)."""
@@ -487,6 +502,9 @@ class _ConcreteTracer(fx.Tracer):
             # attribute's, `y.data`, is no name the model holds)
             proxy.node.meta["in_place_of"] = receiver.node
             self.stale |= shared
+            if isinstance(receiver, fx.proxy.Attribute) and receiver.attr == "data" \
+                    and isinstance(receiver.root, _ConcreteProxy):  # y.data.add_(v): y changes
+                receiver.root.node = proxy.node
             if isinstance(receiver, _ConcreteProxy):
                 receiver.node = proxy.node
                 return receiver
@@ -1606,6 +1624,13 @@ def _identity(b, c, x, *args, **kwargs):
     return x
 
 
+def _attribute(b, c, x, name: str):
+    """``x.data``: the same values (other tensor attributes are refused)."""
+    if name != "data":
+        raise _Refuse(f"the tensor attribute '{name}'")
+    return x
+
+
 def _reshape(b, c, x, *args, **kwargs):
     x = _val(x)
     out = tuple(c.value.shape)
@@ -2231,7 +2256,7 @@ _FUNCTIONS = {
     operator.gt: _compare("gt"), operator.ge: _compare("ge"), operator.lt: _compare("lt"),
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
-    torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp,
+    torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
     # (one that drops, in training, is refused while tracing: _RefuseRandomDraws)
     **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
                      F.feature_alpha_dropout), _identity),

@@ -492,6 +492,16 @@ class InPlace(nn.Module):
             return self.lif(v.view_as(y))
         elif self.how == "on_its_data":
             y.data.mul_(3.0)
+        elif self.how == "operator_on_its_data":  # Python: y.data = y.data + 1.0
+            kept = y
+            y.data += 1.0
+            return self.lif(kept)
+        elif self.how == "its_data_assigned":
+            y.data = y.data * 3.0
+        elif self.how == "its_data_viewed":
+            v = y.flatten(2)
+            y.data += 1.0
+            return self.lif(v.view_as(y))
         elif self.how == "on_a_parameter":
             self.conv.weight.mul_(1.0)
         elif self.how == "no_out_of_place_form":
@@ -511,12 +521,15 @@ def test_in_place_ops_are_traced_as_the_values_they_leave(how):
 
 
 @pytest.mark.parametrize("how", ["on_the_input", "on_the_input_read_again",
-                                 "operator_on_a_second_name", "operator_on_a_view"])
+                                 "operator_on_a_second_name", "operator_on_a_view", "on_its_data",
+                                 "operator_on_its_data", "its_data_assigned"])
 def test_in_place_ops_on_shared_memory_give_what_pytorch_computes(how):
     """The model's input changed in place (unread after, or read through the name changed),
     ``y *= 3`` read through a second name for ``y`` (which fx alone would record as ``y = y * 3``,
-    leaving the other name the old value), ``-=`` and ``/=`` on a view: the graph's output is
-    the model's (each input a fresh copy, as the model changes it)."""
+    leaving the other name the old value), ``-=`` and ``/=`` on a view, ``y.data`` changed or
+    assigned (``y.data += 1`` and ``y.data = ...`` left the graph reading the old ``y``: 77% and
+    86% agreement, silently): the graph's output is the model's (each input a fresh copy, as
+    the model changes it)."""
     torch.manual_seed(0)
     model = InPlace(how).double().eval()
     x = 3 * torch.randn(T, 2, 3, 5, 5, dtype=torch.float64,
@@ -545,7 +558,7 @@ def test_check_gives_the_model_a_copy_of_the_input_it_may_change():
 @pytest.mark.parametrize("how, reason", [
     *[(how, r"reading a tensor that shares memory with one changed in place since \(a view of "
             r"it, or the tensor it views\)")
-      for how in ("on_a_view", "viewed", "on_its_data", "operator_viewed")],
+      for how in ("on_a_view", "viewed", "operator_viewed", "its_data_viewed")],
     ("on_a_parameter", r"'Tensor.mul_' is not supported \(an in-place op on a parameter or "
                        r"buffer of the model"),
     ("no_out_of_place_form", r"'Tensor.zero_' is not supported \(an in-place op with no "
