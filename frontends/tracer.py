@@ -273,7 +273,7 @@ class _ConcreteProxy(fx.Proxy):
             raise UnsupportedError("y.data = a tensor not computed from the input: write "
                                    "y = that tensor", path=self.tracer.scope.module_path or None)
         shared = self.tracer.changing_in_place(self.node, "Tensor.data")
-        self.node = value.node
+        self.tracer.rebind(self, value.node)
         self.tracer.stale |= shared - {value.node}
 
     def __setitem__(self, index, value):
@@ -282,7 +282,7 @@ class _ConcreteProxy(fx.Proxy):
         shared = self.tracer.changing_in_place(self.node, "Tensor.__setitem__")
         node = self.tracer.create_proxy("call_function", _assigned, (self, index, value), {}).node
         node.meta["in_place_of"] = self.node
-        self.node = node
+        self.tracer.rebind(self, node)
         self.tracer.stale |= shared
 
 
@@ -305,7 +305,7 @@ for _operator, _method in (("iadd", "add_"), ("isub", "sub_"), ("imul", "mul_"),
 def _assigned(x: torch.Tensor, index, value) -> torch.Tensor:
     """``x`` with ``x[index] = value``, as a new tensor (of ``x``'s shape: a shaped tensor's
     stand-in without running the assignment on fake tensors)."""
-    if isinstance(x, ShapedTensor):
+    if isinstance(x, ShapedTensor) or isinstance(value, ShapedTensor):
         return shaped_like(x)
     y = x.clone()
     y[index] = value
@@ -347,7 +347,9 @@ class _ConcreteTracer(fx.Tracer):
         self._running = 0
         self._constants = 0
         self._placeholders = 0
-        self._overwritten: dict[int, torch.Tensor] = {}  # see _shares_model_memory
+        # tensors made in forward and changed since by traced values (t += x, t[i] = x): id ->
+        # (the tensor, held so that no other takes its id; the node of its value now)
+        self._changed: dict[int, tuple[torch.Tensor, fx.Node]] = {}
         self.stale: set[fx.Node] = set()  # see changing_in_place
         self._shape_read: tuple = ()  # the arguments of the op recorded whose shape alone it reads
         self._occurrences: dict[tuple, int] = {}
@@ -432,15 +434,34 @@ class _ConcreteTracer(fx.Tracer):
                                    path=self.scope.module_path or None)
         return shared
 
+    def rebind(self, proxy: fx.Proxy, node: fx.Node) -> None:
+        """``proxy``'s tensor now has the value of ``node`` (an in-place change): so has a tensor
+        made in forward that the proxy stands for (``total = kept = torch.zeros(...)``, then
+        ``total += x`` twice: the first binds ``total`` to a proxy, ``kept`` stays the
+        tensor)."""
+        for key, (tensor, was) in self._changed.items():
+            if was is proxy.node:
+                self._changed[key] = tensor, node
+        proxy.node = node
+
+    def _current(self, a):
+        """A tensor made in forward and changed since by traced values: a proxy of its value
+        now; a view of one is refused (the graph has its value before the change)."""
+        if not isinstance(a, torch.Tensor):
+            return a
+        changed = self._changed.get(id(a))
+        if changed is not None and changed[0] is a:
+            return self.proxy(changed[1])
+        base = self._changed.get(id(a._base)) if a._base is not None else None
+        if base is not None and base[0] is a._base:
+            raise UnsupportedError(_STALE, path=self.scope.module_path or None)
+        return a
+
     def create_arg(self, a):
+        a = self._current(a)
         if isinstance(a, fx.Proxy) and a.node in self.stale and \
                 not any(a is b for b in self._shape_read):
             raise UnsupportedError(_STALE, path=self.scope.module_path or None)
-        if isinstance(a, torch.Tensor) and self._overwritten.get(id(a)) is a:
-            raise UnsupportedError(
-                "a tensor made in forward and changed in place by a value computed from the "
-                "input (t += x) is read again, where the graph has its value before: write "
-                "it out of place (t = t + x)", path=self.scope.module_path or None)
         if isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter) \
                 and not any(a is buf for buf in self.root.buffers()):
             # a tensor made in forward: keep it in the graph, not as an attribute of the model;
@@ -456,25 +477,33 @@ class _ConcreteTracer(fx.Tracer):
         if kind == "call_method" and target in _RANDOM_METHODS:  # (torch functions: the mode's)
             raise UnsupportedError(f"op 'Tensor.{target}' is not supported ({_RANDOM})",
                                    path=self.scope.module_path or None)
+        changes = None  # a tensor made in forward that a traced value changes (STBP's
+        # `sumspike += spike`, norse's `voltages[ts] = v`): recorded out of place, its new value
+        # what the tensor reads from then on (_current)
+        if kind == "call_method" and args and isinstance(args[0], torch.Tensor) \
+                and (target == "__setitem__" or _in_place(target)):
+            changes, op = args[0], f"Tensor.{target}"
+            if _shares_model_memory(changes, self.root):
+                raise UnsupportedError(f"op '{op}' is not supported ({_SHARED})",
+                                       path=self.scope.module_path or None)
+            if target == "__setitem__":
+                kind, target = "call_function", _assigned
+            elif callable(getattr(torch.Tensor, target[:-1], None)):
+                target = target[:-1]
+        args, kwargs = fx.node.map_aggregate((args, kwargs), self._current)
         cargs, ckwargs = _concrete((args, kwargs))
         if kind == "call_method" and target in _SHAPE_METHODS:
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
         receiver = args[0] if kind == "call_method" and _in_place(target) else None
-        overwritten, shared = None, set()
+        shared = set()
         if receiver is not None:  # x.op_(...): recorded as x.op(...), see below
             # refused here, even where nothing reads the result, which the tensor would hold
             if not callable(getattr(torch.Tensor, target[:-1], None)):
-                reason = "an in-place op with no out-of-place form"
-            elif isinstance(receiver, torch.Tensor):  # made in forward, changed by a traced y
-                reason = _SHARED if _shares_model_memory(receiver, self.root) else None
-                overwritten, receiver = receiver, None
-            else:
-                reason = None
-                if target not in _METADATA_IN_PLACE:
-                    shared = self.changing_in_place(receiver.node, f"Tensor.{target}")
-            if reason:
-                raise UnsupportedError(f"op 'Tensor.{target}' is not supported ({reason})",
+                raise UnsupportedError(f"op 'Tensor.{target}' is not supported (an in-place op "
+                                       "with no out-of-place form)",
                                        path=self.scope.module_path or None)
+            if target not in _METADATA_IN_PLACE:
+                shared = self.changing_in_place(receiver.node, f"Tensor.{target}")
             target = target[:-1]
         value = self._evaluate(kind, target, cargs, ckwargs)
         if self._shaped and kind.startswith("call"):
@@ -484,8 +513,8 @@ class _ConcreteTracer(fx.Tracer):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
                                      proxy_factory_fn)
         self._shape_read = ()
-        if overwritten is not None:  # (held: no other tensor takes its id)
-            self._overwritten[id(overwritten)] = overwritten
+        if changes is not None:
+            self._changed[id(changes)] = changes, proxy.node
         proxy.node.meta["value"] = value
         if kind == "placeholder":
             proxy.node.meta["example"] = self.example
@@ -504,9 +533,9 @@ class _ConcreteTracer(fx.Tracer):
             self.stale |= shared
             if isinstance(receiver, fx.proxy.Attribute) and receiver.attr == "data" \
                     and isinstance(receiver.root, _ConcreteProxy):  # y.data.add_(v): y changes
-                receiver.root.node = proxy.node
+                self.rebind(receiver.root, proxy.node)
             if isinstance(receiver, _ConcreteProxy):
-                receiver.node = proxy.node
+                self.rebind(receiver, proxy.node)
                 return receiver
         return proxy
 
@@ -786,7 +815,15 @@ class PaddedBorder:
 
 
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
-_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, PaddedBorder)
+@dataclass(frozen=True)
+class Assembled:
+    """A sequence assigned step by step (``out[t] = v``), some steps not yet: see _assemble."""
+
+    axis: int  # of the time steps: 0 ([T, B, ...]) or 1 ([B, T, ...])
+    steps: tuple  # Val or None per step
+
+
+_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, PaddedBorder, Assembled)
 
 
 @dataclass(frozen=True)
@@ -954,9 +991,10 @@ class _Builder:
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
         self.comparisons: set[str] = set()  # Neuron nodes that are a comparison (x > k)
         self.booleans: set[Expr] = set()  # a comparison's values, as torch has them (bool)
-        # values an op is exact on only where they are integers (a clamp's operand) -> (path,
-        # op), checked once the graph knows their kinds
-        self.integers_only: dict[Expr, tuple[str, str]] = {}
+        # values an op is exact on only where they are of some kinds (a clamp's operand:
+        # integers; relu's: spikes) -> (path, op, the kinds, why), checked once the graph
+        # knows their kinds
+        self.kinds_needed: dict[Expr, tuple[str, str, frozenset, str]] = {}
         self._returned: dict[str, list[Val]] = {}  # module path -> what each call returned
 
     # ------------------------------------------------------------------ interpretation
@@ -1337,13 +1375,13 @@ class _Builder:
         if self.errors:
             raise _unsupported(list(self.errors))
         self.graph.verify()
-        names = {e: n for (e, _), n in self._done.items() if n and e in self.integers_only}
-        real = {(path, f"op '{op}' is not supported (only clamp(x, 0, 1) of integer values, "
-                       f"spikes and sums of them, an OR of spikes: this value is real)"): None
-                for e, (path, op) in self.integers_only.items()
-                if e in names and self.graph[names[e]].kind is ir.Kind.REAL}
-        if real:
-            raise _unsupported(list(real))
+        names = {e: n for (e, _), n in self._done.items() if n and e in self.kinds_needed}
+        wrong = {(path, f"op '{op}' is not supported ({why}: this value is "
+                        f"{self.graph[names[e]].kind.value})"): None
+                 for e, (path, op, kinds, why) in self.kinds_needed.items()
+                 if e in names and self.graph[names[e]].kind not in kinds}
+        if wrong:
+            raise _unsupported(list(wrong))
         return self.graph
 
     def _neuron_modules(self) -> dict[str, list[list[str]]]:
@@ -1607,6 +1645,9 @@ def _val(x) -> Val:
     if isinstance(x, PaddedBorder):
         raise _Refuse("a padded tensor whose border was assigned in part is used before its "
                       "border is one value per channel (each side assigned the same values)")
+    if isinstance(x, Assembled):
+        raise _Refuse("a sequence assigned step by step (out[t] = v) is read before each of its "
+                      "T steps is assigned")
     if not isinstance(x, Val):
         raise _Refuse("this operand must be a tensor computed from the input")
     return x
@@ -1921,6 +1962,10 @@ def _binary(kind: str):
         if kind == "mul" and {type(x), type(y)} == {Val, ConstMinus}:
             x, y = (x, y) if isinstance(y, ConstMinus) else (y, x)
             return _times_const_minus(b, c, x, y)
+        if kind == "add" and {type(x), type(y)} == {Val, ConstMinus}:
+            x, y = (x, y) if isinstance(y, ConstMinus) else (y, x)
+            if y.k == 0:  # x + (0 - v) is x - v, exactly (norse's (v_leak - v) + i, v_leak 0)
+                return _tensor_tensor(b, c, "sub", x, y.y)
         for a in (x, y):  # a value of another form from the input: its own reason
             if isinstance(a, _FROM_INPUT):
                 _val(a)
@@ -2065,8 +2110,21 @@ def _clamp(b, c, x, min=None, max=None):
     bounds = [None if v is None else b.const(v, x) for v in (min, max)]
     if any(v is None or v.size != 1 for v in bounds) or [float(v) for v in bounds] != [0, 1]:
         raise _Refuse("only clamp(x, 0, 1) of integer values (an OR of spikes) is supported")
-    b.integers_only[x.expr] = (c.path, c.op)
+    b.kinds_needed[x.expr] = (c.path, c.op, _INTEGERS, "only clamp(x, 0, 1) of integer values, "
+                              "spikes and sums of them, an OR of spikes")
     return _comparison(b, c, x, np.asarray(0.0), "gt")
+
+
+_INTEGERS = frozenset({ir.Kind.SPIKE, ir.Kind.COUNT})
+
+
+def _relu(b, c, x, *args, **kwargs):
+    """``relu`` of spikes is the spikes (norse's ConvNet feeds ``relu(z)`` of its LIF's spikes
+    to its readout)."""
+    x = _val(x)
+    b.kinds_needed[x.expr] = (c.path, c.op, frozenset({ir.Kind.SPIKE}),
+                              "only relu of spikes, which is the spikes themselves")
+    return x
 
 
 def _heaviside(b, c, x, values):
@@ -2162,9 +2220,30 @@ def _pad(b, c, x, pad, mode="constant", value=None):
 
 def _assign(b, c, x, index, value):
     if isinstance(value, _FROM_INPUT):
-        raise _Refuse("an assignment of a tensor computed from the input")
+        return _assemble(b, c, x, index, _val(value))
     y = x if isinstance(x, PaddedBorder) else _val(x)
     return b.assign_border(c, y, index, b.const(value, y if isinstance(y, Val) else y.inner))
+
+
+def _assemble(b, c, x, index, value: Val):
+    """``out[t] = v`` (or ``out[:, t] = v``) into a tensor made in forward, step by step in a
+    loop over time (norse's models: ``voltages[ts, :, :] = v``): once every step is assigned,
+    the steps stacked as ``torch.stack`` would (``out`` is read only then)."""
+    index = index if isinstance(index, tuple) else (index,)
+    axis = next((i for i, k in enumerate(index) if isinstance(k, int)), None)
+    full = all(k == slice(None) or k is Ellipsis for i, k in enumerate(index) if i != axis)
+    if axis not in (0, 1) or not full or value.frame != B or value.expr.step != index[axis]:
+        raise _Refuse("a value computed from the input is assigned only as step t of a sequence "
+                      "(out[t] = v or out[:, t] = v in a loop over t)")
+    steps = x.steps if isinstance(x, Assembled) else (None,) * b.T
+    lead = (b.T, b.size["B"]) if axis == 0 else (b.size["B"], b.T)
+    if axis != (x.axis if isinstance(x, Assembled) else axis) or \
+            tuple(c.value.shape) != (*lead, *value.expr.shape):
+        raise _Refuse("the steps are assigned into a [T, B, ...] (or [B, T, ...]) tensor")
+    steps = tuple(value if t == index[axis] else v for t, v in enumerate(steps))
+    if all(v is not None for v in steps):
+        return _stack(b, c, steps, axis)
+    return Assembled(axis, steps)
 
 
 def _like(b, c, x, *args, **kwargs):
@@ -2257,6 +2336,7 @@ _FUNCTIONS = {
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
+    F.relu: _relu, torch.relu: _relu,
     # (one that drops, in training, is refused while tracing: _RefuseRandomDraws)
     **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
                      F.feature_alpha_dropout), _identity),
@@ -2271,7 +2351,7 @@ _METHODS = {
     "expand": _repeat, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
     "narrow": _narrow, "gt": _compare("gt"), "ge": _compare("ge"), "lt": _compare("lt"),
     "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast, "type_as": _cast,
-    "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp,
+    "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp, "relu": _relu,
 }
 
 
@@ -2458,6 +2538,10 @@ def _identity_module(b, c, m, x):
     return _val(x)
 
 
+def _relu_module(b, c, m, x):
+    return _relu(b, c, x)
+
+
 _MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.Conv1d, _conv), (nn.Conv2d, _conv), (nn.Linear, _linear),
     (nn.BatchNorm1d, _batchnorm), (nn.BatchNorm2d, _batchnorm),
@@ -2465,7 +2549,7 @@ _MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.AvgPool1d, _avgpool1d), (nn.AdaptiveAvgPool2d, _adaptive_avgpool),
     (nn.AdaptiveAvgPool1d, _adaptive_avgpool), (nn.Flatten, _flatten_module),
     (nn.Identity, _identity_module),
-    (nn.modules.dropout._DropoutNd, _identity_module),
+    (nn.modules.dropout._DropoutNd, _identity_module), (nn.ReLU, _relu_module),
 )
 
 

@@ -383,6 +383,29 @@ def test_norse_multistep_modules(tmp_path):
     check(model, _sequence(5, 2.0), False, tmp_path)
 
 
+@pytest.mark.parametrize("name, targets", [("ConvNet", ("onnx", "nir")), ("ConvNet4", ("onnx",))])
+def test_norse_own_conv_models(name, targets):
+    """norse's own model constructors (``norse.torch.models.conv``), unmodified: a loop over
+    steps writing each step's readout voltage into ``torch.zeros(T, B, 10)`` made in forward
+    (``voltages[ts, :, :] = v``: the graph used to read the zeros, refused as a model returning
+    a constant), ``relu`` of the LIF's spikes into ``LILinearCell``, whose ``(v_leak - v) + i``
+    (v_leak 0) is ``i - v``. Exact at every neuron and at the output voltages, against the
+    model's forward in float64."""
+    import snncc
+    from norse.torch.models import conv
+
+    torch.manual_seed(0)
+    model = getattr(conv, name)(num_channels=1, feature_size=28).eval()
+    with torch.no_grad():
+        model.fc1.weight.mul_(20)  # so that its LIF fires (default init: about 0%)
+    x = (torch.rand(6, 2, 1, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.5) * 10.0
+    for target in targets:
+        report = snncc.check(model, x, target=target, T=6)
+        assert report.min_agreement == 1.0 and len(report.layers) == 3
+        assert report.output_max_abs_diff_sim == report.output_max_abs_diff_target == 0.0
+        assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 # ----------------------------------------------------------------------------- Lava
 
 @pytest.mark.slow

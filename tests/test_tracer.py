@@ -308,6 +308,14 @@ def test_dropout_in_eval_is_traced_and_exact():
     np.testing.assert_array_equal(res.trace["lif"], want["lif"])
 
 
+def test_relu_of_a_real_value_is_refused_after_the_build():
+    """relu of spikes is the spikes (tested on norse's ConvNet); of a real value it is no IR op."""
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), neuron.LIFNode(step_mode="m"))
+    with pytest.raises(UnsupportedError, match=r"module '1': op 'ReLU' is not supported \(only "
+                                               r"relu of spikes.*this value is real\)"):
+        trace(model, torch.randn(T, 3, 6), T=T, static=False)
+
+
 def test_matmul_without_spikes_is_refused():
     class Scores(nn.Module):
         def forward(self, x):
