@@ -158,12 +158,17 @@ _RANDOM = ("a random draw, as a stochastic encoder, noise or dropout in training
            "its spikes as the input [T, B, ...] (layout TB)")
 
 
-class _RefuseRandomDraws(torch.overrides.TorchFunctionMode):
-    """While the model is traced: a random draw is refused where it is made, naming it, also
-    where it reads no traced tensor (``torch.rand(T, *x.shape) < x``), whose result would
-    otherwise enter the graph as a constant."""
+class _WhileTracing(torch.overrides.TorchFunctionMode):
+    """Every torch call while the model is traced, traced tensors or not:
 
-    def __init__(self, tracer: fx.Tracer):
+    * a random draw is refused where it is made, naming it, also where it reads no traced
+      tensor (``torch.rand(T, *x.shape) < x``), whose result would otherwise enter the graph as
+      a constant;
+    * an op on a tensor made in forward and changed since by traced values (``out[t] = v``) is
+      recorded on its value now (``out.mean(0)`` would otherwise run in Python on its old
+      values, and enter the graph as a constant)."""
+
+    def __init__(self, tracer: _ConcreteTracer):
         super().__init__()
         self.tracer = tracer
 
@@ -182,6 +187,13 @@ class _RefuseRandomDraws(torch.overrides.TorchFunctionMode):
         if op is not None:
             raise UnsupportedError(f"op '{op}' is not supported ({_RANDOM})",
                                    path=self.tracer.scope.module_path or None)
+        if self.tracer.changed and name != "__get__":  # (a property: shape, dtype... as it was)
+            if (name == "__setitem__" or _in_place(name)) and args \
+                    and self.tracer.current(args[0]) is not args[0]:  # changed again
+                return self.tracer.create_proxy("call_method", name, args, kwargs)
+            now = fx.node.map_aggregate((args, kwargs), self.tracer.current)
+            if any(a is not b for a, b in zip(_walk((args, kwargs)), _walk(now))):
+                return _ConcreteProxy.__torch_function__(func, types, *now)
         return func(*args, **kwargs)
 
 
@@ -349,7 +361,7 @@ class _ConcreteTracer(fx.Tracer):
         self._placeholders = 0
         # tensors made in forward and changed since by traced values (t += x, t[i] = x): id ->
         # (the tensor, held so that no other takes its id; the node of its value now)
-        self._changed: dict[int, tuple[torch.Tensor, fx.Node]] = {}
+        self.changed: dict[int, tuple[torch.Tensor, fx.Node]] = {}
         self.stale: set[fx.Node] = set()  # see changing_in_place
         self._shape_read: tuple = ()  # the arguments of the op recorded whose shape alone it reads
         self._occurrences: dict[tuple, int] = {}
@@ -439,26 +451,26 @@ class _ConcreteTracer(fx.Tracer):
         made in forward that the proxy stands for (``total = kept = torch.zeros(...)``, then
         ``total += x`` twice: the first binds ``total`` to a proxy, ``kept`` stays the
         tensor)."""
-        for key, (tensor, was) in self._changed.items():
+        for key, (tensor, was) in self.changed.items():
             if was is proxy.node:
-                self._changed[key] = tensor, node
+                self.changed[key] = tensor, node
         proxy.node = node
 
-    def _current(self, a):
+    def current(self, a):
         """A tensor made in forward and changed since by traced values: a proxy of its value
         now; a view of one is refused (the graph has its value before the change)."""
         if not isinstance(a, torch.Tensor):
             return a
-        changed = self._changed.get(id(a))
+        changed = self.changed.get(id(a))
         if changed is not None and changed[0] is a:
             return self.proxy(changed[1])
-        base = self._changed.get(id(a._base)) if a._base is not None else None
+        base = self.changed.get(id(a._base)) if a._base is not None else None
         if base is not None and base[0] is a._base:
             raise UnsupportedError(_STALE, path=self.scope.module_path or None)
         return a
 
     def create_arg(self, a):
-        a = self._current(a)
+        a = self.current(a)
         if isinstance(a, fx.Proxy) and a.node in self.stale and \
                 not any(a is b for b in self._shape_read):
             raise UnsupportedError(_STALE, path=self.scope.module_path or None)
@@ -479,7 +491,7 @@ class _ConcreteTracer(fx.Tracer):
                                    path=self.scope.module_path or None)
         changes = None  # a tensor made in forward that a traced value changes (STBP's
         # `sumspike += spike`, norse's `voltages[ts] = v`): recorded out of place, its new value
-        # what the tensor reads from then on (_current)
+        # what the tensor reads from then on (current)
         if kind == "call_method" and args and isinstance(args[0], torch.Tensor) \
                 and (target == "__setitem__" or _in_place(target)):
             changes, op = args[0], f"Tensor.{target}"
@@ -490,7 +502,7 @@ class _ConcreteTracer(fx.Tracer):
                 kind, target = "call_function", _assigned
             elif callable(getattr(torch.Tensor, target[:-1], None)):
                 target = target[:-1]
-        args, kwargs = fx.node.map_aggregate((args, kwargs), self._current)
+        args, kwargs = fx.node.map_aggregate((args, kwargs), self.current)
         cargs, ckwargs = _concrete((args, kwargs))
         if kind == "call_method" and target in _SHAPE_METHODS:
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
@@ -514,7 +526,7 @@ class _ConcreteTracer(fx.Tracer):
                                      proxy_factory_fn)
         self._shape_read = ()
         if changes is not None:
-            self._changed[id(changes)] = changes, proxy.node
+            self.changed[id(changes)] = changes, proxy.node
         proxy.node.meta["value"] = value
         if kind == "placeholder":
             proxy.node.meta["example"] = self.example
@@ -2337,7 +2349,7 @@ _FUNCTIONS = {
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
     F.relu: _relu, torch.relu: _relu,
-    # (one that drops, in training, is refused while tracing: _RefuseRandomDraws)
+    # (one that drops, in training, is refused while tracing: _WhileTracing)
     **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
                      F.feature_alpha_dropout), _identity),
 }
@@ -2609,7 +2621,7 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
     with _inference(model):
         try:
             _refuse_hooks(model, "")
-            with _RefuseRandomDraws(tracer):
+            with _WhileTracing(tracer):
                 fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
         except fx.proxy.TraceError as err:
             raise UnsupportedError(f"cannot trace: {' '.join(str(err).split())}",

@@ -566,6 +566,7 @@ class _StepsAssigned(nn.Module):
         T, B = x.shape[:2]
         batch_first = self.form == "batch first"
         out = torch.zeros((B, T, 5) if batch_first else (T, B, 5), dtype=x.dtype)
+        first = out[0]  # a view, taken before the steps are written
         steps = range(T - 1) if self.form == "a step missing" else range(T)
         for t in steps:
             s = self.lif(self.fc(x[t]))
@@ -574,15 +575,18 @@ class _StepsAssigned(nn.Module):
             else:
                 out[t, :, :] = s
         if self.form == "a view kept":
-            return out[0] + self.fc(x[0])
+            return first + self.fc(x[0])
+        if self.form == "its mean":  # a method of the tensor itself, with no traced operand
+            return out.mean(0) + self.fc(x).mean(0)
         return out + self.fc(x) if self.form == "read with more" else out
 
 
-@pytest.mark.parametrize("form", ["as is", "read with more", "batch first"])
+@pytest.mark.parametrize("form", ["as is", "read with more", "its mean", "batch first"])
 def test_steps_assigned_into_a_tensor_made_in_forward_are_the_sequence(form):
     """The assignments were left out of the graph: 'read with more' gave the model's spikes at
-    the neuron but an output off by 1.0, silently; the others were refused as returning a
-    constant."""
+    the neuron but an output off by 1.0, and 'its mean' (run in Python on the zeros, a
+    constant) an output off by 0.5 with no neuron compared, silently; the others were refused
+    as returning a constant."""
     torch.manual_seed(0)
     model = _StepsAssigned(form).double().eval()
     x = 3 * torch.randn(4, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
