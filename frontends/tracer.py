@@ -401,6 +401,10 @@ class _ConcreteTracer(fx.Tracer):
         out = super().call_module(m, forward, args, kwargs)
         if not leaf and isinstance(out, fx.Proxy):  # what the module returns (check compares
             out.node.meta.setdefault("returned_by", []).append(path)  # a neuron written so)
+        if leaf and isinstance(out, fx.Proxy) and type(out.node.meta["value"]) is tuple:
+            # a leaf returning a tuple (norse's LIF: spikes and state) as a tuple of proxies,
+            # so that code asking `isinstance(x, tuple)` (norse's Lift) takes it apart
+            return tuple(out[i] for i in range(len(out.node.meta["value"])))
         return out
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
@@ -615,10 +619,12 @@ class _ConcreteTracer(fx.Tracer):
 
 
 def _multi_step_neuron(m: nn.Module) -> bool:
-    """A neuron whose call on ``[T, B, ...]`` returns its spikes, of the input's shape (the
-    adapters' contract for multi-step neurons)."""
+    """A neuron whose call on ``[T, B, ...]`` returns its spikes alone, of the input's shape
+    (norse's return their state too: they run on the shaped tensors, so that code taking the
+    pair apart, norse's ``Lift``, sees it)."""
     adapter = adapter_for(m)
-    return adapter is not None and adapter.is_neuron(m) and adapter.step_mode(m) == STEP_MULTI
+    return adapter is not None and adapter.is_neuron(m) and adapter.step_mode(m) == STEP_MULTI \
+        and not adapter.multi_step_returns_state
 
 
 #: layers whose output has their input's shape and dtype

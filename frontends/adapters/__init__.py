@@ -103,6 +103,8 @@ class Adapter:
     describe a library with no neurons whose modules the tracer handles on its own."""
 
     name: str = ""
+    #: a multi-step neuron's call returns ``(spikes, state)`` (norse's), not its spikes alone
+    multi_step_returns_state: bool = False
 
     def owns(self, m: nn.Module) -> bool:
         return False

@@ -58,6 +58,7 @@ def _base(m: nn.Module) -> str:
 
 class NorseAdapter(Adapter):
     name = "norse"
+    multi_step_returns_state = True
 
     def owns(self, m: nn.Module) -> bool:
         return type(m).__module__.startswith(_PACKAGE)
