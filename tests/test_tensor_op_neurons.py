@@ -578,10 +578,13 @@ class _StepsAssigned(nn.Module):
             return first + self.fc(x[0])
         if self.form == "its mean":  # a method of the tensor itself, with no traced operand
             return out.mean(0) + self.fc(x).mean(0)
+        if self.form == "a step read back":  # Tensor.__getitem__, through the same path
+            return out[1] + self.fc(x[1])
         return out + self.fc(x) if self.form == "read with more" else out
 
 
-@pytest.mark.parametrize("form", ["as is", "read with more", "its mean", "batch first"])
+@pytest.mark.parametrize("form", ["as is", "read with more", "its mean", "a step read back",
+                                  "batch first"])
 def test_steps_assigned_into_a_tensor_made_in_forward_are_the_sequence(form):
     """The assignments were left out of the graph: 'read with more' gave the model's spikes at
     the neuron but an output off by 1.0, and 'its mean' (run in Python on the zeros, a
