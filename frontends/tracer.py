@@ -1924,6 +1924,10 @@ def _cat(b, c, tensors, dim=0):
     if any(v.frame != frame or len(v.expr.shape) != rank for v in vals):
         raise _Refuse("its operands have different time/batch layouts")
     axis = dim % _ndim(vals[0]) - len(frame)
+    if axis < 0 and sorted(frame) == ["1", "B"] and dim % _ndim(vals[0]) == frame.index("1"):
+        # the T steps of a loop, each with a unit time axis (x_t.unsqueeze(0)), concatenated
+        # along it: their stack
+        return _stack(b, c, [Val(v.expr, B) for v in vals], frame.index("1"))
     if axis < 0:
         raise _Refuse("it concatenates along the time or batch axis")
     return b.new(c, lambda n, i: ir.Concat(n, i, path=c.path, axis=axis), vals, frame)

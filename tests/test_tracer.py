@@ -308,6 +308,37 @@ def test_dropout_in_eval_is_traced_and_exact():
     np.testing.assert_array_equal(res.trace["lif"], want["lif"])
 
 
+class CatSteps(nn.Module):
+    """The steps of a loop, each given a unit time axis, concatenated along it."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.fc, self.lif, self.form = nn.Linear(6, 5), neuron.LIFNode(), form
+
+    def forward(self, x):
+        steps = [self.lif(self.fc(x[t])) for t in range(x.shape[0])]
+        if self.form == "batch first":
+            return torch.cat([s.unsqueeze(1) for s in steps], 1).mean(1)
+        if self.form == "one missing":
+            steps = steps[:-1]
+        return torch.cat([s[None] for s in steps]).mean(0)
+
+
+@pytest.mark.parametrize("form", ["time first", "batch first"])
+def test_steps_concatenated_along_a_unit_time_axis_are_their_stack(form):
+    """torch.cat([s.unsqueeze(0) for s in steps]) was refused as concatenating along time."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = CatSteps(form).double().eval()
+    x = 4 * torch.randn(T, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    report = snncc.check(model, x, target="sim", T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_sim == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    with pytest.raises(UnsupportedError, match="only stacking the T steps of a loop"):
+        trace(CatSteps("one missing"), x.float(), T=T, static=False)
+
+
 def test_relu_of_a_real_value_is_refused_after_the_build():
     """relu of spikes is the spikes (tested on norse's ConvNet); of a real value it is no IR op."""
     model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), neuron.LIFNode(step_mode="m"))
