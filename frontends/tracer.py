@@ -2371,8 +2371,9 @@ _METHODS = {
     "clone": _identity,
     "detach": _identity, "sum": _reduce(False), "mean": _reduce(True), "repeat": _repeat,
     "expand": _repeat, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
-    "narrow": _narrow, "__getitem__": _getitem, "gt": _compare("gt"), "ge": _compare("ge"), "lt": _compare("lt"),
-    "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast, "type_as": _cast,
+    "narrow": _narrow, "__getitem__": _getitem, "gt": _compare("gt"), "ge": _compare("ge"),
+    "lt": _compare("lt"), "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast,
+    "type_as": _cast,
     "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp, "relu": _relu,
 }
 
