@@ -26,10 +26,18 @@ continuous-time reading or is not recorded in the file (docs/nir.md, "Dialects")
   layers used ``SingleSpike`` (the exporter does not record ``spike_fn``), ``sinabs:spike-input``
   that the model's inputs are 0/1 events (the bound then starts there). ``min_v_mem`` is not
   written either: the layers' default (none) is assumed.
+* ``spikingjelly`` (``spikingjelly.activation_based.nir_exchange.export_to_nir``, spikingjelly
+  2.0, dt = 1e-4 unless ``dt=`` said otherwise, not written): ``IF`` is an ``IFNode`` (r =
+  1/dt: gain 1, where NIR's ecosystem steps IF as ``v + r x``), ``LIF`` a ``LIFNode`` with
+  tau = tau_file/dt (recovered so that the exporter's ``tau * dt`` gives the stored value
+  exactly) and ``decay_input`` from r (1: True, tau: False), v_leak = v_reset; both fire on
+  ``>=`` (spikingjelly's Heaviside) and reset hard; one value per layer, as spikingjelly's
+  ``import_from_nir`` requires. The canonical neuron is :func:`snncc.neuron.from_lif` /
+  :func:`~snncc.neuron.from_if`, as for the module traced. ``CubaLIF`` (``CUBALIFNode``) is
+  refused: snncc's spikingjelly adapter has no form of it.
 * ``nir``: NIR's own meaning as ``nir.read`` (nir >= 1.0.5) gives it, for producers without a
   dialect here: a neuron stored without ``v_reset`` (a file of nir <= 1.0.4) resets to 0; dt
   from the file or ``--nir-dt`` (no default).
-* ``spikingjelly``: not implemented (refused by name, not guessed).
 
 Anything a dialect cannot represent exactly (per-neuron values where the framework's circuit
 has one per layer, a gain, a leak voltage) is refused, naming the node, the value and what
@@ -46,11 +54,12 @@ from snncc import ir
 from snncc import neuron as nrn
 from snncc.errors import SnnccError, UnsupportedError
 
-DIALECTS = ("snntorch", "norse", "sinabs", "nir", "spikingjelly")
+DIALECTS = ("snntorch", "norse", "sinabs", "spikingjelly", "nir")
 SNNTORCH_DT = 1e-4
+SPIKINGJELLY_DT = 1e-4  # nir_exchange.export_to_nir's default
 NORSE_DT = 1e-3
 SINABS_DT = 1.0  # sinabs's tau counts time steps
-OPTIONS = {"snntorch": ("subtract", "zero"), "norse": (), "nir": (),
+OPTIONS = {"snntorch": ("subtract", "zero"), "norse": (), "nir": (), "spikingjelly": (),
            "sinabs": ("single-spike", "spike-input")}
 
 
@@ -61,7 +70,8 @@ class Dialect:
 
     @property
     def default_dt(self) -> float | None:
-        return {"snntorch": SNNTORCH_DT, "sinabs": SINABS_DT, "norse": NORSE_DT}.get(self.name)
+        return {"snntorch": SNNTORCH_DT, "sinabs": SINABS_DT, "norse": NORSE_DT,
+                "spikingjelly": SPIKINGJELLY_DT}.get(self.name)
 
     def __str__(self) -> str:
         return self.name + (f":{self.option}" if self.option else "")
@@ -69,7 +79,7 @@ class Dialect:
 
 def parse_dialect(spec) -> Dialect | None:
     """``None`` / ``''`` (NIR's own meaning), ``snntorch[:subtract|zero]``, ``norse``,
-    ``sinabs[:single-spike|spike-input]`` or ``nir``."""
+    ``sinabs[:single-spike|spike-input]``, ``spikingjelly`` or ``nir``."""
     if spec is None or isinstance(spec, Dialect):
         return spec
     spec = str(spec).strip().lower()
@@ -78,10 +88,6 @@ def parse_dialect(spec) -> Dialect | None:
     name, _, opt = spec.partition(":")
     if name not in DIALECTS:
         raise SnnccError(f"--nir-dialect '{spec}': unknown (known: {', '.join(DIALECTS)})")
-    if name == "spikingjelly":
-        raise UnsupportedError(
-            f"--nir-dialect {name} is not implemented: snncc has no {name} exporter to check its "
-            "conventions against here; refused rather than guessed")
     if opt and opt not in OPTIONS[name]:
         known = " or ".join(f"'{o}'" for o in OPTIONS[name]) or "none"
         raise SnnccError(f"--nir-dialect '{spec}': {name}'s options are {known}")
@@ -431,6 +437,47 @@ def _sinabs_li(d, name, node, x, shape, dt, path, graph):
     return _integrator(name, x, alpha, 1.0, 0.0, path)
 
 
+# ----------------------------------------------------------------------------- spikingjelly
+
+
+def _spikingjelly_tau(tau, dt: float, name: str) -> float:
+    """spikingjelly's tau from the ``tau * dt`` its exporter wrote (float64): the value whose
+    product with dt is the stored one, the shortest among those (3.0, not the 3.0000000000000004
+    that stored / dt gives)."""
+    stored = _one(tau, "spikingjelly's LIFNode", name, "tau")
+    q = stored / dt
+    found = [c for c in (q, np.nextafter(q, np.inf), np.nextafter(q, -np.inf),
+                         np.nextafter(np.nextafter(q, np.inf), np.inf),
+                         np.nextafter(np.nextafter(q, -np.inf), -np.inf)) if c * dt == stored]
+    if not found or not min(found, key=lambda c: len(repr(c))) > 1:
+        raise UnsupportedError(f"tau = {stored!r} is not tau * dt for a tau > 1 at dt = {dt:g} "
+                               "(spikingjelly's exporter); give --nir-dt if it used another step",
+                               node=name)
+    return float(min(found, key=lambda c: len(repr(c))))
+
+
+def _spikingjelly_if(d, name, node, x, shape, dt, path, graph):
+    what = "spikingjelly's IFNode"
+    _must_be(node.r, 1.0 / dt, name, "r", f"{what} has no input gain (its exporter writes 1/dt)")
+    p = nrn.from_if(_one(node.v_threshold, what, name, "v_threshold"),
+                    _one(node.v_reset, what, name, "v_reset"))
+    return [ir.Neuron(name, (x,), path=path, **p.fields())]
+
+
+def _spikingjelly_lif(d, name, node, x, shape, dt, path, graph):
+    what = "spikingjelly's LIFNode"
+    tau = _spikingjelly_tau(node.tau, dt, name)
+    r = _one(node.r, what, name, "r")
+    if r not in (1.0, tau):
+        raise UnsupportedError(f"r = {r:g}, but {what} takes 1 (decay_input) or tau = {tau:g}",
+                               node=name)
+    v_reset = _one(node.v_reset, what, name, "v_reset")
+    _must_be(node.v_leak, v_reset, name, "v_leak", f"{what} leaks to v_reset = {v_reset:g}")
+    p = nrn.from_lif(tau, _one(node.v_threshold, what, name, "v_threshold"), v_reset,
+                     decay_input=r == 1.0)
+    return [ir.Neuron(name, (x,), path=path, **p.fields())]
+
+
 def _refuse(d, name, node, x, shape, dt, path, graph):
     raise UnsupportedError(f"--nir-dialect {d.name}: a {type(node).__name__} is not what "
                            f"{d.name}'s exporter writes for any neuron snncc can read exactly",
@@ -444,6 +491,8 @@ _HANDLERS = {
               "CubaLI": _refuse, "I": _refuse},
     "sinabs": {"LIF": _sinabs_lif, "IF": _sinabs_if, "LI": _sinabs_li, "CubaLIF": _refuse,
                "CubaLI": _refuse, "I": _refuse},
+    "spikingjelly": {"LIF": _spikingjelly_lif, "IF": _spikingjelly_if, "CubaLIF": _refuse,
+                     "LI": _refuse, "CubaLI": _refuse, "I": _refuse},
     "nir": {},
 }
 

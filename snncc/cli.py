@@ -115,7 +115,8 @@ NIR_DIALECT = typer.Option(None, "--nir-dialect",
                                 "snntorch:subtract, snntorch:zero (snnTorch's export_to_nir "
                                 "records no reset), norse (tau = dt/tau_mem_inv) or "
                                 "sinabs[:spike-input|single-spike] (tau in time steps; "
-                                "multi-spike IAF where one spike a step is provable); nir: "
+                                "multi-spike IAF where one spike a step is provable), "
+                                "spikingjelly (2.0's nir_exchange: IF r = 1/dt); nir: "
                                 "NIR's own meaning, a missing v_reset (nir <= 1.0.4) being 0")
 NIR_DT = typer.Option(None, "--nir-dt", help=".nir source: the time step in seconds when the "
                                              "file records none (snntorch 1e-4, norse 1e-3, "

@@ -207,6 +207,61 @@ def test_file_without_v_reset_read_as_nir_reads_it(tmp_path):
     np.testing.assert_array_equal(old, np.stack(want))
 
 
+def _spikingjelly_net(conv: bool):
+    """A spikingjelly 2.0 network of the layers its NIR exporter writes, multi-step, float64."""
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(4)
+    if conv:
+        net = torch.nn.Sequential(
+            layer.Conv2d(2, 6, 3, padding=1), neuron.LIFNode(tau=2.0), layer.AvgPool2d(2),
+            layer.Conv2d(6, 8, 3, padding=1), neuron.IFNode(v_threshold=0.6),
+            layer.Flatten(), layer.Linear(8 * 4 * 4, 5),
+            neuron.LIFNode(tau=3.0, decay_input=False, v_threshold=0.7))
+    else:
+        net = torch.nn.Sequential(
+            layer.Linear(6, 16), neuron.LIFNode(tau=2.0), layer.Linear(16, 8),
+            neuron.LIFNode(tau=3.0, decay_input=False, v_threshold=0.7, v_reset=-0.1),
+            layer.Linear(8, 4), neuron.IFNode(v_threshold=0.8))
+    functional.set_step_mode(net, "m")
+    with torch.no_grad():
+        for m in net:
+            if hasattr(m, "weight"):
+                m.weight.mul_(3.0)
+    return net.double().eval()
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+def test_spikingjelly_export_read_with_dialect_is_exact(tmp_path, conv):
+    """spikingjelly 2.0's own exporter (nir_exchange.export_to_nir): read with the dialect, its
+    file gives the model's spikes at every neuron; read as NIR's ecosystem steps IF (v + r x,
+    r = 1/dt written by spikingjelly) it does not."""
+    from spikingjelly.activation_based import functional, neuron
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+
+    net = _spikingjelly_net(conv)
+    shape = (2, 8, 8) if conv else (6,)
+    x = (torch.rand((T, B, *shape), generator=torch.Generator().manual_seed(5)) < 0.5).double()
+    nir.write(tmp_path / "sj.nir", export_to_nir(net, x))
+    spikes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: spikes.append(o.detach().numpy()))
+             for m in net if isinstance(m, neuron.BaseNode)]
+    functional.reset_net(net)
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    assert all(0.05 < s.mean() < 0.95 for s in spikes), [s.mean() for s in spikes]
+    g = read_nir(tmp_path / "sj.nir", dialect="spikingjelly")
+    neurons = [n for n in g.nodes.values() if n.op == "Neuron"]
+    assert [n.cmp for n in neurons] == [">="] * 3
+    res = simulate(g, x.numpy(), record=True)
+    for n, want in zip(neurons, spikes):
+        np.testing.assert_array_equal(res.trace[n.name], want, err_msg=n.name)
+    std = simulate(read_nir(tmp_path / "sj.nir", dt=1e-4), x.numpy(), record=True)
+    assert not np.array_equal(std.trace[neurons[-1].name], spikes[-1])
+
+
 @pytest.fixture(scope="module")
 def norse_file(tmp_path_factory):
     net = _norse_net(3)
@@ -259,9 +314,9 @@ def test_norse_leaky_integrator_readout_read_with_dialect_is_exact(tmp_path):
                                   want)
 
 
-def test_dialects_not_implemented_are_refused_by_name(norse_file):
-    with pytest.raises(UnsupportedError, match="--nir-dialect spikingjelly is not implemented"):
-        read_nir(norse_file[1], dialect="spikingjelly")
+def test_another_producers_file_in_a_dialect_and_unknown_dialects_are_refused(norse_file):
+    with pytest.raises(UnsupportedError, match="node '1': .*spikingjelly's exporter"):
+        read_nir(norse_file[1], dialect="spikingjelly")  # norse's tau = dt / tau_mem_inv
     with pytest.raises(SnnccError, match="unknown"):
         read_nir(norse_file[1], dialect="lava")
 
