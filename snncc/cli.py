@@ -172,7 +172,8 @@ def compile(
                                     help="nir: refuse graphs that need snncc extension nodes"),
     nir_compat: Optional[str] = typer.Option(None, "--nir-compat",
                                              help="nir: write for a consumer's importer "
-                                                  "(snntorch, norse, nir-1.0.4; comma-separated), "
+                                                  "(snntorch, norse, spikingjelly, nir-1.0.4; "
+                                                  "comma-separated), "
                                                   "refusing what it would misread"),
     fixed_point: bool = typer.Option(False, "--fixed-point",
                                      help="quantize for Loihi 2 (sim, lava) and run it in "

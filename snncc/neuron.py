@@ -175,6 +175,14 @@ def strict_threshold(theta, cmp: str, dtype=np.float64):
     return theta if cmp == CMP_GT else next_below(theta, dtype)
 
 
+def inclusive_threshold(theta, cmp: str, dtype=np.float64):
+    """The threshold of the ``>=`` comparison equivalent to ``h CMP theta`` in ``dtype`` (for
+    consumers that fire on ``>=``, as spikingjelly does): theta itself for '>=', the next value
+    above it for '>'."""
+    theta = np.asarray(theta, dtype=dtype)
+    return theta if cmp == CMP_GE else np.nextafter(theta, np.asarray(np.inf, dtype=dtype))
+
+
 @dataclass(frozen=True)
 class LavaLIF:
     """Lava ``LIF`` parameters of one canonical neuron population (see :func:`to_lava_lif`)."""

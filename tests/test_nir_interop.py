@@ -324,6 +324,37 @@ def test_another_producers_file_in_a_dialect_and_unknown_dialects_are_refused(no
 # ----------------------------------------------------------------------------- consumers
 
 
+@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+def test_snncc_file_read_by_spikingjelly_is_exact(tmp_path, conv):
+    """spikingjelly 2.0's import_from_nir refuses snncc's IF (r = 1: it wants Euler's r =
+    1/dt); --nir-compat spikingjelly writes r = 1/dt, thresholds for its >= and a neuron
+    starting at v_reset (its LIFNode's) as a standard LIF. Its forward of the file gives the
+    model's output at every step (float64)."""
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+    from snncc.frontends.tracer import trace
+    from snncc.pipeline import for_target
+    from snncc.targets import get_target
+
+    net = _spikingjelly_net(conv)
+    shape = (2, 8, 8) if conv else (6,)
+    x = (torch.rand((T, B, *shape), generator=torch.Generator().manual_seed(5)) < 0.5).double()
+    functional.reset_net(net)
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert 0.05 < want.mean() < 0.95
+    g = for_target("nir", log=lambda s: None).run(trace(net, x, T=T, static=False))
+    plain = get_target("nir").emit(g, tmp_path / "plain.nir")
+    with pytest.raises(ValueError):
+        import_from_nir(str(plain), dtype=torch.float64)
+    path = get_target("nir").emit(g, tmp_path / "sj.nir", compat="spikingjelly")
+    model = import_from_nir(str(path), dtype=torch.float64, step_mode="m")
+    with torch.no_grad():
+        got, _ = model(x)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
 def _snncc_file(tmp_path, seed):
     """snncc's .nir (written by snncc's NIR target) of Linear -> LIF -> Linear -> LIF: the graph
     snncc reads from snnTorch's export of a zero-reset Leaky net, re-emitted by snncc."""

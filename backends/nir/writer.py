@@ -58,9 +58,10 @@ class _NonStandard(Exception):
 
 
 #: ``compat`` values of :func:`emit_nir` (docs/nir.md, "Consumers of snncc's files"):
-#: ``snntorch`` and ``norse`` rewrite what that framework's importer misreads into a standard
-#: form it reads correctly, ``nir-1.0.4`` writes what NIR 1.0.4 (and so sinabs) can read.
-COMPAT = ("snntorch", "norse", "nir-1.0.4")
+#: ``snntorch``, ``norse`` and ``spikingjelly`` rewrite what that framework's importer misreads
+#: into a standard form it reads correctly, ``nir-1.0.4`` writes what NIR 1.0.4 (and so
+#: sinabs) can read.
+COMPAT = ("snntorch", "norse", "spikingjelly", "nir-1.0.4")
 
 
 def parse_compat(compat) -> frozenset[str]:
@@ -264,13 +265,17 @@ def _delay(n: ir.Delay, g: Graph, w: _Ctx):
 def _neuron(n: ir.Neuron, g: Graph, w: _Ctx):
     if n.reset != nrn.RESET_HARD:
         raise _NonStandard("soft reset (NIR neurons reset to v_reset)")
-    if np.any(n.v_init != 0):
+    if np.any(n.v_init != 0) and not ("spikingjelly" in w.compat
+                                      and np.all(n.v_init == n.v_reset)):
+        # (spikingjelly's importer makes neurons that start at v_reset)
         raise _NonStandard("v_init != 0 (NIR neurons start at 0)")
     p = {a: _full(getattr(n, a), n.shape) for a in ("alpha", "gamma", "beta", "v_reset")}
     # a float32 consumer (snnTorch, norse) rounds a float64 threshold: give it float32's own
     # strict equivalent of what snncc's float32 simulation computes (theta rounded to float32)
     theta = _full(nrn.strict_threshold(np.asarray(n.theta, dtype=np.float32), n.cmp,
                                        np.float32) if w.float32_consumer
+                  # spikingjelly's importer makes neurons firing on >=
+                  else nrn.inclusive_threshold(n.theta, n.cmp) if "spikingjelly" in w.compat
                   else nrn.strict_threshold(n.theta, n.cmp), n.shape)
     meta = {f"snncc.{a}": meta_array(getattr(n, a)) for a in NEURON_META}
     meta["snncc.cmp"] = n.cmp
@@ -284,7 +289,9 @@ def _neuron(n: ir.Neuron, g: Graph, w: _Ctx):
             return nir.LIF(tau=tau, r=_full(n.gamma * 2.0 ** 60, n.shape),
                            v_leak=_full(0.0, n.shape),
                            v_threshold=theta, v_reset=p["v_reset"], metadata=meta)
-        return nir.IF(r=p["gamma"], v_threshold=theta, v_reset=p["v_reset"], metadata=meta)
+        # spikingjelly's importer reads IF with Euler's gain dt r (r = 1/dt: an IFNode)
+        r = p["gamma"] / w.dt if "spikingjelly" in w.compat else p["gamma"]
+        return nir.IF(r=r, v_threshold=theta, v_reset=p["v_reset"], metadata=meta)
     if not np.all((p["alpha"] >= 0) & (p["alpha"] < 1)):
         raise _NonStandard("alpha outside [0, 1) (or mixed with alpha = 1): no LIF or IF form")
     tau, r, v_leak = nrn.to_nir(n.alpha, n.gamma, n.beta, w.dt)  # per channel, then spread
@@ -363,6 +370,8 @@ _READS = {
                  "CubaLIF"},
     "norse": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "SumPool2d", "LIF",
               "IF", "CubaLIF"},
+    "spikingjelly": {"Input", "Output", "Affine", "Linear", "Conv1d", "Conv2d", "AvgPool2d",
+                     "Flatten", "LIF", "IF"},
 }
 
 
@@ -374,7 +383,8 @@ def _consumer_problems(name: str, node, w: _Ctx) -> list[str]:  # noqa: ARG001
         if kind not in _READS[c]:
             out.append(f"{c} cannot read {kind}")
             continue
-        if isinstance(node, (nir.LIF, nir.IF, nir.CubaLIF)) and np.any(node.v_reset != 0):
+        if isinstance(node, (nir.LIF, nir.IF, nir.CubaLIF)) and np.any(node.v_reset != 0) \
+                and c != "spikingjelly":
             out.append(f"{c} resets to 0, not to v_reset")
         if isinstance(node, nir.LIF) and c == "snntorch":
             gain = node.r * w.dt / node.tau
@@ -387,7 +397,34 @@ def _consumer_problems(name: str, node, w: _Ctx) -> list[str]:  # noqa: ARG001
             out.append("norse ignores r (it reads an LIF's input gain as dt/tau, an IF's as 1)")
         if isinstance(node, nir.SumPool2d) and c == "norse" and np.any(node.padding != 0):
             out.append("norse's SumPool2d ignores padding")
+        if c == "spikingjelly":
+            out += _spikingjelly_problems(node, w)
     return list(dict.fromkeys(out))
+
+
+def _sj_close(a: float, b: float) -> bool:
+    """As spikingjelly's importer compares its fields (``_is_close_finite``)."""
+    return bool(np.isclose(a, b, rtol=1e-6, atol=1e-12))
+
+
+def _spikingjelly_problems(node, w: _Ctx) -> list[str]:
+    """What spikingjelly 2.0's ``import_from_nir`` would refuse or read otherwise."""
+    out = []
+    if isinstance(node, (nir.Conv1d, nir.Conv2d)) and np.any(np.asarray(node.groups) != 1):
+        out.append("spikingjelly reads ungrouped convolutions only")
+    if isinstance(node, (nir.LIF, nir.IF)):
+        fields = ("v_threshold", "v_reset") + (("tau", "r", "v_leak")
+                                               if isinstance(node, nir.LIF) else ("r",))
+        if any(np.unique(getattr(node, f)).size != 1 for f in fields):
+            out.append("spikingjelly needs one value per layer for each neuron parameter")
+        elif isinstance(node, nir.IF) and not _sj_close(node.r.flat[0] * w.dt, 1.0):
+            out.append("spikingjelly reads an IF with input gain 1 only (its IFNode)")
+        elif isinstance(node, nir.LIF) and (
+                not _sj_close(node.v_leak.flat[0], node.v_reset.flat[0])
+                or not any(_sj_close(node.r.flat[0], v) for v in (1.0, node.tau.flat[0] / w.dt))):
+            out.append("spikingjelly reads an LIF whose input gain is 1/tau or 1 and whose leak "
+                       "is to v_reset only (its LIFNode)")
+    return out
 
 
 def to_nir_graph(graph: Graph, dt: float | None = None, strict: bool = False,
