@@ -506,6 +506,15 @@ class _ConcreteTracer(fx.Tracer):
                 kind, target = "call_function", _assigned
             elif callable(getattr(torch.Tensor, target[:-1], None)):
                 target = target[:-1]
+        out = kwargs.get("out") if kind in ("call_function", "call_method") else None
+        if out is not None:  # op(..., out=t) changes t as an in-place op would
+            kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+            if isinstance(out, torch.Tensor):
+                if _shares_model_memory(out, self.root):
+                    raise UnsupportedError(f"op '{getattr(target, '__name__', target)}' with out= "
+                                           f"is not supported ({_SHARED})",
+                                           path=self.scope.module_path or None)
+                changes, out = out, None
         args, kwargs = fx.node.map_aggregate((args, kwargs), self.current)
         cargs, ckwargs = _concrete((args, kwargs))
         if kind == "call_method" and target in _SHAPE_METHODS:
@@ -521,6 +530,10 @@ class _ConcreteTracer(fx.Tracer):
             if target not in _METADATA_IN_PLACE:
                 shared = self.changing_in_place(receiver.node, f"Tensor.{target}")
             target = target[:-1]
+        if isinstance(out, fx.Proxy):
+            receiver = out
+            shared = self.changing_in_place(out.node, f"{getattr(target, '__name__', target)} "
+                                                      "with out=")
         value = self._evaluate(kind, target, cargs, ckwargs)
         if self._shaped and kind.startswith("call"):
             value = _compact_constant(value)

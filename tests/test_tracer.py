@@ -537,6 +537,14 @@ class InPlace(nn.Module):
             return self.lif(kept)
         elif self.how == "its_data_assigned":
             y.data = y.data * 3.0
+        elif self.how == "out_itself":  # torch.mul(..., out=y) changes y
+            torch.mul(y, 3.0, out=y)
+        elif self.how == "out_made_in_forward":
+            buf = torch.zeros(y.shape, dtype=y.dtype)
+            torch.mul(y, 3.0, out=buf)
+            return self.lif(buf)
+        elif self.how == "out_a_parameter":
+            torch.mul(self.conv.weight, 1.0, out=self.conv.weight)
         elif self.how == "its_data_viewed":
             v = y.flatten(2)
             y.data += 1.0
@@ -561,14 +569,15 @@ def test_in_place_ops_are_traced_as_the_values_they_leave(how):
 
 @pytest.mark.parametrize("how", ["on_the_input", "on_the_input_read_again",
                                  "operator_on_a_second_name", "operator_on_a_view", "on_its_data",
-                                 "operator_on_its_data", "its_data_assigned"])
+                                 "operator_on_its_data", "its_data_assigned", "out_itself",
+                                 "out_made_in_forward"])
 def test_in_place_ops_on_shared_memory_give_what_pytorch_computes(how):
     """The model's input changed in place (unread after, or read through the name changed),
     ``y *= 3`` read through a second name for ``y`` (which fx alone would record as ``y = y * 3``,
     leaving the other name the old value), ``-=`` and ``/=`` on a view, ``y.data`` changed or
     assigned (``y.data += 1`` and ``y.data = ...`` left the graph reading the old ``y``: 77% and
-    86% agreement, silently): the graph's output is the model's (each input a fresh copy, as
-    the model changes it)."""
+    86% agreement, silently), an op's ``out=`` (``torch.mul(y, 2, out=y)``: 93%, silently):
+    the graph's output is the model's (each input a fresh copy, as the model changes it)."""
     torch.manual_seed(0)
     model = InPlace(how).double().eval()
     x = 3 * torch.randn(T, 2, 3, 5, 5, dtype=torch.float64,
@@ -600,6 +609,7 @@ def test_check_gives_the_model_a_copy_of_the_input_it_may_change():
       for how in ("on_a_view", "viewed", "operator_viewed", "its_data_viewed")],
     ("on_a_parameter", r"'Tensor.mul_' is not supported \(an in-place op on a parameter or "
                        r"buffer of the model"),
+    ("out_a_parameter", r"'mul with out=' is not supported \(an in-place op on a parameter"),
     ("no_out_of_place_form", r"'Tensor.zero_' is not supported \(an in-place op with no "
                              r"out-of-place form"),
 ])
