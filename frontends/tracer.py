@@ -78,6 +78,8 @@ class _Refuse(Exception):
 _TENSOR_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout",
                            "requires_grad"})
 _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
+#: methods that read a tensor's values into Python
+_TO_PYTHON = frozenset({"item", "tolist", "numpy", "__float__", "__int__", "__index__"})
 #: methods that read only the shape and dtype of their other tensor (y.view_as(x))
 _SHAPE_OF_OTHER = frozenset({"view_as", "reshape_as", "expand_as", "type_as"})
 #: in-place tensor methods that change a tensor's shape or autograd state, not its memory (no
@@ -270,6 +272,22 @@ class _ConcreteProxy(fx.Proxy):
     def __len__(self):
         return len(self.node.meta["value"])
 
+    def __float__(self):
+        return float(self._python_value("float"))
+
+    def __int__(self):
+        return int(self._python_value("int"))
+
+    def __index__(self):
+        return int(self._python_value("int"))
+
+    def _python_value(self, op: str):
+        """The value of a tensor computed from the model's parameters only (a constant); one
+        computed from the input is refused (:meth:`_ConcreteTracer.to_number`)."""
+        if self.node.meta.get("from_input"):
+            self.tracer.to_number(op)
+        return self.node.meta["value"]
+
     def __iter__(self):
         return (self[i] for i in range(len(self.node.meta["value"])))
 
@@ -383,10 +401,21 @@ class _ConcreteTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
 
+    def to_number(self, op: str):
+        """``float(y)``, ``int(y)``, ``y.item()``, ``y.tolist()``, ``y.numpy()`` of a traced
+        tensor: a Python value of the example input, which one graph would keep as a constant
+        for every input."""
+        raise UnsupportedError(f"op '{op}' is not supported (it reads a value computed from the "
+                               f"input into Python, at {_model_code_line()}: the graph would keep "
+                               "the example input's)", path=self.scope.module_path or None)
+
     def to_bool(self, obj):
         """``if``, ``while``, ``assert`` or ``bool()`` on a traced tensor: which way it goes
         depends on the input, and one graph cannot branch (fx's own error names neither the
-        module nor the line)."""
+        module nor the line). On a tensor computed from the model's parameters only (``if
+        self.tau > 1``), its value."""
+        if isinstance(obj, fx.Proxy) and not obj.node.meta.get("from_input", True):
+            return bool(obj.node.meta["value"])
         raise UnsupportedError("Python control flow on a traced tensor (an if, while, assert or "
                                f"bool() of one, at {_model_code_line()}): one graph cannot take "
                                "both ways", path=self.scope.module_path or None)
@@ -490,6 +519,9 @@ class _ConcreteTracer(fx.Tracer):
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,
                      proxy_factory_fn=None):
+        if kind == "call_method" and target in _TO_PYTHON and isinstance(args[0], fx.Proxy) \
+                and args[0].node.meta.get("from_input"):
+            self.to_number(f"Tensor.{target}")
         if kind == "call_method" and target in _RANDOM_METHODS:  # (torch functions: the mode's)
             raise UnsupportedError(f"op 'Tensor.{target}' is not supported ({_RANDOM})",
                                    path=self.scope.module_path or None)
@@ -545,6 +577,8 @@ class _ConcreteTracer(fx.Tracer):
         if changes is not None:
             self.changed[id(changes)] = changes, proxy.node
         proxy.node.meta["value"] = value
+        proxy.node.meta["from_input"] = (kind == "placeholder" and value is self._input) or any(
+            n.meta.get("from_input") for n in proxy.node.all_input_nodes)
         if kind == "placeholder":
             proxy.node.meta["example"] = self.example
             # a later parameter at its default (_defaults_after_input): that value, no input
@@ -1135,6 +1169,10 @@ class _Builder:
             if isinstance(v, (tuple, list)):
                 items = [poison(i) for i in v]
                 return type(v)(*items) if hasattr(v, "_fields") else type(v)(items)  # NamedTuple
+            if isinstance(v, (bool, int, float, complex)) and vals:  # y.abs().max().item():
+                # a number the graph would keep as the example's, which nothing then refuses
+                self.errors[(c.path, f"{msg} (it reads a number computed from the input, which "
+                                     "the graph would keep as the example input's)")] = None
             if not isinstance(v, torch.Tensor):
                 return v
             shape = tuple(v.shape[len(frame):])

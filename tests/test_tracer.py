@@ -1106,3 +1106,49 @@ def test_control_flow_on_a_traced_tensor_names_the_module_and_the_line():
                                                rf"if, while, assert or bool\(\) of one, at "
                                                rf".*test_tracer.py:{line}\)"):
         trace(_BranchesOnItsInput(), torch.randn(T, 2, 6), T=T, static=False)
+
+
+class _ReadsNumbers(nn.Module):
+    """Python numbers read from tensors in forward: ``how`` says which."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.fc, self.lif, self.how = nn.Linear(6, 5), neuron.LIFNode(step_mode="m"), how
+        self.k = nn.Parameter(torch.tensor(0.75))
+
+    def forward(self, x):
+        y = self.fc(x)
+        if self.how == "item":  # the example's largest value, kept as a constant: it traced
+            return self.lif(y * (2.0 / y.abs().max().item()))
+        if self.how == "float":
+            return self.lif(y * float(y.mean()))
+        if self.how == "tolist":
+            return self.lif(y + torch.tensor(y[0, 0].tolist(), dtype=y.dtype))
+        if self.how == "numpy":
+            return self.lif(y + torch.from_numpy(y.detach().numpy().mean(0)))
+        if self.k > 0.5:  # the model's own parameters: constants, read as the model has them
+            y = y * self.k.item() * float(self.k) * int(self.k * 4)
+        return self.lif(y)
+
+
+@pytest.mark.parametrize("how, op", [("item", "Tensor.item"), ("float", "float"),
+                                     ("tolist", "Tensor.tolist"), ("numpy", "Tensor.numpy")])
+def test_numbers_read_from_the_input_are_refused(how, op):
+    """``y.abs().max().item()`` traced, the example input's maximum a constant of the graph
+    (and ``check`` on another input traced that one's: agreement 1.0); the others ended in a
+    TypeError of the model's forward."""
+    with pytest.raises(UnsupportedError, match=rf"op '{op}' is not supported \(it reads a value "
+                                               r"computed from the input into Python, at "
+                                               r".*test_tracer.py:\d+: the graph would keep"):
+        trace(_ReadsNumbers(how), torch.randn(T, 2, 6), T=T, static=False)
+
+
+def test_numbers_and_branches_on_the_models_parameters_are_constants():
+    import snncc
+
+    torch.manual_seed(0)
+    model = _ReadsNumbers("parameters").double().eval()
+    x = 3 * torch.randn(T, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    report = snncc.check(model, x, target="sim", T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_sim == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
