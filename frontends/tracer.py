@@ -190,13 +190,19 @@ class _WhileTracing(torch.overrides.TorchFunctionMode):
             raise UnsupportedError(f"op '{op}' is not supported ({_RANDOM})",
                                    path=self.tracer.scope.module_path or None)
         if self.tracer.changed and name != "__get__":  # (a property: shape, dtype... as it was)
-            if (name == "__setitem__" or _in_place(name)) and args \
-                    and self.tracer.current(args[0]) is not args[0]:  # changed again
-                return self.tracer.create_proxy("call_method", name, args, kwargs)
+            if (name == "__setitem__" or _in_place(name) or name in _IN_PLACE_OPERATORS) \
+                    and args and self.tracer.current(args[0]) is not args[0]:  # changed again
+                return self.tracer.create_proxy(
+                    "call_method", _IN_PLACE_OPERATORS.get(name, name), args, kwargs)
             now = fx.node.map_aggregate((args, kwargs), self.tracer.current)
             if any(a is not b for a, b in zip(_walk((args, kwargs)), _walk(now))):
                 return _ConcreteProxy.__torch_function__(func, types, *now)
         return func(*args, **kwargs)
+
+
+#: Python's in-place operators as the tensor methods they are
+_IN_PLACE_OPERATORS = {"__iadd__": "add_", "__isub__": "sub_", "__imul__": "mul_",
+                       "__itruediv__": "div_"}
 
 
 def _in_place(method: str) -> bool:
@@ -380,6 +386,9 @@ class _ConcreteTracer(fx.Tracer):
         # tensors made in forward and changed since by traced values (t += x, t[i] = x): id ->
         # (the tensor, held so that no other takes its id; the node of its value now)
         self.changed: dict[int, tuple[torch.Tensor, fx.Node]] = {}
+        # id -> the proxies that stand for such a tensor (what its in-place ops returned, bound
+        # to a name: `total += x`), which follow its later changes through another name
+        self._standing: dict[int, list[fx.Proxy]] = {}
         self.stale: set[fx.Node] = set()  # see changing_in_place
         self._shape_read: tuple = ()  # the arguments of the op recorded whose shape alone it reads
         self._occurrences: dict[tuple, int] = {}
@@ -487,6 +496,8 @@ class _ConcreteTracer(fx.Tracer):
         for key, (tensor, was) in self.changed.items():
             if was is proxy.node:
                 self.changed[key] = tensor, node
+                for other in self._standing.get(key, ()):
+                    other.node = node
         proxy.node = node
 
     def current(self, a):
@@ -576,6 +587,9 @@ class _ConcreteTracer(fx.Tracer):
         self._shape_read = ()
         if changes is not None:
             self.changed[id(changes)] = changes, proxy.node
+            for other in self._standing.get(id(changes), ()):
+                other.node = proxy.node
+            self._standing.setdefault(id(changes), []).append(proxy)
         proxy.node.meta["value"] = value
         proxy.node.meta["from_input"] = (kind == "placeholder" and value is self._input) or any(
             n.meta.get("from_input") for n in proxy.node.all_input_nodes)
@@ -879,7 +893,6 @@ class PaddedBorder:
     frame: tuple[str, ...]
 
 
-#: what the tracer's values computed from the input are (an op on none of them is a constant)
 @dataclass(frozen=True)
 class Assembled:
     """A sequence assigned step by step (``out[t] = v``), some steps not yet: see _assemble."""
@@ -888,6 +901,7 @@ class Assembled:
     steps: tuple  # Val or None per step
 
 
+#: what the tracer's values computed from the input are (an op on none of them is a constant)
 _FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, PaddedBorder, Assembled)
 
 
@@ -2305,7 +2319,8 @@ def _assemble(b, c, x, index, value: Val):
     index = index if isinstance(index, tuple) else (index,)
     axis = next((i for i, k in enumerate(index) if isinstance(k, int)), None)
     full = all(k == slice(None) or k is Ellipsis for i, k in enumerate(index) if i != axis)
-    if axis not in (0, 1) or not full or value.frame != B or value.expr.step != index[axis]:
+    t = index[axis] % b.T if axis is not None else None  # (out[-1] = v: the last step)
+    if axis not in (0, 1) or not full or value.frame != B or value.expr.step != t:
         raise _Refuse("a value computed from the input is assigned only as step t of a sequence "
                       "(out[t] = v or out[:, t] = v in a loop over t)")
     steps = x.steps if isinstance(x, Assembled) else (None,) * b.T
@@ -2313,7 +2328,7 @@ def _assemble(b, c, x, index, value: Val):
     if axis != (x.axis if isinstance(x, Assembled) else axis) or \
             tuple(c.value.shape) != (*lead, *value.expr.shape):
         raise _Refuse("the steps are assigned into a [T, B, ...] (or [B, T, ...]) tensor")
-    steps = tuple(value if t == index[axis] else v for t, v in enumerate(steps))
+    steps = tuple(value if k == t else v for k, v in enumerate(steps))
     if all(v is not None for v in steps):
         return _stack(b, c, steps, axis)
     return Assembled(axis, steps)

@@ -554,6 +554,31 @@ def test_a_tensor_made_in_forward_is_read_again_after_its_change():
     assert np.all(got % 2 == 0) and 4 <= got.max() <= 8  # twice counts over the steps
 
 
+class _TwoNamesChanged(nn.Module):
+    """One tensor made in forward changed through two names in turn (`total += s`, `kept += s`:
+    the first binds `total` to a traced value, the second changed `kept` alone, and `total`
+    kept missing those steps, silently), then through a third."""
+
+    def forward(self, x):
+        total = kept = torch.zeros(x.shape[1], 6, dtype=x.dtype)
+        for t in range(x.shape[0]):
+            if t % 2:
+                kept += (x[t] > 0.5).to(x.dtype)
+            else:
+                total += (x[t] > 0.5).to(x.dtype)
+        other = kept
+        other *= 2.0
+        return total + kept
+
+
+def test_a_tensor_made_in_forward_changed_through_several_names():
+    x = torch.randn(4, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    graph = snncc.trace(_TwoNamesChanged(), x, layout="TB")
+    got = Simulator(graph).run(x.numpy(), 4).output
+    np.testing.assert_array_equal(got, _TwoNamesChanged()(x).numpy())
+    assert got.max() >= 8  # 4 at most counted, doubled, in both names
+
+
 class _StepsAssigned(nn.Module):
     """A neuron's spikes written step by step into a tensor made in forward (norse's models,
     ``voltages[ts, :, :] = v``), ``form`` says how, then read."""
