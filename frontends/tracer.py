@@ -2053,6 +2053,11 @@ def _binary(kind: str):
             x, y = (x, y) if isinstance(y, ConstMinus) else (y, x)
             if y.k == 0:  # x + (0 - v) is x - v, exactly (norse's (v_leak - v) + i, v_leak 0)
                 return _tensor_tensor(b, c, "sub", x, y.y)
+        if kind == "matmul" and isinstance(x, Val) and not isinstance(y, _FROM_INPUT):
+            w = _parameter(y, "matrix")  # x @ W with a constant W [in, out]: a Linear
+            if w is None or w.dim() != 2:
+                raise _Refuse("a value times a constant is supported as x @ W with W a matrix")
+            return _affine(b, c, x, w.t(), None)
         for a in (x, y):  # a value of another form from the input: its own reason
             if isinstance(a, _FROM_INPUT):
                 _val(a)

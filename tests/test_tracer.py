@@ -1152,3 +1152,31 @@ def test_numbers_and_branches_on_the_models_parameters_are_constants():
     report = snncc.check(model, x, target="sim", T=T, layout="TB")
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_sim == 0.0
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class _TimesAMatrix(nn.Module):
+    """``x @ W`` with a parameter W [in, out]: a Linear (a custom projection layer's form)."""
+
+    def __init__(self, transposed: bool = False):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 5))
+        self.lif, self.transposed = neuron.LIFNode(step_mode="m"), transposed
+
+    def forward(self, x):
+        if self.transposed:  # the constant on the left: not a Linear over the last axis
+            return self.lif((self.w.t() @ x.unsqueeze(-1)).squeeze(-1))
+        return self.lif(x @ self.w)
+
+
+def test_a_value_times_a_constant_matrix_is_a_linear():
+    """It was refused as 'a constant that broadcasts over the time or batch axis'."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = _TimesAMatrix().double().eval()
+    x = torch.randn(T, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    report = snncc.check(model, x, target="onnx", T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_sim == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    with pytest.raises(UnsupportedError, match="operator.matmul"):
+        trace(_TimesAMatrix(transposed=True), x.float(), T=T, static=False)
