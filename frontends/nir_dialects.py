@@ -445,15 +445,19 @@ def _spikingjelly_tau(tau, dt: float, name: str) -> float:
     product with dt is the stored one, the shortest among those (3.0, not the 3.0000000000000004
     that stored / dt gives)."""
     stored = _one(tau, "spikingjelly's LIFNode", name, "tau")
-    q = stored / dt
-    found = [c for c in (q, np.nextafter(q, np.inf), np.nextafter(q, -np.inf),
-                         np.nextafter(np.nextafter(q, np.inf), np.inf),
-                         np.nextafter(np.nextafter(q, -np.inf), -np.inf)) if c * dt == stored]
-    if not found or not min(found, key=lambda c: len(repr(c))) > 1:
+    near = [stored / dt]
+    for direction in (np.inf, -np.inf):  # the two floats on either side
+        c = near[0]
+        for _ in range(2):
+            c = np.nextafter(c, direction)
+            near.append(c)
+    found = [c for c in near if c * dt == stored]
+    tau = min(found, key=lambda c: len(repr(c))) if found else None
+    if tau is None or not tau > 1:
         raise UnsupportedError(f"tau = {stored!r} is not tau * dt for a tau > 1 at dt = {dt:g} "
                                "(spikingjelly's exporter); give --nir-dt if it used another step",
                                node=name)
-    return float(min(found, key=lambda c: len(repr(c))))
+    return float(tau)
 
 
 def _spikingjelly_if(d, name, node, x, shape, dt, path, graph):
