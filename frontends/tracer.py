@@ -189,6 +189,8 @@ class _WhileTracing(torch.overrides.TorchFunctionMode):
         if op is not None:
             raise UnsupportedError(f"op '{op}' is not supported ({_RANDOM})",
                                    path=self.tracer.scope.module_path or None)
+        if func is torch.einsum and any(isinstance(a, fx.Proxy) for a in _walk(args)):
+            return _einsum_as_matmul(*args)
         if self.tracer.changed and name != "__get__":  # (a property: shape, dtype... as it was)
             if (name == "__setitem__" or _in_place(name) or name in _IN_PLACE_OPERATORS) \
                     and args and self.tracer.current(args[0]) is not args[0]:  # changed again
@@ -203,6 +205,44 @@ class _WhileTracing(torch.overrides.TorchFunctionMode):
 #: Python's in-place operators as the tensor methods they are
 _IN_PLACE_OPERATORS = {"__iadd__": "add_", "__isub__": "sub_", "__imul__": "mul_",
                        "__itruediv__": "div_"}
+
+
+def _einsum_as_matmul(equation: str, *operands):
+    """``torch.einsum`` of two tensors as the permutes, reshapes and one matmul it is, on the
+    proxies (whose ops the graph knows): indices in both operands and the output are batch
+    axes, in both but not the output contracted, in one and the output free."""
+    if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
+        operands = tuple(operands[0])
+    spec = equation.replace(" ", "")
+    if len(operands) != 2 or "..." in spec or "->" not in spec:
+        raise UnsupportedError(f"op 'torch.einsum' is not supported (only two operands with an "
+                               f"explicit output and no '...', as in 'tbc,cd->tbd': {equation!r})")
+    (ia, ib), io = spec.split("->")[0].split(","), spec.split("->")[1]
+    if any(len(set(i)) != len(i) for i in (ia, ib, io)) or set(io) - set(ia + ib) \
+            or (set(ia) ^ set(ib)) - set(io):
+        raise UnsupportedError(f"op 'torch.einsum' is not supported (an index repeated in one "
+                               f"operand, or summed in one operand alone: {equation!r})")
+    a, b = operands
+    batch = [i for i in io if i in ia and i in ib]
+    contracted = [i for i in ia if i in ib and i not in io]
+    a_free, b_free = [i for i in ia if i not in ib], [i for i in ib if i not in ia]
+    size = {i: n for idx, t in ((ia, a), (ib, b)) for i, n in zip(idx, t.shape)}
+    k = math.prod(size[i] for i in contracted)
+    m = math.prod(size[i] for i in b_free)
+    a = a.permute(*(ia.index(i) for i in batch + a_free + contracted))
+    a = a.reshape(*(size[i] for i in batch + a_free), k)
+    if not a_free:
+        a = a.unsqueeze(-2)
+    b = b.permute(*(ib.index(i) for i in batch + contracted + b_free))
+    # a's free axes before its last are batch axes of the matmul too: b broadcasts over them
+    ones = [1] * (len(a_free) - 1) if batch and len(a_free) > 1 else []
+    b = b.reshape(*(size[i] for i in batch), *ones, k, m)
+    out = a @ b
+    if not a_free:
+        out = out.squeeze(-2)
+    out = out.reshape(*(size[i] for i in batch + a_free + b_free))
+    order = batch + a_free + b_free
+    return out.permute(*(order.index(i) for i in io))
 
 
 def _in_place(method: str) -> bool:

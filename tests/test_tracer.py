@@ -1180,3 +1180,44 @@ def test_a_value_times_a_constant_matrix_is_a_linear():
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
     with pytest.raises(UnsupportedError, match="operator.matmul"):
         trace(_TimesAMatrix(transposed=True), x.float(), T=T, static=False)
+
+
+class _Einsum(nn.Module):
+    """A projection and spike attention written with ``torch.einsum`` (2 heads of 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 8))
+        self.qkv = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+        self.lifs = nn.ModuleList(neuron.LIFNode(step_mode="m") for _ in range(5))
+        with torch.no_grad():
+            for lin in self.qkv:
+                lin.weight.mul_(8.0)
+
+    def forward(self, x):
+        y = self.lifs[0](torch.einsum("tbnc,cd->tbnd", x, self.w))
+        T, B, N = y.shape[:3]
+        q, k, v = (self.lifs[i + 1](lin(y)).reshape(T, B, N, 2, 4).permute(0, 1, 3, 2, 4)
+                   for i, lin in enumerate(self.qkv))
+        att = torch.einsum("tbhnd,tbhmd->tbhnm", q, k)
+        return self.lifs[4](torch.einsum("tbhnm,tbhmd->tbhnd", att, v) * 2.0)
+
+
+def test_einsum_of_two_tensors_is_its_matmul():
+    """torch.einsum was an unknown op; two operands are permutes, reshapes and one matmul."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = _Einsum().double().eval()
+    x = 2 * torch.randn(T, 3, 5, 6, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(1))
+    report = snncc.check(model, x, target="onnx", T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_sim == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    with pytest.raises(UnsupportedError, match=r"torch.einsum' is not supported \(only two"):
+        trace(_EinsumOfThree(), x.float(), T=T, static=False)
+
+
+class _EinsumOfThree(nn.Module):
+    def forward(self, x):
+        return torch.einsum("tbnc,tbnc,tbnc->tbnc", x, x, x)
