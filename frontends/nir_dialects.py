@@ -212,7 +212,7 @@ def _on_cycle(graph, x: str, name: str) -> bool:
 
 
 def _snntorch_lif(d, name, node, x, shape, dt, path, graph):
-    from snncc.frontends.adapters.snntorch import _leaky, _rleaky_summed
+    from snncc.frontends.adapters.snntorch import _late_reset, _leaky
 
     mode = _snntorch_reset(d, name)
     b = _snntorch_decay(node.tau, dt, name, "tau")
@@ -224,8 +224,8 @@ def _snntorch_lif(d, name, node, x, shape, dt, path, graph):
         # an RLeaky (the exporter writes its LIF as Leaky's, in a cycle through its w_rec), whose
         # zero reset also clears the new input
         what = "snnTorch's zero-reset RLeaky"
-        nc = _rleaky_summed(_one(b, what, name, "beta"), _one(thr, what, name, "v_threshold"),
-                            mode)
+        nc = _late_reset(_one(b, what, name, "beta"), _one(thr, what, name, "v_threshold"),
+                         mode)
         return _circuit_nodes(name, x, nc, shape, path)
     if mode == "zero":  # exactly the canonical neuron (see the snntorch adapter)
         return [ir.Neuron(name, (x,), path=path, alpha=b, gamma=1.0, beta=0.0, theta=thr,

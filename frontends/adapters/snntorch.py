@@ -185,11 +185,7 @@ def _leaky(b: float, thr: float, mode: str):
                                   reset=cn.RESET_HARD, cmp=cn.CMP_GT, v_init=0.0)
     if mode == "none":
         return circuit(thr, lambda c, x: c.integrator(x, b, "mem"))
-
-    def subtract(c: Circuit, x: str) -> str:  # m = (b * m[t-1] + x) - thr * s[t-1]
-        base = c.add(c.scale(f"{c.name}:mem", b, "b*mem"), x, "base")
-        return c.add(base, c.scale(c.spikes_before(), -thr, "reset"), "mem")
-    return _with_prev_mem(thr, subtract)
+    return _late_reset(b, thr, mode)  # m = (b * m[t-1] + x) - thr * s[t-1]
 
 
 def _with_prev_mem(thr: float, body) -> NeuronCircuit:
@@ -238,10 +234,10 @@ def _reset(c: Circuit, base: str, thr: float, mode: str) -> str:
     return c.add(base, c.scale(c.mul(c.spikes_before(), base, "r*base"), -1.0, "-r*base"), "mem")
 
 
-def _rleaky_summed(b: float, thr: float, mode: str) -> NeuronCircuit:
-    """RLeaky whose input ``x`` already holds ``recurrent(s[t-1])`` (a NIR file's cycle through
-    the neuron): base = b*m + x, reset late as RLeaky's (zero: base - r*base, the new input
-    included, where Leaky's keeps it)."""
+def _late_reset(b: float, thr: float, mode: str) -> NeuronCircuit:
+    """base = b*m + x reset late (:func:`_reset`): Leaky's subtract reset, and RLeaky's whose
+    input ``x`` already holds ``recurrent(s[t-1])`` (a NIR file's cycle through the neuron),
+    whose zero reset clears the new input too (Leaky's keeps it)."""
     def membrane(c: Circuit, x: str) -> str:
         return _reset(c, c.add(c.scale(f"{c.name}:mem", b, "b*mem"), x, "base"), thr, mode)
     return _with_prev_mem(thr, membrane)
