@@ -533,12 +533,17 @@ class _ConcreteTracer(fx.Tracer):
         made in forward that the proxy stands for (``total = kept = torch.zeros(...)``, then
         ``total += x`` twice: the first binds ``total`` to a proxy, ``kept`` stays the
         tensor)."""
-        for key, (tensor, was) in self.changed.items():
+        for tensor, was in list(self.changed.values()):
             if was is proxy.node:
-                self.changed[key] = tensor, node
-                for other in self._standing.get(key, ()):
-                    other.node = node
+                self._change(tensor, node)
         proxy.node = node
+
+    def _change(self, tensor: torch.Tensor, node: fx.Node) -> None:
+        """``tensor`` (made in forward) has the value of ``node`` from now on, and so have the
+        proxies standing for it."""
+        self.changed[id(tensor)] = tensor, node
+        for other in self._standing.get(id(tensor), ()):
+            other.node = node
 
     def current(self, a):
         """A tensor made in forward and changed since by traced values: a proxy of its value
@@ -626,9 +631,7 @@ class _ConcreteTracer(fx.Tracer):
                                      proxy_factory_fn)
         self._shape_read = ()
         if changes is not None:
-            self.changed[id(changes)] = changes, proxy.node
-            for other in self._standing.get(id(changes), ()):
-                other.node = proxy.node
+            self._change(changes, proxy.node)
             self._standing.setdefault(id(changes), []).append(proxy)
         proxy.node.meta["value"] = value
         proxy.node.meta["from_input"] = (kind == "placeholder" and value is self._input) or any(
