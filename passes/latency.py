@@ -9,11 +9,25 @@ target node n's IR step t appears at target step t + depth(n), with
     depth(n)     = max_i depth(in_i)          every other node (an IR Delay's own steps are
                                               part of the IR's meaning, not latency)
 
+A cycle (a recurrent connection, a neuron written with tensor ops keeping its state in a Delay)
+passes through at least one IR ``Delay``; there the synapses' lateness and the Delay's own steps
+are one resource. A Delay of k steps on a cycle absorbs up to k steps of its loop's synaptic
+latency: its depth may be as low as depth(src) - k (its IR step t, the source's step t - k, is
+then ready that early), so depths are the least solution of
+
+    depth(n) >= depth(in_i) + syn(n) - absorb(n),   absorb(n) = k for a Delay on a cycle, else 0
+
+a longest-path problem that has a solution exactly when no loop has more synapses than delay
+steps (such a loop is refused: on the target it would need more steps than the IR gives it).
+Such a Delay (with the one-input nodes right after it) is then placed as late as its consumers
+allow, and its process holds ``k - absorb + balance`` steps and zeroes the inputs that would
+become its first k IR steps (inputs of warm-up or of the previous round).
+
 A node whose inputs have different depths (a residual Add, a membrane shortcut, an attention
 matmul fed by branches of different length) would combine values from different IR steps.
 Balancing delays input i by ``balance(n)[i] = max_j depth(in_j) - depth(in_i)`` target steps so
 every input arrives from the same IR step; then every node computes its IR values exactly,
-``latency`` = max depth of the outputs steps late.
+the outputs ``latency`` = max depth steps late at most.
 
 The delays are target timing, not IR semantics: inserting IR ``Delay`` nodes would change what
 the reference simulator computes on the compiled graph (it has no synaptic latency). So the pass
@@ -23,6 +37,7 @@ builds one delay process per balanced edge from it and refuses a graph without a
 
 from __future__ import annotations
 
+from snncc import ir
 from snncc.errors import UnsupportedError
 from snncc.graph import Graph
 from snncc.pipeline import register_pass, report
@@ -30,51 +45,98 @@ from snncc.pipeline import register_pass, report
 SYNAPSE_OPS = ("Conv1d", "Conv2d", "Linear")
 
 
-def feed_forward_order(graph: Graph) -> list:
-    """Nodes after all their inputs, Delay inputs included (the graph's own order lets a Delay
-    come first, as cycles may pass through it); refuses a graph with a cycle."""
-    pending = {k: len(n.inputs) for k, n in graph.nodes.items()}
+def _reached(start: str, edges: dict) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for k in edges[todo.pop()]:
+            if k not in seen:
+                seen.add(k)
+                todo.append(k)
+    return seen
+
+
+def nodes_on_cycles(graph: Graph) -> set[str]:
+    """The nodes through which a cycle passes (every cycle passes a Delay: the nodes both
+    reached from a Delay and reaching it)."""
     consumers = graph.consumers()
-    ready = [k for k, d in pending.items() if d == 0]
-    order = []
-    while ready:
-        k = ready.pop()
-        order.append(graph[k])
-        for c in consumers[k]:
-            pending[c] -= 1
-            if pending[c] == 0:
-                ready.append(c)
-    if len(order) < len(graph):
-        stuck = next(k for k, d in pending.items() if d > 0)
-        raise UnsupportedError(
-            "latency balancing needs a feed-forward graph; a cycle passes through this node: "
-            "the graph feeds a value back to the next step (a recurrent connection, or a "
-            "library neuron that is not the canonical neuron, built from its own earlier state, "
-            "such as snnTorch's subtract reset or Norse's LIF; snnTorch's Leaky with "
-            "reset_mechanism='zero', spikingjelly's LIF/IF and Norse's IAF are canonical)",
-            node=stuck, path=graph[stuck].path)
-    return order
+    inputs = {k: n.inputs for k, n in graph.nodes.items()}
+    on = set()
+    for d in graph.of_type(ir.Delay):
+        later = _reached(d.name, consumers)
+        if d.name in later:
+            on |= later & _reached(d.name, inputs)
+    return on
 
 
 def latency_plan(graph: Graph, synapse_ops=SYNAPSE_OPS, balance: bool = True) -> dict:
     """The depth of every node and the delay steps to add on each input (see the module doc).
 
     ``balance=False`` gives the plan of a naive mapping (no delays; a node's depth is its
-    deepest input's), i.e. what the target computes when the pass is skipped. Returns a
-    JSON-able dict: ``{"synapse_ops", "latency", "depth": {node: d}, "balance": {node: [k_i]}}``
-    where ``balance`` lists only nodes with a delayed input.
+    deepest input's), i.e. what the target computes when the pass is skipped; it refuses a
+    graph with a cycle. Returns a JSON-able dict: ``{"synapse_ops", "latency", "depth":
+    {node: d}, "balance": {node: [k_i]}, "absorbed": {delay: k}}`` where ``balance`` lists only
+    nodes with a delayed input and ``absorbed`` the Delays on cycles.
     """
-    depth: dict[str, int] = {}
-    delays: dict[str, list[int]] = {}
-    for n in feed_forward_order(graph):
+    on_cycles = nodes_on_cycles(graph)
+    absorbed = {n.name: n.steps for n in graph.of_type(ir.Delay) if n.name in on_cycles}
+    if absorbed and not balance:
+        raise UnsupportedError("an unbalanced mapping needs a feed-forward graph; a cycle "
+                               "passes through this Delay", node=next(iter(absorbed)))
+    order = graph.topological_order()
+
+    def step(n, depth):
         ins = [depth[i] for i in n.inputs]
-        d = max(ins, default=0)
-        if balance and any(k != d for k in ins):
-            delays[n.name] = [d - k for k in ins]
-        depth[n.name] = d + (1 if n.op in synapse_ops else 0)
-    latency = max(depth[o.name] for o in graph.outputs)
+        return max(ins, default=0) + (1 if n.op in synapse_ops else 0) - absorbed.get(n.name, 0)
+
+    def relax(depth) -> set[str]:
+        raised = set()
+        for n in order:
+            d = step(n, depth)
+            if d > depth[n.name]:
+                depth[n.name] = d
+                raised.add(n.name)
+        return raised
+
+    depth = {n.name: 0 for n in order}
+    for _ in range(len(order) + 1):  # a feed-forward graph settles in one pass
+        if not relax(depth):
+            break
+    else:  # depths still rise: a loop gains steps on every turn
+        rising = relax(depth)
+        loop = next((d for d in absorbed if d in rising), next(iter(absorbed)))
+        raise UnsupportedError(
+            f"a recurrent loop through this Delay ({absorbed[loop]} step(s)) passes more "
+            "synapses than it has delay steps: on a target whose synapses deliver one step "
+            "late (Lava) it cannot close within the IR's steps", node=loop, path=graph[loop].path)
+    # A loop's Delay and the chain of one-input, one-consumer nodes after it (a Scale) go as
+    # late as the chain's consumers allow: the balancing delay its last edge would need moves
+    # into the Delay's FIFO (no process more) instead of a balancing process of its own.
+    consumers = graph.consumers()
+    def follows(name: str) -> str | None:
+        (c, *more) = consumers[name] or [None]
+        ok = c is not None and not more and len(graph[c].inputs) == 1 and c in on_cycles
+        return c if ok else None
+
+    for d in absorbed:
+        chain = [d]
+        while (c := follows(chain[-1])) is not None and c != d:
+            chain.append(c)
+        last = chain[-1]
+        slack = min((depth[c] - (1 if graph[c].op in synapse_ops else 0) + absorbed.get(c, 0)
+                     - depth[last] for c in consumers[last]), default=0)
+        for k in chain:
+            depth[k] += max(slack, 0)
+    delays: dict[str, list[int]] = {}
+    for n in order:
+        need = depth[n.name] - (1 if n.op in synapse_ops else 0) + absorbed.get(n.name, 0)
+        ks = [need - depth[i] for i in n.inputs]
+        if balance and any(ks):
+            delays[n.name] = ks
+    # the deepest node, not only the outputs: a loop's way back (a recurrent synapse) is
+    # deeper than the neuron it feeds, and its last steps are recorded too
+    latency = max(depth.values())
     return {"synapse_ops": list(synapse_ops), "latency": latency, "depth": depth,
-            "balance": delays}
+            "balance": delays, "absorbed": absorbed}
 
 
 @register_pass()

@@ -546,9 +546,9 @@ class Builder:
             ops += [(self.op_conv1d, 2)]
         if r >= 2:
             ops += [(self.op_flatten, 1), (self.op_transpose, 1 if prof != "lava" else 0)]
-        ops += [(self.op_reshape, 1)]
+        ops += [(self.op_reshape, 1), (self.op_recurrent, 2)]
         if prof != "lava":
-            ops += [(self.op_hadamard, 1), (self.op_recurrent, 2)]
+            ops += [(self.op_hadamard, 1)]
             if r == 2:
                 ops += [(self.op_attention, 3)]
             if r >= 2 and v.kind is SPIKE:

@@ -131,7 +131,7 @@ def test_runner_classifies_a_broken_comparison():
 
 
 def test_refusal_is_not_a_crash():
-    """Lava refuses recurrence in legalization: reported as a refusal, nothing else."""
+    """Lava refuses a soft reset in legalization: reported as a refusal, nothing else."""
     g = Graph("rec", {"T": 3})
     g.add(ir.Input("x", input_shape=(3,)))
     g.add(ir.Delay("d", ("n",), shape_hint=(3,)))

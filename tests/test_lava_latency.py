@@ -68,14 +68,3 @@ def test_require_plan_refuses_missing_and_stale_plans():
     g["fc2"].inputs = ("fc",)
     with pytest.raises(UnsupportedError, match="stale"):
         require_plan(g.verify())
-
-
-def test_cycles_are_refused():
-    g = Graph("rec", {"T": 2})
-    g.add(ir.Input("x", input_shape=(2,)))
-    g.add(ir.Add("sum", ("x", "back")))
-    g.add(ir.Neuron("n", ("sum",)))
-    g.add(ir.Delay("back", ("n",), shape_hint=(2,)))
-    g.add(ir.Output("out", ("n",)))
-    with pytest.raises(UnsupportedError, match="feed-forward"):
-        latency_plan(g.verify())

@@ -211,6 +211,20 @@ def test_manifest_describes_the_network(tmp_path):
     assert doc["shapes"]["flat"] == [36]
 
 
+def test_an_artifact_of_an_older_version_is_refused_saying_compile_again(tmp_path):
+    """v1 artifacts cleared their Delays at a step; v2 Delays mute inputs (loops): an old
+    manifest is refused in one line, not run with parameters read wrongly."""
+    from snncc.errors import FormatError
+
+    g, _ = residual_graph(0)
+    art = emit(compiled(g), tmp_path / "art")
+    doc = json.loads((art / "manifest.json").read_text())
+    (art / "manifest.json").write_text(json.dumps({**doc, "version": 1}))
+    with pytest.raises(FormatError, match=r"version 1, this snncc reads v2: compile the model "
+                                          r"again"):
+        load(art)
+
+
 def test_build_lets_a_user_connect_own_io(tmp_path):
     """build() returns the processes and I/O handles on ``lanes`` samples side by side: one's
     own RingBuffer source and sink of shape (lanes, ...), the returned run configuration, the

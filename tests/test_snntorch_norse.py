@@ -261,7 +261,8 @@ def sim_layout(graph, x: torch.Tensor) -> np.ndarray:
 
 
 def target_runs(graph, x: np.ndarray, tmp_path, targets) -> dict:
-    """{target: (outputs by Output name, traces by node name)} for sim, onnx (both forms), nir."""
+    """{target: (outputs by Output name, traces by node name)} for sim, onnx (both forms), nir,
+    lava."""
     runs = {}
     sim = simulate(graph, x, T, record=True)
     runs["sim"] = (sim.outputs, sim.trace, sim)
@@ -277,6 +278,15 @@ def target_runs(graph, x: np.ndarray, tmp_path, targets) -> dict:
         back = simulate(read_nir(get_target("nir").emit(graph, tmp_path / "m.nir")), x, T,
                         record=True)
         runs["nir"] = (back.outputs, back.trace)
+    if "lava" in targets:
+        from snncc.backends.lava.runner import run_artifact
+        from snncc.pipeline import run_passes
+
+        lava = get_target("lava")
+        compiled = run_passes(graph, list(lava.default_passes), log=lambda s: None)
+        res = run_artifact(lava.emit(compiled, tmp_path / "lava"), x,
+                           record=[n.name for n in compiled.of_type(ir.Neuron)])
+        runs["lava"] = (res["outputs"], res["trace"])
     return runs
 
 
@@ -467,17 +477,22 @@ def test_snntorch_zero_reset_net_in_lava(tmp_path):
         assert agreement == 1.0
 
 
-def test_lava_refuses_a_recurrent_circuit_saying_what_maps_instead():
-    """snnTorch's subtract reset reads the neuron's own spikes a step late: a cycle, which
-    Lava's feed-forward lowering refuses, naming the neuron and what is canonical instead."""
-    from snncc.pipeline import run_passes
-
-    graph = trace(_built(HiddenSequential, 2, "subtract"), _image(2), T=T)
-    with pytest.raises(UnsupportedError) as err:
-        run_passes(graph, list(get_target("lava").default_passes), log=lambda s: None)
-    msg = str(err.value)
-    assert "a cycle passes" in msg and "snnTorch's subtract reset" in msg and \
-        "reset_mechanism='zero'" in msg and "\n" not in msg, msg
+@pytest.mark.parametrize("make, static", [
+    (lambda: (_built(LeakyLoop, 2, "subtract"), _image(2)), True),
+    (lambda: (_built(HiddenSequential, 2, "subtract"), _image(2)), True),
+    (lambda: (_built(SynapticRLeaky, 3, "zero"), _sequence(3)), False),
+    (lambda: (_built(SynapticRLeaky, 3, "subtract"), _sequence(3)), False),
+    (lambda: (_built(NorseCells, 4), _image(4, 2.0)), True),
+    (lambda: (_built(NorseReadout, 6, False, False), _image(6, 2.0)), True)],
+    ids=["Leaky-subtract", "init_hidden-subtract", "RSynaptic-RLeaky-zero",
+         "RSynaptic-RLeaky-subtract", "norse-LIFCell", "norse-LICell"])
+def test_recurrent_circuits_run_on_lava_exactly(make, static, tmp_path):
+    """snnTorch's subtract reset (reading the neuron's own spikes a step late), RSynaptic and
+    RLeaky's recurrent weights, norse's LIF and LI state: loops through Delays, which Lava
+    used to refuse ("needs a feed-forward graph"). On Lava each loop's Delay gives up the
+    steps its synapses take (passes/latency.py): every neuron identical to the library's."""
+    model, x = make()
+    check(model, x, static, tmp_path, targets=("lava",))
 
 
 # ----------------------------------------------------------------------------- refusals

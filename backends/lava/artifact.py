@@ -27,7 +27,7 @@ from snncc.passes.latency import require_plan
 from .lower import LavaNet, Port, ProcSpec, lower
 from .netx import manifest_entry, netx_prefix, write_netx
 
-FORMAT, VERSION = "snncc-lava", 1
+FORMAT, VERSION = "snncc-lava", 2  # 2: Delays mute their first inputs (v1: cleared)
 MANIFEST, WEIGHTS, NETX = "manifest.json", "weights.npz", "netx.h5"
 
 
@@ -80,8 +80,11 @@ def load(directory: str | Path) -> LavaNet:
         weights = read_npz(directory / WEIGHTS)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise FormatError(f"{directory}: not a readable Lava artifact ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise FormatError(f"{directory}: not a {FORMAT} v{VERSION} artifact")
+    if doc.get("version") != VERSION:
+        raise FormatError(f"{directory}: a {FORMAT} artifact of version {doc.get('version')!r}, "
+                          f"this snncc reads v{VERSION}: compile the model again")
     try:
         return _net(doc, weights)
     except (KeyError, TypeError, AttributeError, ValueError) as e:

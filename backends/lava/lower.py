@@ -52,7 +52,7 @@ from snncc.graph import Graph, node_with
 from snncc.passes.batchnorm import folds_left_to_writer
 from snncc.passes.common import (ChannelScaled, bypass, compact, folded_synapse_arrays,
                                   nodes_between)
-from snncc.passes.latency import SYNAPSE_OPS, feed_forward_order
+from snncc.passes.latency import SYNAPSE_OPS
 
 WHC = (2, 1, 0)  # (C, H, W) <-> (W, H, C)
 GRADED_BITS = 24  # message bits of a real-valued (graded) synaptic input
@@ -172,6 +172,7 @@ class Lowerer:
         self.values: dict[str, Port] = {}
         self.hidden: set[str] = set()
         self.procs: list[ProcSpec] = []
+        self.delay_inputs: list[tuple[ProcSpec, str]] = []  # (a Delay's process, its source)
         self.view = fxp.fixed_point_view(graph) if "loihi2" in graph.meta else None
         self.chip = self._chip_nodes() if self.view else set()
         self.fixed_reasons: dict[str, str] = {}
@@ -208,7 +209,8 @@ class Lowerer:
         if k == 0:
             return port
         return self.add(ProcSpec(f"{n.name}/balance{i}", "Delay", src.shape, {"a_in": port},
-                                 {"steps": k, "clear_at": None}), chip=src.name in self.chip)
+                                 {"steps": k, "mute_from": 0, "mute_steps": 0}),
+                        chip=src.name in self.chip)
 
     def _sole_synapse(self, n: ir.Neuron) -> tuple[str | None, tuple]:
         """(synapse, rearranging nodes after it) when a synapse's value reaches only n, through
@@ -446,8 +448,17 @@ class Lowerer:
         return self._chain(n, {"axis": n.axis % len(n.shape)})
 
     def _op_Delay(self, n: ir.Delay) -> Port:
-        return self.add(ProcSpec(n.name, "Delay", n.shape, {"a_in": self.source(n, 0)},
-                                 {"steps": n.steps, "clear_at": self.depth[n.name]}, node=n.name))
+        """A FIFO of the IR steps not absorbed by the loop's synapses (passes.latency) and the
+        balancing steps, zeroing the inputs that become the first ``n.steps`` IR steps: the
+        source's values before its depth (warm-up, or the previous round). Its input is wired
+        once every node is built, as a Delay may close a cycle."""
+        balance = self.plan["balance"].get(n.name, [0])[0]
+        fifo = n.steps - self.plan["absorbed"].get(n.name, 0) + balance
+        spec = ProcSpec(n.name, "Delay", n.shape, {}, {
+            "steps": fifo, "mute_from": self.depth[n.inputs[0]] - n.steps,
+            "mute_steps": n.steps}, node=n.name)
+        self.delay_inputs.append((spec, n.inputs[0]))
+        return self.add(spec)
 
     def _op_Readout(self, n: ir.Readout) -> Port:
         return self.add(ProcSpec(n.name, "Readout", n.shape, {"a_in": self.source(n, 0)},
@@ -457,20 +468,26 @@ class Lowerer:
         """Values proven 0/1 travel as 1-bit spike events; anything else as graded messages."""
         return 0 if self._binary(self.g[n.inputs[0]]) else GRADED_BITS
 
-    def _binary(self, n: ir.Node) -> bool:
+    def _binary(self, n: ir.Node, visiting: frozenset = frozenset()) -> bool:
         """Whether n's values are certainly 0/1: a neuron, a spike input, or a selection,
         rearrangement or AND of such values (an IR kind alone is not enough: the IR types a sum
-        of spikes as spikes)."""
+        of spikes as spikes). On a loop of such nodes, the loop's Delay starts at 0 and each
+        step keeps 0/1, so a node met again counts as 0/1."""
         if n.op in ("Neuron", "Input"):
             return n.kind is ir.Kind.SPIKE
         if n.op == "Pad" and np.any(n.value != 0):
             return False
-        return n.op in BINARY_PRESERVING and all(self._binary(self.g[i]) for i in n.inputs)
+        if n.name in visiting:
+            return True
+        return n.op in BINARY_PRESERVING and all(
+            self._binary(self.g[i], visiting | {n.name}) for i in n.inputs)
 
     # ------------------------------------------------------------------ driver
     def lower(self) -> LavaNet:
-        for n in feed_forward_order(self.g):
+        for n in self.g.topological_order():
             self.values[n.name] = getattr(self, f"_op_{n.op}")(n)
+        for spec, src in self.delay_inputs:
+            spec.inputs["a_in"] = self.values[src]
         g = self.g
         return LavaNet(
             name=g.name, T=int(g.meta.get("T", 1)), dt=g.meta.get("dt"),

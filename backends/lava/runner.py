@@ -181,7 +181,7 @@ def _binary(s: ProcSpec, period: int, lanes: int):
 def _delay(s: ProcSpec, period: int, lanes: int):
     p = s.params
     return custom.Delay(shape=_lanes_of(s, lanes), steps=p["steps"], period=period,
-                        clear_at=p["clear_at"], name=s.name), \
+                        mute_from=p["mute_from"], mute_steps=p["mute_steps"], name=s.name), \
         custom.PyDelayModelFixed if _fixed(s) else custom.PyDelayModel
 
 
@@ -277,8 +277,9 @@ def build_network(net: LavaNet, lanes: int = 1) -> tuple[dict, LavaIO]:
     for spec in net.processes:
         proc, model = FACTORIES[spec.type](spec, net.period, lanes)
         procs[spec.name], models[proc] = proc, model
+    for spec in net.processes:  # once all exist: a Delay closing a loop comes before its source
         for in_name, src in spec.inputs.items():
-            in_port = getattr(proc, in_name)
+            in_port = getattr(procs[spec.name], in_name)
             if src.process in procs:
                 _connect(_through(io.out_port(src.process, src.port), src.transforms, lanes),
                          in_port)

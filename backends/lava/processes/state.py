@@ -10,16 +10,17 @@ from .base import (FLOAT_IN, FLOAT_OUT, FLOAT_VAR, INT_IN, INT_OUT, INT_VAR, Abs
 
 
 class Delay(AbstractProcess):
-    """y[t] = x[t - steps] (a FIFO). With ``clear_at`` the FIFO is emptied (zeros) at that local
-    step, so y = 0 for the first ``steps`` steps of each sample, as an IR Delay; without it the
-    process only shifts time (the latency-balancing delays)."""
+    """y[t] = x[t - steps] (a FIFO; ``steps`` may be 0). The inputs received at local steps
+    ``mute_from`` .. ``mute_from + mute_steps - 1`` (mod period) are taken as zeros: they become
+    an IR Delay's first outputs, which are 0 (a latency-balancing delay mutes none)."""
 
-    def __init__(self, *, shape: tuple, steps: int, period: int, clear_at: int | None,
-                 name=None):
-        super().__init__(shape=shape, steps=steps, period=period, clear_at=clear_at, name=name)
+    def __init__(self, *, shape: tuple, steps: int, period: int, mute_from: int,
+                 mute_steps: int, name=None):
+        super().__init__(shape=shape, steps=steps, period=period, mute_from=mute_from,
+                         mute_steps=mute_steps, name=name)
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
-        self.fifo = Var(shape=(steps, *shape), init=np.zeros((steps, *shape)))
+        self.fifo = Var(shape=(max(steps, 1), *shape), init=np.zeros((max(steps, 1), *shape)))
 
 
 @floating_pt_model(Delay)
@@ -28,12 +29,19 @@ class PyDelayModel(PyLoihiProcessModel):
     s_out = FLOAT_OUT
     fifo = FLOAT_VAR
 
+    def _received(self):
+        x = self.a_in.recv()
+        p = self.proc_params
+        muted = (local_step(self) - p["mute_from"]) % p["period"] < p["mute_steps"]
+        return np.zeros_like(x) if muted else x
+
     def run_spk(self):
-        if local_step(self) == self.proc_params["clear_at"]:
-            self.fifo[:] = 0.0
+        if self.proc_params["steps"] == 0:  # on a loop, some other process sends first
+            self.s_out.send(self._received())
+            return
         self.s_out.send(self.fifo[0].copy())
         self.fifo[:-1] = self.fifo[1:]
-        self.fifo[-1] = self.a_in.recv()
+        self.fifo[-1] = self._received()
 
 
 @fixed_pt_model(Delay)

@@ -1,0 +1,105 @@
+"""Recurrent graphs on Lava (real Lava processes, Loihi2SimCfg, floating_pt): a loop closed by an
+IR Delay runs exactly as the simulator computes it. Where the loop passes a synapse (Lava's Dense
+delivers a step late), the Delay gives up that step (passes/latency.py); its first outputs stay 0
+in every round of a batch larger than the lanes; a loop with more synapses than delay steps is
+refused naming its Delay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from snncc import ir, neuron
+from snncc.backends.lava.lower import lower
+from snncc.backends.lava.runner import run_network
+from snncc.errors import UnsupportedError
+from snncc.graph import Graph
+from snncc.passes.latency import latency_plan
+from snncc.simulator import simulate
+
+from conftest import assert_rates_in_range
+
+T, N = 8, 6
+
+
+def recurrent_graph(seed: int, steps: int = 1, synapses_back: int = 1,
+                    self_loop: bool = False) -> Graph:
+    """x -> fc -> (+ back) -> LIF n; n -> ``synapses_back`` Linear layers -> Delay(steps) ->
+    back; the readout of another Linear on n. ``self_loop``: a second loop without a synapse
+    (a membrane kept by a Delay, v[t] = 0.5 v[t-1] + ...)."""
+    rng = np.random.default_rng(seed)
+    g = Graph("rec", {"T": T})
+    g.add(ir.Input("x", input_shape=(5,)))
+    last = f"rec{synapses_back - 1}"
+    g.add(ir.Delay("back", (last,), steps=steps, shape_hint=(N,), kind_hint=ir.Kind.REAL))
+    g.add(ir.Linear("fc", ("x",), weight=rng.normal(0.3, 1, (N, 5)),
+                    bias=rng.normal(0.2, 0.2, N)))
+    if self_loop:
+        g.add(ir.Delay("mem", ("keep",), shape_hint=(N,), kind_hint=ir.Kind.REAL))
+        g.add(ir.Scale("half", ("mem",), factor=0.5))
+        g.add(ir.Add("sum", ("fc", "back", "half")))
+    else:
+        g.add(ir.Add("sum", ("fc", "back")))
+    g.add(ir.Neuron("n", ("sum",), **neuron.from_lif(2.0, 1.0, 0.0).fields()))
+    if self_loop:
+        g.add(ir.Scale("keep", ("sum",), factor=0.25))
+    src = "n"
+    for i in range(synapses_back):
+        g.add(ir.Linear(f"rec{i}", (src,), weight=rng.normal(0, 0.8, (N, N))))
+        src = f"rec{i}"
+    g.add(ir.Linear("head", ("n",), weight=rng.normal(0, 0.8, (3, N))))
+    g.add(ir.Readout("mean", ("head",)))
+    g.add(ir.Output("out", ("mean",)))
+    return g.verify()
+
+
+def _inputs(seed: int, batch: int) -> np.ndarray:
+    return np.random.default_rng(seed + 100).normal(0.4, 1.0, (T, batch, 5))
+
+
+@pytest.mark.parametrize("steps, synapses_back, self_loop", [
+    (1, 1, False), (2, 1, False), (2, 2, False), (1, 1, True)],
+    ids=["delay1-1synapse", "delay2-1synapse", "delay2-2synapses", "with-a-membrane-loop"])
+def test_a_loop_through_synapses_is_exact_in_every_round(steps, synapses_back, self_loop):
+    """B = 5 on 2 lanes: three rounds, each starting from the Delay's zeros, not from the
+    previous round's last steps."""
+    for seed in (0, 1):
+        g = recurrent_graph(seed, steps, synapses_back, self_loop)
+        x = _inputs(seed, 5)
+        sim = simulate(g, x, T, record=True)
+        plan = latency_plan(g)
+        assert plan["absorbed"]["back"] == steps
+        res = run_network(lower(g, plan), x, record=["n", "sum", "back"], lanes=2)
+        assert res["lanes"] == 2 and res["steps"] == 3 * res["period"]
+        np.testing.assert_array_equal(res["trace"]["n"], sim.trace["n"])
+        for k in ("sum", "back"):  # Lava's Dense sums W @ s in its own order: last bits
+            np.testing.assert_allclose(res["trace"][k], sim.trace[k], rtol=0, atol=1e-12,
+                                       err_msg=k)
+        np.testing.assert_allclose(res["outputs"]["out"], sim.outputs["out"], rtol=0,
+                                   atol=1e-12)
+        assert_rates_in_range({"n": float(sim.trace["n"].mean())})
+
+
+def test_the_delay_gives_up_the_steps_its_loop_spends_in_synapses():
+    g = recurrent_graph(0, steps=2, synapses_back=1)
+    plan = latency_plan(g)
+    d = plan["depth"]
+    assert (d["fc"], d["n"], d["rec0"], d["back"]) == (1, 1, 2, 1)
+    assert plan["balance"] == {"back": [1]}  # its FIFO: no balancing process after it
+    assert plan["latency"] == 2  # rec0's depth, deeper than the output's
+    net = lower(g, plan)
+    (back,) = [p for p in net.processes if p.name == "back"]
+    # one IR step left to the FIFO; the inputs that become IR steps 0 and 1 are muted
+    assert back.params == {"steps": 1, "mute_from": 0, "mute_steps": 2}
+
+
+def test_a_loop_with_more_synapses_than_delay_steps_is_refused_naming_its_delay():
+    g = recurrent_graph(0, steps=1, synapses_back=2)
+    with pytest.raises(UnsupportedError, match=r"node 'back'.*loop through this Delay \(1 "
+                                               r"step\(s\)\) passes more synapses"):
+        latency_plan(g)
+
+
+def test_an_unbalanced_plan_of_a_loop_is_refused():
+    with pytest.raises(UnsupportedError, match="feed-forward graph; a cycle passes"):
+        latency_plan(recurrent_graph(0), balance=False)
