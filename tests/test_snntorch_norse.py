@@ -218,6 +218,36 @@ class NorseMultiStep(nn.Module):
         return self.head(z.mean(0))
 
 
+class NorseRecurrent(nn.Module):
+    """Norse's recurrent LIF (its own input and recurrent weights, autapses zeroed), stepped as
+    a cell with its state handed back or as the multi-step layer, then a LIF readout layer."""
+
+    def __init__(self, multi_step: bool = False):
+        super().__init__()
+        from norse.torch.module.lif import LIFRecurrent, LIFRecurrentCell
+
+        p = _norse_p("lif", tau_syn_inv=300.0, tau_mem_inv=250.0, v_th=0.1)
+        self.rec = (LIFRecurrent if multi_step else LIFRecurrentCell)(8, 12, p)
+        with torch.no_grad():
+            self.rec.input_weights.mul_(4.0)
+            self.rec.recurrent_weights.mul_(3.0)
+        self.fc = nn.Linear(12, 6)
+        self.out = norse.LIF(_norse_p("lif", tau_syn_inv=400.0, tau_mem_inv=300.0, v_th=0.1))
+        self.multi_step = multi_step
+
+    def forward(self, x):
+        if self.multi_step:
+            z, _ = self.rec(x)
+        else:
+            s, steps = None, []
+            for t in range(x.shape[0]):
+                z, s = self.rec(x[t], s)
+                steps.append(z)
+            z = torch.stack(steps)
+        z, _ = self.out(self.fc(z))
+        return z
+
+
 class NorseLifted(nn.Module):
     """norse's own VGG and MobileNetV2 are built so (``norse.torch.models``): ``Lift`` applies a
     layer step by step and takes apart the ``(spikes, state)`` pair a multi-step ``LIF``
@@ -410,6 +440,17 @@ def test_norse_leaky_integrator_readout(multi_step, box, tmp_path):
     graph = trace(model, _image(6, 2.0), T=T)
     assert graph.meta["output_layout"] == "TB" and len(graph.of_type(ir.Neuron)) == 1
     check(model, _image(6, 2.0), True, tmp_path)
+
+
+@pytest.mark.parametrize("multi_step", [False, True], ids=["LIFRecurrentCell", "LIFRecurrent"])
+def test_norse_recurrent_lif(multi_step, tmp_path):
+    """lif_step: i' = (i + W_in x) + W_rec z[t-1], then LIF's charge, current decay and reset;
+    refused before ("not supported"). Identical spikes on every target, Lava included (the
+    recurrent Linear is the loop's one synapse, paid for by its Delay)."""
+    model = _built(NorseRecurrent, 7, multi_step)
+    graph = trace(model, _sequence(7, 2.0), T=T, static=False)
+    assert {"rec:input", "rec:recurrent", "rec:s[t-1]"} <= {n.name for n in graph}
+    check(model, _sequence(7, 2.0), False, tmp_path, targets=("onnx", "nir", "lava"))
 
 
 def test_norse_multistep_modules(tmp_path):

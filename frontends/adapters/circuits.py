@@ -48,9 +48,10 @@ class Circuit:
     def mul(self, spikes: str, real: str, part: str) -> str:
         return self._node(ir.Hadamard, part, (spikes, real))
 
-    def linear(self, src: str, m: nn.Linear, part: str) -> str:
-        return self._node(ir.Linear, part, (src,), weight=_np(m.weight),
-                          bias=None if m.bias is None else _np(m.bias))
+    def linear(self, src: str, weight: torch.Tensor, bias: torch.Tensor | None,
+               part: str) -> str:
+        return self._node(ir.Linear, part, (src,), weight=_np(weight),
+                          bias=None if bias is None else _np(bias))
 
     def conv2d(self, src: str, m: nn.Conv2d, part: str) -> str:
         return self._node(ir.Conv2d, part, (src,), weight=_np(m.weight),

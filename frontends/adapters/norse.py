@@ -1,5 +1,6 @@
-"""Norse (``norse`` 1.1): ``IAFCell`` / ``IAF``, ``LIFBoxCell``, ``LIFCell`` / ``LIF``, and the
-leaky-integrator readouts ``LICell`` / ``LI`` and ``LIBoxCell``.
+"""Norse (``norse`` 1.1): ``IAFCell`` / ``IAF``, ``LIFBoxCell``, ``LIFCell`` / ``LIF``, the
+recurrent ``LIFRecurrentCell`` / ``LIFRecurrent``, and the leaky-integrator readouts
+``LICell`` / ``LI`` and ``LIBoxCell``.
 
 What Norse computes per step (``norse/torch/functional/iaf.py``, ``lif_box.py``, ``lif.py``;
 k = dt * tau_mem_inv and ks = -dt * tau_syn_inv evaluated as the forward evaluates them)::
@@ -7,6 +8,8 @@ k = dt * tau_mem_inv and ks = -dt * tau_syn_inv evaluated as the forward evaluat
     IAF      h = v + x
     LIFBox   h = v + k * ((x + v_leak) - v)
     LIF      i' = i + x;  h = v + k * ((v_leak - v) + i');  i = i' + ks * i'
+    LIFRec   LIF with i' = (i + W_in x) + W_rec z[t-1] (its own input and recurrent weights,
+             used as they are: norse zeroes the autapses' weights once, at construction)
     LI       LIF's current and charge, with v = h: no threshold, no reset; the output is v
     LIBox    v = v + k * ((v_leak - v) + x): no current, threshold or reset; the output is v
     fires    z = H(h - v_th) with H(u) = (u > 0), i.e. strictly h > v_th, for every ``method``
@@ -17,14 +20,15 @@ k = dt * tau_mem_inv and ks = -dt * tau_syn_inv evaluated as the forward evaluat
 IAF is the canonical neuron (alpha = gamma = 1, hard reset to v_reset, '>', starting at
 v_reset). LIFBox and LIF charge in another operation order than ``alpha * v + gamma * x``, so
 they are a :class:`NeuronCircuit` (Scale/Add/Hadamard/Delay nodes computing exactly Norse's
-arithmetic, the current ``i`` as a second state, and a threshold neuron firing on ``h``); LI is
+arithmetic, the current ``i`` as a second state, and a threshold neuron firing on ``h``; the
+recurrent LIF's two Linears inside it); LI is
 an :class:`Integrator`, the same nodes without the neuron, its output the membrane (LIBox
 likewise, without the current).
 
 Refused, naming the module: ``v_leak != 0`` for LIFBox/LIF/LI (their state starts at v_leak and
 the circuit's Delays start at 0), per-neuron (tensor) parameters, ``method="adjoint"``, an
-unknown reset function, and every other Norse neuron (LIFRefrac, LIFAdEx, LSNN, recurrent
-cells, ...). Cells take and return their state (``z, s = cell(x, s)``, ``s=None`` at step 0);
+unknown reset function, and every other Norse neuron (LIFRefrac, LIFAdEx, LSNN, the other
+recurrent cells, ...). Cells take and return their state (``z, s = cell(x, s)``, ``s=None`` at step 0);
 ``IAF`` / ``LIF`` loop over the time axis of a ``[T, B, ...]`` input from their initial state.
 Containers (``SequentialState``) are traced through.
 """
@@ -45,8 +49,8 @@ from .circuits import Circuit, scalar, threshold
 _PACKAGE = "norse"
 _METHODS = ("heaviside", "super", "triangle", "tanh", "circ", "heavi_erfc")
 _CELLS = {"IAFCell": "IAF", "LIFBoxCell": "LIFBox", "LIFCell": "LIF", "LICell": "LI",
-          "LIBoxCell": "LIBox"}
-_SEQUENCES = {"IAF": "IAF", "LIF": "LIF", "LI": "LI"}
+          "LIBoxCell": "LIBox", "LIFRecurrentCell": "LIFRec"}
+_SEQUENCES = {"IAF": "IAF", "LIF": "LIF", "LI": "LI", "LIFRecurrent": "LIFRec"}
 
 
 def _base(m: nn.Module) -> str:
@@ -72,7 +76,8 @@ class NorseAdapter(Adapter):
         if model is None or type(m).__module__.split(".")[-1] not in (
                 "iaf", "lif", "lif_box", "leaky_integrator", "leaky_integrator_box"):
             raise UnsupportedError(f"norse's {kind} is not supported (supported: IAFCell, IAF, "
-                                   "LIFBoxCell, LIFCell, LIF, LICell, LI, LIBoxCell)", path=path)
+                                   "LIFBoxCell, LIFCell, LIF, LIFRecurrentCell, LIFRecurrent, "
+                                   "LICell, LI, LIBoxCell)", path=path)
         p, dt = m.p, float(m.dt)
         if model == "LIBox":
             return _li_box(_membrane_k(p, dt, path))
@@ -96,7 +101,8 @@ class NorseAdapter(Adapter):
                 raise UnsupportedError(f"reset method {name or reset!r} is not supported",
                                        path=path)
             return _lif_box(k, v_th, v_reset, subtract=name == "reset_subtract")
-        return _lif(k, _current_ks(p, dt, path), v_th, v_reset)
+        weights = (m.input_weights, m.recurrent_weights) if model == "LIFRec" else None
+        return _lif(k, _current_ks(p, dt, path), v_th, v_reset, weights)
 
     def step_mode(self, m: nn.Module) -> str:
         return STEP_SINGLE if _base(m).endswith("Cell") else STEP_MULTI
@@ -148,19 +154,27 @@ def _lif_box(k: float, v_th: float, v_reset: float, subtract: bool) -> NeuronCir
     return NeuronCircuit(threshold(v_th), build)
 
 
-def _current_drive(c: Circuit, v: str, x: str, ks: float) -> str:
-    """LIF's and LI's synaptic current: i' = i + x, the next i = i' + ks * i'; returns the drive
-    (0 - v) + i' of the membrane."""
+def _current_drive(c: Circuit, v: str, x: str, ks: float, recurrent: str | None = None) -> str:
+    """LIF's and LI's synaptic current: i' = i + x (+ recurrent, the recurrent LIF's), the next
+    i = i' + ks * i'; returns the drive (0 - v) + i' of the membrane."""
     i_new = c.add(c.prev(f"{c.name}:cur"), x, "i+x")
+    if recurrent is not None:
+        i_new = c.add(i_new, recurrent, "i+x+rec")
     c.add(i_new, c.scale(i_new, ks, "di"), "cur")  # i' + (-dt * tau_syn_inv) * i'
     return c.add(c.scale(v, -1.0, "-v"), i_new, "-v+i")  # (0 - v) + i'
 
 
-def _lif(k: float, ks: float, v_th: float, v_reset: float) -> NeuronCircuit:
+def _lif(k: float, ks: float, v_th: float, v_reset: float, weights=None) -> NeuronCircuit:
+    """LIF; with ``weights`` (input, recurrent) the recurrent LIF, whose input x is weighted
+    first and whose current takes W_rec z[t-1] (``lif_step``: F.linear without bias)."""
     def build(name, x, shape):
         c = Circuit(name, name, shape)
         v = c.prev(f"{name}:mem")
-        h = _charge(c, v, _current_drive(c, v, x, ks), k)
+        recurrent = None
+        if weights is not None:
+            x = c.linear(x, weights[0], None, "input")
+            recurrent = c.linear(c.spikes_before(), weights[1], None, "recurrent")
+        h = _charge(c, v, _current_drive(c, v, x, ks, recurrent), k)
         _reset_value(c, h, v_reset)
         return c.nodes, h
     return NeuronCircuit(threshold(v_th), build)

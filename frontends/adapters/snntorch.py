@@ -269,7 +269,7 @@ def _rleaky(m: nn.Module, b: float, thr: float, mode: str, delayed: bool, path: 
     def membrane(c: Circuit, x: str) -> str:
         s = c.spikes_before()
         if isinstance(layer, nn.Linear):
-            r = c.linear(s, layer, "recurrent")
+            r = c.linear(s, layer.weight, layer.bias, "recurrent")
         elif isinstance(layer, nn.Conv2d):
             r = c.conv2d(s, layer, "recurrent")
         else:
