@@ -631,3 +631,44 @@ def test_a_checkpoint_for_code_that_keeps_weight_slices_in_a_dict(tmp_path, caps
     capsys.readouterr()
     assert main(args) == 1
     assert "keeps 'samples['weight']', a view of 'fc.weight'" in _one_error_line(capsys)
+
+
+class RecurrentContainers(torch.nn.Module):
+    """spikingjelly's recurrent containers around single-step neurons:
+    ``LinearRecurrentContainer`` (y[t] = IF(W [x[t], y[t-1]] + b)) and
+    ``ElementWiseRecurrentContainer`` (y[t] = LIF(x[t] + y[t-1]))."""
+
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based import layer, neuron
+
+        self.fc = layer.Linear(8, 12, step_mode="m")
+        self.linear_rec = layer.LinearRecurrentContainer(
+            neuron.IFNode(step_mode="s"), in_features=12, out_features=12, step_mode="m")
+        self.element_rec = layer.ElementWiseRecurrentContainer(
+            neuron.LIFNode(step_mode="s"), element_wise_function=lambda x, y: x + y,
+            step_mode="m")
+        self.mid = layer.Linear(12, 12, step_mode="m")
+        self.head = layer.Linear(12, 4, step_mode="m")
+
+    def forward(self, x):  # [T, B, 8]
+        return self.head(self.element_rec(self.mid(self.linear_rec(self.fc(x))))).mean(0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_spikingjellys_recurrent_containers_are_exact_on_every_target(target, seed):
+    """Their loops (the container's output a step back, concatenated with the input before a
+    Linear, or added to it) run on every target, Lava included since it runs loops."""
+    torch.manual_seed(seed)
+    model = RecurrentContainers().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(4.0)
+        model.linear_rec.rc.weight.mul_(3.0)
+        model.mid.weight.mul_(4.0)
+        model.mid.bias.add_(0.8)
+    x = torch.rand(6, 3, 8, generator=torch.Generator().manual_seed(seed + 10))
+    report = snncc.check(model, x, target=target, layout="TB")
+    assert report.min_agreement == 1.0 and len(report.layers) == 2
+    assert report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
