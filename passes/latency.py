@@ -27,7 +27,7 @@ A node whose inputs have different depths (a residual Add, a membrane shortcut, 
 matmul fed by branches of different length) would combine values from different IR steps.
 Balancing delays input i by ``balance(n)[i] = max_j depth(in_j) - depth(in_i)`` target steps so
 every input arrives from the same IR step; then every node computes its IR values exactly,
-the outputs ``latency`` = max depth steps late at most.
+its step t at target step t + depth, and ``latency`` is the deepest node's depth.
 
 The delays are target timing, not IR semantics: inserting IR ``Delay`` nodes would change what
 the reference simulator computes on the compiled graph (it has no synaptic latency). So the pass

@@ -21,15 +21,15 @@ IAF is the canonical neuron (alpha = gamma = 1, hard reset to v_reset, '>', star
 v_reset). LIFBox and LIF charge in another operation order than ``alpha * v + gamma * x``, so
 they are a :class:`NeuronCircuit` (Scale/Add/Hadamard/Delay nodes computing exactly Norse's
 arithmetic, the current ``i`` as a second state, and a threshold neuron firing on ``h``; the
-recurrent LIF's two Linears inside it); LI is
-an :class:`Integrator`, the same nodes without the neuron, its output the membrane (LIBox
-likewise, without the current).
+recurrent LIF's two Linears inside it); LI is an :class:`Integrator`, the same nodes without the
+neuron, its output the membrane (LIBox likewise, without the current).
 
 Refused, naming the module: ``v_leak != 0`` for LIFBox/LIF/LI (their state starts at v_leak and
 the circuit's Delays start at 0), per-neuron (tensor) parameters, ``method="adjoint"``, an
 unknown reset function, and every other Norse neuron (LIFRefrac, LIFAdEx, LSNN, the other
-recurrent cells, ...). Cells take and return their state (``z, s = cell(x, s)``, ``s=None`` at step 0);
-``IAF`` / ``LIF`` loop over the time axis of a ``[T, B, ...]`` input from their initial state.
+recurrent cells, ...). Cells take and return their state (``z, s = cell(x, s)``, ``s=None`` at
+step 0); ``IAF`` / ``LIF`` loop over the time axis of a ``[T, B, ...]`` input from their initial
+state.
 Containers (``SequentialState``) are traced through.
 """
 
