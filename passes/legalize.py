@@ -20,7 +20,9 @@ Rewrites, each exact:
   reset subtracts theta, which must not move.
 
 Everything else a target lacks (an op, a reset mode, per-neuron decay) is listed. The error
-names every such node with its module path, in one message.
+names every such node with its module path, in one message. On a target with a custom neuron
+process (``Target.custom_neuron``: Lava) a neuron these rewrites cannot bring into the native
+model stays as it is, for that process; the pass report says why, per neuron.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def legalize_for(graph: Graph, target: str | None = None, dtype: str = "float64"
                         "graph.meta['target']")
     t = get_target(name)
     graph.verify()
-    problems, rewritten = [], []
+    problems, rewritten, custom = [], [], {}
     # the writer folds these into the synapse before them (Target.weight_folds)
     left = ({b.bn.name for bs in folds_left_to_writer(graph).values() for b in bs}
             if t.weight_folds == "when_written" else set())
@@ -116,7 +118,12 @@ def legalize_for(graph: Graph, target: str | None = None, dtype: str = "float64"
             elif n.op not in t.ops:
                 raise Decline(f"{n.op} is not supported")
             elif isinstance(n, ir.Neuron):
-                _legal_neuron(graph, n, t, np.dtype(dtype))
+                try:
+                    _legal_neuron(graph, n, t, np.dtype(dtype))
+                except Decline as why:
+                    if not t.custom_neuron:
+                        raise
+                    custom[n.name] = str(why)
                 if graph[n.name] is not n:
                     rewritten.append(n.name)
         except Decline as why:
@@ -125,5 +132,5 @@ def legalize_for(graph: Graph, target: str | None = None, dtype: str = "float64"
         raise UnsupportedError(f"cannot map {len(problems)} node(s) to target '{name}': "
                                + "; ".join(problems))
     graph.verify()
-    report(graph, "legalize_for", target=name, rewritten=rewritten)
+    report(graph, "legalize_for", target=name, rewritten=rewritten, custom_neuron=custom)
     return graph

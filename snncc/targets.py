@@ -32,6 +32,10 @@ class Target:
     runner: str = ""  # "module:function", fn(artifact, inputs, T) -> (outputs, traces)
     run_options: frozenset[str] = frozenset()  # runner keyword options (`snncc run --dtype`)
     fixed_point: bool = False  # runs graphs quantized by quantize_for_loihi2 bit-exactly
+    # a neuron the target's own neuron model cannot express (a soft reset, per-neuron decay,
+    # '>=' beside a soft reset) runs in the back-end's custom neuron process: legalization
+    # rewrites what it can for the native model and leaves the rest as it is
+    custom_neuron: bool = False
     hardware_report: str = ""  # "module:function", fn(graph) -> report with .format()/.violations
     replaces: str = ""  # file artifacts: "module:NAME" of the files.Ours an output may replace
     meta_reader: str = ""  # "module:function", fn(artifact) -> the graph metadata it records

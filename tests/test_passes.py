@@ -772,6 +772,23 @@ def test_legalize_lists_every_problem(strict_target):
         assert part in msg
 
 
+def test_legalize_for_lava_leaves_to_its_custom_neuron_what_its_lif_cannot_express():
+    """Lava has a custom neuron process (``Target.custom_neuron``): a soft reset beside '>='
+    and a per-neuron decay stay as they are, with the reason in the report, where a target
+    without one lists them (test above)."""
+    g, x = conv_bn_lif(0)
+    g = apply(g, "fold_batchnorm_into_weights")
+    g.replace("lif2", node_with(g["lif2"], reset="soft"))
+    g.replace("lif1", node_with(g["lif1"], alpha=np.linspace(0.1, 0.9, 6).reshape(6, 1, 1)))
+    h = apply(g.verify(), "legalize_for", target="lava")
+    assert h["lif2"].reset == "soft" and h["lif2"].cmp == ">="
+    assert np.asarray(h["lif1"].alpha).size == 6
+    custom = h.meta["reports"]["legalize_for"]["custom_neuron"]
+    assert set(custom) == {"lif1", "lif2"} and "soft reset" in custom["lif2"] and \
+        "decay alpha" in custom["lif1"]
+    assert_same_spikes(g, h, x)
+
+
 def test_legalize_reads_target_from_meta(strict_target):
     g, x = conv_bn_lif(0)
     g = apply(g, "fold_batchnorm_into_weights")

@@ -672,3 +672,44 @@ def test_spikingjellys_recurrent_containers_are_exact_on_every_target(target, se
     assert report.min_agreement == 1.0 and len(report.layers) == 2
     assert report.output_max_abs_diff_target <= 1e-12
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def _soft_reset_net(seed: int):
+    """spikingjelly's soft-reset neurons (``v_reset=None``: v -= v_threshold on a spike, fired
+    on v >= v_threshold), a LIF and an IF."""
+    from spikingjelly.activation_based import layer, neuron
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        layer.Linear(8, 12, step_mode="m"), neuron.LIFNode(v_reset=None, step_mode="m"),
+        layer.Linear(12, 6, step_mode="m"), neuron.IFNode(v_reset=None, step_mode="m"),
+        layer.Linear(6, 3, step_mode="m")).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(6.0)
+        model[2].weight.mul_(4.0)
+    return model, torch.rand(6, 3, 8, generator=torch.Generator().manual_seed(seed + 20))
+
+
+@pytest.mark.parametrize("fixed_point", [False, True], ids=["float", "fixed-point"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_soft_reset_neurons_run_on_lava_in_its_custom_neuron(seed, fixed_point):
+    """Lava's LIF resets hard, and '>=' cannot move past a soft reset's subtraction: these
+    neurons used to be refused ("soft reset is not supported"); they now run in snncc's custom
+    neuron process (floating_pt, or Loihi2LIF in fixed point), and the manifest says why.
+    Float: identical to the model's forward; fixed point: identical to snncc's Loihi 2
+    simulator (the quantization itself differs from float, as everywhere)."""
+    model, x = _soft_reset_net(seed)
+    report = snncc.check(model, x, target="lava", layout="TB", fixed_point=fixed_point)
+    assert [r.path for r in report.layers] == ["1", "3"]
+    assert all(r.agreement_sim_target == 1.0 for r in report.layers)
+    if not fixed_point:
+        assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_a_soft_reset_neuron_is_named_a_custom_neuron_in_the_lava_manifest(tmp_path):
+    model, x = _soft_reset_net(0)
+    snncc.compile(model, x, target="lava", layout="TB", out=tmp_path / "m")
+    doc = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert {p["name"]: p["type"] for p in doc["processes"]}["1"] == "CanonicalLIF"
+    assert "resets hard" in doc["custom_neurons"]["1"]

@@ -18,6 +18,7 @@ TARGET = register_target(Target(
     per_neuron_threshold=False,
     per_neuron_decay=False,
     fixed_point=True,
+    custom_neuron=True,
     default_passes=("eliminate_dead_nodes", "fold_batchnorm_into_weights",
                     "balance_synaptic_latency"),
     emitter="snncc.backends.lava.artifact:emit",
