@@ -1,23 +1,25 @@
-"""snnTorch (``snntorch`` 1.0): ``Leaky``, ``Synaptic`` and ``RLeaky`` neurons.
+"""snnTorch (``snntorch`` 1.0): ``Leaky``, ``Synaptic``, ``RLeaky`` and ``RSynaptic`` neurons.
 
-What snnTorch computes per call (``_neurons/leaky.py``, ``synaptic.py``, ``rleaky.py``; b, a are
+What snnTorch computes per call (``_neurons/leaky.py``, ``synaptic.py``, ``rleaky.py``,
+``rsynaptic.py``; b, a are
 ``beta``, ``alpha`` clamped to [0, 1] by the forward itself, thr the threshold, m the stored
 membrane, r = H(m[t-1] - thr) the previous step's spike recomputed from the stored membrane)::
 
     Leaky     base = b*m + x                              (x: the input current)
     Synaptic  syn  = a*syn + x;  base = b*m + syn
     RLeaky    base = b*m + x + recurrent(s[t-1])          (Linear, Conv2d or x*V)
-    reset     "subtract": m = base - r*thr  (Leaky, Synaptic, RLeaky)
-              "zero":     Leaky m = b*((1 - r)*m) + x;  Synaptic, RLeaky m = base - r*base
+    RSynaptic syn  = a*syn + x + recurrent(s[t-1]);  base = b*m + syn
+    reset     "subtract": m = base - r*thr  (all four)
+              "zero":     Leaky m = b*((1 - r)*m) + x;  the others m = base - r*base
               "none":     m = base
     fires     s = H(m - thr) with H(u) = (u > 0): strictly m > thr (exact in IEEE arithmetic)
 
-The reset from the previous step's spike is applied *after* the decay (subtract) or to the whole
-new membrane (Synaptic/RLeaky zero). Only Leaky's "zero" reset is the canonical neuron itself
+The reset from the previous step's spike is applied *after* the decay (subtract) or to the whole new
+membrane (Synaptic/RLeaky/RSynaptic zero). Only Leaky's "zero" reset is the canonical neuron itself
 (alpha = b, gamma = 1, hard reset to 0, '>'); every other form is a :class:`NeuronCircuit`:
-Scale/Add/Hadamard nodes compute snnTorch's membrane in snnTorch's operation order from the
-input, a Delay of the membrane and a Delay of the neuron's own spikes, and a threshold neuron
-(alpha = 0) fires on it, so ties and rounding agree spike for spike.
+Scale/Add/Hadamard nodes compute snnTorch's membrane in snnTorch's operation order from the input, a
+Delay of the membrane and a Delay of the neuron's own spikes, and a threshold neuron (alpha = 0)
+fires on it, so ties and rounding agree spike for spike.
 
 ``reset_delay=False`` (the reset in the same step): with "zero" it is the canonical hard reset
 (Leaky) / integrator + canonical neuron (Synaptic); with "none" nothing changes; with
@@ -25,11 +27,12 @@ input, a Delay of the membrane and a Delay of the neuron's own spikes, and a thr
 which is refused. Also refused, naming the module: graded spikes, inhibition, state
 quantisation, a spike function not from ``snntorch.surrogate``, per-neuron (tensor) beta /
 alpha / threshold, a negative threshold (snnTorch then fires a reset before step 0), and every
-other snnTorch neuron (Alpha, Lapicque, LeakyParallel, SLSTM, RSynaptic, ...).
+other snnTorch neuron (Alpha, Lapicque, LeakyParallel, SLSTM, ...).
 
 Calls: ``init_hidden=False`` neurons take and return their state (``spk, mem = lif(x, mem)``;
-``spk, syn, mem = syn_lif(x, syn, mem)``; ``spk, mem = rlif(x, spk, mem)``), with
-``init_leaky()`` / ``init_synaptic()`` / ``init_rleaky()`` (empty tensors) as the state at step 0;
+``spk, syn, mem = syn_lif(x, syn, mem)``; ``spk, mem = rlif(x, spk, mem)``;
+``spk, syn, mem = rsyn(x, spk, syn, mem)``), with ``init_leaky()`` / ``init_synaptic()`` /
+``init_rleaky()`` / ``init_rsynaptic()`` (empty tensors) as the state at step 0;
 ``init_hidden=True`` neurons keep it in the module (``spk = lif(x)``, the k-th call is step k);
 with ``output=True`` they return it too (``spk, mem = lif(x)``, snnTorch's tutorials' last
 layer), which the model may record or drop but not compute with: snncc compiles the spikes.
@@ -48,7 +51,8 @@ from .circuits import Circuit, circuit, scalar, threshold
 
 _PACKAGE = "snntorch"
 _NEURONS = "snntorch._neurons"
-_SUPPORTED = ("Leaky", "Synaptic", "RLeaky")
+_SUPPORTED = ("Leaky", "Synaptic", "RLeaky", "RSynaptic")
+_WITH_SYN = ("Synaptic", "RSynaptic")  # return (spk, syn, mem)
 
 
 # ----------------------------------------------------------------------------- the adapter
@@ -83,9 +87,9 @@ class SnnTorchAdapter(Adapter):
         if kind == "Leaky":
             return _leaky(b, thr, mode)
         if kind == "Synaptic":
-            a = min(max(scalar(m.alpha, "alpha", path), 0.0), 1.0)
-            return _synaptic(a, b, thr, mode, delayed)
-        return _rleaky(m, b, thr, mode, delayed, path)
+            return _synaptic(_alpha(m, path), b, thr, mode, delayed)
+        return _recurrent(m, b, thr, mode, delayed, path,
+                          _alpha(m, path) if kind == "RSynaptic" else None)
 
     def step_mode(self, m: nn.Module) -> str:
         return STEP_SINGLE
@@ -95,25 +99,21 @@ class SnnTorchAdapter(Adapter):
         x = args[0] if args else kwargs.get("input_")
         if m.init_hidden:  # with output=True it returns its state too, (spk, [syn,] mem)
             if m.output:
-                return x, STATE_KEPT, 2 if kind == "Synaptic" else True, value[0]
+                return x, STATE_KEPT, 2 if kind in _WITH_SYN else True, value[0]
             return x, None, False, value
-        names = {"Leaky": ("mem",), "Synaptic": ("syn", "mem"), "RLeaky": ("spk", "mem")}
+        names = {"Leaky": ("mem",), "Synaptic": ("syn", "mem"), "RLeaky": ("spk", "mem"),
+                 "RSynaptic": ("spk", "syn", "mem")}
         names = names.get(kind, ("mem",))
         given = [args[1 + i] if len(args) > 1 + i else kwargs.get(n)
                  for i, n in enumerate(names)]
-        if kind == "Synaptic":
-            syn, mem = given
-            if not _same_state(syn, mem):
-                raise UnsupportedError("its syn and mem arguments are not both its own state from "
-                                       "the step before (or both its initial state)")
-            return x, mem, 2, value[0]
-        if kind == "RLeaky":
-            spk, mem = given
-            if not _own_spikes(spk, mem):
-                raise UnsupportedError("its spk argument is not its own spikes from the step "
-                                       "before (or its initial state)")
-            return x, mem, True, value[0]
-        return x, given[0], True, value[0]
+        spk, *state = given if kind.startswith("R") else (None, *given)
+        if kind in _WITH_SYN and not _same_state(*state):
+            raise UnsupportedError("its syn and mem arguments are not both its own state from "
+                                   "the step before (or both its initial state)")
+        if kind.startswith("R") and not _own_spikes(spk, state[-1]):
+            raise UnsupportedError("its spk argument is not its own spikes from the step "
+                                   "before (or its initial state)")
+        return x, state[-1], 2 if kind in _WITH_SYN else True, value[0]
 
     def reset_state(self, model: nn.Module) -> None:
         for m in model.modules():
@@ -251,7 +251,14 @@ def _rename(c: Circuit, node: str, part: str) -> str:
     return new
 
 
-def _rleaky(m: nn.Module, b: float, thr: float, mode: str, delayed: bool, path: str):
+def _alpha(m: nn.Module, path: str) -> float:
+    return min(max(scalar(m.alpha, "alpha", path), 0.0), 1.0)  # the forward clamps it
+
+
+def _recurrent(m: nn.Module, b: float, thr: float, mode: str, delayed: bool, path: str,
+               a: float | None):
+    """RLeaky, or with ``a`` RSynaptic, whose current takes the recurrent term:
+    syn = (a*syn + x) + recurrent(s[t-1]), base = b*m + syn."""
     rec = m.recurrent
     if isinstance(rec, nn.Linear) or isinstance(rec, nn.Conv2d):
         if isinstance(rec, nn.Conv2d) and (rec.padding_mode != "zeros"
@@ -263,8 +270,8 @@ def _rleaky(m: nn.Module, b: float, thr: float, mode: str, delayed: bool, path: 
     else:
         raise UnsupportedError(f"recurrent layer {type(rec).__name__} is not supported", path=path)
     if not delayed and mode == "zero":
-        raise UnsupportedError("RLeaky with reset_delay=False and reset_mechanism='zero' is not "
-                               "supported", path=path)
+        raise UnsupportedError(f"{type(m).__name__} with reset_delay=False and "
+                               "reset_mechanism='zero' is not supported", path=path)
 
     def membrane(c: Circuit, x: str) -> str:
         s = c.spikes_before()
@@ -274,7 +281,12 @@ def _rleaky(m: nn.Module, b: float, thr: float, mode: str, delayed: bool, path: 
             r = c.conv2d(s, layer, "recurrent")
         else:
             r = c.scale(s, layer, "recurrent")
-        base = c.add(c.add(c.scale(f"{c.name}:mem", b, "b*mem"), x, "b*mem+x"), r, "base")
+        if a is None:
+            base = c.add(c.add(c.scale(f"{c.name}:mem", b, "b*mem"), x, "b*mem+x"), r, "base")
+        else:
+            syn_before = c.scale(c.prev(f"{c.name}:syn"), a, "a*syn")
+            syn = c.add(c.add(syn_before, x, "a*syn+x"), r, "syn")
+            base = c.add(c.scale(f"{c.name}:mem", b, "b*mem"), syn, "base")
         return _reset(c, base, thr, mode)
     return _with_prev_mem(thr, membrane)
 
