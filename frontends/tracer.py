@@ -2735,7 +2735,40 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
     except (SnnccError, RecursionError, MemoryError):
         raise
     except Exception:  # the model's code needs activation values: compute them
+        pass
+    try:
         return _trace(*args, shaped=False, share_weights=share_weights)
+    except (SnnccError, RecursionError, MemoryError):
+        raise
+    except Exception:
+        own = _failure_in_pytorch(model, x)
+        if own is not None:  # the model's fault, not the tracer's
+            raise own from None
+        raise
+
+
+def _failure_in_pytorch(model: nn.Module, x: torch.Tensor) -> SnnccError | None:
+    """Why ``model`` fails on ``x`` run as PyTorch runs it (eval, no autograd, fresh neuron
+    state), in one line naming the model's line; None if it runs. A trace that failed with an
+    error of the model's own code is the model's fault when PyTorch alone fails too."""
+    import traceback
+
+    with _inference(model):
+        try:
+            model(x.clone())
+        except Exception as err:
+            # the innermost line of the model's own code, else of a library it calls
+            frames = [f for f in traceback.extract_tb(err.__traceback__)
+                      if not f.filename.startswith(_TORCH_DIR) and f.filename != __file__]
+            own = [f for f in frames if not re.search(r"[/\\](site|dist)-packages[/\\]",
+                                                      f.filename)]
+            f = (own or frames or [None])[-1]
+            at = f" ({f.filename}:{f.lineno}, in {f.name})" if f else ""
+            return SnnccError(f"the model fails in PyTorch itself on the example input "
+                              f"{tuple(x.shape)}: {type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:300]}{at}; snncc compiles what "
+                              "PyTorch runs")
+    return None
 
 
 def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, name: str,

@@ -29,14 +29,19 @@ DIGITS_ARGS = {"variant": "cifar", "img_size_h": 8, "img_size_w": 8, "patch_size
                "depths": 1, "T": 4}
 
 
-def _example_module():
-    """examples/compile_your_model.py, imported under its own name (so its model pickles)."""
-    if "compile_your_model" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("compile_your_model", EXAMPLE)
+def _imported(name: str, path):
+    """The Python file ``path`` imported as module ``name`` (so its models pickle)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules["compile_your_model"] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules["compile_your_model"]
+    return sys.modules[name]
+
+
+def _example_module():
+    """examples/compile_your_model.py, imported under its own name."""
+    return _imported("compile_your_model", EXAMPLE)
 
 
 @pytest.fixture
@@ -121,7 +126,8 @@ def test_a_missing_T_says_how_to_give_it(net):
 
 
 def test_wrong_input_shape_says_how_the_input_was_read(net):
-    with pytest.raises(SnnccError, match=r"running the model on the example input failed.*"
+    with pytest.raises(SnnccError, match=r"the model fails in PyTorch itself on the example "
+                                         r"input.*compile_your_model.py:\d+, in forward.*"
                                          r"\[T, B, \.\.\.\] sequence"):
         snncc.trace(net, torch.randn(4, 3, 5, 16, 16), T=4)
 
@@ -242,6 +248,29 @@ def test_the_users_module_in_the_current_directory_imports(tmp_path, monkeypatch
     assert main(["check", "w.pt", "--model", "my_snn_module:Net", "--model-args",
                  '{"width": 4}', "--input-shape", "1,8,8", "-t", "onnx"]) == 0
     assert str(tmp_path) not in sys.path
+
+
+_BROKEN_NET = _USER_NET.replace(
+    "        return self.body(", "        functional.reset_net(self.body.not_there)\n"
+    "        return self.body(")
+
+
+def test_a_model_that_fails_in_pytorch_itself_is_said_to_in_one_line(tmp_path, monkeypatch,
+                                                                     capsys):
+    """An error of the model's own forward (here an AttributeError, which the tracer used to
+    let through as "internal error") is named as the model's, with its line, when PyTorch
+    alone fails the same way; nothing is written."""
+    (tmp_path / "broken_snn.py").write_text(_BROKEN_NET)
+    monkeypatch.chdir(tmp_path)
+    torch.save(_imported("broken_snn", tmp_path / "broken_snn.py").Net().state_dict(),
+               tmp_path / "w.pt")
+    del sys.modules["broken_snn"]
+    assert main(["compile", "w.pt", "--model", "broken_snn.py:Net", "--input-shape", "1,8,8",
+                 "-o", "m"]) == 1
+    line = _one_error_line(capsys)
+    assert "the model fails in PyTorch itself on the example input" in line
+    assert "AttributeError" in line and "broken_snn.py:17, in forward" in line, line
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("target", ["sim", "nir"])
