@@ -252,7 +252,9 @@ def check(
                                                "--batch batches: digits (digits:test, "
                                                "digits:train), a .npz with arrays x [N, ...] and "
                                                "y [N], or an image folder (one sub-folder per "
-                                               "class); runs sharded under torchrun"),
+                                               "class) or such a folder of one .npy/.npz array "
+                                               "per sample (spikingjelly's event frames); runs "
+                                               "sharded under torchrun"),
     limit: Optional[int] = typer.Option(None, "--limit", help="--dataset: the first N samples "
                                                               "only"),
     transform: list[str] = typer.Option([], "--transform",

@@ -6,7 +6,9 @@ processes with torchrun, resumable.
   ``.npz`` with ``x`` ([N, ...] per sample) and ``y`` ([N] class indices), read per batch
   (memory-mapped when the member is stored, streamed from the zip member when compressed), or a
   folder in torchvision's ImageFolder layout (one sub-folder per class, sorted names = class
-  indices), decoded with Pillow, resized to the model's input and normalised.
+  indices), decoded with Pillow, resized to the model's input and normalised; or such a folder
+  of one array per sample (``.npy``, or ``.npz`` with ``frames`` as spikingjelly saves the
+  event frames of DVS128 Gesture or CIFAR10-DVS, ``[T, C, H, W]``), read without unpickling.
 - :class:`DatasetCheck` accumulates what :func:`snncc.parity.check_parity` gives per batch into
   integer counts (correct / agreeing predictions per engine, equal and emitted spikes per layer,
   spike-count dot products) plus the worst samples, so the report over the set is exact, the
@@ -44,6 +46,7 @@ from .progress import report_to
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff",
                   ".webp")
+ARRAY_SUFFIXES = (".npy", ".npz")
 WORST = 10  # worst samples kept in a report
 
 
@@ -244,32 +247,94 @@ def parse_transform(options: list[str] | None) -> dict:
     return out
 
 
-class ImageFolderDataset(Dataset):
-    def __init__(self, graph, root: Path, batch: int, limit: int | None,
-                 transform: dict | None = None):
+def _class_folders(root: Path) -> list[str]:
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir()
+                     and not d.name.startswith("."))
+    if not classes:
+        raise FormatError(f"{root}: an image or array folder needs one sub-folder per class; "
+                          "it has none")
+    return classes
+
+
+def _class_files(root: Path, classes: list[str], suffixes: tuple) -> tuple[list, list]:
+    """(files, labels): the files of each class folder ending in ``suffixes``, sorted, the
+    label the index of their folder among the sorted class folders."""
+    files, labels = [], []
+    for k, c in enumerate(classes):
+        names = sorted(e.name for e in os.scandir(root / c) if e.is_file()
+                       and e.name.lower().endswith(suffixes))
+        files += [os.path.join(root, c, n) for n in names]
+        labels += [k] * len(names)
+    return files, labels
+
+
+class _ClassFolder(Dataset):
+    """One sub-folder per class (sorted names: class indices), one file per sample."""
+
+    def __init__(self, graph, root: Path, batch: int, limit: int | None, classes: list[str],
+                 suffixes: tuple, what: str):
         self.name = str(root)
-        (inp,) = graph.inputs
-        if not inp.static or len(inp.input_shape) != 3 or inp.input_shape[0] not in (1, 3):
-            raise SnnccError(f"an image folder needs a model taking static [C, H, W] images "
-                             f"with 1 or 3 channels, not input {list(inp.input_shape)}")
-        self.C, self.H, self.W = inp.input_shape
-        classes = sorted(d.name for d in os.scandir(root) if d.is_dir()
-                         and not d.name.startswith("."))
-        if not classes:
-            raise FormatError(f"{root}: an image folder needs one sub-folder per class; it "
-                              "has none")
-        self.files: list[str] = []
-        self.labels: list[int] = []
-        for k, c in enumerate(classes):
-            names = sorted(e.name for e in os.scandir(root / c) if e.is_file()
-                           and e.name.lower().endswith(IMAGE_SUFFIXES))
-            self.files += [os.path.join(root, c, n) for n in names]
-            self.labels += [k] * len(names)
+        self.files, self.labels = _class_files(root, classes, suffixes)
         if not self.files:
-            raise FormatError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in its "
+            raise FormatError(f"{root}: no {what} ({', '.join(suffixes)}) in its "
                               f"{len(classes)} class folder(s)")
         self.classes = len(classes)
         self.class_names = classes
+        super().__init__(graph, len(self.files), batch, limit)
+
+    def decode(self, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read(self, start, stop):
+        return (np.stack([self.decode(i) for i in range(start, stop)]),
+                np.asarray(self.labels[start:stop], dtype=np.int64))
+
+
+class ArrayFolderDataset(_ClassFolder):
+    """One ``.npy`` (or ``.npz``: its ``frames``, or its only array) per sample, of the model's
+    per-sample shape (``[T, ...]`` for a sequence model): spikingjelly's event frames."""
+
+    def __init__(self, graph, root: Path, batch: int, limit: int | None, classes: list[str]):
+        super().__init__(graph, root, batch, limit, classes, ARRAY_SUFFIXES, "arrays")
+
+    def decode(self, i: int) -> np.ndarray:
+        path = self.files[i]
+        try:
+            with open(path, "rb") as f:
+                loaded = np.load(f, allow_pickle=False)  # never runs a pickle's code
+                if isinstance(loaded, np.lib.npyio.NpzFile):
+                    with loaded:
+                        keys = list(loaded.keys())
+                        key = "frames" if "frames" in keys else keys[0] if len(keys) == 1 \
+                            else None
+                        if key is None:
+                            raise FormatError(f"{path}: a sample .npz needs an array 'frames' "
+                                              f"or exactly one array; it has {keys}")
+                        loaded = loaded[key]
+        except FormatError:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise FormatError(f"{path}: not a readable array ({' '.join(str(e).split())})") \
+                from None
+        if loaded.dtype.kind not in "biuf":
+            raise FormatError(f"{path}: dtype {loaded.dtype}, not real numbers")
+        if tuple(loaded.shape) != tuple(self.sample_shape):
+            raise FormatError(f"{path}: a sample of shape {list(loaded.shape)}; the model takes "
+                              f"{list(self.sample_shape)} per sample"
+                              + ("" if self.inp.static else " ([T, ...] per sample)"))
+        return loaded.astype(np.float64)
+
+
+class ImageFolderDataset(_ClassFolder):
+    def __init__(self, graph, root: Path, batch: int, limit: int | None, classes: list[str],
+                 transform: dict | None = None):
+        (inp,) = graph.inputs
+        if not inp.static or len(inp.input_shape) != 3 or inp.input_shape[0] not in (1, 3):
+            raise SnnccError(f"an image folder needs a model taking static [C, H, W] images "
+                             f"with 1 or 3 channels, not input {list(inp.input_shape)} (a "
+                             "folder of per-sample .npy/.npz arrays takes any input)")
+        self.C, self.H, self.W = inp.input_shape
+        super().__init__(graph, root, batch, limit, classes, IMAGE_SUFFIXES, "images")
         t = dict(transform or {})
         self.size = tuple(t.get("resize", (self.H, self.W)))
         if self.size != (self.H, self.W):
@@ -278,7 +343,6 @@ class ImageFolderDataset(Dataset):
         self.scale = t.get("scale", [255.0])[0]
         self.mean = self._per_channel(t.get("mean", [0.0]), "mean")
         self.std = self._per_channel(t.get("std", [1.0]), "std")
-        super().__init__(graph, len(self.files), batch, limit)
 
     def _per_channel(self, v, what):
         if len(v) not in (1, self.C):
@@ -300,10 +364,6 @@ class ImageFolderDataset(Dataset):
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         return (a / self.scale - self.mean) / self.std
 
-    def read(self, start, stop):
-        return (np.stack([self.decode(i) for i in range(start, stop)]),
-                np.asarray(self.labels[start:stop], dtype=np.int64))
-
 
 #: Samples per batch of a data-set check, at most, unless told: fewer where the memory budget
 #: does not hold the check of so many (15M Meta-SpikeFormer at 224x224 in float64, under the
@@ -314,7 +374,8 @@ DEFAULT_BATCH = 64
 def open_dataset(spec: str, graph, *, batch: int = DEFAULT_BATCH, limit: int | None = None,
                  transform: dict | list[str] | None = None) -> Dataset:
     """The data set named by ``spec`` for ``graph``'s input: ``digits[:test|train]``, a
-    ``.npz`` path, or an ImageFolder directory. Bad specs raise a one-line error."""
+    ``.npz`` path, or a class-folder directory of images or of per-sample arrays (arrays where
+    its folders hold no image). Bad specs raise a one-line error."""
     if len(graph.inputs) != 1:
         raise SnnccError(f"a data-set check takes models with one input; "
                          f"'{graph.name}' has {len(graph.inputs)}")
@@ -329,7 +390,13 @@ def open_dataset(spec: str, graph, *, batch: int = DEFAULT_BATCH, limit: int | N
         return DigitsDataset(graph, split, batch, limit)
     path = Path(spec)
     if path.is_dir():
-        return ImageFolderDataset(graph, path, batch, limit, transform)
+        classes = _class_folders(path)
+        if not _class_files(path, classes, IMAGE_SUFFIXES)[0] and \
+                _class_files(path, classes, ARRAY_SUFFIXES)[0]:
+            if transform:
+                raise SnnccError("--transform applies to an image folder only")
+            return ArrayFolderDataset(graph, path, batch, limit, classes)
+        return ImageFolderDataset(graph, path, batch, limit, classes, transform)
     if path.suffix == ".npz":
         if not path.is_file():
             raise SnnccError(f"--dataset {spec}: no such file")

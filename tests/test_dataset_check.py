@@ -1,6 +1,7 @@
 """`snncc check --dataset`: whole labelled sets streamed in batches (digits, .npz, an image
-folder), accuracies equal to a direct computation, bounded memory, the 2-process torchrun run
-equal to the 1-process one, resuming, and one-line errors for bad specs."""
+folder, a folder of per-sample event frames), accuracies equal to a direct computation, bounded
+memory, the 2-process torchrun run equal to the 1-process one, resuming, and one-line errors
+for bad specs."""
 
 from __future__ import annotations
 
@@ -346,3 +347,75 @@ def test_check_takes_T_from_a_sequence_input(tmp_path):
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["T"] == 8 and rep["min_agreement"] == 1.0
+
+
+def _dvs_net(seed: int):
+    """A DVS classifier on spikingjelly event frames [B, T, 2, 8, 8] (layout BT)."""
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        layer.Conv2d(2, 4, 3, padding=1), layer.BatchNorm2d(4), neuron.LIFNode(),
+        layer.Flatten(), layer.Linear(4 * 64, 3), neuron.IFNode())
+    functional.set_step_mode(model, "m")
+    with torch.no_grad():
+        model[4].weight.mul_(6.0)
+
+    class BT(torch.nn.Module):  # [B, T, ...] -> [T, B, ...] -> rate over time
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return self.net(x.transpose(0, 1)).mean(0)
+
+    from snncc.frontends.zoo import randomize_bn
+    return randomize_bn(BT().eval(), seed)
+
+
+def test_a_folder_of_event_frames_per_sample_is_checked_as_the_same_set_in_one_npz(tmp_path):
+    """spikingjelly's preprocessed DVS sets: one sub-folder per class, one compressed .npz per
+    sample with ``frames`` [T, 2, H, W] (event counts); .npy files alike. The report equals the
+    one of the same samples in a single .npz with x and y; the frames are read without
+    unpickling."""
+    rng = np.random.default_rng(0)
+    x = rng.poisson(0.6, size=(12, 4, 2, 8, 8)).astype(np.float32)
+    y = np.arange(12) % 3
+    for i, (frames, c) in enumerate(zip(x, y)):
+        folder = tmp_path / "frames" / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if i % 2:
+            np.savez_compressed(folder / f"{i:02d}.npz", frames=frames)
+        else:
+            np.save(folder / f"{i:02d}.npy", frames)
+    model = _dvs_net(0)
+    loaded = api.load(model, torch.as_tensor(x[:3]), T=4, layout="BT")
+    ds = open_dataset(str(tmp_path / "frames"), loaded.graph, batch=5)
+    order = [int(Path(p).stem) for p in ds.files]
+    got = np.concatenate([b.x for b in ds.batches()], axis=1)  # [T, N, ...]
+    np.testing.assert_array_equal(np.swapaxes(got, 0, 1), x[order])
+    np.testing.assert_array_equal(np.concatenate([b.y for b in ds.batches()]), y[order])
+    np.savez(tmp_path / "same.npz", x=x[order], y=y[order])
+    folder = check_dataset(loaded, str(tmp_path / "frames"), batch=5)
+    flat = check_dataset(loaded, str(tmp_path / "same.npz"), batch=5)
+    a, b = without_run(folder.to_dict()), without_run(flat.to_dict())
+    a.pop("dataset"), b.pop("dataset")
+    assert a == b and folder.min_agreement == 1.0
+    assert all(0.05 < layer["rate_reference"] < 0.95 for layer in folder.layers)
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: np.save(p / "a.npy", np.zeros((4, 2, 8, 9), np.float32)), "shape [4, 2, 8, 9]"),
+    (lambda p: np.save(p / "a.npy", np.array([{"x": 1}], dtype=object)), "not a readable array"),
+    (lambda p: np.savez(p / "a.npz", a=np.zeros(3), b=np.zeros(3)), "'frames' or exactly one"),
+    (lambda p: (p / "a.npy").write_bytes(b"\x93NUMPY broken"), "not a readable array"),
+])
+def test_a_bad_sample_file_is_a_one_line_error_naming_it(tmp_path, capsys, write, message):
+    folder = tmp_path / "frames" / "c0"
+    folder.mkdir(parents=True)
+    write(folder)
+    model = _dvs_net(0)
+    loaded = api.load(model, torch.rand(3, 4, 2, 8, 8), T=4, layout="BT")
+    with pytest.raises(SnnccError, match="a.np") as err:
+        check_dataset(loaded, str(tmp_path / "frames"), batch=2)
+    assert message in str(err.value) and "\n" not in str(err.value)
