@@ -196,6 +196,7 @@ def _check_structure(graph: nir.NIRGraph, notes: list, prefix: str = "") -> None
     warning); extension nodes carry readable metadata."""
     if not isinstance(graph.nodes, dict) or not isinstance(graph.edges, (list, tuple)):
         raise FormatError(f"graph '{prefix or 'top level'}' has no node table or edge list")
+    seen = set()
     for e in graph.edges:
         if len(e) != 2 or any(not isinstance(x, str) for x in e):
             raise FormatError(f"malformed edge {e!r}" + (f" in '{prefix[:-1]}'" if prefix else ""))
@@ -203,6 +204,10 @@ def _check_structure(graph: nir.NIRGraph, notes: list, prefix: str = "") -> None
             if end not in graph.nodes:
                 raise FormatError(f"edge {e[0]} -> {e[1]} names node '{prefix}{end}', which "
                                   "the graph does not have")
+        if tuple(e) in seen:  # (a 32 KB file held 300,000 copies of one, each a summand)
+            raise FormatError(f"edge {prefix}{e[0]} -> {prefix}{e[1]} appears more than once; "
+                              "a NIR graph's edges are a set")
+        seen.add(tuple(e))
     for name, node in graph.nodes.items():
         full = prefix + name
         for field in _VALUES:

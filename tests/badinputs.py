@@ -1290,6 +1290,20 @@ def nir_nested_200_deep(tmp):
     return Case(["inspect", str(p)], 1, "nested more than 32 levels deep")
 
 
+@case
+def nir_duplicate_edges(tmp):
+    """A 32 KB file holding 300,000 copies of one edge (gzip): read as an Add of 300,000
+    inputs, 18 s; edges are a set."""
+    import h5py
+
+    p = write_nir(tmp / "dup.nir", nir_graph())
+    with h5py.File(p, "a") as f:
+        del f["node/edges"]
+        f.create_dataset("node/edges", compression="gzip", data=np.array(
+            [[b"input", b"fc"]] * 300000 + [[b"fc", b"lif"], [b"lif", b"output"]]))
+    return Case(["inspect", p], 1, "edge input -> fc appears more than once")
+
+
 # ============================================================================ -o over a user's files
 def _user_dir(tmp: Path, name: str) -> Path:
     d = tmp / name
