@@ -132,15 +132,19 @@ def test_runner_classifies_a_broken_comparison():
 
 
 def test_refusal_is_not_a_crash():
-    """Lava refuses a soft reset in legalization: reported as a refusal, nothing else."""
+    """Lava refuses a loop through two synapses in one delay step (its latency planner):
+    reported as a refusal, nothing else."""
     g = Graph("rec", {"T": 3})
     g.add(ir.Input("x", input_shape=(3,)))
-    g.add(ir.Delay("d", ("n",), shape_hint=(3,)))
+    g.add(ir.Delay("d", ("l2",), shape_hint=(3,), kind_hint=ir.Kind.REAL))
     g.add(ir.Add("a", ("x", "d")))
-    g.add(ir.Neuron("n", ("a",), reset="soft"))
+    g.add(ir.Neuron("n", ("a",)))
+    g.add(ir.Linear("l1", ("n",), weight=np.eye(3)))
+    g.add(ir.Linear("l2", ("l1",), weight=np.eye(3)))
     g.add(ir.Output("y", ("n",)))
     res = fz.run_case(g.verify(), np.ones((3, 1, 3)), ["lava"])
     assert res.refusals and not res.crashes and not res.mismatches
+    assert "more synapses than it has delay steps" in res.refusals[0].detail
 
 
 # ----------------------------------------------------------------------------- bugs found
