@@ -1176,6 +1176,37 @@ def lava_manifest_list(tmp):
                  str(tmp / "lm.npy")], 1, "bad_lava")
 
 
+@case(isolate=True)
+def lava_manifest_waiting_loop(tmp):
+    """A manifest whose Add and zero-step Delay feed each other: each process waits for the
+    other's message, and Lava waited forever (since Lava runs loops, processes are connected
+    whatever their order)."""
+    import json
+
+    out = tmp / "loop_lava"
+    if not out.exists():
+        import shutil
+
+        shutil.copytree(lava_artifact(tmp), out)
+        doc = json.loads((out / "manifest.json").read_text())
+        doc["processes"][1:1] = [
+            {"name": "d", "type": "Delay", "shape": [3], "arrays": [], "node": "",
+             "params": {"steps": 0, "mute_from": 0, "mute_steps": 0}},
+            {"name": "sum", "type": "BinaryOp", "shape": [3], "arrays": [], "node": "",
+             "params": {"op": "Add", "shape_a": [3], "shape_b": [3], "attrs": {}}}]
+
+        def port(p):
+            return {"process": p, "port": "a_out" if p == "fc" else "s_out", "transforms": []}
+        doc["connections"] = [c for c in doc["connections"] if c["to"] != "lif"] + [
+            {"to": "sum", "port": "a_in0", "from": port("fc")},
+            {"to": "sum", "port": "a_in1", "from": port("d")},
+            {"to": "d", "port": "a_in", "from": port("sum")},
+            {"to": "lif", "port": "a_in", "from": port("sum")}]
+        (out / "manifest.json").write_text(json.dumps(doc))
+    return Case(["run", str(out), "--inputs", inputs(tmp), "-o", str(tmp / "loop.npy")], 1,
+                "form a loop in which each waits for the one before it")
+
+
 # ============================================================================ outputs (lead)
 @case
 def output_unwritable_dir(tmp):

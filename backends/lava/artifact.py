@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,33 @@ def load(directory: str | Path) -> LavaNet:
         raise FormatError(f"{directory}: a {FORMAT} artifact of version {doc.get('version')!r}, "
                           f"this snncc reads v{VERSION}: compile the model again")
     try:
-        return _net(doc, weights)
+        net = _net(doc, weights)
+        loop = _loop_without_sender(net.processes)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise FormatError(f"{directory}/{MANIFEST}: malformed ({type(e).__name__}: {e})") from None
+    if loop:
+        raise FormatError(f"{directory}/{MANIFEST}: processes {' -> '.join(loop)} form a loop in "
+                          "which each waits for the one before it (no synapse or delay sends "
+                          "first): Lava would wait forever")
+    return net
+
+
+#: the processes that send at a step before they receive (a synapse's one-step latency, a FIFO)
+SENDS_FIRST = ("Conv", "Dense", "Sparse")
+
+
+def _loop_without_sender(processes: list[ProcSpec]) -> list[str]:
+    """A loop of connections through processes that all receive before they send (empty if
+    none): what snncc lowers never has one (every IR loop holds a synapse or a delay step), a
+    manifest may."""
+    waits = {s.name for s in processes
+             if s.type not in SENDS_FIRST and not (s.type == "Delay" and s.params["steps"] > 0)}
+    try:
+        TopologicalSorter({s.name: {p.process for p in s.inputs.values() if p.process in waits}
+                           for s in processes if s.name in waits}).prepare()
+    except CycleError as e:
+        return list(e.args[1])
+    return []
 
 
 def _net(doc: dict, weights: dict[str, np.ndarray]) -> LavaNet:
