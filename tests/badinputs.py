@@ -1181,14 +1181,7 @@ def lava_manifest_waiting_loop(tmp):
     """A manifest whose Add and zero-step Delay feed each other: each process waits for the
     other's message, and Lava waited forever (since Lava runs loops, processes are connected
     whatever their order)."""
-    import json
-
-    out = tmp / "loop_lava"
-    if not out.exists():
-        import shutil
-
-        shutil.copytree(lava_artifact(tmp), out)
-        doc = json.loads((out / "manifest.json").read_text())
+    def loop(doc):
         doc["processes"][1:1] = [
             {"name": "d", "type": "Delay", "shape": [3], "arrays": [], "node": "",
              "params": {"steps": 0, "mute_from": 0, "mute_steps": 0}},
@@ -1202,9 +1195,42 @@ def lava_manifest_waiting_loop(tmp):
             {"to": "sum", "port": "a_in1", "from": port("d")},
             {"to": "d", "port": "a_in", "from": port("sum")},
             {"to": "lif", "port": "a_in", "from": port("sum")}]
+    return _lava_manifest_case(tmp, "loop_lava", loop,
+                               "form a loop in which each waits for the one before it")
+
+
+def _lava_manifest_case(tmp, name: str, change, message: str) -> Case:
+    """The tiny Lava artifact with its manifest changed by ``change(doc)``."""
+    import json
+    import shutil
+
+    out = tmp / name
+    if not out.exists():
+        shutil.copytree(lava_artifact(tmp), out)
+        doc = json.loads((out / "manifest.json").read_text())
+        change(doc)
         (out / "manifest.json").write_text(json.dumps(doc))
-    return Case(["run", str(out), "--inputs", inputs(tmp), "-o", str(tmp / "loop.npy")], 1,
-                "form a loop in which each waits for the one before it")
+    return Case(["run", str(out), "--inputs", inputs(tmp), "-o", str(tmp / f"{name}.npy")], 1,
+                message)
+
+
+@case
+def lava_manifest_reads_a_ghost(tmp):
+    return _lava_manifest_case(
+        tmp, "ghost_lava", lambda d: d["connections"][1]["from"].update(process="ghost"),
+        "reads 'ghost.a_out', which is no process's out-port")
+
+
+@case
+def lava_manifest_unknown_port(tmp):
+    return _lava_manifest_case(tmp, "port_lava", lambda d: d["connections"][1].update(
+        port="bogus_in"), "has no in-port 'bogus_in'")
+
+
+@case
+def lava_manifest_unknown_type(tmp):
+    return _lava_manifest_case(tmp, "type_lava", lambda d: d["processes"][1].update(
+        type="Teleporter"), "unknown type 'Teleporter'")
 
 
 # ============================================================================ outputs (lead)

@@ -25,7 +25,7 @@ from snncc.graph import Graph
 from snncc.serialize import read_npz, write_npz
 from snncc.passes.latency import require_plan
 
-from .lower import LavaNet, Port, ProcSpec, lower
+from .lower import CUSTOM_NEURON, FIXED_NEURON, LavaNet, Port, ProcSpec, lower
 from .netx import manifest_entry, netx_prefix, write_netx
 
 FORMAT, VERSION = "snncc-lava", 2  # 2: Delays mute their first inputs (v1: cleared)
@@ -88,6 +88,7 @@ def load(directory: str | Path) -> LavaNet:
                           f"this snncc reads v{VERSION}: compile the model again")
     try:
         net = _net(doc, weights)
+        _check_wiring(net)
         loop = _loop_without_sender(net.processes)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise FormatError(f"{directory}/{MANIFEST}: malformed ({type(e).__name__}: {e})") from None
@@ -100,6 +101,36 @@ def load(directory: str | Path) -> LavaNet:
 
 #: the processes that send at a step before they receive (a synapse's one-step latency, a FIFO)
 SENDS_FIRST = ("Conv", "Dense", "Sparse")
+#: each process type's in-ports and out-port (the processes the runner builds, by type)
+PORTS = {**{t: (("s_in",), "a_out") for t in SENDS_FIRST},
+         **{t: (("a_in",), "s_out") for t in ("LIFReset", CUSTOM_NEURON, FIXED_NEURON, "UnaryOp",
+                                               "Delay", "Readout")},
+         "BinaryOp": (("a_in0", "a_in1"), "s_out")}
+
+
+def _check_wiring(net: LavaNet) -> None:
+    """Every process of a known type, reading its own in-ports from existing out-ports (a
+    manifest is a file: anything else would fail inside Lava)."""
+    specs = {s.name: s for s in net.processes}
+    inputs = {i["node"] for i in net.inputs}
+    for s in net.processes:
+        if s.type not in PORTS:
+            raise ValueError(f"process '{s.name}' has unknown type {s.type!r}")
+
+    def require_out_port(src: Port, reader: str) -> None:
+        ok = src.port == "input" if src.process in inputs else (
+            src.process in specs and src.port == PORTS[specs[src.process].type][1])
+        if not ok:
+            raise ValueError(f"{reader} reads '{src.process}.{src.port}', which is no "
+                             "process's out-port nor an input")
+
+    for s in net.processes:
+        for port, src in s.inputs.items():
+            if port not in PORTS[s.type][0]:
+                raise ValueError(f"process '{s.name}' ({s.type}) has no in-port '{port}'")
+            require_out_port(src, f"process '{s.name}'")
+    for node, src in net.values.items():
+        require_out_port(src, f"the value of node '{node}'")
 
 
 def _loop_without_sender(processes: list[ProcSpec]) -> list[str]:
