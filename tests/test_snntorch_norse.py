@@ -102,6 +102,30 @@ class RSynapticNet(nn.Module):
         return torch.stack(out)
 
 
+class LapicqueNet(nn.Module):
+    """snnTorch's tutorial-2 neuron, RC-parameterised (R, C, time_step) and from beta alone."""
+
+    def __init__(self, mode: str = "subtract"):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 12)
+        self.rc = snn.Lapicque(R=5.1, C=5e-3, time_step=1e-3, threshold=0.5,
+                               reset_mechanism=mode)
+        self.fc2 = nn.Linear(12, 5)
+        self.beta = snn.Lapicque(beta=0.85, time_step=1e-3, threshold=0.3, reset_mechanism=mode)
+        with torch.no_grad():  # the drive is x * dt / C: 0.2 and 0.16 of the current
+            self.fc1.weight.mul_(3.0)
+            self.fc2.weight.mul_(12.0)
+
+    def forward(self, x):
+        mem1, mem2 = self.rc.init_lapicque(), self.beta.init_lapicque()
+        out = []
+        for t in range(T):
+            spk1, mem1 = self.rc(self.fc1(x[t]), mem1)
+            spk2, mem2 = self.beta(self.fc2(spk1), mem2)
+            out.append(spk2)
+        return torch.stack(out)
+
+
 class HiddenSequential(nn.Module):
     """``init_hidden=True``: the neurons keep their state; an nn.Sequential called per step."""
 
@@ -451,6 +475,14 @@ def test_snntorch_rsynaptic(mode, hidden, tmp_path):
     """syn = (a*syn + x) + recurrent(s[t-1]), base = b*m + syn, snnTorch's late reset: refused
     before ("not supported"). Identical at both layers on every target, Lava included."""
     check(_built(RSynapticNet, 8, mode, hidden), _sequence(8), False, tmp_path,
+          targets=("onnx", "nir", "lava"))
+
+
+@pytest.mark.parametrize("mode", ["subtract", "zero", "none"])
+def test_snntorch_lapicque(mode, tmp_path):
+    """base = ((x*R) * (1/(R*C))) * dt + (1 - dt/(R*C)) * m with its own buffers, then the
+    late reset: refused before ("not supported"). Identical on every target, Lava included."""
+    check(_built(LapicqueNet, 9, mode), _sequence(9, 3.0), False, tmp_path,
           targets=("onnx", "nir", "lava"))
 
 

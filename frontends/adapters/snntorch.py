@@ -1,7 +1,8 @@
-"""snnTorch (``snntorch`` 1.0): ``Leaky``, ``Synaptic``, ``RLeaky`` and ``RSynaptic`` neurons.
+"""snnTorch (``snntorch`` 1.0): ``Leaky``, ``Synaptic``, ``RLeaky``, ``RSynaptic`` and
+``Lapicque`` neurons.
 
 What snnTorch computes per call (``_neurons/leaky.py``, ``synaptic.py``, ``rleaky.py``,
-``rsynaptic.py``; b, a are
+``rsynaptic.py``, ``lapicque.py``; b, a are
 ``beta``, ``alpha`` clamped to [0, 1] by the forward itself, thr the threshold, m the stored
 membrane, r = H(m[t-1] - thr) the previous step's spike recomputed from the stored membrane)::
 
@@ -9,7 +10,8 @@ membrane, r = H(m[t-1] - thr) the previous step's spike recomputed from the stor
     Synaptic  syn  = a*syn + x;  base = b*m + syn
     RLeaky    base = b*m + x + recurrent(s[t-1])          (Linear, Conv2d or x*V)
     RSynaptic syn  = a*syn + x + recurrent(s[t-1]);  base = b*m + syn
-    reset     "subtract": m = base - r*thr  (all four)
+    Lapicque  base = x*R*(1/(R*C))*dt + (1 - dt/(R*C))*m  (its buffers R, C, time_step)
+    reset     "subtract": m = base - r*thr  (all five)
               "zero":     Leaky m = b*((1 - r)*m) + x;  the others m = base - r*base
               "none":     m = base
     fires     s = H(m - thr) with H(u) = (u > 0): strictly m > thr (exact in IEEE arithmetic)
@@ -27,7 +29,7 @@ fires on it, so ties and rounding agree spike for spike.
 which is refused. Also refused, naming the module: graded spikes, inhibition, state
 quantisation, a spike function not from ``snntorch.surrogate``, per-neuron (tensor) beta /
 alpha / threshold, a negative threshold (snnTorch then fires a reset before step 0), and every
-other snnTorch neuron (Alpha, Lapicque, LeakyParallel, SLSTM, ...).
+other snnTorch neuron (Alpha, LeakyParallel, SLSTM, ...).
 
 Calls: ``init_hidden=False`` neurons take and return their state (``spk, mem = lif(x, mem)``;
 ``spk, syn, mem = syn_lif(x, syn, mem)``; ``spk, mem = rlif(x, spk, mem)``;
@@ -51,7 +53,7 @@ from .circuits import Circuit, circuit, scalar, threshold
 
 _PACKAGE = "snntorch"
 _NEURONS = "snntorch._neurons"
-_SUPPORTED = ("Leaky", "Synaptic", "RLeaky", "RSynaptic")
+_SUPPORTED = ("Leaky", "Synaptic", "RLeaky", "RSynaptic", "Lapicque")
 _WITH_SYN = ("Synaptic", "RSynaptic")  # return (spk, syn, mem)
 
 
@@ -88,6 +90,8 @@ class SnnTorchAdapter(Adapter):
             return _leaky(b, thr, mode)
         if kind == "Synaptic":
             return _synaptic(_alpha(m, path), b, thr, mode, delayed)
+        if kind == "Lapicque":
+            return _lapicque(m, thr, mode, path)
         return _recurrent(m, b, thr, mode, delayed, path,
                           _alpha(m, path) if kind == "RSynaptic" else None)
 
@@ -249,6 +253,20 @@ def _rename(c: Circuit, node: str, part: str) -> str:
     (last,) = [n for n in c.nodes if n.name == node]
     last.name = new
     return new
+
+
+def _lapicque(m: nn.Module, thr: float, mode: str, path: str) -> NeuronCircuit:
+    """base = ((x*R) * (1/(R*C))) * dt + (1 - dt/(R*C)) * m, the forward's operation order;
+    its constants as float64 arithmetic on the buffers gives them (the model run in float64).
+    (Lapicque has no reset_delay: its reset is always the late one.)"""
+    R, C, dt = (scalar(getattr(m, k), k, path) for k in ("R", "C", "time_step"))
+    inv_rc, keep = 1 / (R * C), 1 - dt / (R * C)
+
+    def membrane(c: Circuit, x: str) -> str:
+        drive = c.scale(c.scale(c.scale(x, R, "x*R"), inv_rc, "x*R/RC"), dt, "x*R/RC*dt")
+        return _reset(c, c.add(drive, c.scale(f"{c.name}:mem", keep, "k*mem"), "base"), thr,
+                      mode)
+    return _with_prev_mem(thr, membrane)
 
 
 def _alpha(m: nn.Module, path: str) -> float:
