@@ -45,26 +45,15 @@ from snncc.pipeline import register_pass, report
 SYNAPSE_OPS = ("Conv1d", "Conv2d", "Linear")
 
 
-def _reached(start: str, edges: dict) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        for k in edges[todo.pop()]:
-            if k not in seen:
-                seen.add(k)
-                todo.append(k)
-    return seen
-
-
 def nodes_on_cycles(graph: Graph) -> set[str]:
     """The nodes through which a cycle passes (every cycle passes a Delay: the nodes both
     reached from a Delay and reaching it)."""
     consumers = graph.consumers()
-    inputs = {k: n.inputs for k, n in graph.nodes.items()}
     on = set()
     for d in graph.of_type(ir.Delay):
-        later = _reached(d.name, consumers)
+        later = Graph.closure(consumers[d.name], consumers.__getitem__)
         if d.name in later:
-            on |= later & _reached(d.name, inputs)
+            on |= later & Graph.closure(d.inputs, lambda k: graph[k].inputs)
     return on
 
 

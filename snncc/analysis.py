@@ -46,13 +46,8 @@ def flops(node: ir.Node, graph: Graph) -> int:
 def _after_readout(graph: Graph) -> set[str]:
     """Nodes downstream of a mean over T: computed once per sample."""
     cons = graph.consumers()
-    seen, stack = set(), [n.name for n in graph.of_type(ir.Readout)]
-    while stack:
-        for c in cons[stack.pop()]:
-            if c not in seen:
-                seen.add(c)
-                stack.append(c)
-    return seen
+    return Graph.closure([c for r in graph.of_type(ir.Readout) for c in cons[r.name]],
+                         cons.__getitem__)
 
 
 def upstream_static(graph: Graph) -> set[str]:

@@ -185,8 +185,8 @@ class Graph:
 
     def _check_reachability(self, allow_dead: bool) -> None:
         cons = self.consumers()
-        fwd = self._closure([n.name for n in self.inputs], lambda k: cons[k])
-        bwd = self._closure([n.name for n in self.outputs], lambda k: self.nodes[k].inputs)
+        fwd = self.closure([n.name for n in self.inputs], lambda k: cons[k])
+        bwd = self.closure([n.name for n in self.outputs], lambda k: self.nodes[k].inputs)
         for n in self.nodes.values():
             if n.name not in fwd:
                 raise VerificationError("unreachable: no path from any Input", node=n.name,
@@ -197,7 +197,9 @@ class Graph:
                                         node=n.name, path=n.path)
 
     @staticmethod
-    def _closure(start: Iterable[str], nxt) -> set[str]:
+    def closure(start: Iterable[str], nxt) -> set[str]:
+        """The names in ``start`` and every name reached from them by ``nxt(name)`` (the
+        consumers, or the inputs, of a node)."""
         seen, stack = set(), list(start)
         while stack:
             k = stack.pop()
