@@ -126,6 +126,30 @@ class LapicqueNet(nn.Module):
         return torch.stack(out)
 
 
+class AlphaNet(nn.Module):
+    """snnTorch's Alpha neuron (excitatory and inhibitory currents), its state handed back."""
+
+    def __init__(self, mode: str = "subtract"):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 12)
+        self.lif1 = snn.Alpha(alpha=0.9, beta=0.8, threshold=0.5, reset_mechanism=mode)
+        self.fc2 = nn.Linear(12, 5)
+        self.lif2 = snn.Alpha(alpha=0.85, beta=0.6, threshold=0.3, reset_mechanism=mode)
+        with torch.no_grad():
+            self.fc1.weight.mul_(2.0)
+            self.fc2.weight.mul_(5.0)
+
+    def forward(self, x):
+        exc1, inh1, mem1 = self.lif1.init_alpha()
+        exc2, inh2, mem2 = self.lif2.init_alpha()
+        out = []
+        for t in range(T):
+            spk1, exc1, inh1, mem1 = self.lif1(self.fc1(x[t]), exc1, inh1, mem1)
+            spk2, exc2, inh2, mem2 = self.lif2(self.fc2(spk1), exc2, inh2, mem2)
+            out.append(spk2)
+        return torch.stack(out)
+
+
 class HiddenSequential(nn.Module):
     """``init_hidden=True``: the neurons keep their state; an nn.Sequential called per step."""
 
@@ -486,6 +510,14 @@ def test_snntorch_lapicque(mode, tmp_path):
           targets=("onnx", "nir", "lava"))
 
 
+@pytest.mark.parametrize("mode", ["subtract", "zero", "none"])
+def test_snntorch_alpha(mode, tmp_path):
+    """exc = a*exc + x, inh = b*inh - x, m = tau*(exc + inh) with tau = log(a) / (log(b) -
+    log(a)) + 1, and the reset of all three; refused before. Identical on every target."""
+    check(_built(AlphaNet, 10, mode), _sequence(10, 3.0), False, tmp_path,
+          targets=("onnx", "nir", "lava"))
+
+
 def test_snntorch_mapping_shapes():
     """zero: one canonical neuron (alpha = beta, hard reset to 0, '>'); subtract: a circuit whose
     reset reads the neuron's own spikes one step back."""
@@ -638,7 +670,7 @@ class One(nn.Module):
     (lambda: snn.Leaky(beta=0.9, threshold=-0.5, init_hidden=True), "threshold -0.5 < 0"),
     (lambda: snn.Leaky(beta=0.9, init_hidden=True, spike_grad=lambda u: (u > 0).float()),
      "spike_grad"),
-    (lambda: snn.Alpha(alpha=0.9, beta=0.8, init_hidden=True), "Alpha is not supported"),
+    (lambda: snn.SLSTM(6, 6, init_hidden=True), "SLSTM is not supported"),
 ], ids=["graded", "inhibition", "per-neuron", "reset-delay", "negative-threshold",
         "spike-grad", "alpha"])
 def test_snntorch_refusals_name_the_module(neuron, reason):

@@ -1,8 +1,8 @@
-"""snnTorch (``snntorch`` 1.0): ``Leaky``, ``Synaptic``, ``RLeaky``, ``RSynaptic`` and
-``Lapicque`` neurons.
+"""snnTorch (``snntorch`` 1.0): ``Leaky``, ``Synaptic``, ``RLeaky``, ``RSynaptic``, ``Lapicque``
+and ``Alpha`` neurons.
 
 What snnTorch computes per call (``_neurons/leaky.py``, ``synaptic.py``, ``rleaky.py``,
-``rsynaptic.py``, ``lapicque.py``; b, a are
+``rsynaptic.py``, ``lapicque.py``, ``alpha.py``; b, a are
 ``beta``, ``alpha`` clamped to [0, 1] by the forward itself, thr the threshold, m the stored
 membrane, r = H(m[t-1] - thr) the previous step's spike recomputed from the stored membrane)::
 
@@ -11,8 +11,12 @@ membrane, r = H(m[t-1] - thr) the previous step's spike recomputed from the stor
     RLeaky    base = b*m + x + recurrent(s[t-1])          (Linear, Conv2d or x*V)
     RSynaptic syn  = a*syn + x + recurrent(s[t-1]);  base = b*m + syn
     Lapicque  base = x*R*(1/(R*C))*dt + (1 - dt/(R*C))*m  (its buffers R, C, time_step)
-    reset     "subtract": m = base - r*thr  (all five)
+    Alpha     exc = a*exc + x;  inh = b*inh - x;  m = tau*(exc + inh),
+              tau = log(a) / (log(b) - log(a)) + 1; its reset acts on all three (below)
+    reset     "subtract": m = base - r*thr  (all but Alpha: exc -= r*thr, inh -= r*inh,
+                          m -= r*(-inh[t-1]))
               "zero":     Leaky m = b*((1 - r)*m) + x;  the others m = base - r*base
+                          (Alpha: each of exc, inh, m less r times itself)
               "none":     m = base
     fires     s = H(m - thr) with H(u) = (u > 0): strictly m > thr (exact in IEEE arithmetic)
 
@@ -29,7 +33,7 @@ fires on it, so ties and rounding agree spike for spike.
 which is refused. Also refused, naming the module: graded spikes, inhibition, state
 quantisation, a spike function not from ``snntorch.surrogate``, per-neuron (tensor) beta /
 alpha / threshold, a negative threshold (snnTorch then fires a reset before step 0), and every
-other snnTorch neuron (Alpha, LeakyParallel, SLSTM, ...).
+other snnTorch neuron (LeakyParallel, SLSTM, ...).
 
 Calls: ``init_hidden=False`` neurons take and return their state (``spk, mem = lif(x, mem)``;
 ``spk, syn, mem = syn_lif(x, syn, mem)``; ``spk, mem = rlif(x, spk, mem)``;
@@ -53,8 +57,11 @@ from .circuits import Circuit, circuit, scalar, threshold
 
 _PACKAGE = "snntorch"
 _NEURONS = "snntorch._neurons"
-_SUPPORTED = ("Leaky", "Synaptic", "RLeaky", "RSynaptic", "Lapicque")
-_WITH_SYN = ("Synaptic", "RSynaptic")  # return (spk, syn, mem)
+_SUPPORTED = ("Leaky", "Synaptic", "RLeaky", "RSynaptic", "Lapicque", "Alpha")
+#: the state a neuron taking it from the caller takes and returns after its spikes, in order
+_STATE = {"Leaky": ("mem",), "Lapicque": ("mem",), "Synaptic": ("syn", "mem"),
+          "RLeaky": ("spk", "mem"), "RSynaptic": ("spk", "syn", "mem"),
+          "Alpha": ("syn_exc", "syn_inh", "mem")}
 
 
 # ----------------------------------------------------------------------------- the adapter
@@ -92,6 +99,8 @@ class SnnTorchAdapter(Adapter):
             return _synaptic(_alpha(m, path), b, thr, mode, delayed)
         if kind == "Lapicque":
             return _lapicque(m, thr, mode, path)
+        if kind == "Alpha":
+            return _alpha_neuron(m, b, thr, mode, path)
         return _recurrent(m, b, thr, mode, delayed, path,
                           _alpha(m, path) if kind == "RSynaptic" else None)
 
@@ -103,27 +112,26 @@ class SnnTorchAdapter(Adapter):
         x = args[0] if args else kwargs.get("input_")
         if m.init_hidden:  # with output=True it returns its state too, (spk, [syn,] mem)
             if m.output:
-                return x, STATE_KEPT, 2 if kind in _WITH_SYN else True, value[0]
+                return x, STATE_KEPT, len(_STATE[kind]) - kind.startswith("R"), value[0]
             return x, None, False, value
-        names = {"Leaky": ("mem",), "Synaptic": ("syn", "mem"), "RLeaky": ("spk", "mem"),
-                 "RSynaptic": ("spk", "syn", "mem")}
-        names = names.get(kind, ("mem",))
+        names = _STATE[kind]
         given = [args[1 + i] if len(args) > 1 + i else kwargs.get(n)
                  for i, n in enumerate(names)]
         spk, *state = given if kind.startswith("R") else (None, *given)
-        if kind in _WITH_SYN and not _same_state(*state):
-            raise UnsupportedError("its syn and mem arguments are not both its own state from "
-                                   "the step before (or both its initial state)")
+        if not all(_same_state(state[0], other) for other in state[1:]):
+            raise UnsupportedError(f"its {' and '.join(names[-len(state):])} arguments are not "
+                                   "all its own state from the step before (or all its "
+                                   "initial state)")
         if kind.startswith("R") and not _own_spikes(spk, state[-1]):
             raise UnsupportedError("its spk argument is not its own spikes from the step "
                                    "before (or its initial state)")
-        return x, state[-1], 2 if kind in _WITH_SYN else True, value[0]
+        return x, state[-1], len(state), value[0]
 
     def reset_state(self, model: nn.Module) -> None:
         for m in model.modules():
             if not self.is_neuron(m):
                 continue
-            for buf in ("mem", "syn", "spk"):
+            for buf in ("mem", "syn", "spk", "syn_exc", "syn_inh"):
                 if isinstance(getattr(m, buf, None), torch.Tensor):
                     setattr(m, buf, torch.zeros(0))
 
@@ -267,6 +275,38 @@ def _lapicque(m: nn.Module, thr: float, mode: str, path: str) -> NeuronCircuit:
         return _reset(c, c.add(drive, c.scale(f"{c.name}:mem", keep, "k*mem"), "base"), thr,
                       mode)
     return _with_prev_mem(thr, membrane)
+
+
+def _alpha_neuron(m: nn.Module, b: float, thr: float, mode: str, path: str) -> NeuronCircuit:
+    """Alpha: an excitatory and an inhibitory current and m = tau*(exc + inh), tau computed
+    with torch in float64 as the model run in float64 computes it; the late reset of the three
+    in snnTorch's order (``_base_sub``, ``_base_zero``)."""
+    a = _alpha(m, path)
+    la, lb = (torch.log(torch.tensor(v, dtype=torch.float64)) for v in (a, b))
+    tau = float(la / (lb - la) + 1)
+
+    def less_r_times(c: Circuit, v: str, part: str) -> str:  # v - r*v: 0 after a spike
+        return c.add(v, c.scale(c.mul(c.spikes_before(), v, f"r*{part}"), -1.0, f"-r*{part}"),
+                     part)
+
+    def membrane(c: Circuit, x: str) -> str:
+        exc_before, inh_before = c.prev(f"{c.name}:exc"), c.prev(f"{c.name}:inh")
+        kept = mode == "none"  # the new currents are the states, else their reset values
+        exc = c.add(c.scale(exc_before, a, "a*exc"), x, "exc" if kept else "a*exc+x")
+        inh = c.add(c.scale(inh_before, b, "b*inh"), c.scale(x, -1.0, "-x"),
+                    "inh" if kept else "b*inh-x")
+        mem = c.scale(c.add(exc, inh, "exc+inh"), tau, "tau*(exc+inh)")
+        if mode == "subtract":
+            r = c.spikes_before()
+            c.add(exc, c.scale(r, -thr, "-r*thr"), "exc")
+            less_r_times(c, inh, "inh")
+            return c.add(mem, c.mul(r, inh_before, "r*inh[t-1]"), "mem")
+        if mode == "zero":
+            less_r_times(c, exc, "exc")
+            less_r_times(c, inh, "inh")
+            return less_r_times(c, mem, "mem")
+        return mem
+    return circuit(thr, membrane)
 
 
 def _alpha(m: nn.Module, path: str) -> float:
