@@ -188,7 +188,13 @@ def _classify(graph: Graph, input_peaks: dict[str, float], input_bits: int,
     what has no integer form is refused before the calibration runs."""
     plan = _Plan(bias_exp=bias_exp)
     plan.unit = plan.scales.new(pinned=1.0)
-    for n in graph.topological_order():
+    seen, closing = set(), []  # Delays met before their source close a loop: a scale of their
+    for n in graph.topological_order():  # own now, joined with the source's once it has one
+        seen.add(n.name)
+        if isinstance(n, ir.Delay) and n.inputs[0] not in seen:
+            plan.val[n.name] = (plan.scales.new(), 1.0)
+            closing.append(n)
+            continue
         if any(i not in plan.val for i in n.inputs) or isinstance(n, HOST_OPS):
             if isinstance(n, ir.Neuron):
                 src = graph[n.inputs[0]]
@@ -224,6 +230,11 @@ def _classify(graph: Graph, input_peaks: dict[str, float], input_bits: int,
             plan.val[n.name] = _product(plan, n)
         else:
             raise PassError(f"{where(n)}: no integer form of {n.op} on the chip")
+    for d in closing:
+        if d.inputs[0] not in plan.val:
+            raise PassError(f"{where(d)} closes a loop through {where(graph[d.inputs[0]])}, "
+                            "which has no integer form on the chip")
+        plan.scales.union(plan.val[d.inputs[0]], plan.val[d.name], d)
     cons = graph.consumers()
     for n in graph.of_type(ir.Neuron):
         syn, labels = _folded_bias(graph, n, cons)

@@ -261,17 +261,39 @@ def encoders(graph: Graph) -> dict[str, int]:
 def fixed_point_view(graph: Graph) -> FixedPointView:
     """Check that ``graph`` is quantized for Loihi 2 (module doc) and say how to run it; raises
     UnsupportedError listing every node that is not, with its module path."""
+    # A Delay closing a loop comes before its input: taken to be on the chip, and the walk
+    # repeated without those whose input turns out not to be (the loop's largest integer part).
+    assumed = {n.name for n in graph.of_type(ir.Delay)}
+    while True:
+        view, problems, closing = _walk_chip(graph, assumed)
+        off = {d for d in closing if graph[d].inputs[0] not in view.chip}
+        if not off:
+            break
+        assumed -= off
+    if problems:
+        raise UnsupportedError("not quantized for Loihi 2 (run quantize_for_loihi2): "
+                               + "; ".join(problems), node=graph.name)
+    return view
+
+
+def _walk_chip(graph: Graph, assumed: set[str]) -> tuple[FixedPointView, list[str], list[str]]:
+    """One walk of :func:`fixed_point_view`: (the view, the problems, the Delays closing a loop
+    taken to be on the chip because they are in ``assumed``)."""
     view = FixedPointView(encoders(graph))
-    problems = []
+    problems, closing = [], []
 
     def bad(n: ir.Node, why: str):
         problems.append(f"{n.name}{' (' + n.path + ')' if n.path else ''}: {why}")
 
     done: set[str] = set()
     for n in graph.topological_order():
-        # a Delay closing a cycle comes before its input: judge that by the kind it carries
-        exact = bool(n.inputs) and all(i in view.chip or (i not in done and n.kind.integral)
-                                       for i in n.inputs)
+        if isinstance(n, ir.Delay) and n.inputs[0] not in done:
+            done.add(n.name)
+            if n.name in assumed:
+                closing.append(n.name)
+                view.chip.add(n.name)
+            continue
+        exact = bool(n.inputs) and all(i in view.chip for i in n.inputs)
         done.add(n.name)
         if isinstance(n, ir.Input):
             on = n.kind.integral
@@ -300,10 +322,7 @@ def fixed_point_view(graph: Graph) -> FixedPointView:
             on = exact and isinstance(n, EXACT_OPS)
         if on:
             view.chip.add(n.name)
-    if problems:
-        raise UnsupportedError("not quantized for Loihi 2 (run quantize_for_loihi2): "
-                               + "; ".join(problems), node=graph.name)
-    return view
+    return view, problems, closing
 
 
 def signed_wrap24(x: torch.Tensor) -> torch.Tensor:

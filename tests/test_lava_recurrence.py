@@ -103,3 +103,19 @@ def test_a_loop_with_more_synapses_than_delay_steps_is_refused_naming_its_delay(
 def test_an_unbalanced_plan_of_a_loop_is_refused():
     with pytest.raises(UnsupportedError, match="feed-forward graph; a cycle passes"):
         latency_plan(recurrent_graph(0), balance=False)
+
+
+@pytest.mark.parametrize("steps, synapses_back", [(1, 1), (2, 2)])
+def test_a_quantized_loop_runs_in_loihi2_arithmetic_on_lava(steps, synapses_back):
+    """quantize_for_loihi2 gives the loop's synapses one scale with the input synapse they are
+    added to (its Delay closes the loop before its source is classified), and the loop stays on
+    the chip (fixed_pt processes): Lava's spikes equal the Loihi 2 simulator's. Both used to
+    refuse the neuron ("no integer form on the chip")."""
+    import snncc
+
+    g = recurrent_graph(0, steps, synapses_back)
+    x = _inputs(0, 3)
+    report = snncc.check(g, target="lava", inputs=x, fixed_point=True, calibrate=x)
+    (layer,) = report.layers
+    assert layer.agreement_sim_target == 1.0 and 0.05 < layer.rate_sim < 0.95
+    assert layer.agreement_sim > 0.9  # the quantized loop still close to the float one

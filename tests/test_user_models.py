@@ -684,11 +684,7 @@ class RecurrentContainers(torch.nn.Module):
         return self.head(self.element_rec(self.mid(self.linear_rec(self.fc(x))))).mean(0)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
-def test_spikingjellys_recurrent_containers_are_exact_on_every_target(target, seed):
-    """Their loops (the container's output a step back, concatenated with the input before a
-    Linear, or added to it) run on every target, Lava included since it runs loops."""
+def _recurrent_containers(seed: int):
     torch.manual_seed(seed)
     model = RecurrentContainers().eval()
     with torch.no_grad():
@@ -696,11 +692,30 @@ def test_spikingjellys_recurrent_containers_are_exact_on_every_target(target, se
         model.linear_rec.rc.weight.mul_(3.0)
         model.mid.weight.mul_(4.0)
         model.mid.bias.add_(0.8)
-    x = torch.rand(6, 3, 8, generator=torch.Generator().manual_seed(seed + 10))
+    return model, torch.rand(6, 3, 8, generator=torch.Generator().manual_seed(seed + 10))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_spikingjellys_recurrent_containers_are_exact_on_every_target(target, seed):
+    """Their loops (the container's output a step back, concatenated with the input before a
+    Linear, or added to it) run on every target, Lava included since it runs loops."""
+    model, x = _recurrent_containers(seed)
     report = snncc.check(model, x, target=target, layout="TB")
     assert report.min_agreement == 1.0 and len(report.layers) == 2
     assert report.output_max_abs_diff_target <= 1e-12
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.filterwarnings("ignore::snncc.passes.quantize.QuantizationWarning")
+def test_spikingjellys_recurrent_containers_in_loihi2_arithmetic_on_lava():
+    """Quantized, the loops stay on the chip: Lava's fixed_pt spikes equal the Loihi 2
+    simulator's (the element-wise loop adds spikes to a current, which forces that current to
+    the spikes' unit scale: the quantizer warns, and float agreement is 0.7-0.8)."""
+    model, x = _recurrent_containers(0)
+    report = snncc.check(model, x, target="lava", layout="TB", fixed_point=True)
+    assert [r.agreement_sim_target for r in report.layers] == [1.0, 1.0]
+    assert all(0.05 < r.rate_sim < 0.95 for r in report.layers)
 
 
 def _soft_reset_net(seed: int):

@@ -184,13 +184,15 @@ class Lowerer:
     # ------------------------------------------------------------------ helpers
     def _chip_nodes(self) -> set[str]:
         """The nodes of a quantized graph whose values are the chip's integers: the view's chip
-        less what leaves it (Mean, AvgPool, Readout) and everything after that."""
-        chip: set[str] = set()
-        for n in self.g.topological_order():
-            if n.name in self.view.chip and n.op not in HOST_OPS and (
-                    n.name in self.view.encoders or all(i in chip for i in n.inputs)):
-                chip.add(n.name)
-        return chip
+        less what leaves it (Mean, AvgPool, Readout) and everything after that (the largest
+        such set: a loop whose every input is on the chip stays on it)."""
+        chip = {n.name for n in self.g if n.name in self.view.chip and n.op not in HOST_OPS}
+        while True:
+            off = {k for k in chip if k not in self.view.encoders
+                   and not all(i in chip for i in self.g[k].inputs)}
+            if not off:
+                return chip
+            chip -= off
 
     def add(self, spec: ProcSpec, out: str = "s_out", chip: bool | None = None) -> Port:
         """Append a process; its out-port ``out`` (Lava's synapses call theirs a_out). In a
