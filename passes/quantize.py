@@ -679,14 +679,16 @@ def _batches(graph: Graph, x, size: int) -> list[dict]:
 
 @dataclass
 class _Spikes:
-    """A run's neuron spikes (by name, ``[T, B, ...]``) and output."""
+    """A run's neuron spikes (by name, ``[T, B, ...]``) and its first output (the model's
+    prediction, as a parity check reads it)."""
 
     neurons: dict[str, np.ndarray]
     output: np.ndarray
 
     @classmethod
     def of(cls, graph: Graph, run) -> "_Spikes":
-        return cls({n.name: run.trace[n.name] for n in graph.of_type(ir.Neuron)}, run.output)
+        return cls({n.name: run.trace[n.name] for n in graph.of_type(ir.Neuron)},
+                   run.outputs[graph.outputs[0].name])
 
 
 def _float_peaks(graph: Graph, batches: list, T: int):

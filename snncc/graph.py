@@ -161,14 +161,22 @@ class Graph:
             raise VerificationError("graph has no Output node", node=self.name)
         done: set[str] = set()
         closing = []
+        cons = None
         for n in self.topological_order():
             if n.breaks_cycles and n.inputs[0] not in done:
                 # closes a cycle: its input is computed later in the step, so the node
                 # declares the shape and kind it carries; checked below once the input is known
-                if n.shape_hint is None:
-                    raise VerificationError("a Delay closing a cycle needs shape_hint",
-                                            node=n.name, path=n.path)
-                n.shape, n.kind = tuple(n.shape_hint), ir.Kind(n.kind_hint)
+                if n.shape_hint is not None:
+                    n.shape, n.kind = tuple(n.shape_hint), ir.Kind(n.kind_hint)
+                else:
+                    cons = cons or self.consumers()
+                    if n.inputs[0] in self.closure(cons[n.name], cons.__getitem__):
+                        raise VerificationError("a Delay closing a cycle needs shape_hint",
+                                                node=n.name, path=n.path)
+                    # on no cycle, only placed before its input (a pass inserted that input
+                    # later): its input's shape as last inferred, checked below likewise
+                    src = self.nodes[n.inputs[0]]
+                    n.shape, n.kind = src.shape, src.kind
                 closing.append(n)
             else:
                 self._infer(n)

@@ -273,3 +273,27 @@ def test_spiking_head_on_a_mean_is_refused_by_name():
         with pytest.raises(PassError, match=r"neuron 'lif' .*reads 'mean' \(Mean\), which "
                                             r"has no integer form on the chip"):
             quantize(g, calibrate=calibrate)  # would refuse the input's shape)
+
+
+def test_a_graph_with_two_outputs_is_quantized():
+    """The calibration report compares the first output (the prediction) of the float and the
+    fixed-point runs; with two Outputs it ended in 'ValueError: too many values to unpack'
+    (found by fuzzing recurrent graphs, whose neurons are outputs too)."""
+    from snncc.pipeline import for_target
+
+    rng = np.random.default_rng(0)
+    g = Graph("two", {"T": 4})
+    g.add(ir.Input("x", input_shape=(5,)))
+    g.add(ir.Linear("fc1", ("x",), weight=rng.normal(0.5, 1, (6, 5))))
+    g.add(ir.Neuron("n1", ("fc1",), **nrn.from_lif(2.0, 1.0, 0.0).fields()))
+    g.add(ir.Linear("fc2", ("n1",), weight=rng.normal(0.3, 1, (3, 6))))
+    g.add(ir.Neuron("n2", ("fc2",), **nrn.from_lif(2.0, 1.0, 0.0).fields()))
+    g.add(ir.Output("spikes", ("n1",)))
+    g.add(ir.Output("out", ("n2",)))
+    x = rng.uniform(0, 2, (2, 4, 5)).transpose(1, 0, 2)
+    q = for_target("lava", None, fixed_point=True, calibrate=x, log=lambda s: None).run(
+        g.verify())
+    report = q.meta["reports"]["quantize_for_loihi2"]
+    assert {"n1", "n2"} <= {row["node"] for row in report["layers"]}
+    run = simulate(q, x, arithmetic="loihi2")
+    assert set(run.outputs) == {"spikes", "out"}

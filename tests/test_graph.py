@@ -120,6 +120,27 @@ def test_delay_closing_a_cycle_needs_a_correct_hint():
         g.verify()
 
 
+def test_a_delay_on_no_cycle_may_come_before_its_input():
+    """A pass that inserts a Delay's input afterwards (quantize_for_loihi2's encoder in front
+    of a Delay of a real input) leaves the Delay first in the node order: it is no cycle and
+    needs no hint (verify used to refuse it as 'a Delay closing a cycle needs shape_hint');
+    a Delay really closing one still does."""
+    g = Graph("late", {"T": 3})
+    g.add(ir.Input("x", input_shape=(3,)))
+    g.add_unchecked(ir.Delay("d", ("enc",)))
+    g.add(ir.Neuron("n", ("d",)))
+    g.add(ir.Output("o", ("n",)))
+    g.add(ir.Scale("enc", ("x",), factor=2.0))
+    g.verify()
+    assert g["d"].shape == (3,)
+    x = np.random.default_rng(0).uniform(0, 2, (3, 2, 3))
+    np.testing.assert_array_equal(simulate(g, x, record=True).trace["d"][1:], 2.0 * x[:-1])
+    g = recurrent_graph()
+    g.nodes["d"] = ir.Delay("d", ("s",))
+    with pytest.raises(VerificationError, match="closing a cycle needs shape_hint"):
+        g.verify()
+
+
 def test_printer_one_line_per_node():
     g = build_ir(make_params(0))
     text = g.format().splitlines()
