@@ -242,6 +242,23 @@ def test_a_convolution_of_128_groups_or_more_ends_the_file(tmp_path):
     assert entry["output"] == "lif1" and entry["layers"] == 1
 
 
+def test_a_conv1d_ends_the_file(tmp_path):
+    """A quantized Conv1d -> LIF (found by fuzzing fixed point: netx's 2-D conv bias layout
+    ended in 'ValueError: axes don't match array'): no netx layer, and the manifest says why;
+    the Lava network itself runs it."""
+    rng = np.random.default_rng(0)
+    g = Graph("c1", {"T": 3})
+    g.add(ir.Input("x", input_shape=(2, 6)))
+    g.add(ir.Conv1d("conv", ("x",), weight=rng.normal(0.3, 1, (3, 2, 3)), padding=(1,)))
+    g.add(ir.Neuron("lif", ("conv",), **neuron.from_lif(2.0, 1.0, 0.0).fields()))
+    g.add(ir.Output("out", ("lif",)))
+    x = rng.uniform(0, 2, (3, 2, 2, 6))
+    art = emit(quantized(g.verify(), x), tmp_path / "lava")
+    entry = json.loads((art / "manifest.json").read_text())["netx"]
+    assert entry["file"] is None and entry["stops_at"] == "conv"
+    assert "netx's conv layers are 2-D" in entry["reason"]
+
+
 def test_biases_finer_than_whole_input_units_end_the_file(tmp_path):
     """Quantized with each bias's own exponent (``bias_exp=None``) instead of netx's 6, the
     first biased layer's bias is finer than netx holds: no file, and the manifest says why."""

@@ -130,6 +130,8 @@ def _synapse_layer(syn: ir.Node, neuron: ir.Neuron, q: fxp.Loihi2Neuron) -> dict
     """netx description of synapse ``syn`` + neuron ``neuron``; raises UnsupportedError."""
     if syn.bias is not None:
         raise UnsupportedError("its bias is on the synapse (netx adds biases in the neuron)")
+    if isinstance(syn, ir.Conv1d):  # (an ir.Conv2d subclass)
+        raise UnsupportedError("a Conv1d: netx's conv layers are 2-D")
     cell, bias = _neuron(q, neuron.shape)
     w = syn.weight.astype(np.int64)
     if isinstance(syn, ir.Conv2d) and syn.groups > LAVA_CONV_GROUPS_MAX:
