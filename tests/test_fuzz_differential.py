@@ -3,7 +3,8 @@ every node kind, exact ties on coarse grids, both comparisons and resets, delays
 cycles, spike attention with SDSA scales, BatchNorm with negative and zero gammas) through the
 .snnir round trip, every target's default pipeline, the ONNX models in onnxruntime (unrolled
 and step, float64), NIR written and read back, and a few tiny graphs in Lava; spikes at every
-neuron and the outputs must equal the reference simulator's in float64.
+neuron and the outputs must equal the reference simulator's in float64. Quantized for Loihi 2,
+Lava's fixed_pt spikes must equal the Loihi 2 simulator's.
 
 A pipeline that refuses a graph (UnsupportedError from legalization) is fine; every other
 exception is a crash. Crashes and mismatches whose cause is listed in ``fuzz_graphs.KNOWN``
@@ -75,6 +76,40 @@ test_lava_more = fuzz(N_MORE["lava"], ["lava"], "lava", slow=True)
 # custom neurons run (51 of 62 cyclic graphs of 300, by hand), a BatchNorm without a synapse
 # before it is refused; what it accepts must match
 test_general_graphs_refused_or_exact_in_lava = fuzz(300, ["lava"], slow=True)
+
+
+def fixed_point_on_lava(graphs: int, slow: bool = False):
+    """Random Lava-profile graphs (loops included) quantized for Loihi 2 (``check
+    --fixed-point``): Lava's fixed_pt spikes equal the Loihi 2 simulator's at every neuron the
+    compiled graph keeps, or the graph is refused in one SnnccError; anything else is a crash.
+    (Found with it: two Outputs crashed the quantizer, a Delay a pass left before its input
+    failed verification, a Conv1d crashed the netx writer.)"""
+    import warnings
+
+    import snncc
+    from snncc.errors import SnnccError
+
+    @seed(zlib.crc32(repr(("fixed-point", graphs, slow)).encode()))
+    @settings(max_examples=graphs, **SETTINGS)
+    @given(fz.cases("lava"))
+    def test(case):
+        (x,) = case.inputs.values()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantization warnings: the report says them
+            try:
+                r = snncc.check(case.graph, target="lava", inputs=x, T=case.T,
+                                fixed_point=True, calibrate=x)
+            except SnnccError as e:
+                if isinstance(e.__cause__, SnnccError) or e.__cause__ is None:
+                    return  # a refusal; a pass's own crash is wrapped in one, with its cause
+                raise
+        kept = [layer for layer in r.layers if layer.rate_sim >= 0]
+        assert all(layer.agreement_sim_target == 1.0 for layer in kept), case.graph.format()
+    return pytest.mark.slow(test) if slow else test
+
+
+test_fixed_point_on_lava = fixed_point_on_lava(4)
+test_fixed_point_on_lava_more = fixed_point_on_lava(60, slow=True)
 
 
 def test_case_count():
