@@ -298,31 +298,42 @@ class ArrayFolderDataset(_ClassFolder):
         super().__init__(graph, root, batch, limit, classes, ARRAY_SUFFIXES, "arrays")
 
     def decode(self, i: int) -> np.ndarray:
-        path = self.files[i]
+        from .files import load_array
+
+        path = Path(self.files[i])
+        a = load_array(path) if path.suffix.lower() == ".npy" else self._npz_sample(path)
+        if tuple(a.shape) != tuple(self.sample_shape):
+            raise FormatError(self._shape_error(path, a.shape))
+        return a.astype(np.float64)
+
+    def _shape_error(self, path: Path, shape) -> str:
+        return (f"{path}: a sample of shape {list(shape)}; the model takes "
+                f"{list(self.sample_shape)} per sample"
+                + ("" if self.inp.static else " ([T, ...] per sample)"))
+
+    def _npz_sample(self, path: Path) -> np.ndarray:
+        """Its ``frames`` or its only array, the header checked (shape, objects, size) before
+        any data is read."""
         try:
-            with open(path, "rb") as f:
-                loaded = np.load(f, allow_pickle=False)  # never runs a pickle's code
-                if isinstance(loaded, np.lib.npyio.NpzFile):
-                    with loaded:
-                        keys = list(loaded.keys())
-                        key = "frames" if "frames" in keys else keys[0] if len(keys) == 1 \
-                            else None
-                        if key is None:
-                            raise FormatError(f"{path}: a sample .npz needs an array 'frames' "
-                                              f"or exactly one array; it has {keys}")
-                        loaded = loaded[key]
-        except FormatError:
-            raise
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n.endswith(".npy")]
+                name = "frames.npy" if "frames.npy" in names else \
+                    names[0] if len(names) == 1 else None
+                if name is None:
+                    raise FormatError(f"{path}: a sample .npz needs an array 'frames' or "
+                                      f"exactly one array; it has {[n[:-4] for n in names]}")
+                member = _NpzMember(path, zf, name)
+                try:
+                    if tuple(member.shape) != tuple(self.sample_shape):
+                        raise FormatError(self._shape_error(path, member.shape))
+                    if member.dtype.kind not in "biuf":
+                        raise FormatError(f"{path}: dtype {member.dtype}, not real numbers")
+                    return member.rows(0, member.shape[0])
+                finally:
+                    member.close()
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise FormatError(f"{path}: not a readable array ({' '.join(str(e).split())})") \
+            raise FormatError(f"{path}: not a readable .npz ({' '.join(str(e).split())})") \
                 from None
-        if loaded.dtype.kind not in "biuf":
-            raise FormatError(f"{path}: dtype {loaded.dtype}, not real numbers")
-        if tuple(loaded.shape) != tuple(self.sample_shape):
-            raise FormatError(f"{path}: a sample of shape {list(loaded.shape)}; the model takes "
-                              f"{list(self.sample_shape)} per sample"
-                              + ("" if self.inp.static else " ([T, ...] per sample)"))
-        return loaded.astype(np.float64)
 
 
 class ImageFolderDataset(_ClassFolder):

@@ -404,11 +404,25 @@ def test_a_folder_of_event_frames_per_sample_is_checked_as_the_same_set_in_one_n
     assert all(0.05 < layer["rate_reference"] < 0.95 for layer in folder.layers)
 
 
+def _forged_npz(p: Path) -> None:
+    """An .npz whose 'frames' header declares 4 x 2 x 8 x 8 values over 8 bytes of data."""
+    import io
+    import zipfile
+
+    head = np.lib.format.header_data_from_array_1_0(np.zeros((4, 2, 8, 8), np.float32))
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, head)
+    with zipfile.ZipFile(p / "a.npz", "w") as z:
+        z.writestr("frames.npy", buf.getvalue() + b"\0" * 8)
+
+
 @pytest.mark.parametrize("write, message", [
     (lambda p: np.save(p / "a.npy", np.zeros((4, 2, 8, 9), np.float32)), "shape [4, 2, 8, 9]"),
-    (lambda p: np.save(p / "a.npy", np.array([{"x": 1}], dtype=object)), "not a readable array"),
+    (lambda p: np.savez(p / "a.npz", frames=np.zeros((4, 2, 8, 9))), "shape [4, 2, 8, 9]"),
+    (lambda p: np.save(p / "a.npy", np.array([{"x": 1}], dtype=object)), "not a readable"),
     (lambda p: np.savez(p / "a.npz", a=np.zeros(3), b=np.zeros(3)), "'frames' or exactly one"),
-    (lambda p: (p / "a.npy").write_bytes(b"\x93NUMPY broken"), "not a readable array"),
+    (lambda p: (p / "a.npy").write_bytes(b"\x93NUMPY broken"), "not a readable"),
+    (_forged_npz, "holds fewer bytes"),
 ])
 def test_a_bad_sample_file_is_a_one_line_error_naming_it(tmp_path, capsys, write, message):
     folder = tmp_path / "frames" / "c0"
