@@ -793,7 +793,7 @@ def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = Non
                 f"memory budget of {fmt_bytes(max_memory())} (--batch chooses another)")
     reference = "pytorch" if loaded.torch_model is not None else "reference"
     layers = [(n.name, n.path, int(np.prod(n.shape))) for n in graph.topological_order()
-              if isinstance(n, ir.Neuron)]
+              if isinstance(n, ir.Neuron) and n.name in compiled.nodes]  # (as check_parity)
     acc = DatasetCheck(tgt.name, reference, layers, worst)
     fp = _fingerprint(dataset=str(spec), n=len(data), batch=data.batch, target=tgt.name,
                       T=steps, dtype=dtype, passes=passes, fixed_point=fixed_point,

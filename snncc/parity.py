@@ -59,6 +59,9 @@ class ParityReport:
     # neuron layers the reference has no spikes of: comparisons written inside a larger
     # module's forward, whose spikes no module returns (the outputs are still compared)
     unmatched: list[str] = field(default_factory=list)
+    # neuron layers the passes removed (their spikes reach no output, e.g. scaled by 0): no
+    # engine computes them, so they are not compared (they used to count as 0% agreement)
+    removed: list[str] = field(default_factory=list)
 
     @property
     def target_less_precise(self) -> bool:
@@ -107,6 +110,10 @@ class ParityReport:
                          f"{len(self.unmatched)} neuron layer(s) whose spikes no module returns "
                          f"({', '.join(self.unmatched[:4])}{' ...' * (len(self.unmatched) > 4)})"
                          f"; a neuron written as a module of its own is compared")
+        if self.removed:
+            lines.append(f"not compared: {len(self.removed)} neuron layer(s) the passes "
+                         f"removed, whose spikes reach no output ("
+                         f"{', '.join(self.removed[:4])}{' ...' * (len(self.removed) > 4)})")
         if self.accuracy:
             lines.append(f"accuracy{MEAN_PREDICTION if self.output_over_steps else ''}: "
                          + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
@@ -504,9 +511,12 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
                        traces={"reference": ref, "simulator": sim.trace,
                                "target": tgt_traces})
 
-    layers = []
+    layers, removed = [], []
     for n in loaded.graph.topological_order():
         if not isinstance(n, ir.Neuron) or n.name not in ref:
+            continue
+        if n.name not in compiled.nodes:
+            removed.append(n.name)
             continue
         r = ref[n.name]
         s, t = sim.trace.get(n.name), tgt_traces.get(n.name)
@@ -531,7 +541,8 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         lossy=any(available_passes()[p].lossy for p in compiled.meta.get("passes", [])),
         target_dtype=target_dtype, output_over_steps=over_steps,
         unmatched=[n.name for n in loaded.graph.of_type(ir.Neuron)
-                   if n.name not in ref and n.name in sim.trace and n.path not in compared])
+                   if n.name not in ref and n.name in sim.trace and n.path not in compared],
+        removed=removed)
     if labels is not None:
         labels = np.asarray(labels).ravel()
         for key, engine in (("reference", "reference"), ("simulator", "simulator"),

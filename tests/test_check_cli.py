@@ -145,3 +145,31 @@ def test_fixed_point_refused_for_float_only_target(tmp_path):
     r = snncc("compile", CKPT, *ARCH, "--target", "onnx", "--fixed-point", "-o", tmp_path / "o")
     assert r.returncode == 1 and "cannot run Loihi 2 fixed point" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_layer_the_passes_remove_is_not_counted_as_a_disagreement(tmp_path):
+    """A neuron whose spikes are scaled by 0 before they reach anything is removed by the
+    passes: no engine computes it. `check` counted it as 0% agreement (a failed check, 'first
+    divergent layer'); it now lists it as not compared, and the exit code is 0."""
+    from snncc import ir, neuron
+    from snncc.graph import Graph
+
+    rng = np.random.default_rng(0)
+    g = Graph("dead", {"T": 3})
+    g.add(ir.Input("x", input_shape=(4,)))
+    g.add(ir.Linear("fc", ("x",), weight=rng.normal(0.5, 1, (4, 4))))
+    g.add(ir.Neuron("unused", ("fc",), **neuron.from_lif(2.0, 1.0, 0.0).fields()))
+    g.add(ir.Scale("zero", ("unused",), factor=0.0))
+    g.add(ir.Add("sum", ("zero", "x")))
+    g.add(ir.Neuron("lif", ("sum",), **neuron.from_lif(2.0, 0.5, 0.0).fields()))
+    g.add(ir.Output("out", ("lif",)))
+    serialize.save(g.verify(), tmp_path / "dead.snnir")
+    np.save(tmp_path / "x.npy", rng.uniform(0, 1.5, (3, 4, 4)))
+    r = subprocess.run([sys.executable, "-m", "snncc", "check", str(tmp_path / "dead.snnir"),
+                        "--inputs", str(tmp_path / "x.npy"), "--json", str(tmp_path / "r.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["removed"] == ["unused"] and [row["node"] for row in rep["layers"]] == ["lif"]
+    assert rep["min_agreement"] == 1.0 and 0.05 < rep["layers"][0]["rate_reference"] < 0.95
+    assert "the passes removed, whose spikes reach no output (unused)" in r.stdout
