@@ -546,13 +546,15 @@ class Builder:
             ops += [(self.op_conv1d, 2)]
         if r >= 2:
             ops += [(self.op_flatten, 1), (self.op_transpose, 1 if prof != "lava" else 0)]
-        ops += [(self.op_reshape, 1), (self.op_recurrent, 2)]
+        ops += [(self.op_reshape, 1)]
         if prof != "lava":
-            ops += [(self.op_hadamard, 1)]
+            ops += [(self.op_hadamard, 1), (self.op_recurrent, 2)]
             if r == 2:
                 ops += [(self.op_attention, 3)]
             if r >= 2 and v.kind is SPIKE:
                 ops += [(self.op_spikematmul, 1)]
+        else:  # Lava runs loops too
+            ops += [(self.op_recurrent, 2)]
         return [o for o, w in ops for _ in range(w)]
 
     def step(self) -> None:
