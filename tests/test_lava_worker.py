@@ -134,3 +134,45 @@ def test_an_interrupted_host_ends_its_worker():
     assert _session(pid) == []
     _until(lambda: _shared_memory() <= before)
     assert _shared_memory() <= before
+
+
+FIXED_START = """
+import multiprocessing, sys
+import torch
+if sys.argv[2] == "dataloader":  # a DataLoader with workers fixes the default method (fork)
+    list(torch.utils.data.DataLoader(torch.zeros(4, 2), batch_size=2, num_workers=1))
+else:
+    multiprocessing.set_start_method(sys.argv[2])
+fixed = multiprocessing.get_start_method(allow_none=True)
+sys.path.insert(0, sys.argv[1])
+from test_lava_worker import network  # imports Lava, which sets 'fork' as it is imported
+from snncc import ir
+from snncc.backends.lava.runner import run_network
+from snncc.errors import SnnccError
+from snncc.simulator import simulate
+from test_lava_network import T, assert_same_spikes
+g, x, net = network()
+out = run_network(net, x, record=[n.name for n in g.of_type(ir.Neuron)])
+assert_same_spikes(g, out["trace"], simulate(g, x, T, record=True))
+assert multiprocessing.get_start_method() == fixed, "the process's start method changed"
+if fixed != "fork":
+    try:
+        run_network(net, x, worker=False)
+        raise SystemExit("Lava ran in a process that fixed " + fixed)
+    except SnnccError as e:
+        assert "needs the 'fork' start method" in str(e), e
+print("ok", fixed)
+"""
+
+
+@pytest.mark.parametrize("how", ["dataloader", "spawn"])
+def test_lava_runs_whatever_start_method_the_process_fixed(how):
+    """Lava's import calls ``set_start_method('fork')``, which raised "context has already been
+    set" (an internal error) once the user's process had fixed the method: a DataLoader with
+    workers or a tqdm bar (fork), a script that chose spawn. Now it runs exactly, in this process
+    under fork, in a worker under spawn (Lava cannot pickle its models), and the process keeps
+    the method it chose."""
+    run = subprocess.run([sys.executable, "-c", FIXED_START, str(Path(__file__).parent), how],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[-2:] == ["ok", "fork" if how == "dataloader" else how]

@@ -23,6 +23,7 @@ artifact is the same for every batch: lanes are chosen when the processes are bu
 from __future__ import annotations
 
 import math
+import multiprocessing
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,7 @@ from snncc.limits import max_memory, nbytes, positive_int, require_fits
 from snncc.progress import progress
 
 from . import processes as custom
-from .compat import lava
+from .compat import lava, runs_in_this_process
 from .failures import terminate, watching
 from .lower import CUSTOM_NEURON, FIXED_NEURON, LavaNet, ProcSpec
 
@@ -451,7 +452,11 @@ def run_network(net: LavaNet, inputs, T: int | None = None,
     what = f"Lava run ({processes} processes)"
     steps = _steps(B, lanes, net.period)
     if worker is None:
-        worker = processes > WORKER_PROCESSES
+        worker = processes > WORKER_PROCESSES or not runs_in_this_process()
+    elif not worker and not runs_in_this_process():
+        raise SnnccError(f"Lava needs the 'fork' start method, and this process fixed "
+                         f"{multiprocessing.get_start_method()!r}: run it in a worker "
+                         "(worker=True or None)")
     if worker:
         from .worker import run_in_worker
 
