@@ -76,6 +76,16 @@ def threshold(theta: float) -> cn.CanonicalParams:
                               reset=cn.RESET_HARD, cmp=cn.CMP_GT, v_init=0.0)
 
 
+def on_current(alpha: float, neuron: cn.CanonicalParams) -> NeuronCircuit:
+    """A current-based neuron: the current syn = alpha * syn + x (:meth:`Circuit.integrator`)
+    is the input of the canonical neuron ``neuron``."""
+
+    def build(name, x, shape):
+        c = Circuit(name, name, shape)
+        return c.nodes, c.integrator(x, alpha, "syn")
+    return NeuronCircuit(neuron, build)
+
+
 def circuit(theta: float, body, v_init: float = 0.0) -> NeuronCircuit:
     """A NeuronCircuit whose membrane ``body(c, x)`` computes in a :class:`Circuit` ``c``, fired
     on by a threshold neuron at ``theta``."""
@@ -92,8 +102,10 @@ def _np(t) -> np.ndarray:
 
 
 def scalar(value, what: str, path: str) -> float:
-    """A parameter that must be one number (a scalar tensor or a one-element one)."""
-    t = torch.as_tensor(value).detach()
+    """A parameter that must be one number (a scalar tensor or a one-element one, or a Python
+    number, kept in float64 as the library's arithmetic with it is)."""
+    t = torch.as_tensor(value, dtype=torch.float64 if isinstance(value, (int, float)) else None)
+    t = t.detach()
     if t.numel() != 1:
         raise UnsupportedError(f"a per-neuron {what} (a tensor of shape {tuple(t.shape)}) is not "
                                "supported; snncc maps one value per layer", path=path)

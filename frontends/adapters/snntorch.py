@@ -53,7 +53,7 @@ from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
 from . import STATE_KEPT, STEP_SINGLE, Adapter, NeuronCircuit
-from .circuits import Circuit, circuit, scalar, threshold
+from .circuits import Circuit, circuit, on_current, scalar
 
 _PACKAGE = "snntorch"
 _NEURONS = "snntorch._neurons"
@@ -219,15 +219,9 @@ def _synaptic(a: float, b: float, thr: float, mode: str, delayed: bool):
     if mode == "zero" and not delayed:
         # the same-step zero reset leaves r = 0 at every step (thr >= 0), so the membrane is the
         # canonical neuron on the current: integrator -> hard reset to 0
-        def body(c: Circuit, x: str) -> str:
-            return c.integrator(x, a, "syn")
-        canon = cn.CanonicalParams(alpha=b, gamma=1.0, beta=0.0, theta=thr, v_reset=0.0,
-                                   reset=cn.RESET_HARD, cmp=cn.CMP_GT, v_init=0.0)
-
-        def build(name, x, shape):
-            c = Circuit(name, name, shape)
-            return c.nodes, body(c, x)
-        return NeuronCircuit(canon, build)
+        return on_current(a, cn.CanonicalParams(alpha=b, gamma=1.0, beta=0.0, theta=thr,
+                                                v_reset=0.0, reset=cn.RESET_HARD,
+                                                cmp=cn.CMP_GT, v_init=0.0))
 
     def membrane(c: Circuit, x: str) -> str:
         syn = c.integrator(x, a, "syn")  # syn = a * syn + x

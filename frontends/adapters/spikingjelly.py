@@ -5,7 +5,11 @@ imports): neurons, layer wrappers and state.
 - **Neurons** (modules of the ``neuron`` package, and the model zoo's
   ``spike_dhs.save_v_LIFNode``, a ``LIFNode`` that also records its mean pre-spike membrane) are
   leaves. ``LIFNode``, ``IFNode`` and ``ParametricLIFNode`` (its tau = 1 / sigmoid(w), fixed after
-  training) map onto the canonical neuron (DESIGN.md, "Models from other libraries"); every
+  training) map onto the canonical neuron (DESIGN.md, "Models from other libraries"), and so do
+  2.0's ``HalfThresholdIFNode`` (the soft-reset IF starting at half its threshold that
+  ``ann2snn``'s channel-wise conversion makes), ``SimpleIFNode`` / ``SimpleLIFNode`` (the same
+  charges written in plain PyTorch, starting at 0 whatever ``v_reset``) and ``CUBALIFNode``
+  (c = c_decay * c + x, h = v_decay * v + c: a current before the canonical neuron); every
   other neuron model is refused by name. ``step_mode`` is the module's own: ``"m"`` takes
   ``[T, B, ...]``; ``"s"`` keeps its membrane in the module, so its k-th call is step k.
 - **Layer wrappers** (``layer.Conv2d``, ``layer.BatchNorm2d``, ``layer.AdaptiveAvgPool2d``, ...)
@@ -35,6 +39,7 @@ imports): neurons, layer wrappers and state.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -43,13 +48,15 @@ from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
 from . import STEP_MULTI, STEP_SINGLE, Adapter
+from .circuits import on_current, scalar
 
 _PACKAGE = "spikingjelly.activation_based"
 _LEGACY = "spikingjelly.clock_driven"
 _NEURON_MODULES = (f"{_PACKAGE}.neuron", f"{_LEGACY}.neuron")
 #: the neuron models with a canonical form; clock_driven's multi-step classes are these models
 #: with a ``MultiStep`` prefix
-_CANONICAL = ("LIFNode", "IFNode", "ParametricLIFNode")
+_CANONICAL = ("LIFNode", "IFNode", "ParametricLIFNode", "HalfThresholdIFNode", "SimpleIFNode",
+              "SimpleLIFNode", "CUBALIFNode")
 _MULTI_STEP = "MultiStep"
 # neurons defined outside the neuron package whose spikes are those of a neuron class there:
 # spike_dhs's save_v_LIFNode is a LIFNode (the same charge, fire and reset operations) that also
@@ -107,14 +114,23 @@ class SpikingJellyAdapter(Adapter):
         if getattr(m, "_neuron_precision", None) is not None:
             raise UnsupportedError("a neuron with a reduced-precision state (set_neuron_precision)"
                                    " computes in another dtype than the model", path=path)
-        v_reset = None if m.v_reset is None else float(m.v_reset)
-        if kind == "IFNode":
-            return cn.from_if(float(m.v_threshold), v_reset)
-        if kind == "ParametricLIFNode":
-            tau = 1.0 / float(torch.sigmoid(m.w.detach().double()))
+        v_reset = None if m.v_reset is None else scalar(m.v_reset, "v_reset", path)
+        theta = scalar(m.v_threshold, "v_threshold", path)
+        if kind == "HalfThresholdIFNode":  # its reset() sets v = v_threshold / 2.0
+            return replace(cn.from_if(theta, None), v_init=theta / 2.0)
+        if kind == "CUBALIFNode":  # IF's fire, reset and start, its membrane decaying
+            neuron = replace(cn.from_if(theta, v_reset), alpha=scalar(m.v_decay, "v_decay", path))
+            return on_current(scalar(m.c_decay, "c_decay", path), neuron)
+        if kind in ("IFNode", "SimpleIFNode"):
+            params = cn.from_if(theta, v_reset)
         else:
-            tau = float(m.tau)
-        return cn.from_lif(tau, float(m.v_threshold), v_reset, bool(m.decay_input))
+            if kind == "ParametricLIFNode":
+                tau = 1.0 / float(torch.sigmoid(m.w.detach().double()))
+            else:
+                tau = float(m.tau)
+            params = cn.from_lif(tau, theta, v_reset, bool(m.decay_input))
+        # the Simple* neurons' membrane is registered as 0.0 whatever v_reset
+        return replace(params, v_init=0.0) if kind.startswith("Simple") else params
 
     def step_mode(self, m: nn.Module) -> str:
         if _legacy(m):

@@ -1,0 +1,180 @@
+"""spikingjelly 2.0's other neurons with an exact canonical form, and the networks its own
+ANN-to-SNN converter makes, against the library's forward in float64 on every target.
+
+- ``HalfThresholdIFNode``: the soft-reset IF that starts at half its threshold, which
+  ``ann2snn``'s channel-wise conversion with ``half_threshold=True`` puts in place of each ReLU;
+- ``SimpleIFNode`` / ``SimpleLIFNode``: 2.0's plain-PyTorch teaching neurons (the same charges;
+  their membrane starts at 0 whatever ``v_reset``);
+- ``CUBALIFNode``: a current c = c_decay * c + x before the membrane h = v_decay * v + c.
+
+``snncc.check`` runs the model's own forward, the simulator and the target and compares the
+spikes of every neuron layer; thresholds given as Python floats must stay float64 values.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import snncc
+from snncc import ir
+from snncc.frontends.tracer import trace
+from snncc.frontends.zoo import randomize_bn
+
+from conftest import assert_rates_in_range
+
+neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+from spikingjelly.activation_based import functional, layer  # noqa: E402
+
+T, B = 5, 3
+TARGETS = ["sim", "onnx", "nir", "lava"]
+
+NEURONS = {
+    "half_threshold_if": lambda: neuron.HalfThresholdIFNode(v_threshold=0.7),
+    "simple_if_hard": lambda: neuron.SimpleIFNode(v_threshold=0.6, v_reset=0.1),
+    "simple_if_soft": lambda: neuron.SimpleIFNode(v_threshold=0.6, v_reset=None),
+    "simple_lif": lambda: neuron.SimpleLIFNode(tau=3.0, decay_input=True, v_threshold=0.1,
+                                               v_reset=-0.1),
+    "simple_lif_no_decay_input": lambda: neuron.SimpleLIFNode(tau=1.5, decay_input=False,
+                                                              v_threshold=0.5),
+    "cuba_lif_hard": lambda: neuron.CUBALIFNode(c_decay=0.5, v_decay=0.75, v_threshold=0.8),
+    "cuba_lif_soft": lambda: neuron.CUBALIFNode(c_decay=0.3, v_decay=0.6, v_threshold=0.8,
+                                                v_reset=None),
+}
+
+
+class ConvNet(nn.Module):
+    """conv-BN-neuron, pool, linear-neuron on a [T, B, 2, 8, 8] sequence; both neurons of one
+    kind."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.features = nn.Sequential(
+            layer.Conv2d(2, 6, 3, padding=1), layer.BatchNorm2d(6), make(),
+            layer.AvgPool2d(2), layer.Flatten(), layer.Linear(6 * 4 * 4, 12), make())
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def _rates(report) -> dict:
+    return {r.path: r.rate_reference for r in report.layers}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("kind", NEURONS)
+def test_neuron_equals_the_library_on_every_target(kind, target):
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = ConvNet(NEURONS[kind]).double().eval()
+        randomize_bn(model, seed)
+        x = 1.5 * torch.randn(T, B, 2, 8, 8, dtype=torch.float64)
+        report = snncc.check(model, x, target=target, T=T)
+        assert len(report.layers) == 2
+        assert report.min_agreement == 1.0, report.format()
+        assert report.output_max_abs_diff_target == 0.0, report.format()
+        assert_rates_in_range(_rates(report))
+
+
+def test_the_mapped_parameters_are_the_libraries():
+    """The starts and the current's decay, which the spikes alone might not pin down."""
+    x = torch.zeros(T, B, 4, dtype=torch.float64)
+    half = trace(nn.Sequential(neuron.HalfThresholdIFNode(v_threshold=0.7, step_mode="m")), x,
+                 T=T, static=False)
+    (n,) = half.of_type(ir.Neuron)
+    assert (float(n.v_init), float(n.theta), n.reset, n.cmp) == (0.35, 0.7, "soft", ">=")
+    simple = trace(nn.Sequential(neuron.SimpleIFNode(v_reset=0.1, step_mode="m")), x, T=T,
+                   static=False)
+    (n,) = simple.of_type(ir.Neuron)
+    assert (float(n.v_init), float(n.v_reset)) == (0.0, 0.1)
+    cuba = neuron.CUBALIFNode(c_decay=0.3, v_decay=0.6)
+    cuba.step_mode = "m"
+    g = trace(nn.Sequential(cuba), x, T=T, static=False)
+    (n,) = g.of_type(ir.Neuron)
+    assert (float(n.alpha), float(n.gamma), float(n.v_init)) == (0.6, 1.0, 0.0)
+    assert [0.3] in [np.unique(s.factor).tolist() for s in g.of_type(ir.Scale)]  # c_decay
+
+
+def test_a_python_float_threshold_stays_float64():
+    """v_threshold = 0.3 (a Python float) is compared in float64: a membrane of 0.3 + 1e-9
+    fires (in float32 the threshold would be 0.30000001192..., and it would not)."""
+    lin = nn.Linear(1, 1, bias=False).double()
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    model = nn.Sequential(layer.Linear(1, 1, bias=False), neuron.CUBALIFNode(v_threshold=0.3))
+    model[0].weight.data = lin.weight.data.clone()
+    functional.set_step_mode(model, "m")
+    model = model.double().eval()
+    x = torch.tensor([[0.3 + 1e-9, 0.0, 0.3, -1.0], [0.3 - 1e-9, -1.0, 0.0, 0.0]],
+                     dtype=torch.float64).T.reshape(4, 2, 1)
+    functional.reset_net(model)
+    assert model(x)[:, :, 0].T.tolist() == [[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    functional.reset_net(model)
+    report = snncc.check(model, x, target="sim", T=4)
+    assert report.min_agreement == 1.0, report.format()
+
+
+# ----------------------------------------------------------------------------- ann2snn
+
+@pytest.fixture(scope="module")
+def ann2snn():
+    # spikingjelly's installation skips its dependencies; ann2snn imports tqdm and requests
+    return pytest.importorskip("spikingjelly.activation_based.ann2snn", exc_type=ImportError)
+
+
+def _ann(seed: int) -> nn.Module:
+    """spikingjelly's own sample ANN for the converter (conv-BN-ReLU-avgpool x 3, linear) with
+    random weights and BN statistics far from identity."""
+    from spikingjelly.activation_based.ann2snn.sample_models import mnist_cnn
+
+    torch.manual_seed(seed)
+    ann = mnist_cnn.CNN()
+    randomize_bn(ann, seed)
+    return ann.eval()
+
+
+class RateCoded(nn.Module):
+    """How spikingjelly's example evaluates a converted network: the single-step SNN called T
+    times on the image, its outputs averaged."""
+
+    def __init__(self, snn: nn.Module, steps: int):
+        super().__init__()
+        self.snn, self.steps = snn, steps
+
+    def forward(self, img):
+        out = 0
+        for _ in range(self.steps):
+            out = out + self.snn(img)
+        return out / self.steps
+
+
+@pytest.mark.parametrize("recipe", [dict(), dict(channel_wise=True),
+                                    dict(channel_wise=True, half_threshold=True)],
+                         ids=["layer_wise", "channel_wise", "channel_wise_half_threshold"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_network_converted_by_spikingjellys_ann2snn(ann2snn, recipe, target):
+    """FXConverter + RateCodingRecipe (thresholds from the 99.9th percentile of the activations
+    on calibration batches) turns each ReLU into scaler -> IFNode / HalfThresholdIFNode ->
+    scaler in a torch.fx GraphModule; snncc compiles that module as it is."""
+    steps = 8
+    gen = torch.Generator().manual_seed(0)
+    calibration = [(torch.rand(8, 1, 28, 28, generator=gen), torch.zeros(8, dtype=torch.long))
+                   for _ in range(3)]
+    converter = ann2snn.FXConverter(ann2snn.RateCodingRecipe(
+        dataloader=calibration, mode="99.9%", **recipe))
+    snn = converter.convert(copy.deepcopy(_ann(0)))
+    kinds = {type(m).__name__ for m in snn.modules()}
+    assert ("HalfThresholdIFNode" if recipe.get("half_threshold") else "IFNode") in kinds
+    model = RateCoded(snn.double(), steps).eval()
+    functional.reset_net(model)
+    x = torch.rand(B, 1, 28, 28, generator=gen, dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=steps)
+    assert len(report.layers) == 3
+    assert report.min_agreement == 1.0, report.format()
+    assert report.output_max_abs_diff_target < 1e-12, report.format()
+    assert_rates_in_range(_rates(report))
