@@ -18,9 +18,15 @@ then ready that early), so depths are the least solution of
     depth(n) >= depth(in_i) + syn(n) - absorb(n),   absorb(n) = k for a Delay on a cycle, else 0
 
 a longest-path problem that has a solution exactly when no loop has more synapses than delay
-steps (such a loop is refused: on the target it would need more steps than the IR gives it).
+steps. A loop with more (SNASNet's backward cell: two convolutions per delay step) needs more
+target steps than the IR gives it, so the whole network then runs *dilated*: every IR step
+takes D target steps, D the smallest for which each loop's synapses fit in its Delays' k * D
+steps (absorb(n) = k * D), node n's IR step t appears at target step t * D + depth(n), and every
+stateful process (neuron, readout) updates only at the steps of its own phase, once per D
+(:mod:`snncc.backends.lava.processes`); synapses and the other processes compute every step,
+what they compute between a consumer's phases going unread. D = 1 is the usual case.
 Such a Delay (with the one-input nodes right after it) is then placed as late as its consumers
-allow, and its process holds ``k - absorb + balance`` steps and zeroes the inputs that would
+allow, and its process holds ``k * D - absorb + balance`` steps and zeroes the inputs that would
 become its first k IR steps (inputs of warm-up or of the previous round).
 
 A node whose inputs have different depths (a residual Add, a membrane shortcut, an attention
@@ -62,41 +68,26 @@ def latency_plan(graph: Graph, synapse_ops=SYNAPSE_OPS, balance: bool = True) ->
 
     ``balance=False`` gives the plan of a naive mapping (no delays; a node's depth is its
     deepest input's), i.e. what the target computes when the pass is skipped; it refuses a
-    graph with a cycle. Returns a JSON-able dict: ``{"synapse_ops", "latency", "depth":
-    {node: d}, "balance": {node: [k_i]}, "absorbed": {delay: k}}`` where ``balance`` lists only
-    nodes with a delayed input and ``absorbed`` the Delays on cycles.
+    graph with a cycle. Returns a JSON-able dict: ``{"synapse_ops", "latency", "dilation",
+    "depth": {node: d}, "balance": {node: [k_i]}, "absorbed": {delay: k * D}}`` where
+    ``balance`` lists only nodes with a delayed input and ``absorbed`` the Delays on cycles;
+    depths, balances and latency count target steps.
     """
     on_cycles = nodes_on_cycles(graph)
-    absorbed = {n.name: n.steps for n in graph.of_type(ir.Delay) if n.name in on_cycles}
-    if absorbed and not balance:
+    delays = {n.name: n.steps for n in graph.of_type(ir.Delay) if n.name in on_cycles}
+    if delays and not balance:
         raise UnsupportedError("an unbalanced mapping needs a feed-forward graph; a cycle "
-                               "passes through this Delay", node=next(iter(absorbed)))
+                               "passes through this Delay", node=next(iter(delays)))
     order = graph.topological_order()
-
-    def step(n, depth):
-        ins = [depth[i] for i in n.inputs]
-        return max(ins, default=0) + (1 if n.op in synapse_ops else 0) - absorbed.get(n.name, 0)
-
-    def relax(depth) -> set[str]:
-        raised = set()
-        for n in order:
-            d = step(n, depth)
-            if d > depth[n.name]:
-                depth[n.name] = d
-                raised.add(n.name)
-        return raised
-
-    depth = {n.name: 0 for n in order}
-    for _ in range(len(order) + 1):  # a feed-forward graph settles in one pass
-        if not relax(depth):
+    # a loop passes each synapse at most once, and each of its Delays holds at least one step
+    most = 1 + sum(n.op in synapse_ops for n in order)
+    for dilation in range(1, most + 1):
+        absorbed = {k: steps * dilation for k, steps in delays.items()}
+        depth = _least_depths(order, synapse_ops, absorbed)
+        if depth is not None:
             break
-    else:  # depths still rise: a loop gains steps on every turn
-        rising = relax(depth)
-        loop = next((d for d in absorbed if d in rising), next(iter(absorbed)))
-        raise UnsupportedError(
-            f"a recurrent loop through this Delay ({absorbed[loop]} step(s)) passes more "
-            "synapses than it has delay steps: on a target whose synapses deliver one step "
-            "late (Lava) it cannot close within the IR's steps", node=loop, path=graph[loop].path)
+    else:
+        raise AssertionError("no dilation closes the loops")  # D = synapses always does
     # A loop's Delay and the chain of one-input, one-consumer nodes after it (a Scale) go as
     # late as the chain's consumers allow: the balancing delay its last edge would need moves
     # into the Delay's FIFO (no process more) instead of a balancing process of its own.
@@ -115,17 +106,39 @@ def latency_plan(graph: Graph, synapse_ops=SYNAPSE_OPS, balance: bool = True) ->
                      - depth[last] for c in consumers[last]), default=0)
         for k in chain:
             depth[k] += max(slack, 0)
-    delays: dict[str, list[int]] = {}
+    balances: dict[str, list[int]] = {}
     for n in order:
         need = depth[n.name] - (1 if n.op in synapse_ops else 0) + absorbed.get(n.name, 0)
         ks = [need - depth[i] for i in n.inputs]
         if balance and any(ks):
-            delays[n.name] = ks
+            balances[n.name] = ks
     # the deepest node, not only the outputs: a loop's way back (a recurrent synapse) is
     # deeper than the neuron it feeds, and its last steps are recorded too
     latency = max(depth.values())
-    return {"synapse_ops": list(synapse_ops), "latency": latency, "depth": depth,
-            "balance": delays, "absorbed": absorbed}
+    return {"synapse_ops": list(synapse_ops), "latency": latency, "dilation": dilation,
+            "depth": depth, "balance": balances, "absorbed": absorbed}
+
+
+def _least_depths(order: list, synapse_ops, absorbed: dict) -> dict | None:
+    """The least depths with depth(n) >= depth(in_i) + syn(n) - absorb(n) (module doc), or
+    None if a loop gains steps on every turn (more synapses than its Delays absorb)."""
+    def step(n, depth):
+        ins = [depth[i] for i in n.inputs]
+        return max(ins, default=0) + (1 if n.op in synapse_ops else 0) - absorbed.get(n.name, 0)
+
+    def relax(depth) -> bool:
+        raised = False
+        for n in order:
+            d = step(n, depth)
+            if d > depth[n.name]:
+                depth[n.name], raised = d, True
+        return raised
+
+    depth = {n.name: 0 for n in order}
+    for _ in range(len(order) + 1):  # a feed-forward graph settles in one pass
+        if not relax(depth):
+            return depth
+    return None
 
 
 @register_pass()
@@ -135,6 +148,7 @@ def balance_synaptic_latency(graph: Graph) -> Graph:
     plan = latency_plan(graph)
     graph.meta["latency"] = plan
     report(graph, "balance_synaptic_latency", latency=plan["latency"],
+           target_steps_per_step=plan["dilation"],
            balanced_nodes=sorted(plan["balance"]),
            delay_steps=int(sum(sum(k) for k in plan["balance"].values())))
     return graph

@@ -1233,6 +1233,13 @@ def lava_manifest_unknown_type(tmp):
         type="Teleporter"), "unknown type 'Teleporter'")
 
 
+@case
+def lava_manifest_zero_dilation(tmp):
+    """0 Lava steps per IR step would divide the phase by zero in every neuron."""
+    return _lava_manifest_case(tmp, "dilation_lava", lambda d: d.update(dilation=0),
+                               "dilation must be a positive integer, got 0")
+
+
 # ============================================================================ outputs (lead)
 @case
 def output_unwritable_dir(tmp):

@@ -167,19 +167,37 @@ def test_runner_classifies_a_broken_comparison():
 
 
 def test_refusal_is_not_a_crash():
-    """Lava refuses a loop through two synapses in one delay step (its latency planner):
-    reported as a refusal, nothing else."""
-    g = Graph("rec", {"T": 3})
+    """Lava refuses a BatchNorm with no synapse to fold into (legalization): reported as a
+    refusal, nothing else."""
+    g = Graph("bn", {"T": 3})
+    g.add(ir.Input("x", input_shape=(3,)))
+    g.add(ir.BatchNorm("bn", ("x",), mean=np.zeros(3), var=np.full(3, 0.5),
+                       weight=np.full(3, -1.0), bias=np.zeros(3), eps=0.0))
+    g.add(ir.Neuron("n", ("bn",)))
+    g.add(ir.Output("y", ("bn",)))
+    g.add(ir.Output("z", ("n",)))
+    res = fz.run_case(g.verify(), np.ones((3, 1, 3)), ["lava"])
+    assert res.refusals and not res.crashes and not res.mismatches
+    assert "BatchNorm is not supported" in res.refusals[0].detail
+
+
+def test_a_loop_through_two_synapses_in_one_delay_step_runs_dilated_on_lava():
+    """It used to be refused by Lava's latency planner; now every IR step takes 2 Lava steps
+    and the spikes are the reference's."""
+    g = Graph("rec", {"T": 4})
     g.add(ir.Input("x", input_shape=(3,)))
     g.add(ir.Delay("d", ("l2",), shape_hint=(3,), kind_hint=ir.Kind.REAL))
     g.add(ir.Add("a", ("x", "d")))
     g.add(ir.Neuron("n", ("a",)))
     g.add(ir.Linear("l1", ("n",), weight=np.eye(3)))
-    g.add(ir.Linear("l2", ("l1",), weight=np.eye(3)))
+    g.add(ir.Linear("l2", ("l1",), weight=-0.5 * np.eye(3)))
     g.add(ir.Output("y", ("n",)))
-    res = fz.run_case(g.verify(), np.ones((3, 1, 3)), ["lava"])
-    assert res.refusals and not res.crashes and not res.mismatches
-    assert "more synapses than it has delay steps" in res.refusals[0].detail
+    x = np.array([0.6, 1.0, 1.4])[None, None].repeat(4, 0)
+    res = fz.run_case(g.verify(), x, ["lava"], T=4)
+    assert not res.findings, [str(f) for f in res.findings]
+    assert res.checked["lava"] and res.checked["lava:artifact"]
+    spikes = fz._simulate(g, x, 4)
+    assert 0 < spikes.trace["n"].mean() < 1
 
 
 # ----------------------------------------------------------------------------- bugs found

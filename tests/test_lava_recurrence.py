@@ -1,8 +1,8 @@
 """Recurrent graphs on Lava (real Lava processes, Loihi2SimCfg, floating_pt): a loop closed by an
 IR Delay runs exactly as the simulator computes it. Where the loop passes a synapse (Lava's Dense
 delivers a step late), the Delay gives up that step (passes/latency.py); its first outputs stay 0
-in every round of a batch larger than the lanes; a loop with more synapses than delay steps is
-refused naming its Delay."""
+in every round of a batch larger than the lanes. A loop with more synapses than delay steps runs
+dilated: every IR step takes D Lava steps, the neurons updating once per D steps."""
 
 from __future__ import annotations
 
@@ -57,18 +57,23 @@ def _inputs(seed: int, batch: int) -> np.ndarray:
     return np.random.default_rng(seed + 100).normal(0.4, 1.0, (T, batch, 5))
 
 
-@pytest.mark.parametrize("steps, synapses_back, self_loop", [
-    (1, 1, False), (2, 1, False), (2, 2, False), (1, 1, True)],
-    ids=["delay1-1synapse", "delay2-1synapse", "delay2-2synapses", "with-a-membrane-loop"])
-def test_a_loop_through_synapses_is_exact_in_every_round(steps, synapses_back, self_loop):
+@pytest.mark.parametrize("steps, synapses_back, self_loop, dilation", [
+    (1, 1, False, 1), (2, 1, False, 1), (2, 2, False, 1), (1, 1, True, 1), (1, 2, False, 2),
+    (1, 3, True, 3), (2, 3, False, 2)],
+    ids=["delay1-1synapse", "delay2-1synapse", "delay2-2synapses", "with-a-membrane-loop",
+         "delay1-2synapses-dilated", "delay1-3synapses-membrane-loop-dilated",
+         "delay2-3synapses-dilated"])
+def test_a_loop_through_synapses_is_exact_in_every_round(steps, synapses_back, self_loop,
+                                                        dilation):
     """B = 5 on 2 lanes: three rounds, each starting from the Delay's zeros, not from the
-    previous round's last steps."""
+    previous round's last steps. A loop with more synapses than delay steps (it used to be
+    refused) runs with each IR step taking D Lava steps."""
     for seed in (0, 1):
         g = recurrent_graph(seed, steps, synapses_back, self_loop)
         x = _inputs(seed, 5)
         sim = simulate(g, x, T, record=True)
         plan = latency_plan(g)
-        assert plan["absorbed"]["back"] == steps
+        assert plan["dilation"] == dilation and plan["absorbed"]["back"] == steps * dilation
         res = run_network(lower(g, plan), x, record=["n", "sum", "back"], lanes=2)
         assert res["lanes"] == 2 and res["steps"] == 3 * res["period"]
         np.testing.assert_array_equal(res["trace"]["n"], sim.trace["n"])
@@ -93,11 +98,20 @@ def test_the_delay_gives_up_the_steps_its_loop_spends_in_synapses():
     assert back.params == {"steps": 1, "mute_from": 0, "mute_steps": 2}
 
 
-def test_a_loop_with_more_synapses_than_delay_steps_is_refused_naming_its_delay():
+def test_a_loop_with_more_synapses_than_delay_steps_runs_dilated():
+    """Two synapses on a loop of one delay step: each IR step takes 2 Lava steps, the loop's
+    Delay absorbs both, every neuron is the custom one (Lava's LIF updates every step), the
+    round is T * 2 + latency steps, and the Delay mutes the inputs of its first 2 Lava steps."""
     g = recurrent_graph(0, steps=1, synapses_back=2)
-    with pytest.raises(UnsupportedError, match=r"node 'back'.*loop through this Delay \(1 "
-                                               r"step\(s\)\) passes more synapses"):
-        latency_plan(g)
+    plan = latency_plan(g)
+    assert (plan["dilation"], plan["absorbed"]) == (2, {"back": 2})
+    d = plan["depth"]
+    assert (d["fc"], d["n"], d["rec0"], d["rec1"], d["back"]) == (1, 1, 2, 3, 1)
+    net = lower(g, plan)
+    assert net.dilation == 2 and net.period == T * 2 + plan["latency"]
+    assert "2 Lava steps" in net.custom_neurons["n"]
+    (back,) = [p for p in net.processes if p.name == "back"]
+    assert back.params == {"steps": 0, "mute_from": 1, "mute_steps": 2}
 
 
 def test_an_unbalanced_plan_of_a_loop_is_refused():
@@ -105,7 +119,7 @@ def test_an_unbalanced_plan_of_a_loop_is_refused():
         latency_plan(recurrent_graph(0), balance=False)
 
 
-@pytest.mark.parametrize("steps, synapses_back", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("steps, synapses_back", [(1, 1), (2, 2), (1, 2)])
 def test_a_quantized_loop_runs_in_loihi2_arithmetic_on_lava(steps, synapses_back):
     """quantize_for_loihi2 gives the loop's synapses one scale with the input synapse they are
     added to (its Delay closes the loop before its source is classified), and the loop stays on

@@ -43,7 +43,8 @@ def manifest(net: LavaNet) -> dict:
     """The JSON description of ``net`` (arrays are named, not included)."""
     return {
         "format": FORMAT, "version": VERSION, "graph": net.name, "T": net.T, "dt": net.dt,
-        "latency": net.latency, "period": net.period, "synapse_delay": 1,
+        "latency": net.latency, "period": net.period, "dilation": net.dilation,
+        "synapse_delay": 1,
         "inputs": net.inputs, "outputs": net.outputs, "depth": net.depth,
         "shapes": {k: list(v) for k, v in net.shapes.items()},
         "processes": [{"name": s.name, "type": s.type, "node": s.node, "shape": list(s.shape),
@@ -159,4 +160,12 @@ def _net(doc: dict, weights: dict[str, np.ndarray]) -> LavaNet:
                    inputs=doc["inputs"], outputs=doc["outputs"],
                    values={k: Port.from_json(v) for k, v in doc["values"].items()},
                    processes=procs, custom_neurons=doc["custom_neurons"],
-                   arithmetic=doc.get("arithmetic", "float"))
+                   arithmetic=doc.get("arithmetic", "float"),
+                   dilation=_dilation(doc.get("dilation", 1)))
+
+
+def _dilation(d) -> int:
+    """Lava steps per IR step: a positive integer (1 in artifacts written before dilation)."""
+    if type(d) is not int or d < 1:
+        raise ValueError(f"dilation must be a positive integer, got {d!r}")
+    return d

@@ -22,9 +22,11 @@ What maps where:
 Values between processes keep the IR layout (C, H, W) / (N, D), row-major, and everything here is
 per sample: the runner gives every process a leading lane axis (the samples of a batch side by
 side) when it builds them, so the network does not depend on the batch. A run proceeds in rounds
-of period P = T + latency; a node of depth d (see :mod:`snncc.passes.latency`) shows its IR step
-t at local step d + t, and every stateful process re-initialises at local step d, so nothing
-leaks between rounds or from warm-up steps.
+of period P = T * D + latency; a node of depth d (see :mod:`snncc.passes.latency`) shows its IR
+step t at local step d + t * D, and every stateful process re-initialises at local step d, so
+nothing leaks between rounds or from warm-up steps. D, the plan's dilation, is 1 unless a loop
+passes more synapses than delay steps; then every neuron is the custom one, which (like the
+readout) updates once per D steps, at its own phase.
 
 **Fixed point.** A graph quantized by ``quantize_for_loihi2`` (``graph.meta["loihi2"]``; see
 :mod:`snncc.fixed_point`) lowers with ``arithmetic = "loihi2"``: every process on the chip is
@@ -57,6 +59,9 @@ from snncc.passes.latency import SYNAPSE_OPS
 WHC = (2, 1, 0)  # (C, H, W) <-> (W, H, C)
 GRADED_BITS = 24  # message bits of a real-valued (graded) synaptic input
 CUSTOM_NEURON = "CanonicalLIF"
+#: why every neuron of a dilated network is the custom one: Lava's LIF updates every step
+_DILATED = ("a loop passes more synapses than delay steps, so every IR step takes {} Lava steps, "
+            "and Lava's LIF cannot skip the steps between")
 FIXED_NEURON = "Loihi2LIF"  # the custom neuron of a quantized graph (fixed_pt)
 REARRANGING = ("Reshape", "Flatten", "Transpose")
 #: what leaves the chip of a quantized graph (real values: the host computes them in float)
@@ -130,10 +135,15 @@ class LavaNet:
     processes: list[ProcSpec]
     custom_neurons: dict[str, str]
     arithmetic: str = "float"  # "loihi2": a quantized graph, chip processes run fixed_pt
+    dilation: int = 1  # Lava steps per IR step
 
     @property
     def period(self) -> int:
-        return self.T + self.latency
+        return self.period_for(self.T)
+
+    def period_for(self, T: int) -> int:
+        """Lava steps of one round of ``T`` IR steps."""
+        return T * self.dilation + self.latency
 
 
 @dataclass(frozen=True)
@@ -230,6 +240,8 @@ class Lowerer:
 
     def _neuron_choice(self, n: ir.Neuron) -> NeuronChoice:
         synapse, path = self._sole_synapse(n)
+        if self.plan["dilation"] > 1:
+            return NeuronChoice(None, _DILATED.format(self.plan["dilation"]), synapse, path)
         try:
             lif = nrn.to_lava_lif(n.alpha, n.gamma, n.beta, n.theta, n.v_reset, n.v_init,
                                   n.cmp, n.reset)
@@ -379,6 +391,8 @@ class Lowerer:
         any reset)."""
         q, start, src = self.view.neurons[n.name], self.depth[n.name], self.source(n, 0)
         try:
+            if self.plan["dilation"] > 1:
+                raise UnsupportedError(_DILATED.format(self.plan["dilation"]))
             lif = fxp.lava_lif_params(replace(q, gamma=np.ones_like(q.gamma)), n.shape)
         except UnsupportedError as e:
             self.fixed_reasons[n.name] = e.message
@@ -455,10 +469,11 @@ class Lowerer:
         source's values before its depth (warm-up, or the previous round). Its input is wired
         once every node is built, as a Delay may close a cycle."""
         balance = self.plan["balance"].get(n.name, [0])[0]
-        fifo = n.steps - self.plan["absorbed"].get(n.name, 0) + balance
+        steps = n.steps * self.plan["dilation"]  # in Lava steps
+        fifo = steps - self.plan["absorbed"].get(n.name, 0) + balance
         spec = ProcSpec(n.name, "Delay", n.shape, {}, {
-            "steps": fifo, "mute_from": self.depth[n.inputs[0]] - n.steps,
-            "mute_steps": n.steps}, node=n.name)
+            "steps": fifo, "mute_from": self.depth[n.inputs[0]] - steps,
+            "mute_steps": steps}, node=n.name)
         self.delay_inputs.append((spec, n.inputs[0]))
         return self.add(spec)
 
@@ -502,7 +517,8 @@ class Lowerer:
             processes=self.procs,
             custom_neurons={**{k: c.reason for k, c in self.choice.items() if c.lif is None},
                             **self.fixed_reasons},
-            arithmetic="loihi2" if self.view is not None else "float")
+            arithmetic="loihi2" if self.view is not None else "float",
+            dilation=int(self.plan["dilation"]))
 
 
 def _combined(n: ir.Node, a: tuple, b: tuple) -> tuple:

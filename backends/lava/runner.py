@@ -14,10 +14,11 @@ one vector holding every lane's tokens (weights kron(I_lanes x blocks, W); a fix
 on several lanes is such a Sparse), the custom processes on (lanes, ...). Lava synchronises
 every process once a step whatever its size, so one step now serves ``lanes`` samples. A batch
 larger than the lanes (``MAX_LANES``, or fewer when the memory budget asks) runs in rounds,
-``period`` = T + latency steps apart: sample b runs on lane b % lanes in round r = b // lanes,
-its input presented at steps r * period + [0, T); a node of depth d shows its IR step t at step
-r * period + d + t, and every stateful process re-initialises at local step d of each round. The
-artifact is the same for every batch: lanes are chosen when the processes are built.
+``period`` = T * D + latency steps apart (D, the dilation, is 1 unless a loop needs more Lava
+steps per IR step): sample b runs on lane b % lanes in round r = b // lanes, its IR step t
+presented at steps r * period + t * D + [0, D); a node of depth d shows its IR step t at step
+r * period + d + t * D, and every stateful process re-initialises at local step d of each round.
+The artifact is the same for every batch: lanes are chosen when the processes are built.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def _lanes_of(s: ProcSpec, lanes: int) -> tuple:
     return (lanes, *s.shape)
 
 
-def _conv(s: ProcSpec, period: int, lanes: int):
+def _conv(s: ProcSpec, net: LavaNet, lanes: int):
     p = s.params
     proc = custom.BatchConv(
         lanes=lanes, weight=_weights(s, "weight"), input_shape=tuple(p["input_shape"]),
@@ -101,7 +102,7 @@ def _weight_args(s: ProcSpec) -> dict:
             "sign_mode": sign_mode}
 
 
-def _dense(s: ProcSpec, period: int, lanes: int):
+def _dense(s: ProcSpec, net: LavaNet, lanes: int):
     """Lava's Dense on the lanes (Lava's float arithmetic lane by lane); a fixed-point one on
     several lanes as block-diagonal Sparse (integer sums: exact in any order)."""
     if not _fixed(s):
@@ -109,13 +110,13 @@ def _dense(s: ProcSpec, period: int, lanes: int):
                                  num_message_bits=s.params["num_message_bits"]), \
             custom.PyBatchDenseModel
     if lanes > 1:
-        return _sparse(s, period, lanes)
+        return _sparse(s, net, lanes)
     return lava(".proc.dense.process").Dense(
         weights=s.arrays["weights"], num_message_bits=s.params["num_message_bits"], name=s.name,
         **_weight_args(s)), lava(".proc.dense.models").PyDenseModelBitAcc
 
 
-def _sparse(s: ProcSpec, period: int, lanes: int):
+def _sparse(s: ProcSpec, net: LavaNet, lanes: int):
     """Every lane's tokens in one vector: n = lanes x blocks copies of W. Fixed point: Lava's
     Sparse with kron(I_n, W) (bit-accurate); float: :class:`BlockDense`."""
     from scipy import sparse
@@ -132,7 +133,7 @@ def _sparse(s: ProcSpec, period: int, lanes: int):
     return proc, lava(".proc.sparse.models").PySparseModelBitAcc
 
 
-def _lif(s: ProcSpec, period: int, lanes: int):
+def _lif(s: ProcSpec, net: LavaNet, lanes: int):
     """Lava's LIFReset zeroes u and v when time_step % period == offset, before integrating
     that step; time_step counts from 1, so offset = start + 1 resets at local step ``start``.
     Fixed point: integer du, dv, vth, bias_mant, bias_exp and the bit-accurate model."""
@@ -140,28 +141,30 @@ def _lif(s: ProcSpec, period: int, lanes: int):
     extra = {"bias_exp": s.arrays["bias_exp"]} if _fixed(s) else {}
     proc = lava(".proc.lif.process").LIFReset(
         shape=_lanes_of(s, lanes), du=p["du"], dv=p["dv"], vth=p["vth"],
-        bias_mant=_per_neuron(s, "bias_mant"), reset_interval=period,
-        reset_offset=(p["start"] + 1) % period, name=s.name, **extra)
+        bias_mant=_per_neuron(s, "bias_mant"), reset_interval=net.period,
+        reset_offset=(p["start"] + 1) % net.period, name=s.name, **extra)
     models = lava(".proc.lif.models")
     return proc, models.PyLifResetModelBitAcc if _fixed(s) else models.PyLifResetModelFloat
 
 
-def _loihi2_lif(s: ProcSpec, period: int, lanes: int):
+def _loihi2_lif(s: ProcSpec, net: LavaNet, lanes: int):
     p = s.params
     return custom.Loihi2LIF(shape=_lanes_of(s, lanes), params=s.arrays, du=p["du"],
-                            reset=p["reset"], period=period, start=p["start"], name=s.name), \
+                            reset=p["reset"], period=net.period, start=p["start"],
+                            dilation=net.dilation, name=s.name), \
         custom.PyLoihi2LIFModel
 
 
-def _canonical_lif(s: ProcSpec, period: int, lanes: int):
+def _canonical_lif(s: ProcSpec, net: LavaNet, lanes: int):
     p = s.params
     return custom.CanonicalLIF(shape=_lanes_of(s, lanes),
                                params={k: _per_neuron(s, k) for k in s.arrays}, cmp=p["cmp"],
-                               reset=p["reset"], period=period, start=p["start"], name=s.name), \
+                               reset=p["reset"], period=net.period, start=p["start"],
+                               dilation=net.dilation, name=s.name), \
         custom.PyCanonicalLIFModel
 
 
-def _unary(s: ProcSpec, period: int, lanes: int):
+def _unary(s: ProcSpec, net: LavaNet, lanes: int):
     p = s.params
     model = custom.PyUnaryOpModel
     if _fixed(s):
@@ -171,7 +174,7 @@ def _unary(s: ProcSpec, period: int, lanes: int):
                           name=s.name), model
 
 
-def _binary(s: ProcSpec, period: int, lanes: int):
+def _binary(s: ProcSpec, net: LavaNet, lanes: int):
     p = s.params
     return custom.BinaryOp(op=p["op"], shape_a=(lanes, *p["shape_a"]),
                            shape_b=(lanes, *p["shape_b"]), shape=_lanes_of(s, lanes),
@@ -179,16 +182,16 @@ def _binary(s: ProcSpec, period: int, lanes: int):
         custom.PyBinaryOpModelFixed if _fixed(s) else custom.PyBinaryOpModel
 
 
-def _delay(s: ProcSpec, period: int, lanes: int):
+def _delay(s: ProcSpec, net: LavaNet, lanes: int):
     p = s.params
-    return custom.Delay(shape=_lanes_of(s, lanes), steps=p["steps"], period=period,
+    return custom.Delay(shape=_lanes_of(s, lanes), steps=p["steps"], period=net.period,
                         mute_from=p["mute_from"], mute_steps=p["mute_steps"], name=s.name), \
         custom.PyDelayModelFixed if _fixed(s) else custom.PyDelayModel
 
 
-def _readout(s: ProcSpec, period: int, lanes: int):
-    return custom.Readout(shape=_lanes_of(s, lanes), period=period, start=s.params["start"],
-                          name=s.name), custom.PyReadoutModel
+def _readout(s: ProcSpec, net: LavaNet, lanes: int):
+    return custom.Readout(shape=_lanes_of(s, lanes), period=net.period, start=s.params["start"],
+                          dilation=net.dilation, name=s.name), custom.PyReadoutModel
 
 
 FACTORIES = {
@@ -276,7 +279,7 @@ def build_network(net: LavaNet, lanes: int = 1) -> tuple[dict, LavaIO]:
     procs, models = {}, {}
     io = LavaIO(net, procs, models, lanes)
     for spec in net.processes:
-        proc, model = FACTORIES[spec.type](spec, net.period, lanes)
+        proc, model = FACTORIES[spec.type](spec, net, lanes)
         procs[spec.name], models[proc] = proc, model
     for spec in net.processes:  # once all exist: a Delay closing a loop comes before its source
         for in_name, src in spec.inputs.items():
@@ -350,7 +353,7 @@ def estimate_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int =
     memory of the channels (:data:`CHANNEL_SLOTS` messages per connection, the recorder's pipe
     its buffer of steps); and :data:`PROCESS_BYTES` per process, the network's, each input's
     source and the recorder (15M Meta-SpikeFormer: 414 processes, 5.7 GiB before any array)."""
-    P, rounds = T + net.latency, -(-B // lanes)
+    P, rounds = net.period_for(T), -(-B // lanes)
     inputs = sum(nbytes((rounds * lanes, P, *s["shape"])) * 2 for s in net.inputs)
     fifos = sum(nbytes((lanes, int(p.params.get("steps", 1)), *p.shape)) * 2
                 for p in net.processes if p.type == "Delay")
@@ -380,7 +383,7 @@ def channel_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int = 
     size = {**{s["node"]: math.prod(s["shape"]) for s in net.inputs},
             **{p.name: math.prod(p.shape) for p in net.processes}}
     recorded = sum(math.prod(net.shapes[k]) for k in record)
-    steps = _steps(B, lanes, T + net.latency)
+    steps = _steps(B, lanes, net.period_for(T))
     messages = CHANNEL_SLOTS * (sum(size[port.process] for p in net.processes
                                     for port in p.inputs.values()) + recorded) \
         + min(steps, RECORD_BUFFER) * recorded
@@ -476,7 +479,7 @@ def run_job(net: LavaNet, seqs: dict, B: int, names: list[str], lanes: int,
     io_models = {}
     integer = {s["node"]: net.arithmetic == "loihi2" and s["kind"] != "real" for s in net.inputs}
     for name, x in seqs.items():
-        data = _stream(x, lanes, P)
+        data = _stream(np.repeat(x, net.dilation, axis=0), lanes, P)
         if integer[name]:  # spikes / counts straight onto the chip of a quantized network
             if not np.array_equal(data, np.round(data)):
                 raise SnnccError(f"input '{name}' of a fixed-point network must be integers")
@@ -494,14 +497,15 @@ def run_job(net: LavaNet, seqs: dict, B: int, names: list[str], lanes: int,
     trace = {k: np.zeros((net.T, B, *net.shapes[k])) for k in names}
 
     def keep(step: int, values: list) -> None:
-        """Store what a step shows of IR step t = local step - depth, for t in [0, T), for
-        the round's samples (the last round's spare lanes ran zeros)."""
+        """Store what a step shows of IR step t = (local step - depth) / dilation, for t in
+        [0, T), for the round's samples (the last round's spare lanes ran zeros)."""
         r, local = divmod(step, P)
         first = r * lanes
         n = min(lanes, B - first)
         for k, v in zip(names, values):
-            if 0 <= local - net.depth[k] < net.T:
-                trace[k][local - net.depth[k], first:first + n] = v[:n]
+            t, phase = divmod(local - net.depth[k], net.dilation)
+            if phase == 0 and 0 <= t < net.T:
+                trace[k][t, first:first + n] = v[:n]
 
     seconds = _run(next(iter(io_models)), io.run_cfg(io_models), recorder, steps, keep,
                    advance)

@@ -68,3 +68,9 @@ def to_int(x) -> np.ndarray:
 def local_step(model) -> int:
     """The step within the current round's period (Lava counts time_step from 1)."""
     return (model.time_step - 1) % model.proc_params["period"]
+
+
+def on_phase(model) -> bool:
+    """Whether a stateful process updates at this step: in a dilated network (every IR step
+    takes ``dilation`` Lava steps) only at local steps ``start`` + t * dilation."""
+    return (local_step(model) - model.proc_params["start"]) % model.proc_params["dilation"] == 0

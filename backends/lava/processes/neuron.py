@@ -8,7 +8,8 @@ scale gamma that cannot be folded into the incoming weights)::
     v[t] = v_reset if s[t] else h[t]   |   h[t] - theta * s[t]
     v = v_init at local step ``start`` of every period
 
-Every parameter is per neuron; the arithmetic is snncc.neuron.step itself, so the spikes are the
+In a dilated network (``dilation`` D > 1: every IR step takes D Lava steps) it updates only at
+local steps start + t * D and sends no spikes at the others. Every parameter is per neuron; the arithmetic is snncc.neuron.step itself, so the spikes are the
 simulator's to the bit.
 """
 
@@ -20,7 +21,7 @@ from snncc import neuron as nrn
 
 from .base import (FLOAT_IN, FLOAT_OUT, FLOAT_VAR, INT_IN, INT_OUT, INT_VAR, AbstractProcess,
                    InPort, OutPort, PyLoihiProcessModel, Var, fixed_pt_model, floating_pt_model,
-                   local_step)
+                   local_step, on_phase)
 
 PARAMS = ("alpha", "gamma", "beta", "theta", "v_reset", "v_init", "x_bias")
 
@@ -30,9 +31,9 @@ class CanonicalLIF(AbstractProcess):
     ``shape``); ``cmp`` is '>=' or '>', ``reset`` 'hard' or 'soft'."""
 
     def __init__(self, *, shape: tuple, params: dict, cmp: str, reset: str, period: int,
-                 start: int, name=None):
+                 start: int, dilation: int = 1, name=None):
         super().__init__(shape=shape, cmp=cmp, reset=reset, period=period, start=start,
-                         name=name)
+                         dilation=dilation, name=name)
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
         self.v = Var(shape=shape, init=np.array(params["v_init"], dtype=float))
@@ -49,6 +50,9 @@ class PyCanonicalLIFModel(PyLoihiProcessModel):
 
     def run_spk(self):
         x = self.a_in.recv() + self.x_bias
+        if not on_phase(self):
+            self.s_out.send(np.zeros_like(x))
+            return
         if local_step(self) == self.proc_params["start"]:
             self.v[:] = self.v_init
         s, self.v[:], _ = nrn.step(self.v, x, self.alpha, self.gamma, self.beta, self.theta,
@@ -66,15 +70,16 @@ class Loihi2LIF(AbstractProcess):
 
         u[t], v[t] = snncc.neuron.loihi2_fixed_step(u, v, gamma * a_in[t], du, dv, vth, bias,
                                                     v_reset, reset)
-        u = 0, v = v_init at local step ``start`` of every period
+        u = 0, v = v_init at local step ``start`` of every period (updating once per
+        ``dilation`` steps, as CanonicalLIF)
 
     ``params``: the arrays of LOIHI2_PARAMS (``bias``, ``v_reset``, ``v_init`` in V units,
     the 24-bit voltage), each of ``shape``; ``du`` one integer."""
 
     def __init__(self, *, shape: tuple, params: dict, du: int, reset: str, period: int,
-                 start: int, name=None):
+                 start: int, dilation: int = 1, name=None):
         super().__init__(shape=shape, du=du, reset=reset, period=period, start=start,
-                         name=name)
+                         dilation=dilation, name=name)
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
         self.u = Var(shape=shape, init=np.zeros(shape, dtype=np.int64))
@@ -92,6 +97,9 @@ class PyLoihi2LIFModel(PyLoihiProcessModel):
 
     def run_spk(self):
         a = self.gamma.astype(np.int64) * self.a_in.recv().astype(np.int64)
+        if not on_phase(self):
+            self.s_out.send(np.zeros_like(a))
+            return
         if local_step(self) == self.proc_params["start"]:
             self.u[:] = 0
             self.v[:] = self.v_init

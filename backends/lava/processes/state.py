@@ -6,7 +6,7 @@ import numpy as np
 
 from .base import (FLOAT_IN, FLOAT_OUT, FLOAT_VAR, INT_IN, INT_OUT, INT_VAR, AbstractProcess,
                    InPort, OutPort, PyLoihiProcessModel, Var, fixed_pt_model, floating_pt_model,
-                   local_step)
+                   local_step, on_phase)
 
 
 class Delay(AbstractProcess):
@@ -55,10 +55,10 @@ class PyDelayModelFixed(PyDelayModel):
 
 class Readout(AbstractProcess):
     """Mean over time: y[t] = (x[0] + ... + x[t]) / (t + 1), t counted from local step
-    ``start`` of each period."""
+    ``start`` of each period, one step every ``dilation`` local steps."""
 
-    def __init__(self, *, shape: tuple, period: int, start: int, name=None):
-        super().__init__(shape=shape, period=period, start=start, name=name)
+    def __init__(self, *, shape: tuple, period: int, start: int, dilation: int = 1, name=None):
+        super().__init__(shape=shape, period=period, start=start, dilation=dilation, name=name)
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
         self.total = Var(shape=shape, init=np.zeros(shape))
@@ -72,7 +72,10 @@ class PyReadoutModel(PyLoihiProcessModel):
 
     def run_spk(self):
         x = self.a_in.recv()
-        t = local_step(self) - self.proc_params["start"]
+        t = (local_step(self) - self.proc_params["start"]) // self.proc_params["dilation"]
+        if not on_phase(self):
+            self.s_out.send(np.zeros_like(x))
+            return
         if t == 0:
             self.total[:] = 0.0
         self.total[:] = self.total + x
