@@ -444,7 +444,9 @@ class Builder:
         return self.add(ir.Readout(self.name("readout"), (v.name,)))
 
     def op_recurrent(self, v: Val) -> Val:
-        """v + W s[t - d] -> neuron s: a cycle closed by a Delay (hinted shape)."""
+        """v + W s[t - d] -> neuron s: a cycle closed by a Delay (hinted shape). In the lava
+        profile W may be two Linears in a row: a loop of one delay step through two synapses
+        runs dilated on Lava (2 Lava steps per IR step)."""
         ch = self.ch
         lif, dly = self.name("rlif"), self.name("rdelay")
         self.g.add(ir.Delay(dly, (lif,), steps=ch.int(1, 2), shape_hint=v.shape, kind_hint=SPIKE))
@@ -452,6 +454,9 @@ class Builder:
         if ch.bool(0.6):
             rec = self.add(ir.Linear(self.name("wrec"), (dly,), weight=self.weights((d, d)),
                                      bias=self.bias(d)))
+            if self.profile == "lava" and ch.bool(0.5):
+                rec = self.add(ir.Linear(self.name("wrec"), (rec.name,),
+                                         weight=self.weights((d, d)), bias=self.bias(d)))
         else:
             rec = self.add(ir.Scale(self.name("srec"), (dly,), factor=ch.choice([-0.5, 0.5, -1.0])))
         add = self.add(ir.Add(self.name("current"), (v.name, rec.name)))
