@@ -115,6 +115,15 @@ def _summarise_ties(graph: Graph, log: Callable[[str], None]) -> None:
                 f"equals its threshold exactly (the pass report in the IR says why)")
 
 
+def _summarise_dilation(graph: Graph, log: Callable[[str], None]) -> None:
+    """One line when the latency plan slows time down (passes/latency.py)."""
+    plan = graph.meta.get("latency")
+    if plan and plan.get("dilation", 1) > 1:
+        log(f"note: a recurrent loop passes more synapses than it has delay steps, so each time "
+            f"step takes {plan['dilation']} target steps (a round of T x {plan['dilation']} + "
+            f"{plan['latency']} steps)")
+
+
 def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
             T: int | None = None, layout: str | None = None, input_shape=None,
             passes: list[str] | None = None, fixed_point: bool = False, calibrate=None,
@@ -148,6 +157,7 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
     graph = pm.run(loaded.release() if consume or loaded is not model else loaded.graph)
     _summarise_quantization(graph, log)
     _summarise_ties(graph, log)
+    _summarise_dilation(graph, log)
     resources = tgt.resources(graph)
     if resources is not None:
         log(resources.format())

@@ -133,3 +133,15 @@ def test_a_quantized_loop_runs_in_loihi2_arithmetic_on_lava(steps, synapses_back
     (layer,) = report.layers
     assert layer.agreement_sim_target == 1.0 and 0.05 < layer.rate_sim < 0.95
     assert layer.agreement_sim > 0.9  # the quantized loop still close to the float one
+
+
+def test_compile_says_when_a_network_runs_dilated(tmp_path):
+    import snncc
+
+    said = []
+    snncc.compile(recurrent_graph(0, steps=1, synapses_back=2), target="lava",
+                  out=tmp_path / "rec", log=said.append)
+    assert any("each time step takes 2 target steps" in s for s in said), said
+    said.clear()
+    snncc.compile(recurrent_graph(0), target="lava", out=tmp_path / "plain", log=said.append)
+    assert not any("target steps" in s for s in said)
