@@ -250,9 +250,19 @@ def _unwrap(obj, path: Path) -> dict:
         obj = obj[key]
 
 
-def _strip_prefix(state: dict, prefix: str = "module.") -> dict:
-    if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+#: what wrappers put before every key: DataParallel / DistributedDataParallel, torch.compile
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip_prefix(state: dict) -> dict:
+    """The keys without the prefixes wrappers put on all of them (nested in any order: a
+    compiled DistributedDataParallel model's ``module._orig_mod.``)."""
+    while state:
+        prefix = next((p for p in _WRAPPER_PREFIXES
+                       if all(isinstance(k, str) and k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 

@@ -273,10 +273,19 @@ _NO_T = "the model declares no number of time steps (model.T): set T (--T)"
 def unwrapped(model: nn.Module) -> nn.Module:
     """The model inside ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers (their
     forward scatters inputs to devices; the module paths then lose the ``module.`` prefix, as
-    checkpoint keys do)."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
+    checkpoint keys do) and ``torch.compile``'s ``OptimizedModule`` (its forward compiles the
+    model it holds with dynamo, which the tracer cannot follow; the module paths lose
+    ``_orig_mod.``)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif f"{type(model).__module__}.{type(model).__name__}" == _COMPILED:
+            model = model._orig_mod
+        else:
+            return model
+
+
+_COMPILED = "torch._dynamo.eval_frame.OptimizedModule"  # its module imports slowly: by name
 
 
 def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,

@@ -217,7 +217,12 @@ def to_ir_layout(graph: Graph, x) -> np.ndarray:
 
 def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        import torch
+
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every value
+            x = x.float()
+        x = x.numpy()
     return np.asarray(x)
 
 
@@ -302,14 +307,13 @@ def run_outputs(artifact: str | Path, inputs, *, target: str | None = None,
     """:func:`run`'s work: ``(outputs by name, target, whether they are sequences)``."""
     from .parity import PER_STEP_LAYOUTS
     from .simulator import resolve_device
-    from .targets import get_target, target_of
+    from .targets import artifact_in
 
     if device is not None:
         resolve_device(device)  # refused before any work
     if dtype is not None:
         _check_dtype(dtype)
-    artifact = Path(artifact)
-    tgt = get_target(target) if target else target_of(artifact)
+    tgt, artifact = artifact_in(artifact, target)
     options = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
     outputs, traces = tgt.run(artifact, _numpy(inputs), T, **options)
     if sequence is None:

@@ -456,7 +456,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
     import time
 
     from .pipeline import available_passes, for_target
-    from .targets import get_target
+    from .targets import artifact_in, get_target
 
     tgt = get_target(target_name)
     if compiled is None:
@@ -494,6 +494,8 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if artifact is None:
             artifact = tgt.emit(compiled, Path(tmp) / f"model{tgt.suffix}", **options)
+        else:
+            artifact = artifact_in(artifact, tgt.name)[1]
         start = time.perf_counter()
         tgt_outputs, tgt_traces = tgt.run(artifact, x, T)
         tgt_traces = _as_booleans(tgt_traces)

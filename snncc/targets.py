@@ -110,12 +110,26 @@ def get_target(name: str) -> Target:
     return TARGETS[name]
 
 
-def target_of(artifact: Path) -> Target:
-    """The target that wrote ``artifact``: by its file suffix, or by the marker file a
-    directory artifact holds."""
-    matches = [t for t in all_targets().values()
-               if (t.suffix and artifact.suffix == t.suffix)
-               or (t.marker and (artifact / t.marker).is_file())]
-    if len(matches) != 1:
-        raise SnnccError(f"{artifact}: cannot tell the target; pass --target")
-    return matches[0]
+def artifact_in(artifact: str | Path, target: str | None = None) -> tuple[Target, Path]:
+    """The target that wrote ``artifact`` (``target`` when given) and the artifact to run: a file
+    target's by its suffix, a directory target's by the marker file it holds; a directory that
+    ``compile -o DIR`` filled for a file target stands for the ``model<suffix>`` in it."""
+    artifact = Path(artifact)
+
+    def inside(t: Target) -> Path:
+        return artifact / f"model{t.suffix}"
+
+    if target:
+        tgt = get_target(target)
+    else:
+        matches = [t for t in all_targets().values()
+                   if (t.suffix and artifact.suffix == t.suffix)
+                   or (t.marker and (artifact / t.marker).is_file())]
+        if not matches and artifact.is_dir():
+            matches = [t for t in all_targets().values() if t.suffix and inside(t).is_file()]
+        if len(matches) != 1:
+            raise SnnccError(f"{artifact}: cannot tell the target; pass --target")
+        tgt = matches[0]
+    if tgt.suffix and artifact.is_dir() and inside(tgt).is_file():
+        artifact = inside(tgt)
+    return tgt, artifact

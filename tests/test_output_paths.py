@@ -131,6 +131,26 @@ def test_run_output_replaces_only_npy_files(tmp_path, capsys):
     assert report.read_text() == "precious"
 
 
+@pytest.mark.parametrize("target", ["sim", "nir", "onnx"])
+def test_run_and_check_take_the_directory_compile_wrote(tmp_path, capsys, target):
+    """``compile -o DIR`` for a file target writes DIR/model<suffix>; ``run DIR`` and ``check
+    --artifact DIR`` used to answer "cannot tell the target" for it."""
+    out = tmp_path / "art"
+    assert main([*COMPILE, "-t", target, "-o", str(out)]) == 0
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).random((2, 1, 8, 8)))
+    ys = []
+    for how in ([], ["--target", target]):
+        y = tmp_path / f"y{len(ys)}.npy"
+        assert main(["run", str(out), "--inputs", str(x), "-o", str(y), *how]) == 0
+        ys.append(np.load(y))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    capsys.readouterr()
+    assert main(["check", CKPT, "--arch", "digits-spikformer", "-t", target, "--artifact",
+                 str(out), "--inputs", str(x)]) == 0
+    assert "first divergent layer: simulator none" in capsys.readouterr().out
+
+
 def test_unwritable_parent_is_one_line(tmp_path, capsys):
     if os.geteuid() == 0:
         parent = tmp_path / "file"  # root ignores permissions: use a parent that is a file

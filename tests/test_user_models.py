@@ -166,6 +166,47 @@ def test_state_dict_with_the_users_code_file(net, tmp_path, capsys):
     assert "features.2" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("wrap", ["compiled", "data_parallel_of_compiled"])
+def test_a_state_dict_saved_from_a_compiled_model(net, tmp_path, capsys, wrap):
+    """``torch.compile(model).state_dict()`` prefixes every key with ``_orig_mod.`` (and a
+    DataParallel around it with ``module.`` first): both used to be refused as a checkpoint of
+    another architecture."""
+    wrapped = torch.compile(net)
+    if wrap == "data_parallel_of_compiled":
+        wrapped = torch.nn.DataParallel(wrapped)
+    weights = tmp_path / "weights.pt"
+    torch.save({"model": wrapped.state_dict()}, weights)
+    assert next(iter(wrapped.state_dict())).startswith(("_orig_mod.", "module._orig_mod."))
+    common = [str(weights), "--model", f"{EXAMPLE}:ConvSNN", "--input-shape", "2,16,16",
+              "--T", "4"]
+    assert main(["check", *common, "-t", "sim", "--json", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["min_agreement"] == 1.0
+
+
+def test_wrapped_and_reduced_precision_models(net):
+    """What a training script leaves: ``torch.compile``'s OptimizedModule (its forward runs
+    dynamo, which the tracer cannot follow: "missing the required forward"), a weight-normalised
+    spikingjelly convolution (torch's parametrization subclasses the layer: it was refused as an
+    unknown ParametrizedConv2d), and a bfloat16 model and input (numpy has no bfloat16: an
+    internal error). Each is checked exact against its own forward."""
+    from spikingjelly.activation_based import functional
+
+    x = _sequence()
+    compiled = torch.compile(net)
+    assert snncc.check(compiled, x, target="sim", T=4).min_agreement == 1.0
+    normed = _example_module().pretend_trained(_example_module().ConvSNN(), seed=1)
+    normed.features[0] = torch.nn.utils.parametrizations.weight_norm(normed.features[0])
+    functional.set_step_mode(normed, "m")
+    for target in ("sim", "onnx"):
+        report = snncc.check(normed, x, target=target, T=4)
+        assert report.min_agreement == 1.0 and len(report.layers) == 3
+        assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    bf16 = net.to(torch.bfloat16)
+    report = snncc.check(bf16, x.to(torch.bfloat16), target="sim", T=4)
+    assert report.min_agreement == 1.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 def test_state_dict_with_a_package_factory(tmp_path, capsys):
     common = [str(DIGITS), "--model", "snncc.frontends.zoo.spikformer:Spikformer",
               "--model-args", json.dumps(DIGITS_ARGS), "--input-shape", "1,8,8"]

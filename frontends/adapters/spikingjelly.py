@@ -174,6 +174,7 @@ def _library_class(m: nn.Module) -> type | None:
                 None)
 
 
+_PARAMETRIZE = "torch.nn.utils.parametrize"
 #: what a subclass may define without changing what its spikingjelly class computes
 _INERT = frozenset({"__init__", "__module__", "__qualname__", "__doc__", "__annotations__",
                     "__dict__", "__weakref__", "__slots__", "extra_repr"})
@@ -181,12 +182,14 @@ _INERT = frozenset({"__init__", "__module__", "__qualname__", "__doc__", "__anno
 
 def _overridden(m: nn.Module) -> list[str]:
     """What the classes between ``type(m)`` and its spikingjelly class define besides a
-    constructor."""
+    constructor (the class torch's parametrizations, such as ``weight_norm``, put in between
+    only computes the weight, which is read through it)."""
     base, names = _library_class(m), set()
     for cls in type(m).__mro__:
         if cls is base:
             break
-        names |= set(vars(cls))
+        if cls.__module__ != _PARAMETRIZE:
+            names |= set(vars(cls))
     return sorted(names - _INERT)
 
 
