@@ -298,6 +298,11 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
     ``share_weights``: as :func:`~snncc.frontends.tracer.trace` (a model loaded here)."""
     from .tracer import trace
 
+    if isinstance(model, torch.jit.ScriptModule):
+        raise SnnccError(
+            "a TorchScript module (torch.jit.script / torch.jit.trace) has no Python forward to "
+            "trace: give the model's code and take the weights from it (--model file.py:Class "
+            "with the archive as the checkpoint; in Python, load its state_dict into the model)")
     if layout is not None and layout not in LAYOUTS:
         raise SnnccError(f"layout must be one of {list(LAYOUTS)}, got '{layout}'")
     T = T if T is not None else declared_T(model)

@@ -876,6 +876,19 @@ def pt_pickled_object(tmp):
 
 
 @case
+def pt_torchscript_archive_trusted(tmp):
+    """A TorchScript archive loaded with trust is a ScriptModule, whose forward is TorchScript:
+    it ended in an internal error inside the tracer."""
+    import torch
+
+    path = tmp / "scripted.pt"
+    if not path.exists():
+        torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 3))).save(str(path))
+    return Case(["check", str(path), "--input-shape", "4", "--T", "4", "--layout", "TB",
+                 "--trust-checkpoint"], 1, "TorchScript module")
+
+
+@case
 def pt_T_zero(tmp):
     return Case(["compile", str(CKPT), "--arch", ARCH, "--T", "0", "-o", str(tmp / "t0.snnir")],
                 2, "--T")

@@ -183,6 +183,21 @@ def test_a_state_dict_saved_from_a_compiled_model(net, tmp_path, capsys, wrap):
     assert json.loads((tmp_path / "r.json").read_text())["min_agreement"] == 1.0
 
 
+def test_weights_from_a_torchscript_archive_with_the_models_code(net, tmp_path, capsys):
+    """A TorchScript archive cannot be traced (its forward is TorchScript: refused in one line),
+    but with the model's code (--model) its weights load, trusted."""
+    archive = tmp_path / "scripted.pt"
+    with torch.no_grad():
+        torch.jit.trace(net.requires_grad_(False), _sequence(), check_trace=False).save(
+            str(archive))
+    common = [str(archive), "--input-shape", "2,16,16", "--T", "4", "--trust-checkpoint"]
+    assert main(["check", *common]) == 1
+    assert "TorchScript module" in _one_error_line(capsys)
+    assert main(["check", *common, "--model", f"{EXAMPLE}:ConvSNN", "--json",
+                 str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["min_agreement"] == 1.0
+
+
 def test_wrapped_and_reduced_precision_models(net):
     """What a training script leaves: ``torch.compile``'s OptimizedModule (its forward runs
     dynamo, which the tracer cannot follow: "missing the required forward"), a weight-normalised
