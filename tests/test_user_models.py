@@ -198,6 +198,37 @@ def test_weights_from_a_torchscript_archive_with_the_models_code(net, tmp_path, 
     assert json.loads((tmp_path / "r.json").read_text())["min_agreement"] == 1.0
 
 
+class _TwoOutputs(torch.nn.Module):
+    """A forward returning two tensors (logits and the mean firing of the features)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        features = self.net.features(x)
+        return self.net.head(features).mean(0), features.mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_model_returning_several_tensors_is_checked_on_its_first(net, target):
+    """It traced (one Output per tensor) but check ended in "AttributeError: 'tuple' object has
+    no attribute 'detach'" (an internal error): the reference is the first tensor, as the
+    graph's first Output."""
+    from spikingjelly.activation_based import functional
+
+    model = _TwoOutputs(net)
+    x = _sequence()
+    g = snncc.trace(model, x, T=4)
+    assert len(g.outputs) == 2
+    report = snncc.check(model, x, target=target, T=4, labels=np.array([0, 1, 2]))
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target < 1e-12
+    functional.reset_net(net)
+    with torch.no_grad():
+        logits = net(x)
+    assert report.accuracy["reference"] == float(np.mean(logits.argmax(-1).numpy() == [0, 1, 2]))
+
+
 def test_wrapped_and_reduced_precision_models(net):
     """What a training script leaves: ``torch.compile``'s OptimizedModule (its forward runs
     dynamo, which the tracer cannot follow: "missing the required forward"), a weight-normalised
