@@ -39,7 +39,7 @@ import math
 import operator
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -1476,6 +1476,8 @@ class _Builder:
 
     # ------------------------------------------------------------------ graph emission
     def finish(self, outputs) -> Graph:
+        if isinstance(outputs, Mapping):  # {"logits": ..., ...}: its tensors, in order
+            outputs = tuple(outputs.values())
         outs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
         for o in outs:  # a partial form (x.sum(0) not yet divided by T, ...): why it is not one
             if isinstance(o, _FROM_INPUT) and not isinstance(o, Val):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -224,6 +225,8 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
             if layout in ("BT", "B*T"):
                 spikes = spikes.transpose(0, 1)
             traces[node.name] = spikes.cpu().numpy().reshape(-1, batch, *node.shape)
+    if isinstance(out, Mapping):  # the tracer takes a dict's tensors in order
+        out = tuple(out.values())
     if isinstance(out, (tuple, list)):  # several tensors: the graph's first Output is the first
         out = out[0]
     return out.detach().cpu().numpy(), traces

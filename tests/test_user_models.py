@@ -199,25 +199,28 @@ def test_weights_from_a_torchscript_archive_with_the_models_code(net, tmp_path, 
 
 
 class _TwoOutputs(torch.nn.Module):
-    """A forward returning two tensors (logits and the mean firing of the features)."""
+    """A forward returning two tensors (logits and the mean firing of the features), as a tuple
+    or as a dict."""
 
-    def __init__(self, net):
+    def __init__(self, net, as_dict: bool):
         super().__init__()
-        self.net = net
+        self.net, self.as_dict = net, as_dict
 
     def forward(self, x):
         features = self.net.features(x)
-        return self.net.head(features).mean(0), features.mean(0)
+        logits, rates = self.net.head(features).mean(0), features.mean(0)
+        return {"logits": logits, "rates": rates} if self.as_dict else (logits, rates)
 
 
+@pytest.mark.parametrize("as_dict", [False, True], ids=["tuple", "dict"])
 @pytest.mark.parametrize("target", ["sim", "onnx"])
-def test_a_model_returning_several_tensors_is_checked_on_its_first(net, target):
-    """It traced (one Output per tensor) but check ended in "AttributeError: 'tuple' object has
-    no attribute 'detach'" (an internal error): the reference is the first tensor, as the
-    graph's first Output."""
+def test_a_model_returning_several_tensors_is_checked_on_its_first(net, target, as_dict):
+    """A tuple traced (one Output per tensor) but check ended in "AttributeError: 'tuple' object
+    has no attribute 'detach'" (an internal error); a dict was refused. Each tensor is an
+    Output, in order, and the reference is the first, as the graph's first Output."""
     from spikingjelly.activation_based import functional
 
-    model = _TwoOutputs(net)
+    model = _TwoOutputs(net, as_dict)
     x = _sequence()
     g = snncc.trace(model, x, T=4)
     assert len(g.outputs) == 2
