@@ -28,7 +28,7 @@ from snncc.frontends.zoo import randomize_bn
 from conftest import assert_rates_in_range
 
 neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
-from spikingjelly.activation_based import functional, layer  # noqa: E402
+from spikingjelly.activation_based import functional, layer, surrogate  # noqa: E402
 
 T, B = 5, 3
 TARGETS = ["sim", "onnx", "nir", "lava"]
@@ -178,3 +178,89 @@ def test_a_network_converted_by_spikingjellys_ann2snn(ann2snn, recipe, target):
     assert report.min_agreement == 1.0, report.format()
     assert report.output_max_abs_diff_target < 1e-12, report.format()
     assert_rates_in_range(_rates(report))
+
+
+# ----------------------------------------------------------------------------- I-LIF
+
+class IntegerNet(nn.Module):
+    """conv-BN-I-LIF, pool, linear-I-LIF (spikingjelly's ILIFNode: integer counts 0..D)."""
+
+    def __init__(self, count: int, theta: float):
+        super().__init__()
+
+        def ilif():
+            return neuron.ILIFNode(v_threshold=theta,
+                                   surrogate_function=surrogate.MultiLevelSpikeCount(count))
+        self.features = nn.Sequential(
+            layer.Conv2d(2, 6, 3, padding=1), layer.BatchNorm2d(6), ilif(),
+            layer.AvgPool2d(2), layer.Flatten(), layer.Linear(6 * 16, 10), ilif())
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def _library_counts(model, x) -> list[np.ndarray]:
+    """Each I-LIF module's counts [T, B, ...] from the model's own forward."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, a, out: seen.append(out.detach().numpy()))
+             for m in model.modules() if isinstance(m, neuron.ILIFNode)]
+    functional.reset_net(model)
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    functional.reset_net(model)
+    return seen
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("count, theta", [(4, 1.0), (1, 1.0), (2, 0.5)])
+def test_integer_lif_counts_equal_the_library_on_every_target(count, theta, target):
+    """The integer LIF of SpikeYOLO / Spike-Driven Transformer V3 (it was refused): every
+    layer's counts in the simulator equal the library's, 0..D, halves rounded to even, and the
+    target's output (the last layer's counts at every step) equals the model's."""
+    from snncc.simulator import simulate
+
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = IntegerNet(count, theta).double().eval()
+        randomize_bn(model, seed)
+        x = 2 * torch.randn(T, B, 2, 8, 8, dtype=torch.float64)
+        expected = _library_counts(model, x)
+        assert max(float(c.max()) for c in expected) == count  # the clamp is reached
+        g = trace(model, x, T=T, static=False)
+        counts = [n.name for n in g.of_type(ir.Add)
+                  if n.path in ("features.2", "features.6") and ":" not in n.name]
+        res = simulate(g, x.numpy(), T, record=True)
+        for name, want in zip(counts, expected, strict=True):
+            np.testing.assert_array_equal(res.trace[name], want.reshape(res.trace[name].shape))
+            assert 0.05 < float((want > 0).mean()) < 0.95
+        report = snncc.check(model, x, target=target, T=T)
+        assert report.output_max_abs_diff_sim == report.output_max_abs_diff_target == 0.0
+
+
+def test_integer_lif_rounds_halves_to_even_and_refuses_other_thresholds():
+    """h / theta = 0.5, 1.5, 2.5, 3.5 give counts 0, 2, 2, 4 (torch.round), and a threshold
+    that is no power of two, whose division the IR cannot reproduce, is refused by name, as is
+    a count limit past 64 (one layer of comparisons per level: a million would not finish)."""
+    from snncc.errors import UnsupportedError
+    from snncc.simulator import simulate
+
+    model = nn.Sequential(neuron.ILIFNode(step_mode="m")).double()
+    x = torch.zeros(T, 6, 1, dtype=torch.float64)
+    x[0, :, 0] = torch.tensor([0.5, 1.5, 2.5, 3.5, 9.0, -1.0])
+    g = trace(model, x, T=T, static=False)
+    (count,) = [n.name for n in g.of_type(ir.Add) if ":" not in n.name]
+    got = simulate(g, x.numpy(), T, record=True).trace[count]
+    functional.reset_net(model)
+    want = model(x).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert want[0].ravel().tolist() == [0, 2, 2, 4, 4, 0]
+    with pytest.raises(UnsupportedError, match="0.3 is not a power of two"):
+        trace(nn.Sequential(neuron.ILIFNode(v_threshold=0.3, step_mode="m")), x, T=T,
+              static=False)
+    huge = neuron.ILIFNode(surrogate_function=surrogate.MultiLevelSpikeCount(10 ** 6),
+                           step_mode="m")
+    with pytest.raises(UnsupportedError, match="1000000 is not an integer from 1 to 64"):
+        trace(nn.Sequential(huge), x, T=T, static=False)

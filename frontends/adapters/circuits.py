@@ -58,6 +58,13 @@ class Circuit:
                           bias=None if m.bias is None else _np(m.bias), stride=m.stride,
                           padding=m.padding, dilation=m.dilation, groups=m.groups)
 
+    def neuron(self, src: str, params: cn.CanonicalParams, part: str, path: str) -> str:
+        """A canonical neuron on ``src`` (its own module ``path``: the spikes it fires are not
+        the module's output)."""
+        node = ir.Neuron(f"{self.name}:{part}", (src,), path=path, **params.fields())
+        self.nodes.append(node)
+        return node.name
+
     def integrator(self, x: str, alpha: float, part: str) -> str:
         """v[t] = alpha * v[t-1] + x[t] (``alpha * v`` first, then ``+ x``), v[-1] = 0: the
         NIR reader's leaky integrator (Scale, Delay, Add), named ``{name}:{part}``."""

@@ -9,8 +9,10 @@ imports): neurons, layer wrappers and state.
   2.0's ``HalfThresholdIFNode`` (the soft-reset IF starting at half its threshold that
   ``ann2snn``'s channel-wise conversion makes), ``SimpleIFNode`` / ``SimpleLIFNode`` (the same
   charges written in plain PyTorch, starting at 0 whatever ``v_reset``) and ``CUBALIFNode``
-  (c = c_decay * c + x, h = v_decay * v + c: a current before the canonical neuron); every
-  other neuron model is refused by name. ``step_mode`` is the module's own: ``"m"`` takes
+  (c = c_decay * c + x, h = v_decay * v + c: a current before the canonical neuron).
+  ``ILIFNode`` (the integer LIF of SpikeYOLO and Spike-Driven Transformer V3) emits counts,
+  c = round(clamp(h / theta, 0, D)), not spikes: a circuit (:func:`_integer_lif`). Every other
+  neuron model is refused by name. ``step_mode`` is the module's own: ``"m"`` takes
   ``[T, B, ...]``; ``"s"`` keeps its membrane in the module, so its k-th call is step k.
 - **Layer wrappers** (``layer.Conv2d``, ``layer.BatchNorm2d``, ``layer.AdaptiveAvgPool2d``, ...)
   are leaves mapped as the torch layer they subclass, applied to every step when their
@@ -39,16 +41,18 @@ imports): neurons, layer wrappers and state.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 
 import torch
 from torch import nn
 
+from snncc import ir
 from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
-from . import STEP_MULTI, STEP_SINGLE, Adapter
-from .circuits import on_current, scalar
+from . import STEP_MULTI, STEP_SINGLE, Adapter, Integrator
+from .circuits import Circuit, on_current, scalar
 
 _PACKAGE = "spikingjelly.activation_based"
 _LEGACY = "spikingjelly.clock_driven"
@@ -56,7 +60,7 @@ _NEURON_MODULES = (f"{_PACKAGE}.neuron", f"{_LEGACY}.neuron")
 #: the neuron models with a canonical form; clock_driven's multi-step classes are these models
 #: with a ``MultiStep`` prefix
 _CANONICAL = ("LIFNode", "IFNode", "ParametricLIFNode", "HalfThresholdIFNode", "SimpleIFNode",
-              "SimpleLIFNode", "CUBALIFNode")
+              "SimpleLIFNode", "CUBALIFNode", "ILIFNode")
 _MULTI_STEP = "MultiStep"
 # neurons defined outside the neuron package whose spikes are those of a neuron class there:
 # spike_dhs's save_v_LIFNode is a LIFNode (the same charge, fire and reset operations) that also
@@ -116,6 +120,8 @@ class SpikingJellyAdapter(Adapter):
                                    " computes in another dtype than the model", path=path)
         v_reset = None if m.v_reset is None else scalar(m.v_reset, "v_reset", path)
         theta = scalar(m.v_threshold, "v_threshold", path)
+        if kind == "ILIFNode":
+            return _integer_lif(m, theta, path)
         if kind == "HalfThresholdIFNode":  # its reset() sets v = v_threshold / 2.0
             return replace(cn.from_if(theta, None), v_init=theta / 2.0)
         if kind == "CUBALIFNode":  # IF's fire, reset and start, its membrane decaying
@@ -164,6 +170,44 @@ class SpikingJellyAdapter(Adapter):
         for m in model.modules():
             if self.owns(m) and callable(getattr(m, "reset", None)):
                 m.reset()
+
+
+#: the most count levels of an I-LIF (its papers use 4; each level is a layer of comparisons)
+MAX_LEVELS = 64
+
+
+def _integer_lif(m: nn.Module, theta: float, path: str) -> Integrator:
+    """``ILIFNode`` as spikingjelly's reference computes it (``_ops/ilif/reference.py``)::
+
+        h = (1 - 1/tau) * v + x;  c = round(clamp(h / theta, 0, D));  v = h - c * theta
+
+    with v starting at 0: a Delay keeps v, and c is the sum of D neurons that only compare,
+    level d firing when round(h / theta) >= d: h / theta > d - 1/2 for odd d, >= for even d
+    (torch rounds halves to even). h / theta is a Scale by 1 / theta, the same value only when
+    theta is a power of two (the default 1); another threshold is refused."""
+    count = getattr(m.surrogate_function, "max_spike_count", None)
+    if count is None or count != int(count) or not 1 <= count <= MAX_LEVELS:
+        raise UnsupportedError(f"I-LIF's spike count limit {count!r} is not an integer from 1 to "
+                               f"{MAX_LEVELS} (snncc builds one comparison per level)", path=path)
+    mantissa, _ = math.frexp(theta)
+    if theta <= 0 or mantissa != 0.5:
+        raise UnsupportedError(
+            f"v_threshold {theta} is not a power of two: I-LIF divides its membrane by it, "
+            "which snncc computes exactly only as a product with 1 / v_threshold", path=path)
+    decay = 1.0 - 1.0 / scalar(m.tau, "tau", path)
+
+    def build(name, x, shape):
+        c = Circuit(name, path, shape)
+        v = c.prev(f"{name}:mem")
+        h = c.add(c.scale(v, decay, "decay*v"), x, "h")
+        scaled = h if theta == 1.0 else c.scale(h, 1.0 / theta, "h/theta")
+        levels = [c.neuron(scaled, cn.CanonicalParams(
+            alpha=0.0, gamma=1.0, beta=0.0, theta=d - 0.5, v_reset=0.0, reset=cn.RESET_HARD,
+            cmp=cn.CMP_GE if d % 2 == 0 else cn.CMP_GT), f"level{d}", f"{path}.level{d}")
+            for d in range(1, int(count) + 1)]
+        c.add(h, c.scale(name, -theta, "-c*theta"), "mem")
+        return [*c.nodes, ir.Add(name, tuple(levels), path=path)]
+    return Integrator(build)
 
 
 def _library_class(m: nn.Module) -> type | None:
