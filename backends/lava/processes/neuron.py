@@ -9,8 +9,8 @@ scale gamma that cannot be folded into the incoming weights)::
     v = v_init at local step ``start`` of every period
 
 In a dilated network (``dilation`` D > 1: every IR step takes D Lava steps) it updates only at
-local steps start + t * D and sends no spikes at the others. Every parameter is per neuron; the arithmetic is snncc.neuron.step itself, so the spikes are the
-simulator's to the bit.
+local steps start + t * D and sends no spikes at the others. Every parameter is per neuron; the
+arithmetic is snncc.neuron.step itself, so the spikes are the simulator's to the bit.
 """
 
 from __future__ import annotations
