@@ -18,13 +18,13 @@ then ready that early), so depths are the least solution of
     depth(n) >= depth(in_i) + syn(n) - absorb(n),   absorb(n) = k for a Delay on a cycle, else 0
 
 a longest-path problem that has a solution exactly when no loop has more synapses than delay
-steps. A loop with more (SNASNet's backward cell: two convolutions per delay step) needs more
-target steps than the IR gives it, so the whole network then runs *dilated*: every IR step
-takes D target steps, D the smallest for which each loop's synapses fit in its Delays' k * D
-steps (absorb(n) = k * D), node n's IR step t appears at target step t * D + depth(n), and every
-stateful process (neuron, readout) updates only at the steps of its own phase, once per D
-(:mod:`snncc.backends.lava.processes`); synapses and the other processes compute every step,
-what they compute between a consumer's phases going unread. D = 1 is the usual case.
+steps. A loop with more (SNASNet's backward cell: up to three convolutions in one delay step)
+needs more target steps than the IR gives it, so the whole network then runs *dilated*: every
+IR step takes D target steps, D the smallest for which each loop's synapses fit in its Delays'
+k * D steps (absorb(n) = k * D), node n's IR step t appears at target step t * D + depth(n),
+and every stateful process (neuron, readout) updates only at the steps of its own phase, once
+per D (:mod:`snncc.backends.lava.processes`); synapses and the other processes compute every
+step, what they compute between a consumer's phases going unread. D = 1 is the usual case.
 Such a Delay (with the one-input nodes right after it) is then placed as late as its consumers
 allow, and its process holds ``k * D - absorb + balance`` steps and zeroes the inputs that would
 become its first k IR steps (inputs of warm-up or of the previous round).
