@@ -79,15 +79,17 @@ def latency_plan(graph: Graph, synapse_ops=SYNAPSE_OPS, balance: bool = True) ->
         raise UnsupportedError("an unbalanced mapping needs a feed-forward graph; a cycle "
                                "passes through this Delay", node=next(iter(delays)))
     order = graph.topological_order()
-    # a loop passes each synapse at most once, and each of its Delays holds at least one step
+    # a loop passes each synapse at most once, and each of its Delays holds at least one step;
+    # whether a dilation closes every loop is decided on the nodes on loops alone (cheap)
     most = 1 + sum(n.op in synapse_ops for n in order)
+    loops = [n for n in order if n.name in on_cycles]
     for dilation in range(1, most + 1):
         absorbed = {k: steps * dilation for k, steps in delays.items()}
-        depth = _least_depths(order, synapse_ops, absorbed)
-        if depth is not None:
+        if _least_depths(loops, synapse_ops, absorbed) is not None:
             break
     else:
-        raise AssertionError("no dilation closes the loops")  # D = synapses always does
+        raise AssertionError("no dilation closes the loops")  # D = synapses + 1 always does
+    depth = _least_depths(order, synapse_ops, absorbed)
     # A loop's Delay and the chain of one-input, one-consumer nodes after it (a Scale) go as
     # late as the chain's consumers allow: the balancing delay its last edge would need moves
     # into the Delay's FIFO (no process more) instead of a balancing process of its own.
@@ -120,10 +122,11 @@ def latency_plan(graph: Graph, synapse_ops=SYNAPSE_OPS, balance: bool = True) ->
 
 
 def _least_depths(order: list, synapse_ops, absorbed: dict) -> dict | None:
-    """The least depths with depth(n) >= depth(in_i) + syn(n) - absorb(n) (module doc), or
-    None if a loop gains steps on every turn (more synapses than its Delays absorb)."""
+    """The least depths of the nodes ``order`` with depth(n) >= depth(in_i) + syn(n) - absorb(n)
+    (module doc; inputs outside ``order`` left out), or None if a loop gains steps on every turn
+    (more synapses than its Delays absorb)."""
     def step(n, depth):
-        ins = [depth[i] for i in n.inputs]
+        ins = [depth[i] for i in n.inputs if i in depth]
         return max(ins, default=0) + (1 if n.op in synapse_ops else 0) - absorbed.get(n.name, 0)
 
     def relax(depth) -> bool:
