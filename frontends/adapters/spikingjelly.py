@@ -100,7 +100,7 @@ class SpikingJellyAdapter(Adapter):
         return base is not None and (base.__module__.startswith(_NEURON_MODULES)
                                      or _qualname(m) in _NEURONS_ELSEWHERE)
 
-    def canonical(self, m: nn.Module, path: str) -> cn.CanonicalParams:
+    def canonical(self, m: nn.Module, path: str):
         base, overridden = _library_class(m), _overridden(m)
         if overridden:
             raise UnsupportedError(
