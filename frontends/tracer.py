@@ -1419,7 +1419,7 @@ class _Builder:
                                   "membrane its first call left: use one neuron module per call")
                 self._multi_step_called.add(c.path)
             shape = tuple(spikes.shape[2:])
-            out = self.new(c, lambda n, i: self._integrator(n, i[0], p, shape)
+            out = self.new(c, lambda n, i: self._integrator(n, i[0], p, shape, c.path)
                            if isinstance(p, Integrator) else _neuron_node(
                                n, (self._neuron_input(n, i[0], p, shape, c.path),), c.path, p),
                            [x], TB, time=SEQ)
@@ -1438,13 +1438,22 @@ class _Builder:
         out = Val(_NeuronStep(None, (), c.op, c.hint, c.path, rec.shape, step=t), B)
         return (out, *[Membrane(c.path, t)] * int(returns_state)) if returns_state else out
 
-    def _integrator(self, name: str, x: str, p: Integrator, shape: tuple) -> ir.Node:
+    def _integrator(self, name: str, x: str, p: Integrator, shape: tuple,
+                    path: str) -> ir.Node:
         """The output node of a non-spiking cell reading ``x``; its other nodes (which read the
         output back through Delays) enter the graph here."""
         *nodes, out = p.build(name, x, shape)
         for n in nodes:
             self.graph.add(n)
+        self._count_levels(path, name, p)
         return out
+
+    def _count_levels(self, path: str, name: str, p: Integrator) -> None:
+        """``graph.meta['count_modules']``: module path -> its level neurons, for a module
+        whose output counts (``Integrator.levels``; ``check`` compares them)."""
+        if p.levels:
+            self.graph.meta.setdefault("count_modules", {})[path] = [
+                f"{name}:level{d}" for d in range(1, p.levels + 1)]
 
     def _neuron_input(self, name: str, x: str, p, shape: tuple, path: str) -> str:
         """The input node of neuron ``name``: ``x``, or the membrane a NeuronCircuit's nodes
@@ -1674,7 +1683,9 @@ class _Builder:
         if rec.name is None:
             pending = f"{path}.pending"
             if isinstance(rec.params, Integrator):  # its nodes now, their input connected later
-                nodes = rec.params.build(self._fresh(path), pending, rec.shape)
+                name = self._fresh(path)
+                nodes = rec.params.build(name, pending, rec.shape)
+                self._count_levels(path, name, rec.params)
                 kind = ir.Kind.REAL
             else:
                 nodes = [_neuron_node(self._fresh(path), (pending,), path, rec.params)]

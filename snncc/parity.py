@@ -181,7 +181,10 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     modules = dict(model.named_modules())
     by_path = {n.path: n for n in graph.of_type(ir.Neuron)
                if n.path in modules and n.path not in written and is_neuron(modules[n.path])}
-    records: dict[str, list] = {p: [] for p in (*by_path, *written)}
+    # a module whose output counts (an integer LIF): level d of the graph fires on count >= d
+    counted = {p: levels for p, levels in (graph.meta.get("count_modules") or {}).items()
+               if p in modules}
+    records: dict[str, list] = {p: [] for p in (*by_path, *written, *counted)}
 
     def spikes_in_dtype(path, out):
         spikes, rest = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, None)
@@ -215,6 +218,12 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
         for m, training in modes:
             m.train(training)
     traces, batch = {}, x_batch(graph, x)
+    for p, levels in counted.items():
+        if records[p]:
+            shape = graph[levels[0]].shape
+            counts = torch.cat(records.pop(p)).cpu().numpy().reshape(-1, batch, *shape)
+            traces.update({node: (counts >= d).astype(counts.dtype)
+                           for d, node in enumerate(levels, start=1)})
     for p, outs in records.items():
         calls = written.get(p, [(by_path.get(p), "steps")])
         if calls[0][1] == "steps":  # one output per step (or one whole [T, B, ...] sequence)

@@ -218,8 +218,9 @@ def _library_counts(model, x) -> list[np.ndarray]:
 @pytest.mark.parametrize("count, theta", [(4, 1.0), (1, 1.0), (2, 0.5)])
 def test_integer_lif_counts_equal_the_library_on_every_target(count, theta, target):
     """The integer LIF of SpikeYOLO / Spike-Driven Transformer V3 (it was refused): every
-    layer's counts in the simulator equal the library's, 0..D, halves rounded to even, and the
-    target's output (the last layer's counts at every step) equals the model's."""
+    layer's counts in the simulator equal the library's, 0..D, halves rounded to even; the
+    target's output (the last layer's counts at every step) equals the model's, and ``check``
+    finds every level neuron (count >= d) equal to the module's counts on the target."""
     from snncc.simulator import simulate
 
     for seed in (0, 1):
@@ -238,6 +239,10 @@ def test_integer_lif_counts_equal_the_library_on_every_target(count, theta, targ
             assert 0.05 < float((want > 0).mean()) < 0.95
         report = snncc.check(model, x, target=target, T=T)
         assert report.output_max_abs_diff_sim == report.output_max_abs_diff_target == 0.0
+        # check compares each level (count >= d) of both layers with the module's counts
+        assert len(report.layers) == 2 * count and report.min_agreement == 1.0, \
+            report.format()
+        assert not report.unmatched
 
 
 def test_integer_lif_rounds_halves_to_even_and_refuses_other_thresholds():

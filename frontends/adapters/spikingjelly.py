@@ -207,7 +207,7 @@ def _integer_lif(m: nn.Module, theta: float, path: str) -> Integrator:
             for d in range(1, int(count) + 1)]
         c.add(h, c.scale(name, -theta, "-c*theta"), "mem")
         return [*c.nodes, ir.Add(name, tuple(levels), path=path)]
-    return Integrator(build)
+    return Integrator(build, levels=int(count))
 
 
 def _library_class(m: nn.Module) -> type | None:
