@@ -26,6 +26,7 @@ import numpy as np
 from .errors import SnnccError
 from .graph import Graph
 from .models import LoadedModel, load_model
+from .targets import artifact_path
 
 
 #: The arithmetic a target's ``dtype`` option takes; the first is the default (exact).
@@ -80,15 +81,6 @@ def trace(model, example_input=None, *, T: int | None = None, layout: str | None
     """The IR graph of ``model`` (verified; before any pass)."""
     return load(model, example_input, T=T, layout=layout, input_shape=input_shape, name=name,
                 **load_options).graph
-
-
-def artifact_path(target, out: str | Path) -> Path:
-    """Where a target's artifact goes for ``out``: a file target's ``out`` without its suffix
-    is a directory that receives ``model<suffix>``."""
-    out = Path(out)
-    if target.suffix and out.suffix != target.suffix:
-        return out / f"model{target.suffix}"
-    return out
 
 
 def _summarise_quantization(graph: Graph, log: Callable[[str], None]) -> None:

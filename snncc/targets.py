@@ -110,15 +110,21 @@ def get_target(name: str) -> Target:
     return TARGETS[name]
 
 
+def artifact_path(target: Target, out: str | Path) -> Path:
+    """Where a target's artifact goes for ``out``: a file target's ``out`` without its suffix
+    is a directory that receives ``model<suffix>``."""
+    out = Path(out)
+    if target.suffix and out.suffix != target.suffix:
+        return out / f"model{target.suffix}"
+    return out
+
+
 def artifact_in(artifact: str | Path, target: str | None = None) -> tuple[Target, Path]:
     """The target that wrote ``artifact`` (``target`` when given) and the artifact to run: a file
     target's by its suffix, a directory target's by the marker file it holds; a directory that
-    ``compile -o DIR`` filled for a file target stands for the ``model<suffix>`` in it."""
+    ``compile -o DIR`` filled for a file target stands for the artifact :func:`artifact_path`
+    put in it."""
     artifact = Path(artifact)
-
-    def inside(t: Target) -> Path:
-        return artifact / f"model{t.suffix}"
-
     if target:
         tgt = get_target(target)
     else:
@@ -126,10 +132,11 @@ def artifact_in(artifact: str | Path, target: str | None = None) -> tuple[Target
                    if (t.suffix and artifact.suffix == t.suffix)
                    or (t.marker and (artifact / t.marker).is_file())]
         if not matches and artifact.is_dir():
-            matches = [t for t in all_targets().values() if t.suffix and inside(t).is_file()]
+            matches = [t for t in all_targets().values()
+                       if t.suffix and artifact_path(t, artifact).is_file()]
         if len(matches) != 1:
             raise SnnccError(f"{artifact}: cannot tell the target; pass --target")
         tgt = matches[0]
-    if tgt.suffix and artifact.is_dir() and inside(tgt).is_file():
-        artifact = inside(tgt)
+    if artifact.is_dir() and artifact_path(tgt, artifact).is_file():
+        artifact = artifact_path(tgt, artifact)
     return tgt, artifact
