@@ -1445,15 +1445,16 @@ class _Builder:
         *nodes, out = p.build(name, x, shape)
         for n in nodes:
             self.graph.add(n)
-        self._count_levels(path, name, p)
+        self._count_levels(path, nodes, p)
         return out
 
-    def _count_levels(self, path: str, name: str, p: Integrator) -> None:
-        """``graph.meta['count_modules']``: module path -> its level neurons, for a module
-        whose output counts (``Integrator.levels``; ``check`` compares them)."""
+    def _count_levels(self, path: str, nodes: list, p: Integrator) -> None:
+        """``graph.meta['count_modules']``: module path -> its level neurons (the neurons among
+        ``nodes``), for a module whose output counts (``Integrator.levels``; ``check`` compares
+        them)."""
         if p.levels:
             self.graph.meta.setdefault("count_modules", {})[path] = [
-                f"{name}:level{d}" for d in range(1, p.levels + 1)]
+                n.name for n in nodes if isinstance(n, ir.Neuron)]
 
     def _neuron_input(self, name: str, x: str, p, shape: tuple, path: str) -> str:
         """The input node of neuron ``name``: ``x``, or the membrane a NeuronCircuit's nodes
@@ -1683,9 +1684,8 @@ class _Builder:
         if rec.name is None:
             pending = f"{path}.pending"
             if isinstance(rec.params, Integrator):  # its nodes now, their input connected later
-                name = self._fresh(path)
-                nodes = rec.params.build(name, pending, rec.shape)
-                self._count_levels(path, name, rec.params)
+                nodes = rec.params.build(self._fresh(path), pending, rec.shape)
+                self._count_levels(path, nodes, rec.params)
                 kind = ir.Kind.REAL
             else:
                 nodes = [_neuron_node(self._fresh(path), (pending,), path, rec.params)]

@@ -269,3 +269,30 @@ def test_integer_lif_rounds_halves_to_even_and_refuses_other_thresholds():
                            step_mode="m")
     with pytest.raises(UnsupportedError, match="1000000 is not an integer from 1 to 64"):
         trace(nn.Sequential(huge), x, T=T, static=False)
+
+
+class SteppedIntegerNet(nn.Module):
+    """Single-step I-LIFs called once per step in the model's own loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(8, 16), neuron.ILIFNode()
+        self.fc2, self.lif2 = nn.Linear(16, 4), neuron.ILIFNode()
+
+    def forward(self, x):
+        return torch.stack([self.lif2(self.fc2(self.lif1(self.fc1(x[t]))))
+                            for t in range(x.shape[0])])
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_single_step_integer_lif_is_compared_level_by_level(target):
+    torch.manual_seed(0)
+    model = SteppedIntegerNet().double().eval()
+    with torch.no_grad():
+        model.fc1.weight.mul_(4)
+        model.fc2.weight.mul_(2)
+    x = torch.randn(T, B, 8, dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T)
+    assert len(report.layers) == 8 and report.min_agreement == 1.0, report.format()
+    assert report.output_max_abs_diff_target == 0.0 and not report.unmatched
+    assert 0.05 < report.layers[0].rate_reference < 0.95

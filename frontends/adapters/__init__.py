@@ -93,9 +93,9 @@ class Integrator:
     leaky-integrator readout): its output is its membrane, which IR nodes (Scale/Add/Delay)
     compute from its input and, through one-step Delays, from their own earlier values, in the
     library's operation order. ``build(name, x, shape)`` returns the nodes; the last one, named
-    ``name``, is the output. ``levels`` > 0: the output counts (an integer LIF), and the nodes
-    include neurons ``{name}:level{d}``, d = 1..levels, that fire when the count is at least d
-    (``check`` compares them with the module's counts)."""
+    ``name``, is the output. ``levels`` > 0: the output counts (an integer LIF), and the neurons
+    among the nodes are its levels d = 1..levels, in order, each firing when the count is at
+    least d (``check`` compares them with the module's counts)."""
 
     build: Callable[[str, str, tuple], list]
     levels: int = 0

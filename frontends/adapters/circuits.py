@@ -77,10 +77,11 @@ class Circuit:
         return name
 
 
-def threshold(theta: float) -> cn.CanonicalParams:
-    """A neuron that only compares its input: h = x, spike if h > theta (alpha = 0)."""
+def threshold(theta: float, cmp: str = cn.CMP_GT) -> cn.CanonicalParams:
+    """A neuron that only compares its input: h = x, spike if h > theta (or ``cmp``, >=)
+    (alpha = 0)."""
     return cn.CanonicalParams(alpha=0.0, gamma=1.0, beta=0.0, theta=float(theta), v_reset=0.0,
-                              reset=cn.RESET_HARD, cmp=cn.CMP_GT, v_init=0.0)
+                              reset=cn.RESET_HARD, cmp=cmp, v_init=0.0)
 
 
 def on_current(alpha: float, neuron: cn.CanonicalParams) -> NeuronCircuit:

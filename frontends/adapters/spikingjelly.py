@@ -52,7 +52,7 @@ from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
 from . import STEP_MULTI, STEP_SINGLE, Adapter, Integrator
-from .circuits import Circuit, on_current, scalar
+from .circuits import Circuit, on_current, scalar, threshold
 
 _PACKAGE = "spikingjelly.activation_based"
 _LEGACY = "spikingjelly.clock_driven"
@@ -201,10 +201,8 @@ def _integer_lif(m: nn.Module, theta: float, path: str) -> Integrator:
         v = c.prev(f"{name}:mem")
         h = c.add(c.scale(v, decay, "decay*v"), x, "h")
         scaled = h if theta == 1.0 else c.scale(h, 1.0 / theta, "h/theta")
-        levels = [c.neuron(scaled, cn.CanonicalParams(
-            alpha=0.0, gamma=1.0, beta=0.0, theta=d - 0.5, v_reset=0.0, reset=cn.RESET_HARD,
-            cmp=cn.CMP_GE if d % 2 == 0 else cn.CMP_GT), f"level{d}", f"{path}.level{d}")
-            for d in range(1, int(count) + 1)]
+        levels = [c.neuron(scaled, threshold(d - 0.5, cn.CMP_GE if d % 2 == 0 else cn.CMP_GT),
+                           f"level{d}", f"{path}.level{d}") for d in range(1, int(count) + 1)]
         c.add(h, c.scale(name, -theta, "-c*theta"), "mem")
         return [*c.nodes, ir.Add(name, tuple(levels), path=path)]
     return Integrator(build, levels=int(count))
