@@ -884,6 +884,22 @@ class ConstMinus:
 
 
 @dataclass(frozen=True)
+class Clamped:
+    """``clamp(x, 0, D)`` of a traced real ``x`` with D a positive integer: taken only by
+    ``round``, which makes it a count (:func:`_count_levels`)."""
+
+    x: Val
+    top: int
+
+
+@dataclass(frozen=True)
+class Rounded:
+    """``round(x)`` of a traced real ``x``: taken only by ``clamp(., 0, D)`` (a count)."""
+
+    x: Val
+
+
+@dataclass(frozen=True)
 class SumOverTime:
     """``x.sum(0)`` of a ``[T, B, ...]`` value: taken only divided by T, which is its mean over
     time (a Readout), as ``x.mean(0)`` is (torch's mean is that sum divided by T)."""
@@ -945,7 +961,8 @@ class Assembled:
 
 
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
-_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, PaddedBorder, Assembled)
+_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, PaddedBorder, Assembled,
+               Clamped, Rounded)
 
 
 @dataclass(frozen=True)
@@ -1112,6 +1129,11 @@ class _Builder:
         self._step_occurrences: dict[tuple, int] = {}  # (module, stack, op, step, ...) -> n
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
         self.comparisons: set[str] = set()  # Neuron nodes that are a comparison (x > k)
+        self.counts: dict[Expr, list[Val]] = {}  # round(clamp(x, 0, D)): its D level comparisons
+        self.integers: set[Expr] = set()  # values integer by construction: counts, their products
+        # value -> (v, f): the value is f * v, f a power of two (a count divided by its maximum,
+        # as Spike-Driven Transformer V3's spikes are), so a matmul can take v (:func:`_unscaled_matmul`)
+        self.scaled: dict[Expr, tuple[Val, float]] = {}
         self.booleans: set[Expr] = set()  # a comparison's values, as torch has them (bool)
         # values an op is exact on only where they are of some kinds (a clamp's operand:
         # integers; relu's: spikes) -> (path, op, the kinds, why), checked once the graph
@@ -1216,7 +1238,16 @@ class _Builder:
         handler = table.get(node.target)
         if handler is None:
             raise _Refuse("")
-        return handler(self, c, *args, **kwargs)
+        out = handler(self, c, *args, **kwargs)
+        x = args[0] if args else None
+        if handler in _LAYOUT_HANDLERS and isinstance(x, Val) and x.expr in self.scaled \
+                and isinstance(out, Val):  # the same layout of the unscaled value, made lazily
+            unscaled, factor = self.scaled[x.expr]
+            moved = handler(self, replace(c, site=None), unscaled, *args[1:], **kwargs)
+            self.scaled[out.expr] = (moved, factor)
+            if unscaled.expr in self.integers:
+                self.integers.add(moved.expr)
+        return out
 
     def _refused(self, c: _Call, msg: str, unknown: bool, args, kwargs):
         vals = [a for a in _walk((args, kwargs)) if isinstance(a, Val)]
@@ -1510,6 +1541,7 @@ class _Builder:
             self._queue.pop()()
         self.graph.meta["output_layout"] = _LAYOUT_NAMES[outs[0].frame]
         self.graph.meta["neuron_modules"] = self._neuron_modules()
+        self._counting_modules()
         if self.errors:
             raise _unsupported(list(self.errors))
         self.graph.verify()
@@ -1540,6 +1572,24 @@ class _Builder:
                 found[path] = [[n, "steps" if per_step else _LAYOUT_NAMES[v.frame]]
                                for n, v in zip(names, calls)]
         return found
+
+    def _counting_modules(self) -> None:
+        """``graph.meta['count_modules']`` (and ``'count_units'``) for a module called once that
+        returns a count of its own, round(clamp(x, 0, D)), or that count times a power of two
+        (Spike-Driven Transformer V3's ``MultiSpike``, count / D): its level neurons, which
+        ``check`` compares with the module's output divided by the unit."""
+        for path, calls in self._returned.items():
+            v = calls[0]
+            if len(calls) != 1 or v.expr.step is not None \
+                    or v.frame not in (TB, TBM) + ((B,) if self.T == 1 else ()):
+                continue
+            count, unit = self.scaled.get(v.expr, (v, 1.0))
+            names = [self._done.get((lv.expr, None)) for lv in self.counts.get(count.expr, ())]
+            if names and all(n in self.comparisons and self.graph[n].path == path
+                             for n in names):
+                self.graph.meta.setdefault("count_modules", {})[path] = names
+                if unit != 1:
+                    self.graph.meta.setdefault("count_units", {})[path] = unit
 
     def materialize(self, e: Expr, t: int | None) -> str | None:
         """The name of the node computing ``e`` as seen at step ``t`` (None: failed)."""
@@ -1787,6 +1837,9 @@ def _val(x) -> Val:
     if isinstance(x, Assembled):
         raise _Refuse("a sequence assigned step by step (out[t] = v) is read before each of its "
                       "T steps is assigned")
+    if isinstance(x, (Clamped, Rounded)):
+        raise _Refuse("clamp(x, 0, D) of real values is supported only rounded, round(clamp(x, "
+                      "0, D)) (a count of D levels); round(x) only clamped so")
     if not isinstance(x, Val):
         raise _Refuse("this operand must be a tensor computed from the input")
     return x
@@ -2157,6 +2210,8 @@ _TENSOR_OPS = {
 
 
 def _tensor_tensor(b, c, kind, x: Val, y: Val) -> Val:
+    if kind == "matmul" and (x.expr in b.scaled or y.expr in b.scaled):
+        return _unscaled_matmul(b, c, x, y)
     frame = _join_frames(x, y)
     if kind == "sub":
         y = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [y], y.frame,
@@ -2168,6 +2223,30 @@ def _tensor_tensor(b, c, kind, x: Val, y: Val) -> Val:
     out = b.new(c, lambda n, i: make(n, i, c.path), [x, y], frame)
     if kind == "add":
         b.note_sum(out, x, y)
+    return out
+
+
+def _unscaled_matmul(b, c, x: Val, y: Val) -> Val:
+    """``(f x') @ (g y')`` as ``f g (x' @ y')`` for operands known as a power of two f, g times
+    another value (:attr:`_Builder.scaled`): the same numbers, as scaling by a power of two
+    commutes with rounding, and a matmul of counts (Spike-Driven Transformer V3's attention)
+    is a SpikeMatMul only on the counts themselves."""
+    (x, f), (y, g) = (b.scaled.get(v.expr, (v, 1.0)) for v in (x, y))
+    product = _tensor_tensor(b, c, "matmul", x, y)
+    if x.expr in b.integers and y.expr in b.integers:
+        b.integers.add(product.expr)
+    return _scaled_by(b, c, product, f * g)
+
+
+def _scaled_by(b, c, x: Val, factor: float) -> Val:
+    """``x * factor`` (a Scale), noted as a scaled ``x`` when ``factor`` is a power of two."""
+    if factor == 1:
+        return x
+    out = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=np.asarray(factor)), [x],
+                x.frame, shape=x.expr.shape, hint=f"{c.hint}_scale")
+    if np.frexp(factor)[0] in (0.5, -0.5):
+        base, f = b.scaled.get(x.expr, (x, 1.0))
+        b.scaled[out.expr] = (base, f * factor)
     return out
 
 
@@ -2189,7 +2268,12 @@ def _tensor_const(b, c, kind, x: Val, y) -> Val:
         raise _Refuse("a matrix product with a constant")
     if np.all(k == 1):
         return x
-    return b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=k), [x], x.frame)
+    out = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=k), [x], x.frame)
+    if k.size == 1 and np.frexp(k)[0] in (0.5, -0.5) \
+            and (x.expr in b.integers or x.expr in b.scaled):
+        base, f = b.scaled.get(x.expr, (x, 1.0))
+        b.scaled[out.expr] = (base, f * float(k.reshape(())))
+    return out
 
 
 def _constant_added(b, c, x: Val, k: np.ndarray) -> Val:
@@ -2253,14 +2337,54 @@ def _comparison(b, c, x: Val, k, op: str) -> Val:
 
 def _clamp(b, c, x, min=None, max=None):
     """``torch.clamp(x, 0, 1)`` of integer values (spikes and sums of them: an OR of spikes,
-    ``clamp(x + y, 0, 1)``, XOR-Spikformer's ``or_clamp`` fusion) is ``x > 0``, exactly."""
-    x = _val(x)
+    ``clamp(x + y, 0, 1)``, XOR-Spikformer's ``or_clamp`` fusion) is ``x > 0``, exactly.
+    ``clamp(x, 0, D)`` (D a positive integer) of a rounded value, or rounded after, is a count
+    (Spike-Driven Transformer V3's and SpikeYOLO's integer spikes)."""
+    rounded = isinstance(x, Rounded)
+    x = x.x if rounded else _val(x)
     bounds = [None if v is None else b.const(v, x) for v in (min, max)]
-    if any(v is None or v.size != 1 for v in bounds) or [float(v) for v in bounds] != [0, 1]:
-        raise _Refuse("only clamp(x, 0, 1) of integer values (an OR of spikes) is supported")
+    top = None if any(v is None or v.size != 1 for v in bounds) or float(bounds[0]) != 0 \
+        else float(bounds[1])
+    if top is None or top < 1 or top != int(top):
+        raise _Refuse("only clamp(x, 0, 1) of integer values (an OR of spikes) and round(clamp("
+                      "x, 0, D)) with D a positive integer (a count) are supported")
+    if rounded:
+        return _rounded_count(b, c, x, int(top))
+    if top != 1:  # (an operand refused already keeps its own reason)
+        return x if x.expr.tainted or isinstance(x.expr, _Refused) else Clamped(x, int(top))
     b.kinds_needed[x.expr] = (c.path, c.op, _INTEGERS, "only clamp(x, 0, 1) of integer values, "
                               "spikes and sums of them, an OR of spikes")
     return _comparison(b, c, x, np.asarray(0.0), "gt")
+
+
+#: the most levels of a count round(clamp(x, 0, D)) (each is a layer of comparisons)
+MAX_COUNT_LEVELS = 64
+
+
+def _round(b, c, x, decimals=0):
+    """``torch.round(x)``, taken with a clamp to [0, D] (:class:`Clamped`, :class:`Rounded`)."""
+    if decimals != 0:
+        raise _Refuse("round with decimals")
+    if isinstance(x, Clamped):
+        return _rounded_count(b, c, x.x, x.top)
+    x = _val(x)
+    return x if x.expr.tainted or isinstance(x.expr, _Refused) else Rounded(x)
+
+
+def _rounded_count(b, c, x: Val, top: int) -> Val:
+    """``round(clamp(x, 0, top))``, the integer spikes of Spike-Driven Transformer V3: the sum
+    of ``top`` comparisons, level d firing when round(x) >= d: x > d - 1/2 for odd d, x >= d -
+    1/2 for even d (torch rounds halves to even), exactly."""
+    if top > MAX_COUNT_LEVELS:
+        raise _Refuse(f"a count of up to {top} (snncc builds one comparison per level, at most "
+                      f"{MAX_COUNT_LEVELS})")
+    levels = [_comparison(b, c, x, np.asarray(d - 0.5), "ge" if d % 2 == 0 else "gt")
+              for d in range(1, top + 1)]
+    out = levels[0] if top == 1 else b.new(c, lambda n, i: ir.Add(n, i, path=c.path), levels,
+                                           x.frame)
+    b.counts[out.expr] = levels
+    b.integers.add(out.expr)
+    return out
 
 
 _INTEGERS = frozenset({ir.Kind.SPIKE, ir.Kind.COUNT})
@@ -2485,6 +2609,7 @@ _FUNCTIONS = {
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
+    torch.round: _round,
     F.relu: _relu, torch.relu: _relu,
     # (one that drops, in training, is refused while tracing: _WhileTracing)
     **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
@@ -2501,8 +2626,10 @@ _METHODS = {
     "narrow": _narrow, "__getitem__": _getitem, "gt": _compare("gt"), "ge": _compare("ge"),
     "lt": _compare("lt"), "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast,
     "type_as": _cast,
-    "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp, "relu": _relu,
+    "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp, "relu": _relu, "round": _round,
 }
+#: handlers that only move values, so they commute with a scale (:attr:`_Builder.scaled`)
+_LAYOUT_HANDLERS = frozenset({_reshape, _flatten, _permute, _transpose, _t})
 
 
 # ----------------------------------------------------------------------------- module handlers

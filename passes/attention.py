@@ -3,7 +3,9 @@
 **Matmuls.** With a spike matrix S, ``(S R)[n, :] = sum over i with S[n, i] = 1 of R[i, :]``:
 each spike is an address selecting a row of R to add, ``spikes x row length`` additions
 (:class:`~snncc.ir.AddressedAccumulate`; ``R S`` likewise selects columns). Every SpikeMatMul
-becomes one, addressed by its spike operand (the left one when both are spikes).
+becomes one, addressed by its spike operand (the left one when both are spikes; a count operand,
+Spike-Driven Transformer V3's integer spikes, where neither is spikes: a count c adds its row
+c times).
 
 **Association order.** For a chain ``A B C`` (one matmul feeding only another) with A: m x k,
 B: k x n, C: n x p per head, the dense addition counts are::
@@ -56,8 +58,8 @@ def _put(graph: Graph, node: ir.Node) -> None:
 
 
 def _addressed(graph: Graph, name: str, a: str, b: str, path: str) -> None:
-    """Replace node ``name`` by ``a @ b`` addressed by ``a`` if it is spikes, else by ``b``."""
-    operand = 0 if graph[a].kind is ir.Kind.SPIKE else 1
+    """Replace node ``name`` by ``a @ b`` addressed by its spike (or count) operand."""
+    operand = ir.address_operand([graph[a].kind, graph[b].kind])
     _put(graph, ir.AddressedAccumulate(name, (a, b), path, spike_operand=operand))
 
 
@@ -85,8 +87,9 @@ def _lower_chain(graph: Graph, outer: ir.SpikeMatMul, side: int, inner: ir.Spike
     cost = {"left": m * k * n + m * n * p, "right": k * n * p + m * k * p}
     source = "left" if side == 0 else "right"
     best = min(cost, key=lambda o: (cost[o], o != source))
-    spike = {x: graph[x].kind is ir.Kind.SPIKE for x in (a, b, c)}
-    # the new inner pair needs a spike operand, and the outer one its non-inner operand spiking
+    spike = {x: graph[x].kind.integral for x in (a, b, c)}
+    # the new inner pair needs a spike (or count) operand, and the outer one its non-inner
+    # operand spiking (or counting)
     addressable = {"left": (spike[a] or spike[b]) and spike[c],
                    "right": (spike[b] or spike[c]) and spike[a]}
     real = [x for x in (a, b, c) if not graph[x].kind.integral]
@@ -95,7 +98,8 @@ def _lower_chain(graph: Graph, outer: ir.SpikeMatMul, side: int, inner: ir.Spike
         reason = (f"kept the source order: operand {where(graph[real[0]])} is real-valued, so "
                   "re-association is not exact")
     elif best != source and not addressable[best]:
-        reason = "kept the source order: in the other order a matmul has no spike operand"
+        reason = ("kept the source order: in the other order a matmul has no spike or count "
+                  "operand")
     if reason:
         best = source
     if best == "left":

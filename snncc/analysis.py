@@ -141,7 +141,7 @@ def fan_out(node: ir.Node, in_shape: tuple[int, ...]) -> torch.Tensor:
 def _spike_operand(graph: Graph, n: ir.Node) -> int:
     if isinstance(n, ir.AddressedAccumulate):
         return n.spike_operand
-    return 0 if graph[n.inputs[0]].kind is ir.Kind.SPIKE else 1
+    return ir.address_operand([graph[i].kind for i in n.inputs])
 
 
 def energy_record(graph: Graph) -> frozenset[str]:
@@ -182,8 +182,9 @@ def energy_report(graph: Graph, result: SimResult) -> EnergyReport:
         if isinstance(n, (ir.SpikeMatMul, ir.AddressedAccumulate)):
             k = _spike_operand(graph, n)
             spikes = torch.as_tensor(result.trace[n.inputs[k]][:runs])
-            kind, rate = "spike", float(spikes.mean())
-            sops = (int(torch.count_nonzero(spikes))
+            kind, rate = graph[n.inputs[k]].kind.value, float(spikes.mean())
+            # a count c adds its row c times (spikes: once per 1)
+            sops = (float(spikes.sum())
                     * addressed_row(graph[n.inputs[1 - k]].shape, k) / batch)
             macs = 0.0
         elif any(graph[i].kind is ir.Kind.REAL for i in n.inputs):

@@ -543,16 +543,25 @@ def _matmul_shape(node: Node, a: Shape, b: Shape) -> Shape:
 
 @dataclass(eq=False)
 class SpikeMatMul(Node):
-    """y = a @ b (batched over leading axes) where at least one operand is spikes, so every
-    product is a selection and the matmul is a sum of selected values."""
+    """y = a @ b (batched over leading axes) where at least one operand is spikes (or counts),
+    so every product is a selection (repeated count times) and the matmul is a sum of selected
+    values."""
 
     arity: ClassVar = 2
 
     def infer(self, shapes, kinds):
-        if Kind.SPIKE not in kinds:
-            self.fail(f"needs a spike operand, got kinds {[k.value for k in kinds]}", IRError)
+        if not any(k.integral for k in kinds):
+            self.fail(f"needs a spike or count operand, got kinds {[k.value for k in kinds]}",
+                      IRError)
         return _matmul_shape(self, *shapes), (Kind.COUNT if all(k.integral for k in kinds)
                                               else Kind.REAL)
+
+
+def address_operand(kinds) -> int:
+    """Which operand of a spike matmul addresses the other's rows: spikes (one addition per 1),
+    else counts (c additions per count c); the left one on a tie."""
+    order = {Kind.SPIKE: 0, Kind.COUNT: 1}
+    return int(order.get(kinds[1], 2) < order.get(kinds[0], 2))
 
 
 @dataclass(eq=False)
@@ -563,7 +572,8 @@ class AddressedAccumulate(Node):
         spike_operand = 1:  y = R @ S,  y[..., :, m] = sum over i with S[..., i, m] = 1 of R[..., :, i]
 
     Each spike is an address selecting a row (column) to add; the additions performed per step
-    are (number of spikes) x (row length), which the simulator counts."""
+    are (number of spikes) x (row length), which the simulator counts. S may be counts (integer
+    spikes, Spike-Driven Transformer V3's): a count c adds its row c times."""
 
     spike_operand: int = 0
     arity: ClassVar = 2
@@ -573,8 +583,8 @@ class AddressedAccumulate(Node):
             self.fail("spike_operand must be 0 or 1", IRError)
 
     def infer(self, shapes, kinds):
-        if kinds[self.spike_operand] is not Kind.SPIKE:
-            self.fail(f"operand {self.spike_operand} must be spikes", IRError)
+        if not kinds[self.spike_operand].integral:
+            self.fail(f"operand {self.spike_operand} must be spikes or counts", IRError)
         return _matmul_shape(self, *shapes), (Kind.COUNT if all(k.integral for k in kinds)
                                               else Kind.REAL)
 

@@ -181,9 +181,11 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     modules = dict(model.named_modules())
     by_path = {n.path: n for n in graph.of_type(ir.Neuron)
                if n.path in modules and n.path not in written and is_neuron(modules[n.path])}
-    # a module whose output counts (an integer LIF): level d of the graph fires on count >= d
+    # a module whose output counts (an integer LIF; a count times a unit, Spike-Driven
+    # Transformer V3's spikes): level d of the graph fires on count >= d
     counted = {p: levels for p, levels in (graph.meta.get("count_modules") or {}).items()
                if p in modules}
+    units = graph.meta.get("count_units") or {}
     records: dict[str, list] = {p: [] for p in (*by_path, *written, *counted)}
 
     def spikes_in_dtype(path, out):
@@ -221,7 +223,8 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     for p, levels in counted.items():
         if records[p]:
             shape = graph[levels[0]].shape
-            counts = torch.cat(records.pop(p)).cpu().numpy().reshape(-1, batch, *shape)
+            counts = torch.cat(records.pop(p)).cpu().numpy().reshape(-1, batch, *shape) \
+                / units.get(p, 1.0)
             traces.update({node: (counts >= d).astype(counts.dtype)
                            for d, node in enumerate(levels, start=1)})
     for p, outs in records.items():

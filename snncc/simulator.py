@@ -622,9 +622,8 @@ class Simulator:
                     s = seq(n.inputs[n.spike_operand]).reshape(T, -1)
                     row = addressed_row(self.graph[n.inputs[1 - n.spike_operand]].shape,
                                         n.spike_operand)
-                    nz = torch.ne(s, 0, out=torch.empty(s.shape, dtype=torch.float64,
-                                                        device=s.device))
-                    rec.additions[nm] = [int(c) * row for c in nz.sum(dim=1).tolist()]
+                    counts = s.sum(dim=1, dtype=torch.float64)  # a count c: c additions
+                    rec.additions[nm] = [int(c) * row for c in counts.tolist()]
             for n in nodes:
                 if n.name in rec.trace:
                     rec.trace[n.name] = seq(n.name).contiguous()
@@ -814,9 +813,9 @@ def require_run_fits(graph: Graph, T: int, batch: int, record=False,
 def addressed_additions(operands, spike_operand: int) -> int:
     """Row additions of ``S @ R`` (spike_operand 0) or ``R @ S`` (1) done by addressing:
     every spike selects one row (column) of the other operand, so additions = spikes x row
-    length, summed over the batch."""
+    length, summed over the batch (a count c selects its row c times)."""
     s, r = operands[spike_operand], operands[1 - spike_operand]
-    return int(torch.count_nonzero(s)) * addressed_row(r.shape, spike_operand)
+    return int(s.sum(dtype=torch.float64)) * addressed_row(r.shape, spike_operand)
 
 
 def addressed_row(other_shape, spike_operand: int) -> int:

@@ -98,6 +98,23 @@ def test_attention_additions_counted_from_spike_addresses():
     assert row.sops == q.sum() * 6 / 3
 
 
+def test_count_addresses_add_their_row_count_times():
+    """Integer spikes (Spike-Driven Transformer V3's counts 0..4) address a row once per unit."""
+    rng = np.random.default_rng(6)
+    g = Graph("attn", {"T": 1})
+    g.add(ir.Input("q", input_shape=(2, 6, 4), input_kind="count"))
+    g.add(ir.Input("kt", input_shape=(2, 4, 6)))
+    g.add(ir.AddressedAccumulate("qk", ("q", "kt")))
+    g.add(ir.Output("o", ("qk",)))
+    q = rng.integers(0, 5, (1, 3, 2, 6, 4)).astype(float)
+    k = rng.normal(size=(1, 3, 2, 4, 6))
+    res = simulate(g.verify(), {"q": q, "kt": k}, record=True)
+    np.testing.assert_allclose(res.output, q[-1] @ k[-1], rtol=1e-12)  # (summation order)
+    assert res.additions["qk"].tolist() == [int(q.sum()) * 6]
+    row = analysis.energy_report(g, res).layers[0]
+    assert row.input_kind == "count" and row.sops == q.sum() * 6 / 3
+
+
 @pytest.mark.parametrize("op, in_shape, kw", [
     ("Conv2d", (4, 9, 7), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)),
     ("Conv2d", (3, 8, 8), dict(stride=(3, 3), padding=(0, 0))),

@@ -354,7 +354,7 @@ def test_matmul_without_spikes_is_refused():
 
     model = nn.Sequential(Scores(), neuron.IFNode(step_mode="m"))
     with pytest.raises(UnsupportedError, match=r"^module '0': op 'operator.matmul' is not "
-                                               r"supported \(needs a spike operand"):
+                                               r"supported \(needs a spike or count operand"):
         trace(model, torch.randn(T, 3, 5, 6), T=T, static=False)
 
 

@@ -1,0 +1,133 @@
+"""Spike-Driven Transformer V3 (integer spikes at T = 1, attention on counts), written from the
+official code (``sdt_v3_cases``): its ``MultiSpike``, round(clamp(x, 0, 4)) / 4, is a count of
+four comparisons (level d fires when the count is at least d), its attention a matmul of counts
+(addressed additions, a count c adding its row c times). Every level of every ``MultiSpike`` is
+compared with the model's own counts on every target, in float64, exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import snncc
+from snncc.errors import UnsupportedError
+from snncc.simulator import simulate
+from snncc.frontends.zoo.testing import randomize_bn
+
+import sdt_v3_cases as sdt
+
+# BNs far from identity, the attention's Q/K/V a little higher so that its counts reach level 2
+_BN = dict(var_range=(0.5, 1.5), weight_range=(1.0, 2.5), bias_range=(0.0, 1.5),
+           negative_gammas=0.2,
+           overrides={"*attn.[qkv]_conv*": dict(var_range=(0.5, 1.5), weight_range=(1.0, 2.5),
+                                                bias_range=(0.5, 2.0))})
+
+
+def _network(seed: int, block=sdt.MS_Block_Spike_SepConv, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    kw = dict(embed_dim=(8, 16, 32, 32), num_heads=2, blocks3=1, blocks4=1) | kw
+    model = sdt.Spiking_vit_MetaFormer_Spike_SepConv(block=block, **kw)
+    return randomize_bn(model, seed, **_BN).eval()
+
+
+def _multi_spikes(model: nn.Module) -> set[str]:
+    return {p for p, m in model.named_modules() if isinstance(m, sdt.MultiSpike)}
+
+
+def _assert_exact(model: nn.Module, report) -> None:
+    assert report.min_agreement == 1.0
+    assert report.output_max_abs_diff_sim == 0.0 == report.output_max_abs_diff_target
+    assert not report.unmatched
+    levels: dict[str, list[float]] = {}
+    for row in report.layers:
+        levels.setdefault(row.path, []).append(row.rate_reference)
+    assert set(levels) == _multi_spikes(model)  # every MultiSpike compared, level by level
+    assert all(len(rates) == 4 for p, rates in levels.items())
+    # a module's mean count / 4 (the mean of its levels' rates) is neither 0 nor saturated
+    for path, rates in levels.items():
+        assert 0.05 <= np.mean(rates) <= 0.95, (path, rates)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("block", [sdt.MS_Block_Spike_SepConv, sdt.MS_Block],
+                         ids=["linear-attention", "repconv-attention"])
+def test_network_exact_in_the_simulator(block, seed):
+    model = _network(seed, block)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    _assert_exact(model, snncc.check(model, x, target="sim", T=1))
+
+
+@pytest.mark.parametrize("target", ["onnx", "nir"])
+def test_network_exact_on_onnx_and_nir(target):
+    model = _network(2, sdt.MS_Block_Spike_SepConv, embed_dim=(8, 16, 16, 16))
+    _assert_exact(model, snncc.check(model, torch.rand(2, 3, 32, 32), target=target, T=1))
+
+
+class _OneBlock(nn.Module):
+    """The tokenizer's last downsampling, one block of either attention, the official head."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.downsample = sdt.MS_DownSampling(3, 8, 3, 2, 1, first_layer=True)
+        self.block = block(8, 2, 4)
+        self.spike = sdt.MultiSpike(Norm=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.block(self.downsample(x))
+        return self.head(self.spike(x.flatten(2).mean(2)))
+
+
+@pytest.mark.parametrize("block", [sdt.MS_Block_Spike_SepConv, sdt.MS_Block],
+                         ids=["linear-attention", "repconv-attention"])
+def test_a_block_exact_on_lava(block):
+    torch.manual_seed(3)
+    model = randomize_bn(_OneBlock(block), 3, **_BN).eval()
+    _assert_exact(model, snncc.check(model, torch.rand(2, 3, 8, 8), target="lava", T=1))
+
+
+@pytest.mark.slow
+def test_network_exact_on_lava():
+    model = _network(4, sdt.MS_Block_Spike_SepConv)
+    _assert_exact(model, snncc.check(model, torch.rand(2, 3, 32, 32), target="lava", T=1))
+
+
+def test_halves_round_to_even():
+    """round(clamp(x, 0, 4)): 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, 3.5 -> 4, as torch rounds."""
+    x = torch.tensor([[-1.0, 0.49, 0.5, 0.51, 1.5, 2.5, 3.5, 4.7, 2.4999999999999996]] * 2,
+                     dtype=torch.float64)
+    g = snncc.trace(sdt.MultiSpike(), x, T=1)
+    out = simulate(g, x.numpy()).output
+    np.testing.assert_array_equal(out, sdt.MultiSpike()(x).numpy())
+    np.testing.assert_array_equal(out * 4, [[0, 0, 0, 1, 2, 2, 4, 4, 2]] * 2)
+
+
+class _Quantizer(nn.Module):
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+
+    def forward(self, x):
+        return self.form(x)
+
+
+@pytest.mark.parametrize("form, why", [
+    (lambda x: torch.round(torch.clamp(x, 0, 2.5)), r"D a positive integer"),
+    (lambda x: torch.round(torch.clamp(x, -1, 4)), r"D a positive integer"),
+    (lambda x: torch.round(x), r"round\(x\) only clamped so"),
+    (lambda x: torch.clamp(x, 0, 4) * 2, r"supported only rounded"),
+    (lambda x: torch.round(torch.clamp(x, 0, 65)), r"at most 64"),
+])
+def test_other_roundings_are_refused(form, why):
+    with pytest.raises(UnsupportedError, match=why):
+        snncc.trace(nn.Sequential(nn.Linear(4, 4), _Quantizer(form)), torch.rand(2, 4), T=1)
+
+
+def test_round_after_clamp_is_the_same_count():
+    """clamp(round(x), 0, D) is round(clamp(x, 0, D)) (D an integer)."""
+    x = torch.linspace(-2, 6, 82, dtype=torch.float64).reshape(2, -1)
+    model = _Quantizer(lambda v: torch.clamp(torch.round(v), 0, 3) / 2)
+    out = simulate(snncc.trace(model, x, T=1), x.numpy()).output
+    np.testing.assert_array_equal(out, model(x).numpy())
