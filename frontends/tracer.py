@@ -1579,12 +1579,14 @@ class _Builder:
         (Spike-Driven Transformer V3's ``MultiSpike``, count / D): its level neurons, which
         ``check`` compares with the module's output divided by the unit."""
         for path, calls in self._returned.items():
-            v = calls[0]
-            if len(calls) != 1 or v.expr.step is not None \
-                    or v.frame not in (TB, TBM) + ((B,) if self.T == 1 else ()):
+            v = calls[-1]  # a module called once per step: its last call's nodes are its steps'
+            per_step = all(c.expr.step is not None for c in calls)
+            if not per_step and (len(calls) != 1 or v.expr.step is not None
+                                 or v.frame not in (TB, TBM) + ((B,) if self.T == 1 else ())):
                 continue
             count, unit = self.scaled.get(v.expr, (v, 1.0))
-            names = [self._done.get((lv.expr, None)) for lv in self.counts.get(count.expr, ())]
+            names = [self._done.get((lv.expr, lv.expr.step))
+                     for lv in self.counts.get(count.expr, ())]
             if names and all(n in self.comparisons and self.graph[n].path == path
                              for n in names):
                 self.graph.meta.setdefault("count_modules", {})[path] = names

@@ -141,6 +141,10 @@ CASES = {
     "scale": unary_case(ir.Scale("op", ("x",), factor=np.array([0.5, -2.0, 3.0])), (2, 3),
                         kind="real"),
     "sum": unary_case(ir.Sum("op", ("x",), axes=(1,)), (3, 4, 5)),
+    # on a neuron's spikes (SpikeYOLO's SepRepConv): no synapse before it to fold into
+    "batchnorm": unary_case(ir.BatchNorm("op", ("x",), weight=np.array([1.5, -0.7]),
+                                         bias=np.array([0.2, 0.9]), mean=np.array([0.3, -0.1]),
+                                         var=np.array([0.8, 2.0]), eps=1e-5), (2, 3, 3)),
     "mean": unary_case(ir.Mean("op", ("x",), axes=(-1, 0), keepdim=True), (3, 4, 5),
                        kind="real"),
     "ports": unary_case(ir.Transpose("op", ("x",), perm=(1, 2, 0)), (2, 3, 4)),
@@ -153,7 +157,8 @@ CASES = {
 
 
 #: real-valued sums whose order numpy and torch choose differently (last-bit differences)
-REORDERED_SUMS = {"conv", "linear_tokens", "mean"}
+REORDERED_SUMS = {"conv", "linear_tokens", "mean",
+                  "batchnorm"}  # (torch's BatchNorm fuses its multiply-add)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

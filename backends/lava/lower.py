@@ -17,7 +17,8 @@ What maps where:
 - Reshape / Flatten / Transpose -> Lava virtual ports (reshape / transpose on the connection);
   the (C, H, W) <-> (W, H, C) layout change around each Conv is a transpose port too.
 - Everything else (pooling, padding, Add, Scale, Hadamard, spike matmuls, reductions, Concat,
-  Delay, Readout, an unabsorbed bias) -> the custom processes of :mod:`.processes`.
+  Delay, Readout, an unabsorbed bias, a BatchNorm after no synapse) -> the custom processes of
+  :mod:`.processes`.
 
 Values between processes keep the IR layout (C, H, W) / (N, D), row-major, and everything here is
 per sample: the runner gives every process a leading lane axis (the samples of a batch side by
@@ -435,6 +436,14 @@ class Lowerer:
                 "attrs": {"bits": int(self.view.encoders[n.name])}},
                 {"factor": np.asarray(n.factor, dtype=np.float64)}, n.name))
         return self._unary(n, {}, {"factor": n.factor})
+
+    def _op_BatchNorm(self, n: ir.BatchNorm) -> Port:
+        """A BatchNorm after no synapse (on a neuron's spikes or counts) as x * a + c per
+        channel (``scale_shift``): within an ulp of torch's fused multiply-add."""
+        a, c = n.scale_shift()
+        per_channel = (-1,) + (1,) * (len(n.shape) - 1 - n.axis)
+        return self._unary(n, {}, {"scale": a.reshape(per_channel),
+                                   "shift": c.reshape(per_channel)})
 
     def _op_Sum(self, n: ir.Sum) -> Port:
         return self._unary(n, {"axes": n.axes, "keepdim": n.keepdim})

@@ -88,6 +88,11 @@ def scale(factor):
     return lambda x: x * factor
 
 
+def affine(scale, shift):
+    """y = x * scale + shift (a BatchNorm no synapse before it absorbed, per channel)."""
+    return lambda x: x * scale + shift
+
+
 def add_constant(constant):
     """y = x + constant (a synaptic bias that no neuron absorbed)."""
     return lambda x: x + constant
@@ -124,6 +129,7 @@ UNARY = {
     "AvgPool2d": avg_pool,
     "Pad": pad,
     "Scale": scale,
+    "BatchNorm": affine,
     "Bias": add_constant,
     "Sum": reduce(np.sum),
     "Mean": reduce(np.mean),

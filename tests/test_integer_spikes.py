@@ -1,8 +1,9 @@
-"""Spike-Driven Transformer V3 (integer spikes at T = 1, attention on counts), written from the
-official code (``sdt_v3_cases``): its ``MultiSpike``, round(clamp(x, 0, 4)) / 4, is a count of
-four comparisons (level d fires when the count is at least d), its attention a matmul of counts
-(addressed additions, a count c adding its row c times). Every level of every ``MultiSpike`` is
-compared with the model's own counts on every target, in float64, exactly."""
+"""Integer spikes written with tensor ops, round(clamp(x, 0, 4)): a count of four comparisons
+(level d fires when the count is at least d). Spike-Driven Transformer V3 (T = 1, attention on
+counts: addressed additions, a count c adding its row c times) and SpikeYOLO (an integer LIF
+looping over T, a BatchNorm on a neuron's counts), both written from the official code
+(``sdt_v3_cases``, ``spikeyolo_cases``). Every level of every quantizer module is compared with
+the model's own counts on every target, in float64, exactly."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from snncc.simulator import simulate
 from snncc.frontends.zoo.testing import randomize_bn
 
 import sdt_v3_cases as sdt
+import spikeyolo_cases as yolo
 
 # BNs far from identity, the attention's Q/K/V a little higher so that its counts reach level 2
 _BN = dict(var_range=(0.5, 1.5), weight_range=(1.0, 2.5), bias_range=(0.0, 1.5),
@@ -32,18 +34,22 @@ def _network(seed: int, block=sdt.MS_Block_Spike_SepConv, **kw) -> nn.Module:
     return randomize_bn(model, seed, **_BN).eval()
 
 
-def _multi_spikes(model: nn.Module) -> set[str]:
-    return {p for p, m in model.named_modules() if isinstance(m, sdt.MultiSpike)}
+def _quantizers(model: nn.Module) -> set[str]:
+    return {p for p, m in model.named_modules()
+            if isinstance(m, (sdt.MultiSpike, yolo.MultiSpike4))}
 
 
-def _assert_exact(model: nn.Module, report) -> None:
+def _assert_exact(model: nn.Module, report, output_tol: float = 0.0) -> None:
+    """Every level equal everywhere; the output equal (to ``output_tol``: a mean over T and
+    positions summed in another order)."""
     assert report.min_agreement == 1.0
-    assert report.output_max_abs_diff_sim == 0.0 == report.output_max_abs_diff_target
+    assert report.output_max_abs_diff_sim <= output_tol
+    assert report.output_max_abs_diff_target <= output_tol
     assert not report.unmatched
     levels: dict[str, list[float]] = {}
     for row in report.layers:
         levels.setdefault(row.path, []).append(row.rate_reference)
-    assert set(levels) == _multi_spikes(model)  # every MultiSpike compared, level by level
+    assert set(levels) == _quantizers(model)  # every quantizer compared, level by level
     assert all(len(rates) == 4 for p, rates in levels.items())
     # a module's mean count / 4 (the mean of its levels' rates) is neither 0 nor saturated
     for path, rates in levels.items():
@@ -131,3 +137,28 @@ def test_round_after_clamp_is_the_same_count():
     model = _Quantizer(lambda v: torch.clamp(torch.round(v), 0, 3) / 2)
     out = simulate(snncc.trace(model, x, T=1), x.numpy()).output
     np.testing.assert_array_equal(out, model(x).numpy())
+
+
+# --- SpikeYOLO ---------------------------------------------------------------------------------
+
+def _backbone(seed: int, T: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize_bn(yolo.Backbone(T=T), seed, **_BN).eval()
+
+
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
+def test_spikeyolo_backbone_exact(target, T):
+    """Its integer LIF loops over T in the model's forward; each step's counts, every level,
+    equal the model's."""
+    model = _backbone(T, T)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(T))
+    _assert_exact(model, snncc.check(model, x, target=target), output_tol=1e-12)
+
+
+def test_spikeyolo_backbone_exact_on_lava():
+    """Also its BatchNorms on a neuron's counts (SepRepConv), which no synapse before them
+    absorbs: a process of their own on Lava."""
+    model = _backbone(5, 2)
+    report = snncc.check(model, torch.rand(3, 3, 32, 32), target="lava")
+    _assert_exact(model, report, output_tol=1e-12)
