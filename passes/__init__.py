@@ -15,6 +15,7 @@ from . import latency  # noqa: F401
 from . import legalize  # noqa: F401
 from . import quantize  # noqa: F401
 from . import repconv  # noqa: F401
+from . import scale  # noqa: F401
 from . import sdsa  # noqa: F401
 
 
@@ -34,6 +35,7 @@ def default_pipeline(target_name: str, quantized: bool = False) -> list[str]:
         *(["reparameterize_repconv"] if quantized else []),
         "fold_batchnorm_into_threshold" if t.per_neuron_threshold
         else "fold_batchnorm_into_weights",
-        "merge_sdsa_scale_into_threshold", "lower_spike_matmul_to_addressed_additions",
+        "merge_sdsa_scale_into_threshold", "fold_power_of_two_scale_into_synapses",
+        "lower_spike_matmul_to_addressed_additions",
         "remove_identities", "fuse_tensor_op_neurons", "hoist_static_input", "legalize_for"]
     return passes + [p for p in t.default_passes if p not in passes]

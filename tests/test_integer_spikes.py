@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 import snncc
+from snncc.analysis import energy_record, energy_report
 from snncc.errors import UnsupportedError
+from snncc.pipeline import for_target
 from snncc.simulator import simulate
 from snncc.frontends.zoo.testing import randomize_bn
 
@@ -69,6 +71,18 @@ def test_network_exact_in_the_simulator(block, seed):
 def test_network_exact_on_onnx_and_nir(target):
     model = _network(2, sdt.MS_Block_Spike_SepConv, embed_dim=(8, 16, 16, 16))
     _assert_exact(model, snncc.check(model, torch.rand(2, 3, 32, 32), target=target, T=1))
+
+
+def test_energy_counts_integer_spikes_as_additions():
+    """count / 4 reaches each convolution as a count (the power-of-two unit folded into its
+    weights), so only the first layer, on the image, is multiply-accumulates."""
+    model = _network(0)
+    x = torch.rand(2, 3, 32, 32)
+    graph = for_target("sim", log=lambda s: None).run(snncc.trace(model, x, T=1))
+    report = energy_report(graph, simulate(graph, x.numpy(), 1, record=energy_record(graph)))
+    real = [row.node for row in report.layers if row.input_kind == "real"]
+    assert real == ["downsample1_1.encode_conv"]
+    assert report.total_sops > 5 * report.total_macs
 
 
 class _OneBlock(nn.Module):

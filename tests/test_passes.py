@@ -429,6 +429,68 @@ def test_sdsa_scale_with_two_consumers_is_declined():
         "scale"]
 
 
+# ----------------------------------------------------------------------------- scaled counts
+
+
+def scaled_counts_graph(seed: int, factor: float = 0.25) -> tuple[Graph, np.ndarray]:
+    """Counts 0..4 divided by 4 (Spike-Driven Transformer V3's spikes) read by a convolution
+    through a reshape, by a Linear directly and by an Add (which must keep the Scale)."""
+    rng = np.random.default_rng(seed)
+    g = Graph("scaled", {"T": T})
+    g.add(ir.Input("x", input_shape=(2, 3, 4), input_kind="count"))
+    g.add(ir.Scale("unit", ("x",), factor=np.asarray(factor)))
+    g.add(ir.Reshape("r", ("unit",), target=(4, 3, 2)))
+    g.add(ir.Conv2d("conv", ("r",), weight=rng.normal(size=(3, 4, 3, 3)),
+                    bias=rng.normal(size=3), padding=(1, 1)))
+    g.add(ir.Neuron("n1", ("conv",), **lif(theta=0.3)))
+    g.add(ir.Linear("fc", ("unit",), weight=rng.normal(size=(5, 4)), bias=rng.normal(size=5)))
+    g.add(ir.Neuron("n2", ("fc",), **lif(theta=0.3)))
+    g.add(ir.Add("sum", ("unit", "unit")))
+    g.add(ir.Output("o1", ("n1",)))
+    g.add(ir.Output("o2", ("n2",)))
+    g.add(ir.Output("o3", ("sum",)))
+    return g.verify(), rng.integers(0, 5, (T, B, 2, 3, 4)).astype(np.float64)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_power_of_two_scale_folds_into_synapses_exactly(seed):
+    g, x = scaled_counts_graph(seed)
+    h = apply(g, "fold_power_of_two_scale_into_synapses")
+    assert h["r"].inputs == ("x",) and h["fc"].inputs == ("x",) and h["sum"].inputs == (
+        "unit", "unit")  # the Add still reads the Scale
+    assert np.array_equal(h["conv"].weight, g["conv"].weight * 0.25)
+    assert h["r"].kind is ir.Kind.COUNT  # the synapses read counts: additions, not MACs
+    assert_same_spikes(g, h, x)
+    r0, r1 = simulate(g, x, T=T, record=True), simulate(h, x, T=T, record=True)
+    for k in ("conv", "fc"):  # the same numbers, not just the same spikes
+        np.testing.assert_array_equal(r0.trace[k], r1.trace[k])
+    assert set(h.meta["reports"]["fold_power_of_two_scale_into_synapses"]["folded"]) == {
+        "conv", "fc"}
+
+
+def test_power_of_two_scale_is_removed_when_only_synapses_read_it():
+    g, _ = scaled_counts_graph(0)
+    g.remove("o3")
+    g.remove("sum")
+    assert not apply(g.verify(), "fold_power_of_two_scale_into_synapses").of_type(ir.Scale)
+
+
+@pytest.mark.parametrize("factor, folds", [(0.3, False), (-0.5, True), (2.0 ** -1030, False)])
+def test_scale_folds_only_by_a_power_of_two_in_range(factor, folds):
+    """0.3 would round; a negative power of two is exact; 2^-1030 would leave weights
+    subnormal."""
+    g, _ = scaled_counts_graph(0, factor)
+    h = apply(g, "fold_power_of_two_scale_into_synapses")
+    assert h["fc"].inputs == (("x",) if folds else ("unit",))
+
+
+def test_scale_of_real_values_stays():
+    g, _ = scaled_counts_graph(0)
+    g.replace("x", ir.Input("x", input_shape=(2, 3, 4), input_kind="real"))
+    h = apply(g.verify(), "fold_power_of_two_scale_into_synapses")
+    assert h["fc"].inputs == ("unit",)
+
+
 # ----------------------------------------------------------------------------- addressed additions
 
 
