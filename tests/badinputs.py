@@ -1253,6 +1253,13 @@ def lava_manifest_zero_dilation(tmp):
                                "dilation must be a positive integer, got 0")
 
 
+@case
+def lava_manifest_level_of_a_ghost(tmp):
+    """A level computed by a Count process that is not there would fail at the end of a run."""
+    return _lava_manifest_case(tmp, "level_lava", lambda d: d.update(
+        levels={"ghost": ["nowhere", 1]}), "level 'ghost' must name a count with a value")
+
+
 # ============================================================================ outputs (lead)
 @case
 def output_unwritable_dir(tmp):

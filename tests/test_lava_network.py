@@ -261,6 +261,24 @@ def test_float_network_has_no_netx_file(tmp_path):
     assert not (art / "netx.h5").exists()
 
 
+def test_an_artifact_keeps_the_levels_its_counts_compute(tmp_path):
+    """An integer spike's comparisons are one Count process; the artifact records which levels
+    it computes, and the run from the directory traces each level."""
+    g = Graph("count", {"T": T})
+    g.add(ir.Input("x", input_shape=(3,)))
+    for d in (1, 2):
+        g.add(ir.Neuron(f"l{d}", ("x",), alpha=0.0, gamma=1.0, beta=0.0, theta=d - 0.5,
+                        cmp=">" if d % 2 else ">="))
+    g.add(ir.Add("count", ("l1", "l2")))
+    g.add(ir.Output("out", ("count",)))
+    art = emit(compiled(g.verify()), tmp_path / "a")
+    assert load(art).levels == {"l1": ("count", 1), "l2": ("count", 2)}
+    x = np.array([[[0.4, 0.5, 0.6]], [[1.5, 2.0, -3.0]]])  # [T=2, B=1, 3]
+    trace = run_artifact(art, x, 2, record=["l1", "l2"])["trace"]
+    np.testing.assert_array_equal(trace["l1"], x > 0.5)
+    np.testing.assert_array_equal(trace["l2"], x >= 1.5)
+
+
 def test_emit_refuses_graphs_it_cannot_map(tmp_path):
     g, _ = cnn_graph(0)
     with pytest.raises(UnsupportedError, match="balance_synaptic_latency"):

@@ -23,7 +23,7 @@ def check_against_simulator(g: Graph, x, exact: bool = True) -> dict:
     (bit for bit unless ``exact`` is False: then to 1e-13 relative). Returns the Lava net."""
     g.verify()
     net = lower(g, latency_plan(g))
-    nodes = [k for k in net.values if g[k].op != "Input"]
+    nodes = [k for k in [*net.values, *net.levels] if g[k].op != "Input"]
     got = run_network(net, x, record=nodes)["trace"]  # T from the sequences or the graph
     ref = simulate(g, x, T, record=True).trace
     for k in nodes:
@@ -123,6 +123,26 @@ def canonical_lif_case(rng):
     return g, x
 
 
+def count_graph(also_output: bool = False) -> Graph:
+    """round(clamp(x, 0, 4)) as the tracer builds it: four comparisons of one value (x > 0.5,
+    x >= 1.5, x > 2.5, x >= 3.5, listed out of order) summed by one Add."""
+    levels = [(2.5, ">"), (0.5, ">"), (3.5, ">="), (1.5, ">=")]
+    nodes = [ir.Input("x", input_shape=(2, 5))]
+    nodes += [ir.Neuron(f"l{i}", ("x",), alpha=0.0, gamma=1.0, beta=0.0, theta=t, cmp=c)
+              for i, (t, c) in enumerate(levels)]
+    nodes.append(ir.Add("count", tuple(f"l{i}" for i in range(4))))
+    g = graph(*nodes, out="count")
+    if also_output:
+        g.add(ir.Output("level", ("l2",)))
+    return g
+
+
+def count_case(rng):
+    """Halves and values on both sides of every threshold."""
+    x = rng.choice([-1.0, 0.5, 0.7, 1.5, 2.2, 2.5, 3.5, 5.0], size=(T, B, 2, 5))
+    return count_graph(), x
+
+
 def stateful_case(rng):
     """An IR Delay (zeros for its first steps) beside the undelayed input, and a Readout."""
     x = rng.normal(size=(T, B, 3))
@@ -152,6 +172,7 @@ CASES = {
     "conv": conv_case,
     "linear_tokens": linear_on_tokens_case,
     "canonical_lif": canonical_lif_case,
+    "count": count_case,
     "stateful": stateful_case,
 }
 
@@ -165,6 +186,23 @@ REORDERED_SUMS = {"conv", "linear_tokens", "mean",
 def test_mapping_matches_simulator(case, rng):
     g, x = CASES[case](rng)
     check_against_simulator(g, x, exact=case not in REORDERED_SUMS)
+
+
+def test_a_count_of_comparisons_is_one_process(rng):
+    """Its levels are no processes of their own; recorded, each is count >= d, d its place in
+    the order of the thresholds (test_mapping_matches_simulator[count] compares them)."""
+    net = lower(count_graph().verify(), latency_plan(count_graph()))
+    assert [(p.type, p.params.get("op")) for p in net.processes] == [("UnaryOp", "Count")]
+    assert net.levels == {"l1": ("count", 1), "l3": ("count", 2), "l0": ("count", 3),
+                          "l2": ("count", 4)}
+
+
+def test_a_level_read_elsewhere_keeps_its_process(rng):
+    g = count_graph(also_output=True).verify()
+    net = lower(g, latency_plan(g))
+    assert not net.levels and sum(p.node == "count" for p in net.processes) == 3  # an Add chain
+    x = rng.choice([0.5, 1.5, 2.5, 3.5, 4.0], size=(T, B, 2, 5))
+    check_against_simulator(g, x)
 
 
 def test_canonical_lif_is_used_and_says_why(rng):

@@ -54,6 +54,7 @@ def manifest(net: LavaNet) -> dict:
         "values": {k: v.to_json() for k, v in net.values.items()},
         "custom_neurons": net.custom_neurons,
         "arithmetic": net.arithmetic,
+        "levels": net.levels,
     }
 
 
@@ -161,7 +162,21 @@ def _net(doc: dict, weights: dict[str, np.ndarray]) -> LavaNet:
                    values={k: Port.from_json(v) for k, v in doc["values"].items()},
                    processes=procs, custom_neurons=doc["custom_neurons"],
                    arithmetic=doc.get("arithmetic", "float"),
-                   dilation=_dilation(doc.get("dilation", 1)))
+                   dilation=_dilation(doc.get("dilation", 1)),
+                   levels=_levels(doc.get("levels", {}), doc["values"], doc["shapes"]))
+
+
+def _levels(levels: dict, values: dict, shapes: dict) -> dict[str, tuple[str, int]]:
+    """Comparison neurons computed inside a Count process: each a node of the network naming
+    a node with a value (its count) and a level d >= 1 ({} in artifacts written before counts
+    were fused)."""
+    out = {}
+    for node, (count, d) in levels.items():
+        if node not in shapes or count not in values or type(d) is not int or d < 1:
+            raise ValueError(f"level '{node}' must name a count with a value and a level >= 1, "
+                             f"got {[count, d]!r}")
+        out[node] = (count, d)
+    return out
 
 
 def _dilation(d) -> int:

@@ -137,6 +137,9 @@ class LavaNet:
     custom_neurons: dict[str, str]
     arithmetic: str = "float"  # "loihi2": a quantized graph, chip processes run fixed_pt
     dilation: int = 1  # Lava steps per IR step
+    # a comparison neuron computed inside a Count process: node -> (the count's node, d); it
+    # fires when the count is at least d (:func:`counted_levels`)
+    levels: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def period(self) -> int:
@@ -171,6 +174,27 @@ def _channel_vector(a, shape: tuple, axis: int) -> np.ndarray | None:
     return vec if np.all(full == vec.reshape((-1,) + (1,) * (full.ndim - 1))) else None
 
 
+def counted_levels(graph: Graph, plan: dict) -> dict[str, list[ir.Neuron]]:
+    """The Adds that count comparisons of one value: Add node -> its comparison neurons (h = x,
+    alpha 0, gamma 1, beta 0, one threshold each), every one read by that Add alone, none
+    delayed for balance. Such comparisons are nested ({x > theta} and {x >= theta} are all
+    upper sets of the reals), so ordered by (theta, '>' after '>='), the d-th fires exactly when
+    the count is at least d: one Count process computes them all (4 neuron and 3 Add processes
+    per integer spike of Spike-Driven Transformer V3 become one)."""
+    cons, found = graph.consumers(), {}
+    for add in graph.of_type(ir.Add):
+        levels = [graph[i] for i in add.inputs]
+        if len(levels) < 2 or len(set(add.inputs)) < len(levels) or any(
+                not isinstance(n, ir.Neuron) or n.inputs != levels[0].inputs
+                or cons[n.name] != [add.name] or any(plan["balance"].get(n.name, [0]))
+                or np.size(n.theta) != 1 or not (np.all(n.alpha == 0) and np.all(n.gamma == 1)
+                                                  and np.all(n.beta == 0))
+                for n in levels) or any(plan["balance"].get(add.name, [0])):
+            continue
+        found[add.name] = sorted(levels, key=lambda n: (float(n.theta), n.cmp == nrn.CMP_GT))
+    return found
+
+
 class Lowerer:
     """Walks the graph inputs first, one ``_op_<IR op>`` method per op, each returning the port
     that shows the node's value."""
@@ -187,9 +211,14 @@ class Lowerer:
         self.view = fxp.fixed_point_view(graph) if "loihi2" in graph.meta else None
         self.chip = self._chip_nodes() if self.view else set()
         self.fixed_reasons: dict[str, str] = {}
+        # (float, undilated: a quantized or dilated neuron keeps its own process)
+        self.counts = {} if self.view or plan["dilation"] > 1 else counted_levels(graph, plan)
+        self.levels = {n.name: (add, d) for add, levels in self.counts.items()
+                       for d, n in enumerate(levels, start=1)}
         # a quantized neuron's parameters are already integers of its own: nothing is folded
         self.choice = {} if self.view else {
-            n.name: self._neuron_choice(n) for n in graph.of_type(ir.Neuron)}
+            n.name: self._neuron_choice(n) for n in graph.of_type(ir.Neuron)
+            if n.name not in self.levels}
         self.absorbed = {c.synapse: c for c in self.choice.values() if c.synapse}
 
     # ------------------------------------------------------------------ helpers
@@ -367,6 +396,9 @@ class Lowerer:
         at local step depth(n)."""
         if self.view is not None:
             return self._fixed_neuron(n)
+        if n.name in self.levels:  # computed by its count's process
+            self.hidden.add(n.name)
+            return None
         c = self.choice[n.name]
         bias = self._absorbed_bias(c, n.shape)
         start = self.depth[n.name]
@@ -413,10 +445,14 @@ class Lowerer:
                                  {**{k: int(v) for k, v in lif.items()}, "start": start},
                                  arrays, n.name))
 
-    def _unary(self, n: ir.Node, attrs: dict, arrays: dict | None = None) -> Port:
-        return self.add(ProcSpec(n.name, "UnaryOp", n.shape, {"a_in": self.source(n, 0)}, {
-            "op": n.op, "shape_in": list(self.g[n.inputs[0]].shape), "attrs": attrs},
-            arrays or {}, n.name))
+    def _unary(self, n: ir.Node, attrs: dict, arrays: dict | None = None, *,
+               name: str | None = None, op: str | None = None) -> Port:
+        """``n``'s op on its input in a UnaryOp process (``name`` / ``op``: another node's
+        process computing another op on ``n``'s input, a Count on its levels' value)."""
+        name = name or n.name
+        return self.add(ProcSpec(name, "UnaryOp", n.shape, {"a_in": self.source(n, 0)}, {
+            "op": op or n.op, "shape_in": list(self.g[n.inputs[0]].shape), "attrs": attrs},
+            arrays or {}, name))
 
     def _op_MaxPool2d(self, n: ir.MaxPool2d) -> Port:
         return self._unary(n, {"kernel_size": n.kernel_size, "stride": n.stride,
@@ -465,6 +501,11 @@ class Lowerer:
         return acc
 
     def _op_Add(self, n) -> Port:
+        if n.name in self.counts:
+            levels = self.counts[n.name]
+            return self._unary(levels[0], {"cmps": [c.cmp for c in levels]},
+                               {"thetas": np.array([float(c.theta) for c in levels])},
+                               name=n.name, op="Count")
         return self._chain(n, {})
 
     _op_Hadamard = _op_SpikeMatMul = _op_AddressedAccumulate = _op_Add
@@ -527,7 +568,7 @@ class Lowerer:
             custom_neurons={**{k: c.reason for k, c in self.choice.items() if c.lif is None},
                             **self.fixed_reasons},
             arithmetic="loihi2" if self.view is not None else "float",
-            dilation=int(self.plan["dilation"]))
+            dilation=int(self.plan["dilation"]), levels=self.levels)
 
 
 def _combined(n: ir.Node, a: tuple, b: tuple) -> tuple:

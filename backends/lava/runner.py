@@ -418,7 +418,7 @@ def _stream(x: np.ndarray, lanes: int, period: int) -> np.ndarray:
 def _default_record(net: LavaNet) -> list[str]:
     """Every neuron and every output."""
     neurons = [s.node for s in net.processes
-               if s.type in ("LIFReset", CUSTOM_NEURON, FIXED_NEURON)]
+               if s.type in ("LIFReset", CUSTOM_NEURON, FIXED_NEURON)] + list(net.levels)
     return neurons + [o for o in net.outputs if o not in neurons]
 
 
@@ -489,12 +489,14 @@ def run_job(net: LavaNet, seqs: dict, B: int, names: list[str], lanes: int,
             src = source.RingBuffer(data=data)
             io_models[src] = source.PySendModelFloat
         io.connect_input(name, src.s_out)
-    recorder = custom.Recorder(shapes=[(lanes, *net.shapes[k]) for k in names],
+    # a level computed inside a Count process: its count is recorded (the level is count >= d)
+    recorded = list(dict.fromkeys(net.levels[k][0] if k in net.levels else k for k in names))
+    recorder = custom.Recorder(shapes=[(lanes, *net.shapes[k]) for k in recorded],
                                buffer=min(steps, RECORD_BUFFER))
-    for i, node in enumerate(names):
+    for i, node in enumerate(recorded):
         io.port(node).connect(getattr(recorder, f"a_in{i}"))
-    io_models[recorder] = custom.recorder_model(len(names))
-    trace = {k: np.zeros((net.T, B, *net.shapes[k])) for k in names}
+    io_models[recorder] = custom.recorder_model(len(recorded))
+    trace = {k: np.zeros((net.T, B, *net.shapes[k])) for k in recorded}
 
     def keep(step: int, values: list) -> None:
         """Store what a step shows of IR step t = (local step - depth) / dilation, for t in
@@ -502,13 +504,15 @@ def run_job(net: LavaNet, seqs: dict, B: int, names: list[str], lanes: int,
         r, local = divmod(step, P)
         first = r * lanes
         n = min(lanes, B - first)
-        for k, v in zip(names, values):
+        for k, v in zip(recorded, values):
             t, phase = divmod(local - net.depth[k], net.dilation)
             if phase == 0 and 0 <= t < net.T:
                 trace[k][t, first:first + n] = v[:n]
 
     seconds = _run(next(iter(io_models)), io.run_cfg(io_models), recorder, steps, keep,
                    advance)
+    trace = {k: (trace[net.levels[k][0]] >= net.levels[k][1]).astype(np.float64)
+             if k in net.levels else trace[k] for k in names}
     return {"outputs": {o: trace[o][-1] for o in net.outputs}, "trace": trace,
             "latency": net.latency, "period": P, "lanes": lanes, "steps": steps,
             "seconds": seconds, "processes": len(procs) + len(io_models)}

@@ -15,6 +15,8 @@ import functools
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from snncc import neuron as nrn
+
 
 def _window_taps(x, kernel_size, stride, padding, dilation, fill):
     """The kH x kW (L, C, H', W') views of x (L, C, H, W) padded with ``fill``, one per kernel
@@ -93,6 +95,14 @@ def affine(scale, shift):
     return lambda x: x * scale + shift
 
 
+def count(cmps, thetas):
+    """y = how many of the comparisons ``x cmp_d theta_d`` hold: an Add of comparison neurons
+    of one value (the levels of an integer spike, round(clamp(x, 0, D))) in one process, each
+    comparison the neuron's own (:func:`snncc.neuron.fire`)."""
+    return lambda x: functools.reduce(np.add, (nrn.as_spikes(nrn.fire(x, t, c), x)
+                                               for t, c in zip(thetas, cmps)))
+
+
 def add_constant(constant):
     """y = x + constant (a synaptic bias that no neuron absorbed)."""
     return lambda x: x + constant
@@ -130,6 +140,7 @@ UNARY = {
     "Pad": pad,
     "Scale": scale,
     "BatchNorm": affine,
+    "Count": count,
     "Bias": add_constant,
     "Sum": reduce(np.sum),
     "Mean": reduce(np.mean),
