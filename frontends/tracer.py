@@ -885,11 +885,13 @@ class ConstMinus:
 
 @dataclass(frozen=True)
 class Clamped:
-    """``clamp(x, 0, D)`` of a traced real ``x`` with D a positive integer: taken only by
-    ``round``, which makes it a count (:func:`_count_levels`)."""
+    """``clamp(x, 0, D)`` of a traced real ``x`` with D a positive integer, plus ``shift``: taken
+    only by ``round`` (shift 0) or ``floor`` (0 <= shift < 1: ``floor(clamp(x, 0, D) + 0.5)``,
+    rounding halves up), which make it a count (:func:`_rounded_count`, :func:`_floored_count`)."""
 
     x: Val
     top: int
+    shift: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -1841,7 +1843,8 @@ def _val(x) -> Val:
                       "T steps is assigned")
     if isinstance(x, (Clamped, Rounded)):
         raise _Refuse("clamp(x, 0, D) of real values is supported only rounded, round(clamp(x, "
-                      "0, D)) (a count of D levels); round(x) only clamped so")
+                      "0, D)), or floor(clamp(x, 0, D) + s) with 0 <= s < 1 (a count of D "
+                      "levels); round(x) only clamped so")
     if not isinstance(x, Val):
         raise _Refuse("this operand must be a tensor computed from the input")
     return x
@@ -2164,6 +2167,13 @@ def _binary(kind: str):
             x, y = (x, y) if isinstance(y, ConstMinus) else (y, x)
             if y.k == 0:  # x + (0 - v) is x - v, exactly (norse's (v_leak - v) + i, v_leak 0)
                 return _tensor_tensor(b, c, "sub", x, y.y)
+        if kind == "add" and isinstance(x, Clamped) != isinstance(y, Clamped):
+            x, y = (x, y) if isinstance(x, Clamped) else (y, x)
+            k = None if isinstance(y, _FROM_INPUT) else b.const(y, x.x)
+            if k is None or k.size != 1 or x.shift:
+                raise _Refuse("clamp(x, 0, D) is taken plus one constant only, floor(clamp(x, "
+                              "0, D) + s)")
+            return replace(x, shift=float(k.reshape(())))
         if kind == "matmul" and isinstance(x, Val) and not isinstance(y, _FROM_INPUT):
             w = _parameter(y, "matrix")  # x @ W with a constant W [in, out]: a Linear
             if w is None or w.dim() != 2:
@@ -2367,23 +2377,53 @@ def _round(b, c, x, decimals=0):
     """``torch.round(x)``, taken with a clamp to [0, D] (:class:`Clamped`, :class:`Rounded`)."""
     if decimals != 0:
         raise _Refuse("round with decimals")
-    if isinstance(x, Clamped):
+    if isinstance(x, Clamped) and x.shift == 0:
         return _rounded_count(b, c, x.x, x.top)
     x = _val(x)
     return x if x.expr.tainted or isinstance(x.expr, _Refused) else Rounded(x)
+
+
+def _floor(b, c, x):
+    """``torch.floor(clamp(x, 0, D) + s)`` (:class:`Clamped`): a count."""
+    if isinstance(x, Clamped) and 0 <= x.shift < 1:
+        return _floored_count(b, c, x.x, x.top, x.shift)
+    if not isinstance(x, Clamped):
+        _val(x)  # (another partial form: its own reason)
+    raise _Refuse("floor is supported only of clamp(x, 0, D) + s with 0 <= s < 1 (a count)")
+
+
+def _floored_count(b, c, x: Val, top: int, shift: float) -> Val:
+    """``floor(clamp(x, 0, top) + shift)`` (Spike-Driven Transformer V3's large models: halves
+    up): level d fires when fl(x + shift) >= d, i.e. x >= t_d, t_d the least float64 with that
+    sum (found a few ulps from d - shift; exact in float64, and x above top reaches top)."""
+    thresholds = []
+    for d in range(1, min(top, MAX_COUNT_LEVELS + 1) + 1):  # (more: refused by _count_of)
+        t = np.float64(d) - np.float64(shift)
+        while np.float64(t) + np.float64(shift) < d:
+            t = np.nextafter(t, np.inf)
+        while np.nextafter(t, -np.inf) + np.float64(shift) >= d:
+            t = np.nextafter(t, -np.inf)
+        thresholds.append(t)
+    return _count_of(b, c, x, [(t, "ge") for t in thresholds])
 
 
 def _rounded_count(b, c, x: Val, top: int) -> Val:
     """``round(clamp(x, 0, top))``, the integer spikes of Spike-Driven Transformer V3: the sum
     of ``top`` comparisons, level d firing when round(x) >= d: x > d - 1/2 for odd d, x >= d -
     1/2 for even d (torch rounds halves to even), exactly."""
-    if top > MAX_COUNT_LEVELS:
-        raise _Refuse(f"a count of up to {top} (snncc builds one comparison per level, at most "
-                      f"{MAX_COUNT_LEVELS})")
-    levels = [_comparison(b, c, x, np.asarray(d - 0.5), "ge" if d % 2 == 0 else "gt")
-              for d in range(1, top + 1)]
-    out = levels[0] if top == 1 else b.new(c, lambda n, i: ir.Add(n, i, path=c.path), levels,
-                                           x.frame)
+    return _count_of(b, c, x, [(d - 0.5, "ge" if d % 2 == 0 else "gt")
+                               for d in range(1, top + 1)])
+
+
+def _count_of(b, c, x: Val, levels: list[tuple[float, str]]) -> Val:
+    """The sum of the comparisons ``x > t`` / ``x >= t`` (``levels``: (t, "gt" | "ge")), a
+    count known as such (:attr:`_Builder.counts`)."""
+    if len(levels) > MAX_COUNT_LEVELS:
+        raise _Refuse(f"a count of up to {len(levels)} (snncc builds one comparison per level, "
+                      f"at most {MAX_COUNT_LEVELS})")
+    levels = [_comparison(b, c, x, np.asarray(t), op) for t, op in levels]
+    out = levels[0] if len(levels) == 1 else b.new(c, lambda n, i: ir.Add(n, i, path=c.path),
+                                                    levels, x.frame)
     b.counts[out.expr] = levels
     b.integers.add(out.expr)
     return out
@@ -2611,7 +2651,7 @@ _FUNCTIONS = {
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
-    torch.round: _round,
+    torch.round: _round, torch.floor: _floor,
     F.relu: _relu, torch.relu: _relu,
     # (one that drops, in training, is refused while tracing: _WhileTracing)
     **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
@@ -2629,6 +2669,7 @@ _METHODS = {
     "lt": _compare("lt"), "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast,
     "type_as": _cast,
     "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp, "relu": _relu, "round": _round,
+    "floor": _floor,
 }
 #: handlers that only move values, so they commute with a scale (:attr:`_Builder.scaled`)
 _LAYOUT_HANDLERS = frozenset({_reshape, _flatten, _permute, _transpose, _t})

@@ -124,6 +124,60 @@ def test_halves_round_to_even():
     np.testing.assert_array_equal(out * 4, [[0, 0, 0, 1, 2, 2, 4, 4, 2]] * 2)
 
 
+class _HalvesUp(torch.autograd.Function):
+    """Spike-Driven Transformer V3's large models (``Model_Large/spikformer.py``): halves round
+    up, ``floor(clamp(x, 0, 4) + 0.5)``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.floor(torch.clamp(x, 0, 4) + 0.5)
+
+
+class _FloorSpikes(nn.Module):
+    def forward(self, x):
+        return _HalvesUp.apply(x) / 4
+
+
+def test_floor_of_a_shifted_clamp_is_a_count_exactly():
+    """Level d fires when fl(x + 0.5) >= d, which is x >= t_d with t_d a little below d - 0.5:
+    0.49999999999999994 + 0.5 rounds to 1."""
+    edges = [np.nextafter(d - 0.5, -1.0) for d in range(1, 5)] + [d - 0.5 for d in range(1, 5)]
+    x = np.random.default_rng(0).uniform(-1, 5, (2, 64))
+    x[:, :8] = edges
+    x[:, 8] = np.nextafter(np.nextafter(0.5, -1.0), -1.0)
+    model = _FloorSpikes()
+    out = simulate(snncc.trace(model, torch.tensor(x), T=1), x).output
+    np.testing.assert_array_equal(out, model(torch.tensor(x)).numpy())
+    assert out[0, 0] == 0.25 and out[0, 8] == 0.0
+
+
+class _FloorNet(nn.Module):
+    """Convolutions between integer spikes that round halves up, over T = 2 repeated steps."""
+
+    T = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.s1, self.s2 = _FloorSpikes(), _FloorSpikes()
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1).flatten(0, 1)
+        x = self.s2(self.bn2(self.conv2(self.s1(self.bn1(self.conv1(x))))))
+        return self.head(x.flatten(2).mean(2)).reshape(self.T, -1, 5).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_floor_spikes_exact_on_every_target(target):
+    torch.manual_seed(6)
+    model = randomize_bn(_FloorNet(), 6, **_BN).eval()
+    report = snncc.check(model, torch.rand(3, 3, 8, 8), target=target)
+    assert report.min_agreement == 1.0 and not report.unmatched and len(report.layers) == 8
+    assert report.output_max_abs_diff_target <= 1e-12
+
+
 class _Quantizer(nn.Module):
     def __init__(self, form):
         super().__init__()
@@ -137,6 +191,8 @@ class _Quantizer(nn.Module):
     (lambda x: torch.round(torch.clamp(x, 0, 2.5)), r"D a positive integer"),
     (lambda x: torch.round(torch.clamp(x, -1, 4)), r"D a positive integer"),
     (lambda x: torch.round(x), r"round\(x\) only clamped so"),
+    (lambda x: torch.floor(x), r"floor is supported only of clamp"),
+    (lambda x: torch.floor(torch.clamp(x, 0, 4) + 1.5), r"floor is supported only of clamp"),
     (lambda x: torch.clamp(x, 0, 4) * 2, r"supported only rounded"),
     (lambda x: torch.round(torch.clamp(x, 0, 65)), r"at most 64"),
 ])

@@ -376,13 +376,19 @@ def _steps(B: int, lanes: int, period: int) -> int:
     return -(-B // lanes) * period
 
 
+def recorded_nodes(net: LavaNet, names: list[str]) -> list[str]:
+    """The nodes a run records to trace ``names``: a level computed inside a Count process is
+    read from its count (the level is count >= d)."""
+    return list(dict.fromkeys(net.levels[k][0] if k in net.levels else k for k in names))
+
+
 def channel_bytes(net: LavaNet, T: int, B: int, record: list[str], lanes: int = 1) -> int:
     """The shared memory of a run's channels, in float64: :data:`CHANNEL_SLOTS` messages per
     connection (into every process, and from each recorded node to the recorder) and the
     recorder's pipe to the host, its buffer of steps."""
     size = {**{s["node"]: math.prod(s["shape"]) for s in net.inputs},
             **{p.name: math.prod(p.shape) for p in net.processes}}
-    recorded = sum(math.prod(net.shapes[k]) for k in record)
+    recorded = sum(math.prod(net.shapes[k]) for k in recorded_nodes(net, record))
     steps = _steps(B, lanes, net.period_for(T))
     messages = CHANNEL_SLOTS * (sum(size[port.process] for p in net.processes
                                     for port in p.inputs.values()) + recorded) \
@@ -489,8 +495,7 @@ def run_job(net: LavaNet, seqs: dict, B: int, names: list[str], lanes: int,
             src = source.RingBuffer(data=data)
             io_models[src] = source.PySendModelFloat
         io.connect_input(name, src.s_out)
-    # a level computed inside a Count process: its count is recorded (the level is count >= d)
-    recorded = list(dict.fromkeys(net.levels[k][0] if k in net.levels else k for k in names))
+    recorded = recorded_nodes(net, names)
     recorder = custom.Recorder(shapes=[(lanes, *net.shapes[k]) for k in recorded],
                                buffer=min(steps, RECORD_BUFFER))
     for i, node in enumerate(recorded):
