@@ -1133,8 +1133,9 @@ class _Builder:
         self.comparisons: set[str] = set()  # Neuron nodes that are a comparison (x > k)
         self.counts: dict[Expr, list[Val]] = {}  # round(clamp(x, 0, D)): its D level comparisons
         self.integers: set[Expr] = set()  # values integer by construction: counts, their products
-        # value -> (v, f): the value is f * v, f a power of two (a count divided by its maximum,
-        # as Spike-Driven Transformer V3's spikes are), so a matmul can take v (:func:`_unscaled_matmul`)
+        # value -> (v, f): the value is f * v, f a power of two (a count divided by its
+        # maximum, Spike-Driven Transformer V3's spikes), so a matmul can take v
+        # (:func:`_unscaled_matmul`)
         self.scaled: dict[Expr, tuple[Val, float]] = {}
         self.booleans: set[Expr] = set()  # a comparison's values, as torch has them (bool)
         # values an op is exact on only where they are of some kinds (a clamp's operand:
@@ -2251,15 +2252,21 @@ def _unscaled_matmul(b, c, x: Val, y: Val) -> Val:
 
 
 def _scaled_by(b, c, x: Val, factor: float) -> Val:
-    """``x * factor`` (a Scale), noted as a scaled ``x`` when ``factor`` is a power of two."""
+    """``x * factor`` (a Scale of a matmul's product)."""
     if factor == 1:
         return x
     out = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=np.asarray(factor)), [x],
                 x.frame, shape=x.expr.shape, hint=f"{c.hint}_scale")
-    if np.frexp(factor)[0] in (0.5, -0.5):
+    _note_scaled(b, out, x, factor)
+    return out
+
+
+def _note_scaled(b, out: Val, x: Val, factor: float) -> None:
+    """Note ``out = factor * x`` (:attr:`_Builder.scaled`) for a power-of-two ``factor`` and an
+    ``x`` that is integer or itself so scaled."""
+    if np.frexp(factor)[0] in (0.5, -0.5) and (x.expr in b.integers or x.expr in b.scaled):
         base, f = b.scaled.get(x.expr, (x, 1.0))
         b.scaled[out.expr] = (base, f * factor)
-    return out
 
 
 def _tensor_const(b, c, kind, x: Val, y) -> Val:
@@ -2281,10 +2288,8 @@ def _tensor_const(b, c, kind, x: Val, y) -> Val:
     if np.all(k == 1):
         return x
     out = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=k), [x], x.frame)
-    if k.size == 1 and np.frexp(k)[0] in (0.5, -0.5) \
-            and (x.expr in b.integers or x.expr in b.scaled):
-        base, f = b.scaled.get(x.expr, (x, 1.0))
-        b.scaled[out.expr] = (base, f * float(k.reshape(())))
+    if k.size == 1:
+        _note_scaled(b, out, x, float(k.reshape(())))
     return out
 
 

@@ -276,21 +276,14 @@ class Spiking_vit_MetaFormer_Spike_SepConv(nn.Module):
         self.spike = MultiSpike(Norm=1)
 
     def forward_features(self, x):
-        x = self.downsample1_1(x)
-        for blk in self.ConvBlock1_1:
-            x = blk(x)
-        x = self.downsample1_2(x)
-        for blk in self.ConvBlock1_2:
-            x = blk(x)
-        x = self.downsample2(x)
-        for blk in [*self.ConvBlock2_1, *self.ConvBlock2_2]:
-            x = blk(x)
-        x = self.downsample3(x)
-        for blk in self.block3:
-            x = blk(x)
-        x = self.downsample4(x)
-        for blk in self.block4:
-            x = blk(x)
+        """The official order: each downsampling, then its stage's blocks."""
+        stages = [(self.downsample1_1, self.ConvBlock1_1), (self.downsample1_2, self.ConvBlock1_2),
+                  (self.downsample2, [*self.ConvBlock2_1, *self.ConvBlock2_2]),
+                  (self.downsample3, self.block3), (self.downsample4, self.block4)]
+        for downsample, blocks in stages:
+            x = downsample(x)
+            for blk in blocks:
+                x = blk(x)
         return x
 
     def forward(self, x):
