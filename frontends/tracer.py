@@ -773,22 +773,26 @@ def _fetch(root: nn.Module, target: str):
 @contextmanager
 def _inference(model: nn.Module):
     """Eval mode, no autograd and fresh neuron state while tracing; restored after. A trace
-    that fails half-way can leave proxies or shaped tensors in the modules' attributes and
-    buffers (neuron state), which no library's reset clears: they are put back as they were."""
+    leaves proxies or shaped tensors in the modules' attributes, buffers and the dicts and
+    lists they hold (neuron state: a membrane kept in an attribute, a library's ``_memories``
+    dict, which no known library's reset clears): all are put back as they were."""
     modes = [(m, m.training) for m in model.modules()]
 
     model.eval()
     reset_state(model)
-    saved = [(m, dict(m.__dict__), dict(m._buffers)) for m in model.modules()]
+    saved = [(m, dict(m.__dict__), {k: v.copy() for k, v in m.__dict__.items()
+                                     if isinstance(v, (dict, list))})
+             for m in model.modules()]
     try:
         with torch.no_grad():
             yield
     finally:
-        for m, attrs, buffers in saved:
+        for m, attrs, contents in saved:
             m.__dict__.clear()
             m.__dict__.update(attrs)
-            m._buffers.clear()
-            m._buffers.update(buffers)
+            for k, held in contents.items():  # the containers themselves, changed in place
+                attrs[k].clear()
+                attrs[k].update(held) if isinstance(held, dict) else attrs[k].extend(held)
         reset_state(model)
         for m, mode in modes:
             m.training = mode

@@ -7,6 +7,8 @@ the model's own counts on every target, in float64, exactly."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -176,6 +178,85 @@ def test_floor_spikes_exact_on_every_target(target):
     report = snncc.check(model, torch.rand(3, 3, 8, 8), target=target)
     assert report.min_agreement == 1.0 and not report.unmatched and len(report.layers) == 8
     assert report.output_max_abs_diff_target <= 1e-12
+
+
+class _VendoredMemoryModule(nn.Module):
+    """spikingjelly's ``MemoryModule`` as a repository vendors it under its own name (Spike-Driven
+    Transformer V3's ``Qtrick_architecture.clock_driven.base``): state in ``_memories``, reset
+    values in ``_memories_rv``."""
+
+    def __init__(self):
+        super().__init__()
+        self._memories, self._memories_rv = {}, {}
+
+    def register_memory(self, name, value):
+        self._memories[name] = value
+        self._memories_rv[name] = copy.deepcopy(value)
+
+    def __getattr__(self, name):
+        if "_memories" in self.__dict__ and name in self.__dict__["_memories"]:
+            return self.__dict__["_memories"][name]
+        return super().__getattr__(name)
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__.get("_memories", {}):
+            self._memories[name] = value
+        else:
+            super().__setattr__(name, value)
+
+
+class _QuantIF(_VendoredMemoryModule):
+    """That fork's ``Q_IFNode``: v = v + x, spike = round(clamp(v, 0, 4)), v = v - spike; the
+    DVS model calls it once on all of [T, B, ...], so T is batch to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_memory("v", 0.0)
+
+    def forward(self, x):
+        self.v = self.v + x
+        spike = torch.round(torch.clamp(self.v, 0, 4))
+        self.v = self.v - spike * 1.0
+        return spike
+
+
+class _DvsNet(nn.Module):
+    T = 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.lif1, self.lif2 = _QuantIF(), _QuantIF()
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):  # [B, T, 2, H, W], as the DVS model takes it
+        x = x.transpose(0, 1).contiguous()
+        T, B, C, H, W = x.shape
+        x = self.bn1(self.conv1(x.flatten(0, 1))).reshape(T, B, 8, H, W)
+        x = self.bn2(self.conv2(self.lif1(x).flatten(0, 1))).reshape(T, B, 8, H, W)
+        return self.head(self.lif2(x).flatten(3).mean(3)).mean(0)
+
+
+def test_a_vendored_spikingjelly_keeps_nothing_between_runs():
+    """Its state is reset as spikingjelly resets it and the trace leaves no traced value in
+    ``_memories``: checks on two targets in a row are exact, and the model's own forward
+    afterwards gives what it gave before (the second target used to see the first run's
+    membrane as a constant: "a constant that differs across time or batch")."""
+    torch.manual_seed(7)
+    model = randomize_bn(_DvsNet(), 7, **_BN).eval()
+    x = (torch.rand(3, 4, 2, 8, 8) < 0.3).float()
+    with torch.no_grad():
+        before = model(x)
+    for m in model.modules():
+        if isinstance(m, _QuantIF):
+            m.v = 0.0
+    for target in ("sim", "onnx"):
+        report = snncc.check(model, x, target=target, layout="BT")
+        assert report.min_agreement == 1.0 and len(report.layers) == 8
+        assert all(m.v == 0.0 for m in model.modules() if isinstance(m, _QuantIF))
+    with torch.no_grad():
+        np.testing.assert_array_equal(model(x).numpy(), before.numpy())
 
 
 class _Quantizer(nn.Module):

@@ -1221,3 +1221,25 @@ def test_einsum_of_two_tensors_is_its_matmul():
 class _EinsumOfThree(nn.Module):
     def forward(self, x):
         return torch.einsum("tbnc,tbnc,tbnc->tbnc", x, x, x)
+
+
+def test_the_trace_leaves_no_traced_value_in_the_model():
+    """A cell keeping its membrane in a dict it holds (a vendored spikingjelly's ``_memories``)
+    and appending spikes to a list: both are as they were after tracing (the dict held the
+    trace's proxy, so the model's own forward afterwards computed on it)."""
+
+    class Cell(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.state, self.history = {"v": 0.0}, []
+
+        def forward(self, x):
+            v = self.state["v"] + x
+            spikes = (v >= 1.0).float()
+            self.state["v"] = v - spikes
+            self.history.append(spikes)
+            return spikes
+
+    model = nn.Sequential(nn.Linear(4, 4), Cell())
+    trace(model, torch.rand(3, 4), T=1)
+    assert model[1].state == {"v": 0.0} and model[1].history == []

@@ -170,6 +170,8 @@ class SpikingJellyAdapter(Adapter):
         for m in model.modules():
             if self.owns(m) and callable(getattr(m, "reset", None)):
                 m.reset()
+            elif _vendored_memories(m):  # as spikingjelly's MemoryModule.reset does
+                m._memories.update({k: copy.deepcopy(v) for k, v in m._memories_rv.items()})
 
 
 #: the most count levels of an I-LIF (its papers use 4; each level is a layer of comparisons)
@@ -206,6 +208,16 @@ def _integer_lif(m: nn.Module, theta: float, path: str) -> Integrator:
         c.add(h, c.scale(name, -theta, "-c*theta"), "mem")
         return [*c.nodes, ir.Add(name, tuple(levels), path=path)]
     return Integrator(build, levels=int(count))
+
+
+def _vendored_memories(m: nn.Module) -> bool:
+    """Whether ``m`` keeps its state as spikingjelly's ``MemoryModule`` does (``_memories``,
+    with their reset values in ``_memories_rv``) in a copy of spikingjelly a repository vendors
+    under another name (Spike-Driven Transformer V3's ``Qtrick_architecture``): its modules are
+    traced through, and their state is reset like the library's."""
+    memories, reset_values = (getattr(m, k, None) for k in ("_memories", "_memories_rv"))
+    return isinstance(memories, dict) and isinstance(reset_values, dict) \
+        and memories.keys() == reset_values.keys()
 
 
 def _library_class(m: nn.Module) -> type | None:
