@@ -158,6 +158,7 @@ class _Plan:
     # (synapse whose bias moves into it, the synapse channel of every neuron element)
     bound: dict[int, str] = field(default_factory=dict)  # free root -> what limited it
     bias_exp: int | None = None  # the one bias exponent of every neuron (None: each its own)
+    host_neurons: list[str] = field(default_factory=list)  # after the chip (a spiking head)
 
     def scale(self, name: str) -> float:
         return self.scales.scale(self.val[name], self.free)
@@ -198,9 +199,12 @@ def _classify(graph: Graph, input_peaks: dict[str, float], input_bits: int,
         if any(i not in plan.val for i in n.inputs) or isinstance(n, HOST_OPS):
             if isinstance(n, ir.Neuron):
                 src = graph[n.inputs[0]]
-                raise PassError(f"neuron {where(n)} reads {where(src)} ({src.op}), which has "
-                                "no integer form on the chip" + (
-                                    " (fold BatchNorm first)" if src.op == "BatchNorm" else ""))
+                if src.op == "BatchNorm" or not _reads_the_chip(graph, plan, src):
+                    raise PassError(f"neuron {where(n)} reads {where(src)} ({src.op}), which "
+                                    "has no integer form on the chip" + (
+                                        " (fold BatchNorm first)" if src.op == "BatchNorm"
+                                        else ""))
+                plan.host_neurons.append(n.name)  # after the chip: on the host, in float
             continue
         if isinstance(n, ir.Input):
             if n.kind.integral:
@@ -241,6 +245,20 @@ def _classify(graph: Graph, input_peaks: dict[str, float], input_bits: int,
         if syn is not None and syn.name in plan.val:
             plan.folded[n.name] = (syn.name, labels)
     return plan
+
+
+def _reads_the_chip(graph: Graph, plan: _Plan, n: ir.Node) -> bool:
+    """Whether host value ``n`` is computed from the chip's values (a token mean of them, a
+    classifier head after it): a neuron reading it runs on the host after the chip."""
+    seen, stack = set(), [n.name]
+    while stack:
+        k = stack.pop()
+        if k in plan.val:
+            return True
+        if k not in seen:
+            seen.add(k)
+            stack.extend(graph[k].inputs)
+    return False
 
 
 def _product(plan: _Plan, n: ir.Node) -> tuple[int, float]:
@@ -743,6 +761,8 @@ def quantize_for_loihi2(graph: Graph, calibrate=None, input_bits: int = 8,
     rounded = {plan.root(m) for m in plan.val if isinstance(graph[m], SYNAPSES)}
     neurons, synapses = {}, {}
     for n in graph.of_type(ir.Neuron):
+        if n.name in plan.host_neurons:  # float, as it is
+            continue
         syn, labels = plan.folded.get(n.name, (None, None))
         bias = 0.0 if syn is None or graph[syn].bias is None else graph[syn].bias[labels]
         if np.any(n.gamma <= 0):
@@ -879,6 +899,7 @@ def _report(graph: Graph, plan: _Plan, batches: list, random_inputs: bool, T: in
         "calibration": {"inputs": "random" if random_inputs else "given",
                         "batch": agreement.samples, "T": T, "per_run": agreement.per_run},
         "bias_exp": plan.bias_exp,
+        "host_neurons": plan.host_neurons,
         "encoders": {k: {"scale": plan.encoders[graph[k].inputs[0]], "bits": b}
                      for k, b in graph.meta["loihi2"]["encoders"].items()},
     }

@@ -94,7 +94,9 @@ def _summarise_quantization(graph: Graph, log: Callable[[str], None]) -> None:
         f"{cal['inputs']} calibration inputs"
         + (f" ({cal['per_run']} at a time)" if cal["per_run"] < cal["batch"] else "")
         + (f"; {len(q['warnings'])} warning(s) about layers that lose more than rounding"
-           if q["warnings"] else ""))
+           if q["warnings"] else "")
+        + (f"; after the chip, on the host in floating point: neuron(s) "
+           f"{', '.join(q['host_neurons'])}" if q.get("host_neurons") else ""))
 
 
 def _summarise_ties(graph: Graph, log: Callable[[str], None]) -> None:

@@ -281,6 +281,7 @@ def _walk_chip(graph: Graph, assumed: set[str]) -> tuple[FixedPointView, list[st
     taken to be on the chip because they are in ``assumed``)."""
     view = FixedPointView(encoders(graph))
     problems, closing = [], []
+    host: set[str] = set()  # values the host computes from the chip's (a classifier head)
 
     def bad(n: ir.Node, why: str):
         problems.append(f"{n.name}{' (' + n.path + ')' if n.path else ''}: {why}")
@@ -309,6 +310,8 @@ def _walk_chip(graph: Graph, assumed: set[str]) -> tuple[FixedPointView, list[st
                 bad(n, "weights are not 8-bit mantissas times 2^e (e >= 0)")
             if exact and n.bias is not None and not is_integer(n.bias):
                 bad(n, "bias is not an integer")
+        elif isinstance(n, ir.Neuron) and not exact and any(i in host for i in n.inputs):
+            on = False  # on the host, in floating point (a spiking head on the token mean)
         elif isinstance(n, ir.Neuron):
             on = True
             if not exact:
@@ -322,6 +325,8 @@ def _walk_chip(graph: Graph, assumed: set[str]) -> tuple[FixedPointView, list[st
             on = exact and isinstance(n, EXACT_OPS)
         if on:
             view.chip.add(n.name)
+        elif any(i in view.chip or i in host for i in n.inputs):
+            host.add(n.name)
     return view, problems, closing
 
 

@@ -733,13 +733,17 @@ class FixedPointSimulator(Simulator):
         return super()._kernel(n)
 
     def _neuron_state(self, n: ir.Neuron, batch: int, like=None) -> dict:
+        if n.name not in self.view.neurons:  # on the host: floating point
+            return super()._neuron_state(n, batch, like)
         return fxp.neuron_state(self.view.neurons[n.name], n.shape, batch)
 
     def _neuron_step(self, n: ir.Neuron, state: dict, x: torch.Tensor, out=None,
                      reuse: bool = False):
         """:func:`snncc.fixed_point.neuron_step`; returns (spikes, v[t] / 64 as float64: the
         membrane in the IR's units); the spikes are written into ``out`` when given (``reuse``
-        is the float kernel's)."""
+        is the float kernel's). A neuron on the host steps in floating point."""
+        if n.name not in self.view.neurons:
+            return super()._neuron_step(n, state, x, out, reuse)
         s, v, a_in, h = fxp.neuron_step(state, x, n.reset)
         self._peak(n.name, "input", a_in)
         self._peak(n.name, "v", h)

@@ -17,7 +17,7 @@ from snncc.frontends.checkpoint import from_checkpoint
 from snncc.frontends.digits import checkpoint, digits_for
 from snncc.frontends.tracer import trace
 from snncc.frontends.zoo import small
-from snncc.graph import Graph
+from snncc.graph import Graph, node_with
 from snncc.passes import default_pipeline
 from snncc.passes.quantize import QuantizationWarning, calibration_inputs
 from snncc.pipeline import run_passes
@@ -266,13 +266,28 @@ def test_a_large_bias_limits_the_scale_to_its_13_bit_range(bias_exp, bias_max):
     assert not rep["warnings"]
 
 
-def test_spiking_head_on_a_mean_is_refused_by_name():
-    case = small("meta-spikeformer", 0)  # the official head: head(lif(mean over tokens))
+def test_spiking_head_on_a_mean_runs_on_the_host():
+    """The official head, head(lif(mean over tokens)): the mean leaves the chip, so its LIF
+    steps on the host in floating point on the dequantized mean (it was refused: a mean has no
+    integer form on the chip); the report names it."""
+    case = small("meta-spikeformer", 0)
     g = compiled_for_lava(trace(case.model, case.inputs, T=4, name="meta"))
-    for calibrate in (None, np.zeros((1, 1))):  # refused before a calibration run (which
-        with pytest.raises(PassError, match=r"neuron 'lif' .*reads 'mean' \(Mean\), which "
-                                            r"has no integer form on the chip"):
-            quantize(g, calibrate=calibrate)  # would refuse the input's shape)
+    q = quantize(g, calibrate=case.inputs.numpy())
+    assert q.meta["reports"][REPORT]["host_neurons"] == ["lif"]
+    assert q["lif"].theta == g["lif"].theta  # its float parameters, as they are
+    fixed = simulate(q, case.inputs.numpy(), arithmetic="loihi2", record=True)
+    mean = fixed.trace[q["lif"].inputs[0]]
+    float_lif = simulate(_one_neuron(g["lif"], mean.shape[2:]), mean, record=True)
+    np.testing.assert_array_equal(fixed.trace["lif"], float_lif.trace["lif"])
+
+
+def _one_neuron(n: ir.Neuron, shape: tuple) -> Graph:
+    """A graph of neuron ``n`` alone on a real input of ``shape``."""
+    g = Graph("one", {"T": 4})
+    g.add(ir.Input("x", input_shape=shape))
+    g.add(node_with(n, inputs=("x",)))
+    g.add(ir.Output("out", (n.name,)))
+    return g.verify()
 
 
 def test_a_graph_with_two_outputs_is_quantized():

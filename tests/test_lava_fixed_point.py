@@ -185,8 +185,9 @@ def test_zoo_model_in_lava_fixed_pt_equals_loihi2_simulator(family, seed, tmp_pa
     self-attention as addressed accumulations of counts into the attention neuron (integer
     gamma: a Scale in front of Lava's LIF), MLPs on tokens (Sparse), residual Adds balanced by
     on-chip delays, the token mean and head on the host. Meta-SpikeFormer: separable and
-    RepConv convolutions with biases, membrane shortcuts, SDSA-3 (34 neuron layers)."""
-    case = small(family, seed, **({"head_lif": False} if family == "meta-spikeformer" else {}))
+    RepConv convolutions with biases, membrane shortcuts, SDSA-3 (34 neuron layers), and the
+    official spiking head, its LIF on the token mean on the host in floating point."""
+    case = small(family, seed)
     graph = trace(case.model, case.inputs, T=T, name=family)
     q = for_target("lava", zoo_passes()).run(graph)
     assert "loihi2" in q.meta
@@ -197,6 +198,9 @@ def test_zoo_model_in_lava_fixed_pt_equals_loihi2_simulator(family, seed, tmp_pa
     assert kinds[("UnaryOp", "Mean", False)] and kinds[("Readout", None, False)]
     if family == "spikformer-cifar":
         assert kinds[("Sparse", None, True)]
+    else:
+        assert q.meta["reports"]["quantize_for_loihi2"]["host_neurons"] == ["lif"]
+        assert kinds[("LIFReset", None, False)]  # the head's LIF, off the chip
     x = case.inputs.numpy()
     traces = assert_lava_equals_loihi2_simulator(q, x, run_artifact(art, x, T))
     assert len(traces) == len(graph.of_type(ir.Neuron))

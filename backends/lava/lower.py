@@ -216,9 +216,9 @@ class Lowerer:
         self.levels = {n.name: (add, d) for add, levels in self.counts.items()
                        for d, n in enumerate(levels, start=1)}
         # a quantized neuron's parameters are already integers of its own: nothing is folded
-        self.choice = {} if self.view else {
-            n.name: self._neuron_choice(n) for n in graph.of_type(ir.Neuron)
-            if n.name not in self.levels}
+        # (a neuron on the host after the chip of a quantized graph is a float one)
+        self.choice = {n.name: self._neuron_choice(n) for n in graph.of_type(ir.Neuron)
+                       if n.name not in self.levels and not self._on_chip_neuron(n.name)}
         self.absorbed = {c.synapse: c for c in self.choice.values() if c.synapse}
 
     # ------------------------------------------------------------------ helpers
@@ -394,7 +394,7 @@ class Lowerer:
         """Lava's LIFReset (bias_mant = gamma b + beta, b the absorbed synaptic bias; gamma in
         the weights or a Scale process) or the custom neuron (x_bias = b); both re-initialise
         at local step depth(n)."""
-        if self.view is not None:
+        if self._on_chip_neuron(n.name):
             return self._fixed_neuron(n)
         if n.name in self.levels:  # computed by its count's process
             self.hidden.add(n.name)
@@ -416,6 +416,9 @@ class Lowerer:
         arrays["x_bias"] = compact(bias, n.shape)
         return self.add(ProcSpec(n.name, CUSTOM_NEURON, n.shape, {"a_in": self.source(n, 0)},
                                  {"cmp": n.cmp, "reset": n.reset, "start": start}, arrays, n.name))
+
+    def _on_chip_neuron(self, name: str) -> bool:
+        return self.view is not None and name in self.view.neurons
 
     def _fixed_neuron(self, n: ir.Neuron) -> Port:
         """A quantized neuron: Lava's LIFReset (bit-accurate model) with
