@@ -110,6 +110,17 @@ def test_a_block_exact_on_lava(block):
     _assert_exact(model, snncc.check(model, torch.rand(2, 3, 8, 8), target="lava", T=1))
 
 
+def test_a_block_in_fixed_point_on_lava_equals_the_loihi2_simulator():
+    """Quantized for Loihi 2: counts on the chip (graded messages), the head's integer spike on
+    the token mean on the host after the chip; Lava's fixed_pt equals the Loihi 2 simulator."""
+    torch.manual_seed(3)
+    model = randomize_bn(_OneBlock(sdt.MS_Block_Spike_SepConv), 3, **_BN).eval()
+    x = torch.rand(2, 3, 8, 8)
+    report = snncc.check(model, x, target="lava", T=1, fixed_point=True)
+    assert report.lossy and report.min_agreement == 1.0  # target vs the Loihi 2 simulator
+    assert report.output_max_abs_diff_target == report.output_max_abs_diff_sim
+
+
 @pytest.mark.slow
 def test_network_exact_on_lava():
     model = _network(4, sdt.MS_Block_Spike_SepConv)
