@@ -164,17 +164,24 @@ def test_floor_of_a_shifted_clamp_is_a_count_exactly():
     assert out[0, 0] == 0.25 and out[0, 8] == 0.0
 
 
-class _FloorNet(nn.Module):
+class _TwoConvs(nn.Module):
+    """conv, BN, integer spikes ``spikes()``, twice, then a classifier on the mean."""
+
+    def __init__(self, in_channels: int, spikes):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.s1, self.s2 = spikes(), spikes()
+        self.head = nn.Linear(8, 5)
+
+
+class _FloorNet(_TwoConvs):
     """Convolutions between integer spikes that round halves up, over T = 2 repeated steps."""
 
     T = 2
 
     def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.s1, self.s2 = _FloorSpikes(), _FloorSpikes()
-        self.head = nn.Linear(8, 5)
+        super().__init__(3, _FloorSpikes)
 
     def forward(self, x):
         x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1).flatten(0, 1)
@@ -231,22 +238,18 @@ class _QuantIF(_VendoredMemoryModule):
         return spike
 
 
-class _DvsNet(nn.Module):
+class _DvsNet(_TwoConvs):
     T = 4
 
     def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.lif1, self.lif2 = _QuantIF(), _QuantIF()
-        self.head = nn.Linear(8, 5)
+        super().__init__(2, _QuantIF)
 
     def forward(self, x):  # [B, T, 2, H, W], as the DVS model takes it
         x = x.transpose(0, 1).contiguous()
         T, B, C, H, W = x.shape
         x = self.bn1(self.conv1(x.flatten(0, 1))).reshape(T, B, 8, H, W)
-        x = self.bn2(self.conv2(self.lif1(x).flatten(0, 1))).reshape(T, B, 8, H, W)
-        return self.head(self.lif2(x).flatten(3).mean(3)).mean(0)
+        x = self.bn2(self.conv2(self.s1(x).flatten(0, 1))).reshape(T, B, 8, H, W)
+        return self.head(self.s2(x).flatten(3).mean(3)).mean(0)
 
 
 def test_a_vendored_spikingjelly_keeps_nothing_between_runs():
