@@ -67,6 +67,15 @@ TB, BT, TBM, BTM, B, B1 = ("T", "B"), ("B", "T"), ("TB",), ("BT",), ("B",), ("1"
 _LAYOUT_NAMES = {TB: "TB", BT: "BT", TBM: "T*B", BTM: "B*T", B: "B", B1: "1B"}
 
 
+class _CutAt(Exception):
+    """The model called the module the graph ends before (``until``): its arguments are the
+    graph's outputs."""
+
+    def __init__(self, args: tuple):
+        super().__init__()
+        self.args_of_call = args
+
+
 class _Refuse(Exception):
     """Raised by a handler for an op it cannot map; the message says why."""
 
@@ -415,9 +424,10 @@ class _ConcreteTracer(fx.Tracer):
 
     proxy_buffer_attributes = True
 
-    def __init__(self, example: torch.Tensor, shaped: bool):
+    def __init__(self, example: torch.Tensor, shaped: bool, until: str | None = None):
         super().__init__()
         self.example = example
+        self.until = until  # the module the graph ends before
         self._shaped = shaped
         self._input = shaped_like(example) if shaped else example
         self._running = 0
@@ -473,6 +483,8 @@ class _ConcreteTracer(fx.Tracer):
         if self._running:  # a leaf being evaluated: plain PyTorch
             return forward(*args, **kwargs)
         path = self.path_of_module(m)
+        if path == self.until:
+            raise _CutAt((*args, *kwargs.values()))
         leaf = self.is_leaf_module(m, path)
         if leaf:
             _refuse_hooks(m, path)
@@ -2898,7 +2910,7 @@ def _module_handler(m: nn.Module, adapter: Adapter | None) -> Callable:
 # ============================================================================ entry point
 
 def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool = True,
-          name: str = "model", share_weights: bool = False) -> Graph:
+          name: str = "model", share_weights: bool = False, until: str | None = None) -> Graph:
     """Trace ``model`` on ``example_input`` into a verified IR graph.
 
     ``static``: the input is one image ``[B, ...]`` that the model repeats over ``T`` (an IR
@@ -2909,8 +2921,14 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
     gradients; its training flags are restored after and neuron state is cleared
     before and after (the adapters' ``reset_state``). ``share_weights``: float32 synapse
     weights are the model's own memory instead of copies, for a model nothing else will
-    change (the IR never changes an array in place).
+    change (the IR never changes an array in place). ``until``: the path of a module the graph
+    ends before (its first call's tensor arguments are the outputs; ``meta['until']``), to
+    compile the spiking part of a model whose head is not (a detector's box decoding).
     """
+    if until is not None and until not in dict(model.named_modules()):
+        children = ", ".join(n for n, _ in model.named_children()) or "none"
+        raise SnnccError(f"until='{until}' names no module of the model (its modules: "
+                         f"{children}, and theirs by dotted path)")
     x = torch.as_tensor(example_input)
     if T < 1 or x.dim() < 2:
         raise ValueError(f"need T >= 1 and a batched input, got T={T}, shape {tuple(x.shape)}")
@@ -2921,15 +2939,16 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
         raise ValueError(f"the example batch must have >= 2 samples and differ from T={T}, "
                          f"got {batch}{hint}")
     args = (model, x, T, batch, static, name)
+    options = {"share_weights": share_weights, "until": until}
     try:
         with freeing_what_it_leaves():  # before the passes allocate
-            return _trace(*args, shaped=True, share_weights=share_weights)
+            return _trace(*args, shaped=True, **options)
     except (SnnccError, RecursionError, MemoryError):
         raise
     except Exception:  # the model's code needs activation values: compute them
         pass
     try:
-        return _trace(*args, shaped=False, share_weights=share_weights)
+        return _trace(*args, shaped=False, **options)
     except (SnnccError, RecursionError, MemoryError):
         raise
     except Exception:
@@ -2964,15 +2983,20 @@ def _failure_in_pytorch(model: nn.Module, x: torch.Tensor) -> SnnccError | None:
 
 
 def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, name: str,
-           shaped: bool, share_weights: bool = False) -> Graph:
+           shaped: bool, share_weights: bool = False, until: str | None = None) -> Graph:
     if "einops" in sys.modules:  # imported by the model's code
         _einops_on_proxies()
-    tracer = _ConcreteTracer(x, shaped)
+    tracer = _ConcreteTracer(x, shaped, until)
     with _inference(model):
         try:
             _refuse_hooks(model, "")
             with _WhileTracing(tracer):
                 fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
+            if until is not None:
+                raise UnsupportedError(f"the model never calls module '{until}' (until=): "
+                                       "its graph would be the whole model")
+        except _CutAt as cut:
+            fx_graph = _ending_with(tracer.graph, cut.args_of_call, until)
         except fx.proxy.TraceError as err:
             raise UnsupportedError(f"cannot trace: {' '.join(str(err).split())}",
                                    path=tracer.scope.module_path or None) from None
@@ -2980,7 +3004,22 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
             release_fake_mode()
     builder = _Builder(model, T, batch, name, share_weights)
     with _recursion_limit(_EMISSION_DEPTH):
-        return builder.finish(builder.interpret(fx_graph, static))
+        graph = builder.finish(builder.interpret(fx_graph, static))
+    if until is not None:
+        graph.meta["until"] = until
+    return graph
+
+
+def _ending_with(graph: fx.Graph, args: tuple, until: str) -> fx.Graph:
+    """The traced graph up to the call of module ``until``, its outputs the tensors that call
+    was given (in order, lists and tuples taken apart): the rest of the model (a detection
+    head's decoding, a classifier) is left to run elsewhere."""
+    nodes = [a.node for a in _walk(args) if isinstance(a, fx.Proxy)]
+    if not nodes:
+        raise UnsupportedError(f"module '{until}' (until=) is called with no tensor computed "
+                               "from the input")
+    graph.output(nodes[0] if len(nodes) == 1 else tuple(nodes))
+    return graph
 
 
 @functools.cache

@@ -290,12 +290,13 @@ _COMPILED = "torch._dynamo.eval_frame.OptimizedModule"  # its module imports slo
 
 def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
                      layout: str | None = None, input_shape=None, name: str = "model",
-                     share_weights: bool = False):
+                     share_weights: bool = False, until: str | None = None):
     """Trace a user's model into an IR graph. ``example``: an input batch; without one, a
     random batch of ``input_shape`` (or the model's declared ``input_shape``). ``T``: the time
     steps (default: the model's ``T``, or the length of a sequence example). ``layout``:
     'static', 'TB' or 'BT'; when not given, each possible reading is tried, most likely first.
-    ``share_weights``: as :func:`~snncc.frontends.tracer.trace` (a model loaded here)."""
+    ``share_weights``, ``until``: as :func:`~snncc.frontends.tracer.trace` (a model loaded here;
+    the module the graph ends before)."""
     from .tracer import trace
 
     if isinstance(model, torch.jit.ScriptModule):
@@ -331,7 +332,7 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
     for c in candidates:
         try:
             graph = trace(model, examples[c], T=T, static=c == "static", name=name,
-                          share_weights=share_weights)
+                          share_weights=share_weights, until=until)
         except (SnnccError, ValueError, RuntimeError, TypeError, IndexError) as e:
             failures.append((c, e))
             continue

@@ -40,16 +40,22 @@ def _quiet(message: str) -> None:
 def load(model, example_input=None, *, T: int | None = None, layout: str | None = None,
          input_shape=None, arch: str | None = None, trust_checkpoint: bool = False,
          name: str | None = None, arch_options: dict | None = None,
-         nir_dialect: str | None = None, nir_dt: float | None = None) -> LoadedModel:
+         nir_dialect: str | None = None, nir_dt: float | None = None,
+         until: str | None = None) -> LoadedModel:
     """``model`` (module, graph or path) as a graph plus, where there is one, the PyTorch
     model it came from. A zoo checkpoint (``arch=``) takes ``arch_options={"num_heads": 8}``
     for the hyper-parameters no checkpoint records (``snncc zoo --verbose`` lists them); the
     values it was loaded with are in ``LoadedModel.arch_info``. A ``.nir`` file written by
     another framework takes ``nir_dialect`` ('snntorch:subtract', 'snntorch:zero', 'norse')
-    and ``nir_dt`` (its time step, where the file records none)."""
+    and ``nir_dt`` (its time step, where the file records none). ``until``: the path of a
+    module of the model the graph ends before, its outputs the tensors that module is given
+    (to compile a model's spiking part and leave a non-spiking head, such as a detector's box
+    decoding, to run elsewhere; ``check`` compares them)."""
     if arch_options and not isinstance(model, (str, Path)):
         raise SnnccError("arch_options apply to a zoo checkpoint loaded with arch=...; build "
                          "an in-memory model with the values you want instead")
+    if until is not None and isinstance(model, (LoadedModel, Graph)):
+        raise SnnccError("until= applies to a model's code: give the nn.Module or its file")
     if isinstance(model, LoadedModel):
         if T is not None:
             model.graph.meta["T"] = int(T)
@@ -62,7 +68,7 @@ def load(model, example_input=None, *, T: int | None = None, layout: str | None 
     if isinstance(model, (str, Path)):
         return load_model(model, arch, trust=trust_checkpoint, T=T, input_shape=input_shape,
                           layout=layout, arch_options=arch_options, nir_dialect=nir_dialect,
-                          nir_dt=nir_dt)
+                          nir_dt=nir_dt, until=until)
     from torch import nn
 
     if not isinstance(model, nn.Module):
@@ -72,7 +78,7 @@ def load(model, example_input=None, *, T: int | None = None, layout: str | None 
 
     model = unwrapped(model)
     graph = trace_user_model(model, example_input, T=T, layout=layout, input_shape=input_shape,
-                             name=name or type(model).__name__)
+                             name=name or type(model).__name__, until=until)
     return LoadedModel(graph, model)
 
 

@@ -92,6 +92,10 @@ LAYOUT = typer.Option(None, "--layout", help="how the model takes its input: sta
                                              "image repeated over T), TB ([T, B, ...]) or BT; "
                                              "default: tried in that order")
 TRUST = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP)
+UNTIL = typer.Option(None, "--until", help="the graph ends before this module of your model "
+                                           "(its dotted path): the tensors it is given are the "
+                                           "outputs (a spiking backbone without a detector's "
+                                           "head)")
 ARCH_OPTION = typer.Option([], "--arch-option", help="with --arch: name=value for a "
                                                      "hyper-parameter no checkpoint records "
                                                      "(heads, T, tau, thresholds, scale; `snncc "
@@ -124,7 +128,7 @@ NIR_DT = typer.Option(None, "--nir-dt", help=".nir source: the time step in seco
 
 
 def _loaded(source: str, arch, model, model_args, input_shape, layout, trust, T,
-            arch_options=None, nir_dialect=None, nir_dt=None, say=_out):
+            arch_options=None, nir_dialect=None, nir_dt=None, say=_out, until=None):
     """What compile, check and inspect were pointed at, loaded (snncc.models.load_model); a
     zoo checkpoint's hyper-parameters are printed (``say``) as one line."""
     from .models import load_model
@@ -133,7 +137,8 @@ def _loaded(source: str, arch, model, model_args, input_shape, layout, trust, T,
         raise SnnccError("--model-args needs --model")
     loaded = load_model(source, arch, trust=trust, T=T, factory=model, factory_args=model_args,
                         input_shape=_shape(input_shape), layout=layout,
-                        arch_options=arch_options, nir_dialect=nir_dialect, nir_dt=nir_dt)
+                        arch_options=arch_options, nir_dialect=nir_dialect, nir_dt=nir_dt,
+                        until=until)
     if loaded.arch_info:
         say(loaded.arch_info)
     return loaded
@@ -158,6 +163,7 @@ def compile(
     model_args: Optional[str] = MODEL_ARGS,
     input_shape: Optional[str] = INPUT_SHAPE,
     layout: Optional[str] = LAYOUT,
+    until: Optional[str] = UNTIL,
     passes: Optional[str] = typer.Option(None, "--passes",
                                          help="comma-separated pipeline replacing the target's "
                                               "default (`snncc passes` lists them)"),
@@ -202,7 +208,8 @@ def compile(
                      nir_compat=nir_compat)  # refused before any work
     tgt.check_output(api.artifact_path(tgt, out))
     loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
-                     arch_option, nir_dialect, nir_dt, say=_silent)  # api.compile says it
+                     arch_option, nir_dialect, nir_dt, say=_silent,  # api.compile says it
+                     until=until)
     api.compile(loaded, target=target, out=out, passes=_split(passes), consume=True,
                 fixed_point=fixed_point, calibrate=_calibration(calibrate),
                 strict_nir=strict_nir, strict_hardware=strict_hardware,
@@ -220,6 +227,7 @@ def check(
     model_args: Optional[str] = MODEL_ARGS,
     input_shape: Optional[str] = INPUT_SHAPE,
     layout: Optional[str] = LAYOUT,
+    until: Optional[str] = UNTIL,
     inputs: Optional[Path] = typer.Option(None, "--inputs",
                                             help=".npy inputs in the IR layout: [B, ...] for "
                                                  "a static image, [T, B, ...] for sequences "
@@ -289,7 +297,8 @@ def check(
         raise SnnccError("--dataset replaces --inputs/--labels; pass one or the other")
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks
     loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
-                     arch_option, nir_dialect, nir_dt, say=_out if rank0 else _silent)
+                     arch_option, nir_dialect, nir_dt, say=_out if rank0 else _silent,
+                     until=until)
     if dataset is not None:
         _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, passes,
                        artifact, fixed_point, calibrate, device, resume, checkpoint_every, quiet,
@@ -359,6 +368,7 @@ def inspect(
     model_args: Optional[str] = MODEL_ARGS,
     input_shape: Optional[str] = INPUT_SHAPE,
     layout: Optional[str] = LAYOUT,
+    until: Optional[str] = UNTIL,
     inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npy inputs for firing rates "
                                                                  "(default: random)"),
     T: Optional[int] = typer.Option(None, "--T", min=1, help="time steps (default: the model's)"),
@@ -380,7 +390,7 @@ def inspect(
     from .simulator import estimate_bytes, simulate
 
     g = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
-                arch_option, nir_dialect, nir_dt).graph
+                arch_option, nir_dialect, nir_dt, until=until).graph
     _out(g.format())
     _out("")
     _out(f"{'node':<40} {'op':<20} {'shape':<18} {'parameters':>12}")

@@ -34,18 +34,23 @@ class LoadedModel:
 def load_model(source: str | Path, arch: str | None = None, *, trust: bool = False,
                T: int | None = None, factory: str | None = None, factory_args=None,
                input_shape=None, layout: str | None = None, arch_options=None,
-               nir_dialect: str | None = None, nir_dt: float | None = None) -> LoadedModel:
+               nir_dialect: str | None = None, nir_dt: float | None = None,
+               until: str | None = None) -> LoadedModel:
     """``source``: a ``.snnir`` / ``.nir`` file, or a PyTorch file: a checkpoint loaded into the
     zoo architecture ``arch`` or into the model ``factory`` builds, or (``trust``) a pickled
     ``nn.Module``. ``T``, ``input_shape`` and ``layout`` shape the example the model is traced
     on (defaults: what the model declares). ``arch_options`` (a dict, or ``name=value``
     strings) override the architecture's shape-free hyper-parameters (heads, T, tau, thresholds,
     scale: ``snncc zoo --verbose`` lists them); the values used are in ``arch_info``.
-    ``nir_dialect`` / ``nir_dt``: how a ``.nir`` file is read (docs/nir.md, "Dialects")."""
+    ``nir_dialect`` / ``nir_dt``: how a ``.nir`` file is read (docs/nir.md, "Dialects").
+    ``until``: the module of the model's own code the graph ends before (--until)."""
     if T is not None and T < 1:
         raise SnnccError(f"--T must be at least 1, got {T}")
     path = Path(source)
     suffix = path.suffix.lower()
+    if until is not None and (arch is not None or suffix in (".snnir", ".nir")):
+        raise SnnccError("--until applies to a model's own code (--model, or a pickled "
+                         "model with --trust-checkpoint), not to a zoo architecture or a graph")
     if suffix in (".snnir", ".nir"):
         if suffix == ".snnir":
             if nir_dialect is not None or nir_dt is not None:
@@ -93,5 +98,5 @@ def load_model(source: str | Path, arch: str | None = None, *, trust: bool = Fal
     model = user_model.unwrapped(model)
     graph = user_model.trace_user_model(model.eval(), T=T, layout=layout,
                                         input_shape=input_shape, name=path.stem,
-                                        share_weights=True)  # the model is ours
+                                        share_weights=True, until=until)  # the model is ours
     return LoadedModel(graph, model)

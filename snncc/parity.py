@@ -198,11 +198,16 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
 
     hooks = [m.register_forward_hook(lambda m, a, out, p=p: spikes_in_dtype(p, out))
              for p, m in model.named_modules() if p in records or is_neuron(m)]
+    until = graph.meta.get("until")
+    if until is not None:  # the graph ends before this module: its inputs are the outputs
+        hooks.append(modules[until].register_forward_pre_hook(_end_before, with_kwargs=True))
     try:
         # a copy: the model may change its input in place, which the engines then read
         xt = torch.tensor(to_torch_layout(graph, x), dtype=tdtype, device=device)
         with torch.no_grad(), _floats_in(tdtype):
             out = model(xt)
+    except _EndedBefore as end:
+        out = end.outputs
     except (RuntimeError, TypeError, ValueError) as err:  # the model's own code failing
         text = " ".join(str(err).split())[:300]
         raise SnnccError(f"running the PyTorch model in {dtype} failed: {type(err).__name__}: "
@@ -242,6 +247,30 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     if isinstance(out, (tuple, list)):  # several tensors: the graph's first Output is the first
         out = out[0]
     return out.detach().cpu().numpy(), traces
+
+
+class _EndedBefore(Exception):
+    """The forward reached the module a graph ends before (``meta['until']``): ``outputs``
+    are the tensors it was given, the rest of the forward is not run."""
+
+    def __init__(self, outputs: tuple):
+        super().__init__()
+        self.outputs = outputs
+
+
+def _end_before(module, args, kwargs):
+    import torch
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, (list, tuple)):
+            for o in obj:
+                yield from tensors(o)
+        elif isinstance(obj, dict):
+            for o in obj.values():
+                yield from tensors(o)
+    raise _EndedBefore(tuple(tensors((args, kwargs))))
 
 
 def _floats_in(dtype):

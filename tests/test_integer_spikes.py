@@ -16,7 +16,7 @@ from torch import nn
 
 import snncc
 from snncc.analysis import energy_record, energy_report
-from snncc.errors import UnsupportedError
+from snncc.errors import SnnccError, UnsupportedError
 from snncc.pipeline import for_target
 from snncc.simulator import simulate
 from snncc.frontends.zoo.testing import randomize_bn
@@ -327,3 +327,80 @@ def test_spikeyolo_backbone_exact_on_lava():
     model = _backbone(5, 2)
     report = snncc.check(model, torch.rand(3, 3, 32, 32), target="lava")
     _assert_exact(model, report, output_tol=1e-12)
+
+
+class _DecodingHead(nn.Module):
+    """A detector's head as SpikeYOLO's ``SpikeDetect`` ends: the mean over T of each scale,
+    convolutions, then box decoding (softmax, sigmoid), which no spiking target computes."""
+
+    def __init__(self, channels: tuple):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, 6, 1) for c in channels)
+
+    def forward(self, xs: list):
+        ys = [conv(x.mean(0)).flatten(2) for conv, x in zip(self.convs, xs)]
+        y = torch.cat(ys, 2)
+        return torch.cat((y[:, :4].softmax(1), y[:, 4:].sigmoid()), 1)
+
+
+class _Detector(nn.Module):
+    T = 2
+
+    def __init__(self):
+        super().__init__()
+        self.get_t = yolo.MS_GetT(self.T)
+        self.down1 = yolo.MS_DownSampling(3, 16, 7, 4, 2, first_layer=True)
+        self.block1 = yolo.MS_AllConvBlock(16, 2, 7)
+        self.down2 = yolo.MS_DownSampling(16, 32, 3, 2, 1, first_layer=False)
+        self.sppf = yolo.SpikeSPPF(32, 32, 5)
+        self.head = _DecodingHead((16, 32))
+
+    def forward(self, x):
+        f1 = self.block1(self.down1(self.get_t(x)))
+        return self.head([f1, self.sppf(self.down2(f1))])
+
+
+@pytest.mark.parametrize("target", ["sim", "lava"])
+def test_a_detector_compiles_until_its_head(target):
+    """``until="head"``: the graph ends before the decoding head, its outputs the two feature
+    maps the head is given; check compares them (and every level) with the model's own."""
+    torch.manual_seed(8)
+    model = randomize_bn(_Detector(), 8, **_BN).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with pytest.raises(UnsupportedError, match="softmax"):
+        snncc.trace(model, x)
+    graph = snncc.trace(model, x, until="head")
+    assert graph.meta["until"] == "head" and len(graph.outputs) == 2
+    assert [o.shape for o in graph.outputs] == [(16, 8, 8), (32, 4, 4)]
+    report = snncc.check(model, x, target=target, until="head")
+    assert report.min_agreement == 1.0 and not report.unmatched
+    assert report.output_max_abs_diff_target <= 1e-12
+    assert {row.path for row in report.layers} == _quantizers(model) - {
+        p for p, _ in model.head.named_modules(prefix="head")}
+
+
+def test_until_names_a_module_of_the_model():
+    model = _Detector().eval()
+    with pytest.raises(SnnccError, match=r"until='hed' names no module of the model \(its "
+                                         r"modules: get_t, down1, block1, down2, sppf, head"):
+        snncc.trace(model, torch.rand(3, 3, 32, 32), until="hed")
+
+
+def test_compile_until_from_the_command_line(tmp_path, capsys):
+    """``snncc compile CKPT --model FILE:Class --until MODULE``: the graph ends before it; a zoo
+    architecture refuses the option."""
+    from pathlib import Path
+
+    from snncc.cli import main
+    from snncc.serialize import load
+
+    torch.save(yolo.Backbone(T=2).state_dict(), tmp_path / "backbone.pt")
+    code = main(["compile", str(tmp_path / "backbone.pt"), "--model",
+                 f"{Path(yolo.__file__)}:Backbone", "--model-args", '{"T": 2}', "--until",
+                 "sppf", "--input-shape", "3,32,32", "-t", "sim", "-o", str(tmp_path / "out")])
+    assert code == 0
+    graph = load(tmp_path / "out" / "model.snnir")
+    assert graph.meta["until"] == "sppf" and [o.shape for o in graph.outputs] == [(32, 4, 4)]
+    assert main(["compile", str(tmp_path / "backbone.pt"), "--arch", "digits-spikformer",
+                 "--until", "sppf", "-o", str(tmp_path / "zoo")]) != 0
+    assert "--until applies to a model's own code" in capsys.readouterr().err
