@@ -3004,7 +3004,13 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
             release_fake_mode()
     builder = _Builder(model, T, batch, name, share_weights)
     with _recursion_limit(_EMISSION_DEPTH):
-        graph = builder.finish(builder.interpret(fx_graph, static))
+        outputs = builder.interpret(fx_graph, static)
+        if until is not None and any(isinstance(v, Val) and v.expr.step is not None
+                                     for v in _walk(outputs)):
+            raise UnsupportedError(f"module '{until}' (until=) is called inside a loop over time "
+                                   "steps, with one step's values: the graph can end only "
+                                   "before a module given whole sequences")
+        graph = builder.finish(outputs)
     if until is not None:
         graph.meta["until"] = until
     return graph

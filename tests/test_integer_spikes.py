@@ -404,3 +404,21 @@ def test_compile_until_from_the_command_line(tmp_path, capsys):
     assert main(["compile", str(tmp_path / "backbone.pt"), "--arch", "digits-spikformer",
                  "--until", "sppf", "-o", str(tmp_path / "zoo")]) != 0
     assert "--until applies to a model's own code" in capsys.readouterr().err
+
+
+def test_until_a_module_called_once_per_step_is_refused():
+    """A head called inside the model's own loop over T sees one step: no graph ends there."""
+
+    class PerStep(nn.Module):
+        T = 2
+
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):  # [T, B, 4]
+            return torch.stack([self.head(torch.round(torch.clamp(self.body(x[t]), 0, 4)))
+                                for t in range(self.T)]).mean(0)
+
+    with pytest.raises(UnsupportedError, match="inside a loop over time steps"):
+        snncc.trace(PerStep(), torch.rand(2, 3, 4), layout="TB", until="head")
