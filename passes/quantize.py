@@ -199,7 +199,7 @@ def _classify(graph: Graph, input_peaks: dict[str, float], input_bits: int,
         if any(i not in plan.val for i in n.inputs) or isinstance(n, HOST_OPS):
             if isinstance(n, ir.Neuron):
                 src = graph[n.inputs[0]]
-                if src.op == "BatchNorm" or not _reads_the_chip(graph, plan, src):
+                if not _after_the_chip(graph, plan, src):
                     raise PassError(f"neuron {where(n)} reads {where(src)} ({src.op}), which "
                                     "has no integer form on the chip" + (
                                         " (fold BatchNorm first)" if src.op == "BatchNorm"
@@ -247,17 +247,21 @@ def _classify(graph: Graph, input_peaks: dict[str, float], input_bits: int,
     return plan
 
 
-def _reads_the_chip(graph: Graph, plan: _Plan, n: ir.Node) -> bool:
-    """Whether host value ``n`` is computed from the chip's values (a token mean of them, a
-    classifier head after it): a neuron reading it runs on the host after the chip."""
+def _after_the_chip(graph: Graph, plan: _Plan, n: ir.Node) -> bool:
+    """Whether host value ``n`` follows a mean of chip values over tokens or time (a Mean or
+    Readout: the head, a spiking one on the token mean): a neuron reading it runs on the host
+    after the chip. One after a pooling or a real-valued Add inside the network does not: the
+    network is refused there, not moved off the chip."""
     seen, stack = set(), [n.name]
     while stack:
         k = stack.pop()
-        if k in plan.val:
+        if k in seen or k in plan.val:
+            continue
+        seen.add(k)
+        node = graph[k]
+        if isinstance(node, (ir.Mean, ir.Readout)) and any(i in plan.val for i in node.inputs):
             return True
-        if k not in seen:
-            seen.add(k)
-            stack.extend(graph[k].inputs)
+        stack.extend(node.inputs)
     return False
 
 

@@ -281,7 +281,8 @@ def _walk_chip(graph: Graph, assumed: set[str]) -> tuple[FixedPointView, list[st
     taken to be on the chip because they are in ``assumed``)."""
     view = FixedPointView(encoders(graph))
     problems, closing = [], []
-    host: set[str] = set()  # values the host computes from the chip's (a classifier head)
+    host: set[str] = set()  # the host's values after a mean of the chip's (the head)
+    read: set[str] = set()  # Scales reading the chip's values on the host
 
     def bad(n: ir.Node, why: str):
         problems.append(f"{n.name}{' (' + n.path + ')' if n.path else ''}: {why}")
@@ -325,7 +326,11 @@ def _walk_chip(graph: Graph, assumed: set[str]) -> tuple[FixedPointView, list[st
             on = exact and isinstance(n, EXACT_OPS)
         if on:
             view.chip.add(n.name)
-        elif any(i in view.chip or i in host for i in n.inputs):
+        elif isinstance(n, ir.Scale) and all(i in view.chip for i in n.inputs):
+            read.add(n.name)  # the chip's integers as real values (a dequantizing Scale)
+        if not on and (any(i in host for i in n.inputs) or (
+                isinstance(n, (ir.Mean, ir.Readout))
+                and any(i in view.chip or i in read for i in n.inputs))):
             host.add(n.name)
     return view, problems, closing
 

@@ -36,9 +36,8 @@ def compiled_for_lava(g: Graph) -> Graph:
     return run_passes(g, default_pipeline("lava", quantized=True), log=lambda s: None)
 
 
-# Meta-SpikeFormer's official spiking head fires on the mean over tokens, which has no integer
-# form on the chip (test_spiking_head_on_a_mean_is_refused_by_name); its earlier head reads the
-# mean on the host.
+# Meta-SpikeFormer's earlier head reads the mean on the host (its official spiking head steps
+# on the host too: test_spiking_head_on_a_mean_runs_on_the_host).
 HOST_HEAD = {"meta-spikeformer": {"head_lif": False}}
 
 
@@ -279,6 +278,23 @@ def test_spiking_head_on_a_mean_runs_on_the_host():
     mean = fixed.trace[q["lif"].inputs[0]]
     float_lif = simulate(_one_neuron(g["lif"], mean.shape[2:]), mean, record=True)
     np.testing.assert_array_equal(fixed.trace["lif"], float_lif.trace["lif"])
+
+
+def test_a_neuron_after_a_pooling_inside_the_network_is_refused():
+    """Only a neuron after a mean over tokens or time (the head) moves to the host; one after
+    an average pooling inside the network is refused by name, not moved off the chip with the
+    rest of the network (SNASNet's cells)."""
+    rng = np.random.default_rng(0)
+    g = Graph("pooled", {"T": 4})
+    g.add(ir.Input("x", input_shape=(2, 4, 4)))
+    g.add(ir.Conv2d("c1", ("x",), weight=rng.normal(size=(3, 2, 3, 3)), padding=(1, 1)))
+    g.add(ir.Neuron("n1", ("c1",), **nrn.from_lif(2.0, 0.5).fields()))
+    g.add(ir.AvgPool2d("pool", ("n1",), kernel_size=(2, 2), stride=(2, 2)))
+    g.add(ir.Neuron("n2", ("pool",), **nrn.from_if(0.3).fields()))
+    g.add(ir.Output("out", ("n2",)))
+    with pytest.raises(PassError, match=r"neuron 'n2' reads 'pool' \(AvgPool2d\), which has "
+                                        r"no integer form on the chip"):
+        quantize(compiled_for_lava(g.verify()))
 
 
 def _one_neuron(n: ir.Neuron, shape: tuple) -> Graph:
