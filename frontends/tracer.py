@@ -67,9 +67,10 @@ TB, BT, TBM, BTM, B, B1 = ("T", "B"), ("B", "T"), ("TB",), ("BT",), ("B",), ("1"
 _LAYOUT_NAMES = {TB: "TB", BT: "BT", TBM: "T*B", BTM: "B*T", B: "B", B1: "1B"}
 
 
-class _CutAt(Exception):
+class _CutAt(BaseException):
     """The model called the module the graph ends before (``until``): its arguments are the
-    graph's outputs."""
+    graph's outputs. (Not an Exception: a model's own ``except Exception`` around the call
+    must not swallow it.)"""
 
     def __init__(self, args: tuple):
         super().__init__()

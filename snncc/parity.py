@@ -249,9 +249,10 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     return out.detach().cpu().numpy(), traces
 
 
-class _EndedBefore(Exception):
+class _EndedBefore(BaseException):
     """The forward reached the module a graph ends before (``meta['until']``): ``outputs``
-    are the tensors it was given, the rest of the forward is not run."""
+    are the tensors it was given, the rest of the forward is not run. (Not an Exception: a
+    model's own ``except Exception`` around the call must not swallow it.)"""
 
     def __init__(self, outputs: tuple):
         super().__init__()
