@@ -56,6 +56,7 @@ from snncc import neuron as cn
 from snncc.errors import IRError, SnnccError, UnsupportedError
 from snncc.graph import Graph
 from snncc.limits import freeing_what_it_leaves
+from snncc.passes.common import is_power_of_two
 
 from .adapters import (STATE_KEPT, STEP_MULTI, Adapter, Integrator, NeuronCircuit,
                        adapter_for)
@@ -832,7 +833,12 @@ class Expr:
     tainted: bool = field(default=False, init=False)  # depends on an unsupported op
 
     def __post_init__(self):
-        self.tainted = any(a.tainted or isinstance(a, _Refused) for a in self.args)
+        self.tainted = any(_depends_on_refused(a) for a in self.args)
+
+
+def _depends_on_refused(e: Expr) -> bool:
+    """Whether ``e`` is an op that cannot be mapped or depends on one."""
+    return e.tainted or isinstance(e, _Refused)
 
 
 @dataclass(eq=False)
@@ -2281,7 +2287,7 @@ def _scaled_by(b, c, x: Val, factor: float) -> Val:
 def _note_scaled(b, out: Val, x: Val, factor: float) -> None:
     """Note ``out = factor * x`` (:attr:`_Builder.scaled`) for a power-of-two ``factor`` and an
     ``x`` that is integer or itself so scaled."""
-    if np.frexp(factor)[0] in (0.5, -0.5) and (x.expr in b.integers or x.expr in b.scaled):
+    if is_power_of_two(factor) and (x.expr in b.integers or x.expr in b.scaled):
         base, f = b.scaled.get(x.expr, (x, 1.0))
         b.scaled[out.expr] = (base, f * factor)
 
@@ -2296,7 +2302,7 @@ def _tensor_const(b, c, kind, x: Val, y) -> Val:
     if kind == "div":
         if np.all(k == b.T) and (mean := b.mean_over_steps(c, x)) is not None:
             return mean
-        if not np.all(np.abs(np.frexp(k)[0]) == 0.5):
+        if not is_power_of_two(k):
             raise _Refuse(f"division by {k if k.size == 1 else 'a tensor'} is not exactly a "
                           "multiplication (only powers of two are)")
         k = 1.0 / k
@@ -2385,7 +2391,7 @@ def _clamp(b, c, x, min=None, max=None):
     if rounded:
         return _rounded_count(b, c, x, int(top))
     if top != 1:  # (an operand refused already keeps its own reason)
-        return x if x.expr.tainted or isinstance(x.expr, _Refused) else Clamped(x, int(top))
+        return x if _depends_on_refused(x.expr) else Clamped(x, int(top))
     b.kinds_needed[x.expr] = (c.path, c.op, _INTEGERS, "only clamp(x, 0, 1) of integer values, "
                               "spikes and sums of them, an OR of spikes")
     return _comparison(b, c, x, np.asarray(0.0), "gt")
@@ -2402,7 +2408,7 @@ def _round(b, c, x, decimals=0):
     if isinstance(x, Clamped) and x.shift == 0:
         return _rounded_count(b, c, x.x, x.top)
     x = _val(x)
-    return x if x.expr.tainted or isinstance(x.expr, _Refused) else Rounded(x)
+    return x if _depends_on_refused(x.expr) else Rounded(x)
 
 
 def _floor(b, c, x):

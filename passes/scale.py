@@ -19,9 +19,7 @@ from snncc import ir
 from snncc.graph import Graph, node_with
 from snncc.pipeline import register_pass, report
 
-from .common import LAYOUT, is_power_of_two, where
-
-SYNAPSES = (ir.Conv2d, ir.Linear)  # Conv1d included
+from .common import LAYOUT, SYNAPSES, is_power_of_two, where
 
 
 def _exact_times(weight: np.ndarray, s: float) -> bool:

@@ -260,18 +260,14 @@ class _EndedBefore(BaseException):
 
 
 def _end_before(module, args, kwargs):
+    """The tensors ``module`` is given, in the order the tracer takes them (every leaf of the
+    nested arguments, as ``torch.fx`` walks them)."""
     import torch
+    from torch.fx.node import map_aggregate
 
-    def tensors(obj):
-        if isinstance(obj, torch.Tensor):
-            yield obj
-        elif isinstance(obj, (list, tuple)):
-            for o in obj:
-                yield from tensors(o)
-        elif isinstance(obj, dict):
-            for o in obj.values():
-                yield from tensors(o)
-    raise _EndedBefore(tuple(tensors((args, kwargs))))
+    leaves = []
+    map_aggregate((args, kwargs), leaves.append)
+    raise _EndedBefore(tuple(a for a in leaves if isinstance(a, torch.Tensor)))
 
 
 def _floats_in(dtype):

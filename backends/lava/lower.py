@@ -184,15 +184,19 @@ def counted_levels(graph: Graph, plan: dict) -> dict[str, list[ir.Neuron]]:
     cons, found = graph.consumers(), {}
     for add in graph.of_type(ir.Add):
         levels = [graph[i] for i in add.inputs]
-        if len(levels) < 2 or len(set(add.inputs)) < len(levels) or any(
-                not isinstance(n, ir.Neuron) or n.inputs != levels[0].inputs
-                or cons[n.name] != [add.name] or any(plan["balance"].get(n.name, [0]))
-                or np.size(n.theta) != 1 or not (np.all(n.alpha == 0) and np.all(n.gamma == 1)
-                                                  and np.all(n.beta == 0))
-                for n in levels) or any(plan["balance"].get(add.name, [0])):
-            continue
-        found[add.name] = sorted(levels, key=lambda n: (float(n.theta), n.cmp == nrn.CMP_GT))
+        undelayed = not any(plan["balance"].get(add.name, [0]))
+        if undelayed and len(set(add.inputs)) == len(levels) >= 2 \
+                and all(_level(n, levels[0].inputs, add.name, cons, plan) for n in levels):
+            found[add.name] = sorted(levels, key=lambda n: (float(n.theta), n.cmp == nrn.CMP_GT))
     return found
+
+
+def _level(n: ir.Node, x: tuple, add: str, cons: dict, plan: dict) -> bool:
+    """Whether ``n`` compares the value ``x`` (h = x: alpha 0, gamma 1, beta 0; one threshold)
+    and only ``add`` reads it, undelayed."""
+    return (isinstance(n, ir.Neuron) and n.inputs == x and cons[n.name] == [add]
+            and not any(plan["balance"].get(n.name, [0])) and np.size(n.theta) == 1
+            and bool(np.all(n.alpha == 0) and np.all(n.gamma == 1) and np.all(n.beta == 0)))
 
 
 class Lowerer:

@@ -41,7 +41,6 @@ imports): neurons, layer wrappers and state.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import replace
 
 import torch
@@ -50,6 +49,7 @@ from torch import nn
 from snncc import ir
 from snncc import neuron as cn
 from snncc.errors import UnsupportedError
+from snncc.passes.common import is_power_of_two
 
 from . import STEP_MULTI, STEP_SINGLE, Adapter, Integrator
 from .circuits import Circuit, on_current, scalar, threshold
@@ -191,8 +191,7 @@ def _integer_lif(m: nn.Module, theta: float, path: str) -> Integrator:
     if count is None or count != int(count) or not 1 <= count <= MAX_LEVELS:
         raise UnsupportedError(f"I-LIF's spike count limit {count!r} is not an integer from 1 to "
                                f"{MAX_LEVELS} (snncc builds one comparison per level)", path=path)
-    mantissa, _ = math.frexp(theta)
-    if theta <= 0 or mantissa != 0.5:
+    if theta <= 0 or not is_power_of_two(theta):
         raise UnsupportedError(
             f"v_threshold {theta} is not a power of two: I-LIF divides its membrane by it, "
             "which snncc computes exactly only as a product with 1 / v_threshold", path=path)
