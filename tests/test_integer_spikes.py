@@ -40,7 +40,7 @@ def _network(seed: int, block=sdt.MS_Block_Spike_SepConv, **kw) -> nn.Module:
 
 def _quantizers(model: nn.Module) -> set[str]:
     return {p for p, m in model.named_modules()
-            if isinstance(m, (sdt.MultiSpike, yolo.MultiSpike4))}
+            if isinstance(m, (sdt.MultiSpike, yolo.MultiSpike4, _FloorSpikes, _QuantIF))}
 
 
 def _assert_exact(model: nn.Module, report, output_tol: float = 0.0) -> None:
@@ -194,8 +194,8 @@ def test_floor_spikes_exact_on_every_target(target):
     torch.manual_seed(6)
     model = randomize_bn(_FloorNet(), 6, **_BN).eval()
     report = snncc.check(model, torch.rand(3, 3, 8, 8), target=target)
-    assert report.min_agreement == 1.0 and not report.unmatched and len(report.layers) == 8
-    assert report.output_max_abs_diff_target <= 1e-12
+    assert len(report.layers) == 8
+    _assert_exact(model, report, output_tol=1e-12)
 
 
 class _VendoredMemoryModule(nn.Module):
@@ -267,7 +267,8 @@ def test_a_vendored_spikingjelly_keeps_nothing_between_runs():
             m.v = 0.0
     for target in ("sim", "onnx"):
         report = snncc.check(model, x, target=target, layout="BT")
-        assert report.min_agreement == 1.0 and len(report.layers) == 8
+        assert len(report.layers) == 8
+        _assert_exact(model, report, output_tol=1e-12)
         assert all(m.v == 0.0 for m in model.modules() if isinstance(m, _QuantIF))
     with torch.no_grad():
         np.testing.assert_array_equal(model(x).numpy(), before.numpy())
