@@ -269,8 +269,10 @@ def check_dataset(model, dataset: str, example_input=None, *, target: str = "sim
     """:func:`check` over a whole labelled data set streamed in batches of ``batch`` (default:
     the largest up to 64 whose check fits the memory budget):
     ``dataset`` is ``"digits"`` (``digits:test`` / ``digits:train``), a ``.npz`` with ``x``
-    [N, ...] and ``y`` [N], or an ImageFolder directory (``transform``: ``{"mean": [...],
-    "std": [...], "scale": [255]}`` or the CLI's ``["mean=0.5", ...]``). Under torchrun the
+    [N, ...] and ``y`` [N], an ImageFolder directory, or the folder of a torchvision download
+    of CIFAR-10/100, MNIST, Fashion-MNIST or KMNIST (``folder:train`` its training split);
+    images take ``transform`` (``{"mean": [...], "std": [...], "scale": [255]}`` or the CLI's
+    ``["mean=0.5", ...]``). Under torchrun the
     batches are sharded over the ranks and every rank returns the reduced report. ``resume``:
     checkpoint file (see :func:`snncc.dataset.check_dataset`). Returns a
     :class:`~snncc.dataset.DatasetReport` (``engines``, ``layers``, ``worst_samples``,

@@ -259,14 +259,17 @@ def check(
                                           help="check a whole labelled data set, streamed in "
                                                "--batch batches: digits (digits:test, "
                                                "digits:train), a .npz with arrays x [N, ...] and "
-                                               "y [N], or an image folder (one sub-folder per "
+                                               "y [N], an image folder (one sub-folder per "
                                                "class) or such a folder of one .npy/.npz array "
-                                               "per sample (spikingjelly's event frames); runs "
-                                               "sharded under torchrun"),
+                                               "per sample (spikingjelly's event frames), or the "
+                                               "folder torchvision downloaded CIFAR-10/100 or "
+                                               "(Fashion-/K)MNIST to (FOLDER:train for the "
+                                               "training split); runs sharded under torchrun"),
     limit: Optional[int] = typer.Option(None, "--limit", help="--dataset: the first N samples "
                                                               "only"),
     transform: list[str] = typer.Option([], "--transform",
-                                        help="image folder: mean=..., std=... (one value or one "
+                                        help="images (a folder or a torchvision set): "
+                                             "mean=..., std=... (one value or one "
                                              "per channel), scale=255 (pixel divisor); "
                                              "repeatable"),
     device: str = typer.Option("cpu", "--device", help="where PyTorch and the simulator run: "

@@ -8,7 +8,9 @@ processes with torchrun, resumable.
   folder in torchvision's ImageFolder layout (one sub-folder per class, sorted names = class
   indices), decoded with Pillow, resized to the model's input and normalised; or such a folder
   of one array per sample (``.npy``, or ``.npz`` with ``frames`` as spikingjelly saves the
-  event frames of DVS128 Gesture or CIFAR10-DVS, ``[T, C, H, W]``), read without unpickling.
+  event frames of DVS128 Gesture or CIFAR10-DVS, ``[T, C, H, W]``), read without unpickling;
+  or the files torchvision downloads for CIFAR-10/100 and the MNISTs
+  (:mod:`snncc.torchvision_sets`), held as uint8 and transformed as an image folder's images.
 - :class:`DatasetCheck` accumulates what :func:`snncc.parity.check_parity` gives per batch into
   integer counts (correct / agreeing predictions per engine, equal and emitted spikes per layer,
   spike-count dot products) plus the worst samples, so the report over the set is exact, the
@@ -21,7 +23,8 @@ Memory: one batch of inputs, the three engines' recorded runs of that batch (wha
 check`` on one batch needs, refused up front by the memory budget when it cannot fit), the
 model, and O(layers + worst samples) of statistics. The image folder's list of files (a path
 and a label per image) and the labels of a ``.npz`` are the only parts that grow with the set:
-about 100 bytes and 8 bytes per sample.
+about 100 bytes and 8 bytes per sample; a torchvision set is held whole, as its files hold it
+(one byte per pixel: 30 MB for CIFAR's test split).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from . import ir
 from .errors import FormatError, SnnccError
 from .limits import fmt_bytes, max_memory, nbytes, positive_int, require_fits
 from .progress import report_to
+from .torchvision_sets import SPLITS, find_set
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff",
                   ".webp")
@@ -336,16 +340,18 @@ class ArrayFolderDataset(_ClassFolder):
                 from None
 
 
-class ImageFolderDataset(_ClassFolder):
-    def __init__(self, graph, root: Path, batch: int, limit: int | None, classes: list[str],
-                 transform: dict | None = None):
+class _Normalised:
+    """``--transform`` for a model taking static ``[C, H, W]`` images of 1 or 3 channels:
+    pixels resized (Pillow, bilinear) to the model's input, divided by ``scale`` and
+    normalised by ``mean`` / ``std`` per channel."""
+
+    def _setup(self, graph, transform: dict | None, what: str):
         (inp,) = graph.inputs
         if not inp.static or len(inp.input_shape) != 3 or inp.input_shape[0] not in (1, 3):
-            raise SnnccError(f"an image folder needs a model taking static [C, H, W] images "
-                             f"with 1 or 3 channels, not input {list(inp.input_shape)} (a "
-                             "folder of per-sample .npy/.npz arrays takes any input)")
+            raise SnnccError(f"{what} needs a model taking static [C, H, W] images with 1 or 3 "
+                             f"channels, not input {list(inp.input_shape)} (a folder of "
+                             "per-sample .npy/.npz arrays takes any input)")
         self.C, self.H, self.W = inp.input_shape
-        super().__init__(graph, root, batch, limit, classes, IMAGE_SUFFIXES, "images")
         t = dict(transform or {})
         self.size = tuple(t.get("resize", (self.H, self.W)))
         if self.size != (self.H, self.W):
@@ -360,20 +366,63 @@ class ImageFolderDataset(_ClassFolder):
             raise SnnccError(f"--transform {what} has {len(v)} values for {self.C} channel(s)")
         return np.asarray(v, dtype=np.float64).reshape(-1, 1, 1)
 
+    def _resized(self, im):
+        """A Pillow image at the model's input size, as a float64 [C, H, W] array."""
+        from PIL import Image
+
+        if im.size != (self.W, self.H):
+            im = im.resize((self.W, self.H), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.float64)
+        return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+    def _normalise(self, a: np.ndarray) -> np.ndarray:
+        return (a / self.scale - self.mean) / self.std
+
+
+class ImageFolderDataset(_Normalised, _ClassFolder):
+    def __init__(self, graph, root: Path, batch: int, limit: int | None, classes: list[str],
+                 transform: dict | None = None):
+        self._setup(graph, transform, "an image folder")
+        super().__init__(graph, root, batch, limit, classes, IMAGE_SUFFIXES, "images")
+
     def decode(self, i: int) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(self.files[i]) as im:
-                im = im.convert("L" if self.C == 1 else "RGB")
-                if im.size != (self.W, self.H):
-                    im = im.resize((self.W, self.H), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.float64)
+                a = self._resized(im.convert("L" if self.C == 1 else "RGB"))
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise FormatError(f"{self.files[i]}: not a readable image "
                               f"({' '.join(str(e).split())})") from None
-        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-        return (a / self.scale - self.mean) / self.std
+        return self._normalise(a)
+
+
+class TorchvisionDataset(_Normalised, Dataset):
+    """CIFAR-10, CIFAR-100, MNIST, Fashion-MNIST or KMNIST in the files torchvision downloads
+    (:mod:`snncc.torchvision_sets`), held as uint8 and transformed batch by batch as an image
+    folder's images are."""
+
+    def __init__(self, graph, fmt, folder: Path, split: str, batch: int, limit: int | None,
+                 transform: dict | None = None):
+        from .torchvision_sets import read_set
+
+        self.name = f"{fmt.name} {split} ({folder})"
+        self._setup(graph, transform, f"{fmt.name}")
+        if self.C != fmt.shape[0]:
+            raise SnnccError(f"{fmt.name} has {fmt.shape[0]}-channel images; the model takes "
+                             f"{self.C} channel(s)")
+        self.x, self.y, self.class_names = read_set(fmt, folder, split)
+        self.classes = len(self.class_names)
+        super().__init__(graph, len(self.y), batch, limit)
+
+    def read(self, start, stop):
+        from PIL import Image
+
+        x = self.x[start:stop]
+        if x.shape[2:] != (self.H, self.W):
+            x = [self._resized(Image.fromarray(a[0] if self.C == 1 else a.transpose(1, 2, 0)))
+                 for a in x]
+        return self._normalise(np.asarray(x, dtype=np.float64)), self.y[start:stop]
 
 
 #: Samples per batch of a data-set check, at most, unless told: fewer where the memory budget
@@ -385,27 +434,37 @@ DEFAULT_BATCH = 64
 def open_dataset(spec: str, graph, *, batch: int = DEFAULT_BATCH, limit: int | None = None,
                  transform: dict | list[str] | None = None) -> Dataset:
     """The data set named by ``spec`` for ``graph``'s input: ``digits[:test|train]``, a
-    ``.npz`` path, or a class-folder directory of images or of per-sample arrays (arrays where
-    its folders hold no image). Bad specs raise a one-line error."""
+    ``.npz`` path, the folder of a torchvision download (``[:test|train]``), or a class-folder
+    directory of images or of per-sample arrays (arrays where its folders hold no image). Bad
+    specs raise a one-line error."""
     if len(graph.inputs) != 1:
         raise SnnccError(f"a data-set check takes models with one input; "
                          f"'{graph.name}' has {len(graph.inputs)}")
     if isinstance(transform, list):
         transform = parse_transform(transform)
-    if transform and not (Path(spec).is_dir()):
-        raise SnnccError("--transform applies to an image folder only")
     if spec == "digits" or spec.startswith("digits:"):
+        if transform:
+            raise SnnccError("--transform applies to images (a folder or a torchvision set)")
         split = spec.partition(":")[2] or "test"
         if split not in ("test", "train"):
             raise SnnccError(f"--dataset {spec}: the digits split is 'test' or 'train'")
         return DigitsDataset(graph, split, batch, limit)
-    path = Path(spec)
+    path, split = _split_of(spec)
+    found = find_set(path) if path.is_dir() else None
+    if found:
+        return TorchvisionDataset(graph, *found, split or "test", batch, limit, transform)
+    if split:
+        raise SnnccError(f"--dataset {spec}: a split (':{split}') is taken by digits and the "
+                         "torchvision sets (CIFAR-10/100, MNIST, Fashion-MNIST, KMNIST) only")
+    if transform and not path.is_dir():
+        raise SnnccError("--transform applies to images (a folder or a torchvision set)")
     if path.is_dir():
         classes = _class_folders(path)
         if not _class_files(path, classes, IMAGE_SUFFIXES)[0] and \
                 _class_files(path, classes, ARRAY_SUFFIXES)[0]:
             if transform:
-                raise SnnccError("--transform applies to an image folder only")
+                raise SnnccError("--transform applies to images (a folder or a torchvision "
+                                 "set)")
             return ArrayFolderDataset(graph, path, batch, limit, classes)
         return ImageFolderDataset(graph, path, batch, limit, classes, transform)
     if path.suffix == ".npz":
@@ -413,9 +472,20 @@ def open_dataset(spec: str, graph, *, batch: int = DEFAULT_BATCH, limit: int | N
             raise SnnccError(f"--dataset {spec}: no such file")
         return NpzDataset(graph, path, batch, limit)
     if not path.exists():
-        raise SnnccError(f"--dataset {spec}: no such file or folder (expected digits, "
-                         "digits:train, a .npz with x and y, or an image folder)")
-    raise SnnccError(f"--dataset {spec}: not digits, a .npz with x and y, or an image folder")
+        raise SnnccError(f"--dataset {spec}: no such file or folder (expected {_SPECS})")
+    raise SnnccError(f"--dataset {spec}: not {_SPECS}")
+
+
+_SPECS = ("digits, digits:train, a .npz with x and y, an image folder, or the folder of a "
+          "torchvision download of CIFAR-10/100 or (Fashion-/K)MNIST")
+
+
+def _split_of(spec: str) -> tuple[Path, str | None]:
+    """``folder:test`` / ``folder:train`` (a split of a torchvision set) or a plain path."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail in SPLITS and Path(head).is_dir():
+        return Path(head), tail
+    return Path(spec), None
 
 
 # --------------------------------------------------------------------------- statistics
@@ -768,7 +838,7 @@ def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = Non
     ``on_batch(i)`` is called after each batch this process counted."""
     import tempfile
 
-    from .parity import check_parity, largest_batch
+    from .parity import check_parity, largest_batch, output_classes
     from .pipeline import available_passes, for_target
     from .targets import get_target
 
@@ -783,6 +853,9 @@ def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = Non
     # opened (a bad spec refused) before the compile; the batch limited once it is known
     data = open_dataset(spec, graph, batch=DEFAULT_BATCH if batch is None else batch,
                         limit=limit, transform=transform)
+    if data.classes is not None and data.classes > output_classes(graph):
+        raise SnnccError(f"--dataset {data.name}: {data.classes} classes, but the model has "
+                         f"{output_classes(graph)} outputs")
     tgt = get_target(target)
     compiled = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
                           log=lambda s: None).run(graph)

@@ -411,6 +411,12 @@ def _cosine(ref: dict, other: dict, names: list[str]) -> float:
     return float(a @ b / den) if den else float(np.array_equal(a, b))
 
 
+def output_classes(graph) -> int:
+    """The classes a label may name: the length of the (first) output's last axis."""
+    shape = graph.outputs[0].shape
+    return int(shape[-1]) if shape else 1
+
+
 def check_labels(labels, batch: int, classes: int, what: str = "--labels") -> np.ndarray:
     """Labels for a batch: one whole number in [0, classes) per sample (any array shape with
     ``batch`` elements); anything else is refused naming the first offending value."""
@@ -512,8 +518,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
     sim.trace = _as_booleans(sim.trace)
     seconds["simulator"] = time.perf_counter() - start
     if labels is not None:
-        classes = int(loaded.graph.outputs[0].shape[-1]) if loaded.graph.outputs[0].shape else 1
-        labels = check_labels(labels, x_batch(loaded.graph, x), classes)
+        labels = check_labels(labels, x_batch(loaded.graph, x), output_classes(loaded.graph))
     start = time.perf_counter()
     per_step = loaded.graph.meta.get("output_layout") in PER_STEP_LAYOUTS
     out_name = loaded.graph.outputs[0].name

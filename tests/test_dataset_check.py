@@ -287,7 +287,7 @@ def test_resume_continues_and_gives_the_same_report(tmp_path, loaded):
     (["--dataset", "BAD_NPZ"], "needs arrays 'x' and 'y'"),
     (["--dataset", "WRONG_SHAPE"], "the model takes [1, 8, 8]"),
     (["--dataset", "EMPTY_DIR"], "one sub-folder per class"),
-    (["--dataset", "digits", "--transform", "mean=0"], "image folder only"),
+    (["--dataset", "digits", "--transform", "mean=0"], "applies to images"),
     (["--dataset", "IMG_DIR", "--transform", "gamma=2"], "is not one of"),
     (["--dataset", "digits", "--limit", "0"], "--limit must be >= 1"),
     (["--dataset", "digits", "--device", "tpu"], "device must be cpu or cuda"),
