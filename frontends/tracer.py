@@ -852,6 +852,12 @@ class _NeuronStep(Expr):
 
 
 @dataclass(eq=False)
+class _MembraneStep(Expr):
+    """The membrane the single-step neuron at ``path`` returned at ``step``: the value its
+    spikes are fired on, where IR nodes compute it (a :class:`NeuronCircuit`'s)."""
+
+
+@dataclass(eq=False)
 class _Slice(Expr):
     """``args[0][..., start:stop, ...]`` along per-step ``axis`` (a piece of chunk/split); its
     nodes depend on the input's kind, known once the input is built."""
@@ -943,10 +949,12 @@ class TimeAxisLast:
 
 @dataclass(frozen=True)
 class Membrane:
-    """The membrane a single-step neuron returned at ``step``; only passed back to it."""
+    """The membrane a neuron returned at ``step``: passed back to it as its state, or used as
+    a value (:class:`_MembraneStep`; snnTorch's tutorials record and return it)."""
 
     path: str
     step: int
+    shape: tuple[int, ...] = ()
 
 
 def _bordered_array(shape: tuple[int, ...], pads: tuple[int, ...],
@@ -1008,6 +1016,8 @@ class _SteppedNeuron:
     shape: tuple[int, ...]
     calls: dict[int, Expr]  # step -> input
     name: str | None = None
+    membrane: str | None = None  # a circuit's membrane node, once connected
+    tap: ir.Node | None = None  # the node reading it for values taken before then
 
 
 def _same_dynamics(a, b, shape: tuple) -> bool:
@@ -1480,7 +1490,7 @@ class _Builder:
                            if isinstance(p, Integrator) else _neuron_node(
                                n, (self._neuron_input(n, i[0], p, shape, c.path),), c.path, p),
                            [x], TB, time=SEQ)
-            return (out, *[Membrane(c.path, self.T - 1)] * int(returns_state)) \
+            return (out, *[Membrane(c.path, self.T - 1, shape)] * int(returns_state)) \
                 if returns_state else out
         if x.frame != B:
             raise _Refuse("a single-step neuron needs a [B, ...] input")
@@ -1493,7 +1503,8 @@ class _Builder:
             raise _Refuse(f"its call for step {t} does not fit a loop over T={self.T} steps")
         rec.calls[t] = x.expr
         out = Val(_NeuronStep(None, (), c.op, c.hint, c.path, rec.shape, step=t), B)
-        return (out, *[Membrane(c.path, t)] * int(returns_state)) if returns_state else out
+        return (out, *[Membrane(c.path, t, rec.shape)] * int(returns_state)) \
+            if returns_state else out
 
     def _integrator(self, name: str, x: str, p: Integrator, shape: tuple,
                     path: str) -> ir.Node:
@@ -1546,6 +1557,7 @@ class _Builder:
         if isinstance(outputs, Mapping):  # {"logits": ..., ...}: its tensors, in order
             outputs = tuple(outputs.values())
         outs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+        outs = [_val(o) if isinstance(o, Membrane) else o for o in outs]
         for o in outs:  # a partial form (x.sum(0) not yet divided by T, ...): why it is not one
             if isinstance(o, _FROM_INPUT) and not isinstance(o, Val):
                 try:
@@ -1566,6 +1578,7 @@ class _Builder:
         while self._queue:
             self._queue.pop()()
         self.graph.meta["output_layout"] = _LAYOUT_NAMES[outs[0].frame]
+        self.graph.meta["output_layouts"] = [_LAYOUT_NAMES[o.frame] for o in outs]
         self.graph.meta["neuron_modules"] = self._neuron_modules()
         self._counting_modules()
         if self.errors:
@@ -1642,6 +1655,8 @@ class _Builder:
             return src if e.args[0].time == STATIC else self._delay(src, t - e.step, e)
         if isinstance(e, _NeuronStep):
             return self._delay(self._stepped_neuron(e.path), t - e.step, e)
+        if isinstance(e, _MembraneStep):
+            return self._delay(self._membrane(e.path), t - e.step, e)
         if isinstance(e, _OverSteps):
             return self._over_steps(e)
         if t is not None and t > e.step and all(a.step is not None for a in e.args):
@@ -1790,8 +1805,33 @@ class _Builder:
                 else:
                     node.inputs = (self._neuron_input(node.name, inp, rec.params, rec.shape,
                                                       path),)
+                    rec.membrane = node.inputs[0]
+                    if rec.tap is not None:
+                        rec.tap.inputs = (rec.membrane,)
             self._queue.append(connect)
         return rec.name
+
+    def _membrane(self, path: str) -> str | None:
+        """The node of the membrane a single-step neuron returned, for a NeuronCircuit (whose
+        nodes compute it; the canonical neuron keeps its own inside). Before the neuron's input
+        is connected, an identity Scale that reads it once it is (removed by the passes)."""
+        rec = self.neurons.get(path)
+        if rec is None or not isinstance(rec.params, NeuronCircuit):
+            self.errors[(path, "the membrane this neuron returns is its internal state (no IR "
+                               "node computes it; snncc compiles the spikes): return or compute "
+                               "with its spikes" + ("" if rec is None else ", or use a reset "
+                               "whose membrane snncc builds (snnTorch's default 'subtract')"))] \
+                = None
+            return None
+        self._stepped_neuron(path)
+        if rec.membrane is not None:
+            return rec.membrane
+        if rec.tap is None:
+            rec.tap = ir.Scale(self._fresh(f"{rec.name}.membrane"), (f"{path}.pending",),
+                               path=path, factor=1.0)
+            self.graph.add(rec.tap)
+            rec.tap.shape, rec.tap.kind = rec.shape, ir.Kind.REAL
+        return rec.tap.name
 
     def _over_steps(self, e: _OverSteps) -> str | None:
         name = self._same_each_step(e, dict(enumerate(e.args)))
@@ -1854,8 +1894,8 @@ def _val(x) -> Val:
         raise _Refuse("it moves the time axis last, which only a mean or sum over that axis may "
                       "read")
     if isinstance(x, Membrane):
-        raise _Refuse(f"the state neuron '{x.path}' returns (its membrane) may only be passed "
-                      "back to that neuron: snncc compiles the spikes")
+        return Val(_MembraneStep(None, (), "membrane", f"{x.path}.membrane", x.path, x.shape,
+                                 step=x.step), B)
     if isinstance(x, ConstMinus):
         raise _Refuse("(constant - tensor) is taken only as a factor of a product, x * (1 - y): "
                       "the IR adds no constant to a tensor")
@@ -2034,10 +2074,7 @@ def _unbind(b, c, x, dim=0):
 
 
 def _stack(b, c, tensors, dim=0):
-    vals = list(tensors)
-    for v in vals:  # a value of another form from the input: its own reason
-        if isinstance(v, _FROM_INPUT):
-            _val(v)
+    vals = [_val(v) if isinstance(v, _FROM_INPUT) else v for v in tensors]  # (else its reason)
     if len(vals) != b.T or not all(
             isinstance(v, Val) and v.frame == B and v.expr.step == t for t, v in enumerate(vals)):
         raise _Refuse("only stacking the T steps of a loop over time is supported")
@@ -2508,7 +2545,7 @@ def _cast(b, c, x, *args, **kwargs):
     """A cast to float32 or float64 (a comparison's booleans to spikes, ``x.float()`` of an
     event input or a state), or a move to a device: the same values, in the arithmetic the
     graph runs in; `check` runs the model's own such casts in its dtype too
-    (``parity._floats_in``). Another dtype (half precision, integers) would round: refused."""
+    (``parity.floats_in``). Another dtype (half precision, integers) would round: refused."""
     x = _val(x)
     if c.value.dtype not in (torch.float32, torch.float64):
         raise _Refuse("a cast is taken only to float32 or float64 (another dtype would round)")

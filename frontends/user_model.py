@@ -267,7 +267,39 @@ def example_for(input_shape: tuple[int, ...], T: int, layout: str, spikes: bool 
     return torch.randn((*lead, *input_shape), generator=gen, dtype=dtype)
 
 
-_NO_T = "the model declares no number of time steps (model.T): set T (--T)"
+_NO_T = "the model declares no number of time steps (model.T): set T= (--T)"
+
+
+def steps_per_forward(model: nn.Module, x: torch.Tensor) -> int | None:
+    """The time steps a model takes a static input over, where it does not declare them: how
+    many times one forward on ``x`` calls its single-step library neurons, when they all agree
+    and it is at least 2 (snnTorch's tutorials loop ``for step in range(num_steps)`` over a
+    global). Once: a one-step forward that a loop outside the model may call T times, so not
+    taken. The forward runs as the trace runs it (eval, no autograd, its state restored) and
+    as `check` runs it (casts to float32 or float64 in ``x``'s dtype)."""
+    from snncc.parity import floats_in
+
+    from .adapters import STEP_SINGLE, adapter_for
+    from .tracer import _inference
+
+    calls: dict[str, int] = {}
+
+    def count(path):
+        return lambda m, args: calls.__setitem__(path, calls.get(path, 0) + 1)
+
+    hooks = [m.register_forward_pre_hook(count(path)) for path, m in model.named_modules()
+             if (a := adapter_for(m)) is not None and a.is_neuron(m)
+             and a.step_mode(m) == STEP_SINGLE]
+    try:
+        with _inference(model), floats_in(x.dtype):
+            model(x)
+    except Exception:  # the trace that follows reports the model's own failure
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    steps = set(calls.values())
+    return steps.pop() if len(steps) == 1 and min(steps) >= 2 else None
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -313,6 +345,8 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
         if shape is None:
             raise SnnccError("the model declares no input shape: give an example input or the "
                              "per-sample input shape (input_shape=(C, H, W), --input-shape C,H,W)")
+        if T is None and layout in (None, "static"):
+            T = steps_per_forward(model, torch.randn((2, *shape), dtype=dtype))
         if T is None:
             raise SnnccError(_NO_T)
         candidates = [layout] if layout else ["static", "TB"]
@@ -320,10 +354,12 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
     else:
         x = torch.as_tensor(example)
         x = x.to(dtype) if x.is_floating_point() or x.dtype == torch.bool else x
-        if T is None:
-            if layout not in ("TB", "BT"):
-                raise SnnccError(_NO_T)
+        if T is None and layout in ("TB", "BT"):
             T = x.shape[0 if layout == "TB" else 1]
+        elif T is None:
+            T = steps_per_forward(model, x) if layout in (None, "static") else None
+            if T is None:
+                raise SnnccError(_NO_T)
         candidates = [layout] if layout else layouts_to_try(x, T)
         examples = {c: x for c in candidates}
     if T < 1:

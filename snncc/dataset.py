@@ -345,13 +345,15 @@ class _Normalised:
     pixels resized (Pillow, bilinear) to the model's input, divided by ``scale`` and
     normalised by ``mean`` / ``std`` per channel."""
 
-    def _setup(self, graph, transform: dict | None, what: str):
+    def _setup(self, graph, transform: dict | None, what: str, shape: tuple | None = None):
+        """``shape``: the images' (C, H, W) where the model takes them flattened."""
         (inp,) = graph.inputs
-        if not inp.static or len(inp.input_shape) != 3 or inp.input_shape[0] not in (1, 3):
+        shape = shape or inp.input_shape
+        if not inp.static or len(shape) != 3 or shape[0] not in (1, 3):
             raise SnnccError(f"{what} needs a model taking static [C, H, W] images with 1 or 3 "
                              f"channels, not input {list(inp.input_shape)} (a folder of "
                              "per-sample .npy/.npz arrays takes any input)")
-        self.C, self.H, self.W = inp.input_shape
+        self.C, self.H, self.W = shape
         t = dict(transform or {})
         self.size = tuple(t.get("resize", (self.H, self.W)))
         if self.size != (self.H, self.W):
@@ -400,14 +402,17 @@ class ImageFolderDataset(_Normalised, _ClassFolder):
 class TorchvisionDataset(_Normalised, Dataset):
     """CIFAR-10, CIFAR-100, MNIST, Fashion-MNIST or KMNIST in the files torchvision downloads
     (:mod:`snncc.torchvision_sets`), held as uint8 and transformed batch by batch as an image
-    folder's images are."""
+    folder's images are; flattened for a model taking ``[C*H*W]`` vectors (snnTorch's
+    tutorials' MNIST networks)."""
 
     def __init__(self, graph, fmt, folder: Path, split: str, batch: int, limit: int | None,
                  transform: dict | None = None):
         from .torchvision_sets import read_set
 
         self.name = f"{fmt.name} {split} ({folder})"
-        self._setup(graph, transform, f"{fmt.name}")
+        (inp,) = graph.inputs
+        self.flat = tuple(inp.input_shape) == (int(np.prod(fmt.shape)),)
+        self._setup(graph, transform, f"{fmt.name}", fmt.shape if self.flat else None)
         if self.C != fmt.shape[0]:
             raise SnnccError(f"{fmt.name} has {fmt.shape[0]}-channel images; the model takes "
                              f"{self.C} channel(s)")
@@ -422,7 +427,8 @@ class TorchvisionDataset(_Normalised, Dataset):
         if x.shape[2:] != (self.H, self.W):
             x = [self._resized(Image.fromarray(a[0] if self.C == 1 else a.transpose(1, 2, 0)))
                  for a in x]
-        return self._normalise(np.asarray(x, dtype=np.float64)), self.y[start:stop]
+        x = self._normalise(np.asarray(x, dtype=np.float64))
+        return (x.reshape(len(x), -1) if self.flat else x), self.y[start:stop]
 
 
 #: Samples per batch of a data-set check, at most, unless told: fewer where the memory budget

@@ -63,6 +63,9 @@ class ParityReport:
     # neuron layers the passes removed (their spikes reach no output, e.g. scaled by 0): no
     # engine computes them, so they are not compared (they used to count as 0% agreement)
     removed: list[str] = field(default_factory=list)
+    # the model's outputs (tensors it returns): the output differences cover all of them,
+    # predictions (accuracy) are the first's
+    outputs: int = 1
 
     @property
     def target_less_precise(self) -> bool:
@@ -100,7 +103,8 @@ class ParityReport:
         lines += [
             f"first divergent layer: simulator {self.first_divergent_sim or 'none'}, "
             f"{self.target} {self.first_divergent_target or 'none'}",
-            f"output max |diff|{OVER_STEPS if self.output_over_steps else ''}: simulator "
+            ("output" if self.outputs == 1 else f"the {self.outputs} outputs'")
+            + f" max |diff|{OVER_STEPS if self.output_over_steps else ''}: simulator "
             f"{self.output_max_abs_diff_sim:.3g}, {self.target} "
             f"{self.output_max_abs_diff_target:.3g}",
             f"activity cosine similarity: simulator {self.activity_cosine_sim:.6f}, "
@@ -153,7 +157,8 @@ def random_inputs(graph: Graph, batch: int, T: int, seed: int) -> np.ndarray:
 
 def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: str = "cpu"):
     """Run the PyTorch model on ``x`` recording every neuron module named by a Neuron node's
-    path; returns (output, {node name: spikes [T, B, ...]}). The model is run in ``dtype`` and
+    path; returns ([each output tensor the graph's Outputs stand for, in their order],
+    {node name: spikes [T, B, ...]}). The model is run in ``dtype`` and
     eval mode from fresh neuron state, and given back in the dtype and mode it came in (both
     conversions are exact for float32 <-> float64). A neuron returning ``(spikes, state)`` is
     recorded by its spikes; spikes a library casts to float32 (snntorch) are cast to ``dtype``
@@ -204,7 +209,7 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     try:
         # a copy: the model may change its input in place, which the engines then read
         xt = torch.tensor(to_torch_layout(graph, x), dtype=tdtype, device=device)
-        with torch.no_grad(), _floats_in(tdtype):
+        with torch.no_grad(), floats_in(tdtype):
             out = model(xt)
     except _EndedBefore as end:
         out = end.outputs
@@ -244,9 +249,8 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
             traces[node.name] = spikes.cpu().numpy().reshape(-1, batch, *node.shape)
     if isinstance(out, Mapping):  # the tracer takes a dict's tensors in order
         out = tuple(out.values())
-    if isinstance(out, (tuple, list)):  # several tensors: the graph's first Output is the first
-        out = out[0]
-    return out.detach().cpu().numpy(), traces
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.detach().cpu().numpy() for o in outs], traces
 
 
 class _EndedBefore(BaseException):
@@ -270,7 +274,7 @@ def _end_before(module, args, kwargs):
     raise _EndedBefore(tuple(a for a in leaves if isinstance(a, torch.Tensor)))
 
 
-def _floats_in(dtype):
+def floats_in(dtype):
     """A context in which the model's forward computes in ``dtype`` what a model converted to
     it does not: its casts to float32 or float64 (``x.float()``, ``.to(torch.float32)``,
     ``.type``) give ``dtype``, and tensors it makes (``torch.zeros(B, n)`` for a state, with
@@ -360,10 +364,12 @@ OVER_STEPS = " (every step)"
 MEAN_PREDICTION = " (argmax of the output's mean over T)"
 
 
-def output_in_ir_layout(graph: Graph, out: np.ndarray, batch: int) -> np.ndarray:
+def output_in_ir_layout(graph: Graph, out: np.ndarray, batch: int,
+                        layout: str | None = None) -> np.ndarray:
     """A PyTorch model's per-step output as traced (``[T, B, ...]``, ``[B, T, ...]`` or
-    ``[T*B, ...]``, ``graph.meta['output_layout']``) in the IR's ``[T, B, ...]``."""
-    layout = graph.meta.get("output_layout")
+    ``[T*B, ...]``: ``layout``, by default the first output's, ``graph.meta['output_layout']``)
+    in the IR's ``[T, B, ...]``."""
+    layout = layout or graph.meta.get("output_layout")
     if layout == "BT":
         return np.swapaxes(out, 0, 1)
     if layout == "T*B":
@@ -394,6 +400,36 @@ def compared_outputs(last: dict, sequences: dict) -> tuple[dict, dict, bool]:
         d = np.swapaxes(d, 0, 1) if over_steps else d
         diffs[k] = d.reshape(len(d), -1).max(1) if d.size else np.zeros(len(d))
     return values, diffs, over_steps
+
+
+def _torch_outputs_by_node(graph: Graph, outs: list, batch: int) -> dict[str, np.ndarray]:
+    """The model's outputs after its first, by the graph's Output node: ``[T, B, ...]`` for
+    one of one value per step (its layout: ``graph.meta['output_layouts']``), else the last
+    step's ``[B, ...]``."""
+    layouts = graph.meta.get("output_layouts") or []
+    return {o.name: output_in_ir_layout(graph, out, batch, layout) if layout in
+            PER_STEP_LAYOUTS else out
+            for o, out, layout in zip(graph.outputs[1:], outs[1:], layouts[1:])}
+
+
+def _later_outputs_diff(compiled: Graph, reference: dict, sim, tgt_outputs: dict,
+                        tgt_traces: dict) -> dict[str, float]:
+    """The largest |difference| to the reference over the outputs after the first (a model
+    returning several tensors, snnTorch's tutorials' recorded membranes): every step where the
+    reference gives a sequence, else the last step; inf for an output an engine lacks or gives
+    in another shape."""
+    worst = {"simulator": 0.0, "target": 0.0}
+    for name, ref in reference.items():
+        seq = ref.ndim and name in sim.output_sequence and \
+            ref.shape == sim.output_sequence[name].shape
+        got = {"simulator": sim.output_sequence.get(name) if seq else sim.outputs.get(name),
+               "target": tgt_traces.get(name) if seq else tgt_outputs.get(name)}
+        for k, v in got.items():
+            v = None if v is None else np.asarray(v, dtype=np.float64)
+            d = np.inf if v is None or v.shape != ref.shape else \
+                float(np.abs(v - ref).max(initial=0.0))
+            worst[k] = max(worst[k], d)
+    return worst
 
 
 def _agreement(a: np.ndarray | None, b: np.ndarray | None) -> float:
@@ -524,7 +560,9 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
     out_name = loaded.graph.outputs[0].name
     if loaded.torch_model is not None:
         reference = "pytorch"
-        ref_out, ref = torch_neuron_traces(loaded.torch_model, loaded.graph, x, dtype, device)
+        ref_outs, ref = torch_neuron_traces(loaded.torch_model, loaded.graph, x, dtype, device)
+        later = _torch_outputs_by_node(loaded.graph, ref_outs, x_batch(loaded.graph, x))
+        ref_out = ref_outs[0]
         ref_seq = output_in_ir_layout(loaded.graph, ref_out, x_batch(loaded.graph, x)) \
             if per_step else None
         ref_out = ref_seq[-1] if per_step else ref_out
@@ -535,6 +573,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         ref_out, ref = first_output(loaded.graph, r0.outputs), {k: v for k, v in r0.trace.items()
                                    if isinstance(loaded.graph[k], ir.Neuron)}
         ref_seq = r0.output_sequence[out_name] if per_step else None
+        later = {o.name: r0.output_sequence[o.name] for o in loaded.graph.outputs[1:]}
         del r0
     ref = _as_booleans(ref)
     seconds["reference"] = time.perf_counter() - start
@@ -555,6 +594,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         {"reference": ref_out, "simulator": sim_out, "target": tgt_out},
         {"reference": ref_seq, "simulator": sim.output_sequence.get(compiled_out),
          "target": tgt_traces.get(compiled_out)} if per_step else {})
+    later_diff = _later_outputs_diff(compiled, later, sim, tgt_outputs, tgt_traces)
     if details is not None:
         details.update(reference=reference, compiled=compiled, seconds=seconds,
                        outputs=values, output_diffs=diffs, output_over_steps=over_steps,
@@ -584,8 +624,11 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         layers=layers,
         first_divergent_sim=next((r.node for r in layers if r.agreement_sim < 1.0), None),
         first_divergent_target=next((r.node for r in layers if r.agreement_target < 1.0), None),
-        output_max_abs_diff_sim=float(diffs["simulator"].max(initial=0.0)),
-        output_max_abs_diff_target=float(diffs["target"].max(initial=0.0)),
+        output_max_abs_diff_sim=max(float(diffs["simulator"].max(initial=0.0)),
+                                    later_diff["simulator"]),
+        output_max_abs_diff_target=max(float(diffs["target"].max(initial=0.0)),
+                                       later_diff["target"]),
+        outputs=len(compiled.outputs),
         activity_cosine_sim=_cosine(ref, sim_n, names),
         activity_cosine_target=_cosine(ref, tgt_traces, names),
         lossy=any(available_passes()[p].lossy for p in compiled.meta.get("passes", [])),

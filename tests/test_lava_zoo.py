@@ -48,7 +48,7 @@ def test_zoo_model_spikes_in_lava_equal_pytorch(family, seed, pipeline, tmp_path
         assert left and {n.name for n in compiled.of_type(ir.BatchNorm)} == set(left)
     x = case.inputs.numpy()
     res = run_artifact(emit(compiled, tmp_path / "lava"), x, T)
-    out, ref = torch_neuron_traces(case.model, graph, x, "float64")
+    (out, *_), ref = torch_neuron_traces(case.model, graph, x, "float64")
     neurons = [n.name for n in graph.of_type(ir.Neuron)]
     assert neurons and set(neurons) <= set(ref)
     for k in neurons:

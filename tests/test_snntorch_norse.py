@@ -481,11 +481,107 @@ def test_snntorch_tutorial_net_whose_last_neuron_returns_its_state(last, tmp_pat
     check(_built(TutorialNet, 4, last), _image(4), True, tmp_path)
 
 
-def test_snntorch_returned_membranes_are_refused_saying_so():
+class TutorialFive(nn.Module):
+    """snnTorch's tutorial 5 network as its documentation writes it: ``init_hidden=False``
+    neurons whose state the forward threads through a loop over a global number of steps (no
+    ``model.T``), recording the last layer's spikes and membranes and returning both stacked,
+    ``(spk_rec, mem_rec)``; its training takes the loss on the membranes."""
+
+    def __init__(self, last: str = "Leaky", reset: str = "subtract"):
+        super().__init__()
+        self.fc1 = nn.Linear(2 * 8 * 8, 24)
+        self.lif1 = snn.Leaky(beta=0.9, threshold=0.5, reset_mechanism=reset)
+        self.fc2 = nn.Linear(24, 10)
+        self.lif2 = snn.Leaky(beta=0.8, threshold=0.3, reset_mechanism=reset) \
+            if last == "Leaky" else snn.Synaptic(alpha=0.6, beta=0.8, threshold=0.3,
+                                                 reset_mechanism=reset)
+
+    def forward(self, x):
+        mem1 = self.lif1.init_leaky()
+        state2 = (self.lif2.init_leaky(),) if isinstance(self.lif2, snn.Leaky) \
+            else self.lif2.init_synaptic()
+        spk2_rec, mem2_rec = [], []
+        for _ in range(NUM_STEPS):
+            spk1, mem1 = self.lif1(self.fc1(x.flatten(1)), mem1)
+            spk2, *state2 = self.lif2(self.fc2(spk1), *state2)
+            spk2_rec.append(spk2)
+            mem2_rec.append(state2[-1])
+        return torch.stack(spk2_rec, dim=0), torch.stack(mem2_rec, dim=0)
+
+
+NUM_STEPS = 6  # the tutorial's global ``num_steps``
+
+
+@pytest.mark.parametrize("last", ["Leaky", "Synaptic"])
+def test_snntorch_tutorial_returns_spikes_and_membranes_exactly(last, tmp_path):
+    """Both outputs compiled: the membranes snnTorch returns are the values its circuit
+    computes (they were refused: "the state neuron returns may only be passed back"); T is
+    taken from the forward's loop (6 calls of each neuron). Exact on every target."""
+    from snncc import api
+
+    model = _built(TutorialFive, 7, last).double()
+    x = _image(7, scale=2.0).double()
+    graph = api.load(model, x).graph
+    assert graph.meta["T"] == NUM_STEPS and len(graph.outputs) == 2
+    with torch.no_grad():
+        spk, mem = _f64_reference(model)(x)
+    res = simulate(graph, x.numpy(), NUM_STEPS)
+    out_spk, out_mem = (res.output_sequence[o.name] for o in graph.outputs)
+    np.testing.assert_array_equal(out_spk, spk.numpy())
+    np.testing.assert_array_equal(out_mem, mem.numpy())
+    assert 0.05 <= float(spk.mean()) <= 0.95 and np.ptp(out_mem) > 0.5
+    for target in ("sim", "onnx", "nir", "lava"):
+        rep = api.check(model, x, target=target)
+        assert rep.outputs == 2 and rep.min_agreement == 1.0, (target, rep.format())
+        assert rep.output_max_abs_diff_sim == rep.output_max_abs_diff_target == 0.0, target
+        assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})
+
+
+def test_check_compares_every_output():
+    """A difference in the second output alone (the membranes; the spikes and the first output
+    unchanged) is what check reports."""
+    from snncc import api
+    from snncc.parity import check_parity
+
+    model = _built(TutorialFive, 7).double()
+    x = _image(7, scale=2.0).double()
+    loaded = api.load(model, x)
+    forward = model.forward
+    model.forward = lambda x: (lambda s, m: (s, m + 0.25))(*forward(x))
+    rep = check_parity(loaded, "onnx", x.numpy(), T=NUM_STEPS)
+    assert rep.min_agreement == 1.0
+    assert rep.output_max_abs_diff_sim == pytest.approx(0.25)
+    assert rep.output_max_abs_diff_target == pytest.approx(0.25)
+    assert "the 2 outputs' max |diff| (every step): simulator 0.25" in rep.format()
+
+
+def test_snntorch_membrane_of_a_canonical_neuron_is_refused_saying_so():
+    """With the 'zero' reset the Leaky neuron is the canonical neuron, whose membrane no node
+    computes: returning it is refused, naming the neuron."""
     with pytest.raises(UnsupportedError) as err:
-        trace(_built(TutorialNet, 4, membranes=True), _image(4), T=T)
+        trace(_built(TutorialFive, 4, reset="zero"), _image(4), T=NUM_STEPS)
     msg = str(err.value)
-    assert "op 'torch.stack'" in msg and "neuron 'net.6' returns" in msg, msg
+    assert "'lif2'" in msg and "membrane this neuron returns is its internal state" in msg, msg
+
+
+def test_steps_are_taken_from_the_forward_only_when_its_neurons_agree_and_loop():
+    """A model called once per step (a loop outside it) declares no T and is not given one."""
+    from snncc import api
+    from snncc.errors import SnnccError
+
+    class OneStep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(128, 10)
+            self.lif = snn.Leaky(beta=0.9, init_hidden=True)
+
+        def forward(self, x):
+            return self.lif(self.fc(x.flatten(1)))
+
+    with pytest.raises(SnnccError, match=r"no number of time steps .model.T.: set T="):
+        api.load(OneStep(), _image(1))
+    with pytest.raises(UnsupportedError, match="trace a module that runs that loop"):
+        api.load(OneStep(), _image(1), T=5)
 
 
 @pytest.mark.parametrize("mode", ["subtract", "zero", "none"])
@@ -742,7 +838,7 @@ def test_norse_threshold_tie_follows_norse_operation_order(kind, tmp_path):
 def test_a_model_keeping_float32_state_is_checked_in_float64():
     """snnTorch's RLeaky keeps its own spikes (``init_hidden``), made float32, and feeds them to
     its recurrent weights: converted to float64 alone, the library's forward fails. `check`
-    runs the model with the tensors it makes in float64 too (``parity._floats_in``): exact,
+    runs the model with the tensors it makes in float64 too (``parity.floats_in``): exact,
     and in float32 as well."""
     import snncc
 

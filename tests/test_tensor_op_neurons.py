@@ -417,7 +417,7 @@ class STBPNet(nn.Module):
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir"])
 def test_a_model_written_for_float32_is_checked_in_float64(target):
     """`check` runs the model with its casts and the tensors it makes in float64
-    (``parity._floats_in``), where it would otherwise stop at a float32 tensor meeting float64
+    (``parity.floats_in``), where it would otherwise stop at a float32 tensor meeting float64
     weights; the graph takes the casts as the values cast: exact."""
     torch.manual_seed(0)
     model = STBPNet().eval()
