@@ -331,3 +331,45 @@ def test_ambiguous_or_mismatched_sets_are_one_line_errors(tmp_path, digits_graph
     assert main(argv) != 0
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("snncc: error:") and "MNIST train split needs" in line
+
+
+def test_mnist_flattened_for_snntorch_tutorial_network(tmp_path):
+    """snnTorch's tutorials feed MNIST to a network of Linear layers as [784] vectors: a model
+    taking that input gets the images flattened (after the transform); its T comes from its
+    own loop over time and both its outputs, spikes and membranes, are compared."""
+    snn = pytest.importorskip("snntorch")
+
+    class Net(torch.nn.Module):  # tutorial 5's network, smaller
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.lif1 = torch.nn.Linear(784, 64), snn.Leaky(beta=0.95)
+            self.fc2, self.lif2 = torch.nn.Linear(64, 10), snn.Leaky(beta=0.95)
+
+        def forward(self, x):
+            mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
+            spk_rec, mem_rec = [], []
+            for _ in range(5):
+                spk1, mem1 = self.lif1(self.fc1(x), mem1)
+                spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
+                spk_rec.append(spk2)
+                mem_rec.append(mem2)
+            return torch.stack(spk_rec), torch.stack(mem_rec)
+
+    raw = write_mnist(tmp_path, n=20)
+    torch.manual_seed(0)
+    model = Net().double()
+    with torch.no_grad():
+        model.fc1.weight.mul_(8)
+        model.fc2.weight.mul_(4)
+    transform = ["mean=0.1307", "std=0.3081"]  # the tutorials' normalisation
+    loaded = api.load(model, input_shape=(784,))
+    assert loaded.graph.meta["T"] == 5
+    ds = open_dataset(str(tmp_path), loaded.graph, batch=64, transform=transform)
+    (b,) = list(ds.batches())
+    imgs = np.frombuffer(gzip.decompress((raw / "t10k-images-idx3-ubyte.gz").read_bytes())[16:],
+                         np.uint8)
+    np.testing.assert_array_equal(b.x, (imgs.reshape(20, 784) / 255 - 0.1307) / 0.3081)
+    rep = api.check_dataset(model, str(tmp_path), input_shape=(784,), transform=transform)
+    assert rep.samples == 20 and rep.min_agreement == 1.0
+    rates = [layer["rate_reference"] for layer in rep.layers]
+    assert all(0.05 <= r <= 0.95 for r in rates), rates
