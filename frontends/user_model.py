@@ -270,36 +270,85 @@ def example_for(input_shape: tuple[int, ...], T: int, layout: str, spikes: bool 
 _NO_T = "the model declares no number of time steps (model.T): set T= (--T)"
 
 
-def steps_per_forward(model: nn.Module, x: torch.Tensor) -> int | None:
-    """The time steps a model takes a static input over, where it does not declare them: how
-    many times one forward on ``x`` calls its single-step library neurons, when they all agree
-    and it is at least 2 (snnTorch's tutorials loop ``for step in range(num_steps)`` over a
-    global). Once: a one-step forward that a loop outside the model may call T times, so not
-    taken. The forward runs as the trace runs it (eval, no autograd, its state restored) and
-    as `check` runs it (casts to float32 or float64 in ``x``'s dtype)."""
+def _neuron_calls(model: nn.Module, x: torch.Tensor) -> set[int] | None:
+    """How many times one forward on ``x`` calls each single-step library neuron (the set of
+    those numbers; empty without such neurons; None where the model has a multi-step neuron
+    or its forward fails, which the trace that follows reports). The forward runs as the
+    trace runs it (eval, no autograd, its state restored) and as `check` runs it (casts to
+    float32 or float64 in ``x``'s dtype)."""
     from snncc.parity import floats_in
 
     from .adapters import STEP_SINGLE, adapter_for
     from .tracer import _inference
 
-    calls: dict[str, int] = {}
+    neurons = {path: m for path, m in model.named_modules()
+               if (a := adapter_for(m)) is not None and a.is_neuron(m)}
+    if any(adapter_for(m).step_mode(m) != STEP_SINGLE for m in neurons.values()):
+        return None
+    calls = dict.fromkeys(neurons, 0)
 
     def count(path):
-        return lambda m, args: calls.__setitem__(path, calls.get(path, 0) + 1)
+        return lambda m, args: calls.__setitem__(path, calls[path] + 1)
 
-    hooks = [m.register_forward_pre_hook(count(path)) for path, m in model.named_modules()
-             if (a := adapter_for(m)) is not None and a.is_neuron(m)
-             and a.step_mode(m) == STEP_SINGLE]
+    hooks = [m.register_forward_pre_hook(count(path)) for path, m in neurons.items()]
     try:
         with _inference(model), floats_in(x.dtype):
             model(x)
-    except Exception:  # the trace that follows reports the model's own failure
+    except Exception:
         return None
     finally:
         for h in hooks:
             h.remove()
-    steps = set(calls.values())
-    return steps.pop() if len(steps) == 1 and min(steps) >= 2 else None
+    return set(calls.values())
+
+
+def steps_per_forward(model: nn.Module, x: torch.Tensor) -> int | None:
+    """The time steps a model takes a static input over, where it does not declare them: how
+    many times one forward on ``x`` calls its single-step library neurons, when they all agree
+    and it is at least 2 (snnTorch's tutorials loop ``for step in range(num_steps)`` over a
+    global). Once: a one-step forward (:class:`StepLoop`), which says nothing of T."""
+    steps = _neuron_calls(model, x)
+    return steps.pop() if steps and len(steps) == 1 and min(steps) >= 2 else None
+
+
+class StepLoop(nn.Module):
+    """A model whose forward is one time step (each of its single-step neurons called once:
+    spikingjelly's single-step networks, snnTorch's ``init_hidden`` ones, trained by a loop
+    outside the model), run as that loop: T calls on the same static input, or on step t of
+    a sequence, each output stacked ``[T, B, ...]`` (each tensor of a tuple). It shares the
+    model's modules, parameters and buffers, so module paths and state-dict keys are the
+    model's own; the model's state is reset by the caller (the trace, `check`) as for any
+    model."""
+
+    def __init__(self, model: nn.Module, T: int, layout: str):
+        super().__init__()
+        object.__setattr__(self, "stepped", model)  # not a submodule: no path prefix
+        self._modules, self._parameters, self._buffers = \
+            model._modules, model._parameters, model._buffers
+        self.T, self.layout = T, layout
+
+    def train(self, mode: bool = True):
+        self.stepped.training = mode
+        return super().train(mode)
+
+    def forward(self, x):
+        # its forward, not its call: a module call is a submodule's to the trace, and the
+        # model's own calls are this one's
+        steps = [self.stepped.forward(x if self.layout == "static" else x[t]
+                                      if self.layout == "TB" else x[:, t])
+                 for t in range(self.T)]
+        if isinstance(steps[0], (tuple, list)):
+            return tuple(torch.stack(each) for each in zip(*steps))
+        return torch.stack(steps)
+
+
+def _step_of(x: torch.Tensor, layout: str) -> torch.Tensor:
+    return x if layout == "static" else x[0] if layout == "TB" else x[:, 0]
+
+
+def _one_step(model: nn.Module, x: torch.Tensor, T: int, layout: str) -> bool:
+    """Whether ``model`` computes one step of T >= 2 on the reading ``layout`` of ``x``."""
+    return T >= 2 and _neuron_calls(model, _step_of(x, layout)) == {1}
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -328,7 +377,8 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
     steps (default: the model's ``T``, or the length of a sequence example). ``layout``:
     'static', 'TB' or 'BT'; when not given, each possible reading is tried, most likely first.
     ``share_weights``, ``until``: as :func:`~snncc.frontends.tracer.trace` (a model loaded here;
-    the module the graph ends before)."""
+    the module the graph ends before). Returns (graph, the model it is of: ``model``, or a
+    :class:`StepLoop` of it where its forward is one time step)."""
     from .tracer import trace
 
     if isinstance(model, torch.jit.ScriptModule):
@@ -366,8 +416,9 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
         raise SnnccError(f"T must be at least 1, got {T}")
     failures = []
     for c in candidates:
+        traced = StepLoop(model, T, c) if _one_step(model, examples[c], T, c) else model
         try:
-            graph = trace(model, examples[c], T=T, static=c == "static", name=name,
+            graph = trace(traced, examples[c], T=T, static=c == "static", name=name,
                           share_weights=share_weights, until=until)
         except (SnnccError, ValueError, RuntimeError, TypeError, IndexError) as e:
             failures.append((c, e))
@@ -377,7 +428,9 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
                                            f", not {c}")))
             continue
         graph.meta["input_layout"] = c
-        return graph
+        if traced is not model:
+            graph.meta["steps_outside"] = True
+        return graph, traced
     raise _trace_failure(failures, examples, explicit=layout is not None)
 
 

@@ -77,8 +77,9 @@ def load(model, example_input=None, *, T: int | None = None, layout: str | None 
     from snncc.frontends.user_model import trace_user_model, unwrapped
 
     model = unwrapped(model)
-    graph = trace_user_model(model, example_input, T=T, layout=layout, input_shape=input_shape,
-                             name=name or type(model).__name__, until=until)
+    graph, model = trace_user_model(model, example_input, T=T, layout=layout,
+                                    input_shape=input_shape, name=name or type(model).__name__,
+                                    until=until)
     return LoadedModel(graph, model)
 
 
@@ -113,6 +114,14 @@ def _summarise_ties(graph: Graph, log: Callable[[str], None]) -> None:
             log(f"note: {name} rounds in {len(ties)} layer(s) ({', '.join(sorted(ties)[:4])}"
                 f"{' ...' if len(ties) > 4 else ''}): spikes are exact except where a membrane "
                 f"equals its threshold exactly (the pass report in the IR says why)")
+
+
+def _summarise_steps(graph: Graph, log: Callable[[str], None]) -> None:
+    """One line when the model's forward is one time step (frontends.user_model.StepLoop)."""
+    if graph.meta.get("steps_outside"):
+        log(f"note: the model's forward is one time step (each of its neurons is called once), "
+            f"so it is compiled as a loop calling it T={graph.meta.get('T')} times, its "
+            f"outputs stacked [T, B, ...], as a training loop outside the model runs it")
 
 
 def _summarise_dilation(graph: Graph, log: Callable[[str], None]) -> None:
@@ -152,6 +161,7 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
                   **load_options)
     if loaded.arch_info:
         log(loaded.arch_info)
+    _summarise_steps(loaded.graph, log)
     pm = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
                     print_ir_after=set(print_ir_after), dump_ir_dir=dump_ir, log=log)
     graph = pm.run(loaded.release() if consume or loaded is not model else loaded.graph)

@@ -131,6 +131,7 @@ def _loaded(source: str, arch, model, model_args, input_shape, layout, trust, T,
             arch_options=None, nir_dialect=None, nir_dt=None, say=_out, until=None):
     """What compile, check and inspect were pointed at, loaded (snncc.models.load_model); a
     zoo checkpoint's hyper-parameters are printed (``say``) as one line."""
+    from .api import _summarise_steps
     from .models import load_model
 
     if model_args is not None and model is None:
@@ -141,6 +142,7 @@ def _loaded(source: str, arch, model, model_args, input_shape, layout, trust, T,
                         until=until)
     if loaded.arch_info:
         say(loaded.arch_info)
+    _summarise_steps(loaded.graph, say)
     return loaded
 
 

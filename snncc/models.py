@@ -96,7 +96,7 @@ def load_model(source: str | Path, arch: str | None = None, *, trust: bool = Fal
     else:
         model = user_model.load_pickled_model(path, trust)
     model = user_model.unwrapped(model)
-    graph = user_model.trace_user_model(model.eval(), T=T, layout=layout,
-                                        input_shape=input_shape, name=path.stem,
-                                        share_weights=True, until=until)  # the model is ours
+    graph, model = user_model.trace_user_model(model.eval(), T=T, layout=layout,
+                                               input_shape=input_shape, name=path.stem,
+                                               share_weights=True, until=until)  # ours
     return LoadedModel(graph, model)

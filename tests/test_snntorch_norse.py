@@ -564,24 +564,62 @@ def test_snntorch_membrane_of_a_canonical_neuron_is_refused_saying_so():
     assert "'lif2'" in msg and "membrane this neuron returns is its internal state" in msg, msg
 
 
-def test_steps_are_taken_from_the_forward_only_when_its_neurons_agree_and_loop():
-    """A model called once per step (a loop outside it) declares no T and is not given one."""
+class OneStep(nn.Module):
+    """A forward that is one time step (snnTorch tutorial 6's network: ``init_hidden``
+    neurons, the last with ``output=True``; its ``forward_pass`` loops outside the model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 6, 3)
+        self.lif1 = snn.Leaky(beta=0.7, threshold=0.4, init_hidden=True)
+        self.fc = nn.Linear(6 * 6 * 6, 10)
+        self.lif2 = snn.Leaky(beta=0.8, threshold=0.3, init_hidden=True, output=True)
+
+    def forward(self, x):
+        return self.lif2(self.fc(self.lif1(self.conv(x)).flatten(1)))
+
+
+def tutorial_forward_pass(net, x, T_steps, sequence=False):
+    """snnTorch tutorial 6's ``forward_pass``, in float64: reset, call the net once per step,
+    stack the spikes and the membranes."""
+    net = _f64_reference(net)
+    snn_utils.reset(net)
+    spk_rec, mem_rec = [], []
+    with torch.no_grad():
+        for t in range(T_steps):
+            spk, mem = net(x[t] if sequence else x)
+            spk_rec.append(spk)
+            mem_rec.append(mem)
+    return torch.stack(spk_rec), torch.stack(mem_rec)
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_a_one_step_forward_is_compiled_as_the_loop_that_calls_it(sequence, tmp_path):
+    """Each neuron called once per forward and T given: the graph is the loop a training
+    script runs (T calls on the image, or on x[t] of a sequence; outputs stacked), module
+    paths the model's own; exact against tutorial 6's forward_pass on every target. Without
+    T it is not guessed."""
     from snncc import api
     from snncc.errors import SnnccError
 
-    class OneStep(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(128, 10)
-            self.lif = snn.Leaky(beta=0.9, init_hidden=True)
-
-        def forward(self, x):
-            return self.lif(self.fc(x.flatten(1)))
-
+    model = _built(OneStep, 3).double()
+    x = (_sequence_image(3, scale=2.0) if sequence else _image(3, scale=2.0)).double()
     with pytest.raises(SnnccError, match=r"no number of time steps .model.T.: set T="):
-        api.load(OneStep(), _image(1))
-    with pytest.raises(UnsupportedError, match="trace a module that runs that loop"):
-        api.load(OneStep(), _image(1), T=5)
+        api.load(model, x[0] if sequence else x)
+    loaded = api.load(model, x, T=T)
+    graph = loaded.graph
+    assert graph.meta["steps_outside"] and len(graph.outputs) == 2
+    assert {n.path for n in graph.of_type(ir.Neuron)} >= {"lif1"}
+    spk, mem = tutorial_forward_pass(model, x, T, sequence)
+    res = simulate(graph, x.numpy(), T)
+    np.testing.assert_array_equal(res.output_sequence[graph.outputs[0].name], spk.numpy())
+    np.testing.assert_array_equal(res.output_sequence[graph.outputs[1].name], mem.numpy())
+    assert 0.05 <= float(spk.mean()) <= 0.95
+    for target in ("onnx", "lava"):
+        rep = api.check(loaded, target=target)
+        assert rep.outputs == 2 and rep.min_agreement == 1.0, rep.format()
+        assert rep.output_max_abs_diff_target == 0.0
+        assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})
 
 
 @pytest.mark.parametrize("mode", ["subtract", "zero", "none"])

@@ -847,3 +847,36 @@ def test_a_soft_reset_neuron_is_named_a_custom_neuron_in_the_lava_manifest(tmp_p
     doc = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert {p["name"]: p["type"] for p in doc["processes"]}["1"] == "CanonicalLIF"
     assert "resets hard" in doc["custom_neurons"]["1"]
+
+
+def test_spikingjelly_single_step_network_on_encoded_spikes_through_the_cli(tmp_path, capsys):
+    """spikingjelly's tutorials train a single-step network in a loop outside it, on input
+    spikes a Poisson encoder draws per step (``for t in range(T): out_fr += net(encoder(x))``):
+    given T and the encoded spikes ``[T, B, ...]``, the graph is that loop; exact on sim and
+    nir through the CLI, which says so."""
+    sj = pytest.importorskip("spikingjelly.activation_based")
+    from spikingjelly.activation_based import layer, neuron
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        layer.Conv2d(1, 8, 3, padding=1, bias=False), layer.BatchNorm2d(8), neuron.LIFNode(),
+        layer.MaxPool2d(2), layer.Flatten(), layer.Linear(8 * 4 * 4, 10), neuron.LIFNode())
+    with torch.no_grad():
+        net[0].weight.mul_(3)
+        net[5].weight.mul_(5)
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+        net[1].bias.uniform_(0.2, 0.6)
+    torch.save(net, tmp_path / "net.pt")
+    spikes = (np.random.default_rng(1).random((6, 4, 1, 8, 8)) < 0.4).astype(np.float64)
+    np.save(tmp_path / "x.npy", spikes)
+    for target in ("sim", "nir"):
+        assert main(["check", str(tmp_path / "net.pt"), "--trust-checkpoint", "--T", "6",
+                     "--input-shape", "1,8,8",
+                     "--layout", "TB", "--inputs", str(tmp_path / "x.npy"), "-t", target,
+                     "--json", str(tmp_path / "r.json")]) == 0
+        out = capsys.readouterr().out
+        assert "the model's forward is one time step" in out
+        rep = json.loads((tmp_path / "r.json").read_text())
+        assert rep["min_agreement"] == 1.0 and rep["output_max_abs_diff_target"] == 0.0
+        assert_rates_in_range({r["node"]: r["rate_reference"] for r in rep["layers"]})
