@@ -283,6 +283,8 @@ def _neuron_calls(model: nn.Module, x: torch.Tensor) -> set[int] | None:
 
     neurons = {path: m for path, m in model.named_modules()
                if (a := adapter_for(m)) is not None and a.is_neuron(m)}
+    if not neurons:
+        return set()  # (not run: a large model without library neurons costs a forward)
     if any(adapter_for(m).step_mode(m) != STEP_SINGLE for m in neurons.values()):
         return None
     calls = dict.fromkeys(neurons, 0)
@@ -315,7 +317,7 @@ class StepLoop(nn.Module):
     """A model whose forward is one time step (each of its single-step neurons called once:
     spikingjelly's single-step networks, snnTorch's ``init_hidden`` ones, trained by a loop
     outside the model), run as that loop: T calls on the same static input, or on step t of
-    a sequence, each output stacked ``[T, B, ...]`` (each tensor of a tuple). It shares the
+    a sequence, each output stacked ``[T, B, ...]`` (each tensor of a tuple or dict). It shares the
     model's modules, parameters and buffers, so module paths and state-dict keys are the
     model's own; the model's state is reset by the caller (the trace, `check`) as for any
     model."""
@@ -337,18 +339,24 @@ class StepLoop(nn.Module):
         steps = [self.stepped.forward(x if self.layout == "static" else x[t]
                                       if self.layout == "TB" else x[:, t])
                  for t in range(self.T)]
+        if isinstance(steps[0], Mapping):
+            return {k: torch.stack([s[k] for s in steps]) for k in steps[0]}
         if isinstance(steps[0], (tuple, list)):
             return tuple(torch.stack(each) for each in zip(*steps))
         return torch.stack(steps)
 
 
-def _step_of(x: torch.Tensor, layout: str) -> torch.Tensor:
-    return x if layout == "static" else x[0] if layout == "TB" else x[:, 0]
-
-
 def _one_step(model: nn.Module, x: torch.Tensor, T: int, layout: str) -> bool:
-    """Whether ``model`` computes one step of T >= 2 on the reading ``layout`` of ``x``."""
-    return T >= 2 and _neuron_calls(model, _step_of(x, layout)) == {1}
+    """Whether ``model`` computes one step of T >= 2 on the reading ``layout`` of ``x``: its
+    neurons are called once on a step (the image, ``x[0]``, ``x[:, 0]``); a sequence model is
+    not, though a step may read as a shorter sequence to it: on the whole sequence it calls
+    them more than once (a one-step model there fails, or calls them once on [T, B, ...])."""
+    if T < 2:
+        return False
+    if layout == "static":
+        return _neuron_calls(model, x) == {1}
+    step = x[0] if layout == "TB" else x[:, 0]
+    return _neuron_calls(model, step) == {1} and _neuron_calls(model, x) in (None, {1})
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
