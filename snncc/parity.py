@@ -412,7 +412,7 @@ def _torch_outputs_by_node(graph: Graph, outs: list, batch: int) -> dict[str, np
             for o, out, layout in zip(graph.outputs[1:], outs[1:], layouts[1:])}
 
 
-def _later_outputs_diff(compiled: Graph, reference: dict, sim, tgt_outputs: dict,
+def _later_outputs_diff(reference: dict, sim, tgt_outputs: dict,
                         tgt_traces: dict) -> dict[str, float]:
     """The largest |difference| to the reference over the outputs after the first (a model
     returning several tensors, snnTorch's tutorials' recorded membranes): every step where the
@@ -594,7 +594,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         {"reference": ref_out, "simulator": sim_out, "target": tgt_out},
         {"reference": ref_seq, "simulator": sim.output_sequence.get(compiled_out),
          "target": tgt_traces.get(compiled_out)} if per_step else {})
-    later_diff = _later_outputs_diff(compiled, later, sim, tgt_outputs, tgt_traces)
+    later_diff = _later_outputs_diff(later, sim, tgt_outputs, tgt_traces)
     if details is not None:
         details.update(reference=reference, compiled=compiled, seconds=seconds,
                        outputs=values, output_diffs=diffs, output_over_steps=over_steps,
