@@ -2224,6 +2224,10 @@ def _binary(kind: str):
         if kind == "mul" and {type(x), type(y)} == {Val, ConstMinus}:
             x, y = (x, y) if isinstance(y, ConstMinus) else (y, x)
             return _times_const_minus(b, c, x, y)
+        if kind == "mul" and {type(x), type(y)} == {Const, ConstMinus}:
+            k = x if isinstance(x, Const) else y
+            if not torch.as_tensor(k.value).any():  # (k - y) * 0 is 0 (spikingjelly's
+                return replace(k, value=c.value)  # SynapseFilter at step 0: its current 0)
         if kind == "add" and {type(x), type(y)} == {Val, ConstMinus}:
             x, y = (x, y) if isinstance(y, ConstMinus) else (y, x)
             if y.k == 0:  # x + (0 - v) is x - v, exactly (norse's (v_leak - v) + i, v_leak 0)

@@ -880,3 +880,39 @@ def test_spikingjelly_single_step_network_on_encoded_spikes_through_the_cli(tmp_
         rep = json.loads((tmp_path / "r.json").read_text())
         assert rep["min_agreement"] == 1.0 and rep["output_max_abs_diff_target"] == 0.0
         assert_rates_in_range({r["node"]: r["rate_reference"] for r in rep["layers"]})
+
+
+def test_spikingjelly_examples_stateful_synapse_net():
+    """spikingjelly's own example ``activation_based/examples/rsnn_sequential_fmnist.py``
+    (its ``StatefulSynapseNet``, written here as there: that file imports torchvision): a
+    ``layer.SynapseFilter`` between two IF layers, multi-step over a sequence of rows. The
+    filter's first step multiplies ``(1 - x)`` by its zero current (refused before: "(constant
+    - tensor) is taken only as a factor of a product"); exact on sim and lava."""
+    pytest.importorskip("spikingjelly.activation_based")
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+    class StatefulSynapseNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Sequential(
+                layer.Linear(28, 32),
+                neuron.IFNode(surrogate_function=surrogate.ATan()),
+                layer.SynapseFilter(tau=2.0, learnable=True),
+                layer.Linear(32, 10),
+                neuron.IFNode(surrogate_function=surrogate.ATan()),
+            )
+
+        def forward(self, x: torch.Tensor):
+            return self.fc(x).mean(0)
+
+    torch.manual_seed(0)
+    net = StatefulSynapseNet()
+    functional.set_step_mode(net, "m")
+    with torch.no_grad():
+        net.fc[0].weight.mul_(2)
+        net.fc[3].weight.mul_(2)
+    x = torch.rand(28, 3, 28, generator=torch.Generator().manual_seed(1))
+    for target in ("sim", "lava"):
+        rep = snncc.check(net, x, target=target, layout="TB")
+        assert rep.min_agreement == 1.0 and rep.output_max_abs_diff_target == 0.0, rep.format()
+        assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})
