@@ -1026,8 +1026,8 @@ def _same_dynamics(a, b, shape: tuple) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, cn.CanonicalParams):
-        return a == b
-    if isinstance(a, NeuronCircuit) and (a.fire != b.fire or a.v_init != b.v_init):
+        return a.same_as(b)
+    if isinstance(a, NeuronCircuit) and (not a.fire.same_as(b.fire) or a.v_init != b.v_init):
         return False
     built = [p.build("n", "x", shape) for p in (a, b)]
     if isinstance(a, NeuronCircuit):
@@ -1577,6 +1577,10 @@ class _Builder:
                                                      f"output_{i}"), (name,)))
         while self._queue:
             self._queue.pop()()
+        consumers = self.graph.consumers()
+        for rec in self.neurons.values():  # only its membrane read (a readout that never fires)
+            if rec.membrane is not None and not consumers.get(rec.name):
+                self.graph.remove(rec.name)
         self.graph.meta["output_layout"] = _LAYOUT_NAMES[outs[0].frame]
         self.graph.meta["output_layouts"] = [_LAYOUT_NAMES[o.frame] for o in outs]
         self.graph.meta["neuron_modules"] = self._neuron_modules()

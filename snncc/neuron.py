@@ -80,7 +80,9 @@ def next_below(theta, dtype=np.float64):
 
 @dataclass(frozen=True)
 class CanonicalParams:
-    """Scalar canonical parameters produced by the ``from_*`` mappings."""
+    """Canonical parameters produced by the ``from_*`` mappings: numbers, or arrays of one per
+    neuron (broadcastable to a step's shape) where a library has them so (snnTorch's tensor
+    ``beta``)."""
 
     alpha: float
     gamma: float
@@ -90,6 +92,11 @@ class CanonicalParams:
     reset: str
     cmp: str
     v_init: float = 0.0
+
+    def same_as(self, other: "CanonicalParams") -> bool:
+        """Equal field by field (arrays element by element; ``==`` cannot compare arrays)."""
+        return all(np.array_equal(getattr(self, f.name), getattr(other, f.name))
+                   for f in dataclasses.fields(self))
 
     def fields(self, **overrides) -> dict:
         """The keyword arguments of an ``ir.Neuron`` with these parameters (the field names are

@@ -564,6 +564,78 @@ def test_snntorch_membrane_of_a_canonical_neuron_is_refused_saying_so():
     assert "'lif2'" in msg and "membrane this neuron returns is its internal state" in msg, msg
 
 
+class RegressionNet(nn.Module):
+    """snnTorch's regression tutorial (part 1) network, as written there: per-neuron ``beta``
+    and ``threshold`` (``torch.rand(hidden)``), a sequence input read ``x[step]``, and a
+    non-firing readout (``reset_mechanism="none"``) whose membranes are the output."""
+
+    def __init__(self, timesteps: int = T, hidden: int = 16):
+        super().__init__()
+        self.timesteps = timesteps
+        self.fc1 = nn.Linear(8, hidden)
+        self.lif_in = snn.Leaky(beta=torch.rand(hidden), threshold=torch.rand(hidden),
+                                learn_beta=True)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.lif_hidden = snn.Leaky(beta=torch.rand(hidden), learn_beta=True)
+        self.fc3 = nn.Linear(hidden, 1)
+        self.li_out = snn.Leaky(beta=torch.rand(1), learn_beta=True, reset_mechanism="none")
+
+    def forward(self, x):
+        mem_1 = self.lif_in.init_leaky()
+        mem_2 = self.lif_hidden.init_leaky()
+        mem_3 = self.li_out.init_leaky()
+        mem_3_rec = []
+        for step in range(self.timesteps):
+            spk_in, mem_1 = self.lif_in(self.fc1(x[step]), mem_1)
+            spk_hidden, mem_2 = self.lif_hidden(self.fc2(spk_in), mem_2)
+            _, mem_3 = self.li_out(self.fc3(spk_hidden), mem_3)
+            mem_3_rec.append(mem_3)
+        return torch.stack(mem_3_rec)
+
+
+def test_snntorch_regression_tutorial_per_neuron_beta_and_threshold():
+    """Per-neuron beta and threshold were refused ("a per-neuron beta ... snncc maps one value
+    per layer"), and a readout whose spikes nobody reads left a dead neuron. Exact on every
+    target, its membranes output equal to snnTorch's float64 forward."""
+    from snncc import api
+
+    model = _built(RegressionNet, 5).double()
+    with torch.no_grad():
+        model.fc2.weight.mul_(3)
+    x = _sequence(5, scale=2.0).double()
+    loaded = api.load(model, x)
+    assert not any(n.path == "li_out" for n in loaded.graph.of_type(ir.Neuron))
+    with torch.no_grad():
+        want = _f64_reference(model)(x).numpy()
+    res = simulate(loaded.graph, x.numpy(), T)
+    np.testing.assert_array_equal(res.output_sequence[loaded.graph.outputs[0].name], want)
+    for target in ("sim", "onnx", "nir", "lava"):
+        rep = api.check(loaded, x.numpy(), target=target)
+        assert rep.min_agreement == 1.0 and rep.output_max_abs_diff_target == 0.0, target
+        assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})
+
+
+@pytest.mark.parametrize("mode", ["subtract", "zero", "none"])
+def test_snntorch_per_neuron_beta_and_threshold_in_every_reset(mode, tmp_path):
+    class PerNeuron(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 12)
+            self.lif = snn.Leaky(beta=torch.linspace(0.2, 0.95, 12),
+                                 threshold=torch.linspace(0.3, 1.2, 12), reset_mechanism=mode)
+
+        def forward(self, x):
+            mem = self.lif.init_leaky()
+            out = []
+            for step in range(T):
+                spk, mem = self.lif(self.fc(x[step]), mem)
+                out.append(spk)
+            return torch.stack(out)
+
+    check(_built(PerNeuron, 6), _sequence(6, scale=2.0), False, tmp_path,
+          targets=("onnx", "nir", "lava"))
+
+
 class OneStep(nn.Module):
     """A forward that is one time step (snnTorch tutorial 6's network: ``init_hidden``
     neurons, the last with ``output=True``; its ``forward_pass`` loops outside the model)."""
@@ -799,7 +871,8 @@ class One(nn.Module):
 @pytest.mark.parametrize("neuron, reason", [
     (lambda: snn.Leaky(beta=0.9, graded_spikes_factor=0.5, init_hidden=True), "graded spikes"),
     (lambda: snn.Leaky(beta=0.9, inhibition=True, init_hidden=True), "inhibition"),
-    (lambda: snn.Leaky(beta=torch.full((6,), 0.5), init_hidden=True), "per-neuron beta"),
+    (lambda: snn.Synaptic(alpha=torch.full((6,), 0.5), beta=0.9, init_hidden=True),
+     "per-neuron alpha"),
     (lambda: snn.Leaky(beta=0.9, reset_delay=False, init_hidden=True), "twice in one step"),
     (lambda: snn.Leaky(beta=0.9, threshold=-0.5, init_hidden=True), "threshold -0.5 < 0"),
     (lambda: snn.Leaky(beta=0.9, init_hidden=True, spike_grad=lambda u: (u > 0).float()),

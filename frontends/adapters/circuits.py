@@ -77,10 +77,11 @@ class Circuit:
         return name
 
 
-def threshold(theta: float, cmp: str = cn.CMP_GT) -> cn.CanonicalParams:
+def threshold(theta, cmp: str = cn.CMP_GT) -> cn.CanonicalParams:
     """A neuron that only compares its input: h = x, spike if h > theta (or ``cmp``, >=)
-    (alpha = 0)."""
-    return cn.CanonicalParams(alpha=0.0, gamma=1.0, beta=0.0, theta=float(theta), v_reset=0.0,
+    (alpha = 0); ``theta`` a number or one per neuron."""
+    theta = float(theta) if np.ndim(theta) == 0 else theta
+    return cn.CanonicalParams(alpha=0.0, gamma=1.0, beta=0.0, theta=theta, v_reset=0.0,
                               reset=cn.RESET_HARD, cmp=cmp, v_init=0.0)
 
 
@@ -107,6 +108,19 @@ def circuit(theta: float, body, v_init: float = 0.0) -> NeuronCircuit:
 
 def _np(t) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
+
+
+def per_neuron(value, what: str, path: str) -> float | np.ndarray:
+    """A parameter that is one number (:func:`scalar`) or one per neuron: a tensor the library
+    broadcasts against its layer's ``[B, ...]``, as the IR broadcasts it against a step's shape
+    (one that does not broadcast so is refused when the neuron's nodes are built)."""
+    t = torch.as_tensor(value).detach()
+    if t.numel() == 1:
+        return scalar(value, what, path)
+    a = t.to("cpu", torch.float64).numpy()
+    if not np.isfinite(a).all():
+        raise UnsupportedError(f"{what} holds a value that is not finite", path=path)
+    return a
 
 
 def scalar(value, what: str, path: str) -> float:

@@ -31,9 +31,10 @@ fires on it, so ties and rounding agree spike for spike.
 (Leaky) / integrator + canonical neuron (Synaptic); with "none" nothing changes; with
 "subtract" snnTorch may subtract the threshold twice in one step (``do_reset = spk - reset``),
 which is refused. Also refused, naming the module: graded spikes, inhibition, state
-quantisation, a spike function not from ``snntorch.surrogate``, per-neuron (tensor) beta /
-alpha / threshold, a negative threshold (snnTorch then fires a reset before step 0), and every
-other snnTorch neuron (LeakyParallel, SLSTM, ...).
+quantisation, a spike function not from ``snntorch.surrogate``, a per-neuron (tensor)
+alpha, a negative threshold (snnTorch then fires a reset before step 0), and every other
+snnTorch neuron (LeakyParallel, SLSTM, ...). ``beta`` and ``threshold`` may be tensors, one per
+neuron (snnTorch's regression tutorial's ``torch.rand(hidden)``), broadcast as snnTorch does.
 
 Calls: ``init_hidden=False`` neurons take and return their state (``spk, mem = lif(x, mem)``;
 ``spk, syn, mem = syn_lif(x, syn, mem)``; ``spk, mem = rlif(x, spk, mem)``;
@@ -46,6 +47,7 @@ layer), which the model may record or drop but not compute with: snncc compiles 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,7 +55,7 @@ from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
 from . import STATE_KEPT, STEP_SINGLE, Adapter, NeuronCircuit
-from .circuits import Circuit, circuit, on_current, scalar
+from .circuits import Circuit, circuit, on_current, per_neuron, scalar
 
 _PACKAGE = "snntorch"
 _NEURONS = "snntorch._neurons"
@@ -81,11 +83,11 @@ class SnnTorchAdapter(Adapter):
             raise UnsupportedError(f"snntorch's {kind} is not supported (supported: "
                                    f"{', '.join(_SUPPORTED)})", path=path)
         _check_common(m, path)
-        b = min(max(scalar(m.beta, "beta", path), 0.0), 1.0)  # the forward clamps it
-        thr = scalar(m.threshold, "threshold", path)
-        if thr < 0:
-            raise UnsupportedError(f"threshold {thr} < 0: snntorch resets before the first step "
-                                   "(H(0 - threshold) = 1)", path=path)
+        b = np.clip(per_neuron(m.beta, "beta", path), 0.0, 1.0)  # the forward clamps it
+        thr = per_neuron(m.threshold, "threshold", path)
+        if np.any(thr < 0):
+            raise UnsupportedError(f"threshold {np.min(thr)} < 0: snntorch resets before the "
+                                   "first step (H(0 - threshold) = 1)", path=path)
         mode = _mode(m, path)
         delayed = bool(getattr(m, "reset_delay", True))
         if not delayed and mode == "subtract":
