@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from snncc.errors import CheckpointError, FormatError, SnnccError
+from snncc.errors import CheckpointError, FormatError, NoInputShapeError, SnnccError
 
 from .checkpoint import _NEEDS_CODE, _load, load_into
 
@@ -401,8 +401,9 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
     if example is None:
         shape = tuple(input_shape) if input_shape else declared_input_shape(model)
         if shape is None:
-            raise SnnccError("the model declares no input shape: give an example input or the "
-                             "per-sample input shape (input_shape=(C, H, W), --input-shape C,H,W)")
+            raise NoInputShapeError("the model declares no input shape: give an example input or "
+                                    "the per-sample input shape (input_shape=(C, H, W), "
+                                    "--input-shape C,H,W)")
         if T is None and layout in (None, "static"):
             T = steps_per_forward(model, torch.randn((2, *shape), dtype=dtype))
         if T is None:

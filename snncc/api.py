@@ -287,10 +287,11 @@ def check_dataset(model, dataset: str, example_input=None, *, target: str = "sim
     checkpoint file (see :func:`snncc.dataset.check_dataset`). Returns a
     :class:`~snncc.dataset.DatasetReport` (``engines``, ``layers``, ``worst_samples``,
     ``to_json()``)."""
-    from .dataset import check_dataset as _check
+    from .dataset import check_dataset as _check, loaded_for
 
-    loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
-                  **load_options)
+    loaded = loaded_for(dataset, lambda shape: load(
+        model, example_input, T=T, layout=layout,
+        input_shape=input_shape if shape is None else shape, **load_options))
     return _check(loaded, dataset, target=target, T=T, batch=batch, limit=limit,
                   transform=transform, dtype=dtype, passes=passes,
                   artifact=None if artifact is None else Path(artifact),

@@ -301,9 +301,19 @@ def check(
     elif inputs is not None or labels is not None:
         raise SnnccError("--dataset replaces --inputs/--labels; pass one or the other")
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks
-    loaded = _loaded(source, arch, model, model_args, input_shape, layout, trust_checkpoint, T,
-                     arch_option, nir_dialect, nir_dt, say=_out if rank0 else _silent,
-                     until=until)
+    say = _out if rank0 else _silent
+
+    def load(shape):
+        return _loaded(source, arch, model, model_args,
+                       ",".join(map(str, shape)) if shape else input_shape, layout,
+                       trust_checkpoint, T, arch_option, nir_dialect, nir_dt, say=say,
+                       until=until)
+    if dataset is None:
+        loaded = load(None)
+    else:
+        from .dataset import loaded_for
+
+        loaded = loaded_for(dataset, load, say)
     if dataset is not None:
         _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, passes,
                        artifact, fixed_point, calibrate, device, resume, checkpoint_every, quiet,

@@ -43,7 +43,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import ir
-from .errors import FormatError, SnnccError
+from .errors import FormatError, NoInputShapeError, SnnccError
 from .limits import fmt_bytes, max_memory, nbytes, positive_int, require_fits
 from .progress import report_to
 from .torchvision_sets import SPLITS, find_set
@@ -480,6 +480,39 @@ def open_dataset(spec: str, graph, *, batch: int = DEFAULT_BATCH, limit: int | N
     if not path.exists():
         raise SnnccError(f"--dataset {spec}: no such file or folder (expected {_SPECS})")
     raise SnnccError(f"--dataset {spec}: not {_SPECS}")
+
+
+def input_shapes_of(spec: str) -> list[tuple[int, ...]]:
+    """The per-sample input shapes a model may take a data set's images in, most likely
+    first, where the model declares none: digits' 1x8x8; a torchvision set's images, then
+    flattened (snnTorch's tutorials' MNIST networks); none for others (an image folder's
+    images are resized to the model's input, an array's reading is the model's)."""
+    if spec == "digits" or spec.startswith("digits:"):
+        return [(1, 8, 8)]
+    path, _ = _split_of(spec)
+    found = find_set(path) if path.is_dir() else None
+    return [found[0].shape, (int(np.prod(found[0].shape)),)] if found else []
+
+
+def loaded_for(spec: str, load: Callable, log: Callable[[str], None] = lambda s: None):
+    """``load(input_shape)`` for a check of the data set ``spec``: ``load(None)``, or where the
+    model declares no input shape (:class:`NoInputShapeError`), the first of
+    :func:`input_shapes_of` it traces with (the last one's error if none does)."""
+    try:
+        return load(None)
+    except NoInputShapeError:
+        shapes = input_shapes_of(spec)
+        if not shapes:
+            raise
+    for i, shape in enumerate(shapes):
+        try:
+            loaded = load(shape)
+        except SnnccError:
+            if i == len(shapes) - 1:
+                raise
+            continue
+        log(f"input shape {','.join(map(str, shape))}: the data set's (the model declares none)")
+        return loaded
 
 
 _SPECS = ("digits, digits:train, a .npz with x and y, an image folder, or the folder of a "

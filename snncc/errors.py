@@ -50,6 +50,11 @@ class ResourceError(SnnccError):
     implausible for the file's size)."""
 
 
+class NoInputShapeError(SnnccError):
+    """A model without an example input declares no per-sample input shape, and none was
+    given (a data-set check may take its images' shape: :func:`snncc.dataset.loaded_for`)."""
+
+
 class DeviceError(SnnccError):
     """The device asked for (``--device cuda``) is not available to this process."""
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from snncc import api
 from snncc.dataset import TorchvisionDataset, open_dataset
-from snncc.errors import FormatError, ResourceError, SnnccError
+from snncc.errors import FormatError, NoInputShapeError, ResourceError, SnnccError
 from snncc.frontends.zoo import small
 from snncc.models import load_model
 from snncc.torchvision_sets import find_set
@@ -371,5 +371,11 @@ def test_mnist_flattened_for_snntorch_tutorial_network(tmp_path):
     np.testing.assert_array_equal(b.x, (imgs.reshape(20, 784) / 255 - 0.1307) / 0.3081)
     rep = api.check_dataset(model, str(tmp_path), input_shape=(784,), transform=transform)
     assert rep.samples == 20 and rep.min_agreement == 1.0
+    # declaring no input shape, it takes the set's: 1x28x28 fails in its Linear, 784 traces
+    again = api.check_dataset(model, str(tmp_path), transform=transform)
+    assert again.accuracy == rep.accuracy and again.min_agreement == 1.0
+    (tmp_path / "folder" / "a").mkdir(parents=True)
+    with pytest.raises(NoInputShapeError):  # an image folder's images take the model's shape
+        api.check_dataset(model, str(tmp_path / "folder"))
     rates = [layer["rate_reference"] for layer in rep.layers]
     assert all(0.05 <= r <= 0.95 for r in rates), rates
