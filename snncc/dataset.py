@@ -594,8 +594,10 @@ class DatasetCheck:
                     self.cos[key] += int(np.sum(c[a] * c[b]))
         diffs = {key: details["output_diffs"][k] for key, k in (("sim", "simulator"),
                                                                  ("target", "target"))}
+        later = details.get("later_output_diffs", {})  # the outputs after the first: maxima
         for key, d in diffs.items():
-            self.max_diff[key] = max(self.max_diff[key], float(d.max()) if B else 0.0)
+            self.max_diff[key] = max(self.max_diff[key], float(d.max()) if B else 0.0,
+                                     later.get("simulator" if key == "sim" else "target", 0.0))
         self.output_over_steps = bool(details["output_over_steps"])
         for e, s in details.get("seconds", {}).items():
             self.seconds[e] = self.seconds.get(e, 0.0) + float(s)

@@ -598,6 +598,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
     if details is not None:
         details.update(reference=reference, compiled=compiled, seconds=seconds,
                        outputs=values, output_diffs=diffs, output_over_steps=over_steps,
+                       later_output_diffs=later_diff,
                        traces={"reference": ref, "simulator": sim.trace,
                                "target": tgt_traces})
 

@@ -374,6 +374,14 @@ def test_mnist_flattened_for_snntorch_tutorial_network(tmp_path):
     # declaring no input shape, it takes the set's: 1x28x28 fails in its Linear, 784 traces
     again = api.check_dataset(model, str(tmp_path), transform=transform)
     assert again.accuracy == rep.accuracy and again.min_agreement == 1.0
+    assert rep.output_max_abs_diff_sim == rep.output_max_abs_diff_target == 0.0
+    # a difference in the second output (the membranes) alone is in the set's report
+    forward = model.forward
+    model.forward = lambda x: (lambda s, m: (s, m + 0.5))(*forward(x))
+    shifted = api.check_dataset(loaded, str(tmp_path), transform=transform)
+    assert shifted.min_agreement == 1.0
+    assert shifted.output_max_abs_diff_sim == pytest.approx(0.5)
+    assert shifted.output_max_abs_diff_target == pytest.approx(0.5)
     (tmp_path / "folder" / "a").mkdir(parents=True)
     with pytest.raises(NoInputShapeError):  # an image folder's images take the model's shape
         api.check_dataset(model, str(tmp_path / "folder"))
