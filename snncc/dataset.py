@@ -450,27 +450,25 @@ def open_dataset(spec: str, graph, *, batch: int = DEFAULT_BATCH, limit: int | N
         transform = parse_transform(transform)
     if spec == "digits" or spec.startswith("digits:"):
         if transform:
-            raise SnnccError("--transform applies to images (a folder or a torchvision set)")
+            raise SnnccError(_TRANSFORM_OF_IMAGES)
         split = spec.partition(":")[2] or "test"
         if split not in ("test", "train"):
             raise SnnccError(f"--dataset {spec}: the digits split is 'test' or 'train'")
         return DigitsDataset(graph, split, batch, limit)
-    path, split = _split_of(spec)
-    found = find_set(path) if path.is_dir() else None
+    path, split, found = _torchvision_set(spec)
     if found:
         return TorchvisionDataset(graph, *found, split or "test", batch, limit, transform)
     if split:
         raise SnnccError(f"--dataset {spec}: a split (':{split}') is taken by digits and the "
                          "torchvision sets (CIFAR-10/100, MNIST, Fashion-MNIST, KMNIST) only")
     if transform and not path.is_dir():
-        raise SnnccError("--transform applies to images (a folder or a torchvision set)")
+        raise SnnccError(_TRANSFORM_OF_IMAGES)
     if path.is_dir():
         classes = _class_folders(path)
         if not _class_files(path, classes, IMAGE_SUFFIXES)[0] and \
                 _class_files(path, classes, ARRAY_SUFFIXES)[0]:
             if transform:
-                raise SnnccError("--transform applies to images (a folder or a torchvision "
-                                 "set)")
+                raise SnnccError(_TRANSFORM_OF_IMAGES)
             return ArrayFolderDataset(graph, path, batch, limit, classes)
         return ImageFolderDataset(graph, path, batch, limit, classes, transform)
     if path.suffix == ".npz":
@@ -489,8 +487,7 @@ def input_shapes_of(spec: str) -> list[tuple[int, ...]]:
     images are resized to the model's input, an array's reading is the model's)."""
     if spec == "digits" or spec.startswith("digits:"):
         return [(1, 8, 8)]
-    path, _ = _split_of(spec)
-    found = find_set(path) if path.is_dir() else None
+    found = _torchvision_set(spec)[2]
     return [found[0].shape, (int(np.prod(found[0].shape)),)] if found else []
 
 
@@ -515,16 +512,18 @@ def loaded_for(spec: str, load: Callable, log: Callable[[str], None] = lambda s:
         return loaded
 
 
+_TRANSFORM_OF_IMAGES = "--transform applies to images (a folder or a torchvision set)"
 _SPECS = ("digits, digits:train, a .npz with x and y, an image folder, or the folder of a "
           "torchvision download of CIFAR-10/100 or (Fashion-/K)MNIST")
 
 
-def _split_of(spec: str) -> tuple[Path, str | None]:
-    """``folder:test`` / ``folder:train`` (a split of a torchvision set) or a plain path."""
+def _torchvision_set(spec: str) -> tuple[Path, str | None, tuple | None]:
+    """(path, split, the torchvision set there or None) of ``folder[:test|train]`` or a plain
+    path."""
     head, sep, tail = spec.rpartition(":")
-    if sep and tail in SPLITS and Path(head).is_dir():
-        return Path(head), tail
-    return Path(spec), None
+    path, split = (Path(head), tail) if sep and tail in SPLITS and Path(head).is_dir() \
+        else (Path(spec), None)
+    return path, split, find_set(path) if path.is_dir() else None
 
 
 # --------------------------------------------------------------------------- statistics
