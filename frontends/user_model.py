@@ -281,11 +281,14 @@ def _neuron_calls(model: nn.Module, x: torch.Tensor) -> set[int] | None:
     from .adapters import STEP_SINGLE, adapter_for
     from .tracer import _inference
 
-    neurons = {path: m for path, m in model.named_modules()
-               if (a := adapter_for(m)) is not None and a.is_neuron(m)}
+    neurons, steps = {}, set()
+    for path, m in model.named_modules():
+        if (a := adapter_for(m)) is not None and a.is_neuron(m):
+            neurons[path] = m
+            steps.add(a.step_mode(m))
     if not neurons:
         return set()  # (not run: a large model without library neurons costs a forward)
-    if any(adapter_for(m).step_mode(m) != STEP_SINGLE for m in neurons.values()):
+    if steps != {STEP_SINGLE}:
         return None
     calls = dict.fromkeys(neurons, 0)
 

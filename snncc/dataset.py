@@ -46,7 +46,7 @@ from . import ir
 from .errors import FormatError, NoInputShapeError, SnnccError
 from .limits import fmt_bytes, max_memory, nbytes, positive_int, require_fits
 from .progress import report_to
-from .torchvision_sets import SPLITS, find_set
+from .torchvision_sets import SPLITS, find_set, read_set
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff",
                   ".webp")
@@ -407,8 +407,6 @@ class TorchvisionDataset(_Normalised, Dataset):
 
     def __init__(self, graph, fmt, folder: Path, split: str, batch: int, limit: int | None,
                  transform: dict | None = None):
-        from .torchvision_sets import read_set
-
         self.name = f"{fmt.name} {split} ({folder})"
         (inp,) = graph.inputs
         self.flat = tuple(inp.input_shape) == (int(np.prod(fmt.shape)),)
@@ -591,12 +589,12 @@ class DatasetCheck:
                               ("tgt_tgt", "target", "target")):
                 if a in c and b in c and c[a].shape == c[b].shape:
                     self.cos[key] += int(np.sum(c[a] * c[b]))
-        diffs = {key: details["output_diffs"][k] for key, k in (("sim", "simulator"),
-                                                                 ("target", "target"))}
+        diffs = {}
         later = details.get("later_output_diffs", {})  # the outputs after the first: maxima
-        for key, d in diffs.items():
+        for key, engine in (("sim", "simulator"), ("target", "target")):
+            diffs[key] = d = details["output_diffs"][engine]
             self.max_diff[key] = max(self.max_diff[key], float(d.max()) if B else 0.0,
-                                     later.get("simulator" if key == "sim" else "target", 0.0))
+                                     later.get(engine, 0.0))
         self.output_over_steps = bool(details["output_over_steps"])
         for e, s in details.get("seconds", {}).items():
             self.seconds[e] = self.seconds.get(e, 0.0) + float(s)

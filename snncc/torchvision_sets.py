@@ -42,16 +42,18 @@ class _Format:
     folder: str  # the folder its files are in, below torchvision's root
     files: dict  # split -> the files of that split
     shape: tuple  # (C, H, W)
+    classes: int = 10
     labels: str = ""  # pickled sets: the key of the labels
-    names: tuple = ()  # pickled sets: (meta file, key of the class names); IDX: the names
+    meta: tuple = ()  # pickled sets: (meta file, key of the class names)
+    names: tuple = ()  # IDX sets: the class names (the pickled ones are in their meta file)
 
 
 _CIFAR10 = _Format("CIFAR-10", "cifar-10-batches-py",
                    {"test": ("test_batch",),
                     "train": tuple(f"data_batch_{i}" for i in range(1, 6))},
-                   (3, 32, 32), "labels", ("batches.meta", "label_names"))
+                   (3, 32, 32), 10, "labels", ("batches.meta", "label_names"))
 _CIFAR100 = _Format("CIFAR-100", "cifar-100-python", {"test": ("test",), "train": ("train",)},
-                    (3, 32, 32), "fine_labels", ("meta", "fine_label_names"))
+                    (3, 32, 32), 100, "fine_labels", ("meta", "fine_label_names"))
 _IDX_FILES = {s: (f"{p}-images-idx3-ubyte", f"{p}-labels-idx1-ubyte")
               for s, p in (("test", "t10k"), ("train", "train"))}
 _DIGITS = tuple(str(d) for d in range(10))
@@ -65,7 +67,7 @@ FORMATS = (_CIFAR10, _CIFAR100) + _MNISTS
 
 
 def _is_idx(fmt: _Format) -> bool:
-    return fmt in _MNISTS
+    return not fmt.meta
 
 
 def _present(folder: Path, name: str) -> Path | None:
@@ -79,7 +81,7 @@ def _present(folder: Path, name: str) -> Path | None:
 def _holds(folder: Path, fmt: _Format) -> bool:
     """Whether ``folder`` holds some split of ``fmt`` (and a pickled set's meta file, which
     tells CIFAR-100's generic file names from any folder's)."""
-    if not _is_idx(fmt) and not (folder / fmt.names[0]).is_file():
+    if not _is_idx(fmt) and not (folder / fmt.meta[0]).is_file():
         return False
     return any(all(_present(folder, f) for f in files) for files in fmt.files.values())
 
@@ -202,16 +204,14 @@ def _batch(path: Path, fmt: _Format) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _class_names(folder: Path, fmt: _Format) -> list:
-    meta_file, key = fmt.names
+    """The class names in the set's meta file (which :func:`find_set` found beside it)."""
+    meta_file, key = fmt.meta
     path = folder / meta_file
-    expected = 10 if fmt is _CIFAR10 else 100
-    if not path.is_file():
-        return [str(k) for k in range(expected)]
     meta = _unpickle(path)
     names = meta.get(key) if isinstance(meta, dict) else None
-    if not isinstance(names, list) or len(names) != expected or \
+    if not isinstance(names, list) or len(names) != fmt.classes or \
             not all(isinstance(n, str) for n in names):
-        raise FormatError(f"{path}: '{key}' is not a list of {expected} class names")
+        raise FormatError(f"{path}: '{key}' is not a list of {fmt.classes} class names")
     return names
 
 
