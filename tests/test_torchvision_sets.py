@@ -205,6 +205,9 @@ def test_mnist_idx_files_through_the_cli(tmp_path, gz, capsys):
     assert acc > 0.5  # the resized digits are still digits to the model
     assert rep["engines"]["pytorch"]["accuracy"] == pytest.approx(acc)
     assert rep["min_agreement"] == 1.0
+    # the trained model is sparse (layers at 3-17%): every layer fires, 5-95% on average
+    rates = [layer["rate_reference"] for layer in rep["layers"]]
+    assert min(rates) > 0.02 and 0.05 <= np.mean(rates) <= 0.95, rates
     capsys.readouterr()
 
 
