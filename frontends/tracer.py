@@ -88,6 +88,8 @@ class _Refuse(Exception):
 #: False as in the inference it is traced for (a surrogate's ``if x.requires_grad:``)
 _TENSOR_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout",
                            "requires_grad"})
+#: the packages whose code sees a traced value as the proxy it is (isinstance of a Proxy)
+_SEES_THE_PROXY = frozenset({"torch", "snncc"})
 _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
 #: methods that read a tensor's values into Python
 _TO_PYTHON = frozenset({"item", "tolist", "numpy", "__float__", "__int__", "__index__"})
@@ -325,6 +327,17 @@ class _ConcreteProxy(fx.Proxy):
         if k in _TENSOR_ATTRS:
             return getattr(self.node.meta["value"], k)
         return super().__getattr__(k)
+
+    @property
+    def __class__(self):
+        """The class of the value to the model's own code, so that ``isinstance(x,
+        torch.Tensor)`` holds there as it does when the model runs (a Block branching on it
+        returned None from neither branch); torch's and snncc's code see the proxy."""
+        value = self.node.meta.get("value")
+        caller = sys._getframe(1).f_globals.get("__name__", "").partition(".")[0]
+        if caller in _SEES_THE_PROXY or not isinstance(value, torch.Tensor):
+            return type(self)
+        return torch.Tensor if isinstance(value, ShapedTensor) else type(value)
 
     def __len__(self):
         return len(self.node.meta["value"])
@@ -1472,7 +1485,9 @@ class _Builder:
         if not isinstance(x, Val) or x.expr.time == READOUT:
             raise _Refuse("a neuron's input must be a per-step tensor")
         c = replace(c, value=spikes)
-        if adapter.step_mode(m) == STEP_MULTI:
+        one_step = adapter.step_mode(m) == STEP_MULTI and x.frame == B1 and state is None \
+            and adapter.keeps_state(m)  # a sequence of one step: the k-th call is step k
+        if adapter.step_mode(m) == STEP_MULTI and not one_step:
             if x.frame == TBM:  # QKFormer's official code feeds proj_lif [T*B, C, N]
                 raise _Refuse("its input has time and batch folded into one axis ([T*B, ...]): a "
                               "multi-step neuron steps along that axis, carrying its state from "
@@ -1481,7 +1496,7 @@ class _Builder:
             if x.frame != TB or x.expr.step is not None or state is not None:
                 raise _Refuse("a multi-step neuron needs a [T, B, ...] input and no state")
             if adapter.keeps_state(m):
-                if c.path in self._multi_step_called:
+                if c.path in self._multi_step_called or c.path in self.neurons:
                     raise _Refuse("called a second time in one forward, it goes on from the "
                                   "membrane its first call left: use one neuron module per call")
                 self._multi_step_called.add(c.path)
@@ -1492,9 +1507,12 @@ class _Builder:
                            [x], TB, time=SEQ)
             return (out, *[Membrane(c.path, self.T - 1, shape)] * int(returns_state)) \
                 if returns_state else out
-        if x.frame != B:
+        if x.frame != B and not one_step:
             raise _Refuse("a single-step neuron needs a [B, ...] input")
-        rec = self.neurons.setdefault(c.path, _SteppedNeuron(p, tuple(spikes.shape[1:]), {}))
+        if one_step and c.path in self._multi_step_called:
+            raise _Refuse("called on a whole sequence and on single steps in one forward")
+        shape = tuple(spikes.shape[len(x.frame):])
+        rec = self.neurons.setdefault(c.path, _SteppedNeuron(p, shape, {}))
         if rec.calls and not _same_dynamics(p, rec.params, rec.shape):
             raise _Refuse("its parameters (threshold, decay, reset ...) differ from its first "
                           "call's: one neuron of the graph has one set")
@@ -1502,7 +1520,7 @@ class _Builder:
         if t in rec.calls or (x.expr.step or 0) > t or t >= self.T:
             raise _Refuse(f"its call for step {t} does not fit a loop over T={self.T} steps")
         rec.calls[t] = x.expr
-        out = Val(_NeuronStep(None, (), c.op, c.hint, c.path, rec.shape, step=t), B)
+        out = Val(_NeuronStep(None, (), c.op, c.hint, c.path, rec.shape, step=t), x.frame)
         return (out, *[Membrane(c.path, t, rec.shape)] * int(returns_state)) \
             if returns_state else out
 

@@ -151,6 +151,54 @@ class SingleStepNet(nn.Module):
         return self.stage(torch.stack(steps)).mean(0)
 
 
+class Branching(nn.Module):
+    """A block that branches on ``isinstance(x, torch.Tensor)`` (its other input a tuple of
+    hidden states), as KirinZheng/spike_diversity's Spikformer Block does: traced, it took
+    neither branch and returned None."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv, self.bn, self.lif = nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), \
+            _lif()
+
+    def forward(self, x):
+        if isinstance(x, torch.Tensor):
+            t, b, *rest = x.shape
+            return x + self.lif(self.bn(self.conv(x.flatten(0, 1))).reshape(t, b, *rest))
+        elif isinstance(x, tuple):
+            return self.forward(x[-1])
+
+
+class RecurrentCoding(nn.Module):
+    """spike_diversity's recurrent patch coding (``pe_type='stf_2'``): a multi-step LIF called
+    once per step on ``x[i].unsqueeze(0)``, its spikes fed back through a convolution, BN and a
+    second multi-step LIF into the next step's input (it was refused: "a multi-step neuron
+    needs a [T, B, ...] input")."""
+
+    def __init__(self, dim: int = 8, classes: int = 10):
+        super().__init__()
+        self.T = T
+        self.proj_conv, self.proj_bn = nn.Conv2d(3, dim, 3, 1, 1, bias=False), nn.BatchNorm2d(dim)
+        self.proj_lif, self.temporal_lif = _lif(), _lif()
+        self.temporal_conv = nn.Conv2d(dim, dim, 3, 1, 1, bias=False)
+        self.temporal_bn = nn.BatchNorm2d(dim)
+        self.block, self.head = Branching(dim), nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        t, b, _, h, w = x.shape
+        x = self.proj_bn(self.proj_conv(x.flatten(0, 1))).reshape(t, b, -1, h, w)
+        steps = []
+        for i in range(t):
+            x_in = x[i] if i == 0 else x[i] + x_out  # noqa: F821 (the step before's)
+            x_out = self.proj_lif(x_in.unsqueeze(0)).squeeze(0)
+            steps.append(x_out)
+            x_out = self.temporal_bn(self.temporal_conv(x_out))
+            x_out = self.temporal_lif(x_out.unsqueeze(0)).squeeze(0)
+        x = self.block(torch.stack(steps, dim=0))
+        return self.head(x.flatten(3).mean(3).mean(0))
+
+
 def transitional_api_net() -> nn.Module:
     """0.0.0.0.14's own ``activation_based`` API (2.0's, in one ``layer`` module), multi-step:
     takes a ``[T, B, ...]`` sequence."""
@@ -185,6 +233,7 @@ def model_package(name: str):
 
 
 BUILDERS = {"spikformer": OfficialStyleSpikformer, "single_step": SingleStepNet,
+            "recurrent_coding": RecurrentCoding,
             "activation_based": transitional_api_net,
             "sew_resnet18_iand": lambda: model_package("sew_resnet18_iand"),
             "vgg11_bn": lambda: model_package("vgg11_bn")}

@@ -916,3 +916,69 @@ def test_spikingjelly_examples_stateful_synapse_net():
         rep = snncc.check(net, x, target=target, layout="TB")
         assert rep.min_agreement == 1.0 and rep.output_max_abs_diff_target == 0.0, rep.format()
         assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})
+
+
+class SteppedMultiStep(torch.nn.Module):
+    """A multi-step neuron (spikingjelly 2.0, ``step_mode='m'``) called once per step on a
+    sequence of one step, ``x[i].unsqueeze(0)``, in the model's own loop, with its spikes fed
+    back through a Linear and a second multi-step LIF into the next step's input (the recurrent
+    coding of KirinZheng/spike_diversity's Spikformer); ``whole``: ``lif`` also called on the
+    whole sequence after the loop."""
+
+    def __init__(self, whole: bool = False):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.T, self.whole = 5, whole
+        self.fc_in, self.fc_back, self.head = (torch.nn.Linear(8, 12), torch.nn.Linear(12, 12),
+                                               torch.nn.Linear(12, 3))
+        self.lif = neuron.LIFNode(tau=2.0, detach_reset=True, step_mode="m")
+        self.back_lif = neuron.LIFNode(tau=2.0, detach_reset=True, step_mode="m")
+
+    def forward(self, x):  # [B, 8], repeated over T
+        x = self.fc_in(x.unsqueeze(0).repeat(self.T, 1, 1))
+        steps = []
+        for i in range(self.T):
+            x_in = x[i] if i == 0 else x[i] + back  # noqa: F821 (the step before's)
+            s = self.lif(x_in.unsqueeze(0)).squeeze(0)
+            steps.append(s)
+            back = self.back_lif(self.fc_back(s).unsqueeze(0)).squeeze(0)
+        y = torch.stack(steps)
+        if self.whole:
+            y = self.lif(y)
+        return self.head(y).mean(0)
+
+
+def _stepped_multi_step(seed: int, whole: bool = False):
+    torch.manual_seed(seed)
+    model = SteppedMultiStep(whole).double().eval()
+    with torch.no_grad():
+        model.fc_in.weight.mul_(4.0)
+        model.fc_in.bias.add_(0.6)
+        model.fc_back.weight.mul_(3.0)
+        model.fc_back.bias.add_(0.8)
+    return model, torch.rand(4, 8, generator=torch.Generator().manual_seed(seed + 30),
+                             dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_multi_step_neuron_called_once_per_step_is_exact_on_every_target(target, seed):
+    """Its k-th call is step k, as a single-step neuron's (it was refused: "a multi-step neuron
+    needs a [T, B, ...] input and no state"); the loop through the second neuron runs on
+    Lava too."""
+    pytest.importorskip("spikingjelly.activation_based")
+    model, x = _stepped_multi_step(seed)
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and len(report.layers) == 2
+    assert report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_a_multi_step_neuron_called_per_step_and_on_the_sequence_is_refused():
+    """Its second use would go on from the membrane the steps left: one neuron of the graph
+    cannot be both."""
+    pytest.importorskip("spikingjelly.activation_based")
+    model, x = _stepped_multi_step(0, whole=True)
+    with pytest.raises(SnnccError, match="module 'lif'.*called a second time in one forward"):
+        snncc.trace(model, x)
