@@ -88,9 +88,17 @@ class _Refuse(Exception):
 #: False as in the inference it is traced for (a surrogate's ``if x.requires_grad:``)
 _TENSOR_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout",
                            "requires_grad"})
-#: the packages whose code sees a traced value as the proxy it is (isinstance of a Proxy)
+#: attributes that are the tensor transposed (x.T, x.mT)
+_TRANSPOSED_ATTRS = frozenset({"T", "mT", "H", "mH"})
+#: the packages whose code sees a traced value as the proxy it is (isinstance of a Proxy);
+#: torch.is_tensor, which the model calls, sees the tensor
 _SEES_THE_PROXY = frozenset({"torch", "snncc"})
-_SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
+#: methods (and torch functions) that read a tensor's shape, dtype or layout, not its values:
+#: answered from the example's value, as Python
+_SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement", "stride",
+                            "is_contiguous", "is_floating_point", "is_complex", "is_signed",
+                            "element_size", "get_device"})
+_SHAPE_FUNCTIONS = frozenset({torch.numel, torch.is_floating_point, torch.is_complex})
 #: methods that read a tensor's values into Python
 _TO_PYTHON = frozenset({"item", "tolist", "numpy", "__float__", "__int__", "__index__"})
 #: methods that read only the shape and dtype of their other tensor (y.view_as(x))
@@ -326,6 +334,8 @@ class _ConcreteProxy(fx.Proxy):
     def __getattr__(self, k):
         if k in _TENSOR_ATTRS:
             return getattr(self.node.meta["value"], k)
+        if k in _TRANSPOSED_ATTRS:  # a value, whose shape the model's code may read
+            return self.tracer.create_proxy("call_function", getattr, (self, k), {})
         return super().__getattr__(k)
 
     @property
@@ -334,8 +344,10 @@ class _ConcreteProxy(fx.Proxy):
         torch.Tensor)`` holds there as it does when the model runs (a Block branching on it
         returned None from neither branch); torch's and snncc's code see the proxy."""
         value = self.node.meta.get("value")
-        caller = sys._getframe(1).f_globals.get("__name__", "").partition(".")[0]
-        if caller in _SEES_THE_PROXY or not isinstance(value, torch.Tensor):
+        caller = sys._getframe(1)
+        package = caller.f_globals.get("__name__", "").partition(".")[0]
+        if package in _SEES_THE_PROXY and caller.f_code is not torch.is_tensor.__code__ \
+                or not isinstance(value, torch.Tensor):
             return type(self)
         return torch.Tensor if isinstance(value, ShapedTensor) else type(value)
 
@@ -632,8 +644,11 @@ class _ConcreteTracer(fx.Tracer):
                 changes, out = out, None
         args, kwargs = fx.node.map_aggregate((args, kwargs), self.current)
         cargs, ckwargs = _concrete((args, kwargs))
-        if kind == "call_method" and target in _SHAPE_METHODS:
+        if kind == "call_method" and (target in _SHAPE_METHODS or target == "type"
+                                      and len(cargs) == 1 and not ckwargs):  # x.type(): a name
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
+        if kind == "call_function" and target in _SHAPE_FUNCTIONS:
+            return target(*cargs, **ckwargs)
         receiver = args[0] if kind == "call_method" and _in_place(target) else None
         shared = set()
         if receiver is not None:  # x.op_(...): recorded as x.op(...), see below
@@ -1949,10 +1964,15 @@ def _identity(b, c, x, *args, **kwargs):
 
 
 def _attribute(b, c, x, name: str):
-    """``x.data``: the same values (other tensor attributes are refused)."""
-    if name != "data":
-        raise _Refuse(f"the tensor attribute '{name}'")
-    return x
+    """``x.data``: the same values; ``x.T`` / ``x.mT`` (``.H`` / ``.mH`` of a real tensor): its
+    axes reversed / its last two swapped (other tensor attributes are refused)."""
+    if name == "data":
+        return x
+    if name in ("T", "H"):
+        return _transposed(b, c, _val(x), list(range(_ndim(_val(x))))[::-1])
+    if name in ("mT", "mH"):
+        return _transpose(b, c, x, -2, -1)
+    raise _Refuse(f"the tensor attribute '{name}'")
 
 
 def _reshape(b, c, x, *args, **kwargs):

@@ -1154,6 +1154,39 @@ def test_numbers_and_branches_on_the_models_parameters_are_constants():
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+class _ReadsLayout(nn.Module):
+    """What model code asks of a tensor besides its values, as research code asks it: its
+    class (a Block taking a tensor or a tuple of hidden states, KirinZheng/spike_diversity's),
+    dtype and layout queries, and ``x.mT``."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2, self.lif = nn.Linear(6, 5), nn.Linear(5, 4), neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):  # [T, B, 5, 6]
+        y = self.fc(x)
+        if not isinstance(y, torch.Tensor):  # traced: neither branch taken, forward gave None
+            y = y[-1]
+        assert torch.is_tensor(y) and y.is_floating_point() and not y.is_complex()
+        assert y.is_signed() and torch.is_floating_point(y) and y.type().endswith("Tensor")
+        if not y.is_contiguous():
+            y = y.contiguous()
+        if y.get_device() >= 0:  # old code's "same GPU as the input"
+            y = y.cuda(y.get_device())
+        scale = 48.0 / y.element_size() * y.stride()[-1] * (torch.numel(y) // y.numel())
+        return self.lif(self.fc2(y.mT * scale))  # [T, B, 6, 4]
+
+
+def test_what_model_code_asks_of_a_tensor_besides_its_values_is_answered_as_in_pytorch():
+    """These were refused as numbers read from the input (``is_contiguous()``, ``stride()``,
+    ``get_device()`` ...), or ended the trace in an internal error (``y.type()``: 'str' object
+    has no attribute 'dtype'; ``y.mT.shape``: "Proxy object cannot be iterated"); the class
+    check made the Block return None."""
+    model = _ReadsLayout().double().eval()
+    x = 2 * torch.rand(T, 3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert_rates_in_range(assert_parity(model, x, trace(model, x, T=T, static=False)))
+
+
 class _TimesAMatrix(nn.Module):
     """``x @ W`` with a parameter W [in, out]: a Linear (a custom projection layer's form)."""
 
