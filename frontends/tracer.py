@@ -99,6 +99,9 @@ _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement", "s
                             "is_contiguous", "is_floating_point", "is_complex", "is_signed",
                             "element_size", "get_device"})
 _SHAPE_FUNCTIONS = frozenset({torch.numel, torch.is_floating_point, torch.is_complex})
+#: methods making a tensor of the dtype and device of theirs, from their arguments alone
+#: (``mem = x.new_zeros(shape)``): a tensor made in forward, as ``torch.zeros`` makes
+_NEW_TENSOR_METHODS = frozenset({"new_zeros", "new_ones", "new_full", "new_empty"})
 #: methods that read a tensor's values into Python
 _TO_PYTHON = frozenset({"item", "tolist", "numpy", "__float__", "__int__", "__index__"})
 #: methods that read only the shape and dtype of their other tensor (y.view_as(x))
@@ -644,8 +647,8 @@ class _ConcreteTracer(fx.Tracer):
                 changes, out = out, None
         args, kwargs = fx.node.map_aggregate((args, kwargs), self.current)
         cargs, ckwargs = _concrete((args, kwargs))
-        if kind == "call_method" and (target in _SHAPE_METHODS or target == "type"
-                                      and len(cargs) == 1 and not ckwargs):  # x.type(): a name
+        if kind == "call_method" and (target in _SHAPE_METHODS | _NEW_TENSOR_METHODS
+                                      or target == "type" and len(cargs) == 1 and not ckwargs):
             return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
         if kind == "call_function" and target in _SHAPE_FUNCTIONS:
             return target(*cargs, **ckwargs)
@@ -2587,6 +2590,11 @@ def _where(b, c, condition, x, y):
                   "(s, v, 0) or (s, 0, v)")
 
 
+def _masked_fill(b, c, x, mask, value):
+    """``x.masked_fill(s, v)``: ``torch.where(s, v, x)`` (a reset to zero, ``v = 0``)."""
+    return _where(b, c, mask, value, x)
+
+
 def _cast(b, c, x, *args, **kwargs):
     """A cast to float32 or float64 (a comparison's booleans to spikes, ``x.float()`` of an
     event input or a state), or a move to a device: the same values, in the arithmetic the
@@ -2762,7 +2770,7 @@ _FUNCTIONS = {
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
-    torch.round: _round, torch.floor: _floor,
+    torch.round: _round, torch.floor: _floor, torch.masked_fill: _masked_fill,
     F.relu: _relu, torch.relu: _relu,
     # (one that drops, in training, is refused while tracing: _WhileTracing)
     **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
@@ -2780,7 +2788,7 @@ _METHODS = {
     "lt": _compare("lt"), "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast,
     "type_as": _cast,
     "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp, "relu": _relu, "round": _round,
-    "floor": _floor,
+    "floor": _floor, "masked_fill": _masked_fill, "cpu": _identity,
 }
 #: handlers that only move values, so they commute with a scale (:attr:`_Builder.scaled`)
 _LAYOUT_HANDLERS = frozenset({_reshape, _flatten, _permute, _transpose, _t})

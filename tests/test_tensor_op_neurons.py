@@ -199,6 +199,20 @@ class HeavisideLIF(nn.Module):
         return torch.stack(out)
 
 
+class MaskedFillLIF(nn.Module):
+    """The membrane made by ``x.new_zeros`` and reset by ``masked_fill`` on the spikes (both
+    were refused: "op 'Tensor.new_zeros' is not supported", then 'Tensor.masked_fill')."""
+
+    def forward(self, x):
+        mem, out = x.new_zeros(x.shape[1:]), []
+        for x_t in x:
+            mem = 0.5 * mem + x_t
+            fired = mem >= 1.0
+            out.append(fired.to(x.dtype))
+            mem = mem.masked_fill(fired, 0.0)
+        return torch.stack(out)
+
+
 class WhereNet(nn.Module):
     def __init__(self, lif=WhereLIF):
         super().__init__()
@@ -236,6 +250,10 @@ def _where(seed: int, lif=WhereLIF):
 
 def _heaviside(seed: int):
     return _where(seed, HeavisideLIF)
+
+
+def _masked_fill(seed: int):
+    return _where(seed, MaskedFillLIF)
 
 
 def _reused(seed: int):
@@ -336,9 +354,9 @@ def test_the_neuron_modules_and_their_layouts_are_recorded():
     assert graph.meta["neuron_modules"] == {"n1": [["n1.gt", "steps"]], "n2": [["n2.gt", "steps"]]}
 
 
-@pytest.mark.parametrize("make", [_soft, _decay, _where, _heaviside, _cells],
+@pytest.mark.parametrize("make", [_soft, _decay, _where, _heaviside, _masked_fill, _cells],
                          ids=["soft-reset-lif", "decay-lif", "where-lif", "heaviside-lif",
-                              "single-step-cell"])
+                              "masked-fill-lif", "single-step-cell"])
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
 def test_a_lif_looping_over_steps_and_a_single_step_cell_are_exact(make, target):
     """On Lava too: the soft-reset circuit as its ops (a loop), the decay LIF's soft reset in

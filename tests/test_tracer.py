@@ -1171,6 +1171,7 @@ class _ReadsLayout(nn.Module):
         assert y.is_signed() and torch.is_floating_point(y) and y.type().endswith("Tensor")
         if not y.is_contiguous():
             y = y.contiguous()
+        y = y.cpu()  # (was refused: "op 'Tensor.cpu'")
         if y.get_device() >= 0:  # old code's "same GPU as the input"
             y = y.cuda(y.get_device())
         scale = 48.0 / y.element_size() * y.stride()[-1] * (torch.numel(y) // y.numel())
