@@ -2606,6 +2606,19 @@ def _cast(b, c, x, *args, **kwargs):
     return x
 
 
+def _as_bool(b, c, x):
+    """``s.bool()`` of a comparison's result (also cast to spikes): the same values."""
+    if not isinstance(x, Val) or x.expr not in b.booleans:
+        raise _Refuse("it is taken only of a comparison's result (booleans)")
+    return x
+
+
+def _logical_not(b, c, x):
+    """``~s`` or ``logical_not(s)`` of a comparison's result: ``1 - s``, taken as a factor
+    (``mem * ~s``, a reset to zero)."""
+    return ConstMinus(1.0, _as_bool(b, c, x))
+
+
 def _neg(b, c, x):
     x = _val(x)
     return b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [x], x.frame)
@@ -2652,6 +2665,11 @@ def _pad(b, c, x, pad, mode="constant", value=None):
 
 
 def _assign(b, c, x, index, value):
+    if isinstance(index, Val):  # mem[s] = v, s a comparison's result of mem's shape
+        if index.frame != _val(x).frame or index.expr.shape != _val(x).expr.shape:
+            raise _Refuse("an assignment through a mask is taken only with a mask of the "
+                          "tensor's shape")
+        return _masked_fill(b, c, x, index, value)
     if isinstance(value, _FROM_INPUT):
         return _assemble(b, c, x, index, _val(value))
     y = x if isinstance(x, PaddedBorder) else _val(x)
@@ -2771,6 +2789,8 @@ _FUNCTIONS = {
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
     torch.round: _round, torch.floor: _floor, torch.masked_fill: _masked_fill,
+    operator.invert: _logical_not, torch.logical_not: _logical_not,
+    torch.bitwise_not: _logical_not,
     F.relu: _relu, torch.relu: _relu,
     # (one that drops, in training, is refused while tracing: _WhileTracing)
     **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
@@ -2789,6 +2809,8 @@ _METHODS = {
     "type_as": _cast,
     "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp, "relu": _relu, "round": _round,
     "floor": _floor, "masked_fill": _masked_fill, "cpu": _identity,
+    **dict.fromkeys(("double", "half", "bfloat16", "int", "long"), _cast), "bool": _as_bool,
+    "logical_not": _logical_not, "bitwise_not": _logical_not,
 }
 #: handlers that only move values, so they commute with a scale (:attr:`_Builder.scaled`)
 _LAYOUT_HANDLERS = frozenset({_reshape, _flatten, _permute, _transpose, _t})

@@ -213,6 +213,44 @@ class MaskedFillLIF(nn.Module):
         return torch.stack(out)
 
 
+def _mask_assigned(mem, s):
+    mem = mem.clone()
+    mem[s > 0] = 0.0
+    return mem
+
+
+def _mask_assigned_in_place(mem, s):
+    mem[s.bool()] = 0.0
+    return mem
+
+
+#: resets to zero as hand-written LIFs write them (each was refused: 'Tensor.bool',
+#: 'operator.invert', 'torch.logical_not', or an assignment "taken only into the border F.pad
+#: added")
+RESETS = {"mask-assigned": _mask_assigned, "mask-assigned-in-place": _mask_assigned_in_place,
+          "times-not": lambda mem, s: mem * ~s.bool(),
+          "times-logical-not": lambda mem, s: mem * torch.logical_not(s.bool()),
+          "masked-fill-in-place": lambda mem, s: mem.masked_fill_(s.bool(), 0.0),
+          "where-bool": lambda mem, s: torch.where(s.bool(), 0.0, mem)}
+
+
+class ResetLIF(nn.Module):
+    """Spikes as ``mem.gt(1).double()`` ('Tensor.double' was refused), reset by ``reset``."""
+
+    def __init__(self, reset: str):
+        super().__init__()
+        self.reset = RESETS[reset]
+
+    def forward(self, x):
+        mem, out = torch.zeros_like(x[0]), []
+        for x_t in x:
+            mem = 0.5 * mem + x_t
+            s = mem.gt(1.0).double()
+            out.append(s)
+            mem = self.reset(mem, s)
+        return torch.stack(out)
+
+
 class WhereNet(nn.Module):
     def __init__(self, lif=WhereLIF):
         super().__init__()
@@ -366,6 +404,43 @@ def test_a_lif_looping_over_steps_and_a_single_step_cell_are_exact(make, target)
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
     assert report.layers and not report.unmatched
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_resets_written_with_masks_and_booleans_are_exact(reset, target):
+    torch.manual_seed(3)
+    x = 2 * torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    model = WhereNet(lambda: ResetLIF(reset)).double().eval()
+    report = snncc.check(model, x, target=target, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert report.layers and not report.unmatched
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.parametrize("target", ["nir", "lava"])
+def test_a_reset_by_mask_assignment_is_exact_on_nir_and_lava(target):
+    test_resets_written_with_masks_and_booleans_are_exact("mask-assigned-in-place", target)
+
+
+def _mask_of_a_part(mem, s):
+    mem = mem.clone()
+    mem[(s > 0)[:, :4]] = 0.0
+    return mem
+
+
+@pytest.mark.parametrize("reset, reason", [
+    (lambda mem, s: mem * ~(mem * 2).bool(), "op 'Tensor.bool'.*taken only of a comparison"),
+    (_mask_of_a_part, "assignment through a mask is taken only with a mask of the tensor's "
+                      "shape")])
+def test_masks_the_graph_cannot_take_are_refused(reset, reason):
+    RESETS["refused"] = reset
+    try:
+        model = WhereNet(lambda: ResetLIF("refused")).double().eval()
+        with pytest.raises(UnsupportedError, match=reason):
+            snncc.trace(model, torch.randn(4, 5, 8, dtype=torch.float64), layout="TB")
+    finally:
+        del RESETS["refused"]
 
 
 def test_a_comparison_inside_a_larger_forward_is_compiled_and_said_to_be_unmatched():
