@@ -979,6 +979,17 @@ class TimeAxisLast:
 
 
 @dataclass(frozen=True)
+class AxisFirst:
+    """``x.permute(perm)`` of a ``[T, B, ...]`` value moving one per-sample axis ahead of the
+    time and batch axes, which follow in order (timm's attention: ``qkv.reshape(T, B, N, 3, h,
+    d).permute(3, 0, 1, 4, 2, 5)``): taken only by indexing that axis, ``qkv[0]`` or
+    ``qkv.unbind(0)``, each position of which is a value of the usual layout."""
+
+    x: Val
+    perm: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Membrane:
     """The membrane a neuron returned at ``step``: passed back to it as its state, or used as
     a value (:class:`_MembraneStep`; snnTorch's tutorials record and return it)."""
@@ -1025,7 +1036,8 @@ class Assembled:
 
 
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
-_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, PaddedBorder, Assembled,
+_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, AxisFirst, PaddedBorder,
+               Assembled,
                Clamped, Rounded)
 
 
@@ -1933,6 +1945,9 @@ def _val(x) -> Val:
     if isinstance(x, TimeAxisLast):
         raise _Refuse("it moves the time axis last, which only a mean or sum over that axis may "
                       "read")
+    if isinstance(x, AxisFirst):
+        raise _Refuse("it moves a per-sample axis ahead of the time and batch axes, which only "
+                      "indexing that axis (qkv[0], qkv.unbind(0)) may read")
     if isinstance(x, Membrane):
         return Val(_MembraneStep(None, (), "membrane", f"{x.path}.membrane", x.path, x.shape,
                                  step=x.step), B)
@@ -2000,13 +2015,15 @@ def _flatten(b, c, x, start_dim=0, end_dim=-1):
                  x.frame)
 
 
-def _transposed(b, c, x: Val, perm: list[int]) -> Val | TimeAxisLast:
+def _transposed(b, c, x: Val, perm: list[int]) -> Val | TimeAxisLast | AxisFirst:
     f, frame = len(x.frame), x.frame
     if f == 2 and perm[:2] == [1, 0] and frame in (TB, BT):
         frame = frame[::-1]
     elif frame in (TB, BT) and perm == [p for p in range(len(perm)) if p != frame.index("T")] \
             + [frame.index("T")]:
         return TimeAxisLast(x)
+    elif perm[0] >= f and perm[1:f + 1] == list(range(f)):
+        return AxisFirst(x, tuple(perm))
     elif perm[:f] != list(range(f)):
         raise _Refuse("it moves the time or batch axis")
     per = tuple(p - f for p in perm[f:])
@@ -2050,7 +2067,27 @@ def _repeat(b, c, x, *sizes):
                   "repeated T times")
 
 
+def _position_of_first(b, c, x: AxisFirst, index: int) -> Val:
+    """Position ``index`` of the axis an AxisFirst moved first: that position of the value
+    before the permute (:func:`_position`), its other axes then permuted as the permute had
+    them."""
+    axis, rest = x.perm[0], x.perm[1:]
+    order = [a - (a > axis) for a in rest]  # the axes after the position, before the permute
+    part = c.value.permute(*np.argsort(order).tolist())
+    site = None if c.site is None else (*c.site, "position")
+    one = _position(b, replace(c, value=part, hint=f"{c.hint}_position", site=site),
+                    x.x, axis, index)
+    return _transposed(b, c, one, order)
+
+
 def _getitem(b, c, x, index):
+    if isinstance(x, AxisFirst):
+        parts = index if isinstance(index, tuple) else (index,)
+        if not isinstance(parts[0], int) or any(
+                p is not Ellipsis and p != slice(None) for p in parts[1:]):
+            raise _Refuse("an axis moved ahead of the time and batch axes is taken only by one "
+                          "position of it (qkv[0])")
+        return _position_of_first(b, c, x, parts[0])
     if not isinstance(x, Val):
         return x[index]  # a tuple or list of traced values
     if isinstance(index, int):
@@ -2111,6 +2148,10 @@ def _select(b, c, x, dim, index):
 
 
 def _unbind(b, c, x, dim=0):
+    if isinstance(x, AxisFirst) and dim == 0:
+        return tuple(_position_of_first(b, replace(c, value=v, hint=f"{c.hint}{i}", site=None
+                                                   if c.site is None else (*c.site, i)), x, i)
+                     for i, v in enumerate(c.value))
     x = _val(x)
     dim %= _ndim(x)
     if dim >= len(x.frame) or x.frame[dim] != "T":
@@ -2770,7 +2811,7 @@ _FUNCTIONS = {
     operator.sub: _sub, operator.isub: _sub, torch.sub: _sub,
     operator.mul: _mul, operator.imul: _mul, torch.mul: _mul,
     operator.truediv: _div, operator.itruediv: _div, torch.div: _div,
-    operator.matmul: _matmul, torch.matmul: _matmul,
+    operator.matmul: _matmul, torch.matmul: _matmul, torch.bmm: _matmul,
     operator.neg: _neg, torch.neg: _neg, operator.getitem: _getitem,
     torch.flatten: _flatten, torch.reshape: _reshape, torch.squeeze: _reshape,
     torch.unsqueeze: _reshape, torch.permute: _permute, torch.transpose: _transpose, torch.t: _t,
@@ -2797,7 +2838,8 @@ _FUNCTIONS = {
                      F.feature_alpha_dropout), _identity),
 }
 _METHODS = {
-    "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "neg": _neg,
+    "add": _add, "sub": _sub, "mul": _mul, "div": _div, "matmul": _matmul, "bmm": _matmul,
+    "neg": _neg,
     "flatten": _flatten, "reshape": _reshape, "view": _reshape, "view_as": _reshape,
     "reshape_as": _reshape, "squeeze": _reshape, "unsqueeze": _reshape, "unflatten": _reshape,
     "permute": _permute, "transpose": _transpose, "t": _t, "contiguous": _identity,

@@ -1188,6 +1188,51 @@ def test_what_model_code_asks_of_a_tensor_besides_its_values_is_answered_as_in_p
     assert_rates_in_range(assert_parity(model, x, trace(model, x, T=T, static=False)))
 
 
+class _BmmAttention(nn.Module):
+    """Single-head spike attention with ``torch.bmm`` on steps folded into the batch (was
+    refused: "op 'torch.bmm'")."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = nn.Linear(8, 8), neuron.LIFNode(step_mode="m")
+        self.attn_lif = neuron.LIFNode(step_mode="m", v_threshold=0.5)
+
+    def forward(self, x):  # [T, B, N, 8]
+        t, b, n, c = x.shape
+        s = self.lif(self.fc(x)).flatten(0, 1)
+        y = torch.bmm(torch.bmm(s, s.transpose(1, 2)), s) * 0.125
+        return self.attn_lif(y.reshape(t, b, n, c))
+
+
+def test_bmm_of_spikes_is_their_matmul():
+    torch.manual_seed(0)
+    model = _BmmAttention().double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(3.0)
+        model.fc.bias.add_(1.5)
+    x = torch.rand(T, 3, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert_rates_in_range(assert_parity(model, x, trace(model, x, T=T, static=False)))
+
+
+class _QKVFirst(nn.Module):
+    def __init__(self, read):
+        super().__init__()
+        self.qkv, self.lif, self.read = nn.Linear(4, 12), neuron.LIFNode(step_mode="m"), read
+
+    def forward(self, x):  # [T, B, N, 4]
+        t, b, n, _ = x.shape
+        return self.lif(self.read(self.qkv(x).reshape(t, b, n, 3, 4).permute(3, 0, 1, 2, 4)))
+
+
+@pytest.mark.parametrize("read, reason", [
+    (lambda qkv: qkv.sum(0), "moves a per-sample axis ahead of the time and batch axes"),
+    (lambda qkv: qkv[0:2].sum(0), "taken only by one position of it"),
+    (lambda qkv: qkv[0, :, :, 1], "taken only by one position of it")])
+def test_an_axis_moved_first_is_taken_only_by_its_positions(read, reason):
+    with pytest.raises(UnsupportedError, match=reason):
+        trace(_QKVFirst(read), torch.randn(T, 2, 5, 4), T=T, static=False)
+
+
 class _TimesAMatrix(nn.Module):
     """``x @ W`` with a parameter W [in, out]: a Linear (a custom projection layer's form)."""
 

@@ -518,13 +518,16 @@ def test_a_class_token_and_a_position_embedding_are_exact_on_every_target(target
 class LinearAttentionBlock(torch.nn.Module):
     """A spiking transformer block over tokens ``[T, B, N, d]`` written with Linear layers:
     ``q, k, v = qkv(x).chunk(3, -1)`` (refused before: "expects last axis"), heads by reshape and
-    permute, SSA, a residual projection and MLP."""
+    permute, SSA, a residual projection and MLP. ``qkv``: "timm" splits q, k and v as timm's
+    attention does, ``qkv(x).reshape(T, B, N, 3, h, d / h).permute(3, 0, 1, 4, 2, 5)`` and
+    ``qkv[0]``, ``qkv[1]``, ``qkv[2]`` (refused before: "it moves the time or batch axis");
+    "timm-unbind" then takes ``qkv.unbind(0)``."""
 
-    def __init__(self, d: int = 16, heads: int = 2):
+    def __init__(self, d: int = 16, heads: int = 2, qkv: str = "chunk"):
         super().__init__()
         from spikingjelly.activation_based import layer, neuron
 
-        self.heads = heads
+        self.heads, self.qkv_form = heads, qkv
         self.qkv = layer.Linear(d, 3 * d, bias=False, step_mode="m")
         self.bn = layer.BatchNorm1d(3 * d, step_mode="m")
         self.q_lif, self.k_lif, self.v_lif = (neuron.LIFNode(step_mode="m") for _ in range(3))
@@ -536,24 +539,31 @@ class LinearAttentionBlock(torch.nn.Module):
 
     def forward(self, x):
         T, B, N, d = x.shape
-        q, k, v = self.bn(self.qkv(x).transpose(-1, -2)).transpose(-1, -2).chunk(3, dim=-1)
+        qkv = self.bn(self.qkv(x).transpose(-1, -2)).transpose(-1, -2)
+        if self.qkv_form == "chunk":
+            q, k, v = qkv.chunk(3, dim=-1)
 
-        def split(t):
-            return t.reshape(T, B, N, self.heads, d // self.heads).permute(0, 1, 3, 2, 4)
+            def split(t):
+                return t.reshape(T, B, N, self.heads, d // self.heads).permute(0, 1, 3, 2, 4)
 
-        q, k, v = split(self.q_lif(q)), split(self.k_lif(k)), split(self.v_lif(v))
+            q, k, v = split(self.q_lif(q)), split(self.k_lif(k)), split(self.v_lif(v))
+        else:
+            qkv = qkv.reshape(T, B, N, 3, self.heads, d // self.heads).permute(3, 0, 1, 4, 2, 5)
+            q, k, v = qkv.unbind(0) if self.qkv_form == "timm-unbind" else (qkv[0], qkv[1],
+                                                                              qkv[2])
+            q, k, v = self.q_lif(q), self.k_lif(k), self.v_lif(v)
         a = self.attn_lif((q @ k.transpose(-2, -1) @ v) * 0.5)
         x = x + self.proj(a.permute(0, 1, 3, 2, 4).reshape(T, B, N, d))
         return x + self.mlp(x)
 
 
 class LinearAttentionNet(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, qkv: str = "chunk"):
         super().__init__()
         from spikingjelly.activation_based import layer, neuron
 
         self.embed = layer.Linear(8, 16, step_mode="m")
-        self.block = LinearAttentionBlock()
+        self.block = LinearAttentionBlock(qkv=qkv)
         self.out_lif = neuron.IFNode(step_mode="m")
         self.head = layer.Linear(16, 4, step_mode="m")
 
@@ -561,12 +571,14 @@ class LinearAttentionNet(torch.nn.Module):
         return self.head(self.out_lif(self.block(self.embed(x))).mean(2)).mean(0)
 
 
-@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
-def test_a_transformer_written_with_linear_layers_is_exact_on_every_target(target):
+@pytest.mark.parametrize("target, qkv", [
+    *((t, "chunk") for t in ("sim", "onnx", "nir", "lava")),
+    *((t, "timm") for t in ("sim", "onnx", "nir", "lava")), ("sim", "timm-unbind")])
+def test_a_transformer_written_with_linear_layers_is_exact_on_every_target(target, qkv):
     from snncc.frontends.zoo import randomize_bn
 
     torch.manual_seed(0)
-    model = LinearAttentionNet().eval()
+    model = LinearAttentionNet(qkv).eval()
     randomize_bn(model, 0)
     with torch.no_grad():  # the MLP's second neuron fires
         model.block.mlp[1].weight.mul_(4.0)
