@@ -1983,7 +1983,10 @@ def _identity(b, c, x, *args, **kwargs):
 
 def _attribute(b, c, x, name: str):
     """``x.data``: the same values; ``x.T`` / ``x.mT`` (``.H`` / ``.mH`` of a real tensor): its
-    axes reversed / its last two swapped (other tensor attributes are refused)."""
+    axes reversed / its last two swapped (other tensor attributes are refused); a field of a
+    result of traced values (``torch.max(x, d).values``)."""
+    if isinstance(x, tuple):
+        return getattr(x, name)
     if name == "data":
         return x
     if name in ("T", "H"):
@@ -2688,6 +2691,33 @@ def _reduce(mean: bool):
     return handler
 
 
+def _max_of_spikes(b, c, x, dim=None, keepdim=False):
+    """``x.amax(dim)`` of spikes over per-sample axes (a global max pooling): 1 where any of
+    them fired, their sum > 0, as a max pooling of spikes is."""
+    x = _val(x)
+    if dim is None or isinstance(dim, _FROM_INPUT):
+        raise _Refuse("a max is taken only over explicit axes of one tensor")
+    dims = sorted({d % _ndim(x) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))})
+    if dims[0] < len(x.frame):
+        raise _Refuse("it reduces over the time or batch axis")
+    axes = tuple(d - len(x.frame) for d in dims)
+    b.kinds_needed[x.expr] = (c.path, c.op, frozenset({ir.Kind.SPIKE}),
+                              "only the max of spikes (1 where any fired)")
+    total = b.new(c, lambda n, i: ir.Sum(n, i, path=c.path, axes=axes, keepdim=bool(keepdim)),
+                  [x], x.frame, hint=f"{c.hint}_sum")
+    return _comparison(b, c, total, np.asarray(0.0), "gt")
+
+
+def _max(b, c, x, dim=None, keepdim=False):
+    """``x.max(dim)`` / ``torch.max(x, dim)``: the max of spikes (:func:`_max_of_spikes`) as its
+    values; its indices are refused where they are used."""
+    if dim is None or isinstance(dim, _FROM_INPUT):
+        raise _Refuse("a max is taken only over explicit axes of one tensor")
+    values = _max_of_spikes(b, replace(c, value=c.value[0]), x, dim, keepdim)
+    indices = b._refused(replace(c, value=c.value[1]), "the indices of a max", False, (x,), {})
+    return type(c.value)((values, indices))
+
+
 def _readout(b, c, x: Val) -> Val:
     """The mean over time of a ``[T, B, ...]`` value."""
     return b.new(c, lambda n, i: ir.Readout(n, i, path=c.path), [x], B, time=READOUT)
@@ -2805,6 +2835,13 @@ def _avg_pool2d_function(b, c, x, kernel_size, stride=None, padding=0, ceil_mode
                                          count_include_pad, divisor_override), x)
 
 
+def _adaptive_avg_pool_function(b, c, x, output_size):
+    """``F.adaptive_avg_pool2d`` / ``1d`` as its module."""
+    pool = nn.AdaptiveAvgPool2d if c.value.dim() - len(_val(x).frame) == 3 \
+        else nn.AdaptiveAvgPool1d
+    return _adaptive_avgpool(b, c, pool(output_size), x)
+
+
 _add, _sub, _mul, _div, _matmul = (_binary(k) for k in ("add", "sub", "mul", "div", "matmul"))
 _FUNCTIONS = {
     operator.add: _add, operator.iadd: _add, torch.add: _add,
@@ -2830,7 +2867,9 @@ _FUNCTIONS = {
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
     torch.round: _round, torch.floor: _floor, torch.masked_fill: _masked_fill,
-    operator.invert: _logical_not, torch.logical_not: _logical_not,
+    operator.invert: _logical_not, torch.logical_not: _logical_not, torch.amax: _max_of_spikes,
+    torch.max: _max, F.adaptive_avg_pool2d: _adaptive_avg_pool_function,
+    F.adaptive_avg_pool1d: _adaptive_avg_pool_function,
     torch.bitwise_not: _logical_not,
     F.relu: _relu, torch.relu: _relu,
     # (one that drops, in training, is refused while tracing: _WhileTracing)
@@ -2852,7 +2891,8 @@ _METHODS = {
     "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp, "relu": _relu, "round": _round,
     "floor": _floor, "masked_fill": _masked_fill, "cpu": _identity,
     **dict.fromkeys(("double", "half", "bfloat16", "int", "long"), _cast), "bool": _as_bool,
-    "logical_not": _logical_not, "bitwise_not": _logical_not,
+    "logical_not": _logical_not, "bitwise_not": _logical_not, "amax": _max_of_spikes,
+    "max": _max,
 }
 #: handlers that only move values, so they commute with a scale (:attr:`_Builder.scaled`)
 _LAYOUT_HANDLERS = frozenset({_reshape, _flatten, _permute, _transpose, _t})

@@ -1233,6 +1233,60 @@ def test_an_axis_moved_first_is_taken_only_by_its_positions(read, reason):
         trace(_QKVFirst(read), torch.randn(T, 2, 5, 4), T=T, static=False)
 
 
+#: a global pooling of spikes over tokens, as model code writes it (each but the mean was
+#: refused: 'Tensor.amax', 'Tensor.max', 'torch.max', 'F.adaptive_avg_pool2d')
+GLOBAL_POOLS = {"amax": lambda s: s.flatten(3).amax(-1),
+                "max-values": lambda s: s.flatten(3).max(-1)[0],
+                "torch-max-values": lambda s: torch.max(s.flatten(3), dim=3).values,
+                "adaptive-avg-pool": lambda s: F.adaptive_avg_pool2d(s.flatten(0, 1), 1)
+                .reshape(*s.shape[:3])}
+
+
+class _GlobalPool(nn.Module):
+    def __init__(self, pool: str):
+        super().__init__()
+        self.conv, self.lif = nn.Conv2d(2, 6, 3, padding=1), neuron.LIFNode(step_mode="m")
+        self.head, self.out_lif = nn.Linear(6, 4), neuron.LIFNode(step_mode="m")
+        self.pool = GLOBAL_POOLS[pool]
+
+    def forward(self, x):  # [T, B, 2, 4, 4]
+        t, b = x.shape[:2]
+        s = self.lif(self.conv(x.flatten(0, 1)).reshape(t, b, 6, 4, 4))
+        return self.out_lif(self.head(self.pool(s)))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("pool", GLOBAL_POOLS)
+def test_global_pooling_of_spikes_as_model_code_writes_it_is_exact(pool, target):
+    import snncc
+
+    torch.manual_seed(0)
+    model = _GlobalPool(pool).double().eval()
+    with torch.no_grad():
+        model.conv.weight.mul_(4.0)
+        model.conv.bias.add_(1.2)
+        model.head.weight.mul_(3.0)
+        model.head.bias.add_(1.5)
+    x = torch.rand(T, 3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    report = snncc.check(model, x, target=target, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.parametrize("pool, reason", [
+    (lambda s: (s * 0.5 + 0.1).flatten(3).amax(-1), "only the max of spikes"),
+    (lambda s: s.flatten(3).max(-1)[1].to(s.dtype), "the indices of a max"),
+    (lambda s: torch.max(s, s * 0.5).flatten(3).sum(-1), "only over explicit axes of one"),
+    (lambda s: s.flatten(3).amax(-1).amax(1, keepdim=True), "reduces over the time or batch")])
+def test_a_max_the_graph_cannot_take_is_refused_saying_why(pool, reason):
+    GLOBAL_POOLS["refused"] = pool
+    try:
+        with pytest.raises(UnsupportedError, match=reason):
+            trace(_GlobalPool("refused"), torch.rand(T, 2, 2, 4, 4), T=T, static=False)
+    finally:
+        del GLOBAL_POOLS["refused"]
+
+
 class _TimesAMatrix(nn.Module):
     """``x @ W`` with a parameter W [in, out]: a Linear (a custom projection layer's form)."""
 
