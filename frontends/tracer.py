@@ -2164,6 +2164,10 @@ def _unbind(b, c, x, dim=0):
 
 def _stack(b, c, tensors, dim=0):
     vals = [_val(v) if isinstance(v, _FROM_INPUT) else v for v in tensors]  # (else its reason)
+    first = vals[0] if vals else None
+    if len(vals) == b.T and isinstance(first, Val) and first.frame == B and \
+            first.expr.time == STATIC and all(v == first for v in vals) and dim == 0:
+        return Val(first.expr, TB)  # a static value T times: torch.stack([x] * T)
     if len(vals) != b.T or not all(
             isinstance(v, Val) and v.frame == B and v.expr.step == t for t, v in enumerate(vals)):
         raise _Refuse("only stacking the T steps of a loop over time is supported")

@@ -1287,6 +1287,39 @@ def test_a_max_the_graph_cannot_take_is_refused_saying_why(pool, reason):
         del GLOBAL_POOLS["refused"]
 
 
+#: a static image made a sequence of T steps, as model code writes it (the stack and cat of
+#: copies were refused: "only stacking the T steps of a loop over time")
+ENCODERS = {"stack-copies": lambda x: torch.stack([x] * T),
+            "cat-copies": lambda x: torch.cat([x.unsqueeze(0) for _ in range(T)], 0),
+            "expand": lambda x: x.unsqueeze(0).expand(T, *x.shape),
+            "indexed-repeat": lambda x: x[None].repeat(T, 1, 1)}
+
+
+class _Encoded(nn.Module):
+    def __init__(self, encode: str):
+        super().__init__()
+        self.fc, self.lif, self.encode = nn.Linear(6, 6), neuron.LIFNode(step_mode="m"), encode
+
+    def forward(self, x):  # [B, 6]
+        return self.lif(self.fc(ENCODERS[self.encode](x)))
+
+
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_a_static_image_repeated_over_time_as_model_code_writes_it(encode):
+    torch.manual_seed(0)
+    model = _Encoded(encode).double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(3.0)
+        model.fc.bias.add_(1.0)
+    x = torch.rand(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    graph = trace(model, x, T=T, static=True)
+    neurons = graph.of_type(ir.Neuron)
+    y, spikes = torch_spikes(model, x, {n.path for n in neurons})
+    res = Simulator(graph, "float64").run(x.numpy(), T=T, record=True)
+    np.testing.assert_array_equal(res.trace["lif"], spikes["lif"])
+    assert_rates_in_range(res.firing_rates(graph))
+
+
 class _TimesAMatrix(nn.Module):
     """``x @ W`` with a parameter W [in, out]: a Linear (a custom projection layer's form)."""
 
