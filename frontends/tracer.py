@@ -39,7 +39,7 @@ import math
 import operator
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,6 +56,7 @@ from snncc import neuron as cn
 from snncc.errors import IRError, SnnccError, UnsupportedError
 from snncc.graph import Graph
 from snncc.limits import freeing_what_it_leaves
+from snncc.models import returned_items
 from snncc.passes.common import is_power_of_two
 
 from .adapters import (STATE_KEPT, STEP_MULTI, Adapter, Integrator, NeuronCircuit,
@@ -1602,10 +1603,7 @@ class _Builder:
 
     # ------------------------------------------------------------------ graph emission
     def finish(self, outputs) -> Graph:
-        if isinstance(outputs, Mapping):  # {"logits": ..., ...}: its tensors, in order
-            outputs = tuple(outputs.values())
-        outs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
-        outs = [_val(o) if isinstance(o, Membrane) else o for o in outs]
+        outs = [_val(o) if isinstance(o, Membrane) else o for o in returned_items(outputs)]
         for o in outs:  # a partial form (x.sum(0) not yet divided by T, ...): why it is not one
             if isinstance(o, _FROM_INPUT) and not isinstance(o, Val):
                 try:

@@ -6,6 +6,7 @@ state_dict plus the user's own code (``factory``, ``package.module:factory`` or
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,16 @@ from .errors import FormatError, SnnccError
 from .graph import Graph
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+
+def returned_items(out) -> list:
+    """What a model's forward returns, as the list of its outputs in order: a dict's values, a
+    tuple's or list's items, else ``out`` itself; None left out (an auxiliary output a model
+    returns empty in inference: Spike-Driven Transformer's ``(logits, hook)`` with no hook)."""
+    if isinstance(out, Mapping):
+        out = tuple(out.values())
+    items = list(out) if isinstance(out, (tuple, list)) else [out]
+    return [o for o in items if o is not None]
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from .errors import FormatError, SnnccError, UnsupportedError
 from .graph import Graph
 from .limits import (largest_fitting, nbytes, positive_int, require_fits,
                      smaller_batch_that_fits)
-from .models import LoadedModel
+from .models import LoadedModel, returned_items
 from .simulator import SPIKES, simulate
 
 #: ``graph.meta['output_layout']`` values of a model whose output is one value per time step.
@@ -247,10 +246,7 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
             if layout in ("BT", "B*T"):
                 spikes = spikes.transpose(0, 1)
             traces[node.name] = spikes.cpu().numpy().reshape(-1, batch, *node.shape)
-    if isinstance(out, Mapping):  # the tracer takes a dict's tensors in order
-        out = tuple(out.values())
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return [o.detach().cpu().numpy() for o in outs], traces
+    return [o.detach().cpu().numpy() for o in returned_items(out)], traces
 
 
 class _EndedBefore(BaseException):

@@ -737,15 +737,17 @@ class WithOptions(nn.Module):
     """``forward(x, hook=None, gain=2.0)`` as Spike-Driven Transformer's ``forward(x,
     hook=None)``: fx made each a placeholder, and ``hook is not None`` held."""
 
-    def __init__(self, returns_hook: bool = False):
+    def __init__(self, returns_hook: bool = False, returns=None):
         super().__init__()
         self.conv, self.lif = layer.Conv2d(3, 4, 1, step_mode="m"), neuron.IFNode(step_mode="m")
-        self.returns_hook = returns_hook
+        self.returns_hook, self.returns = returns_hook, returns
 
     def forward(self, x, hook=None, gain=2.0):
         y = self.lif(self.conv(x) * gain)
         if hook is not None:
             hook["lif"] = y.detach()
+        if self.returns is not None:
+            return y, self.returns
         return (y, hook) if self.returns_hook else y
 
 
@@ -759,9 +761,24 @@ def test_parameters_after_the_input_are_traced_at_their_defaults():
     assert_output_sequence_is_the_models(model, x, g, "lif")
 
 
+def test_an_output_returned_empty_is_left_out():
+    """Spike-Driven Transformer's official forward returns ``(logits, hook)``, its hook None
+    unless one is passed: the graph's output is the tensor (the model needed a wrapper)."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = WithOptions(returns_hook=True).double().eval()
+    x = 3 * torch.randn(T, 2, 3, 5, 5, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(5))
+    report = snncc.check(model, x, target="onnx", T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert report.outputs == 1
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 def test_returning_something_besides_tensors_says_what_it_returns():
-    with pytest.raises(UnsupportedError, match=r"it returns \(a tensor, NoneType\): wrap it"):
-        trace(WithOptions(returns_hook=True).double(),
+    with pytest.raises(UnsupportedError, match=r"it returns \(a tensor, str\): wrap it"):
+        trace(WithOptions(returns="logits").double(),
               torch.randn(T, 2, 3, 5, 5, dtype=torch.float64), T=T, static=False)
 
 
