@@ -2713,8 +2713,8 @@ def _max_of_spikes(b, c, x, dim=None, keepdim=False):
 def _max(b, c, x, dim=None, keepdim=False):
     """``x.max(dim)`` / ``torch.max(x, dim)``: the max of spikes (:func:`_max_of_spikes`) as its
     values; its indices are refused where they are used."""
-    if dim is None or isinstance(dim, _FROM_INPUT):
-        raise _Refuse("a max is taken only over explicit axes of one tensor")
+    if not isinstance(c.value, tuple):  # x.max() or torch.max(x, y): refused there
+        return _max_of_spikes(b, c, x, dim, keepdim)
     values = _max_of_spikes(b, replace(c, value=c.value[0]), x, dim, keepdim)
     indices = b._refused(replace(c, value=c.value[1]), "the indices of a max", False, (x,), {})
     return type(c.value)((values, indices))
@@ -2869,10 +2869,10 @@ _FUNCTIONS = {
     torch.lt: _compare("lt"), torch.le: _compare("le"), torch.where: _where,
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
     torch.round: _round, torch.floor: _floor, torch.masked_fill: _masked_fill,
-    operator.invert: _logical_not, torch.logical_not: _logical_not, torch.amax: _max_of_spikes,
-    torch.max: _max, F.adaptive_avg_pool2d: _adaptive_avg_pool_function,
+    operator.invert: _logical_not, torch.logical_not: _logical_not,
+    torch.bitwise_not: _logical_not, torch.amax: _max_of_spikes, torch.max: _max,
+    F.adaptive_avg_pool2d: _adaptive_avg_pool_function,
     F.adaptive_avg_pool1d: _adaptive_avg_pool_function,
-    torch.bitwise_not: _logical_not,
     F.relu: _relu, torch.relu: _relu,
     # (one that drops, in training, is refused while tracing: _WhileTracing)
     **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
