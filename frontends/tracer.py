@@ -2844,6 +2844,32 @@ def _adaptive_avg_pool_function(b, c, x, output_size):
     return _adaptive_avgpool(b, c, pool(output_size), x)
 
 
+def _interpolate(b, c, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                 recompute_scale_factor=None, antialias=False):
+    """``F.interpolate`` / ``nn.Upsample`` of ``[N, C, H, W]`` by whole factors in ``nearest``
+    mode (a detector's or decoder's upsampling of spikes): each value repeated, as copies
+    concatenated on a new axis folded into the one beside it, exactly."""
+    x = _one_sample_frame(x, 3)
+    (ch, h, w), out = x.expr.shape, tuple(c.value.shape[1:])
+    if mode not in ("nearest", "nearest-exact") or antialias or out[1] % h or out[2] % w \
+            or out[0] != ch:
+        raise _Refuse("only nearest upsampling of (C, H, W) by whole factors is supported")
+    y, shape = x, (ch, h, w)
+    for axis, factor in ((2, out[2] // w), (1, out[1] // h)):
+        if factor == 1:
+            continue
+        unit = (*shape[:axis + 1], 1, *shape[axis + 1:])
+        y = b.new(c, lambda n, i, t=unit: ir.Reshape(n, i, path=c.path, target=t), [y], x.frame,
+                  shape=unit, hint=f"{c.hint}_unit{axis}")
+        copies = (*shape[:axis + 1], factor, *shape[axis + 1:])
+        y = b.new(c, lambda n, i, a=axis + 1: ir.Concat(n, i, path=c.path, axis=a),
+                  [y] * factor, x.frame, shape=copies, hint=f"{c.hint}_copies{axis}")
+        shape = (*shape[:axis], shape[axis] * factor, *shape[axis + 1:])
+        y = b.new(c, lambda n, i, t=shape: ir.Reshape(n, i, path=c.path, target=t), [y],
+                  x.frame, shape=shape, hint=f"{c.hint}_up{axis}")
+    return y
+
+
 _add, _sub, _mul, _div, _matmul = (_binary(k) for k in ("add", "sub", "mul", "div", "matmul"))
 _FUNCTIONS = {
     operator.add: _add, operator.iadd: _add, torch.add: _add,
@@ -2871,7 +2897,7 @@ _FUNCTIONS = {
     torch.round: _round, torch.floor: _floor, torch.masked_fill: _masked_fill,
     operator.invert: _logical_not, torch.logical_not: _logical_not,
     torch.bitwise_not: _logical_not, torch.amax: _max_of_spikes, torch.max: _max,
-    F.adaptive_avg_pool2d: _adaptive_avg_pool_function,
+    F.adaptive_avg_pool2d: _adaptive_avg_pool_function, F.interpolate: _interpolate,
     F.adaptive_avg_pool1d: _adaptive_avg_pool_function,
     F.relu: _relu, torch.relu: _relu,
     # (one that drops, in training, is refused while tracing: _WhileTracing)
@@ -3087,13 +3113,28 @@ def _relu_module(b, c, m, x):
     return _relu(b, c, x)
 
 
+def _unflatten_module(b, c, m, x):
+    return _reshape(b, c, x)
+
+
+def _constant_pad_module(b, c, m, x):
+    """``nn.ZeroPad2d`` / ``nn.ConstantPad2d``: ``F.pad`` with its padding and value."""
+    return _pad(b, c, x, m.padding, value=m.value)
+
+
+def _upsample_module(b, c, m, x):
+    return _interpolate(b, c, x, m.size, m.scale_factor, m.mode, m.align_corners)
+
+
 _MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.Conv1d, _conv), (nn.Conv2d, _conv), (nn.Linear, _linear),
     (nn.BatchNorm1d, _batchnorm), (nn.BatchNorm2d, _batchnorm),
     (nn.MaxPool2d, _maxpool), (nn.MaxPool3d, _maxpool), (nn.AvgPool2d, _avgpool2d),
     (nn.AvgPool1d, _avgpool1d), (nn.AdaptiveAvgPool2d, _adaptive_avgpool),
     (nn.AdaptiveAvgPool1d, _adaptive_avgpool), (nn.Flatten, _flatten_module),
-    (nn.Identity, _identity_module),
+    (nn.Identity, _identity_module), (nn.Unflatten, _unflatten_module),
+    (nn.ConstantPad2d, _constant_pad_module), (nn.ZeroPad2d, _constant_pad_module),
+    (nn.Upsample, _upsample_module),
     (nn.modules.dropout._DropoutNd, _identity_module), (nn.ReLU, _relu_module),
 )
 

@@ -994,3 +994,50 @@ def test_a_multi_step_neuron_called_per_step_and_on_the_sequence_is_refused():
     model, x = _stepped_multi_step(0, whole=True)
     with pytest.raises(SnnccError, match="module 'lif'.*called a second time in one forward"):
         snncc.trace(model, x)
+
+
+class SpikingDecoder(torch.nn.Module):
+    """A detector neck's / U-Net's upsampling of spikes, written with torch's modules: steps
+    folded by ``nn.Flatten(0, 1)`` and unfolded by ``nn.Unflatten(0, (T, -1))``, ``nn.ZeroPad2d``
+    before a convolution, ``nn.Upsample(scale_factor=2)`` (``F.interpolate(size=...)`` with
+    ``functional``) and a skip connection concatenated on channels (each module was refused)."""
+
+    def __init__(self, functional: bool = False):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.T, self.functional = 4, functional
+        self.fold, self.unfold = torch.nn.Flatten(0, 1), torch.nn.Unflatten(0, (4, -1))
+        self.down = torch.nn.Sequential(torch.nn.ZeroPad2d(1), torch.nn.Conv2d(2, 4, 3, stride=2))
+        self.up = torch.nn.Upsample(scale_factor=2, mode="nearest")
+        self.fuse = torch.nn.Conv2d(6, 4, 3, padding=1)
+        self.lif1, self.lif2, self.lif3 = (neuron.LIFNode(step_mode="m") for _ in range(3))
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):  # [B, 2, 8, 6]
+        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        skip = self.lif1(x)
+        low = self.lif2(self.unfold(self.down(self.fold(skip))))
+        low = self.fold(low)
+        up = torch.nn.functional.interpolate(low, size=(8, 6)) if self.functional \
+            else self.up(low)
+        y = self.lif3(self.unfold(self.fuse(torch.cat([up, self.fold(skip)], dim=1))))
+        return self.head(y.mean((-2, -1))).mean(0)
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["modules", "interpolate"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_upsampling_of_spikes_in_a_decoder_is_exact_on_every_target(target, functional):
+    torch.manual_seed(0)
+    model = SpikingDecoder(functional).double().eval()
+    with torch.no_grad():
+        model.down[1].weight.mul_(3.0)
+        model.down[1].bias.add_(0.5)
+        model.fuse.weight.mul_(3.0)
+        model.fuse.bias.add_(1.5)
+    x = 3 * torch.rand(3, 2, 8, 6, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64)
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert [r.path for r in report.layers] == ["lif1", "lif2", "lif3"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
