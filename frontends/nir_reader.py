@@ -15,6 +15,7 @@ nested (non-snncc) subgraphs with one Input and one Output are inlined.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,14 +100,15 @@ def _prescan(path: Path) -> set[str]:
             return
         count += 1
         declared = nbytes(obj.shape or (), obj.dtype.itemsize)
-        stored = obj.id.get_storage_size()
+        if obj.is_virtual:
+            _check_virtual_sources(path, name, obj, problems)
         if obj.id.get_create_plist().get_external_count():
             problems.append(FormatError(f"{path}: dataset '{name}' keeps its data in external "
                                         "files, which NIR files do not do"))
-        elif declared > MAX_RATIO * stored + 65536:
+        elif not obj.is_virtual and declared > MAX_RATIO * obj.id.get_storage_size() + 65536:
             problems.append(ResourceError(
                 f"{path}: dataset '{name}' declares shape {obj.shape} ({fmt_bytes(declared)}) "
-                f"but the file stores {fmt_bytes(stored)} of it (unwritten data read back as "
+                f"but the file stores {fmt_bytes(obj.id.get_storage_size())} of it (unwritten data read back as "
                 "the HDF5 fill value); refusing to allocate it"))
         total += declared
 
@@ -144,6 +146,61 @@ def _prescan(path: Path) -> set[str]:
     return no_reset
 
 
+def _check_virtual_sources(path: Path, name: str, ds, problems: list) -> None:
+    """An HDF5 virtual dataset (snncc writes NIR's batched Affine/Linear weight as one matrix
+    it repeats, :func:`snncc.backends.nir.writer._write_repeated`) is read only from sources
+    stored in this same file; it counts against the memory budget at its declared size, which
+    is what reading it allocates."""
+    import h5py
+
+    for source in ds.virtual_sources():
+        target = ds.file.get(source.dset_name) if source.file_name == "." else None
+        if not isinstance(target, h5py.Dataset) or target.is_virtual:
+            problems.append(FormatError(
+                f"{path}: dataset '{name}' maps its data from "
+                f"'{source.file_name}:{source.dset_name}', which is not a dataset stored in "
+                "this file"))
+            return
+
+
+def _nir_read(path: Path) -> nir.NIRGraph:
+    """``nir.read(path, type_check=False)``, except that a matrix a virtual dataset repeats
+    over its leading axes (:func:`_repeated`) is read once, as a view repeating it."""
+    from nir.serialization import try_byte_to_str
+
+    def read(group) -> dict:
+        return {try_byte_to_str(k): read(v) if isinstance(v, h5py.Group)
+                else try_byte_to_str(_repeated(v) if v.is_virtual else v[()])
+                for k, v in group.items()}
+
+    with h5py.File(path, "r") as f:
+        d = read(f["node"])
+    d["type_check"] = False
+    return nir.dict2NIRNode(d)
+
+
+def _repeated(ds) -> np.ndarray:
+    """A virtual dataset that maps one whole source matrix to each position of its leading
+    axes, each once (as snncc writes NIR's batched Affine/Linear weight), as that matrix
+    broadcast (no copies); any other as HDF5 reads it."""
+    sources = ds.virtual_sources()
+    names = {s.dset_name for s in sources}
+    one = ds.file[next(iter(names))] if len(names) == 1 else None
+    if one is None or ds.ndim < 3 or one.shape != ds.shape[-2:] \
+            or len(sources) != math.prod(ds.shape[:-2]):
+        return ds[()]
+    size, last = math.prod(one.shape), tuple(n - 1 for n in one.shape)
+    places = set()
+    for s in sources:
+        (start, end), npoints = s.vspace.get_select_bounds(), s.vspace.get_select_npoints()
+        whole = s.src_space.get_select_type() == h5py.h5s.SEL_ALL
+        if whole and npoints == size and start[-2:] == (0, 0) and end == (*start[:-2], *last):
+            places.add(start[:-2])
+    if len(places) != len(sources):
+        return ds[()]
+    return np.broadcast_to(one[()], ds.shape)
+
+
 def read_nir(path, dt: float | None = None, dialect: str | None = None) -> Graph:
     """Read a ``.nir`` file into a verified IR graph (see the module docstring);
     ``meta['extensions']`` lists the file's non-standard (snncc extension) nodes. Declared
@@ -156,7 +213,7 @@ def read_nir(path, dt: float | None = None, dialect: str | None = None) -> Graph
     d = parse_dialect(dialect)
     no_reset = _prescan(path)
     try:
-        g = nir.read(path, type_check=False)
+        g = _nir_read(path)
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
     except (OSError, KeyError, ValueError, AssertionError, TypeError, AttributeError,
@@ -505,6 +562,8 @@ def _cuba_li(name, node, x, ctx):
 
 def _same_slices(a: np.ndarray, keep: int, name: str) -> np.ndarray:
     """A batched parameter (*lead, *rest) that must repeat over lead -> its first slice."""
+    if not any(a.strides[:a.ndim - keep]):  # a view repeating one slice (_repeated)
+        return a[(0,) * (a.ndim - keep)]
     flat = a.reshape(-1, *a.shape[a.ndim - keep:])
     if not np.all(flat == flat[0]):
         raise UnsupportedError("a batched Affine/Linear with different weights per slice",
@@ -513,10 +572,10 @@ def _same_slices(a: np.ndarray, keep: int, name: str) -> np.ndarray:
 
 
 def _affine(name, node, x, ctx):
-    w = _same_slices(np.asarray(node.weight, dtype=np.float64), 2, name)
+    w = np.asarray(_same_slices(np.asarray(node.weight), 2, name), dtype=np.float64)
     bias = getattr(node, "bias", None)
     if bias is not None:
-        bias = _same_slices(np.asarray(bias, dtype=np.float64), 1, name)
+        bias = np.asarray(_same_slices(np.asarray(bias), 1, name), dtype=np.float64)
     return [ir.Linear(name, (x,), path=_path(node), weight=w, bias=bias)]
 
 

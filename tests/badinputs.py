@@ -1347,6 +1347,51 @@ def nir_external_link(tmp):
     return Case(["inspect", p], 1, "links to another file")
 
 
+def _virtual_weight(path, copies, source_file, source_name) -> None:
+    """The file's Affine weight replaced by a virtual dataset of ``copies`` of it, the first
+    mapped from ``source_file:source_name`` (snncc's writer maps every one from this file)."""
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        w = f["node/nodes/fc/weight"][()]
+        del f["node/nodes/fc/weight"]
+        layout = h5py.VirtualLayout(shape=(copies, *w.shape), dtype=w.dtype)
+        layout[0] = h5py.VirtualSource(source_file, source_name, shape=w.shape, dtype=w.dtype)
+        f["node/nodes/fc"].create_virtual_dataset("weight", layout)
+
+
+@case
+def nir_virtual_from_another_file(tmp):
+    """A weight whose data an HDF5 virtual dataset maps from another file."""
+    import h5py
+    p = write_nir(tmp / "vds_ext.nir", nir_graph())
+    with h5py.File(tmp / "elsewhere_w.h5", "w") as f:
+        f["w"] = np.ones((3, 4))
+    _virtual_weight(p, 2, str(tmp / "elsewhere_w.h5"), "w")
+    return Case(["inspect", p], 1, "maps its data from")
+
+
+@case
+def nir_virtual_from_nothing(tmp):
+    """A virtual dataset whose source, in this file, does not exist (read back as the fill
+    value)."""
+    p = write_nir(tmp / "vds_none.nir", nir_graph())
+    _virtual_weight(p, 2, ".", "snncc.repeated/0")
+    return Case(["inspect", p], 1, "not a dataset stored in this file")
+
+
+@case(isolate=True)
+def nir_virtual_1e9_copies(tmp):
+    """A virtual weight declaring 10^9 copies of a small matrix (about 100 GB) in a small
+    file."""
+    import h5py
+    p = write_nir(tmp / "vds_huge.nir", nir_graph())
+    with h5py.File(p, "a") as f:
+        f["snncc.repeated/0"] = f["node/nodes/fc/weight"][()]
+    _virtual_weight(p, 10 ** 9, ".", "snncc.repeated/0")
+    return Case(["inspect", p], 1, "memory budget")
+
+
 @case
 def nir_nested_200_deep(tmp):
     """A chain of 200 nested NIRGraphs (1.2 MB): reading took 17 s (400 levels: 51 s, growing
