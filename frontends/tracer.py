@@ -2847,10 +2847,15 @@ def _adaptive_avg_pool_function(b, c, x, output_size):
 def _interpolate(b, c, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
                  recompute_scale_factor=None, antialias=False):
     """``F.interpolate`` / ``nn.Upsample`` of ``[N, C, H, W]`` by whole factors in ``nearest``
-    mode (a detector's or decoder's upsampling of spikes): each value repeated, as copies
-    concatenated on a new axis folded into the one beside it, exactly."""
-    x = _one_sample_frame(x, 3)
-    (ch, h, w), out = x.expr.shape, tuple(c.value.shape[1:])
+    mode (a detector's or decoder's upsampling of spikes), or of ``[T, B, C, H, W]`` by
+    ``(1, k, k)`` (SpikeYOLO's neck, ``nn.Upsample(None, (1, 2, 2))``, whose third axis is the
+    channels): each value repeated, as copies concatenated on a new axis folded into the one
+    beside it, exactly."""
+    x = _val(x)
+    out = tuple(c.value.shape[len(x.frame):])
+    if len(x.expr.shape) != 3 or len(out) != 3:
+        raise _Refuse("it needs a (C, H, W) input per sample")
+    (ch, h, w) = x.expr.shape
     if mode not in ("nearest", "nearest-exact") or antialias or out[1] % h or out[2] % w \
             or out[0] != ch:
         raise _Refuse("only nearest upsampling of (C, H, W) by whole factors is supported")

@@ -322,6 +322,16 @@ def test_spikeyolo_backbone_exact(target, T):
     _assert_exact(model, snncc.check(model, x, target=target), output_tol=1e-12)
 
 
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_spikeyolo_neck_upsampling_and_concat_exact(target):
+    """The official neck's ``nn.Upsample(None, (1, 2, 2))`` of ``[T, B, C, H, W]`` counts and
+    its ``Concat`` with P4 on the channels (the upsampling was refused)."""
+    torch.manual_seed(2)
+    model = randomize_bn(yolo.Neck(T=2), 2, **_BN).eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    _assert_exact(model, snncc.check(model, x, target=target), output_tol=1e-11)
+
+
 def test_spikeyolo_backbone_exact_on_lava():
     """Also its BatchNorms on a neuron's counts (SepRepConv), which no synapse before them
     absorbs: a process of their own on Lava."""
