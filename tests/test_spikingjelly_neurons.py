@@ -5,7 +5,9 @@ ANN-to-SNN converter makes, against the library's forward in float64 on every ta
   ``ann2snn``'s channel-wise conversion with ``half_threshold=True`` puts in place of each ReLU;
 - ``SimpleIFNode`` / ``SimpleLIFNode``: 2.0's plain-PyTorch teaching neurons (the same charges;
   their membrane starts at 0 whatever ``v_reset``);
-- ``CUBALIFNode``: a current c = c_decay * c + x before the membrane h = v_decay * v + c.
+- ``CUBALIFNode``: a current c = c_decay * c + x before the membrane h = v_decay * v + c;
+- ``SlidingPSN``: h = B + a weighted sum of the last k inputs, fired on h >= 0 (multi-step and
+  single-step, its queue of inputs kept in the module).
 
 ``snncc.check`` runs the model's own forward, the simulator and the target and compares the
 spikes of every neuron layer; thresholds given as Python floats must stay float64 values.
@@ -44,7 +46,20 @@ NEURONS = {
     "cuba_lif_hard": lambda: neuron.CUBALIFNode(c_decay=0.5, v_decay=0.75, v_threshold=0.8),
     "cuba_lif_soft": lambda: neuron.CUBALIFNode(c_decay=0.3, v_decay=0.6, v_threshold=0.8,
                                                 v_reset=None),
+    "sliding_psn": lambda: _sliding_psn([0.3, -0.2, 0.9], bias=-0.3),
+    "sliding_psn_exp_init": lambda: _sliding_psn(None, bias=-0.6, k=4),
 }
+
+
+def _sliding_psn(weight, bias: float, k: int = 3):
+    """The causal parallel spiking neuron: a weighted sum of its last k inputs (``weight``, as
+    trained; its initial (1/8, 1/4, 1/2, 1) when None) fired on at -bias (was refused)."""
+    node = neuron.SlidingPSN(k=len(weight) if weight else k, exp_init=weight is None)
+    with torch.no_grad():
+        node.bias.fill_(bias)
+        if weight:
+            node.weight.copy_(torch.tensor(weight))
+    return node
 
 
 class ConvNet(nn.Module):
@@ -296,3 +311,38 @@ def test_single_step_integer_lif_is_compared_level_by_level(target):
     assert len(report.layers) == 8 and report.min_agreement == 1.0, report.format()
     assert report.output_max_abs_diff_target == 0.0 and not report.unmatched
     assert 0.05 < report.layers[0].rate_reference < 0.95
+
+
+class SteppedPSN(nn.Module):
+    """A single-step SlidingPSN (its last inputs in a queue it keeps) called once per step in
+    the model's loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = nn.Linear(5, 7), nn.Linear(7, 2)
+        self.psn = _sliding_psn([0.5, -0.25, 1.0], bias=-0.4)
+
+    def forward(self, x):  # [T, B, 5]
+        return torch.stack([self.head(self.psn(self.fc(x_t))) for x_t in x]).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "lava"])
+def test_a_single_step_sliding_psn_is_exact(target):
+    torch.manual_seed(0)
+    model = SteppedPSN().double().eval()
+    x = torch.rand(6, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    report = snncc.check(model, x, layout="TB", T=6, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert_rates_in_range(_rates(report))
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda: neuron.PSN(T=T), "PSN has no exact canonical form"),
+    (lambda: neuron.MaskedPSN(k=2, T=T), "MaskedPSN has no exact canonical form")])
+def test_parallel_spiking_neurons_that_read_later_steps_are_refused(make, reason):
+    """PSN weighs every step's input into every step's, later ones too; MaskedPSN's weights
+    depend on the step: neither is a fixed circuit of delays."""
+    model = nn.Sequential(layer.Linear(4, 6), make()).double().eval()
+    functional.set_step_mode(model, "m")
+    with pytest.raises(snncc.errors.UnsupportedError, match=reason):
+        trace(model, torch.rand(T, B, 4, dtype=torch.float64), T=T, static=False)

@@ -11,8 +11,10 @@ imports): neurons, layer wrappers and state.
   charges written in plain PyTorch, starting at 0 whatever ``v_reset``) and ``CUBALIFNode``
   (c = c_decay * c + x, h = v_decay * v + c: a current before the canonical neuron).
   ``ILIFNode`` (the integer LIF of SpikeYOLO and Spike-Driven Transformer V3) emits counts,
-  c = round(clamp(h / theta, 0, D)), not spikes: a circuit (:func:`_integer_lif`). Every other
-  neuron model is refused by name. ``step_mode`` is the module's own: ``"m"`` takes
+  c = round(clamp(h / theta, 0, D)), not spikes: a circuit (:func:`_integer_lif`).
+  ``SlidingPSN`` (the causal parallel spiking neuron: a weighted sum of its last k inputs) is
+  a circuit of Delays (:func:`_sliding_psn`). Every other neuron model (the PSN and MaskedPSN,
+  whose steps weigh later inputs or each step's own, among them) is refused by name. ``step_mode`` is the module's own: ``"m"`` takes
   ``[T, B, ...]``; ``"s"`` keeps its membrane in the module, so its k-th call is step k.
 - **Layer wrappers** (``layer.Conv2d``, ``layer.BatchNorm2d``, ``layer.AdaptiveAvgPool2d``, ...)
   are leaves mapped as the torch layer they subclass, applied to every step when their
@@ -51,7 +53,7 @@ from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 from snncc.passes.common import is_power_of_two
 
-from . import STEP_MULTI, STEP_SINGLE, Adapter, Integrator
+from . import STEP_MULTI, STEP_SINGLE, Adapter, Integrator, NeuronCircuit
 from .circuits import Circuit, on_current, scalar, threshold
 
 _PACKAGE = "spikingjelly.activation_based"
@@ -110,10 +112,12 @@ class SpikingJellyAdapter(Adapter):
         kind = _NEURONS_ELSEWHERE.get(_qualname(m), base.__name__)
         if _legacy(m):
             kind = kind.removeprefix(_MULTI_STEP)
+        if kind == "SlidingPSN":
+            return _sliding_psn(m, path)
         if kind not in _CANONICAL:
             raise UnsupportedError(
                 f"spikingjelly's {base.__name__} has no exact canonical form (supported: "
-                f"{', '.join(_CANONICAL)}"
+                f"{', '.join((*_CANONICAL, 'SlidingPSN'))}"
                 + (", and their MultiStep classes)" if _legacy(m) else ")"), path=path)
         if getattr(m, "_neuron_precision", None) is not None:
             raise UnsupportedError("a neuron with a reduced-precision state (set_neuron_precision)"
@@ -176,6 +180,23 @@ class SpikingJellyAdapter(Adapter):
 
 #: the most count levels of an I-LIF (its papers use 4; each level is a layer of comparisons)
 MAX_LEVELS = 64
+
+
+def _sliding_psn(m: nn.Module, path: str) -> NeuronCircuit:
+    """SlidingPSN: h[t] = B + sum_i W[k-1-i] x[t-i] over its last k inputs (none before step
+    0), firing on h >= 0 (its surrogate's Heaviside): the input and its k - 1 Delays, each
+    scaled by its weight and summed, fired on by a threshold neuron at -B."""
+    weight = m.weight.detach().to("cpu", torch.float64).numpy()
+    bias = scalar(m.bias, "bias", path)
+
+    def build(name, x, shape):
+        c = Circuit(name, name, shape)
+        h, lagged = c.scale(x, weight[-1], "w0"), x
+        for lag in range(1, len(weight)):
+            lagged = c.prev(lagged)
+            h = c.add(h, c.scale(lagged, weight[-1 - lag], f"w{lag}"), f"h{lag}")
+        return c.nodes, h
+    return NeuronCircuit(threshold(-bias, cn.CMP_GE), build)
 
 
 def _integer_lif(m: nn.Module, theta: float, path: str) -> Integrator:
