@@ -253,25 +253,19 @@ class Backbone(nn.Module):
         return self.head(x.mean(0).flatten(2).mean(2))
 
 
-class Neck(nn.Module):
-    """The backbone's stages with the official neck's first top-down path (``snn_yolov8.yaml``,
-    head layers 10-13): ``MS_StandardConv``, ``nn.Upsample(None, (1, 2, 2), 'nearest')`` on
-    ``[T, B, C, H, W]`` (a 3-D upsampling whose first axis is the channels), ``MS_ConvBlock``,
-    and ``Concat`` with the backbone's P4 on the channels (dim 2); then a classifier in place
-    of ``SpikeDetect``."""
+class Neck(Backbone):
+    """The backbone's stages (its ``block2`` left out) with the official neck's first top-down
+    path (``snn_yolov8.yaml``, head layers 10-13): ``MS_StandardConv``, ``nn.Upsample(None,
+    (1, 2, 2), 'nearest')`` on ``[T, B, C, H, W]`` (a 3-D upsampling whose first axis is the
+    channels), ``MS_ConvBlock``, and ``Concat`` with the backbone's P4 on the channels (dim 2);
+    then a classifier in place of ``SpikeDetect``."""
 
     def __init__(self, T=4, width=16, classes=10):
-        super().__init__()
-        self.T = T
-        self.get_t = MS_GetT(T)
-        self.down1 = MS_DownSampling(3, width, 7, 4, 2, first_layer=True)
-        self.block1 = MS_AllConvBlock(width, 2, 7)
-        self.down2 = MS_DownSampling(width, 2 * width, 3, 2, 1, first_layer=False)
-        self.sppf = SpikeSPPF(2 * width, 2 * width, 5)
+        super().__init__(T, width, classes)
+        del self.block2
         self.reduce = MS_StandardConv(2 * width, width, 1, 1)
         self.up = nn.Upsample(None, (1, 2, 2), "nearest")
         self.block = MS_ConvBlock(width, 2, 7)
-        self.head = nn.Linear(2 * width, classes)
 
     def forward(self, x):
         p4 = self.block1(self.down1(self.get_t(x)))
