@@ -105,10 +105,11 @@ def _prescan(path: Path) -> set[str]:
         if obj.id.get_create_plist().get_external_count():
             problems.append(FormatError(f"{path}: dataset '{name}' keeps its data in external "
                                         "files, which NIR files do not do"))
-        elif not obj.is_virtual and declared > MAX_RATIO * obj.id.get_storage_size() + 65536:
+        elif not obj.is_virtual and declared > MAX_RATIO * (stored := obj.id.get_storage_size()) \
+                + 65536:
             problems.append(ResourceError(
                 f"{path}: dataset '{name}' declares shape {obj.shape} ({fmt_bytes(declared)}) "
-                f"but the file stores {fmt_bytes(obj.id.get_storage_size())} of it (unwritten data read back as "
+                f"but the file stores {fmt_bytes(stored)} of it (unwritten data read back as "
                 "the HDF5 fill value); refusing to allocate it"))
         total += declared
 
@@ -151,8 +152,6 @@ def _check_virtual_sources(path: Path, name: str, ds, problems: list) -> None:
     it repeats, :func:`snncc.backends.nir.writer._write_repeated`) is read only from sources
     stored in this same file; it counts against the memory budget at its declared size, which
     is what reading it allocates."""
-    import h5py
-
     for source in ds.virtual_sources():
         target = ds.file.get(source.dset_name) if source.file_name == "." else None
         if not isinstance(target, h5py.Dataset) or target.is_virtual:
@@ -175,6 +174,8 @@ def _nir_read(path: Path) -> nir.NIRGraph:
 
     with h5py.File(path, "r") as f:
         d = read(f["node"])
+    if "type_check" in d:  # (as nir.read refuses it)
+        raise ValueError("the graph has a 'type_check' key, which nir.read refuses")
     d["type_check"] = False
     return nir.dict2NIRNode(d)
 

@@ -1178,7 +1178,8 @@ class _ReadsLayout(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.fc, self.fc2, self.lif = nn.Linear(6, 5), nn.Linear(5, 4), neuron.LIFNode(step_mode="m")
+        self.fc, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 4)
+        self.lif = neuron.LIFNode(step_mode="m")
 
     def forward(self, x):  # [T, B, 5, 6]
         y = self.fc(x)

@@ -14,8 +14,9 @@ imports): neurons, layer wrappers and state.
   c = round(clamp(h / theta, 0, D)), not spikes: a circuit (:func:`_integer_lif`).
   ``SlidingPSN`` (the causal parallel spiking neuron: a weighted sum of its last k inputs) is
   a circuit of Delays (:func:`_sliding_psn`). Every other neuron model (the PSN and MaskedPSN,
-  whose steps weigh later inputs or each step's own, among them) is refused by name. ``step_mode`` is the module's own: ``"m"`` takes
-  ``[T, B, ...]``; ``"s"`` keeps its membrane in the module, so its k-th call is step k.
+  whose steps weigh later inputs or each step's own, among them) is refused by name.
+  ``step_mode`` is the module's own: ``"m"`` takes ``[T, B, ...]``; ``"s"`` keeps its membrane
+  in the module, so its k-th call is step k.
 - **Layer wrappers** (``layer.Conv2d``, ``layer.BatchNorm2d``, ``layer.AdaptiveAvgPool2d``, ...)
   are leaves mapped as the torch layer they subclass, applied to every step when their
   ``step_mode`` is ``"m"``. ``layer.Dropout`` is the identity in eval mode; the
