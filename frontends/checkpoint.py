@@ -2,14 +2,17 @@
 mismatch listed, and the two front-end entry points that give a model and its IR graph.
 
 A checkpoint is a ``state_dict`` or a dict holding one under ``state_dict`` or ``model``
-(possibly nested; ``module.`` prefixes from ``DataParallel`` are removed). Without ``trust`` the
-file is read with ``torch.load(weights_only=True)``, which refuses pickled Python objects (a
-whole ``nn.Module``) and TorchScript archives: unpickling runs code. With ``trust`` both load,
-and their ``state_dict()`` is used.
+(possibly nested; ``module.`` prefixes from ``DataParallel`` are removed; a training module's
+keys under the attribute holding the model, PyTorch Lightning's ``model.``, are the model's).
+Without ``trust`` the file is read with ``torch.load(weights_only=True)``, which refuses pickled
+Python objects (a whole ``nn.Module``) and TorchScript archives: unpickling runs code (an
+argparse ``Namespace``, which timm's train.py saves, is data and loads). With ``trust`` both
+load, and their ``state_dict()`` is used.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import difflib
 import math
@@ -51,8 +54,10 @@ def load_state_dict(path: str | Path, trust: bool = False,
         raise FormatError(f"{path}: no such file")
     described = _prescan(path)
     if expected is not None and described is not None:
-        _check_fit(expected, _strip_prefix(described), arch, path)
-    state = _strip_prefix(_unwrap(_load(path, trust), path))
+        _check_fit(expected, under_one_attribute(_strip_prefix(described), expected, path),
+                   arch, path)
+    state = under_one_attribute(_strip_prefix(_unwrap(_load(path, trust), path)), expected,
+                                 path, say=True)
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: key '{key}' holds a {type(value).__name__}, "
@@ -216,7 +221,9 @@ def _check_fit(expected: Mapping, state: Mapping, arch: str, path: Path) -> None
 
 def _load(path: Path, trust: bool):
     try:
-        with warnings.catch_warnings():  # (torch's own advice; the errors below say what to do)
+        # (torch's own advice: the errors below say what to do) timm's train.py, which the
+        # Spikformer family trains with, saves its argparse Namespace beside the weights: data
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as err:  # torch.load raises many types on damaged files
@@ -264,6 +271,34 @@ def _strip_prefix(state: dict) -> dict:
             break
         state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def under_one_attribute(state: dict, expected, path: Path, say: bool = False) -> dict:
+    """A training framework's checkpoint of a module that holds the model as an attribute
+    (PyTorch Lightning's ``self.model``: keys ``model.features.0.weight``): when none of the
+    model's keys is in ``state`` and all of them are the keys under one first name, those keys
+    without it (the other attributes', a loss's, left out); two such names (a model and its
+    EMA copy) are refused, naming both."""
+    if expected is None or any(k in state for k in expected):
+        return state
+    fits = {}
+    for head in sorted({k.split(".", 1)[0] for k in state if isinstance(k, str) and "." in k}):
+        under = {k[len(head) + 1:]: v for k, v in state.items() if k.startswith(f"{head}.")}
+        if under.keys() == expected.keys():
+            fits[head] = under
+    if len(fits) > 1:
+        raise CheckpointError(f"{path}: the model's weights are under each of "
+                              f"{', '.join(repr(h + '.') for h in fits)}; save the state_dict "
+                              "of the one to compile")
+    if not fits:
+        return state
+    (head, under), = fits.items()
+    if say:
+        others = len(state) - len(under)
+        warn(f"{path}: the model's weights are the keys under '{head}.' (a training module "
+             f"holding the model as its attribute '{head}')"
+             + (f"; {others} other keys left out" if others else ""))
+    return under
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str) -> nn.Module:

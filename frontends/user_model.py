@@ -171,7 +171,7 @@ def build_with_weights(spec: str, args, path: str | Path, trust: bool = False) -
     the compile's peak above the interpreter's 155-157 MiB, now 104-122); a factory that cannot
     build there, or a model left holding meta tensors (a buffer or attribute the checkpoint does
     not hold), is built again as the factory builds it and the weights copied in."""
-    from .checkpoint import load_state_dict
+    from .checkpoint import load_state_dict, under_one_attribute
 
     state = load_state_dict(path, trust)
     try:
@@ -179,10 +179,14 @@ def build_with_weights(spec: str, args, path: str | Path, trust: bool = False) -
     except SnnccError:
         model = None
     if model is not None:
+        state = under_one_attribute(state, model.state_dict(), path, say=True)
         load_into(model, state, spec)
         if not _holds_meta(model):
             return model
-    return load_into(build_model(spec, args), state, spec)
+    full = build_model(spec, args)
+    if model is None:
+        state = under_one_attribute(state, full.state_dict(), path, say=True)
+    return load_into(full, state, spec)
 
 
 def kept_tensors(model: nn.Module):

@@ -148,3 +148,54 @@ def test_nan_weights_and_non_tensors_are_refused(model, tmp_path):
     torch.save({"head.weight": torch.ones(2), "head.note": "hello"}, path)
     with pytest.raises(CheckpointError, match="key 'head.note' holds a str, not a tensor"):
         load_state_dict(path)
+
+
+def test_timms_checkpoint_with_its_arguments_loads_without_trust(model, tmp_path, capsys):
+    """timm's train.py (the Spikformer family's official training) saves ``args``, an argparse
+    Namespace, beside the weights: it was refused as code (--trust-checkpoint); a Namespace
+    holding another class still is."""
+    import argparse
+    import pathlib
+
+    path = tmp_path / "model_best.pth.tar"
+    args = argparse.Namespace(model="spikformer", lr=5e-4, time_steps=4, mean=(0.5, 0.5))
+    torch.save({"epoch": 299, "arch": "spikformer", "state_dict": model.state_dict(),
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5}]}, "version": 2,
+                "args": args, "metric": 95.2}, path)
+    assert main(["compile", str(path), "--arch", ARCH, "-o", str(tmp_path / "m.snnir")]) == 0
+    res = simulate(load(tmp_path / "m.snnir"), digits().numpy(), T=4)
+    with torch.no_grad():
+        np.testing.assert_allclose(res.output, model.double()(digits()).numpy(), rtol=0,
+                                   atol=1e-10)
+    args.output = pathlib.PurePosixPath("/out")
+    torch.save({"state_dict": model.state_dict(), "args": args}, path)
+    with pytest.raises(CheckpointError, match=r"pickled Python objects .*PurePosixPath"):
+        load_state_dict(path)
+
+
+def _lightning(model, path, extra: dict):
+    """A PyTorch Lightning checkpoint of a LightningModule holding ``model`` as ``self.model``
+    (its other attributes' keys in ``extra``)."""
+    torch.save({"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0",
+                "state_dict": {**{f"model.{k}": v for k, v in model.state_dict().items()},
+                               **extra},
+                "hyper_parameters": {"lr": 1e-3}, "optimizer_states": [], "lr_schedulers": []},
+               path)
+
+
+def test_a_lightning_checkpoint_of_a_module_holding_the_model(model, tmp_path, capsys):
+    """Keys under the attribute holding the model (``model.``) are the model's, said in one
+    line (the checkpoint was refused: every key "renamed"); a loss's keys left out; two
+    attributes holding the model (an EMA copy) refused, naming both."""
+    path = tmp_path / "epoch=3.ckpt"
+    _lightning(model, path, {"criterion.weight": torch.ones(10)})
+    assert main(["compile", str(path), "--arch", ARCH, "-o", str(tmp_path / "m.snnir")]) == 0
+    err = capsys.readouterr().err
+    assert "weights are the keys under 'model.'" in err and "1 other keys left out" in err
+    res = simulate(load(tmp_path / "m.snnir"), digits().numpy(), T=4)
+    with torch.no_grad():
+        np.testing.assert_allclose(res.output, model.double()(digits()).numpy(), rtol=0,
+                                   atol=1e-10)
+    _lightning(model, path, {f"ema.{k}": v for k, v in model.state_dict().items()})
+    assert main(["compile", str(path), "--arch", ARCH, "-o", str(tmp_path / "e.snnir")]) == 1
+    assert "under each of 'ema.', 'model.'" in capsys.readouterr().err

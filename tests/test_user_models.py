@@ -166,6 +166,18 @@ def test_state_dict_with_the_users_code_file(net, tmp_path, capsys):
     assert "features.2" in capsys.readouterr().out
 
 
+def test_a_lightning_checkpoint_with_the_users_code_file(net, tmp_path, capsys):
+    """PyTorch Lightning's checkpoint of a module holding the network as ``self.net``, with
+    the user's code: the keys under ``net.`` (every key was "renamed")."""
+    weights = tmp_path / "last.ckpt"
+    torch.save({"pytorch-lightning_version": "2.4.0", "hyper_parameters": {"lr": 0.01},
+                "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, weights)
+    assert main(["check", str(weights), "--model", f"{EXAMPLE}:ConvSNN", "--input-shape",
+                 "2,16,16", "--T", "4", "--json", str(tmp_path / "r.json")]) == 0
+    assert "the keys under 'net.'" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r.json").read_text())["min_agreement"] == 1.0
+
+
 @pytest.mark.parametrize("wrap", ["compiled", "data_parallel_of_compiled"])
 def test_a_state_dict_saved_from_a_compiled_model(net, tmp_path, capsys, wrap):
     """``torch.compile(model).state_dict()`` prefixes every key with ``_orig_mod.`` (and a
