@@ -1,7 +1,8 @@
 """Checkpoints: reading a ``model.pt`` safely, loading it into a zoo architecture with every
 mismatch listed, and the two front-end entry points that give a model and its IR graph.
 
-A checkpoint is a ``state_dict`` or a dict holding one under ``state_dict`` or ``model``
+A checkpoint is a safetensors file (read here: nothing in it is code), or a ``state_dict`` or a
+dict holding one under ``state_dict`` or ``model``
 (possibly nested; ``module.`` prefixes from ``DataParallel`` are removed; a training module's
 keys under the attribute holding the model, PyTorch Lightning's ``model.``, are the model's).
 Without ``trust`` the file is read with ``torch.load(weights_only=True)``, which refuses pickled
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import difflib
+import json
 import math
 import pickle
 import re
@@ -52,12 +54,14 @@ def load_state_dict(path: str | Path, trust: bool = False,
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
-    described = _prescan(path)
+    safetensors = _safetensors_header(path)
+    described = None if safetensors else _prescan(path)
     if expected is not None and described is not None:
         _check_fit(expected, under_one_attribute(_strip_prefix(described), expected, path),
                    arch, path)
-    state = under_one_attribute(_strip_prefix(_unwrap(_load(path, trust), path)), expected,
-                                 path, say=True)
+    loaded = _read_safetensors(path, *safetensors) if safetensors else _unwrap(
+        _load(path, trust), path)
+    state = under_one_attribute(_strip_prefix(loaded), expected, path, say=True)
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: key '{key}' holds a {type(value).__name__}, "
@@ -217,6 +221,71 @@ def _check_fit(expected: Mapping, state: Mapping, arch: str, path: Path) -> None
         _mismatch(expected, state, arch)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+#: safetensors' dtype names (HuggingFace's format: an 8-byte header length, a JSON header, the
+#: tensors' raw bytes; nothing in it is code)
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+_SAFETENSORS_HEADER_MAX = 100 << 20  # (the format's own limit)
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int] | None:
+    """A safetensors file's header and where its data starts; None for another file (a zip
+    checkpoint starts with 'PK', a legacy one with a pickle opcode, not a length and '{')."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+        if len(head) < 9 or head[8:9] != b"{":
+            return None
+        n, size = int.from_bytes(head[:8], "little"), path.stat().st_size
+        if n > min(size - 8, _SAFETENSORS_HEADER_MAX):
+            raise FormatError(f"{path}: a safetensors header of {n} bytes in a file of {size}")
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(f"{path}: a safetensors header that is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: a safetensors header that is not a JSON object")
+    return header, 8 + n
+
+
+def _read_safetensors(path: Path, header: dict, start: int) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, each entry's dtype, shape and byte range checked
+    against the file (ranges within it, not overlapping, of the size the shape declares) and
+    their total against the memory budget before any is read."""
+    data, spans = path.stat().st_size - start, []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype")) if isinstance(entry, dict) else None
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if dtype else (0, 0)
+        if dtype is None or not isinstance(shape, list) or not isinstance(offsets, list) or \
+                len(offsets) != 2 or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                    for v in (*shape, *offsets)):
+            raise FormatError(f"{path}: safetensors entry '{key}' is not a tensor's "
+                              "dtype, shape and data_offsets")
+        begin, end = offsets
+        if end - begin != nbytes(shape, dtype.itemsize) or not begin <= end <= data:
+            raise FormatError(f"{path}: safetensors entry '{key}' declares bytes {begin}-{end} "
+                              f"for shape {shape} of {entry['dtype']} in {data} bytes of data")
+        spans.append((begin, end, key, dtype, tuple(shape)))
+    spans.sort(key=lambda span: span[:2])
+    for (_, end, key, *_), (begin, _, other, *_) in zip(spans, spans[1:]):
+        if begin < end:
+            raise FormatError(f"{path}: safetensors entries '{key}' and '{other}' overlap")
+    require_fits(sum(e - b for b, e, *_ in spans), f"{path}: its {len(spans)} tensors")
+    state = {}
+    with open(path, "rb") as f:
+        for begin, end, key, dtype, shape in spans:
+            f.seek(start + begin)
+            raw = bytearray(f.read(end - begin))
+            state[key] = torch.frombuffer(raw, dtype=dtype).reshape(shape) if raw \
+                else torch.empty(shape, dtype=dtype)
+    return state
 
 
 def _load(path: Path, trust: bool):

@@ -199,3 +199,73 @@ def test_a_lightning_checkpoint_of_a_module_holding_the_model(model, tmp_path, c
     _lightning(model, path, {f"ema.{k}": v for k, v in model.state_dict().items()})
     assert main(["compile", str(path), "--arch", ARCH, "-o", str(tmp_path / "e.snnir")]) == 1
     assert "under each of 'ema.', 'model.'" in capsys.readouterr().err
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64",
+              torch.bfloat16: "BF16"}
+
+
+def _safetensors(path, tensors: dict, edit=None) -> None:
+    """A safetensors file as its specification lays it out (an 8-byte little-endian header
+    length, the JSON header, the tensors' bytes); ``edit(header)`` damages the header."""
+    import json
+    import struct
+
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for key, t in tensors.items():
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[key] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape),
+                       "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    if edit is not None:
+        edit(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def test_a_safetensors_file_is_read_without_unpickling(model, tmp_path):
+    """HuggingFace's safetensors format (no code in it; no library needed): the zoo model
+    compiles from it with the same outputs; a bfloat16 and an empty tensor read exactly."""
+    path = tmp_path / "model.safetensors"
+    _safetensors(path, model.state_dict())
+    assert main(["compile", str(path), "--arch", ARCH, "-o", str(tmp_path / "m.snnir")]) == 0
+    res = simulate(load(tmp_path / "m.snnir"), digits().numpy(), T=4)
+    with torch.no_grad():
+        np.testing.assert_allclose(res.output, model.double()(digits()).numpy(), rtol=0,
+                                   atol=1e-10)
+    odd = {"b": torch.randn(3, 2).to(torch.bfloat16), "e": torch.zeros(0, 4)}
+    _safetensors(path, odd)
+    got = load_state_dict(path)
+    assert got["b"].dtype == torch.bfloat16 and torch.equal(got["b"], odd["b"])
+    assert got["e"].shape == (0, 4)
+
+
+def _entry(key, **changes):
+    return lambda header: header[key].update(changes)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_entry("w", data_offsets=[0, 4]), "declares bytes 0-4 for shape \\[2, 3\\]"),
+    (_entry("w", data_offsets=[0, 10 ** 9]), "declares bytes"),
+    (_entry("b", data_offsets=[8, 20]), "'w' and 'b' overlap"),
+    (_entry("w", dtype="F128"), "is not a tensor's dtype, shape and data_offsets"),
+    (_entry("w", shape=[2, -3]), "is not a tensor's"),
+    (lambda h: h.update(x=[1, 2]), "entry 'x' is not a tensor's")])
+def test_damaged_safetensors_files_are_refused(tmp_path, edit, message):
+    path = tmp_path / "bad.safetensors"
+    _safetensors(path, {"w": torch.ones(2, 3), "b": torch.ones(3)}, edit)
+    with pytest.raises(FormatError, match=message):
+        load_state_dict(path)
+
+
+def test_a_safetensors_header_longer_than_its_file_or_not_json_is_refused(tmp_path):
+    import struct
+
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", 10 ** 6) + b'{"w": 1}')
+    with pytest.raises(FormatError, match="header of 1000000 bytes in a file of 16"):
+        load_state_dict(path)
+    path.write_bytes(struct.pack("<Q", 6) + b'{"w": ')
+    with pytest.raises(FormatError, match="not JSON"):
+        load_state_dict(path)
