@@ -2,9 +2,9 @@
 mismatch listed, and the two front-end entry points that give a model and its IR graph.
 
 A checkpoint is a safetensors file (read here: nothing in it is code), or a ``state_dict`` or a
-dict holding one under ``state_dict`` or ``model``
-(possibly nested; ``module.`` prefixes from ``DataParallel`` are removed; a training module's
-keys under the attribute holding the model, PyTorch Lightning's ``model.``, are the model's).
+dict holding one under ``state_dict`` or ``model`` (possibly nested; ``module.`` prefixes from
+``DataParallel`` are removed; a training module's keys under the attribute holding the model,
+PyTorch Lightning's ``model.``, are the model's).
 Without ``trust`` the file is read with ``torch.load(weights_only=True)``, which refuses pickled
 Python objects (a whole ``nn.Module``) and TorchScript archives: unpickling runs code (an
 argparse ``Namespace``, which timm's train.py saves, is data and loads). With ``trust`` both
