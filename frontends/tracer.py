@@ -2817,8 +2817,15 @@ def _batch_norm_function(b, c, x, running_mean, running_var, weight=None, bias=N
 def _avg_pool1d_function(b, c, x, kernel_size, stride=None, padding=0, ceil_mode=False,
                          count_include_pad=True):
     """``F.avg_pool1d`` (e.g. a voting layer averaging groups of outputs) as its module."""
-    return _avgpool1d(b, c, nn.AvgPool1d(kernel_size, stride, padding, ceil_mode,
+    return _pool1d(b, c, nn.AvgPool1d(kernel_size, stride, padding, ceil_mode,
                                          count_include_pad), x)
+
+
+def _max_pool1d_function(b, c, x, kernel_size, stride=None, padding=0, dilation=1,
+                         ceil_mode=False, return_indices=False):
+    """``F.max_pool1d`` as its module."""
+    return _pool1d(b, c, nn.MaxPool1d(kernel_size, stride, padding, dilation, return_indices,
+                                      ceil_mode), x)
 
 
 def _max_pool2d_function(b, c, x, kernel_size, stride=None, padding=0, dilation=1,
@@ -2892,7 +2899,8 @@ _FUNCTIONS = {
     torch.clone: _identity, torch.chunk: _chunk, torch.split: _split,
     torch.narrow: _narrow,
     torch.avg_pool1d: _avg_pool1d_function, F.avg_pool1d: _avg_pool1d_function,
-    F.max_pool2d: _max_pool2d_function, F.avg_pool2d: _avg_pool2d_function,
+    F.max_pool1d: _max_pool1d_function, F.max_pool2d: _max_pool2d_function,
+    F.avg_pool2d: _avg_pool2d_function,
     F.conv1d: _conv_function, F.conv2d: _conv_function, F.linear: _linear_function,
     F.batch_norm: _batch_norm_function,
     operator.gt: _compare("gt"), operator.ge: _compare("ge"), operator.lt: _compare("lt"),
@@ -3032,19 +3040,30 @@ def _avgpool2d(b, c, m, x):
     return b.new(c, lambda n, i: ir.AvgPool2d(n, i, path=c.path, **args), [x], x.frame)
 
 
-def _avgpool1d(b, c, m, x):
-    """Pooling of the last axis as Reshape (rows, 1, L) -> AvgPool2d (1, k) -> Reshape back
-    (torch's 1-D average pool is its 2-D pool on an added axis, so the values are the same)."""
+def _pool1d(b, c, m, x):
+    """AvgPool1d / MaxPool1d of the last axis as Reshape (rows, 1, L) -> the 2-D pool (1, k) ->
+    Reshape back (torch's 1-D pools are its 2-D pools on an added axis: the same values)."""
     x = _val(x)
-    _avgpool_check(m)
-    (k,), (s,), (p,) = m.kernel_size, m.stride, m.padding
+    k, s, p = (_single(v)[0] for v in (m.kernel_size, m.stride, m.padding))
+    if isinstance(m, nn.MaxPool1d):
+        if m.ceil_mode or m.return_indices:
+            raise _Refuse("ceil_mode and return_indices are not supported")
+        d = _single(m.dilation)[0]
+
+        def pool(n, i):
+            return ir.MaxPool2d(n, i, path=c.path, kernel_size=(1, k), stride=(1, s),
+                                padding=(0, p), dilation=(1, d))
+    else:
+        _avgpool_check(m)
+
+        def pool(n, i):
+            return ir.AvgPool2d(n, i, path=c.path, kernel_size=(1, k), stride=(1, s),
+                                padding=(0, p))
     *lead, L = x.expr.shape
     rows, out = math.prod(lead), tuple(c.value.shape[len(x.frame):])
     y = b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=(rows, 1, L)), [x], x.frame,
               shape=(rows, 1, L), hint=f"{c.hint}.rows")
-    y = b.new(c, lambda n, i: ir.AvgPool2d(n, i, path=c.path, kernel_size=(1, k), stride=(1, s),
-                                           padding=(0, p)),
-              [y], x.frame, shape=(rows, 1, out[-1]), hint=f"{c.hint}.pool")
+    y = b.new(c, pool, [y], x.frame, shape=(rows, 1, out[-1]), hint=f"{c.hint}.pool")
     return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=out), [y], x.frame)
 
 
@@ -3103,7 +3122,7 @@ def _adaptive_avgpool(b, c, m, x):
                       f"multiple of it; use nn.AvgPool{nd}d with a fixed kernel")
     k = tuple(i // o for i, o in zip(size_in, size_out))
     pool = nn.AvgPool2d(k, k) if nd == 2 else nn.AvgPool1d(k, k)
-    return (_avgpool2d if nd == 2 else _avgpool1d)(b, c, pool, x)
+    return (_avgpool2d if nd == 2 else _pool1d)(b, c, pool, x)
 
 
 def _flatten_module(b, c, m, x):
@@ -3135,7 +3154,7 @@ _MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.Conv1d, _conv), (nn.Conv2d, _conv), (nn.Linear, _linear),
     (nn.BatchNorm1d, _batchnorm), (nn.BatchNorm2d, _batchnorm),
     (nn.MaxPool2d, _maxpool), (nn.MaxPool3d, _maxpool), (nn.AvgPool2d, _avgpool2d),
-    (nn.AvgPool1d, _avgpool1d), (nn.AdaptiveAvgPool2d, _adaptive_avgpool),
+    (nn.AvgPool1d, _pool1d), (nn.MaxPool1d, _pool1d), (nn.AdaptiveAvgPool2d, _adaptive_avgpool),
     (nn.AdaptiveAvgPool1d, _adaptive_avgpool), (nn.Flatten, _flatten_module),
     (nn.Identity, _identity_module), (nn.Unflatten, _unflatten_module),
     (nn.ConstantPad2d, _constant_pad_module), (nn.ZeroPad2d, _constant_pad_module),

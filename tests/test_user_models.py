@@ -1053,3 +1053,40 @@ def test_upsampling_of_spikes_in_a_decoder_is_exact_on_every_target(target, func
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
     assert [r.path for r in report.layers] == ["lif1", "lif2", "lif3"]
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class TokenMaxPool(torch.nn.Module):
+    """A 1-D convolutional SNN over a sequence's positions with max pooling of its spikes,
+    ``nn.MaxPool1d`` or ``F.max_pool1d`` (both were refused)."""
+
+    def __init__(self, functional: bool):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.T, self.functional = 4, functional
+        self.conv, self.pool = torch.nn.Conv1d(2, 6, 3, padding=1), torch.nn.MaxPool1d(2)
+        self.fc = torch.nn.Linear(6 * 8, 4)
+        self.lif1, self.lif2 = neuron.LIFNode(step_mode="m"), neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):  # [B, 2, 16]
+        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1)
+        t, b = x.shape[:2]
+        s = self.lif1(self.conv(x.flatten(0, 1)).reshape(t, b, 6, 16)).flatten(0, 1)
+        p = torch.nn.functional.max_pool1d(s, 3, 2, 1) if self.functional else self.pool(s)
+        return self.lif2(self.fc(p.reshape(t, b, -1)))
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["module", "function"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_max_pooling_of_spikes_over_positions_is_exact_on_every_target(target, functional):
+    torch.manual_seed(0)
+    model = TokenMaxPool(functional).double().eval()
+    with torch.no_grad():
+        model.conv.weight.mul_(3.0)
+        model.conv.bias.add_(1.2)
+        model.fc.weight.mul_(3.0)
+        model.fc.bias.add_(1.2)
+    x = torch.rand(3, 2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
