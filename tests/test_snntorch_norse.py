@@ -890,7 +890,10 @@ def test_snntorch_refusals_name_the_module(neuron, reason):
     (lambda: norse.LIFBoxCell(_norse_p("box", v_leak=0.1)), "v_leak != 0"),
     (lambda: norse.LIFRefracCell(), "LIFRefracCell is not supported"),
     (lambda: norse.IAFCell(_norse_p("iaf", v_th=torch.full((6,), 0.5))), "per-neuron v_th"),
-], ids=["v-leak", "refrac", "per-neuron"])
+    # (written before Norse's neuron base classes: traced through, it was refused at the layer
+    # after it, "this operand must be a tensor computed from the input")
+    (lambda: norse.CobaLIFCell(6, 6), "CobaLIFCell is not supported"),
+], ids=["v-leak", "refrac", "per-neuron", "coba"])
 def test_norse_refusals_name_the_module(neuron, reason):
     with pytest.raises(UnsupportedError) as err:
         trace(One(neuron()), torch.randn(T, B, 8), T=T, static=False)
