@@ -53,9 +53,10 @@ _CELLS = {"IAFCell": "IAF", "LIFBoxCell": "LIFBox", "LIFCell": "LIF", "LICell": 
 _SEQUENCES = {"IAF": "IAF", "LIF": "LIF", "LI": "LI", "LIFRecurrent": "LIFRec"}
 
 
-#: Norse's neurons written before its SNN base classes (traced through, a CobaLIFCell's spikes
-#: ended in a refusal naming the layer after it)
-_UNBASED_NEURONS = frozenset({"CobaLIFCell", "LIFCorrelation", "LILinearCell"})
+#: a Norse neuron written before its SNN base classes (traced through, its spikes ended in a
+#: refusal naming the layer after it; its LILinearCell, a Linear and a leaky integrator in
+#: tensor ops, traces exactly)
+_UNBASED_NEURONS = frozenset({"CobaLIFCell"})
 
 
 def _base(m: nn.Module) -> str:
