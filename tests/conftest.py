@@ -19,6 +19,17 @@ def randomized_bn(rng: np.random.Generator, c: int) -> dict:
             "var": rng.uniform(0.2, 2.0, c)}
 
 
+def driven(model, **layers):
+    """``model`` with each named layer's weight multiplied and bias shifted, ``name=(gain,
+    shift)``, so that the neurons after it fire (untrained weights barely reach thresholds)."""
+    with torch.no_grad():
+        for name, (gain, shift) in layers.items():
+            layer = model.get_submodule(name)
+            layer.weight.mul_(gain)
+            layer.bias.add_(shift)
+    return model
+
+
 def assert_rates_in_range(rates: dict, lo: float = 0.05, hi: float = 0.95) -> None:
     """Thresholds must actually be crossed, so spike equality is not 'all zeros == all zeros'."""
     assert rates, "no neurons recorded"

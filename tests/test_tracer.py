@@ -18,7 +18,7 @@ from snncc.frontends import zoo
 from snncc.frontends.tracer import trace
 from snncc.simulator import Simulator
 
-from conftest import assert_rates_in_range, stacked_spikes
+from conftest import assert_rates_in_range, driven, stacked_spikes
 
 T = 4
 pytest.importorskip("spikingjelly.activation_based")
@@ -1279,12 +1279,7 @@ def test_global_pooling_of_spikes_as_model_code_writes_it_is_exact(pool, target)
     import snncc
 
     torch.manual_seed(0)
-    model = _GlobalPool(pool).double().eval()
-    with torch.no_grad():
-        model.conv.weight.mul_(4.0)
-        model.conv.bias.add_(1.2)
-        model.head.weight.mul_(3.0)
-        model.head.bias.add_(1.5)
+    model = driven(_GlobalPool(pool).double().eval(), conv=(4.0, 1.2), head=(3.0, 1.5))
     x = torch.rand(T, 3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     report = snncc.check(model, x, target=target, layout="TB")
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0

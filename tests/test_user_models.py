@@ -19,7 +19,7 @@ from snncc.cli import main
 from snncc.errors import SnnccError
 from snncc.graph import Graph
 
-from conftest import assert_rates_in_range
+from conftest import assert_rates_in_range, driven
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "compile_your_model.py"
@@ -975,12 +975,8 @@ class SteppedMultiStep(torch.nn.Module):
 
 def _stepped_multi_step(seed: int, whole: bool = False):
     torch.manual_seed(seed)
-    model = SteppedMultiStep(whole).double().eval()
-    with torch.no_grad():
-        model.fc_in.weight.mul_(4.0)
-        model.fc_in.bias.add_(0.6)
-        model.fc_back.weight.mul_(3.0)
-        model.fc_back.bias.add_(0.8)
+    model = driven(SteppedMultiStep(whole).double().eval(), fc_in=(4.0, 0.6),
+                   fc_back=(3.0, 0.8))
     return model, torch.rand(4, 8, generator=torch.Generator().manual_seed(seed + 30),
                              dtype=torch.float64)
 
@@ -1041,12 +1037,8 @@ class SpikingDecoder(torch.nn.Module):
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
 def test_upsampling_of_spikes_in_a_decoder_is_exact_on_every_target(target, functional):
     torch.manual_seed(0)
-    model = SpikingDecoder(functional).double().eval()
-    with torch.no_grad():
-        model.down[1].weight.mul_(3.0)
-        model.down[1].bias.add_(0.5)
-        model.fuse.weight.mul_(3.0)
-        model.fuse.bias.add_(1.5)
+    model = driven(SpikingDecoder(functional).double().eval(), **{"down.1": (3.0, 0.5)},
+                   fuse=(3.0, 1.5))
     x = 3 * torch.rand(3, 2, 8, 6, generator=torch.Generator().manual_seed(1),
                        dtype=torch.float64)
     report = snncc.check(model, x, target=target)
@@ -1080,12 +1072,7 @@ class TokenMaxPool(torch.nn.Module):
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
 def test_max_pooling_of_spikes_over_positions_is_exact_on_every_target(target, functional):
     torch.manual_seed(0)
-    model = TokenMaxPool(functional).double().eval()
-    with torch.no_grad():
-        model.conv.weight.mul_(3.0)
-        model.conv.bias.add_(1.2)
-        model.fc.weight.mul_(3.0)
-        model.fc.bias.add_(1.2)
+    model = driven(TokenMaxPool(functional).double().eval(), conv=(3.0, 1.2), fc=(3.0, 1.2))
     x = torch.rand(3, 2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     report = snncc.check(model, x, target=target)
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
