@@ -94,6 +94,32 @@ _TRANSPOSED_ATTRS = frozenset({"T", "mT", "H", "mH"})
 #: the packages whose code sees a traced value as the proxy it is (isinstance of a Proxy);
 #: torch.is_tensor, which the model calls, sees the tensor
 _SEES_THE_PROXY = frozenset({"torch", "snncc"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _isinstance_call_at(code, offset: int) -> bool:
+    """Whether the instruction at ``offset`` of ``code`` is a call written ``isinstance(...)``
+    (the source its positions span begins so)."""
+    import dis
+    import linecache
+
+    ins = next((i for i in dis.get_instructions(code) if i.offset == offset), None)
+    pos = getattr(ins, "positions", None)
+    # (3.11 runs a specialized isinstance call inside its PRECALL instruction)
+    if ins is None or not ins.opname.startswith(("CALL", "PRECALL")) or pos is None \
+            or pos.lineno is None or pos.col_offset is None:
+        return False
+    line = linecache.getline(code.co_filename, pos.lineno)
+    return line[pos.col_offset:].lstrip().startswith("isinstance(")
+
+
+def _calls_isinstance(frame) -> bool:
+    """Whether ``frame`` (of code outside torch and snncc, or torch.is_tensor) is calling the
+    builtin ``isinstance`` now."""
+    package = frame.f_globals.get("__name__", "").partition(".")[0]
+    if package in _SEES_THE_PROXY and frame.f_code is not torch.is_tensor.__code__:
+        return False
+    return _isinstance_call_at(frame.f_code, frame.f_lasti)
 #: methods (and torch functions) that read a tensor's shape, dtype or layout, not its values:
 #: answered from the example's value, as Python
 _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement", "stride",
@@ -344,14 +370,13 @@ class _ConcreteProxy(fx.Proxy):
 
     @property
     def __class__(self):
-        """The class of the value to the model's own code, so that ``isinstance(x,
-        torch.Tensor)`` holds there as it does when the model runs (a Block branching on it
-        returned None from neither branch); torch's and snncc's code see the proxy."""
+        """The class of the value to an ``isinstance(x, ...)`` call in the model's own code, so
+        that ``isinstance(x, torch.Tensor)`` holds there as it does when the model runs (a
+        Block branching on it returned None from neither branch). Only there: torch's C++
+        code asks the same question when the model passes the proxy to a function, and a yes
+        makes it read the proxy as a tensor's memory (a segmentation fault)."""
         value = self.node.meta.get("value")
-        caller = sys._getframe(1)
-        package = caller.f_globals.get("__name__", "").partition(".")[0]
-        if package in _SEES_THE_PROXY and caller.f_code is not torch.is_tensor.__code__ \
-                or not isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor) or not _calls_isinstance(sys._getframe(1)):
             return type(self)
         return torch.Tensor if isinstance(value, ShapedTensor) else type(value)
 

@@ -467,5 +467,20 @@ def _trace_failure(failures, examples, explicit: bool) -> SnnccError:
         err.message = f"{err.message} ({how}{hint})"
         return err
     text = " ".join(str(err).split())
+    where = _model_line(err)
+    if where is not None:  # (the trace tells PyTorch's own failures apart: this one is not)
+        return SnnccError(f"tracing failed in the model's code at {where}, which runs in "
+                          f"PyTorch: {type(err).__name__}: {text} ({how}{hint})")
     return SnnccError(f"running the model on the example input failed: {type(err).__name__}: "
                       f"{text} ({how}{hint})")
+
+
+def _model_line(err: BaseException) -> str | None:
+    """``file:line`` of the last frame of ``err``'s traceback in code that is neither torch's
+    nor snncc's (the model's, or a library it calls), or None."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not any(part in f.filename for part in ("/torch/", "/snncc/", "/frontends/",
+                                                         "/backends/", "/passes/"))]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None

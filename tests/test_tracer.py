@@ -1422,3 +1422,45 @@ def test_the_trace_leaves_no_traced_value_in_the_model():
     model = nn.Sequential(nn.Linear(4, 4), Cell())
     trace(model, torch.rand(3, 4), T=1)
     assert model[1].state == {"v": 0.0} and model[1].history == []
+
+
+_SETS_STORAGE = """
+import sys, torch
+from torch import nn
+import snncc
+from spikingjelly.activation_based import neuron
+
+
+class SetsStorage(nn.Module):  # spike_diversity's InPlaceSetSlice does this in forward
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif, self.T = nn.Linear(4, 4), neuron.LIFNode(step_mode="m"), 4
+
+    def forward(self, x):
+        y = self.fc(x.unsqueeze(0).repeat(self.T, 1, 1))
+        if isinstance(y, torch.Tensor):
+            y = torch.empty(0, dtype=y.dtype).set_(y)
+        return self.lif(y)
+
+
+try:
+    snncc.trace(SetsStorage(), torch.rand(2, 4))
+except snncc.errors.SnnccError as e:
+    print(e)
+"""
+
+
+def test_a_traced_value_handed_to_torchs_cpp_code_is_not_read_as_a_tensor(tmp_path):
+    """A traced value is a tensor to the model's ``isinstance`` calls only: torch's C++ code,
+    asking the same question when the model passes it ``y`` (``Tensor.set_(y)``), took the
+    proxy for a tensor and read its memory as one: a segmentation fault (run in a process of
+    its own)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "sets_storage.py"  # (a file: isinstance calls are found by source)
+    script.write_text(_SETS_STORAGE)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tracing failed in the model's code at" in done.stdout, done.stdout
