@@ -564,7 +564,7 @@ def _cuba_li(name, node, x, ctx):
 def _same_slices(a: np.ndarray, keep: int, name: str) -> np.ndarray:
     """A batched parameter (*lead, *rest) that must repeat over lead -> its first slice."""
     if not any(a.strides[:a.ndim - keep]):  # a view repeating one slice (_repeated)
-        return a[(0,) * (a.ndim - keep)]
+        return a[(0,) * (a.ndim - keep)].copy()  # a view of it is read-only (torch warns)
     flat = a.reshape(-1, *a.shape[a.ndim - keep:])
     if not np.all(flat == flat[0]):
         raise UnsupportedError("a batched Affine/Linear with different weights per slice",

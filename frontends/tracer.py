@@ -2820,6 +2820,13 @@ def _conv_function(b, c, x, weight, bias=None, stride=1, padding=0, dilation=1, 
                         stride, padding, dilation, groups)
 
 
+def _conv_transpose_function(b, c, x, weight, bias=None, stride=1, padding=0,
+                             output_padding=0, groups=1, dilation=1):
+    """``F.conv_transpose1d`` / ``2d`` with constant weights, as the module is."""
+    return _conv_transpose(b, c, x, _parameter(weight, "weight"), _parameter(bias, "bias"),
+                           stride, padding, groups, dilation)
+
+
 def _linear_function(b, c, x, weight, bias=None):
     """``F.linear`` with constant weights, as ``nn.Linear`` is."""
     return _affine(b, c, x, _parameter(weight, "weight"), _parameter(bias, "bias"))
@@ -2891,19 +2898,9 @@ def _interpolate(b, c, x, size=None, scale_factor=None, mode="nearest", align_co
     if mode not in ("nearest", "nearest-exact") or antialias or out[1] % h or out[2] % w \
             or out[0] != ch:
         raise _Refuse("only nearest upsampling of (C, H, W) by whole factors is supported")
-    y, shape = x, (ch, h, w)
+    y = x
     for axis, factor in ((2, out[2] // w), (1, out[1] // h)):
-        if factor == 1:
-            continue
-        unit = (*shape[:axis + 1], 1, *shape[axis + 1:])
-        y = b.new(c, lambda n, i, t=unit: ir.Reshape(n, i, path=c.path, target=t), [y], x.frame,
-                  shape=unit, hint=f"{c.hint}_unit{axis}")
-        copies = (*shape[:axis + 1], factor, *shape[axis + 1:])
-        y = b.new(c, lambda n, i, a=axis + 1: ir.Concat(n, i, path=c.path, axis=a),
-                  [y] * factor, x.frame, shape=copies, hint=f"{c.hint}_copies{axis}")
-        shape = (*shape[:axis], shape[axis] * factor, *shape[axis + 1:])
-        y = b.new(c, lambda n, i, t=shape: ir.Reshape(n, i, path=c.path, target=t), [y],
-                  x.frame, shape=shape, hint=f"{c.hint}_up{axis}")
+        y = _interleaved(b, c, [y] * factor, axis, f"{c.hint}_up{axis}")
     return y
 
 
@@ -2927,6 +2924,7 @@ _FUNCTIONS = {
     F.max_pool1d: _max_pool1d_function, F.max_pool2d: _max_pool2d_function,
     F.avg_pool2d: _avg_pool2d_function,
     F.conv1d: _conv_function, F.conv2d: _conv_function, F.linear: _linear_function,
+    F.conv_transpose1d: _conv_transpose_function, F.conv_transpose2d: _conv_transpose_function,
     F.batch_norm: _batch_norm_function,
     operator.gt: _compare("gt"), operator.ge: _compare("ge"), operator.lt: _compare("lt"),
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
@@ -2989,6 +2987,97 @@ def _convolution(b, c, x, weight: torch.Tensor, bias, stride, padding, dilation,
                  [x], x.frame)
 
 
+def _transposed_axis(size_in: int, size_out: int, k: int, s: int, p: int, d: int):
+    """One axis of a transposed convolution as ``s`` correlations, one per output phase r
+    (outputs r, r + s, ...), each over the same ``q = ceil(size_out / s)`` positions:
+    y[q s + r] = sum of w[t] x[q + a] over the taps t with a = (r + p - t d) / s whole. Per
+    phase: (left pad, right pad, {kernel index: tap}, kernel length), the pads making the
+    kernel index a + left and the correlation's length q."""
+    q = -(-size_out // s)
+    phases = []
+    for r in range(s):
+        taps = {(r + p - t * d) // s: t for t in range(k) if (r + p - t * d) % s == 0}
+        lo, hi = (min(taps), max(taps)) if taps else (0, 0)
+        left, right = max(0, -lo), max(0, hi + q - size_in)
+        phases.append((left, right, {a + left: t for a, t in taps.items()},
+                       size_in + left + right + 1 - q))
+    return q, phases
+
+
+def _conv_transpose(b, c, x, weight: torch.Tensor, bias, stride, padding, groups, dilation):
+    """A transposed convolution (a decoder's learned upsampling) as ordinary ones, exactly: each
+    output phase (rh, rw) of the stride is a convolution of the padded input with the taps that
+    reach it (the polyphase form: the transposed convolution's own multiplications, no zeros
+    inserted into the input), the phases interleaved as copies are by upsampling (concatenated
+    on a new axis folded by a reshape), an incomplete last period cut off. A 1-D one is the 2-D
+    one on an added axis. The output size (``output_padding``, ``output_size``) is the call's."""
+    nd = weight.dim() - 2  # 1 or 2: only ConvTranspose1d / 2d and their functions come here
+    x = _one_sample_frame(x, nd + 1)
+    pack = _pair if nd == 2 else _single
+    stride, padding, dilation = pack(stride), pack(padding), pack(dilation)
+    out = tuple(c.value.shape[len(x.frame):])
+    w = _weights(b, weight)
+    c_in, k = w.shape[0], w.shape[2:]
+    w = w.reshape(groups, c_in // groups, -1, *k).swapaxes(1, 2).reshape(-1, c_in // groups, *k)
+    c_out, spatial_in = w.shape[0], x.expr.shape[1:]
+    if nd == 1:
+        w, spatial_in, out = w[:, :, None], (1, *spatial_in), (c_out, 1, out[1])
+        stride, padding, dilation = (1, *stride), (0, *padding), (1, *dilation)
+        x = b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=(c_in, *spatial_in)),
+                  [x], x.frame, shape=(c_in, *spatial_in), hint=f"{c.hint}.rows")
+    (qh, rows), (qw, cols) = (_transposed_axis(*a) for a in zip(
+        spatial_in, out[1:], w.shape[2:], stride, padding, dilation))
+    bias, padded, phases = None if bias is None else _np(bias), {}, []
+    for rh, (top, bottom, taps_h, kh) in enumerate(rows):
+        row = []
+        for rw, (left, right, taps_w, kw) in enumerate(cols):
+            pads = (left, right, top, bottom)
+            if pads not in padded:
+                padded[pads] = x if not any(pads) else b.new(
+                    c, lambda n, i, p=pads: ir.Pad(n, i, path=c.path, pads=p), [x], x.frame,
+                    shape=(c_in, spatial_in[0] + top + bottom, spatial_in[1] + left + right),
+                    hint=f"{c.hint}.pad{len(padded)}")
+            u = np.zeros((c_out, w.shape[1], kh, kw), w.dtype)
+            for jh, th in taps_h.items():
+                for jw, tw in taps_w.items():
+                    u[:, :, jh, jw] = w[:, :, th, tw]
+            row.append(b.new(c, lambda n, i, u=u: ir.Conv2d(n, i, path=c.path, weight=u,
+                                                             bias=bias, groups=groups),
+                             [padded[pads]], x.frame, shape=(c_out, qh, qw),
+                             hint=f"{c.hint}.phase{rh}_{rw}"))
+        phases.append(_interleaved(b, c, row, 2, f"{c.hint}.cols{rh}"))
+    y = _interleaved(b, c, phases, 1, f"{c.hint}.rows")
+    for axis, size in ((1, out[1]), (2, out[2])):
+        if y.expr.shape[axis] > size:
+            y = _narrowed(b, c, y, len(x.frame) + axis, 0, size, f"{c.hint}.cut{axis}",
+                          None if c.site is None else (*c.site, f"cut{axis}"))
+    if nd == 1:
+        y = b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=(c_out, out[2])), [y],
+                  x.frame)
+    return y
+
+
+def _interleaved(b, c, parts: list, axis: int, hint: str):
+    """``parts`` of one shape interleaved along ``axis``: part r gives positions r, r + len,
+    ...; each part on a new axis after ``axis``, concatenated there, the two axes folded."""
+    if len(parts) == 1:
+        return parts[0]
+    shape, frame = parts[0].expr.shape, parts[0].frame
+    unit = (*shape[:axis + 1], 1, *shape[axis + 1:])
+    units = {}  # a part repeated (upsampling's copies) is reshaped once
+    for p in parts:
+        if id(p) not in units:
+            units[id(p)] = b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=unit),
+                                 [p], frame, shape=unit, hint=f"{hint}_unit{len(units)}")
+    units = [units[id(p)] for p in parts]
+    joined = (*shape[:axis + 1], len(parts), *shape[axis + 1:])
+    y = b.new(c, lambda n, i: ir.Concat(n, i, path=c.path, axis=axis + 1), units, frame,
+              shape=joined, hint=f"{hint}_cat")
+    folded = (*shape[:axis], shape[axis] * len(parts), *shape[axis + 1:])
+    return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=folded), [y], frame,
+                 shape=folded, hint=hint)
+
+
 def _affine(b, c, x, weight: torch.Tensor, bias):
     """``x @ weight.T + bias`` over the last axis, ``weight`` and ``bias`` constant."""
     x = _val(x)
@@ -3017,6 +3106,12 @@ def _conv(b, c, m, x):
     if m.padding_mode != "zeros":
         raise _Refuse("only explicit zero padding is supported")
     return _convolution(b, c, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _conv_transpose_module(b, c, m, x, output_size=None):
+    if m.padding_mode != "zeros":
+        raise _Refuse("only explicit zero padding is supported")
+    return _conv_transpose(b, c, x, m.weight, m.bias, m.stride, m.padding, m.groups, m.dilation)
 
 
 def _linear(b, c, m, x):
@@ -3177,6 +3272,7 @@ def _upsample_module(b, c, m, x):
 
 _MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.Conv1d, _conv), (nn.Conv2d, _conv), (nn.Linear, _linear),
+    (nn.ConvTranspose1d, _conv_transpose_module), (nn.ConvTranspose2d, _conv_transpose_module),
     (nn.BatchNorm1d, _batchnorm), (nn.BatchNorm2d, _batchnorm),
     (nn.MaxPool2d, _maxpool), (nn.MaxPool3d, _maxpool), (nn.AvgPool2d, _avgpool2d),
     (nn.AvgPool1d, _pool1d), (nn.MaxPool1d, _pool1d), (nn.AdaptiveAvgPool2d, _adaptive_avgpool),

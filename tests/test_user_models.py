@@ -1077,3 +1077,102 @@ def test_max_pooling_of_spikes_over_positions_is_exact_on_every_target(target, f
     report = snncc.check(model, x, target=target)
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class SpikingUpConv(torch.nn.Module):
+    """A U-Net's learned upsampling of spikes: a strided convolution down, ``ConvTranspose2d``
+    (``ConvTranspose1d`` for ``one_d``; ``F.conv_transpose*`` for ``functional``) up, its output
+    size set by ``output_padding`` (each was refused)."""
+
+    def __init__(self, kernel, stride, padding, output_padding=0, groups=1, dilation=1,
+                 one_d=False, functional=False):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        conv, up = ((torch.nn.Conv1d, torch.nn.ConvTranspose1d) if one_d
+                    else (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+        self.T, self.functional, self.one_d = 4, functional, one_d
+        self.down = conv(2, 4, 3, stride=2, padding=1)
+        self.up = up(4, 4, kernel, stride, padding, output_padding, groups, dilation=dilation)
+        self.lif1, self.lif2 = neuron.LIFNode(step_mode="m"), neuron.LIFNode(step_mode="m")
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):  # [B, 2, H, W] or [B, 2, L]
+        x = x.unsqueeze(0).repeat(self.T, *[1] * x.dim()).flatten(0, 1)
+        low = self.lif1(self.down(x).unflatten(0, (self.T, -1))).flatten(0, 1)
+        if self.functional:
+            u = self.up
+            up = (torch.nn.functional.conv_transpose1d if self.one_d
+                  else torch.nn.functional.conv_transpose2d)(
+                low, u.weight, u.bias, u.stride, u.padding, u.output_padding, u.groups,
+                u.dilation)
+        else:
+            up = self.up(low)
+        y = self.lif2(up.unflatten(0, (self.T, -1)))
+        return self.head(y.mean(tuple(range(3, y.dim())))).mean(0)
+
+
+def _up_conv(seed: int, *args, **kwargs):
+    torch.manual_seed(seed)
+    model = driven(SpikingUpConv(*args, **kwargs).double().eval(),
+                   down=(3.0, 0.5), up=(6.0, 1.0))
+    shape = (3, 2, 9) if kwargs.get("one_d") else (3, 2, 8, 7)
+    return model, 3 * torch.rand(*shape, generator=torch.Generator().manual_seed(seed + 1),
+                                 dtype=torch.float64)
+
+
+# (kernel, stride, padding, output_padding, groups, dilation): a U-Net's 2x2 / 2 and 4x4 / 2,
+# 3x3 / 2 with output_padding, an odd output (the last period cut), stride 1 and 3, padding
+# beyond the kernel's reach, a 1x1 kernel (phases without taps: the bias), groups, dilation
+UP_CONVS = [(2, 2, 0), (4, 2, 1), (3, 2, 1, 1), (3, 2, 1), (3, 1, 1), (5, 3, 2, 2), (3, 2, 2),
+            (1, 2, 0, 1), (4, 2, 1, 0, 2), (3, 2, 1, 1, 1, 2)]
+
+
+@pytest.mark.parametrize("one_d", [False, True], ids=["2d", "1d"])
+@pytest.mark.parametrize("config", UP_CONVS, ids=lambda c: "-".join(map(str, c)))
+def test_a_transposed_convolution_is_exact(config, one_d):
+    model, x = _up_conv(sum(config), *config, one_d=one_d, functional=config[1] == 3)
+    report = snncc.check(model, x, target="sim")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert [r.path for r in report.layers] == ["lif1", "lif2"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.parametrize("target", ["onnx", "nir", "lava"])
+@pytest.mark.parametrize("config", [(4, 2, 1), (3, 2, 1)], ids=["4-2-1", "3-2-1-cut"])
+def test_a_transposed_convolution_is_exact_on_every_target(target, config):
+    model, x = _up_conv(7, *config, functional=config == (3, 2, 1))
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.parametrize("config", [(4, 2, 1), (2, 2, 0), (3, 2, 1, 1)])
+def test_a_transposed_convolutions_synaptic_operations_are_its_own(config):
+    """The phases' convolutions perform the transposed convolution's own synaptic operations:
+    the energy report's SOPs equal the spikes into it times their fan-out, counted by torch as
+    the gradient of its output's sum with all weights 1."""
+    from snncc import analysis
+    from snncc.simulator import simulate
+
+    model, x = _up_conv(3, *config)
+    graph = snncc.trace(model, x)
+    res = simulate(graph, snncc.api.to_ir_layout(graph, x), record=True)
+    sops = sum(r.sops for r in analysis.energy_report(graph, res).layers if r.path == "up")
+    lif1 = next(n.name for n in graph.nodes.values() if n.path == "lif1")
+    spikes = torch.as_tensor(res.trace[lif1]).flatten(0, 1)
+    ones = torch.nn.functional.conv_transpose2d
+    probe = spikes.clone().requires_grad_()
+    w = torch.ones_like(model.up.weight)
+    ones(probe, w, None, model.up.stride, model.up.padding, model.up.output_padding).sum() \
+        .backward()
+    assert sops > 0 and sops == pytest.approx(float((spikes * probe.grad).sum()) / len(x))
+
+
+def test_a_3d_transposed_convolution_is_refused_naming_it():
+    from spikingjelly.activation_based import layer, neuron
+
+    model = torch.nn.Sequential(layer.ConvTranspose3d(2, 2, 2, stride=2, step_mode="m"),
+                                neuron.LIFNode(step_mode="m"))
+    with pytest.raises(SnnccError, match=r"module '0': op 'ConvTranspose3d' is not supported"):
+        snncc.trace(model, torch.rand(4, 2, 2, 3, 3, 3), T=4)
