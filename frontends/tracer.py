@@ -2883,6 +2883,27 @@ def _adaptive_avg_pool_function(b, c, x, output_size):
     return _adaptive_avgpool(b, c, pool(output_size), x)
 
 
+def _pixel_shuffle(b, c, x, factor: int, unshuffle: bool = False):
+    """``F.pixel_shuffle`` (sub-pixel upsampling: (C r^2, H, W) -> (C, H r, W r)) and
+    ``pixel_unshuffle``, its inverse: the reshape, permute and reshape torch computes."""
+    x = _val(x)
+    if len(x.expr.shape) != 3:
+        raise _Refuse("it needs a (C, H, W) input per sample")
+    r = int(factor)
+    ch, h, w = x.expr.shape
+    if unshuffle:
+        steps = ((ch, h // r, r, w // r, r), (0, 2, 4, 1, 3), (ch * r * r, h // r, w // r))
+    else:
+        steps = ((ch // (r * r), r, r, h, w), (0, 3, 1, 4, 2), (ch // (r * r), h * r, w * r))
+    split, perm, out = steps
+    y = b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=split), [x], x.frame,
+              shape=split, hint=f"{c.hint}.split")
+    moved = tuple(split[p] for p in perm)
+    y = b.new(c, lambda n, i: ir.Transpose(n, i, path=c.path, perm=perm), [y], x.frame,
+              shape=moved, hint=f"{c.hint}.perm")
+    return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=out), [y], x.frame)
+
+
 def _interpolate(b, c, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
                  recompute_scale_factor=None, antialias=False):
     """``F.interpolate`` / ``nn.Upsample`` of ``[N, C, H, W]`` by whole factors in ``nearest``
@@ -2925,6 +2946,8 @@ _FUNCTIONS = {
     F.avg_pool2d: _avg_pool2d_function,
     F.conv1d: _conv_function, F.conv2d: _conv_function, F.linear: _linear_function,
     F.conv_transpose1d: _conv_transpose_function, F.conv_transpose2d: _conv_transpose_function,
+    F.pixel_shuffle: _pixel_shuffle,
+    F.pixel_unshuffle: lambda b, c, x, factor: _pixel_shuffle(b, c, x, factor, True),
     F.batch_norm: _batch_norm_function,
     operator.gt: _compare("gt"), operator.ge: _compare("ge"), operator.lt: _compare("lt"),
     operator.le: _compare("le"), torch.gt: _compare("gt"), torch.ge: _compare("ge"),
@@ -3108,6 +3131,12 @@ def _conv(b, c, m, x):
     return _convolution(b, c, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
 
 
+def _pixel_shuffle_module(b, c, m, x):
+    unshuffle = isinstance(m, nn.PixelUnshuffle)
+    return _pixel_shuffle(b, c, x, m.downscale_factor if unshuffle else m.upscale_factor,
+                          unshuffle)
+
+
 def _conv_transpose_module(b, c, m, x, output_size=None):
     if m.padding_mode != "zeros":
         raise _Refuse("only explicit zero padding is supported")
@@ -3273,6 +3302,7 @@ def _upsample_module(b, c, m, x):
 _MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.Conv1d, _conv), (nn.Conv2d, _conv), (nn.Linear, _linear),
     (nn.ConvTranspose1d, _conv_transpose_module), (nn.ConvTranspose2d, _conv_transpose_module),
+    (nn.PixelShuffle, _pixel_shuffle_module), (nn.PixelUnshuffle, _pixel_shuffle_module),
     (nn.BatchNorm1d, _batchnorm), (nn.BatchNorm2d, _batchnorm),
     (nn.MaxPool2d, _maxpool), (nn.MaxPool3d, _maxpool), (nn.AvgPool2d, _avgpool2d),
     (nn.AvgPool1d, _pool1d), (nn.MaxPool1d, _pool1d), (nn.AdaptiveAvgPool2d, _adaptive_avgpool),

@@ -1176,3 +1176,40 @@ def test_a_3d_transposed_convolution_is_refused_naming_it():
                                 neuron.LIFNode(step_mode="m"))
     with pytest.raises(SnnccError, match=r"module '0': op 'ConvTranspose3d' is not supported"):
         snncc.trace(model, torch.rand(4, 2, 2, 3, 3, 3), T=4)
+
+
+class SubPixel(torch.nn.Module):
+    """Sub-pixel upsampling of spikes and its inverse (``nn.PixelShuffle`` / ``PixelUnshuffle``,
+    or their functions), the shuffled spikes' mean over time a second output (both refused)."""
+
+    def __init__(self, functional: bool = False):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.T, self.functional = 4, functional
+        self.c1, self.c2 = torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 3, padding=1)
+        self.shuffle, self.unshuffle = torch.nn.PixelShuffle(2), torch.nn.PixelUnshuffle(2)
+        self.lif1, self.lif2 = neuron.LIFNode(step_mode="m"), neuron.LIFNode(step_mode="m")
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):  # [B, 2, H, W]
+        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1).flatten(0, 1)
+        s = self.lif1(self.c1(x).unflatten(0, (self.T, -1))).flatten(0, 1)
+        fn = torch.nn.functional
+        up = fn.pixel_shuffle(s, 2) if self.functional else self.shuffle(s)  # [TB, 2, 2H, 2W]
+        down = fn.pixel_unshuffle(up, 2) if self.functional else self.unshuffle(up)
+        y = self.lif2(self.c2(down).unflatten(0, (self.T, -1)))
+        return self.head(y.mean((-2, -1))).mean(0), up.unflatten(0, (self.T, -1)).mean(0)
+
+
+@pytest.mark.parametrize("target,functional", [("sim", True), ("onnx", False), ("nir", False),
+                                               ("lava", False)])
+def test_pixel_shuffle_of_spikes_is_exact(target, functional):
+    torch.manual_seed(0)
+    model = driven(SubPixel(functional).double().eval(), c1=(3.0, 0.5), c2=(3.0, 0.5))
+    x = 3 * torch.rand(3, 2, 6, 5, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64)
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert report.outputs == 2
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
