@@ -18,12 +18,14 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 
 def returned_items(out) -> list:
     """What a model's forward returns, as the list of its outputs in order: a dict's values, a
-    tuple's or list's items, else ``out`` itself; None left out (an auxiliary output a model
-    returns empty in inference: Spike-Driven Transformer's ``(logits, hook)`` with no hook)."""
+    tuple's or list's items, nested ones in turn (StereoSpike's ``([depth1, ...], [spikes,
+    ...])``), else ``out`` itself; None left out (an auxiliary output a model returns empty in
+    inference: Spike-Driven Transformer's ``(logits, hook)`` with no hook)."""
     if isinstance(out, Mapping):
         out = tuple(out.values())
-    items = list(out) if isinstance(out, (tuple, list)) else [out]
-    return [o for o in items if o is not None]
+    if isinstance(out, (tuple, list)):
+        return [o for item in out for o in returned_items(item)]
+    return [] if out is None else [out]
 
 
 @dataclass

@@ -211,28 +211,31 @@ def test_weights_from_a_torchscript_archive_with_the_models_code(net, tmp_path, 
 
 
 class _TwoOutputs(torch.nn.Module):
-    """A forward returning two tensors (logits and the mean firing of the features), as a tuple
-    or as a dict."""
+    """A forward returning two tensors (logits and the mean firing of the features), as a tuple,
+    as a dict, or nested (a list in a tuple beside a dict, as StereoSpike returns its depth maps
+    and spikes: ``([depth1, ...], [spikes, ...])``)."""
 
-    def __init__(self, net, as_dict: bool):
+    def __init__(self, net, form: str):
         super().__init__()
-        self.net, self.as_dict = net, as_dict
+        self.net, self.form = net, form
 
     def forward(self, x):
         features = self.net.features(x)
         logits, rates = self.net.head(features).mean(0), features.mean(0)
-        return {"logits": logits, "rates": rates} if self.as_dict else (logits, rates)
+        return {"tuple": (logits, rates), "dict": {"logits": logits, "rates": rates},
+                "nested": ([logits], {"rates": rates, "none": None})}[self.form]
 
 
-@pytest.mark.parametrize("as_dict", [False, True], ids=["tuple", "dict"])
+@pytest.mark.parametrize("form", ["tuple", "dict", "nested"])
 @pytest.mark.parametrize("target", ["sim", "onnx"])
-def test_a_model_returning_several_tensors_is_checked_on_its_first(net, target, as_dict):
+def test_a_model_returning_several_tensors_is_checked_on_its_first(net, target, form):
     """A tuple traced (one Output per tensor) but check ended in "AttributeError: 'tuple' object
-    has no attribute 'detach'" (an internal error); a dict was refused. Each tensor is an
-    Output, in order, and the reference is the first, as the graph's first Output."""
+    has no attribute 'detach'" (an internal error); a dict was refused, and a list inside a
+    tuple. Each tensor is an Output, in order, and the reference is the first, as the graph's
+    first Output."""
     from spikingjelly.activation_based import functional
 
-    model = _TwoOutputs(net, as_dict)
+    model = _TwoOutputs(net, form)
     x = _sequence()
     g = snncc.trace(model, x, T=4)
     assert len(g.outputs) == 2
