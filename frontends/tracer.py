@@ -1636,11 +1636,15 @@ class _Builder:
                 except _Refuse as why:
                     raise UnsupportedError(f"the model's output: {why}") from None
         if not outs or not all(isinstance(o, Val) for o in outs):
-            returned = ", ".join("a tensor" if isinstance(o, Val) else type(o).__name__
-                                 for o in outs)
+            returned = ", ".join("a tensor" if isinstance(o, Val) else "a constant"
+                                 if isinstance(o, Const) else type(o).__name__ for o in outs)
+            why = ("; a constant is a value the trace does not compute from the input, such as a "
+                   "neuron's membrane read from its module after a call (StereoSpike's "
+                   "'self.Ineurons.v': snncc maps what a neuron returns, its spikes)"
+                   if any(isinstance(o, Const) for o in outs) else "")
             raise UnsupportedError(f"the model must return tensors computed from its input; it "
-                                   f"returns ({returned}): wrap it in a module that returns its "
-                                   f"output tensor(s) alone")
+                                   f"returns ({returned}){why}: wrap it in a module that returns "
+                                   f"its output tensor(s) alone")
         for i, o in enumerate(outs):
             name = self.materialize(o.expr, self.T - 1)
             if name is not None:

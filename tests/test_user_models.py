@@ -1216,3 +1216,23 @@ def test_pixel_shuffle_of_spikes_is_exact(target, functional):
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
     assert report.outputs == 2
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_a_membrane_read_from_its_neuron_module_is_refused_saying_so():
+    """StereoSpike's outputs are the membranes of a never-firing IFNode, read as
+    ``self.Ineurons.v`` after each call: the trace sees the value the attribute held then, a
+    constant; the refusal says what such a constant is (it printed the internal 'Const')."""
+    from spikingjelly.activation_based import neuron
+
+    class MembraneOut(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = torch.nn.Linear(4, 2), neuron.IFNode(v_threshold=float("inf"))
+
+        def forward(self, x):
+            self.out(self.fc(x))
+            return self.out.v
+
+    with pytest.raises(SnnccError, match=r"returns \(a constant\); a constant .* a neuron's "
+                                         r"membrane read from its module after a call"):
+        snncc.trace(MembraneOut(), torch.rand(3, 4), T=1)
