@@ -2910,22 +2910,37 @@ def _pixel_shuffle(b, c, x, factor: int, unshuffle: bool = False):
 
 def _interpolate(b, c, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
                  recompute_scale_factor=None, antialias=False):
-    """``F.interpolate`` / ``nn.Upsample`` of ``[N, C, H, W]`` by whole factors in ``nearest``
-    mode (a detector's or decoder's upsampling of spikes), or of ``[T, B, C, H, W]`` by
-    ``(1, k, k)`` (SpikeYOLO's neck, ``nn.Upsample(None, (1, 2, 2))``, whose third axis is the
-    channels): each value repeated, as copies concatenated on a new axis folded into the one
-    beside it, exactly."""
+    """``F.interpolate`` / ``nn.Upsample`` in ``nearest`` (or ``nearest-exact``) mode, to any
+    size: a decoder's or a detector neck's resampling of spikes (to a skip connection's size,
+    StereoSpike's 17x22 -> 37x48), also of ``[T, B, C, H, W]`` by ``(1, k, k)`` (SpikeYOLO's
+    neck, ``nn.Upsample(None, (1, 2, 2))``, whose third axis is the channels). Each resampled
+    axis is a Gather of the positions torch reads there, found by the same call on a tensor
+    holding each position's index (nearest resampling is separable), exactly."""
     x = _val(x)
-    out = tuple(c.value.shape[len(x.frame):])
-    if len(x.expr.shape) != 3 or len(out) != 3:
-        raise _Refuse("it needs a (C, H, W) input per sample")
-    (ch, h, w) = x.expr.shape
-    if mode not in ("nearest", "nearest-exact") or antialias or out[1] % h or out[2] % w \
-            or out[0] != ch:
-        raise _Refuse("only nearest upsampling of (C, H, W) by whole factors is supported")
+    if mode not in ("nearest", "nearest-exact"):
+        raise _Refuse(f"mode {mode!r} interpolates between values; only nearest resampling "
+                      "keeps spikes spikes")
+    full = (*c.value.shape[:len(x.frame)], *x.expr.shape)
+    spatial, first = full[2:], 2 - len(x.frame)
+    if first < 0:
+        raise _Refuse("it resamples the time or batch axis")
+    dtype = c.value.dtype if c.value.dtype in (torch.float32, torch.float64) else torch.float32
     y = x
-    for axis, factor in ((2, out[2] // w), (1, out[1] // h)):
-        y = _interleaved(b, c, [y] * factor, axis, f"{c.hint}_up{axis}")
+    for k, n_in in enumerate(spatial):
+        at = [1] * len(spatial)
+        at[k] = n_in
+        probe = torch.arange(n_in, dtype=dtype).reshape(1, 1, *at).expand(1, 1, *spatial)
+        read = F.interpolate(probe.contiguous(), size, scale_factor, mode, align_corners,
+                             recompute_scale_factor)
+        line = read.movedim(2 + k, -1).reshape(-1, read.shape[2 + k])[0]
+        index = tuple(int(v) for v in line.tolist())
+        if index == tuple(range(n_in)):
+            continue
+        shape = list(y.expr.shape)
+        shape[first + k] = len(index)
+        y = b.new(c, lambda n, i, a=first + k, ix=index: ir.Gather(n, i, path=c.path, axis=a,
+                                                                   index=ix),
+                  [y], x.frame, shape=tuple(shape), hint=f"{c.hint}_axis{first + k}")
     return y
 
 

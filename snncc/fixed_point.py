@@ -240,8 +240,8 @@ def lava_lif_params(q: Loihi2Neuron, shape: tuple) -> dict:
 # ----------------------------------------------------------------------------- the chip region
 
 #: ops whose output is an integer when every input is
-EXACT_OPS = (ir.Reshape, ir.Flatten, ir.Transpose, ir.MaxPool2d, ir.Add, ir.Concat, ir.Hadamard,
-             ir.SpikeMatMul, ir.AddressedAccumulate, ir.Sum, ir.Delay)
+EXACT_OPS = (ir.Reshape, ir.Flatten, ir.Transpose, ir.Gather, ir.MaxPool2d, ir.Add, ir.Concat,
+             ir.Hadamard, ir.SpikeMatMul, ir.AddressedAccumulate, ir.Sum, ir.Delay)
 
 
 @dataclass

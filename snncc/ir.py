@@ -456,6 +456,29 @@ class Flatten(Node):
 
 
 @dataclass(eq=False)
+class Gather(Node):
+    """y = take(x, index, axis): the positions ``index`` of one axis (of the shape without
+    batch), each any number of times, in any order; nearest-neighbour resampling to any size is
+    one Gather per resampled axis."""
+
+    axis: int = 0
+    index: tuple[int, ...] = ()
+
+    def validate(self):
+        self.axis, self.index = int(self.axis), tuple(int(i) for i in self.index)
+        if not self.index or min(self.index) < 0:
+            self.fail(f"index must be non-empty and non-negative, got {self.index[:8]}", IRError)
+
+    def infer(self, shapes, kinds):
+        (s,) = shapes
+        if not -len(s) <= self.axis < len(s) or max(self.index) >= s[self.axis]:
+            self.fail(f"index up to {max(self.index)} on axis {self.axis} does not fit shape {s}")
+        out = list(s)
+        out[self.axis] = len(self.index)
+        return tuple(out), kinds[0]
+
+
+@dataclass(eq=False)
 class Transpose(Node):
     """y = x.permute(perm) (axes of the shape without batch)."""
 
@@ -672,6 +695,6 @@ class Readout(Node):
 NODE_TYPES: dict[str, type[Node]] = {
     cls.__name__: cls for cls in (
         Input, Output, Conv1d, Conv2d, Linear, BatchNorm, Neuron, MaxPool2d, AvgPool2d, Pad,
-        Reshape, Flatten, Transpose, Add, Scale, Hadamard, SpikeMatMul, AddressedAccumulate, Sum,
+        Reshape, Flatten, Transpose, Gather, Add, Scale, Hadamard, SpikeMatMul, AddressedAccumulate, Sum,
         Mean, Concat, Delay, Readout)
 }

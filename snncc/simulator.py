@@ -154,7 +154,7 @@ def _align(x: torch.Tensor, ndim: int) -> torch.Tensor:
 _SPECIAL = (ir.Output, ir.Input, ir.Neuron, ir.Delay, ir.Readout)
 #: nodes whose kernel returns a new tensor, never a view of an input
 _FRESH = (ir.Conv2d, ir.Linear, ir.BatchNorm, ir.Pad, ir.Scale, ir.Hadamard, ir.SpikeMatMul,
-          ir.AddressedAccumulate)
+          ir.AddressedAccumulate, ir.Gather)
 
 
 @dataclass
@@ -357,6 +357,10 @@ class Simulator:
         if isinstance(n, ir.Transpose):
             perm = (0, *(p + 1 for p in n.perm))
             return lambda x: x.permute(perm)
+        if isinstance(n, ir.Gather):
+            index = torch.tensor(n.index, device=dev)
+            axis = n.axis % len(n.shape) + 1
+            return lambda x: x.index_select(axis, index)
         if isinstance(n, ir.Add):
             k = len(n.shape)
 

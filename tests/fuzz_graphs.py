@@ -369,6 +369,12 @@ class Builder:
         perm = tuple(int(i) for i in self.rng.permutation(len(v.shape)))
         return self.add(ir.Transpose(self.name("transpose"), (v.name,), perm=perm))
 
+    def op_gather(self, v: Val) -> Val:
+        axis = self.ch.int(0, len(v.shape) - 1)
+        n = v.shape[axis]
+        index = tuple(int(i) for i in self.rng.integers(0, n, self.ch.int(1, 2 * n)))
+        return self.add(ir.Gather(self.name("gather"), (v.name,), axis=axis, index=index))
+
     def _broadcasting_to(self, shape):
         def ok(o: Val):
             try:
@@ -551,7 +557,7 @@ class Builder:
             ops += [(self.op_conv1d, 2)]
         if r >= 2:
             ops += [(self.op_flatten, 1), (self.op_transpose, 1 if prof != "lava" else 0)]
-        ops += [(self.op_reshape, 1)]
+        ops += [(self.op_reshape, 1), (self.op_gather, 1)]
         if prof != "lava":
             ops += [(self.op_hadamard, 1), (self.op_recurrent, 2)]
             if r == 2:

@@ -1236,3 +1236,73 @@ def test_a_membrane_read_from_its_neuron_module_is_refused_saying_so():
     with pytest.raises(SnnccError, match=r"returns \(a constant\); a constant .* a neuron's "
                                          r"membrane read from its module after a call"):
         snncc.trace(MembraneOut(), torch.rand(3, 4), T=1)
+
+
+class Resampling(torch.nn.Module):
+    """Spikes resampled by ``F.interpolate(**resize)`` in nearest mode to a size that is no
+    whole multiple (a skip connection's odd size, StereoSpike's 17x22 -> 37x48, a scale of 1.7,
+    a downsampling): refused before, but whole factors. The resampled spikes' mean over time
+    is a second output."""
+
+    def __init__(self, resize: dict):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.T, self.resize = 4, resize
+        self.down, self.fuse = (torch.nn.Conv2d(2, 4, 3, stride=2, padding=1),
+                                torch.nn.Conv2d(4, 4, 3, padding=1))
+        self.lif1, self.lif2 = neuron.LIFNode(step_mode="m"), neuron.LIFNode(step_mode="m")
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):  # [B, 2, 8, 6]
+        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1).flatten(0, 1)
+        low = self.lif1(self.down(x).unflatten(0, (self.T, -1))).flatten(0, 1)
+        up = torch.nn.functional.interpolate(low, **self.resize)
+        y = self.lif2(self.fuse(up).unflatten(0, (self.T, -1)))
+        return self.head(y.mean((-2, -1))).mean(0), up.unflatten(0, (self.T, -1)).mean(0)
+
+
+RESIZES = {"size-9x7": dict(size=(9, 7)), "exact-17x11": dict(size=(17, 11), mode="nearest-exact"),
+           "scale-1.7": dict(scale_factor=1.7), "scale-0.5x1.5": dict(scale_factor=(0.5, 1.5)),
+           "recomputed-2.5": dict(scale_factor=2.5, recompute_scale_factor=True)}
+
+
+@pytest.mark.parametrize("target,resize", [*[("sim", k) for k in RESIZES], ("onnx", "size-9x7"),
+                                           ("nir", "scale-1.7"), ("lava", "exact-17x11")])
+def test_nearest_resampling_to_any_size_is_exact(target, resize):
+    torch.manual_seed(0)
+    model = driven(Resampling(RESIZES[resize]).double().eval(), down=(3.0, 0.5), fuse=(4.0, 1.0))
+    x = 3 * torch.rand(3, 2, 8, 6, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64)
+    graph = snncc.trace(model, x)
+    assert {n.op for n in graph.nodes.values()} >= {"Gather"}
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_interpolation_between_spikes_is_refused_naming_the_mode():
+    model = Resampling(dict(scale_factor=2, mode="bilinear"))
+    with pytest.raises(SnnccError, match="mode 'bilinear' interpolates between values"):
+        snncc.trace(model, torch.rand(3, 2, 8, 6))
+
+
+def test_nearest_resampling_in_lava_fixed_point_equals_the_loihi2_simulator():
+    """A Gather of integer spikes stays on the chip's integers: Lava's fixed_pt spikes equal
+    the Loihi 2 simulator's at both layers (``check --fixed-point``)."""
+
+    class Spikes(Resampling):
+        def forward(self, x):
+            x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1).flatten(0, 1)
+            low = self.lif1(self.down(x).unflatten(0, (self.T, -1))).flatten(0, 1)
+            up = torch.nn.functional.interpolate(low, **self.resize)
+            return self.lif2(self.fuse(up).unflatten(0, (self.T, -1))).mean(0)
+
+    torch.manual_seed(0)
+    model = driven(Spikes(RESIZES["scale-1.7"]).double().eval(), down=(3.0, 0.5), fuse=(4.0, 1.0))
+    x = (3 * torch.rand(3, 2, 8, 6, generator=torch.Generator().manual_seed(1),
+                        dtype=torch.float64)).numpy()
+    graph = snncc.trace(model, x)
+    report = snncc.check(graph, target="lava", inputs=x, fixed_point=True, calibrate=x)
+    assert [r.agreement_sim_target for r in report.layers] == [1.0, 1.0]
+    assert_rates_in_range({r.node: r.rate_sim for r in report.layers})

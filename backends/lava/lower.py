@@ -67,8 +67,8 @@ FIXED_NEURON = "Loihi2LIF"  # the custom neuron of a quantized graph (fixed_pt)
 REARRANGING = ("Reshape", "Flatten", "Transpose")
 #: what leaves the chip of a quantized graph (real values: the host computes them in float)
 HOST_OPS = frozenset({"Mean", "AvgPool2d", "Readout", "Output"})
-BINARY_PRESERVING = frozenset({"Reshape", "Flatten", "Transpose", "MaxPool2d", "Pad", "Delay",
-                               "Concat", "Hadamard", "Output"})
+BINARY_PRESERVING = frozenset({"Reshape", "Flatten", "Transpose", "Gather", "MaxPool2d", "Pad",
+                               "Delay", "Concat", "Hadamard", "Output"})
 
 
 @dataclass(frozen=True)
@@ -468,6 +468,9 @@ class Lowerer:
     def _op_AvgPool2d(self, n: ir.AvgPool2d) -> Port:
         return self._unary(n, {"kernel_size": n.kernel_size, "stride": n.stride,
                                "padding": n.padding})
+
+    def _op_Gather(self, n: ir.Gather) -> Port:
+        return self._unary(n, {"axis": n.axis % len(n.shape), "index": list(n.index)})
 
     def _op_Pad(self, n: ir.Pad) -> Port:
         return self._unary(n, {"pads": n.pads}, {"value": n.value})

@@ -208,6 +208,10 @@ def _transpose(b: OnnxBuilder, n: ir.Transpose, args, out):
     return b.op("Transpose", args, out, perm=[0, *(p + 1 for p in n.perm)])
 
 
+def _gather(b: OnnxBuilder, n: ir.Gather, args, out):
+    return b.op("Gather", [args[0], b.ints(n.index)], out, axis=n.axis % len(n.shape) + 1)
+
+
 def _add(b: OnnxBuilder, n: ir.Add, args, out):
     xs = _aligned_args(b, n, args)
     y = xs[0]
@@ -246,7 +250,7 @@ def _identity(b: OnnxBuilder, n: ir.Node, args, out):
 _LOWER = {
     "Conv1d": _conv, "Conv2d": _conv, "Linear": _linear, "BatchNorm": _batchnorm,
     "MaxPool2d": _maxpool, "AvgPool2d": _avgpool, "Pad": _pad, "Reshape": _reshape,
-    "Flatten": _reshape, "Transpose": _transpose, "Add": _add, "Scale": _scale,
+    "Flatten": _reshape, "Transpose": _transpose, "Gather": _gather, "Add": _add, "Scale": _scale,
     "Hadamard": _hadamard, "SpikeMatMul": _matmul, "AddressedAccumulate": _matmul,
     "Sum": _reduce, "Mean": _reduce, "Concat": _concat, "Output": _identity,
 }

@@ -103,6 +103,12 @@ def count(cmps, thetas):
                                                for t, c in zip(thetas, cmps)))
 
 
+def gather(axis, index):
+    """y = take(x, index) along the sample's ``axis`` (>= 0)."""
+    index = np.asarray(index, dtype=np.int64)
+    return lambda x: np.take(x, index, axis=axis + 1)
+
+
 def add_constant(constant):
     """y = x + constant (a synaptic bias that no neuron absorbed)."""
     return lambda x: x + constant
@@ -138,6 +144,7 @@ UNARY = {
     "MaxPool2d": max_pool,
     "AvgPool2d": avg_pool,
     "Pad": pad,
+    "Gather": gather,
     "Scale": scale,
     "BatchNorm": affine,
     "Count": count,
