@@ -458,6 +458,12 @@ def _concrete(obj):
         obj, lambda a: a.node.meta["value"] if isinstance(a, fx.Proxy) else a)
 
 
+def _membrane_after(spikes: torch.Tensor) -> torch.Tensor:
+    """The membrane a never-firing neuron's module holds after the call that returned
+    ``spikes`` (:meth:`Adapter.held_membrane`); here, a tensor of its shape."""
+    return shaped_like(spikes) if isinstance(spikes, ShapedTensor) else torch.zeros_like(spikes)
+
+
 def _neuron_adapter(m: nn.Module) -> Adapter | None:
     """The adapter of ``m`` if ``m`` is a spiking neuron."""
     adapter = adapter_for(m)
@@ -504,6 +510,8 @@ class _ConcreteTracer(fx.Tracer):
         # not walked; its id, as the frame itself would make a cycle holding the trace's values
         self._base = id(sys._getframe(1))
         self._names: dict[tuple[str, int], tuple[str, nn.Module, str]] | None = None
+        # id(neuron) -> the membrane its module holds after its last call (Adapter.held_membrane)
+        self._held: dict[int, torch.Tensor] = {}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         adapter = adapter_for(m)
@@ -544,7 +552,14 @@ class _ConcreteTracer(fx.Tracer):
         leaf = self.is_leaf_module(m, path)
         if leaf:
             _refuse_hooks(m, path)
+        adapter = _neuron_adapter(m) if leaf else None
+        held = adapter.held_membrane(m) if adapter is not None else None
+        if held is not None and id(m) in self._held:  # its own value back, to run the call
+            setattr(m, held, self._held[id(m)])
         out = super().call_module(m, forward, args, kwargs)
+        if held is not None and isinstance(out, fx.Proxy):  # what the model reads after it
+            self._held[id(m)] = getattr(m, held)
+            setattr(m, held, self.create_proxy("call_function", _membrane_after, (out,), {}))
         if not leaf and isinstance(out, fx.Proxy):  # what the module returns (check compares
             out.node.meta.setdefault("returned_by", []).append(path)  # a neuron written so)
         if leaf and isinstance(out, fx.Proxy) and type(out.node.meta["value"]) is tuple:
@@ -1228,6 +1243,8 @@ class _Builder:
         # cat of a value with constants: its zero-padded value and the constants (_cat_constants)
         self._cat_constants: dict[Expr, tuple[Val, np.ndarray]] = {}
         self._multi_step_called: set[str] = set()  # neurons that keep their state (keeps_state)
+        self.held: dict[str, Val] = {}  # never-firing neuron -> its membrane after its last call
+        self.held_after: dict[int, tuple[Const, Val]] = {}  # id(its zeros) -> (them, membrane)
         self._step_terms: dict[Expr, list[Expr]] = {}
         self._sites: dict[tuple, Expr | None] = {}  # site -> its value in the latest step
         self._step_occurrences: dict[tuple, int] = {}  # (module, stack, op, step, ...) -> n
@@ -1331,6 +1348,8 @@ class _Builder:
                         time=STATIC if static else SEQ), frame)
 
     def _function(self, node: fx.Node, c: _Call, args, kwargs):
+        if node.target is _membrane_after:  # of the zeros a never-firing neuron returned
+            return self.held_after[id(args[0])][1]
         leaves = _walk((args, kwargs))
         if not any(isinstance(a, _FROM_INPUT) for a in leaves):
             if isinstance(c.value, torch.Tensor):  # computed from constants only
@@ -1520,6 +1539,8 @@ class _Builder:
     # ------------------------------------------------------------------ modules
     def _module(self, m: nn.Module, c: _Call, args, kwargs, dynamics):
         adapter = adapter_for(m)
+        if adapter is not None and adapter.is_neuron(m) and adapter.held_membrane(m):
+            return self._never_firing(adapter, m, c, args, kwargs)
         if adapter is not None and adapter.is_neuron(m):
             return self._neuron(adapter, m, c, args, kwargs, dynamics)
         handler = _module_handler(m, adapter)
@@ -1531,6 +1552,21 @@ class _Builder:
             y = handler(self, replace(c, value=c.value.flatten(0, 1)), Val(x.expr, TBM))
             return Val(y.expr, TB)
         return handler(self, c, *args, **kwargs)
+
+    def _never_firing(self, adapter: Adapter, m: nn.Module, c: _Call, args, kwargs):
+        """A neuron that never fires (:meth:`Adapter.held_membrane`): zeros for its spikes, and
+        the membrane its module holds after the call, which the model reads, the sum of its
+        inputs so far: every call of the module adds its input to it, in a step and from one
+        step to the next (StereoSpike's depth maps, one neuron called at four scales)."""
+        x, state, _, spikes = adapter.single_step_call(m, args, kwargs, c.value)
+        if adapter.step_mode(m) == STEP_MULTI or state is not None or not isinstance(x, Val):
+            raise _Refuse("a neuron that never fires is taken single-step, on a per-step tensor")
+        before = self.held.get(c.path)
+        held = x if before is None else _add(self, replace(c, value=spikes), before, x)
+        self.held[c.path] = held
+        zeros = Const(spikes, x.frame)
+        self.held_after[id(zeros)] = (zeros, held)
+        return zeros
 
     def _neuron(self, adapter: Adapter, m: nn.Module, c: _Call, args, kwargs, dynamics):
         """``dynamics``: its parameters at the call (_note_dynamics), or why it has none."""
@@ -1639,8 +1675,9 @@ class _Builder:
             returned = ", ".join("a tensor" if isinstance(o, Val) else "a constant"
                                  if isinstance(o, Const) else type(o).__name__ for o in outs)
             why = ("; a constant is a value the trace does not compute from the input, such as a "
-                   "neuron's membrane read from its module after a call (StereoSpike's "
-                   "'self.Ineurons.v': snncc maps what a neuron returns, its spikes)"
+                   "firing neuron's membrane read from its module after a call ('self.lif.v': "
+                   "snncc maps what such a neuron returns, its spikes; the membrane of an "
+                   "IFNode that never fires, v_threshold=inf, is taken)"
                    if any(isinstance(o, Const) for o in outs) else "")
             raise UnsupportedError(f"the model must return tensors computed from its input; it "
                                    f"returns ({returned}){why}: wrap it in a module that returns "

@@ -275,9 +275,9 @@ _NO_T = "the model declares no number of time steps (model.T): set T= (--T)"
 
 
 def _neuron_calls(model: nn.Module, x: torch.Tensor) -> set[int] | None:
-    """How many times one forward on ``x`` calls each single-step library neuron (the set of
-    those numbers; empty without such neurons; None where the model has a multi-step neuron
-    or its forward fails, which the trace that follows reports). The forward runs as the
+    """How many times one forward on ``x`` calls each single-step library neuron that fires
+    (the set of those numbers; empty without such neurons; None where the model has a
+    multi-step neuron or its forward fails, which the trace that follows reports). The forward runs as the
     trace runs it (eval, no autograd, its state restored) and as `check` runs it (casts to
     float32 or float64 in ``x``'s dtype)."""
     from snncc.parity import floats_in
@@ -286,8 +286,8 @@ def _neuron_calls(model: nn.Module, x: torch.Tensor) -> set[int] | None:
     from .tracer import _inference
 
     neurons, steps = {}, set()
-    for path, m in model.named_modules():
-        if (a := adapter_for(m)) is not None and a.is_neuron(m):
+    for path, m in model.named_modules():  # (a neuron that never fires may add up any calls)
+        if (a := adapter_for(m)) is not None and a.is_neuron(m) and not a.held_membrane(m):
             neurons[path] = m
             steps.add(a.step_mode(m))
     if not neurons:

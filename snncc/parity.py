@@ -196,8 +196,8 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
         spikes, rest = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, None)
         if spikes.is_floating_point() and spikes.dtype != tdtype:
             spikes = spikes.to(tdtype)
-        if path in records:
-            records[path].append(spikes.detach())
+        if path in records:  # a copy: the model may add to them in place (SEW's out += x)
+            records[path].append(spikes.detach().clone())
         return spikes if rest is None else (spikes, *rest)
 
     hooks = [m.register_forward_hook(lambda m, a, out, p=p: spikes_in_dtype(p, out))

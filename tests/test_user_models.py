@@ -1219,22 +1219,22 @@ def test_pixel_shuffle_of_spikes_is_exact(target, functional):
 
 
 def test_a_membrane_read_from_its_neuron_module_is_refused_saying_so():
-    """StereoSpike's outputs are the membranes of a never-firing IFNode, read as
-    ``self.Ineurons.v`` after each call: the trace sees the value the attribute held then, a
-    constant; the refusal says what such a constant is (it printed the internal 'Const')."""
+    """A firing neuron's membrane read from its module after a call (``self.out.v``): the trace
+    sees the value the attribute held then, a constant; the refusal says what such a constant
+    is (it printed the internal 'Const')."""
     from spikingjelly.activation_based import neuron
 
     class MembraneOut(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc, self.out = torch.nn.Linear(4, 2), neuron.IFNode(v_threshold=float("inf"))
+            self.fc, self.out = torch.nn.Linear(4, 2), neuron.LIFNode(v_threshold=float("inf"))
 
         def forward(self, x):
             self.out(self.fc(x))
             return self.out.v
 
-    with pytest.raises(SnnccError, match=r"returns \(a constant\); a constant .* a neuron's "
-                                         r"membrane read from its module after a call"):
+    with pytest.raises(SnnccError, match=r"returns \(a constant\); a constant .* a firing "
+                                         r"neuron's membrane read from its module after a call"):
         snncc.trace(MembraneOut(), torch.rand(3, 4), T=1)
 
 
@@ -1306,3 +1306,77 @@ def test_nearest_resampling_in_lava_fixed_point_equals_the_loihi2_simulator():
     report = snncc.check(graph, target="lava", inputs=x, fixed_point=True, calibrate=x)
     assert [r.agreement_sim_target for r in report.layers] == [1.0, 1.0]
     assert_rates_in_range({r.node: r.rate_sim for r in report.layers})
+
+
+class NeverFiring(torch.nn.Module):
+    """StereoSpike's output neurons in small: one ``IFNode(v_threshold=inf)`` that never fires,
+    called at two places per step (two scales of a prediction), the membrane its module holds
+    read after each call (``self.ineurons.v``) as the outputs; in a loop over T steps, in which
+    the membrane goes on summing, or (``one_step``) a forward of one step."""
+
+    def __init__(self, one_step: bool = False):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.T, self.one_step = 3, one_step
+        self.fc, self.lif = torch.nn.Linear(4, 6), neuron.IFNode()
+        self.coarse, self.fine = torch.nn.Linear(6, 2), torch.nn.Linear(6, 2)
+        self.ineurons = neuron.IFNode(v_threshold=float("inf"))
+
+    def step(self, x):
+        s = self.lif(self.fc(x))
+        self.ineurons(self.coarse(s))
+        coarse = self.ineurons.v
+        self.ineurons(self.fine(s))
+        return coarse, self.ineurons.v
+
+    def forward(self, x):
+        if self.one_step:
+            return self.step(x)
+        steps = [self.step(x) for _ in range(self.T)]
+        return torch.stack([c + f for c, f in steps]).mean(0), steps[-1][1]
+
+
+@pytest.mark.parametrize("one_step", [False, True], ids=["loop", "one-step"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_the_membrane_of_a_neuron_that_never_fires_is_its_inputs_sum(target, one_step):
+    """It was a constant (refused): now each call adds its input to the membrane, through a
+    Delay from step to step; both outputs equal the model's at every step."""
+    torch.manual_seed(0)
+    model = driven(NeverFiring(one_step).double().eval(), fc=(3.0, 0.2))
+    x = torch.rand(5, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    T = 4 if one_step else None
+    graph = snncc.trace(model, x, T=T)
+    assert sum(n.op == "Add" and n.path == "ineurons" for n in graph.nodes.values()) == 2
+    report = snncc.check(model, x, target=target, T=T)
+    assert report.outputs == 2 and report.output_max_abs_diff_target <= 1e-12
+    assert report.min_agreement == 1.0 and [r.path for r in report.layers] == ["lif"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_spikes_a_model_adds_to_in_place_are_compared_as_the_neuron_returned_them():
+    """SEW-ResNet's block as StereoSpike writes it, ``out = self.sn2(out); out += identity``:
+    check recorded the neuron's output tensor, which the model then changed, and compared the
+    sums with the graph's spikes (StereoSpike: agreement 0.387, a 'rate' of 1.18); the record
+    is now a copy."""
+    from spikingjelly.activation_based import neuron
+
+    class SEWBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.T = 2
+            self.fc1, self.fc2 = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+            self.sn1, self.sn2 = neuron.IFNode(step_mode="m"), neuron.IFNode(step_mode="m")
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            identity = self.sn1(self.fc1(x.unsqueeze(0).repeat(self.T, 1, 1)))
+            out = self.sn2(self.fc2(identity))
+            out += identity
+            return self.head(out).mean(0)
+
+    torch.manual_seed(0)
+    model = driven(SEWBlock().double().eval(), fc1=(3.0, 0.3), fc2=(3.0, 0.3))
+    report = snncc.check(model, torch.rand(5, 4, dtype=torch.float64))
+    assert report.min_agreement == 1.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})

@@ -127,6 +127,12 @@ class Adapter:
     def is_leaf(self, m: nn.Module) -> bool | None:
         return None
 
+    def held_membrane(self, m: nn.Module) -> str | None:
+        """The attribute of neuron ``m`` that holds its membrane, where ``m`` never fires and
+        the model reads that membrane after a call (an output neuron "without spikes"), else
+        None."""
+        return None
+
     def keeps_state(self, m: nn.Module) -> bool:
         return False
 

@@ -44,6 +44,7 @@ imports): neurons, layer wrappers and state.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 
 import torch
@@ -142,6 +143,15 @@ class SpikingJellyAdapter(Adapter):
             params = cn.from_lif(tau, theta, v_reset, bool(m.decay_input))
         # the Simple* neurons' membrane is registered as 0.0 whatever v_reset
         return replace(params, v_init=0.0) if kind.startswith("Simple") else params
+
+    def held_membrane(self, m: nn.Module) -> str | None:
+        """``v`` of an IFNode whose threshold is +inf (StereoSpike's "I-neurons", whose
+        membranes are its depth maps): it never fires, never resets, and sums its inputs."""
+        kind = _library_class(m).__name__.removeprefix(_MULTI_STEP) if _legacy(m) \
+            else _library_class(m).__name__
+        threshold = getattr(m, "v_threshold", None)
+        return "v" if kind == "IFNode" and isinstance(threshold, (int, float)) \
+            and math.isinf(threshold) and threshold > 0 else None
 
     def step_mode(self, m: nn.Module) -> str:
         if _legacy(m):
