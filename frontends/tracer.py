@@ -33,6 +33,7 @@ module path, e.g. ``module 'blocks.0.attn': op 'torch.softmax' is not supported`
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import math
@@ -560,8 +561,9 @@ class _ConcreteTracer(fx.Tracer):
         if held is not None and isinstance(out, fx.Proxy):  # what the model reads after it
             self._held[id(m)] = getattr(m, held)
             setattr(m, held, self.create_proxy("call_function", _membrane_after, (out,), {}))
-        if not leaf and isinstance(out, fx.Proxy):  # what the module returns (check compares
-            out.node.meta.setdefault("returned_by", []).append(path)  # a neuron written so)
+        first = out[0] if isinstance(out, tuple) and out else out  # (spikes, state)
+        if not leaf and isinstance(first, fx.Proxy):  # what the module returns (check compares
+            first.node.meta.setdefault("returned_by", []).append(path)  # a neuron written so)
         if leaf and isinstance(out, fx.Proxy) and type(out.node.meta["value"]) is tuple:
             # a leaf returning a tuple (norse's LIF: spikes and state) as a tuple of proxies,
             # so that code asking `isinstance(x, tuple)` (norse's Lift) takes it apart
@@ -1031,6 +1033,16 @@ class AxisFirst:
 
 
 @dataclass(frozen=True)
+class Stacked:
+    """``torch.stack(items)`` of values of one step on a new first axis, ahead of the time and
+    batch axes: a neuron's state kept as one tensor (tudelft's event_flow ConvLIF returns
+    ``torch.stack([v, z])`` and reads ``v, z = prev_state`` at the next step), taken only apart
+    again by position."""
+
+    items: tuple
+
+
+@dataclass(frozen=True)
 class Membrane:
     """The membrane a neuron returned at ``step``: passed back to it as its state, or used as
     a value (:class:`_MembraneStep`; snnTorch's tutorials record and return it)."""
@@ -1078,8 +1090,7 @@ class Assembled:
 
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
 _FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, AxisFirst, PaddedBorder,
-               Assembled,
-               Clamped, Rounded)
+               Assembled, Clamped, Rounded, Stacked)
 
 
 @dataclass(frozen=True)
@@ -1203,6 +1214,17 @@ def _computed_in_float64(node: fx.Node, value: torch.Tensor, args, kwargs):
     except (RuntimeError, TypeError, ValueError):  # as the model in float64 would fail
         return None
     return out if isinstance(out, torch.Tensor) and out.shape == value.shape else None
+
+
+def _module_in_float64(m: nn.Module, args, kwargs) -> torch.Tensor:
+    """A layer's output on constants as the model run in float64 computes it (a copy of the
+    layer in float64 on its operands upcast): a recurrent convolution of the zero state at
+    the first step, ``rec(z)`` with z made in forward."""
+    cargs, ckwargs = fx.node.map_aggregate((args, kwargs), lambda a: _upcast(a.value) if (
+        isinstance(a, Const) and isinstance(a.value, torch.Tensor)
+        and a.value.is_floating_point()) else a.value if isinstance(a, Const) else a)
+    with torch.no_grad():
+        return copy.deepcopy(m).double()(*cargs, **ckwargs)
 
 
 def _upcast(t: torch.Tensor) -> torch.Tensor:
@@ -1543,6 +1565,11 @@ class _Builder:
             return self._never_firing(adapter, m, c, args, kwargs)
         if adapter is not None and adapter.is_neuron(m):
             return self._neuron(adapter, m, c, args, kwargs, dynamics)
+        leaves = _walk((args, kwargs))
+        if not any(isinstance(a, _FROM_INPUT) for a in leaves) \
+                and isinstance(c.value, torch.Tensor):  # a recurrent layer on a zero state
+            frames = [a.frame for a in leaves if isinstance(a, Const) and a.frame]
+            return Const(_module_in_float64(m, args, kwargs), frames[0] if frames else (), True)
         handler = _module_handler(m, adapter)
         if adapter is not None and adapter.step_mode(m) == STEP_MULTI:
             # a multi-step layer: its per-step layer applied to x.flatten(0, 1)
@@ -2012,6 +2039,9 @@ def _val(x) -> Val:
     if isinstance(x, AxisFirst):
         raise _Refuse("it moves a per-sample axis ahead of the time and batch axes, which only "
                       "indexing that axis (qkv[0], qkv.unbind(0)) may read")
+    if isinstance(x, Stacked):
+        raise _Refuse("values stacked on a new first axis (a state, torch.stack([v, z])) are "
+                      "taken only apart again (v, z = state; state[0]; state.unbind(0))")
     if isinstance(x, Membrane):
         return Val(_MembraneStep(None, (), "membrane", f"{x.path}.membrane", x.path, x.shape,
                                  step=x.step), B)
@@ -2148,6 +2178,8 @@ def _position_of_first(b, c, x: AxisFirst, index: int) -> Val:
 
 
 def _getitem(b, c, x, index):
+    if isinstance(x, Stacked) and isinstance(index, int):
+        return x.items[index]
     if isinstance(x, AxisFirst):
         parts = index if isinstance(index, tuple) else (index,)
         if not isinstance(parts[0], int) or any(
@@ -2215,6 +2247,8 @@ def _select(b, c, x, dim, index):
 
 
 def _unbind(b, c, x, dim=0):
+    if isinstance(x, Stacked) and dim == 0:
+        return x.items
     if isinstance(x, AxisFirst) and dim == 0:
         return tuple(_position_of_first(b, replace(c, value=v, hint=f"{c.hint}{i}", site=None
                                                    if c.site is None else (*c.site, i)), x, i)
@@ -2234,7 +2268,13 @@ def _stack(b, c, tensors, dim=0):
         return Val(first.expr, TB)  # a static value T times: torch.stack([x] * T)
     if len(vals) != b.T or not all(
             isinstance(v, Val) and v.frame == B and v.expr.step == t for t, v in enumerate(vals)):
-        raise _Refuse("only stacking the T steps of a loop over time is supported")
+        traced = [v for v in vals if isinstance(v, Val)]
+        if dim == 0 and all(isinstance(v, (Val, Const)) for v in vals) and traced \
+                and traced[0].expr.step is not None \
+                and len({(v.frame, v.expr.step) for v in traced}) == 1:
+            return Stacked(tuple(vals))  # a state of one step's values, taken apart later
+        raise _Refuse("only stacking the T steps of a loop over time, or values to be taken "
+                      "apart again (state = torch.stack([v, z]); v, z = state), is supported")
     frame = {0: TB, 1: BT}.get(dim % (len(vals[-1].expr.shape) + 2))
     if frame is None:
         raise _Refuse("the steps of a loop are stacked as axis 0 ([T, B, ...]) or 1 ([B, T, ...])")

@@ -1380,3 +1380,90 @@ def test_spikes_a_model_adds_to_in_place_are_compared_as_the_neuron_returned_the
     report = snncc.check(model, torch.rand(5, 4, dtype=torch.float64))
     assert report.min_agreement == 1.0
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class _Heaviside(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.gt(0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class StackedStateLIF(torch.nn.Module):
+    """A convolutional LIF cell keeping its state as one tensor, as tudelft's event_flow writes
+    its ConvLIF and ConvLIFRecurrent: ``torch.stack([v, z])`` returned beside the spikes and
+    taken apart at the next step (``v, z = prev_state``), zeros made at the first step, a
+    per-channel leak through a sigmoid, a learnt threshold, the spikes of an autograd Function,
+    and (``recurrent``) a convolution of the previous spikes, at the first step of the zeros."""
+
+    def __init__(self, c_in: int, c_out: int, recurrent: bool):
+        super().__init__()
+        self.ff = torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.rec = torch.nn.Conv2d(c_out, c_out, 3, padding=1, bias=False) if recurrent else None
+        self.leak = torch.nn.Parameter(torch.randn(c_out, 1, 1) * 0.1 - 1.0)
+        self.thresh = torch.nn.Parameter(torch.randn(c_out, 1, 1) * 0.1 + 0.5)
+
+    def forward(self, x, prev_state):
+        ff = self.ff(x)
+        if prev_state is None:
+            prev_state = torch.zeros(2, *ff.shape, dtype=ff.dtype, device=ff.device)
+        v, z = prev_state
+        if self.rec is not None:
+            ff = ff + self.rec(z)
+        leak = torch.sigmoid(self.leak)
+        v_out = v * leak * (1 - z) + (1 - leak) * ff
+        z_out = _Heaviside.apply(v_out - self.thresh.clamp_min(0.01))
+        return z_out, torch.stack([v_out, z_out])
+
+
+class EventFlowLike(torch.nn.Module):
+    """Three such cells and a linear flow prediction, one forward per event window as
+    event_flow's training loop calls them, here looped over the ``[T, B, ...]`` windows."""
+
+    def __init__(self):
+        super().__init__()
+        self.T = 4
+        self.head = StackedStateLIF(2, 6, False)
+        self.g1, self.r1 = StackedStateLIF(6, 6, True), StackedStateLIF(6, 6, False)
+        self.pred = torch.nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        states, flows = [None] * 3, []
+        for t in range(x.shape[0]):
+            s, states[0] = self.head(x[t], states[0])
+            s, states[1] = self.g1(s, states[1])
+            s, states[2] = self.r1(s, states[2])
+            flows.append(self.pred(s))
+        return torch.stack(flows).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_neuron_state_stacked_into_one_tensor_is_taken_apart_again(target):
+    """Refused before: 'only stacking the T steps of a loop over time', and the recurrent
+    convolution of the zero state at the first step, 'this operand must be a tensor computed
+    from the input'. Each cell's spikes (the first of the pair it returns) are compared."""
+    torch.manual_seed(0)
+    model = EventFlowLike().double().eval()
+    with torch.no_grad():  # (its convolutions have no bias, as event_flow's)
+        for cell in (model.head, model.g1, model.r1):
+            cell.ff.weight.mul_(3.0)
+    x = 2 * torch.rand(4, 3, 2, 6, 6, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64)
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert [r.path for r in report.layers] == ["head", "g1", "r1"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_a_stacked_state_used_as_a_tensor_is_refused_saying_so():
+    class Summed(EventFlowLike):
+        def forward(self, x):
+            s, state = self.head(x[0], None)
+            return torch.stack([s, s]).sum(0).mean((-2, -1))
+
+    with pytest.raises(SnnccError, match=r"values stacked on a new first axis .* taken only "
+                                         r"apart again"):
+        snncc.trace(Summed().double(), torch.rand(4, 3, 2, 6, 6, dtype=torch.float64))
