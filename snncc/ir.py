@@ -465,6 +465,10 @@ class Gather(Node):
     index: tuple[int, ...] = ()
 
     def validate(self):
+        whole = (int, np.integer)
+        if not all(isinstance(i, whole) and not isinstance(i, bool)
+                   for i in (self.axis, *self.index)):
+            self.fail("axis and index must be integers", IRError)
         self.axis, self.index = int(self.axis), tuple(int(i) for i in self.index)
         if not self.index or min(self.index) < 0:
             self.fail(f"index must be non-empty and non-negative, got {self.index[:8]}", IRError)

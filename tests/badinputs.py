@@ -634,6 +634,18 @@ def nir_extension_missing_attr(tmp):
 
 
 @case
+def nir_extension_gather_fractional_index(tmp):  # (int() made 0.5 position 0, silently)
+    return _nir_case(tmp, "egf", _with_ext(op="Gather", attrs='{"axis": 0, "index": [0, 0.5, 1]}'),
+                     "must be integers")
+
+
+@case
+def nir_extension_gather_index_out_of_range(tmp):
+    return _nir_case(tmp, "ego", _with_ext(op="Gather", attrs='{"axis": 0, "index": [0, 1, 3]}'),
+                     "does not fit")
+
+
+@case
 def nir_extension_source_missing(tmp):
     return _nir_case(tmp, "esm", _with_ext(inputs='["nowhere"]', op="Flatten",
                                            attrs='{"start": 0, "end": -1}'), "nowhere")
