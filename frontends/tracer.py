@@ -816,7 +816,7 @@ def _multi_step_neuron(m: nn.Module) -> bool:
     pair apart, norse's ``Lift``, sees it)."""
     adapter = adapter_for(m)
     return adapter is not None and adapter.is_neuron(m) and adapter.step_mode(m) == STEP_MULTI \
-        and not adapter.multi_step_returns_state
+        and not adapter.returns_state(m)
 
 
 #: layers whose output has their input's shape and dtype
@@ -1050,6 +1050,7 @@ class Membrane:
     path: str
     step: int
     shape: tuple[int, ...] = ()
+    multi_step: bool = False  # a multi-step neuron's: its state after the last step
 
 
 def _bordered_array(shape: tuple[int, ...], pads: tuple[int, ...],
@@ -1624,7 +1625,7 @@ class _Builder:
                            if isinstance(p, Integrator) else _neuron_node(
                                n, (self._neuron_input(n, i[0], p, shape, c.path),), c.path, p),
                            [x], TB, time=SEQ)
-            return (out, *[Membrane(c.path, self.T - 1, shape)] * int(returns_state)) \
+            return (out, *[Membrane(c.path, self.T - 1, shape, True)] * int(returns_state)) \
                 if returns_state else out
         if x.frame != B and not one_step:
             raise _Refuse("a single-step neuron needs a [B, ...] input")
@@ -1647,7 +1648,7 @@ class _Builder:
                     path: str) -> ir.Node:
         """The output node of a non-spiking cell reading ``x``; its other nodes (which read the
         output back through Delays) enter the graph here."""
-        *nodes, out = p.build(name, x, shape)
+        *nodes, out = p.build(name, x, shape, **({"steps": self.T} if p.window else {}))
         for n in nodes:
             self.graph.add(n)
         self._count_levels(path, nodes, p)
@@ -1667,7 +1668,8 @@ class _Builder:
         if not isinstance(p, NeuronCircuit):
             return x
         try:
-            nodes, membrane = p.build(name, x, shape)
+            nodes, membrane = p.build(name, x, shape,
+                                      **({"steps": self.T} if p.window else {}))
             for n in nodes:
                 self.graph.add(n)
         except IRError as err:
@@ -2042,6 +2044,9 @@ def _val(x) -> Val:
     if isinstance(x, Stacked):
         raise _Refuse("values stacked on a new first axis (a state, torch.stack([v, z])) are "
                       "taken only apart again (v, z = state; state[0]; state.unbind(0))")
+    if isinstance(x, Membrane) and x.multi_step:
+        raise _Refuse("the state a multi-step neuron returns beside its spikes is not computed "
+                      "by the graph (snncc compiles the spikes): return or compute with them")
     if isinstance(x, Membrane):
         return Val(_MembraneStep(None, (), "membrane", f"{x.path}.membrane", x.path, x.shape,
                                  step=x.step), B)
@@ -2411,6 +2416,7 @@ def _binary(kind: str):
     def handler(b, c, x, y, *, alpha=1, rounding_mode=None, out=None):
         if alpha != 1 or rounding_mode is not None or out is not None:
             raise _Refuse("alpha, rounding_mode and out are not supported")
+        x, y = (_val(v) if isinstance(v, Membrane) else v for v in (x, y))  # (not a number)
         if isinstance(x, Val) and isinstance(y, Val):
             return _tensor_tensor(b, c, kind, x, y)
         if kind == "div" and isinstance(x, SumOverTime) and not isinstance(y, _FROM_INPUT) \

@@ -963,3 +963,61 @@ def test_a_model_keeping_float32_state_is_checked_in_float64():
         rep = snncc.check(model, x, T=T, target="onnx", dtype=dtype)
         assert rep.min_agreement == 1.0 and rep.dtype == dtype
         assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})
+
+
+class _StateLeakyNet(nn.Module):
+    """snnTorch 1.0's StateLeaky on ``[T, B, C]``: ``(spk, mem)`` with ``output=True`` (its
+    spikes used), else its membrane alone; one beta or one per channel; its kernel over the
+    whole window or truncated."""
+
+    def __init__(self, output: bool, per_channel: bool, truncation: int | None):
+        super().__init__()
+        from snntorch._neurons.stateleaky import StateLeaky
+
+        self.T, self.output = 6, output
+        self.fc = nn.Linear(4, 5)
+        beta = torch.rand(5) * 0.5 + 0.4 if per_channel else 0.8
+        self.lif = StateLeaky(beta=beta, channels=5, output=output,
+                              kernel_truncation_steps=truncation)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        y = self.lif(self.fc(x))
+        return self.head(y[0] if self.output else y).mean(0)
+
+
+STATE_LEAKY = {"spikes": (True, False, None), "per-channel": (True, True, None),
+               "truncated": (True, False, 3), "membrane": (False, True, None)}
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("form", STATE_LEAKY)
+def test_snntorch_state_leaky_is_a_kernel_of_delays(form, target):
+    """StateLeaky (a causal convolution of its window with exp(-k / tau), no reset; refused
+    before) as the input and its Delays, weighted per channel, then a threshold neuron or, for
+    its membrane, the output. Spikes exact; its membrane, where it is the output, within an
+    ulp of the convolution's (whose order of summation torch chooses)."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = _StateLeakyNet(*STATE_LEAKY[form]).double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(2.0)
+        model.fc.bias.add_(0.3)
+    x = torch.rand(6, 3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    if STATE_LEAKY[form][0]:
+        assert [r.path for r in report.layers] == ["lif"]
+        assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_snntorch_state_leaky_membrane_beside_its_spikes_is_refused():
+    class Both(_StateLeakyNet):
+        def forward(self, x):
+            spk, mem = self.lif(self.fc(x))
+            return self.head(spk + mem).mean(0)
+
+    with pytest.raises(UnsupportedError, match="the state a multi-step neuron returns beside"):
+        trace(Both(True, False, None).double(), torch.rand(6, 3, 4, dtype=torch.float64), T=6,
+              static=False)

@@ -80,11 +80,14 @@ class NeuronCircuit:
     fires on that membrane and is the neuron's node. ``build(name, x, shape)`` returns
     ``(nodes, membrane)``: ``name`` is the firing node's name (the circuit's nodes are named
     ``name:...`` and may read ``name`` through a Delay), ``x`` the input node, ``shape`` the
-    per-step shape. ``v_init``: the state value a constant initial-state argument must have."""
+    per-step shape. ``v_init``: the state value a constant initial-state argument must have.
+    ``window``: ``build`` also takes ``steps=T`` (a multi-step neuron's kernel over its window,
+    snnTorch's StateLeaky)."""
 
     fire: cn.CanonicalParams
-    build: Callable[[str, str, tuple], tuple[list, str]]
+    build: Callable[..., tuple[list, str]]
     v_init: float = 0.0
+    window: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,10 +98,12 @@ class Integrator:
     library's operation order. ``build(name, x, shape)`` returns the nodes; the last one, named
     ``name``, is the output. ``levels`` > 0: the output counts (an integer LIF), and the neurons
     among the nodes are its levels d = 1..levels, in order, each firing when the count is at
-    least d (``check`` compares them with the module's counts)."""
+    least d (``check`` compares them with the module's counts). ``window``: as a
+    :class:`NeuronCircuit`'s."""
 
-    build: Callable[[str, str, tuple], list]
+    build: Callable[..., list]
     levels: int = 0
+    window: bool = False
 
 
 class Adapter:
@@ -114,6 +119,10 @@ class Adapter:
 
     def is_neuron(self, m: nn.Module) -> bool:
         return False
+
+    def returns_state(self, m: nn.Module) -> bool:
+        """Whether multi-step neuron ``m``'s call returns ``(spikes, state)``."""
+        return self.multi_step_returns_state
 
     def canonical(self, m: nn.Module, path: str) -> cn.CanonicalParams:
         raise UnsupportedError(f"{type(m).__name__} has no canonical form", path=path)

@@ -33,7 +33,9 @@ fires on it, so ties and rounding agree spike for spike.
 which is refused. Also refused, naming the module: graded spikes, inhibition, state
 quantisation, a spike function not from ``snntorch.surrogate``, a per-neuron (tensor)
 alpha, a negative threshold (snnTorch then fires a reset before step 0), and every other
-snnTorch neuron (LeakyParallel, SLSTM, ...). ``beta`` and ``threshold`` may be tensors, one per
+snnTorch neuron (LeakyParallel, SLSTM, ...). ``StateLeaky`` (snnTorch 1.0, multi-step on
+``[T, B, C]``, no reset, its membrane a causal convolution of the window) is a circuit of
+Delays (:func:`_state_leaky`). ``beta`` and ``threshold`` may be tensors, one per
 neuron (snnTorch's regression tutorial's ``torch.rand(hidden)``), broadcast as snnTorch does.
 
 Calls: ``init_hidden=False`` neurons take and return their state (``spk, mem = lif(x, mem)``;
@@ -51,15 +53,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from snncc import ir
 from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
-from . import STATE_KEPT, STEP_SINGLE, Adapter, NeuronCircuit
-from .circuits import Circuit, circuit, on_current, per_neuron, scalar
+from . import STATE_KEPT, STEP_MULTI, STEP_SINGLE, Adapter, Integrator, NeuronCircuit
+from .circuits import Circuit, circuit, on_current, per_neuron, scalar, threshold
 
 _PACKAGE = "snntorch"
 _NEURONS = "snntorch._neurons"
-_SUPPORTED = ("Leaky", "Synaptic", "RLeaky", "RSynaptic", "Lapicque", "Alpha")
+_SUPPORTED = ("Leaky", "Synaptic", "RLeaky", "RSynaptic", "Lapicque", "Alpha", "StateLeaky")
 #: the state a neuron taking it from the caller takes and returns after its spikes, in order
 _STATE = {"Leaky": ("mem",), "Lapicque": ("mem",), "Synaptic": ("syn", "mem"),
           "RLeaky": ("spk", "mem"), "RSynaptic": ("spk", "syn", "mem"),
@@ -83,6 +86,8 @@ class SnnTorchAdapter(Adapter):
             raise UnsupportedError(f"snntorch's {kind} is not supported (supported: "
                                    f"{', '.join(_SUPPORTED)})", path=path)
         _check_common(m, path)
+        if kind == "StateLeaky":
+            return _state_leaky(m, path)
         b = np.clip(per_neuron(m.beta, "beta", path), 0.0, 1.0)  # the forward clamps it
         thr = per_neuron(m.threshold, "threshold", path)
         if np.any(thr < 0):
@@ -107,10 +112,16 @@ class SnnTorchAdapter(Adapter):
                           _alpha(m, path) if kind == "RSynaptic" else None)
 
     def step_mode(self, m: nn.Module) -> str:
-        return STEP_SINGLE
+        return STEP_MULTI if type(m).__name__ == "StateLeaky" else STEP_SINGLE
+
+    def returns_state(self, m: nn.Module) -> bool:
+        return type(m).__name__ == "StateLeaky" and bool(m.output)  # (spk, mem)
 
     def single_step_call(self, m: nn.Module, args: tuple, kwargs: dict, value) -> tuple:
         kind = type(m).__name__
+        if kind == "StateLeaky":  # [T, B, C] -> (spk, mem), or mem alone (output=False)
+            x = args[0] if args else kwargs.get("input_")
+            return (x, None, True, value[0]) if m.output else (x, None, False, value)
         x = args[0] if args else kwargs.get("input_")
         if m.init_hidden:  # with output=True it returns its state too, (spk, [syn,] mem)
             if m.output:
@@ -157,6 +168,39 @@ def _own_spikes(spk, mem) -> bool:
         return getattr(e, "path", None) == mem.path and getattr(e, "step", None) == mem.step \
             and type(e).__name__ == "_NeuronStep"
     return type(spk).__name__ == "Const" and not torch.as_tensor(spk.value).any()
+
+
+def _state_leaky(m: nn.Module, path: str) -> NeuronCircuit | Integrator:
+    """StateLeaky (snnTorch 1.0): no reset; its membrane is a causal convolution over its
+    ``[T, B, C]`` window, mem[t] = sum over k < K of exp(-k / tau) x[t - k], K = T or
+    ``kernel_truncation_steps`` (taps per channel where tau is): the input and its Delays, each
+    weighted, summed oldest first as the convolution sums; with ``output=True`` a threshold
+    neuron fires on mem > threshold, else the membrane is its output (an Integrator)."""
+    tau = m.tau.detach().to("cpu", torch.float64)
+    truncation = m.kernel_truncation_steps
+
+    def membrane(name, x, shape, steps):
+        taps = min(steps, truncation or steps)
+        weight = torch.exp(-torch.arange(taps, dtype=torch.float64).view(-1, 1) / tau.view(1, -1))
+        c, lagged = Circuit(name, path, shape), [x]
+        for _ in range(1, taps):
+            lagged.append(c.prev(lagged[-1]))
+        h = c.scale(lagged[-1], weight[-1].numpy(), f"w{taps - 1}")
+        for k in range(taps - 2, -1, -1):
+            h = c.add(h, c.scale(lagged[k], weight[k].numpy(), f"w{k}"), f"h{k}")
+        return c, h
+
+    if not m.output:
+        def integrate(name, x, shape, steps):
+            c, h = membrane(name, x, shape, steps)
+            return [*c.nodes, ir.Scale(name, (h,), path=path, factor=1.0)]
+        return Integrator(integrate, window=True)
+
+    def build(name, x, shape, steps):
+        c, h = membrane(name, x, shape, steps)
+        return c.nodes, h
+    return NeuronCircuit(threshold(per_neuron(m.threshold, "threshold", path)), build,
+                         window=True)
 
 
 def _check_common(m: nn.Module, path: str) -> None:
