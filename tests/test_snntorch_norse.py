@@ -1021,3 +1021,32 @@ def test_snntorch_state_leaky_membrane_beside_its_spikes_is_refused():
     with pytest.raises(UnsupportedError, match="the state a multi-step neuron returns beside"):
         trace(Both(True, False, None).double(), torch.rand(6, 3, 4, dtype=torch.float64), T=6,
               static=False)
+
+
+@pytest.mark.parametrize("target", ["sim", "lava"])
+def test_snntorch_membrane_in_arithmetic_is_a_value(target):
+    """``spk + mem * 0.5`` with snnTorch's returned membrane (subtract reset: a circuit that
+    computes it) was refused ('this operand must be a tensor computed from the input') or, with
+    the membrane on the right of a tensor, ended in an internal TypeError."""
+    import snncc
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.T, self.fc, self.lif = 4, nn.Linear(4, 5), snn.Leaky(beta=0.8)
+
+        def forward(self, x):
+            mem, out = self.lif.init_leaky(), []
+            for _ in range(self.T):
+                spk, mem = self.lif(self.fc(x), mem)
+                out.append(spk + mem * 0.5)
+            return torch.stack(out).mean(0)
+
+    torch.manual_seed(0)
+    model = Mixed().double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(2.0)
+    x = torch.rand(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
