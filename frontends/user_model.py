@@ -277,9 +277,9 @@ _NO_T = "the model declares no number of time steps (model.T): set T= (--T)"
 def _neuron_calls(model: nn.Module, x: torch.Tensor) -> set[int] | None:
     """How many times one forward on ``x`` calls each single-step library neuron that fires
     (the set of those numbers; empty without such neurons; None where the model has a
-    multi-step neuron or its forward fails, which the trace that follows reports). The forward runs as the
-    trace runs it (eval, no autograd, its state restored) and as `check` runs it (casts to
-    float32 or float64 in ``x``'s dtype)."""
+    multi-step neuron or its forward fails, which the trace that follows reports). The forward
+    runs as the trace runs it (eval, no autograd, its state restored) and as `check` runs it
+    (casts to float32 or float64 in ``x``'s dtype)."""
     from snncc.parity import floats_in
 
     from .adapters import STEP_SINGLE, adapter_for

@@ -699,6 +699,6 @@ class Readout(Node):
 NODE_TYPES: dict[str, type[Node]] = {
     cls.__name__: cls for cls in (
         Input, Output, Conv1d, Conv2d, Linear, BatchNorm, Neuron, MaxPool2d, AvgPool2d, Pad,
-        Reshape, Flatten, Transpose, Gather, Add, Scale, Hadamard, SpikeMatMul, AddressedAccumulate, Sum,
-        Mean, Concat, Delay, Readout)
+        Reshape, Flatten, Transpose, Gather, Add, Scale, Hadamard, SpikeMatMul,
+        AddressedAccumulate, Sum, Mean, Concat, Delay, Readout)
 }
