@@ -1217,15 +1217,18 @@ def _computed_in_float64(node: fx.Node, value: torch.Tensor, args, kwargs):
     return out if isinstance(out, torch.Tensor) and out.shape == value.shape else None
 
 
-def _module_in_float64(m: nn.Module, args, kwargs) -> torch.Tensor:
+def _module_in_float64(m: nn.Module, args, kwargs) -> torch.Tensor | None:
     """A layer's output on constants as the model run in float64 computes it (a copy of the
-    layer in float64 on its operands upcast): a recurrent convolution of the zero state at
-    the first step, ``rec(z)`` with z made in forward."""
+    layer in float64 on its operands upcast), or None where it cannot be: a recurrent
+    convolution of the zero state at the first step, ``rec(z)`` with z made in forward."""
     cargs, ckwargs = fx.node.map_aggregate((args, kwargs), lambda a: _upcast(a.value) if (
         isinstance(a, Const) and isinstance(a.value, torch.Tensor)
         and a.value.is_floating_point()) else a.value if isinstance(a, Const) else a)
-    with torch.no_grad():
-        return copy.deepcopy(m).double()(*cargs, **ckwargs)
+    try:
+        with torch.no_grad():
+            return copy.deepcopy(m).double()(*cargs, **ckwargs)
+    except (RuntimeError, TypeError, ValueError):  # as the model in float64 would fail
+        return None
 
 
 def _upcast(t: torch.Tensor) -> torch.Tensor:
@@ -1570,7 +1573,9 @@ class _Builder:
         if not any(isinstance(a, _FROM_INPUT) for a in leaves) \
                 and isinstance(c.value, torch.Tensor):  # a recurrent layer on a zero state
             frames = [a.frame for a in leaves if isinstance(a, Const) and a.frame]
-            return Const(_module_in_float64(m, args, kwargs), frames[0] if frames else (), True)
+            value = _module_in_float64(m, args, kwargs)
+            return Const(c.value if value is None else value, frames[0] if frames else (),
+                         value is not None)
         handler = _module_handler(m, adapter)
         if adapter is not None and adapter.step_mode(m) == STEP_MULTI:
             # a multi-step layer: its per-step layer applied to x.flatten(0, 1)
@@ -1706,7 +1711,7 @@ class _Builder:
             why = ("; a constant is a value the trace does not compute from the input, such as a "
                    "firing neuron's membrane read from its module after a call ('self.lif.v': "
                    "snncc maps what such a neuron returns, its spikes; the membrane of an "
-                   "IFNode that never fires, v_threshold=inf, is taken)"
+                   "IFNode that never fires, v_threshold=inf from v_reset 0, is taken)"
                    if any(isinstance(o, Const) for o in outs) else "")
             raise UnsupportedError(f"the model must return tensors computed from its input; it "
                                    f"returns ({returned}){why}: wrap it in a module that returns "

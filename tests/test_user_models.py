@@ -1218,16 +1218,19 @@ def test_pixel_shuffle_of_spikes_is_exact(target, functional):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
-def test_a_membrane_read_from_its_neuron_module_is_refused_saying_so():
-    """A firing neuron's membrane read from its module after a call (``self.out.v``): the trace
-    sees the value the attribute held then, a constant; the refusal says what such a constant
-    is (it printed the internal 'Const')."""
+@pytest.mark.parametrize("kind", ["LIFNode", "IFNode"])
+def test_a_membrane_read_from_its_neuron_module_is_refused_saying_so(kind):
+    """A membrane snncc does not build read from its module after a call (``self.out.v``: a
+    LIF's, or an IF's starting from v_reset -0.5): the trace sees the value the attribute held
+    then, a constant; the refusal says what such a constant is (it printed the internal
+    'Const')."""
     from spikingjelly.activation_based import neuron
 
     class MembraneOut(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc, self.out = torch.nn.Linear(4, 2), neuron.LIFNode(v_threshold=float("inf"))
+            self.fc = torch.nn.Linear(4, 2)
+            self.out = getattr(neuron, kind)(v_threshold=float("inf"), v_reset=-0.5)
 
         def forward(self, x):
             self.out(self.fc(x))
