@@ -3138,8 +3138,8 @@ def _conv_transpose(b, c, x, weight: torch.Tensor, bias, stride, padding, groups
     """A transposed convolution (a decoder's learned upsampling) as ordinary ones, exactly: each
     output phase (rh, rw) of the stride is a convolution of the padded input with the taps that
     reach it (the polyphase form: the transposed convolution's own multiplications, no zeros
-    inserted into the input), the phases interleaved as copies are by upsampling (concatenated
-    on a new axis folded by a reshape), an incomplete last period cut off. A 1-D one is the 2-D
+    inserted into the input), the phases interleaved (:func:`_interleaved`), an incomplete last
+    period cut off. A 1-D one is the 2-D
     one on an added axis. The output size (``output_padding``, ``output_size``) is the call's."""
     nd = weight.dim() - 2  # 1 or 2: only ConvTranspose1d / 2d and their functions come here
     x = _one_sample_frame(x, nd + 1)
@@ -3194,12 +3194,8 @@ def _interleaved(b, c, parts: list, axis: int, hint: str):
         return parts[0]
     shape, frame = parts[0].expr.shape, parts[0].frame
     unit = (*shape[:axis + 1], 1, *shape[axis + 1:])
-    units = {}  # a part repeated (upsampling's copies) is reshaped once
-    for p in parts:
-        if id(p) not in units:
-            units[id(p)] = b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=unit),
-                                 [p], frame, shape=unit, hint=f"{hint}_unit{len(units)}")
-    units = [units[id(p)] for p in parts]
+    units = [b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=unit), [p], frame,
+                   shape=unit, hint=f"{hint}_unit{r}") for r, p in enumerate(parts)]
     joined = (*shape[:axis + 1], len(parts), *shape[axis + 1:])
     y = b.new(c, lambda n, i: ir.Concat(n, i, path=c.path, axis=axis + 1), units, frame,
               shape=joined, hint=f"{hint}_cat")
