@@ -1565,9 +1565,9 @@ class _Builder:
     # ------------------------------------------------------------------ modules
     def _module(self, m: nn.Module, c: _Call, args, kwargs, dynamics):
         adapter = adapter_for(m)
-        if adapter is not None and adapter.is_neuron(m) and adapter.held_membrane(m):
-            return self._never_firing(adapter, m, c, args, kwargs)
         if adapter is not None and adapter.is_neuron(m):
+            if adapter.held_membrane(m):
+                return self._never_firing(adapter, m, c, args, kwargs)
             return self._neuron(adapter, m, c, args, kwargs, dynamics)
         leaves = _walk((args, kwargs))
         if not any(isinstance(a, _FROM_INPUT) for a in leaves) \
@@ -3139,8 +3139,8 @@ def _conv_transpose(b, c, x, weight: torch.Tensor, bias, stride, padding, groups
     output phase (rh, rw) of the stride is a convolution of the padded input with the taps that
     reach it (the polyphase form: the transposed convolution's own multiplications, no zeros
     inserted into the input), the phases interleaved (:func:`_interleaved`), an incomplete last
-    period cut off. A 1-D one is the 2-D
-    one on an added axis. The output size (``output_padding``, ``output_size``) is the call's."""
+    period cut off. A 1-D one is the 2-D one on an added axis. The output size
+    (``output_padding``, ``output_size``) is the call's."""
     nd = weight.dim() - 2  # 1 or 2: only ConvTranspose1d / 2d and their functions come here
     x = _one_sample_frame(x, nd + 1)
     pack = _pair if nd == 2 else _single

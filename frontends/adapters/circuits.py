@@ -45,6 +45,19 @@ class Circuit:
     def add(self, a: str, b: str, part: str) -> str:
         return self._node(ir.Add, part, (a, b))
 
+    def weighted_window(self, x: str, weights, oldest_first: bool = False) -> str:
+        """sum over k of weights[k] * x[t - k] (k = 0 .. len(weights) - 1, 0 before step 0): ``x``
+        and its Delays, each scaled (part ``w{k}``), added newest first, or oldest first as a
+        causal convolution sums them (partial sums ``h{k}``)."""
+        lagged = [x]
+        for _ in range(1, len(weights)):
+            lagged.append(self.prev(lagged[-1]))
+        first, *rest = range(len(weights) - 1, -1, -1) if oldest_first else range(len(weights))
+        h = self.scale(lagged[first], weights[first], f"w{first}")
+        for k in rest:
+            h = self.add(h, self.scale(lagged[k], weights[k], f"w{k}"), f"h{k}")
+        return h
+
     def mul(self, spikes: str, real: str, part: str) -> str:
         return self._node(ir.Hadamard, part, (spikes, real))
 

@@ -182,13 +182,8 @@ def _state_leaky(m: nn.Module, path: str) -> NeuronCircuit | Integrator:
     def membrane(name, x, shape, steps):
         taps = min(steps, truncation or steps)
         weight = torch.exp(-torch.arange(taps, dtype=torch.float64).view(-1, 1) / tau.view(1, -1))
-        c, lagged = Circuit(name, path, shape), [x]
-        for _ in range(1, taps):
-            lagged.append(c.prev(lagged[-1]))
-        h = c.scale(lagged[-1], weight[-1].numpy(), f"w{taps - 1}")
-        for k in range(taps - 2, -1, -1):
-            h = c.add(h, c.scale(lagged[k], weight[k].numpy(), f"w{k}"), f"h{k}")
-        return c, h
+        c = Circuit(name, path, shape)
+        return c, c.weighted_window(x, weight.numpy(), oldest_first=True)
 
     if not m.output:
         def integrate(name, x, shape, steps):

@@ -202,11 +202,8 @@ def _sliding_psn(m: nn.Module, path: str) -> NeuronCircuit:
     bias = scalar(m.bias, "bias", path)
 
     def build(name, x, shape):
-        c = Circuit(name, name, shape)
-        h, lagged = c.scale(x, weight[-1], "w0"), x
-        for lag in range(1, len(weight)):
-            lagged = c.prev(lagged)
-            h = c.add(h, c.scale(lagged, weight[-1 - lag], f"w{lag}"), f"h{lag}")
+        c = Circuit(name, path, shape)
+        h = c.weighted_window(x, weight[::-1])  # (its last weight is the newest input's)
         return c.nodes, h
     return NeuronCircuit(threshold(-bias, cn.CMP_GE), build)
 
