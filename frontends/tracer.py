@@ -2998,38 +2998,104 @@ def _pixel_shuffle(b, c, x, factor: int, unshuffle: bool = False):
 
 def _interpolate(b, c, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
                  recompute_scale_factor=None, antialias=False):
-    """``F.interpolate`` / ``nn.Upsample`` in ``nearest`` (or ``nearest-exact``) mode, to any
-    size: a decoder's or a detector neck's resampling of spikes (to a skip connection's size,
-    StereoSpike's 17x22 -> 37x48), also of ``[T, B, C, H, W]`` by ``(1, k, k)`` (SpikeYOLO's
-    neck, ``nn.Upsample(None, (1, 2, 2))``, whose third axis is the channels). Each resampled
-    axis is a Gather of the positions torch reads there, found by the same call on a tensor
-    holding each position's index (nearest resampling is separable), exactly."""
+    """``F.interpolate`` / ``nn.Upsample`` to any size, by ``size`` or ``scale_factor``: a
+    decoder's or a detector neck's resampling (to a skip connection's size, StereoSpike's 17x22
+    -> 37x48), also of ``[T, B, C, H, W]`` by ``(1, k, k)`` (SpikeYOLO's neck,
+    ``nn.Upsample(None, (1, 2, 2))``, whose third axis is the channels). Both kinds are
+    separable, one resampled axis after another: in ``nearest`` (or ``nearest-exact``) mode a
+    Gather of the positions torch reads there (spikes stay spikes, exactly); in ``linear``,
+    ``bilinear`` or ``trilinear`` mode (a U-Net's ``bilinear=True``) the two positions each
+    output reads, each Gathered and Scaled by its weight, and their Add (torch's weights; within
+    an ulp of its result, whose CPU kernel fuses the multiply and the add), the last axis first
+    as torch nests them."""
     x = _val(x)
-    if mode not in ("nearest", "nearest-exact"):
-        raise _Refuse(f"mode {mode!r} interpolates between values; only nearest resampling "
-                      "keeps spikes spikes")
+    if mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear"):
+        raise _Refuse(f"mode {mode!r}: snncc resamples in nearest, nearest-exact, linear, "
+                      "bilinear and trilinear mode")
+    if antialias:
+        raise _Refuse("antialias filters over more than two positions")
     full = (*c.value.shape[:len(x.frame)], *x.expr.shape)
     spatial, first = full[2:], 2 - len(x.frame)
     if first < 0:
         raise _Refuse("it resamples the time or batch axis")
-    dtype = c.value.dtype if c.value.dtype in (torch.float32, torch.float64) else torch.float32
+    resampled = _linear_resampling if mode.endswith("linear") else _nearest_resampling
     y = x
-    for k, n_in in enumerate(spatial):
-        at = [1] * len(spatial)
-        at[k] = n_in
-        probe = torch.arange(n_in, dtype=dtype).reshape(1, 1, *at).expand(1, 1, *spatial)
-        read = F.interpolate(probe.contiguous(), size, scale_factor, mode, align_corners,
-                             recompute_scale_factor)
-        line = read.movedim(2 + k, -1).reshape(-1, read.shape[2 + k])[0]
-        index = tuple(int(v) for v in line.tolist())
-        if index == tuple(range(n_in)):
-            continue
-        shape = list(y.expr.shape)
-        shape[first + k] = len(index)
-        y = b.new(c, lambda n, i, a=first + k, ix=index: ir.Gather(n, i, path=c.path, axis=a,
-                                                                   index=ix),
-                  [y], x.frame, shape=tuple(shape), hint=f"{c.hint}_axis{first + k}")
+    for k in reversed(range(len(spatial))):
+        y = resampled(b, c, y, first + k, _resampling_probe(
+            spatial, k, size, scale_factor, mode, align_corners, recompute_scale_factor))
     return y
+
+
+def _resampling_probe(spatial, k, size, scale_factor, mode, align_corners, recompute):
+    """``read(p)``: the same resampling, along axis ``k`` of ``spatial`` alone, of the probes
+    ``p`` (``[N, n_in]``, the other axes of length 1, resampled to length 1): ``[N, n_out]``.
+    Each axis is resampled as its own size or scale tells, whatever the others'."""
+    dims = len(spatial)
+
+    def along_k(v, rest):
+        axes = [rest] * dims
+        axes[k] = v[k] if isinstance(v, (tuple, list)) else v
+        return tuple(axes)
+
+    def read(p):
+        at = [1] * dims
+        at[k] = spatial[k]
+        resize = (dict(size=along_k(size, 1)) if size is not None
+                  else dict(scale_factor=along_k(scale_factor, 1.0)))
+        out = F.interpolate(p.reshape(len(p), 1, *at), mode=mode, align_corners=align_corners,
+                            recompute_scale_factor=recompute, **resize)
+        return out.reshape(len(p), -1)
+
+    return read
+
+
+def _nearest_resampling(b, c, y: Val, axis: int, read) -> Val:
+    """The positions nearest resampling reads along ``axis``: the probe of each position's
+    index (torch's own rounding, in the model's dtype), as a Gather."""
+    dtype = c.value.dtype if c.value.dtype in (torch.float32, torch.float64) else torch.float32
+    index = tuple(int(v) for v in read(torch.arange(y.expr.shape[axis], dtype=dtype)[None])[0])
+    return _gathered(b, c, y, axis, index)
+
+
+def _gathered(b, c, y: Val, axis: int, index: tuple[int, ...]) -> Val:
+    if index == tuple(range(y.expr.shape[axis])):
+        return y
+    shape = list(y.expr.shape)
+    shape[axis] = len(index)
+    return b.new(c, lambda n, i: ir.Gather(n, i, path=c.path, axis=axis, index=index), [y],
+                 y.frame, shape=tuple(shape), hint=f"{c.hint}_axis{axis}")
+
+
+def _linear_resampling(b, c, y: Val, axis: int, read) -> Val:
+    """Linear resampling along ``axis``: each output reads two neighbouring positions (the
+    same one at an edge) with weights found by resampling each one-hot input (torch's weight
+    times one, exactly), in float64 as the model run in float64 computes them. Each position
+    Gathered and Scaled by its weights, the two added."""
+    n_in = y.expr.shape[axis]
+    weights = read(torch.eye(n_in, dtype=torch.float64)).numpy()
+    read_by = weights != 0
+    if (read_by.sum(0) > 2).any():
+        raise _Refuse("an output reads more than two positions")
+    first = read_by.argmax(0)
+    last = n_in - 1 - read_by[::-1].argmax(0)
+    columns = np.arange(weights.shape[1])
+    w_first = weights[first, columns]
+    w_last = np.where(last != first, weights[last, columns], 0.0)
+    trailing = (1,) * (len(y.expr.shape) - axis - 1)
+    taps = []
+    for index, weight, tap in ((first, w_first, "first"), (last, w_last, "second")):
+        if not weight.any():
+            continue
+        g = _gathered(b, c, y, axis, tuple(int(i) for i in index))
+        if (weight != 1).any():
+            g = b.new(c, lambda n, i, w=weight.reshape(-1, *trailing): ir.Scale(
+                n, i, path=c.path, factor=w), [g], g.frame, shape=g.expr.shape,
+                hint=f"{c.hint}_axis{axis}_{tap}")
+        taps.append(g)
+    if len(taps) == 1:
+        return taps[0]
+    return b.new(c, lambda n, i: ir.Add(n, i, path=c.path), taps, y.frame,
+                 shape=taps[0].expr.shape, hint=f"{c.hint}_axis{axis}_sum")
 
 
 _add, _sub, _mul, _div, _matmul = (_binary(k) for k in ("add", "sub", "mul", "div", "matmul"))

@@ -459,7 +459,7 @@ class Flatten(Node):
 class Gather(Node):
     """y = take(x, index, axis): the positions ``index`` of one axis (of the shape without
     batch), each any number of times, in any order; nearest-neighbour resampling to any size is
-    one Gather per resampled axis."""
+    one Gather per resampled axis, linear resampling two (each Scaled by its weights, added)."""
 
     axis: int = 0
     index: tuple[int, ...] = ()

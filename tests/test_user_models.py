@@ -1242,10 +1242,11 @@ def test_a_membrane_read_from_its_neuron_module_is_refused_saying_so(kind):
 
 
 class Resampling(torch.nn.Module):
-    """Spikes resampled by ``F.interpolate(**resize)`` in nearest mode to a size that is no
-    whole multiple (a skip connection's odd size, StereoSpike's 17x22 -> 37x48, a scale of 1.7,
-    a downsampling): refused before, but whole factors. The resampled spikes' mean over time
-    is a second output."""
+    """Spikes resampled by ``F.interpolate(**resize)`` to a size that is no whole multiple (a
+    skip connection's odd size, StereoSpike's 17x22 -> 37x48, a scale of 1.7, a downsampling)
+    in nearest mode, refused before but for whole factors, or in bilinear mode (a U-Net's
+    ``bilinear=True``), refused before. The resampled spikes' mean over time is a second
+    output."""
 
     def __init__(self, resize: dict):
         super().__init__()
@@ -1267,12 +1268,17 @@ class Resampling(torch.nn.Module):
 
 RESIZES = {"size-9x7": dict(size=(9, 7)), "exact-17x11": dict(size=(17, 11), mode="nearest-exact"),
            "scale-1.7": dict(scale_factor=1.7), "scale-0.5x1.5": dict(scale_factor=(0.5, 1.5)),
-           "recomputed-2.5": dict(scale_factor=2.5, recompute_scale_factor=True)}
+           "recomputed-2.5": dict(scale_factor=2.5, recompute_scale_factor=True),
+           "bilinear-9x7": dict(size=(9, 7), mode="bilinear"),
+           "bilinear-corners-2": dict(scale_factor=2, mode="bilinear", align_corners=True),
+           "bilinear-0.5x1.7": dict(scale_factor=(0.5, 1.7), mode="bilinear")}
 
 
-@pytest.mark.parametrize("target,resize", [*[("sim", k) for k in RESIZES], ("onnx", "size-9x7"),
-                                           ("nir", "scale-1.7"), ("lava", "exact-17x11")])
-def test_nearest_resampling_to_any_size_is_exact(target, resize):
+@pytest.mark.parametrize("target,resize", [
+    *[("sim", k) for k in RESIZES], ("onnx", "size-9x7"), ("nir", "scale-1.7"),
+    ("lava", "exact-17x11"), ("onnx", "bilinear-corners-2"), ("nir", "bilinear-9x7"),
+    ("lava", "bilinear-9x7")])
+def test_resampling_to_any_size_gives_the_models_spikes(target, resize):
     torch.manual_seed(0)
     model = driven(Resampling(RESIZES[resize]).double().eval(), down=(3.0, 0.5), fuse=(4.0, 1.0))
     x = 3 * torch.rand(3, 2, 8, 6, generator=torch.Generator().manual_seed(1),
@@ -1284,10 +1290,66 @@ def test_nearest_resampling_to_any_size_is_exact(target, resize):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
-def test_interpolation_between_spikes_is_refused_naming_the_mode():
-    model = Resampling(dict(scale_factor=2, mode="bilinear"))
-    with pytest.raises(SnnccError, match="mode 'bilinear' interpolates between values"):
-        snncc.trace(model, torch.rand(3, 2, 8, 6))
+class LinearResampling(torch.nn.Module):
+    """A layer's real output resampled (``linear`` along a sequence ``[B, C, L]``, or
+    ``trilinear`` on a volume ``[B, C, D, H, W]``: two planes, a convolution's output and half
+    of it), then a LIF over 3 steps; the resampled values are the second output."""
+
+    def __init__(self, dims: int, resize: dict):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.resize = resize
+        self.volume = dims == 3
+        self.layer = (torch.nn.Conv2d if self.volume else torch.nn.Conv1d)(2, 3, 1)
+        self.lif = neuron.LIFNode()
+
+    def forward(self, x):
+        y = self.layer(x)
+        if self.volume:
+            y = torch.cat([y.unsqueeze(2), 0.5 * y.unsqueeze(2)], 2)
+        up = torch.nn.functional.interpolate(y, **self.resize)
+        return torch.stack([self.lif(up) for _ in range(3)]).mean(0), up
+
+
+@pytest.mark.parametrize("dims,resize", [
+    (1, dict(size=13, mode="linear")), (1, dict(scale_factor=0.6, mode="linear")),
+    (1, dict(size=13, mode="linear", align_corners=True)),
+    (3, dict(size=(3, 7, 5), mode="trilinear")),
+    (3, dict(scale_factor=(1.0, 1.5, 2.0), mode="trilinear", align_corners=True))])
+def test_linear_resampling_of_values_is_within_an_ulp_of_torch(dims, resize):
+    """Linear resampling computes torch's weights times the two positions each output reads:
+    torch's CPU kernel fuses the multiply and the add (one rounding where snncc has two), so the
+    values agree within an ulp, and the spikes after them exactly."""
+    torch.manual_seed(0)
+    model = driven(LinearResampling(dims, resize).double().eval(), layer=(3.0, 1.0))
+    x = torch.rand(2, 2, *(5, 6)[2 - min(dims, 2):], generator=torch.Generator().manual_seed(1),
+                   dtype=torch.float64)
+    report = snncc.check(model, x, target="sim")
+    assert report.min_agreement == 1.0
+    assert 0 < report.output_max_abs_diff_target <= 2e-15
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.parametrize("resize,message", [
+    (dict(scale_factor=2, mode="bicubic"), "mode 'bicubic': snncc resamples in nearest, "),
+    (dict(scale_factor=0.5, mode="bilinear", antialias=True), "antialias filters over more"),
+])
+def test_other_resampling_is_refused_naming_it(resize, message):
+    with pytest.raises(SnnccError, match=message):
+        snncc.trace(Resampling(resize), torch.rand(3, 2, 8, 6))
+
+
+def test_bilinear_resampling_in_lava_fixed_point_is_refused_naming_the_node():
+    """Its per-position weights are no integer scale on the chip: refused in one line."""
+    torch.manual_seed(0)
+    model = driven(Resampling(RESIZES["bilinear-9x7"]).double().eval(), down=(3.0, 0.5),
+                   fuse=(4.0, 1.0))
+    x = (3 * torch.rand(3, 2, 8, 6, dtype=torch.float64)).numpy()
+    with pytest.raises(SnnccError, match=r"'interpolate_axis\d_first': only a positive scalar "
+                                         "Scale can be absorbed"):
+        snncc.check(snncc.trace(model, x), target="lava", inputs=x, fixed_point=True,
+                    calibrate=x)
 
 
 def test_nearest_resampling_in_lava_fixed_point_equals_the_loihi2_simulator():
