@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SnnccError
+from .errors import SnnccError, UnsupportedError
 from .graph import Graph
 from .models import LoadedModel, load_model
 from .targets import artifact_path
@@ -159,6 +159,7 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
     tgt.check_output(path)
     loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
                   **load_options)
+    _verify_loop_state(loaded, example_input)
     if loaded.arch_info:
         log(loaded.arch_info)
     _summarise_steps(loaded.graph, log)
@@ -247,12 +248,25 @@ def check(model, example_input=None, *, target: str = "sim", T: int | None = Non
     example input, else ``batch`` random inputs. ``device``: where PyTorch and the simulator
     run (``cuda``; DeviceError when absent). Returns a :class:`~snncc.parity.ParityReport`
     (``min_agreement``, ``layers``, ``to_json()``)."""
-    from .parity import check_parity, random_inputs
+    from .parity import check_parity
     from .simulator import resolve_device
 
     resolve_device(device)  # refused before any work
     loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
                   **load_options)
+    x, steps = _check_inputs(loaded, example_input, inputs, T, batch, seed)
+    return check_parity(loaded, target, x, T=steps,
+                        labels=None if labels is None else _numpy(labels), passes=passes,
+                        dtype=dtype, artifact=None if artifact is None else Path(artifact),
+                        fixed_point=fixed_point, calibrate=calibrate, device=device)
+
+
+def _check_inputs(loaded: LoadedModel, example_input, inputs, T: int | None, batch: int,
+                  seed: int) -> tuple[np.ndarray, int]:
+    """The float64 inputs in the IR layout that ``check`` runs, and their T: ``inputs``, else
+    the example input, else ``batch`` random inputs."""
+    from .parity import random_inputs
+
     steps = int(T or loaded.graph.meta.get("T", 4))
     if inputs is not None:
         x = _numpy(inputs)
@@ -263,10 +277,32 @@ def check(model, example_input=None, *, target: str = "sim", T: int | None = Non
         x = to_ir_layout(loaded.graph, example_input)
     else:
         x = random_inputs(loaded.graph, batch, steps, seed)
-    return check_parity(loaded, target, x.astype(np.float64), T=steps,
-                        labels=None if labels is None else _numpy(labels), passes=passes,
-                        dtype=dtype, artifact=None if artifact is None else Path(artifact),
-                        fixed_point=fixed_point, calibrate=calibrate, device=device)
+    return x.astype(np.float64), steps
+
+
+def _verify_loop_state(loaded: LoadedModel, example_input) -> None:
+    """A state the model's own loop over time carries (a neuron written with tensor ops) is a
+    Delay, which starts at 0; one the model starts elsewhere (``torch.full``, ``ones``) gave a
+    graph whose first steps differ, silently. Such a graph is compared with the model on the
+    example input (or random inputs) before anything is written: refused if its outputs differ
+    beyond rounding."""
+    from .parity import check_parity, unexplained_output_difference
+
+    if not loaded.graph.meta.get("loop_state") or loaded.torch_model is None:
+        return
+    x, steps = _check_inputs(loaded, example_input, None, None, 2, 0)
+    try:
+        report = check_parity(loaded, "sim", x, T=steps)
+    except SnnccError:  # a model `check` cannot run (one it will not convert to float64)
+        return
+    if report.min_agreement < 1.0 or unexplained_output_difference(report) is not None:
+        diff = report.output_max_abs_diff_sim
+        raise UnsupportedError(
+            f"the graph of the model's loop over time computes other outputs than the model "
+            f"(max |diff| {diff:.3g}, spike agreement {report.min_agreement:.6f} on "
+            f"{'the example input' if example_input is not None else 'random inputs'}): a "
+            f"state the loop carries is a Delay, which starts at 0, and one the model starts "
+            f"at another value (torch.full, torch.ones, a constant) is not supported")
 
 
 def check_dataset(model, dataset: str, example_input=None, *, target: str = "sim",

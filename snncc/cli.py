@@ -336,6 +336,15 @@ def check(
                              f"with --dtype float64 for exact spikes, or accept its rounding "
                              f"with a lower --min-agreement)"
                              if report.target_less_precise else ""))
+    _fail_on_unexplained_output_difference(report)
+
+
+def _fail_on_unexplained_output_difference(report) -> None:
+    from .errors import ParityError
+    from .parity import unexplained_output_difference
+
+    if (unexplained := unexplained_output_difference(report)) is not None:
+        raise ParityError(unexplained)
 
 
 def _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, passes,
@@ -372,6 +381,7 @@ def _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, p
         raise ParityError(f"spike agreement {report.min_agreement:.6f} over {report.samples} "
                           f"samples is below --min-agreement {min_agreement} (first divergent "
                           f"layer: {report.first_divergent_target or report.first_divergent_sim})")
+    _fail_on_unexplained_output_difference(report)
 
 
 @app.command()

@@ -22,6 +22,28 @@ from .simulator import SPIKES, simulate
 #: ``graph.meta['output_layout']`` values of a model whose output is one value per time step.
 PER_STEP_LAYOUTS = frozenset({"TB", "BT", "T*B"})
 
+#: the largest output difference float64 rounding explains (sums taken in another order, a
+#: fused multiply-add): a graph that computes something else differs by far more
+OUTPUT_ROUNDING = 1e-9
+
+
+def unexplained_output_difference(report) -> str | None:
+    """Why an exact (float64, not quantized) check must fail although every compared layer's
+    spikes agree: its outputs differ beyond rounding. Spikes a forward computes inside a larger
+    module are not compared, so a graph that is wrong there shows only in the outputs (None:
+    nothing unexplained)."""
+    diff = max(report.output_max_abs_diff_sim, report.output_max_abs_diff_target)
+    if (report.lossy or report.dtype != "float64"
+            or getattr(report, "target_dtype", "") == "float32" or report.min_agreement < 1.0
+            or not diff > OUTPUT_ROUNDING):
+        return None
+    return (f"the outputs differ by {diff:.3g} (simulator {report.output_max_abs_diff_sim:.3g}, "
+            f"{report.target} {report.output_max_abs_diff_target:.3g}) though every compared "
+            f"layer's spikes agree: the compiled graph computes something else than the model"
+            + (f" (neuron layers not compared: {', '.join(report.unmatched[:4])}"
+               f"{' ...' * (len(report.unmatched) > 4)})"
+               if getattr(report, "unmatched", None) else ""))
+
 
 @dataclass
 class LayerParity:
@@ -121,6 +143,8 @@ class ParityReport:
         if self.accuracy:
             lines.append(f"accuracy{MEAN_PREDICTION if self.output_over_steps else ''}: "
                          + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
+        if (unexplained := unexplained_output_difference(self)) is not None:
+            lines.append(f"error: {unexplained}")
         if self.target_less_precise:
             lines.append(f"note: the {self.target} artifact computes in float32: spikes whose "
                          f"membrane lies within float32 rounding of the threshold may flip "
