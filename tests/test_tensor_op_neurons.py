@@ -939,16 +939,6 @@ ADAPTIVE_LIF = '''
 import torch
 
 
-class Spike(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.gt(0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
 class AdaptiveLIF(torch.nn.Module):
     """An adaptive LIF (Yin et al.'s SRNN, Bellec et al.'s LSNN): a threshold b_j0 + beta * b
     that each spike raises and that decays, over a [B, T, C] sequence; b starts at
@@ -970,8 +960,8 @@ class AdaptiveLIF(torch.nn.Module):
             b = 0.9 * b + 0.1 * spike
             threshold = 0.2 + 1.8 * b
             mem = mem * 0.8 + 0.5 * x[:, t] - threshold * spike
-            spike = Spike.apply(mem - threshold if self.fires_on_threshold
-                                else mem - 1.8 * b - 0.2)
+            spike = ((mem - threshold if self.fires_on_threshold else mem - 1.8 * b - 0.2)
+                     > 0).to(x.dtype)
             out.append(spike)
         return torch.stack(out, 1)
 
