@@ -28,8 +28,8 @@ OUTPUT_ROUNDING = 1e-9
 
 
 def unexplained_output_difference(report) -> str | None:
-    """Why an exact (float64, not quantized) check must fail although every compared layer's
-    spikes agree: its outputs differ beyond rounding. Spikes a forward computes inside a larger
+    """Why an exact (float64, not quantized, the target in float64) check must fail although
+    every compared layer's spikes agree: its outputs differ beyond rounding. Spikes a forward computes inside a larger
     module are not compared, so a graph that is wrong there shows only in the outputs (None:
     nothing unexplained)."""
     diff = max(report.output_max_abs_diff_sim, report.output_max_abs_diff_target)
