@@ -291,7 +291,6 @@ def check(
     from . import api
     from .errors import ParityError
     from .files import JSON, atomic_write, load_array
-    from .parity import unexplained_output_difference
 
     if dataset is None:
         unused = [o for o, v in (("--limit", limit), ("--transform", transform),
@@ -337,6 +336,8 @@ def check(
                              f"with --dtype float64 for exact spikes, or accept its rounding "
                              f"with a lower --min-agreement)"
                              if report.target_less_precise else ""))
+    from .parity import unexplained_output_difference  # (torch: after the input is read)
+
     if (unexplained := unexplained_output_difference(report)) is not None:
         raise ParityError(unexplained)
 
