@@ -3032,18 +3032,16 @@ def _resampling_probe(spatial, k, size, scale_factor, mode, align_corners, recom
     """``read(p)``: the same resampling, along axis ``k`` of ``spatial`` alone, of the probes
     ``p`` (``[N, n_in]``, the other axes of length 1, resampled to length 1): ``[N, n_out]``.
     Each axis is resampled as its own size or scale tells, whatever the others'."""
-    dims = len(spatial)
-
     def along_k(v, rest):
-        axes = [rest] * dims
+        axes = [rest] * len(spatial)
         axes[k] = v[k] if isinstance(v, (tuple, list)) else v
         return tuple(axes)
 
+    at = along_k(spatial, 1)
+    resize = (dict(size=along_k(size, 1)) if size is not None
+              else dict(scale_factor=along_k(scale_factor, 1.0)))
+
     def read(p):
-        at = [1] * dims
-        at[k] = spatial[k]
-        resize = (dict(size=along_k(size, 1)) if size is not None
-                  else dict(scale_factor=along_k(scale_factor, 1.0)))
         out = F.interpolate(p.reshape(len(p), 1, *at), mode=mode, align_corners=align_corners,
                             recompute_scale_factor=recompute, **resize)
         return out.reshape(len(p), -1)

@@ -286,7 +286,7 @@ def _verify_loop_state(loaded: LoadedModel, example_input) -> None:
     graph whose first steps differ, silently. Such a graph is compared with the model on the
     example input (or random inputs) before anything is written: refused if its outputs differ
     beyond rounding."""
-    from .parity import check_parity, unexplained_output_difference
+    from .parity import check_parity
 
     if not loaded.graph.meta.get("loop_state") or loaded.torch_model is None:
         return
@@ -295,7 +295,7 @@ def _verify_loop_state(loaded: LoadedModel, example_input) -> None:
         report = check_parity(loaded, "sim", x, T=steps)
     except SnnccError:  # a model `check` cannot run (one it will not convert to float64)
         return
-    if report.min_agreement < 1.0 or unexplained_output_difference(report) is not None:
+    if report.min_agreement < 1.0 or report.unexplained_output_difference is not None:
         diff = report.output_max_abs_diff_sim
         raise UnsupportedError(
             f"the graph of the model's loop over time computes other outputs than the model "

@@ -336,10 +336,8 @@ def check(
                              f"with --dtype float64 for exact spikes, or accept its rounding "
                              f"with a lower --min-agreement)"
                              if report.target_less_precise else ""))
-    from .parity import unexplained_output_difference  # (torch: after the input is read)
-
-    if (unexplained := unexplained_output_difference(report)) is not None:
-        raise ParityError(unexplained)
+    if report.unexplained_output_difference is not None:
+        raise ParityError(report.unexplained_output_difference)
 
 
 def _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, passes,

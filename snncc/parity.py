@@ -27,24 +27,6 @@ PER_STEP_LAYOUTS = frozenset({"TB", "BT", "T*B"})
 OUTPUT_ROUNDING = 1e-9
 
 
-def unexplained_output_difference(report) -> str | None:
-    """Why an exact (float64, not quantized, the target in float64) check must fail although
-    every compared layer's spikes agree: its outputs differ beyond rounding. Spikes a forward computes inside a larger
-    module are not compared, so a graph that is wrong there shows only in the outputs (None:
-    nothing unexplained)."""
-    diff = max(report.output_max_abs_diff_sim, report.output_max_abs_diff_target)
-    if (report.lossy or report.dtype != "float64"
-            or getattr(report, "target_dtype", "") == "float32" or report.min_agreement < 1.0
-            or not diff > OUTPUT_ROUNDING):
-        return None
-    return (f"the outputs differ by {diff:.3g} (simulator {report.output_max_abs_diff_sim:.3g}, "
-            f"{report.target} {report.output_max_abs_diff_target:.3g}) though every compared "
-            f"layer's spikes agree: the compiled graph computes something else than the model"
-            + (f" (neuron layers not compared: {', '.join(report.unmatched[:4])}"
-               f"{' ...' * (len(report.unmatched) > 4)})"
-               if getattr(report, "unmatched", None) else ""))
-
-
 @dataclass
 class LayerParity:
     node: str
@@ -102,6 +84,23 @@ class ParityReport:
         return min([1.0] + [min(r.agreement_sim, r.agreement_target, r.agreement_sim_target)
                             for r in self.layers])
 
+    @property
+    def unexplained_output_difference(self) -> str | None:
+        """Why an exact check (float64, not quantized, the target in float64) must fail
+        although every compared layer's spikes agree: its outputs differ beyond rounding.
+        Spikes a forward computes inside a larger module are not compared, so a graph that is
+        wrong there shows only in the outputs (None: nothing unexplained)."""
+        diff = max(self.output_max_abs_diff_sim, self.output_max_abs_diff_target)
+        if (self.lossy or self.dtype != "float64" or self.target_dtype == "float32"
+                or self.min_agreement < 1.0 or not diff > OUTPUT_ROUNDING):
+            return None
+        return (f"the outputs differ by {diff:.3g} (simulator "
+                f"{self.output_max_abs_diff_sim:.3g}, {self.target} "
+                f"{self.output_max_abs_diff_target:.3g}) though every compared layer's spikes "
+                f"agree: the compiled graph computes something else than the model"
+                + (f" (neuron layers not compared: {', '.join(self.unmatched[:4])}"
+                   f"{' ...' * (len(self.unmatched) > 4)})" if self.unmatched else ""))
+
     def to_dict(self) -> dict:
         return {**asdict(self), "min_agreement": self.min_agreement,
                 "target_mismatch_rate": self.target_mismatch_rate}
@@ -143,7 +142,7 @@ class ParityReport:
         if self.accuracy:
             lines.append(f"accuracy{MEAN_PREDICTION if self.output_over_steps else ''}: "
                          + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
-        if (unexplained := unexplained_output_difference(self)) is not None:
+        if (unexplained := self.unexplained_output_difference) is not None:
             lines.append(f"error: {unexplained}")
         if self.target_less_precise:
             lines.append(f"note: the {self.target} artifact computes in float32: spikes whose "
