@@ -66,6 +66,17 @@ from .adapters import reset_state
 from .shaped import ShapedTensor, on_broadcast_constants, release_fake_mode, shaped_like
 
 STATIC, SEQ, READOUT = "static", "seq", "readout"
+#: tensor methods and functions an operator is recorded as where its left operand is a constant
+#: tensor -> the operator (a loop's first step computes on its starting state, a constant)
+_OPERATOR_OF = {f"{owner}.{name}": f"operator.{op}" for owner in ("Tensor", "torch")
+                for name, op in [("add", "add"), ("sub", "sub"), ("mul", "mul"), ("div", "truediv"),
+                                 ("true_divide", "truediv"), ("matmul", "matmul"), ("gt", "gt"),
+                                 ("lt", "lt"), ("ge", "ge"), ("le", "le")]}
+#: the code of frames a site leaves out (:meth:`_ConcreteTracer._site`)
+_INTERNAL_CODE = (str(Path(torch.__file__).parent / "_")[:-1], __file__)
+#: the steps of a loop whose calls' constant operands are kept: the values a loop's state has
+#: before its first step (:meth:`_Builder._start_values`), for Delays of up to that many steps
+_EARLY_STEPS = 4
 TB, BT, TBM, BTM, B, B1 = ("T", "B"), ("B", "T"), ("TB",), ("BT",), ("B",), ("1", "B")
 _LAYOUT_NAMES = {TB: "TB", BT: "BT", TBM: "T*B", BTM: "B*T", B: "B", B1: "1B"}
 
@@ -507,6 +518,7 @@ class _ConcreteTracer(fx.Tracer):
         self._occurrences: dict[tuple, int] = {}
         self._stacks: dict[tuple, int] = {}
         self._codes: list[list] = []
+        self._internal: dict[int, tuple[object, bool]] = {}  # id(code) -> (it, torch's/ours)
         # the stack below the tracer's maker (alive while it traces) is the same for every op:
         # not walked; its id, as the frame itself would make a cycle holding the trace's values
         self._base = id(sys._getframe(1))
@@ -766,12 +778,21 @@ class _ConcreteTracer(fx.Tracer):
         """(module, call stack, occurrence). A stack is a number, one per distinct stack of
         (code, line) frames: sites are hashed again and again, and a tuple of code objects
         hashes each one's bytecode and constants (a 40-frame stack: 10 us per hash, 0.3 as ints).
-        Frames are told apart by their code's id, the code held so that no id is reused."""
+        Frames are told apart by their code's id, the code held so that no id is reused.
+        torch's frames and the tracer's are left out: the same line of the model reaches here
+        by other ones where an operand is a constant (``b0 * 0.9 + x``, the plain tensor's
+        ``__add__`` through the torch function mode) than where all are traced."""
         call = next(reversed(self.module_stack), "")
         frame, stack, codes = sys._getframe(2), [], []
         while frame is not None and id(frame) != self._base:
-            codes.append(frame.f_code)
-            stack += (id(frame.f_code), frame.f_lineno)
+            code = frame.f_code
+            internal = self._internal.get(id(code))
+            if internal is None:
+                internal = self._internal[id(code)] = (code, code.co_filename.startswith(
+                    _INTERNAL_CODE))
+            if not internal[1]:
+                codes.append(code)
+                stack += (id(code), frame.f_lineno)
             frame = frame.f_back
         stack = tuple(stack)
         number = self._stacks.get(stack)
@@ -1116,6 +1137,21 @@ class _SteppedNeuron:
     tap: ir.Node | None = None  # the node reading it for values taken before then
 
 
+def _start_array(operand, shape: tuple) -> np.ndarray | None:
+    """A loop state's value before the first step as a call read it (a constant or a number),
+    one sample's, or None where it is neither or differs across the batch."""
+    if isinstance(operand, (int, float)) and not isinstance(operand, bool):
+        return np.full(shape, float(operand))
+    if not isinstance(operand, Const) or not isinstance(operand.value, torch.Tensor) \
+            or isinstance(operand.value, ShapedTensor):
+        return None
+    try:
+        lead = max(operand.value.dim() - len(shape), 0)
+        return np.broadcast_to(_np(_one_step(operand.value, lead)), shape)
+    except (_Refuse, ValueError):
+        return None
+
+
 def _same_dynamics(a, b, shape: tuple) -> bool:
     """Whether two calls of a single-step neuron compute the same: equal canonical parameters,
     or circuits that build the same nodes (a model may change a threshold between its steps)."""
@@ -1274,6 +1310,11 @@ class _Builder:
         self._step_terms: dict[Expr, list[Expr]] = {}
         self._sites: dict[tuple, Expr | None] = {}  # site -> its value in the latest step
         self._step_occurrences: dict[tuple, int] = {}  # (module, stack, op, step, ...) -> n
+        # a loop's calls (their traced values): the calls reading each value, (site, step,
+        # operand position), and the operands of its first steps' calls (:meth:`_start_values`)
+        self._called: set[Expr] = set()
+        self._consumers: dict[Expr, list[tuple[tuple, int, int]]] = {}
+        self._early: dict[tuple[tuple, int], list] = {}
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
         self.comparisons: set[str] = set()  # Neuron nodes that are a comparison (x > k)
         self.counts: dict[Expr, list[Val]] = {}  # round(clamp(x, 0, D)): its D level comparisons
@@ -1306,6 +1347,9 @@ class _Builder:
                 return args[0]
             kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
             value = env[node] = self._eval(node, args, kwargs, static)
+            if node.op.startswith("call_") and isinstance(value, Val) \
+                    and value.expr.step is not None and value.expr.site is not None:
+                self._record(value.expr, _walk((args, kwargs)))
             if isinstance(value, Val):
                 for path in node.meta.get("returned_by", ()):
                     self._returned.setdefault(path, []).append(value)
@@ -1336,6 +1380,17 @@ class _Builder:
             reason = err.message if isinstance(err, UnsupportedError) else str(err)
             msg = f"op '{c.op}' is not supported" + (f" ({reason})" if reason else "")
             return self._refused(c, msg, not reason, args, kwargs)
+
+    def _record(self, e: Expr, operands: list) -> None:
+        """A call of a loop over time computed ``e`` from ``operands``."""
+        if e in self._called:  # an op that returns its operand (x.to(dtype))
+            return
+        self._called.add(e)
+        for k, a in enumerate(operands):
+            if isinstance(a, Val) and a.expr.step is not None:
+                self._consumers.setdefault(a.expr, []).append((e.site, e.step, k))
+        if e.step < _EARLY_STEPS:
+            self._early[(e.site, e.step)] = operands
 
     def _call(self, node: fx.Node) -> _Call:
         value, scope, site = node.meta["value"], node.meta["scope"], node.meta["site"]
@@ -1441,10 +1496,12 @@ class _Builder:
         step or runs inside one forward (a neuron written with tensor ops, ``for t in range(T):
         mem = mem * tau + x[:, t]``, runs each op of its stacks once per step; the product there
         is of step t - 1, the sum of step t). A module called at several places of one line
-        has its calls told apart by their order at each step."""
+        has its calls told apart by their order at each step. An operator is named so also
+        where a constant tensor's method recorded it (``b0 * 0.9 + x``: ``Tensor.add``)."""
         if site is None or step is None:
             return site
         module, stack, _, *rest = site
+        op = _OPERATOR_OF.get(op, op)
         key = (module, stack, op, step, *rest)
         n = self._step_occurrences[key] = self._step_occurrences.get(key, -1) + 1
         return (module, stack, op, n, *rest)
@@ -1811,7 +1868,8 @@ class _Builder:
             return self._delay(self._membrane(e.path), t - e.step, e)
         if isinstance(e, _OverSteps):
             return self._over_steps(e)
-        if t is not None and t > e.step and all(a.step is not None for a in e.args):
+        if t is not None and t > e.step and all(a.step is not None for a in e.args) \
+                and (e in self._called or self._starts_at_zero(e, t - e.step)):
             return self._delayed(e, t - e.step)
         inputs = tuple(self.materialize(a, t) for a in e.args)
         if None in inputs:
@@ -1896,13 +1954,24 @@ class _Builder:
         """``e``, computed at an earlier step of the loop, ``steps`` steps later: a Delay of the
         node that computes e's site in the latest step (which every step then shares). The
         Delay may close a cycle, so its input is connected once the rest is built; until then
-        it declares spikes, the kind every consumer accepts (verify re-checks the real one)."""
+        it declares spikes, the kind every consumer accepts (verify re-checks the real one).
+        Where the model's value before the first step is not 0 (:meth:`_start_values`), Delays
+        of one step, each followed by its first value (:meth:`_started`)."""
         target = self._sites.get(e.site) or e
         if (target, steps) not in self._delays:
+            starts = self._start_values(target, steps)
+            if starts is not None and not any(v.any() for v in starts):
+                starts = None
             node = ir.Delay(self._fresh(f"{target.hint}.delay"), (f"{target.hint}.pending",),
-                            path=target.path, steps=steps, shape_hint=target.shape)
+                            path=target.path, steps=1 if starts else steps,
+                            shape_hint=target.shape)
             self.graph.add(node)
-            self._delays[(target, steps)] = node.name
+            out = node.name
+            for i, start in enumerate(reversed(starts or ())):  # step -1's value first
+                if i:
+                    out = self._delay(out, 1, target)
+                out = self._started(target, out, start)
+            self._delays[(target, steps)] = out
 
             def connect():
                 name = self.materialize(target, target.step)
@@ -1911,6 +1980,57 @@ class _Builder:
                     node.kind_hint = node.kind = self.graph[name].kind
             self._queue.append(connect)
         return self._delays[(target, steps)]
+
+    def _starts_at_zero(self, e: Expr, steps: int) -> bool:
+        """Whether e, delayed by ``steps``, starts at 0 in the model as far as the trail tells.
+        An op's own value is in the trail; one of the nodes an op maps to (its negation,
+        ...) is not: it starts at 0 where its operands do, else it is built from its operands
+        delayed (Delays commute with its per-step node) and does not get a Delay of its own."""
+        if e in self._called or not e.args:
+            starts = self._start_values(self._sites.get(e.site) or e, steps)
+            return starts is None or not any(v.any() for v in starts)
+        return all(self._starts_at_zero(a, steps + e.step - a.step) for a in e.args
+                   if a.step is not None)
+
+    def _started(self, e: Expr, delayed: str | None, start: np.ndarray) -> str | None:
+        """``delayed`` (of one step) but ``start`` at the first step: ``delayed + start * (1 -
+        Delay(1))``, the ones a BatchNorm of scale 0 and bias 1 (exact: start - start * 1 is
+        0), each element its own channel."""
+        n, zeros, ones = start.size, np.zeros(start.size), np.ones(start.size)
+        first = self._chain(e, delayed, [
+            ("flat", (n,), lambda nm, i: ir.Reshape(nm, (i,), path=e.path, target=(n,))),
+            ("ones", (n,), lambda nm, i: ir.BatchNorm(nm, (i,), path=e.path, weight=zeros,
+                                                       bias=ones, mean=zeros, var=ones, eps=0.0)),
+            ("after_first", (n,), lambda nm, i: ir.Delay(nm, (i,), path=e.path, steps=1)),
+            ("first", (n,), lambda nm, i: ir.BatchNorm(
+                nm, (i,), path=e.path, weight=-start.ravel(), bias=start.ravel().copy(),
+                mean=zeros, var=ones, eps=0.0)),
+            ("start", e.shape, lambda nm, i: ir.Reshape(nm, (i,), path=e.path, target=e.shape))])
+        if first is None:
+            return None
+        started = replace(e, hint=f"{e.hint}.started")
+        return self._add(started, lambda: ir.Add(self._fresh(started.hint), (delayed, first),
+                                                 path=e.path))
+
+    def _start_values(self, e: Expr, steps: int) -> list[np.ndarray] | None:
+        """The values the site of ``e`` (an op's traced value in a loop over time) has in the
+        model at steps -steps .. -1, before the loop's first step, or None where unknown: at
+        the loop's first steps the op ran on constants (the state the loop starts with; SRNN's
+        threshold ``b_j0 + beta * b`` from b0) and its value entered a call reading it, as a
+        constant operand where the same call at later steps reads e's traced value. A call
+        of step u reading e's value of step s reads, at step u - s - m, its value of step -m
+        (its site numbers it among the same op at the same step: the same at every step)."""
+        for site, step, k in self._consumers.get(e, ()):
+            values = []
+            for m in range(steps, 0, -1):
+                operands = self._early.get((site, step - e.step - m), ())
+                value = _start_array(operands[k] if k < len(operands) else None, e.shape)
+                if value is None:
+                    break
+                values.append(value)
+            else:
+                return values
+        return None
 
     def _same_each_step(self, e: Expr, exprs: dict[int, Expr]) -> str | None:
         """The node of the last step's value; checks the step before gives the same node."""

@@ -942,19 +942,23 @@ import torch
 class AdaptiveLIF(torch.nn.Module):
     """An adaptive LIF (Yin et al.'s SRNN, Bellec et al.'s LSNN): a threshold b_j0 + beta * b
     that each spike raises and that decays, over a [B, T, C] sequence; b starts at
-    ``b_start``. ``fires_on_threshold``: the spikes compare with that threshold, which the
-    step before computed (as SRNN's ``mem_update_adp`` writes it: its value before the first
-    step is b_j0, no Delay's 0); else with ``mem - beta * b - b_j0``."""
+    ``b_start`` (times the sample's number, ``start_per_sample``). ``fires_on_threshold``:
+    the spikes compare with that threshold, which the step before computed (as SRNN's
+    ``mem_update_adp`` writes it: its value before the first step is b_j0); else with
+    ``mem - beta * b - b_j0``."""
 
-    def __init__(self, b_start=0.0, fires_on_threshold=False):
+    def __init__(self, b_start=0.0, fires_on_threshold=False, start_per_sample=False):
         super().__init__()
         self.b_start, self.fires_on_threshold = b_start, fires_on_threshold
+        self.start_per_sample = start_per_sample
 
     def forward(self, x):
         B, T, C = x.shape
         mem = torch.zeros(B, C, dtype=x.dtype)
         spike = torch.zeros(B, C, dtype=x.dtype)
         b = torch.full((B, C), self.b_start, dtype=x.dtype)
+        if self.start_per_sample:
+            b = b * torch.arange(1, B + 1, dtype=x.dtype)[:, None]
         out = []
         for t in range(T):
             b = 0.9 * b + 0.1 * spike
@@ -967,14 +971,31 @@ class AdaptiveLIF(torch.nn.Module):
 
 
 class Net(torch.nn.Module):
-    def __init__(self, b_start=0.0, fires_on_threshold=False):
+    def __init__(self, b_start=0.0, fires_on_threshold=False, start_per_sample=False):
         super().__init__()
         self.fc = torch.nn.Linear(4, 6)
-        self.alif = AdaptiveLIF(b_start, fires_on_threshold)
+        self.alif = AdaptiveLIF(b_start, fires_on_threshold, start_per_sample)
         self.out = torch.nn.Linear(6, 3)
 
     def forward(self, x):
         return self.out(self.alif(self.fc(x)).mean(1))
+
+
+class EchoNet(torch.nn.Module):
+    """Each neuron inhibited by its own spikes of eight steps before, which start as 1 (a
+    history filled before the loop): a start further back than snncc looks for one."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 6)
+
+    def forward(self, x):
+        h = self.fc(x)
+        B, T, C = h.shape
+        history = [torch.ones(B, C, dtype=x.dtype)] * 8
+        for t in range(T):
+            history.append((h[:, t] - 0.5 * history[-8] > 0).to(x.dtype))
+        return torch.stack(history[8:], 1).mean(1)
 '''
 
 
@@ -985,12 +1006,22 @@ def adaptive_lif(tmp_path_factory):
     path.write_text(ADAPTIVE_LIF)
     code = {}
     exec(compile(ADAPTIVE_LIF, str(path), "exec"), code)
-    return path, code["Net"]
+    return path, code["Net"], code["EchoNet"]
 
 
-def _adaptive(net_class, b_start, fires_on_threshold=False):
+def _driven_echo(adaptive_lif):
+    """EchoNet in float64, its input layer firing about half the time."""
     torch.manual_seed(0)
-    model = net_class(b_start, fires_on_threshold).double().eval()
+    model = adaptive_lif[2]().double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(2.0)
+        model.fc.bias.add_(0.5)
+    return model
+
+
+def _adaptive(net_class, b_start, fires_on_threshold=False, start_per_sample=False):
+    torch.manual_seed(0)
+    model = net_class(b_start, fires_on_threshold, start_per_sample).double().eval()
     with torch.no_grad():
         model.fc.weight.mul_(2.0)
         model.fc.bias.add_(0.5)
@@ -999,36 +1030,127 @@ def _adaptive(net_class, b_start, fires_on_threshold=False):
 
 
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
-def test_an_adaptive_threshold_written_with_tensor_ops_is_exact(adaptive_lif, target):
+@pytest.mark.parametrize("b_start,fires_on_threshold", [(0.0, False), (0.5, True)])
+def test_an_adaptive_threshold_written_with_tensor_ops_is_exact(adaptive_lif, target, b_start,
+                                                               fires_on_threshold):
     """A threshold that is a state of its own (an ALIF, the neuron of SRNN, LSNN): the
-    comparison with it is the neuron, its decay and rise Scale/Add nodes with Delays."""
-    model, x = _adaptive(adaptive_lif[1], 0.0)
+    comparison with it is the neuron, its decay and rise Scale/Add nodes with Delays. A state
+    that does not start at 0 (b from ``torch.full(.., 0.5)``; SRNN's threshold, b_j0 before
+    the first step) was a Delay's 0, silently: its Delay is followed by its first value."""
+    model, x = _adaptive(adaptive_lif[1], b_start, fires_on_threshold)
     report = snncc.check(model, x, target=target, layout="BT")
     assert report.min_agreement == 1.0 and report.layers
     assert report.output_max_abs_diff_target <= 1e-15  # the readout's mean, summed its way
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
-@pytest.mark.parametrize("b_start,fires_on_threshold", [(0.5, False), (0.0, True)])
-def test_a_loop_state_not_starting_at_zero_is_refused(adaptive_lif, tmp_path, capsys, b_start,
-                                                      fires_on_threshold):
-    """A Delay starts at 0: b started at 0.5 (``torch.full``), or a threshold the step before
-    computed whose value before the first step is b_j0, gave a graph whose steps differed,
-    silently (the spikes at 0.98 against the model; where no module returned them, `check`
-    said agreement 1.0 and exited 0). Now compile refuses such a graph after comparing it with
-    the model on the example, and `check` fails on outputs that differ beyond rounding though
-    the spikes it compares agree."""
+@pytest.mark.parametrize("b_start,fires_on_threshold", [(0.5, False), (-0.3, True)])
+def test_a_loop_state_starting_elsewhere_than_0_is_exact(adaptive_lif, b_start,
+                                                         fires_on_threshold):
+    model, x = _adaptive(adaptive_lif[1], b_start, fires_on_threshold)
+    report = snncc.check(model, x, layout="BT")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    starts = [n for n in snncc.trace(model, x, layout="BT") if n.name.endswith(".first")]
+    assert starts  # (the start is the model's: b0 * 0.9 or b_j0 + beta * b0, not 0)
+
+
+class _SrnnLayer(nn.Module):
+    """A layer written as SRNN's ``spike_dense`` / ``spike_rnn`` are (Yin et al.'s
+    ``SRNN_layers``, byin-cwi/Efficient-spiking-networks): its states in attributes that
+    ``set_neuron_state`` sets before the loop (b from ``ones * b_j0``), a Linear of its own
+    last spikes (its bias is its value on the zero state at the first step), its threshold
+    ``b_j0 + beta * b`` computed before the membrane it is compared with."""
+
+    def __init__(self, n_in: int, n: int, recurrent: bool):
+        super().__init__()
+        self.dense = nn.Linear(n_in, n)
+        self.recurrent = nn.Linear(n, n) if recurrent else None
+        self.tau_m = nn.Parameter(torch.empty(n).normal_(20.0, 5.0))
+        self.tau_adp = nn.Parameter(torch.empty(n).normal_(200.0, 50.0))
+
+    def set_neuron_state(self, batch: int):
+        n, dtype = self.dense.out_features, self.dense.weight.dtype
+        self.mem = torch.zeros(batch, n, dtype=dtype)
+        self.spike = torch.zeros(batch, n, dtype=dtype)
+        self.b = torch.ones(batch, n, dtype=dtype) * 1.6
+
+    def forward(self, x):
+        d = self.dense(x) + (0 if self.recurrent is None else self.recurrent(self.spike))
+        alpha, ro = torch.exp(-1.0 / self.tau_m), torch.exp(-1.0 / self.tau_adp)
+        self.b = ro * self.b + (1 - ro) * self.spike
+        threshold = 1.6 + 0.184 * self.b
+        self.mem = self.mem * alpha + (1 - alpha) * d - threshold * self.spike
+        self.spike = (self.mem - threshold > 0).to(x.dtype)
+        return self.mem, self.spike
+
+
+class _Srnn(nn.Module):
+    """SRNN's speech network in its form (``srnn_fin.py``: an adaptive layer, a recurrent one,
+    a leaky readout integrator) on [B, T, F], its readout's membrane summed over time."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense_1, self.rnn_1 = _SrnnLayer(6, 16, False), _SrnnLayer(16, 16, True)
+        self.readout = nn.Linear(16, 3)
+        self.tau_readout = nn.Parameter(torch.empty(3).normal_(10.0, 1.0))
+
+    def forward(self, x):
+        batch, T, _ = x.shape
+        self.dense_1.set_neuron_state(batch)
+        self.rnn_1.set_neuron_state(batch)
+        mem, output = torch.zeros(batch, 3, dtype=x.dtype), 0
+        for t in range(T):
+            _, spikes = self.rnn_1(self.dense_1(x[:, t])[1])
+            alpha = torch.exp(-1.0 / self.tau_readout)
+            mem = mem * alpha + (1 - alpha) * self.readout(spikes)
+            output = output + mem
+        return output
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_srnn_layers_whose_threshold_starts_at_b_j0_are_exact(target):
+    """Compiled with every Delay at 0 before, its outputs differed from the model's by 2.6
+    (its thresholds start at b_j0 + beta * b_j0, its recurrent Linear at its bias)."""
+    torch.manual_seed(0)
+    model = _Srnn().double().eval()
+    with torch.no_grad():
+        model.dense_1.dense.weight.mul_(100.0)
+        model.rnn_1.dense.weight.mul_(80.0)
+        model.rnn_1.recurrent.bias.normal_(0.0, 5.0)
+    x = 2 * torch.rand(3, 12, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, layout="BT")
+    assert report.min_agreement == 1.0 and report.unexplained_output_difference is None
+    assert report.output_max_abs_diff_target <= 1e-12
+    spikes = {}
+    for name in ("dense_1", "rnn_1"):
+        getattr(model, name).register_forward_hook(
+            lambda m, i, out, name=name: spikes.setdefault(name, []).append(out[1]))
+    with torch.no_grad():
+        model(x)
+    assert_rates_in_range({k: float(torch.stack(v).mean()) for k, v in spikes.items()})
+
+
+def test_a_loop_state_the_graph_cannot_start_with_is_refused(adaptive_lif, tmp_path, capsys):
+    """A start that no graph constant is (b of its own in each sample) is refused naming it.
+    One snncc does not find (a Delay of eight steps) stays a Delay's 0: compile refuses the
+    graph after comparing it with the model on the example, and `check` fails on outputs
+    that differ beyond rounding though the spikes it compares agree (it said agreement 1.0
+    and exited 0 where no module returned the spikes)."""
     from snncc.cli import main
 
-    model, x = _adaptive(adaptive_lif[1], b_start, fires_on_threshold)
+    model, x = _adaptive(adaptive_lif[1], 0.5, start_per_sample=True)
+    with pytest.raises(UnsupportedError, match="a constant that differs across time or batch"):
+        snncc.trace(model, x, layout="BT")
+    torch.manual_seed(0)
+    model = _driven_echo(adaptive_lif)
     with pytest.raises(UnsupportedError, match="a state the loop carries is a Delay, which "
                                                "starts at 0, and one the model starts at"):
         snncc.compile(model, x, target="onnx", out=tmp_path / "out", layout="BT")
     assert not (tmp_path / "out").exists()
     weights = tmp_path / "w.pt"
     torch.save(model.state_dict(), weights)
-    args = json.dumps({"b_start": b_start, "fires_on_threshold": fires_on_threshold})
-    code = main(["check", str(weights), "--model", f"{adaptive_lif[0]}:Net", "--model-args",
-                 args, "--input-shape", "4", "--layout", "BT", "--T", "10"])
+    code = main(["check", str(weights), "--model", f"{adaptive_lif[0]}:EchoNet",
+                 "--input-shape", "4", "--layout", "BT", "--T", "10"])
     err = capsys.readouterr().err
     assert code != 0 and ("the outputs differ by" in err or "spike agreement" in err)
