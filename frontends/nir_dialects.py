@@ -264,24 +264,25 @@ def _snntorch_cuba(d, name, node, x, shape, dt, path, graph):
 # ----------------------------------------------------------------------------- norse
 
 
-def _norse_gain_and_leak(node, name):
+def _norse_leak(node, name, what: str) -> float:
+    """The potential a norse cell leaks to and starts at; it has no input gain."""
     _must_be(node.r, 1.0, name, "r", "norse's cells have no input gain (its exporter writes 1)")
-    _must_be(node.v_leak, 0.0, name, "v_leak", "snncc reads norse's cells with v_leak = 0 only "
-             "(their state starts at v_leak)")
+    return _one(node.v_leak, what, name, "v_leak")
 
 
-def _norse_common(node, name):
-    _norse_gain_and_leak(node, name)
+def _norse_common(node, name, what: str) -> float:
     _must_be(node.v_reset, 0.0, name, "v_reset", "norse's exporter writes no v_reset (its "
              "default reset to 0 is assumed)")
+    return _norse_leak(node, name, what)
 
 
 def _norse_lif(d, name, node, x, shape, dt, path, graph):
     from snncc.frontends.adapters.norse import _lif_box
 
-    _norse_common(node, name)
+    what = "norse's LIFBoxCell"
+    v_leak = _norse_common(node, name, what)
     k = _norse_k(node.tau, dt, name, "tau")
-    nc = _lif_box(k, _one(node.v_threshold, "norse's LIFBoxCell", name, "v_threshold"), 0.0,
+    nc = _lif_box(k, _one(node.v_threshold, what, name, "v_threshold"), 0.0, v_leak,
                   subtract=False)
     return _circuit_nodes(name, x, nc, shape, path)
 
@@ -289,11 +290,12 @@ def _norse_lif(d, name, node, x, shape, dt, path, graph):
 def _norse_cuba(d, name, node, x, shape, dt, path, graph):
     from snncc.frontends.adapters.norse import _lif
 
-    _norse_common(node, name)
+    what = "norse's LIFCell"
+    v_leak = _norse_common(node, name, what)
     _must_be(node.w_in, 1.0, name, "w_in", "norse's LIFCell has no input gain")
     k = _norse_k(node.tau_mem, dt, name, "tau_mem")
     ks = -_norse_k(node.tau_syn, dt, name, "tau_syn")
-    nc = _lif(k, ks, _one(node.v_threshold, "norse's LIFCell", name, "v_threshold"), 0.0)
+    nc = _lif(k, ks, _one(node.v_threshold, what, name, "v_threshold"), 0.0, v_leak)
     return _circuit_nodes(name, x, nc, shape, path)
 
 
@@ -301,8 +303,8 @@ def _norse_li(d, name, node, x, shape, dt, path, graph):
     """norse's exporter writes its LIBoxCell as an LI (r = 1, tau = dt / tau_mem_inv)."""
     from snncc.frontends.adapters.norse import _li_box
 
-    _norse_gain_and_leak(node, name)
-    return _at(path, _li_box(_norse_k(node.tau, dt, name, "tau")).build(name, x, shape))
+    v_leak = _norse_leak(node, name, "norse's LIBoxCell")
+    return _at(path, _li_box(_norse_k(node.tau, dt, name, "tau"), v_leak).build(name, x, shape))
 
 
 def _norse_if(d, name, node, x, shape, dt, path, graph):

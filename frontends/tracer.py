@@ -1348,8 +1348,8 @@ class _Builder:
             kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
             value = env[node] = self._eval(node, args, kwargs, static)
             if node.op.startswith("call_") and isinstance(value, Val) \
-                    and value.expr.step is not None and value.expr.site is not None:
-                self._record(value.expr, _walk((args, kwargs)))
+                    and value.expr.step is not None:
+                self._record(node, value.expr, _walk((args, kwargs)))
             if isinstance(value, Val):
                 for path in node.meta.get("returned_by", ()):
                     self._returned.setdefault(path, []).append(value)
@@ -1381,9 +1381,14 @@ class _Builder:
             msg = f"op '{c.op}' is not supported" + (f" ({reason})" if reason else "")
             return self._refused(c, msg, not reason, args, kwargs)
 
-    def _record(self, e: Expr, operands: list) -> None:
-        """A call of a loop over time computed ``e`` from ``operands``."""
-        if e in self._called:  # an op that returns its operand (x.to(dtype))
+    def _record(self, node: fx.Node, e: Expr, operands: list) -> None:
+        """A call of a loop over time computed ``e`` from ``operands``. A call that returned
+        a value it did not make (``x - 0`` at the first step, where later steps subtract a
+        traced value; ``x.to(dtype)``) takes its occurrence of the op at e's step all the
+        same, so that the calls after it have their later steps' sites."""
+        if e in self._called or e.site is None:
+            c = self._call(node)
+            self.loop_site(c.site, e.step, c.op)
             return
         self._called.add(e)
         for k, a in enumerate(operands):
@@ -1992,25 +1997,12 @@ class _Builder:
         return all(self._starts_at_zero(a, steps + e.step - a.step) for a in e.args
                    if a.step is not None)
 
-    def _started(self, e: Expr, delayed: str | None, start: np.ndarray) -> str | None:
-        """``delayed`` (of one step) but ``start`` at the first step: ``delayed + start * (1 -
-        Delay(1))``, the ones a BatchNorm of scale 0 and bias 1 (exact: start - start * 1 is
-        0), each element its own channel."""
-        n, zeros, ones = start.size, np.zeros(start.size), np.ones(start.size)
-        first = self._chain(e, delayed, [
-            ("flat", (n,), lambda nm, i: ir.Reshape(nm, (i,), path=e.path, target=(n,))),
-            ("ones", (n,), lambda nm, i: ir.BatchNorm(nm, (i,), path=e.path, weight=zeros,
-                                                       bias=ones, mean=zeros, var=ones, eps=0.0)),
-            ("after_first", (n,), lambda nm, i: ir.Delay(nm, (i,), path=e.path, steps=1)),
-            ("first", (n,), lambda nm, i: ir.BatchNorm(
-                nm, (i,), path=e.path, weight=-start.ravel(), bias=start.ravel().copy(),
-                mean=zeros, var=ones, eps=0.0)),
-            ("start", e.shape, lambda nm, i: ir.Reshape(nm, (i,), path=e.path, target=e.shape))])
-        if first is None:
-            return None
-        started = replace(e, hint=f"{e.hint}.started")
-        return self._add(started, lambda: ir.Add(self._fresh(started.hint), (delayed, first),
-                                                 path=e.path))
+    def _started(self, e: Expr, delayed: str, start: np.ndarray) -> str:
+        """``delayed`` (of one step) but ``start`` at the first step."""
+        name = self._fresh(f"{e.hint}.started")
+        for node in ir.started_delay(name, delayed, start, e.path):
+            self.graph.add(node)
+        return name
 
     def _start_values(self, e: Expr, steps: int) -> list[np.ndarray] | None:
         """The values the site of ``e`` (an op's traced value in a loop over time) has in the

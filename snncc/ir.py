@@ -688,6 +688,27 @@ class Delay(Node):
         return shapes[0], kinds[0]
 
 
+def started_delay(name: str, delayed: str, start: np.ndarray, path: str = "") -> list[Node]:
+    """The nodes of x[t - 1] that is ``start`` (an array of x's shape) at t = 0, from
+    ``delayed``, a Delay of x by one step (0 at t = 0): ``delayed + start * (1 - Delay(1))``,
+    the ones a BatchNorm of scale 0 and bias 1, each element its own channel; exact, as
+    ``start - start * 1`` is 0. Named ``{name}.{part}``, the last, the result, ``name``."""
+    start = np.asarray(start, dtype=np.float64)
+    n = start.size
+    zeros, ones = np.zeros(n), np.ones(n)
+    return [
+        Reshape(f"{name}.flat", (delayed,), path=path, target=(n,)),
+        BatchNorm(f"{name}.ones", (f"{name}.flat",), path=path, weight=zeros, bias=ones,
+                  mean=zeros, var=ones, eps=0.0),
+        Delay(f"{name}.after_first", (f"{name}.ones",), path=path, steps=1, shape_hint=(n,),
+              kind_hint=Kind.REAL),  # (in the loop of the state it starts)
+        BatchNorm(f"{name}.first", (f"{name}.after_first",), path=path,
+                  weight=-start.ravel(), bias=start.ravel().copy(), mean=zeros, var=ones,
+                  eps=0.0),
+        Reshape(f"{name}.start", (f"{name}.first",), path=path, target=start.shape),
+        Add(name, (delayed, f"{name}.start"), path=path)]
+
+
 @dataclass(eq=False)
 class Readout(Node):
     """Mean over time: y[t] = (x[0] + ... + x[t]) / (t + 1); the model output reads y[T-1]."""

@@ -291,15 +291,18 @@ def test_norse_export_without_dialect_is_refused(norse_file):
         read_nir(path, dt=1e-4)
 
 
-def test_norse_leaky_integrator_readout_read_with_dialect_is_exact(tmp_path):
+@pytest.mark.parametrize("v_leak", [0.0, 0.05])
+def test_norse_leaky_integrator_readout_read_with_dialect_is_exact(tmp_path, v_leak):
     """norse's exporter writes an LIBoxCell readout as an LI (tau = dt / tau_mem_inv, r = 1):
-    read with ``dialect="norse"``, its voltage at every step is norse's own."""
+    read with ``dialect="norse"``, its voltage at every step is norse's own. Membranes that
+    leak to v_leak != 0 start there (refused before)."""
     torch.manual_seed(4)
     p = norse.LIFBoxParameters(tau_mem_inv=torch.full((16,), 150.0), v_th=torch.full((16,), 0.3),
-                               v_leak=torch.zeros(16))
+                               v_leak=torch.full((16,), v_leak))
     net = norse.SequentialState(torch.nn.Linear(6, 16), norse.LIFBoxCell(p),
                                 torch.nn.Linear(16, 4), norse.LIBoxCell(norse.LIBoxParameters(
-                                    tau_mem_inv=torch.full((4,), 120.0), v_leak=torch.zeros(4))))
+                                    tau_mem_inv=torch.full((4,), 120.0),
+                                    v_leak=torch.full((4,), 4 * v_leak))))
     path = tmp_path / "readout.nir"
     nir.write(path, norse.to_nir(net, torch.randn(1, 6)))
     x = _inputs(5, (6,)).double()

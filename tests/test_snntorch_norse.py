@@ -224,9 +224,10 @@ def _norse_p(kind: str, **kw):
     from norse.torch.functional.leaky_integrator_box import LIBoxParameters
     from norse.torch.functional.lif import LIFParameters
     from norse.torch.functional.lif_box import LIFBoxParameters
+    from norse.torch.functional.lsnn import LSNNParameters
 
     cls = {"iaf": IAFParameters, "lif": LIFParameters, "box": LIFBoxParameters,
-           "li": LIParameters, "li_box": LIBoxParameters}[kind]
+           "li": LIParameters, "li_box": LIBoxParameters, "lsnn": LSNNParameters}[kind]
     return cls(**{k: v if isinstance(v, str) else torch.as_tensor(v) for k, v in kw.items()})
 
 
@@ -326,6 +327,66 @@ class NorseRecurrent(nn.Module):
                 steps.append(z)
             z = torch.stack(steps)
         z, _ = self.out(self.fc(z))
+        return z
+
+
+class NorseLeaking(nn.Module):
+    """Norse's cells with membranes that leak to v_leak != 0 (and start there), stepped with
+    their states handed back: LIFBox, LIF, and an LIBox readout whose voltage is the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(8, 12), nn.Linear(12, 10), nn.Linear(10, 4)
+        self.box = norse.LIFBoxCell(_norse_p("box", tau_mem_inv=200.0, v_th=0.3, v_leak=0.1))
+        self.lif = norse.LIFCell(_norse_p("lif", tau_syn_inv=300.0, tau_mem_inv=250.0,
+                                          v_th=0.12, v_leak=-0.05))
+        self.li = norse.LIBoxCell(_norse_p("li_box", tau_mem_inv=120.0, v_leak=0.25))
+
+    def forward(self, x):
+        s1 = s2 = s3 = None
+        volts = []
+        for t in range(x.shape[0]):
+            z, s1 = self.box(self.fc1(x[t]), s1)
+            z, s2 = self.lif(self.fc2(z), s2)
+            v, s3 = self.li(self.fc3(z), s3)
+            volts.append(v)
+        return torch.stack(volts)
+
+
+class NorseLSNN(nn.Module):
+    """Norse's LSNN (Bellec et al.'s adaptive threshold, starting at v_th) as a cell stepped
+    with its state handed back or as the multi-step layer, feed-forward or recurrent (its own
+    input and recurrent weights), then a LIF layer."""
+
+    def __init__(self, multi_step: bool, recurrent: bool):
+        super().__init__()
+        from norse.torch.module import lsnn
+
+        p = _norse_p("lsnn", tau_syn_inv=300.0, tau_mem_inv=250.0, tau_adapt_inv=200.0,
+                     v_th=0.2, v_leak=0.02, beta=0.15)
+        if recurrent:
+            self.fc = nn.Identity()
+            self.lsnn = (lsnn.LSNNRecurrent if multi_step else lsnn.LSNNRecurrentCell)(8, 12, p)
+            with torch.no_grad():
+                self.lsnn.input_weights.mul_(4.0)
+                self.lsnn.recurrent_weights.mul_(3.0)
+        else:
+            self.fc = nn.Linear(8, 12)
+            self.lsnn = (lsnn.LSNN if multi_step else lsnn.LSNNCell)(p)
+        self.out_fc = nn.Linear(12, 6)
+        self.out = norse.LIF(_norse_p("lif", tau_syn_inv=400.0, tau_mem_inv=300.0, v_th=0.1))
+        self.multi_step = multi_step
+
+    def forward(self, x):
+        if self.multi_step:
+            z, _ = self.lsnn(self.fc(x))
+        else:
+            s, steps = None, []
+            for t in range(x.shape[0]):
+                z, s = self.lsnn(self.fc(x[t]), s)
+                steps.append(z)
+            z = torch.stack(steps)
+        z, _ = self.out(self.out_fc(z))
         return z
 
 
@@ -765,6 +826,24 @@ def test_norse_recurrent_lif(multi_step, tmp_path):
     check(model, _sequence(7, 2.0), False, tmp_path, targets=("onnx", "nir", "lava"))
 
 
+def test_norse_membranes_leaking_to_v_leak(tmp_path):
+    """v_leak != 0 was refused (the membrane starts at v_leak, a Delay at 0): now its Delay is
+    followed by v_leak at the first step, and the leak ``v_leak - v`` is one BatchNorm."""
+    check(_built(NorseLeaking, 8), _sequence(8, 2.0), False, tmp_path)
+
+
+@pytest.mark.parametrize("multi_step, recurrent", [(False, False), (True, False), (False, True),
+                                                   (True, True)],
+                         ids=["LSNNCell", "LSNN", "LSNNRecurrentCell", "LSNNRecurrent"])
+def test_norse_lsnn(multi_step, recurrent, tmp_path):
+    """LSNN was refused ("not supported"): a circuit with the threshold b a state of its own,
+    starting at v_th, fired on ``h - b'`` in norse's operation order. Identical spikes on every
+    target."""
+    model = _built(NorseLSNN, 9, multi_step, recurrent)
+    targets = ("onnx", "nir", "lava") if recurrent and not multi_step else ("onnx", "nir")
+    check(model, _sequence(9, 2.0), False, tmp_path, targets=targets)
+
+
 def test_norse_multistep_modules(tmp_path):
     model = _built(NorseMultiStep, 5)
     graph = trace(model, _sequence(5), T=T, static=False)
@@ -887,13 +966,13 @@ def test_snntorch_refusals_name_the_module(neuron, reason):
 
 
 @pytest.mark.parametrize("neuron, reason", [
-    (lambda: norse.LIFBoxCell(_norse_p("box", v_leak=0.1)), "v_leak != 0"),
     (lambda: norse.LIFRefracCell(), "LIFRefracCell is not supported"),
+    (lambda: norse.LSNNCell(adjoint=True), "step function 'lsnn_feed_forward_adjoint_step'"),
     (lambda: norse.IAFCell(_norse_p("iaf", v_th=torch.full((6,), 0.5))), "per-neuron v_th"),
     # (written before Norse's neuron base classes: traced through, it was refused at the layer
     # after it, "this operand must be a tensor computed from the input")
     (lambda: norse.CobaLIFCell(6, 6), "CobaLIFCell is not supported"),
-], ids=["v-leak", "refrac", "per-neuron", "coba"])
+], ids=["refrac", "adjoint", "per-neuron", "coba"])
 def test_norse_refusals_name_the_module(neuron, reason):
     with pytest.raises(UnsupportedError) as err:
         trace(One(neuron()), torch.randn(T, B, 8), T=T, static=False)

@@ -1055,6 +1055,31 @@ def test_a_loop_state_starting_elsewhere_than_0_is_exact(adaptive_lif, b_start,
     assert starts  # (the start is the model's: b0 * 0.9 or b_j0 + beta * b0, not 0)
 
 
+class _NumberThreshold(nn.Module):
+    """A threshold that is a Python number until spikes raise it (``thr = 1.0``, spikes
+    ``0``): at the first step ``mem - thr`` reads the number 0.9; ``mem * 0.8 - thr * spike``
+    is ``x`` there, its products 0 and its sum the input, where later steps add values."""
+
+    def forward(self, x):
+        mem, spike, thr, out = 0.0, 0, 1.0, []
+        for t in range(x.shape[1]):
+            thr = 0.9 * thr + 0.5 * spike
+            mem = 0.8 * mem + x[:, t] - thr * spike
+            spike = (mem - thr > 0).to(x.dtype)
+            out.append(spike)
+        return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_threshold_starting_as_a_number_is_exact(target):
+    x = 1.5 * torch.rand(4, 12, 5, generator=torch.Generator().manual_seed(3),
+                         dtype=torch.float64)
+    model = _NumberThreshold()
+    report = snncc.check(model, x, target=target, layout="BT")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert_rates_in_range({"spikes": float(model(x).mean())})
+
+
 class _SrnnLayer(nn.Module):
     """A layer written as SRNN's ``spike_dense`` / ``spike_rnn`` are (Yin et al.'s
     ``SRNN_layers``, byin-cwi/Efficient-spiking-networks): its states in attributes that

@@ -26,15 +26,19 @@ class Circuit:
         self.nodes.append(node)
         return node.name
 
-    def prev(self, src: str, kind: ir.Kind = ir.Kind.REAL) -> str:
-        """``src`` one step back (0 at t = 0); one Delay per source."""
+    def prev(self, src: str, kind: ir.Kind = ir.Kind.REAL, start: float = 0.0) -> str:
+        """``src`` one step back, ``start`` at t = 0 (the state's value before the first step:
+        :func:`~snncc.ir.started_delay` where it is not 0); one Delay per source."""
         own = "s[t-1]" if kind is ir.Kind.SPIKE else "v[t-1]"  # a neuron's spikes, a cell's value
         part = own if src == self.name else f"{src.rsplit(':', 1)[-1]}[t-1]"
         name = f"{self.name}:{part}"
-        if any(n.name == name for n in self.nodes):
-            return name
-        return self._node(ir.Delay, part, (src,), steps=1, shape_hint=self.shape,
-                          kind_hint=kind)
+        if not any(n.name == name for n in self.nodes):
+            self._node(ir.Delay, part, (src,), steps=1, shape_hint=self.shape, kind_hint=kind)
+        started = f"{name}.started"
+        if start != 0.0 and not any(n.name == started for n in self.nodes):
+            self.nodes.extend(ir.started_delay(started, name, np.full(self.shape, float(start)),
+                                               self.path))
+        return name if start == 0.0 else started
 
     def spikes_before(self) -> str:
         return self.prev(self.name, ir.Kind.SPIKE)
@@ -44,6 +48,13 @@ class Circuit:
 
     def add(self, a: str, b: str, part: str) -> str:
         return self._node(ir.Add, part, (a, b))
+
+    def affine(self, src: str, a: float, b: float, part: str) -> str:
+        """``a * src + b`` as a BatchNorm of scale a and bias b: one rounding, so ``b - src``
+        (a = -1) and ``src + b`` (a = 1) are torch's."""
+        n = self.shape[0]
+        return self._node(ir.BatchNorm, part, (src,), weight=np.full(n, float(a)),
+                          bias=np.full(n, float(b)), mean=np.zeros(n), var=np.ones(n), eps=0.0)
 
     def weighted_window(self, x: str, weights, oldest_first: bool = False) -> str:
         """sum over k of weights[k] * x[t - k] (k = 0 .. len(weights) - 1, 0 before step 0): ``x``
