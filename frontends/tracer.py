@@ -518,7 +518,7 @@ class _ConcreteTracer(fx.Tracer):
         self._occurrences: dict[tuple, int] = {}
         self._stacks: dict[tuple, int] = {}
         self._codes: list[list] = []
-        self._internal: dict[int, tuple[object, bool]] = {}  # id(code) -> (it, torch's/ours)
+        self._own_stacks: dict[tuple, int] = {}  # a stack without torch's and our frames -> n
         # the stack below the tracer's maker (alive while it traces) is the same for every op:
         # not walked; its id, as the frame itself would make a cycle holding the trace's values
         self._base = id(sys._getframe(1))
@@ -785,19 +785,17 @@ class _ConcreteTracer(fx.Tracer):
         call = next(reversed(self.module_stack), "")
         frame, stack, codes = sys._getframe(2), [], []
         while frame is not None and id(frame) != self._base:
-            code = frame.f_code
-            internal = self._internal.get(id(code))
-            if internal is None:
-                internal = self._internal[id(code)] = (code, code.co_filename.startswith(
-                    _INTERNAL_CODE))
-            if not internal[1]:
-                codes.append(code)
-                stack += (id(code), frame.f_lineno)
+            codes.append(frame.f_code)
+            stack += (id(frame.f_code), frame.f_lineno)
             frame = frame.f_back
         stack = tuple(stack)
         number = self._stacks.get(stack)
-        if number is None:
-            number = self._stacks[stack] = len(self._stacks)
+        if number is None:  # (the frames left out once per stack)
+            own = tuple(v for k, code in enumerate(codes)
+                        if not code.co_filename.startswith(_INTERNAL_CODE)
+                        for v in stack[2 * k:2 * k + 2])
+            number = self._stacks[stack] = self._own_stacks.setdefault(own,
+                                                                        len(self._own_stacks))
             self._codes.append(codes)
         key = (call, number)
         n = self._occurrences[key] = self._occurrences.get(key, -1) + 1
