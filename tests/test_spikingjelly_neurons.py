@@ -7,7 +7,9 @@ ANN-to-SNN converter makes, against the library's forward in float64 on every ta
   their membrane starts at 0 whatever ``v_reset``);
 - ``CUBALIFNode``: a current c = c_decay * c + x before the membrane h = v_decay * v + c;
 - ``SlidingPSN``: h = B + a weighted sum of the last k inputs, fired on h >= 0 (multi-step and
-  single-step, its queue of inputs kept in the module).
+  single-step, its queue of inputs kept in the module);
+- ``MPBNLIFNode``: LIF's charge, then a BatchNorm of the membrane before it fires (membrane
+  potential batch norm): per channel, a LIF scaled by the norm.
 
 ``snncc.check`` runs the model's own forward, the simulator and the target and compares the
 spikes of every neuron layer; thresholds given as Python floats must stay float64 values.
@@ -94,6 +96,51 @@ def test_neuron_equals_the_library_on_every_target(kind, target):
         assert report.min_agreement == 1.0, report.format()
         assert report.output_max_abs_diff_target == 0.0, report.format()
         assert_rates_in_range(_rates(report))
+
+
+class MembraneNormNet(nn.Module):
+    """conv and linear layers, each followed by an MPBNLIFNode (its norm over the conv's
+    channels, then over the linear's features)."""
+
+    def __init__(self, v_reset, learnable_vth: bool):
+        super().__init__()
+        kw = dict(step_mode="m", v_reset=v_reset, learnable_vth=learnable_vth)
+        self.conv = layer.Conv2d(2, 6, 3, padding=1, step_mode="m")
+        self.lif1 = neuron.MPBNLIFNode(tau=2.0, out_channels=6, **kw)
+        self.fc = layer.Linear(6 * 8 * 8, 10, step_mode="m")
+        self.lif2 = neuron.MPBNLIFNode(tau=1.5, decay_input=True, out_features=10, **kw)
+        if learnable_vth:
+            with torch.no_grad():
+                self.lif1.a.normal_(0.0, 0.3)
+                self.lif2.a.normal_(0.0, 0.3)
+
+    def forward(self, x):
+        return self.lif2(self.fc(self.lif1(self.conv(x)).flatten(2)))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("v_reset, learnable_vth", [(0.0, False), (None, False), (0.0, True)],
+                         ids=["hard", "soft", "learned-threshold"])
+def test_membrane_potential_batch_norm_lif(v_reset, learnable_vth, target):
+    """MPBNLIFNode was refused (no canonical form): in eval its norm is a * h + c per channel
+    of the charged membrane, so the neuron is the canonical LIF with per-channel parameters.
+    Its norm's statistics randomised; exact against the library on every target."""
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = randomize_bn(MembraneNormNet(v_reset, learnable_vth).double().eval(), seed)
+        x = 1.5 * torch.randn(T, B, 2, 8, 8, dtype=torch.float64)
+        report = snncc.check(model, x, target=target, T=T)
+        assert len(report.layers) == 2 and report.min_agreement == 1.0, report.format()
+        assert report.output_max_abs_diff_target == 0.0, report.format()
+        assert_rates_in_range(_rates(report))
+
+
+def test_membrane_potential_batch_norm_refusals():
+    node = neuron.MPBNLIFNode(out_features=4, step_mode="m")
+    node.re_parameterize_v_threshold()
+    model = nn.Sequential(layer.Linear(3, 4, step_mode="m"), node).eval()
+    with pytest.raises(snncc.errors.UnsupportedError, match="folded into its norm"):
+        trace(model, torch.randn(T, B, 3), T=T, static=False)
 
 
 def test_the_mapped_parameters_are_the_libraries():

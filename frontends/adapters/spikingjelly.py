@@ -13,7 +13,9 @@ imports): neurons, layer wrappers and state.
   ``ILIFNode`` (the integer LIF of SpikeYOLO and Spike-Driven Transformer V3) emits counts,
   c = round(clamp(h / theta, 0, D)), not spikes: a circuit (:func:`_integer_lif`).
   ``SlidingPSN`` (the causal parallel spiking neuron: a weighted sum of its last k inputs) is
-  a circuit of Delays (:func:`_sliding_psn`). Every other neuron model (the PSN and MaskedPSN,
+  a circuit of Delays (:func:`_sliding_psn`). ``MPBNLIFNode`` (a BatchNorm of the charged
+  membrane) is, in eval, the canonical LIF scaled per channel (:func:`_membrane_batch_norm_lif`).
+  Every other neuron model (the PSN and MaskedPSN,
   whose steps weigh later inputs or each step's own, among them) is refused by name.
   ``step_mode`` is the module's own: ``"m"`` takes ``[T, B, ...]``; ``"s"`` keeps its membrane
   in the module, so its k-th call is step k.
@@ -64,7 +66,7 @@ _NEURON_MODULES = (f"{_PACKAGE}.neuron", f"{_LEGACY}.neuron")
 #: the neuron models with a canonical form; clock_driven's multi-step classes are these models
 #: with a ``MultiStep`` prefix
 _CANONICAL = ("LIFNode", "IFNode", "ParametricLIFNode", "HalfThresholdIFNode", "SimpleIFNode",
-              "SimpleLIFNode", "CUBALIFNode", "ILIFNode")
+              "SimpleLIFNode", "CUBALIFNode", "ILIFNode", "MPBNLIFNode")
 _MULTI_STEP = "MultiStep"
 # neurons defined outside the neuron package whose spikes are those of a neuron class there:
 # spike_dhs's save_v_LIFNode is a LIFNode (the same charge, fire and reset operations) that also
@@ -125,6 +127,8 @@ class SpikingJellyAdapter(Adapter):
             raise UnsupportedError("a neuron with a reduced-precision state (set_neuron_precision)"
                                    " computes in another dtype than the model", path=path)
         v_reset = None if m.v_reset is None else scalar(m.v_reset, "v_reset", path)
+        if kind == "MPBNLIFNode":
+            return _membrane_batch_norm_lif(m, v_reset, path)
         theta = scalar(m.v_threshold, "v_threshold", path)
         if kind == "ILIFNode":
             return _integer_lif(m, theta, path)
@@ -188,6 +192,46 @@ class SpikingJellyAdapter(Adapter):
                 m.reset()
             elif _vendored_memories(m):  # as spikingjelly's MemoryModule.reset does
                 m._memories.update({k: copy.deepcopy(v) for k, v in m._memories_rv.items()})
+
+
+def _membrane_batch_norm_lif(m: nn.Module, v_reset: float | None,
+                             path: str) -> cn.CanonicalParams:
+    """MPBNLIFNode (Guo et al.'s membrane potential batch norm): LIFNode's charge h, then, in
+    eval, its BatchNorm's a * h + c per channel (a = weight / sqrt(var + eps), c = bias -
+    a * mean), fired on (>=) and reset: the canonical LIF with alpha, gamma and beta scaled by
+    a and c added to beta, one per channel, at its threshold (exp of the learned one with
+    ``learnable_vth``). Its threshold folded into the norm (``re_parameterize_v_threshold``:
+    the norm gone, one threshold per channel of a shape the module no longer tells) is
+    refused, as is the training mode and a residual normalised by a mask."""
+    why = ("in training mode (its norm reads the batch)" if m.training else
+           "normalising its residual membrane (normalize_residual)"
+           if getattr(m, "normalize_residual", False) else
+           "with its threshold folded into its norm (re_parameterize_v_threshold): compile the "
+           "model before folding" if m.fold_bn else None)
+    if why:
+        raise UnsupportedError(f"an MPBNLIFNode {why} is not supported", path=path)
+    bn = m.vbn
+    if m.learnable_vth:
+        if v_reset is None:
+            raise UnsupportedError("an MPBNLIFNode with a learned threshold and a soft reset "
+                                   "(which subtracts v_threshold, not the threshold it fires "
+                                   "at) is not supported", path=path)
+        theta = torch.exp(m.a.detach().double())
+    else:
+        theta = torch.tensor(scalar(m.v_threshold, "v_threshold", path), dtype=torch.float64)
+    params = cn.from_lif(float(m.tau), 1.0, v_reset, bool(m.decay_input))
+    a, c = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    if not isinstance(bn, nn.Identity):
+        n = bn.num_features
+        weight = torch.ones(n) if bn.weight is None else bn.weight.detach()
+        bias = torch.zeros(n) if bn.bias is None else bn.bias.detach()
+        a = weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        c = bias.double() - a * bn.running_mean.double()
+    channel_axes = (1, 1) if isinstance(bn, nn.BatchNorm2d) else ()
+    alpha, gamma, beta, theta = [
+        float(t) if t.dim() == 0 else t.reshape(*t.shape, *channel_axes).numpy()
+        for t in (a * params.alpha, a * params.gamma, a * params.beta + c, theta)]
+    return replace(params, alpha=alpha, gamma=gamma, beta=beta, theta=theta)
 
 
 #: the most count levels of an I-LIF (its papers use 4; each level is a layer of comparisons)
