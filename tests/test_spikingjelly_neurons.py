@@ -9,7 +9,10 @@ ANN-to-SNN converter makes, against the library's forward in float64 on every ta
 - ``SlidingPSN``: h = B + a weighted sum of the last k inputs, fired on h >= 0 (multi-step and
   single-step, its queue of inputs kept in the module);
 - ``MPBNLIFNode``: LIF's charge, then a BatchNorm of the membrane before it fires (membrane
-  potential batch norm): per channel, a LIF scaled by the norm.
+  potential batch norm): per channel, a LIF scaled by the norm;
+- ``NonSpikingLIFNode`` / ``NonSpikingIFNode``: readouts that never fire, their loop over the
+  steps written with tensor ops, traced through; the membrane at every step, its mean or its
+  last value is the output.
 
 ``snncc.check`` runs the model's own forward, the simulator and the target and compares the
 spikes of every neuron layer; thresholds given as Python floats must stay float64 values.
@@ -141,6 +144,44 @@ def test_membrane_potential_batch_norm_refusals():
     model = nn.Sequential(layer.Linear(3, 4, step_mode="m"), node).eval()
     with pytest.raises(snncc.errors.UnsupportedError, match="folded into its norm"):
         trace(model, torch.randn(T, B, 3), T=T, static=False)
+
+
+class NonSpikingReadout(nn.Module):
+    """A LIF layer read out by a non-spiking neuron whose membrane, decoded, is the output."""
+
+    def __init__(self, kind: str, decode):
+        super().__init__()
+        self.fc1 = layer.Linear(5, 8, step_mode="m")
+        self.lif = neuron.LIFNode(tau=2.0, step_mode="m")
+        self.fc2 = layer.Linear(8, 3, step_mode="m")
+        self.readout = neuron.NonSpikingLIFNode(tau=2.0, decode=decode) if kind == "lif" \
+            else neuron.NonSpikingIFNode(decode=decode)
+
+    def forward(self, x):
+        v = self.readout(self.fc2(self.lif(self.fc1(x))))
+        return torch.stack(v) if isinstance(v, list) else v  # (no decode: a list of the steps)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("kind, decode", [("lif", None), ("lif", "mean-mem"), ("if", "last_mem")])
+def test_non_spiking_readouts(kind, decode, target):
+    """Refused before (no canonical form): traced through, the readout is an integrator with
+    a Delay, its membrane equal to the library's at every step."""
+    torch.manual_seed(0)
+    model = NonSpikingReadout(kind, decode).double().eval()
+    with torch.no_grad():
+        model.fc1.weight.mul_(3.0)
+    x = 2 * torch.rand(T, B, 5, dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert_rates_in_range(_rates(report))
+
+
+def test_a_non_spiking_readout_of_the_maximum_is_refused():
+    model = NonSpikingReadout("lif", "max-mem").double().eval()
+    with pytest.raises(snncc.errors.UnsupportedError,
+                       match="module 'readout': op 'torch.max' is not supported"):
+        trace(model, torch.rand(T, B, 5, dtype=torch.float64), T=T, static=False)
 
 
 def test_the_mapped_parameters_are_the_libraries():

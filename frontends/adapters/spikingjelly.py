@@ -15,6 +15,8 @@ imports): neurons, layer wrappers and state.
   ``SlidingPSN`` (the causal parallel spiking neuron: a weighted sum of its last k inputs) is
   a circuit of Delays (:func:`_sliding_psn`). ``MPBNLIFNode`` (a BatchNorm of the charged
   membrane) is, in eval, the canonical LIF scaled per channel (:func:`_membrane_batch_norm_lif`).
+  The non-spiking readouts (``NonSpikingLIFNode``, ``NonSpikingIFNode``: a loop over the steps
+  in tensor ops) are traced through, not leaves.
   Every other neuron model (the PSN and MaskedPSN,
   whose steps weigh later inputs or each step's own, among them) is refused by name.
   ``step_mode`` is the module's own: ``"m"`` takes ``[T, B, ...]``; ``"s"`` keeps its membrane
@@ -72,6 +74,9 @@ _MULTI_STEP = "MultiStep"
 # spike_dhs's save_v_LIFNode is a LIFNode (the same charge, fire and reset operations) that also
 # records its mean pre-spike membrane as an observation
 _NEURONS_ELSEWHERE = {f"{_PACKAGE}.model.spike_dhs.save_v_LIFNode": "LIFNode"}
+# readouts that never fire, their loop over the steps written with tensor ops: traced through
+# (their membrane a state of the loop; `decode` reads it as the model's output)
+_TENSOR_OP_READOUTS = frozenset({"NonSpikingIFNode", "NonSpikingLIFNode"})
 # the modules of spikingjelly's layer package whose classes are single layers (leaves)
 _LEAF_LAYERS = tuple(f"{_PACKAGE}.layer.{m}" for m in ("stateless_wrapper", "bn", "dropout"))
 # 0.0.0.0.14 keeps each API's layers in one module, beside the classes traced through: those 2.0
@@ -104,7 +109,8 @@ class SpikingJellyAdapter(Adapter):
     def is_neuron(self, m: nn.Module) -> bool:
         base = _library_class(m)
         return base is not None and (base.__module__.startswith(_NEURON_MODULES)
-                                     or _qualname(m) in _NEURONS_ELSEWHERE)
+                                     or _qualname(m) in _NEURONS_ELSEWHERE) \
+            and base.__name__ not in _TENSOR_OP_READOUTS
 
     def canonical(self, m: nn.Module, path: str):
         base, overridden = _library_class(m), _overridden(m)
