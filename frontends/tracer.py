@@ -38,6 +38,7 @@ import functools
 import hashlib
 import math
 import operator
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -73,7 +74,7 @@ _OPERATOR_OF = {f"{owner}.{name}": f"operator.{op}" for owner in ("Tensor", "tor
                                  ("true_divide", "truediv"), ("matmul", "matmul"), ("gt", "gt"),
                                  ("lt", "lt"), ("ge", "ge"), ("le", "le")]}
 #: the code of frames a site leaves out (:meth:`_ConcreteTracer._site`)
-_INTERNAL_CODE = (str(Path(torch.__file__).parent / "_")[:-1], __file__)
+_INTERNAL_CODE = (str(Path(torch.__file__).parent) + os.sep, __file__)
 #: the steps of a loop whose calls' constant operands are kept: the values a loop's state has
 #: before its first step (:meth:`_Builder._start_values`), for Delays of up to that many steps
 _EARLY_STEPS = 4
@@ -1985,10 +1986,10 @@ class _Builder:
         return self._delays[(target, steps)]
 
     def _starts_at_zero(self, e: Expr, steps: int) -> bool:
-        """Whether e, delayed by ``steps``, starts at 0 in the model as far as the trail tells.
-        An op's own value is in the trail; one of the nodes an op maps to (its negation,
-        ...) is not: it starts at 0 where its operands do, else it is built from its operands
-        delayed (Delays commute with its per-step node) and does not get a Delay of its own."""
+        """Whether e, delayed by ``steps``, starts at 0 in the model as far as its first steps
+        tell (:meth:`_start_values`, of a call's value). One of the nodes an op maps to (its
+        negation, ...) starts at 0 where its operands do; else it is built from its operands
+        delayed (Delays commute with its per-step node) and gets no Delay of its own."""
         if e in self._called or not e.args:
             starts = self._start_values(self._sites.get(e.site) or e, steps)
             return starts is None or not any(v.any() for v in starts)
