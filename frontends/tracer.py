@@ -1791,8 +1791,10 @@ class _Builder:
         self.graph.meta["output_layout"] = _LAYOUT_NAMES[outs[0].frame]
         self.graph.meta["output_layouts"] = [_LAYOUT_NAMES[o.frame] for o in outs]
         self.graph.meta["neuron_modules"] = self._neuron_modules()
-        if self._delays:  # a state the model's own loop carries (api.compile verifies it)
-            self.graph.meta["loop_state"] = True
+        if self.T > 1 and (self._delays or self.neurons or self._step_occurrences):
+            # the model's own loop over time, unrolled: the graph is its latest steps' form,
+            # which its first steps may not share (api.compile verifies it)
+            self.graph.meta["own_loop"] = True
         self._counting_modules()
         if self.errors:
             raise _unsupported(list(self.errors))

@@ -159,7 +159,7 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
     tgt.check_output(path)
     loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
                   **load_options)
-    _verify_loop_state(loaded, example_input)
+    _verify_own_loop(loaded, example_input)
     if loaded.arch_info:
         log(loaded.arch_info)
     _summarise_steps(loaded.graph, log)
@@ -280,15 +280,17 @@ def _check_inputs(loaded: LoadedModel, example_input, inputs, T: int | None, bat
     return x.astype(np.float64), steps
 
 
-def _verify_loop_state(loaded: LoadedModel, example_input) -> None:
-    """A state the model's own loop over time carries (a neuron written with tensor ops) is a
-    Delay, which starts at 0; one the model starts elsewhere (``torch.full``, ``ones``) gave a
-    graph whose first steps differ, silently. Such a graph is compared with the model on the
-    example input (or random inputs) before anything is written: refused if its outputs differ
-    beyond rounding."""
+def _verify_own_loop(loaded: LoadedModel, example_input) -> None:
+    """A graph traced from the model's own loop over time computes what its latest steps
+    compute, at every step, from states that start at 0 or where the model's first steps
+    show them starting. A model whose first steps compute something else (a branch on the
+    step, ``if t == 0``) or whose state starts where snncc does not find it gave a graph whose
+    first steps differed, silently. Such a graph is compared with the model on the example
+    input (or random inputs) before anything is written: refused if its spikes or outputs
+    differ beyond rounding."""
     from .parity import check_parity
 
-    if not loaded.graph.meta.get("loop_state") or loaded.torch_model is None:
+    if not loaded.graph.meta.get("own_loop") or loaded.torch_model is None:
         return
     x, steps = _check_inputs(loaded, example_input, None, None, 2, 0)
     try:
@@ -300,9 +302,10 @@ def _verify_loop_state(loaded: LoadedModel, example_input) -> None:
         raise UnsupportedError(
             f"the graph of the model's loop over time computes other outputs than the model "
             f"(max |diff| {diff:.3g}, spike agreement {report.min_agreement:.6f} on "
-            f"{'the example input' if example_input is not None else 'random inputs'}): a "
-            f"state the loop carries is a Delay, which starts at 0, and one the model starts "
-            f"at another value (torch.full, torch.ones, a constant) is not supported")
+            f"{'the example input' if example_input is not None else 'random inputs'}): the "
+            f"graph computes at every step what the loop's later steps compute; a loop whose "
+            f"first steps compute something else (a branch on the step, `if t == 0`), or a "
+            f"state it starts at a value snncc does not find, is not supported")
 
 
 def check_dataset(model, dataset: str, example_input=None, *, target: str = "sim",

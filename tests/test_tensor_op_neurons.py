@@ -1055,6 +1055,38 @@ def test_a_loop_state_starting_elsewhere_than_0_is_exact(adaptive_lif, b_start,
     assert starts  # (the start is the model's: b0 * 0.9 or b_j0 + beta * b0, not 0)
 
 
+class _FirstStepBranch(nn.Module):
+    """A loop whose first step computes something else (``if t == 0``), into a spikingjelly
+    neuron called once per step: no state of the loop's own, the neuron's in the module."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.lif = neuron.LIFNode(tau=2.0)
+
+    def forward(self, x):
+        out = []
+        for t in range(x.shape[1]):
+            h = self.fc(x[:, t])
+            if t == 0:
+                h = h * 3.0
+            out.append(self.lif(h))
+        return torch.stack(out, 1).mean(1)
+
+
+def test_a_loop_whose_first_step_differs_is_refused_at_compile(tmp_path):
+    """The graph is the loop's latest steps' form at every step: a first step computing
+    something else was compiled silently (`check`: spike agreement 0.97). compile now compares
+    every graph of the model's own loop with the model before writing, and refuses it."""
+    torch.manual_seed(0)
+    model = _FirstStepBranch().double().eval()
+    x = 2 * torch.rand(3, 6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert snncc.check(model, x, layout="BT").min_agreement < 1.0
+    with pytest.raises(UnsupportedError, match=r"first steps compute something else"):
+        snncc.compile(model, x, target="sim", out=tmp_path / "out", layout="BT")
+    assert not (tmp_path / "out").exists()
+
+
 class _NumberThreshold(nn.Module):
     """A threshold that is a Python number until spikes raise it (``thr = 1.0``, spikes
     ``0``): at the first step ``mem - thr`` reads the number 0.9; ``mem * 0.8 - thr * spike``
@@ -1169,8 +1201,8 @@ def test_a_loop_state_the_graph_cannot_start_with_is_refused(adaptive_lif, tmp_p
         snncc.trace(model, x, layout="BT")
     torch.manual_seed(0)
     model = _driven_echo(adaptive_lif)
-    with pytest.raises(UnsupportedError, match="a state the loop carries is a Delay, which "
-                                               "starts at 0, and one the model starts at"):
+    with pytest.raises(UnsupportedError, match="the graph of the model's loop over time "
+                                               "computes other outputs than the model"):
         snncc.compile(model, x, target="onnx", out=tmp_path / "out", layout="BT")
     assert not (tmp_path / "out").exists()
     weights = tmp_path / "w.pt"
