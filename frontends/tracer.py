@@ -969,6 +969,12 @@ class _OverSteps(Expr):
 
 
 @dataclass(eq=False)
+class _RunningMax(Expr):
+    """The maximum of args[0] over the steps so far (the max over time of a sequence, read at
+    the last step)."""
+
+
+@dataclass(eq=False)
 class _Refused(Expr):
     """An op that cannot be mapped; an error only if the output needs it. ``unknown``: an op
     the tracer has no mapping for at all."""
@@ -1874,6 +1880,8 @@ class _Builder:
             return self._delay(self._membrane(e.path), t - e.step, e)
         if isinstance(e, _OverSteps):
             return self._over_steps(e)
+        if isinstance(e, _RunningMax):
+            return self._running_max(e, t)
         if t is not None and t > e.step and all(a.step is not None for a in e.args) \
                 and (e in self._called or self._starts_at_zero(e, t - e.step)):
             return self._delayed(e, t - e.step)
@@ -2103,6 +2111,29 @@ class _Builder:
         if name is None or e.reduce == "stack":
             return name
         return self._add(e, lambda: ir.Readout(self._fresh(e.hint), (name,), path=e.path))
+
+
+    def _running_max(self, e: _RunningMax, t: int | None) -> str | None:
+        """m[t] = max(m[t-1], x[t]), m[-1] below every finite float32: the two stacked on an
+        axis and max-pooled (exact), m[t-1] a Delay started there (:func:`ir.started_delay`)."""
+        src = self.materialize(e.args[0], t)
+        if src is None:
+            return None
+        n, name = math.prod(e.shape), self._fresh(e.hint)
+        floor = np.full(e.shape, -float(np.finfo(np.float32).max))
+        nodes = [ir.Delay(f"{name}.before", (name,), path=e.path, steps=1, shape_hint=e.shape,
+                          kind_hint=ir.Kind.REAL),
+                 *ir.started_delay(f"{name}.from", f"{name}.before", floor, e.path),
+                 ir.Reshape(f"{name}.so_far", (f"{name}.from",), path=e.path, target=(1, 1, n)),
+                 ir.Reshape(f"{name}.now", (src,), path=e.path, target=(1, 1, n)),
+                 ir.Concat(f"{name}.pair", (f"{name}.so_far", f"{name}.now"), path=e.path,
+                           axis=1),
+                 ir.MaxPool2d(f"{name}.max", (f"{name}.pair",), path=e.path, kernel_size=(2, 1),
+                              stride=(2, 1)),
+                 ir.Reshape(name, (f"{name}.max",), path=e.path, target=e.shape)]
+        for node in nodes:
+            self.graph.add(node)
+        return name
 
 
 _RESHAPE_FRAMES = {TB: (TB, TBM), TBM: (TBM, TB), B: (B, B1), B1: (B1, B), BT: (BT, BTM),
@@ -2927,13 +2958,18 @@ def _reduce(mean: bool):
 
 def _max_of_spikes(b, c, x, dim=None, keepdim=False):
     """``x.amax(dim)`` of spikes over per-sample axes (a global max pooling): 1 where any of
-    them fired, their sum > 0, as a max pooling of spikes is."""
+    them fired, their sum > 0, as a max pooling of spikes is. Over the time axis alone, of any
+    values: the running maximum, read at the last step (a readout's maximum membrane)."""
     x = _val(x)
     if dim is None or isinstance(dim, _FROM_INPUT):
         raise _Refuse("a max is taken only over explicit axes of one tensor")
     dims = sorted({d % _ndim(x) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))})
+    if x.frame in (TB, BT) and dims == [x.frame.index("T")] and not keepdim:
+        return Val(_RunningMax(None, (x.expr,), c.op, c.hint, c.path, x.expr.shape,
+                               time=READOUT), B)
     if dims[0] < len(x.frame):
-        raise _Refuse("it reduces over the time or batch axis")
+        raise _Refuse("it reduces over the time or batch axis (over the time axis alone, "
+                      "not keeping it, it is a running maximum)")
     axes = tuple(d - len(x.frame) for d in dims)
     b.kinds_needed[x.expr] = (c.path, c.op, frozenset({ir.Kind.SPIKE}),
                               "only the max of spikes (1 where any fired)")

@@ -163,10 +163,12 @@ class NonSpikingReadout(nn.Module):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("kind, decode", [("lif", None), ("lif", "mean-mem"), ("if", "last_mem")])
+@pytest.mark.parametrize("kind, decode", [("lif", None), ("lif", "mean-mem"), ("if", "last_mem"),
+                                          ("lif", "max-mem")])
 def test_non_spiking_readouts(kind, decode, target):
     """Refused before (no canonical form): traced through, the readout is an integrator with
-    a Delay, its membrane equal to the library's at every step."""
+    a Delay, its membrane equal to the library's at every step; ``max-mem`` its running
+    maximum (two values stacked and max-pooled at each step)."""
     torch.manual_seed(0)
     model = NonSpikingReadout(kind, decode).double().eval()
     with torch.no_grad():
@@ -177,10 +179,10 @@ def test_non_spiking_readouts(kind, decode, target):
     assert_rates_in_range(_rates(report))
 
 
-def test_a_non_spiking_readout_of_the_maximum_is_refused():
-    model = NonSpikingReadout("lif", "max-mem").double().eval()
+def test_a_non_spiking_readout_of_the_largest_magnitude_is_refused():
+    model = NonSpikingReadout("lif", "max-abs-mem").double().eval()
     with pytest.raises(snncc.errors.UnsupportedError,
-                       match="module 'readout': op 'torch.max' is not supported"):
+                       match="module 'readout': op 'torch.min' is not supported"):
         trace(model, torch.rand(T, B, 5, dtype=torch.float64), T=T, static=False)
 
 

@@ -1055,6 +1055,52 @@ def test_a_loop_state_starting_elsewhere_than_0_is_exact(adaptive_lif, b_start,
     assert starts  # (the start is the model's: b0 * 0.9 or b_j0 + beta * b0, not 0)
 
 
+class _MaxOverTimeReadout(nn.Module):
+    """A network in the form of Zenke and Vogels' SHD tutorial (spytorch): a LIF written with
+    tensor ops over x[:, t] with a synaptic current, a leaky readout of its spikes recorded at
+    every step, and the prediction its maximum over time, ``torch.max(out_rec, 1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1, self.w2 = nn.Linear(5, 8), nn.Linear(8, 3)
+        self.spikes = None  # a list: the forward records its spikes there (not when traced)
+
+    def forward(self, x):
+        syn = flt = out = 0.0
+        mem, rec = 0.0, []
+        for t in range(x.shape[1]):
+            syn = 0.8 * syn + self.w1(x[:, t])
+            mem = 0.9 * mem + syn
+            spk = (mem - 1.0 > 0).to(x.dtype)
+            mem = mem * (1.0 - spk)
+            if self.spikes is not None:
+                self.spikes.append(spk)
+            flt = 0.8 * flt + self.w2(spk)
+            out = 0.9 * out + flt
+            rec.append(out)
+        m, _ = torch.max(torch.stack(rec, dim=1), 1)
+        return m
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_readouts_maximum_over_time_is_exact(target):
+    """``torch.max(..., time)`` was refused ("it reduces over the time or batch axis"): its
+    running maximum, m[t] = max(m[t-1], x[t]) by a max pooling of the two, read at the last
+    step."""
+    torch.manual_seed(0)
+    model = _MaxOverTimeReadout().double().eval()
+    with torch.no_grad():
+        model.w1.weight.mul_(2.0)
+    x = torch.rand(3, 10, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, layout="BT")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert any(n.name.endswith(".max") for n in snncc.trace(model, x, layout="BT"))
+    model.spikes = []
+    with torch.no_grad():
+        model(x)
+    assert_rates_in_range({"lif": float(torch.stack(model.spikes).mean())})
+
+
 class _FirstStepBranch(nn.Module):
     """A loop whose first step computes something else (``if t == 0``), into a spikingjelly
     neuron called once per step: no state of the loop's own, the neuron's in the module."""
