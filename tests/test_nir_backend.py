@@ -576,3 +576,35 @@ def test_a_weight_repeated_over_tokens_is_stored_and_read_once(tmp_path):
     assert read.strides[0] != 0 and np.all(read[1] == 1) and np.array_equal(read[0], matrix)
     with pytest.raises(UnsupportedError, match="different weights per slice"):
         read_nir(path)
+
+
+class _Projection(torch.nn.Module):
+    """``x @ W`` with a small constant W: the graph's Linear weight is W's transposed view."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(5, 3, generator=torch.Generator().manual_seed(0),
+                                                dtype=torch.float64))
+
+    def forward(self, x):
+        mem, out = torch.zeros(x.shape[1], 3, dtype=x.dtype), []
+        for t in range(x.shape[0]):
+            mem = 0.5 * mem + x[t] @ self.w
+            spikes = (mem > 0.5).to(x.dtype)
+            mem = mem * (1.0 - spikes)
+            out.append(spikes)
+        return torch.stack(out)
+
+
+def test_a_small_weight_that_is_a_transposed_view_is_written():
+    """The writer's compact datasets take C order only: a small `x @ W` weight (W's transpose,
+    a view) failed the write with h5py's "Array must be C-contiguous" (found with spytorch's
+    `einsum("abc,cd->abd", (inputs, w1))`)."""
+    import snncc
+
+    x = 2 * torch.rand(T, 3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = _Projection()
+    report = snncc.check(model, x, target="nir", layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    with torch.no_grad():
+        assert 0.05 < float(model(x).mean()) < 0.95

@@ -703,7 +703,8 @@ def _small_array(value) -> np.ndarray | None:
     if data.nbytes > COMPACT_BYTES or not (data.dtype.kind in "biuf"
                                            or h5py.check_string_dtype(data.dtype)):
         return None
-    return data
+    # (the low-level write takes C order only: a weight that is a transposed view, x @ W)
+    return data if data.flags.c_contiguous else data.copy(order="C")
 
 
 # HDF5 types, dataspaces and property lists belong to no file: made once, not per dataset
