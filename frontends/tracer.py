@@ -963,15 +963,20 @@ class _Slice(Expr):
 
 @dataclass(eq=False)
 class _OverSteps(Expr):
-    """args = one value per step 0..T-1 of a loop: stacked into a sequence, or averaged."""
+    """args = one value per step 0..T-1 of a loop: stacked into a sequence, or averaged.
+    ``starts``: a sequence recorded k = len(starts) steps late (a membrane appended before the
+    step updates it): its first k entries these constants, args its later ones."""
 
     reduce: str = "stack"
+    starts: tuple = ()
 
 
 @dataclass(eq=False)
 class _RunningMax(Expr):
-    """The maximum of args[0] over the steps so far (the max over time of a sequence, read at
-    the last step)."""
+    """The maximum of args[0] over the steps so far and ``floor`` (the max over time of a
+    sequence, read at the last step)."""
+
+    floor: object = None
 
 
 @dataclass(eq=False)
@@ -1036,6 +1041,16 @@ class SumOverTime:
     time (a Readout), as ``x.mean(0)`` is (torch's mean is that sum divided by T)."""
 
     x: Val
+
+
+@dataclass(frozen=True)
+class AfterStart:
+    """``torch.stack([s, y_0, ..., y_{T-1}])``: a loop's T steps ``steps`` after a constant
+    entry ``start`` (one sample's), T + 1 entries (spytorch's ``out_rec = [out]`` then one per
+    step): taken only by a maximum over the time axis, which starts from it."""
+
+    start: np.ndarray
+    steps: Val
 
 
 @dataclass(frozen=True)
@@ -1117,7 +1132,7 @@ class Assembled:
 
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
 _FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, AxisFirst, PaddedBorder,
-               Assembled, Clamped, Rounded, Stacked)
+               Assembled, Clamped, Rounded, Stacked, AfterStart)
 
 
 @dataclass(frozen=True)
@@ -2033,9 +2048,11 @@ class _Builder:
                 return values
         return None
 
-    def _same_each_step(self, e: Expr, exprs: dict[int, Expr]) -> str | None:
-        """The node of the last step's value; checks the step before gives the same node."""
-        last = self.T - 1
+    def _same_each_step(self, e: Expr, exprs: dict[int, Expr],
+                        last: int | None = None) -> str | None:
+        """The node of the last step's value (``exprs[last]``, of step ``last``: T - 1 unless
+        given); checks the step before gives the same node."""
+        last = self.T - 1 if last is None else last
         name = self.materialize(exprs[last], last)
         if last >= 2 and name is not None and self.materialize(exprs[last - 1], last - 1) != name:
             self.errors[(e.path, f"op '{e.op}': the loop over time does not compute the same "
@@ -2107,6 +2124,13 @@ class _Builder:
         return rec.tap.name
 
     def _over_steps(self, e: _OverSteps) -> str | None:
+        if e.starts:  # the series at its own steps, delayed, its first values the starts
+            name = self._same_each_step(e, dict(enumerate(e.args)), len(e.args) - 1)
+            for start in reversed(e.starts):
+                delayed = self._delay(name, 1, e)
+                name = delayed if delayed is None or not start.any() \
+                    else self._started(e, delayed, start)
+            return name
         name = self._same_each_step(e, dict(enumerate(e.args)))
         if name is None or e.reduce == "stack":
             return name
@@ -2114,13 +2138,15 @@ class _Builder:
 
 
     def _running_max(self, e: _RunningMax, t: int | None) -> str | None:
-        """m[t] = max(m[t-1], x[t]), m[-1] below every finite float32: the two stacked on an
-        axis and max-pooled (exact), m[t-1] a Delay started there (:func:`ir.started_delay`)."""
+        """m[t] = max(m[t-1], x[t]), m[-1] the floor or below every finite float32: the two
+        stacked on an axis and max-pooled (exact), m[t-1] a Delay started there
+        (:func:`ir.started_delay`)."""
         src = self.materialize(e.args[0], t)
         if src is None:
             return None
         n, name = math.prod(e.shape), self._fresh(e.hint)
-        floor = np.full(e.shape, -float(np.finfo(np.float32).max))
+        floor = np.full(e.shape, -float(np.finfo(np.float32).max)) if e.floor is None \
+            else e.floor
         nodes = [ir.Delay(f"{name}.before", (name,), path=e.path, steps=1, shape_hint=e.shape,
                           kind_hint=ir.Kind.REAL),
                  *ir.started_delay(f"{name}.from", f"{name}.before", floor, e.path),
@@ -2192,6 +2218,9 @@ def _val(x) -> Val:
     if isinstance(x, AxisFirst):
         raise _Refuse("it moves a per-sample axis ahead of the time and batch axes, which only "
                       "indexing that axis (qkv[0], qkv.unbind(0)) may read")
+    if isinstance(x, AfterStart):
+        raise _Refuse("a constant stacked before the T steps of a loop (T + 1 entries) is taken "
+                      "only by a maximum over the time axis")
     if isinstance(x, Stacked):
         raise _Refuse("values stacked on a new first axis (a state, torch.stack([v, z])) are "
                       "taken only apart again (v, z = state; state[0]; state.unbind(0))")
@@ -2422,6 +2451,21 @@ def _stack(b, c, tensors, dim=0):
     if len(vals) == b.T and isinstance(first, Val) and first.frame == B and \
             first.expr.time == STATIC and all(v == first for v in vals) and dim == 0:
         return Val(first.expr, TB)  # a static value T times: torch.stack([x] * T)
+    if len(vals) == b.T + 1 and isinstance(first, Const) and isinstance(vals[-1], Val):
+        start = _start_array(first, vals[-1].expr.shape)
+        steps = _stack(b, c, vals[1:], dim)
+        if start is not None and isinstance(steps, Val):
+            return AfterStart(start, steps)
+    lag = next((k for k, v in enumerate(vals) if not isinstance(v, Const)), len(vals))
+    starts = [_start_array(v, vals[-1].expr.shape) for v in vals[:lag]] \
+        if 0 < lag < len(vals) == b.T and isinstance(vals[-1], Val) else []
+    if starts and all(v is not None for v in starts) and all(
+            isinstance(v, Val) and v.frame == B and v.expr.step == t
+            for t, v in enumerate(vals[lag:])):  # recorded `lag` steps late
+        frame = {0: TB, 1: BT}.get(dim % (len(vals[-1].expr.shape) + 2))
+        if frame is not None:
+            return Val(_OverSteps(None, tuple(v.expr for v in vals[lag:]), c.op, c.hint,
+                                  c.path, vals[-1].expr.shape, starts=tuple(starts)), frame)
     if len(vals) != b.T or not all(
             isinstance(v, Val) and v.frame == B and v.expr.step == t for t, v in enumerate(vals)):
         traced = [v for v in vals if isinstance(v, Val)]
@@ -2960,13 +3004,19 @@ def _max_of_spikes(b, c, x, dim=None, keepdim=False):
     """``x.amax(dim)`` of spikes over per-sample axes (a global max pooling): 1 where any of
     them fired, their sum > 0, as a max pooling of spikes is. Over the time axis alone, of any
     values: the running maximum, read at the last step (a readout's maximum membrane)."""
+    floor = None
+    if isinstance(x, AfterStart):
+        floor, x = x.start, x.steps
     x = _val(x)
     if dim is None or isinstance(dim, _FROM_INPUT):
         raise _Refuse("a max is taken only over explicit axes of one tensor")
     dims = sorted({d % _ndim(x) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))})
     if x.frame in (TB, BT) and dims == [x.frame.index("T")] and not keepdim:
         return Val(_RunningMax(None, (x.expr,), c.op, c.hint, c.path, x.expr.shape,
-                               time=READOUT), B)
+                               time=READOUT, floor=floor), B)
+    if floor is not None:
+        raise _Refuse("a constant stacked before the T steps of a loop (T + 1 entries) is taken "
+                      "only by a maximum over the time axis")
     if dims[0] < len(x.frame):
         raise _Refuse("it reduces over the time or batch axis (over the time axis alone, "
                       "not keeping it, it is a running maximum)")
@@ -3006,8 +3056,10 @@ def _pad(b, c, x, pad, mode="constant", value=None):
 
 
 def _assign(b, c, x, index, value):
-    if isinstance(index, Val):  # mem[s] = v, s a comparison's result of mem's shape
-        if index.frame != _val(x).frame or index.expr.shape != _val(x).expr.shape:
+    if isinstance(index, Val):  # mem[s] = v, s a comparison's result of mem's shape; or
+        # out[s] = 1 into zeros made in forward (spytorch's spike function: the spikes)
+        if isinstance(x, _FROM_INPUT) and (index.frame != _val(x).frame
+                                           or index.expr.shape != _val(x).expr.shape):
             raise _Refuse("an assignment through a mask is taken only with a mask of the "
                           "tensor's shape")
         return _masked_fill(b, c, x, index, value)

@@ -9,6 +9,7 @@ checked against the model's own forward: every spike at the neuron modules, in f
 from __future__ import annotations
 
 import json
+import math
 import numpy as np
 import pytest
 import torch
@@ -1099,6 +1100,140 @@ def test_a_readouts_maximum_over_time_is_exact(target):
     with torch.no_grad():
         model(x)
     assert_rates_in_range({"lif": float(torch.stack(model.spikes).mean())})
+
+
+class _RecordedBeforeUpdate(nn.Module):
+    """spytorch's hidden layer in its form: each step fires on the membrane it starts with and
+    records that membrane before updating it (``mem_rec.append(mem)``); the new membrane reads
+    the current of the step before. The records run two steps late, their first entries
+    constants (the starting membrane, 0.3, and its first decay)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1, self.w2 = nn.Linear(5, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h1 = self.w1(x)
+        syn = torch.zeros(x.shape[0], 8, dtype=x.dtype)
+        mem = torch.full((x.shape[0], 8), 0.3, dtype=x.dtype)
+        mem_rec, spk_rec = [], []
+        for t in range(x.shape[1]):
+            spk = (mem - 1.0 > 0).to(x.dtype)
+            new_syn = 0.8 * syn + h1[:, t]
+            new_mem = (0.9 * mem + syn) * (1.0 - spk)
+            mem_rec.append(mem)
+            spk_rec.append(spk)
+            mem, syn = new_mem, new_syn
+        spikes = torch.stack(spk_rec, dim=1)
+        return self.w2(spikes).mean(1), torch.stack(mem_rec, dim=1), spikes
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_sequence_recorded_steps_late_is_exact(target):
+    """Stacking such records was refused ("only stacking the T steps of a loop"): it is the
+    series at its own steps, delayed, its first entries the recorded constants (started
+    Delays)."""
+    torch.manual_seed(0)
+    model = _RecordedBeforeUpdate().double().eval()
+    with torch.no_grad():
+        model.w1.weight.mul_(2.0)
+    x = torch.rand(3, 10, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, layout="BT")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-14
+    with torch.no_grad():
+        assert_rates_in_range({"spikes": float(model(x)[2].mean())})
+
+
+class _SurrogateSpike(torch.autograd.Function):
+    """spytorch's ``SurrGradSpike``: its forward writes ones into zeros through a mask."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        out = torch.zeros_like(x)
+        out[x > 0] = 1.0
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad / (100.0 * torch.abs(x) + 1.0) ** 2
+
+
+class _SpyTorch(nn.Module):
+    """Zenke and Vogels' spytorch tutorial network (``run_snn``) in its form, in a module with
+    its prediction inside forward: projections by ``einsum("abc,cd->abd", (x, w))``, records
+    appended before the update (two steps late), the readout's record ``[out]`` then one per
+    step (T + 1 entries), and ``torch.max(out_rec, 1)``."""
+
+    def __init__(self, n_in=20, hidden=16, n_out=4):
+        super().__init__()
+        self.alpha, self.beta = math.exp(-1e-3 / 5e-3), math.exp(-1e-3 / 10e-3)
+        g = torch.Generator().manual_seed(0)
+        self.w1 = nn.Parameter(torch.randn(n_in, hidden, generator=g) * 20 * 7 * (1 - self.beta)
+                               / n_in ** 0.5)
+        self.w2 = nn.Parameter(torch.randn(hidden, n_out, generator=g) * 7 * (1 - self.beta)
+                               / hidden ** 0.5)
+        self.spikes = None  # a list: the forward records its spikes there (not when traced)
+
+    def forward(self, inputs):
+        batch, steps, _ = inputs.shape
+        h1 = torch.einsum("abc,cd->abd", (inputs, self.w1))
+        syn = torch.zeros((batch, self.w1.shape[1]), dtype=inputs.dtype)
+        mem = torch.zeros((batch, self.w1.shape[1]), dtype=inputs.dtype)
+        mem_rec, spk_rec = [], []
+        for t in range(steps):
+            out = _SurrogateSpike.apply(mem - 1.0)
+            new_syn = self.alpha * syn + h1[:, t]
+            new_mem = (self.beta * mem + syn) * (1.0 - out.detach())
+            mem_rec.append(mem)
+            spk_rec.append(out)
+            mem, syn = new_mem, new_syn
+        spk_rec = torch.stack(spk_rec, dim=1)
+        if self.spikes is not None:
+            self.spikes.append(spk_rec)
+        h2 = torch.einsum("abc,cd->abd", (spk_rec, self.w2))
+        flt = torch.zeros((batch, self.w2.shape[1]), dtype=inputs.dtype)
+        out = torch.zeros((batch, self.w2.shape[1]), dtype=inputs.dtype)
+        out_rec = [out]
+        for t in range(steps):
+            new_flt = self.alpha * flt + h2[:, t]
+            new_out = self.beta * out + flt
+            flt, out = new_flt, new_out
+            out_rec.append(out)
+        m, _ = torch.max(torch.stack(out_rec, dim=1), 1)
+        return m
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_spytorchs_network_is_exact(target):
+    """Refused before at three places: the spike function's ``out[x > 0] = 1.0`` into zeros
+    (the spikes), stacking records two steps late, and the T + 1 readout entries, taken by
+    the maximum over time, which starts from the first."""
+    model = _SpyTorch().double().eval()
+    x = (torch.rand(3, 30, 20, generator=torch.Generator().manual_seed(1)) < 0.3).double()
+    report = snncc.check(model, x, target=target, layout="BT")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    model.spikes = []
+    with torch.no_grad():
+        model(x)
+    assert_rates_in_range({"hidden": float(model.spikes[0].mean())})
+
+
+class _StartThenSteps(nn.Module):
+    """A constant then the T steps stacked, T + 1 entries, averaged over time."""
+
+    def forward(self, x):
+        rec = [torch.zeros(x.shape[0], x.shape[2], dtype=x.dtype)]
+        for t in range(x.shape[1]):
+            rec.append((x[:, t] > 0.5).to(x.dtype))
+        return torch.stack(rec, dim=1).mean(1)
+
+
+def test_t_plus_one_entries_taken_otherwise_than_by_a_maximum_are_refused():
+    with pytest.raises(UnsupportedError, match="a constant stacked before the T steps of a loop "
+                                               r"\(T \+ 1 entries\) is taken only by a maximum"):
+        snncc.trace(_StartThenSteps(), torch.rand(3, 6, 4, dtype=torch.float64), layout="BT")
 
 
 class _FirstStepBranch(nn.Module):
