@@ -1083,16 +1083,23 @@ class _MaxOverTimeReadout(nn.Module):
         return m
 
 
+def _driven_two_layers(model_class, seed: int):
+    """``model_class`` in float64 with its first layer's weights doubled (so that it fires),
+    and a [3, 10, 5] input."""
+    torch.manual_seed(0)
+    model = model_class().double().eval()
+    with torch.no_grad():
+        model.w1.weight.mul_(2.0)
+    return model, torch.rand(3, 10, 5, generator=torch.Generator().manual_seed(seed),
+                             dtype=torch.float64)
+
+
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
 def test_a_readouts_maximum_over_time_is_exact(target):
     """``torch.max(..., time)`` was refused ("it reduces over the time or batch axis"): its
     running maximum, m[t] = max(m[t-1], x[t]) by a max pooling of the two, read at the last
     step."""
-    torch.manual_seed(0)
-    model = _MaxOverTimeReadout().double().eval()
-    with torch.no_grad():
-        model.w1.weight.mul_(2.0)
-    x = torch.rand(3, 10, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    model, x = _driven_two_layers(_MaxOverTimeReadout, 2)
     report = snncc.check(model, x, target=target, layout="BT")
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
     assert any(n.name.endswith(".max") for n in snncc.trace(model, x, layout="BT"))
@@ -1133,11 +1140,7 @@ def test_a_sequence_recorded_steps_late_is_exact(target):
     """Stacking such records was refused ("only stacking the T steps of a loop"): it is the
     series at its own steps, delayed, its first entries the recorded constants (started
     Delays)."""
-    torch.manual_seed(0)
-    model = _RecordedBeforeUpdate().double().eval()
-    with torch.no_grad():
-        model.w1.weight.mul_(2.0)
-    x = torch.rand(3, 10, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model, x = _driven_two_layers(_RecordedBeforeUpdate, 1)
     report = snncc.check(model, x, target=target, layout="BT")
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-14
     with torch.no_grad():
