@@ -374,6 +374,8 @@ def _check_dataset(loaded, dataset, T, target, batch, limit, transform, dtype, p
         raise ParityError(f"spike agreement {report.min_agreement:.6f} over {report.samples} "
                           f"samples is below --min-agreement {min_agreement} (first divergent "
                           f"layer: {report.first_divergent_target or report.first_divergent_sim})")
+    if report.unexplained_output_difference is not None:
+        raise ParityError(report.unexplained_output_difference)
 
 
 @app.command()

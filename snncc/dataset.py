@@ -727,6 +727,19 @@ class DatasetReport:
     def accuracy(self) -> dict[str, float]:
         return {e: v["accuracy"] for e, v in self.engines.items()}
 
+    @property
+    def unexplained_output_difference(self) -> str | None:
+        """As a check's (:func:`snncc.parity.unexplained_output_difference`), where this run
+        checked a batch (``run`` says the target's arithmetic)."""
+        from .parity import unexplained_output_difference
+
+        if "target_dtype" not in self.run:
+            return None
+        return unexplained_output_difference(
+            self.target, self.lossy, self.dtype, self.run["target_dtype"], self.min_agreement,
+            self.output_max_abs_diff_sim, self.output_max_abs_diff_target,
+            self.run["unmatched"])
+
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
@@ -763,6 +776,8 @@ class DatasetReport:
                 for w in self.worst_samples))
         else:
             lines.append("worst samples: none (every sample agrees everywhere)")
+        if (unexplained := self.unexplained_output_difference) is not None:
+            lines.append(f"error: {unexplained}")
         r = self.run
         if r.get("seconds"):
             lines.append(f"{r['seconds']:.1f} s, {r.get('images_per_second', 0):.1f} images/s "
@@ -950,8 +965,9 @@ def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = Non
                 path = tgt.emit(compiled, Path(tmp) / f"model{tgt.suffix}", **options)
             for b in data.batches(rank, world, skip=done):
                 details: dict = {}
-                check_parity(loaded, tgt.name, b.x, T=steps, labels=b.y, dtype=dtype,
-                             artifact=path, compiled=compiled, device=device, details=details)
+                checked = check_parity(loaded, tgt.name, b.x, T=steps, labels=b.y,
+                                       dtype=dtype, artifact=path, compiled=compiled,
+                                       device=device, details=details)
                 acc.add(b.start, b.y.astype(np.int64), details)
                 del details
                 done += 1
@@ -988,6 +1004,8 @@ def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = Non
         k: acc.n * world / v if v > 0 else 0.0 for k, v in es.items()}
     report.lossy = any(available_passes()[p].lossy for p in compiled.meta.get("passes", []))
     report.dataset, report.T, report.batch, report.dtype = str(spec), steps, data.batch, dtype
+    if fresh:  # the arithmetic the target ran in, as a batch's outputs came back
+        report.run.update(target_dtype=checked.target_dtype, unmatched=checked.unmatched)
     return report
 
 

@@ -27,6 +27,24 @@ PER_STEP_LAYOUTS = frozenset({"TB", "BT", "T*B"})
 OUTPUT_ROUNDING = 1e-9
 
 
+def unexplained_output_difference(target: str, lossy: bool, dtype: str, target_dtype: str,
+                                  min_agreement: float, diff_sim: float, diff_target: float,
+                                  unmatched: list[str]) -> str | None:
+    """Why an exact check (float64, not quantized, the target in float64) must fail although
+    every compared layer's spikes agree: its outputs differ beyond rounding. Spikes a forward
+    computes inside a larger module are not compared, so a graph that is wrong there shows
+    only in the outputs (None: nothing unexplained). Of a check's report or a data set's."""
+    diff = max(diff_sim, diff_target)
+    if (lossy or dtype != "float64" or target_dtype == "float32" or min_agreement < 1.0
+            or not diff > OUTPUT_ROUNDING):
+        return None
+    return (f"the outputs differ by {diff:.3g} (simulator {diff_sim:.3g}, {target} "
+            f"{diff_target:.3g}) though every compared layer's spikes agree: the compiled graph "
+            f"computes something else than the model"
+            + (f" (neuron layers not compared: {', '.join(unmatched[:4])}"
+               f"{' ...' * (len(unmatched) > 4)})" if unmatched else ""))
+
+
 @dataclass
 class LayerParity:
     node: str
@@ -86,20 +104,9 @@ class ParityReport:
 
     @property
     def unexplained_output_difference(self) -> str | None:
-        """Why an exact check (float64, not quantized, the target in float64) must fail
-        although every compared layer's spikes agree: its outputs differ beyond rounding.
-        Spikes a forward computes inside a larger module are not compared, so a graph that is
-        wrong there shows only in the outputs (None: nothing unexplained)."""
-        diff = max(self.output_max_abs_diff_sim, self.output_max_abs_diff_target)
-        if (self.lossy or self.dtype != "float64" or self.target_dtype == "float32"
-                or self.min_agreement < 1.0 or not diff > OUTPUT_ROUNDING):
-            return None
-        return (f"the outputs differ by {diff:.3g} (simulator "
-                f"{self.output_max_abs_diff_sim:.3g}, {self.target} "
-                f"{self.output_max_abs_diff_target:.3g}) though every compared layer's spikes "
-                f"agree: the compiled graph computes something else than the model"
-                + (f" (neuron layers not compared: {', '.join(self.unmatched[:4])}"
-                   f"{' ...' * (len(self.unmatched) > 4)})" if self.unmatched else ""))
+        return unexplained_output_difference(
+            self.target, self.lossy, self.dtype, self.target_dtype, self.min_agreement,
+            self.output_max_abs_diff_sim, self.output_max_abs_diff_target, self.unmatched)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "min_agreement": self.min_agreement,

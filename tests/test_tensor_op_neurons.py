@@ -1395,3 +1395,11 @@ def test_a_loop_state_the_graph_cannot_start_with_is_refused(adaptive_lif, tmp_p
                  "--input-shape", "4", "--layout", "BT", "--T", "10"])
     err = capsys.readouterr().err
     assert code != 0 and ("the outputs differ by" in err or "spike agreement" in err)
+    # and over a data set (which said nothing, its compared layers none: exit 0 before)
+    data = tmp_path / "steps.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((20, 10, 4)),
+             y=np.zeros(20, dtype=np.int64))
+    code = main(["check", str(weights), "--model", f"{adaptive_lif[0]}:EchoNet", "--dataset",
+                 str(data), "--input-shape", "4", "--layout", "BT", "--T", "10", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "the outputs differ by" in err, err
