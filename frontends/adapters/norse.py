@@ -95,9 +95,10 @@ class NorseAdapter(Adapter):
                                    "LSNNRecurrent)", path=path)
         p, dt = m.p, float(m.dt)
         if model == "LIBox":
-            return _li_box(_membrane_k(p, dt, path), _v_leak(p, path))
+            return _li_box(_rate(p, "tau_mem_inv", dt, path), _v_leak(p, path))
         if model == "LI":
-            return _li(_membrane_k(p, dt, path), _current_ks(p, dt, path), _v_leak(p, path))
+            return _li(_rate(p, "tau_mem_inv", dt, path), _rate(p, "tau_syn_inv", -dt, path),
+                       _v_leak(p, path))
         if p.method not in _METHODS:
             raise UnsupportedError(f"method {p.method!r} is not a Heaviside threshold snncc knows "
                                    f"(supported: {', '.join(_METHODS)})", path=path)
@@ -107,7 +108,7 @@ class NorseAdapter(Adapter):
             return cn.CanonicalParams(alpha=1.0, gamma=1.0, beta=0.0, theta=v_th,
                                       v_reset=v_reset, reset=cn.RESET_HARD, cmp=cn.CMP_GT,
                                       v_init=v_reset)
-        k, v_leak = _membrane_k(p, dt, path), _v_leak(p, path)
+        k, v_leak = _rate(p, "tau_mem_inv", dt, path), _v_leak(p, path)
         weights = (m.input_weights, m.recurrent_weights) if model.endswith("Rec") else None
         if model.startswith("LSNN"):
             step = getattr(getattr(m, "activation", None), "__name__", "")
@@ -115,10 +116,8 @@ class NorseAdapter(Adapter):
                 raise UnsupportedError(f"norse's {kind} with step function {step!r} is not "
                                        "supported (its adjoint cells; supported: "
                                        f"{', '.join(_LSNN_STEPS)})", path=path)
-            scalar(p.tau_adapt_inv, "tau_adapt_inv", path)
-            kb = scalar(dt * p.tau_adapt_inv, "dt * tau_adapt_inv", path)
-            return _lsnn(k, _current_ks(p, dt, path), kb, v_th, v_reset, v_leak,
-                         scalar(p.beta, "beta", path), weights)
+            return _lsnn(k, _rate(p, "tau_syn_inv", -dt, path), _rate(p, "tau_adapt_inv", dt, path),
+                         v_th, v_reset, v_leak, scalar(p.beta, "beta", path), weights)
         if model == "LIFBox":
             reset = getattr(p, "reset_method", None)
             name = getattr(reset, "__name__", "")
@@ -127,7 +126,7 @@ class NorseAdapter(Adapter):
                 raise UnsupportedError(f"reset method {name or reset!r} is not supported",
                                        path=path)
             return _lif_box(k, v_th, v_reset, v_leak, subtract=name == "reset_subtract")
-        return _lif(k, _current_ks(p, dt, path), v_th, v_reset, v_leak, weights)
+        return _lif(k, _rate(p, "tau_syn_inv", -dt, path), v_th, v_reset, v_leak, weights)
 
     def step_mode(self, m: nn.Module) -> str:
         return STEP_SINGLE if _base(m).endswith("Cell") else STEP_MULTI
@@ -138,10 +137,11 @@ class NorseAdapter(Adapter):
         return x, state, True, value[0]
 
 
-def _membrane_k(p, dt: float, path: str) -> float:
-    """``dt * tau_mem_inv`` as the forward computes it."""
-    scalar(p.tau_mem_inv, "tau_mem_inv", path)
-    return scalar(dt * p.tau_mem_inv, "dt * tau_mem_inv", path)
+def _rate(p, field: str, dt: float, path: str) -> float:
+    """``dt * p.<field>`` as the forward computes it (dt negated for a decay: ``-dt *
+    tau_syn_inv``): ``dt * tau_mem_inv``, ``dt * tau_adapt_inv``."""
+    scalar(getattr(p, field), field, path)
+    return scalar(dt * getattr(p, field), f"{'-' * (dt < 0)}dt * {field}", path)
 
 
 def _v_leak(p, path: str) -> float:
@@ -152,12 +152,6 @@ def _v_leak(p, path: str) -> float:
 def _leak(c: Circuit, v: str, v_leak: float) -> str:
     """v_leak - v (the negation where v_leak is 0)."""
     return c.affine(v, -1.0, v_leak, "v_leak-v") if v_leak else c.scale(v, -1.0, "-v")
-
-
-def _current_ks(p, dt: float, path: str) -> float:
-    """``-dt * tau_syn_inv`` as the forward computes it."""
-    scalar(p.tau_syn_inv, "tau_syn_inv", path)
-    return scalar(-dt * p.tau_syn_inv, "-dt * tau_syn_inv", path)
 
 
 def _charge(c: Circuit, v: str, drive: str, k: float) -> str:
