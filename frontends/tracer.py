@@ -1995,12 +1995,7 @@ class _Builder:
                             path=target.path, steps=1 if starts else steps,
                             shape_hint=target.shape)
             self.graph.add(node)
-            out = node.name
-            for i, start in enumerate(reversed(starts or ())):  # step -1's value first
-                if i:
-                    out = self._delay(out, 1, target)
-                out = self._started(target, out, start)
-            self._delays[(target, steps)] = out
+            self._delays[(target, steps)] = self._started_steps(target, node.name, starts or ())
 
             def connect():
                 name = self.materialize(target, target.step)
@@ -2020,6 +2015,18 @@ class _Builder:
             return starts is None or not any(v.any() for v in starts)
         return all(self._starts_at_zero(a, steps + e.step - a.step) for a in e.args
                    if a.step is not None)
+
+    def _started_steps(self, e: Expr, delayed: str | None, starts) -> str | None:
+        """``delayed`` (a Delay of one step) delayed further, len(starts) steps in all, its
+        value at step k ``starts[k]``: one-step Delays, each followed by its start where it
+        is not 0 (:meth:`_started`), step -1's first."""
+        out = delayed
+        for i, start in enumerate(reversed(starts)):
+            if i:
+                out = self._delay(out, 1, e)
+            if out is not None and start.any():
+                out = self._started(e, out, start)
+        return out
 
     def _started(self, e: Expr, delayed: str, start: np.ndarray) -> str:
         """``delayed`` (of one step) but ``start`` at the first step."""
@@ -2126,11 +2133,7 @@ class _Builder:
     def _over_steps(self, e: _OverSteps) -> str | None:
         if e.starts:  # the series at its own steps, delayed, its first values the starts
             name = self._same_each_step(e, dict(enumerate(e.args)), len(e.args) - 1)
-            for start in reversed(e.starts):
-                delayed = self._delay(name, 1, e)
-                name = delayed if delayed is None or not start.any() \
-                    else self._started(e, delayed, start)
-            return name
+            return self._started_steps(e, self._delay(name, 1, e), e.starts)
         name = self._same_each_step(e, dict(enumerate(e.args)))
         if name is None or e.reduce == "stack":
             return name
@@ -2769,9 +2772,8 @@ def _constant_added(b, c, x: Val, k: np.ndarray) -> Val:
     n = bias.size
     flat = b.new(c, lambda nm, i: ir.Reshape(nm, i, path=c.path, target=(n,)), [x], x.frame,
                  shape=(n,), hint=f"{c.hint}.flat")
-    biased = b.new(c, lambda nm, i: ir.BatchNorm(
-        nm, i, path=c.path, weight=np.ones(n), bias=bias.copy(), mean=np.zeros(n),
-        var=np.ones(n), eps=0.0), [flat], x.frame, shape=(n,), hint=f"{c.hint}.bias")
+    biased = b.new(c, lambda nm, i: ir.BatchNorm.affine(nm, i, np.ones(n), bias, c.path),
+                   [flat], x.frame, shape=(n,), hint=f"{c.hint}.bias")
     return b.new(c, lambda nm, i: ir.Reshape(nm, i, path=c.path, target=shape), [biased],
                  x.frame)
 

@@ -257,6 +257,13 @@ class Linear(Node):
         return int(self.weight.shape[1])
 
 
+def batchnorm_scale_shift(weight, bias, mean, var, eps) -> tuple[np.ndarray, np.ndarray]:
+    """(a, c) of inference BN as y = a * x + c: a = weight / sqrt(var + eps), c = bias - a * mean
+    (float64 arrays, one per channel)."""
+    a = weight / np.sqrt(var + eps)
+    return a, bias - a * mean
+
+
 @dataclass(eq=False)
 class BatchNorm(Node):
     """Inference BN along ``axis`` (of the shape without batch):
@@ -288,8 +295,17 @@ class BatchNorm(Node):
 
     def scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
         """(a, c) of y = a * x + c, per channel."""
-        a = self.weight / np.sqrt(self.var + self.eps)
-        return a, self.bias - a * self.mean
+        return batchnorm_scale_shift(self.weight, self.bias, self.mean, self.var, self.eps)
+
+    @classmethod
+    def affine(cls, name: str, inputs: tuple, weight, bias, path: str = "") -> "BatchNorm":
+        """y = weight * x + bias per channel of axis 0, in one rounding: the statistics make
+        the normalisation the identity (mean 0, variance 1, eps 0)."""
+        weight = np.asarray(weight, dtype=np.float64)
+        n = weight.size
+        return cls(name, tuple(inputs), path=path, weight=weight,
+                   bias=np.array(bias, dtype=np.float64), mean=np.zeros(n), var=np.ones(n),
+                   eps=0.0)
 
     def param_count(self) -> int:
         return int(self.weight.size + self.bias.size)  # running stats are buffers, not parameters
@@ -695,16 +711,13 @@ def started_delay(name: str, delayed: str, start: np.ndarray, path: str = "") ->
     ``start - start * 1`` is 0. Named ``{name}.{part}``, the last, the result, ``name``."""
     start = np.asarray(start, dtype=np.float64)
     n = start.size
-    zeros, ones = np.zeros(n), np.ones(n)
     return [
         Reshape(f"{name}.flat", (delayed,), path=path, target=(n,)),
-        BatchNorm(f"{name}.ones", (f"{name}.flat",), path=path, weight=zeros, bias=ones,
-                  mean=zeros, var=ones, eps=0.0),
+        BatchNorm.affine(f"{name}.ones", (f"{name}.flat",), np.zeros(n), np.ones(n), path),
         Delay(f"{name}.after_first", (f"{name}.ones",), path=path, steps=1, shape_hint=(n,),
               kind_hint=Kind.REAL),  # (in the loop of the state it starts)
-        BatchNorm(f"{name}.first", (f"{name}.after_first",), path=path,
-                  weight=-start.ravel(), bias=start.ravel().copy(), mean=zeros, var=ones,
-                  eps=0.0),
+        BatchNorm.affine(f"{name}.first", (f"{name}.after_first",), -start.ravel(),
+                         start.ravel(), path),
         Reshape(f"{name}.start", (f"{name}.first",), path=path, target=start.shape),
         Add(name, (delayed, f"{name}.start"), path=path)]
 

@@ -52,9 +52,10 @@ class Circuit:
     def affine(self, src: str, a: float, b: float, part: str) -> str:
         """``a * src + b`` as a BatchNorm of scale a and bias b: one rounding, so ``b - src``
         (a = -1) and ``src + b`` (a = 1) are torch's."""
-        n = self.shape[0]
-        return self._node(ir.BatchNorm, part, (src,), weight=np.full(n, float(a)),
-                          bias=np.full(n, float(b)), mean=np.zeros(n), var=np.ones(n), eps=0.0)
+        node = ir.BatchNorm.affine(f"{self.name}:{part}", (src,), np.full(self.shape[0], a),
+                                   np.full(self.shape[0], b), self.path)
+        self.nodes.append(node)
+        return node.name
 
     def weighted_window(self, x: str, weights, oldest_first: bool = False) -> str:
         """sum over k of weights[k] * x[t - k] (k = 0 .. len(weights) - 1, 0 before step 0): ``x``

@@ -51,6 +51,7 @@ import copy
 import math
 from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -226,17 +227,18 @@ def _membrane_batch_norm_lif(m: nn.Module, v_reset: float | None,
     else:
         theta = torch.tensor(scalar(m.v_threshold, "v_threshold", path), dtype=torch.float64)
     params = cn.from_lif(float(m.tau), 1.0, v_reset, bool(m.decay_input))
-    a, c = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    a, c = np.float64(1.0), np.float64(0.0)
     if not isinstance(bn, nn.Identity):
         n = bn.num_features
-        weight = torch.ones(n) if bn.weight is None else bn.weight.detach()
-        bias = torch.zeros(n) if bn.bias is None else bn.bias.detach()
-        a = weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        c = bias.double() - a * bn.running_mean.double()
+
+        def stat(t, default: np.ndarray | None = None) -> np.ndarray:
+            return default if t is None else t.detach().double().numpy()
+        a, c = ir.batchnorm_scale_shift(stat(bn.weight, np.ones(n)), stat(bn.bias, np.zeros(n)),
+                                        stat(bn.running_mean), stat(bn.running_var), bn.eps)
     channel_axes = (1, 1) if isinstance(bn, nn.BatchNorm2d) else ()
     alpha, gamma, beta, theta = [
-        float(t) if t.dim() == 0 else t.reshape(*t.shape, *channel_axes).numpy()
-        for t in (a * params.alpha, a * params.gamma, a * params.beta + c, theta)]
+        float(t) if np.ndim(t) == 0 else np.reshape(t, (*np.shape(t), *channel_axes))
+        for t in (a * params.alpha, a * params.gamma, a * params.beta + c, theta.numpy())]
     return replace(params, alpha=alpha, gamma=gamma, beta=beta, theta=theta)
 
 
