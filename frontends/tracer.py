@@ -40,6 +40,7 @@ import math
 import operator
 import os
 import re
+import string
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -277,20 +278,22 @@ def _einsum_as_matmul(equation: str, *operands):
     axes, in both but not the output contracted, in one and the output free."""
     if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
         operands = tuple(operands[0])
-    spec = equation.replace(" ", "")
-    if len(operands) != 2 or "..." in spec or "->" not in spec:
-        raise UnsupportedError(f"op 'torch.einsum' is not supported (only two operands with an "
-                               f"explicit output and no '...', as in 'tbc,cd->tbd': {equation!r})")
-    (ia, ib), io = spec.split("->")[0].split(","), spec.split("->")[1]
+    if len(operands) != 2 or equation.count(",") != 1:
+        raise UnsupportedError(f"op 'torch.einsum' is not supported (only two operands, as in "
+                               f"'tbc,cd->tbd': {equation!r})")
+    a, b = operands
+    ia, ib, io = _einsum_indices(equation, a.dim(), b.dim())
     if any(len(set(i)) != len(i) for i in (ia, ib, io)) or set(io) - set(ia + ib) \
             or (set(ia) ^ set(ib)) - set(io):
         raise UnsupportedError(f"op 'torch.einsum' is not supported (an index repeated in one "
                                f"operand, or summed in one operand alone: {equation!r})")
-    a, b = operands
     batch = [i for i in io if i in ia and i in ib]
     contracted = [i for i in ia if i in ib and i not in io]
     a_free, b_free = [i for i in ia if i not in ib], [i for i in ib if i not in ia]
     size = {i: n for idx, t in ((ia, a), (ib, b)) for i, n in zip(idx, t.shape)}
+    if any(size[i] != n for idx, t in ((ia, a), (ib, b)) for i, n in zip(idx, t.shape)):
+        raise UnsupportedError(f"op 'torch.einsum' is not supported (an index of different "
+                               f"sizes in the two operands, broadcast: {equation!r})")
     k = math.prod(size[i] for i in contracted)
     m = math.prod(size[i] for i in b_free)
     a = a.permute(*(ia.index(i) for i in batch + a_free + contracted))
@@ -307,6 +310,27 @@ def _einsum_as_matmul(equation: str, *operands):
     out = out.reshape(*(size[i] for i in batch + a_free + b_free))
     order = batch + a_free + b_free
     return out.permute(*(order.index(i) for i in io))
+
+
+def _einsum_indices(equation: str, *ranks: int) -> tuple[str, ...]:
+    """The operands' and the output's indices of an einsum ``equation`` on operands of
+    ``ranks``, each '...' written out as letters the equation does not use (right-aligned
+    across operands, as einsum broadcasts them), an implicit output (no '->') made explicit as
+    torch makes it: the '...' axes, then the indices that occur once, in alphabetical order."""
+    spec = equation.replace(" ", "")
+    ins, _, out = spec.partition("->")
+    ins = ins.split(",")
+    spare = [ch for ch in string.ascii_letters if ch not in spec]
+    widths = [r - (len(i) - 3) if "..." in i else 0 for i, r in zip(ins, ranks)]
+    if min(widths) < 0 or max(widths) > len(spare):
+        raise UnsupportedError(f"op 'torch.einsum' is not supported (its '...' does not fit "
+                               f"the operands' ranks {ranks}: {equation!r})")
+    ell = "".join(spare[:max(widths)])
+    if "->" not in spec:
+        letters = "".join(ins).replace("...", "")
+        out = "..." + "".join(sorted(ch for ch in set(letters) if letters.count(ch) == 1))
+    ins = [i.replace("...", ell[len(ell) - w:]) for i, w in zip(ins, widths)]
+    return (*ins, out.replace("...", ell))
 
 
 def _in_place(method: str) -> bool:
@@ -2058,10 +2082,14 @@ class _Builder:
     def _same_each_step(self, e: Expr, exprs: dict[int, Expr],
                         last: int | None = None) -> str | None:
         """The node of the last step's value (``exprs[last]``, of step ``last``: T - 1 unless
-        given); checks the step before gives the same node."""
+        given); checks the step before gives the same node. Step 0 may differ where the value
+        reads a loop state (it starts elsewhere); a value of a static input alone may not (at
+        T = 2, a loop reading ``x[:, t]`` of an input read as a static image: its channels)."""
         last = self.T - 1 if last is None else last
         name = self.materialize(exprs[last], last)
-        if last >= 2 and name is not None and self.materialize(exprs[last - 1], last - 1) != name:
+        first = 1 if exprs[last].time == STATIC else 2
+        if last >= first and name is not None \
+                and self.materialize(exprs[last - 1], last - 1) != name:
             self.errors[(e.path, f"op '{e.op}': the loop over time does not compute the same "
                                  "thing at every step")] = None
             return None
@@ -2469,6 +2497,10 @@ def _stack(b, c, tensors, dim=0):
         if frame is not None:
             return Val(_OverSteps(None, tuple(v.expr for v in vals[lag:]), c.op, c.hint,
                                   c.path, vals[-1].expr.shape, starts=tuple(starts)), frame)
+    if vals and all(isinstance(v, Val) and v.frame == first.frame and v.expr.step ==
+                    first.expr.step and v.expr.shape == first.expr.shape for v in vals) \
+            and dim % (_ndim(first) + 1) >= len(first.frame):
+        return _stacked_per_sample(b, c, vals, dim % (_ndim(first) + 1) - len(first.frame))
     if len(vals) != b.T or not all(
             isinstance(v, Val) and v.frame == B and v.expr.step == t for t, v in enumerate(vals)):
         traced = [v for v in vals if isinstance(v, Val)]
@@ -2553,6 +2585,16 @@ def _pick_row(e: _Slice, r: int, R: int):
                                          stride=(R, 1), padding=(0, 0), dilation=(1, 1))
     return lambda n, i: ir.MaxPool2d(n, (i,), path=e.path, kernel_size=(2, 1),
                                      stride=(R + 1, 1), padding=(0, 0), dilation=(r + 1, 1))
+
+
+def _stacked_per_sample(b, c, vals: list[Val], axis: int) -> Val:
+    """``torch.stack`` of values of one step (or one sequence) on a new per-sample axis: each
+    given a unit axis there (a Reshape) and concatenated along it."""
+    shape = vals[0].expr.shape
+    unit = shape[:axis] + (1,) + shape[axis:]
+    parts = [b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=unit), [v], v.frame,
+                   shape=unit, hint=f"{c.hint}.{k}") for k, v in enumerate(vals)]
+    return b.new(c, lambda n, i: ir.Concat(n, i, path=c.path, axis=axis), parts, vals[0].frame)
 
 
 def _cat(b, c, tensors, dim=0):

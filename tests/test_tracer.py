@@ -339,6 +339,80 @@ def test_steps_concatenated_along_a_unit_time_axis_are_their_stack(form):
         trace(CatSteps("one missing"), x.float(), T=T, static=False)
 
 
+class StackedBranches(nn.Module):
+    """Two branches' spikes stacked on a new per-sample axis (``torch.stack([a, b], dim)``)
+    and flattened into channels, or averaged over it; multi-step, or a loop of single-step
+    neurons over the steps of its input."""
+
+    def __init__(self, loop: bool, dim: int, reduce: str):
+        super().__init__()
+        mode = "s" if loop else "m"
+        self.convs = nn.ModuleList(nn.Conv2d(2, 4, 3, padding=1) for _ in range(2))
+        self.lifs = nn.ModuleList(neuron.LIFNode(tau=2.0, step_mode=mode) for _ in range(3))
+        self.fc = nn.Linear(8 if reduce == "flatten" else 4, 3)
+        self.loop, self.dim, self.reduce = loop, dim, reduce
+
+    def step(self, x):  # [B, 2, 6, 6] (or [T, B, ...])
+        lead = x.shape[:-3]
+        a, b = (lif(conv(x.flatten(0, -4)).reshape(*lead, 4, 6, 6))
+                for conv, lif in zip(self.convs, self.lifs))
+        y = torch.stack([a, b], dim=self.dim)
+        y = y.flatten(self.dim, self.dim + 1) if self.reduce == "flatten" else y.mean(self.dim)
+        return self.lifs[2](self.fc(y.mean((-2, -1))))
+
+    def forward(self, x):
+        if self.loop:
+            return torch.stack([self.step(x[t]) for t in range(T)])
+        return self.step(x)
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["multi-step", "loop"])
+@pytest.mark.parametrize("dim,reduce", [(-4, "flatten"), (-4, "mean"), (-1, "mean")])
+def test_values_stacked_on_a_new_per_sample_axis_are_concatenated(loop, dim, reduce):
+    """torch.stack of one step's values (not the steps of a loop) was refused as stacking
+    something other than time (found by tests/fuzz_models.py): a unit axis and a Concat."""
+    torch.manual_seed(0)
+    model = StackedBranches(loop, dim, reduce).double().eval()
+    driven(model, **{"convs.0": (3.0, 0.5), "convs.1": (3.0, 0.5), "fc": (6.0, 1.6)})
+    x = torch.randn(T, 3, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    graph = trace(model, x, T=T, static=False)
+    assert graph.of_type(ir.Concat)
+    assert_rates_in_range(assert_parity(model, x, graph))
+
+
+class BatchFirstLoop(nn.Module):
+    """A loop over the steps of a [B, T, ...] input, ``x[:, t]`` (DVS code)."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.conv, self.lif, self.fc = nn.Conv2d(2, 4, 3, padding=1), neuron.LIFNode(), \
+            nn.Linear(4, 3)
+        self.steps = steps
+
+    def forward(self, x):
+        return torch.stack([self.fc(self.lif(self.conv(x[:, t])).mean((-2, -1)))
+                            for t in range(self.steps)])
+
+
+@pytest.mark.parametrize("steps", [2, 3])
+def test_a_loop_over_the_steps_of_a_batch_first_input_reads_it_as_a_sequence(steps):
+    """At T = 2 the input [B, 2, 2, H, W] was read as a static image whose second axis the
+    loop slices at t, and the graph read x[:, 1] at both steps (check: agreement 0.74; compile
+    refused it only by its own-loop verification; found by tests/fuzz_models.py): a value of
+    a static input must be the same at every step, step 0 included."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = BatchFirstLoop(steps).double().eval()
+    driven(model, conv=(3.0, 0.5))
+    x = 2 * torch.randn(5, steps, 2, 8, 8, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(1))
+    assert snncc.trace(model, x).meta["input_layout"] == "BT"
+    report = snncc.check(model, x, target="sim")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_sim == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 def test_relu_of_a_real_value_is_refused_after_the_build():
     """relu of spikes is the spikes (tested on norse's ConvNet); of a real value it is no IR op."""
     model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), neuron.LIFNode(step_mode="m"))
@@ -1361,11 +1435,20 @@ def test_a_value_times_a_constant_matrix_is_a_linear():
         trace(_TimesAMatrix(transposed=True), x.float(), T=T, static=False)
 
 
+#: the einsums of :class:`_Einsum` (projection, q k^T, attention times v) written three ways:
+#: every index named, '...' for the leading axes, and the output left implicit (the '...' axes,
+#: then the indices that occur once, sorted)
+EINSUMS = {"explicit": ("tbnc,cd->tbnd", "tbhnd,tbhmd->tbhnm", "tbhnm,tbhmd->tbhnd"),
+           "ellipsis": ("...c,cd->...d", "...nd,...md->...nm", "...nm,...md->...nd"),
+           "implicit": ("...c,cd", "...ij,...kj", "...ij,...jk")}
+
+
 class _Einsum(nn.Module):
     """A projection and spike attention written with ``torch.einsum`` (2 heads of 4)."""
 
-    def __init__(self):
+    def __init__(self, equations=EINSUMS["explicit"]):
         super().__init__()
+        self.equations = equations
         self.w = nn.Parameter(torch.randn(6, 8))
         self.qkv = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
         self.lifs = nn.ModuleList(neuron.LIFNode(step_mode="m") for _ in range(5))
@@ -1374,20 +1457,23 @@ class _Einsum(nn.Module):
                 lin.weight.mul_(8.0)
 
     def forward(self, x):
-        y = self.lifs[0](torch.einsum("tbnc,cd->tbnd", x, self.w))
+        project, scores, attend = self.equations
+        y = self.lifs[0](torch.einsum(project, x, self.w))
         T, B, N = y.shape[:3]
         q, k, v = (self.lifs[i + 1](lin(y)).reshape(T, B, N, 2, 4).permute(0, 1, 3, 2, 4)
                    for i, lin in enumerate(self.qkv))
-        att = torch.einsum("tbhnd,tbhmd->tbhnm", q, k)
-        return self.lifs[4](torch.einsum("tbhnm,tbhmd->tbhnd", att, v) * 2.0)
+        att = torch.einsum(scores, q, k)
+        return self.lifs[4](torch.einsum(attend, att, v) * 2.0)
 
 
-def test_einsum_of_two_tensors_is_its_matmul():
-    """torch.einsum was an unknown op; two operands are permutes, reshapes and one matmul."""
+@pytest.mark.parametrize("form", sorted(EINSUMS))
+def test_einsum_of_two_tensors_is_its_matmul(form):
+    """torch.einsum was an unknown op; two operands are permutes, reshapes and one matmul.
+    Its '...' and an implicit output were refused (found by tests/fuzz_models.py)."""
     import snncc
 
     torch.manual_seed(0)
-    model = _Einsum().double().eval()
+    model = _Einsum(EINSUMS[form]).double().eval()
     x = 2 * torch.randn(T, 3, 5, 6, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(1))
     report = snncc.check(model, x, target="onnx", T=T, layout="TB")
@@ -1400,6 +1486,17 @@ def test_einsum_of_two_tensors_is_its_matmul():
 class _EinsumOfThree(nn.Module):
     def forward(self, x):
         return torch.einsum("tbnc,tbnc,tbnc->tbnc", x, x, x)
+
+
+class _EinsumBroadcast(nn.Module):
+    def forward(self, x):
+        return torch.einsum("...nc,...mc->...nm", x, x[:1])
+
+
+def test_einsum_that_broadcasts_an_index_is_refused_saying_so():
+    x = torch.randn(T, 3, 5, 6)
+    with pytest.raises(UnsupportedError, match="different sizes in the two operands"):
+        trace(_EinsumBroadcast(), x, T=T, static=False)
 
 
 def test_the_trace_leaves_no_traced_value_in_the_model():
