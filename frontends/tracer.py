@@ -386,9 +386,22 @@ def _shares_model_memory(t: torch.Tensor, root: nn.Module) -> bool:
         t.untyped_storage().data_ptr() in storage_owners(root)
 
 
+def _item_shares_memory(item: fx.Node, root: nn.Module) -> bool:
+    """Whether an item of what a call returned may share memory with the call's other items or
+    inputs (a ``chunk``'s pieces do): not where the call is a library neuron, which returns
+    new tensors (snnTorch's ``spk, mem = lif(x, mem)``, norse's ``z, s = cell(x, s)``)."""
+    call = item.args[0]
+    return not (call.op == "call_module"
+                and _neuron_adapter(root.get_submodule(call.target)) is not None)
+
+
 def _views(node: fx.Node, root: nn.Module) -> bool:
     if node.op == "call_method":
         return node.target in _VIEW_METHODS
+    if node.op == "call_function" and node.target is operator.getitem and node.args \
+            and isinstance(node.args[0], fx.Node) \
+            and isinstance(node.args[0].meta.get("value"), (tuple, list)):
+        return _item_shares_memory(node, root)
     if node.op == "call_function":
         return node.target in _VIEW_FUNCTIONS
     return node.op == "call_module" and isinstance(root.get_submodule(node.target), _VIEW_MODULES)

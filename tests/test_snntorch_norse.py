@@ -26,7 +26,7 @@ from snncc.frontends.zoo import randomize_bn
 from snncc.simulator import simulate
 from snncc.targets import get_target
 
-from conftest import assert_rates_in_range, stacked_spikes
+from conftest import assert_rates_in_range, driven, stacked_spikes
 
 snn = pytest.importorskip("snntorch")
 norse = pytest.importorskip("norse.torch")
@@ -1129,3 +1129,46 @@ def test_snntorch_membrane_in_arithmetic_is_a_value(target):
     report = snncc.check(model, x, target=target)
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class ChangedSpikes(nn.Module):
+    """Cells that take and return their state (``spk, mem = lif(x, mem)``; norse's
+    ``z, s = cell(x, s)``), their spikes then changed in place (SEW's ``z += skip``)."""
+
+    def __init__(self, library: str):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        if library == "snntorch":
+            self.cells = nn.ModuleList(snn.Leaky(beta=0.6, threshold=0.5) for _ in range(2))
+        else:
+            self.cells = nn.ModuleList(norse.LIFBoxCell(_norse_p("box", tau_mem_inv=400.0,
+                                                                 v_th=0.3)) for _ in range(2))
+        self.library = library
+
+    def forward(self, x):
+        states = [c.init_leaky() if self.library == "snntorch" else None for c in self.cells]
+        out = []
+        for _ in range(T):
+            z1, states[0] = self.cells[0](self.fc1(x), states[0])
+            z2, states[1] = self.cells[1](self.fc2(z1), states[1])
+            z2 += z1
+            out.append(self.fc3(z2))
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("library", ["snntorch", "norse"])
+def test_spikes_a_cell_returned_beside_its_state_may_be_changed_in_place(library):
+    """The items a library cell returns were taken for views of one tensor: changing the
+    spikes in place made the state stale, and the model was refused ("reading a tensor that
+    shares memory with one changed in place"; found by tests/fuzz_models.py)."""
+    from snncc import api
+
+    torch.manual_seed(0)
+    model = ChangedSpikes(library).eval()
+    driven(model, fc1=(3.0, 0.4), fc2=(3.0, 0.2))
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    ref = _f64_reference(model)
+    for target in ("sim", "onnx"):
+        rep = api.check(ref if library == "norse" else model, x.double(), target=target)
+        assert rep.min_agreement == 1.0 and rep.output_max_abs_diff_sim == 0.0, rep.format()
+        assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})

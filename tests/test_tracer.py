@@ -585,6 +585,9 @@ class InPlace(nn.Module):
             v = y.flatten(2)
             y.mul_(3.0)
             return self.lif(v)
+        elif self.how == "on_a_chunk":  # a chunk's pieces are views of y (a call's items)
+            a, _ = y.chunk(2, dim=2)
+            a.mul_(3.0)
         elif self.how == "on_the_input":
             x.mul_(3.0)
         elif self.how == "on_the_input_read_again":
@@ -680,7 +683,7 @@ def test_check_gives_the_model_a_copy_of_the_input_it_may_change():
 @pytest.mark.parametrize("how, reason", [
     *[(how, r"reading a tensor that shares memory with one changed in place since \(a view of "
             r"it, or the tensor it views\)")
-      for how in ("on_a_view", "viewed", "operator_viewed", "its_data_viewed")],
+      for how in ("on_a_view", "viewed", "operator_viewed", "its_data_viewed", "on_a_chunk")],
     ("on_a_parameter", r"'Tensor.mul_' is not supported \(an in-place op on a parameter or "
                        r"buffer of the model"),
     ("out_a_parameter", r"'mul with out=' is not supported \(an in-place op on a parameter"),
