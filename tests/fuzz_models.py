@@ -1,0 +1,540 @@
+"""Differential fuzzing of the front-end: random spiking PyTorch models written the ways users
+write them, compiled by snncc and compared with their own forward (used by
+tests/test_fuzz_models.py and benchmarks/fuzz_models.py).
+
+**Generator.** :func:`build_model` draws a model from a seed: a stem and 2-5 blocks over a
+``[T, B, C, H, W]`` sequence (spikingjelly 2.0 multi-step layers, ``SeqToANNContainer``, or
+plain ``nn`` layers on ``x.flatten(0, 1)`` reshaped back, as Spikformer writes them) or a
+static image looped over T by the model itself (single-step spikingjelly or snnTorch neurons,
+outputs stacked or averaged). Blocks: convolutions (1x1, 3x3, strided, depthwise, with or
+without bias) with randomised BatchNorm before a neuron, SEW residuals (spikes added),
+membrane shortcuts (real values added before a neuron), max/avg pooling, a channel
+concatenation of two branches, a channel slice, nearest upsampling, Spikformer's self-attention
+(``q @ k^T * scale @ v`` over heads) and spike-driven attention (``q * k`` summed over tokens).
+Neurons: LIF (tau, decay_input, hard or soft reset, threshold drawn), IF, PLIF; snnTorch Leaky
+(beta, threshold, reset by subtraction or to zero). Heads: mean over space, Linear, and the mean
+over time or the sequence.
+
+**Runner.** :func:`run_model` compiles the model for each target with the public API and runs
+the artifact on the example input (float64), comparing the output with the model's own forward
+(exactly, up to 1e-9), and runs ``snncc.check`` (layer-by-layer spikes, agreement 1). The
+firing rates of the model's own neurons (hooks) are returned, so a caller can tell a vacuous
+case. Outcomes: ``exact``, ``refused`` (an :class:`~snncc.errors.SnnccError` with its message:
+the model uses something snncc does not support, and says so), ``mismatch`` (compiled, but the
+artifact or the check differs from the model: a silent wrong answer) and ``crash`` (any other
+exception).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import snncc
+from snncc.api import to_ir_layout
+from snncc.errors import SnnccError
+from snncc.parity import PER_STEP_LAYOUTS, output_in_ir_layout
+
+STYLES = ("multistep", "seq_to_ann", "flatten", "loop_sj", "loop_snntorch", "loop_snntorch_state",
+          "loop_norse")
+#: styles whose model loops over the steps itself, calling single-step neurons
+LOOPS = ("loop_sj", "loop_snntorch", "loop_snntorch_state", "loop_norse")
+BLOCKS = ("conv", "sew", "shortcut", "pool", "concat", "slice", "upsample", "ssa", "sdsa",
+          "sps", "mlp")
+
+
+def _bn(rng: np.random.Generator, c: int, dims: int = 2) -> nn.Module:
+    """A BatchNorm with running statistics far from identity, so neurons after it fire."""
+    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(c)
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, c)
+                                         * rng.choice([-1.0, 1.0], c, p=[0.2, 0.8])))
+        bn.bias.copy_(torch.from_numpy(rng.normal(0.8, 0.5, c)))
+        bn.running_mean.copy_(torch.from_numpy(rng.normal(0.0, 0.5, c)))
+        bn.running_var.copy_(torch.from_numpy(rng.uniform(0.2, 2.0, c)))
+    return bn
+
+
+class _Model(nn.Module):
+    """The drawn model: ``stem`` then ``blocks`` (each a kind and its modules) then ``head``.
+    Its forward is ordinary Python over the blocks, as a user's model is; ``forms`` says how
+    each operation is written (:data:`FORMS`), drawn per model."""
+
+    def __init__(self, style: str, T: int, blocks: list, stem: nn.ModuleDict, head: nn.Module,
+                 forms: dict):
+        super().__init__()
+        self.style, self.T, self.kinds, self.forms = style, T, [k for k, _ in blocks], forms
+        self.blocks = nn.ModuleList(m for _, m in blocks)
+        self.stem, self.head = stem, head
+
+    def f(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A stateless layer on a sequence [T, B, ...] (multi-step styles) or one step."""
+        if self.style == "flatten":
+            y = layer(x.flatten(0, 1))
+            return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
+        return layer(x)  # multi-step layers and SeqToANNContainer take [T, B, ...]
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on one value: a sequence (multi-step styles) or one step (loops)."""
+        x = self.stem["lif"](self.f(self.stem["conv"], x))
+        for kind, m in zip(self.kinds, self.blocks):
+            x = getattr(self, f"_{kind}")(m, x)
+        return self.f(self.head["fc"], _space_mean(self, x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, form = self.T, self.forms["input"]
+        if self.style in LOOPS:
+            for m in self.modules():  # states that the forward threads from step to step
+                if isinstance(m, _Stateful):
+                    m.start()
+            steps = [self.step(x if form == "static" else x[t] if form == "sequence_tb"
+                               else x[:, t]) for t in range(T)]
+            y = torch.stack(steps, dim=int(self.forms["time_axis"]))
+            return y.mean(int(self.forms["time_axis"])) if self.forms["readout"] == "mean" else y
+        if form == "sequence_bt":  # DVS code's [B, T, ...]
+            x = x.transpose(0, 1)
+        elif form != "sequence_tb":  # a static image made a sequence in forward (Spikformer)
+            x = (x.unsqueeze(0).repeat(T, 1, 1, 1, 1) if form == "repeat" else
+                 x.unsqueeze(0).expand(T, -1, -1, -1, -1) if form == "expand" else
+                 torch.stack([x] * T))
+        y = self.step(x)
+        if self.forms["readout"] == "mean":
+            return y.mean(0)
+        return y.transpose(0, 1) if self.forms["time_axis"] == "1" else y
+
+    # ------------------------------------------------------------------ blocks
+    def _add(self, a, b):
+        """a + b as drawn; "inplace" adds into b, a neuron's fresh output (SEW's out += x)."""
+        form = self.forms["add"]
+        return (a + b if form == "plus" else a.add(b) if form == "method" else
+                torch.add(a, b) if form == "torch" else b.add_(a))
+
+    def _conv(self, m, x):
+        return m["lif"](self.f(m["conv"], x))
+
+    def _sew(self, m, x):
+        """SEW ResNet's connection of spikes: ADD, AND or IAND."""
+        form, s = m.connect, m["lif"](self.f(m["conv"], x))
+        return self._add(x, s) if form == "add" else x * s if form == "and" else (1.0 - s) * x
+
+    def _sps(self, m, x):
+        """Spikformer's patch splitting: convolution, BatchNorm, max pooling, then the neuron."""
+        return m["lif"](self.f(m["pool"], self.f(m["conv"], x)))
+
+    def _mlp(self, m, x):
+        """Tokens through Linear layers on [..., N, C] (transposed), BatchNorm1d on [..., C, N]."""
+        H, W = x.shape[-2:]
+        t = x.flatten(-2)
+        for i in (1, 2):
+            y = self._swapped(self.f(m[f"fc{i}"], self._swapped(t)))
+            t = m[f"lif{i}"](self.f(m[f"bn{i}"], y))
+        return self._add(x, t.reshape(*t.shape[:-1], H, W))
+
+    def _swapped(self, x):  # the last two axes exchanged, as drawn
+        if self.forms["swap"] == "transpose":
+            return x.transpose(-1, -2)
+        if self.forms["swap"] == "mT":
+            return x.mT
+        return x.permute(*range(x.dim() - 2), x.dim() - 1, x.dim() - 2)
+
+    def _shortcut(self, m, x):
+        return m["lif"](self._add(self.f(m["bn_in"], x), self.f(m["conv"], x)))
+
+    def _pool(self, m, x):
+        return self.f(m["pool"], x)
+
+    def _concat(self, m, x):
+        a, b = m["lif_a"](self.f(m["a"], x)), m["lif_b"](self.f(m["b"], x))
+        form = self.forms["cat"]
+        return (torch.cat([a, b], dim=-3) if form == "cat" else
+                torch.concat((a, b), -3) if form == "concat" else
+                torch.stack([a, b], dim=-4).flatten(-4, -3))
+
+    def _slice(self, m, x):
+        h, form = x.shape[-3] // 2, self.forms["slice"]
+        x = (x[..., :h, :, :] if form == "index" else torch.chunk(x, 2, dim=-3)[0]
+             if form == "chunk" else x.split(h, dim=-3)[0] if form == "split" else
+             x.narrow(-3, 0, h))
+        return m["lif"](self.f(m["conv"], x))
+
+    def _upsample(self, m, x):
+        return m["lif"](self.f(m["conv"], self.f(m["up"], x)))
+
+    def _heads(self, x, h):  # [..., C, N] -> [..., h, N, C/h]
+        *lead, c, n = x.shape
+        form = self.forms["heads"]
+        if form == "einops":
+            import einops
+
+            return einops.rearrange(x, "... (h d) n -> ... h n d", h=h)
+        split = x.view(*lead, h, c // h, n) if form == "view" else x.reshape(*lead, h, c // h, n)
+        return split.transpose(-1, -2)
+
+    def _merged(self, a, shape):  # [..., h, N, d] -> [..., C, N]
+        if self.forms["heads"] == "einops":
+            import einops
+
+            return einops.rearrange(a, "... h n d -> ... (h d) n")
+        return a.transpose(-1, -2).reshape(shape)
+
+    def _matmul(self, a, b):
+        form = self.forms["matmul"]
+        return (a @ b if form == "at" else torch.matmul(a, b) if form == "matmul" else
+                torch.einsum("...nd,...dm->...nm", a, b))
+
+    def _scaled(self, a, cfg):
+        form = self.forms["scale"]
+        return (a * cfg.scale if form == "float" else a * cfg.scale_tensor if form == "buffer"
+                else torch.mul(a, cfg.scale))
+
+    def _ssa(self, m, x):
+        """Spikformer's spiking self-attention on the tokens of x, added to x (SEW style)."""
+        H, W = x.shape[-2:]
+        t = x.flatten(-2)
+        q, k, v = (self._heads(m[f"lif_{n}"](self.f(m[n], t)), m["cfg"].heads) for n in "qkv")
+        a = self._matmul(self._matmul(q, k.transpose(-2, -1)), v)
+        a = self._merged(m["lif_attn"](self._scaled(a, m["cfg"])), t.shape)
+        out = m["lif_proj"](self.f(m["proj"], a))
+        return self._add(x, out.reshape(*out.shape[:-1], H, W))
+
+    def _sdsa(self, m, x):
+        """Spike-driven self-attention: q * k summed over tokens, fired, gating v."""
+        H, W = x.shape[-2:]
+        t = x.flatten(-2)
+        q, k, v = (m[f"lif_{n}"](self.f(m[n], t)) for n in "qkv")
+        kv = m["lif_kv"]((q * k).sum(-1, keepdim=True))
+        out = m["lif_proj"](self.f(m["proj"], kv * v))
+        return self._add(x, out.reshape(*out.shape[:-1], H, W))
+
+
+def _space_mean(model: _Model, x: torch.Tensor) -> torch.Tensor:
+    form = model.forms["space_mean"]
+    if form == "adaptive":
+        return model.f(model.head["gap"], x).flatten(-3)
+    return x.mean((-2, -1)) if form == "mean" else x.flatten(-2).mean(-1)
+
+
+#: how each operation may be written; one form of each is drawn per model
+FORMS = {"add": ("plus", "method", "torch", "inplace"), "cat": ("cat", "concat", "stack"),
+         "slice": ("index", "chunk", "split", "narrow"), "heads": ("reshape", "view", "einops"),
+         "matmul": ("at", "matmul", "einsum"), "scale": ("float", "buffer", "mul"),
+         "space_mean": ("mean", "flatten_mean", "adaptive"),
+         "input": ("sequence_tb", "sequence_bt", "repeat", "expand", "stack"),
+         "readout": ("mean", "sequence"), "time_axis": ("0", "1"),
+         "swap": ("transpose", "mT", "permute")}
+#: the forms of the input a model's own loop over time reads
+LOOP_INPUTS = ("static", "sequence_tb", "sequence_bt")
+
+
+class _Stateful(nn.Module):
+    """A neuron that takes and returns its state (a norse cell: ``z, s = cell(x, s)`` from
+    ``s = None``; snnTorch's Leaky without hidden state: ``spk, mem = lif(x, mem)`` from
+    ``mem = lif.init_leaky()``), the state carried between the model's calls of it."""
+
+    def __init__(self, cell: nn.Module):
+        super().__init__()
+        self.cell, self.state = cell, None
+
+    def start(self):
+        self.state = self.cell.init_leaky() if hasattr(self.cell, "init_leaky") else None
+
+    def forward(self, x):
+        z, self.state = self.cell(x, self.state)
+        return z
+
+
+class _Cfg(nn.Module):
+    """An attention block's settings, kept in its ModuleDict (the scale also as a buffer)."""
+
+    def __init__(self, heads: int, scale: float):
+        super().__init__()
+        self.heads, self.scale = heads, scale
+        self.register_buffer("scale_tensor", torch.tensor(scale))
+
+
+class _Draw:
+    """Draws the layers of one model in its style."""
+
+    def __init__(self, rng: np.random.Generator, style: str):
+        self.rng, self.style = rng, style
+        self.multi = style in ("multistep", "seq_to_ann", "flatten")
+
+    def neuron(self) -> nn.Module:
+        rng = self.rng
+        if self.style in ("loop_snntorch", "loop_snntorch_state"):
+            import snntorch as snn
+
+            hidden = self.style == "loop_snntorch"
+            lif = snn.Leaky(beta=float(rng.choice([0.5, 0.75, 0.9])),
+                            threshold=float(rng.choice([0.5, 1.0])), init_hidden=hidden,
+                            reset_mechanism=str(rng.choice(["subtract", "zero"])))
+            return lif if hidden else _Stateful(lif)
+        if self.style == "loop_norse":
+            return _Stateful(_norse_cell(rng))
+        from spikingjelly.activation_based import neuron
+
+        from spikingjelly.activation_based import surrogate
+
+        kind = rng.choice(["lif", "lif", "if", "plif"])
+        common = dict(v_threshold=float(rng.choice([0.5, 1.0])),
+                      v_reset=None if rng.random() < 0.3 else 0.0,
+                      step_mode="m" if self.multi else "s",
+                      detach_reset=bool(rng.random() < 0.3),
+                      surrogate_function=surrogate.ATan() if rng.random() < 0.5
+                      else surrogate.Sigmoid())
+        if kind == "if":
+            return neuron.IFNode(**common)
+        if kind == "plif":
+            return neuron.ParametricLIFNode(init_tau=float(rng.choice([1.5, 2.0, 3.0])),
+                                            **common)
+        return neuron.LIFNode(tau=float(rng.choice([2.0, 1.5, 4.0])),
+                              decay_input=bool(rng.random() < 0.7), **common)
+
+    def layer(self, *mods: nn.Module) -> nn.Module:
+        """``mods`` in sequence, wrapped for the style (stateless layers over a sequence)."""
+        if self.style == "multistep":
+            return nn.Sequential(*map(_multistep, mods)) if len(mods) > 1 else _multistep(mods[0])
+        if self.style == "seq_to_ann":
+            from spikingjelly.activation_based import layer
+
+            return layer.SeqToANNContainer(*mods)
+        return nn.Sequential(*mods) if len(mods) > 1 else mods[0]
+
+    def conv_bn(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1):
+        conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups,
+                         bias=bool(self.rng.random() < 0.5))
+        extra = [nn.Dropout(0.2)] if self.rng.random() < 0.15 else []  # (identity in eval)
+        return self.layer(conv, _bn(self.rng, cout), *extra)
+
+    def conv1d_bn(self, c: int):
+        return self.layer(nn.Conv1d(c, c, 1, bias=bool(self.rng.random() < 0.5)),
+                          _bn(self.rng, c, dims=1))
+
+
+def _norse_cell(rng: np.random.Generator) -> nn.Module:
+    import norse.torch as norse
+    from norse.torch.functional.iaf import IAFParameters
+    from norse.torch.functional.lif import LIFParameters
+    from norse.torch.functional.lif_box import LIFBoxParameters
+
+    kind = rng.choice(["lif", "lif", "box", "iaf"])
+    v_th = torch.as_tensor(float(rng.choice([0.2, 0.3])))
+    if kind == "iaf":
+        return norse.IAFCell(IAFParameters(v_th=torch.as_tensor(0.8)))
+    tau_mem_inv = torch.as_tensor(float(rng.choice([200.0, 250.0, 400.0])))
+    if kind == "box":
+        return norse.LIFBoxCell(LIFBoxParameters(tau_mem_inv=tau_mem_inv, v_th=v_th))
+    return norse.LIFCell(LIFParameters(tau_syn_inv=torch.as_tensor(
+        float(rng.choice([200.0, 300.0]))), tau_mem_inv=tau_mem_inv, v_th=v_th))
+
+
+def _unwrapped(layer: nn.Module) -> nn.Module:
+    """The one layer a style's wrapper holds."""
+    while isinstance(layer, nn.Sequential):  # (SeqToANNContainer is one)
+        layer = layer[0]
+    return layer
+
+
+def _multistep(mod: nn.Module) -> nn.Module:
+    """spikingjelly's multi-step layer of ``mod``'s class, with ``mod``'s settings and state."""
+    from spikingjelly.activation_based import layer
+
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+        m = getattr(layer, type(mod).__name__)(
+            mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+            groups=mod.groups, bias=mod.bias is not None, step_mode="m")
+    elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        m = getattr(layer, type(mod).__name__)(mod.num_features, step_mode="m")
+    elif isinstance(mod, nn.Upsample):
+        m = layer.Upsample(scale_factor=mod.scale_factor, mode=mod.mode, step_mode="m")
+    elif isinstance(mod, nn.AdaptiveAvgPool2d):
+        m = layer.AdaptiveAvgPool2d(mod.output_size, step_mode="m")
+    elif isinstance(mod, nn.Linear):
+        m = layer.Linear(mod.in_features, mod.out_features, step_mode="m")
+    elif isinstance(mod, nn.Dropout):
+        m = layer.Dropout(mod.p, step_mode="m")
+    else:  # pooling
+        m = getattr(layer, type(mod).__name__)(mod.kernel_size, mod.stride, mod.padding,
+                                               step_mode="m")
+    m.load_state_dict(mod.state_dict())
+    return m
+
+
+def build_model(seed: int):
+    """(model in float64 eval mode, example input, description) drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    style = str(rng.choice(STYLES))
+    d = _Draw(rng, style)
+    T, B, c, size = int(rng.integers(2, 5)), 5, int(rng.choice([4, 8])), 8
+    stem = nn.ModuleDict({"conv": d.conv_bn(2, c), "lif": d.neuron()})
+    blocks, kinds = [], []
+    spikes = True  # whether the blocks' value is spikes (0/1) so far
+    for _ in range(int(rng.integers(2, 6))):
+        kind = str(rng.choice(BLOCKS))
+        if kind in ("pool", "sps") and size <= 2 or kind == "upsample" and size >= 16:
+            kind = "conv"
+        m = nn.ModuleDict()
+        if kind == "conv":
+            k, stride = int(rng.choice([1, 3])), int(rng.choice([1, 1, 2])) if size > 2 else 1
+            groups = c if rng.random() < 0.25 else 1
+            m["conv"], m["lif"] = d.conv_bn(c, c, k, stride, groups), d.neuron()
+            size = (size + 2 * (k // 2) - k) // stride + 1
+        elif kind in ("sew", "shortcut"):
+            m["conv"], m["lif"] = d.conv_bn(c, c, int(rng.choice([1, 3]))), d.neuron()
+            if kind == "shortcut":
+                m["bn_in"] = d.layer(_bn(rng, c))
+            else:  # SEW's AND and IAND of spikes (ADD of anything)
+                m.connect = str(rng.choice(["add", "and", "iand"] if spikes else ["add"]))
+        elif kind == "sps":
+            m["conv"], m["lif"] = d.conv_bn(c, c, 3), d.neuron()
+            m["pool"] = d.layer(nn.MaxPool2d(3, 2, 1))
+            size = (size - 1) // 2 + 1
+        elif kind == "mlp":
+            hidden = int(rng.choice([c, 2 * c]))
+            m["fc1"], m["bn1"], m["lif1"] = d.layer(nn.Linear(c, hidden)), d.layer(
+                _bn(rng, hidden, dims=1)), d.neuron()
+            m["fc2"], m["bn2"], m["lif2"] = d.layer(nn.Linear(hidden, c)), d.layer(
+                _bn(rng, c, dims=1)), d.neuron()
+        elif kind == "pool":
+            m["pool"] = d.layer(nn.MaxPool2d(2) if rng.random() < 0.6 else nn.AvgPool2d(2))
+            size //= 2
+        elif kind == "concat":
+            m["a"], m["lif_a"] = d.conv_bn(c, c // 2, 3), d.neuron()
+            m["b"], m["lif_b"] = d.conv_bn(c, c - c // 2, 1), d.neuron()
+        elif kind == "slice":
+            m["conv"], m["lif"] = d.conv_bn(c // 2, c, 1), d.neuron()
+        elif kind == "upsample":
+            m["up"] = d.layer(nn.Upsample(scale_factor=2, mode="nearest"))
+            m["conv"], m["lif"] = d.conv_bn(c, c, 3), d.neuron()
+            size *= 2
+        else:  # attention
+            heads = int(rng.choice([1, 2]))
+            for n in ("q", "k", "v", "proj"):
+                m[n], m[f"lif_{n}"] = d.conv1d_bn(c), d.neuron()
+            if kind == "ssa":
+                m["cfg"] = _Cfg(heads, float(rng.choice([0.25, 0.5, 0.3])))
+                m["lif_attn"] = d.neuron()
+            else:
+                m["lif_kv"] = d.neuron()
+        blocks.append((kind, m))
+        kinds.append(kind)
+        spikes = (kind in ("conv", "shortcut", "concat", "slice", "upsample", "sps")
+                  or kind == "sew" and spikes and m.connect != "add"
+                  or kind == "pool" and spikes and isinstance(_unwrapped(m["pool"]), nn.MaxPool2d))
+    head = nn.ModuleDict({"fc": nn.Linear(c, int(rng.choice([3, 5]))),
+                          "gap": d.layer(nn.AdaptiveAvgPool2d(1))})
+    forms = {k: str(rng.choice(v)) for k, v in FORMS.items()}
+    if style in LOOPS:
+        forms["input"] = str(rng.choice(LOOP_INPUTS))
+    # snnTorch's spike functions return float32 ((u > 0).float()): its models stay float32
+    dtype = torch.float32 if style.startswith("loop_snntorch") else torch.float64
+    model = _Model(style, T, blocks, stem, head, forms).to(dtype).eval()
+    gen = torch.Generator().manual_seed(seed)
+    shape = {"sequence_tb": (T, B, 2, 8, 8), "sequence_bt": (B, T, 2, 8, 8)}.get(
+        forms["input"], (B, 2, 8, 8))
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    return model, x, f"seed {seed}: {style}, T={T}, c={c}, blocks {kinds}, forms {forms}"
+
+
+@dataclass
+class ModelResult:
+    seed: int
+    description: str
+    outcome: dict[str, str] = field(default_factory=dict)  # target -> exact/refused/...
+    detail: dict[str, str] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return {t: f"{self.outcome[t]}: {self.detail.get(t, '')}" for t in self.outcome
+                if self.outcome[t] in ("mismatch", "crash")}
+
+
+def _reset(model: nn.Module) -> None:
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(model)
+    for m in model.modules():
+        if hasattr(m, "reset_mem"):  # snnTorch
+            m.reset_mem()
+
+
+def float64_copy(model: nn.Module) -> nn.Module:
+    """The model in float64, snnTorch's float32 spikes cast to the membrane's dtype (0/1
+    either way; a float32 model's parameters are exactly its float64 copy's)."""
+    ref = copy.deepcopy(model).double().eval()
+    for m in ref.modules():
+        if type(m).__module__.startswith("snntorch._neurons"):
+            m.spike_grad = (lambda g: lambda u: g(u).to(u.dtype))(m.spike_grad)
+    return ref
+
+
+def reference(model: nn.Module, x: torch.Tensor):
+    """The float64 model's output from fresh state and its neurons' firing rates (hooks)."""
+    model, x = float64_copy(model), x.double()
+    counts: dict[str, list] = {}
+
+    def hook(name):
+        def record(_m, _i, out):
+            s = out[0] if isinstance(out, tuple) else out
+            counts.setdefault(name, []).append(s.detach().clone())  # before in-place adds
+        return record
+    neurons = [(n, m) for n, m in model.named_modules() if "lif" in n.rsplit(".", 1)[-1]]
+    hooks = [m.register_forward_hook(hook(n)) for n, m in neurons]
+    _reset(model)
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        _reset(model)
+    rates = {n: float(torch.cat([c.flatten() for c in cs]).mean()) for n, cs in counts.items()}
+    return y.numpy(), rates
+
+
+def run_model(seed: int, targets=("sim", "onnx", "nir")) -> ModelResult:
+    model, x, desc = build_model(seed)
+    res = ModelResult(seed, desc)
+    ref, res.rates = reference(model, x)
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in targets:
+            try:
+                art = snncc.compile(model, x, target=target, out=Path(tmp) / target)
+                graph = snncc.trace(model, x)  # its layouts: the artifact runs [T, B, ...]
+                y = np.asarray(snncc.run(art, to_ir_layout(graph, x.double())))
+                if graph.meta.get("output_layout") in PER_STEP_LAYOUTS:
+                    y = output_in_ir_layout(graph, y, len(y), "TB")
+                    ref_y = output_in_ir_layout(graph, ref, y.shape[1])
+                else:
+                    ref_y = ref
+                report = snncc.check(model, x, target=target)
+            except SnnccError as e:
+                res.outcome[target], res.detail[target] = "refused", str(e).splitlines()[0]
+                continue
+            except Exception as e:  # noqa: BLE001 (a crash is what is being looked for)
+                res.outcome[target] = "crash"
+                res.detail[target] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                continue
+            diff = float(np.abs(y - ref_y).max()) if y.shape == ref_y.shape else math.inf
+            bad = [f"output shape {y.shape} vs {ref_y.shape}" if diff == math.inf else
+                   f"output |diff| {diff:.3g}" if diff > 1e-9 else "",
+                   f"check agreement {report.min_agreement:.6f} (first divergent "
+                   f"{report.first_divergent_target or report.first_divergent_sim})"
+                   if report.min_agreement < 1.0 else "",
+                   "check: unexplained output difference"
+                   if report.unexplained_output_difference is not None else ""]
+            bad = [b for b in bad if b]
+            res.outcome[target] = "mismatch" if bad else "exact"
+            if bad:
+                res.detail[target] = "; ".join(bad)
+    return res

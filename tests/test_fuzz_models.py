@@ -1,0 +1,56 @@
+"""Differential fuzzing of the front-end (tests/fuzz_models.py): random spiking PyTorch models
+in the styles users write them (spikingjelly multi-step layers, SeqToANNContainer, Spikformer's
+flatten(0, 1), loops of single-step spikingjelly or snnTorch neurons; convolutions, SEW and
+membrane residuals, pooling, concatenation, slicing, upsampling, Spikformer's and spike-driven
+attention, token MLPs; each op written one of several ways) compiled for sim, onnx and nir and
+run, against the model's own forward in float64: every drawn model must compile and give
+exactly the model's outputs and spikes (`snncc check`, agreement 1).
+
+The CI run draws 24 models (seeds 0-23); ``-m slow`` 200 more. benchmarks/fuzz_models.py runs
+any number. What the fuzzer found is tested where it was fixed (tests/test_tracer.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+import fuzz_models as fz
+
+TARGETS = ("sim", "onnx", "nir")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run(seeds) -> list[fz.ModelResult]:
+    results = [fz.run_model(seed, TARGETS) for seed in seeds]
+    failures = {r.description: r.failures for r in results if r.failures}
+    assert not failures, failures
+    refused = {r.description: r.detail for r in results if "refused" in r.outcome.values()}
+    assert not refused, refused
+    return results
+
+
+def _rates_in_range(results) -> float:
+    rates = [v for r in results for v in r.rates.values()]
+    return sum(0.05 <= v <= 0.95 for v in rates) / len(rates)
+
+
+def test_drawn_models_are_exact_on_every_target():
+    results = _run(range(24))
+    assert {r.description.split(",")[0].split(": ")[1] for r in results} == set(fz.STYLES)
+    kinds = Counter(k for r in results for k in fz.build_model(r.seed)[0].kinds)
+    assert set(kinds) == set(fz.BLOCKS), kinds
+    assert _rates_in_range(results) >= 0.8  # the spikes compared are not all zeros
+
+
+@pytest.mark.slow
+def test_more_drawn_models_are_exact_on_every_target():
+    assert _rates_in_range(_run(range(24, 224))) >= 0.8
