@@ -65,6 +65,7 @@ from snncc.passes.common import is_power_of_two
 from .adapters import (STATE_KEPT, STEP_MULTI, Adapter, Integrator, NeuronCircuit,
                        adapter_for)
 from .adapters import reset_state
+from .adapters.circuits import running_sum
 from .shaped import ShapedTensor, on_broadcast_constants, release_fake_mode, shaped_like
 
 STATIC, SEQ, READOUT = "static", "seq", "readout"
@@ -508,9 +509,10 @@ def _concrete(obj):
         obj, lambda a: a.node.meta["value"] if isinstance(a, fx.Proxy) else a)
 
 
-def _membrane_after(spikes: torch.Tensor) -> torch.Tensor:
+def _membrane_after(spikes: torch.Tensor, steps: bool = False) -> torch.Tensor:
     """The membrane a never-firing neuron's module holds after the call that returned
-    ``spikes`` (:meth:`Adapter.held_membrane`); here, a tensor of its shape."""
+    ``spikes`` (:meth:`Adapter.held_membrane`), or with ``steps`` the membranes of every step a
+    multi-step one keeps (``v_seq``, ``store_v_seq=True``); here, a tensor of its shape."""
     return shaped_like(spikes) if isinstance(spikes, ShapedTensor) else torch.zeros_like(spikes)
 
 
@@ -611,6 +613,8 @@ class _ConcreteTracer(fx.Tracer):
         if held is not None and isinstance(out, fx.Proxy):  # what the model reads after it
             self._held[id(m)] = getattr(m, held)
             setattr(m, held, self.create_proxy("call_function", _membrane_after, (out,), {}))
+            if adapter.step_mode(m) == STEP_MULTI and getattr(m, "store_v_seq", False):
+                m.v_seq = self.create_proxy("call_function", _membrane_after, (out, True), {})
         first = out[0] if isinstance(out, tuple) and out else out  # (spikes, state)
         if not leaf and isinstance(first, fx.Proxy):  # what the module returns (check compares
             first.node.meta.setdefault("returned_by", []).append(path)  # a neuron written so)
@@ -1363,7 +1367,7 @@ class _Builder:
         self._cat_constants: dict[Expr, tuple[Val, np.ndarray]] = {}
         self._multi_step_called: set[str] = set()  # neurons that keep their state (keeps_state)
         self.held: dict[str, Val] = {}  # never-firing neuron -> its membrane after its last call
-        self.held_after: dict[int, tuple[Const, Val]] = {}  # id(its zeros) -> (them, membrane)
+        self.held_after: dict[int, tuple] = {}  # id(its zeros) -> (them, membrane, v_seq)
         self._step_terms: dict[Expr, list[Expr]] = {}
         self._sites: dict[tuple, Expr | None] = {}  # site -> its value in the latest step
         self._step_occurrences: dict[tuple, int] = {}  # (module, stack, op, step, ...) -> n
@@ -1492,7 +1496,10 @@ class _Builder:
 
     def _function(self, node: fx.Node, c: _Call, args, kwargs):
         if node.target is _membrane_after:  # of the zeros a never-firing neuron returned
-            return self.held_after[id(args[0])][1]
+            held = self.held_after.get(id(args[0]))
+            if held is None:  # (its call was refused: that refusal)
+                return args[0]
+            return held[2] if args[1:] == (True,) else held[1]
         leaves = _walk((args, kwargs))
         if not any(isinstance(a, _FROM_INPUT) for a in leaves):
             if isinstance(c.value, torch.Tensor):  # computed from constants only
@@ -1711,13 +1718,24 @@ class _Builder:
         inputs so far: every call of the module adds its input to it, in a step and from one
         step to the next (StereoSpike's depth maps, one neuron called at four scales)."""
         x, state, _, spikes = adapter.single_step_call(m, args, kwargs, c.value)
-        if adapter.step_mode(m) == STEP_MULTI or state is not None or not isinstance(x, Val):
-            raise _Refuse("a neuron that never fires is taken single-step, on a per-step tensor")
+        multi = adapter.step_mode(m) == STEP_MULTI
+        if state is not None or not isinstance(x, Val) or multi and x.frame != TB:
+            raise _Refuse("a neuron that never fires is taken single-step on a per-step tensor, "
+                          "or multi-step on a [T, B, ...] sequence")
         before = self.held.get(c.path)
-        held = x if before is None else _add(self, replace(c, value=spikes), before, x)
+        if multi:  # its membrane at each step: the sum of the sequence's steps so far
+            if before is not None:
+                raise _Refuse("a multi-step neuron that never fires is taken at one call")
+            shape = tuple(spikes.shape[2:])
+            sequence = self.new(c, lambda n, i: self._integrator(n, i[0], running_sum(), shape,
+                                                                 c.path), [x], TB, time=SEQ)
+            held = self.step_of(c, sequence, self.T - 1)
+        else:
+            held = x if before is None else _add(self, replace(c, value=spikes), before, x)
+            sequence = None
         self.held[c.path] = held
         zeros = Const(spikes, x.frame)
-        self.held_after[id(zeros)] = (zeros, held)
+        self.held_after[id(zeros)] = (zeros, held, sequence)
         return zeros
 
     def _neuron(self, adapter: Adapter, m: nn.Module, c: _Call, args, kwargs, dynamics):

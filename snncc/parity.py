@@ -5,6 +5,7 @@ same inputs. Neuron layers are matched by module path (PyTorch) and node name (I
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,11 +35,13 @@ def unexplained_output_difference(target: str, lossy: bool, dtype: str, target_d
     every compared layer's spikes agree: its outputs differ beyond rounding. Spikes a forward
     computes inside a larger module are not compared, so a graph that is wrong there shows
     only in the outputs (None: nothing unexplained). Of a check's report or a data set's."""
-    diff = max(diff_sim, diff_target)
     if (lossy or dtype != "float64" or target_dtype == "float32" or min_agreement < 1.0
-            or not diff > OUTPUT_ROUNDING):
+            or diff_sim <= OUTPUT_ROUNDING and diff_target <= OUTPUT_ROUNDING):  # (NaN: not <=)
         return None
-    return (f"the outputs differ by {diff:.3g} (simulator {diff_sim:.3g}, {target} "
+    diff = max(diff_sim, diff_target, key=lambda d: math.inf if math.isnan(d) else d)
+    nan = (" (NaN: one of them is NaN where the other is not, or both are: the model's own "
+           "forward may compute NaN)" if math.isnan(diff) else "")
+    return (f"the outputs differ by {diff:.3g}{nan} (simulator {diff_sim:.3g}, {target} "
             f"{diff_target:.3g}) though every compared layer's spikes agree: the compiled graph "
             f"computes something else than the model"
             + (f" (neuron layers not compared: {', '.join(unmatched[:4])}"

@@ -45,10 +45,12 @@ from snncc.parity import PER_STEP_LAYOUTS, output_in_ir_layout
 
 STYLES = ("multistep", "seq_to_ann", "flatten", "loop_sj", "loop_snntorch", "loop_snntorch_state",
           "loop_norse")
+#: how often each style is drawn: the multi-step ones (the spiking transformers') half the time
+STYLE_WEIGHTS = (1 / 6, 1 / 6, 1 / 6, 1 / 8, 1 / 8, 1 / 8, 1 / 8)
 #: styles whose model loops over the steps itself, calling single-step neurons
 LOOPS = ("loop_sj", "loop_snntorch", "loop_snntorch_state", "loop_norse")
 BLOCKS = ("conv", "sew", "shortcut", "pool", "concat", "slice", "upsample", "ssa", "sdsa",
-          "sps", "mlp")
+          "sps", "mlp", "twice")
 
 
 def _bn(rng: np.random.Generator, c: int, dims: int = 2) -> nn.Module:
@@ -78,8 +80,13 @@ class _Model(nn.Module):
     def f(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A stateless layer on a sequence [T, B, ...] (multi-step styles) or one step."""
         if self.style == "flatten":
-            y = layer(x.flatten(0, 1))
-            return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
+            T, B = x.shape[:2]
+            fold, unfold = self.forms["fold"], self.forms["unfold"]
+            y = layer(x.flatten(0, 1) if fold == "flatten" else x.reshape(T * B, *x.shape[2:])
+                      if fold == "reshape" else x.contiguous().view(-1, *x.shape[2:]))
+            return (y.reshape(T, B, *y.shape[1:]) if unfold == "reshape" else
+                    y.unflatten(0, (T, B)) if unfold == "unflatten" else
+                    y.view(T, -1, *y.shape[1:]))
         return layer(x)  # multi-step layers and SeqToANNContainer take [T, B, ...]
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +94,12 @@ class _Model(nn.Module):
         x = self.stem["lif"](self.f(self.stem["conv"], x))
         for kind, m in zip(self.kinds, self.blocks):
             x = getattr(self, f"_{kind}")(m, x)
-        return self.f(self.head["fc"], _space_mean(self, x))
+        y = self.f(self.head["fc"], _space_mean(self, x))
+        if self.forms["readout"] != "membrane":
+            return y
+        out = self.head["out"]  # a multi-step neuron that never fires, its membranes the output
+        out(y)
+        return out.v_seq
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, form = self.T, self.forms["input"]
@@ -95,9 +107,16 @@ class _Model(nn.Module):
             for m in self.modules():  # states that the forward threads from step to step
                 if isinstance(m, _Stateful):
                     m.start()
-            steps = [self.step(x if form == "static" else x[t] if form == "sequence_tb"
-                               else x[:, t]) for t in range(T)]
-            y = torch.stack(steps, dim=int(self.forms["time_axis"]))
+            frames = ([x] * T if form == "static" else list(x.unbind(1)) if form == "sequence_bt"
+                      else x if self.forms["loop"] == "iterate" else [x[t] for t in range(T)])
+            if self.forms["readout"] == "mean" and self.forms["loop"] != "append":
+                total = 0.0 if self.forms["loop"] == "iterate" else None
+                for frame in frames:  # (a Python 0.0, or the first step's value, then sums)
+                    y = self.step(frame)
+                    total = y if total is None else total + y
+                return total / T
+            y = torch.stack([self.step(frame) for frame in frames],
+                            dim=int(self.forms["time_axis"]))
             return y.mean(int(self.forms["time_axis"])) if self.forms["readout"] == "mean" else y
         if form == "sequence_bt":  # DVS code's [B, T, ...]
             x = x.transpose(0, 1)
@@ -165,6 +184,10 @@ class _Model(nn.Module):
              x.narrow(-3, 0, h))
         return m["lif"](self.f(m["conv"], x))
 
+    def _twice(self, m, x):
+        """One convolution called twice (shared weights), a neuron after each call."""
+        return m["lif2"](self.f(m["conv"], m["lif"](self.f(m["conv"], x))))
+
     def _upsample(self, m, x):
         return m["lif"](self.f(m["conv"], self.f(m["up"], x)))
 
@@ -228,10 +251,26 @@ FORMS = {"add": ("plus", "method", "torch", "inplace"), "cat": ("cat", "concat",
          "matmul": ("at", "matmul", "einsum"), "scale": ("float", "buffer", "mul"),
          "space_mean": ("mean", "flatten_mean", "adaptive"),
          "input": ("sequence_tb", "sequence_bt", "repeat", "expand", "stack"),
-         "readout": ("mean", "sequence"), "time_axis": ("0", "1"),
+         "readout": ("mean", "sequence", "membrane"), "time_axis": ("0", "1"),
+         "loop": ("index", "iterate", "append"),
+         "fold": ("flatten", "reshape", "view"), "unfold": ("reshape", "unflatten", "view"),
          "swap": ("transpose", "mT", "permute")}
 #: the forms of the input a model's own loop over time reads
 LOOP_INPUTS = ("static", "sequence_tb", "sequence_bt")
+
+
+class _FunctionalConvBN(nn.Module):
+    """A convolution and BatchNorm written as function calls on their parameters."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.conv, self.bn = conv, bn
+
+    def forward(self, x):
+        c, bn = self.conv, self.bn
+        y = F.conv2d(x, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
+        return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
+                            bn.eps)
 
 
 class _Stateful(nn.Module):
@@ -312,6 +351,8 @@ class _Draw:
         conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups,
                          bias=bool(self.rng.random() < 0.5))
         extra = [nn.Dropout(0.2)] if self.rng.random() < 0.15 else []  # (identity in eval)
+        if self.style != "multistep" and self.rng.random() < 0.2:
+            return self.layer(_FunctionalConvBN(conv, _bn(self.rng, cout)), *extra)
         return self.layer(conv, _bn(self.rng, cout), *extra)
 
     def conv1d_bn(self, c: int):
@@ -372,7 +413,7 @@ def build_model(seed: int):
     """(model in float64 eval mode, example input, description) drawn from ``seed``."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    style = str(rng.choice(STYLES))
+    style = str(rng.choice(STYLES, p=STYLE_WEIGHTS))
     d = _Draw(rng, style)
     T, B, c, size = int(rng.integers(2, 5)), 5, int(rng.choice([4, 8])), 8
     stem = nn.ModuleDict({"conv": d.conv_bn(2, c), "lif": d.neuron()})
@@ -394,6 +435,8 @@ def build_model(seed: int):
                 m["bn_in"] = d.layer(_bn(rng, c))
             else:  # SEW's AND and IAND of spikes (ADD of anything)
                 m.connect = str(rng.choice(["add", "and", "iand"] if spikes else ["add"]))
+        elif kind == "twice":
+            m["conv"], m["lif"], m["lif2"] = d.conv_bn(c, c, 3), d.neuron(), d.neuron()
         elif kind == "sps":
             m["conv"], m["lif"] = d.conv_bn(c, c, 3), d.neuron()
             m["pool"] = d.layer(nn.MaxPool2d(3, 2, 1))
@@ -433,6 +476,15 @@ def build_model(seed: int):
     head = nn.ModuleDict({"fc": nn.Linear(c, int(rng.choice([3, 5]))),
                           "gap": d.layer(nn.AdaptiveAvgPool2d(1))})
     forms = {k: str(rng.choice(v)) for k, v in FORMS.items()}
+    if forms["readout"] == "membrane":
+        if style in LOOPS:  # (read at every step of a loop it is refused at T = 3: the first
+            # step sums no earlier membrane, a form the tracer does not match at step 1)
+            forms["readout"] = "sequence"
+        else:  # spikingjelly's IFNode that never fires: its membranes (StereoSpike's depth)
+            from spikingjelly.activation_based import neuron
+
+            head["out"] = neuron.IFNode(v_threshold=float("inf"), v_reset=0.0, step_mode="m",
+                                        store_v_seq=True)
     if style in LOOPS:
         forms["input"] = str(rng.choice(LOOP_INPUTS))
     # snnTorch's spike functions return float32 ((u > 0).float()): its models stay float32
@@ -443,6 +495,11 @@ def build_model(seed: int):
         forms["input"], (B, 2, 8, 8))
     x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2).to(dtype)
     return model, x, f"seed {seed}: {style}, T={T}, c={c}, blocks {kinds}, forms {forms}"
+
+
+def fuzz_model(seed: int) -> nn.Module:
+    """The model :func:`build_model` draws from ``seed``: a factory for ``--model``."""
+    return build_model(seed)[0]
 
 
 @dataclass
@@ -527,7 +584,7 @@ def run_model(seed: int, targets=("sim", "onnx", "nir")) -> ModelResult:
                 continue
             diff = float(np.abs(y - ref_y).max()) if y.shape == ref_y.shape else math.inf
             bad = [f"output shape {y.shape} vs {ref_y.shape}" if diff == math.inf else
-                   f"output |diff| {diff:.3g}" if diff > 1e-9 else "",
+                   "" if diff <= 1e-9 else f"output |diff| {diff:.3g}",  # (NaN: a difference)
                    f"check agreement {report.min_agreement:.6f} (first divergent "
                    f"{report.first_divergent_target or report.first_divergent_sim})"
                    if report.min_agreement < 1.0 else "",

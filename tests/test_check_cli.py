@@ -173,3 +173,16 @@ def test_a_layer_the_passes_remove_is_not_counted_as_a_disagreement(tmp_path):
     assert rep["removed"] == ["unused"] and [row["node"] for row in rep["layers"]] == ["lif"]
     assert rep["min_agreement"] == 1.0 and 0.05 < rep["layers"][0]["rate_reference"] < 0.95
     assert "the passes removed, whose spikes reach no output (unused)" in r.stdout
+
+
+@pytest.mark.parametrize("diffs", [(float("nan"), 0.0), (0.0, float("nan")),
+                                   (float("nan"), float("nan"))])
+def test_outputs_that_differ_by_nan_fail_an_exact_check(diffs):
+    """A NaN difference (the model's forward computed NaN where the graph computed numbers)
+    compared as 'not above rounding', and the check passed (found by tests/fuzz_models.py)."""
+    from snncc.parity import unexplained_output_difference
+
+    why = unexplained_output_difference("onnx", False, "float64", "float64", 1.0, *diffs, [])
+    assert why is not None and "NaN" in why
+    assert unexplained_output_difference("onnx", False, "float64", "float64", 1.0, 0.0, 1e-12,
+                                         []) is None

@@ -11,12 +11,21 @@ any number. What the fuzzer found is tested where it was fixed (tests/test_trace
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import fuzz_models as fz
+import snncc
+from snncc.api import to_ir_layout
+from snncc.cli import main
+from snncc.parity import PER_STEP_LAYOUTS, output_in_ir_layout
+
+FUZZ = Path(fz.__file__)
 
 TARGETS = ("sim", "onnx", "nir")
 
@@ -54,3 +63,29 @@ def test_drawn_models_are_exact_on_every_target():
 @pytest.mark.slow
 def test_more_drawn_models_are_exact_on_every_target():
     assert _rates_in_range(_run(range(24, 224))) >= 0.8
+
+
+@pytest.mark.parametrize("seed", [3, 4, 9, 22])
+def test_drawn_models_from_the_command_line(seed, tmp_path):
+    """The CLI's path for a user's model: its state_dict with its code (``--model
+    file.py:factory --model-args``), compiled, run (``snncc run``) and checked (``snncc check``
+    --inputs): the artifact's outputs are the model's, every layer agrees."""
+    model, x, desc = fz.build_model(seed)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    graph = snncc.trace(model, x)
+    np.save(tmp_path / "x.npy", to_ir_layout(graph, x.double()))
+    common = [str(tmp_path / "m.pt"), "--model", f"{FUZZ}:fuzz_model", "--model-args",
+              json.dumps({"seed": seed}), "--input-shape", "2,8,8", "--T", str(graph.meta["T"]),
+              "--layout",
+              graph.meta["input_layout"]]
+    assert main(["compile", *common, "-t", "onnx", "-o", str(tmp_path / "out")]) == 0, desc
+    assert main(["run", str(tmp_path / "out"), "--inputs", str(tmp_path / "x.npy"), "-o",
+                 str(tmp_path / "y.npy")]) == 0
+    ref, _ = fz.reference(model, x)
+    y = np.load(tmp_path / "y.npy")
+    if graph.meta.get("output_layout") in PER_STEP_LAYOUTS:
+        ref = output_in_ir_layout(graph, ref, y.shape[1])
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-9, err_msg=desc)
+    assert main(["check", *common, "-t", "nir", "--inputs", str(tmp_path / "x.npy"),
+                 "--json", str(tmp_path / "r.json")]) == 0, desc
+    assert json.loads((tmp_path / "r.json").read_text())["min_agreement"] == 1.0

@@ -1419,6 +1419,51 @@ def test_the_membrane_of_a_neuron_that_never_fires_is_its_inputs_sum(target, one
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+class NeverFiringMultiStep(torch.nn.Module):
+    """A multi-step ``IFNode(v_threshold=inf, store_v_seq=True)`` on a [T, B, ...] sequence,
+    its membranes over the steps (``v_seq``) and after the last (``v``) the outputs."""
+
+    def __init__(self, v_reset=0.0):
+        super().__init__()
+        from spikingjelly.activation_based import layer, neuron
+
+        self.fc = layer.Linear(4, 6, step_mode="m")
+        self.lif = neuron.LIFNode(step_mode="m")
+        self.head = layer.Linear(6, 2, step_mode="m")
+        self.out = neuron.IFNode(v_threshold=float("inf"), v_reset=v_reset, step_mode="m",
+                                 store_v_seq=True)
+
+    def forward(self, x):
+        self.out(self.head(self.lif(self.fc(x))))
+        return self.out.v_seq, self.out.v
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_the_membranes_of_a_multi_step_neuron_that_never_fires_are_its_running_sums(target):
+    """Its ``v_seq`` was read as a constant, and the trace crashed (KeyError) where its call
+    was refused (found by tests/fuzz_models.py): now the running sum of its input sequence (an
+    integrator: v[t] = v[t-1] + x[t]), exact at every step."""
+    torch.manual_seed(0)
+    model = driven(NeverFiringMultiStep().double().eval(), fc=(3.0, 0.4))
+    x = torch.rand(4, 5, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=4)
+    assert report.outputs == 2 and report.output_max_abs_diff_target <= 1e-12
+    assert report.min_agreement == 1.0 and report.unexplained_output_difference is None
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_the_membrane_of_a_never_firing_neuron_that_resets_softly_is_not_taken():
+    """With v_reset None spikingjelly subtracts 0 * inf from the membrane at every step: the
+    model's own membrane is NaN, which snncc read as the sum of the inputs (check: agreement
+    1, output difference NaN, passed). Not taken; the read is refused."""
+    model = NeverFiringMultiStep(v_reset=None).double().eval()
+    x = torch.rand(4, 5, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.isnan(model(x)[0]).all()
+    with pytest.raises(SnnccError, match="must return tensors computed from its input"):
+        snncc.trace(model, x, T=4)
+
+
 def test_spikes_a_model_adds_to_in_place_are_compared_as_the_neuron_returned_them():
     """SEW-ResNet's block as StereoSpike writes it, ``out = self.sn2(out); out += identity``:
     check recorded the neuron's output tensor, which the model then changed, and compared the

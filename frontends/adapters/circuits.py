@@ -11,7 +11,7 @@ from snncc import ir
 from snncc import neuron as cn
 from snncc.errors import UnsupportedError
 
-from . import NeuronCircuit
+from . import Integrator, NeuronCircuit
 
 
 class Circuit:
@@ -100,6 +100,16 @@ class Circuit:
         self.nodes += _integrator(name, x, full, np.ones(self.shape), np.zeros(self.shape),
                                   self.path)
         return name
+
+
+def running_sum() -> Integrator:
+    """v[t] = v[t-1] + x[t] from v[-1] = 0, the output v: the membrane of an integrate-and-fire
+    neuron that never fires (spikingjelly's IFNode at v_threshold=inf, multi-step)."""
+    def build(name, x, shape):
+        c = Circuit(name, name, shape)
+        v = c.prev(name)
+        return [*c.nodes, ir.Add(name, (v, x), path=name)]
+    return Integrator(build)
 
 
 def threshold(theta, cmp: str = cn.CMP_GT) -> cn.CanonicalParams:

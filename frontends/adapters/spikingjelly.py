@@ -157,13 +157,14 @@ class SpikingJellyAdapter(Adapter):
 
     def held_membrane(self, m: nn.Module) -> str | None:
         """``v`` of an IFNode whose threshold is +inf (StereoSpike's "I-neurons", whose
-        membranes are its depth maps): it never fires, never resets, and sums its inputs from 0
-        (its v_reset 0 or None, where it starts)."""
+        membranes are its depth maps): it never fires, never resets, and sums its inputs from
+        its v_reset 0. (With v_reset None its soft reset subtracts 0 * inf from the membrane at
+        every step: spikingjelly's membrane is NaN, found by tests/fuzz_models.py; not taken.)"""
         kind = _library_class(m).__name__.removeprefix(_MULTI_STEP) if _legacy(m) \
             else _library_class(m).__name__
         threshold, start = getattr(m, "v_threshold", None), getattr(m, "v_reset", None)
         return "v" if kind == "IFNode" and isinstance(threshold, (int, float)) \
-            and math.isinf(threshold) and threshold > 0 and start in (None, 0.0) else None
+            and math.isinf(threshold) and threshold > 0 and start == 0.0 else None
 
     def step_mode(self, m: nn.Module) -> str:
         if _legacy(m):
