@@ -11,8 +11,10 @@ without bias) with randomised BatchNorm before a neuron, SEW residuals (spikes a
 membrane shortcuts (real values added before a neuron), max/avg pooling, a channel
 concatenation of two branches, a channel slice, nearest upsampling, Spikformer's self-attention
 (``q @ k^T * scale @ v`` over heads) and spike-driven attention (``q * k`` summed over tokens).
-Neurons: LIF (tau, decay_input, hard or soft reset, threshold drawn), IF, PLIF; snnTorch Leaky
-(beta, threshold, reset by subtraction or to zero). Heads: mean over space, Linear, and the mean
+Neurons (:data:`NEURONS`): spikingjelly's LIF (tau, decay_input, hard or soft reset, threshold
+drawn), IF, PLIF, SimpleLIF and CUBA LIF; snnTorch's Leaky, Synaptic, Lapicque, Alpha and the
+recurrent RLeaky and RSynaptic (beta, alpha, threshold, reset by subtraction or to zero, with
+hidden or threaded state); norse's LIF, LIFBox, IAF and LSNN cells. Heads: mean over space, Linear, and the mean
 over time or the sequence.
 
 **Runner.** :func:`run_model` compiles the model for each target with the public API and runs
@@ -49,6 +51,10 @@ STYLES = ("multistep", "seq_to_ann", "flatten", "loop_sj", "loop_snntorch", "loo
 STYLE_WEIGHTS = (1 / 6, 1 / 6, 1 / 6, 1 / 8, 1 / 8, 1 / 8, 1 / 8)
 #: styles whose model loops over the steps itself, calling single-step neurons
 LOOPS = ("loop_sj", "loop_snntorch", "loop_snntorch_state", "loop_norse")
+#: the neuron classes drawn
+NEURONS = ("LIFNode", "IFNode", "ParametricLIFNode", "SimpleLIFNode", "CUBALIFNode", "Leaky",
+           "Synaptic", "Lapicque", "Alpha", "RLeaky", "RSynaptic", "LIFCell", "LIFBoxCell",
+           "IAFCell", "LSNNCell")
 BLOCKS = ("conv", "sew", "shortcut", "pool", "concat", "slice", "upsample", "ssa", "sdsa",
           "sps", "mlp", "twice")
 
@@ -274,20 +280,29 @@ class _FunctionalConvBN(nn.Module):
 
 
 class _Stateful(nn.Module):
-    """A neuron that takes and returns its state (a norse cell: ``z, s = cell(x, s)`` from
-    ``s = None``; snnTorch's Leaky without hidden state: ``spk, mem = lif(x, mem)`` from
-    ``mem = lif.init_leaky()``), the state carried between the model's calls of it."""
+    """A neuron that takes and returns its state, carried between the model's calls of it: a
+    norse cell (``z, s = cell(x, s)`` from ``s = None``) or an snnTorch neuron without hidden
+    state (``spk, mem = lif(x, mem)``, ``spk, syn, mem = syn(x, syn, mem)``,
+    ``spk, mem = rlif(x, spk, mem)``, ... from its ``init_<name>()``)."""
 
     def __init__(self, cell: nn.Module):
         super().__init__()
         self.cell, self.state = cell, None
+        # snnTorch's recurrent neurons take their spikes back as state
+        self.recurrent = type(cell).__name__ in ("RLeaky", "RSynaptic")
 
     def start(self):
-        self.state = self.cell.init_leaky() if hasattr(self.cell, "init_leaky") else None
+        init = getattr(self.cell, f"init_{type(self.cell).__name__.lower()}", None)
+        self.state = None if init is None else init()
+        self.several = init is not None and isinstance(self.state, tuple)
 
     def forward(self, x):
-        z, self.state = self.cell(x, self.state)
-        return z
+        if not self.several:  # (norse's states, and snnTorch's of one tensor)
+            z, self.state = self.cell(x, self.state)
+            return z
+        out = self.cell(x, *self.state)
+        self.state = out if self.recurrent else out[1:]
+        return out[0]
 
 
 class _Cfg(nn.Module):
@@ -309,12 +324,8 @@ class _Draw:
     def neuron(self) -> nn.Module:
         rng = self.rng
         if self.style in ("loop_snntorch", "loop_snntorch_state"):
-            import snntorch as snn
-
             hidden = self.style == "loop_snntorch"
-            lif = snn.Leaky(beta=float(rng.choice([0.5, 0.75, 0.9])),
-                            threshold=float(rng.choice([0.5, 1.0])), init_hidden=hidden,
-                            reset_mechanism=str(rng.choice(["subtract", "zero"])))
+            lif = _snntorch_neuron(rng, hidden)
             return lif if hidden else _Stateful(lif)
         if self.style == "loop_norse":
             return _Stateful(_norse_cell(rng))
@@ -322,13 +333,23 @@ class _Draw:
 
         from spikingjelly.activation_based import surrogate
 
-        kind = rng.choice(["lif", "lif", "if", "plif"])
+        kind = rng.choice(["lif", "lif", "lif", "if", "plif", "simple_lif", "cuba"])
         common = dict(v_threshold=float(rng.choice([0.5, 1.0])),
                       v_reset=None if rng.random() < 0.3 else 0.0,
                       step_mode="m" if self.multi else "s",
                       detach_reset=bool(rng.random() < 0.3),
                       surrogate_function=surrogate.ATan() if rng.random() < 0.5
                       else surrogate.Sigmoid())
+        if kind == "cuba":  # (no step_mode, detach_reset or soft reset in its constructor)
+            n = neuron.CUBALIFNode(c_decay=float(rng.choice([0.3, 0.5])),
+                                   v_decay=float(rng.choice([0.5, 0.75])),
+                                   v_threshold=common["v_threshold"])
+            n.step_mode = common["step_mode"]
+            return n
+        if kind == "simple_lif":  # (its reset: v_reset, never soft)
+            return neuron.SimpleLIFNode(tau=float(rng.choice([2.0, 4.0])),
+                                        decay_input=bool(rng.random() < 0.5),
+                                        **{**common, "v_reset": 0.0})
         if kind == "if":
             return neuron.IFNode(**common)
         if kind == "plif":
@@ -360,21 +381,61 @@ class _Draw:
                           _bn(self.rng, c, dims=1))
 
 
+def _snntorch_neuron(rng: np.random.Generator, hidden: bool) -> nn.Module:
+    """One of snnTorch's neurons with drawn settings; recurrent ones recur on each neuron's
+    own spikes (``all_to_all=False``: any layer's shape)."""
+    import snntorch as snn
+
+    kind = rng.choice(["leaky", "leaky", "synaptic", "lapicque", "alpha", "rleaky",
+                       "rsynaptic"])
+    common = dict(threshold=float(rng.choice([0.5, 1.0])), init_hidden=hidden,
+                  reset_mechanism=str(rng.choice(["subtract", "zero"])))
+    beta = float(rng.choice([0.5, 0.75, 0.9]))
+    if kind == "leaky":
+        return snn.Leaky(beta=beta, **common)
+    if kind == "lapicque":
+        return snn.Lapicque(beta=beta, **common)
+    if kind == "alpha":  # (its alpha above its beta)
+        return snn.Alpha(alpha=0.9, beta=float(rng.choice([0.6, 0.8])), **common)
+    alpha = float(rng.choice([0.5, 0.7]))
+    if kind == "synaptic":
+        return snn.Synaptic(alpha=alpha, beta=beta, **common)
+    recurrent = dict(V=float(rng.choice([0.5, -0.5])), all_to_all=False, **common)
+    if kind == "rleaky":
+        return snn.RLeaky(beta=beta, **recurrent)
+    return snn.RSynaptic(alpha=alpha, beta=beta, **recurrent)
+
+
 def _norse_cell(rng: np.random.Generator) -> nn.Module:
     import norse.torch as norse
     from norse.torch.functional.iaf import IAFParameters
     from norse.torch.functional.lif import LIFParameters
     from norse.torch.functional.lif_box import LIFBoxParameters
+    from norse.torch.functional.lsnn import LSNNParameters
 
-    kind = rng.choice(["lif", "lif", "box", "iaf"])
+    kind = rng.choice(["lif", "lif", "box", "iaf", "lsnn"])
     v_th = torch.as_tensor(float(rng.choice([0.2, 0.3])))
     if kind == "iaf":
         return norse.IAFCell(IAFParameters(v_th=torch.as_tensor(0.8)))
     tau_mem_inv = torch.as_tensor(float(rng.choice([200.0, 250.0, 400.0])))
+    if kind == "lsnn":
+        return norse.LSNNCell(LSNNParameters(
+            tau_mem_inv=tau_mem_inv, v_th=v_th, beta=torch.as_tensor(float(rng.choice([0.1, 0.5]))),
+            tau_adapt_inv=torch.as_tensor(float(rng.choice([50.0, 100.0])))))
     if kind == "box":
         return norse.LIFBoxCell(LIFBoxParameters(tau_mem_inv=tau_mem_inv, v_th=v_th))
     return norse.LIFCell(LIFParameters(tau_syn_inv=torch.as_tensor(
         float(rng.choice([200.0, 300.0]))), tau_mem_inv=tau_mem_inv, v_th=v_th))
+
+
+def neuron_classes(model: nn.Module) -> set[str]:
+    """The class names of ``model``'s neurons (of the cells its forward threads state for; not
+    the modules inside a neuron, as RLeaky's recurrent weight)."""
+    from snncc.frontends.adapters import is_neuron
+
+    names = [n for n, m in model.named_modules() if is_neuron(m)]
+    inside = {n for n in names for outer in names if n.startswith(f"{outer}.")}
+    return {type(model.get_submodule(n)).__name__ for n in names if n not in inside}
 
 
 def _unwrapped(layer: nn.Module) -> nn.Module:
@@ -530,7 +591,7 @@ def float64_copy(model: nn.Module) -> nn.Module:
     either way; a float32 model's parameters are exactly its float64 copy's)."""
     ref = copy.deepcopy(model).double().eval()
     for m in ref.modules():
-        if type(m).__module__.startswith("snntorch._neurons"):
+        if type(m).__module__.startswith("snntorch._neurons") and hasattr(m, "spike_grad"):
             m.spike_grad = (lambda g: lambda u: g(u).to(u.dtype))(m.spike_grad)
     return ref
 

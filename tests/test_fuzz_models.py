@@ -1,6 +1,7 @@
 """Differential fuzzing of the front-end (tests/fuzz_models.py): random spiking PyTorch models
 in the styles users write them (spikingjelly multi-step layers, SeqToANNContainer, Spikformer's
-flatten(0, 1), loops of single-step spikingjelly or snnTorch neurons; convolutions, SEW and
+flatten(0, 1), loops of single-step spikingjelly, snnTorch or norse neurons, fifteen neuron
+classes of the three libraries; convolutions, SEW and
 membrane residuals, pooling, concatenation, slicing, upsampling, Spikformer's and spike-driven
 attention, token MLPs; each op written one of several ways) compiled for sim, onnx and nir and
 run, against the model's own forward in float64: every drawn model must compile and give
@@ -55,8 +56,10 @@ def _rates_in_range(results) -> float:
 def test_drawn_models_are_exact_on_every_target():
     results = _run(range(24))
     assert {r.description.split(",")[0].split(": ")[1] for r in results} == set(fz.STYLES)
-    kinds = Counter(k for r in results for k in fz.build_model(r.seed)[0].kinds)
+    models = [fz.build_model(r.seed)[0] for r in results]
+    kinds = Counter(k for m in models for k in m.kinds)
     assert set(kinds) == set(fz.BLOCKS), kinds
+    assert set().union(*map(fz.neuron_classes, models)) == set(fz.NEURONS)
     assert _rates_in_range(results) >= 0.8  # the spikes compared are not all zeros
 
 
