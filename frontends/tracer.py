@@ -202,6 +202,10 @@ _SHARED = ("an in-place op on a tensor that shares memory with another (a parame
            "a view) would change that one too: write it out of place")
 _MODEL_STATE = ("an in-place op on a parameter or buffer of the model, or on a view of one, "
                 "would change the model itself: write it out of place")
+_RECURRENT_SPIKES = ("an in-place op on the spikes a recurrent neuron returned, which it keeps as "
+                     "the state its next step reads (snnTorch's RLeaky or RSynaptic with "
+                     "init_hidden=True), would change that step's recurrent input, which the "
+                     "graph computes from the neuron's own spikes: write it out of place")
 _STALE = ("reading a tensor that shares memory with one changed in place since (a view of it, "
           "or the tensor it views), where the graph has its value before the change: write the "
           "change out of place (y = y + x instead of y += x)")
@@ -394,6 +398,20 @@ def _item_shares_memory(item: fx.Node, root: nn.Module) -> bool:
     call = item.args[0]
     return not (call.op == "call_module"
                 and _neuron_adapter(root.get_submodule(call.target)) is not None)
+
+
+def _recurrent_spikes(node: fx.Node, root: nn.Module) -> str | None:
+    """The neuron's path if ``node`` is the spikes a neuron returned (alone, or first of its
+    result) that it also keeps as its next step's state
+    (:meth:`Adapter.recurs_on_returned_spikes`), else None."""
+    if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0 \
+            and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    if node.op != "call_module":
+        return None
+    m = root.get_submodule(node.target)
+    adapter = _neuron_adapter(m)
+    return node.target if adapter is not None and adapter.recurs_on_returned_spikes(m) else None
 
 
 def _views(node: fx.Node, root: nn.Module) -> bool:
@@ -665,6 +683,10 @@ class _ConcreteTracer(fx.Tracer):
         if any(n.op == "get_attr" and not n.target.startswith(_MADE_IN_FORWARD) for n in shared):
             raise UnsupportedError(f"op '{op}' is not supported ({_MODEL_STATE})",
                                    path=self.scope.module_path or None)
+        neuron = next(filter(None, (_recurrent_spikes(n, self.root) for n in shared)), None)
+        if neuron is not None:
+            raise UnsupportedError(f"op '{op}' is not supported ({_RECURRENT_SPIKES})",
+                                   path=neuron)
         return shared
 
     def rebind(self, proxy: fx.Proxy, node: fx.Node) -> None:

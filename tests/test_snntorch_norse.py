@@ -1172,3 +1172,44 @@ def test_spikes_a_cell_returned_beside_its_state_may_be_changed_in_place(library
         rep = api.check(ref if library == "norse" else model, x.double(), target=target)
         assert rep.min_agreement == 1.0 and rep.output_max_abs_diff_sim == 0.0, rep.format()
         assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})
+
+
+class ChangedRecurrentSpikes(nn.Module):
+    """An RLeaky whose spikes the model adds to in place: with hidden state, the tensor it
+    returns is the one its next step reads back (snnTorch's ``self.spk``); threaded
+    (``spk, mem = rlif(x, spk, mem)``), the model passes the changed tensor back itself."""
+
+    def __init__(self, hidden: bool):
+        super().__init__()
+        self.hidden = hidden
+        self.fc, self.out = nn.Linear(6, 6), nn.Linear(6, 3)
+        self.rlif = snn.RLeaky(beta=0.7, V=0.5, all_to_all=False, init_hidden=hidden)
+
+    def forward(self, x):
+        state = () if self.hidden else self.rlif.init_rleaky()
+        out = []
+        for _ in range(T):
+            h = self.fc(x)
+            z = self.rlif(h) if self.hidden else self.rlif(h, *state)[0]
+            if not self.hidden:
+                state = (z, self.rlif.mem)
+            z += h
+            out.append(self.out(z))
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("hidden", [True, False])
+def test_spikes_a_recurrent_neuron_reads_back_may_not_be_changed_in_place(hidden):
+    """Changing RLeaky's spikes in place changes its next step's recurrent input in snnTorch.
+    With hidden state the graph computed the recurrence from the unchanged spikes and only the
+    check of the model's own loop refused the model, saying its first steps compute something
+    else (found by tests/fuzz_models.py); now the in-place op is refused naming the neuron."""
+    model = ChangedRecurrentSpikes(hidden).eval()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(UnsupportedError) as err:
+        trace(model, x, T=T)
+    message = str(err.value)
+    if hidden:
+        assert "module 'rlif'" in message and "recurrent neuron" in message, message
+    else:
+        assert "its spk argument is not its own spikes" in message, message

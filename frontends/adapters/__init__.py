@@ -40,6 +40,8 @@ An :class:`Adapter` answers, for a module ``m`` it :meth:`~Adapter.owns`:
 - :meth:`~Adapter.keeps_state`: whether a multi-step neuron ``m`` keeps its membrane when a
   call ends, so that a second call would go on from it (spikingjelly's, until reset); the tracer
   then refuses a second call in one forward.
+- :meth:`~Adapter.recurs_on_returned_spikes`: whether the spike tensor ``m`` returns is also
+  the state its next step reads (the tracer refuses an in-place change of it).
 - :meth:`~Adapter.module_handler`: for a non-neuron leaf: ``None`` (the tracer maps it by its
   torch layer class), an equivalent ``torch.nn.Module`` (what ``m`` computes on one step in
   eval mode, e.g. ``nn.Identity()`` for a dropout), or a handler function
@@ -143,6 +145,12 @@ class Adapter:
         return None
 
     def keeps_state(self, m: nn.Module) -> bool:
+        return False
+
+    def recurs_on_returned_spikes(self, m: nn.Module) -> bool:
+        """Whether the spike tensor neuron ``m`` returns is also the state its next step reads
+        (snnTorch's RLeaky with hidden state): an in-place change of it would change that step,
+        which the graph computes from the neuron's own spikes."""
         return False
 
     def module_handler(self, m: nn.Module):

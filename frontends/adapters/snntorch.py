@@ -140,6 +140,9 @@ class SnnTorchAdapter(Adapter):
                                    "before (or its initial state)")
         return x, state[-1], len(state), value[0]
 
+    def recurs_on_returned_spikes(self, m: nn.Module) -> bool:
+        return type(m).__name__ in ("RLeaky", "RSynaptic") and bool(m.init_hidden)
+
     def reset_state(self, model: nn.Module) -> None:
         for m in model.modules():
             if not self.is_neuron(m):
