@@ -322,8 +322,8 @@ def _walk_chip(graph: Graph, assumed: set[str]) -> tuple[FixedPointView, list[st
                 bad(n, w)
             if q is not None:
                 view.neurons[n.name] = q
-        else:
-            on = exact and isinstance(n, EXACT_OPS)
+        else:  # (a Mean is a Sum, divided: not an integer)
+            on = exact and isinstance(n, EXACT_OPS) and not isinstance(n, ir.Mean)
         if on:
             view.chip.add(n.name)
         elif isinstance(n, ir.Scale) and all(i in view.chip for i in n.inputs):

@@ -147,6 +147,39 @@ def test_shortcuts_and_custom_neurons_in_lava_fixed_pt(seed, tmp_path):
     assert_rates_in_range({k: v.mean() for k, v in traces.items()})
 
 
+def space_mean_head_graph(seed: int) -> tuple[Graph, np.ndarray]:
+    """real image -> conv -> LIF -> mean over space -> linear -> time mean: a classifier head on
+    the mean of the last layer's spikes over positions (a user's ``x.mean((2, 3))``)."""
+    rng = np.random.default_rng(seed)
+    g = Graph("space_mean_head", {"T": T})
+    g.add(ir.Input("x", input_shape=(2, 8, 8), static=True))
+    g.add(ir.Conv2d("conv", ("x",), weight=rng.normal(0, 0.6, (4, 2, 3, 3)),
+                    bias=rng.normal(0.2, 0.1, 4), padding=(1, 1)))
+    g.add(ir.Neuron("lif", ("conv",), **neuron.from_lif(2.0, 1.0, 0.0).fields()))
+    g.add(ir.Mean("space", ("lif",), axes=(1, 2)))
+    g.add(ir.Linear("head", ("space",), weight=rng.normal(0, 1.0, (3, 4)),
+                    bias=rng.normal(0, 0.1, 3)))
+    g.add(ir.Readout("mean", ("head",)))
+    g.add(ir.Output("out", ("mean",)))
+    return g.verify(), rng.normal(0, 1, (B, 2, 8, 8))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_head_on_the_mean_over_space_runs_on_the_host(seed, tmp_path):
+    """The mean over space of spikes is not an integer: its Linear head runs on the host in
+    floating point. The fixed-point simulator took a Mean for a Sum (its IR base class), so for
+    an integer on the chip, and refused the quantized graph for the head's float weights
+    ("not quantized for Loihi 2 (run quantize_for_loihi2)"; found by tests/fuzz_models.py)."""
+    g, x = space_mean_head_graph(seed)
+    q = quantized(g)
+    art = emit(q, tmp_path / "lava")
+    kinds = process_kinds(art)
+    assert kinds[("Conv", None, True)] and kinds[("LIFReset", None, True)]
+    assert kinds[("Dense", None, False)] and not kinds[("Dense", None, True)]
+    traces = assert_lava_equals_loihi2_simulator(q, x, run_artifact(art, x, T))
+    assert_rates_in_range({k: v.mean() for k, v in traces.items()})
+
+
 def test_runner_picks_fixed_pt_models_per_process(tmp_path):
     """The Loihi2SimCfg of a quantized artifact selects fixed_pt and names a model for every
     process instance: Lava's bit-accurate ones on the chip, floating_pt ones on the host; a
