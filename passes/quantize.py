@@ -200,10 +200,13 @@ def _classify(graph: Graph, input_peaks: dict[str, float], input_bits: int,
             if isinstance(n, ir.Neuron):
                 src = graph[n.inputs[0]]
                 if not _after_the_chip(graph, plan, src):
-                    raise PassError(f"neuron {where(n)} reads {where(src)} ({src.op}), which "
-                                    "has no integer form on the chip" + (
-                                        " (fold BatchNorm first)" if src.op == "BatchNorm"
-                                        else ""))
+                    cause = _first_off_the_chip(graph, plan, src)
+                    raise PassError(
+                        f"neuron {where(n)} reads {where(src)} ({src.op}), " + (
+                            "which" if cause is src else
+                            f"computed from {where(cause)} ({cause.op}), which") +
+                        " has no integer form on the chip" + (
+                            " (fold BatchNorm first)" if cause.op == "BatchNorm" else ""))
                 plan.host_neurons.append(n.name)  # after the chip: on the host, in float
             continue
         if isinstance(n, ir.Input):
@@ -263,6 +266,16 @@ def _after_the_chip(graph: Graph, plan: _Plan, n: ir.Node) -> bool:
             return True
         stack.extend(node.inputs)
     return False
+
+
+def _first_off_the_chip(graph: Graph, plan: _Plan, n: ir.Node) -> ir.Node:
+    """The op that takes ``n``'s value off the chip: up from ``n`` through values off it, the
+    first whose inputs are all on it (an AvgPool of spikes before a convolution)."""
+    while True:
+        off = [i for i in n.inputs if i not in plan.val]
+        if not off:
+            return n
+        n = graph[off[0]]
 
 
 def _product(plan: _Plan, n: ir.Node) -> tuple[int, float]:

@@ -280,19 +280,24 @@ def test_spiking_head_on_a_mean_runs_on_the_host():
     np.testing.assert_array_equal(fixed.trace["lif"], float_lif.trace["lif"])
 
 
-def test_a_neuron_after_a_pooling_inside_the_network_is_refused():
+@pytest.mark.parametrize("conv_after", [False, True])
+def test_a_neuron_after_a_pooling_inside_the_network_is_refused(conv_after):
     """Only a neuron after a mean over tokens or time (the head) moves to the host; one after
     an average pooling inside the network is refused by name, not moved off the chip with the
-    rest of the network (SNASNet's cells)."""
+    rest of the network (SNASNet's cells). With a convolution between them, the pooling is
+    named (the convolution was, as if it had no integer form)."""
     rng = np.random.default_rng(0)
     g = Graph("pooled", {"T": 4})
     g.add(ir.Input("x", input_shape=(2, 4, 4)))
     g.add(ir.Conv2d("c1", ("x",), weight=rng.normal(size=(3, 2, 3, 3)), padding=(1, 1)))
     g.add(ir.Neuron("n1", ("c1",), **nrn.from_lif(2.0, 0.5).fields()))
     g.add(ir.AvgPool2d("pool", ("n1",), kernel_size=(2, 2), stride=(2, 2)))
-    g.add(ir.Neuron("n2", ("pool",), **nrn.from_if(0.3).fields()))
+    if conv_after:
+        g.add(ir.Conv2d("c2", ("pool",), weight=rng.normal(size=(3, 3, 1, 1))))
+    g.add(ir.Neuron("n2", ("c2" if conv_after else "pool",), **nrn.from_if(0.3).fields()))
     g.add(ir.Output("out", ("n2",)))
-    with pytest.raises(PassError, match=r"neuron 'n2' reads 'pool' \(AvgPool2d\), which has "
+    read = r"'c2' \(Conv2d\), computed from 'pool'" if conv_after else r"'pool'"
+    with pytest.raises(PassError, match=rf"neuron 'n2' reads {read} \(AvgPool2d\), which has "
                                         r"no integer form on the chip"):
         quantize(compiled_for_lava(g.verify()))
 
