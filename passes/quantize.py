@@ -225,7 +225,7 @@ def _classify(graph: Graph, input_peaks: dict[str, float], input_bits: int,
         elif isinstance(n, ir.Scale):
             if n.factor.size != 1 or not n.factor.item() > 0:
                 raise PassError(f"{where(n)}: only a positive scalar Scale can be absorbed into "
-                                "an integer scale on the chip")
+                                "an integer scale on the chip" + _in_a_circuit(n))
             c, r = plan.val[n.inputs[0]]
             plan.val[n.name] = (c, r / n.factor.item())
             plan.absorbed.append(n.name)
@@ -236,11 +236,12 @@ def _classify(graph: Graph, input_peaks: dict[str, float], input_bits: int,
         elif isinstance(n, PRODUCTS):
             plan.val[n.name] = _product(plan, n)
         else:
-            raise PassError(f"{where(n)}: no integer form of {n.op} on the chip")
+            raise PassError(f"{where(n)}: no integer form of {n.op} on the chip"
+                            + _in_a_circuit(n))
     for d in closing:
         if d.inputs[0] not in plan.val:
             raise PassError(f"{where(d)} closes a loop through {where(graph[d.inputs[0]])}, "
-                            "which has no integer form on the chip")
+                            "which has no integer form on the chip" + _in_a_circuit(d))
         plan.scales.union(plan.val[d.inputs[0]], plan.val[d.name], d)
     cons = graph.consumers()
     for n in graph.of_type(ir.Neuron):
@@ -286,7 +287,18 @@ def _product(plan: _Plan, n: ir.Node) -> tuple[int, float]:
         if plan.root(unit) == plan.unit:
             c, r = plan.val[other]
             return c, r * _ratio(plan, unit)
-    raise PassError(f"{where(n)} multiplies two scaled real values; no integer form")
+    raise PassError(f"{where(n)} multiplies two scaled real values; no integer form"
+                    + _in_a_circuit(n))
+
+
+def _in_a_circuit(n: ir.Node) -> str:
+    """For a refusal at a node of the circuit a library neuron maps to (named
+    ``<its path>:<part>``, frontends/adapters): what that means to the user."""
+    if not (n.path and n.name.startswith(f"{n.path}:")):
+        return ""
+    return (f" (a node of the circuit that computes neuron '{n.path}' in its library's "
+            "operation order; on Loihi 2 a neuron must be of the canonical LIF form: "
+            "snncc's, spikingjelly's LIFNode/IFNode or snnTorch's Leaky with reset to zero)")
 
 
 # ----------------------------------------------------------------------------- choosing scales

@@ -1213,3 +1213,28 @@ def test_spikes_a_recurrent_neuron_reads_back_may_not_be_changed_in_place(hidden
         assert "module 'rlif'" in message and "recurrent neuron" in message, message
     else:
         assert "its spk argument is not its own spikes" in message, message
+
+
+class SynapticNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.lif = snn.Synaptic(alpha=0.5, beta=0.8, init_hidden=True)
+
+    def forward(self, x):
+        return torch.stack([self.fc2(self.lif(self.fc1(x))) for _ in range(T)]).mean(0)
+
+
+def test_a_neuron_circuit_refused_for_loihi2_is_named_as_the_neuron(tmp_path):
+    """Loihi 2's fixed point takes neurons of the canonical LIF form; a library neuron that
+    snncc computes as a circuit in its library's operation order (snnTorch's Synaptic) was
+    refused at a node of that circuit ('lif:syn:av'), which the user never wrote: the refusal
+    now says whose circuit it is and what Loihi 2 runs."""
+    from snncc import api
+    from snncc.errors import PassError
+
+    with pytest.raises(PassError, match=r"'lif:syn:av' \(lif\): .* the circuit that computes "
+                                        r"neuron 'lif' .* canonical LIF form"):
+        api.compile(SynapticNet().eval(), torch.randn(5, 6), target="lava",
+                    out=tmp_path / "out", fixed_point=True)
+    assert not (tmp_path / "out").exists()
