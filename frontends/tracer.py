@@ -1043,6 +1043,12 @@ class _RunningMax(Expr):
 
 
 @dataclass(eq=False)
+class _RunningSum(Expr):
+    """The sum of args[0] over the steps so far (the sum over time of a sequence, read at the
+    last step: a spike count)."""
+
+
+@dataclass(eq=False)
 class _Refused(Expr):
     """An op that cannot be mapped; an error only if the output needs it. ``unknown``: an op
     the tracer has no mapping for at all."""
@@ -1100,10 +1106,12 @@ class Rounded:
 
 @dataclass(frozen=True)
 class SumOverTime:
-    """``x.sum(0)`` of a ``[T, B, ...]`` value: taken only divided by T, which is its mean over
-    time (a Readout), as ``x.mean(0)`` is (torch's mean is that sum divided by T)."""
+    """``x.sum(0)`` of a ``[T, B, ...]`` value: divided by T, its mean over time (a Readout), as
+    ``x.mean(0)`` is (torch's mean is that sum divided by T); otherwise ``total``, the running
+    sum read at the last step (spike counts: snnTorch's ``torch.stack(spk_rec).sum(0)``)."""
 
     x: Val
+    total: Val
 
 
 @dataclass(frozen=True)
@@ -1857,8 +1865,9 @@ class _Builder:
 
     # ------------------------------------------------------------------ graph emission
     def finish(self, outputs) -> Graph:
-        outs = [_val(o) if isinstance(o, Membrane) else o for o in returned_items(outputs)]
-        for o in outs:  # a partial form (x.sum(0) not yet divided by T, ...): why it is not one
+        outs = [_val(o) if isinstance(o, (Membrane, SumOverTime)) else o
+                for o in returned_items(outputs)]
+        for o in outs:  # a partial form (x.permute(..., 0) not yet reduced, ...): why not one
             if isinstance(o, _FROM_INPUT) and not isinstance(o, Val):
                 try:
                     _val(o)
@@ -1974,6 +1983,8 @@ class _Builder:
             return self._over_steps(e)
         if isinstance(e, _RunningMax):
             return self._running_max(e, t)
+        if isinstance(e, _RunningSum):
+            return self._running_sum(e, t)
         if t is not None and t > e.step and all(a.step is not None for a in e.args) \
                 and (e in self._called or self._starts_at_zero(e, t - e.step)):
             return self._delayed(e, t - e.step)
@@ -2221,6 +2232,19 @@ class _Builder:
         return self._add(e, lambda: ir.Readout(self._fresh(e.hint), (name,), path=e.path))
 
 
+    def _running_sum(self, e: _RunningSum, t: int | None) -> str | None:
+        """s[t] = s[t-1] + x[t], s[-1] = 0 (a Delay's start): torch's sum over the time axis
+        in its order, (x[0] + x[1]) + x[2] ..., read at the last step."""
+        src = self.materialize(e.args[0], t)
+        if src is None:
+            return None
+        name = self._fresh(e.hint)
+        for node in (ir.Delay(f"{name}.before", (name,), path=e.path, steps=1, shape_hint=e.shape,
+                              kind_hint=ir.Kind.REAL),
+                     ir.Add(name, (f"{name}.before", src), path=e.path)):
+            self.graph.add(node)
+        return name
+
     def _running_max(self, e: _RunningMax, t: int | None) -> str | None:
         """m[t] = max(m[t-1], x[t]), m[-1] the floor or below every finite float32: the two
         stacked on an axis and max-pooled (exact), m[t-1] a Delay started there
@@ -2295,7 +2319,7 @@ def _is_initial_state(value, v_init: float) -> bool:
 
 def _val(x) -> Val:
     if isinstance(x, SumOverTime):
-        raise _Refuse("a sum over the time axis is taken only divided by T (the mean over time)")
+        return x.total
     if isinstance(x, TimeAxisLast):
         raise _Refuse("it moves the time axis last, which only a mean or sum over that axis may "
                       "read")
@@ -2710,11 +2734,12 @@ def _binary(kind: str):
         if alpha != 1 or rounding_mode is not None or out is not None:
             raise _Refuse("alpha, rounding_mode and out are not supported")
         x, y = (_val(v) if isinstance(v, Membrane) else v for v in (x, y))  # (not a number)
-        if isinstance(x, Val) and isinstance(y, Val):
-            return _tensor_tensor(b, c, kind, x, y)
         if kind == "div" and isinstance(x, SumOverTime) and not isinstance(y, _FROM_INPUT) \
                 and np.all(b.const(y, x.x) == b.T):
             return _readout(b, c, x.x)
+        x, y = (v.total if isinstance(v, SumOverTime) else v for v in (x, y))  # (a count)
+        if isinstance(x, Val) and isinstance(y, Val):
+            return _tensor_tensor(b, c, kind, x, y)
         if kind == "sub" and isinstance(y, Val) and not isinstance(x, _FROM_INPUT):
             return _const_minus(b, x, y)
         if kind == "mul" and {type(x), type(y)} == {Val, ConstMinus}:
@@ -3081,14 +3106,14 @@ def _reduce(mean: bool):
         if isinstance(x, TimeAxisLast) and dim is not None and not keepdim and dtype is None:
             n = _ndim(x.x)
             if [d % n for d in (dim if isinstance(dim, (tuple, list)) else (dim,))] == [n - 1]:
-                return _readout(b, c, x.x) if mean else SumOverTime(x.x)
+                return _readout(b, c, x.x) if mean else _sum_over_time(c, x.x)
         x = _val(x)
         if dim is None or dtype is not None:
             raise _Refuse("a reduction needs explicit axes and no dtype")
         dims = sorted({d % _ndim(x) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))})
         f = len(x.frame)
         if x.frame in (TB, BT) and dims == [x.frame.index("T")] and not keepdim:
-            return _readout(b, c, x) if mean else SumOverTime(x)
+            return _readout(b, c, x) if mean else _sum_over_time(c, x)
         if dims[0] < f:
             raise _Refuse("it reduces over the time or batch axis")
         axes = tuple(d - f for d in dims)
@@ -3133,6 +3158,12 @@ def _max(b, c, x, dim=None, keepdim=False):
     values = _max_of_spikes(b, replace(c, value=c.value[0]), x, dim, keepdim)
     indices = b._refused(replace(c, value=c.value[1]), "the indices of a max", False, (x,), {})
     return type(c.value)((values, indices))
+
+
+def _sum_over_time(c, x: Val) -> SumOverTime:
+    """The sum over the time axis of a ``[T, B, ...]`` value (:class:`SumOverTime`)."""
+    return SumOverTime(x, Val(_RunningSum(None, (x.expr,), c.op, c.hint, c.path, x.expr.shape,
+                                          time=READOUT), B))
 
 
 def _readout(b, c, x: Val) -> Val:

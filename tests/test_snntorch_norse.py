@@ -1238,3 +1238,32 @@ def test_a_neuron_circuit_refused_for_loihi2_is_named_as_the_neuron(tmp_path):
         api.compile(SynapticNet().eval(), torch.randn(5, 6), target="lava",
                     out=tmp_path / "out", fixed_point=True)
     assert not (tmp_path / "out").exists()
+
+
+class SpikeCounts(nn.Module):
+    """snnTorch's tutorial network returning its output layer's spike counts,
+    ``torch.stack(spk_rec).sum(0)`` (the class is their argmax)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.lif1 = snn.Leaky(beta=0.8, init_hidden=True)
+        self.lif2 = snn.Leaky(beta=0.8, init_hidden=True)
+
+    def forward(self, x):
+        spk_rec = [self.lif2(self.fc2(self.lif1(self.fc1(x)))) for _ in range(T)]
+        return torch.stack(spk_rec).sum(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_spike_counts_over_time_are_exact_on_every_target(target):
+    """A sum over the time axis was taken only divided by T (the mean); the counts themselves
+    are a running sum read at the last step."""
+    from snncc import api
+
+    torch.manual_seed(0)
+    model = driven(SpikeCounts().eval(), fc1=(3.0, 0.3), fc2=(3.0, 0.3))
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    rep = api.check(model, x, target=target)
+    assert rep.min_agreement == 1.0 and rep.output_max_abs_diff_target == 0.0, rep.format()
+    assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})

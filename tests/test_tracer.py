@@ -206,13 +206,24 @@ class ScaledInverse(nn.Module):
 
 @pytest.mark.parametrize("form, reason", [
     ("inverse", "(constant - tensor) is taken only as a factor of a product"),
-    ("sum", "a sum over the time axis is taken only divided by T"),
     ("half", "supported as 1 - tensor (or 0 - tensor) only")])
 def test_values_from_the_input_in_constant_ops_are_refused(form, reason):
     with pytest.raises(UnsupportedError) as err:
         trace(ScaledInverse(form).double(), torch.randn(T, 3, 6, dtype=torch.float64), T=T,
               static=False)
     assert reason in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_sum_over_time_not_divided_by_T_is_a_running_sum(seed):
+    """``s.sum(0) * 2``: spike counts (refused before: a sum over the time axis was taken only
+    divided by T) are a running sum s[t] = s[t-1] + x[t] read at the last step, exactly."""
+    torch.manual_seed(seed)
+    model = ScaledInverse("sum").double()
+    x = 3 * torch.randn(T, 3, 6, dtype=torch.float64)
+    graph = trace(model, x, T=T, static=False)
+    assert graph.of_type(ir.Delay) and not graph.of_type(ir.Readout)
+    assert_rates_in_range(assert_parity(model, x, graph))
 
 
 # ----------------------------------------------------------------------------- refusals
