@@ -14,8 +14,8 @@ concatenation of two branches, a channel slice, nearest upsampling, Spikformer's
 Neurons (:data:`NEURONS`): spikingjelly's LIF (tau, decay_input, hard or soft reset, threshold
 drawn), IF, PLIF, SimpleLIF and CUBA LIF; snnTorch's Leaky, Synaptic, Lapicque, Alpha and the
 recurrent RLeaky and RSynaptic (beta, alpha, threshold, reset by subtraction or to zero, with
-hidden or threaded state); norse's LIF, LIFBox, IAF and LSNN cells. Heads: mean over space, Linear, and the mean
-over time or the sequence.
+hidden or threaded state); norse's LIF, LIFBox, IAF and LSNN cells. Heads: mean over space,
+Linear, and the mean over time, the sum over time (spike counts) or the sequence.
 
 **Runner.** :func:`run_model` compiles the model for each target with the public API and runs
 the artifact on the example input (float64), comparing the output with the model's own forward
@@ -115,15 +115,16 @@ class _Model(nn.Module):
                     m.start()
             frames = ([x] * T if form == "static" else list(x.unbind(1)) if form == "sequence_bt"
                       else x if self.forms["loop"] == "iterate" else [x[t] for t in range(T)])
-            if self.forms["readout"] == "mean" and self.forms["loop"] != "append":
+            if self.forms["readout"] in ("mean", "sum") and self.forms["loop"] != "append":
                 total = 0.0 if self.forms["loop"] == "iterate" else None
                 for frame in frames:  # (a Python 0.0, or the first step's value, then sums)
                     y = self.step(frame)
                     total = y if total is None else total + y
-                return total / T
+                return total / T if self.forms["readout"] == "mean" else total
             y = torch.stack([self.step(frame) for frame in frames],
                             dim=int(self.forms["time_axis"]))
-            return y.mean(int(self.forms["time_axis"])) if self.forms["readout"] == "mean" else y
+            reduce = {"mean": y.mean, "sum": y.sum}.get(self.forms["readout"])
+            return y if reduce is None else reduce(int(self.forms["time_axis"]))
         if form == "sequence_bt":  # DVS code's [B, T, ...]
             x = x.transpose(0, 1)
         elif form != "sequence_tb":  # a static image made a sequence in forward (Spikformer)
@@ -131,8 +132,8 @@ class _Model(nn.Module):
                  x.unsqueeze(0).expand(T, -1, -1, -1, -1) if form == "expand" else
                  torch.stack([x] * T))
         y = self.step(x)
-        if self.forms["readout"] == "mean":
-            return y.mean(0)
+        if self.forms["readout"] in ("mean", "sum"):
+            return y.mean(0) if self.forms["readout"] == "mean" else y.sum(0)
         return y.transpose(0, 1) if self.forms["time_axis"] == "1" else y
 
     # ------------------------------------------------------------------ blocks
@@ -262,7 +263,7 @@ FORMS = {"add": ("plus", "method", "torch", "inplace"), "cat": ("cat", "concat",
          "matmul": ("at", "matmul", "einsum"), "scale": ("float", "buffer", "mul"),
          "space_mean": ("mean", "flatten_mean", "adaptive"),
          "input": ("sequence_tb", "sequence_bt", "repeat", "expand", "stack"),
-         "readout": ("mean", "sequence", "membrane"), "time_axis": ("0", "1"),
+         "readout": ("mean", "sequence", "membrane", "sum"), "time_axis": ("0", "1"),
          "loop": ("index", "iterate", "append"),
          "fold": ("flatten", "reshape", "view"), "unfold": ("reshape", "unflatten", "view"),
          "swap": ("transpose", "mT", "permute")}
