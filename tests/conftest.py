@@ -40,11 +40,12 @@ def assert_rates_in_range(rates: dict, lo: float = 0.05, hi: float = 0.95) -> No
 def hooked_calls(model, x: torch.Tensor, paths: set[str], reset):
     """The model's own forward from fresh state (``reset``: the library's reset_net): its output
     and, for every module in ``paths`` that was called, the outputs of its calls (the first of a
-    tuple: a neuron's spikes beside its state)."""
+    tuple: a neuron's spikes beside its state), copied before the model changes them in place
+    (SEW's ``out += x``)."""
     calls: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
     hooks = [m.register_forward_hook(
         lambda _m, _i, out, p=p: calls[p].append(
-            (out[0] if isinstance(out, tuple) else out).detach()))
+            (out[0] if isinstance(out, tuple) else out).detach().clone()))
         for p, m in model.named_modules() if p in calls]
     reset(model)
     try:

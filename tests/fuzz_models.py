@@ -604,26 +604,12 @@ def float64_copy(model: nn.Module) -> nn.Module:
 
 def reference(model: nn.Module, x: torch.Tensor):
     """The float64 model's output from fresh state and its neurons' firing rates (hooks)."""
-    model, x = float64_copy(model), x.double()
-    counts: dict[str, list] = {}
+    from conftest import hooked_calls
 
-    def hook(name):
-        def record(_m, _i, out):
-            s = out[0] if isinstance(out, tuple) else out
-            counts.setdefault(name, []).append(s.detach().clone())  # before in-place adds
-        return record
-    neurons = [(n, m) for n, m in model.named_modules() if "lif" in n.rsplit(".", 1)[-1]]
-    hooks = [m.register_forward_hook(hook(n)) for n, m in neurons]
-    _reset(model)
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        _reset(model)
-    rates = {n: float(torch.cat([c.flatten() for c in cs]).mean()) for n, cs in counts.items()}
-    return y.numpy(), rates
+    model = float64_copy(model)
+    neurons = {n for n, _ in model.named_modules() if "lif" in n.rsplit(".", 1)[-1]}
+    y, calls = hooked_calls(model, x.double(), neurons, _reset)
+    return y, {n: float(torch.cat([c.flatten() for c in cs]).mean()) for n, cs in calls.items()}
 
 
 def run_model(seed: int, targets=("sim", "onnx", "nir")) -> ModelResult:
