@@ -2231,7 +2231,6 @@ class _Builder:
             return name
         return self._add(e, lambda: ir.Readout(self._fresh(e.hint), (name,), path=e.path))
 
-
     def _running_sum(self, e: _RunningSum, t: int | None) -> str | None:
         """s[t] = s[t-1] + x[t], s[-1] = 0 (a Delay's start): torch's sum over the time axis
         in its order, (x[0] + x[1]) + x[2] ..., read at the last step."""
