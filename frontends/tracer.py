@@ -3165,6 +3165,21 @@ def _sum_over_time(c, x: Val) -> SumOverTime:
                                           time=READOUT), B))
 
 
+def _post_processing(what: str):
+    """``what`` (a softmax, log-softmax, argmax or argmin) has no IR form. Of a value read at the
+    last step (after a mean, sum or maximum over time: a classifier's outputs, norse's
+    ``log_softmax`` of its maximum voltage), it is post-processing of the model's outputs: the
+    refusal says to leave it out and apply it to snncc's outputs."""
+
+    def handler(b, c, x, *args, **kwargs):
+        if isinstance(x, Val) and x.expr.time == READOUT:
+            raise _Refuse(f"{what} of the model's outputs, after the time steps, is not part of "
+                          "the spiking network: compile the model without it and apply it to "
+                          "snncc's outputs")
+        raise _Refuse("")
+    return handler
+
+
 def _readout(b, c, x: Val) -> Val:
     """The mean over time of a ``[T, B, ...]`` value."""
     return b.new(c, lambda n, i: ir.Readout(n, i, path=c.path), [x], B, time=READOUT)
@@ -3460,6 +3475,8 @@ _FUNCTIONS = {
     F.adaptive_avg_pool2d: _adaptive_avg_pool_function, F.interpolate: _interpolate,
     F.adaptive_avg_pool1d: _adaptive_avg_pool_function,
     F.relu: _relu, torch.relu: _relu,
+    **{f: _post_processing(f.__name__) for f in (torch.softmax, F.softmax, torch.log_softmax,
+                                                 F.log_softmax, torch.argmax, torch.argmin)},
     # (one that drops, in training, is refused while tracing: _WhileTracing)
     **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
                      F.feature_alpha_dropout), _identity),
@@ -3481,6 +3498,7 @@ _METHODS = {
     **dict.fromkeys(("double", "half", "bfloat16", "int", "long"), _cast), "bool": _as_bool,
     "logical_not": _logical_not, "bitwise_not": _logical_not, "amax": _max_of_spikes,
     "max": _max,
+    **{m: _post_processing(m) for m in ("softmax", "log_softmax", "argmax", "argmin")},
 }
 #: handlers that only move values, so they commute with a scale (:attr:`_Builder.scaled`)
 _LAYOUT_HANDLERS = frozenset({_reshape, _flatten, _permute, _transpose, _t})

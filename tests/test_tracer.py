@@ -257,6 +257,32 @@ def test_unsupported_op_names_module_and_op():
     assert str(err.value) == "module 'blocks.0.attn': op 'torch.softmax' is not supported"
 
 
+class PostProcessed(nn.Module):
+    """A classifier that ends in post-processing of its outputs: norse's MNIST task returns
+    ``log_softmax`` of its maximum voltage over time; others a softmax or the class."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.fc, self.lif, self.form = nn.Linear(6, 4), neuron.LIFNode(step_mode="m"), form
+
+    def forward(self, x):
+        y = self.fc(self.lif(x))
+        if self.form == "log_softmax":
+            return torch.nn.functional.log_softmax(torch.max(y, 0)[0], dim=1)
+        return y.mean(0).softmax(-1) if self.form == "softmax" else torch.argmax(y.mean(0), 1)
+
+
+@pytest.mark.parametrize("form, op", [("log_softmax", "torch.nn.functional.log_softmax"),
+                                      ("softmax", "Tensor.softmax"), ("argmax", "torch.argmax")])
+def test_post_processing_of_the_outputs_is_refused_saying_to_leave_it_out(form, op):
+    with pytest.raises(UnsupportedError) as err:
+        trace(PostProcessed(form), torch.randn(T, 3, 6), T=T, static=False)
+    assert str(err.value) == (
+        f"op '{op}' is not supported ({form} of the model's outputs, after the time steps, is "
+        "not part of the spiking network: compile the model without it and apply it to "
+        "snncc's outputs)"), str(err.value)
+
+
 def test_every_unsupported_op_is_listed_on_one_line():
     with pytest.raises(UnsupportedError) as err:
         trace(Blocks(norm=True), torch.randn(T, 3, 6), T=T, static=False)
