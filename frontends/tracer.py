@@ -1761,8 +1761,16 @@ class _Builder:
                                                                  c.path), [x], TB, time=SEQ)
             held = self.step_of(c, sequence, self.T - 1)
         else:
-            held = x if before is None else _add(self, replace(c, value=spikes), before, x)
             sequence = None
+            if before is not None:
+                held = _add(self, replace(c, value=spikes), before, x)
+            elif x.expr.step is not None:  # a loop's first step: x itself, at the site of the
+                # later steps' sums, so that step 1 reads the state they read (an x of its own
+                # made step 1 differ from the steps after it: refused at T = 3)
+                held = self.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=1.0), [x],
+                                x.frame, shape=x.expr.shape)
+            else:
+                held = x
         self.held[c.path] = held
         zeros = Const(spikes, x.frame)
         self.held_after[id(zeros)] = (zeros, held, sequence)

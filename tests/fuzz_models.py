@@ -103,9 +103,9 @@ class _Model(nn.Module):
         y = self.f(self.head["fc"], _space_mean(self, x))
         if self.forms["readout"] != "membrane":
             return y
-        out = self.head["out"]  # a multi-step neuron that never fires, its membranes the output
+        out = self.head["out"]  # a neuron that never fires, its membranes the output
         out(y)
-        return out.v_seq
+        return out.v if self.style in LOOPS else out.v_seq
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, form = self.T, self.forms["input"]
@@ -543,15 +543,12 @@ def build_model(seed: int):
     head = nn.ModuleDict({"fc": nn.Linear(c, int(rng.choice([3, 5]))),
                           "gap": d.layer(nn.AdaptiveAvgPool2d(1))})
     forms = {k: str(rng.choice(v)) for k, v in FORMS.items()}
-    if forms["readout"] == "membrane":
-        if style in LOOPS:  # (read at every step of a loop it is refused at T = 3: the first
-            # step sums no earlier membrane, a form the tracer does not match at step 1)
-            forms["readout"] = "sequence"
-        else:  # spikingjelly's IFNode that never fires: its membranes (StereoSpike's depth)
-            from spikingjelly.activation_based import neuron
+    if forms["readout"] == "membrane":  # spikingjelly's IFNode that never fires: its
+        from spikingjelly.activation_based import neuron  # membranes (StereoSpike's depth)
 
-            head["out"] = neuron.IFNode(v_threshold=float("inf"), v_reset=0.0, step_mode="m",
-                                        store_v_seq=True)
+        multi = style not in LOOPS  # (a loop reads it after each step's call)
+        head["out"] = neuron.IFNode(v_threshold=float("inf"), v_reset=0.0,
+                                    step_mode="m" if multi else "s", store_v_seq=multi)
     if style in LOOPS:
         forms["input"] = str(rng.choice(LOOP_INPUTS))
     # snnTorch's spike functions return float32 ((u > 0).float()): its models stay float32

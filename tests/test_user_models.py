@@ -1419,6 +1419,41 @@ def test_the_membrane_of_a_neuron_that_never_fires_is_its_inputs_sum(target, one
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+class NeverFiringEachStep(torch.nn.Module):
+    """A loop over T reading a never-firing ``IFNode``'s membrane after every step (the
+    sequence of its running sums), as a decoder reads its output neuron."""
+
+    def __init__(self, T: int):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.T = T
+        self.fc, self.lif = torch.nn.Linear(4, 6), neuron.LIFNode()
+        self.head = torch.nn.Linear(6, 2)
+        self.out = neuron.IFNode(v_threshold=float("inf"), v_reset=0.0)
+
+    def forward(self, x):
+        membranes = []
+        for _ in range(self.T):
+            self.out(self.head(self.lif(self.fc(x))))
+            membranes.append(self.out.v)
+        return torch.stack(membranes)
+
+
+@pytest.mark.parametrize("T", [3, 5])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_never_firing_membrane_read_at_every_step_of_the_loop(target, T):
+    """Step 0's membrane was the input itself, so step 1's sum read another node than the
+    later steps': refused at T = 3 ("the loop over time does not compute the same thing at
+    every step"; T = 2 and 4 compared other steps). Found by tests/fuzz_models.py."""
+    torch.manual_seed(0)
+    model = driven(NeverFiringEachStep(T).double().eval(), fc=(3.0, 0.2))
+    x = torch.rand(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target)
+    assert report.output_max_abs_diff_target <= 1e-12 and report.min_agreement == 1.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 class NeverFiringMultiStep(torch.nn.Module):
     """A multi-step ``IFNode(v_threshold=inf, store_v_seq=True)`` on a [T, B, ...] sequence,
     its membranes over the steps (``v_seq``) and after the last (``v``) the outputs."""
