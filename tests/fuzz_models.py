@@ -7,15 +7,17 @@ tests/test_fuzz_models.py and benchmarks/fuzz_models.py).
 plain ``nn`` layers on ``x.flatten(0, 1)`` reshaped back, as Spikformer writes them) or a
 static image looped over T by the model itself (single-step spikingjelly or snnTorch neurons,
 outputs stacked or averaged). Blocks: convolutions (1x1, 3x3, strided, depthwise, with or
-without bias) with randomised BatchNorm before a neuron, SEW residuals (spikes added),
-membrane shortcuts (real values added before a neuron), max/avg pooling, a channel
+without bias) with randomised BatchNorm before a neuron, SEW residuals (spikes added; SEW
+ResNet's downsampling block, a strided 3x3 and a 1x1 shortcut), membrane shortcuts (real
+values added before a neuron), max/avg pooling, a channel
 concatenation of two branches, a channel slice, nearest upsampling, Spikformer's self-attention
 (``q @ k^T * scale @ v`` over heads) and spike-driven attention (``q * k`` summed over tokens).
 Neurons (:data:`NEURONS`): spikingjelly's LIF (tau, decay_input, hard or soft reset, threshold
 drawn), IF, PLIF, SimpleLIF and CUBA LIF; snnTorch's Leaky, Synaptic, Lapicque, Alpha and the
 recurrent RLeaky and RSynaptic (beta, alpha, threshold, reset by subtraction or to zero, with
-hidden or threaded state); norse's LIF, LIFBox, IAF and LSNN cells. Heads: mean over space,
-Linear, and the mean over time, the sum over time (spike counts) or the sequence.
+hidden or threaded state); norse's LIF, LIFBox, IAF and LSNN cells. Heads: mean over space (or
+every position flattened), Linear, and the mean over time, the sum over time (spike counts) or
+the sequence.
 
 **Runner.** :func:`run_model` compiles the model for each target with the public API and runs
 the artifact on the example input (float64), comparing the output with the model's own forward
@@ -56,7 +58,7 @@ NEURONS = ("LIFNode", "IFNode", "ParametricLIFNode", "SimpleLIFNode", "CUBALIFNo
            "Synaptic", "Lapicque", "Alpha", "RLeaky", "RSynaptic", "LIFCell", "LIFBoxCell",
            "IAFCell", "LSNNCell")
 BLOCKS = ("conv", "sew", "shortcut", "pool", "concat", "slice", "upsample", "ssa", "sdsa",
-          "sps", "mlp", "twice")
+          "sps", "mlp", "twice", "down")
 
 
 def _bn(rng: np.random.Generator, c: int, dims: int = 2) -> nn.Module:
@@ -196,6 +198,10 @@ class _Model(nn.Module):
              x.narrow(-3, 0, h))
         return m["lif"](self.f(m["conv"], x))
 
+    def _down(self, m, x):
+        """SEW ResNet's downsampling: both paths' spikes added (the shortcut's a neuron's too)."""
+        return self._add(m["lif"](self.f(m["conv"], x)), m["lif_s"](self.f(m["short"], x)))
+
     def _twice(self, m, x):
         """One convolution called twice (shared weights), a neuron after each call."""
         return m["lif2"](self.f(m["conv"], m["lif"](self.f(m["conv"], x))))
@@ -254,6 +260,8 @@ def _space_mean(model: _Model, x: torch.Tensor) -> torch.Tensor:
     form = model.forms["space_mean"]
     if form == "adaptive":
         return model.f(model.head["gap"], x).flatten(-3)
+    if form == "flatten":  # no mean: the head reads every position (a CNN's classifier)
+        return x.flatten(-3)
     return x.mean((-2, -1)) if form == "mean" else x.flatten(-2).mean(-1)
 
 
@@ -261,7 +269,7 @@ def _space_mean(model: _Model, x: torch.Tensor) -> torch.Tensor:
 FORMS = {"add": ("plus", "method", "torch", "inplace"), "cat": ("cat", "concat", "stack"),
          "slice": ("index", "chunk", "split", "narrow"), "heads": ("reshape", "view", "einops"),
          "matmul": ("at", "matmul", "einsum"), "scale": ("float", "buffer", "mul"),
-         "space_mean": ("mean", "flatten_mean", "adaptive"),
+         "space_mean": ("mean", "flatten_mean", "adaptive", "flatten"),
          "input": ("sequence_tb", "sequence_bt", "repeat", "expand", "stack"),
          "readout": ("mean", "sequence", "membrane", "sum"), "time_axis": ("0", "1"),
          "loop": ("index", "iterate", "append"),
@@ -488,7 +496,7 @@ def build_model(seed: int):
     spikes = True  # whether the blocks' value is spikes (0/1) so far
     for _ in range(int(rng.integers(2, 6))):
         kind = str(rng.choice(BLOCKS))
-        if kind in ("pool", "sps") and size <= 2 or kind == "upsample" and size >= 16:
+        if kind in ("pool", "sps", "down") and size <= 2 or kind == "upsample" and size >= 16:
             kind = "conv"
         m = nn.ModuleDict()
         if kind == "conv":
@@ -502,6 +510,10 @@ def build_model(seed: int):
                 m["bn_in"] = d.layer(_bn(rng, c))
             else:  # SEW's AND and IAND of spikes (ADD of anything)
                 m.connect = str(rng.choice(["add", "and", "iand"] if spikes else ["add"]))
+        elif kind == "down":  # SEW ResNet's downsampling block: strided 3x3, 1x1 shortcut
+            m["conv"], m["lif"] = d.conv_bn(c, c, 3, 2), d.neuron()
+            m["short"], m["lif_s"] = d.conv_bn(c, c, 1, 2), d.neuron()
+            size = (size - 1) // 2 + 1
         elif kind == "twice":
             m["conv"], m["lif"], m["lif2"] = d.conv_bn(c, c, 3), d.neuron(), d.neuron()
         elif kind == "sps":
@@ -543,6 +555,8 @@ def build_model(seed: int):
     head = nn.ModuleDict({"fc": nn.Linear(c, int(rng.choice([3, 5]))),
                           "gap": d.layer(nn.AdaptiveAvgPool2d(1))})
     forms = {k: str(rng.choice(v)) for k, v in FORMS.items()}
+    if forms["space_mean"] == "flatten":
+        head["fc"] = nn.Linear(c * size * size, head["fc"].out_features)
     if forms["readout"] == "membrane":  # spikingjelly's IFNode that never fires: its
         from spikingjelly.activation_based import neuron  # membranes (StereoSpike's depth)
 
