@@ -335,11 +335,13 @@ class _Draw:
         self.rng, self.style = rng, style
         self.multi = style in ("multistep", "seq_to_ann", "flatten")
 
-    def neuron(self) -> nn.Module:
+    def neuron(self, channels: int | None = None) -> nn.Module:
+        """A neuron of the style; ``channels``: it reads a convolution's [B, C, H, W] output
+        (snnTorch's recurrent neurons may then recur through a convolution)."""
         rng = self.rng
         if self.style in ("loop_snntorch", "loop_snntorch_state"):
             hidden = self.style == "loop_snntorch"
-            lif = _snntorch_neuron(rng, hidden)
+            lif = _snntorch_neuron(rng, hidden, channels)
             return lif if hidden else _Stateful(lif)
         if self.style == "loop_norse":
             return _Stateful(_norse_cell(rng))
@@ -395,9 +397,10 @@ class _Draw:
                           _bn(self.rng, c, dims=1))
 
 
-def _snntorch_neuron(rng: np.random.Generator, hidden: bool) -> nn.Module:
+def _snntorch_neuron(rng: np.random.Generator, hidden: bool, channels: int | None) -> nn.Module:
     """One of snnTorch's neurons with drawn settings; recurrent ones recur on each neuron's
-    own spikes (``all_to_all=False``: any layer's shape)."""
+    own spikes (``all_to_all=False``: any layer's shape) or, after a convolution of
+    ``channels``, through a 3x3 convolution of the layer's spikes."""
     import snntorch as snn
 
     kind = rng.choice(["leaky", "leaky", "synaptic", "lapicque", "alpha", "rleaky",
@@ -415,6 +418,8 @@ def _snntorch_neuron(rng: np.random.Generator, hidden: bool) -> nn.Module:
     if kind == "synaptic":
         return snn.Synaptic(alpha=alpha, beta=beta, **common)
     recurrent = dict(V=float(rng.choice([0.5, -0.5])), all_to_all=False, **common)
+    if channels is not None and rng.random() < 0.5:
+        recurrent = dict(all_to_all=True, conv2d_channels=channels, kernel_size=3, **common)
     if kind == "rleaky":
         return snn.RLeaky(beta=beta, **recurrent)
     return snn.RSynaptic(alpha=alpha, beta=beta, **recurrent)
@@ -491,7 +496,7 @@ def build_model(seed: int):
     style = str(rng.choice(STYLES, p=STYLE_WEIGHTS))
     d = _Draw(rng, style)
     T, B, c, size = int(rng.integers(2, 5)), 5, int(rng.choice([4, 8])), 8
-    stem = nn.ModuleDict({"conv": d.conv_bn(2, c), "lif": d.neuron()})
+    stem = nn.ModuleDict({"conv": d.conv_bn(2, c), "lif": d.neuron(c)})
     blocks, kinds = [], []
     spikes = True  # whether the blocks' value is spikes (0/1) so far
     for _ in range(int(rng.integers(2, 6))):
@@ -502,17 +507,17 @@ def build_model(seed: int):
         if kind == "conv":
             k, stride = int(rng.choice([1, 3])), int(rng.choice([1, 1, 2])) if size > 2 else 1
             groups = c if rng.random() < 0.25 else 1
-            m["conv"], m["lif"] = d.conv_bn(c, c, k, stride, groups), d.neuron()
+            m["conv"], m["lif"] = d.conv_bn(c, c, k, stride, groups), d.neuron(c)
             size = (size + 2 * (k // 2) - k) // stride + 1
         elif kind in ("sew", "shortcut"):
-            m["conv"], m["lif"] = d.conv_bn(c, c, int(rng.choice([1, 3]))), d.neuron()
+            m["conv"], m["lif"] = d.conv_bn(c, c, int(rng.choice([1, 3]))), d.neuron(c)
             if kind == "shortcut":
                 m["bn_in"] = d.layer(_bn(rng, c))
             else:  # SEW's AND and IAND of spikes (ADD of anything)
                 m.connect = str(rng.choice(["add", "and", "iand"] if spikes else ["add"]))
         elif kind == "down":  # SEW ResNet's downsampling block: strided 3x3, 1x1 shortcut
-            m["conv"], m["lif"] = d.conv_bn(c, c, 3, 2), d.neuron()
-            m["short"], m["lif_s"] = d.conv_bn(c, c, 1, 2), d.neuron()
+            m["conv"], m["lif"] = d.conv_bn(c, c, 3, 2), d.neuron(c)
+            m["short"], m["lif_s"] = d.conv_bn(c, c, 1, 2), d.neuron(c)
             size = (size - 1) // 2 + 1
         elif kind == "twice":
             m["conv"], m["lif"], m["lif2"] = d.conv_bn(c, c, 3), d.neuron(), d.neuron()
@@ -533,7 +538,7 @@ def build_model(seed: int):
             m["a"], m["lif_a"] = d.conv_bn(c, c // 2, 3), d.neuron()
             m["b"], m["lif_b"] = d.conv_bn(c, c - c // 2, 1), d.neuron()
         elif kind == "slice":
-            m["conv"], m["lif"] = d.conv_bn(c // 2, c, 1), d.neuron()
+            m["conv"], m["lif"] = d.conv_bn(c // 2, c, 1), d.neuron(c)
         elif kind == "upsample":
             m["up"] = d.layer(nn.Upsample(scale_factor=2, mode="nearest"))
             m["conv"], m["lif"] = d.conv_bn(c, c, 3), d.neuron()
