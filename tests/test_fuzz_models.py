@@ -1,8 +1,8 @@
 """Differential fuzzing of the front-end (tests/fuzz_models.py): random spiking PyTorch models
 in the styles users write them (spikingjelly multi-step layers, SeqToANNContainer, Spikformer's
 flatten(0, 1), loops of single-step spikingjelly, snnTorch or norse neurons, fifteen neuron
-classes of the three libraries; convolutions, SEW and membrane residuals, pooling,
-concatenation, slicing, upsampling, Spikformer's and spike-driven attention, token MLPs; each op
+classes of the three libraries; convolutions, SEW and membrane residuals, SEW ResNet's
+downsampling, pooling, concatenation, slicing, upsampling, Spikformer's and spike-driven attention, token MLPs; each op
 written one of several ways) compiled for sim, onnx and nir (and Lava) and run, against the
 model's own forward in float64: every drawn model must compile and give exactly the model's
 outputs and spikes (`snncc check`, agreement 1).
@@ -72,8 +72,8 @@ def test_more_drawn_models_are_exact_on_every_target():
 def test_drawn_models_are_exact_on_lava():
     """Lava processes in Loihi2SimCfg (floating point): the output at the last step (all Lava
     gives) and every layer's spikes (``snncc.check``) are the model's. Seeds 0, 4, 8: snnTorch
-    loops with Alpha and recurrent neurons, norse cells with LSNN, SeqToANNContainer with both
-    attentions."""
+    loops with Alpha and recurrent neurons, norse cells with LSNN, SeqToANNContainer with
+    spike-driven attention and SEW ResNet's downsampling."""
     results = [fz.run_model(seed, ("lava",)) for seed in (0, 4, 8)]
     assert all(r.outcome == {"lava": "exact"} for r in results), \
         [(r.description, r.detail) for r in results]
