@@ -2,10 +2,10 @@
 in the styles users write them (spikingjelly multi-step layers, SeqToANNContainer, Spikformer's
 flatten(0, 1), loops of single-step spikingjelly, snnTorch or norse neurons, fifteen neuron
 classes of the three libraries; convolutions, SEW and membrane residuals, SEW ResNet's
-downsampling, pooling, concatenation, slicing, upsampling, Spikformer's and spike-driven attention, token MLPs; each op
-written one of several ways) compiled for sim, onnx and nir (and Lava) and run, against the
-model's own forward in float64: every drawn model must compile and give exactly the model's
-outputs and spikes (`snncc check`, agreement 1).
+downsampling, pooling, concatenation, slicing, upsampling, Spikformer's and spike-driven
+attention, token MLPs; each op written one of several ways) compiled for sim, onnx and nir
+(and Lava) and run, against the model's own forward in float64: every drawn model must compile
+and give exactly the model's outputs and spikes (`snncc check`, agreement 1).
 
 The CI run draws 24 models (seeds 0-23), three of them also on Lava; ``-m slow`` 200 more.
 benchmarks/fuzz_models.py runs any number. What the fuzzer found is tested where it was fixed
