@@ -1788,23 +1788,21 @@ class _Builder:
         one_step = adapter.step_mode(m) == STEP_MULTI and x.frame == B1 and state is None \
             and adapter.keeps_state(m)  # a sequence of one step: the k-th call is step k
         if adapter.step_mode(m) == STEP_MULTI and not one_step:
-            if x.frame == TBM:  # QKFormer's official code feeds proj_lif [T*B, C, N]
-                raise _Refuse("its input has time and batch folded into one axis ([T*B, ...]): a "
-                              "multi-step neuron steps along that axis, carrying its state from "
-                              "one sample into the next, so a sample's spikes depend on the rest "
-                              "of its batch; unfold it first (x.reshape(T, B, ...))")
-            if x.frame != TB or x.expr.step is not None or state is not None:
+            folded = x.frame in (TBM, BTM)
+            if x.frame not in (TB, TBM, BTM) or x.expr.step is not None or state is not None:
                 raise _Refuse("a multi-step neuron needs a [T, B, ...] input and no state")
+            if folded:  # QKFormer's official code feeds its attention's proj_lif [T*B, C, N]
+                self.graph.meta.setdefault("batch_coupled", {})[c.path] = _LAYOUT_NAMES[x.frame]
             if adapter.keeps_state(m):
                 if c.path in self._multi_step_called or c.path in self.neurons:
                     raise _Refuse("called a second time in one forward, it goes on from the "
                                   "membrane its first call left: use one neuron module per call")
                 self._multi_step_called.add(c.path)
-            shape = tuple(spikes.shape[2:])
+            shape = tuple(spikes.shape[1 if folded else 2:])
             out = self.new(c, lambda n, i: self._integrator(n, i[0], p, shape, c.path)
                            if isinstance(p, Integrator) else _neuron_node(
                                n, (self._neuron_input(n, i[0], p, shape, c.path),), c.path, p),
-                           [x], TB, time=SEQ)
+                           [x], x.frame, time=SEQ)
             return (out, *[Membrane(c.path, self.T - 1, shape, True)] * int(returns_state)) \
                 if returns_state else out
         if x.frame != B and not one_step:

@@ -124,6 +124,15 @@ def _summarise_steps(graph: Graph, log: Callable[[str], None]) -> None:
             f"outputs stacked [T, B, ...], as a training loop outside the model runs it")
 
 
+def _summarise_batch_coupling(graph: Graph, log: Callable[[str], None]) -> None:
+    """One line when the model's multi-step neurons step along time and batch together."""
+    from .parity import batch_coupling_note
+
+    if graph.meta.get("batch_coupled"):
+        log(f"note: {batch_coupling_note(graph.meta['batch_coupled'])} (snncc check runs the "
+            f"model one sample at a time)")
+
+
 def _summarise_dilation(graph: Graph, log: Callable[[str], None]) -> None:
     """One line when the latency plan slows time down (passes/latency.py)."""
     plan = graph.meta.get("latency")
@@ -163,6 +172,7 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
     if loaded.arch_info:
         log(loaded.arch_info)
     _summarise_steps(loaded.graph, log)
+    _summarise_batch_coupling(loaded.graph, log)
     pm = for_target(tgt.name, passes, fixed_point=fixed_point, calibrate=calibrate,
                     print_ir_after=set(print_ir_after), dump_ir_dir=dump_ir, log=log)
     graph = pm.run(loaded.release() if consume or loaded is not model else loaded.graph)

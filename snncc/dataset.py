@@ -714,6 +714,7 @@ class DatasetReport:
     batch: int = 0
     dtype: str = "float64"
     output_over_steps: bool = False  # as ParityReport's
+    batch_coupled: dict = field(default_factory=dict)  # as ParityReport's
     run: dict = field(default_factory=dict)  # timings, processes, device: not part of equality
 
     @property
@@ -749,7 +750,7 @@ class DatasetReport:
         return json.dumps(self.to_dict(), indent=indent)
 
     def format(self) -> str:
-        from .parity import MEAN_PREDICTION, OVER_STEPS
+        from .parity import MEAN_PREDICTION, OVER_STEPS, per_sample_reference_note
 
         lines = [f"data set {self.dataset}: {self.samples} samples, T={self.T}, batch "
                  f"{self.batch}, {self.dtype}; {self.reference} vs simulator vs {self.target}"
@@ -778,6 +779,8 @@ class DatasetReport:
             lines.append("worst samples: none (every sample agrees everywhere)")
         if (unexplained := self.unexplained_output_difference) is not None:
             lines.append(f"error: {unexplained}")
+        if self.batch_coupled:
+            lines.append(per_sample_reference_note(self.batch_coupled))
         r = self.run
         if r.get("seconds"):
             lines.append(f"{r['seconds']:.1f} s, {r.get('images_per_second', 0):.1f} images/s "
@@ -1004,6 +1007,8 @@ def check_dataset(loaded, spec: str, *, target: str = "sim", T: int | None = Non
         k: acc.n * world / v if v > 0 else 0.0 for k, v in es.items()}
     report.lossy = any(available_passes()[p].lossy for p in compiled.meta.get("passes", []))
     report.dataset, report.T, report.batch, report.dtype = str(spec), steps, data.batch, dtype
+    if report.reference == "pytorch":
+        report.batch_coupled = dict(loaded.graph.meta.get("batch_coupled") or {})
     if fresh:  # the arithmetic the target ran in, as a batch's outputs came back
         report.run.update(target_dtype=checked.target_dtype, unmatched=checked.unmatched)
     return report

@@ -90,6 +90,9 @@ class ParityReport:
     # the model's outputs (tensors it returns): the output differences cover all of them,
     # predictions (accuracy) are the first's
     outputs: int = 1
+    # the model's multi-step neurons on time and batch folded together (path -> layout): the
+    # PyTorch reference ran one sample at a time (batch_coupling_note)
+    batch_coupled: dict[str, str] = field(default_factory=dict)
 
     @property
     def target_less_precise(self) -> bool:
@@ -149,6 +152,8 @@ class ParityReport:
             lines.append(f"not compared: {len(self.removed)} neuron layer(s) the passes "
                          f"removed, whose spikes reach no output ("
                          f"{', '.join(self.removed[:4])}{' ...' * (len(self.removed) > 4)})")
+        if self.batch_coupled and self.reference == "pytorch":
+            lines.append(per_sample_reference_note(self.batch_coupled))
         if self.accuracy:
             lines.append(f"accuracy{MEAN_PREDICTION if self.output_over_steps else ''}: "
                          + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
@@ -200,6 +205,8 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
 
     from snncc.frontends.adapters import is_neuron, reset_state
 
+    if graph.meta.get("batch_coupled") and x_batch(graph, x) > 1:
+        return _one_sample_at_a_time(model, graph, x, dtype, device)
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     before = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     before_device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -280,6 +287,53 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
                 spikes = spikes.transpose(0, 1)
             traces[node.name] = spikes.cpu().numpy().reshape(-1, batch, *node.shape)
     return [o.detach().cpu().numpy() for o in returned_items(out)], traces
+
+
+def batch_coupling_note(coupled: dict[str, str]) -> str:
+    """What a model whose multi-step neurons step along time and batch folded into one axis
+    computes, and what snncc compiles of it (``graph.meta['batch_coupled']``: path ->
+    ``T*B`` or ``B*T``)."""
+    paths = sorted(coupled)
+    layout = coupled[paths[0]]
+    return (f"the model's multi-step neuron(s) {', '.join(paths[:3])}"
+            f"{' ...' if len(paths) > 3 else ''} step along [{layout}, ...] (time and batch "
+            f"folded into one axis), carrying state from one sample into the next, so the "
+            f"model's outputs at batch > 1 depend on the rest of its batch; the graph computes "
+            f"every sample as the model computes it at batch 1")
+
+
+def per_sample_reference_note(coupled: dict[str, str]) -> str:
+    """A report's line saying that its PyTorch reference ran one sample at a time."""
+    return f"note: the PyTorch model ran one sample at a time: {batch_coupling_note(coupled)}"
+
+
+#: the axis of the batch in a model's output, by its layout (``graph.meta['output_layouts']``;
+#: ``T*B`` is taken apart first: its samples interleave)
+_OUTPUT_BATCH_AXIS = {"TB": 1, "1B": 1, "BT": 0, "B*T": 0, "B": 0, None: 0}
+
+
+def _one_sample_at_a_time(model, graph: Graph, x: np.ndarray, dtype: str, device: str):
+    """:func:`torch_neuron_traces` of a model whose multi-step neurons step along time and
+    batch folded into one axis (``graph.meta['batch_coupled']``, QKFormer's ``proj_lif`` on
+    ``[T*B, C, N]``): the model carries a neuron's state from one sample into the next, so its
+    outputs at batch > 1 depend on the rest of the batch. At batch 1 it steps along time alone,
+    as the graph computes every sample: the model is run on each sample by itself."""
+    axis = 0 if graph.inputs[0].static else 1
+    runs = [torch_neuron_traces(model, graph, x.take([i], axis), dtype, device)
+            for i in range(x.shape[axis])]
+    layouts = graph.meta.get("output_layouts") or []
+    outputs = []
+    for k in range(len(runs[0][0])):
+        layout = layouts[k] if k < len(layouts) else None
+        parts = [r[0][k] for r in runs]
+        if layout == "T*B":
+            one = parts[0].shape[1:]
+            outputs.append(np.concatenate([p.reshape(-1, 1, *one) for p in parts], 1)
+                           .reshape(-1, *one))
+        else:
+            outputs.append(np.concatenate(parts, _OUTPUT_BATCH_AXIS.get(layout, 0)))
+    traces = {name: np.concatenate([r[1][name] for r in runs], 1) for name in runs[0][1]}
+    return outputs, traces
 
 
 class _EndedBefore(BaseException):
@@ -665,7 +719,7 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         target_dtype=target_dtype, output_over_steps=over_steps,
         unmatched=[n.name for n in loaded.graph.of_type(ir.Neuron)
                    if n.name not in ref and n.name in sim.trace and n.path not in compared],
-        removed=removed)
+        removed=removed, batch_coupled=dict(loaded.graph.meta.get("batch_coupled") or {}))
     if labels is not None:
         labels = np.asarray(labels).ravel()
         for key, engine in (("reference", "reference"), ("simulator", "simulator"),

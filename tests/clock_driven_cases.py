@@ -303,6 +303,20 @@ def test_onnx_and_nir_give_the_library_spikes(traced, tmp_path, name):
     assert_spikes(res.trace, ref)
 
 
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_qkformers_multi_step_lif_on_time_and_batch_folded_together(target):
+    """QKFormer's official attention, with the MultiStepLIFNode its code imports: ``proj_lif``
+    on ``[T*B, C, N]`` (refused before) gives every sample as the model does at batch 1."""
+    import snncc
+    from test_user_models import _folded_projection
+
+    model, x = _folded_projection(0, lambda threshold=1.0: _lif(v_threshold=threshold))
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert report.batch_coupled == {"proj_lif": "T*B"} and len(report.layers) == 6
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 def test_cli_compiles_and_checks_a_model_file(tmp_path):
     """``--model file.py:Factory`` with a checkpoint of the model's state dict: every layer of
     the compiled ONNX model agrees with the model's own forward."""

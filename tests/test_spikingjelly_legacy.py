@@ -30,7 +30,7 @@ def test_clock_driven_models_give_the_library_spikes_on_every_target(tmp_path):
         env=env, capture_output=True, text=True, timeout=600, cwd=HERE.parent)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     passed = re.search(r"(\d+) passed", done.stdout)
-    assert passed and int(passed.group(1)) == 17 and "skipped" not in done.stdout, done.stdout
+    assert passed and int(passed.group(1)) == 19 and "skipped" not in done.stdout, done.stdout
     probe = subprocess.run([sys.executable, "-c", "import spikingjelly.clock_driven.neuron as n; "
                             "print(n.__file__)"], env=env, capture_output=True, text=True)
     assert probe.stdout.startswith(str(LEGACY)), probe.stdout + probe.stderr

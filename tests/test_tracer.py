@@ -469,20 +469,46 @@ def test_matmul_without_spikes_is_refused():
         trace(model, torch.randn(T, 3, 5, 6), T=T, static=False)
 
 
-def test_a_multi_step_neuron_on_time_and_batch_folded_together_is_refused_saying_so():
-    """QKFormer's official code feeds a multi-step LIF ``[T*B, C, N]``: the neuron would step
-    through T*B steps, carrying its state from one sample into the next."""
-    class FoldedLif(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc, self.lif = nn.Linear(6, 6), neuron.LIFNode(step_mode="m")
+class FoldedLif(nn.Module):
+    """QKFormer's official attention feeds its multi-step ``proj_lif`` ``[T*B, C, N]``: the
+    neuron steps along time and batch together, carrying its state from one sample into the
+    next (``B*T``: a [B, T, ...] input folded, steps of one sample after another's)."""
 
-        def forward(self, x):
-            return self.lif(self.fc(x.flatten(0, 1)))
+    def __init__(self, layout: str):
+        super().__init__()
+        self.layout, self.fc = layout, nn.Linear(6, 6)
+        self.lif = neuron.LIFNode(step_mode="m")
 
-    with pytest.raises(UnsupportedError, match=r"module 'lif': .*time and batch folded into one "
-                                               r"axis \(\[T\*B, \.\.\.\]\).*x\.reshape\(T, B"):
-        trace(FoldedLif(), torch.randn(T, 3, 5, 6), T=T, static=False)
+    def forward(self, x):
+        return self.lif(self.fc(x).flatten(0, 1)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("layout", ["TB", "BT"])
+def test_a_multi_step_neuron_on_time_and_batch_folded_together_is_each_samples_alone(layout):
+    """It was refused. At batch 1 it steps along time alone: the graph computes every sample
+    so (each sample's spikes and outputs are the model's at batch 1), and says the model's
+    own outputs at batch > 1 depend on the rest of the batch, as they do here."""
+    torch.manual_seed(0)
+    model = driven(FoldedLif(layout).double().eval(), fc=(3.0, 0.8))
+    shape = (T, 3, 5, 6) if layout == "TB" else (3, T, 5, 6)
+    x = torch.randn(*shape, dtype=torch.float64)
+    graph = trace(model, x, T=T, static=False)
+    assert graph.meta["batch_coupled"] == {"lif": {"TB": "T*B", "BT": "B*T"}[layout]}
+    axis = 0 if layout == "TB" else 1  # of time, in the model's layout
+    res = Simulator(graph, "float64").run(x.numpy().swapaxes(0, axis), T=T, record=True)
+    (out,) = graph.outputs
+    alone = []
+    with torch.no_grad():
+        for i in range(3):  # the model's spikes (its output) at batch 1 from fresh state
+            functional.reset_net(model)
+            alone.append(model(x.narrow(1 - axis, i, 1)).swapaxes(0, axis))
+        functional.reset_net(model)
+        whole = model(x).swapaxes(0, axis).numpy()
+    alone = torch.cat(alone, 1).numpy()
+    np.testing.assert_array_equal(res.trace[graph.outputs[0].inputs[0]], alone)
+    np.testing.assert_array_equal(res.output_sequence[out.name], alone)
+    assert_rates_in_range({f"lif, sample {i}": alone[:, i].mean() for i in range(3)})
+    assert not np.array_equal(whole, alone)  # the model's samples depend on each other
 
 
 def test_batch_must_be_told_apart_from_time():

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 import snncc
+from snncc.api import check_dataset
 from snncc.cli import main
 from snncc.errors import SnnccError
 from snncc.graph import Graph
 
-from conftest import assert_rates_in_range, driven
+from conftest import assert_rates_in_range, driven, randomized_bn
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "compile_your_model.py"
@@ -1005,6 +1006,110 @@ def test_a_multi_step_neuron_called_per_step_and_on_the_sequence_is_refused():
     model, x = _stepped_multi_step(0, whole=True)
     with pytest.raises(SnnccError, match="module 'lif'.*called a second time in one forward"):
         snncc.trace(model, x)
+
+
+class FoldedProjection(torch.nn.Module):
+    """QKFormer's official spiking self-attention (zhouchenlin2096/QKFormer, every data set's
+    ``Spiking_Self_Attention``), written as it is: Conv1d-BN-LIF for q, k and v on the steps
+    folded into the batch, ``(q @ (k^T @ v)) * scale`` through ``attn_lif`` (threshold 0.5),
+    and ``proj_lif(proj_bn(proj_conv(x.flatten(0, 1))))``: the multi-step ``proj_lif`` steps
+    along ``[T*B, C, N]``, time and batch together. ``lif(threshold)``: its multi-step LIF
+    (spikingjelly 2.0's by default; the official code's is 0.0.0.0.14's MultiStepLIFNode)."""
+
+    def __init__(self, lif=None, dim: int = 8, heads: int = 2):
+        super().__init__()
+        if lif is None:
+            from spikingjelly.activation_based import neuron
+
+            def lif(threshold=1.0):
+                return neuron.LIFNode(tau=2.0, v_threshold=threshold, detach_reset=True,
+                                      step_mode="m")
+
+        self.T, self.dim, self.heads = 4, dim, heads
+        self.embed, self.embed_bn, self.embed_lif = torch.nn.Conv2d(2, dim, 3, padding=1), \
+            torch.nn.BatchNorm2d(dim), lif()
+        for n in "qkv":
+            setattr(self, f"{n}_conv", torch.nn.Conv1d(dim, dim, 1, bias=False))
+            setattr(self, f"{n}_bn", torch.nn.BatchNorm1d(dim))
+            setattr(self, f"{n}_lif", lif())
+        self.attn_lif = lif(0.5)
+        self.proj_conv, self.proj_bn = torch.nn.Conv1d(dim, dim, 1), torch.nn.BatchNorm1d(dim)
+        self.proj_lif = lif()
+        self.head = torch.nn.Linear(dim, 3)
+
+    def forward(self, x):  # [B, 2, H, W], repeated over T
+        T, (B, _, H, W), C = self.T, x.shape, self.dim
+        x = self.embed_bn(self.embed(x)).unsqueeze(0).repeat(T, 1, 1, 1, 1)
+        x = self.embed_lif(x).flatten(3)  # [T, B, C, N]
+        N, folded = H * W, x.flatten(0, 1)
+
+        def heads(n):
+            s = getattr(self, f"{n}_lif")(getattr(self, f"{n}_bn")(
+                getattr(self, f"{n}_conv")(folded)).reshape(T, B, C, N))
+            return s.transpose(-1, -2).reshape(T, B, N, self.heads, C // self.heads) \
+                .permute(0, 1, 3, 2, 4)
+
+        q, k, v = heads("q"), heads("k"), heads("v")
+        y = (q @ (k.transpose(-2, -1) @ v)) * 0.25
+        y = self.attn_lif(y.transpose(3, 4).reshape(T, B, C, N)).flatten(0, 1)
+        y = self.proj_lif(self.proj_bn(self.proj_conv(y))).reshape(T, B, C, H, W)
+        return self.head((x.reshape(T, B, C, H, W) + y).flatten(3).mean(3).mean(0))
+
+
+def _folded_projection(seed: int, lif=None):
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model = FoldedProjection(lif).double().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                bn = randomized_bn(rng, m.num_features)
+                m.weight.copy_(torch.tensor(bn["weight"]))
+                m.bias.copy_(torch.tensor(bn["bias"]))
+                m.running_mean.copy_(torch.tensor(bn["mean"]))
+                m.running_var.copy_(torch.tensor(bn["var"]))
+        for conv, bn, gain in [(model.embed, None, 2.0), (model.proj_conv, model.proj_bn, 3.0),
+                               *[(getattr(model, f"{n}_conv"), getattr(model, f"{n}_bn"), 6.0)
+                                 for n in "qkv"]]:  # so that every layer fires
+            conv.weight.mul_(gain)
+            if bn is not None:
+                bn.bias.abs_()
+    x = 2 * torch.rand(3, 2, 4, 4, generator=torch.Generator().manual_seed(seed + 10),
+                       dtype=torch.float64)
+    return model, x
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_qkformers_attention_on_time_and_batch_folded_together_is_exact_on_every_target(
+        target, seed, tmp_path):
+    """It was refused ("its input has time and batch folded into one axis"). The model's
+    ``proj_lif`` carries its state from one sample into the next, so its own outputs at batch
+    3 depend on the rest of the batch; at batch 1 it steps along time alone. The graph
+    computes every sample so, and check runs the model one sample at a time and says why."""
+    pytest.importorskip("spikingjelly.activation_based")
+    model, x = _folded_projection(seed)
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert report.batch_coupled == {"proj_lif": "T*B"}
+    assert "the PyTorch model ran one sample at a time" in report.format()
+    assert len(report.layers) == 6
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    if target == "sim":
+        logged = []
+        out = snncc.compile(model, x, target="sim", out=tmp_path / "m",
+                            log=logged.append)
+        assert any("step along [T*B, ...]" in line for line in logged), logged
+        with torch.no_grad():
+            whole = model(x).numpy()
+        alone = snncc.run(out, x.numpy())
+        assert not np.allclose(whole, alone)  # the model's samples depend on each other
+        data = tmp_path / "set.npz"
+        np.savez(data, x=torch.cat([x, x.flip(0)]).numpy(), y=np.arange(6) % 3)
+        checked = check_dataset(model, str(data), x, batch=4)
+        assert checked.min_agreement == 1.0 and checked.samples == 6
+        assert checked.batch_coupled == {"proj_lif": "T*B"}
+        assert "the PyTorch model ran one sample at a time" in checked.format()
 
 
 class SpikingDecoder(torch.nn.Module):
