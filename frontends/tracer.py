@@ -1049,6 +1049,18 @@ class _RunningSum(Expr):
 
 
 @dataclass(eq=False)
+class _ConvOverTime(Expr):
+    """A convolution whose kernel spans the whole time axis, moved last (SGLFormer's head, a
+    depthwise ``Conv2d`` of kernel (N, T) over ``[B, C, N, T]``): the sum over the steps k of
+    step k's value (args[0], per-sample shape ``steps_shape``) convolved with the kernel's
+    slice k, ``convs[k]`` (make(name, input) of a convolution over ``(*steps_shape, 1)``; the
+    bias in slice 0's), read at the last step."""
+
+    convs: tuple = ()
+    steps_shape: tuple = ()
+
+
+@dataclass(eq=False)
 class _Refused(Expr):
     """An op that cannot be mapped; an error only if the output needs it. ``unknown``: an op
     the tracer has no mapping for at all."""
@@ -1991,6 +2003,8 @@ class _Builder:
             return self._running_max(e, t)
         if isinstance(e, _RunningSum):
             return self._running_sum(e, t)
+        if isinstance(e, _ConvOverTime):
+            return self._conv_over_time(e, t)
         if t is not None and t > e.step and all(a.step is not None for a in e.args) \
                 and (e in self._called or self._starts_at_zero(e, t - e.step)):
             return self._delayed(e, t - e.step)
@@ -2249,6 +2263,25 @@ class _Builder:
                      ir.Add(name, (f"{name}.before", src), path=e.path)):
             self.graph.add(node)
         return name
+
+    def _conv_over_time(self, e: _ConvOverTime, t: int | None) -> str | None:
+        """At the last step, step k's value is the input delayed T - 1 - k steps: each is
+        convolved with its slice of the kernel and the terms added in the steps' order."""
+        src = self.materialize(e.args[0], t)
+        steps, total = len(e.convs), None
+        column = (*e.steps_shape, 1)
+        for k, conv in enumerate(e.convs):
+            then = self._delay(src, steps - 1 - k, replace(e, shape=e.steps_shape))
+            term = self._chain(e, then, [
+                (f"step{k}.column", column,
+                 lambda n, i: ir.Reshape(n, (i,), path=e.path, target=column)),
+                (f"step{k}", e.shape, lambda n, i, conv=conv: conv(n, (i,)))])
+            total = term if total is None else self._chain(e, term, [(
+                f"upto{k}", e.shape, lambda n, i, before=total: ir.Add(n, (before, i),
+                                                                      path=e.path))])
+            if total is None:
+                return None
+        return total
 
     def _running_max(self, e: _RunningMax, t: int | None) -> str | None:
         """m[t] = max(m[t-1], x[t]), m[-1] the floor or below every finite float32: the two
@@ -3524,6 +3557,9 @@ def _convolution(b, c, x, weight: torch.Tensor, bias, stride, padding, dilation,
     nd = weight.dim() - 2
     if nd not in (1, 2):
         raise _Refuse(f"a {nd}-D convolution")
+    if isinstance(x, TimeAxisLast):
+        return _convolution_over_time(b, c, x.x, weight, bias, stride, padding, dilation,
+                                      groups)
     x = _one_sample_frame(x, nd + 1)
     if isinstance(padding, str):
         raise _Refuse("only explicit zero padding is supported")
@@ -3533,6 +3569,29 @@ def _convolution(b, c, x, weight: torch.Tensor, bias, stride, padding, dilation,
     return b.new(c, lambda n, i: cls(n, i, path=c.path, weight=w, bias=bias, stride=stride,
                                      padding=padding, dilation=dilation, groups=groups),
                  [x], x.frame)
+
+
+def _convolution_over_time(b, c, x: Val, weight: torch.Tensor, bias, stride, padding,
+                           dilation, groups) -> Val:
+    """A convolution of ``x`` with its time axis moved last whose kernel spans all T steps of
+    that axis, unpadded: one output along it, the sum over the steps of each step's convolution
+    with its slice of the kernel (:class:`_ConvOverTime`), read at the last step."""
+    nd = weight.dim() - 2
+    pack = _pair if nd == 2 else _single
+    if not isinstance(padding, str):
+        stride, padding, dilation = pack(stride), pack(padding), pack(dilation)
+    if isinstance(padding, str) or len(x.expr.shape) != nd or weight.shape[-1] != b.T \
+            or padding[-1] != 0 or dilation[-1] != 1:
+        raise _Refuse("a convolution over the time axis moved last is taken only with a kernel "
+                      "that spans all T steps of it, unpadded (one output along it)")
+    cls = ir.Conv2d if nd == 2 else ir.Conv1d
+    step_args = dict(stride=(*stride[:-1], 1), padding=(*padding[:-1], 0),
+                     dilation=(*dilation[:-1], 1), groups=groups)
+    convs = tuple(
+        lambda n, i, w=_np(weight[..., k:k + 1]), bias=None if bias is None or k else _np(bias):
+        cls(n, i, path=c.path, weight=w, bias=bias, **step_args) for k in range(b.T))
+    return Val(_ConvOverTime(None, (x.expr,), c.op, c.hint, c.path, tuple(c.value.shape[1:]),
+                             time=READOUT, convs=convs, steps_shape=x.expr.shape), B)
 
 
 def _transposed_axis(size_in: int, size_out: int, k: int, s: int, p: int, d: int):

@@ -1112,6 +1112,73 @@ def test_qkformers_attention_on_time_and_batch_folded_together_is_exact_on_every
         assert "the PyTorch model ran one sample at a time" in checked.format()
 
 
+class FullSizeConvHead(torch.nn.Module):
+    """SGLFormer's classifier head (ZhangHanN1/SGLFormer, every data set's ``vit_snn``) as it
+    is written: the last block's spikes ``[T, B, C, H, W]`` flattened and permuted to ``[B, C,
+    N, T]``, time last, then ``full_size_conv``, a depthwise Conv2d whose kernel (N, T) spans
+    every position and step, BatchNorm2d and a Linear."""
+
+    def __init__(self, kernel_t: int = 4, size: int = 3, channels: int = 6):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.T = 4
+        self.conv, self.lif = torch.nn.Conv2d(3, channels, 3, padding=1), \
+            neuron.LIFNode(tau=2.0, detach_reset=True, step_mode="m")
+        self.full_size_conv = torch.nn.Conv2d(channels, channels, (size * size, kernel_t),
+                                              groups=channels)
+        self.bn, self.head = torch.nn.BatchNorm2d(channels), torch.nn.Linear(channels, 5)
+
+    def forward(self, x):  # [B, 3, H, W], repeated over T
+        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        T, B, _, H, W = x.shape
+        x = self.lif(self.conv(x.flatten(0, 1)).reshape(T, B, -1, H, W))
+        x = x.flatten(3).permute(1, 2, 3, 0)
+        return self.head(self.bn(self.full_size_conv(x)).reshape(B, -1))
+
+
+def _full_size_conv_head(seed: int, kernel_t: int = 4):
+    torch.manual_seed(seed)
+    model = driven(FullSizeConvHead(kernel_t).double().eval(), conv=(3.0, 0.6))
+    bn = randomized_bn(np.random.default_rng(seed), 6)
+    with torch.no_grad():
+        for name, key in (("weight", "weight"), ("bias", "bias"), ("running_mean", "mean"),
+                          ("running_var", "var")):
+            getattr(model.bn, name).copy_(torch.tensor(bn[key]))
+    return model, 2 * torch.rand(3, 3, 3, 3, generator=torch.Generator().manual_seed(seed),
+                                 dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_convolution_whose_kernel_spans_positions_and_time_is_exact_on_every_target(
+        target, seed):
+    """SGLFormer's head was refused ("it moves the time axis last"): the sum over the steps of
+    each step's spikes convolved with the kernel's slice for that step, read at the last
+    step."""
+    pytest.importorskip("spikingjelly.activation_based")
+    model, x = _full_size_conv_head(seed)
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-9
+    assert report.output_max_abs_diff_sim <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    from spikingjelly.activation_based.functional import reset_net
+
+    with torch.no_grad():  # each step's slice of the kernel counts: reversed in time, it differs
+        before = model(x)
+        reset_net(model)
+        model.full_size_conv.weight.copy_(model.full_size_conv.weight.flip(-1))
+        assert not torch.allclose(before, model(x))
+
+
+def test_a_convolution_over_time_moved_last_that_does_not_span_it_is_refused():
+    pytest.importorskip("spikingjelly.activation_based")
+    model, x = _full_size_conv_head(0, kernel_t=2)
+    with pytest.raises(SnnccError, match=r"module 'full_size_conv'.*kernel that spans all T "
+                                         r"steps"):
+        snncc.trace(model, x)
+
+
 class SpikingDecoder(torch.nn.Module):
     """A detector neck's / U-Net's upsampling of spikes, written with torch's modules: steps
     folded by ``nn.Flatten(0, 1)`` and unfolded by ``nn.Unflatten(0, (T, -1))``, ``nn.ZeroPad2d``
