@@ -81,7 +81,14 @@ _INTERNAL_CODE = (str(Path(torch.__file__).parent) + os.sep, __file__)
 #: before its first step (:meth:`_Builder._start_values`), for Delays of up to that many steps
 _EARLY_STEPS = 4
 TB, BT, TBM, BTM, B, B1 = ("T", "B"), ("B", "T"), ("TB",), ("BT",), ("B",), ("1", "B")
-_LAYOUT_NAMES = {TB: "TB", BT: "BT", TBM: "T*B", BTM: "B*T", B: "B", B1: "1B"}
+#: per-sample windows folded into the batch, ``[T, B*W, ...]`` and ``[T*B*W, ...]`` (a window
+#: attention's partition, SGLFormer's LocalSSA): one frame axis fewer than the tensor's leading
+#: axes, as the windows are the IR value's first axis, of W where the tensor's is B*W (so a
+#: tensor's axis d >= len(frame) is the IR's axis d - len(frame), as in every other frame)
+TW, TWM = ("T",), ()
+WINDOWED = (TW, TWM)
+_LAYOUT_NAMES = {TB: "TB", BT: "BT", TBM: "T*B", BTM: "B*T", B: "B", B1: "1B", TW: "T,B*W",
+                 TWM: "T*B*W"}
 
 
 class _CutAt(BaseException):
@@ -1554,6 +1561,8 @@ class _Builder:
         handler = table.get(node.target)
         if handler is None:
             raise _Refuse("")
+        if handler not in _ON_WINDOWS and _windowed(leaves):
+            raise _Refuse(_WINDOWS_REFUSED)
         out = handler(self, c, *args, **kwargs)
         x = args[0] if args else None
         if handler in _LAYOUT_HANDLERS and isinstance(x, Val) and x.expr in self.scaled \
@@ -1592,7 +1601,7 @@ class _Builder:
         op's, told apart by the hint)."""
         t, s = _join_time([v.expr for v in operands])
         if shape is None:
-            shape = tuple(c.value.shape[len(frame):])
+            shape = self.per_sample(tuple(c.value.shape), frame)
         site = c.site if hint is None or c.site is None else (*c.site, hint)
         e = Expr(make, tuple(v.expr for v in operands), c.op, hint or c.hint, c.path,
                  tuple(shape), time or t, s, self.loop_site(site, s, c.op))
@@ -1626,6 +1635,37 @@ class _Builder:
             self._sites[e.site] = None
         elif e.step >= old.step:
             self._sites[e.site] = e
+
+    def per_sample(self, shape: tuple[int, ...], frame: tuple[str, ...]) -> tuple[int, ...]:
+        """The IR's per-sample shape of a tensor of ``shape`` in ``frame``: its axes after the
+        frame's; in a windowed frame the first of them holds one sample's windows."""
+        shape = tuple(shape[len(frame):])
+        if frame not in WINDOWED:
+            return shape
+        return (shape[0] // self.size["B" if frame == TW else "TB"], *shape[1:])
+
+    def reshaped(self, x: Val, out: tuple[int, ...]) -> tuple[tuple[str, ...], tuple]:
+        """The frame and IR per-sample shape of a reshape of ``x`` to ``out``: the frame's
+        merged/split form, or windows of each sample moved into the batch axis and back
+        (``[T, B, W, ...] -> [T, B*W, ...]``, :data:`WINDOWED`)."""
+        size, n = self.size, math.prod(x.expr.shape)
+        fits = {TW: out[:1] == (size["T"],) and len(out) > 1 and out[1] % size["B"] == 0,
+                TWM: len(out) > 0 and out[0] % size["TB"] == 0}
+        if x.frame in (TB, TBM, *WINDOWED):
+            for f in WINDOWED:
+                shape = (out[len(f)] // size["B"] // (size["T"] if f == TWM else 1),
+                         *out[len(f) + 1:])
+                if fits[f] and shape[0] > 1 and math.prod(shape) == n:
+                    return f, shape
+            if x.frame in WINDOWED:
+                for f in (TB, TBM):
+                    if out[:len(f)] == tuple(size[d] for d in f) \
+                            and math.prod(out[len(f):]) == n:
+                        return f, out[len(f):]
+                raise _Refuse("it moves windows of each sample that were folded into the batch "
+                              "axis ([T, B*W, ...]) anywhere but back into their samples")
+        f = self.reframe(x, out)
+        return f, out[len(f):]
 
     def reframe(self, x: Val, out: tuple[int, ...]) -> tuple[str, ...]:
         """The frame of a reshape of ``x`` to ``out``: the same one or its merged/split form."""
@@ -1733,6 +1773,9 @@ class _Builder:
     # ------------------------------------------------------------------ modules
     def _module(self, m: nn.Module, c: _Call, args, kwargs, dynamics):
         adapter = adapter_for(m)
+        if _windowed(_walk((args, kwargs))) and not isinstance(m, _MODULES_ON_WINDOWS) \
+                and (adapter is None or not adapter.is_neuron(m) or adapter.held_membrane(m)):
+            raise _Refuse(_WINDOWS_REFUSED)
         if adapter is not None and adapter.is_neuron(m):
             if adapter.held_membrane(m):
                 return self._never_firing(adapter, m, c, args, kwargs)
@@ -1801,7 +1844,7 @@ class _Builder:
             and adapter.keeps_state(m)  # a sequence of one step: the k-th call is step k
         if adapter.step_mode(m) == STEP_MULTI and not one_step:
             folded = x.frame in (TBM, BTM)
-            if x.frame not in (TB, TBM, BTM) or x.expr.step is not None or state is not None:
+            if x.frame not in (TB, TBM, BTM, TW) or x.expr.step is not None or state is not None:
                 raise _Refuse("a multi-step neuron needs a [T, B, ...] input and no state")
             if folded:  # QKFormer's official code feeds its attention's proj_lif [T*B, C, N]
                 self.graph.meta.setdefault("batch_coupled", {})[c.path] = _LAYOUT_NAMES[x.frame]
@@ -1810,7 +1853,7 @@ class _Builder:
                     raise _Refuse("called a second time in one forward, it goes on from the "
                                   "membrane its first call left: use one neuron module per call")
                 self._multi_step_called.add(c.path)
-            shape = tuple(spikes.shape[1 if folded else 2:])
+            shape = self.per_sample(tuple(spikes.shape), x.frame)
             out = self.new(c, lambda n, i: self._integrator(n, i[0], p, shape, c.path)
                            if isinstance(p, Integrator) else _neuron_node(
                                n, (self._neuron_input(n, i[0], p, shape, c.path),), c.path, p),
@@ -1913,6 +1956,10 @@ class _Builder:
         for rec in self.neurons.values():  # only its membrane read (a readout that never fires)
             if rec.membrane is not None and not consumers.get(rec.name):
                 self.graph.remove(rec.name)
+        if any(o.frame in WINDOWED for o in outs) and not self.errors:
+            raise UnsupportedError("the model returns windows of each sample folded into the "
+                                   "batch axis ([T, B*W, ...]): put them back into their "
+                                   "samples ([T, B, ...]) before returning them")
         self.graph.meta["output_layout"] = _LAYOUT_NAMES[outs[0].frame]
         self.graph.meta["output_layouts"] = [_LAYOUT_NAMES[o.frame] for o in outs]
         self.graph.meta["neuron_modules"] = self._neuron_modules()
@@ -2423,9 +2470,7 @@ def _attribute(b, c, x, name: str):
 
 def _reshape(b, c, x, *args, **kwargs):
     x = _val(x)
-    out = tuple(c.value.shape)
-    frame = b.reframe(x, out)
-    shape = out[len(frame):]
+    frame, shape = b.reshaped(x, tuple(c.value.shape))
     if shape == x.expr.shape:
         return Val(x.expr, frame)
     return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=shape), [x], frame)
@@ -2437,6 +2482,9 @@ def _flatten(b, c, x, start_dim=0, end_dim=-1):
     s, e = start_dim % nd, end_dim % nd
     if s < f:
         return _reshape(b, c, x)  # e.g. flatten(0, 1): a change of frame
+    if s == f and x.frame in WINDOWED and e > s:
+        raise _Refuse("it merges the batch axis that holds windows of each sample with "
+                      "per-sample axes")
     if s == e:
         return x
     return b.new(c, lambda n, i: ir.Flatten(n, i, path=c.path, start=s - f, end=e - f), [x],
@@ -2445,6 +2493,8 @@ def _flatten(b, c, x, start_dim=0, end_dim=-1):
 
 def _transposed(b, c, x: Val, perm: list[int]) -> Val | TimeAxisLast | AxisFirst:
     f, frame = len(x.frame), x.frame
+    if frame in WINDOWED and perm[:f + 1] != list(range(f + 1)):
+        raise _Refuse("it moves the batch axis that holds windows of each sample")
     if f == 2 and perm[:2] == [1, 0] and frame in (TB, BT):
         frame = frame[::-1]
     elif frame in (TB, BT) and perm == [p for p in range(len(perm)) if p != frame.index("T")] \
@@ -3539,6 +3589,23 @@ _METHODS = {
     "max": _max,
     **{m: _post_processing(m) for m in ("softmax", "log_softmax", "argmax", "argmin")},
 }
+#: handlers of ops on windows folded into the batch (:data:`WINDOWED`): elementwise ones, and
+#: moves of values that keep the windows' axis where it is (the handlers check), or take it
+#: back into the samples; and the modules besides neurons (convolutions take 1x1 kernels only)
+_ON_WINDOWS = frozenset({_add, _sub, _mul, _div, _matmul, _neg, _flatten, _reshape, _permute,
+                         _transpose, _identity, _cast})
+_MODULES_ON_WINDOWS = (nn.Conv1d, nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.Dropout,
+                       nn.Identity)
+_WINDOWS_REFUSED = ("it computes on windows of each sample folded into the batch axis ([T, B*W, "
+                    "...], a window attention's partition), where snncc takes only elementwise "
+                    "ops, 1x1 convolutions, BatchNorm, matmuls, multi-step neurons and moves "
+                    "of values that keep the windows apart")
+
+
+def _windowed(leaves) -> bool:
+    return any(isinstance(a, Val) and a.frame in WINDOWED for a in leaves)
+
+
 #: handlers that only move values, so they commute with a scale (:attr:`_Builder.scaled`)
 _LAYOUT_HANDLERS = frozenset({_reshape, _flatten, _permute, _transpose, _t})
 
@@ -3560,6 +3627,9 @@ def _convolution(b, c, x, weight: torch.Tensor, bias, stride, padding, dilation,
     if isinstance(x, TimeAxisLast):
         return _convolution_over_time(b, c, x.x, weight, bias, stride, padding, dilation,
                                       groups)
+    if isinstance(x, Val) and x.frame == TWM:
+        return _pointwise_convolution_of_windows(b, c, x, weight, bias, stride, padding,
+                                                 dilation, groups)
     x = _one_sample_frame(x, nd + 1)
     if isinstance(padding, str):
         raise _Refuse("only explicit zero padding is supported")
@@ -3569,6 +3639,35 @@ def _convolution(b, c, x, weight: torch.Tensor, bias, stride, padding, dilation,
     return b.new(c, lambda n, i: cls(n, i, path=c.path, weight=w, bias=bias, stride=stride,
                                      padding=padding, dilation=dilation, groups=groups),
                  [x], x.frame)
+
+
+def _pointwise_convolution_of_windows(b, c, x: Val, weight: torch.Tensor, bias, stride, padding,
+                                      dilation, groups) -> Val:
+    """A 1x1 convolution of windows folded into the batch (``[T*B*W, C, ...]``, the IR's
+    ``(W, C, ...)``): it mixes channels at each position alone, so it is the convolution of
+    the sample's windows side by side, ``(C, W*h, w)``, put back as ``(W, C', h, w)``."""
+    nd = weight.dim() - 2
+    if len(x.expr.shape) != nd + 2 or isinstance(padding, str) or any(
+            v != 1 for v in (*weight.shape[2:], *_pair(stride)[:nd], *_pair(dilation)[:nd])) \
+            or any(_pair(padding)[:nd]):
+        raise _Refuse("a convolution of windows folded into the batch axis ([T*B*W, ...]) is "
+                      "taken only with a 1x1 kernel, stride 1 and no padding")
+    w, (wins, ch, *space), out = x.expr.shape[0], x.expr.shape, weight.shape[0]
+    cls = ir.Conv2d if nd == 2 else ir.Conv1d
+    side = (ch, wins * space[0], *space[1:])
+    steps = [("channels_first", (ch, wins, *space), lambda n, i: ir.Transpose(
+                  n, i, path=c.path, perm=(1, 0, *range(2, nd + 2)))),
+             ("side_by_side", side, lambda n, i: ir.Reshape(n, i, path=c.path, target=side)),
+             ("conv", (out, *side[1:]), lambda n, i: cls(
+                 n, i, path=c.path, weight=_weights(b, weight), bias=None if bias is None
+                 else _np(bias), stride=(1,) * nd, padding=(0,) * nd, dilation=(1,) * nd,
+                 groups=groups)),
+             ("apart", (out, wins, *space), lambda n, i: ir.Reshape(
+                 n, i, path=c.path, target=(out, wins, *space)))]
+    for hint, shape, make in steps:
+        x = b.new(c, make, [x], TWM, shape=shape, hint=f"{c.hint}.{hint}")
+    return b.new(c, lambda n, i: ir.Transpose(n, i, path=c.path, perm=(1, 0, *range(2, nd + 2))),
+                 [x], TWM)
 
 
 def _convolution_over_time(b, c, x: Val, weight: torch.Tensor, bias, stride, padding,
@@ -3694,11 +3793,11 @@ def _normalization(b, c, x, mean, var, weight, bias, eps: float):
     """Batch normalization of ``x``'s channel axis with constant statistics and affine."""
     x = _val(x)
     axis = 1 - len(x.frame)
-    if axis < 0:
+    if axis < 0 or axis == 0 and x.frame in WINDOWED:
         raise _Refuse("its channel axis is the batch axis")
     if mean is None or var is None:
         raise _Refuse("a BatchNorm without running statistics")
-    ch = x.expr.shape[0]
+    ch = x.expr.shape[axis]
     p = dict(weight=np.ones(ch) if weight is None else _np(weight),
              bias=np.zeros(ch) if bias is None else _np(bias), mean=_np(mean), var=_np(var))
     return b.new(c, lambda n, i: ir.BatchNorm(n, i, path=c.path, eps=eps, axis=axis, **p),

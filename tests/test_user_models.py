@@ -1127,7 +1127,8 @@ class FullSizeConvHead(torch.nn.Module):
             neuron.LIFNode(tau=2.0, detach_reset=True, step_mode="m")
         self.full_size_conv = torch.nn.Conv2d(channels, channels, (size * size, kernel_t),
                                               groups=channels)
-        self.bn, self.head = torch.nn.BatchNorm2d(channels), torch.nn.Linear(channels, 5)
+        self.bn = torch.nn.BatchNorm2d(channels)
+        self.head = torch.nn.Linear(channels * (self.T - kernel_t + 1), 5)
 
     def forward(self, x):  # [B, 3, H, W], repeated over T
         x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
@@ -1176,6 +1177,119 @@ def test_a_convolution_over_time_moved_last_that_does_not_span_it_is_refused():
     model, x = _full_size_conv_head(0, kernel_t=2)
     with pytest.raises(SnnccError, match=r"module 'full_size_conv'.*kernel that spans all T "
                                          r"steps"):
+        snncc.trace(model, x)
+
+
+class WindowAttention(torch.nn.Module):
+    """SGLFormer's local spiking self-attention (``LocalSSA``, every data set's file), written
+    as it is: ``Partition`` reshapes ``[T, B, C, H, W]`` so that each sample's n x n windows
+    (strided: window (i, j) holds positions (a n + i, b n + j)) join the batch axis, ``[T, B*n*n,
+    C, H/n, W/n]``; 1x1 Conv-BN-LIF for q, k and v on the steps folded with it, ``(q @ k^T) @
+    v * 0.125`` per head through ``attn_lif``, a projection, and ``Integration`` puts the
+    windows back. ``variant`` breaks it in a way snncc must refuse."""
+
+    def __init__(self, variant: str = "", dim: int = 8, heads: int = 2, n: int = 2):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        def lif(threshold=1.0):
+            return neuron.LIFNode(tau=2.0, v_threshold=threshold, detach_reset=True,
+                                  step_mode="m")
+
+        self.T, self.dim, self.heads, self.n, self.variant = 4, dim, heads, n, variant
+        self.embed, self.embed_bn, self.embed_lif = torch.nn.Conv2d(2, dim, 3, padding=1), \
+            torch.nn.BatchNorm2d(dim), lif()
+        kernel = 3 if variant == "3x3" else 1
+        for name in ("q", "k", "v", "proj"):
+            setattr(self, f"{name}_conv", torch.nn.Conv2d(dim, dim, kernel, padding=kernel // 2,
+                                                          bias=False))
+            setattr(self, f"{name}_bn", torch.nn.BatchNorm2d(dim))
+            setattr(self, f"{name}_lif", lif())
+        self.attn_lif = lif(0.5)
+        self.head = torch.nn.Linear(dim, 3)
+
+    def conv1x1(self, name, x):  # SGLFormer's Conv1x1: [T, B, C, H, W] -> its LIF's spikes
+        T, B, C, H, W = x.shape
+        y = getattr(self, f"{name}_bn")(getattr(self, f"{name}_conv")(x.flatten(0, 1)))
+        return getattr(self, f"{name}_lif")(y.reshape(T, B, C, H, W))
+
+    def forward(self, x):  # [B, 2, H, W], repeated over T
+        x = self.embed_bn(self.embed(x)).unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        x = self.embed_lif(x)
+        T, B, C, H, W = x.shape
+        n = self.n
+        w = x.reshape(T, B, C, H // n, n, W // n, n).permute(0, 1, 4, 6, 2, 3, 5)
+        w = w.reshape(T, -1, C, H // n, W // n)
+        T, Bw, C, h, ww = w.shape
+        if self.variant == "mean":
+            return self.head(w.mean(1).flatten(2).mean(2).mean(0))
+
+        def heads(name):
+            s = self.conv1x1(name, w).flatten(3).transpose(-1, -2)
+            return s.reshape(T, Bw, -1, self.heads, C // self.heads).permute(0, 1, 3, 2, 4)
+
+        q, k, v = heads("q"), heads("k"), heads("v")
+        y = self.attn_lif((q @ k.transpose(-2, -1)) @ v * 0.25)
+        y = y.transpose(3, 4).reshape(T, Bw, C, -1).reshape(T, Bw, C, h, ww)
+        y = self.conv1x1("proj", y)
+        if self.variant == "windows_out":
+            return y
+        if self.variant == "batch_moved":
+            y = y.transpose(0, 1)
+        y = y.reshape(T, -1, n, n, C, h, ww).permute(0, 1, 4, 5, 2, 6, 3)
+        y = (x + y.reshape(T, -1, C, H, W)).flatten(3).mean(3)
+        return self.head(y.mean(0))
+
+
+def _window_attention(seed: int, variant: str = ""):
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model = WindowAttention(variant).double().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                bn = randomized_bn(rng, m.num_features)
+                m.weight.copy_(torch.tensor(bn["weight"]))
+                m.bias.copy_(torch.tensor(np.abs(bn["bias"])))
+                m.running_mean.copy_(torch.tensor(bn["mean"]))
+                m.running_var.copy_(torch.tensor(bn["var"]))
+        for name in ("q", "k", "v", "proj"):  # so that every layer fires
+            getattr(model, f"{name}_conv").weight.mul_(6.0)
+    x = 2 * torch.rand(3, 2, 8, 6, generator=torch.Generator().manual_seed(seed + 10),
+                       dtype=torch.float64)
+    return model, x
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_window_attention_with_windows_folded_into_the_batch_is_exact_on_every_target(
+        target, seed):
+    """SGLFormer's LocalSSA was refused ("it mixes the time or batch axis with feature axes"):
+    the windows moved into the batch axis are the first per-sample axis of the IR's values,
+    which 1x1 convolutions, BatchNorm, neurons and matmuls take as a batch."""
+    pytest.importorskip("spikingjelly.activation_based")
+    model, x = _window_attention(seed)
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-9
+    assert report.output_max_abs_diff_sim <= 1e-12 and len(report.layers) == 6
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("3x3", r"module 'q_conv': .*only with a 1x1 kernel"),
+    ("mean", r"op 'Tensor.mean' is not supported \(it computes on windows of each sample "
+             r"folded into the batch axis"),
+    ("batch_moved", r"op 'Tensor.transpose' is not supported \(it moves the batch axis that "
+                    r"holds windows"),
+    ("windows_out", r"returns windows of each sample folded into the batch axis"),
+])
+def test_what_would_mix_windows_folded_into_the_batch_with_other_samples_is_refused(
+        variant, message):
+    """An op over the axis that holds B samples' windows would mix samples; so would moving
+    it or returning it (the graph's values are one sample's)."""
+    pytest.importorskip("spikingjelly.activation_based")
+    model, x = _window_attention(0, variant)
+    with pytest.raises(SnnccError, match=message):
         snncc.trace(model, x)
 
 
