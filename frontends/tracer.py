@@ -1773,7 +1773,8 @@ class _Builder:
     # ------------------------------------------------------------------ modules
     def _module(self, m: nn.Module, c: _Call, args, kwargs, dynamics):
         adapter = adapter_for(m)
-        if _windowed(_walk((args, kwargs))) and not isinstance(m, _MODULES_ON_WINDOWS) \
+        if _windowed(_walk((args, kwargs))) \
+                and not isinstance(_torch_equivalent(m, adapter), _MODULES_ON_WINDOWS) \
                 and (adapter is None or not adapter.is_neuron(m) or adapter.held_membrane(m)):
             raise _Refuse(_WINDOWS_REFUSED)
         if adapter is not None and adapter.is_neuron(m):
@@ -1791,10 +1792,11 @@ class _Builder:
         if adapter is not None and adapter.step_mode(m) == STEP_MULTI:
             # a multi-step layer: its per-step layer applied to x.flatten(0, 1)
             x = args[0]
-            if not isinstance(x, Val) or x.frame != TB:
+            if not isinstance(x, Val) or x.frame not in (TB, TW):
                 raise _Refuse("a multi-step layer needs a [T, B, ...] input")
-            y = handler(self, replace(c, value=c.value.flatten(0, 1)), Val(x.expr, TBM))
-            return Val(y.expr, TB)
+            y = handler(self, replace(c, value=c.value.flatten(0, 1)),
+                        Val(x.expr, TBM if x.frame == TB else TWM))
+            return Val(y.expr, x.frame)
         return handler(self, c, *args, **kwargs)
 
     def _never_firing(self, adapter: Adapter, m: nn.Module, c: _Call, args, kwargs):
@@ -3991,6 +3993,13 @@ _MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.Upsample, _upsample_module),
     (nn.modules.dropout._DropoutNd, _identity_module), (nn.ReLU, _relu_module),
 )
+
+
+def _torch_equivalent(m: nn.Module, adapter: Adapter | None) -> nn.Module | None:
+    """The torch module that computes what the leaf ``m`` does (``m`` itself, or its
+    adapter's equivalent); None where the adapter maps it with a handler of its own."""
+    own = adapter.module_handler(m) if adapter is not None else None
+    return m if own is None else own if isinstance(own, nn.Module) else None
 
 
 def _module_handler(m: nn.Module, adapter: Adapter | None) -> Callable:

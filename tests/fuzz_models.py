@@ -58,7 +58,7 @@ NEURONS = ("LIFNode", "IFNode", "ParametricLIFNode", "SimpleLIFNode", "CUBALIFNo
            "Synaptic", "Lapicque", "Alpha", "RLeaky", "RSynaptic", "LIFCell", "LIFBoxCell",
            "IAFCell", "LSNNCell")
 BLOCKS = ("conv", "sew", "shortcut", "pool", "concat", "slice", "upsample", "ssa", "sdsa",
-          "sps", "mlp", "twice", "down")
+          "sps", "mlp", "twice", "down", "window")
 
 
 def _bn(rng: np.random.Generator, c: int, dims: int = 2) -> nn.Module:
@@ -102,6 +102,9 @@ class _Model(nn.Module):
         x = self.stem["lif"](self.f(self.stem["conv"], x))
         for kind, m in zip(self.kinds, self.blocks):
             x = getattr(self, f"_{kind}")(m, x)
+        if self.forms["readout"] == "full_size_conv":  # SGLFormer's head: [B, C, N, T]
+            y = self.head["time_conv"](x.flatten(3).permute(1, 2, 3, 0))
+            return self.head["fc"](self.head["time_bn"](y).reshape(x.shape[1], -1))
         y = self.f(self.head["fc"], _space_mean(self, x))
         if self.forms["readout"] != "membrane":
             return y
@@ -134,6 +137,8 @@ class _Model(nn.Module):
                  x.unsqueeze(0).expand(T, -1, -1, -1, -1) if form == "expand" else
                  torch.stack([x] * T))
         y = self.step(x)
+        if self.forms["readout"] == "full_size_conv":  # (over time already)
+            return y
         if self.forms["readout"] in ("mean", "sum"):
             return y.mean(0) if self.forms["readout"] == "mean" else y.sum(0)
         return y.transpose(0, 1) if self.forms["time_axis"] == "1" else y
@@ -246,6 +251,21 @@ class _Model(nn.Module):
         out = m["lif_proj"](self.f(m["proj"], a))
         return self._add(x, out.reshape(*out.shape[:-1], H, W))
 
+    def _window(self, m, x):
+        """SGLFormer's local attention: each sample's 2x2 strided windows moved into the batch
+        axis ([T, B*4, C, H/2, W/2], its Partition), Spikformer's attention within each window
+        on 1x1 convolutions, and the windows put back (its Integration), added to x."""
+        T, B, C, H, W = x.shape
+        w = x.reshape(T, B, C, H // 2, 2, W // 2, 2).permute(0, 1, 4, 6, 2, 3, 5)
+        w = w.reshape(T, -1, C, H // 2, W // 2)
+        q, k, v = (self._heads(m[f"lif_{n}"](self.f(m[n], w)).flatten(-2), m["cfg"].heads)
+                   for n in "qkv")
+        a = self._matmul(self._matmul(q, k.transpose(-2, -1)), v)
+        a = self._merged(m["lif_attn"](self._scaled(a, m["cfg"])), (*w.shape[:3], -1))
+        y = m["lif_proj"](self.f(m["proj"], a.reshape(w.shape)))
+        y = y.reshape(T, B, 2, 2, C, H // 2, W // 2).permute(0, 1, 4, 5, 2, 6, 3)
+        return self._add(x, y.reshape(x.shape))
+
     def _sdsa(self, m, x):
         """Spike-driven self-attention: q * k summed over tokens, fired, gating v."""
         H, W = x.shape[-2:]
@@ -271,7 +291,8 @@ FORMS = {"add": ("plus", "method", "torch", "inplace"), "cat": ("cat", "concat",
          "matmul": ("at", "matmul", "einsum"), "scale": ("float", "buffer", "mul"),
          "space_mean": ("mean", "flatten_mean", "adaptive", "flatten"),
          "input": ("sequence_tb", "sequence_bt", "repeat", "expand", "stack"),
-         "readout": ("mean", "sequence", "membrane", "sum"), "time_axis": ("0", "1"),
+         "readout": ("mean", "sequence", "membrane", "sum", "full_size_conv"),
+         "time_axis": ("0", "1"),
          "loop": ("index", "iterate", "append"),
          "fold": ("flatten", "reshape", "view"), "unfold": ("reshape", "unflatten", "view"),
          "swap": ("transpose", "mT", "permute")}
@@ -501,7 +522,8 @@ def build_model(seed: int):
     spikes = True  # whether the blocks' value is spikes (0/1) so far
     for _ in range(int(rng.integers(2, 6))):
         kind = str(rng.choice(BLOCKS))
-        if kind in ("pool", "sps", "down") and size <= 2 or kind == "upsample" and size >= 16:
+        if kind in ("pool", "sps", "down") and size <= 2 or kind == "upsample" and size >= 16 \
+                or kind == "window" and (size % 2 or style in LOOPS):  # (windows of [T, B])
             kind = "conv"
         m = nn.ModuleDict()
         if kind == "conv":
@@ -546,8 +568,9 @@ def build_model(seed: int):
         else:  # attention
             heads = int(rng.choice([1, 2]))
             for n in ("q", "k", "v", "proj"):
-                m[n], m[f"lif_{n}"] = d.conv1d_bn(c), d.neuron()
-            if kind == "ssa":
+                m[n], m[f"lif_{n}"] = (d.conv_bn(c, c, 1) if kind == "window"
+                                       else d.conv1d_bn(c)), d.neuron()
+            if kind in ("ssa", "window"):
                 m["cfg"] = _Cfg(heads, float(rng.choice([0.25, 0.5, 0.3])))
                 m["lif_attn"] = d.neuron()
             else:
@@ -560,7 +583,13 @@ def build_model(seed: int):
     head = nn.ModuleDict({"fc": nn.Linear(c, int(rng.choice([3, 5]))),
                           "gap": d.layer(nn.AdaptiveAvgPool2d(1))})
     forms = {k: str(rng.choice(v)) for k, v in FORMS.items()}
-    if forms["space_mean"] == "flatten":
+    if forms["readout"] == "full_size_conv":
+        if style in LOOPS:
+            forms["readout"] = "mean"
+        else:  # a depthwise convolution whose kernel spans every position and step
+            head["time_conv"] = nn.Conv2d(c, c, (size * size, T), groups=c)
+            head["time_bn"] = _bn(rng, c)
+    if forms["space_mean"] == "flatten" and forms["readout"] != "full_size_conv":
         head["fc"] = nn.Linear(c * size * size, head["fc"].out_features)
     if forms["readout"] == "membrane":  # spikingjelly's IFNode that never fires: its
         from spikingjelly.activation_based import neuron  # membranes (StereoSpike's depth)

@@ -3,11 +3,13 @@ in the styles users write them (spikingjelly multi-step layers, SeqToANNContaine
 flatten(0, 1), loops of single-step spikingjelly, snnTorch or norse neurons, fifteen neuron
 classes of the three libraries; convolutions, SEW and membrane residuals, SEW ResNet's
 downsampling, pooling, concatenation, slicing, upsampling, Spikformer's and spike-driven
-attention, token MLPs; each op written one of several ways) compiled for sim, onnx and nir
+attention, SGLFormer's window attention, token MLPs; readouts over time incl. SGLFormer's
+convolution spanning every position and step; each op written one of several ways) compiled
+for sim, onnx and nir
 (and Lava) and run, against the model's own forward in float64: every drawn model must compile
 and give exactly the model's outputs and spikes (`snncc check`, agreement 1).
 
-The CI run draws 24 models (seeds 0-23), three of them also on Lava; ``-m slow`` 200 more.
+The CI run draws 24 models (seeds 0-23), four of them also on Lava; ``-m slow`` 200 more.
 benchmarks/fuzz_models.py runs any number. What the fuzzer found is tested where it was fixed
 (tests/test_tracer.py, tests/test_snntorch_norse.py, tests/test_user_models.py)."""
 
@@ -71,10 +73,11 @@ def test_more_drawn_models_are_exact_on_every_target():
 
 def test_drawn_models_are_exact_on_lava():
     """Lava processes in Loihi2SimCfg (floating point): the output at the last step (all Lava
-    gives) and every layer's spikes (``snncc.check``) are the model's. Seeds 0, 4, 8: snnTorch
-    loops with Alpha and recurrent neurons, norse cells with LSNN, SeqToANNContainer with
-    spike-driven attention and SEW ResNet's downsampling."""
-    results = [fz.run_model(seed, ("lava",)) for seed in (0, 4, 8)]
+    gives) and every layer's spikes (``snncc.check``) are the model's. Seeds 0, 4, 8, 11:
+    snnTorch loops with Alpha and recurrent neurons, norse cells with LSNN and SEW ResNet's
+    downsampling, SeqToANNContainer with PLIF, multi-step layers with CUBA LIF, SGLFormer's
+    window attention and its head (a convolution spanning every position and step)."""
+    results = [fz.run_model(seed, ("lava",)) for seed in (0, 4, 8, 11)]
     assert all(r.outcome == {"lava": "exact"} for r in results), \
         [(r.description, r.detail) for r in results]
     assert _rates_in_range(results) >= 0.8
