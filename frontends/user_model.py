@@ -455,14 +455,17 @@ _READINGS = {"static": "a static [B, ...] image the model repeats over T",
 
 
 def _trace_failure(failures, examples, explicit: bool) -> SnnccError:
-    """The first reading's error (the most likely one), saying how the input was read and which
-    argument changes that."""
+    """The first reading's error (the most likely one), saying how the input was read, what the
+    other readings failed on (a model that is not the first reading's fails there on its
+    layout, before the op that stops the right reading) and which argument changes that."""
     layout, err = failures[0]
     shape = tuple(examples[layout].shape)
     how = f"input {shape} read as {_READINGS[layout]}"
+    others = "".join(f"; read as {_READINGS[c]}: {' '.join(str(e).split())[:300]}"
+                     for c, e in failures[1:])
     hint = "" if explicit else (
-        "; tried " + ", ".join(c for c, _ in failures) + " (set layout= / --layout to one of "
-        "static, TB, BT, and T= / --T, if the input means something else)")
+        "; tried " + ", ".join(c for c, _ in failures) + f"{others} (set layout= / --layout to "
+        "one of static, TB, BT, and T= / --T, if the input means something else)")
     if isinstance(err, SnnccError):
         err.message = f"{err.message} ({how}{hint})"
         return err

@@ -133,6 +133,26 @@ def test_wrong_input_shape_says_how_the_input_was_read(net):
         snncc.trace(net, torch.randn(4, 3, 5, 16, 16), T=4)
 
 
+def test_an_unsupported_op_of_a_later_reading_of_the_input_is_named_too():
+    """A [B, T, ...] input whose second axis is T is read first as a static image, on which a
+    model of sequences fails on its layout; the error says what the [B, T, ...] reading failed
+    on, the op to change (it said only the first reading's)."""
+    pytest.importorskip("spikingjelly.activation_based")
+    from spikingjelly.activation_based import neuron
+
+    class Sequences(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lif = neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):  # [B, T, C]
+            return torch.sin(self.lif(x.transpose(0, 1))).mean(0)
+
+    with pytest.raises(SnnccError, match=r"tried static, BT; read as a \[B, T, \.\.\.\] "
+                                         r"sequence: op 'torch.sin' is not supported"):
+        snncc.trace(Sequences(), torch.randn(3, 4, 6), T=4)
+
+
 def test_not_a_model_is_refused():
     with pytest.raises(SnnccError, match="nn.Module, an snncc Graph or a path"):
         snncc.trace(42, None)
