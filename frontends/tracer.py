@@ -1673,6 +1673,11 @@ class _Builder:
             sizes = tuple(self.size[d] for d in f)
             if out[:len(f)] == sizes and math.prod(out[len(f):]) == math.prod(x.expr.shape):
                 return f
+        if x.frame == TB and len(out) > 2 and 1 < out[0] < self.T and out[0] * out[1] == self.T:
+            raise _Refuse(f"it splits the time axis into {out[0]} chunks of {out[1]} steps (a "
+                          f"spatial-temporal attention's chunks, STAtten's): a step's values "
+                          f"would depend on the other steps of its chunk, later ones included, "
+                          f"which a network computing one step after another cannot have")
         raise _Refuse("it mixes the time or batch axis with feature axes")
 
     def const(self, k, x: Val) -> np.ndarray:

@@ -511,6 +511,27 @@ def test_a_multi_step_neuron_on_time_and_batch_folded_together_is_each_samples_a
     assert not np.array_equal(whole, alone)  # the model's samples depend on each other
 
 
+def test_an_attention_over_chunks_of_time_steps_is_refused_saying_why():
+    """STAtten's spatial-temporal attention (CVPR 2025) views q, k, v ``[T, B, h, N, d]`` as
+    ``[T / c, c, B, h, N, d]`` and attends over the c steps of a chunk together: a step's output
+    depends on the next step's keys and values."""
+    class ChunkedAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(6, 6), neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):  # [T, B, N, C]
+            t, b, n, c = x.shape
+            s = self.lif(self.fc(x)).view(t // 2, 2, b, n, c).permute(0, 2, 1, 3, 4)
+            s = s.reshape(t // 2, b, 2 * n, c)
+            return (s @ (s.transpose(-2, -1) @ s)).mean(0)
+
+    with pytest.raises(UnsupportedError, match=r"^op 'Tensor.view' is not supported \("
+                                               r"it splits the time axis into 2 chunks of 2 "
+                                               r"steps .*later ones included"):
+        trace(ChunkedAttention(), torch.randn(T, 3, 5, 6), T=T, static=False)
+
+
 def test_batch_must_be_told_apart_from_time():
     with pytest.raises(ValueError, match="differ from T"):
         trace(SJNet(), torch.randn(T, 2, 16, 16), T=T)
