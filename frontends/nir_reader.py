@@ -787,7 +787,24 @@ def _fuse_mean(name, a, b, x, ctx):
                     and int(b.start_dim) == 0 and int(b.end_dim) in (-1, 2))
 
 
-_FUSE = {"MaxPool2d": _fuse_maxpool, "Readout": _fuse_readout, "Mean": _fuse_mean}
+def _fuse_avgpool(name, a, b, x, ctx):
+    """SumPool2d then Scale by 1 / the counts of each window's positions inside the input: an
+    average pooling without count_include_pad (torch divides by the count, not by its
+    reciprocal's product)."""
+    if not (isinstance(a, nir.SumPool2d) and isinstance(b, nir.Scale)):
+        return None
+    pool = ir.AvgPool2d(name, (x,), path=_path(b), kernel_size=_per_axis(a.kernel_size, 2),
+                        stride=_per_axis(a.stride, 2), padding=_per_axis(a.padding, 2),
+                        count_include_pad=False)
+    shape = ctx.graph[x].shape
+    counts = pool.divisors(shape[1:]) if len(shape) == 3 else None
+    scale = np.asarray(b.scale, dtype=np.float64)
+    return _restore(ctx, pool, counts is not None and scale.shape[-2:] == counts.shape
+                    and bool(np.all(scale == 1.0 / counts)))
+
+
+_FUSE = {"MaxPool2d": _fuse_maxpool, "Readout": _fuse_readout, "Mean": _fuse_mean,
+         "AvgPool2d": _fuse_avgpool}
 
 
 # ----------------------------------------------------------------------------- entry point

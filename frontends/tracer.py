@@ -1589,6 +1589,9 @@ class _Builder:
             if not isinstance(v, torch.Tensor):
                 return v
             shape = tuple(v.shape[len(frame):])
+            if frame in WINDOWED and shape and shape[0] % self.size["B" if frame == TW else
+                                                                 "TB"] == 0:
+                shape = self.per_sample(tuple(v.shape), frame)  # (the windows' axis kept)
             return Val(_Refused(None, tuple(a.expr for a in vals), c.op, c.hint, c.path, shape,
                                 message=msg, unknown=unknown), frame)
         return poison(c.value)
@@ -3600,7 +3603,7 @@ _METHODS = {
 #: moves of values that keep the windows' axis where it is (the handlers check), or take it
 #: back into the samples; and the modules besides neurons (convolutions take 1x1 kernels only)
 _ON_WINDOWS = frozenset({_add, _sub, _mul, _div, _matmul, _neg, _flatten, _reshape, _permute,
-                         _transpose, _identity, _cast})
+                         _transpose, _identity, _cast, _conv_function, _batch_norm_function})
 _MODULES_ON_WINDOWS = (nn.Conv1d, nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.Dropout,
                        nn.Identity)
 _WINDOWS_REFUSED = ("it computes on windows of each sample folded into the batch axis ([T, B*W, "
@@ -3864,15 +3867,17 @@ def _maxpool(b, c, m, x):
 
 
 def _avgpool_check(m):
-    if m.ceil_mode or not m.count_include_pad or getattr(m, "divisor_override", None):
-        raise _Refuse("ceil_mode, count_include_pad=False and divisor_override are not supported")
+    if m.ceil_mode or getattr(m, "divisor_override", None):
+        raise _Refuse("ceil_mode and divisor_override are not supported")
 
 
 def _avgpool2d(b, c, m, x):
     x = _one_sample_frame(x, 3)
     _avgpool_check(m)
     args = _pool2d(m)
-    return b.new(c, lambda n, i: ir.AvgPool2d(n, i, path=c.path, **args), [x], x.frame)
+    return b.new(c, lambda n, i: ir.AvgPool2d(n, i, path=c.path,
+                                              count_include_pad=m.count_include_pad, **args),
+                 [x], x.frame)
 
 
 def _pool1d(b, c, m, x):
@@ -3893,7 +3898,7 @@ def _pool1d(b, c, m, x):
 
         def pool(n, i):
             return ir.AvgPool2d(n, i, path=c.path, kernel_size=(1, k), stride=(1, s),
-                                padding=(0, p))
+                                padding=(0, p), count_include_pad=m.count_include_pad)
     *lead, L = x.expr.shape
     rows, out = math.prod(lead), tuple(c.value.shape[len(x.frame):])
     y = b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=(rows, 1, L)), [x], x.frame,

@@ -191,13 +191,15 @@ def _into_neuron(graph: Graph, bn: ir.BatchNorm, cons: dict, threshold: bool):
         if isinstance(n, ir.MaxPool2d) and np.any(a < 0):
             raise Decline(f"max-pooling {where(n)} does not commute with its negative scales")
         if isinstance(n, ir.AvgPool2d):
-            if any(n.padding) and np.any(c != 0):
+            if any(n.padding) and n.count_include_pad and np.any(c != 0):
                 raise Decline(f"padded average pooling {where(n)} does not commute with its "
                               "shift")
             # the mean of a x + c is a mean(x) + c only up to the rounding of the division
-            if not is_power_of_two(np.prod(n.kernel_size)):
+            divisors = n.divisors(graph[n.inputs[0]].shape[1:])
+            if not is_power_of_two(divisors):
                 rounding = rounding or (f"average pooling {where(n)} divides by "
-                                        f"{np.prod(n.kernel_size)}, not a power of two")
+                                        f"{', '.join(map(str, np.unique(divisors).astype(int)))}"
+                                        f", not a power of two")
         labels = carry_labels(n, labels)
     a, c = a[unbroadcast(labels)], c[unbroadcast(labels)]
     if threshold:

@@ -391,16 +391,34 @@ class MaxPool2d(Node):
 
 @dataclass(eq=False)
 class AvgPool2d(Node):
-    """y = mean over kernel windows (zero padding counted, as torch's count_include_pad)."""
+    """y[c, i, j] = (sum of x over window (i, j), zero padding included) / divisors[i, j]:
+    kH kW everywhere when ``count_include_pad`` (torch's default), else the number of the
+    window's positions inside the input (PoolFormer's token mixer; :meth:`divisors`)."""
 
     kernel_size: tuple[int, int] = (2, 2)
     stride: tuple[int, int] = (2, 2)
     padding: tuple[int, int] = (0, 0)
+    count_include_pad: bool = True
 
     def validate(self):
         for nm in ("kernel_size", "stride", "padding"):
             setattr(self, nm, tuple(int(v) for v in getattr(self, nm)))
             _check_pair(self, getattr(self, nm), nm)
+        # without padding every window lies inside the input: one form of the same op
+        self.count_include_pad = bool(self.count_include_pad) or not any(self.padding)
+
+    def divisors(self, in_hw: tuple[int, int]) -> np.ndarray:
+        """(H_out, W_out): what each window's sum is divided by, as torch's CPU kernel does
+        (the window clipped to the padded input, then, without count_include_pad, to the
+        input itself)."""
+        counts = []
+        for size, k, s, p in zip(in_hw, self.kernel_size, self.stride, self.padding):
+            start = np.arange(_conv_out(size, k, s, p)) * s - p
+            end = np.minimum(start + k, size + p)
+            if not self.count_include_pad:
+                start, end = np.maximum(start, 0), np.minimum(end, size)
+            counts.append(end - start)
+        return np.outer(*counts).astype(np.float64)
 
     def infer(self, shapes, kinds):
         (s,) = shapes

@@ -341,7 +341,7 @@ class Simulator:
             return lambda x: F.max_pool2d(x, n.kernel_size, n.stride, n.padding, n.dilation)
         if isinstance(n, ir.AvgPool2d):
             return lambda x: F.avg_pool2d(x, n.kernel_size, n.stride, n.padding,
-                                          count_include_pad=True)
+                                          count_include_pad=n.count_include_pad)
         if isinstance(n, ir.Pad):
             c, h, w = n.shape
             l, r, t, b = n.pads

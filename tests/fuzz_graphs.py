@@ -334,7 +334,8 @@ class Builder:
     def op_avgpool(self, v: Val) -> Val:
         k, s, p = self._pool_geometry(v)
         return self.add(ir.AvgPool2d(self.name("avgpool"), (v.name,), kernel_size=k, stride=s,
-                                     padding=p))
+                                     padding=p, count_include_pad=not any(p) or
+                                     self.ch.int(0, 1) == 1))
 
     def op_pad(self, v: Val) -> Val:
         ch = self.ch

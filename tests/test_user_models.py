@@ -1230,7 +1230,13 @@ class WindowAttention(torch.nn.Module):
 
     def conv1x1(self, name, x):  # SGLFormer's Conv1x1: [T, B, C, H, W] -> its LIF's spikes
         T, B, C, H, W = x.shape
-        y = getattr(self, f"{name}_bn")(getattr(self, f"{name}_conv")(x.flatten(0, 1)))
+        conv, bn = getattr(self, f"{name}_conv"), getattr(self, f"{name}_bn")
+        if self.variant == "functional":  # (the front-end fuzzer's form that was refused)
+            F = torch.nn.functional
+            y = F.batch_norm(F.conv2d(x.flatten(0, 1), conv.weight), bn.running_mean,
+                             bn.running_var, bn.weight, bn.bias, eps=bn.eps)
+        else:
+            y = bn(conv(x.flatten(0, 1)))
         return getattr(self, f"{name}_lif")(y.reshape(T, B, C, H, W))
 
     def forward(self, x):  # [B, 2, H, W], repeated over T
@@ -1280,15 +1286,16 @@ def _window_attention(seed: int, variant: str = ""):
     return model, x
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed, variant", [(0, ""), (1, ""), (0, "functional")])
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
 def test_a_window_attention_with_windows_folded_into_the_batch_is_exact_on_every_target(
-        target, seed):
+        target, seed, variant):
     """SGLFormer's LocalSSA was refused ("it mixes the time or batch axis with feature axes"):
     the windows moved into the batch axis are the first per-sample axis of the IR's values,
-    which 1x1 convolutions, BatchNorm, neurons and matmuls take as a batch."""
+    which 1x1 convolutions, BatchNorm, neurons and matmuls take as a batch (also written with
+    F.conv2d and F.batch_norm)."""
     pytest.importorskip("spikingjelly.activation_based")
-    model, x = _window_attention(seed)
+    model, x = _window_attention(seed, variant)
     report = snncc.check(model, x, target=target)
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-9
     assert report.output_max_abs_diff_sim <= 1e-12 and len(report.layers) == 6
@@ -1354,6 +1361,96 @@ def test_upsampling_of_spikes_in_a_decoder_is_exact_on_every_target(target, func
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
     assert [r.path for r in report.layers] == ["lif1", "lif2", "lif3"]
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class PoolMixer(torch.nn.Module):
+    """PoolFormer's token mixer in a spiking block (MaxFormer's ``Avg_Mixer``, bic-L/MaxFormer
+    ``mixer_hub.py``): ``AvgPool2d(3, 1, 1, count_include_pad=False)`` of the spikes on the
+    steps folded into the batch, each border window divided by its positions inside the image
+    (it was refused), added to the block's input, then a Conv-BN-LIF; ``functional``:
+    ``F.avg_pool2d``, and a 1-D pool over tokens."""
+
+    def __init__(self, functional: bool = False):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.T, self.functional = 4, functional
+        self.conv, self.bn = torch.nn.Conv2d(2, 6, 3, padding=1), torch.nn.BatchNorm2d(6)
+        self.pool = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.mix, self.mix_bn = torch.nn.Conv2d(6, 6, 1), torch.nn.BatchNorm2d(6)
+        self.lif1, self.lif2 = neuron.LIFNode(step_mode="m"), neuron.LIFNode(step_mode="m")
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x):  # [B, 2, H, W], repeated over T
+        x = self.bn(self.conv(x)).unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        s = self.lif1(x)
+        T, B, C, H, W = s.shape
+        f = s.flatten(0, 1)
+        if self.functional:
+            pooled = torch.nn.functional.avg_pool1d(f.flatten(2), 5, 1, 2,
+                                                    count_include_pad=False).reshape(f.shape)
+        else:
+            pooled = self.pool(f)
+        y = s + pooled.reshape(T, B, C, H, W)
+        y = self.lif2(self.mix_bn(self.mix(y.flatten(0, 1))).reshape(T, B, C, H, W))
+        return self.head(y.flatten(3).mean(3).mean(0))
+
+
+def _pool_mixer(seed: int, functional: bool = False):
+    torch.manual_seed(seed)
+    model = driven(PoolMixer(functional).double().eval(), conv=(2.0, 0.5), mix=(2.0, 0.0))
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for m in (model.bn, model.mix_bn):
+            bn = randomized_bn(rng, 6)
+            m.weight.copy_(torch.tensor(bn["weight"]))
+            m.bias.copy_(torch.tensor(bn["bias"]))
+            m.running_mean.copy_(torch.tensor(bn["mean"]))
+            m.running_var.copy_(torch.tensor(bn["var"]))
+    return model, 2 * torch.rand(3, 2, 5, 6, generator=torch.Generator().manual_seed(seed + 3),
+                                 dtype=torch.float64)
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["module", "function"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_average_pooling_without_count_include_pad_is_exact_on_every_target(target,
+                                                                            functional):
+    pytest.importorskip("spikingjelly.activation_based")
+    model, x = _pool_mixer(0, functional)
+    report = snncc.check(model, x, target=target)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    pools = [n for n in snncc.trace(model, x).nodes.values() if n.op == "AvgPool2d"]
+    assert len(pools) == 1 and not pools[0].count_include_pad
+    if not functional:  # counting the padding gives other border values
+        from spikingjelly.activation_based.functional import reset_net
+
+        with torch.no_grad():
+            before = model(x)
+            reset_net(model)
+            model.pool.count_include_pad = True
+            assert not torch.allclose(before, model(x))
+
+
+def test_a_nir_file_holds_an_average_pooling_without_count_include_pad_as_standard_nodes(
+        tmp_path):
+    """SumPool2d, then a Scale by 1 / each window's positions inside the input: what a NIR
+    consumer computes (up to the rounding of the reciprocal); snncc reads the pair back as the
+    pooling itself, exactly."""
+    import nir
+
+    pytest.importorskip("spikingjelly.activation_based")
+    model, x = _pool_mixer(1)
+    path = snncc.compile(model, x, target="nir", out=tmp_path / "m")
+    graph = nir.read(str(path), type_check=False)
+    pool_sum = next(k for k, v in graph.nodes.items() if isinstance(v, nir.SumPool2d))
+    scale = next(v for k, v in graph.nodes.items() if (pool_sum, k) in graph.edges)
+    assert isinstance(scale, nir.Scale)
+    counts = np.array([[4, 6, 6, 6, 6, 4], [6, 9, 9, 9, 9, 6], [6, 9, 9, 9, 9, 6],
+                       [6, 9, 9, 9, 9, 6], [4, 6, 6, 6, 6, 4]], dtype=np.float64)
+    np.testing.assert_array_equal(scale.scale, np.broadcast_to(1 / counts, (6, 5, 6)))
+    report = snncc.check(model, x, target="nir", artifact=path)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
 
 
 class TokenMaxPool(torch.nn.Module):

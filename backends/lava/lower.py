@@ -467,7 +467,8 @@ class Lowerer:
 
     def _op_AvgPool2d(self, n: ir.AvgPool2d) -> Port:
         return self._unary(n, {"kernel_size": n.kernel_size, "stride": n.stride,
-                               "padding": n.padding})
+                               "padding": n.padding},
+                           {"divisors": n.divisors(self.g[n.inputs[0]].shape[1:])})
 
     def _op_Gather(self, n: ir.Gather) -> Port:
         return self._unary(n, {"axis": n.axis % len(n.shape), "index": list(n.index)})

@@ -176,9 +176,17 @@ def _linear(n: ir.Linear, g: Graph, w: _Ctx):
 
 
 def _avgpool(n: ir.AvgPool2d, g: Graph, w: _Ctx):
+    """NIR's AvgPool2d divides by the kernel's size; one that divides by the window's positions
+    inside the input (no count_include_pad) is SumPool2d then a Scale by 1 / those counts."""
     if n.name in w.sum_pools:  # compat norse: the 1/k is in the next layer's weights
         return nir.SumPool2d(kernel_size=np.array(n.kernel_size), stride=np.array(n.stride),
                              padding=np.array(n.padding), metadata={"snncc.op": "AvgPool2d"})
+    if not n.count_include_pad:
+        counts = np.broadcast_to(n.divisors(g[n.inputs[0]].shape[1:]), n.shape)
+        return [(":sum", nir.SumPool2d(kernel_size=np.array(n.kernel_size),
+                                       stride=np.array(n.stride), padding=np.array(n.padding),
+                                       metadata={"snncc.op": "AvgPool2d:sum"})),
+                ("", nir.Scale(1.0 / counts, metadata={"snncc.op": "AvgPool2d"}))]
     return nir.AvgPool2d(kernel_size=np.array(n.kernel_size), stride=np.array(n.stride),
                          padding=np.array(n.padding))
 

@@ -60,14 +60,14 @@ def max_pool(kernel_size, stride, padding, dilation):
         np.maximum, _window_taps(x, kernel_size, stride, padding, dilation, -np.inf))
 
 
-def avg_pool(kernel_size, stride, padding):
-    """y[l, c, i, j] = (sum of the window of x padded with 0, row by row) / (kH kW), the order
-    torch's CPU kernel adds in."""
+def avg_pool(kernel_size, stride, padding, divisors):
+    """y[l, c, i, j] = (sum of the window of x padded with 0, row by row) / divisors[i, j]
+    (:meth:`snncc.ir.AvgPool2d.divisors`), the order torch's CPU kernel adds in."""
     def f(x):
         total = 0.0
         for tap in _window_taps(x, kernel_size, stride, padding, (1, 1), 0.0):
             total = total + tap
-        return total / (kernel_size[0] * kernel_size[1])
+        return total / np.asarray(divisors)
     return f
 
 
