@@ -19,6 +19,20 @@ def randomized_bn(rng: np.random.Generator, c: int) -> dict:
             "var": rng.uniform(0.2, 2.0, c)}
 
 
+def randomize_batchnorms(model, rng: np.random.Generator, positive_bias: bool = False):
+    """``model`` with every BatchNorm's statistics and affine drawn by :func:`randomized_bn`, in
+    module order (``positive_bias``: biases made >= 0, so that the neurons after them fire)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                bn = randomized_bn(rng, m.num_features)
+                m.weight.copy_(torch.tensor(bn["weight"]))
+                m.bias.copy_(torch.tensor(np.abs(bn["bias"]) if positive_bias else bn["bias"]))
+                m.running_mean.copy_(torch.tensor(bn["mean"]))
+                m.running_var.copy_(torch.tensor(bn["var"]))
+    return model
+
+
 def driven(model, **layers):
     """``model`` with each named layer's weight multiplied and bias shifted, ``name=(gain,
     shift)``, so that the neurons after it fire (untrained weights barely reach thresholds)."""

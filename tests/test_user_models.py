@@ -20,7 +20,7 @@ from snncc.cli import main
 from snncc.errors import SnnccError
 from snncc.graph import Graph
 
-from conftest import assert_rates_in_range, driven, randomized_bn
+from conftest import assert_rates_in_range, driven, randomize_batchnorms
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "compile_your_model.py"
@@ -1077,17 +1077,10 @@ class FoldedProjection(torch.nn.Module):
 
 
 def _folded_projection(seed: int, lif=None):
-    rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    model = FoldedProjection(lif).double().eval()
+    model = randomize_batchnorms(FoldedProjection(lif).double().eval(),
+                                 np.random.default_rng(seed))
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                bn = randomized_bn(rng, m.num_features)
-                m.weight.copy_(torch.tensor(bn["weight"]))
-                m.bias.copy_(torch.tensor(bn["bias"]))
-                m.running_mean.copy_(torch.tensor(bn["mean"]))
-                m.running_var.copy_(torch.tensor(bn["var"]))
         for conv, bn, gain in [(model.embed, None, 2.0), (model.proj_conv, model.proj_bn, 3.0),
                                *[(getattr(model, f"{n}_conv"), getattr(model, f"{n}_bn"), 6.0)
                                  for n in "qkv"]]:  # so that every layer fires
@@ -1161,11 +1154,7 @@ class FullSizeConvHead(torch.nn.Module):
 def _full_size_conv_head(seed: int, kernel_t: int = 4):
     torch.manual_seed(seed)
     model = driven(FullSizeConvHead(kernel_t).double().eval(), conv=(3.0, 0.6))
-    bn = randomized_bn(np.random.default_rng(seed), 6)
-    with torch.no_grad():
-        for name, key in (("weight", "weight"), ("bias", "bias"), ("running_mean", "mean"),
-                          ("running_var", "var")):
-            getattr(model.bn, name).copy_(torch.tensor(bn[key]))
+    randomize_batchnorms(model, np.random.default_rng(seed))
     return model, 2 * torch.rand(3, 3, 3, 3, generator=torch.Generator().manual_seed(seed),
                                  dtype=torch.float64)
 
@@ -1268,17 +1257,10 @@ class WindowAttention(torch.nn.Module):
 
 
 def _window_attention(seed: int, variant: str = ""):
-    rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    model = WindowAttention(variant).double().eval()
+    model = randomize_batchnorms(WindowAttention(variant).double().eval(),
+                                 np.random.default_rng(seed), positive_bias=True)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                bn = randomized_bn(rng, m.num_features)
-                m.weight.copy_(torch.tensor(bn["weight"]))
-                m.bias.copy_(torch.tensor(np.abs(bn["bias"])))
-                m.running_mean.copy_(torch.tensor(bn["mean"]))
-                m.running_var.copy_(torch.tensor(bn["var"]))
         for name in ("q", "k", "v", "proj"):  # so that every layer fires
             getattr(model, f"{name}_conv").weight.mul_(6.0)
     x = 2 * torch.rand(3, 2, 8, 6, generator=torch.Generator().manual_seed(seed + 10),
@@ -1399,14 +1381,7 @@ class PoolMixer(torch.nn.Module):
 def _pool_mixer(seed: int, functional: bool = False):
     torch.manual_seed(seed)
     model = driven(PoolMixer(functional).double().eval(), conv=(2.0, 0.5), mix=(2.0, 0.0))
-    rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        for m in (model.bn, model.mix_bn):
-            bn = randomized_bn(rng, 6)
-            m.weight.copy_(torch.tensor(bn["weight"]))
-            m.bias.copy_(torch.tensor(bn["bias"]))
-            m.running_mean.copy_(torch.tensor(bn["mean"]))
-            m.running_var.copy_(torch.tensor(bn["var"]))
+    randomize_batchnorms(model, np.random.default_rng(seed))
     return model, 2 * torch.rand(3, 2, 5, 6, generator=torch.Generator().manual_seed(seed + 3),
                                  dtype=torch.float64)
 
