@@ -59,7 +59,7 @@ from snncc import neuron as cn
 from snncc.errors import IRError, SnnccError, UnsupportedError
 from snncc.graph import Graph
 from snncc.limits import freeing_what_it_leaves
-from snncc.models import returned_items
+from snncc.models import compiled_functions_run_eagerly, returned_items
 from snncc.passes.common import is_power_of_two
 
 from .adapters import (STATE_KEPT, STEP_MULTI, Adapter, Integrator, NeuronCircuit,
@@ -962,7 +962,7 @@ def _inference(model: nn.Module):
                                      if isinstance(v, (dict, list))})
              for m in model.modules()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), compiled_functions_run_eagerly():
             yield
     finally:
         for m, attrs, contents in saved:

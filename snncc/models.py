@@ -7,6 +7,7 @@ state_dict plus the user's own code (``factory``, ``package.module:factory`` or
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,20 @@ from .errors import FormatError, SnnccError
 from .graph import Graph
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+
+@contextmanager
+def compiled_functions_run_eagerly():
+    """Functions a model's code decorates with ``torch.compile`` (Spiking Wavelet Transformer's
+    Haar transforms) run as the Python they are: torch.fx traces them (dynamo refuses to be
+    traced otherwise), and PyTorch runs them eagerly as the reference (its arithmetic, and no
+    compiler needed on the checking machine)."""
+    import torch
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(error_on_nested_fx_trace=False), \
+            torch.compiler.set_stance("force_eager"):
+        yield
 
 
 def returned_items(out) -> list:

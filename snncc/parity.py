@@ -17,7 +17,7 @@ from .errors import FormatError, SnnccError, UnsupportedError
 from .graph import Graph
 from .limits import (largest_fitting, nbytes, positive_int, require_fits,
                      smaller_batch_that_fits)
-from .models import LoadedModel, returned_items
+from .models import LoadedModel, compiled_functions_run_eagerly, returned_items
 from .simulator import SPIKES, simulate
 
 #: ``graph.meta['output_layout']`` values of a model whose output is one value per time step.
@@ -248,7 +248,7 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     try:
         # a copy: the model may change its input in place, which the engines then read
         xt = torch.tensor(to_torch_layout(graph, x), dtype=tdtype, device=device)
-        with torch.no_grad(), floats_in(tdtype):
+        with torch.no_grad(), floats_in(tdtype), compiled_functions_run_eagerly():
             out = model(xt)
     except _EndedBefore as end:
         out = end.outputs

@@ -153,6 +153,37 @@ def test_an_unsupported_op_of_a_later_reading_of_the_input_is_named_too():
         snncc.trace(Sequences(), torch.randn(3, 4, 6), T=4)
 
 
+class CompiledHelper(torch.nn.Module):
+    """A model whose code decorates a helper with ``torch.compile`` (the Spiking Wavelet
+    Transformer's Haar transforms): torch.fx cannot trace it ("Detected that you are using FX
+    to symbolically trace a dynamo-optimized function"); snncc traces it as Python and runs it
+    eagerly as the reference."""
+
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.fc, self.lif = torch.nn.Linear(6, 6), neuron.LIFNode(step_mode="m")
+
+    @torch.compile
+    def mixed(self, x):
+        return x @ torch.eye(6, dtype=x.dtype).flip(0) + 0.5 * x
+
+    def forward(self, x):  # [T, B, 6]
+        return self.lif(self.mixed(self.fc(x))).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_helper_decorated_with_torch_compile_is_traced_and_run_eagerly(target):
+    pytest.importorskip("spikingjelly.activation_based")
+    torch.manual_seed(0)
+    model = driven(CompiledHelper().double().eval(), fc=(3.0, 0.5))
+    x = torch.randn(4, 3, 6, dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=4)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 def test_not_a_model_is_refused():
     with pytest.raises(SnnccError, match="nn.Module, an snncc Graph or a path"):
         snncc.trace(42, None)
