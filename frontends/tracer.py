@@ -3601,15 +3601,15 @@ _METHODS = {
 }
 #: handlers of ops on windows folded into the batch (:data:`WINDOWED`): elementwise ones, and
 #: moves of values that keep the windows' axis where it is (the handlers check), or take it
-#: back into the samples; and the modules besides neurons (convolutions take 1x1 kernels only)
+#: back into the samples; and the modules besides neurons
 _ON_WINDOWS = frozenset({_add, _sub, _mul, _div, _matmul, _neg, _flatten, _reshape, _permute,
                          _transpose, _identity, _cast, _conv_function, _batch_norm_function})
 _MODULES_ON_WINDOWS = (nn.Conv1d, nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.Dropout,
                        nn.Identity)
 _WINDOWS_REFUSED = ("it computes on windows of each sample folded into the batch axis ([T, B*W, "
                     "...], a window attention's partition), where snncc takes only elementwise "
-                    "ops, 1x1 convolutions, BatchNorm, matmuls, multi-step neurons and moves "
-                    "of values that keep the windows apart")
+                    "ops, convolutions, BatchNorm, matmuls, multi-step neurons and moves of "
+                    "values that keep the windows apart")
 
 
 def _windowed(leaves) -> bool:
@@ -3638,8 +3638,8 @@ def _convolution(b, c, x, weight: torch.Tensor, bias, stride, padding, dilation,
         return _convolution_over_time(b, c, x.x, weight, bias, stride, padding, dilation,
                                       groups)
     if isinstance(x, Val) and x.frame == TWM:
-        return _pointwise_convolution_of_windows(b, c, x, weight, bias, stride, padding,
-                                                 dilation, groups)
+        return _convolution_of_windows(b, c, x, weight, bias, stride, padding, dilation,
+                                       groups)
     x = _one_sample_frame(x, nd + 1)
     if isinstance(padding, str):
         raise _Refuse("only explicit zero padding is supported")
@@ -3651,33 +3651,49 @@ def _convolution(b, c, x, weight: torch.Tensor, bias, stride, padding, dilation,
                  [x], x.frame)
 
 
-def _pointwise_convolution_of_windows(b, c, x: Val, weight: torch.Tensor, bias, stride, padding,
-                                      dilation, groups) -> Val:
-    """A 1x1 convolution of windows folded into the batch (``[T*B*W, C, ...]``, the IR's
-    ``(W, C, ...)``): it mixes channels at each position alone, so it is the convolution of
-    the sample's windows side by side, ``(C, W*h, w)``, put back as ``(W, C', h, w)``."""
+def _convolution_of_windows(b, c, x: Val, weight: torch.Tensor, bias, stride, padding,
+                            dilation, groups) -> Val:
+    """A convolution of windows folded into the batch (``[T*B*W, C, ...]``, the IR's ``(W, C,
+    ...)``), each window convolved alone. A 1x1 one mixes channels at each position alone: the
+    windows side by side, ``(C, W*h, w)``, one convolution, put back as ``(W, C', h, w)``. Any
+    other: the windows stacked on the channel axis, ``(W*C, h, w)``, convolved with W times the
+    groups and the kernel repeated for each window (its weights W times, as a chip holds them)."""
     nd = weight.dim() - 2
-    if len(x.expr.shape) != nd + 2 or isinstance(padding, str) or any(
-            v != 1 for v in (*weight.shape[2:], *_pair(stride)[:nd], *_pair(dilation)[:nd])) \
-            or any(_pair(padding)[:nd]):
-        raise _Refuse("a convolution of windows folded into the batch axis ([T*B*W, ...]) is "
-                      "taken only with a 1x1 kernel, stride 1 and no padding")
-    w, (wins, ch, *space), out = x.expr.shape[0], x.expr.shape, weight.shape[0]
+    if len(x.expr.shape) != nd + 2 or isinstance(padding, str):
+        raise _Refuse("a convolution of windows folded into the batch axis ([T*B*W, ...]) "
+                      "needs one (C, spatial...) input per window and explicit padding")
+    pack = _pair if nd == 2 else _single
+    stride, padding, dilation = pack(stride), pack(padding), pack(dilation)
+    (wins, ch, *space), out = x.expr.shape, weight.shape[0]
     cls = ir.Conv2d if nd == 2 else ir.Conv1d
-    side = (ch, wins * space[0], *space[1:])
-    steps = [("channels_first", (ch, wins, *space), lambda n, i: ir.Transpose(
-                  n, i, path=c.path, perm=(1, 0, *range(2, nd + 2)))),
-             ("side_by_side", side, lambda n, i: ir.Reshape(n, i, path=c.path, target=side)),
-             ("conv", (out, *side[1:]), lambda n, i: cls(
-                 n, i, path=c.path, weight=_weights(b, weight), bias=None if bias is None
-                 else _np(bias), stride=(1,) * nd, padding=(0,) * nd, dilation=(1,) * nd,
-                 groups=groups)),
-             ("apart", (out, wins, *space), lambda n, i: ir.Reshape(
-                 n, i, path=c.path, target=(out, wins, *space)))]
-    for hint, shape, make in steps:
+    if set(weight.shape[2:]) | set(stride) | set(dilation) == {1} and not any(padding):
+        side = (ch, wins * space[0], *space[1:])
+        steps = [("channels_first", (ch, wins, *space), lambda n, i: ir.Transpose(
+                      n, i, path=c.path, perm=(1, 0, *range(2, nd + 2)))),
+                 ("side_by_side", side, lambda n, i: ir.Reshape(n, i, path=c.path,
+                                                                target=side)),
+                 ("conv", (out, *side[1:]), lambda n, i: cls(
+                     n, i, path=c.path, weight=_weights(b, weight), bias=None if bias is None
+                     else _np(bias), stride=stride, padding=padding, dilation=dilation,
+                     groups=groups)),
+                 ("apart", (out, wins, *space), lambda n, i: ir.Reshape(
+                     n, i, path=c.path, target=(out, wins, *space))),
+                 ("windows_first", (wins, out, *space), lambda n, i: ir.Transpose(
+                     n, i, path=c.path, perm=(1, 0, *range(2, nd + 2))))]
+    else:
+        stacked, y_space = (wins * ch, *space), tuple(c.value.shape[2:])
+        steps = [("stacked", stacked, lambda n, i: ir.Reshape(n, i, path=c.path,
+                                                               target=stacked)),
+                 ("conv", (wins * out, *y_space), lambda n, i: cls(
+                     n, i, path=c.path, weight=np.tile(_weights(b, weight), (wins,) + (1,) *
+                                                       (nd + 1)),
+                     bias=None if bias is None else np.tile(_np(bias), wins), stride=stride,
+                     padding=padding, dilation=dilation, groups=groups * wins)),
+                 ("apart", (wins, out, *y_space), lambda n, i: ir.Reshape(
+                     n, i, path=c.path, target=(wins, out, *y_space)))]
+    for hint, shape, make in steps[:-1]:
         x = b.new(c, make, [x], TWM, shape=shape, hint=f"{c.hint}.{hint}")
-    return b.new(c, lambda n, i: ir.Transpose(n, i, path=c.path, perm=(1, 0, *range(2, nd + 2))),
-                 [x], TWM)
+    return b.new(c, steps[-1][2], [x], TWM)
 
 
 def _convolution_over_time(b, c, x: Val, weight: torch.Tensor, bias, stride, padding,

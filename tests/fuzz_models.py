@@ -567,8 +567,9 @@ def build_model(seed: int):
             size *= 2
         else:  # attention
             heads = int(rng.choice([1, 2]))
+            k = int(rng.choice([1, 1, 3])) if kind == "window" else 1  # (3x3: per window)
             for n in ("q", "k", "v", "proj"):
-                m[n], m[f"lif_{n}"] = (d.conv_bn(c, c, 1) if kind == "window"
+                m[n], m[f"lif_{n}"] = (d.conv_bn(c, c, k) if kind == "window"
                                        else d.conv1d_bn(c)), d.neuron()
             if kind in ("ssa", "window"):
                 m["cfg"] = _Cfg(heads, float(rng.choice([0.25, 0.5, 0.3])))

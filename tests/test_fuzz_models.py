@@ -75,8 +75,9 @@ def test_drawn_models_are_exact_on_lava():
     """Lava processes in Loihi2SimCfg (floating point): the output at the last step (all Lava
     gives) and every layer's spikes (``snncc.check``) are the model's. Seeds 0, 4, 8, 11:
     snnTorch loops with Alpha and recurrent neurons, norse cells with LSNN and SEW ResNet's
-    downsampling, SeqToANNContainer with PLIF, multi-step layers with CUBA LIF, SGLFormer's
-    window attention and its head (a convolution spanning every position and step)."""
+    downsampling, SeqToANNContainer with PLIF and SGLFormer's head (a convolution spanning
+    every position and step), multi-step layers with CUBA LIF and SGLFormer's window
+    attention."""
     results = [fz.run_model(seed, ("lava",)) for seed in (0, 4, 8, 11)]
     assert all(r.outcome == {"lava": "exact"} for r in results), \
         [(r.description, r.detail) for r in results]
