@@ -1589,8 +1589,7 @@ class _Builder:
             if not isinstance(v, torch.Tensor):
                 return v
             shape = tuple(v.shape[len(frame):])
-            if frame in WINDOWED and shape and shape[0] % self.size["B" if frame == TW else
-                                                                 "TB"] == 0:
+            if frame in WINDOWED and shape and shape[0] % self.samples_before(frame) == 0:
                 shape = self.per_sample(tuple(v.shape), frame)  # (the windows' axis kept)
             return Val(_Refused(None, tuple(a.expr for a in vals), c.op, c.hint, c.path, shape,
                                 message=msg, unknown=unknown), frame)
@@ -1645,20 +1644,25 @@ class _Builder:
         shape = tuple(shape[len(frame):])
         if frame not in WINDOWED:
             return shape
-        return (shape[0] // self.size["B" if frame == TW else "TB"], *shape[1:])
+        return (shape[0] // self.samples_before(frame), *shape[1:])
+
+    def samples_before(self, frame: tuple[str, ...]) -> int:
+        """How many samples (and steps) a windowed frame's first per-sample axis holds the
+        windows of: B in ``[T, B*W, ...]``, T*B in ``[T*B*W, ...]``."""
+        return self.size["B" if frame == TW else "TB"]
 
     def reshaped(self, x: Val, out: tuple[int, ...]) -> tuple[tuple[str, ...], tuple]:
         """The frame and IR per-sample shape of a reshape of ``x`` to ``out``: the frame's
         merged/split form, or windows of each sample moved into the batch axis and back
         (``[T, B, W, ...] -> [T, B*W, ...]``, :data:`WINDOWED`)."""
         size, n = self.size, math.prod(x.expr.shape)
-        fits = {TW: out[:1] == (size["T"],) and len(out) > 1 and out[1] % size["B"] == 0,
-                TWM: len(out) > 0 and out[0] % size["TB"] == 0}
         if x.frame in (TB, TBM, *WINDOWED):
             for f in WINDOWED:
-                shape = (out[len(f)] // size["B"] // (size["T"] if f == TWM else 1),
-                         *out[len(f) + 1:])
-                if fits[f] and shape[0] > 1 and math.prod(shape) == n:
+                if len(out) <= len(f) or out[:len(f)] != tuple(size[d] for d in f) \
+                        or out[len(f)] % self.samples_before(f):
+                    continue
+                shape = self.per_sample(out, f)
+                if shape[0] > 1 and math.prod(shape) == n:
                     return f, shape
             if x.frame in WINDOWED:
                 for f in (TB, TBM):

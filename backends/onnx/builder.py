@@ -184,9 +184,8 @@ def _avgpool(b: OnnxBuilder, n: ir.AvgPool2d, args, out):
                     count_include_pad=int(n.count_include_pad))
     cols = _patches(b, x, n.kernel_size, n.stride, n.padding, (1, 1), n.shape[1:])
     total = b.op("ReduceSum", [cols, b.ints([2])], keepdims=0)
-    divisor = math.prod(n.kernel_size) if n.count_include_pad else \
-        n.divisors(b.shape_of(n.inputs[0])[1:])
-    return b.op("Div", [total, b.const(f"{n.name}.divisor", divisor)], out)
+    divisors = n.divisors(b.shape_of(n.inputs[0])[1:])
+    return b.op("Div", [total, b.const(f"{n.name}.divisor", divisors)], out)
 
 
 def _pad(b: OnnxBuilder, n: ir.Pad, args, out):
