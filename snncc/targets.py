@@ -28,6 +28,7 @@ class Target:
     emitter: str  # "module:function", called as fn(graph, out_path, **options) -> Path
     suffix: str = ""  # artifact file suffix ('' = a directory)
     marker: str = ""  # for a directory artifact: the file in it that says it is this target's
+    file_suffix: str = ""  # a directory target whose runner also takes one file of this suffix
     options: frozenset[str] = frozenset()  # emitter keyword options the CLI may pass
     runner: str = ""  # "module:function", fn(artifact, inputs, T) -> (outputs, traces)
     run_options: frozenset[str] = frozenset()  # runner keyword options (`snncc run --dtype`)
@@ -130,7 +131,9 @@ def artifact_in(artifact: str | Path, target: str | None = None) -> tuple[Target
     else:
         matches = [t for t in all_targets().values()
                    if (t.suffix and artifact.suffix == t.suffix)
-                   or (t.marker and (artifact / t.marker).is_file())]
+                   or (t.marker and (artifact / t.marker).is_file())
+                   or (t.file_suffix and artifact.suffix == t.file_suffix
+                       and artifact.is_file())]
         if not matches and artifact.is_dir():
             matches = [t for t in all_targets().values()
                        if t.suffix and artifact_path(t, artifact).is_file()]

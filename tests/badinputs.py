@@ -1166,6 +1166,133 @@ def run_unknown_artifact(tmp):
                 "cannot tell the target")
 
 
+# ============================================================================ onnx
+def onnx_artifact(tmp: Path) -> Path:
+    out = tmp / "tiny_onnx"
+    if not (out / "model.onnx").exists():
+        from snncc.api import compile as compile_model
+
+        compile_model(str(base_snnir(tmp)), target="onnx", out=str(out))
+    return out
+
+
+def _onnx_case(tmp, name: str, change, message: str, file: str = "model.onnx") -> Case:
+    """``snncc run`` on the tiny ONNX artifact's ``file`` changed by ``change(model)``; the
+    artifact the file came from stays as it was."""
+    import onnx
+
+    base = onnx_artifact(tmp) / file
+    out = tmp / f"{name}.onnx"
+    if not out.exists():
+        model = onnx.load(base)
+        change(model)
+        onnx.save(model, out)
+    return Case(["run", str(out), "--inputs", inputs(tmp), "-o", str(tmp / f"{name}.npy")], 1,
+                message, untouched=[base])
+
+
+def _set_metadata(key: str, value: str | None):
+    """A change setting (None: removing) one metadata entry."""
+    def change(model) -> None:
+        kept = [(p.key, p.value) for p in model.metadata_props if p.key != key]
+        del model.metadata_props[:]
+        for k, v in kept + ([] if value is None else [(key, value)]):
+            model.metadata_props.add(key=k, value=v)
+    return change
+
+
+@case
+def onnx_metadata_inputs_not_json(tmp):
+    return _onnx_case(tmp, "inputs_not_json", _set_metadata("snncc.inputs", "{not json"),
+                      "metadata 'snncc.inputs' must be a JSON list of inputs")
+
+
+@case
+def onnx_metadata_inputs_missing(tmp):
+    return _onnx_case(tmp, "inputs_missing", _set_metadata("snncc.inputs", None),
+                      "metadata 'snncc.inputs' must be a JSON list of inputs")
+
+
+@case
+def onnx_metadata_inputs_names_only(tmp):
+    return _onnx_case(tmp, "inputs_names", _set_metadata("snncc.inputs", '["x"]'),
+                      "metadata 'snncc.inputs' must be a JSON list of inputs")
+
+
+@case
+def onnx_metadata_input_shape_unlike_the_graph(tmp):
+    """A declared input shape the graph does not have (inputs of that shape would reach
+    onnxruntime, or a wrong one be refused naming the declared shape)."""
+    return _onnx_case(tmp, "input_shape", _set_metadata(
+        "snncc.inputs", '[{"name": "x", "shape": [5], "static": true}]'),
+        "its 'x' is ['batch', 4], not ['batch', 5]")
+
+
+@case
+def onnx_metadata_T_negative(tmp):
+    return _onnx_case(tmp, "T_negative", _set_metadata("snncc.T", "-3"),
+                      "metadata 'snncc.T' must be a positive number of steps, got '-3'")
+
+
+@case
+def onnx_metadata_dtype_unknown(tmp):
+    return _onnx_case(tmp, "dtype", _set_metadata("snncc.dtype", "float16"),
+                      "metadata 'snncc.dtype' must be one of")
+
+
+@case
+def onnx_metadata_output_the_graph_lacks(tmp):
+    return _onnx_case(tmp, "output_ghost", _set_metadata("snncc.outputs", '["ghost"]'),
+                      "metadata 'snncc.outputs' must be a JSON list of the graph's output names")
+
+
+@case
+def onnx_metadata_neuron_the_graph_lacks(tmp):
+    return _onnx_case(tmp, "neuron_ghost", _set_metadata("snncc.neurons", '["ghost"]'),
+                      "metadata 'snncc.neurons' must be a JSON list of neurons")
+
+
+@case
+def onnx_step_state_of_3e9_membranes(tmp):
+    """A state's shape is allocated as declared (at every batch): one the graph does not have
+    is refused before anything is allocated."""
+    import json
+
+    state = [{"name": "lif:v", "shape": [3000000000], "batch_axis": 0, "init": 0.0}]
+    return _onnx_case(tmp, "state_3e9", _set_metadata("snncc.state", json.dumps(state)),
+                      "its 'lif:v' is ['batch', 3], not ['batch', 3000000000]",
+                      file="model.step.onnx")
+
+
+@case
+def onnx_external_data_outside_its_directory(tmp):
+    """A weight stored as external data at '../../etc/passwd' (onnx refuses to read it)."""
+    def change(model) -> None:
+        import onnx
+
+        weight = model.graph.initializer[0]
+        weight.ClearField("raw_data")
+        weight.data_location = onnx.TensorProto.EXTERNAL
+        weight.external_data.add(key="location", value="../../../../../etc/passwd")
+    return _onnx_case(tmp, "external", change, "points outside the directory")
+
+
+@case
+def onnx_unknown_op(tmp):
+    def change(model) -> None:
+        model.graph.node[0].op_type = "NoSuchOp"
+    return _onnx_case(tmp, "unknown_op", change, "onnxruntime cannot run this model")
+
+
+@case
+def onnx_truncated(tmp):
+    out = tmp / "truncated.onnx"
+    data = (onnx_artifact(tmp) / "model.onnx").read_bytes()
+    out.write_bytes(data[:len(data) // 2])
+    return Case(["run", str(out), "--inputs", inputs(tmp), "-o", str(tmp / "trunc.npy")], 1,
+                "not a readable ONNX model")
+
+
 # ============================================================================ lava
 def lava_artifact(tmp: Path) -> Path:
     out = tmp / "tiny_lava"

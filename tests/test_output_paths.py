@@ -151,6 +151,28 @@ def test_run_and_check_take_the_directory_compile_wrote(tmp_path, capsys, target
     assert "first divergent layer: simulator none" in capsys.readouterr().out
 
 
+def test_run_and_check_take_an_onnx_file_on_its_own(tmp_path, capsys):
+    """A ``model.onnx`` or ``model.step.onnx`` outside the directory compile wrote (copied,
+    renamed) used to answer "cannot tell the target"; both forms give the same outputs."""
+    out = tmp_path / "art"
+    assert main([*COMPILE, "-t", "onnx", "-o", str(out)]) == 0
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).random((2, 1, 8, 8)))
+    ys = []
+    for name in ("model.onnx", "model.step.onnx"):
+        alone = tmp_path / f"copy of {name}"
+        alone.write_bytes((out / name).read_bytes())
+        y = tmp_path / f"y{len(ys)}.npy"
+        assert main(["run", str(alone), "--inputs", str(x), "-o", str(y)]) == 0
+        ys.append(np.load(y))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    assert ys[0].shape == (2, 10)
+    capsys.readouterr()
+    assert main(["check", CKPT, "--arch", "digits-spikformer", "-t", "onnx", "--artifact",
+                 str(tmp_path / "copy of model.onnx"), "--inputs", str(x)]) == 0
+    assert "first divergent layer: simulator none" in capsys.readouterr().out
+
+
 def test_unwritable_parent_is_one_line(tmp_path, capsys):
     if os.geteuid() == 0:
         parent = tmp_path / "file"  # root ignores permissions: use a parent that is a file

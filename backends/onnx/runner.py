@@ -14,8 +14,8 @@ from google.protobuf.message import DecodeError
 from snncc.errors import FormatError, ShapeError, SnnccError
 
 from .builder import NP_DTYPE
-from .models import (STEP_FILE, STEP_INDEX, UNROLLED_FILE, output_steps, spike_tensor,
-                     with_traces)
+from .models import (BATCH, STEP_FILE, STEP_INDEX, UNROLLED_FILE, output_steps,
+                     spike_tensor, with_traces)
 
 
 def _file(path_or_dir, form: str) -> Path:
@@ -23,15 +23,111 @@ def _file(path_or_dir, form: str) -> Path:
     return path / (STEP_FILE if form == "step" else UNROLLED_FILE) if path.is_dir() else path
 
 
-def _load(path_or_dir, form: str) -> onnx.ModelProto:
+#: what onnxruntime raises for a model it cannot load or run (its own exception types)
+ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in (
+    "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+    "InvalidProtobuf", "NotImplemented", "InvalidGraph", "EPFail"))
+
+
+def _load(path_or_dir, form: str) -> tuple[onnx.ModelProto, dict[str, str], Path]:
+    """The model, its checked snncc metadata and its path."""
     path = _file(path_or_dir, form)
     try:
         model = onnx.load_model(path)
-    except (OSError, ValueError, DecodeError) as e:
+    except (OSError, ValueError, DecodeError, onnx.checker.ValidationError) as e:
         raise FormatError(f"{path}: not a readable ONNX model ({e})") from None
     if not any(p.key == "snncc.form" for p in model.metadata_props):
         raise FormatError(f"{path}: not an ONNX model written by snncc (no snncc.form metadata)")
-    return model
+    return model, _checked_metadata(model, path), path
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def _checked_metadata(model: onnx.ModelProto, path: Path) -> dict[str, str]:
+    """The model's ``snncc.*`` metadata, each entry checked to be what the emitter writes and
+    to agree with the graph (declared shapes, input, output and spike tensor names), so that a
+    file changed by hand or by another tool is refused naming the entry, not run on what its
+    metadata claims (a state's shape is allocated as declared)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+
+    def refuse(key: str, what: str):
+        value = meta.get(key)
+        got = "nothing" if value is None else repr(value if len(value) <= 80 else
+                                                   value[:77] + "...")
+        raise FormatError(f"{path}: metadata '{key}' must be {what}, got {got}")
+
+    def parsed(key: str, what: str, valid) -> object:
+        try:
+            value = json.loads(meta[key])
+        except (KeyError, ValueError):
+            refuse(key, what)
+        if not valid(value):
+            refuse(key, what)
+        return value
+
+    def names(value) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    form = meta["snncc.form"]
+    if form not in ("unrolled", "step"):
+        refuse("snncc.form", "'unrolled' or 'step'")
+    if meta.get("snncc.dtype") not in NP_DTYPE:
+        refuse("snncc.dtype", f"one of {sorted(NP_DTYPE)}")
+    T = meta.get("snncc.T")
+    if not (T is not None and (T.isascii() and T.isdigit() and int(T) > 0 or T == "" and form == "step")):
+        refuse("snncc.T", "a positive number of steps" + (" or empty" if form == "step" else ""))
+    graph_inputs = {i.name: _dims(i) for i in model.graph.input}
+    lead = [int(T)] if form == "unrolled" else []
+
+    def declared(key: str, name: str, dims: list) -> None:
+        if graph_inputs.get(name) != dims:
+            refuse(key, f"the graph's inputs (its '{name}' is "
+                        f"{graph_inputs.get(name, 'no input')}, not {dims})")
+
+    spec = {"name": str, "shape": list, "static": bool}
+    for s in parsed("snncc.inputs", "a JSON list of inputs (name, shape, static)",
+                    lambda v: isinstance(v, list) and v and all(
+                        isinstance(s, dict) and all(isinstance(s.get(k), t)
+                                                    for k, t in spec.items())
+                        and _is_shape(s["shape"]) for s in v)):
+        declared("snncc.inputs", s["name"],
+                 [*([] if s["static"] else lead), BATCH, *s["shape"]])
+    graph_outputs = {o.name for o in model.graph.output}
+    parsed("snncc.outputs", "a JSON list of the graph's output names",
+           lambda v: names(v) and v and set(v) <= graph_outputs)
+    made = {o for n in model.graph.node for o in n.output}
+    steps = [None] if form == "step" else range(int(T))
+    parsed("snncc.neurons", "a JSON list of neurons whose spike tensors the graph computes",
+           lambda v: names(v) and all(spike_tensor(n, t) in made for n in v for t in steps))
+    if form == "step":
+        for s in parsed("snncc.state", "a JSON list of states (name, shape, batch_axis, init)",
+                        lambda v: isinstance(v, list) and all(_state(s) for s in v)):
+            dims = list(s["shape"])
+            dims.insert(s["batch_axis"], BATCH)
+            declared("snncc.state", s["name"], dims)
+            if f"{s['name']}.next" not in graph_outputs:
+                refuse("snncc.state", f"states the graph outputs ('{s['name']}.next' is none)")
+    return meta
+
+
+def _is_shape(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
+
+
+def _state(s) -> bool:
+    """A ``snncc.state`` entry as the emitter writes it: its init broadcastable to its shape."""
+    if not (isinstance(s, dict) and isinstance(s.get("name"), str) and _is_shape(s.get("shape"))
+            and isinstance(s.get("batch_axis"), int)
+            and 0 <= s["batch_axis"] <= len(s["shape"])):
+        return False
+    try:
+        init = np.asarray(s.get("init"), dtype=np.float64)
+        return np.broadcast_shapes(init.shape, tuple(s["shape"])) == tuple(s["shape"])
+    except (TypeError, ValueError):
+        return False
 
 
 def read_metadata(path_or_dir, form: str = "unrolled") -> dict[str, str]:
@@ -159,22 +255,25 @@ def run_onnx(path_or_dir, inputs, T: int | None = None, form: str = "unrolled",
     last step ``[B, ...]``, and (``trace``) each neuron's spikes and each Output's value at
     every step, ``[T, B, ...]``, keyed by IR node name. Arrays are in the model's dtype
     (``snncc.dtype``). ``threads``, ``optimization``: the session's (:func:`session`)."""
-    model = _load(path_or_dir, form)
-    meta = {p.key: p.value for p in model.metadata_props}
+    model, meta, path = _load(path_or_dir, form)
     dtype = NP_DTYPE[meta["snncc.dtype"]]
     xs, T = _inputs(meta, inputs, T, dtype)
+    if meta["snncc.form"] == "unrolled" and T != int(meta["snncc.T"]):
+        raise ShapeError(f"the unrolled model has T={meta['snncc.T']}, got T={T}")
     if trace:
         model = with_traces(model)
-    # a traced run is a parity check's, whose batch is sized to the memory budget by live
-    # values: without the arena the 15M model at 224x224, batch 4, float64 peaks at 3.7 GiB,
-    # not 5.1 GiB (in 15-25% more time)
-    sess = session(model, threads, optimization, arena=not trace)
-    if meta["snncc.form"] == "step":
-        return _run_step(sess, meta, xs, T, trace, dtype)
-    if meta.get("snncc.T") and T != int(meta["snncc.T"]):
-        raise ShapeError(f"the unrolled model has T={meta['snncc.T']}, got T={T}")
-    names = [o.name for o in sess.get_outputs()]
-    res = dict(zip(names, sess.run(None, xs)))
+    try:  # (its inputs are checked: what onnxruntime refuses now is in the file)
+        # a traced run is a parity check's, whose batch is sized to the memory budget by live
+        # values: without the arena the 15M model at 224x224, batch 4, float64 peaks at
+        # 3.7 GiB, not 5.1 GiB (in 15-25% more time)
+        sess = session(model, threads, optimization, arena=not trace)
+        if meta["snncc.form"] == "step":
+            return _run_step(sess, meta, xs, T, trace, dtype)
+        names = [o.name for o in sess.get_outputs()]
+        res = dict(zip(names, sess.run(None, xs)))
+    except ORT_ERRORS as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FormatError(f"{path}: onnxruntime cannot run this model ({first})") from None
     outputs = {k: res[k] for k in json.loads(meta["snncc.outputs"])}
     # each step's array is dropped as its trace is stacked: one copy of the traces, not two
     traces = {n: np.stack([res.pop(spike_tensor(n, t)) for t in range(T)])

@@ -17,6 +17,7 @@ TARGET = register_target(Target(
     emitter=f"{__package__}.models:emit_onnx",
     suffix="",
     marker="model.onnx",
+    file_suffix=".onnx",  # model.onnx or model.step.onnx on its own
     options=frozenset({"dtype"}),
     runner=f"{__package__}.runner:run_onnx",
     meta_reader=f"{__package__}.runner:read_graph_meta",
