@@ -1366,6 +1366,52 @@ def _lava_manifest_case(tmp, name: str, change, message: str) -> Case:
                 message)
 
 
+def _lava_weights_case(tmp, name: str, key: str, value, message: str) -> Case:
+    """The tiny Lava artifact with array ``key`` of its weights.npz replaced by ``value``."""
+    import shutil
+
+    out = tmp / name
+    if not out.exists():
+        shutil.copytree(lava_artifact(tmp), out)
+        arrays = dict(np.load(out / "weights.npz"))
+        arrays[key] = value
+        np.savez(out / "weights.npz", **arrays)
+    return Case(["run", str(out), "--inputs", inputs(tmp), "-o", str(tmp / f"{name}.npy")], 1,
+                message)
+
+
+@case
+def lava_weights_nan(tmp):
+    return _lava_weights_case(tmp, "nan_lava", "fc/weights", np.full((3, 4), np.nan),
+                              "process 'fc' array 'weights' holds NaN values")
+
+
+@case
+def lava_weights_infinite(tmp):
+    return _lava_weights_case(tmp, "inf_lava", "fc/weights", np.full((3, 4), np.inf),
+                              "process 'fc' array 'weights' holds infinite values")
+
+
+@case
+def lava_weights_of_more_neurons(tmp):
+    """A Dense of 7 outputs feeding a neuron of 3: Lava's reshape error was an internal
+    error."""
+    return _lava_weights_case(tmp, "out7_lava", "fc/weights", np.zeros((7, 4)),
+                              "'fc.a_out' -> 'lif.a_in' does not fit its shapes")
+
+
+@case
+def lava_weights_of_a_wider_input(tmp):
+    return _lava_weights_case(tmp, "in9_lava", "fc/weights", np.zeros((3, 9)),
+                              "input 'x' -> 'fc.s_in' does not fit its shapes")
+
+
+@case
+def lava_neuron_bias_of_another_shape(tmp):
+    return _lava_weights_case(tmp, "bias_lava", "lif/bias_mant", np.zeros(4),
+                              "process 'lif' (LIFReset) does not fit its shapes")
+
+
 @case
 def lava_manifest_reads_a_ghost(tmp):
     return _lava_manifest_case(

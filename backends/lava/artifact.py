@@ -98,7 +98,21 @@ def load(directory: str | Path) -> LavaNet:
         raise FormatError(f"{directory}/{MANIFEST}: processes {' -> '.join(loop)} form a loop in "
                           "which each waits for the one before it (no synapse or delay sends "
                           "first): Lava would wait forever")
+    _check_values(net, directory / WEIGHTS)
     return net
+
+
+def _check_values(net: LavaNet, path: Path) -> None:
+    """No NaN in any process's arrays, nor an infinite synapse weight (a threshold may be
+    infinite: a neuron that never fires)."""
+    for s in net.processes:
+        for key, a in s.arrays.items():
+            if not np.issubdtype(a.dtype, np.number) and a.dtype != np.bool_:
+                raise FormatError(f"{path}: process '{s.name}' array '{key}' is not numeric")
+            if np.issubdtype(a.dtype, np.inexact) and (
+                    np.isnan(a).any() or s.type in SENDS_FIRST and np.isinf(a).any()):
+                raise FormatError(f"{path}: process '{s.name}' array '{key}' holds "
+                                  f"{'NaN' if np.isnan(a).any() else 'infinite'} values")
 
 
 #: the processes that send at a step before they receive (a synapse's one-step latency, a FIFO)

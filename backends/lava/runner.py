@@ -27,13 +27,14 @@ import math
 import multiprocessing
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from snncc.errors import ShapeError, SnnccError
+from snncc.errors import FormatError, ShapeError, SnnccError
 from snncc.limits import max_memory, nbytes, positive_int, require_fits
 from snncc.progress import progress
 
@@ -243,7 +244,8 @@ class LavaIO:
         self.sources[name] = out_port
         for node, transforms, in_port in self.pending:
             if node == name:
-                _connect(_through(out_port, transforms, self.lanes), in_port)
+                with _building(f"input '{name}' -> '{in_port.process.name}.{in_port.name}'"):
+                    _connect(_through(out_port, transforms, self.lanes), in_port)
 
     def out_port(self, process: str, port: str):
         """A process's out-port as (lanes, *shape) (Lava's Sparse, and its Dense on one lane,
@@ -279,17 +281,33 @@ def build_network(net: LavaNet, lanes: int = 1) -> tuple[dict, LavaIO]:
     procs, models = {}, {}
     io = LavaIO(net, procs, models, lanes)
     for spec in net.processes:
-        proc, model = FACTORIES[spec.type](spec, net, lanes)
+        with _building(f"process '{spec.name}' ({spec.type})"):
+            proc, model = FACTORIES[spec.type](spec, net, lanes)
         procs[spec.name], models[proc] = proc, model
     for spec in net.processes:  # once all exist: a Delay closing a loop comes before its source
         for in_name, src in spec.inputs.items():
             in_port = getattr(procs[spec.name], in_name)
             if src.process in procs:
-                _connect(_through(io.out_port(src.process, src.port), src.transforms, lanes),
-                         in_port)
+                with _building(f"'{src.process}.{src.port}' -> '{spec.name}.{in_name}'"):
+                    _connect(_through(io.out_port(src.process, src.port), src.transforms,
+                                      lanes), in_port)
             else:  # a network input
                 io.pending.append((src.process, src.transforms, in_port))
     return procs, io
+
+
+@contextmanager
+def _building(what: str):
+    """A process or connection that Lava cannot build from the network's arrays and shapes (a
+    weight array of another shape than its neurons', in an artifact changed since it was
+    written) is refused naming it, in one line."""
+    ports = lava(".magma.core.process.ports.exceptions")
+    shape_errors = (ports.ReshapeError, ports.ConcatShapeError, ports.TransposeShapeError,
+                    ports.TransposeIndexError)
+    try:
+        yield
+    except (ValueError, TypeError, IndexError, *shape_errors) as e:
+        raise FormatError(f"the Lava network's {what} does not fit its shapes: {e}") from None
 
 
 def build(artifact: str | Path, T: int | None = None, lanes: int = 1) -> tuple[dict, LavaIO]:
