@@ -280,3 +280,42 @@ def test_target_runner_and_trace_outputs(tmp_path):
 
     names = {o.name for o in onnx.load(path / UNROLLED_FILE).graph.output}
     assert {"y", "t0/lif", "t3/out_lif"} <= names
+
+
+def test_batchnorm_epsilon_is_torch_float64_epsilon(tmp_path):
+    """ONNX stores BatchNormalization's ``epsilon`` as a float32 (1e-5 became 9.99999975e-06):
+    a BatchNorm that stays in the graph (its output also feeds a residual add, as QKFormer's
+    downsampling's does) flipped spikes of a channel whose running variance is near 0 (agreement
+    0.96, found by a QKFormer fork). The float64 model adds eps to the variance as torch does."""
+    import torch
+    from spikingjelly.activation_based import neuron
+
+    import snncc
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2)
+            self.lif = neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):  # [T, B, 1, H, W]
+            y = self.bn(self.conv(x.flatten(0, 1))).reshape(*x.shape[:2], 2, *x.shape[3:])
+            return y + self.lif(y)
+
+    model = Net().double().eval()
+    with torch.no_grad():
+        model.conv.weight.fill_(1.0)
+        model.conv.bias.zero_()
+        model.bn.running_var.copy_(torch.tensor([0.0, 0.5]))
+        model.bn.weight.copy_(torch.tensor([-1.0, 1.0]))
+        model.bn.bias.copy_(torch.tensor([3.0, 0.5]))
+    # channel 0 is 3 - x / sqrt(eps): its first membrane crosses 1 where x <= sqrt(eps)
+    x = torch.tensor(np.sqrt(1e-5) * np.linspace(1 - 4e-8, 1 + 4e-8, 64)).reshape(1, 1, 1, 8, 8)
+    x = x.repeat(4, 2, 1, 1, 1)
+    report = snncc.check(model, x, target="onnx", T=4)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    path = snncc.compile(model, x, target="onnx", out=str(tmp_path / "m"), T=4)
+    bn = [n for n in onnx.load(path / "model.onnx").graph.node
+          if n.op_type == "BatchNormalization"]
+    assert [a.f for n in bn for a in n.attribute if a.name == "epsilon"] == [0.0]

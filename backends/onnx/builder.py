@@ -161,13 +161,21 @@ def _linear(b: OnnxBuilder, n: ir.Linear, args, out):
 
 
 def _batchnorm(b: OnnxBuilder, n: ir.BatchNorm, args, out):
+    """onnxruntime's BatchNormalization computes as torch's does (1 / sqrt(var + eps) times
+    the weight, then x * scale + (bias - mean * scale)), but ONNX stores ``epsilon`` as a
+    float32 attribute (1e-5 becomes 9.99999975e-06): in float64 the variance holds var + eps,
+    added as torch adds it, and epsilon is 0."""
     (x,) = args
-    params = [b.param(n, a) for a in ("weight", "bias", "mean", "var")]
+    if b.double:
+        var, eps = b.param(n, "var", np.asarray(n.var, np.float64) + n.eps), 0.0
+    else:
+        var, eps = b.param(n, "var"), n.eps
+    params = [*(b.param(n, a) for a in ("weight", "bias", "mean")), var]
     ax, rank = n.axis + 1, len(n.shape) + 1
     if ax == 1:
-        return b.op("BatchNormalization", [x, *params], out, epsilon=n.eps)
+        return b.op("BatchNormalization", [x, *params], out, epsilon=eps)
     perm = [0, ax] + [i for i in range(1, rank) if i != ax]
-    y = b.op("BatchNormalization", [b.op("Transpose", [x], perm=perm), *params], epsilon=n.eps)
+    y = b.op("BatchNormalization", [b.op("Transpose", [x], perm=perm), *params], epsilon=eps)
     return b.op("Transpose", [y], out, perm=list(np.argsort(perm)))
 
 
