@@ -2687,6 +2687,13 @@ def _stack(b, c, tensors, dim=0):
                 and traced[0].expr.step is not None \
                 and len({(v.frame, v.expr.step) for v in traced}) == 1:
             return Stacked(tuple(vals))  # a state of one step's values, taken apart later
+        loop = list(range(len(vals)))
+        if len(vals) < b.T and b.neurons and all(sorted(r.calls) == loop
+                                                 for r in b.neurons.values()) and \
+                all(isinstance(v, Val) and v.frame == B and v.expr.step == t
+                    for t, v in enumerate(vals)):  # (not a loop's steps of which some are left)
+            raise _Refuse(f"stacks the {len(vals)} steps of a loop over time, but T={b.T}: the "
+                          f"model's own loop runs {len(vals)} steps (give T={len(vals)}, or none)")
         raise _Refuse("only stacking the T steps of a loop over time, or values to be taken "
                       "apart again (state = torch.stack([v, z]); v, z = state), is supported")
     frame = {0: TB, 1: BT}.get(dim % (len(vals[-1].expr.shape) + 2))

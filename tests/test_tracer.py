@@ -376,6 +376,29 @@ def test_steps_concatenated_along_a_unit_time_axis_are_their_stack(form):
         trace(CatSteps("one missing"), x.float(), T=T, static=False)
 
 
+class OwnLoop(nn.Module):
+    """snnTorch tutorials' form: the forward loops over its own ``num_steps`` and stacks the
+    spikes."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = nn.Linear(6, 5), neuron.IFNode()
+
+    def forward(self, x):
+        functional.reset_net(self)
+        return torch.stack([self.lif(self.fc(x)) for _ in range(4)]).mean(0)
+
+
+def test_a_T_other_than_the_models_own_loop_is_named_at_its_stack():
+    """T = 8 for a model looping 4 times was refused as an unsupported ``torch.stack``; the
+    same loop summed instead of stacked named the neuron's calls."""
+    x = torch.rand(3, 6, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(UnsupportedError, match=r"stacks the 4 steps of a loop over time, but "
+                                               r"T=8: the model's own loop runs 4 steps"):
+        trace(OwnLoop(), x, T=8)
+    assert len(trace(OwnLoop(), x, T=4).of_type(ir.Neuron)) == 1
+
+
 class StackedBranches(nn.Module):
     """Two branches' spikes stacked on a new per-sample axis (``torch.stack([a, b], dim)``)
     and flattened into channels, or averaged over it; multi-step, or a loop of single-step
