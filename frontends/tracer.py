@@ -2585,7 +2585,7 @@ def _getitem(b, c, x, index):
     if not isinstance(x, Val):
         return x[index]  # a tuple or list of traced values
     if isinstance(index, int):
-        return b.step_of(c, x, index % b.T)
+        return _select(b, c, x, 0, index) if x.frame == B1 else b.step_of(c, x, index % b.T)
     parts = index if isinstance(index, tuple) else (index,)
     if any(p is None for p in parts):  # new axes: a reshape
         if not all(p is None or p is Ellipsis or (isinstance(p, slice) and p == slice(None))
@@ -2636,6 +2636,8 @@ def _narrow(b, c, x, dim, start, length):
 def _select(b, c, x, dim, index):
     x = _val(x)
     dim %= _ndim(x)
+    if dim == 0 and x.frame == B1 and index in (0, -1):
+        return Val(x.expr, B)  # the unit axis of x.unsqueeze(0): a loop over its one step
     if dim < len(x.frame) and x.frame[dim] == "T":
         return b.step_of(c, x, index % b.T, dim)
     return _position(b, c, x, dim, index)

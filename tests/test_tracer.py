@@ -399,6 +399,32 @@ def test_a_T_other_than_the_models_own_loop_is_named_at_its_stack():
     assert len(trace(OwnLoop(), x, T=4).of_type(ir.Neuron)) == 1
 
 
+class UnitTimeAxis(nn.Module):
+    """A time axis the model makes of its static input, ``x.unsqueeze(0)``, and loops over
+    (c5_snn's snnTorch transformer in its 'direct' encoding: one step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = nn.Linear(6, 5), neuron.IFNode(v_threshold=0.5)
+
+    def forward(self, x):
+        functional.reset_net(self)
+        s = x.unsqueeze(0)
+        return torch.stack([self.lif(self.fc(s[t])) for t in range(s.size(0))]).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_unit_time_axis_the_model_makes_is_its_one_step(target):
+    """``s[0]`` of ``x.unsqueeze(0)`` was refused ("only the time axis ... can be indexed")."""
+    import snncc
+
+    model = driven(UnitTimeAxis().double().eval(), fc=(2.0, 0.3))
+    x = torch.rand(16, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=1)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 class StackedBranches(nn.Module):
     """Two branches' spikes stacked on a new per-sample axis (``torch.stack([a, b], dim)``)
     and flattened into channels, or averaged over it; multi-step, or a loop of single-step
