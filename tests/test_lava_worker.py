@@ -176,3 +176,57 @@ def test_lava_runs_whatever_start_method_the_process_fixed(how):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[-2:] == ["ok", "fork" if how == "dataloader" else how]
+
+
+def test_a_lava_stop_that_never_returns_ends_the_run_with_its_outputs(monkeypatch):
+    """Lava's ``stop`` once waited on a futex for processes that had ended, every step already
+    received (a CI run hung for minutes). Past runner.LAVA_STOP_SECONDS the run's processes are
+    ended and its complete outputs returned; none of its Lava processes is left."""
+    from lava.magma.runtime.runtime import Runtime
+
+    from snncc.backends.lava import runner
+
+    released, stop = threading.Event(), Runtime.stop
+    hung = []
+
+    def stop_that_hangs(self):
+        if not hung:  # the run's own stop (not the one Lava's __del__ makes later)
+            hung.append(self)
+            released.wait(60)
+            return None
+        return stop(self)
+
+    monkeypatch.setattr(Runtime, "stop", stop_that_hangs)
+    monkeypatch.setattr(runner, "LAVA_STOP_SECONDS", 1)
+    g, x, net = network(0)
+    neurons = [n.name for n in g.of_type(ir.Neuron)]
+    started = time.monotonic()
+    try:
+        out = run_network(net, x, record=neurons, worker=False)
+    finally:
+        released.set()
+    assert hung and time.monotonic() - started < 30
+    assert_same_spikes(g, out["trace"], simulate(g, x, T, record=True))
+    actors = [a for rt in hung for a in rt._messaging_infrastructure.actors]
+    assert actors and not any(a.is_alive() for a in actors)
+
+
+def test_a_call_in_a_thread_returns_raises_is_checked_and_gives_up():
+    from snncc.backends.lava.runner import _in_thread
+
+    assert _in_thread(lambda: None)
+    with pytest.raises(ZeroDivisionError):
+        _in_thread(lambda: 1 / 0)
+    checks = []
+
+    def check():
+        checks.append(1)
+        if len(checks) == 2:
+            raise RuntimeError("a process failed")
+    with pytest.raises(RuntimeError, match="a process failed"):
+        _in_thread(lambda: time.sleep(5), check=check)
+    blocked = threading.Event()
+    started = time.monotonic()
+    assert not _in_thread(lambda: blocked.wait(10), seconds=0.5)
+    assert time.monotonic() - started < 5
+    blocked.set()

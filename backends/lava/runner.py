@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import threading
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ RECORD_BUFFER = 32  # steps the recorder may run ahead of the host reading them
 #: the processes advance in lockstep, one message per connection per step
 CHANNEL_SLOTS = 2
 POLL_SECONDS = 0.2  # how often a host waiting for a step checks that no process failed
+#: seconds Lava's stop may take once every step is received (well under one in practice)
+LAVA_STOP_SECONDS = 60
 #: a process's shape held per lane: state, in/out messages and what a process's model holds
 #: besides (the channels' shared memory is counted on its own, :func:`channel_bytes`; at full
 #: size the processes measured more than this estimate, RESULTS.md)
@@ -563,12 +566,40 @@ def _run(first, run_cfg, recorder, steps: int, keep, advance) -> dict:
             for step in range(1, steps):
                 keep(step, receive())
             t2 = time.perf_counter()
-            first.wait()
+            _in_thread(first.wait, check=check)
         except BaseException:  # (Lava's stop would wait for processes that may never answer)
             terminate(first)
             raise
-        first.stop()
+        if not _in_thread(first.stop, seconds=LAVA_STOP_SECONDS):
+            terminate(first)  # every step is in: what was left is the processes' ending
     return {"startup": t1 - t0, "steps": t2 - t1, "per_step": (t2 - t1) / max(steps - 1, 1)}
+
+
+def _in_thread(call, check=None, seconds: float | None = None) -> bool:
+    """``call()`` in a thread, calling ``check()`` every POLL_SECONDS while it runs; False if
+    it has not returned within ``seconds`` (it is left waiting), else True or what it raised.
+    Lava's ``wait`` does not notice a process that has exited, and its ``stop`` once waited on
+    a futex for processes that had ended, with every step received."""
+    outcome = {}
+
+    def target():
+        try:
+            call()
+        except BaseException as e:  # raised in the caller's thread below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    while thread.is_alive():
+        thread.join(POLL_SECONDS)
+        if check is not None and thread.is_alive():
+            check()
+        if seconds is not None and time.monotonic() - start > seconds:
+            return False
+    if "error" in outcome:
+        raise outcome["error"]
+    return True
 
 
 def run_artifact(artifact: str | Path, inputs, T: int | None = None,
