@@ -1201,55 +1201,31 @@ def _set_metadata(key: str, value: str | None):
     return change
 
 
-@case
-def onnx_metadata_inputs_not_json(tmp):
-    return _onnx_case(tmp, "inputs_not_json", _set_metadata("snncc.inputs", "{not json"),
-                      "metadata 'snncc.inputs' must be a JSON list of inputs")
+def _metadata_case(name: str, key: str, value: str | None, message: str) -> None:
+    """Register case ``onnx_metadata_<name>``: the model with metadata ``key`` set to
+    ``value`` (None: removed)."""
+    def make(tmp):
+        return _onnx_case(tmp, name, _set_metadata(key, value), message)
+    make.__name__ = f"onnx_metadata_{name}"
+    case(make)
 
 
-@case
-def onnx_metadata_inputs_missing(tmp):
-    return _onnx_case(tmp, "inputs_missing", _set_metadata("snncc.inputs", None),
-                      "metadata 'snncc.inputs' must be a JSON list of inputs")
-
-
-@case
-def onnx_metadata_inputs_names_only(tmp):
-    return _onnx_case(tmp, "inputs_names", _set_metadata("snncc.inputs", '["x"]'),
-                      "metadata 'snncc.inputs' must be a JSON list of inputs")
-
-
-@case
-def onnx_metadata_input_shape_unlike_the_graph(tmp):
-    """A declared input shape the graph does not have (inputs of that shape would reach
-    onnxruntime, or a wrong one be refused naming the declared shape)."""
-    return _onnx_case(tmp, "input_shape", _set_metadata(
-        "snncc.inputs", '[{"name": "x", "shape": [5], "static": true}]'),
-        "its 'x' is ['batch', 4], not ['batch', 5]")
-
-
-@case
-def onnx_metadata_T_negative(tmp):
-    return _onnx_case(tmp, "T_negative", _set_metadata("snncc.T", "-3"),
-                      "metadata 'snncc.T' must be a positive number of steps, got '-3'")
-
-
-@case
-def onnx_metadata_dtype_unknown(tmp):
-    return _onnx_case(tmp, "dtype", _set_metadata("snncc.dtype", "float16"),
-                      "metadata 'snncc.dtype' must be one of")
-
-
-@case
-def onnx_metadata_output_the_graph_lacks(tmp):
-    return _onnx_case(tmp, "output_ghost", _set_metadata("snncc.outputs", '["ghost"]'),
-                      "metadata 'snncc.outputs' must be a JSON list of the graph's output names")
-
-
-@case
-def onnx_metadata_neuron_the_graph_lacks(tmp):
-    return _onnx_case(tmp, "neuron_ghost", _set_metadata("snncc.neurons", '["ghost"]'),
-                      "metadata 'snncc.neurons' must be a JSON list of neurons")
+INPUTS_MESSAGE = "metadata 'snncc.inputs' must be a JSON list of inputs"
+for _args in [
+    ("inputs_not_json", "snncc.inputs", "{not json", INPUTS_MESSAGE),
+    ("inputs_missing", "snncc.inputs", None, INPUTS_MESSAGE),
+    ("inputs_names_only", "snncc.inputs", '["x"]', INPUTS_MESSAGE),
+    # a declared shape the graph does not have (inputs of that shape would reach onnxruntime)
+    ("input_shape_unlike_the_graph", "snncc.inputs",
+     '[{"name": "x", "shape": [5], "static": true}]', "its 'x' is ['batch', 4], not ['batch', 5]"),
+    ("T_negative", "snncc.T", "-3", "metadata 'snncc.T' must be a positive number of steps"),
+    ("dtype_unknown", "snncc.dtype", "float16", "metadata 'snncc.dtype' must be one of"),
+    ("output_the_graph_lacks", "snncc.outputs", '["ghost"]',
+     "metadata 'snncc.outputs' must be a JSON list of the graph's output names"),
+    ("neuron_the_graph_lacks", "snncc.neurons", '["ghost"]',
+     "metadata 'snncc.neurons' must be a JSON list of neurons"),
+]:
+    _metadata_case(*_args)
 
 
 @case
