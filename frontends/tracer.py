@@ -1214,10 +1214,12 @@ class PaddedBorder:
 
 @dataclass(frozen=True)
 class Assembled:
-    """A sequence assigned step by step (``out[t] = v``), some steps not yet: see _assemble."""
+    """A sequence assigned step by step (``out[t] = v``), or a tensor position by position along
+    a per-sample axis (``out[:, i] = v``), some not yet: see _assemble."""
 
-    axis: int  # of the time steps: 0 ([T, B, ...]) or 1 ([B, T, ...])
-    steps: tuple  # Val or None per step
+    axis: int  # of the time steps: 0 ([T, B, ...]) or 1 ([B, T, ...]); or the per-sample axis
+    steps: tuple  # Val or None per step (or position)
+    per_sample: bool = False
 
 
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
@@ -2443,6 +2445,9 @@ def _val(x) -> Val:
     if isinstance(x, PaddedBorder):
         raise _Refuse("a padded tensor whose border was assigned in part is used before its "
                       "border is one value per channel (each side assigned the same values)")
+    if isinstance(x, Assembled) and x.per_sample:
+        raise _Refuse("a tensor assigned position by position along an axis (out[:, i] = v) is "
+                      "read before every position is assigned")
     if isinstance(x, Assembled):
         raise _Refuse("a sequence assigned step by step (out[t] = v) is read before each of its "
                       "T steps is assigned")
@@ -3330,8 +3335,13 @@ def _assemble(b, c, x, index, value: Val):
     index = index if isinstance(index, tuple) else (index,)
     axis = next((i for i, k in enumerate(index) if isinstance(k, int)), None)
     full = all(k == slice(None) or k is Ellipsis for i, k in enumerate(index) if i != axis)
+    if full and axis is not None and Ellipsis not in index[:axis] and \
+            axis >= len(value.frame) and (isinstance(x, Assembled) and x.per_sample or
+                                          isinstance(x, Const) and x.frame == value.frame):
+        return _assemble_positions(b, c, x, axis, index[axis], value)
     t = index[axis] % b.T if axis is not None else None  # (out[-1] = v: the last step)
-    if axis not in (0, 1) or not full or value.frame != B or value.expr.step != t:
+    if axis not in (0, 1) or not full or value.frame != B or value.expr.step != t or \
+            isinstance(x, Assembled) and x.per_sample:
         raise _Refuse("a value computed from the input is assigned only as step t of a sequence "
                       "(out[t] = v or out[:, t] = v in a loop over t)")
     steps = x.steps if isinstance(x, Assembled) else (None,) * b.T
@@ -3343,6 +3353,27 @@ def _assemble(b, c, x, index, value: Val):
     if all(v is not None for v in steps):
         return _stack(b, c, steps, axis)
     return Assembled(axis, steps)
+
+
+def _assemble_positions(b, c, x, axis: int, index: int, value: Val):
+    """``out[:, i] = v`` into a tensor made in forward (``zeros_like``), position by position
+    along a per-sample axis (STMixer's heads, each its own Linear): once every position is
+    assigned, the values stacked there as ``torch.stack(..., axis)`` would."""
+    size = c.value.shape[axis]
+    at = axis - len(value.frame)
+    parts = x.steps if isinstance(x, Assembled) else (None,) * size
+    first = next((v for v in parts if v is not None), value)
+    shape = value.expr.shape
+    if (isinstance(x, Assembled) and x.axis != axis) or \
+            tuple(c.value.shape[len(value.frame):]) != (*shape[:at], size, *shape[at:]) or \
+            (first.frame, first.expr.step, first.expr.shape) != (value.frame, value.expr.step,
+                                                                 shape):
+        raise _Refuse("values assigned position by position along an axis (out[:, i] = v) "
+                      "fill it with values of one layout and shape")
+    parts = tuple(value if k == index % size else v for k, v in enumerate(parts))
+    if all(v is not None for v in parts):
+        return _stacked_per_sample(b, c, list(parts), at)
+    return Assembled(axis, parts, per_sample=True)
 
 
 def _like(b, c, x, *args, **kwargs):

@@ -425,6 +425,56 @@ def test_a_unit_time_axis_the_model_makes_is_its_one_step(target):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+class HeadsAssigned(nn.Module):
+    """Each head its own Linear, written into zeros made in forward position by position along
+    the head axis, as STMixer's token mixer (brain-intelligence-lab/STMixer_demo) writes it:
+    ``y = zeros_like(x); y[:, i] = mix[i](x[:, i])``, time and batch folded (``[T*B, ...]``)
+    or not (``y[:, :, i]``)."""
+
+    def __init__(self, folded: bool, heads: int = 3, read_early: bool = False):
+        super().__init__()
+        self.folded, self.heads, self.read_early = folded, heads, read_early
+        self.fc = layer.Linear(5, heads * 6 * 5, step_mode="m")
+        self.lif = neuron.LIFNode(step_mode="m")
+        self.mix = nn.ModuleList(nn.Linear(5, 5) for _ in range(heads))
+        self.out = neuron.IFNode(step_mode="m")
+
+    def forward(self, x):  # [T, B, 5]
+        s = self.lif(self.fc(x).reshape(*x.shape[:2], self.heads, 6, 5))
+        s = s.flatten(0, 1) if self.folded else s
+        y = torch.zeros_like(s)
+        for i in range(self.heads):
+            part = (slice(None),) * (1 if self.folded else 2) + (i,)
+            y[part] = self.mix[i](s[part])
+            if self.read_early:
+                return y.sum()
+        y = y.reshape(*x.shape[:2], -1) if self.folded else y.flatten(2)
+        return self.out(y)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("folded", [True, False], ids=["T*B", "TB"])
+def test_heads_assigned_position_by_position_are_their_stack(folded, target):
+    """Refused before: "a value computed from the input is assigned only as step t of a
+    sequence"."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = driven(HeadsAssigned(folded).double().eval(), fc=(2.0, 0.2),
+                   **{f"mix.{i}": (3.0, 0.4) for i in range(3)})
+    x = torch.rand(T, 2, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_heads_assigned_in_part_and_read_are_refused_saying_so():
+    x = torch.rand(T, 2, 5)
+    with pytest.raises(UnsupportedError, match=r"assigned position by position along an axis "
+                                               r"\(out\[:, i\] = v\) is read before every"):
+        trace(HeadsAssigned(True, read_early=True), x, T=T, static=False)
+
+
 class StackedBranches(nn.Module):
     """Two branches' spikes stacked on a new per-sample axis (``torch.stack([a, b], dim)``)
     and flattened into channels, or averaged over it; multi-step, or a loop of single-step
