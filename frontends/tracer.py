@@ -1687,6 +1687,10 @@ class _Builder:
                           f"spatial-temporal attention's chunks, STAtten's): a step's values "
                           f"would depend on the other steps of its chunk, later ones included, "
                           f"which a network computing one step after another cannot have")
+        if x.frame == TBM and out[:2] == (self.size["B"], self.T) != (self.T, self.size["B"]):
+            raise _Refuse("it reads time and batch folded time first ([T*B, ...]) as batch "
+                          f"first ([B, T, ...] = view(-1, {self.T}, ...)): each 'sample' would "
+                          "hold steps of several samples")
         raise _Refuse("it mixes the time or batch axis with feature axes")
 
     def const(self, k, x: Val) -> np.ndarray:

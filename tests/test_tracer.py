@@ -475,6 +475,22 @@ def test_heads_assigned_in_part_and_read_are_refused_saying_so():
         trace(HeadsAssigned(True, read_early=True), x, T=T, static=False)
 
 
+def test_time_first_folding_read_batch_first_is_refused_saying_so():
+    """STMixer's surrogate module reads [T*B, ...] as ``view(-1, T, ...)``, grouping steps of
+    several samples; it was refused as mixing "the time or batch axis with feature axes"."""
+    class Regrouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = layer.Linear(5, 6, step_mode="m"), neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):  # [T, B, 5]
+            return self.lif(self.fc(x)).flatten(0, 1).view(-1, T, 6).mean(1)
+
+    with pytest.raises(UnsupportedError, match=r"reads time and batch folded time first "
+                                               r"\(\[T\*B, ...\]\) as batch first"):
+        trace(Regrouped(), torch.rand(T, 3, 5), T=T, static=False)
+
+
 class StackedBranches(nn.Module):
     """Two branches' spikes stacked on a new per-sample axis (``torch.stack([a, b], dim)``)
     and flattened into channels, or averaged over it; multi-step, or a loop of single-step
