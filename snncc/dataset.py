@@ -393,7 +393,8 @@ class ImageFolderDataset(_Normalised, _ClassFolder):
         try:
             with Image.open(self.files[i]) as im:
                 a = self._resized(im.convert("L" if self.C == 1 else "RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+            # (the last: a header declaring more pixels than Pillow decodes, 1.8e8)
             raise FormatError(f"{self.files[i]}: not a readable image "
                               f"({' '.join(str(e).split())})") from None
         return self._normalise(a)

@@ -1006,6 +1006,28 @@ def pt_unexpected_big_key(tmp):
 
 # ============================================================================ check / inspect / run
 @case
+def dataset_image_declaring_1e10_pixels(tmp):
+    """An image folder holding a 100-byte PNG whose header declares 100,000 x 100,000 pixels:
+    Pillow's decompression-bomb refusal was an internal error."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    folder = tmp / "bomb_images"
+    for label in ("0", "1"):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0)
+    (folder / "0" / "a.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100001)) + chunk(b"IEND", b""))
+    return Case(["check", str(CKPT), "--arch", ARCH, "--dataset", str(folder), "--quiet"], 1,
+                "exceeds limit of")
+
+
+@case
 def labels_negative(tmp):
     return Case(["check", str(base_snnir(tmp)), "--inputs", inputs(tmp), "--labels",
                  npy(tmp, "ln.npy", np.array([0, -1]))], 1, "label -1")
