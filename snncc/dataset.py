@@ -218,13 +218,19 @@ class NpzDataset(Dataset):
             raise FormatError(f"{path}: x holds samples of shape {list(self.x.shape[1:])}; the "
                               f"model takes {list(self.sample_shape)} per sample"
                               + ("" if self.inp.static else " ([T, ...] per sample)"))
+        from .parity import check_labels, output_classes
+
+        # held whole (8 bytes a sample) and checked up front: a bad label is named by its
+        # index in the set (a batch's check named it by its index in the batch, as --labels')
+        self.labels = check_labels(self.y.rows(0, self.n), self.n, output_classes(graph),
+                                   f"{path}: y")
+        self.y.close()
 
     def read(self, start, stop):
-        return self.x.rows(start, stop), self.y.rows(start, stop)
+        return self.x.rows(start, stop), self.labels[start:stop]
 
     def close(self):
         self.x.close()
-        self.y.close()
         self.zf.close()
 
 

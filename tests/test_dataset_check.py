@@ -125,6 +125,21 @@ def test_default_batch_is_the_largest_whose_check_fits_the_budget(loaded):
         check_dataset(loaded, "nope.npz", passes=["no_such_pass"])
 
 
+def test_npz_labels_are_checked_up_front_by_their_index_in_the_set(tmp_path, loaded):
+    """A bad label was named by its index in its batch and as '--labels'; it is now named by
+    its index in the set before any batch runs, and labels past --limit are not read."""
+    from snncc.errors import FormatError
+
+    path = tmp_path / "bad.npz"
+    y = np.arange(100) % 10
+    y[70] = 12
+    np.savez(path, x=np.zeros((100, 1, 8, 8)), y=y.astype(np.float64))
+    with pytest.raises(FormatError, match=r"bad.npz: y: label 12.0 at index 70 is not a class "
+                                          r"index in \[0, 10\)"):
+        check_dataset(loaded, str(path), batch=64)
+    assert check_dataset(loaded, str(path), batch=64, limit=70).samples == 70
+
+
 @pytest.mark.parametrize("size", [8, 16])
 def test_digits_split_is_scikit_learns_without_importing_it(size):
     """The shipped split (examples/checkpoints/digits-split.npz) and the images read from
