@@ -1857,6 +1857,11 @@ class _Builder:
             raise dynamics
         p = dynamics
         x, state, returns_state, spikes = adapter.single_step_call(m, args, kwargs, c.value)
+        if isinstance(x, Const) and x.frame == B and adapter.step_mode(m) != STEP_MULTI:
+            # a loop's first steps reading a constant where later steps read a traced value of
+            # an earlier step (spikingjelly's single-step Delay returns zeros at first): the
+            # graph's Delay of that value starts at the constant (_start_values)
+            return self._stepped_call(c, p, None, spikes, x.frame, state, returns_state)
         if not isinstance(x, Val) or x.expr.time == READOUT:
             raise _Refuse("a neuron's input must be a per-step tensor")
         c = replace(c, value=spikes)
@@ -1884,16 +1889,22 @@ class _Builder:
             raise _Refuse("a single-step neuron needs a [B, ...] input")
         if one_step and c.path in self._multi_step_called:
             raise _Refuse("called on a whole sequence and on single steps in one forward")
-        shape = tuple(spikes.shape[len(x.frame):])
+        return self._stepped_call(c, p, x.expr, spikes, x.frame, state, returns_state)
+
+    def _stepped_call(self, c: _Call, p, x: Expr | None, spikes, frame, state,
+                      returns_state: bool):
+        """A single-step neuron's call, on ``x`` (None: a constant, at a loop's first steps)."""
+        shape = tuple(spikes.shape[len(frame):])
         rec = self.neurons.setdefault(c.path, _SteppedNeuron(p, shape, {}))
         if rec.calls and not _same_dynamics(p, rec.params, rec.shape):
             raise _Refuse("its parameters (threshold, decay, reset ...) differ from its first "
                           "call's: one neuron of the graph has one set")
         t = self._step_of_call(c.path, rec, state, returns_state)
-        if t in rec.calls or (x.expr.step or 0) > t or t >= self.T:
+        if t in rec.calls or (x is not None and (x.step or 0) > t) or t >= self.T:
             raise _Refuse(f"its call for step {t} does not fit a loop over T={self.T} steps")
-        rec.calls[t] = x.expr
-        out = Val(_NeuronStep(None, (), c.op, c.hint, c.path, rec.shape, step=t), x.frame)
+        rec.calls[t] = x
+        out = Val(_NeuronStep(None, (), c.op, c.hint, c.path, rec.shape, step=t, site=c.site),
+                  frame)
         return (out, *[Membrane(c.path, t, rec.shape)] * int(returns_state)) \
             if returns_state else out
 
@@ -2266,13 +2277,16 @@ class _Builder:
             rec.name = node.name
 
             def connect():
-                first = next(iter(rec.calls.values()))
+                first = next((e for e in rec.calls.values() if e is not None), None)
+                op = f"op '{type(self.root.get_submodule(path)).__name__}'"
                 if sorted(rec.calls) != list(range(self.T)):
                     once = ("; if a loop outside the model calls it once per step, trace a "
                             "module that runs that loop" if sorted(rec.calls) == [0] else "")
-                    self.errors[(path, f"op '{type(self.root.get_submodule(path)).__name__}': "
-                                       f"called at steps {sorted(rec.calls)}, not at every step "
-                                       f"0..{self.T - 1}{once}")] = None
+                    self.errors[(path, f"{op}: called at steps {sorted(rec.calls)}, not at "
+                                       f"every step 0..{self.T - 1}{once}")] = None
+                elif any(rec.calls[t] is None for t in range(max(self.T - 2, 0), self.T)):
+                    self.errors[(path, f"{op}: its input is a constant at the last steps of the "
+                                       "loop, not a per-step tensor")] = None
                 elif (inp := self._same_each_step(first, rec.calls)) is None:
                     return
                 elif kind is ir.Kind.REAL:

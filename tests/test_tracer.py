@@ -491,6 +491,37 @@ def test_time_first_folding_read_batch_first_is_refused_saying_so():
         trace(Regrouped(), torch.rand(T, 3, 5), T=T, static=False)
 
 
+class DelayedSingleStep(nn.Module):
+    """spikingjelly's ``layer.Delay`` in single-step mode between two layers: its first
+    ``k`` calls return ``zeros_like(x)``, so the next layer's first steps read its bias."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.fc1, self.lif1 = layer.Linear(8, 16), neuron.LIFNode()
+        self.delay = layer.Delay(k)
+        self.fc2, self.lif2 = layer.Linear(16, 16), neuron.LIFNode()
+
+    def forward(self, x):
+        return self.lif2(self.fc2(self.delay(self.lif1(self.fc1(x)))))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_single_step_delay_starts_the_next_layer_at_its_bias(k, target):
+    """Refused before, naming the next neuron ("a neuron's input must be a per-step tensor";
+    "called at steps [0, 1, 2]" though it was called at every step; found by testing
+    spikingjelly's own layers)."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = driven(DelayedSingleStep(k).double().eval(), fc1=(4.0, 0.5), fc2=(5.0, 1.2))
+    functional.reset_net(model)
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 class StackedBranches(nn.Module):
     """Two branches' spikes stacked on a new per-sample axis (``torch.stack([a, b], dim)``)
     and flattened into channels, or averaged over it; multi-step, or a loop of single-step
