@@ -459,6 +459,14 @@ class _ConcreteProxy(fx.Proxy):
     def __len__(self):
         return len(self.node.meta["value"])
 
+    def __deepcopy__(self, memo):
+        """``copy.deepcopy(x)`` of a traced tensor is its copy, ``x.clone()`` (fx's own
+        deepcopy of a proxy copies its node out of the graph; SpikeZIP-TF's neurons deepcopy
+        the value they keep from the step before)."""
+        if isinstance(self.node.meta.get("value"), torch.Tensor):
+            return self.clone()
+        return super().__deepcopy__(memo)
+
     def __float__(self):
         return float(self._python_value("float"))
 

@@ -522,6 +522,45 @@ def test_a_single_step_delay_starts_the_next_layer_at_its_bias(k, target):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+class KeptByDeepcopy(nn.Module):
+    """A module keeping its last output in an attribute and reading it back with
+    ``copy.deepcopy`` at the next step, as SpikeZIP-TF's spiking softmax does: the step's
+    difference from the step before, fired on."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = nn.Linear(8, 16), neuron.IFNode(v_threshold=0.5)
+        self.total, self.before = 0.0, 0.0
+
+    def forward(self, x):  # [T, B, 8]
+        import copy
+
+        out = []
+        for t in range(x.shape[0]):
+            self.total = self.fc(x[t]) + self.total
+            y = 2.0 * self.total
+            before = copy.deepcopy(self.before)
+            self.before = y
+            out.append(self.lif(y - before))
+        self.total, self.before = 0.0, 0.0
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_traced_value_deep_copied_is_its_copy(target):
+    """``copy.deepcopy`` of a traced tensor crashed the trace (fx's deepcopy of a proxy copies
+    its node out of the graph: "'Node' object has no attribute 'meta'", an internal error)."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = driven(KeptByDeepcopy().double().eval(), fc=(2.0, 0.1))
+    functional.reset_net(model)
+    x = torch.randn(T, 6, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 class StackedBranches(nn.Module):
     """Two branches' spikes stacked on a new per-sample axis (``torch.stack([a, b], dim)``)
     and flattened into channels, or averaged over it; multi-step, or a loop of single-step
