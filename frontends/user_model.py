@@ -207,6 +207,17 @@ def kept_tensors(model: nn.Module):
                 yield from walk(f"{path}.{attr}" if path else attr, v)
 
 
+def floating_dtype(model: nn.Module) -> torch.dtype | None:
+    """The float dtype most of the model's parameters are in (by elements; None without float
+    parameters): what the model computes in where a stray parameter is in another (a token
+    SpikeZIP-TF's reset restores from a float32 copy into a float64 model)."""
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else None
+
+
 def _holds_meta(model: nn.Module) -> bool:
     """Whether a parameter, buffer or kept tensor (:func:`kept_tensors`) is on meta: a slice of
     a weight kept in a dict (a supernet's chosen sub-network) stays on meta when the
@@ -404,7 +415,7 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
     if layout is not None and layout not in LAYOUTS:
         raise SnnccError(f"layout must be one of {list(LAYOUTS)}, got '{layout}'")
     T = T if T is not None else declared_T(model)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = floating_dtype(model) or torch.float32
     if example is None:
         shape = tuple(input_shape) if input_shape else declared_input_shape(model)
         if shape is None:

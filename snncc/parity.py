@@ -192,6 +192,25 @@ def random_inputs(graph: Graph, batch: int, T: int, seed: int) -> np.ndarray:
     return rng.normal(0.0, 1.0, shape)
 
 
+def _float_dtypes(model) -> dict[str, object]:
+    """Each float parameter's and buffer's dtype, by name."""
+    return {name: t.dtype for named in (model.named_parameters(), model.named_buffers())
+            for name, t in named if t.is_floating_point()}
+
+
+def _restore_float_dtypes(model, dtypes: dict[str, object]) -> None:
+    """Each float parameter and buffer back in its own dtype (``model.to(dtype)`` would give
+    a model whose tensors were in several dtypes all of one)."""
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if name in dtypes and t.dtype != dtypes[name]:
+            module, _, attr = name.rpartition(".")
+            owner = model.get_submodule(module)
+            if attr in owner._parameters:
+                t.data = t.data.to(dtypes[name])
+            else:
+                owner._buffers[attr] = t.to(dtypes[name])
+
+
 def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: str = "cpu"):
     """Run the PyTorch model on ``x`` recording every neuron module named by a Neuron node's
     path; returns ([each output tensor the graph's Outputs stand for, in their order],
@@ -204,11 +223,13 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     import torch
 
     from snncc.frontends.adapters import is_neuron, reset_state
+    from snncc.frontends.user_model import floating_dtype
 
     if graph.meta.get("batch_coupled") and x_batch(graph, x) > 1:
         return _one_sample_at_a_time(model, graph, x, dtype, device)
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
-    before = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    before = floating_dtype(model)
+    dtypes = _float_dtypes(model)
     before_device = next((p.device for p in model.parameters()), torch.device("cpu"))
     conversions = [(to, instead) for to, instead, differs in (
         (dtype, f"--dtype {str(before).removeprefix('torch.')}", before not in (None, tdtype)),
@@ -263,8 +284,7 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
         for h in hooks:
             h.remove()
         reset_state(model)
-        if before is not None:
-            model.to(before)
+        _restore_float_dtypes(model, dtypes)
         model.to(before_device)
         for m, training in modes:
             m.train(training)

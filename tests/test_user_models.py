@@ -2023,3 +2023,32 @@ def test_a_stacked_state_used_as_a_tensor_is_refused_saying_so():
     with pytest.raises(SnnccError, match=r"values stacked on a new first axis .* taken only "
                                          r"apart again"):
         snncc.trace(Summed().double(), torch.rand(4, 3, 2, 6, 6, dtype=torch.float64))
+
+
+class OneFloat32Token(torch.nn.Module):
+    """A float64 model one of whose parameters, its first, is float32 (SpikeZIP-TF's reset
+    restores its class token from a float32 copy)."""
+
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.token = torch.nn.Parameter(torch.rand(1, 6))
+        self.fc, self.lif = torch.nn.Linear(6, 8), neuron.IFNode(v_threshold=0.5)
+        self.register_buffer("shift", torch.full((8,), 0.1))
+
+    def forward(self, x):
+        return self.lif(self.fc(x + self.token) + self.shift)
+
+
+def test_a_model_of_mixed_float_dtypes_is_checked_and_given_back_as_it_came():
+    """The example was cast to the first parameter's dtype (float32), and the float64 model
+    'failed in PyTorch itself'; check gave every tensor back in that one dtype."""
+    model = driven(OneFloat32Token().double().eval(), fc=(3.0, 0.0))
+    model.token.data = model.token.data.float()
+    x = torch.rand(6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target="sim", T=4)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert (model.token.dtype, model.fc.weight.dtype, model.shift.dtype) == \
+        (torch.float32, torch.float64, torch.float64)
