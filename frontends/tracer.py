@@ -2258,8 +2258,12 @@ class _Builder:
         last = self.T - 1 if last is None else last
         name = self.materialize(exprs[last], last)
         first = 1 if exprs[last].time == STATIC else 2
-        if last >= first and name is not None \
-                and self.materialize(exprs[last - 1], last - 1) != name:
+        # a static value (of static inputs alone: no loop state explains a first step of its
+        # own) is the same at every step, the first included (x - P, P the value before,
+        # starting at 0: x at step 0, 0 after)
+        earlier = [last - 1] + ([0] if first == 1 and last > 1 and 0 in exprs else [])
+        if last >= first and name is not None and any(
+                self.materialize(exprs[k], k) != name for k in earlier):
             self.errors[(e.path, f"op '{e.op}': the loop over time does not compute the same "
                                  "thing at every step")] = None
             return None
