@@ -1508,7 +1508,12 @@ class _Builder:
         same, so that the calls after it have their later steps' sites."""
         if e in self._called or e.site is None:
             c = self._call(node)
-            self.loop_site(c.site, e.step, c.op)
+            site = self.loop_site(c.site, e.step, c.op)
+            if site is not None and e.step < _EARLY_STEPS and \
+                    any(isinstance(a, Const) for a in operands):
+                # its constant operands (``s * (n < 2)`` at step 0, n starting at 0: ``s * 1``,
+                # which returned s) are where a value it reads at later steps starts
+                self._early.setdefault((site, e.step), operands)
             return
         self._called.add(e)
         for k, a in enumerate(operands):

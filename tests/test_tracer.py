@@ -599,6 +599,48 @@ def test_a_static_value_whose_first_step_differs_is_refused():
         trace(DifferenceFromTheStepBefore(True), x[0].float(), T=T)
 
 
+class AtMostTwoSpikes(nn.Module):
+    """An IF neuron written with tensor ops that fires at most twice, its spikes gated by a
+    second comparison of a count starting at 0 (SpikeZIP-TF's ST-BIF gates its spikes so):
+    at step 0 ``(n < 2)`` is a constant 1, and ``s * 1`` returned s."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 16)
+        self.v, self.n = 0.0, 0.0
+
+    def forward(self, x):  # [T, B, 8]
+        out = []
+        for t in range(x.shape[0]):
+            y = self.fc(x[t])
+            if not torch.is_tensor(self.v):
+                self.v, self.n = torch.zeros_like(y), torch.zeros_like(y)
+            self.v = self.v + y
+            s = (self.v >= 1.0).to(y.dtype) * (self.n < 2.0).to(y.dtype)
+            self.v, self.n = self.v - s, self.n + s
+            out.append(s)
+        self.v, self.n = 0.0, 0.0
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_gate_constant_at_the_first_step_starts_its_delay_there(target):
+    """The gate's Delay started at 0 where the model's started at 1 (the first step's product
+    with the constant returned its other operand, so the constant was not seen): outputs off
+    by 0.034 while every compared layer agreed; compile refused it."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = driven(AtMostTwoSpikes().double().eval(), fc=(2.0, 0.3))
+    x = torch.randn(6, 5, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=6, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    with torch.no_grad():  # the spikes are the output (no module returns them)
+        spikes = model(x)
+    assert_rates_in_range({"output": float(spikes.mean())})
+    assert float(spikes.sum(0).max()) == 2.0  # the gate closes
+
+
 class StackedBranches(nn.Module):
     """Two branches' spikes stacked on a new per-sample axis (``torch.stack([a, b], dim)``)
     and flattened into channels, or averaged over it; multi-step, or a loop of single-step
