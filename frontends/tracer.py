@@ -1530,6 +1530,8 @@ class _Builder:
         base = re.sub(r"_\d+$", "", node.name)
         if node.op == "call_method":
             op = f"Tensor.{node.target}"
+        elif node.target is _assigned:
+            op = "Tensor.__setitem__"
         else:
             mod = getattr(node.target, "__module__", None) or "torch"
             mod = "torch" if mod.startswith("torch._") else mod.lstrip("_")
@@ -3375,8 +3377,9 @@ def _assemble(b, c, x, index, value: Val):
                                           isinstance(x, Const) and x.frame == value.frame):
         return _assemble_positions(b, c, x, axis, index[axis], value)
     t = index[axis] % b.T if axis is not None else None  # (out[-1] = v: the last step)
-    if axis not in (0, 1) or not full or value.frame != B or value.expr.step != t or \
-            isinstance(x, Assembled) and x.per_sample:
+    # (a static value at every step: EMS-YOLO's input[i] = x, the image repeated over time)
+    if axis not in (0, 1) or not full or value.frame != B or isinstance(x, Assembled) and \
+            x.per_sample or value.expr.step != t and value.expr.time != STATIC:
         raise _Refuse("a value computed from the input is assigned only as step t of a sequence "
                       "(out[t] = v or out[:, t] = v in a loop over t)")
     steps = x.steps if isinstance(x, Assembled) else (None,) * b.T

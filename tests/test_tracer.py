@@ -641,6 +641,38 @@ def test_a_gate_constant_at_the_first_step_starts_its_delay_there(target):
     assert float(spikes.sum(0).max()) == 2.0  # the gate closes
 
 
+class RepeatedByAssignment(nn.Module):
+    """EMS-YOLO's ``Model.forward``: the image written into zeros at every step
+    (``inp[i] = x``), then a convolution per step written the same way."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.lif = nn.Conv2d(3, 8, 3, padding=1), neuron.IFNode(step_mode="m")
+
+    def forward(self, x):
+        inp = torch.zeros(T, *x.shape, dtype=x.dtype)
+        for i in range(T):
+            inp[i] = x
+        c = torch.zeros(T, x.shape[0], 8, *x.shape[2:], dtype=x.dtype)
+        for i in range(T):
+            c[i] = self.conv(inp[i])
+        return self.lif(c)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_static_image_assigned_at_every_step_is_repeated(target):
+    """Refused as "op 'snncc.frontends.tracer._assigned' is not supported (a value computed
+    from the input is assigned only as step t of a sequence ...)"."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = driven(RepeatedByAssignment().double().eval(), conv=(2.0, 0.3))
+    x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 class StackedBranches(nn.Module):
     """Two branches' spikes stacked on a new per-sample axis (``torch.stack([a, b], dim)``)
     and flattened into channels, or averaged over it; multi-step, or a loop of single-step
