@@ -1161,6 +1161,19 @@ class TimeAxisLast:
 
 
 @dataclass(frozen=True)
+class FrameMoved:
+    """A ``[T, B, ...]`` (or ``[B, T, ...]``) value whose time and batch axes transposes moved
+    among its per-sample axes (tdBN's ``batch_norm_2d``, copied by EMS-YOLO and MS-ResNet:
+    ``[T, B, C, H, W]`` to ``[B, C, T, H, W]`` for a ``BatchNorm3d``). Taken only by further
+    transposes (back to a layout of the value) and by a BatchNorm of its axis 1 where that is a
+    per-sample axis: the same per-channel scale and shift at every position, whatever axes
+    the statistics were gathered over."""
+
+    x: Val
+    perm: tuple[int, ...]  # the tensor's axes, as axes of x
+
+
+@dataclass(frozen=True)
 class AxisFirst:
     """``x.permute(perm)`` of a ``[T, B, ...]`` value moving one per-sample axis ahead of the
     time and batch axes, which follow in order (timm's attention: ``qkv.reshape(T, B, N, 3, h,
@@ -1231,7 +1244,8 @@ class Assembled:
 
 
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
-_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, AxisFirst, PaddedBorder,
+_FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, AxisFirst, FrameMoved,
+               PaddedBorder,
                Assembled, Clamped, Rounded, Stacked, AfterStart)
 
 
@@ -1592,7 +1606,10 @@ class _Builder:
         return out
 
     def _refused(self, c: _Call, msg: str, unknown: bool, args, kwargs):
-        vals = [a for a in _walk((args, kwargs)) if isinstance(a, Val)]
+        # (a value moved about is its value: an op refused on one computed from a refused op
+        # is not a cause of its own)
+        vals = [a.x if isinstance(a, FrameMoved) else a for a in _walk((args, kwargs))
+                if isinstance(a, (Val, FrameMoved))]
         frame = vals[0].frame if vals else B
 
         def poison(v):
@@ -2482,6 +2499,10 @@ def _val(x) -> Val:
     if isinstance(x, PaddedBorder):
         raise _Refuse("a padded tensor whose border was assigned in part is used before its "
                       "border is one value per channel (each side assigned the same values)")
+    if isinstance(x, FrameMoved):
+        raise _Refuse("it reads a value whose time or batch axis transposes moved among its "
+                      "other axes (only transposes back and a BatchNorm of a per-sample channel "
+                      "axis may)")
     if isinstance(x, Assembled) and x.per_sample:
         raise _Refuse("a tensor assigned position by position along an axis (out[:, i] = v) is "
                       "read before every position is assigned")
@@ -2558,6 +2579,8 @@ def _transposed(b, c, x: Val, perm: list[int]) -> Val | TimeAxisLast | AxisFirst
         return TimeAxisLast(x)
     elif perm[0] >= f and perm[1:f + 1] == list(range(f)):
         return AxisFirst(x, tuple(perm))
+    elif perm[:f] != list(range(f)) and frame in (TB, BT):
+        return FrameMoved(x, tuple(perm))
     elif perm[:f] != list(range(f)):
         raise _Refuse("it moves the time or batch axis")
     per = tuple(p - f for p in perm[f:])
@@ -2567,17 +2590,22 @@ def _transposed(b, c, x: Val, perm: list[int]) -> Val | TimeAxisLast | AxisFirst
 
 
 def _permute(b, c, x, *dims):
-    x = _val(x)
     dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
-    return _transposed(b, c, x, [d % _ndim(x) for d in dims])
+    return _moved(b, c, x, [d % len(c.value.shape) for d in dims])
 
 
 def _transpose(b, c, x, dim0, dim1):
-    x = _val(x)
-    perm = list(range(_ndim(x)))
+    perm = list(range(len(c.value.shape)))
     a, d = dim0 % len(perm), dim1 % len(perm)
     perm[a], perm[d] = perm[d], perm[a]
-    return _transposed(b, c, x, perm)
+    return _moved(b, c, x, perm)
+
+
+def _moved(b, c, x, perm: list[int]):
+    """``x`` with its axes permuted; of a FrameMoved, the permutations composed."""
+    if isinstance(x, FrameMoved):
+        return _transposed(b, c, x.x, [x.perm[p] for p in perm])
+    return _transposed(b, c, _val(x), perm)
 
 
 def _t(b, c, x):
@@ -3898,9 +3926,19 @@ def _affine(b, c, x, weight: torch.Tensor, bias):
 
 
 def _normalization(b, c, x, mean, var, weight, bias, eps: float):
-    """Batch normalization of ``x``'s channel axis with constant statistics and affine."""
+    """Batch normalization of ``x``'s channel axis with constant statistics and affine (of a
+    FrameMoved: of the axis of its value that is its axis 1, the result moved as it is)."""
+    if isinstance(x, FrameMoved):
+        axis = x.perm[1] - len(x.x.frame)
+        if axis < 0:
+            raise _Refuse("its channel axis is the time or batch axis")
+        y = _normalization_along(b, c, x.x, axis, mean, var, weight, bias, eps)
+        return FrameMoved(y, x.perm)
     x = _val(x)
-    axis = 1 - len(x.frame)
+    return _normalization_along(b, c, x, 1 - len(x.frame), mean, var, weight, bias, eps)
+
+
+def _normalization_along(b, c, x: Val, axis: int, mean, var, weight, bias, eps: float):
     if axis < 0 or axis == 0 and x.frame in WINDOWED:
         raise _Refuse("its channel axis is the batch axis")
     if mean is None or var is None:
@@ -3909,7 +3947,7 @@ def _normalization(b, c, x, mean, var, weight, bias, eps: float):
     p = dict(weight=np.ones(ch) if weight is None else _np(weight),
              bias=np.zeros(ch) if bias is None else _np(bias), mean=_np(mean), var=_np(var))
     return b.new(c, lambda n, i: ir.BatchNorm(n, i, path=c.path, eps=eps, axis=axis, **p),
-                 [x], x.frame)
+                 [x], x.frame, shape=x.expr.shape)
 
 
 def _conv(b, c, m, x):
@@ -4092,7 +4130,7 @@ _MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.Conv1d, _conv), (nn.Conv2d, _conv), (nn.Linear, _linear),
     (nn.ConvTranspose1d, _conv_transpose_module), (nn.ConvTranspose2d, _conv_transpose_module),
     (nn.PixelShuffle, _pixel_shuffle_module), (nn.PixelUnshuffle, _pixel_shuffle_module),
-    (nn.BatchNorm1d, _batchnorm), (nn.BatchNorm2d, _batchnorm),
+    (nn.BatchNorm1d, _batchnorm), (nn.BatchNorm2d, _batchnorm), (nn.BatchNorm3d, _batchnorm),
     (nn.MaxPool2d, _maxpool), (nn.MaxPool3d, _maxpool), (nn.AvgPool2d, _avgpool2d),
     (nn.AvgPool1d, _pool1d), (nn.MaxPool1d, _pool1d), (nn.AdaptiveAvgPool2d, _adaptive_avgpool),
     (nn.AdaptiveAvgPool1d, _adaptive_avgpool), (nn.Flatten, _flatten_module),

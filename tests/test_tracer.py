@@ -18,7 +18,7 @@ from snncc.frontends import zoo
 from snncc.frontends.tracer import trace
 from snncc.simulator import Simulator
 
-from conftest import assert_rates_in_range, driven, stacked_spikes
+from conftest import assert_rates_in_range, driven, randomize_batchnorms, stacked_spikes
 
 T = 4
 pytest.importorskip("spikingjelly.activation_based")
@@ -671,6 +671,53 @@ def test_a_static_image_assigned_at_every_step_is_repeated(target):
     report = snncc.check(model, x, target=target, T=T)
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class TdBatchNorm(nn.Module):
+    """tdBN's ``batch_norm_2d`` (Zheng et al.; copied by EMS-YOLO and MS-ResNet): a
+    ``BatchNorm3d`` of ``[T, B, C, H, W]`` transposed to ``[B, C, T, H, W]`` and back."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn = nn.BatchNorm3d(channels)
+
+    def forward(self, x):
+        y = x.transpose(0, 2).contiguous().transpose(0, 1).contiguous()
+        return self.bn(y).contiguous().transpose(0, 1).contiguous().transpose(0, 2)
+
+
+class TdBnNet(nn.Module):
+    def __init__(self, readout_moved: bool = False):
+        super().__init__()
+        self.readout_moved = readout_moved
+        self.conv, self.bn = layer.Conv2d(3, 8, 3, padding=1, step_mode="m"), TdBatchNorm(8)
+        self.lif = neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):  # [T, B, 3, H, W]
+        if self.readout_moved:
+            return self.bn.bn(self.conv(x).transpose(0, 2).transpose(0, 1)).mean()
+        return self.lif(self.bn(self.conv(x)))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_tdbn_batch_norm_3d_of_time_moved_among_the_axes_is_a_batch_norm(target):
+    """Refused: "op 'Tensor.transpose' is not supported (it moves the time or batch axis)",
+    "op 'BatchNorm3d' is not supported" (EMS-YOLO's official code)."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = randomize_batchnorms(TdBnNet(), np.random.default_rng(0), positive_bias=True)
+    model = model.double().eval()
+    x = torch.rand(T, 2, 3, 6, 6, generator=torch.Generator().manual_seed(1),
+                   dtype=torch.float64) * 2
+    report = snncc.check(model, x, target=target, T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_a_value_with_its_time_axis_moved_read_otherwise_is_refused_saying_so():
+    with pytest.raises(UnsupportedError, match="whose time or batch axis transposes moved"):
+        trace(TdBnNet(readout_moved=True).eval(), torch.rand(T, 2, 3, 6, 6), T=T, static=False)
 
 
 class StackedBranches(nn.Module):
