@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from snncc.errors import CheckpointError, FormatError, NoInputShapeError, SnnccError
+from snncc.errors import (CheckpointError, FormatError, NoInputShapeError, SnnccError,
+                          UnsupportedError)
 
 from .checkpoint import _NEEDS_CODE, _load, load_into
 
@@ -482,11 +483,25 @@ def _trace_failure(failures, examples, explicit: bool) -> SnnccError:
         return err
     text = " ".join(str(err).split())
     where = _model_line(err)
+    if where is not None and _in_vmap(err):
+        return UnsupportedError(
+            f"torch.vmap, called at {where}, is not supported: it runs the function on each "
+            "slice of an axis apart from the traced model; write it as that function on the "
+            "whole tensor or a loop over the axis (spikingjelly's TLast containers: use their "
+            f"time-first forms) ({how}{hint})")
     if where is not None:  # (the trace tells PyTorch's own failures apart: this one is not)
         return SnnccError(f"tracing failed in the model's code at {where}, which runs in "
                           f"PyTorch: {type(err).__name__}: {text} ({how}{hint})")
     return SnnccError(f"running the model on the example input failed: {type(err).__name__}: "
                       f"{text} ({how}{hint})")
+
+
+def _in_vmap(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside ``torch.vmap`` (torch's functorch)."""
+    import traceback
+
+    return any("/torch/_functorch/" in f.filename
+               for f in traceback.extract_tb(err.__traceback__))
 
 
 def _model_line(err: BaseException) -> str | None:

@@ -720,6 +720,27 @@ def test_a_value_with_its_time_axis_moved_read_otherwise_is_refused_saying_so():
         trace(TdBnNet(readout_moved=True).eval(), torch.rand(T, 2, 3, 6, 6), T=T, static=False)
 
 
+def test_torch_vmap_is_refused_naming_it():
+    """spikingjelly's TLastSeqToANNContainer maps its modules over the last axis with
+    torch.vmap, which failed inside torch on snncc's proxy ("tracing failed in the model's
+    code ... input is of type _ConcreteProxy")."""
+    import snncc
+    from spikingjelly.activation_based.layer import container
+
+    class TimeLast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = container.TLastSeqToANNContainer(nn.Conv1d(4, 8, 1))
+            self.lif = neuron.LIFNode(step_mode="m")
+
+        def forward(self, x):  # [T, B, 4, L]
+            return self.lif(self.block(x.permute(1, 2, 3, 0)).permute(3, 0, 1, 2))
+
+    with pytest.raises(UnsupportedError, match=r"torch.vmap, called at .*forward.py:\d+, is not "
+                                               r"supported"):
+        snncc.trace(TimeLast(), torch.randn(T, 2, 4, 5), T=T, layout="TB")
+
+
 class StackedBranches(nn.Module):
     """Two branches' spikes stacked on a new per-sample axis (``torch.stack([a, b], dim)``)
     and flattened into channels, or averaged over it; multi-step, or a loop of single-step
