@@ -2568,7 +2568,7 @@ def _flatten(b, c, x, start_dim=0, end_dim=-1):
                  x.frame)
 
 
-def _transposed(b, c, x: Val, perm: list[int]) -> Val | TimeAxisLast | AxisFirst:
+def _transposed(b, c, x: Val, perm: list[int]) -> Val | TimeAxisLast | AxisFirst | FrameMoved:
     f, frame = len(x.frame), x.frame
     if frame in WINDOWED and perm[:f + 1] != list(range(f + 1)):
         raise _Refuse("it moves the batch axis that holds windows of each sample")
