@@ -349,11 +349,27 @@ class _Cfg(nn.Module):
         self.register_buffer("scale_tensor", torch.tensor(scale))
 
 
-class _Draw:
-    """Draws the layers of one model in its style."""
+class _TdBatchNorm(nn.Module):
+    """tdBN's ``batch_norm_2d`` (EMS-YOLO, MS-ResNet): ``bn``'s statistics in a
+    ``BatchNorm3d`` of ``[T, B, C, H, W]`` moved to ``[B, C, T, H, W]`` and back."""
 
-    def __init__(self, rng: np.random.Generator, style: str):
-        self.rng, self.style = rng, style
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.bn = nn.BatchNorm3d(bn.num_features)
+        self.bn.load_state_dict(bn.state_dict())
+
+    def forward(self, x):
+        y = x.transpose(0, 2).contiguous().transpose(0, 1).contiguous()
+        return self.bn(y).contiguous().transpose(0, 1).contiguous().transpose(0, 2)
+
+
+class _Draw:
+    """Draws the layers of one model in its style. ``later``: the draws of forms added after
+    the fuzzer's runs were recorded, from a stream of their own (a seed's model otherwise stays
+    the model it was)."""
+
+    def __init__(self, rng: np.random.Generator, style: str, later: np.random.Generator):
+        self.rng, self.style, self.later = rng, style, later
         self.multi = style in ("multistep", "seq_to_ann", "flatten")
 
     def neuron(self, channels: int | None = None) -> nn.Module:
@@ -411,7 +427,10 @@ class _Draw:
         extra = [nn.Dropout(0.2)] if self.rng.random() < 0.15 else []  # (identity in eval)
         if self.style != "multistep" and self.rng.random() < 0.2:
             return self.layer(_FunctionalConvBN(conv, _bn(self.rng, cout)), *extra)
-        return self.layer(conv, _bn(self.rng, cout), *extra)
+        bn = _bn(self.rng, cout)
+        if self.style == "multistep" and self.later.random() < 0.3:
+            return nn.Sequential(_multistep(conv), _TdBatchNorm(bn), *map(_multistep, extra))
+        return self.layer(conv, bn, *extra)
 
     def conv1d_bn(self, c: int):
         return self.layer(nn.Conv1d(c, c, 1, bias=bool(self.rng.random() < 0.5)),
@@ -515,7 +534,7 @@ def build_model(seed: int):
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     style = str(rng.choice(STYLES, p=STYLE_WEIGHTS))
-    d = _Draw(rng, style)
+    d = _Draw(rng, style, np.random.default_rng([seed, 1]))
     T, B, c, size = int(rng.integers(2, 5)), 5, int(rng.choice([4, 8])), 8
     stem = nn.ModuleDict({"conv": d.conv_bn(2, c), "lif": d.neuron(c)})
     blocks, kinds = [], []
