@@ -1715,10 +1715,11 @@ class _Builder:
             if out[:len(f)] == sizes and math.prod(out[len(f):]) == math.prod(x.expr.shape):
                 return f
         if x.frame == TB and len(out) > 2 and 1 < out[0] < self.T and out[0] * out[1] == self.T:
-            raise _Refuse(f"it splits the time axis into {out[0]} chunks of {out[1]} steps (a "
-                          f"spatial-temporal attention's chunks, STAtten's): a step's values "
-                          f"would depend on the other steps of its chunk, later ones included, "
-                          f"which a network computing one step after another cannot have")
+            raise _Refuse(f"it splits the time axis into {out[0]} chunks of {out[1]} steps "
+                          "(STAtten's attention over chunks, spikingjelly's TemporalBinSum): a "
+                          "step's values would depend on the other steps of its chunk, later "
+                          "ones included, which a network computing one step after another "
+                          "cannot have")
         if x.frame == TBM and out[:2] == (self.size["B"], self.T) != (self.T, self.size["B"]):
             raise _Refuse("it reads time and batch folded time first ([T*B, ...]) as batch "
                           f"first ([B, T, ...] = view(-1, {self.T}, ...)): each 'sample' would "
