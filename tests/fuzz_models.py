@@ -421,14 +421,17 @@ class _Draw:
             return layer.SeqToANNContainer(*mods)
         return nn.Sequential(*mods) if len(mods) > 1 else mods[0]
 
-    def conv_bn(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1):
+    def conv_bn(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
+                tdbn: bool = True):
+        """A convolution and its BatchNorm in the style (``tdbn``: the BatchNorm may be drawn
+        as tdBN's, which moves time among the axes: not where the batch axis holds windows)."""
         conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups,
                          bias=bool(self.rng.random() < 0.5))
         extra = [nn.Dropout(0.2)] if self.rng.random() < 0.15 else []  # (identity in eval)
         if self.style != "multistep" and self.rng.random() < 0.2:
             return self.layer(_FunctionalConvBN(conv, _bn(self.rng, cout)), *extra)
         bn = _bn(self.rng, cout)
-        if self.style == "multistep" and self.later.random() < 0.3:
+        if self.style == "multistep" and tdbn and self.later.random() < 0.3:
             return nn.Sequential(_multistep(conv), _TdBatchNorm(bn), *map(_multistep, extra))
         return self.layer(conv, bn, *extra)
 
@@ -588,7 +591,7 @@ def build_model(seed: int):
             heads = int(rng.choice([1, 2]))
             k = int(rng.choice([1, 1, 3])) if kind == "window" else 1  # (3x3: per window)
             for n in ("q", "k", "v", "proj"):
-                m[n], m[f"lif_{n}"] = (d.conv_bn(c, c, k) if kind == "window"
+                m[n], m[f"lif_{n}"] = (d.conv_bn(c, c, k, tdbn=False) if kind == "window"
                                        else d.conv1d_bn(c)), d.neuron()
             if kind in ("ssa", "window"):
                 m["cfg"] = _Cfg(heads, float(rng.choice([0.25, 0.5, 0.3])))
