@@ -212,11 +212,11 @@ def test_a_lava_stop_that_never_returns_ends_the_run_with_its_outputs(monkeypatc
 
 
 def test_a_call_in_a_thread_returns_raises_is_checked_and_gives_up():
-    from snncc.backends.lava.runner import _in_thread
+    from snncc.backends.lava.failures import in_thread
 
-    assert _in_thread(lambda: None)
+    assert in_thread(lambda: None, 0.2)
     with pytest.raises(ZeroDivisionError):
-        _in_thread(lambda: 1 / 0)
+        in_thread(lambda: 1 / 0, 0.2)
     checks = []
 
     def check():
@@ -224,9 +224,9 @@ def test_a_call_in_a_thread_returns_raises_is_checked_and_gives_up():
         if len(checks) == 2:
             raise RuntimeError("a process failed")
     with pytest.raises(RuntimeError, match="a process failed"):
-        _in_thread(lambda: time.sleep(5), check=check)
+        in_thread(lambda: time.sleep(5), 0.2, check=check)
     blocked = threading.Event()
     started = time.monotonic()
-    assert not _in_thread(lambda: blocked.wait(10), seconds=0.5)
+    assert not in_thread(lambda: blocked.wait(10), 0.2, seconds=0.5)
     assert time.monotonic() - started < 5
     blocked.set()

@@ -15,6 +15,8 @@ import contextlib
 import multiprocessing
 import os
 import tempfile
+import threading
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,6 +93,33 @@ def terminate(process) -> None:
     runtime = getattr(process, "runtime", None)
     if runtime is not None:
         runtime._is_started = runtime._is_running = False
+
+
+def in_thread(call, poll: float, check=None, seconds: float | None = None) -> bool:
+    """``call()`` in a thread, calling ``check()`` (:func:`watching`'s) every ``poll`` seconds
+    while it runs; False if it has not returned within ``seconds`` (it is left waiting), else
+    True or what it raised. Lava's ``run`` and ``wait`` do not notice a process that has failed
+    or exited, and its ``stop`` once waited on a futex for processes that had ended."""
+    outcome = {}
+
+    def target():
+        try:
+            call()
+        except BaseException as e:  # raised in the caller's thread below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    while thread.is_alive():
+        thread.join(poll)
+        if check is not None:
+            check()
+        if seconds is not None and time.monotonic() - start > seconds:
+            return False
+    if "error" in outcome:
+        raise outcome["error"]
+    return True
 
 
 @contextmanager

@@ -15,12 +15,11 @@ import contextlib
 import importlib
 import io
 import sys
-import threading
 import types
 from contextlib import contextmanager
 
 from .compat import install as install_lava_shim
-from .failures import watching
+from .failures import in_thread, watching
 
 #: modules slayer imports at load time that netx never uses
 STAND_INS = ("cv2", "torchvision", "torchvision.ops", "torchvision.transforms")
@@ -73,19 +72,5 @@ def run_network(net, steps: int, run_cfg, poll_s: float = 0.2) -> None:
     terminated."""
     compat = importlib.import_module("snncc.backends.lava.compat")
     steps_cond = compat.lava(".magma.core.run_conditions").RunSteps(num_steps=steps)
-    result: dict = {}
-
-    def target():
-        try:
-            net.run(condition=steps_cond, run_cfg=run_cfg)
-        except BaseException as e:  # reported to the caller below
-            result["error"] = e
-
     with watching(net) as check:
-        worker = threading.Thread(target=target, daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(poll_s)
-            check()
-    if "error" in result:
-        raise result["error"]
+        in_thread(lambda: net.run(condition=steps_cond, run_cfg=run_cfg), poll_s, check=check)

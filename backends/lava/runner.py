@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import threading
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ from snncc.progress import progress
 
 from . import processes as custom
 from .compat import lava, runs_in_this_process
-from .failures import terminate, watching
+from .failures import in_thread, terminate, watching
 from .lower import CUSTOM_NEURON, FIXED_NEURON, LavaNet, ProcSpec
 
 RECORD_BUFFER = 32  # steps the recorder may run ahead of the host reading them
@@ -566,40 +565,13 @@ def _run(first, run_cfg, recorder, steps: int, keep, advance) -> dict:
             for step in range(1, steps):
                 keep(step, receive())
             t2 = time.perf_counter()
-            _in_thread(first.wait, check=check)
+            in_thread(first.wait, POLL_SECONDS, check=check)
         except BaseException:  # (Lava's stop would wait for processes that may never answer)
             terminate(first)
             raise
-        if not _in_thread(first.stop, seconds=LAVA_STOP_SECONDS):
+        if not in_thread(first.stop, POLL_SECONDS, seconds=LAVA_STOP_SECONDS):
             terminate(first)  # every step is in: what was left is the processes' ending
     return {"startup": t1 - t0, "steps": t2 - t1, "per_step": (t2 - t1) / max(steps - 1, 1)}
-
-
-def _in_thread(call, check=None, seconds: float | None = None) -> bool:
-    """``call()`` in a thread, calling ``check()`` every POLL_SECONDS while it runs; False if
-    it has not returned within ``seconds`` (it is left waiting), else True or what it raised.
-    Lava's ``wait`` does not notice a process that has exited, and its ``stop`` once waited on
-    a futex for processes that had ended, with every step received."""
-    outcome = {}
-
-    def target():
-        try:
-            call()
-        except BaseException as e:  # raised in the caller's thread below
-            outcome["error"] = e
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    start = time.monotonic()
-    while thread.is_alive():
-        thread.join(POLL_SECONDS)
-        if check is not None and thread.is_alive():
-            check()
-        if seconds is not None and time.monotonic() - start > seconds:
-            return False
-    if "error" in outcome:
-        raise outcome["error"]
-    return True
 
 
 def run_artifact(artifact: str | Path, inputs, T: int | None = None,
