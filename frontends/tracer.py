@@ -1245,8 +1245,7 @@ class Assembled:
 
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
 _FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, AxisFirst, FrameMoved,
-               PaddedBorder,
-               Assembled, Clamped, Rounded, Stacked, AfterStart)
+               PaddedBorder, Assembled, Clamped, Rounded, Stacked, AfterStart)
 
 
 @dataclass(frozen=True)
