@@ -585,13 +585,14 @@ class Scale(Node):
 
 @dataclass(eq=False)
 class Hadamard(Node):
-    """y = a * b elementwise with broadcasting; with spike operands this is a spike AND."""
+    """y = a * b elementwise with broadcasting; with spike operands this is a spike AND, with a
+    count (a sum of spikes) the other operand added count times."""
 
     arity: ClassVar = 2
 
     def infer(self, shapes, kinds):
-        if Kind.SPIKE not in kinds:
-            self.fail("at least one operand must be spikes", IRError)
+        if not any(k.integral for k in kinds):
+            self.fail("at least one operand must be spikes or a count of spikes", IRError)
         return _broadcast(self, shapes), Kind.join(kinds)
 
 

@@ -2013,3 +2013,49 @@ def test_a_traced_value_handed_to_torchs_cpp_code_is_not_read_as_a_tensor(tmp_pa
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tracing failed in the model's code at" in done.stdout, done.stdout
+
+
+class CountTimesReal(nn.Module):
+    """Two spike maps summed (a count, 0, 1 or 2) times a real-valued map, in either order: an
+    integer operand is a count of additions of the other, as spikes are one."""
+
+    def __init__(self, count_first: bool):
+        super().__init__()
+        self.count_first = count_first
+        self.a, self.b = layer.Linear(5, 6, step_mode="m"), layer.Linear(5, 6, step_mode="m")
+        self.v = layer.Linear(5, 6, step_mode="m")
+        self.lif_a, self.lif_b = neuron.LIFNode(step_mode="m"), neuron.IFNode(step_mode="m")
+        self.out = neuron.IFNode(step_mode="m")
+
+    def forward(self, x):  # [T, B, 5]
+        count, v = self.lif_a(self.a(x)) + self.lif_b(self.b(x)), self.v(x)
+        return self.out(count * v if self.count_first else v * count)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("count_first", [True, False], ids=["count*v", "v*count"])
+def test_a_count_of_spikes_times_a_real_value_is_exact(count_first, target):
+    """Refused before: "at least one operand must be spikes"."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = driven(CountTimesReal(count_first).double().eval(), a=(2.0, 0.5), b=(2.0, 0.3),
+                   v=(2.0, 0.4))
+    x = torch.rand(T, 2, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_a_product_of_two_real_values_is_refused_saying_so():
+    class RealTimesReal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 6), nn.Linear(5, 6)
+            self.out = neuron.IFNode(step_mode="m")
+
+        def forward(self, x):
+            return self.out(self.a(x) * self.b(x))
+
+    with pytest.raises(UnsupportedError, match="at least one operand must be spikes or a count"):
+        trace(RealTimesReal(), torch.rand(T, 2, 5), T=T, static=False)
