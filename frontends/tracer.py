@@ -1480,9 +1480,11 @@ class _Builder:
                 return args[0]
             kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
             value = env[node] = self._eval(node, args, kwargs, static)
-            if node.op.startswith("call_") and isinstance(value, Val) \
-                    and value.expr.step is not None:
-                self._record(node, value.expr, _walk((args, kwargs)))
+            made = value[0] if isinstance(value, tuple) and value and all(
+                isinstance(v, Membrane) for v in value[1:]) else value  # (spikes and state)
+            if node.op.startswith("call_") and isinstance(made, Val) \
+                    and made.expr.step is not None:
+                self._record(node, made.expr, _walk((args, kwargs)))
             if isinstance(value, Val):
                 for path in node.meta.get("returned_by", ()):
                     self._returned.setdefault(path, []).append(value)
@@ -2285,7 +2287,8 @@ class _Builder:
         # a static value (of static inputs alone: no loop state explains a first step of its
         # own) is the same at every step, the first included (x - P, P the value before,
         # starting at 0: x at step 0, 0 after)
-        earlier = [last - 1] + ([0] if first == 1 and last > 1 and 0 in exprs else [])
+        earlier = [k for k in [last - 1] + ([0] if first == 1 and last > 1 else [])
+                   if exprs.get(k) is not None]  # (None: a constant, at a loop's first steps)
         if last >= first and name is not None and any(
                 self.materialize(exprs[k], k) != name for k in earlier):
             self.errors[(e.path, f"op '{e.op}': the loop over time does not compute the same "
@@ -2320,8 +2323,8 @@ class _Builder:
                             "module that runs that loop" if sorted(rec.calls) == [0] else "")
                     self.errors[(path, f"{op}: called at steps {sorted(rec.calls)}, not at "
                                        f"every step 0..{self.T - 1}{once}")] = None
-                elif any(rec.calls[t] is None for t in range(max(self.T - 2, 0), self.T)):
-                    self.errors[(path, f"{op}: its input is a constant at the last steps of the "
+                elif rec.calls[self.T - 1] is None:
+                    self.errors[(path, f"{op}: its input is a constant at the last step of the "
                                        "loop, not a per-step tensor")] = None
                 elif (inp := self._same_each_step(first, rec.calls)) is None:
                     return
@@ -3398,10 +3401,13 @@ def _assemble(b, c, x, index, value: Val):
     loop over time (norse's models: ``voltages[ts, :, :] = v``): once every step is assigned,
     the steps stacked as ``torch.stack`` would (``out`` is read only then)."""
     index = index if isinstance(index, tuple) else (index,)
+    if Ellipsis in index:  # (the axes it stands for, as slices)
+        at = index.index(Ellipsis)
+        index = (*index[:at], *(slice(None),) * (c.value.dim() - len(index) + 1),
+                 *index[at + 1:])
     axis = next((i for i, k in enumerate(index) if isinstance(k, int)), None)
-    full = all(k == slice(None) or k is Ellipsis for i, k in enumerate(index) if i != axis)
-    if full and axis is not None and Ellipsis not in index[:axis] and \
-            axis >= len(value.frame) and (isinstance(x, Assembled) and x.per_sample or
+    full = all(k == slice(None) for i, k in enumerate(index) if i != axis)
+    if full and axis is not None and axis >= len(value.frame) and (isinstance(x, Assembled) and x.per_sample or
                                           isinstance(x, Const) and x.frame == value.frame):
         return _assemble_positions(b, c, x, axis, index[axis], value)
     t = index[axis] % b.T if axis is not None else None  # (out[-1] = v: the last step)

@@ -11,7 +11,10 @@ without bias) with randomised BatchNorm before a neuron, SEW residuals (spikes a
 ResNet's downsampling block, a strided 3x3 and a 1x1 shortcut), membrane shortcuts (real
 values added before a neuron), max/avg pooling, a channel
 concatenation of two branches, a channel slice, nearest upsampling, Spikformer's self-attention
-(``q @ k^T * scale @ v`` over heads) and spike-driven attention (``q * k`` summed over tokens).
+(``q @ k^T * scale @ v`` over heads) and spike-driven attention (``q * k`` summed over tokens);
+forms drawn from streams of their own (:data:`LATER_FORMS`): tdBN's BatchNorm, spikingjelly's
+``Delay`` before a convolution, and a token MLP's per-head Linears written into zeros position
+by position (STMixer's).
 Neurons (:data:`NEURONS`): spikingjelly's LIF (tau, decay_input, hard or soft reset, threshold
 drawn), IF, PLIF, SimpleLIF and CUBA LIF; snnTorch's Leaky, Synaptic, Lapicque, Alpha and the
 recurrent RLeaky and RSynaptic (beta, alpha, threshold, reset by subtraction or to zero, with
@@ -156,6 +159,7 @@ class _Model(nn.Module):
                 torch.add(a, b) if form == "torch" else b.add_(a))
 
     def _conv(self, m, x):
+        x = m["delay"](x) if "delay" in m else x  # (spikingjelly's: zeros at the first steps)
         return m["lif"](self.f(m["conv"], x))
 
     def _sew(self, m, x):
@@ -172,9 +176,22 @@ class _Model(nn.Module):
         H, W = x.shape[-2:]
         t = x.flatten(-2)
         for i in (1, 2):
-            y = self._swapped(self.f(m[f"fc{i}"], self._swapped(t)))
+            y = self._swapped(t)
+            y = self._mixed(m, y) if i == 1 and "mix" in m else y
+            y = self._swapped(self.f(m[f"fc{i}"], y))
             t = m[f"lif{i}"](self.f(m[f"bn{i}"], y))
         return self._add(x, t.reshape(*t.shape[:-1], H, W))
+
+    def _mixed(self, m, x):
+        """STMixer's per-head Linears: each group of channels its own Linear, written into
+        zeros position by position along the group axis (``y[..., i, :] = mix[i](...)``)."""
+        g = x.unflatten(-1, (len(m["mix"]), -1))
+        y = torch.zeros_like(g)
+        for i, mix in enumerate(m["mix"]):
+            at = ((..., i, slice(None)) if m["mix"].assign == "ellipsis" else
+                  (slice(None),) * (g.dim() - 2) + (i,))
+            y[at] = self.f(mix, g[at])
+        return y.flatten(-2)
 
     def _swapped(self, x):  # the last two axes exchanged, as drawn
         if self.forms["swap"] == "transpose":
@@ -363,12 +380,17 @@ class _TdBatchNorm(nn.Module):
         return self.bn(y).contiguous().transpose(0, 1).contiguous().transpose(0, 2)
 
 
-class _Draw:
-    """Draws the layers of one model in its style. ``later``: the draws of forms added after
-    the fuzzer's runs were recorded, from a stream of their own (a seed's model otherwise stays
-    the model it was)."""
+#: forms added after the fuzzer's runs were recorded, each drawn from a stream of its own (so
+#: a recorded seed's model stays the model it was where the form is not drawn)
+LATER_FORMS = ("tdbn", "delay", "assign")
 
-    def __init__(self, rng: np.random.Generator, style: str, later: np.random.Generator):
+
+class _Draw:
+    """Draws the layers of one model in its style; ``later``: the stream of each of
+    :data:`LATER_FORMS`."""
+
+    def __init__(self, rng: np.random.Generator, style: str,
+                 later: dict[str, np.random.Generator]):
         self.rng, self.style, self.later = rng, style, later
         self.multi = style in ("multistep", "seq_to_ann", "flatten")
 
@@ -431,9 +453,32 @@ class _Draw:
         if self.style != "multistep" and self.rng.random() < 0.2:
             return self.layer(_FunctionalConvBN(conv, _bn(self.rng, cout)), *extra)
         bn = _bn(self.rng, cout)
-        if self.style == "multistep" and tdbn and self.later.random() < 0.3:
+        if self.style == "multistep" and tdbn and self.later["tdbn"].random() < 0.3:
             return nn.Sequential(_multistep(conv), _TdBatchNorm(bn), *map(_multistep, extra))
         return self.layer(conv, bn, *extra)
+
+    def delay(self, T: int) -> nn.Module | None:
+        """spikingjelly's ``Delay`` of 1 or 2 steps (fewer than ``T``: a longer one gives the
+        next neuron a constant at every step), or None (drawn)."""
+        from spikingjelly.activation_based import layer
+
+        rng = self.later["delay"]
+        if rng.random() >= 0.2:
+            return None
+        return layer.Delay(int(rng.integers(1, min(3, T))),
+                           step_mode="m" if self.multi else "s")
+
+    def mixer(self, c: int) -> nn.ModuleList | None:
+        """Two Linears of ``c / 2`` channels each, STMixer's per-head ones, or None (drawn;
+        their weights from a torch stream of their own, so the other layers' stay as drawn)."""
+        rng = self.later["assign"]
+        if rng.random() >= 0.3:
+            return None
+        with torch.random.fork_rng():
+            torch.manual_seed(int(rng.integers(2 ** 31)))
+            mix = nn.ModuleList(self.layer(nn.Linear(c // 2, c // 2)) for _ in range(2))
+        mix.assign = str(rng.choice(["ellipsis", "slices"]))
+        return mix
 
     def conv1d_bn(self, c: int):
         return self.layer(nn.Conv1d(c, c, 1, bias=bool(self.rng.random() < 0.5)),
@@ -537,7 +582,8 @@ def build_model(seed: int):
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     style = str(rng.choice(STYLES, p=STYLE_WEIGHTS))
-    d = _Draw(rng, style, np.random.default_rng([seed, 1]))
+    d = _Draw(rng, style, {form: np.random.default_rng([seed, i + 1])
+                           for i, form in enumerate(LATER_FORMS)})
     T, B, c, size = int(rng.integers(2, 5)), 5, int(rng.choice([4, 8])), 8
     stem = nn.ModuleDict({"conv": d.conv_bn(2, c), "lif": d.neuron(c)})
     blocks, kinds = [], []
@@ -553,6 +599,8 @@ def build_model(seed: int):
             groups = c if rng.random() < 0.25 else 1
             m["conv"], m["lif"] = d.conv_bn(c, c, k, stride, groups), d.neuron(c)
             size = (size + 2 * (k // 2) - k) // stride + 1
+            if (delay := d.delay(T)) is not None:
+                m["delay"] = delay
         elif kind in ("sew", "shortcut"):
             m["conv"], m["lif"] = d.conv_bn(c, c, int(rng.choice([1, 3]))), d.neuron(c)
             if kind == "shortcut":
@@ -575,6 +623,8 @@ def build_model(seed: int):
                 _bn(rng, hidden, dims=1)), d.neuron()
             m["fc2"], m["bn2"], m["lif2"] = d.layer(nn.Linear(hidden, c)), d.layer(
                 _bn(rng, c, dims=1)), d.neuron()
+            if (mix := d.mixer(c)) is not None:
+                m["mix"] = mix
         elif kind == "pool":
             m["pool"] = d.layer(nn.MaxPool2d(2) if rng.random() < 0.6 else nn.AvgPool2d(2))
             size //= 2

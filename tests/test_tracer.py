@@ -431,9 +431,11 @@ class HeadsAssigned(nn.Module):
     ``y = zeros_like(x); y[:, i] = mix[i](x[:, i])``, time and batch folded (``[T*B, ...]``)
     or not (``y[:, :, i]``)."""
 
-    def __init__(self, folded: bool, heads: int = 3, read_early: bool = False):
+    def __init__(self, folded: bool, heads: int = 3, read_early: bool = False,
+                 ellipsis: bool = False):
         super().__init__()
         self.folded, self.heads, self.read_early = folded, heads, read_early
+        self.ellipsis = ellipsis
         self.fc = layer.Linear(5, heads * 6 * 5, step_mode="m")
         self.lif = neuron.LIFNode(step_mode="m")
         self.mix = nn.ModuleList(nn.Linear(5, 5) for _ in range(heads))
@@ -444,7 +446,8 @@ class HeadsAssigned(nn.Module):
         s = s.flatten(0, 1) if self.folded else s
         y = torch.zeros_like(s)
         for i in range(self.heads):
-            part = (slice(None),) * (1 if self.folded else 2) + (i,)
+            part = ((..., i, slice(None), slice(None)) if self.ellipsis else
+                    (slice(None),) * (1 if self.folded else 2) + (i,))
             y[part] = self.mix[i](s[part])
             if self.read_early:
                 return y.sum()
@@ -453,14 +456,15 @@ class HeadsAssigned(nn.Module):
 
 
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
-@pytest.mark.parametrize("folded", [True, False], ids=["T*B", "TB"])
-def test_heads_assigned_position_by_position_are_their_stack(folded, target):
+@pytest.mark.parametrize("folded, ellipsis", [(True, False), (False, False), (True, True)],
+                         ids=["T*B", "TB", "y[..., i, :, :]"])
+def test_heads_assigned_position_by_position_are_their_stack(folded, ellipsis, target):
     """Refused before: "a value computed from the input is assigned only as step t of a
-    sequence"."""
+    sequence" (with ``...`` in the index too, until tests/fuzz_models.py drew it)."""
     import snncc
 
     torch.manual_seed(0)
-    model = driven(HeadsAssigned(folded).double().eval(), fc=(2.0, 0.2),
+    model = driven(HeadsAssigned(folded, ellipsis=ellipsis).double().eval(), fc=(2.0, 0.2),
                    **{f"mix.{i}": (3.0, 0.4) for i in range(3)})
     x = torch.rand(T, 2, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     report = snncc.check(model, x, target=target, T=T, layout="TB")
@@ -518,6 +522,52 @@ def test_a_single_step_delay_starts_the_next_layer_at_its_bias(k, target):
     functional.reset_net(model)
     x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     report = snncc.check(model, x, target=target, T=T)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class DelayedCell(nn.Module):
+    """The same, the next neuron a cell taking and returning its state, in the model's own loop
+    over a static input: norse's ``z, s = cell(x, s)`` or snnTorch's ``spk, mem = lif(x, mem)``
+    (its ``(spikes, state)`` result gave the Delay no start: a graph whose first steps read 0
+    where the model reads the bias, agreement 0.73; found by tests/fuzz_models.py)."""
+
+    def __init__(self, cell: str, k: int, T: int):
+        super().__init__()
+        import norse.torch as norse
+        import snntorch as snn
+        from norse.torch.functional.lif import LIFParameters
+
+        self.cell, self.T = cell, T
+        self.fc1, self.lif1 = layer.Linear(8, 16), neuron.LIFNode()
+        self.delay = layer.Delay(k)
+        self.fc2 = layer.Linear(16, 16)
+        self.lif2 = (norse.LIFCell(LIFParameters(v_th=torch.as_tensor(0.2))) if cell == "norse"
+                     else snn.Leaky(beta=0.8, threshold=0.5))
+
+    def forward(self, x):
+        state = None if self.cell == "norse" else self.lif2.init_leaky()
+        out = []
+        for _ in range(self.T):
+            z, state = self.lif2(self.fc2(self.delay(self.lif1(self.fc1(x)))), state)
+            out.append(z)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("cell, k, steps", [("norse", 1, 4), ("snntorch", 2, 4), ("norse", 1, 2),
+                                            ("snntorch", 2, 3)])
+def test_a_single_step_delay_starts_a_cell_taking_its_state_at_its_bias(cell, k, steps, target):
+    """At T = k + 1 only the last step reads the traced value: refused before ("its input is
+    a constant at the last steps of the loop")."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = driven(DelayedCell(cell, k, steps).double().eval(), fc1=(4.0, 0.5),
+                   fc2=(5.0, 1.2) if cell == "norse" else (2.0, 0.3))
+    functional.reset_net(model)
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=steps)
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
