@@ -171,6 +171,15 @@ _VIEW_FUNCTIONS = frozenset({
     torch.unbind, torch.movedim, torch.swapaxes, torch.t, torch.detach, F.dropout,
     getattr})  # x.data, x.T, ...
 _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
+#: ops returning views of disjoint pieces of their input, one per item (by method name and
+#: function): an item shares no memory with its siblings
+_PIECES = frozenset({"chunk", "split", "unbind", "tensor_split", "split_with_sizes",
+                     torch.chunk, torch.split, torch.unbind, torch.tensor_split})
+#: ops returning several new tensors (values and indices), none a view
+_FRESH_ITEMS = frozenset({"topk", "sort", "max", "min", "kthvalue", "median", "mode", "aminmax",
+                          torch.topk, torch.sort, torch.max, torch.min, torch.kthvalue,
+                          torch.median, torch.mode, torch.aminmax, torch.var_mean,
+                          torch.std_mean})
 
 
 def _defaults_after_input(model: nn.Module) -> dict:
@@ -368,12 +377,15 @@ def _sharing_memory(node: fx.Node, root: nn.Module) -> set[fx.Node]:
     """The nodes of the trace whose tensors may share memory with ``node``'s: back through the
     views and in-place results it was made by to the tensor they view, then every view of that
     and the in-place results of each, transitively. (``reshape`` and ``contiguous`` count as
-    views, which they may be.)"""
-    base = node
+    views, which they may be.) Of a ``chunk``'s pieces, only the one on the way up: the
+    others are disjoint from it."""
+    base, piece = node, {}  # a call splitting its input into pieces -> the piece on the way
     while True:
         up = base.meta.get("in_place_of")
         if up is None and _views(base, root) and base.args and isinstance(base.args[0], fx.Node):
             up = base.args[0]
+            if _call_target(up) in _PIECES and base.target is operator.getitem:
+                piece[up] = base.args[1]
         if up is None:
             break
         base = up
@@ -382,8 +394,14 @@ def _sharing_memory(node: fx.Node, root: nn.Module) -> set[fx.Node]:
         n = stack.pop()
         if n not in shared:
             shared.add(n)
-            stack.extend(u for u in n.users if _views(u, root) or u.meta.get("in_place_of") is n)
+            stack.extend(u for u in n.users if (_views(u, root) or u.meta.get("in_place_of") is n)
+                         and (n not in piece or u.args[1] == piece[n]))
     return shared
+
+
+def _call_target(node: fx.Node):
+    """The method name or function a call node calls (None for other nodes)."""
+    return node.target if node.op in ("call_method", "call_function") else None
 
 
 def _shares_model_memory(t: torch.Tensor, root: nn.Module) -> bool:
@@ -401,10 +419,12 @@ def _shares_model_memory(t: torch.Tensor, root: nn.Module) -> bool:
 def _item_shares_memory(item: fx.Node, root: nn.Module) -> bool:
     """Whether an item of what a call returned may share memory with the call's other items or
     inputs (a ``chunk``'s pieces do): not where the call is a library neuron, which returns
-    new tensors (snnTorch's ``spk, mem = lif(x, mem)``, norse's ``z, s = cell(x, s)``)."""
+    new tensors (snnTorch's ``spk, mem = lif(x, mem)``, norse's ``z, s = cell(x, s)``), or an
+    op returning new values and indices (``topk``)."""
     call = item.args[0]
     return not (call.op == "call_module"
-                and _neuron_adapter(root.get_submodule(call.target)) is not None)
+                and _neuron_adapter(root.get_submodule(call.target)) is not None
+                or _call_target(call) in _FRESH_ITEMS)
 
 
 def _recurrent_spikes(node: fx.Node, root: nn.Module) -> str | None:

@@ -1087,6 +1087,14 @@ class InPlace(nn.Module):
         elif self.how == "on_a_chunk":  # a chunk's pieces are views of y (a call's items)
             a, _ = y.chunk(2, dim=2)
             a.mul_(3.0)
+        elif self.how == "on_a_chunk_read_with_its_sibling":  # (disjoint pieces of y)
+            a, b = y.split(2, dim=2)
+            a.mul_(3.0)
+            return self.lif(torch.cat([b, a], dim=2))
+        elif self.how == "topk_values_then_indices":  # (two new tensors)
+            values, indices = y.topk(1, dim=2)
+            values.mul_(3.0)
+            return self.lif(values + indices)
         elif self.how == "on_the_input":
             x.mul_(3.0)
         elif self.how == "on_the_input_read_again":
@@ -1146,7 +1154,7 @@ def test_in_place_ops_are_traced_as_the_values_they_leave(how):
 @pytest.mark.parametrize("how", ["on_the_input", "on_the_input_read_again",
                                  "operator_on_a_second_name", "operator_on_a_view", "on_its_data",
                                  "operator_on_its_data", "its_data_assigned", "out_itself",
-                                 "out_made_in_forward"])
+                                 "out_made_in_forward", "on_a_chunk_read_with_its_sibling"])
 def test_in_place_ops_on_shared_memory_give_what_pytorch_computes(how):
     """The model's input changed in place (unread after, or read through the name changed),
     ``y *= 3`` read through a second name for ``y`` (which fx alone would record as ``y = y * 3``,
@@ -1188,6 +1196,8 @@ def test_check_gives_the_model_a_copy_of_the_input_it_may_change():
     ("out_a_parameter", r"'mul with out=' is not supported \(an in-place op on a parameter"),
     ("no_out_of_place_form", r"'Tensor.zero_' is not supported \(an in-place op with no "
                              r"out-of-place form"),
+    # (named for what it is: the indices were taken for a view of the values changed)
+    ("topk_values_then_indices", r"^op 'Tensor.topk' is not supported$"),
 ])
 def test_in_place_ops_that_would_change_what_the_graph_does_not_see_are_refused(how, reason):
     with pytest.raises(UnsupportedError, match=reason):
