@@ -4189,14 +4189,26 @@ def _module_handler(m: nn.Module, adapter: Adapter | None) -> Callable:
 
 # ============================================================================ entry point
 
+def _with_a_batch_apart_from_T(x: torch.Tensor, axis: int, T: int) -> torch.Tensor:
+    """``x`` with its samples along ``axis`` repeated in turn to the fewest (at least 2) whose
+    number is not T, where it has 1 or T of them (``x`` itself otherwise)."""
+    batch = x.shape[axis]
+    if batch >= 2 and batch != T:
+        return x
+    size = next(n for n in range(max(2, batch), batch + 3) if n != T)
+    return x.index_select(axis, torch.arange(size) % batch)
+
+
 def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool = True,
           name: str = "model", share_weights: bool = False, until: str | None = None) -> Graph:
     """Trace ``model`` on ``example_input`` into a verified IR graph.
 
     ``static``: the input is one image ``[B, ...]`` that the model repeats over ``T`` (an IR
     static input); otherwise a sequence ``[T, B, ...]`` or ``[B, T, ...]`` (DVS; the graph's
-    ``meta['input_layout']`` says which; the IR input is ``[T, B, ...]``). The batch must have
-    at least 2 samples and differ from T, so that time and batch axes can be told apart.
+    ``meta['input_layout']`` says which; the IR input is ``[T, B, ...]``). The tracer tells
+    time and batch axes apart by their sizes: an example batch of 1 sample, or of T, is traced
+    with its samples repeated to a batch of another size (a sequence whose two leading axes
+    both have length T is refused: either may be its batch).
     A 0/1 example input makes a spike input. The model is traced in eval mode without
     gradients; its training flags are restored after and neuron state is cleared
     before and after (the adapters' ``reset_state``). ``share_weights``: float32 synapse
@@ -4212,12 +4224,12 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
     x = torch.as_tensor(example_input)
     if T < 1 or x.dim() < 2:
         raise ValueError(f"need T >= 1 and a batched input, got T={T}, shape {tuple(x.shape)}")
-    batch = x.shape[0] if static or x.shape[0] != T else x.shape[1]
-    if batch < 2 or batch == T:
-        hint = (f"; for a [T, B, ...] sequence input pass static=False" if static
-                and x.dim() >= 3 and x.shape[0] == T else "")
-        raise ValueError(f"the example batch must have >= 2 samples and differ from T={T}, "
-                         f"got {batch}{hint}")
+    axis = 0 if static or x.shape[0] != T else 1  # (of the batch)
+    if not static and x.dim() >= 3 and x.shape[0] == x.shape[1] == T:
+        raise ValueError(f"the example sequence {tuple(x.shape)} has T={T} along both leading "
+                         "axes, so either may be its batch: give one of another size")
+    example, x = x, _with_a_batch_apart_from_T(x, axis, T)
+    batch = x.shape[axis]
     args = (model, x, T, batch, static, name)
     options = {"share_weights": share_weights, "until": until}
     try:
@@ -4233,6 +4245,11 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
         raise
     except Exception:
         own = _failure_in_pytorch(model, x)
+        if own is not None and x is not example and _failure_in_pytorch(model, example) is None:
+            own = SnnccError(f"{own.message} (the example's {example.shape[axis]} sample(s) "
+                             f"repeated to {batch}, as the tracer tells batch and time apart "
+                             f"by their sizes: give an example batch of 2 or more, other than "
+                             f"T={T})")
         if own is not None:  # the model's fault, not the tracer's
             raise own from None
         raise

@@ -263,10 +263,10 @@ def declared_input_shape(model: nn.Module) -> tuple[int, ...] | None:
 
 def layouts_to_try(x: torch.Tensor, T: int) -> list[str]:
     """The readings of an example input the tracer can tell apart, most likely first: a first
-    axis of length T is time (the batch must differ from T); a second axis of length T may be
-    time (``[B, T, ...]``) or a channel axis of a static image."""
+    axis of length T is time, else a static batch of T images; a second axis of length T may
+    be time (``[B, T, ...]``) or a channel axis of a static image."""
     if x.dim() >= 3 and x.shape[0] == T:
-        return ["TB"]
+        return ["TB", "static"]
     if x.dim() >= 3 and x.shape[1] == T:
         return ["static", "BT"]
     return ["static"]

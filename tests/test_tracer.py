@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snncc import ir
-from snncc.errors import UnsupportedError
+from snncc.errors import SnnccError, UnsupportedError
 from snncc.frontends import zoo
 from snncc.frontends.tracer import trace
 from snncc.simulator import Simulator
@@ -947,9 +947,19 @@ def test_an_attention_over_chunks_of_time_steps_is_refused_saying_why():
         trace(ChunkedAttention(), torch.randn(T, 3, 5, 6), T=T, static=False)
 
 
-def test_batch_must_be_told_apart_from_time():
-    with pytest.raises(ValueError, match="differ from T"):
-        trace(SJNet(), torch.randn(T, 2, 16, 16), T=T)
+def test_a_model_that_runs_only_at_batch_1_says_why_its_example_was_repeated():
+    class BatchOfOne(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(6, 4), neuron.IFNode(step_mode="m")
+
+        def forward(self, x):  # [B, 6], B = 1
+            return self.lif(self.fc(x.view(1, 6)).unsqueeze(0).repeat(T, 1, 1))
+
+    with pytest.raises(SnnccError, match=r"fails in PyTorch itself on the example input \(2, 6\)"
+                                         r".* \(the example's 1 sample\(s\) repeated to 2, as "
+                                         r"the tracer tells batch and time apart"):
+        trace(BatchOfOne(), torch.randn(1, 6), T=T)
 
 
 def test_tracing_restores_training_mode():

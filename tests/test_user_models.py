@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import snncc
 from snncc.api import check_dataset
@@ -114,11 +115,51 @@ def test_api_accepts_graphs_and_paths(tmp_path):
     assert report.reference == "pytorch" and report.min_agreement == 1.0
 
 
-def test_batch_equal_to_T_names_the_arguments_to_set(net):
-    from snncc.frontends.zoo import build
+class _BatchFirst(nn.Module):
+    """``model`` taking ``[B, T, ...]``."""
 
-    with pytest.raises(SnnccError, match=r"differ from T=4.*layout="):
-        snncc.trace(build("digits-spikformer"), torch.randn(4, 1, 8, 8), T=4)
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.transpose(0, 1))
+
+
+class _Repeated(_BatchFirst):
+    """``model`` taking a static image, repeated over 4 steps."""
+
+    def forward(self, x):
+        return self.model(x.unsqueeze(0).repeat(4, 1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+@pytest.mark.parametrize("batch, layout", [(1, None), (4, None), (1, "static")])
+def test_an_example_batch_of_one_or_of_T_is_checked(batch, layout, target):
+    """``torch.onnx.export``'s habit, one image: refused before ("the example batch must have
+    >= 2 samples and differ from T"), as was a batch of T images (the tracer tells batch and
+    time apart by their sizes: it now traces the samples repeated to another number)."""
+    model = _Repeated(_example_module().pretend_trained(_example_module().ConvSNN(), seed=1))
+    x = torch.randn(batch, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert snncc.trace(model, x, T=4, layout=layout).meta["input_layout"] == "static"
+    report = snncc.check(model, x, target=target, T=4, layout=layout)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.parametrize("layout", ["TB", "BT"])
+def test_an_example_sequence_of_one_sample_is_checked(net, layout):
+    x = _sequence(batch=1) * 2
+    model, x = (net, x) if layout == "TB" else (_BatchFirst(net), x.transpose(0, 1))
+    report = snncc.check(model, x, target="onnx", T=4, layout=layout)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_an_example_sequence_with_T_on_both_leading_axes_is_refused_saying_so(net):
+    with pytest.raises(SnnccError, match=r"has T=4 along both leading axes, so either may be "
+                                         r"its batch"):
+        snncc.trace(net, _sequence(batch=4), T=4, layout="TB")
 
 
 def test_a_missing_T_says_how_to_give_it(net):
