@@ -44,7 +44,7 @@ import string
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -1028,6 +1028,17 @@ class Expr:
         self.tainted = any(_depends_on_refused(a) for a in self.args)
 
 
+def _held_vals(a) -> list:
+    """The traced values a lazy value (an AxisFirst, an Assembled's steps ...) holds."""
+    if isinstance(a, Val):
+        return [a]
+    if isinstance(a, (tuple, list)):
+        return [v for i in a for v in _held_vals(i)]
+    if is_dataclass(a) and isinstance(a, _FROM_INPUT):
+        return [v for f in fields(a) for v in _held_vals(getattr(a, f.name))]
+    return []
+
+
 def _depends_on_refused(e: Expr) -> bool:
     """Whether ``e`` is an op that cannot be mapped or depends on one."""
     return e.tainted or isinstance(e, _Refused)
@@ -1632,6 +1643,8 @@ class _Builder:
         vals = [a.x if isinstance(a, FrameMoved) else a for a in _walk((args, kwargs))
                 if isinstance(a, (Val, FrameMoved))]
         frame = vals[0].frame if vals else B
+        vals += [v for a in _walk((args, kwargs)) if not isinstance(a, (Val, FrameMoved))
+                 for v in _held_vals(a)]  # (what lazy values hold: their taint is theirs)
 
         def poison(v):
             if isinstance(v, (tuple, list)):
@@ -2639,11 +2652,14 @@ def _t(b, c, x):
 
 
 def _repeat(b, c, x, *sizes):
-    """A static value repeated over time: ``x.unsqueeze(0).repeat(T, 1, ...)`` ([T, B, ...]) or
-    ``x.unsqueeze(1).repeat(1, T, ...)`` ([B, T, ...], as TET-style code writes it)."""
+    """A static value repeated over time: ``x.unsqueeze(0).repeat(T, 1, ...)`` or
+    ``x.repeat(T, 1, ...)`` with an axis more than ``x`` has, which torch adds first (MPBN's
+    and IM-Loss's ``SpikeModel``) ([T, B, ...]), or ``x.unsqueeze(1).repeat(1, T, ...)``
+    ([B, T, ...], as TET-style code writes it)."""
     x = _val(x)
     out = tuple(c.value.shape)
-    if x.expr.time == STATIC and x.frame == B1 and out == (b.T, b.size["B"], *x.expr.shape):
+    if x.expr.time == STATIC and x.frame in (B1, B) and \
+            out == (b.T, b.size["B"], *x.expr.shape):
         return Val(x.expr, TB)
     if x.expr.time == STATIC and x.frame == B and x.expr.shape[:1] == (1,) and \
             out == (b.size["B"], b.T, *x.expr.shape[1:]):

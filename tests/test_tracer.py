@@ -2129,3 +2129,60 @@ def test_a_product_of_two_real_values_is_refused_saying_so():
 
     with pytest.raises(UnsupportedError, match="at least one operand must be spikes or a count"):
         trace(RealTimesReal(), torch.rand(T, 2, 5), T=T, static=False)
+
+
+class TensorOpLIF(nn.Module):
+    """A LIF on ``[T, B, ...]`` written with tensor ops (MPBN's ``LIFAct`` without its BN)."""
+
+    def forward(self, y):
+        u, out = torch.zeros_like(y[0]), []
+        for t in range(y.shape[0]):
+            u = 0.25 * u + y[t]
+            s = (u > 0.5).to(y.dtype)
+            u = u * (1 - s)
+            out.append(s)
+        return torch.stack(out)
+
+
+class RepeatedWithoutUnsqueeze(nn.Module):
+    """MPBN's and IM-Loss's ``SpikeModel``: a static image made a sequence by
+    ``x.repeat(T, 1, 1, 1, 1)`` (torch adds the axis it repeats), a convolution per step, a
+    BatchNorm3d of the steps moved among the channels' axes (``myBatchNorm3d``) and a neuron
+    written with tensor ops; ``refused``: a tanh before the repeat."""
+
+    def __init__(self, refused: bool = False):
+        super().__init__()
+        self.refused = refused
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm3d(8)
+        self.short, self.lif = nn.BatchNorm3d(8), TensorOpLIF()
+
+    def forward(self, x):
+        x = (torch.tanh(x) if self.refused else x).repeat(T, 1, 1, 1, 1)
+        y = torch.stack([self.conv(x[t]) for t in range(T)])
+        y = self.bn(y.permute(1, 2, 0, 3, 4)).permute(2, 0, 1, 3, 4)
+        y = y + self.short(y.permute(1, 2, 0, 3, 4)).permute(2, 0, 1, 3, 4)
+        return self.lif(y).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_static_image_repeated_with_an_axis_added_is_the_image_at_every_step(target):
+    """Refused before ("only a static value's unit axis ... can be repeated T times"), which
+    MPBN's, IM-Loss's and Ternary-Spike's official models all met."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = RepeatedWithoutUnsqueeze().double().eval()
+    randomize_batchnorms(model, np.random.default_rng(0))
+    x = 2 * torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_an_op_refused_upstream_of_a_lazy_value_is_the_one_named():
+    """The residual of two steps-moved BatchNorms after a refused op named the addition ("it
+    moves a per-sample axis ahead of the time and batch axes"), not the op it came from."""
+    with pytest.raises(UnsupportedError, match=r"^op 'torch.tanh' is not supported$"):
+        trace(RepeatedWithoutUnsqueeze(refused=True).double(),
+              torch.rand(2, 3, 6, 6, dtype=torch.float64), T=T)
