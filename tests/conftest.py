@@ -88,3 +88,23 @@ def stacked_spikes(model, x: torch.Tensor, paths: set[str], reset):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Lava, the slowest target (every layer an OS process), runs the first collected
+    combination of the other parameters of a test parametrized over targets (``target``) in the
+    default run, and the first of a Lava test's seeds (``seed``); ``-m slow`` runs the others
+    too. Every other target keeps every combination."""
+    kept: set[tuple] = set()
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        lava = params.get("target") == "lava" or \
+            "seed" in params and "lava" in f"{item.path.name}::{item.originalname}"
+        if not lava:
+            continue
+        group = (item.path, item.originalname,
+                 *(() if params.get("target") == "lava" else
+                   sorted((k, repr(v)) for k, v in params.items() if k != "seed")))
+        if group in kept:
+            item.add_marker(pytest.mark.slow)
+        kept.add(group)

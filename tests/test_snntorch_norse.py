@@ -777,12 +777,12 @@ def test_snntorch_lapicque(mode, tmp_path):
           targets=("onnx", "nir", "lava"))
 
 
+@pytest.mark.parametrize("target", ["onnx", "nir", "lava"])
 @pytest.mark.parametrize("mode", ["subtract", "zero", "none"])
-def test_snntorch_alpha(mode, tmp_path):
+def test_snntorch_alpha(mode, target, tmp_path):
     """exc = a*exc + x, inh = b*inh - x, m = tau*(exc + inh) with tau = log(a) / (log(b) -
     log(a)) + 1, and the reset of all three; refused before. Identical on every target."""
-    check(_built(AlphaNet, 10, mode), _sequence(10, 3.0), False, tmp_path,
-          targets=("onnx", "nir", "lava"))
+    check(_built(AlphaNet, 10, mode), _sequence(10, 3.0), False, tmp_path, targets=(target,))
 
 
 def test_snntorch_mapping_shapes():
@@ -815,15 +815,16 @@ def test_norse_leaky_integrator_readout(multi_step, box, tmp_path):
     check(model, _image(6, 2.0), True, tmp_path)
 
 
+@pytest.mark.parametrize("target", ["onnx", "nir", "lava"])
 @pytest.mark.parametrize("multi_step", [False, True], ids=["LIFRecurrentCell", "LIFRecurrent"])
-def test_norse_recurrent_lif(multi_step, tmp_path):
+def test_norse_recurrent_lif(multi_step, target, tmp_path):
     """lif_step: i' = (i + W_in x) + W_rec z[t-1], then LIF's charge, current decay and reset;
     refused before ("not supported"). Identical spikes on every target, Lava included (the
     recurrent Linear is the loop's one synapse, paid for by its Delay)."""
     model = _built(NorseRecurrent, 7, multi_step)
     graph = trace(model, _sequence(7, 2.0), T=T, static=False)
     assert {"rec:input", "rec:recurrent", "rec:s[t-1]"} <= {n.name for n in graph}
-    check(model, _sequence(7, 2.0), False, tmp_path, targets=("onnx", "nir", "lava"))
+    check(model, _sequence(7, 2.0), False, tmp_path, targets=(target,))
 
 
 def test_norse_membranes_leaking_to_v_leak(tmp_path):
