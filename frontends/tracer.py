@@ -3484,6 +3484,14 @@ def _assemble_positions(b, c, x, axis: int, index: int, value: Val):
     return Assembled(axis, parts, per_sample=True)
 
 
+def _expand_as(b, c, x, other):
+    """``x.expand_as(y)``: a constant (Real-Spike's per-channel amplitude) broadcast to y's
+    shape, in y's layout; a traced ``x`` as ``expand`` to that shape."""
+    if isinstance(x, Const):
+        return Const(c.value, _val(other).frame)
+    return _repeat(b, c, x)
+
+
 def _like(b, c, x, *args, **kwargs):
     return Const(c.value, _val(x).frame)
 
@@ -3740,7 +3748,7 @@ _METHODS = {
     "permute": _permute, "transpose": _transpose, "t": _t, "contiguous": _identity,
     "clone": _identity,
     "detach": _identity, "sum": _reduce(False), "mean": _reduce(True), "repeat": _repeat,
-    "expand": _repeat, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
+    "expand": _repeat, "expand_as": _expand_as, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
     "narrow": _narrow, "__getitem__": _getitem, "gt": _compare("gt"), "ge": _compare("ge"),
     "lt": _compare("lt"), "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast,
     "type_as": _cast,
@@ -4037,22 +4045,38 @@ def _maxpool(b, c, m, x):
     if (x.frame != TB if three else len(x.frame) != 1) or len(x.expr.shape) != 3:
         raise _Refuse("it needs a [T*B or B, C, H, W] input (MaxPool3d: [T, B, C, H, W])")
     dilation = _triple(m.dilation)[1:] if three else _pair(m.dilation)
-    if m.ceil_mode or m.return_indices or (three and _triple(m.dilation)[0] != 1):
-        raise _Refuse("ceil_mode and return_indices are not supported")
+    if m.return_indices or (three and _triple(m.dilation)[0] != 1):
+        raise _Refuse("return_indices is not supported")
     args = _pool2d(m, three)
+    _ceil_mode_check(m, c, x.expr.shape[-2:], dilation=dilation, **args)
     return b.new(c, lambda n, i: ir.MaxPool2d(n, i, path=c.path, dilation=dilation, **args),
                  [x], x.frame)
 
 
 def _avgpool_check(m):
-    if m.ceil_mode or getattr(m, "divisor_override", None):
-        raise _Refuse("ceil_mode and divisor_override are not supported")
+    if getattr(m, "divisor_override", None):
+        raise _Refuse("divisor_override is not supported")
+
+
+def _ceil_mode_check(m, c, sizes, kernel_size, stride, padding, dilation=(1, 1)):
+    """A pool's ``ceil_mode`` changes nothing where the output has the size it has without it
+    (an even size pooled by 2: MPBN's ResNets): taken there, refused where it adds a window
+    overhanging the input."""
+    if not m.ceil_mode:
+        return
+    floor = tuple((i + 2 * p - d * (k - 1) - 1) // s + 1
+                  for i, k, s, p, d in zip(sizes, kernel_size, stride, padding, dilation))
+    if tuple(c.value.shape[-len(sizes):]) != floor:
+        raise _Refuse(f"ceil_mode adds a window overhanging the input (output "
+                      f"{tuple(c.value.shape[-len(sizes):])}, {floor} without it); it is taken "
+                      "where it changes nothing")
 
 
 def _avgpool2d(b, c, m, x):
     x = _one_sample_frame(x, 3)
     _avgpool_check(m)
     args = _pool2d(m)
+    _ceil_mode_check(m, c, x.expr.shape[-2:], **args)
     return b.new(c, lambda n, i: ir.AvgPool2d(n, i, path=c.path,
                                               count_include_pad=m.count_include_pad, **args),
                  [x], x.frame)
@@ -4063,9 +4087,11 @@ def _pool1d(b, c, m, x):
     Reshape back (torch's 1-D pools are its 2-D pools on an added axis: the same values)."""
     x = _val(x)
     k, s, p = (_single(v)[0] for v in (m.kernel_size, m.stride, m.padding))
+    _ceil_mode_check(m, c, x.expr.shape[-1:], (k,), (s,), (p,),
+                     _single(getattr(m, "dilation", 1)))
     if isinstance(m, nn.MaxPool1d):
-        if m.ceil_mode or m.return_indices:
-            raise _Refuse("ceil_mode and return_indices are not supported")
+        if m.return_indices:
+            raise _Refuse("return_indices is not supported")
         d = _single(m.dilation)[0]
 
         def pool(n, i):

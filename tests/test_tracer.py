@@ -2186,3 +2186,54 @@ def test_an_op_refused_upstream_of_a_lazy_value_is_the_one_named():
     with pytest.raises(UnsupportedError, match=r"^op 'torch.tanh' is not supported$"):
         trace(RepeatedWithoutUnsqueeze(refused=True).double(),
               torch.rand(2, 3, 6, 6, dtype=torch.float64), T=T)
+
+
+class AmplitudeAndCeilPools(nn.Module):
+    """Real-Spike's ``LearnableSpike``, spikes times a per-channel amplitude written
+    ``s * self.bias.expand_as(s)``, then MPBN's ``AvgDown`` shortcut and a max pooling with
+    ``ceil_mode=True`` on even sizes (where it changes nothing), module or function."""
+
+    def __init__(self, functional_pools: bool):
+        super().__init__()
+        self.functional_pools = functional_pools
+        self.conv = layer.Conv2d(3, 8, 3, padding=1, step_mode="m")
+        self.lif, self.out = neuron.IFNode(step_mode="m"), neuron.IFNode(step_mode="m")
+        self.amplitude = nn.Parameter(torch.rand(1, 1, 8, 1, 1) + 0.5)
+        self.conv2 = layer.Conv2d(8, 4, 3, padding=1, step_mode="m")
+        self.avg = layer.AvgPool2d(2, ceil_mode=True, count_include_pad=False, step_mode="m")
+        self.max = layer.MaxPool2d(2, ceil_mode=True, step_mode="m")
+
+    def forward(self, x):  # [T, B, 3, 8, 8]
+        s = self.lif(self.conv(x))
+        s = self.conv2(s * self.amplitude.expand_as(s))
+        if self.functional_pools:
+            y = s.flatten(0, 1)
+            y = F.avg_pool2d(y, 2, ceil_mode=True) + F.max_pool2d(y, 2, ceil_mode=True)
+            return self.out(y.unflatten(0, s.shape[:2]))
+        return self.out(self.avg(s) + self.max(s))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("functional_pools", [False, True], ids=["modules", "functions"])
+def test_an_expanded_amplitude_and_pools_whose_ceil_mode_changes_nothing_are_exact(
+        functional_pools, target):
+    """Both were refused ("op 'Tensor.expand_as' is not supported"; "ceil_mode ... not
+    supported"), found on the official code of Real-Spike and MPBN."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = driven(AmplitudeAndCeilPools(functional_pools).double().eval(), conv=(2.0, 0.3),
+                   conv2=(1.0, 0.4))
+    x = torch.rand(T, 2, 3, 8, 8, generator=torch.Generator().manual_seed(1),
+                   dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_a_ceil_mode_pool_overhanging_its_input_is_refused_saying_so():
+    model = nn.Sequential(layer.AvgPool2d(2, ceil_mode=True, step_mode="m"),
+                          neuron.IFNode(step_mode="m"))
+    with pytest.raises(UnsupportedError, match=r"ceil_mode adds a window overhanging the input "
+                                               r"\(output \(4, 4\), \(3, 3\) without it\)"):
+        trace(model, torch.rand(T, 2, 3, 7, 7), T=T, static=False)
