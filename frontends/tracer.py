@@ -4271,6 +4271,19 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
         raise ValueError(f"the example sequence {tuple(x.shape)} has T={T} along both leading "
                          "axes, so either may be its batch: give one of another size")
     example, x = x, _with_a_batch_apart_from_T(x, axis, T)
+    try:
+        return _traced(model, x, example, T, axis, static, name, share_weights, until)
+    except SnnccError as err:
+        if static and example.dim() >= 3 and example.shape[0] == T:
+            err.message += (f" (the example's first axis has length T={T}, traced as a batch "
+                            "of images: for a [T, B, ...] sequence input pass static=False, "
+                            "layout='TB' in snncc's API)")
+        raise
+
+
+def _traced(model: nn.Module, x: torch.Tensor, example: torch.Tensor, T: int, axis: int,
+            static: bool, name: str, share_weights: bool, until: str | None) -> Graph:
+    """:func:`trace` on ``x``, ``example`` with its batch (``axis``) apart from T."""
     batch = x.shape[axis]
     args = (model, x, T, batch, static, name)
     options = {"share_weights": share_weights, "until": until}

@@ -205,7 +205,9 @@ def test_lava_equals_library(traced, tmp_path, name, pipeline):
 
 def test_sequence_input_traced_as_static_says_to_pass_static_false():
     model, x = _build("sew_resnet18")
-    with pytest.raises(ValueError, match="pass static=False"):
+    with pytest.raises(UnsupportedError, match=r"first axis has length T=4, traced as a batch "
+                                               r"of images: for a \[T, B, ...\] sequence input "
+                                               r"pass static=False"):
         trace(model, x, T=T)
 
 
