@@ -354,7 +354,7 @@ def _pad(func, args, kwargs):
 def _concatenate(stack: bool):
     def rule(func, args, kwargs):
         p = dict(zip(("tensors", "dim"), args)) | kwargs
-        ts, dim = list(p["tensors"]), p.get("dim", 0)
+        ts, dim = list(p["tensors"]), p.get("dim", p.get("axis", 0))  # (numpy's name too)
         if not ts or not isinstance(dim, int) or not all(isinstance(t, torch.Tensor) for t in ts):
             return _DECLINE
         dtype = ts[0].dtype

@@ -1626,6 +1626,7 @@ class _Builder:
             raise _Refuse("")
         if handler not in _ON_WINDOWS and _windowed(leaves):
             raise _Refuse(_WINDOWS_REFUSED)
+        kwargs = {_TORCH_NAMES.get(k, k): v for k, v in kwargs.items()}
         out = handler(self, c, *args, **kwargs)
         x = args[0] if args else None
         if handler in _LAYOUT_HANDLERS and isinstance(x, Val) and x.expr in self.scaled \
@@ -1929,6 +1930,9 @@ class _Builder:
             # an earlier step (spikingjelly's single-step Delay returns zeros at first): the
             # graph's Delay of that value starts at the constant (_start_values)
             return self._stepped_call(c, p, None, spikes, x.frame, state, returns_state)
+        if isinstance(x, Const):
+            raise _Refuse("its input does not depend on the model's input (a constant, such as "
+                          "learned tokens): a neuron of the graph is driven by the input")
         if not isinstance(x, Val) or x.expr.time == READOUT:
             raise _Refuse("a neuron's input must be a per-step tensor")
         c = replace(c, value=spikes)
@@ -2508,6 +2512,10 @@ def _is_initial_state(value, v_init: float) -> bool:
 # Each takes (builder, call, *the op's arguments) with traced tensors as Val, constants as
 # Const or Python numbers, and returns the op's value; _Refuse for what it cannot map.
 
+#: numpy's names for arguments that torch's ops also accept under them
+_TORCH_NAMES = {"axis": "dim", "keepdims": "keepdim"}
+
+
 def _val(x) -> Val:
     if isinstance(x, SumOverTime):
         return x.total
@@ -2691,6 +2699,10 @@ def _getitem(b, c, x, index):
             raise _Refuse("an axis moved ahead of the time and batch axes is taken only by one "
                           "position of it (qkv[0])")
         return _position_of_first(b, c, x, parts[0])
+    if isinstance(x, Const):  # (indexed by a traced value: the index is computed from the input)
+        raise _Refuse("a constant indexed by values computed from the input (a selection, as "
+                      "token pruning's argsort or topk, that depends on the input: no graph "
+                      "computes it)")
     if not isinstance(x, Val):
         return x[index]  # a tuple or list of traced values
     if isinstance(index, int):

@@ -2237,3 +2237,63 @@ def test_a_ceil_mode_pool_overhanging_its_input_is_refused_saying_so():
     with pytest.raises(UnsupportedError, match=r"ceil_mode adds a window overhanging the input "
                                                r"\(output \(4, 4\), \(3, 3\) without it\)"):
         trace(model, torch.rand(T, 2, 3, 7, 7), T=T, static=False)
+
+
+class NumpyStyleArguments(nn.Module):
+    """``axis=`` and ``keepdims=`` for ``dim=`` and ``keepdim=``, which torch also takes
+    (j-blake-s/FinalSpikFormerRepo's SpikeViT: ``qkv.chunk(3, axis=-1)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = layer.Linear(4, 12, step_mode="m"), neuron.LIFNode(step_mode="m")
+        self.fc2, self.out = layer.Linear(4, 4, step_mode="m"), neuron.IFNode(step_mode="m")
+
+    def forward(self, x):  # [T, B, 4]
+        q, k, v = self.lif(self.fc(x)).chunk(3, axis=-1)
+        both = torch.cat([q, k], axis=-1).reshape(*q.shape[:2], 2, 4).sum(axis=2)
+        return self.out(self.fc2(both + v.sum(axis=-1, keepdims=True)))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_numpy_style_argument_names_are_torchs(target):
+    """Each was an internal TypeError ("_chunk() got an unexpected keyword argument 'axis'"), or
+    a shape of the concatenation that the graph did not have."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = driven(NumpyStyleArguments().double().eval(), fc=(4.0, 0.8), fc2=(1.0, 0.2))
+    x = torch.rand(T, 2, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+def test_a_constant_indexed_by_traced_values_and_a_neuron_driven_by_constants_say_so():
+    """SparseSpikformer's pruning (``prev_decision[indices]`` with argsort's indices of a
+    traced score) was an internal TypeError; SpikeViT's learned tokens through a neuron said
+    only "a neuron's input must be a per-step tensor"."""
+    class Pruned(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = layer.Linear(6, 6, step_mode="m"), neuron.IFNode(step_mode="m")
+            self.keep = nn.Parameter(torch.ones(6))
+
+        def forward(self, x):  # [T, B, 6]
+            s = self.lif(self.fc(x))
+            return (torch.ones_like(s) * self.keep)[s > 0].sum()
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens = nn.Parameter(torch.rand(T, 1, 6))
+            self.lif, self.out = neuron.IFNode(step_mode="m"), neuron.IFNode(step_mode="m")
+
+        def forward(self, x):  # [T, B, 6]
+            return self.out(x + self.lif(self.tokens.expand(-1, x.shape[1], -1)))
+
+    with pytest.raises(UnsupportedError, match=r"a constant indexed by values computed from the "
+                                               r"input \(a selection"):
+        trace(Pruned(), torch.rand(T, 2, 6), T=T, static=False)
+    with pytest.raises(UnsupportedError, match=r"module 'lif': op 'IFNode' is not supported \(its "
+                                               r"input does not depend on the model's input"):
+        trace(Tokens(), torch.rand(T, 2, 6), T=T, static=False)
