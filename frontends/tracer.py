@@ -652,7 +652,16 @@ class _ConcreteTracer(fx.Tracer):
     def call_module(self, m, forward, args, kwargs):
         if self._running:  # a leaf being evaluated: plain PyTorch
             return forward(*args, **kwargs)
-        path = self.path_of_module(m)
+        try:
+            path = self.path_of_module(m)
+        except NameError:  # kept in a plain list or attribute of another object
+            if _neuron_adapter(m) is None and next(m.parameters(), None) is None \
+                    and next(m.buffers(), None) is None:
+                return forward(*args, **kwargs)  # (stateless: its ops, traced)
+            raise UnsupportedError(
+                f"a {type(m).__name__} called at {_model_code_line()} is not a submodule of the "
+                "model (kept in a plain list or dict, not an nn.ModuleList or nn.ModuleDict): "
+                "its parameters and state are not the model's; register it") from None
         if path == self.until:
             raise _CutAt((*args, *kwargs.values()))
         leaf = self.is_leaf_module(m, path)
@@ -2038,12 +2047,13 @@ class _Builder:
                     raise UnsupportedError(f"the model's output: {why}") from None
         if not outs or not all(isinstance(o, Val) for o in outs):
             returned = ", ".join("a tensor" if isinstance(o, Val) else "a constant"
-                                 if isinstance(o, Const) else type(o).__name__ for o in outs)
-            why = ("; a constant is a value the trace does not compute from the input, such as a "
-                   "firing neuron's membrane read from its module after a call ('self.lif.v': "
-                   "snncc maps what such a neuron returns, its spikes; the membrane of an "
-                   "IFNode that never fires, v_threshold=inf from v_reset 0, is taken)"
-                   if any(isinstance(o, Const) for o in outs) else "")
+                                 if isinstance(o, Const) else type(o).__name__ for o in outs) \
+                or "nothing the trace computes"
+            why = ("; a constant or a number is a value the trace does not compute from the "
+                   "input, such as a firing neuron's membrane read from its module after a call "
+                   "('self.lif.v', 'self.lif.v_seq': snncc maps what such a neuron returns, its "
+                   "spikes; the membrane of an IFNode that never fires, v_threshold=inf from "
+                   "v_reset 0, is taken, as are spikingjelly's NonSpikingLIFNode's)")
             raise UnsupportedError(f"the model must return tensors computed from its input; it "
                                    f"returns ({returned}){why}: wrap it in a module that returns "
                                    f"its output tensor(s) alone")

@@ -1951,6 +1951,54 @@ def test_the_membrane_of_a_never_firing_neuron_that_resets_softly_is_not_taken()
         snncc.trace(model, x, T=4)
 
 
+def test_the_membrane_of_a_neuron_that_can_fire_read_after_its_call_is_refused_saying_so():
+    """SNN-delays' readout: spikingjelly's LIFNode with threshold 1e9 and ``store_v_seq``,
+    ``self.out.v_seq`` returned: "it returns ()" said nothing of why."""
+    from spikingjelly.activation_based import neuron
+
+    class Readout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.out = neuron.LIFNode(v_threshold=1e9, step_mode="m", store_v_seq=True)
+
+        def forward(self, x):
+            self.out(self.fc(x))
+            return self.out.v_seq
+
+    with pytest.raises(SnnccError, match=r"it returns \(nothing the trace computes\); .* "
+                                         r"'self.lif.v_seq'"):
+        snncc.trace(Readout(), torch.rand(4, 5, 4), T=4)
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_a_module_kept_in_a_plain_list_is_traced_through_or_refused_saying_so(registered):
+    """albertigno/snn-delays-pytorch keeps ``[nn.Identity()] + layers`` in a plain list: fx's
+    internal "module is not installed as a submodule" (NameError). A stateless one is traced
+    through; one with parameters, which are not the model's, is refused."""
+    from spikingjelly.activation_based import neuron
+
+    class Listed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(8, 6), neuron.IFNode(step_mode="m")
+            self.ops = [nn.Identity(), self.fc if registered else nn.Linear(8, 6)]
+
+        def forward(self, x):  # [T, B, 8]
+            return self.lif(self.ops[0](self.ops[1](x)))
+
+    model = driven(Listed().double().eval(), fc=(3.0, 0.5))
+    x = torch.rand(4, 2, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if not registered:
+        with pytest.raises(SnnccError, match=r"a Linear called at .* is not a submodule of the "
+                                             r"model \(kept in a plain list or dict"):
+            snncc.trace(model, x, T=4)
+        return
+    report = snncc.check(model, x, target="onnx", T=4)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 def test_spikes_a_model_adds_to_in_place_are_compared_as_the_neuron_returned_them():
     """SEW-ResNet's block as StereoSpike writes it, ``out = self.sn2(out); out += identity``:
     check recorded the neuron's output tensor, which the model then changed, and compared the
