@@ -425,6 +425,21 @@ _VIEWS = ("view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "p
 _SAME_SHAPE = ("softmax", "log_softmax", "cumsum")
 
 
+def _converted(func, args, kwargs):
+    """``x.to(...)``, ``x.type_as(y)``: x's shape in the dtype and on the device asked; a tensor
+    argument is read for its dtype and device only (``.to(x)`` of a step of ``x``)."""
+    x, *rest = args
+    if not isinstance(x, torch.Tensor):
+        return _DECLINE
+
+    def small(a):
+        return torch.empty(0, dtype=a.dtype, device=a.device) if isinstance(a, torch.Tensor) \
+            else a
+    out = func(torch.zeros((), dtype=x.dtype, device=x.device), *map(small, rest),
+               **{k: small(v) for k, v in kwargs.items()})
+    return ShapedTensor(tuple(x.shape), out.dtype, out.device)
+
+
 def _rules() -> dict:
     rules = {}
 
@@ -439,7 +454,7 @@ def _rules() -> dict:
         add(getattr(T_, f"__{name}__", None), _elementwise)
         add(getattr(T_, f"__i{name}__", None), _in_place)
     for name in _UNARY_METHODS:
-        add(getattr(T_, name), _elementwise)
+        add(getattr(T_, name), _converted if name in ("to", "type_as") else _elementwise)
     add(T_.data.__get__, _elementwise)
     add(T_.T.__get__, _on_zero_strided)
     add(T_.mT.__get__, _on_zero_strided)

@@ -2709,6 +2709,14 @@ def _getitem(b, c, x, index):
             raise _Refuse("an axis moved ahead of the time and batch axes is taken only by one "
                           "position of it (qkv[0])")
         return _position_of_first(b, c, x, parts[0])
+    if isinstance(x, Assembled) and not x.per_sample:  # a step already assigned, read back
+        at = index if x.axis == 0 else index[1] if isinstance(index, tuple) and len(index) == 2 \
+            and index[0] == slice(None) else None
+        step = x.steps[at % b.T] if isinstance(at, int) else None
+        if step is None:
+            raise _Refuse("a sequence assigned step by step (out[t] = v) is read otherwise "
+                          "than by a step already assigned (GLIF's out[t - 1])")
+        return step
     if isinstance(x, Const):  # (indexed by a traced value: the index is computed from the input)
         raise _Refuse("a constant indexed by values computed from the input (a selection, as "
                       "token pruning's argsort or topk, that depends on the input: no graph "

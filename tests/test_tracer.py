@@ -2297,3 +2297,41 @@ def test_a_constant_indexed_by_traced_values_and_a_neuron_driven_by_constants_sa
     with pytest.raises(UnsupportedError, match=r"module 'lif': op 'IFNode' is not supported \(its "
                                                r"input does not depend on the model's input"):
         trace(Tokens(), torch.rand(T, 2, 6), T=T, static=False)
+
+
+class GatedLIFStyle(nn.Module):
+    """CAS-CLab/Gated-LIF's neuron loop: spikes written step by step into zeros made in forward
+    (``out[step] = ...``), the step before read back from it (``out[max(step - 1, 0)]``), the
+    spikes cast with ``.to(x)`` (x's dtype, x the whole sequence)."""
+
+    def forward(self, x):  # [T, B, C]
+        u, out = torch.zeros(x.shape[1:], dtype=x.dtype), torch.zeros(x.shape, dtype=x.dtype)
+        for step in range(x.shape[0]):
+            u = 0.5 * u * (1 - out[max(step - 1, 0)]) + x[step]
+            out[step] = (u - 0.5 > 0).to(x)
+        return out
+
+
+class GatedLIFNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = layer.Linear(6, 8, step_mode="m"), GatedLIFStyle()
+        self.fc2, self.out = layer.Linear(8, 4, step_mode="m"), neuron.IFNode(step_mode="m")
+
+    def forward(self, x):
+        return self.out(self.fc2(self.lif(self.fc(x))))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_sequence_read_back_step_by_step_and_cast_like_another_tensor_is_exact(target):
+    """Reading ``out[step - 1]`` back was an internal TypeError ("'Assembled' object is not
+    subscriptable"), and ``.to(x)`` took x's shape for the cast's ("a product with (constant -
+    tensor) that broadcasts"): found on GLIF's official code."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = driven(GatedLIFNet().double().eval(), fc=(3.0, 0.3), fc2=(2.0, 0.3))
+    x = torch.rand(T, 2, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
