@@ -45,6 +45,22 @@ def _live(graph: Graph, inputs_of: dict | None = None) -> set[str]:
     return live
 
 
+def _fed(graph: Graph, inputs_of: dict | None = None) -> set[str]:
+    """The nodes a path from an Input reaches, with ``inputs_of`` overriding some nodes'
+    inputs."""
+    inputs_of, consumers = inputs_of or {}, {}
+    for k, node in graph.nodes.items():
+        for i in inputs_of.get(k, node.inputs):
+            consumers.setdefault(i, []).append(k)
+    fed, stack = set(), [n.name for n in graph.inputs]
+    while stack:
+        k = stack.pop()
+        if k not in fed:
+            fed.add(k)
+            stack.extend(consumers.get(k, ()))
+    return fed
+
+
 def _remove_dead(graph: Graph) -> list[str]:
     live = _live(graph)
     dead = [k for k in graph.nodes if k not in live and graph[k].op != "Input"]
@@ -138,9 +154,12 @@ def _fold(graph: Graph, n: ir.Node, kept: dict[str, str]) -> bool:
                 tuple(np.broadcast_shapes(*(graph[i].shape for i in rest))) == n.shape:
             now, after = _live(graph), _live(graph, {n.name: tuple(rest)})
             lost = [i.name for i in graph.inputs if i.name in now and i.name not in after]
-            if lost:
+            # (a loop driven only through them: a recurrence started by its initial state)
+            cut = sorted(after - _fed(graph, {n.name: tuple(rest)}))
+            if lost or cut:
                 kept[n.name] = (f"kept the zero addend(s) {zero}: dropping them would leave "
-                                f"input(s) {lost} unused")
+                                + (f"input(s) {lost} unused" if lost else
+                                   f"{cut} without a path from an input"))
                 return False
             graph.replace(n.name, node_with(n, inputs=tuple(rest)))
             return True

@@ -759,6 +759,28 @@ def test_fold_constants():
     assert_same_spikes(g, h, rng.normal(0.4, 1, (T, B, 5)))
 
 
+def test_fold_constants_keeps_a_zero_addend_that_alone_connects_a_loop_to_the_input():
+    """A recurrent layer whose only input path is a zero-scaled addend (it fires from its
+    initial state alone): dropping the addend left the loop with no path from an Input, a
+    VerificationError inside the pass (found by tests/fuzz_graphs.py, seed 9100's run)."""
+    rng = np.random.default_rng(2)
+    g = Graph("loop", {"T": T})
+    g.add(ir.Input("x", input_shape=(3,)))
+    g.add(ir.Linear("fc", ("x",), weight=rng.normal(size=(3, 3))))
+    g.add(ir.Neuron("lif", ("fc",), **lif(theta=0.3)))
+    g.add(ir.Scale("zero", ("x",), factor=0.0))
+    g.add(ir.Delay("before", ("rec",), steps=1, shape_hint=(3,), kind_hint=ir.Kind.SPIKE))
+    g.add(ir.Linear("w", ("before",), weight=0.8 * np.eye(3)))
+    g.add(ir.Add("current", ("zero", "w")))
+    g.add(ir.Neuron("rec", ("current",), **{**lif(theta=0.5), "v_init": 1.0, "alpha": 0.5}))
+    g.add(ir.Output("out", ("lif",)))
+    g.add(ir.Output("out_rec", ("rec",)))
+    h = apply(g.verify(), "fold_constants")
+    assert h["current"].inputs == ("zero", "w")
+    assert "without a path from an input" in h.meta["reports"]["fold_constants"]["kept"]["current"]
+    assert_same_spikes(g, h, rng.normal(0.4, 1, (T, B, 3)))
+
+
 # ----------------------------------------------------------------------------- legalization
 
 
