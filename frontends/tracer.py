@@ -3114,9 +3114,10 @@ def _tensor_const(b, c, kind, x: Val, y) -> Val:
     if kind == "div":
         if np.all(k == b.T) and (mean := b.mean_over_steps(c, x)) is not None:
             return mean
-        if not is_power_of_two(k):
-            raise _Refuse(f"division by {k if k.size == 1 else 'a tensor'} is not exactly a "
-                          "multiplication (only powers of two are)")
+        if not is_power_of_two(k):  # (its reciprocal would round: the quotient itself)
+            if not np.all(k != 0):
+                raise _Refuse("division by a constant with a zero")
+            return b.new(c, lambda n, i: ir.Divide(n, i, path=c.path, divisor=k), [x], x.frame)
         k = 1.0 / k
     elif kind != "mul":
         raise _Refuse("a matrix product with a constant")

@@ -584,6 +584,29 @@ class Scale(Node):
 
 
 @dataclass(eq=False)
+class Divide(Node):
+    """y = x / divisor (divisor broadcastable to the shape, non-zero): the IEEE quotient, which a
+    Scale by 1 / divisor is not but where the divisor is a power of two (tdBN's
+    ``(x - mean) / sqrt(var + eps)``)."""
+
+    divisor: np.ndarray = 1.0
+    arrays: ClassVar = ("divisor",)
+
+    def validate(self):
+        if not np.all(self.divisor != 0):
+            self.fail("divisor has a zero", IRError)
+
+    def infer(self, shapes, kinds):
+        (s,) = shapes
+        if _broadcast(self, [s, self.divisor.shape]) != tuple(s):
+            self.fail(f"divisor of shape {self.divisor.shape} does not broadcast to {s}")
+        return s, Kind.REAL
+
+    def param_count(self) -> int:
+        return 0
+
+
+@dataclass(eq=False)
 class Hadamard(Node):
     """y = a * b elementwise with broadcasting; with spike operands this is a spike AND, with a
     count (a sum of spikes) the other operand added count times."""
@@ -752,6 +775,6 @@ class Readout(Node):
 NODE_TYPES: dict[str, type[Node]] = {
     cls.__name__: cls for cls in (
         Input, Output, Conv1d, Conv2d, Linear, BatchNorm, Neuron, MaxPool2d, AvgPool2d, Pad,
-        Reshape, Flatten, Transpose, Gather, Add, Scale, Hadamard, SpikeMatMul,
+        Reshape, Flatten, Transpose, Gather, Add, Scale, Divide, Hadamard, SpikeMatMul,
         AddressedAccumulate, Sum, Mean, Concat, Delay, Readout)
 }

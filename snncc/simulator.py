@@ -153,7 +153,7 @@ def _align(x: torch.Tensor, ndim: int) -> torch.Tensor:
 #: nodes with state over time, or that pass values through (evaluated in run(), not by a kernel)
 _SPECIAL = (ir.Output, ir.Input, ir.Neuron, ir.Delay, ir.Readout)
 #: nodes whose kernel returns a new tensor, never a view of an input
-_FRESH = (ir.Conv2d, ir.Linear, ir.BatchNorm, ir.Pad, ir.Scale, ir.Hadamard, ir.SpikeMatMul,
+_FRESH = (ir.Conv2d, ir.Linear, ir.BatchNorm, ir.Pad, ir.Scale, ir.Divide, ir.Hadamard, ir.SpikeMatMul,
           ir.AddressedAccumulate, ir.Gather)
 
 
@@ -373,6 +373,9 @@ class Simulator:
         if isinstance(n, ir.Scale):
             f = _t(n.factor, dt, dev)
             return lambda x: x * f
+        if isinstance(n, ir.Divide):
+            d = _t(n.divisor, dt, dev)
+            return lambda x: x / d
         if isinstance(n, ir.Hadamard):
             k = len(n.shape)
             return lambda a, b: _align(a, k) * _align(b, k)

@@ -4,7 +4,7 @@ runner (used by tests/test_fuzz_differential.py and benchmarks/fuzz.py).
 **Generator.** :func:`build_case` makes a random *valid* IR graph with every node kind
 ``snncc.ir`` defines (convolutions, linear, BatchNorm with negative and zero gammas, both
 comparisons and both resets, max/avg pooling, padding, reshape/flatten/transpose, add, scale,
-Hadamard, spike matmuls and addressed accumulation in spike-driven attention blocks with SDSA
+division, Hadamard, spike matmuls and addressed accumulation in spike-driven attention blocks with SDSA
 scales, sums, means, concat, delays, recurrent cycles closed by a Delay, readouts) and its
 inputs. Weights, neuron parameters and inputs lie on coarse dyadic grids (multiples of 0.25),
 so float64 arithmetic is exact and membranes hit thresholds exactly (h == theta) all the time;
@@ -409,6 +409,8 @@ class Builder:
             f = self.rng.choice(choices, size=(v.shape[0],) + (1,) * (len(v.shape) - 1))
         else:
             f = self.ch.choice(choices)
+        if self.ch.bool(0.15) and np.all(f != 0):  # its quotient: off the grid
+            return self.add(ir.Divide(self.name("divide"), (v.name,), divisor=f))
         return self.add(ir.Scale(self.name("scale"), (v.name,), factor=f))
 
     def op_hadamard(self, v: Val) -> Val:

@@ -2335,3 +2335,45 @@ def test_a_sequence_read_back_step_by_step_and_cast_like_another_tensor_is_exact
     report = snncc.check(model, x, target=target, T=T, layout="TB")
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class DividingBatchNorm(nn.BatchNorm2d):
+    """The ``tdBatchNorm`` many SNN repositories copy (CAS-CLab/Gated-LIF's, in eval):
+    ``alpha * Vth * (x - mean) / sqrt(var + eps) * weight + bias``, a division by a constant
+    per-channel tensor."""
+
+    def forward(self, x):
+        mean, var = self.running_mean[None, :, None, None], self.running_var[None, :, None, None]
+        y = 0.5 * (x - mean) / torch.sqrt(var + self.eps)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+class DividedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = layer.SeqToANNContainer(nn.Conv2d(3, 8, 3, padding=1), DividingBatchNorm(8))
+        self.lif = neuron.LIFNode(step_mode="m", v_threshold=0.5)
+        self.head = layer.Linear(8, 3, step_mode="m")
+        self.out = neuron.IFNode(step_mode="m")
+
+    def forward(self, x):
+        s = self.lif(self.conv(x.unsqueeze(0).repeat(T, 1, 1, 1, 1)))
+        return self.out(self.head(s.mean((-2, -1)) / 3.0))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_division_by_a_constant_is_the_quotient_on_every_target(target):
+    """Refused before ("division by a tensor is not exactly a multiplication (only powers of
+    two are)"): a Divide node, the IEEE quotient on every target (1/3 and 1/sqrt(var + eps)
+    would round differently as factors)."""
+    import snncc
+
+    torch.manual_seed(0)
+    model = DividedNet().double().eval()
+    randomize_batchnorms(model, np.random.default_rng(0), positive_bias=True)
+    driven(model, head=(4.0, 0.9))
+    x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert len(snncc.trace(model, x, T=T).of_type(ir.Divide)) == 2

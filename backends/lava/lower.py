@@ -484,6 +484,9 @@ class Lowerer:
                 {"factor": np.asarray(n.factor, dtype=np.float64)}, n.name))
         return self._unary(n, {}, {"factor": n.factor})
 
+    def _op_Divide(self, n: ir.Divide) -> Port:
+        return self._unary(n, {}, {"divisor": n.divisor})
+
     def _op_BatchNorm(self, n: ir.BatchNorm) -> Port:
         """A BatchNorm after no synapse (on a neuron's spikes or counts) as x * a + c per
         channel (``scale_shift``): within an ulp of torch's fused multiply-add."""

@@ -234,6 +234,10 @@ def _scale(b: OnnxBuilder, n: ir.Scale, args, out):
     return b.op("Mul", [args[0], b.param(n, "factor")], out)
 
 
+def _divide(b: OnnxBuilder, n: ir.Divide, args, out):
+    return b.op("Div", [args[0], b.param(n, "divisor")], out)
+
+
 def _hadamard(b: OnnxBuilder, n: ir.Node, args, out):
     return b.op("Mul", _aligned_args(b, n, args), out)
 
@@ -260,7 +264,7 @@ def _identity(b: OnnxBuilder, n: ir.Node, args, out):
 _LOWER = {
     "Conv1d": _conv, "Conv2d": _conv, "Linear": _linear, "BatchNorm": _batchnorm,
     "MaxPool2d": _maxpool, "AvgPool2d": _avgpool, "Pad": _pad, "Reshape": _reshape,
-    "Flatten": _reshape, "Transpose": _transpose, "Gather": _gather, "Add": _add, "Scale": _scale,
+    "Flatten": _reshape, "Transpose": _transpose, "Gather": _gather, "Add": _add, "Scale": _scale, "Divide": _divide,
     "Hadamard": _hadamard, "SpikeMatMul": _matmul, "AddressedAccumulate": _matmul,
     "Sum": _reduce, "Mean": _reduce, "Concat": _concat, "Output": _identity,
 }

@@ -90,6 +90,11 @@ def scale(factor):
     return lambda x: x * factor
 
 
+def divide(divisor):
+    """y = x / divisor."""
+    return lambda x: x / divisor
+
+
 def affine(scale, shift):
     """y = x * scale + shift (a BatchNorm no synapse before it absorbed, per channel)."""
     return lambda x: x * scale + shift
@@ -146,6 +151,7 @@ UNARY = {
     "Pad": pad,
     "Gather": gather,
     "Scale": scale,
+    "Divide": divide,
     "BatchNorm": affine,
     "Count": count,
     "Bias": add_constant,
