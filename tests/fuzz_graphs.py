@@ -744,6 +744,9 @@ def compare(graph: Graph, ref, outputs: dict, trace: dict, stage: str,
     div = _first_divergence(graph, ref, trace, names)
     if div is not None:
         k, t, flavour, nd = div
+        if flavour == "tie" and stage.startswith(("backend:onnx", "backend:lava")) \
+                and isinstance(graph[graph[k].inputs[0]], ir.BatchNorm):
+            flavour = "tie-after-batchnorm"  # (see KNOWN)
         return Finding("", "mismatch", f"{stage}/{flavour}",
                        f"neuron {k} step {t}: {nd} spike(s) differ", neuron=k)
     why = _outputs_differ(graph, ref.outputs, outputs)
@@ -949,6 +952,11 @@ KNOWN: list[tuple[str, str]] = [
     # equals the threshold exactly. Declared, so explained (passes/batchnorm.py docstring).
     (r"^mismatch pass:fold_batchnorm_into_(threshold|weights)/declared-tie$",
      "the pass reports the fold rounds (ties_may_differ)"),
+    # PyTorch's CPU BatchNorm, which the simulator runs, fuses its x * scale + shift into one
+    # rounding; onnxruntime's and Lava's kernels round twice: a membrane the BN puts exactly on
+    # a threshold may land an ulp off it (README's third exactness caveat).
+    (r"^mismatch backend:(onnx|lava)[-\w]*/tie-after-batchnorm$",
+     "the backend rounds a BatchNorm's multiply-add twice, PyTorch fuses it"),
 ]
 # Fixed in 2bcf7f1 (regression tests in tests/test_fuzz_differential.py), formerly listed here:
 # "crash pass:lower_spike_matmul_to_addressed_additions:IndexError" (a SpikeMatMul feeding
