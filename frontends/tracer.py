@@ -2053,7 +2053,8 @@ class _Builder:
                    "input, such as a firing neuron's membrane read from its module after a call "
                    "('self.lif.v', 'self.lif.v_seq': snncc maps what such a neuron returns, its "
                    "spikes; the membrane of an IFNode that never fires, v_threshold=inf from "
-                   "v_reset 0, is taken, as are spikingjelly's NonSpikingLIFNode's)")
+                   "v_reset 0, is taken, as are spikingjelly's NonSpikingLIFNode's)"
+                   if not outs or any(isinstance(o, (Const, int, float)) for o in outs) else "")
             raise UnsupportedError(f"the model must return tensors computed from its input; it "
                                    f"returns ({returned}){why}: wrap it in a module that returns "
                                    f"its output tensor(s) alone")

@@ -40,6 +40,16 @@ def torch_spikes(model: nn.Module, x: torch.Tensor, paths: set[str]):
     return stacked_spikes(model, x, paths, functional.reset_net)
 
 
+def assert_exact_check(model: nn.Module, x: torch.Tensor, target: str, **options) -> None:
+    """``snncc.check`` of ``model`` on ``x`` for ``target``: every layer's spikes and the outputs
+    the model's (float64), its neurons firing at 5-95%."""
+    import snncc
+
+    report = snncc.check(model, x, target=target, T=T, **options)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 def assert_parity(model: nn.Module, x: torch.Tensor, graph) -> dict[str, float]:
     """Identical spikes at every neuron, the same output (1e-10); returns the firing rates."""
     neurons = graph.of_type(ir.Neuron)
@@ -461,15 +471,11 @@ class HeadsAssigned(nn.Module):
 def test_heads_assigned_position_by_position_are_their_stack(folded, ellipsis, target):
     """Refused before: "a value computed from the input is assigned only as step t of a
     sequence" (with ``...`` in the index too, until tests/fuzz_models.py drew it)."""
-    import snncc
-
     torch.manual_seed(0)
     model = driven(HeadsAssigned(folded, ellipsis=ellipsis).double().eval(), fc=(2.0, 0.2),
                    **{f"mix.{i}": (3.0, 0.4) for i in range(3)})
     x = torch.rand(T, 2, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    report = snncc.check(model, x, target=target, T=T, layout="TB")
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target, layout="TB")
 
 
 def test_heads_assigned_in_part_and_read_are_refused_saying_so():
@@ -515,15 +521,11 @@ def test_a_single_step_delay_starts_the_next_layer_at_its_bias(k, target):
     """Refused before, naming the next neuron ("a neuron's input must be a per-step tensor";
     "called at steps [0, 1, 2]" though it was called at every step; found by testing
     spikingjelly's own layers)."""
-    import snncc
-
     torch.manual_seed(0)
     model = driven(DelayedSingleStep(k).double().eval(), fc1=(4.0, 0.5), fc2=(5.0, 1.2))
     functional.reset_net(model)
     x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    report = snncc.check(model, x, target=target, T=T)
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target)
 
 
 class DelayedCell(nn.Module):
@@ -600,15 +602,11 @@ class KeptByDeepcopy(nn.Module):
 def test_a_traced_value_deep_copied_is_its_copy(target):
     """``copy.deepcopy`` of a traced tensor crashed the trace (fx's deepcopy of a proxy copies
     its node out of the graph: "'Node' object has no attribute 'meta'", an internal error)."""
-    import snncc
-
     torch.manual_seed(0)
     model = driven(KeptByDeepcopy().double().eval(), fc=(2.0, 0.1))
     functional.reset_net(model)
     x = torch.randn(T, 6, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    report = snncc.check(model, x, target=target, T=T, layout="TB")
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target, layout="TB")
 
 
 class DifferenceFromTheStepBefore(nn.Module):
@@ -718,9 +716,7 @@ def test_a_static_image_assigned_at_every_step_is_repeated(target):
     torch.manual_seed(0)
     model = driven(RepeatedByAssignment().double().eval(), conv=(2.0, 0.3))
     x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    report = snncc.check(model, x, target=target, T=T)
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target)
 
 
 class TdBatchNorm(nn.Module):
@@ -753,16 +749,12 @@ class TdBnNet(nn.Module):
 def test_tdbn_batch_norm_3d_of_time_moved_among_the_axes_is_a_batch_norm(target):
     """Refused: "op 'Tensor.transpose' is not supported (it moves the time or batch axis)",
     "op 'BatchNorm3d' is not supported" (EMS-YOLO's official code)."""
-    import snncc
-
     torch.manual_seed(0)
     model = randomize_batchnorms(TdBnNet(), np.random.default_rng(0), positive_bias=True)
     model = model.double().eval()
     x = torch.rand(T, 2, 3, 6, 6, generator=torch.Generator().manual_seed(1),
                    dtype=torch.float64) * 2
-    report = snncc.check(model, x, target=target, T=T, layout="TB")
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target, layout="TB")
 
 
 def test_a_value_with_its_time_axis_moved_read_otherwise_is_refused_saying_so():
@@ -2106,15 +2098,11 @@ class CountTimesReal(nn.Module):
 @pytest.mark.parametrize("count_first", [True, False], ids=["count*v", "v*count"])
 def test_a_count_of_spikes_times_a_real_value_is_exact(count_first, target):
     """Refused before: "at least one operand must be spikes"."""
-    import snncc
-
     torch.manual_seed(0)
     model = driven(CountTimesReal(count_first).double().eval(), a=(2.0, 0.5), b=(2.0, 0.3),
                    v=(2.0, 0.4))
     x = torch.rand(T, 2, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    report = snncc.check(model, x, target=target, T=T, layout="TB")
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target, layout="TB")
 
 
 def test_a_product_of_two_real_values_is_refused_saying_so():
@@ -2168,16 +2156,12 @@ class RepeatedWithoutUnsqueeze(nn.Module):
 def test_a_static_image_repeated_with_an_axis_added_is_the_image_at_every_step(target):
     """Refused before ("only a static value's unit axis ... can be repeated T times"), which
     MPBN's, IM-Loss's and Ternary-Spike's official models all met."""
-    import snncc
-
     torch.manual_seed(0)
     model = RepeatedWithoutUnsqueeze().double().eval()
     randomize_batchnorms(model, np.random.default_rng(0))
     x = 2 * torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1),
                        dtype=torch.float64)
-    report = snncc.check(model, x, target=target, T=T)
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target)
 
 
 def test_an_op_refused_upstream_of_a_lazy_value_is_the_one_named():
@@ -2219,16 +2203,12 @@ def test_an_expanded_amplitude_and_pools_whose_ceil_mode_changes_nothing_are_exa
         functional_pools, target):
     """Both were refused ("op 'Tensor.expand_as' is not supported"; "ceil_mode ... not
     supported"), found on the official code of Real-Spike and MPBN."""
-    import snncc
-
     torch.manual_seed(0)
     model = driven(AmplitudeAndCeilPools(functional_pools).double().eval(), conv=(2.0, 0.3),
                    conv2=(1.0, 0.4))
     x = torch.rand(T, 2, 3, 8, 8, generator=torch.Generator().manual_seed(1),
                    dtype=torch.float64)
-    report = snncc.check(model, x, target=target, T=T, layout="TB")
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target, layout="TB")
 
 
 def test_a_ceil_mode_pool_overhanging_its_input_is_refused_saying_so():
@@ -2258,14 +2238,10 @@ class NumpyStyleArguments(nn.Module):
 def test_numpy_style_argument_names_are_torchs(target):
     """Each was an internal TypeError ("_chunk() got an unexpected keyword argument 'axis'"), or
     a shape of the concatenation that the graph did not have."""
-    import snncc
-
     torch.manual_seed(0)
     model = driven(NumpyStyleArguments().double().eval(), fc=(4.0, 0.8), fc2=(1.0, 0.2))
     x = torch.rand(T, 2, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    report = snncc.check(model, x, target=target, T=T, layout="TB")
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target, layout="TB")
 
 
 def test_a_constant_indexed_by_traced_values_and_a_neuron_driven_by_constants_say_so():
@@ -2327,14 +2303,10 @@ def test_a_sequence_read_back_step_by_step_and_cast_like_another_tensor_is_exact
     """Reading ``out[step - 1]`` back was an internal TypeError ("'Assembled' object is not
     subscriptable"), and ``.to(x)`` took x's shape for the cast's ("a product with (constant -
     tensor) that broadcasts"): found on GLIF's official code."""
-    import snncc
-
     torch.manual_seed(0)
     model = driven(GatedLIFNet().double().eval(), fc=(3.0, 0.3), fc2=(2.0, 0.3))
     x = torch.rand(T, 2, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    report = snncc.check(model, x, target=target, T=T, layout="TB")
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target, layout="TB")
 
 
 class DividingBatchNorm(nn.BatchNorm2d):
@@ -2373,7 +2345,5 @@ def test_a_division_by_a_constant_is_the_quotient_on_every_target(target):
     randomize_batchnorms(model, np.random.default_rng(0), positive_bias=True)
     driven(model, head=(4.0, 0.9))
     x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    report = snncc.check(model, x, target=target, T=T)
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
-    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert_exact_check(model, x, target)
     assert len(snncc.trace(model, x, T=T).of_type(ir.Divide)) == 2
