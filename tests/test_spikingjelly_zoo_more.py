@@ -148,9 +148,13 @@ CASES = {
                         lambda: _image(0), True, None),
     "snasnet_backward": (lambda: snas_net.SNASNet(_snas_args("backward"), SNAS_BACKWARD),
                          lambda: _image(0), True, None),
-    # two cells at level 0: no cell resamples (see test_spike_dhs_resampling_cells_are_refused)
+    # two cells at level 0: no cell resamples
     "spike_dhs": (lambda: _Logits(_multi_step(_spike_dhs(2, 192))),
                   lambda: _image(0, size=4), True, None),
+    # eight cells: the third resamples from level 0 to 1 with a SeqToANNContainer(Nearest) it
+    # makes in forward (not a submodule: fx's internal NameError, which this file expected)
+    "spike_dhs_resampling": (lambda: _Logits(_multi_step(_spike_dhs(8, 48))),
+                             lambda: _image(0, size=8), True, {"*": {"bias_range": (0.2, 0.6)}}),
     "spiking_resnet50": (
         lambda: _multi_step(spiking_resnet.spiking_resnet50(
             num_classes=10, spiking_neuron=neuron.LIFNode, tau=2.0)),
@@ -161,7 +165,7 @@ CASES = {
         lambda: _repeated(_image(0)), False, None),
 }
 # time steps where the model fixes them itself (SpikeDHS repeats its image 6 times)
-STEPS = {"spike_dhs": 6}
+STEPS = {"spike_dhs": 6, "spike_dhs_resampling": 6}
 TARGETS = ("sim", "onnx", "nir", "lava")
 # (name, target) pairs of the default run; everything else is slow
 FAST = {
@@ -169,6 +173,7 @@ FAST = {
     ("plif_mnist", "lava"), ("plif_cifar10_dvs", "lava"),
     ("vgg_small_bn_1x1", "sim"), ("spiking_vgg11_bn", "sim"),
     ("snasnet_forward", "sim"), ("spike_dhs", "sim"), ("spike_dhs", "onnx"),
+    ("spike_dhs_resampling", "sim"), ("spike_dhs_resampling", "onnx"),
     ("spiking_resnet50", "sim"),
 }
 PAIRS = [pytest.param(n, t, id=f"{n}-{t}", marks=() if (n, t) in FAST else pytest.mark.slow)
@@ -312,15 +317,6 @@ def test_vgg_at_a_size_where_avgpool_averages_unequal_cells_is_refused():
 
 
 # ------------------------------------------------------------------------------- SpikeDHS
-
-
-def test_spike_dhs_resampling_cells_are_refused():
-    """SpikeDHS's third cell (level 0 -> 1) downsamples with a ``SeqToANNContainer(Nearest)``
-    it creates inside ``forward``: a module torch.fx cannot address (not a submodule), and
-    ``F.interpolate`` has no IR mapping."""
-    model = _Logits(_multi_step(_spike_dhs(8, 48))).double().eval()
-    with pytest.raises((UnsupportedError, NameError), match="not installed as a submodule"):
-        trace(model, _image(0, size=8), T=6)
 
 
 # ------------------------------------------------------------ every constructor of the package
