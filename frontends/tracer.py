@@ -3475,8 +3475,9 @@ def _assemble(b, c, x, index, value: Val):
                  *index[at + 1:])
     axis = next((i for i, k in enumerate(index) if isinstance(k, int)), None)
     full = all(k == slice(None) for i, k in enumerate(index) if i != axis)
-    if full and axis is not None and axis >= len(value.frame) and (isinstance(x, Assembled) and x.per_sample or
-                                          isinstance(x, Const) and x.frame == value.frame):
+    if full and axis is not None and axis >= len(value.frame) and \
+            (isinstance(x, Assembled) and x.per_sample or
+             isinstance(x, Const) and x.frame == value.frame):
         return _assemble_positions(b, c, x, axis, index[axis], value)
     t = index[axis] % b.T if axis is not None else None  # (out[-1] = v: the last step)
     # (a static value at every step: EMS-YOLO's input[i] = x, the image repeated over time)
@@ -3780,7 +3781,8 @@ _METHODS = {
     "permute": _permute, "transpose": _transpose, "t": _t, "contiguous": _identity,
     "clone": _identity,
     "detach": _identity, "sum": _reduce(False), "mean": _reduce(True), "repeat": _repeat,
-    "expand": _repeat, "expand_as": _expand_as, "select": _select, "unbind": _unbind, "chunk": _chunk, "split": _split,
+    "expand": _repeat, "expand_as": _expand_as, "select": _select, "unbind": _unbind,
+    "chunk": _chunk, "split": _split,
     "narrow": _narrow, "__getitem__": _getitem, "gt": _compare("gt"), "ge": _compare("ge"),
     "lt": _compare("lt"), "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast,
     "type_as": _cast,

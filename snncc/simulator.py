@@ -153,8 +153,8 @@ def _align(x: torch.Tensor, ndim: int) -> torch.Tensor:
 #: nodes with state over time, or that pass values through (evaluated in run(), not by a kernel)
 _SPECIAL = (ir.Output, ir.Input, ir.Neuron, ir.Delay, ir.Readout)
 #: nodes whose kernel returns a new tensor, never a view of an input
-_FRESH = (ir.Conv2d, ir.Linear, ir.BatchNorm, ir.Pad, ir.Scale, ir.Divide, ir.Hadamard, ir.SpikeMatMul,
-          ir.AddressedAccumulate, ir.Gather)
+_FRESH = (ir.Conv2d, ir.Linear, ir.BatchNorm, ir.Pad, ir.Scale, ir.Divide, ir.Hadamard,
+          ir.SpikeMatMul, ir.AddressedAccumulate, ir.Gather)
 
 
 @dataclass

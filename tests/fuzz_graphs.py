@@ -4,8 +4,8 @@ runner (used by tests/test_fuzz_differential.py and benchmarks/fuzz.py).
 **Generator.** :func:`build_case` makes a random *valid* IR graph with every node kind
 ``snncc.ir`` defines (convolutions, linear, BatchNorm with negative and zero gammas, both
 comparisons and both resets, max/avg pooling, padding, reshape/flatten/transpose, add, scale,
-division, Hadamard, spike matmuls and addressed accumulation in spike-driven attention blocks with SDSA
-scales, sums, means, concat, delays, recurrent cycles closed by a Delay, readouts) and its
+division, Hadamard, spike matmuls and addressed accumulation in spike-driven attention blocks
+with SDSA scales, sums, means, concat, delays, recurrent cycles closed by a Delay, readouts) and its
 inputs. Weights, neuron parameters and inputs lie on coarse dyadic grids (multiples of 0.25),
 so float64 arithmetic is exact and membranes hit thresholds exactly (h == theta) all the time;
 a few parameters are deliberately off-grid (BN with eps > 0, decays like 2/3) so rounding-level

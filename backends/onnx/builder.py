@@ -264,7 +264,8 @@ def _identity(b: OnnxBuilder, n: ir.Node, args, out):
 _LOWER = {
     "Conv1d": _conv, "Conv2d": _conv, "Linear": _linear, "BatchNorm": _batchnorm,
     "MaxPool2d": _maxpool, "AvgPool2d": _avgpool, "Pad": _pad, "Reshape": _reshape,
-    "Flatten": _reshape, "Transpose": _transpose, "Gather": _gather, "Add": _add, "Scale": _scale, "Divide": _divide,
+    "Flatten": _reshape, "Transpose": _transpose, "Gather": _gather, "Add": _add, "Scale": _scale,
+    "Divide": _divide,
     "Hadamard": _hadamard, "SpikeMatMul": _matmul, "AddressedAccumulate": _matmul,
     "Sum": _reduce, "Mean": _reduce, "Concat": _concat, "Output": _identity,
 }
