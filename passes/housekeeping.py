@@ -36,13 +36,8 @@ def _live(graph: Graph, inputs_of: dict | None = None) -> set[str]:
     """The nodes whose results reach an Output, with ``inputs_of`` overriding some nodes'
     inputs (to ask what a rewrite would leave live)."""
     inputs_of = inputs_of or {}
-    live, stack = set(), [n.name for n in graph.outputs]
-    while stack:
-        k = stack.pop()
-        if k not in live:
-            live.add(k)
-            stack.extend(inputs_of.get(k, graph[k].inputs))
-    return live
+    return Graph.closure([n.name for n in graph.outputs],
+                         lambda k: inputs_of.get(k, graph[k].inputs))
 
 
 def _fed(graph: Graph, inputs_of: dict | None = None) -> set[str]:
@@ -52,13 +47,7 @@ def _fed(graph: Graph, inputs_of: dict | None = None) -> set[str]:
     for k, node in graph.nodes.items():
         for i in inputs_of.get(k, node.inputs):
             consumers.setdefault(i, []).append(k)
-    fed, stack = set(), [n.name for n in graph.inputs]
-    while stack:
-        k = stack.pop()
-        if k not in fed:
-            fed.add(k)
-            stack.extend(consumers.get(k, ()))
-    return fed
+    return Graph.closure([n.name for n in graph.inputs], lambda k: consumers.get(k, ()))
 
 
 def _remove_dead(graph: Graph) -> list[str]:
