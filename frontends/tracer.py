@@ -25,7 +25,10 @@
    evaluated in the consuming step. At t = 0 a delay gives 0, which is how such models start
    (they add nothing from "step -1"). The per-step computation must be the same at every step
    t >= 1 (checked); a sum over all steps divided by T becomes a ``Readout``, a ``torch.stack``
-   of the steps a sequence.
+   of the steps a sequence. What does differ from step to step (a list's module called at the
+   step of its index, ``self.bntt[t](x)``; a constant with a time axis, TEBN's scale per step)
+   is every step's value computed at every step, the step's own picked by the spikes of a step
+   counter (:meth:`_Builder.step_selected`).
 
 Anything else raises :class:`~snncc.errors.UnsupportedError` naming every unsupported op with its
 module path, e.g. ``module 'blocks.0.attn': op 'torch.softmax' is not supported``.
@@ -33,6 +36,7 @@ module path, e.g. ``module 'blocks.0.attn': op 'torch.softmax' is not supported`
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import hashlib
@@ -1502,6 +1506,7 @@ class _Builder:
         # knows their kinds
         self.kinds_needed: dict[Expr, tuple[str, str, frozenset, str]] = {}
         self._returned: dict[str, list[Val]] = {}  # module path -> what each call returned
+        self._module_calls: collections.Counter = collections.Counter()  # path -> its calls
 
     # ------------------------------------------------------------------ interpretation
     def interpret(self, graph: fx.Graph, static: bool):
@@ -1514,6 +1519,8 @@ class _Builder:
             used.update(fresh)
             last_uses[node] = fresh
         env: dict[fx.Node, object] = {}
+        self._module_calls = collections.Counter(n.target for n in graph.nodes
+                                                 if n.op == "call_module")
         for node in graph.nodes:
             args = fx.node.map_arg(node.args, env.__getitem__)
             if node.op == "output":
@@ -1783,6 +1790,62 @@ class _Builder:
             v = _one_step(v, lead)
         return _np(v)
 
+    def const_steps(self, k, x: Val) -> list[np.ndarray] | None:
+        """A constant operand of ``x``'s op that differs from one step of ``x``'s time axis to
+        the next (TEBN's per-step scale ``k.view(-1, 1, 1, 1, 1)`` of a ``[T, B, ...]`` value)
+        as its T per-step arrays; None where it does not vary along that axis."""
+        if not isinstance(k, Const) or k.frame or x.frame not in (TB, BT):
+            return None
+        v = torch.as_tensor(k.value)
+        lead = v.dim() - len(x.expr.shape)
+        axis = x.frame.index("T") - (len(x.frame) - lead)  # (of v's leading axes)
+        if not 0 <= axis < lead or v.shape[axis] != self.T or self.T == 1:
+            return None
+        if torch.equal(v, v.narrow(axis, 0, 1).expand(v.shape)):
+            return None
+        return [self.const(Const(v.select(axis, t).unsqueeze(axis)), x) for t in range(self.T)]
+
+    def step_selected(self, c: _Call, x: Val, per_step: list[Val]) -> Val:
+        """The value that is ``per_step[t]`` at step t: each Hadamard-multiplied by whether the
+        step is t (spikes of a step counter, :meth:`_step_counter`) and summed, which is
+        exact, every other term being zero. All T values are computed at every step."""
+        counter = self._step_counter(c, x)
+        ones = (1,) * len(per_step[0].expr.shape)  # (a rank of its own: Lava's lanes)
+        terms = []
+        for t, v in enumerate(per_step):
+            at = self.new(c, lambda n, i, t=t: ir.Gather(n, i, path=c.path, axis=0, index=(t,)),
+                          [counter], x.frame, shape=(1,), hint=f"{c.hint}.step{t}")
+            at = self.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=ones), [at],
+                          x.frame, shape=ones, hint=f"{c.hint}.step{t}.r")
+            terms.append(self.new(c, lambda n, i: ir.Hadamard(n, i, path=c.path), [v, at],
+                                  x.frame, shape=v.expr.shape, hint=f"{c.hint}.at{t}"))
+        return self.new(c, lambda n, i: ir.Add(n, i, path=c.path), terms, x.frame,
+                        shape=per_step[0].expr.shape, hint=f"{c.hint}.by_step")
+
+    def module_per_step(self, c: _Call, modules: list[tuple[str, nn.Module]], x: Val) -> Val:
+        """The module ``modules[t]`` (path, module) applied at step t (BNTT's batch norm of
+        each step): each one's value at every step, :meth:`step_selected` (a model holding
+        fewer than T fails in PyTorch)."""
+        return self.step_selected(c, x, [
+            _module_handler(m, None)(self, replace(c, path=path, hint=path,
+                                                   site=c.site and (*c.site, t)), x)
+            for t, (path, m) in enumerate(modules[:self.T])])
+
+    def _step_counter(self, c: _Call, x: Val) -> Val:
+        """Spikes of shape (T,) whose element t fires at step t alone: neurons that ignore
+        their input (gamma 0, read from ``x`` so that they are part of its graph) and count the
+        steps (alpha 1, beta 1) past thresholds 0..T-1, reset far below them."""
+        n, T = math.prod(x.expr.shape), self.T
+        flat = self.new(c, lambda nm, i: ir.Reshape(nm, i, path=c.path, target=(n,)), [x],
+                        x.frame, shape=(n,), hint=f"{c.hint}.flat")
+        first = self.new(c, lambda nm, i: ir.Gather(nm, i, path=c.path, axis=0, index=(0,) * T),
+                         [flat], x.frame, shape=(T,), hint=f"{c.hint}.first")
+        return self.new(c, lambda nm, i: ir.Neuron(
+            nm, i, path=c.path, alpha=np.float64(1.0), gamma=np.float64(0.0),
+            beta=np.float64(1.0), theta=np.arange(float(T)), v_reset=np.float64(-T),
+            v_init=np.float64(0.0), cmp=cn.CMP_GT, reset=cn.RESET_HARD),
+            [first], x.frame, shape=(T,), hint=f"{c.hint}.step_counter")
+
     def step_of(self, c: _Call, x: Val, t: int, dim: int = 0) -> Val:
         """Step ``t`` of ``x``'s time axis, axis ``dim`` (0 of [T, B, ...], 1 of [B, T, ...])."""
         if x.frame not in (TB, BT) or x.frame.index("T") != dim:
@@ -1883,6 +1946,9 @@ class _Builder:
             value = _module_in_float64(m, args, kwargs)
             return Const(c.value if value is None else value, frames[0] if frames else (),
                          value is not None)
+        chosen = self._module_of_each_step(m, c, args, kwargs)
+        if chosen is not None:
+            return chosen
         handler = _module_handler(m, adapter)
         if adapter is not None and adapter.step_mode(m) == STEP_MULTI:
             # a multi-step layer: its per-step layer applied to x.flatten(0, 1)
@@ -1893,6 +1959,25 @@ class _Builder:
                         Val(x.expr, TBM if x.frame == TB else TWM))
             return Val(y.expr, x.frame)
         return handler(self, c, *args, **kwargs)
+
+    def _module_of_each_step(self, m: nn.Module, c: _Call, args, kwargs) -> Val | None:
+        """A call ``modules[t](x)`` at step t of a loop over time, each module of the list
+        called once in the model (BNTT's official code, ``self.bntt_list[i][t]``): the list's
+        module of each step (:meth:`module_per_step`), the same nodes at every step."""
+        owner, _, k = c.path.rpartition(".")
+        x = args[0] if len(args) == 1 and not kwargs else None
+        if not owner or not k.isdigit() or not isinstance(x, Val) or x.expr.step != int(k):
+            return None
+        modules = self.root.get_submodule(owner)
+        if not isinstance(modules, (nn.ModuleList, nn.Sequential)) or len(modules) < self.T \
+                or any(self._module_calls[f"{owner}.{i}"] > 1 for i in range(len(modules))):
+            return None
+        shapes = {n: p.shape for n, p in m.state_dict().items()}
+        if any(type(s) is not type(m) or {n: p.shape for n, p in s.state_dict().items()}
+               != shapes for s in modules):
+            return None
+        return self.module_per_step(replace(c, path=owner, hint=owner),
+                                    [(f"{owner}.{i}", s) for i, s in enumerate(modules)], x)
 
     def _never_firing(self, adapter: Adapter, m: nn.Module, c: _Call, args, kwargs):
         """A neuron that never fires (:meth:`Adapter.held_membrane`): zeros for its spikes, and
@@ -3106,7 +3191,15 @@ def _note_scaled(b, out: Val, x: Val, factor: float) -> None:
 
 
 def _tensor_const(b, c, kind, x: Val, y) -> Val:
-    k = b.const(y, x)
+    steps = b.const_steps(y, x)
+    if steps is not None:
+        return b.step_selected(c, x, [
+            _op_by_const(b, replace(c, hint=f"{c.hint}.k{t}", site=c.site and (*c.site, t)),
+                         kind, x, k) for t, k in enumerate(steps)])
+    return _op_by_const(b, c, kind, x, b.const(y, x))
+
+
+def _op_by_const(b, c, kind, x: Val, k: np.ndarray) -> Val:
     if kind in ("add", "sub"):
         if not k.any():
             return x

@@ -738,7 +738,8 @@ def check_parity(loaded: LoadedModel, target_name: str, x: np.ndarray, *, T: int
         lossy=any(available_passes()[p].lossy for p in compiled.meta.get("passes", [])),
         target_dtype=target_dtype, output_over_steps=over_steps,
         unmatched=[n.name for n in loaded.graph.of_type(ir.Neuron)
-                   if n.name not in ref and n.name in sim.trace and n.path not in compared],
+                   if n.name not in ref and n.name in sim.trace and n.path not in compared
+                   and np.any(n.gamma)],  # (one that ignores its input counts the steps)
         removed=removed, batch_coupled=dict(loaded.graph.meta.get("batch_coupled") or {}))
     if labels is not None:
         labels = np.asarray(labels).ravel()

@@ -26,8 +26,11 @@ def randomize_batchnorms(model, rng: np.random.Generator, positive_bias: bool = 
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 bn = randomized_bn(rng, m.num_features)
-                m.weight.copy_(torch.tensor(bn["weight"]))
-                m.bias.copy_(torch.tensor(np.abs(bn["bias"]) if positive_bias else bn["bias"]))
+                if m.weight is not None:  # (BNTT's norms have none of their own)
+                    m.weight.copy_(torch.tensor(bn["weight"]))
+                if m.bias is not None:
+                    m.bias.copy_(torch.tensor(np.abs(bn["bias"]) if positive_bias
+                                              else bn["bias"]))
                 m.running_mean.copy_(torch.tensor(bn["mean"]))
                 m.running_var.copy_(torch.tensor(bn["var"]))
     return model

@@ -27,8 +27,10 @@ imports): neurons, layer wrappers and state.
   weight-standardised ``WSConv2d`` / ``WSLinear`` are the plain layer with the standardised
   weight; threshold-dependent batch norm (tdBN, ``ThresholdDependentBatchNorm1d/2d``) is, in
   eval mode, the batch norm it subclasses over the steps folded into the batch (its
-  ``alpha * v_th`` only initialises the weight). Wrappers that compute something else (batch
-  norms per time step, NeuNorm, DropConnect) are refused. Containers (``SeqToANNContainer``,
+  ``alpha * v_th`` only initialises the weight). TEBN (``TemporalEffectiveBatchNorm``: that
+  batch norm times a learned scale per step) is traced through, BNTT (``BatchNormThroughTime``:
+  a batch norm of its own at each step) maps each step's norm (both: the tracer's
+  ``step_selected``). Wrappers that compute something else (NeuNorm, DropConnect) are refused. Containers (``SeqToANNContainer``,
   ``MultiStepContainer``, ...) and everything else (attention blocks, the model zoo's blocks)
   are traced through.
 - **clock_driven** (0.0.0.0.14): the same neuron models (the same charge, fire and reset
@@ -177,6 +179,8 @@ class SpikingJellyAdapter(Adapter):
 
     def is_leaf(self, m: nn.Module) -> bool | None:
         base = _library_class(m)
+        if base.__name__.startswith(_TIME_SCALED_NORM):
+            return False
         traced_through = _TRACED_THROUGH.get(base.__module__)
         if traced_through is not None:
             return base.__name__ not in traced_through
@@ -192,6 +196,8 @@ class SpikingJellyAdapter(Adapter):
             return _standardised(m)
         if name in _TDBN:
             return _as_class(m, _TDBN[name])
+        if name.startswith("BatchNormThroughTime"):
+            return _norm_per_step
         return _refuse(f"spikingjelly's {name} has no IR mapping")
 
     def reset_state(self, model: nn.Module) -> None:
@@ -344,6 +350,17 @@ _TDBN = {"ThresholdDependentBatchNorm1d": nn.BatchNorm1d,
          "ThresholdDependentBatchNorm2d": nn.BatchNorm2d,
          "MultiStepThresholdDependentBatchNorm1d": nn.BatchNorm1d,
          "MultiStepThresholdDependentBatchNorm2d": nn.BatchNorm2d}
+
+
+#: TEBN: a batch norm over the steps folded into the batch, then times a per-step scale (traced
+#: through: the scale a constant that differs along the time axis)
+_TIME_SCALED_NORM = "TemporalEffectiveBatchNorm"
+
+
+def _norm_per_step(builder, call, m: nn.Module, x):
+    """BNTT: a batch norm of its own at each step, the t-th of ``bn_list`` at step t."""
+    return builder.module_per_step(
+        call, [(f"{call.path}.bn_list.{t}", bn) for t, bn in enumerate(m.bn_list)], x)
 
 
 def _as_class(m: nn.Module, cls: type) -> nn.Module:
