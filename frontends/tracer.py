@@ -2160,7 +2160,8 @@ class _Builder:
                                    "samples ([T, B, ...]) before returning them")
         self.graph.meta["output_layout"] = _LAYOUT_NAMES[outs[0].frame]
         self.graph.meta["output_layouts"] = [_LAYOUT_NAMES[o.frame] for o in outs]
-        self.graph.meta["neuron_modules"] = self._neuron_modules()
+        self.graph.meta["neuron_modules"], self.graph.meta["neuron_module_calls"] = \
+            self._neuron_modules()
         if self.T > 1 and (self._delays or self.neurons or self._step_occurrences):
             # the model's own loop over time, unrolled: the graph is its latest steps' form,
             # which its first steps may not share (api.compile verifies it)
@@ -2178,24 +2179,33 @@ class _Builder:
             raise _unsupported(list(wrong))
         return self.graph
 
-    def _neuron_modules(self) -> dict[str, list[list[str]]]:
+    def _neuron_modules(self) -> tuple[dict[str, list[list[str]]], dict[str, list[int]]]:
         """Module path -> [node, layout] for each call of a module (a neuron written with plain
         tensor ops) that returns the spikes of a comparison of its own, in the layout it
-        returns them; ``[[node, "steps"]]`` for a module called once per step (its calls are
-        that node's steps). What ``check`` compares with the graph's nodes; other comparisons
-        have no module output (a module reused at several places has one node per call)."""
-        found = {}
+        returns them; ``[[node, "steps"], ...]`` for a module called k times at every step of
+        a loop (its calls are the steps of k nodes, one per place in the step), with, where k >
+        1, the node of each call in the order of the calls (layers sharing a spike function
+        module: the second mapping). What ``check`` compares with the graph's nodes; other
+        comparisons have no module output (a module reused at several places has one node per
+        call)."""
+        found, orders = {}, {}
         for path, calls in self._returned.items():
-            per_step = all(v.expr.step is not None for v in calls)
+            steps = [v.expr.step for v in calls]
+            per_step = None not in steps
             if per_step:
-                calls = calls[-1:]
-            elif any(v.expr.step is not None for v in calls):
+                place = [steps[:j].count(s) for j, s in enumerate(steps)]
+                if len(set(collections.Counter(steps).values())) != 1:
+                    continue
+                calls = [v for v, s in zip(calls, steps) if s == max(steps)]
+                if len(calls) > 1:
+                    orders[path] = place
+            elif any(s is not None for s in steps):
                 continue
             names = [self._done.get((v.expr, v.expr.step)) for v in calls]
             if all(n in self.comparisons and self.graph[n].path == path for n in names):
                 found[path] = [[n, "steps" if per_step else _LAYOUT_NAMES[v.frame]]
                                for n, v in zip(names, calls)]
-        return found
+        return found, {p: order for p, order in orders.items() if p in found}
 
     def _counting_modules(self) -> None:
         """``graph.meta['count_modules']`` (and ``'count_units'``) for a module called once that

@@ -296,10 +296,14 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
                 / units.get(p, 1.0)
             traces.update({node: (counts >= d).astype(counts.dtype)
                            for d, node in enumerate(levels, start=1)})
+    places = graph.meta.get("neuron_module_calls") or {}
     for p, outs in records.items():
         calls = written.get(p, [(by_path.get(p), "steps")])
-        if calls[0][1] == "steps":  # one output per step (or one whole [T, B, ...] sequence)
-            outs = [torch.cat(outs)] if outs else []
+        if calls[0][1] == "steps" and outs:  # one output per step (or one [T, B, ...]
+            # sequence), of each of the module's places in a step (layers sharing it)
+            place = places.get(p, [0] * len(outs))
+            outs = [torch.cat([o for o, k in zip(outs, place) if k == i])
+                    for i in range(len(calls))] if len(place) == len(outs) else []
         for (node, layout), spikes in zip(calls, outs) if len(calls) == len(outs) else ():
             if layout == "B*T":
                 spikes = spikes.reshape(batch, -1, *node.shape)

@@ -346,6 +346,64 @@ def test_a_neuron_module_called_at_several_places_is_compared_at_each(target):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+class _SharedSpike(nn.Module):
+    """Two layers of a loop over time sharing one spike module (``(x > 0).to(x.dtype)``, as
+    BNTT's official code could wrap its spike function), the loop over the steps outside the
+    layers or, ``layer_major``, a loop of each layer over the steps: the module's calls
+    alternate between its two places or come one place after the other."""
+
+    def __init__(self, layer_major: bool, widths=(5, 3)):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, widths[0]), nn.Linear(*widths)
+        self.spike, self.layer_major = _Compare(), layer_major
+
+    def _layer(self, fc, xs):
+        m, out = 0.0, []
+        for x in xs:
+            m = 0.9 * m + fc(x)
+            out.append(self.spike(m - 1.0))
+            m = m - out[-1]
+        return out
+
+    def forward(self, inp):
+        if self.layer_major:
+            return torch.stack(self._layer(self.fc2, self._layer(self.fc1, list(inp))))
+        m1 = m2 = 0.0
+        outs = []
+        for t in range(inp.size(0)):
+            m1 = 0.9 * m1 + self.fc1(inp[t])
+            s1 = self.spike(m1 - 1.0)
+            m1 = m1 - s1
+            m2 = 0.9 * m2 + self.fc2(s1)
+            outs.append(self.spike(m2 - 1.0))
+            m2 = m2 - outs[-1]
+        return torch.stack(outs)
+
+
+class _Compare(nn.Module):
+    def forward(self, x):
+        return (x > 0).to(x.dtype)
+
+
+@pytest.mark.parametrize("widths", [(5, 3), (5, 5)], ids=["sizes-differ", "same-size"])
+@pytest.mark.parametrize("layer_major", [False, True], ids=["step-major", "layer-major"])
+def test_a_spike_module_shared_by_layers_of_the_models_loop_is_compared_at_each(layer_major,
+                                                                                 widths):
+    """``check`` took such a module's calls as one layer's steps: a RuntimeError joining
+    layers of different sizes, and agreement 0.0 where they have the same size (found with
+    BNTT's official code)."""
+    torch.manual_seed(0)
+    model = _SharedSpike(layer_major, widths).double().eval()
+    with torch.no_grad():
+        model.fc1.weight.mul_(4)
+        model.fc2.weight.mul_(4)
+    x = (torch.rand(4, 2, 6, generator=torch.Generator().manual_seed(1)) < 0.5).double()
+    report = snncc.check(model, x, target="sim", T=4, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert [r.path for r in report.layers] == ["spike", "spike"] and not report.unmatched
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 def test_two_steps_are_exact_and_every_module_compared():
     """With T = 2 the loop has no steady step: the first step's reset path is its own nodes
     (a comparison more per neuron), which belong to the module compared, not to the report's
