@@ -4447,6 +4447,29 @@ def _traced(model: nn.Module, x: torch.Tensor, example: torch.Tensor, T: int, ax
         raise
 
 
+@contextmanager
+def _reassigned_tensors_kept():
+    """``self.p = self.p.to(x.device)`` in a forward (SNN-TAB's ``TAB_Layer``): ``to`` returns
+    the parameter itself, which PyTorch assigns back; traced, it is a proxy, which a module
+    refuses for a parameter or buffer (in a RecursionError). The assignment of a proxy of the
+    very tensor the module holds is skipped, as it changes nothing."""
+    assign = nn.Module.__setattr__
+
+    def kept(module, name, value):
+        if isinstance(value, fx.Proxy):
+            tables = (module.__dict__.get("_parameters", {}), module.__dict__.get("_buffers", {}))
+            held = next((t[name] for t in tables if t.get(name) is not None), None)
+            if held is not None and value.node.meta.get("value") is held:
+                return
+        assign(module, name, value)
+
+    nn.Module.__setattr__ = kept
+    try:
+        yield
+    finally:
+        nn.Module.__setattr__ = assign
+
+
 def _failure_in_pytorch(model: nn.Module, x: torch.Tensor) -> SnnccError | None:
     """Why ``model`` fails on ``x`` run as PyTorch runs it (eval, no autograd, fresh neuron
     state), in one line naming the model's line; None if it runs. A trace that failed with an
@@ -4479,7 +4502,7 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
     with _inference(model):
         try:
             _refuse_hooks(model, "")
-            with _WhileTracing(tracer):
+            with _WhileTracing(tracer), _reassigned_tensors_kept():
                 fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
             if until is not None:
                 raise UnsupportedError(f"the model never calls module '{until}' (until=): "

@@ -215,3 +215,29 @@ def test_a_list_applied_in_depth_at_every_step_is_not_taken_per_step():
     graph = trace(m, _sequence(0), T=T, static=False)
     assert sorted(n.path for n in graph.of_type(ir.Conv2d)) == [f"convs.{i}" for i in range(T)]
     assert_exact_check(m, _sequence(0), "sim", layout="TB")
+
+
+class _MovedScale(nn.Module):
+    """A scale per step that the forward moves to the input's device and dtype and assigns back,
+    ``self.p = self.p.to(x.device)`` (SNN-TAB's ``TAB_Layer``), a buffer too: a no-op in
+    PyTorch, a RecursionError when traced before (the module refused the traced value)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.bn = layer.BatchNorm2d(c, step_mode="m")
+        self.p = nn.Parameter(torch.tensor([1.6, 0.5, -0.8, 1.2]).view(T, 1, 1, 1, 1))
+        self.register_buffer("shift", torch.linspace(-0.5, 0.5, T).view(T, 1, 1, 1, 1))
+
+    def forward(self, x):
+        self.p = self.p.to(x.device)
+        self.shift = self.shift.to(x.dtype)
+        return self.bn(x) * self.p + self.shift
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_parameter_assigned_back_to_its_module_in_forward_is_exact(target):
+    torch.manual_seed(0)
+    m = _ConvNormNet(_MovedScale).double().eval()
+    randomize_batchnorms(m, np.random.default_rng(0), positive_bias=True)
+    driven(m, conv1=(GAIN, 0.0), conv2=(GAIN, 0.0))
+    assert_exact_check(m, _sequence(0), target, layout="TB")
