@@ -4470,6 +4470,27 @@ def _reassigned_tensors_kept():
         nn.Module.__setattr__ = assign
 
 
+@contextmanager
+def _scripted_functions_as_python():
+    """A function of the model's code compiled by ``torch.jit.script`` (snetx's spike function)
+    runs as the Python it was made from where it gets a traced value, which TorchScript's
+    argument checks refuse ("Expected a value of type 'Tensor'"); elsewhere as TorchScript."""
+    scripted = torch.jit.ScriptFunction
+    call = scripted.__call__
+
+    def as_python(fn, *args, **kwargs):
+        python = getattr(fn, "_torchdynamo_inline", None)
+        if python is not None and any(isinstance(a, fx.Proxy) for a in _walk((args, kwargs))):
+            return python(*args, **kwargs)
+        return call(fn, *args, **kwargs)
+
+    scripted.__call__ = as_python
+    try:
+        yield
+    finally:
+        scripted.__call__ = call
+
+
 def _failure_in_pytorch(model: nn.Module, x: torch.Tensor) -> SnnccError | None:
     """Why ``model`` fails on ``x`` run as PyTorch runs it (eval, no autograd, fresh neuron
     state), in one line naming the model's line; None if it runs. A trace that failed with an
@@ -4502,7 +4523,8 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
     with _inference(model):
         try:
             _refuse_hooks(model, "")
-            with _WhileTracing(tracer), _reassigned_tensors_kept():
+            with _WhileTracing(tracer), _reassigned_tensors_kept(), \
+                    _scripted_functions_as_python():
                 fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
             if until is not None:
                 raise UnsupportedError(f"the model never calls module '{until}' (until=): "

@@ -404,6 +404,47 @@ def test_a_spike_module_shared_by_layers_of_the_models_loop_is_compared_at_each(
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+@torch.jit.script
+def _scripted_spike(v):
+    return v.ge(0.0).to(v)
+
+
+class _ScriptedSpikeLIF(nn.Module):
+    """A LIF firing through a function compiled by ``torch.jit.script`` (snetx's
+    ``spike_emiting``): TorchScript refused the traced value ("Expected a value of type
+    'Tensor'")."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        y, mem, out = self.fc(x), 0.0, []
+        for t in range(x.shape[0]):
+            mem = 0.5 * mem + y[t]
+            s = _scripted_spike(mem - 1.0)
+            mem = mem * (1 - s)
+            out.append(s)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_spike_function_compiled_by_torchscript_is_traced_as_its_python(target):
+    torch.manual_seed(0)
+    model = _ScriptedSpikeLIF().double().eval()
+    x = 3 * torch.rand(4, 2, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=4, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    with torch.no_grad():
+        rate = float(model(x).mean())
+    assert 0.05 <= rate <= 0.95
+    assert type(_scripted_spike) is torch.jit.ScriptFunction  # (and left so after the trace)
+    assert type(_scripted_spike).__call__ is _SCRIPTED_CALL
+
+
+_SCRIPTED_CALL = torch.jit.ScriptFunction.__call__
+
+
 def test_two_steps_are_exact_and_every_module_compared():
     """With T = 2 the loop has no steady step: the first step's reset path is its own nodes
     (a comparison more per neuron), which belong to the module compared, not to the report's
