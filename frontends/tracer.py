@@ -2943,6 +2943,8 @@ def _stack(b, c, tensors, dim=0):
 def _narrowed(b, c, x: Val, dim: int, start: int, stop: int, hint: str, site) -> Val:
     """``x`` sliced to [start, stop) along its axis ``dim`` (a per-step axis)."""
     axis = dim - len(x.frame)
+    if axis < 0 and stop - start == 1 and x.frame in (TB, BT) and x.frame[dim] == "T":
+        return _reshape(b, c, b.step_of(c, x, start, dim))  # x[t:t + 1]: step t, a unit axis
     if axis < 0:
         raise _Refuse("it slices the time or batch axis")
     if stop <= start:

@@ -241,3 +241,33 @@ def test_a_parameter_assigned_back_to_its_module_in_forward_is_exact(target):
     randomize_batchnorms(m, np.random.default_rng(0), positive_bias=True)
     driven(m, conv1=(GAIN, 0.0), conv2=(GAIN, 0.0))
     assert_exact_check(m, _sequence(0), target, layout="TB")
+
+
+class _UnitSlices(nn.Module):
+    """A norm of each step on ``y[:, t:t + 1]`` of a ``[B, T, ...]`` value (SNN-TAB's per-step
+    form), and a multi-step LIF stepped on ``s[t:t + 1]`` of a ``[T, B, ...]`` one: a unit slice
+    of the time axis, the step with a unit axis (refused before: "it slices the time or batch
+    axis"; ``y[:, t].unsqueeze(1)`` was taken)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 5)
+        self.bn = nn.ModuleList(nn.BatchNorm1d(5) for _ in range(T))
+        self.lif = neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):  # [B, T, 6]
+        y = self.fc(x.flatten(0, 1)).view(x.shape[0], T, 5)
+        y = torch.stack([self.bn[t](y[:, t:t + 1].transpose(1, 2))[:, :, 0]
+                         for t in range(T)])  # [T, B, 5]
+        return torch.cat([self.lif(y[t:t + 1]) for t in range(T)]).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_unit_slices_of_the_time_axis_are_its_steps(target):
+    torch.manual_seed(0)
+    m = _UnitSlices().double().eval()
+    randomize_batchnorms(m, np.random.default_rng(0), positive_bias=True)
+    driven(m, fc=(GAIN, 0.0))
+    functional.reset_net(m)
+    x = 2 * torch.randn(2, T, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert_exact_check(m, x, target, layout="BT")
