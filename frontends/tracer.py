@@ -63,7 +63,8 @@ from snncc import neuron as cn
 from snncc.errors import IRError, SnnccError, UnsupportedError
 from snncc.graph import Graph
 from snncc.limits import freeing_what_it_leaves
-from snncc.models import compiled_functions_run_eagerly, returned_items
+from snncc.models import (attributes_kept, compiled_functions_run_eagerly,
+                          returned_items)
 from snncc.passes.common import is_power_of_two
 
 from .adapters import (STATE_KEPT, STEP_MULTI, Adapter, Integrator, NeuronCircuit,
@@ -999,19 +1000,10 @@ def _inference(model: nn.Module):
 
     model.eval()
     reset_state(model)
-    saved = [(m, dict(m.__dict__), {k: v.copy() for k, v in m.__dict__.items()
-                                     if isinstance(v, (dict, list))})
-             for m in model.modules()]
     try:
-        with torch.no_grad(), compiled_functions_run_eagerly():
+        with attributes_kept(model), torch.no_grad(), compiled_functions_run_eagerly():
             yield
     finally:
-        for m, attrs, contents in saved:
-            m.__dict__.clear()
-            m.__dict__.update(attrs)
-            for k, held in contents.items():  # the containers themselves, changed in place
-                attrs[k].clear()
-                attrs[k].update(held) if isinstance(held, dict) else attrs[k].extend(held)
         reset_state(model)
         for m, mode in modes:
             m.training = mode

@@ -36,6 +36,26 @@ def compiled_functions_run_eagerly():
         yield
 
 
+@contextmanager
+def attributes_kept(model):
+    """Every module's attributes, and the dicts and lists they hold, as they were before, once
+    the block has run the model: a state a forward keeps in a plain attribute (a membrane
+    ``self.v``, a library's ``_memories``, which no known library's reset clears) or a proxy a
+    trace left there. Parameters and buffers are the same objects after."""
+    saved = [(m, dict(m.__dict__), {k: v.copy() for k, v in m.__dict__.items()
+                                     if isinstance(v, (dict, list))})
+             for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, attrs, contents in saved:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            for k, held in contents.items():  # the containers themselves, changed in place
+                attrs[k].clear()
+                attrs[k].update(held) if isinstance(held, dict) else attrs[k].extend(held)
+
+
 def returned_items(out) -> list:
     """What a model's forward returns, as the list of its outputs in order: a dict's values, a
     tuple's or list's items, nested ones in turn (StereoSpike's ``([depth1, ...], [spikes,

@@ -17,7 +17,7 @@ from .errors import FormatError, SnnccError, UnsupportedError
 from .graph import Graph
 from .limits import (largest_fitting, nbytes, positive_int, require_fits,
                      smaller_batch_that_fits)
-from .models import LoadedModel, compiled_functions_run_eagerly, returned_items
+from .models import LoadedModel, attributes_kept, compiled_functions_run_eagerly, returned_items
 from .simulator import SPIKES, simulate
 
 #: ``graph.meta['output_layout']`` values of a model whose output is one value per time step.
@@ -269,7 +269,8 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     try:
         # a copy: the model may change its input in place, which the engines then read
         xt = torch.tensor(to_torch_layout(graph, x), dtype=tdtype, device=device)
-        with torch.no_grad(), floats_in(tdtype), compiled_functions_run_eagerly():
+        with torch.no_grad(), floats_in(tdtype), compiled_functions_run_eagerly(), \
+                attributes_kept(model):  # (a state the forward keeps in an attribute)
             out = model(xt)
     except _EndedBefore as end:
         out = end.outputs
@@ -309,7 +310,10 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
                 spikes = spikes.reshape(batch, -1, *node.shape)
             if layout in ("BT", "B*T"):
                 spikes = spikes.transpose(0, 1)
-            traces[node.name] = spikes.cpu().numpy().reshape(-1, batch, *node.shape)
+            trace = spikes.cpu().numpy().reshape(-1, batch, *node.shape)
+            if layout == "B":  # a static value (of a loop traced unrolled): every step's
+                trace = np.broadcast_to(trace, (graph.meta["T"], *trace.shape[1:]))
+            traces[node.name] = trace
     return [o.detach().cpu().numpy() for o in returned_items(out)], traces
 
 

@@ -404,6 +404,54 @@ def test_a_spike_module_shared_by_layers_of_the_models_loop_is_compared_at_each(
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+class _AttributeLIF(nn.Module):
+    """A neuron keeping its membrane in a plain attribute that starts as the float 0 and that
+    nothing resets (AutoSNN's old-spikingjelly style)."""
+
+    def __init__(self):
+        super().__init__()
+        self.v = 0.0
+
+    def forward(self, x):
+        self.v = self.v + (x - self.v) * 0.5
+        s = (self.v >= 1.0).to(x)
+        self.v = (1.0 - s) * self.v
+        return s
+
+
+class _StaticLoop(nn.Module):
+    """A loop over a static input that never indexes time: traced unrolled, the neuron's three
+    calls three layers of static values."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif, self.out = nn.Linear(4, 6), _AttributeLIF(), nn.Linear(6, 2)
+
+    def forward(self, x):
+        acc = 0
+        for _ in range(3):
+            acc = acc + self.out(self.lif(self.fc(x)))
+        return acc
+
+
+def test_a_loop_traced_unrolled_is_compared_at_every_call_and_leaves_the_model_as_it_was():
+    """Each call's spikes ([B, ...], static) were compared with the graph's [T, B, ...]:
+    agreement 0.0 at every layer though the outputs agreed; and the check left the membrane
+    the model's run had computed in ``self.v``, which the next check refused as a constant
+    that differs across the batch (AutoSNN)."""
+    torch.manual_seed(0)
+    model = _StaticLoop().double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(6)
+    x = torch.rand(8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for target in ("sim", "onnx"):
+        report = snncc.check(model, x, target=target, T=3)
+        assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+        assert [r.path for r in report.layers] == ["lif"] * 3 and not report.unmatched
+        assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+        assert model.lif.v == 0.0 and isinstance(model.lif.v, float)
+
+
 @torch.jit.script
 def _scripted_spike(v):
     return v.ge(0.0).to(v)
