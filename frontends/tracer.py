@@ -623,6 +623,7 @@ class _ConcreteTracer(fx.Tracer):
         self._names: dict[tuple[str, int], tuple[str, nn.Module, str]] | None = None
         # id(neuron) -> the membrane its module holds after its last call (Adapter.held_membrane)
         self._held: dict[int, torch.Tensor] = {}
+        self._membranes_set: dict[str, float | None] = {}  # neuron -> its start if set (_started)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         adapter = adapter_for(m)
@@ -674,6 +675,8 @@ class _ConcreteTracer(fx.Tracer):
             _refuse_hooks(m, path)
         adapter = _neuron_adapter(m) if leaf else None
         held = adapter.held_membrane(m) if adapter is not None else None
+        if adapter is not None and path not in self._membranes_set:  # (at its first call)
+            self._membranes_set[path] = adapter.membrane_set(m)
         if held is not None and id(m) in self._held:  # its own value back, to run the call
             setattr(m, held, self._held[id(m)])
         out = super().call_module(m, forward, args, kwargs)
@@ -881,11 +884,23 @@ class _ConcreteTracer(fx.Tracer):
         if adapter is not None:
             self._running += 1  # its parameters as values, not proxies
             try:
-                node.meta["dynamics"] = adapter.canonical(m, node.target)
+                node.meta["dynamics"] = self._started(adapter.canonical(m, node.target),
+                                                      node.target)
             except UnsupportedError as e:
                 node.meta["dynamics"] = e
             finally:
                 self._running -= 1
+
+    def _started(self, params, path: str):
+        """A neuron's parameters starting from the membrane the model set before its first call
+        (:meth:`Adapter.membrane_set`), where it did."""
+        start = self._membranes_set.get(path)
+        if start is None:
+            return params
+        if not isinstance(params, cn.CanonicalParams):
+            raise UnsupportedError(f"a membrane set to {start} before the neuron's first call "
+                                   "is taken only for a neuron of one membrane", path=path)
+        return replace(params, v_init=start)
 
     def _site(self) -> tuple:
         """(module, call stack, occurrence). A stack is a number, one per distinct stack of

@@ -436,3 +436,41 @@ def test_parallel_spiking_neurons_that_read_later_steps_are_refused(make, reason
     functional.set_step_mode(model, "m")
     with pytest.raises(snncc.errors.UnsupportedError, match=reason):
         trace(model, torch.rand(T, B, 4, dtype=torch.float64), T=T, static=False)
+
+
+class _Precharged(nn.Module):
+    """A membrane the model sets before the neuron's first call, ``self.lif.v = 0.5`` after
+    ``reset_net`` (an ANN-to-SNN conversion's precharge): a single-step IF stepped by the
+    model's loop over a static image, or a multi-step LIF on a sequence. It was traced starting
+    at the reset's 0 (check: agreement 0.90; compile refused it as a loop's start it did not
+    find)."""
+
+    def __init__(self, multi_step: bool):
+        super().__init__()
+        self.multi_step = multi_step
+        self.fc, self.out = nn.Linear(4, 8), nn.Linear(8, 2)
+        self.lif = neuron.LIFNode(tau=2.0, step_mode="m") if multi_step \
+            else neuron.IFNode(v_reset=None)
+
+    def forward(self, x):
+        functional.reset_net(self)
+        self.lif.v = 0.5
+        if self.multi_step:
+            return self.out(self.lif(self.fc(x))).mean(0)
+        return sum(self.out(self.lif(self.fc(x))) for _ in range(T)) / T
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("multi_step", [False, True], ids=["single-step", "multi-step"])
+def test_a_membrane_set_before_the_first_call_is_where_the_neuron_starts(multi_step, target):
+    torch.manual_seed(0)
+    model = _Precharged(multi_step).double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(2.0)
+        model.fc.bias.add_(0.6 if multi_step else 0.0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(*((T, B) if multi_step else (B,)), 4, generator=g, dtype=torch.float64)
+    assert trace(model, x, T=T, static=not multi_step)["lif"].v_init == 0.5
+    report = snncc.check(model, x, target=target, T=T, **({"layout": "TB"} if multi_step else {}))
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})

@@ -138,6 +138,12 @@ class Adapter:
     def is_leaf(self, m: nn.Module) -> bool | None:
         return None
 
+    def membrane_set(self, m: nn.Module) -> float | None:
+        """The membrane neuron ``m`` holds before a call where the model set it to a number
+        other than the one its reset leaves (``self.lif.v = 0.5`` after ``reset_net``: an
+        ANN-to-SNN conversion's precharge), else None."""
+        return None
+
     def held_membrane(self, m: nn.Module) -> str | None:
         """The attribute of neuron ``m`` that holds its membrane, where ``m`` never fires and
         the model reads that membrane after a call (an output neuron "without spikes"), else

@@ -157,6 +157,13 @@ class SpikingJellyAdapter(Adapter):
         # the Simple* neurons' membrane is registered as 0.0 whatever v_reset
         return replace(params, v_init=0.0) if kind.startswith("Simple") else params
 
+    def membrane_set(self, m: nn.Module) -> float | None:
+        v = m.__dict__.get("_memories", {}).get("v")
+        start = m.__dict__.get("_memories_rv", {}).get("v")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v != start:
+            return float(v)
+        return None
+
     def held_membrane(self, m: nn.Module) -> str | None:
         """``v`` of an IFNode whose threshold is +inf (StereoSpike's "I-neurons", whose
         membranes are its depth maps): it never fires, never resets, and sums its inputs from
