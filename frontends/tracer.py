@@ -2848,16 +2848,46 @@ def _getitem(b, c, x, index):
                 if isinstance(p, int) or p.indices(n) != (0, n, 1)]
     if not narrowed:
         return x
-    one_axis = "only a slice of one axis with step 1 is supported (x[..., a:b, :])"
-    if len(narrowed) > 1:
-        raise _Refuse(one_axis)
+    if len(narrowed) > 1 or isinstance(narrowed[0][1], slice) and narrowed[0][1].step not in (
+            None, 1):  # slices of several axes, or with a step (Swin's patch merging, 0::2)
+        return _sliced_positions(b, c, x, narrowed, shape)
     dim, p = narrowed[0]
     if isinstance(p, int):
         return _select(b, c, x, dim, p)
-    start, stop, step = p.indices(shape[dim])
-    if step != 1:
-        raise _Refuse(one_axis)
+    start, stop, _ = p.indices(shape[dim])
     return _narrowed(b, c, x, dim, start, stop, c.hint, c.site)
+
+
+def _sliced_positions(b, c, x: Val, narrowed: list, shape) -> Val:
+    """``x[..., a:b:s, :, c:d:t]``, slices of per-sample axes: a Gather of each one's
+    positions."""
+    if any(isinstance(p, int) for _, p in narrowed):
+        raise _Refuse("a position of one axis is taken beside no other index (x[:, :, 0])")
+    if x.frame in WINDOWED or any(dim < len(x.frame) for dim, _ in narrowed):
+        raise _Refuse("it slices the time or batch axis")
+    for dim, p in narrowed:
+        index = tuple(range(*p.indices(shape[dim])))
+        if not index:
+            raise _Refuse("it takes an empty slice")
+        x = _gathered(b, c, x, dim - len(x.frame), index)
+    return x
+
+
+def _roll(b, c, x, shifts, dims=None):
+    """``torch.roll`` of per-sample axes (Swin's shifted windows): a Gather of each one's
+    positions, rotated."""
+    x = _val(x)
+    if dims is None:
+        raise _Refuse("a roll of the flattened tensor mixes the time and batch axes in")
+    shifts, dims = ((shifts,), (dims,)) if isinstance(dims, int) else (tuple(shifts), dims)
+    shape = _full_shape(b, x)
+    for shift, dim in zip(shifts, dims):
+        dim %= len(shape)
+        if dim < len(x.frame) or x.frame in WINDOWED:
+            raise _Refuse("it rolls the time or batch axis")
+        n = shape[dim]
+        x = _gathered(b, c, x, dim - len(x.frame), tuple((i - shift) % n for i in range(n)))
+    return x
 
 
 def _position(b, c, x: Val, dim: int, index: int) -> Val:
@@ -3860,7 +3890,7 @@ _FUNCTIONS = {
     _assigned: _assign,
     torch.zeros_like: _like, torch.ones_like: _like, torch.full_like: _like,
     torch.clone: _identity, torch.chunk: _chunk, torch.split: _split,
-    torch.narrow: _narrow,
+    torch.narrow: _narrow, torch.roll: _roll,
     torch.avg_pool1d: _avg_pool1d_function, F.avg_pool1d: _avg_pool1d_function,
     F.max_pool1d: _max_pool1d_function, F.max_pool2d: _max_pool2d_function,
     F.avg_pool2d: _avg_pool2d_function,
@@ -3895,7 +3925,7 @@ _METHODS = {
     "detach": _identity, "sum": _reduce(False), "mean": _reduce(True), "repeat": _repeat,
     "expand": _repeat, "expand_as": _expand_as, "select": _select, "unbind": _unbind,
     "chunk": _chunk, "split": _split,
-    "narrow": _narrow, "__getitem__": _getitem, "gt": _compare("gt"), "ge": _compare("ge"),
+    "narrow": _narrow, "roll": _roll, "__getitem__": _getitem, "gt": _compare("gt"), "ge": _compare("ge"),
     "lt": _compare("lt"), "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast,
     "type_as": _cast,
     "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp, "relu": _relu, "round": _round,

@@ -1561,9 +1561,44 @@ def test_slices_of_the_last_axis_and_in_a_loop_over_time(how, shape):
     assert_output_sequence_is_the_models(model, x, g, "lif" if how == "chunk" else "lif2")
 
 
+class SwinPieces(nn.Module):
+    """Swin's patch merging and shifted windows on spikes ``[T, B, C, H, W]``: the four
+    strided quarters ``s[..., 0::2, 0::2]`` ... concatenated, a slice of two axes, and
+    ``torch.roll`` of the spatial axes (all refused before: "only a slice of one axis with step
+    1", "op 'torch.roll' is not supported")."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.lif1 = layer.Conv2d(3, 4, 3, padding=1, step_mode="m"), \
+            neuron.IFNode(step_mode="m")
+        self.conv2, self.lif2 = layer.Conv2d(16, 4, 1, step_mode="m"), \
+            neuron.IFNode(step_mode="m")
+        self.conv3, self.lif3 = layer.Conv2d(4, 4, 3, padding=1, step_mode="m"), \
+            neuron.IFNode(step_mode="m")
+
+    def forward(self, x):
+        s = self.lif1(self.conv1(x))
+        merged = torch.cat([s[..., 0::2, 0::2], s[..., 1::2, 0::2], s[..., 0::2, 1::2],
+                            s[..., 1::2, 1::2]], 2)  # [T, B, 16, 3, 3]
+        z = self.lif2(self.conv2(merged))
+        shifted = torch.roll(z, shifts=(1, -2), dims=(3, 4)) + z.roll(1, -1)
+        return self.lif3(self.conv3(shifted[..., 1:3, 0:2] + shifted[..., 0:2, 1:3]))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_strided_slices_of_several_axes_and_rolls_are_gathers(target):
+    torch.manual_seed(0)
+    model = driven(SwinPieces().double().eval(), conv1=(2.0, 0.3), conv2=(2.0, 0.4),
+                   conv3=(1.5, 0.1))
+    functional.reset_net(model)
+    x = 2 * torch.randn(T, 2, 3, 6, 6, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(3))
+    assert_exact_check(model, x, target, layout="TB")
+
+
 @pytest.mark.parametrize("index, reason", [
-    ((Ellipsis, slice(None, None, 2)), r"only a slice of one axis with step 1"),
-    ((slice(None), slice(None), slice(0, 2), slice(0, 2)), r"only a slice of one axis"),
+    ((slice(None), slice(None), 0, slice(0, 2)), r"a position of one axis is taken beside"),
+    ((slice(None), slice(0, 1), slice(0, 2)), r"it slices the time or batch axis"),
     ((slice(1, None),), r"it slices the time or batch axis"),
     ((Ellipsis, [0, 2]), r"only x\[t\] \(one time step\), slices"),
     ((slice(None), 1), r"it slices the time or batch axis"),
