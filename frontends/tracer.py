@@ -670,6 +670,11 @@ class _ConcreteTracer(fx.Tracer):
                 "its parameters and state are not the model's; register it") from None
         if path == self.until:
             raise _CutAt((*args, *kwargs.values()))
+        if isinstance(m, torch.jit.ScriptModule):
+            raise UnsupportedError(
+                f"a TorchScript module ({type(m).__name__}, a torch.jit.ScriptModule or a module "
+                "torch.jit.script made) runs compiled code that snncc cannot trace: build it as "
+                "the Python module it was written as (without torch.jit)", path=path)
         leaf = self.is_leaf_module(m, path)
         if leaf:
             _refuse_hooks(m, path)
@@ -1494,10 +1499,11 @@ class _Builder:
         self._step_terms: dict[Expr, list[Expr]] = {}
         self._sites: dict[tuple, Expr | None] = {}  # site -> its value in the latest step
         self._step_occurrences: dict[tuple, int] = {}  # (module, stack, op, step, ...) -> n
-        # a loop's calls (their traced values): the calls reading each value, (site, step,
-        # operand position), and the operands of its first steps' calls (:meth:`_start_values`)
+        # a loop's calls (their traced values): the calls reading each site's values, (site,
+        # steps later, operand position), and the operands of its first steps' calls
+        # (:meth:`_start_values`)
         self._called: set[Expr] = set()
-        self._consumers: dict[Expr, list[tuple[tuple, int, int]]] = {}
+        self._consumers: dict[tuple, set[tuple[tuple, int, int]]] = {}
         self._early: dict[tuple[tuple, int], list] = {}
         self._queue: list[Callable[[], None]] = []  # edges closed once the rest is built
         self.comparisons: set[str] = set()  # Neuron nodes that are a comparison (x > k)
@@ -1586,8 +1592,9 @@ class _Builder:
             return
         self._called.add(e)
         for k, a in enumerate(operands):
-            if isinstance(a, Val) and a.expr.step is not None:
-                self._consumers.setdefault(a.expr, []).append((e.site, e.step, k))
+            if isinstance(a, Val) and a.expr.step is not None and a.expr.site is not None:
+                self._consumers.setdefault(a.expr.site, set()).add(
+                    (e.site, e.step - a.expr.step, k))
         if e.step < _EARLY_STEPS:
             self._early[(e.site, e.step)] = operands
 
@@ -2412,11 +2419,13 @@ class _Builder:
         threshold ``b_j0 + beta * b`` from b0) and its value entered a call reading it, as a
         constant operand where the same call at later steps reads e's traced value. A call
         of step u reading e's value of step s reads, at step u - s - m, its value of step -m
-        (its site numbers it among the same op at the same step: the same at every step)."""
-        for site, step, k in self._consumers.get(e, ()):
+        (its site numbers it among the same op at the same step: the same at every step), as
+        a call of step u + 1 reads e's site's value of step u (the loop's last step's value has
+        no call reading it: QCFS's membrane ``mem = 0.5 * thre`` before its loop)."""
+        for site, lag, k in sorted(self._consumers.get(e.site, ()), key=repr):
             values = []
             for m in range(steps, 0, -1):
-                operands = self._early.get((site, step - e.step - m), ())
+                operands = self._early.get((site, lag - m), ())
                 value = _start_array(operands[k] if k < len(operands) else None, e.shape)
                 if value is None:
                     break
@@ -2759,10 +2768,19 @@ def _transpose(b, c, x, dim0, dim1):
 
 
 def _moved(b, c, x, perm: list[int]):
-    """``x`` with its axes permuted; of a FrameMoved, the permutations composed."""
-    if isinstance(x, FrameMoved):
-        return _transposed(b, c, x.x, [x.perm[p] for p in perm])
+    """``x`` with its axes permuted; of a FrameMoved or TimeAxisLast, the permutations
+    composed."""
+    if isinstance(x, (FrameMoved, TimeAxisLast)):
+        return _transposed(b, c, x.x, [_moved_by(x)[p] for p in perm])
     return _transposed(b, c, _val(x), perm)
+
+
+def _moved_by(x: FrameMoved | TimeAxisLast) -> tuple[int, ...]:
+    """The permutation that made ``x`` of its value ``x.x``."""
+    if isinstance(x, FrameMoved):
+        return x.perm
+    t = x.x.frame.index("T")
+    return (*(p for p in range(len(x.x.frame) + len(x.x.expr.shape)) if p != t), t)
 
 
 def _t(b, c, x):
@@ -2776,17 +2794,20 @@ def _repeat(b, c, x, *sizes):
     """A static value repeated over time: ``x.unsqueeze(0).repeat(T, 1, ...)`` or
     ``x.repeat(T, 1, ...)`` with an axis more than ``x`` has, which torch adds first (MPBN's
     and IM-Loss's ``SpikeModel``) ([T, B, ...]), or ``x.unsqueeze(1).repeat(1, T, ...)``
-    ([B, T, ...], as TET-style code writes it)."""
+    ([B, T, ...], as TET-style code writes it), or the batch axis tiled T times,
+    ``x.repeat(T, 1, ...)`` ([T*B, ...], QCFS's ``x.unsqueeze_(1)`` first)."""
     x = _val(x)
     out = tuple(c.value.shape)
     if x.expr.time == STATIC and x.frame in (B1, B) and \
             out == (b.T, b.size["B"], *x.expr.shape):
         return Val(x.expr, TB)
+    if x.expr.time == STATIC and x.frame == B and out == (b.size["TB"], *x.expr.shape):
+        return Val(x.expr, TBM)
     if x.expr.time == STATIC and x.frame == B and x.expr.shape[:1] == (1,) and \
             out == (b.size["B"], b.T, *x.expr.shape[1:]):
         return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=out[2:]), [x], BT)
-    raise _Refuse("only a static value's unit axis before or after the batch axis can be "
-                  "repeated T times")
+    raise _Refuse("only a static value's unit axis before or after the batch axis, or its "
+                  "batch axis, can be repeated T times")
 
 
 def _position_of_first(b, c, x: AxisFirst, index: int) -> Val:
@@ -4153,13 +4174,14 @@ def _affine(b, c, x, weight: torch.Tensor, bias):
 
 def _normalization(b, c, x, mean, var, weight, bias, eps: float):
     """Batch normalization of ``x``'s channel axis with constant statistics and affine (of a
-    FrameMoved: of the axis of its value that is its axis 1, the result moved as it is)."""
-    if isinstance(x, FrameMoved):
-        axis = x.perm[1] - len(x.x.frame)
+    FrameMoved or TimeAxisLast: of the axis of its value that is its axis 1, the result moved
+    as it is: Spiking PointNet's ``bn(x.permute(1, 2, 0))`` of ``[T, B, C]``)."""
+    if isinstance(x, (FrameMoved, TimeAxisLast)):
+        axis = _moved_by(x)[1] - len(x.x.frame)
         if axis < 0:
             raise _Refuse("its channel axis is the time or batch axis")
         y = _normalization_along(b, c, x.x, axis, mean, var, weight, bias, eps)
-        return FrameMoved(y, x.perm)
+        return replace(x, x=y)
     x = _val(x)
     return _normalization_along(b, c, x, 1 - len(x.frame), mean, var, weight, bias, eps)
 

@@ -452,6 +452,66 @@ def test_a_loop_traced_unrolled_is_compared_at_every_call_and_leaves_the_model_a
         assert model.lif.v == 0.0 and isinstance(model.lif.v, float)
 
 
+class _QCFSNeuron(nn.Module):
+    """QCFS's ``IF`` in its SNN mode (putshua/ANN_SNN_QCFS): the steps folded into the batch
+    taken apart, a membrane precharged to half the threshold before the loop, spikes times the
+    threshold. The precharge was lost: the graph started at 0 (agreement 0.75), as the loop's
+    last step's membrane, which the graph's Delay carries, has no call reading it."""
+
+    def __init__(self, thresh: float):
+        super().__init__()
+        self.thresh = nn.Parameter(torch.tensor([thresh]))
+
+    def forward(self, x):
+        thre = self.thresh.data
+        x = x.view(4, -1, *x.shape[1:])
+        mem, out = 0.5 * thre, []
+        for t in range(4):
+            mem = mem + x[t, ...]
+            spike = (mem - thre >= 0).float() * thre
+            mem = mem - spike
+            out.append(spike)
+        return torch.stack(out, 0).flatten(0, 1)
+
+
+class _QCFSNet(nn.Module):
+    """QCFS's VGG in small: its input made a sequence by ``add_dimention`` (``x.unsqueeze_(1);
+    x.repeat(T, 1, 1, 1, 1)``, the batch axis tiled T times: refused before) and merged."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), _QCFSNeuron(2.0),
+            nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), _QCFSNeuron(1.5))
+        self.classifier = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        x.unsqueeze_(1)
+        x = x.repeat(4, 1, 1, 1, 1).flatten(0, 1)
+        y = self.classifier(self.features(x).flatten(1))
+        return y.view(4, -1, 5).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_qcfs_precharged_neurons_on_a_tiled_batch_are_exact(target):
+    torch.manual_seed(0)
+    model = randomize_bn(_QCFSNet(), 0).double().eval()
+    x = 2 * torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=4)
+    assert report.output_max_abs_diff_target <= 1e-12 and report.min_agreement == 1.0
+    assert x.shape == (3, 3, 8, 8)  # (the model's in-place unsqueeze_ ran on a copy)
+    fired = []
+    hooks = [m.register_forward_hook(lambda m, a, out: fired.append(float((out > 0).double()
+                                                                         .mean())))
+             for m in model.modules() if isinstance(m, _QCFSNeuron)]
+    with torch.no_grad():
+        model(x.clone())
+    for h in hooks:
+        h.remove()
+    assert_rates_in_range(dict(enumerate(fired)))
+
+
 @torch.jit.script
 def _scripted_spike(v):
     return v.ge(0.0).to(v)

@@ -2382,3 +2382,44 @@ def test_a_division_by_a_constant_is_the_quotient_on_every_target(target):
     x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert_exact_check(model, x, target)
     assert len(snncc.trace(model, x, T=T).of_type(ir.Divide)) == 2
+
+
+class PointNetNorm(nn.Module):
+    """Spiking PointNet's ``SpikeBatchNorm``: an eval BatchNorm1d of ``[T, B, C]`` with its time
+    axis moved last, ``bn(x.permute(1, 2, 0)).permute(2, 0, 1)`` (refused before: "it moves
+    the time axis last, which only a mean or sum over that axis may read")."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn = layer.Linear(6, 8, step_mode="m"), nn.BatchNorm1d(8)
+        self.lif = neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):
+        return self.lif(self.bn(self.fc(x).permute(1, 2, 0)).permute(2, 0, 1).contiguous())
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_batch_norm_of_the_time_axis_moved_last_is_exact(target):
+    torch.manual_seed(0)
+    model = randomize_batchnorms(PointNetNorm().double().eval(), np.random.default_rng(0),
+                                 positive_bias=True)
+    x = 2 * torch.randn(T, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert_exact_check(model, x, target, layout="TB")
+
+
+class _Scripted(torch.jit.ScriptModule):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    @torch.jit.script_method
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_a_torchscript_submodule_is_refused_naming_it():
+    """SpikeGPT's RWKV blocks are ``torch.jit.ScriptModule``s: an internal AttributeError
+    before."""
+    model = nn.Sequential(_Scripted(), neuron.IFNode(step_mode="m")).double()
+    with pytest.raises(UnsupportedError, match=r"module '0': a TorchScript module \(_Scripted"):
+        trace(model, torch.rand(T, 2, 6, dtype=torch.float64), T=T, static=False)
