@@ -13,8 +13,8 @@ values added before a neuron), max/avg pooling, a channel
 concatenation of two branches, a channel slice, nearest upsampling, Spikformer's self-attention
 (``q @ k^T * scale @ v`` over heads) and spike-driven attention (``q * k`` summed over tokens);
 forms drawn from streams of their own (:data:`LATER_FORMS`): tdBN's BatchNorm, spikingjelly's
-``Delay`` before a convolution, and a token MLP's per-head Linears written into zeros position
-by position (STMixer's).
+``Delay`` before a convolution, a token MLP's per-head Linears written into zeros position
+by position (STMixer's), and norms that differ per step (spikingjelly's TEBN and BNTT).
 Neurons (:data:`NEURONS`): spikingjelly's LIF (tau, decay_input, hard or soft reset, threshold
 drawn), IF, PLIF, SimpleLIF and CUBA LIF; snnTorch's Leaky, Synaptic, Lapicque, Alpha and the
 recurrent RLeaky and RSynaptic (beta, alpha, threshold, reset by subtraction or to zero, with
@@ -382,7 +382,7 @@ class _TdBatchNorm(nn.Module):
 
 #: forms added after the fuzzer's runs were recorded, each drawn from a stream of its own (so
 #: a recorded seed's model stays the model it was where the form is not drawn)
-LATER_FORMS = ("tdbn", "delay", "assign")
+LATER_FORMS = ("tdbn", "delay", "assign", "per_step_norm")
 
 
 class _Draw:
@@ -392,6 +392,7 @@ class _Draw:
     def __init__(self, rng: np.random.Generator, style: str,
                  later: dict[str, np.random.Generator]):
         self.rng, self.style, self.later = rng, style, later
+        self.T = 0  # (drawn after the generator is made)
         self.multi = style in ("multistep", "seq_to_ann", "flatten")
 
     def neuron(self, channels: int | None = None) -> nn.Module:
@@ -444,9 +445,10 @@ class _Draw:
         return nn.Sequential(*mods) if len(mods) > 1 else mods[0]
 
     def conv_bn(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
-                tdbn: bool = True):
+                tdbn: bool = True, once: bool = True):
         """A convolution and its BatchNorm in the style (``tdbn``: the BatchNorm may be drawn
-        as tdBN's, which moves time among the axes: not where the batch axis holds windows)."""
+        as tdBN's, which moves time among the axes: not where the batch axis holds windows;
+        ``once``: the model calls it once, so that it may be a BNTT, which counts its calls)."""
         conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups,
                          bias=bool(self.rng.random() < 0.5))
         extra = [nn.Dropout(0.2)] if self.rng.random() < 0.15 else []  # (identity in eval)
@@ -455,7 +457,29 @@ class _Draw:
         bn = _bn(self.rng, cout)
         if self.style == "multistep" and tdbn and self.later["tdbn"].random() < 0.3:
             return nn.Sequential(_multistep(conv), _TdBatchNorm(bn), *map(_multistep, extra))
+        norm = self.per_step_norm(bn) if self.style == "multistep" and tdbn and once else None
+        if norm is not None:
+            return nn.Sequential(_multistep(conv), norm, *map(_multistep, extra))
         return self.layer(conv, bn, *extra)
+
+    def per_step_norm(self, bn: nn.BatchNorm2d) -> nn.Module | None:
+        """spikingjelly's TEBN (``bn`` times a scale of each step) or BNTT (a norm of each
+        step, ``bn`` the first; theirs have no bias), or None (drawn)."""
+        from spikingjelly.activation_based import layer
+
+        rng, c = self.later["per_step_norm"], bn.num_features
+        if rng.random() >= 0.2:
+            return None
+        if rng.random() < 0.5:
+            norm = layer.TemporalEffectiveBatchNorm2d(self.T, c)
+            scale = rng.uniform(0.5, 1.5, self.T) * rng.choice([-1.0, 1.0], self.T, p=[0.2, 0.8])
+            norm.load_state_dict({**bn.state_dict(), "scale": torch.from_numpy(scale)})
+            return norm
+        norm = layer.BatchNormThroughTime2d(self.T, c, step_mode="m")
+        for t, each in enumerate(norm.bn_list):
+            drawn = (bn if t == 0 else _bn(rng, c)).state_dict()
+            each.load_state_dict({k: v for k, v in drawn.items() if k != "bias"})
+        return norm
 
     def delay(self, T: int) -> nn.Module | None:
         """spikingjelly's ``Delay`` of 1 or 2 steps (fewer than ``T``: a longer one gives the
@@ -585,6 +609,7 @@ def build_model(seed: int):
     d = _Draw(rng, style, {form: np.random.default_rng([seed, i + 1])
                            for i, form in enumerate(LATER_FORMS)})
     T, B, c, size = int(rng.integers(2, 5)), 5, int(rng.choice([4, 8])), 8
+    d.T = T
     stem = nn.ModuleDict({"conv": d.conv_bn(2, c), "lif": d.neuron(c)})
     blocks, kinds = [], []
     spikes = True  # whether the blocks' value is spikes (0/1) so far
@@ -612,7 +637,8 @@ def build_model(seed: int):
             m["short"], m["lif_s"] = d.conv_bn(c, c, 1, 2), d.neuron(c)
             size = (size - 1) // 2 + 1
         elif kind == "twice":
-            m["conv"], m["lif"], m["lif2"] = d.conv_bn(c, c, 3), d.neuron(), d.neuron()
+            m["conv"], m["lif"], m["lif2"] = d.conv_bn(c, c, 3, once=False), d.neuron(), \
+                d.neuron()
         elif kind == "sps":
             m["conv"], m["lif"] = d.conv_bn(c, c, 3), d.neuron()
             m["pool"] = d.layer(nn.MaxPool2d(3, 2, 1))
