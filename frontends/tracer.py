@@ -2795,7 +2795,8 @@ def _repeat(b, c, x, *sizes):
     ``x.repeat(T, 1, ...)`` with an axis more than ``x`` has, which torch adds first (MPBN's
     and IM-Loss's ``SpikeModel``) ([T, B, ...]), or ``x.unsqueeze(1).repeat(1, T, ...)``
     ([B, T, ...], as TET-style code writes it), or the batch axis tiled T times,
-    ``x.repeat(T, 1, ...)`` ([T*B, ...], QCFS's ``x.unsqueeze_(1)`` first)."""
+    ``x.repeat(T, 1, ...)`` ([T*B, ...], QCFS's ``x.unsqueeze_(1)`` first); and any value's
+    per-sample axes tiled, ``x.repeat(1, k)``: a Gather of each one's positions."""
     x = _val(x)
     out = tuple(c.value.shape)
     if x.expr.time == STATIC and x.frame in (B1, B) and \
@@ -2803,6 +2804,14 @@ def _repeat(b, c, x, *sizes):
         return Val(x.expr, TB)
     if x.expr.time == STATIC and x.frame == B and out == (b.size["TB"], *x.expr.shape):
         return Val(x.expr, TBM)
+    sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) \
+        else sizes
+    f = len(x.frame)
+    if len(sizes) == f + len(x.expr.shape) and all(k == 1 for k in sizes[:f]) \
+            and x.frame not in WINDOWED:  # per-sample axes tiled (torch.cat([x] * k, d))
+        for axis, (k, n) in enumerate(zip(sizes[f:], x.expr.shape)):
+            x = _gathered(b, c, x, axis, tuple(i % n for i in range(n * k)))
+        return x
     if x.expr.time == STATIC and x.frame == B and x.expr.shape[:1] == (1,) and \
             out == (b.size["B"], b.T, *x.expr.shape[1:]):
         return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=out[2:]), [x], BT)
@@ -4440,7 +4449,8 @@ def _with_a_batch_apart_from_T(x: torch.Tensor, axis: int, T: int) -> torch.Tens
 
 
 def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool = True,
-          name: str = "model", share_weights: bool = False, until: str | None = None) -> Graph:
+          name: str = "model", share_weights: bool = False, until: str | None = None,
+          layout: str | None = None) -> Graph:
     """Trace ``model`` on ``example_input`` into a verified IR graph.
 
     ``static``: the input is one image ``[B, ...]`` that the model repeats over ``T`` (an IR
@@ -4448,7 +4458,8 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
     ``meta['input_layout']`` says which; the IR input is ``[T, B, ...]``). The tracer tells
     time and batch axes apart by their sizes: an example batch of 1 sample, or of T, is traced
     with its samples repeated to a batch of another size (a sequence whose two leading axes
-    both have length T is refused: either may be its batch).
+    both have length T is refused: either may be its batch, unless ``layout``, 'TB' or 'BT',
+    says which).
     A 0/1 example input makes a spike input. The model is traced in eval mode without
     gradients; its training flags are restored after and neuron state is cleared
     before and after (the adapters' ``reset_state``). ``share_weights``: float32 synapse
@@ -4465,7 +4476,9 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
     if T < 1 or x.dim() < 2:
         raise ValueError(f"need T >= 1 and a batched input, got T={T}, shape {tuple(x.shape)}")
     axis = 0 if static or x.shape[0] != T else 1  # (of the batch)
-    if not static and x.dim() >= 3 and x.shape[0] == x.shape[1] == T:
+    if not static and layout in ("TB", "BT"):
+        axis = layout.index("B")
+    elif not static and x.dim() >= 3 and x.shape[0] == x.shape[1] == T:
         raise ValueError(f"the example sequence {tuple(x.shape)} has T={T} along both leading "
                          "axes, so either may be its batch: give one of another size")
     example, x = x, _with_a_batch_apart_from_T(x, axis, T)

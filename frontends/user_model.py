@@ -447,7 +447,8 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
         traced = StepLoop(model, T, c) if _one_step(model, examples[c], T, c) else model
         try:
             graph = trace(traced, examples[c], T=T, static=c == "static", name=name,
-                          share_weights=share_weights, until=until)
+                          share_weights=share_weights, until=until,
+                          layout=c if layout else None)  # (said, it tells B = T apart)
         except (SnnccError, ValueError, RuntimeError, TypeError, IndexError) as e:
             failures.append((c, e))
             continue

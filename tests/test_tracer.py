@@ -2423,3 +2423,27 @@ def test_a_torchscript_submodule_is_refused_naming_it():
     model = nn.Sequential(_Scripted(), neuron.IFNode(step_mode="m")).double()
     with pytest.raises(UnsupportedError, match=r"module '0': a TorchScript module \(_Scripted"):
         trace(model, torch.rand(T, 2, 6, dtype=torch.float64), T=T, static=False)
+
+
+class TiledFeatures(nn.Module):
+    """``y.repeat(1, 1, 2)`` and a 2-D map's rows tiled, ``s.repeat(1, 1, 1, 3, 1)``: per-sample
+    axes tiled (refused before, as if the repeat were over time; spikingjelly's population
+    encoders)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = layer.Linear(3, 5, step_mode="m"), neuron.IFNode(step_mode="m")
+        self.fc2, self.lif2 = layer.Linear(10, 4, step_mode="m"), neuron.IFNode(step_mode="m")
+
+    def forward(self, x):
+        s = self.lif(self.fc(x))
+        tiled = s.unsqueeze(-2).repeat(1, 1, 3, 1).sum(-2)  # (each row 3 times)
+        return self.lif2(self.fc2(tiled.repeat(1, 1, 2)))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "lava"])
+def test_per_sample_axes_tiled_by_repeat_are_gathers(target):
+    torch.manual_seed(0)
+    model = driven(TiledFeatures().double().eval(), fc=(2.0, 0.2), fc2=(2.0, 0.0))
+    x = torch.rand(T, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    assert_exact_check(model, x, target, layout="TB")

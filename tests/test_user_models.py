@@ -159,7 +159,18 @@ def test_an_example_sequence_of_one_sample_is_checked(net, layout):
 def test_an_example_sequence_with_T_on_both_leading_axes_is_refused_saying_so(net):
     with pytest.raises(SnnccError, match=r"has T=4 along both leading axes, so either may be "
                                          r"its batch"):
-        snncc.trace(net, _sequence(batch=4), T=4, layout="TB")
+        snncc.trace(net, _sequence(batch=4), T=4)
+
+
+@pytest.mark.parametrize("layout", ["TB", "BT"])
+def test_an_example_sequence_of_T_samples_in_a_layout_given_is_checked(net, layout):
+    """A batch of T samples with the layout said (refused before as ambiguous, as it still is
+    where no layout is given)."""
+    x = _sequence(batch=4) * 2
+    model, x = (net, x) if layout == "TB" else (_BatchFirst(net), x.transpose(0, 1))
+    report = snncc.check(model, x, target="onnx", T=4, layout=layout)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
 def test_a_missing_T_says_how_to_give_it(net):
