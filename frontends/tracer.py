@@ -1858,7 +1858,7 @@ class _Builder:
             nm, i, path=c.path, alpha=np.float64(1.0), gamma=np.float64(0.0),
             beta=np.float64(1.0), theta=np.arange(float(T)), v_reset=np.float64(-T),
             v_init=np.float64(0.0), cmp=cn.CMP_GT, reset=cn.RESET_HARD),
-            [first], x.frame, shape=(T,), hint=f"{c.hint}.step_counter")
+            [first], x.frame, shape=(T,), time=SEQ, hint=f"{c.hint}.step_counter")
 
     def step_of(self, c: _Call, x: Val, t: int, dim: int = 0) -> Val:
         """Step ``t`` of ``x``'s time axis, axis ``dim`` (0 of [T, B, ...], 1 of [B, T, ...])."""
@@ -2804,6 +2804,9 @@ def _repeat(b, c, x, *sizes):
         return Val(x.expr, TB)
     if x.expr.time == STATIC and x.frame == B and out == (b.size["TB"], *x.expr.shape):
         return Val(x.expr, TBM)
+    if x.expr.time == STATIC and x.frame == B and x.expr.shape[:1] == (1,) and \
+            out == (b.size["B"], b.T, *x.expr.shape[1:]):
+        return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=out[2:]), [x], BT)
     sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) \
         else sizes
     f = len(x.frame)
@@ -2812,9 +2815,6 @@ def _repeat(b, c, x, *sizes):
         for axis, (k, n) in enumerate(zip(sizes[f:], x.expr.shape)):
             x = _gathered(b, c, x, axis, tuple(i % n for i in range(n * k)))
         return x
-    if x.expr.time == STATIC and x.frame == B and x.expr.shape[:1] == (1,) and \
-            out == (b.size["B"], b.T, *x.expr.shape[1:]):
-        return b.new(c, lambda n, i: ir.Reshape(n, i, path=c.path, target=out[2:]), [x], BT)
     raise _Refuse("only a static value's unit axis before or after the batch axis, or its "
                   "batch axis, can be repeated T times")
 
@@ -2980,6 +2980,13 @@ def _stack(b, c, tensors, dim=0):
         if frame is not None:
             return Val(_OverSteps(None, tuple(v.expr for v in vals[lag:]), c.op, c.hint,
                                   c.path, vals[-1].expr.shape, starts=tuple(starts)), frame)
+    if len(vals) == b.T and dim % (_ndim(first) + 1) in (0, 1) and all(
+            isinstance(v, Val) and v.frame == B and v.expr.time == STATIC and v.expr.step is None
+            and v.expr.shape == first.expr.shape for v in vals) and vals.count(first) < b.T:
+        # the T values of a loop over a static input, unrolled, as the steps of a sequence
+        # (norse's constant-current encoder, spikes[ts] = z): each picked at its step
+        return Val(b.step_selected(c, first, vals).expr, TB if dim % (_ndim(first) + 1) == 0
+                   else BT)
     if vals and all(isinstance(v, Val) and v.frame == first.frame and v.expr.step ==
                     first.expr.step and v.expr.shape == first.expr.shape for v in vals) \
             and dim % (_ndim(first) + 1) >= len(first.frame):
@@ -2998,6 +3005,11 @@ def _stack(b, c, tensors, dim=0):
                     for t, v in enumerate(vals)):  # (not a loop's steps of which some are left)
             raise _Refuse(f"stacks the {len(vals)} steps of a loop over time, but T={b.T}: the "
                           f"model's own loop runs {len(vals)} steps (give T={len(vals)}, or none)")
+        steps = [v.expr.step if isinstance(v, Val) and v.frame == B else None for v in vals]
+        if len(vals) == b.T and None not in steps:
+            raise _Refuse(f"it stacks values of steps {steps} of a loop over time, not one of "
+                          "each step: a value kept, then changed in place at a later step (v += "
+                          "x), is the changed one, as in PyTorch")
         raise _Refuse("only stacking the T steps of a loop over time, or values to be taken "
                       "apart again (state = torch.stack([v, z]); v, z = state), is supported")
     frame = {0: TB, 1: BT}.get(dim % (len(vals[-1].expr.shape) + 2))
@@ -3279,6 +3291,10 @@ def _tensor_const(b, c, kind, x: Val, y) -> Val:
 
 
 def _op_by_const(b, c, kind, x: Val, k: np.ndarray) -> Val:
+    full = np.broadcast_shapes(x.expr.shape, k.shape)  # (as torch has broadcast them)
+    for axis, (n, m) in enumerate(zip(x.expr.shape, full)):  # a unit axis the constant widens
+        if n != m:  # (a population encoder's obs.unsqueeze(-1) - means): x's positions copied
+            x = _gathered(b, c, x, axis, (0,) * m)
     if kind in ("add", "sub"):
         if not k.any():
             return x
@@ -3306,9 +3322,7 @@ def _constant_added(b, c, x: Val, k: np.ndarray) -> Val:
     """``x + k`` for a constant ``k`` of at most a step's shape (a position embedding): each
     element of a step its own channel of a BatchNorm of scale 1 (mean 0, variance 1, eps 0:
     ``x * 1 + k`` exactly) with ``k`` as its bias."""
-    shape = x.expr.shape
-    if np.broadcast_shapes(k.shape, shape) != shape:
-        raise _Refuse("adding a constant tensor larger than a step of the value")
+    shape = x.expr.shape  # (k broadcasts to it: _op_by_const widened x where k is wider)
     if x.expr in b._cat_constants:  # one bias: (padded + k0) + k == padded + (k0 + k) exactly,
         x, k0 = b._cat_constants[x.expr]  # as padded is zero wherever k0 is not
         k = k0 + k

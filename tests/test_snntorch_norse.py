@@ -1268,3 +1268,37 @@ def test_spike_counts_over_time_are_exact_on_every_target(target):
     rep = api.check(model, x, target=target)
     assert rep.min_agreement == 1.0 and rep.output_max_abs_diff_target == 0.0, rep.format()
     assert_rates_in_range({r.node: r.rate_reference for r in rep.layers})
+
+
+class _EncodedByNorse(nn.Module):
+    """norse's own ``ConstantCurrentLIFEncoder`` (as its MNIST task uses it): a LIF looping over
+    a static input, each step's spikes written into zeros, ``spikes[ts] = z``; then a ``LIFCell``
+    stepped over them. Its loop never indexes time, so it is traced unrolled, and its T
+    different values were refused as a sequence ("only stacking the T steps of a loop")."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = norse.ConstantCurrentLIFEncoder(T)
+        self.fc, self.lif = nn.Linear(6, 5), norse.LIFCell()
+
+    def forward(self, x):
+        spikes = self.enc(10 * x)
+        state, out = None, []
+        for t in range(T):
+            z, state = self.lif(5 * self.fc(spikes[t]), state)
+            out.append(z)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_static_loops_values_written_into_a_sequence_are_its_steps(target):
+    import snncc
+
+    torch.manual_seed(0)
+    model = _EncodedByNorse().eval()  # (its encoder's spikes are float32 whatever the model's)
+    x = 5 * torch.rand(B, 6, generator=torch.Generator().manual_seed(0))
+    report = snncc.check(model, x, target=target, T=T, dtype="float32")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    with torch.no_grad():
+        rates = {"encoder": float(model.enc(10 * x).mean()), "lif": float(model(x).mean())}
+    assert_rates_in_range(rates)

@@ -1610,3 +1610,37 @@ def test_a_loop_state_the_graph_cannot_start_with_is_refused(adaptive_lif, tmp_p
                  str(data), "--input-shape", "4", "--layout", "BT", "--T", "10", "--quiet"])
     err = capsys.readouterr().err
     assert code != 0 and "the outputs differ by" in err, err
+
+
+class _LeakyInPlace(nn.Module):
+    """A leaky integrator keeping its membrane in an attribute, charged in place (``self.v +=
+    dv``), that returns it: the tensor returned at step t - 1 is the one step t changes, so the
+    steps the model stacks are [1, 2, 3, 3] (PyTorch's own output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.v = 0.0
+
+    def forward(self, dv):
+        self.v += dv
+        self.v = self.v - self.v / 100.0
+        return self.v
+
+
+def test_stacked_values_changed_in_place_are_refused_saying_which_steps():
+    """Refused as "only stacking the T steps of a loop ... is supported" before, which the
+    model does (spikingjelly's R11 example)."""
+    model = nn.ModuleDict({"fc": nn.Linear(6, 5), "li": _LeakyInPlace()}).double()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            self.m["li"].v = 0.0
+            return torch.stack([self.m["li"](self.m["fc"](x[t])) for t in range(4)])
+
+    with pytest.raises(UnsupportedError, match=r"it stacks values of steps \[1, 2, 3, 3\] of a "
+                                               r"loop over time, not one of each step"):
+        snncc.trace(Net().eval(), torch.rand(4, 3, 6, dtype=torch.float64), layout="TB")

@@ -1675,20 +1675,6 @@ def test_constants_concatenated_around_a_value_are_a_zero_pad_and_one_bias():
     assert_output_sequence_is_the_models(model, x, g, "lif")
 
 
-def test_a_constant_larger_than_a_step_is_refused():
-    class Wider(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc, self.lif = layer.Linear(6, 1, step_mode="m"), neuron.IFNode(step_mode="m")
-            self.register_buffer("k", torch.ones(6))
-
-        def forward(self, x):  # [T, B, 6]
-            return self.lif(self.fc(x) + self.k)  # [T, B, 1] + [6]
-
-    with pytest.raises(UnsupportedError, match=r"adding a constant tensor larger than a step"):
-        trace(Wider(), torch.randn(T, 2, 6), T=T, static=False)
-
-
 class ScaleFromBuffer(nn.Module):
     """SpikingResformer's DSSA scale in small: ``1 / sqrt(rate * d)`` of a buffer, computed in
     forward, times a factor made in forward from a float32 tensor."""
@@ -2447,3 +2433,29 @@ def test_per_sample_axes_tiled_by_repeat_are_gathers(target):
     model = driven(TiledFeatures().double().eval(), fc=(2.0, 0.2), fc2=(2.0, 0.0))
     x = torch.rand(T, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     assert_exact_check(model, x, target, layout="TB")
+
+
+class PopulationCode(nn.Module):
+    """A population encoder (spikingjelly's RL examples): each observation against the means of
+    its population, ``(obs.unsqueeze(-1) - self.mean) * self.gain``, a constant that widens the
+    value's unit axis (refused before, blaming the layer after it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mean = nn.Parameter(torch.linspace(-2, 2, 4).repeat(3, 1))
+        self.gain = nn.Parameter(torch.tensor([[1.5], [-1.0], [2.0]]).expand(3, 4).clone())
+        self.lif = neuron.IFNode(step_mode="m")
+        self.fc, self.lif2 = layer.Linear(12, 5, step_mode="m"), neuron.IFNode(step_mode="m")
+
+    def forward(self, obs):
+        a = ((obs.unsqueeze(-1) - self.mean) * self.gain).flatten(1)
+        s = self.lif(a.unsqueeze(0).repeat(T, 1, 1))
+        return self.lif2(self.fc(s)).mean(0)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_constant_that_widens_a_unit_axis_is_the_value_copied(target):
+    torch.manual_seed(0)
+    model = driven(PopulationCode().double().eval(), fc=(2.0, 0.3))
+    x = 2 * torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert_exact_check(model, x, target)
