@@ -474,3 +474,41 @@ def test_a_membrane_set_before_the_first_call_is_where_the_neuron_starts(multi_s
     report = snncc.check(model, x, target=target, T=T, **({"layout": "TB"} if multi_step else {}))
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+class _ChargeOnly(neuron.SimpleLIFNode):
+    """spikingjelly's RL examples' ``NonSpikingLIFNode`` (DQSN, A2C, PPO): a SimpleLIFNode
+    subclass whose step only charges and returns the membrane (refused before, as a subclass
+    that defines its own step; now traced through)."""
+
+    def single_step_forward(self, x):
+        self.neuronal_charge(x)
+        return self.v
+
+
+class _DQSN(nn.Module):
+    """The examples' DQSN: its own loop over T on a static observation, the readout the output
+    neuron's membrane after the loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Sequential(layer.Linear(4, 16), neuron.IFNode(), layer.Linear(16, 2),
+                                _ChargeOnly(tau=2.0, decay_input=True))
+
+    def forward(self, x):
+        for _ in range(T):
+            self.fc(x)
+        return self.fc[-1].v
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_neuron_subclass_defining_its_own_step_is_traced_through(target):
+    torch.manual_seed(0)
+    model = _DQSN().double().eval()
+    with torch.no_grad():
+        model.fc[0].weight.mul_(2.0)
+    x = 2 * torch.randn(B, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    assert [r.path for r in report.layers] == ["fc.1"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})

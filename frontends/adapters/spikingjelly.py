@@ -110,18 +110,16 @@ class SpikingJellyAdapter(Adapter):
         return base is not None and (self.is_neuron(m) or not _overridden(m))
 
     def is_neuron(self, m: nn.Module) -> bool:
+        """A neuron class of spikingjelly's, or a subclass that only fixes its arguments (one
+        that defines how it charges, fires or steps, the RL examples' ``NonSpikingLIFNode``
+        or AutoSNN's PLIF, is traced through: its code, with the library's it calls)."""
         base = _library_class(m)
         return base is not None and (base.__module__.startswith(_NEURON_MODULES)
                                      or _qualname(m) in _NEURONS_ELSEWHERE) \
-            and base.__name__ not in _TENSOR_OP_READOUTS
+            and base.__name__ not in _TENSOR_OP_READOUTS and not _overridden(m)
 
     def canonical(self, m: nn.Module, path: str):
-        base, overridden = _library_class(m), _overridden(m)
-        if overridden:
-            raise UnsupportedError(
-                f"{type(m).__name__}, a subclass of spikingjelly's {base.__name__}, defines "
-                f"{', '.join(overridden)}: what it computes may not be {base.__name__}'s",
-                path=path)
+        base = _library_class(m)
         kind = _NEURONS_ELSEWHERE.get(_qualname(m), base.__name__)
         if _legacy(m):
             kind = kind.removeprefix(_MULTI_STEP)
