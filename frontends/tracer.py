@@ -2980,9 +2980,10 @@ def _stack(b, c, tensors, dim=0):
         if frame is not None:
             return Val(_OverSteps(None, tuple(v.expr for v in vals[lag:]), c.op, c.hint,
                                   c.path, vals[-1].expr.shape, starts=tuple(starts)), frame)
-    if len(vals) == b.T and dim % (_ndim(first) + 1) in (0, 1) and all(
+    if len(vals) == b.T and all(
             isinstance(v, Val) and v.frame == B and v.expr.time == STATIC and v.expr.step is None
-            and v.expr.shape == first.expr.shape for v in vals) and vals.count(first) < b.T:
+            and v.expr.shape == first.expr.shape for v in vals) and vals.count(first) < b.T \
+            and dim % (_ndim(first) + 1) in (0, 1):
         # the T values of a loop over a static input, unrolled, as the steps of a sequence
         # (norse's constant-current encoder, spikes[ts] = z): each picked at its step
         return Val(b.step_selected(c, first, vals).expr, TB if dim % (_ndim(first) + 1) == 0

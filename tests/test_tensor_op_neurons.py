@@ -1644,3 +1644,26 @@ def test_stacked_values_changed_in_place_are_refused_saying_which_steps():
     with pytest.raises(UnsupportedError, match=r"it stacks values of steps \[1, 2, 3, 3\] of a "
                                                r"loop over time, not one of each step"):
         snncc.trace(Net().eval(), torch.rand(4, 3, 6, dtype=torch.float64), layout="TB")
+
+
+class _StackAfterPerSampleConstant(nn.Module):
+    """T entries stacked, the first a constant that differs across the batch (no start a Delay
+    can take), the rest a loop's steps 1..T-1: refused (an internal AttributeError in
+    f7595d1, found tracing spikingjelly's EIFNode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        out, v = [torch.arange(x.shape[1] * 5, dtype=x.dtype).view(-1, 5)], 0.0
+        for t in range(1, 4):
+            v = v + self.fc(x[t])
+            out.append((v > 1).to(x.dtype))
+        return torch.stack(out)
+
+
+def test_a_stack_led_by_a_constant_of_each_sample_is_refused_not_crashed():
+    with pytest.raises(UnsupportedError, match=r"op 'torch.stack' is not supported"):
+        snncc.trace(_StackAfterPerSampleConstant().double().eval(),
+                    torch.rand(4, 3, 6, dtype=torch.float64), layout="TB")
