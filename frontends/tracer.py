@@ -2208,8 +2208,9 @@ class _Builder:
             per_step = None not in steps
             if per_step:
                 place = [steps[:j].count(s) for j, s in enumerate(steps)]
-                if len(set(collections.Counter(steps).values())) != 1:
-                    continue
+                if len(set(collections.Counter(steps).values())) != 1 \
+                        or set(steps) != set(range(self.T)):  # (a constant at a first step:
+                    continue  # spikingjelly's RAFNode, traced: its node computes other values)
                 calls = [v for v, s in zip(calls, steps) if s == max(steps)]
                 if len(calls) > 1:
                     orders[path] = place

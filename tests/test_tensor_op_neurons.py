@@ -1667,3 +1667,36 @@ def test_a_stack_led_by_a_constant_of_each_sample_is_refused_not_crashed():
     with pytest.raises(UnsupportedError, match=r"op 'torch.stack' is not supported"):
         snncc.trace(_StackAfterPerSampleConstant().double().eval(),
                     torch.rand(4, 3, 6, dtype=torch.float64), layout="TB")
+
+
+class _SpikeFirst(nn.Module):
+    """A neuron whose spike module fires on the membrane before the step charges it: its first
+    call reads the zero state (a constant), so the graph's comparison computes the model's
+    step t + 1 at its step t, its output the series delayed (check compared that comparison
+    with the module's calls step by step: agreement < 1 where the outputs agree; found tracing
+    spikingjelly's RAFNode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.spike = nn.Linear(6, 5), _Compare()
+
+    def forward(self, x):
+        v, out = torch.zeros(x.shape[1], 5, dtype=x.dtype), []
+        for t in range(4):
+            s = self.spike(v - 0.5)
+            out.append(s)
+            v = 0.9 * v * (1 - s) + self.fc(x[t])
+        return torch.stack(out)
+
+
+def test_a_spike_module_whose_first_call_reads_a_constant_is_not_compared_off_by_a_step():
+    torch.manual_seed(0)
+    model = _SpikeFirst().double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(3)
+    x = torch.rand(4, 3, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    report = snncc.check(model, x, target="sim", T=4, layout="TB")
+    assert report.output_max_abs_diff_target == 0.0 and report.min_agreement == 1.0
+    assert report.layers == [] and report.unmatched
+    with torch.no_grad():
+        assert 0.05 <= float(model(x).mean()) <= 0.95
