@@ -512,3 +512,26 @@ def test_a_neuron_subclass_defining_its_own_step_is_traced_through(target):
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
     assert [r.path for r in report.layers] == ["fc.1"]
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("make", [
+    lambda: neuron.TernaryIFNode(step_mode="m"), lambda: neuron.TernaryLIFNode(step_mode="m"),
+    lambda: neuron.ActivationAwareIFNode(step_mode="m"), lambda: neuron.RAFNode(step_mode="m")],
+    ids=["ternary-if", "ternary-lif", "activation-aware-if", "resonate-and-fire"])
+def test_neuron_models_without_a_canonical_form_are_traced_through(make, target):
+    """Refused by name before ("has no exact canonical form"): the Spiking Wavelet
+    Transformer's ternary neurons (-1, 0, 1, each of their two comparisons compared), the
+    resonate-and-fire neuron's two states."""
+    torch.manual_seed(0)
+    model = nn.Sequential(layer.Linear(6, 8, step_mode="m"), make()).double().eval()
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)
+    x = 2 * torch.rand(T, B, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target <= 1e-12
+    with torch.no_grad():
+        functional.reset_net(model)
+        fired = float((model(x) != 0).double().mean())
+    assert_rates_in_range({"output": fired, **{r.node: r.rate_reference
+                                               for r in report.layers}})

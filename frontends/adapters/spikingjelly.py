@@ -15,10 +15,12 @@ imports): neurons, layer wrappers and state.
   ``SlidingPSN`` (the causal parallel spiking neuron: a weighted sum of its last k inputs) is
   a circuit of Delays (:func:`_sliding_psn`). ``MPBNLIFNode`` (a BatchNorm of the charged
   membrane) is, in eval, the canonical LIF scaled per channel (:func:`_membrane_batch_norm_lif`).
-  The non-spiking readouts (``NonSpikingLIFNode``, ``NonSpikingIFNode``: a loop over the steps
-  in tensor ops) are traced through, not leaves.
-  Every other neuron model (the PSN and MaskedPSN,
-  whose steps weigh later inputs or each step's own, among them) is refused by name.
+  The PSN and MaskedPSN (whose steps weigh later inputs or each step's own) and the online
+  training neurons (OTTT, SLTT) are refused by name. Every other neuron model (the non-spiking
+  readouts ``NonSpikingLIFNode`` and ``NonSpikingIFNode``, the ternary, DSR and
+  resonate-and-fire neurons ...), and a subclass defining its own charge, fire or step, is
+  traced through, not a leaf: the library's code as the tracer takes any model's, exact or
+  refused at an op it cannot map (``EIFNode``'s exp).
   ``step_mode`` is the module's own: ``"m"`` takes ``[T, B, ...]``; ``"s"`` keeps its membrane
   in the module, so its k-th call is step k.
 - **Layer wrappers** (``layer.Conv2d``, ``layer.BatchNorm2d``, ``layer.AdaptiveAvgPool2d``, ...)
@@ -73,13 +75,13 @@ _NEURON_MODULES = (f"{_PACKAGE}.neuron", f"{_LEGACY}.neuron")
 _CANONICAL = ("LIFNode", "IFNode", "ParametricLIFNode", "HalfThresholdIFNode", "SimpleIFNode",
               "SimpleLIFNode", "CUBALIFNode", "ILIFNode", "MPBNLIFNode")
 _MULTI_STEP = "MultiStep"
+#: neuron models refused by name, not traced: the parallel spiking neurons whose steps weigh
+#: later steps' inputs or each step's own, and the online-training ones (OTTT, SLTT)
+_NOT_TRACED = ("PSN", "MaskedPSN", "OTTTLIFNode", "SLTTLIFNode")
 # neurons defined outside the neuron package whose spikes are those of a neuron class there:
 # spike_dhs's save_v_LIFNode is a LIFNode (the same charge, fire and reset operations) that also
 # records its mean pre-spike membrane as an observation
 _NEURONS_ELSEWHERE = {f"{_PACKAGE}.model.spike_dhs.save_v_LIFNode": "LIFNode"}
-# readouts that never fire, their loop over the steps written with tensor ops: traced through
-# (their membrane a state of the loop; `decode` reads it as the model's output)
-_TENSOR_OP_READOUTS = frozenset({"NonSpikingIFNode", "NonSpikingLIFNode"})
 # the modules of spikingjelly's layer package whose classes are single layers (leaves)
 _LEAF_LAYERS = tuple(f"{_PACKAGE}.layer.{m}" for m in ("stateless_wrapper", "bn", "dropout"))
 # 0.0.0.0.14 keeps each API's layers in one module, beside the classes traced through: those 2.0
@@ -112,17 +114,16 @@ class SpikingJellyAdapter(Adapter):
     def is_neuron(self, m: nn.Module) -> bool:
         """A neuron class of spikingjelly's, or a subclass that only fixes its arguments (one
         that defines how it charges, fires or steps, the RL examples' ``NonSpikingLIFNode``
-        or AutoSNN's PLIF, is traced through: its code, with the library's it calls)."""
+        or AutoSNN's PLIF, is traced through: its code, with the library's it calls), of a
+        model with a canonical form or refused by name; the other models (ternary, DSR,
+        resonate-and-fire ...) are traced through too, exact or refused at an op."""
         base = _library_class(m)
         return base is not None and (base.__module__.startswith(_NEURON_MODULES)
                                      or _qualname(m) in _NEURONS_ELSEWHERE) \
-            and base.__name__ not in _TENSOR_OP_READOUTS and not _overridden(m)
+            and not _overridden(m) and _kind(m) in (*_CANONICAL, "SlidingPSN", *_NOT_TRACED)
 
     def canonical(self, m: nn.Module, path: str):
-        base = _library_class(m)
-        kind = _NEURONS_ELSEWHERE.get(_qualname(m), base.__name__)
-        if _legacy(m):
-            kind = kind.removeprefix(_MULTI_STEP)
+        base, kind = _library_class(m), _kind(m)
         if kind == "SlidingPSN":
             return _sliding_psn(m, path)
         if kind not in _CANONICAL:
@@ -325,6 +326,12 @@ _PARAMETRIZE = "torch.nn.utils.parametrize"
 #: what a subclass may define without changing what its spikingjelly class computes
 _INERT = frozenset({"__init__", "__module__", "__qualname__", "__doc__", "__annotations__",
                     "__dict__", "__weakref__", "__slots__", "extra_repr"})
+
+
+def _kind(m: nn.Module) -> str:
+    """The neuron model of ``m``'s spikingjelly class (clock_driven's without "MultiStep")."""
+    kind = _NEURONS_ELSEWHERE.get(_qualname(m), _library_class(m).__name__)
+    return kind.removeprefix(_MULTI_STEP) if _legacy(m) else kind
 
 
 def _overridden(m: nn.Module) -> list[str]:
