@@ -2811,8 +2811,9 @@ def _repeat(b, c, x, *sizes):
     sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) \
         else sizes
     f = len(x.frame)
-    if len(sizes) == f + len(x.expr.shape) and all(k == 1 for k in sizes[:f]) \
-            and x.frame not in WINDOWED:  # per-sample axes tiled (torch.cat([x] * k, d))
+    if c.op.endswith("repeat") and len(sizes) == f + len(x.expr.shape) \
+            and all(k == 1 for k in sizes[:f]) and x.frame not in WINDOWED:
+        # per-sample axes tiled (torch.cat([x] * k, d); expand's sizes are not counts)
         for axis, (k, n) in enumerate(zip(sizes[f:], x.expr.shape)):
             x = _gathered(b, c, x, axis, tuple(i % n for i in range(n * k)))
         return x
@@ -3971,7 +3972,8 @@ _METHODS = {
     "detach": _identity, "sum": _reduce(False), "mean": _reduce(True), "repeat": _repeat,
     "expand": _repeat, "expand_as": _expand_as, "select": _select, "unbind": _unbind,
     "chunk": _chunk, "split": _split,
-    "narrow": _narrow, "roll": _roll, "__getitem__": _getitem, "gt": _compare("gt"), "ge": _compare("ge"),
+    "narrow": _narrow, "roll": _roll, "__getitem__": _getitem, "gt": _compare("gt"),
+    "ge": _compare("ge"),
     "lt": _compare("lt"), "le": _compare("le"), "float": _cast, "to": _cast, "type": _cast,
     "type_as": _cast,
     "heaviside": _heaviside, "clamp": _clamp, "clip": _clamp, "relu": _relu, "round": _round,

@@ -32,9 +32,9 @@ imports): neurons, layer wrappers and state.
   ``alpha * v_th`` only initialises the weight). TEBN (``TemporalEffectiveBatchNorm``: that
   batch norm times a learned scale per step) is traced through, BNTT (``BatchNormThroughTime``:
   a batch norm of its own at each step) maps each step's norm (both: the tracer's
-  ``step_selected``). Wrappers that compute something else (NeuNorm, DropConnect) are refused. Containers (``SeqToANNContainer``,
-  ``MultiStepContainer``, ...) and everything else (attention blocks, the model zoo's blocks)
-  are traced through.
+  ``step_selected``). Wrappers that compute something else (NeuNorm, DropConnect) are
+  refused. Containers (``SeqToANNContainer``, ``MultiStepContainer``, ...) and everything else
+  (attention blocks, the model zoo's blocks) are traced through.
 - **clock_driven** (0.0.0.0.14): the same neuron models (the same charge, fire and reset
   operations) in single-step classes (``LIFNode``, ``IFNode``, ``ParametricLIFNode``: step
   ``"s"``) and multi-step ones (``MultiStepLIFNode``, ...: step ``"m"``, whatever their
