@@ -2196,7 +2196,7 @@ class _Builder:
     def _neuron_modules(self) -> tuple[dict[str, list[list[str]]], dict[str, list[int]]]:
         """Module path -> [node, layout] for each call of a module (a neuron written with plain
         tensor ops) that returns the spikes of a comparison of its own, in the layout it
-        returns them; ``[[node, "steps"], ...]`` for a module called k times at every step of
+        returns them ([node, layout, unit] for spikes times a unit: :meth:`_spikes_returned`); ``[[node, "steps"], ...]`` for a module called k times at every step of
         a loop (its calls are the steps of k nodes, one per place in the step), with, where k >
         1, the node of each call in the order of the calls (layers sharing a spike function
         module: the second mapping). What ``check`` compares with the graph's nodes; other
@@ -2216,11 +2216,25 @@ class _Builder:
                     orders[path] = place
             elif any(s is not None for s in steps):
                 continue
-            names = [self._done.get((v.expr, v.expr.step)) for v in calls]
-            if all(n in self.comparisons and self.graph[n].path == path for n in names):
-                found[path] = [[n, "steps" if per_step else _LAYOUT_NAMES[v.frame]]
-                               for n, v in zip(names, calls)]
+            spikes = [self._spikes_returned(self._done.get((v.expr, v.expr.step)), path)
+                      for v in calls]
+            if None not in spikes:
+                found[path] = [[n, "steps" if per_step else _LAYOUT_NAMES[v.frame],
+                                *([unit] if unit != 1 else [])]
+                               for (n, unit), v in zip(spikes, calls)]
         return found, {p: order for p, order in orders.items() if p in found}
+
+    def _spikes_returned(self, name: str | None, path: str) -> tuple[str, float] | None:
+        """(comparison, unit) where the node ``name`` a call of module ``path`` returned is a
+        comparison of the module's own (unit 1) or one times a nonzero number (QCFS's neuron
+        returns ``spike * thre``); else None."""
+        node = self.graph.nodes.get(name)
+        unit = 1.0
+        if isinstance(node, ir.Scale) and node.factor.size == 1 and node.factor.item() != 0:
+            name, unit = node.inputs[0], node.factor.item()
+        if name in self.comparisons and self.graph[name].path == path:
+            return name, unit
+        return None
 
     def _counting_modules(self) -> None:
         """``graph.meta['count_modules']`` (and ``'count_units'``) for a module called once that

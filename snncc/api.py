@@ -309,9 +309,11 @@ def _verify_own_loop(loaded: LoadedModel, example_input) -> None:
         return
     if report.min_agreement < 1.0 or report.unexplained_output_difference is not None:
         diff = report.output_max_abs_diff_sim
+        agreement = f", spike agreement {report.min_agreement:.6f}" if report.layers else \
+            ", no layer's spikes compared"  # (an agreement of none would read 1.000000)
         raise UnsupportedError(
             f"the graph of the model's loop over time computes other outputs than the model "
-            f"(max |diff| {diff:.3g}, spike agreement {report.min_agreement:.6f} on "
+            f"(max |diff| {diff:.3g}{agreement} on "
             f"{'the example input' if example_input is not None else 'random inputs'}): the "
             f"graph computes at every step what the loop's later steps compute; a loop whose "
             f"first steps compute something else (a branch on the step, `if t == 0`), or a "

@@ -241,7 +241,7 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     reset_state(model)
     # a neuron written with tensor ops: each call of its module returns a comparison's spikes,
     # in the layout that call returns them (tracer, graph.meta['neuron_modules'])
-    written = {p: [(graph[n], layout) for n, layout in calls]
+    written = {p: [(graph[n], layout, *unit) for n, layout, *unit in calls]
                for p, calls in (graph.meta.get("neuron_modules") or {}).items()}
     modules = dict(model.named_modules())
     by_path = {n.path: n for n in graph.of_type(ir.Neuron)
@@ -305,7 +305,10 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
             place = places.get(p, [0] * len(outs))
             outs = [torch.cat([o for o, k in zip(outs, place) if k == i])
                     for i in range(len(calls))] if len(place) == len(outs) else []
-        for (node, layout), spikes in zip(calls, outs) if len(calls) == len(outs) else ():
+        for (node, layout, *unit), spikes in zip(calls, outs) if len(calls) == len(outs) \
+                else ():
+            if unit:  # spikes times a unit (exact: s * u / u is s for s in {0, 1})
+                spikes = spikes / unit[0]
             if layout == "B*T":
                 spikes = spikes.reshape(batch, -1, *node.shape)
             if layout in ("BT", "B*T"):

@@ -501,15 +501,9 @@ def test_qcfs_precharged_neurons_on_a_tiled_batch_are_exact(target):
     report = snncc.check(model, x, target=target, T=4)
     assert report.output_max_abs_diff_target <= 1e-12 and report.min_agreement == 1.0
     assert x.shape == (3, 3, 8, 8)  # (the model's in-place unsqueeze_ ran on a copy)
-    fired = []
-    hooks = [m.register_forward_hook(lambda m, a, out: fired.append(float((out > 0).double()
-                                                                         .mean())))
-             for m in model.modules() if isinstance(m, _QCFSNeuron)]
-    with torch.no_grad():
-        model(x.clone())
-    for h in hooks:
-        h.remove()
-    assert_rates_in_range(dict(enumerate(fired)))
+    # its spikes times the threshold compared as spikes (not compared before)
+    assert [r.path for r in report.layers] == ["features.2", "features.6"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
 @torch.jit.script
@@ -1700,3 +1694,33 @@ def test_a_spike_module_whose_first_call_reads_a_constant_is_not_compared_off_by
     assert report.layers == [] and report.unmatched
     with torch.no_grad():
         assert 0.05 <= float(model(x).mean()) <= 0.95
+
+
+class _FirstStepBranchInline(nn.Module):
+    """``_FirstStepBranch`` with its spikes an inline comparison: no module's spikes to
+    compare, so compile's refusal quoted "spike agreement 1.000000"."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x):
+        mem, out = 0.0, []
+        for t in range(x.shape[1]):
+            h = self.fc(x[:, t])
+            if t == 0:
+                h = h * 3.0
+            mem = 0.5 * mem + h
+            s = (mem > 1.0).to(x.dtype)
+            mem = mem * (1 - s)
+            out.append(s)
+        return torch.stack(out, 1).mean(1)
+
+
+def test_compile_refusing_a_loop_with_no_layer_compared_says_so(tmp_path):
+    torch.manual_seed(0)
+    model = _FirstStepBranchInline().double().eval()
+    x = 2 * torch.rand(3, 6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(UnsupportedError, match=r"max \|diff\| [0-9.e-]+, no layer's spikes "
+                                               r"compared on the example input"):
+        snncc.compile(model, x, target="sim", out=tmp_path / "out", layout="BT")
