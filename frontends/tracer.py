@@ -623,7 +623,8 @@ class _ConcreteTracer(fx.Tracer):
         self._names: dict[tuple[str, int], tuple[str, nn.Module, str]] | None = None
         # id(neuron) -> the membrane its module holds after its last call (Adapter.held_membrane)
         self._held: dict[int, torch.Tensor] = {}
-        self._membranes_set: dict[str, float | None] = {}  # neuron -> its start if set (_started)
+        # neuron -> its start where the model set it (_from_membrane_set)
+        self._membranes_set: dict[str, float | None] = {}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         adapter = adapter_for(m)
@@ -889,14 +890,14 @@ class _ConcreteTracer(fx.Tracer):
         if adapter is not None:
             self._running += 1  # its parameters as values, not proxies
             try:
-                node.meta["dynamics"] = self._started(adapter.canonical(m, node.target),
-                                                      node.target)
+                node.meta["dynamics"] = self._from_membrane_set(
+                    adapter.canonical(m, node.target), node.target)
             except UnsupportedError as e:
                 node.meta["dynamics"] = e
             finally:
                 self._running -= 1
 
-    def _started(self, params, path: str):
+    def _from_membrane_set(self, params, path: str):
         """A neuron's parameters starting from the membrane the model set before its first call
         (:meth:`Adapter.membrane_set`), where it did."""
         start = self._membranes_set.get(path)
@@ -2196,10 +2197,11 @@ class _Builder:
     def _neuron_modules(self) -> tuple[dict[str, list[list[str]]], dict[str, list[int]]]:
         """Module path -> [node, layout] for each call of a module (a neuron written with plain
         tensor ops) that returns the spikes of a comparison of its own, in the layout it
-        returns them ([node, layout, unit] for spikes times a unit: :meth:`_spikes_returned`); ``[[node, "steps"], ...]`` for a module called k times at every step of
-        a loop (its calls are the steps of k nodes, one per place in the step), with, where k >
-        1, the node of each call in the order of the calls (layers sharing a spike function
-        module: the second mapping). What ``check`` compares with the graph's nodes; other
+        returns them ([node, layout, unit] for spikes times a unit: :meth:`_spikes_returned`);
+        ``[[node, "steps"], ...]`` for a module called k times at every step of a loop (its
+        calls are the steps of k nodes, one per place in the step), with, where k > 1, the
+        node of each call in the order of the calls (layers sharing a spike function module:
+        the second mapping). What ``check`` compares with the graph's nodes; other
         comparisons have no module output (a module reused at several places has one node per
         call)."""
         found, orders = {}, {}
@@ -4554,13 +4556,22 @@ def _traced(model: nn.Module, x: torch.Tensor, example: torch.Tensor, T: int, ax
 
 
 @contextmanager
-def _reassigned_tensors_kept():
-    """``self.p = self.p.to(x.device)`` in a forward (SNN-TAB's ``TAB_Layer``): ``to`` returns
-    the parameter itself, which PyTorch assigns back; traced, it is a proxy, which a module
-    refuses for a parameter or buffer (in a RecursionError). The assignment of a proxy of the
-    very tensor the module holds is skipped, as it changes nothing."""
-    assign = nn.Module.__setattr__
+def _method_replaced(cls: type, name: str, make: Callable[[Callable], Callable]):
+    """``cls.name`` replaced by ``make(original)`` while the block runs."""
+    original = getattr(cls, name)
+    setattr(cls, name, make(original))
+    try:
+        yield
+    finally:
+        setattr(cls, name, original)
 
+
+def _reassigned_tensors_kept(assign: Callable) -> Callable:
+    """``nn.Module.__setattr__`` for ``self.p = self.p.to(x.device)`` in a forward (SNN-TAB's
+    ``TAB_Layer``): ``to`` returns the parameter itself, which PyTorch assigns back; traced, it
+    is a proxy, which a module refuses for a parameter or buffer (in a RecursionError). The
+    assignment of a proxy of the very tensor the module holds is skipped, as it changes
+    nothing."""
     def kept(module, name, value):
         if isinstance(value, fx.Proxy):
             tables = (module.__dict__.get("_parameters", {}), module.__dict__.get("_buffers", {}))
@@ -4568,33 +4579,20 @@ def _reassigned_tensors_kept():
             if held is not None and value.node.meta.get("value") is held:
                 return
         assign(module, name, value)
-
-    nn.Module.__setattr__ = kept
-    try:
-        yield
-    finally:
-        nn.Module.__setattr__ = assign
+    return kept
 
 
-@contextmanager
-def _scripted_functions_as_python():
-    """A function of the model's code compiled by ``torch.jit.script`` (snetx's spike function)
-    runs as the Python it was made from where it gets a traced value, which TorchScript's
-    argument checks refuse ("Expected a value of type 'Tensor'"); elsewhere as TorchScript."""
-    scripted = torch.jit.ScriptFunction
-    call = scripted.__call__
-
+def _scripted_functions_as_python(call: Callable) -> Callable:
+    """``torch.jit.ScriptFunction.__call__`` for a function of the model's code compiled by
+    ``torch.jit.script`` (snetx's spike function): it runs as the Python it was made from where
+    it gets a traced value, which TorchScript's argument checks refuse ("Expected a value of
+    type 'Tensor'"); elsewhere as TorchScript."""
     def as_python(fn, *args, **kwargs):
         python = getattr(fn, "_torchdynamo_inline", None)
         if python is not None and any(isinstance(a, fx.Proxy) for a in _walk((args, kwargs))):
             return python(*args, **kwargs)
         return call(fn, *args, **kwargs)
-
-    scripted.__call__ = as_python
-    try:
-        yield
-    finally:
-        scripted.__call__ = call
+    return as_python
 
 
 def _failure_in_pytorch(model: nn.Module, x: torch.Tensor) -> SnnccError | None:
@@ -4629,8 +4627,10 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
     with _inference(model):
         try:
             _refuse_hooks(model, "")
-            with _WhileTracing(tracer), _reassigned_tensors_kept(), \
-                    _scripted_functions_as_python():
+            with _WhileTracing(tracer), \
+                    _method_replaced(nn.Module, "__setattr__", _reassigned_tensors_kept), \
+                    _method_replaced(torch.jit.ScriptFunction, "__call__",
+                                     _scripted_functions_as_python):
                 fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
             if until is not None:
                 raise UnsupportedError(f"the model never calls module '{until}' (until=): "
