@@ -3184,6 +3184,9 @@ def _binary(kind: str):
                 and np.all(b.const(y, x.x) == b.T):
             return _readout(b, c, x.x)
         x, y = (v.total if isinstance(v, SumOverTime) else v for v in (x, y))  # (a count)
+        if kind == "sub" and isinstance(x, Val) and isinstance(y, Val) and x.expr is y.expr \
+                and x.frame == y.frame:  # g - g.detach(), a straight-through surrogate: 0
+            return Const(torch.zeros(tuple(c.value.shape), dtype=torch.float64), x.frame)
         if isinstance(x, Val) and isinstance(y, Val):
             return _tensor_tensor(b, c, kind, x, y)
         if kind == "sub" and isinstance(y, Val) and not isinstance(x, _FROM_INPUT):

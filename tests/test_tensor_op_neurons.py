@@ -609,6 +609,62 @@ def test_a_lif_looping_over_steps_and_a_single_step_cell_are_exact(make, target)
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+def _fast_sigmoid(x, slope=25.0):
+    return 1.0 / (1.0 + torch.exp(-torch.clamp(slope * x, -10.0, 10.0)))
+
+
+class StraightThroughLIF(nn.Module):
+    """A synaptic LIF stepping on a state dict, its spikes given a surrogate's gradient by
+    ``spike.detach() + (g - g.detach())`` (a form found in users' code): in the forward, g - g
+    is 0, so the surrogate (here an exp, which snncc has no node for) is never computed."""
+
+    def __init__(self, decay_mem: float, decay_syn: float, reset: str):
+        super().__init__()
+        self.decay_mem, self.decay_syn, self.reset = decay_mem, decay_syn, reset
+
+    def forward(self, x, state=None):
+        if state is None:
+            state = {"mem": torch.zeros_like(x), "syn": torch.zeros_like(x)}
+        syn = self.decay_syn * state["syn"].detach() + x
+        mem = self.decay_mem * state["mem"].detach() + syn
+        spike = (mem > 1.0).float()
+        mem = mem - spike if self.reset == "subtract" else mem * (1 - spike)
+        g = _fast_sigmoid(mem - 1.0)
+        return spike.detach() + (g - g.detach()), {"mem": mem, "syn": syn}
+
+
+class StraightThroughNet(nn.Module):
+    def __init__(self, reset: str):
+        super().__init__()
+        self.fc1, self.n1 = nn.Linear(8, 16), StraightThroughLIF(0.9, 0.5, reset)
+        self.fc2, self.n2 = nn.Linear(16, 4), StraightThroughLIF(0.8, 0.25, reset)
+
+    def forward(self, x):  # [T, B, 8]
+        s1 = s2 = None
+        out = []
+        for x_t in x:
+            a, s1 = self.n1(self.fc1(x_t), s1)
+            b, s2 = self.n2(self.fc2(a), s2)
+            out.append(b)
+        return torch.stack(out).mean(0)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_straight_through_surrogate_is_the_spikes_it_passes(target, reset):
+    """``g - g.detach()`` is 0 whatever g is: the spikes are exact and g's exp is never
+    computed (it was refused, "op 'torch.exp' is not supported")."""
+    torch.manual_seed(3)
+    model = StraightThroughNet(reset).double().eval()
+    with torch.no_grad():
+        model.fc2.weight.mul_(3.0)
+    x = 1.5 * torch.rand(4, 6, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert sorted({r.path for r in report.layers}) == ["n1", "n2"] and not report.unmatched
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 @pytest.mark.parametrize("reset", RESETS)
 @pytest.mark.parametrize("target", ["sim", "onnx"])
 def test_resets_written_with_masks_and_booleans_are_exact(reset, target):
