@@ -3492,9 +3492,10 @@ def _relu(b, c, x, *args, **kwargs):
 
 def _heaviside(b, c, x, values):
     """``torch.heaviside(x, v)``: 1 above 0, ``v`` at 0, 0 below: ``x >= 0`` for v = 1 and
-    ``x > 0`` for v = 0, as spikes (float)."""
+    ``x > 0`` for v = 0, as spikes (float); ``v`` a number or a tensor of one value
+    (``torch.zeros_like(x)``)."""
     k = b.const(values, _val(x))
-    if k.size != 1 or float(k.flat[0]) not in (0.0, 1.0):
+    if not k.size or np.any(k != k.flat[0]) or float(k.flat[0]) not in (0.0, 1.0):
         raise _Refuse("heaviside's value at 0 must be 0 or 1 (a spike or none)")
     return _compare("ge" if float(k.flat[0]) else "gt")(b, c, x, 0.0)
 

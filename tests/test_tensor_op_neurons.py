@@ -189,13 +189,21 @@ class WhereLIF(nn.Module):
 
 
 class HeavisideLIF(nn.Module):
-    """Spikes by ``torch.heaviside`` (1 at 0: ``>=``), reset by the product with 1 - s."""
+    """Spikes by ``torch.heaviside``, 1 at 0 (``>=``) or, ``zeros_like``, 0 at 0 given as
+    ``torch.zeros_like(mem)`` (``>``; refused before: "heaviside's value at 0 must be 0 or 1"),
+    reset by the product with 1 - s."""
+
+    def __init__(self, zeros_like: bool = False):
+        super().__init__()
+        self.zeros_like = zeros_like
 
     def forward(self, x):
         mem, out = 0.0, []
         for x_t in x:
             mem = mem * 0.5 + x_t
-            s = torch.heaviside(mem - 1.0, torch.tensor(1.0, dtype=x.dtype))
+            at_zero = (torch.zeros_like(x_t) if self.zeros_like
+                       else torch.tensor(1.0, dtype=x.dtype))
+            s = torch.heaviside(mem - 1.0, at_zero)
             mem = mem * (1.0 - s)
             out.append(s)
         return torch.stack(out)
@@ -290,6 +298,10 @@ def _where(seed: int, lif=WhereLIF):
 
 def _heaviside(seed: int):
     return _where(seed, HeavisideLIF)
+
+
+def _heaviside_zeros_like(seed: int):
+    return _where(seed, lambda: HeavisideLIF(zeros_like=True))
 
 
 def _masked_fill(seed: int):
@@ -595,9 +607,10 @@ def test_the_neuron_modules_and_their_layouts_are_recorded():
     assert graph.meta["neuron_modules"] == {"n1": [["n1.gt", "steps"]], "n2": [["n2.gt", "steps"]]}
 
 
-@pytest.mark.parametrize("make", [_soft, _decay, _where, _heaviside, _masked_fill, _cells],
+@pytest.mark.parametrize("make", [_soft, _decay, _where, _heaviside, _heaviside_zeros_like,
+                                  _masked_fill, _cells],
                          ids=["soft-reset-lif", "decay-lif", "where-lif", "heaviside-lif",
-                              "masked-fill-lif", "single-step-cell"])
+                              "heaviside-zeros-like-lif", "masked-fill-lif", "single-step-cell"])
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
 def test_a_lif_looping_over_steps_and_a_single_step_cell_are_exact(make, target):
     """On Lava too: the soft-reset circuit as its ops (a loop), the decay LIF's soft reset in
