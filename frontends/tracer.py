@@ -3555,6 +3555,31 @@ def _logical_not(b, c, x):
     return ConstMinus(1.0, _as_bool(b, c, x))
 
 
+def _logical(kind: str):
+    """``s & z`` or ``s | z`` (``logical_and``, ``logical_or``, ``bitwise_*``) of comparisons'
+    results, and ``s & ~z``: the spikes of a neuron comparing their sum, ``s + z > 1``, ``s + z
+    > 0`` and ``s - z > 0`` (exact, each is 0 or 1), so that ``check`` compares it as the
+    spikes a module returns. The result is booleans again."""
+
+    def handler(b, c, x, y):
+        if isinstance(x, ConstMinus):
+            x, y = y, x
+        x, negated = _as_bool(b, c, x), isinstance(y, ConstMinus)
+        if negated and kind == "or":
+            raise _Refuse("s | ~z is not supported")
+        y = _as_bool(b, c, y.y if negated else y)
+        if negated:
+            y = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [y], y.frame,
+                      shape=y.expr.shape, hint=f"{c.hint}_neg")
+        both = b.new(c, lambda n, i: ir.Add(n, i, path=c.path), [x, y], _join_frames(x, y),
+                     hint=f"{c.hint}_sum")
+        out = _comparison(b, c, both, np.asarray(1.0 if kind == "and" and not negated else 0.0),
+                          "gt")
+        b.booleans.add(out.expr)
+        return out
+    return handler
+
+
 def _neg(b, c, x):
     x = _val(x)
     return b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [x], x.frame)
@@ -3972,6 +3997,10 @@ _FUNCTIONS = {
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
     torch.round: _round, torch.floor: _floor, torch.masked_fill: _masked_fill,
     operator.invert: _logical_not, torch.logical_not: _logical_not,
+    **dict.fromkeys((operator.and_, operator.iand, torch.logical_and, torch.bitwise_and),
+                    _logical("and")),
+    **dict.fromkeys((operator.or_, operator.ior, torch.logical_or, torch.bitwise_or),
+                    _logical("or")),
     torch.bitwise_not: _logical_not, torch.amax: _max_of_spikes, torch.max: _max,
     F.adaptive_avg_pool2d: _adaptive_avg_pool_function, F.interpolate: _interpolate,
     F.adaptive_avg_pool1d: _adaptive_avg_pool_function,
@@ -4000,6 +4029,8 @@ _METHODS = {
     "floor": _floor, "masked_fill": _masked_fill, "cpu": _identity,
     **dict.fromkeys(("double", "half", "bfloat16", "int", "long"), _cast), "bool": _as_bool,
     "logical_not": _logical_not, "bitwise_not": _logical_not, "amax": _max_of_spikes,
+    **dict.fromkeys(("logical_and", "bitwise_and", "__and__", "__iand__"), _logical("and")),
+    **dict.fromkeys(("logical_or", "bitwise_or", "__or__", "__ior__"), _logical("or")),
     "max": _max,
     **{m: _post_processing(m) for m in ("softmax", "log_softmax", "argmax", "argmin")},
 }

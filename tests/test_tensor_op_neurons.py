@@ -678,6 +678,46 @@ def test_a_straight_through_surrogate_is_the_spikes_it_passes(target, reset):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+#: spikes that are a logical combination of comparisons (each refused before: 'operator.and_',
+#: 'operator.or_', 'torch.logical_and')
+LOGICAL_SPIKES = {
+    "band": lambda mem, x: (mem > 1.0) & ~(mem > 2.5),
+    "either-sign": lambda mem, x: (mem > 1.0) | (mem < -1.5),
+    "and-input": lambda mem, x: torch.logical_and(mem > 1.0, x > 0.0),
+}
+
+
+class LogicalLIF(nn.Module):
+    def __init__(self, fire):
+        super().__init__()
+        self.fire = LOGICAL_SPIKES[fire]
+
+    def forward(self, x):
+        mem, out = torch.zeros_like(x[0]), []
+        for x_t in x:
+            mem = 0.5 * mem + x_t
+            s = self.fire(mem, x_t).float()
+            out.append(s)
+            mem = mem * (1.0 - s)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("fire", LOGICAL_SPIKES)
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_spikes_combining_comparisons_by_and_or_not_are_exact(target, fire):
+    """``&``, ``|`` and ``~`` of comparisons are the spikes of a neuron comparing their sum
+    (``s + z > 1``, ``s + z > 0``, ``s - z > 0``), compared as the module's spikes."""
+    torch.manual_seed(4)
+    model = WhereNet(lambda: LogicalLIF(fire)).double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(2.0)
+    x = 2 * torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert [r.path for r in report.layers] == ["lif"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
 @pytest.mark.parametrize("reset", RESETS)
 @pytest.mark.parametrize("target", ["sim", "onnx"])
 def test_resets_written_with_masks_and_booleans_are_exact(reset, target):
