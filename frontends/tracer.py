@@ -2872,6 +2872,8 @@ def _getitem(b, c, x, index):
         raise _Refuse("a constant indexed by values computed from the input (a selection, as "
                       "token pruning's argsort or topk, that depends on the input: no graph "
                       "computes it)")
+    if isinstance(x, _FROM_INPUT):
+        x = _val(x)  # (a form no index reads: its own reason)
     if not isinstance(x, Val):
         return x[index]  # a tuple or list of traced values
     if isinstance(index, int):

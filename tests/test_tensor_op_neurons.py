@@ -1203,23 +1203,33 @@ def test_braincog_style_code_is_exact(layer_by_layer, target):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
-class _TimeLastThenOther(nn.Module):
-    def __init__(self, returned: bool):
+#: reads of a [T, B, 6] value whose time axis permutes moved, each refused
+TIME_MOVED_READS = {
+    "returned": lambda s: s.permute(1, 2, 0),
+    "summed-over-a-sample-axis": lambda s: s.permute(1, 2, 0).sum(1),
+    "indexed": lambda s: s.permute(1, 2, 0)[..., 0],  # (SLAYER's input[..., t])
+    "moved-among-axes-indexed": lambda s: s.unsqueeze(-1).transpose(0, 1).transpose(1, 2)[:, :, 0],
+}
+
+
+class _TimeMovedThenRead(nn.Module):
+    def __init__(self, read: str):
         super().__init__()
-        self.returned = returned
+        self.read = TIME_MOVED_READS[read]
 
     def forward(self, x):  # [T, B, 6]
-        moved = (x > 0.5).float().permute(1, 2, 0)
-        return moved if self.returned else moved.sum(1)
+        return self.read((x > 0.5).float())
 
 
-@pytest.mark.parametrize("returned", [False, True])
-def test_the_time_axis_moved_last_is_read_only_by_a_reduction_over_it(returned):
+@pytest.mark.parametrize("read", TIME_MOVED_READS)
+def test_the_time_axis_moved_last_is_read_only_by_a_reduction_over_it(read):
     """Also as the model's output, which named the internal form ("it returns
-    (TimeAxisLast)")."""
-    with pytest.raises(UnsupportedError, match="it moves the time axis last, which only a mean "
-                                               "or sum over that axis may read"):
-        snncc.trace(_TimeLastThenOther(returned), torch.randn(4, 2, 6), layout="TB")
+    (TimeAxisLast)"), and indexed, which was an internal TypeError ("'TimeAxisLast' object is
+    not subscriptable")."""
+    message = ("it reads a value whose time or batch axis transposes moved" if "among" in read
+               else "it moves the time axis last, which only a mean or sum over that axis may read")
+    with pytest.raises(UnsupportedError, match=message):
+        snncc.trace(_TimeMovedThenRead(read), torch.randn(4, 2, 6), layout="TB")
 
 
 class _CountsBatchFirst(nn.Module):
