@@ -3374,8 +3374,13 @@ def _compare(kind: str):
         if not isinstance(x, _FROM_INPUT):
             x, y, op = y, x, _MIRRORED[kind]
         x = _val(x)
-        if isinstance(y, _FROM_INPUT):
-            raise _Refuse("a comparison of two tensors computed from the input")
+        if isinstance(y, _FROM_INPUT):  # (x > y iff x - y > 0, for finite floats)
+            y = _val(y)
+            neg = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [y], y.frame,
+                        shape=y.expr.shape, hint=f"{c.hint}_neg")
+            x = b.new(c, lambda n, i: ir.Add(n, i, path=c.path), [x, neg],
+                      _join_frames(x, neg), hint=f"{c.hint}_diff")
+            y = 0.0
         k = b.const(y, x)
         if op in ("lt", "le"):
             x = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [x], x.frame,
@@ -4594,13 +4599,17 @@ def _traced(model: nn.Module, x: torch.Tensor, example: torch.Tensor, T: int, ax
 
 @contextmanager
 def _method_replaced(cls: type, name: str, make: Callable[[Callable], Callable]):
-    """``cls.name`` replaced by ``make(original)`` while the block runs."""
-    original = getattr(cls, name)
+    """``cls.name`` replaced by ``make(original)`` while the block runs (an inherited one
+    inherited again after)."""
+    own, original = name in cls.__dict__, getattr(cls, name)
     setattr(cls, name, make(original))
     try:
         yield
     finally:
-        setattr(cls, name, original)
+        if own:
+            setattr(cls, name, original)
+        else:
+            delattr(cls, name)
 
 
 def _reassigned_tensors_kept(assign: Callable) -> Callable:
@@ -4617,6 +4626,18 @@ def _reassigned_tensors_kept(assign: Callable) -> Callable:
                 return
         assign(module, name, value)
     return kept
+
+
+def _variables_of_traced_values(new: Callable) -> staticmethod:
+    """``torch.autograd.Variable.__new__`` for ``Variable(v)`` of a traced value (SLAYER's spike
+    function saves its threshold so for its backward): the value itself, as ``Variable`` of a
+    tensor is that tensor; Variable's own check refuses a traced value ("Variable data has to
+    be a tensor")."""
+    def variable(cls, *args, **kwargs):
+        if args and isinstance(args[0], fx.Proxy):
+            return args[0]
+        return new(cls, *args, **kwargs)
+    return staticmethod(variable)
 
 
 def _scripted_functions_as_python(call: Callable) -> Callable:
@@ -4667,7 +4688,9 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
             with _WhileTracing(tracer), \
                     _method_replaced(nn.Module, "__setattr__", _reassigned_tensors_kept), \
                     _method_replaced(torch.jit.ScriptFunction, "__call__",
-                                     _scripted_functions_as_python):
+                                     _scripted_functions_as_python), \
+                    _method_replaced(torch.autograd.Variable, "__new__",
+                                     _variables_of_traced_values):
                 fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
             if until is not None:
                 raise UnsupportedError(f"the model never calls module '{until}' (until=): "

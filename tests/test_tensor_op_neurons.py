@@ -678,6 +678,52 @@ def test_a_straight_through_surrogate_is_the_spikes_it_passes(target, reset):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+class _SpikeSavingVariables(torch.autograd.Function):
+    """SLAYER's spike function (``lava.lib.dl.slayer.spike``): fires on ``v >= threshold``, a
+    tensor, which it saves as a ``torch.autograd.Variable`` for its backward."""
+
+    @staticmethod
+    def forward(ctx, v, threshold):
+        ctx.save_for_backward(v, torch.autograd.Variable(threshold, requires_grad=False))
+        return (v >= threshold).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class AdaptiveThresholdLIF(nn.Module):
+    """A LIF firing on its membrane above its threshold, a state that each spike raises and that
+    decays back to 1 (SLAYER's ALIF)."""
+
+    def forward(self, x):
+        mem, threshold, out = torch.zeros_like(x[0]), torch.ones_like(x[0]), []
+        for x_t in x:
+            mem = 0.5 * mem + x_t
+            s = _SpikeSavingVariables.apply(mem, threshold)
+            mem = mem * (1.0 - s)
+            threshold = 0.75 * threshold + 0.25 + 0.5 * s
+            out.append(s)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_threshold_that_is_a_state_and_a_variable_saved_for_backward_are_exact(target):
+    """``mem >= threshold`` of two traced tensors is ``mem - threshold >= 0``, the same for
+    every finite float (refused before: "a comparison of two tensors computed from the
+    input"); ``Variable(v)`` of a traced value is the value (an internal TypeError before)."""
+    torch.manual_seed(6)
+    model = WhereNet(AdaptiveThresholdLIF).double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(2.0)
+    x = 2 * torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert [r.path for r in report.layers] == ["lif"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert "__new__" not in torch.autograd.Variable.__dict__  # (restored as it was)
+
+
 #: spikes that are a logical combination of comparisons (each refused before: 'operator.and_',
 #: 'operator.or_', 'torch.logical_and')
 LOGICAL_SPIKES = {
@@ -1067,11 +1113,6 @@ def test_an_or_of_spikes_written_as_a_clamp_is_exact(target):
     assert ors.rate_reference > max(r.rate_reference for r in report.layers[:2])
 
 
-class _TwoInputs(nn.Module):
-    def forward(self, x):  # [T, B, 6]
-        return torch.stack([(x_t > x_t * 0.5).float() for x_t in x])
-
-
 class _OtherWhere(nn.Module):
     def forward(self, x):
         return torch.stack([torch.where(x_t > 0.5, x_t, x_t * 2.0) for x_t in x])
@@ -1098,7 +1139,6 @@ class _OtherClamp(nn.Module):
 
 
 @pytest.mark.parametrize("model,message", [
-    (_TwoInputs(), r"a comparison of two tensors computed from the input"),
     (_HalfCast(), r"op 'Tensor.half' is not supported"),
     (_OtherWhere(), r"taken as \(s, 1, 0\), \(s, 0, 1\), \(s, v, 0\) or \(s, 0, v\)"),
     (_HalfStep(), r"heaviside's value at 0 must be 0 or 1"),
