@@ -2141,6 +2141,11 @@ class _Builder:
                 for o in returned_items(outputs)]
         for o in outs:  # a partial form (x.permute(..., 0) not yet reduced, ...): why not one
             if isinstance(o, _FROM_INPUT) and not isinstance(o, Val):
+                for v in vars(o).values():  # an unsupported op it holds the value of comes first
+                    if isinstance(v, Val) and _depends_on_refused(v.expr):
+                        self.materialize(v.expr, self.T - 1)
+                if self.errors:
+                    raise _unsupported(list(self.errors))
                 try:
                     _val(o)
                 except _Refuse as why:

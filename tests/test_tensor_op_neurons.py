@@ -1249,6 +1249,8 @@ TIME_MOVED_READS = {
     "summed-over-a-sample-axis": lambda s: s.permute(1, 2, 0).sum(1),
     "indexed": lambda s: s.permute(1, 2, 0)[..., 0],  # (SLAYER's input[..., t])
     "moved-among-axes-indexed": lambda s: s.unsqueeze(-1).transpose(0, 1).transpose(1, 2)[:, :, 0],
+    # (a wrapper around a time-last network: the op was not named, the permute back was)
+    "scaled-and-moved-back": lambda s: (s.permute(1, 2, 0) * 2.0).permute(2, 0, 1),
 }
 
 
@@ -1265,7 +1267,8 @@ class _TimeMovedThenRead(nn.Module):
 def test_the_time_axis_moved_last_is_read_only_by_a_reduction_over_it(read):
     """Also as the model's output, which named the internal form ("it returns
     (TimeAxisLast)"), and indexed, which was an internal TypeError ("'TimeAxisLast' object is
-    not subscriptable")."""
+    not subscriptable"); an op on it moved back named the permute back ("it moves a per-sample
+    axis ahead of the time and batch axes")."""
     message = ("it reads a value whose time or batch axis transposes moved" if "among" in read
                else "it moves the time axis last, which only a mean or sum over that axis may read")
     with pytest.raises(UnsupportedError, match=message):
