@@ -58,11 +58,26 @@ def manifest(net: LavaNet) -> dict:
     }
 
 
+#: the graph's metadata the manifest records (what :func:`snncc.api.run` reads of it)
+RECORDED_META = ("output_layout", "output_layouts")
+
+
+def read_meta(directory) -> dict:
+    """The graph metadata a manifest records, without its weights ({} where it records none,
+    written before it did, or cannot be read: the runner says why)."""
+    try:
+        doc = json.loads((Path(directory) / MANIFEST).read_text())
+        return dict(doc.get("graph_meta", {}))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
 def write(net: LavaNet, graph: Graph, directory: Path) -> None:
     """Write manifest, weights and the netx prefix of ``net`` (lowered from ``graph``)."""
     prefix = netx_prefix(graph)
     written = write_netx(directory / NETX, prefix, net.T)
-    doc = {**manifest(net), "netx": manifest_entry(prefix, written, net.T, NETX)}
+    doc = {**manifest(net), "netx": manifest_entry(prefix, written, net.T, NETX),
+           "graph_meta": {k: graph.meta[k] for k in RECORDED_META if k in graph.meta}}
     (directory / MANIFEST).write_text(json.dumps(doc, indent=1, default=_jsonable))
     with open(directory / WEIGHTS, "wb") as f:
         write_npz(f, {f"{s.name}/{k}": v for s in net.processes for k, v in s.arrays.items()})

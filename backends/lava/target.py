@@ -24,6 +24,7 @@ TARGET = register_target(Target(
     emitter="snncc.backends.lava.artifact:emit",
     marker="manifest.json",
     runner="snncc.backends.lava.runner:run",
+    meta_reader="snncc.backends.lava.artifact:read_meta",
     hardware_report="snncc.loihi2:loihi2_report",
     weight_folds="when_written",
 ))
