@@ -1061,8 +1061,10 @@ def test_steps_assigned_into_a_tensor_made_in_forward_are_the_sequence(form):
     model = _StepsAssigned(form).double().eval()
     x = 3 * torch.randn(4, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     report = snncc.check(model, x, target="onnx", T=4, layout="TB")
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_sim == 0.0
-    assert report.output_max_abs_diff_target < 1e-12  # onnxruntime's Linear (real output)
+    # the output is real (spikes plus a Linear): torch's float64 matmul of the 3 rows of one
+    # step sums in another order than of all 12 (MKL picks its kernel by shape), within 1 ulp
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_sim < 1e-12
+    assert report.output_max_abs_diff_target < 1e-12
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
@@ -1413,7 +1415,8 @@ def test_a_loop_state_starting_elsewhere_than_0_is_exact(adaptive_lif, b_start,
                                                          fires_on_threshold):
     model, x = _adaptive(adaptive_lif[1], b_start, fires_on_threshold)
     report = snncc.check(model, x, layout="BT")
-    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert report.min_agreement == 1.0
+    assert report.output_max_abs_diff_target <= 1e-15  # the readout's mean, as above
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
     starts = [n for n in snncc.trace(model, x, layout="BT") if n.name.endswith(".first")]
     assert starts  # (the start is the model's: b0 * 0.9 or b_j0 + beta * b0, not 0)
