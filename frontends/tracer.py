@@ -708,7 +708,9 @@ class _ConcreteTracer(fx.Tracer):
         name = self._attribute_name(attr_val)
         if name is None:
             return attr_val
-        if name not in parameter_proxy_cache:
+        cached = parameter_proxy_cache.get(name)
+        if cached is None or cached.node.meta.get("value") is not attr_val:  # (a buffer the
+            # forward registered anew: sinabs' state made at the first call, rockpool's reset)
             parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
         return parameter_proxy_cache[name]
 
@@ -790,7 +792,12 @@ class _ConcreteTracer(fx.Tracer):
             self._constants += 1
             node.meta["value"] = a.clone()
             return node
-        return super().create_arg(a)
+        arg = super().create_arg(a)
+        if isinstance(a, torch.Tensor) and isinstance(arg, fx.Node) and arg.op == "get_attr":
+            # the tensor itself: a buffer the forward registered in place of another (sinabs'
+            # state made at the first call) is not the module's once the trace restores it
+            arg.meta.setdefault("value", a)
+        return arg
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,
                      proxy_factory_fn=None):
@@ -1519,6 +1526,9 @@ class _Builder:
         # integers; relu's: spikes) -> (path, op, the kinds, why), checked once the graph
         # knows their kinds
         self.kinds_needed: dict[Expr, tuple[str, str, frozenset, str]] = {}
+        # clamp(x, 0, 1)'s comparison -> x: taken by floor or round, x may be real (a value of
+        # x's kind is needed only where the comparison is in the graph)
+        self.clamped_to_one: dict[Expr, Val] = {}
         self._returned: dict[str, list[Val]] = {}  # module path -> what each call returned
         self._module_calls: collections.Counter = collections.Counter()  # path -> its calls
 
@@ -2191,10 +2201,12 @@ class _Builder:
             raise _unsupported(list(self.errors))
         self.graph.verify()
         names = {e: n for (e, _), n in self._done.items() if n and e in self.kinds_needed}
+        unused = {x.expr for e, x in self.clamped_to_one.items()
+                  if not any(self._done.get((e, t)) for t in (None, *range(self.T)))}
         wrong = {(path, f"op '{op}' is not supported ({why}: this value is "
                         f"{self.graph[names[e]].kind.value})"): None
                  for e, (path, op, kinds, why) in self.kinds_needed.items()
-                 if e in names and self.graph[names[e]].kind not in kinds}
+                 if e in names and e not in unused and self.graph[names[e]].kind not in kinds}
         if wrong:
             raise _unsupported(list(wrong))
         return self.graph
@@ -3427,7 +3439,9 @@ def _clamp(b, c, x, min=None, max=None):
         return x if _depends_on_refused(x.expr) else Clamped(x, int(top))
     b.kinds_needed[x.expr] = (c.path, c.op, _INTEGERS, "only clamp(x, 0, 1) of integer values, "
                               "spikes and sums of them, an OR of spikes")
-    return _comparison(b, c, x, np.asarray(0.0), "gt")
+    out = _comparison(b, c, x, np.asarray(0.0), "gt")
+    b.clamped_to_one[out.expr] = x
+    return out
 
 
 #: the most levels of a count round(clamp(x, 0, D)) (each is a layer of comparisons)
@@ -3440,6 +3454,8 @@ def _round(b, c, x, decimals=0):
         raise _Refuse("round with decimals")
     if isinstance(x, Clamped) and x.shift == 0:
         return _rounded_count(b, c, x.x, x.top)
+    if isinstance(x, Val) and x.expr in b.clamped_to_one:  # round(clamp(x, 0, 1)) of a real x
+        return _rounded_count(b, c, b.clamped_to_one[x.expr], 1)
     x = _val(x)
     return x if _depends_on_refused(x.expr) else Rounded(x)
 
@@ -3448,6 +3464,8 @@ def _floor(b, c, x):
     """``torch.floor(clamp(x, 0, D) + s)`` (:class:`Clamped`): a count."""
     if isinstance(x, Clamped) and 0 <= x.shift < 1:
         return _floored_count(b, c, x.x, x.top, x.shift)
+    if isinstance(x, Val) and x.expr in b.clamped_to_one:  # floor(clamp(x, 0, 1)) of a real x
+        return _floored_count(b, c, b.clamped_to_one[x.expr], 1, 0.0)
     if not isinstance(x, Clamped):
         _val(x)  # (another partial form: its own reason)
     raise _Refuse("floor is supported only of clamp(x, 0, D) + s with 0 <= s < 1 (a count)")
@@ -3548,10 +3566,9 @@ def _cast(b, c, x, *args, **kwargs):
     event input or a state), or a move to a device: the same values, in the arithmetic the
     graph runs in; `check` runs the model's own such casts in its dtype too
     (``parity.floats_in``). Another dtype (half precision, integers) would round: refused."""
-    x = _val(x)
     if c.value.dtype not in (torch.float32, torch.float64):
         raise _Refuse("a cast is taken only to float32 or float64 (another dtype would round)")
-    return x
+    return x if isinstance(x, ConstMinus) else _val(x)  # (1 - s: the same values too)
 
 
 def _as_bool(b, c, x):
@@ -3565,6 +3582,27 @@ def _logical_not(b, c, x):
     """``~s`` or ``logical_not(s)`` of a comparison's result: ``1 - s``, taken as a factor
     (``mem * ~s``, a reset to zero)."""
     return ConstMinus(1.0, _as_bool(b, c, x))
+
+
+def _equality(kind: str):
+    """``s == k`` or ``s != k`` (``eq``, ``ne``) of spikes, a comparison's or a neuron's, with k
+    0 or 1: the spikes, or one minus them as a factor (sinabs' reset to zero, ``v * (spikes ==
+    0).float()``)."""
+
+    def handler(b, c, x, y):
+        if not isinstance(x, _FROM_INPUT):
+            x, y = y, x
+        x = _val(x)
+        if isinstance(y, _FROM_INPUT):
+            raise _Refuse("an equality of two tensors computed from the input")
+        k = b.const(y, x)
+        if k.size != 1 or float(k.reshape(())) not in (0.0, 1.0):
+            raise _Refuse("an equality is taken only of spikes with 0 or 1")
+        if x.expr not in b.booleans:
+            b.kinds_needed[x.expr] = (c.path, c.op, frozenset({ir.Kind.SPIKE}),
+                                      "only spikes compared equal to 0 or 1")
+        return x if (float(k.reshape(())) == 1.0) == (kind == "eq") else ConstMinus(1.0, x)
+    return handler
 
 
 def _logical(kind: str):
@@ -4009,6 +4047,8 @@ _FUNCTIONS = {
     torch.heaviside: _heaviside, torch.clamp: _clamp, torch.clip: _clamp, getattr: _attribute,
     torch.round: _round, torch.floor: _floor, torch.masked_fill: _masked_fill,
     operator.invert: _logical_not, torch.logical_not: _logical_not,
+    operator.eq: _equality("eq"), torch.eq: _equality("eq"), operator.ne: _equality("ne"),
+    torch.ne: _equality("ne"),
     **dict.fromkeys((operator.and_, operator.iand, torch.logical_and, torch.bitwise_and),
                     _logical("and")),
     **dict.fromkeys((operator.or_, operator.ior, torch.logical_or, torch.bitwise_or),
@@ -4041,6 +4081,7 @@ _METHODS = {
     "floor": _floor, "masked_fill": _masked_fill, "cpu": _identity,
     **dict.fromkeys(("double", "half", "bfloat16", "int", "long"), _cast), "bool": _as_bool,
     "logical_not": _logical_not, "bitwise_not": _logical_not, "amax": _max_of_spikes,
+    "eq": _equality("eq"), "ne": _equality("ne"),
     **dict.fromkeys(("logical_and", "bitwise_and", "__and__", "__iand__"), _logical("and")),
     **dict.fromkeys(("logical_or", "bitwise_or", "__or__", "__ior__"), _logical("or")),
     "max": _max,
@@ -4606,7 +4647,7 @@ def _traced(model: nn.Module, x: torch.Tensor, example: torch.Tensor, T: int, ax
 def _method_replaced(cls: type, name: str, make: Callable[[Callable], Callable]):
     """``cls.name`` replaced by ``make(original)`` while the block runs (an inherited one
     inherited again after)."""
-    own, original = name in cls.__dict__, getattr(cls, name)
+    own, original = name in cls.__dict__, getattr(cls, name, None)
     setattr(cls, name, make(original))
     try:
         yield
@@ -4631,6 +4672,20 @@ def _reassigned_tensors_kept(assign: Callable) -> Callable:
                 return
         assign(module, name, value)
     return kept
+
+
+def _copies_as_values(tracer: "_ConcreteTracer") -> Callable[[Callable | None], Callable]:
+    """``Tensor.__copy__`` while tracing (a tensor has none: ``copy.copy`` takes it apart by
+    ``__reduce_ex__``): ``copy.copy(t)`` of a tensor made in forward that traced values changed
+    (rockpool's ``Sequential`` copies each module's output, which its LIF writes step by step)
+    is its value now, whose storage the traced value has none of; any other tensor itself, as
+    copy.copy's new tensor shares its memory."""
+    def make(_):
+        def copied(t):
+            current = tracer.current(t)
+            return current if isinstance(current, fx.Proxy) else t
+        return copied
+    return make
 
 
 def _variables_of_traced_values(new: Callable) -> staticmethod:
@@ -4695,7 +4750,8 @@ def _trace(model: nn.Module, x: torch.Tensor, T: int, batch: int, static: bool, 
                     _method_replaced(torch.jit.ScriptFunction, "__call__",
                                      _scripted_functions_as_python), \
                     _method_replaced(torch.autograd.Variable, "__new__",
-                                     _variables_of_traced_values):
+                                     _variables_of_traced_values), \
+                    _method_replaced(torch.Tensor, "__copy__", _copies_as_values(tracer)):
                 fx_graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
             if until is not None:
                 raise UnsupportedError(f"the model never calls module '{until}' (until=): "

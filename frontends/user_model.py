@@ -28,6 +28,7 @@ from torch import nn
 
 from snncc.errors import (CheckpointError, FormatError, NoInputShapeError, SnnccError,
                           UnsupportedError)
+from snncc.models import returned_items
 
 from .checkpoint import _NEEDS_CODE, _load, load_into
 
@@ -229,10 +230,11 @@ def _holds_meta(model: nn.Module) -> bool:
 
 def storage_owners(model: nn.Module) -> dict[int, str]:
     """The address of each parameter's and buffer's memory -> the first name it has (meta
-    tensors, which have no memory, left out)."""
+    tensors, which have no memory, left out, and a traced value a forward stored in a buffer
+    while it is traced: rockpool's neurons keep their last state so)."""
     owners: dict[int, str] = {}
     for name, t in (*model.named_parameters(), *model.named_buffers()):
-        if not t.is_meta:
+        if isinstance(t, torch.Tensor) and not t.is_meta:
             owners.setdefault(t.untyped_storage().data_ptr(), name)
     return owners
 
@@ -323,6 +325,62 @@ def _neuron_calls(model: nn.Module, x: torch.Tensor) -> set[int] | None:
     return set(calls.values())
 
 
+def _held_state(module: nn.Module) -> dict:
+    """The numbers and tensors a module holds in plain attributes (not parameters, buffers or
+    submodules) and in a library's ``_memories`` dict: where a forward keeps a state."""
+    held = {**vars(module), **vars(module).get("_memories", {})}
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in held.items()
+            if isinstance(v, (torch.Tensor, float, int)) and not isinstance(v, bool)}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) \
+            and a.shape == b.shape and bool(torch.equal(a, b))
+    return a == b
+
+
+def _stateful_calls(model: nn.Module, x: torch.Tensor) -> set[int] | None:
+    """How many times one forward on ``x`` calls each module that carries a state from one
+    forward to the next in its attributes (a neuron written with tensor ops keeping its
+    membrane in ``self.v``, as CLIF's and spikingjelly 0.0.0.0.14's single-step networks do,
+    stepped by a loop outside the model): those holding other values after a second forward
+    than after the first, or the model itself where only its output differs. Empty: none;
+    None where the forward fails. Run as :func:`_neuron_calls` runs it."""
+    from snncc.parity import floats_in
+
+    from .adapters import STEP_MULTI, adapter_for
+    from .tracer import _inference
+
+    modules = dict(model.named_modules())
+    calls = dict.fromkeys(modules, 0)
+
+    def count(path):
+        return lambda m, args: calls.__setitem__(path, calls[path] + 1)
+
+    try:
+        with _inference(model), floats_in(x.dtype):
+            first = returned_items(model(x.clone()))  # (a forward may change it in place)
+            after_first = {p: _held_state(m) for p, m in modules.items()}
+            hooks = [m.register_forward_pre_hook(count(p)) for p, m in modules.items()]
+            try:
+                second = returned_items(model(x.clone()))
+            finally:
+                for h in hooks:
+                    h.remove()
+            after_second = {p: _held_state(m) for p, m in modules.items()}
+    except Exception:
+        return None
+    changed = {p for p in modules if p and not all(_same(v, after_first[p].get(k))
+                                                   for k, v in after_second[p].items())}
+    if any((a := adapter_for(modules[p])) is not None and a.step_mode(modules[p]) == STEP_MULTI
+           for p in changed):
+        return None  # (a library's multi-step module traced through: a sequence model)
+    if not changed and not all(_same(a, b) for a, b in zip(first, second)):
+        changed = {""}
+    return {calls[p] for p in changed}
+
+
 def steps_per_forward(model: nn.Module, x: torch.Tensor) -> int | None:
     """The time steps a model takes a static input over, where it does not declare them: how
     many times one forward on ``x`` calls its single-step library neurons, when they all agree
@@ -372,10 +430,14 @@ def _one_step(model: nn.Module, x: torch.Tensor, T: int, layout: str) -> bool:
     them more than once (a one-step model there fails, or calls them once on [T, B, ...])."""
     if T < 2:
         return False
+
+    def calls(x):  # (a model without library neurons: its modules carrying a state)
+        neurons = _neuron_calls(model, x)
+        return _stateful_calls(model, x) if neurons == set() else neurons
     if layout == "static":
-        return _neuron_calls(model, x) == {1}
+        return calls(x) == {1}
     step = x[0] if layout == "TB" else x[:, 0]
-    return _neuron_calls(model, step) == {1} and _neuron_calls(model, x) in (None, {1})
+    return calls(step) == {1} and calls(x) in (None, {1})
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

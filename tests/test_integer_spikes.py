@@ -23,6 +23,7 @@ from snncc.frontends.zoo.testing import randomize_bn
 
 import sdt_v3_cases as sdt
 import spikeyolo_cases as yolo
+from conftest import assert_rates_in_range
 
 # BNs far from identity, the attention's Q/K/V a little higher so that its counts reach level 2
 _BN = dict(var_range=(0.5, 1.5), weight_range=(1.0, 2.5), bias_range=(0.0, 1.5),
@@ -303,6 +304,46 @@ def test_round_after_clamp_is_the_same_count():
     model = _Quantizer(lambda v: torch.clamp(torch.round(v), 0, 3) / 2)
     out = simulate(snncc.trace(model, x, T=1), x.numpy()).output
     np.testing.assert_array_equal(out, model(x).numpy())
+
+
+ONE_LEVEL = {"floor": lambda v: torch.floor(torch.clamp(v, 0, 1)),
+             "round": lambda v: torch.round(torch.clamp(v, 0, 1)),
+             "round-first": lambda v: torch.clamp(torch.round(v), 0, 1)}
+
+
+@pytest.mark.parametrize("form", ONE_LEVEL)
+def test_a_count_of_one_level_is_a_comparison(form):
+    """floor(clamp(x, 0, 1)) is x >= 1 and round(clamp(x, 0, 1)) is x > 1/2, also of a real x
+    (refused before: clamp(x, 0, 1) was taken only of integer values, an OR of spikes)."""
+    edges = [0.5, np.nextafter(0.5, 1.0), np.nextafter(0.5, 0.0), 1.0, np.nextafter(1.0, 0.0)]
+    x = np.concatenate([edges, np.linspace(-2, 3, 59)]).reshape(2, 32)
+    model = _Quantizer(ONE_LEVEL[form])
+    out = simulate(snncc.trace(model, torch.tensor(x), T=1), x).output
+    np.testing.assert_array_equal(out, model(torch.tensor(x)).numpy())
+
+
+class _OneSpikeLIF(nn.Module):
+    """rockpool's ``LIFTorch`` with ``max_spikes_per_dt=1``, on [B, T, N]: a soft reset by the
+    spike ``floor(clamp(v, 0, 1))``."""
+
+    def forward(self, x):
+        v, out = torch.zeros_like(x[:, 0]), []
+        for t in range(x.shape[1]):
+            v = 0.75 * v + x[:, t]
+            s = torch.floor(torch.clamp(v, 0, 1))
+            v = v - s
+            out.append(s)
+        return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_one_spike_neuron_written_with_floor_is_exact(target):
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(6, 5), _OneSpikeLIF(), nn.Linear(5, 3)).double().eval()
+    x = 2 * torch.rand(2, 6, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=6, layout="BT")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
 # --- SpikeYOLO ---------------------------------------------------------------------------------

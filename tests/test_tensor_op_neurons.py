@@ -8,6 +8,7 @@ checked against the model's own forward: every spike at the neuron modules, in f
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import numpy as np
@@ -241,7 +242,10 @@ RESETS = {"mask-assigned": _mask_assigned, "mask-assigned-in-place": _mask_assig
           "times-not": lambda mem, s: mem * ~s.bool(),
           "times-logical-not": lambda mem, s: mem * torch.logical_not(s.bool()),
           "masked-fill-in-place": lambda mem, s: mem.masked_fill_(s.bool(), 0.0),
-          "where-bool": lambda mem, s: torch.where(s.bool(), 0.0, mem)}
+          "where-bool": lambda mem, s: torch.where(s.bool(), 0.0, mem),
+          # sinabs' MembraneReset (refused before: 'operator.eq')
+          "times-equal-zero": lambda mem, s: mem * (s == 0).float(),
+          "times-not-equal-one": lambda mem, s: mem * torch.ne(s, 1.0).to(mem.dtype)}
 
 
 class ResetLIF(nn.Module):
@@ -722,6 +726,152 @@ def test_a_threshold_that_is_a_state_and_a_variable_saved_for_backward_are_exact
     assert [r.path for r in report.layers] == ["lif"]
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
     assert "__new__" not in torch.autograd.Variable.__dict__  # (restored as it was)
+
+
+class OneStepLIF(nn.Module):
+    """One step per call, its membrane kept in ``self.v``, a float after a reset that the first
+    call replaces by its input (CLIF's ``ComplementaryLIFNeuron`` and spikingjelly 0.0.0.0.14's
+    single-step neurons)."""
+
+    def __init__(self):
+        super().__init__()
+        self.v = 0.0
+
+    def reset(self):
+        self.v = 0.0
+
+    def forward(self, x):
+        self.v = x if isinstance(self.v, float) else self.v * 0.5 + x
+        s = (self.v >= 1.0).to(x)
+        self.v = self.v - s
+        return s
+
+
+class OneStepNet(nn.Module):
+    """A forward that is one time step of a network of :class:`OneStepLIF`s: its training
+    loop calls it T times on the image and resets it after."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(8, 16), OneStepLIF()
+        self.fc2, self.lif2 = nn.Linear(16, 4), OneStepLIF()
+
+    def forward(self, x):
+        return self.lif2(self.fc2(self.lif1(self.fc1(x))))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+def test_a_one_step_forward_of_tensor_op_neurons_is_run_as_its_loop(target, tmp_path):
+    """A model that carries a state from one forward to the next is stepped T times, as the
+    library neurons' one-step networks are; it was taken as a static model, the membrane
+    dropped, and `check`, comparing one call, said 1.0 (found with CLIF's networks)."""
+    torch.manual_seed(7)
+    model = OneStepNet().double().eval()
+    with torch.no_grad():
+        model.fc1.weight.mul_(2.0)
+        model.fc2.weight.mul_(3.0)
+        model.fc2.bias.add_(0.5)
+    x = 2 * torch.rand(3, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    looped = torch.stack([model(x) for _ in range(4)])
+    model.lif1.reset(), model.lif2.reset()
+    report = snncc.check(model, x, target=target, T=4)
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    artifact = snncc.compile(model, x, target=target, out=tmp_path / "out", T=4)
+    out = np.asarray(snncc.run(artifact, x.numpy(), sequence=True))
+    np.testing.assert_array_equal(out, looped.numpy())
+
+
+class LazyStateIAF(nn.Module):
+    """An IAF on [B, T, C] with a synaptic current, its state in buffers that the forward
+    replaces: ``registered`` anew, of the input's size, at the first forward (sinabs' stateful
+    layers start them empty), read as attributes or by ``named_buffers()``; or ``reset`` to
+    zeros by assignment at every forward, the last step's state stored back (rockpool's)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        for name in ("v_mem", "i_syn"):
+            self.register_buffer(name, torch.zeros(0 if how != "reset" else 16))
+
+    def forward(self, x):
+        if self.how == "reset":
+            self.v_mem, self.i_syn = torch.zeros(16, dtype=x.dtype), torch.zeros(16, dtype=x.dtype)
+        elif self.v_mem.shape != (x.shape[0], x.shape[2]):
+            for name in ("v_mem", "i_syn"):
+                self.register_buffer(name, torch.zeros(x.shape[0], x.shape[2], dtype=x.dtype))
+        state = dict(self.named_buffers()) if self.how == "registered-named" else \
+            {"v_mem": self.v_mem, "i_syn": self.i_syn}
+        v, i, out = state["v_mem"], state["i_syn"], []
+        for t in range(x.shape[1]):
+            i = 0.5 * i + x[:, t]
+            v = v + i
+            s = (v >= 1.0).to(x.dtype)
+            v = v - s
+            out.append(s)
+        self.v_mem, self.i_syn = (v, i) if self.how != "reset" else (v[0], i[0])
+        return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("how", ["registered", "registered-named", "reset"])
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_state_buffers_a_forward_replaces_are_read_as_replaced(target, how):
+    """The buffers the forward registers or assigns are the state it reads, not the ones the
+    module held before: the graph read the old ones (registered: an internal numpy broadcast
+    error blamed on "the model's code"; reset: spike agreement 0.875, and compile refused the
+    model's loop)."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(8, 16), LazyStateIAF(how), nn.Linear(16, 4)).double().eval()
+    with torch.no_grad():
+        model[1].v_mem.fill_(0.7)  # (a state left by an earlier forward: not read)
+    x = 2 * torch.rand(2, 4, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=4, layout="BT")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+    assert model[1].v_mem.shape == ((16,) if how == "reset" else (0,))  # (as it was)
+
+
+class StoredStateLIF(nn.Module):
+    """rockpool's ``LIFTorch`` in small, on [B, T, N]: it charges in place on a tensor made in
+    forward, writes its output step by step into zeros, stores its last state back into its
+    buffer, and is followed by a ``copy.copy`` of that output (rockpool's ``Sequential``)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("vmem", torch.zeros(n, dtype=torch.float64))
+
+    def forward(self, x):
+        v = torch.zeros(x.shape[0], x.shape[2], dtype=x.dtype)
+        out = torch.zeros_like(x)
+        for t in range(x.shape[1]):
+            v *= 0.75
+            v += x[:, t]
+            s = (v >= 1.0).to(x.dtype)
+            v = v - s
+            out[:, t] = s
+        self.vmem = v[0].detach()
+        return copy.copy(out)
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_rockpool_style_state_stored_back_and_outputs_copied_are_exact(target):
+    """A second such module in a chain was refused as "Python control flow" at snncc's own
+    line (the first's buffer held a traced value, whose memory address was asked for), and
+    ``copy.copy`` of the output an internal TypeError blamed on the standard library."""
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(6, 8), StoredStateLIF(8), nn.Linear(8, 4),
+                          StoredStateLIF(4)).double().eval()
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)
+        model[2].weight.mul_(3.0)
+        model[2].bias.add_(0.5)
+    x = 2 * torch.rand(2, 6, 6, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    report = snncc.check(model, x, target=target, T=6, layout="BT")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    with torch.no_grad():
+        fired = model(x)
+    assert 0.05 < float(fired.mean()) < 0.95
+    assert "__copy__" not in torch.Tensor.__dict__  # (restored as it was)
 
 
 #: spikes that are a logical combination of comparisons (each refused before: 'operator.and_',
