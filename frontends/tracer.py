@@ -872,6 +872,9 @@ class _ConcreteTracer(fx.Tracer):
             self._placeholders += 1
         proxy.node.meta["scope"] = self.scope.module_path
         proxy.node.meta["site"] = self._site()
+        if not self.scope.module_path and kind != "placeholder":
+            # the root's ops have no module path to name them by: their line of its forward
+            proxy.node.meta["line"] = _model_code_line()
         if kind == "call_module":
             self._note_dynamics(proxy.node)
         if receiver is not None:
@@ -1585,6 +1588,8 @@ class _Builder:
         except (_Refuse, UnsupportedError) as err:  # the latter from an adapter
             reason = err.message if isinstance(err, UnsupportedError) else str(err)
             msg = f"op '{c.op}' is not supported" + (f" ({reason})" if reason else "")
+            if "line" in node.meta:
+                msg += f", at {node.meta['line']}"
             return self._refused(c, msg, not reason, args, kwargs)
 
     def _record(self, node: fx.Node, e: Expr, operands: list) -> None:

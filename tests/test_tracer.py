@@ -6,6 +6,7 @@ names as its path) and its output; unsupported ops are refused in one line namin
 
 from __future__ import annotations
 
+import inspect
 import numpy as np
 import pytest
 import torch
@@ -267,6 +268,27 @@ def test_unsupported_op_names_module_and_op():
     assert str(err.value) == "module 'blocks.0.attn': op 'torch.softmax' is not supported"
 
 
+class RootSigmoid(nn.Module):
+    """An unsupported op in the root's own forward, which has no module path to name it by."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = nn.Linear(6, 6), neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):
+        return self.lif(torch.sigmoid(self.fc(x)))
+
+
+def test_an_unsupported_op_of_the_roots_forward_names_its_line():
+    """It named the op alone ('op torch.sigmoid is not supported'): in a long forward the
+    user had to search for it."""
+    with pytest.raises(UnsupportedError) as err:
+        trace(RootSigmoid(), torch.randn(T, 3, 6), T=T, static=False)
+    line = inspect.getsourcelines(RootSigmoid.forward)[1] + 1
+    assert str(err.value).startswith(
+        f"op 'torch.sigmoid' is not supported, at {__file__}:{line}"), str(err.value)
+
+
 class PostProcessed(nn.Module):
     """A classifier that ends in post-processing of its outputs: norse's MNIST task returns
     ``log_softmax`` of its maximum voltage over time; others a softmax or the class."""
@@ -287,10 +309,10 @@ class PostProcessed(nn.Module):
 def test_post_processing_of_the_outputs_is_refused_saying_to_leave_it_out(form, op):
     with pytest.raises(UnsupportedError) as err:
         trace(PostProcessed(form), torch.randn(T, 3, 6), T=T, static=False)
-    assert str(err.value) == (
+    assert str(err.value).startswith(
         f"op '{op}' is not supported ({form} of the model's outputs, after the time steps, is "
         "not part of the spiking network: compile the model without it and apply it to "
-        "snncc's outputs)"), str(err.value)
+        f"snncc's outputs), at {__file__}:"), str(err.value)
 
 
 def test_every_unsupported_op_is_listed_on_one_line():
@@ -1199,7 +1221,7 @@ def test_check_gives_the_model_a_copy_of_the_input_it_may_change():
     ("no_out_of_place_form", r"'Tensor.zero_' is not supported \(an in-place op with no "
                              r"out-of-place form"),
     # (named for what it is: the indices were taken for a view of the values changed)
-    ("topk_values_then_indices", r"^op 'Tensor.topk' is not supported$"),
+    ("topk_values_then_indices", r"^op 'Tensor.topk' is not supported, at .*test_tracer.py:\d+$"),
 ])
 def test_in_place_ops_that_would_change_what_the_graph_does_not_see_are_refused(how, reason):
     with pytest.raises(UnsupportedError, match=reason):
@@ -2189,7 +2211,7 @@ def test_a_static_image_repeated_with_an_axis_added_is_the_image_at_every_step(t
 def test_an_op_refused_upstream_of_a_lazy_value_is_the_one_named():
     """The residual of two steps-moved BatchNorms after a refused op named the addition ("it
     moves a per-sample axis ahead of the time and batch axes"), not the op it came from."""
-    with pytest.raises(UnsupportedError, match=r"^op 'torch.tanh' is not supported$"):
+    with pytest.raises(UnsupportedError, match=r"^op 'torch.tanh' is not supported, at .*test_tracer.py:\d+$"):
         trace(RepeatedWithoutUnsqueeze(refused=True).double(),
               torch.rand(2, 3, 6, 6, dtype=torch.float64), T=T)
 
