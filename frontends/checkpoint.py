@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from snncc.errors import CheckpointError, FormatError, UnsupportedError
+from snncc.files import CHECKPOINT, refuse_foreign_format
 from snncc.graph import Graph
 from snncc.limits import ResourceError, fmt_bytes, nbytes, positive_int, require_fits, warn
 
@@ -54,6 +55,7 @@ def load_state_dict(path: str | Path, trust: bool = False,
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
+    refuse_foreign_format(path, CHECKPOINT)
     safetensors = _safetensors_header(path)
     described = None if safetensors else _prescan(path)
     if expected is not None and described is not None:

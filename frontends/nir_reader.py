@@ -30,6 +30,7 @@ from snncc.backends.nir.extensions import (ATTRS, decode, extension_nodes, ir_na
                                            is_extension, sources, text)
 from snncc.errors import FormatError, IRError, UnsupportedError, VerificationError
 from snncc.frontends.nir_dialects import Dialect, convert as dialect_convert, parse_dialect
+from snncc.files import NIR_GRAPH, refuse_foreign_format
 from snncc.graph import Graph
 from snncc.limits import (ResourceError, SnnccWarning, exact_float64, fmt_bytes, nbytes,
                           positive_int, require_fits, warn)
@@ -212,6 +213,8 @@ def read_nir(path, dt: float | None = None, dialect: str | None = None) -> Graph
     ``sinabs[:single-spike|spike-input]``)."""
     path = Path(path)
     d = parse_dialect(dialect)
+    if path.is_file():
+        refuse_foreign_format(path, NIR_GRAPH)
     no_reset = _prescan(path)
     try:
         g = _nir_read(path)

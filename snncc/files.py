@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -358,3 +359,46 @@ def load_array(path: str | Path) -> np.ndarray:
     if not all_finite(a):
         raise FormatError(f"{path}: array contains NaN or infinity")
     return a
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+CHECKPOINT, NIR_GRAPH = "a PyTorch checkpoint", "a NIR graph"
+
+
+def refuse_foreign_format(path: Path, expected: str) -> None:
+    """Refuse, saying what it is and what to do, a file given where snncc ``expected``
+    (:data:`CHECKPOINT` or :data:`NIR_GRAPH`) a file of one kind that is of another kind
+    recognised here, told by its first bytes and an HDF5 or zip file's top-level names
+    (another tool's file failed as a corrupt checkpoint or NIR file)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    found = None
+    if head == _HDF5_MAGIC:
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                groups = set(f.keys())
+        except (OSError, ValueError, RuntimeError):
+            groups = set()
+        found = (NIR_GRAPH, "give it as a .nir file") if "node" in groups else \
+            ("a lava-dl netx network (HDF5: snncc writes these for Lava, it does not read "
+             "them)", "compile the model it was made from") if "layer" in groups else \
+            ("an HDF5 file (another framework's weights?)", "")
+    elif head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            names = []
+        if names and all(n.endswith(".npy") for n in names):
+            found = ("a numpy .npz archive", "load its arrays into your model and save its "
+                     "state_dict with torch.save")
+        elif any(n.endswith("/data.pkl") for n in names):
+            found = (CHECKPOINT, "give it with --arch or --model")
+    elif path.suffix.lower() == ".onnx" and head[:1] == b"\x08":  # ONNX's ir_version field
+        found = ("an ONNX model (a target of snncc, not a source)",
+                 "compile the PyTorch model it was exported from")
+    if found is not None and found[0] != expected:
+        raise FormatError(f"{path}: {found[0]}, not {expected}" +
+                          (f": {found[1]}" if found[1] else ""))

@@ -809,6 +809,73 @@ def pt_garbage(tmp):
                 "cannot read it as a PyTorch checkpoint")
 
 
+def _netx_file(path: Path) -> Path:
+    """A file in lava-dl netx's layout (``layer/<i>/...`` groups), as ``--target lava
+    --fixed-point`` writes ``netx.h5``."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        layer = f.create_group("layer").create_group("0")
+        layer.create_dataset("weight", data=np.ones((3, 3)))
+        layer.create_dataset("type", data=np.bytes_("dense"))
+    return path
+
+
+def _npz_file(path: Path) -> Path:
+    with open(path, "wb") as f:
+        np.savez(f, weight=np.ones((3, 3)))
+    return path
+
+
+def _onnx_file(path: Path) -> Path:
+    import torch
+
+    torch.onnx.export(torch.nn.Linear(3, 3), (torch.ones(1, 3),), str(path), dynamo=False)
+    return path
+
+
+# other tools' files given as a checkpoint or a NIR graph: named, with what to do (each was
+# "corrupt or truncated?" or a KeyError of h5py)
+@case
+def pt_is_netx(tmp):
+    return Case(["compile", str(_netx_file(tmp / "net.pt")), "--arch", ARCH, "-o",
+                 str(tmp / "nx.snnir")], 1, "a lava-dl netx network (HDF5")
+
+
+@case
+def pt_is_npz(tmp):
+    return Case(["compile", str(_npz_file(tmp / "weights.pt")), "--arch", ARCH, "-o",
+                 str(tmp / "nz.snnir")], 1, "a numpy .npz archive, not a PyTorch checkpoint")
+
+
+@case
+def pt_is_onnx(tmp):
+    return Case(["compile", str(_onnx_file(tmp / "model.onnx")), "--arch", ARCH, "-o",
+                 str(tmp / "ox.snnir")], 1, "an ONNX model (a target of snncc, not a source)")
+
+
+@case
+def pt_is_nir(tmp):
+    p = tmp / "graph.pt"
+    p.write_bytes(Path(write_nir(tmp / "graph-src.nir", nir_graph())).read_bytes())
+    return Case(["compile", str(p), "--arch", ARCH, "-o", str(tmp / "gn.snnir")], 1,
+                "a NIR graph, not a PyTorch checkpoint: give it as a .nir file")
+
+
+@case
+def nir_is_netx(tmp):
+    return Case(["compile", str(_netx_file(tmp / "net.nir")), "-o", str(tmp / "nn.snnir")], 1,
+                "not a NIR graph: compile the model it was made from")
+
+
+@case
+def nir_is_checkpoint(tmp):
+    p = tmp / "ckpt.nir"
+    p.write_bytes(CKPT.read_bytes())
+    return Case(["compile", str(p), "-o", str(tmp / "cn.snnir")], 1,
+                "a PyTorch checkpoint, not a NIR graph: give it with --arch or --model")
+
+
 @case
 def pt_truncated(tmp):
     p = tmp / "trunc.pt"
