@@ -3894,6 +3894,18 @@ def _avg_pool2d_function(b, c, x, kernel_size, stride=None, padding=0, ceil_mode
                                          count_include_pad, divisor_override), x)
 
 
+def _lp_pool2d_function(b, c, x, norm_type, kernel_size, stride=None, ceil_mode=False):
+    """``F.lp_pool2d`` of norm 1, a sum pooling (sinabs' ``SumPool2d``), as torch computes it:
+    the average times the window's size (its sign and abs around it change nothing)."""
+    if norm_type != 1:
+        raise _Refuse(f"a norm of {norm_type}; norm 1, a sum pooling, is taken")
+    avg = _avgpool2d(b, c, nn.AvgPool2d(kernel_size, stride, 0, ceil_mode), x,
+                     hint=f"{c.hint}_avg")
+    kw, kh = _pair(kernel_size)
+    return b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=float(kw * kh)), [avg],
+                 avg.frame)
+
+
 def _adaptive_avg_pool_function(b, c, x, output_size):
     """``F.adaptive_avg_pool2d`` / ``1d`` as its module."""
     pool = nn.AdaptiveAvgPool2d if c.value.dim() - len(_val(x).frame) == 3 \
@@ -4040,7 +4052,7 @@ _FUNCTIONS = {
     torch.narrow: _narrow, torch.roll: _roll,
     torch.avg_pool1d: _avg_pool1d_function, F.avg_pool1d: _avg_pool1d_function,
     F.max_pool1d: _max_pool1d_function, F.max_pool2d: _max_pool2d_function,
-    F.avg_pool2d: _avg_pool2d_function,
+    F.avg_pool2d: _avg_pool2d_function, F.lp_pool2d: _lp_pool2d_function,
     F.conv1d: _conv_function, F.conv2d: _conv_function, F.linear: _linear_function,
     F.conv_transpose1d: _conv_transpose_function, F.conv_transpose2d: _conv_transpose_function,
     F.pixel_shuffle: _pixel_shuffle,
@@ -4406,14 +4418,18 @@ def _ceil_mode_check(m, c, sizes, kernel_size, stride, padding, dilation=(1, 1))
                       "where it changes nothing")
 
 
-def _avgpool2d(b, c, m, x):
+def _avgpool2d(b, c, m, x, hint=None):
     x = _one_sample_frame(x, 3)
     _avgpool_check(m)
     args = _pool2d(m)
     _ceil_mode_check(m, c, x.expr.shape[-2:], **args)
     return b.new(c, lambda n, i: ir.AvgPool2d(n, i, path=c.path,
                                               count_include_pad=m.count_include_pad, **args),
-                 [x], x.frame)
+                 [x], x.frame, hint=hint)
+
+
+def _lppool2d(b, c, m, x):
+    return _lp_pool2d_function(b, c, x, m.norm_type, m.kernel_size, m.stride, m.ceil_mode)
 
 
 def _pool1d(b, c, m, x):
@@ -4534,6 +4550,7 @@ _MODULES: tuple[tuple[type, Callable], ...] = (
     (nn.PixelShuffle, _pixel_shuffle_module), (nn.PixelUnshuffle, _pixel_shuffle_module),
     (nn.BatchNorm1d, _batchnorm), (nn.BatchNorm2d, _batchnorm), (nn.BatchNorm3d, _batchnorm),
     (nn.MaxPool2d, _maxpool), (nn.MaxPool3d, _maxpool), (nn.AvgPool2d, _avgpool2d),
+    (nn.LPPool2d, _lppool2d),
     (nn.AvgPool1d, _pool1d), (nn.MaxPool1d, _pool1d), (nn.AdaptiveAvgPool2d, _adaptive_avgpool),
     (nn.AdaptiveAvgPool1d, _adaptive_avgpool), (nn.Flatten, _flatten_module),
     (nn.Identity, _identity_module), (nn.Unflatten, _unflatten_module),

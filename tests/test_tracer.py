@@ -2255,6 +2255,47 @@ def test_an_expanded_amplitude_and_pools_whose_ceil_mode_changes_nothing_are_exa
     assert_exact_check(model, x, target, layout="TB")
 
 
+class SumPool2d(nn.LPPool2d):
+    """sinabs' ``SumPool2d`` (sinabs.layers.pool2d): an ``LPPool2d`` of norm 1 calling
+    ``F.lp_pool2d`` in its own forward."""
+
+    def __init__(self, kernel_size):
+        super().__init__(1, kernel_size)
+
+    def forward(self, x):
+        return F.lp_pool2d(x, 1, self.kernel_size, self.stride, self.ceil_mode)
+
+
+class SumPooled(nn.Module):
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.conv, self.pool = layer.Conv2d(3, 4, 3, padding=1, step_mode="m"), pool
+        self.lif, self.out = neuron.IFNode(step_mode="m"), neuron.IFNode(2.0, step_mode="m")
+
+    def forward(self, x):  # [T, B, 3, 6, 6]
+        s = self.lif(self.conv(x))
+        return self.out(self.pool(s.flatten(0, 1)).unflatten(0, s.shape[:2]))
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("pool", [nn.LPPool2d(1, 2), nn.LPPool2d(1.0, 3, 1), SumPool2d(2)],
+                         ids=["module", "kernel-3-stride-1", "sinabs-function"])
+def test_a_sum_pooling_written_as_an_lp_pool_of_norm_1_is_exact(pool, target):
+    """sinabs' SumPool2d and ``nn.LPPool2d(1, k)`` (torch: the average times the window's
+    size) were refused ("op 'LPPool2d' is not supported")."""
+    torch.manual_seed(0)
+    model = driven(SumPooled(pool).double().eval(), conv=(2.0, 0.2))
+    x = torch.rand(T, 2, 3, 6, 6, generator=torch.Generator().manual_seed(1),
+                   dtype=torch.float64)
+    assert_exact_check(model, x, target, layout="TB")
+
+
+def test_an_lp_pool_of_another_norm_is_refused_naming_it():
+    with pytest.raises(UnsupportedError, match=r"module 'pool': op 'LPPool2d' is not supported "
+                                                r"\(a norm of 2; norm 1, a sum pooling"):
+        trace(SumPooled(nn.LPPool2d(2, 2)), torch.rand(T, 2, 3, 6, 6), T=T, static=False)
+
+
 def test_a_ceil_mode_pool_overhanging_its_input_is_refused_saying_so():
     model = nn.Sequential(layer.AvgPool2d(2, ceil_mode=True, step_mode="m"),
                           neuron.IFNode(step_mode="m"))
