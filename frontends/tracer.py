@@ -1192,6 +1192,17 @@ class Clamped:
 
 
 @dataclass(frozen=True)
+class CountResidual:
+    """``q - y``, ``q`` the count that ``round``/``floor`` made of the clamp ``y``: taken only
+    added back to ``y``, ``y + (q - y).detach()`` (a straight-through estimator), which is q
+    in every float: q - y is exact where q > 0 (Sterbenz) but for a floor's shift, whose
+    error is at most half an ulp of 1 and rounds back to the integer q."""
+
+    q: Val
+    clamp: Clamped
+
+
+@dataclass(frozen=True)
 class Rounded:
     """``round(x)`` of a traced real ``x``: taken only by ``clamp(., 0, D)`` (a count)."""
 
@@ -1312,7 +1323,7 @@ class Assembled:
 
 #: what the tracer's values computed from the input are (an op on none of them is a constant)
 _FROM_INPUT = (Val, Membrane, ConstMinus, SumOverTime, TimeAxisLast, AxisFirst, FrameMoved,
-               PaddedBorder, Assembled, Clamped, Rounded, Stacked, AfterStart)
+               PaddedBorder, Assembled, Clamped, Rounded, Stacked, AfterStart, CountResidual)
 
 
 @dataclass(frozen=True)
@@ -1532,6 +1543,9 @@ class _Builder:
         # clamp(x, 0, 1)'s comparison -> x: taken by floor or round, x may be real (a value of
         # x's kind is needed only where the comparison is in the graph)
         self.clamped_to_one: dict[Expr, Val] = {}
+        # a count round/floor made of a clamp -> that clamp, unshifted (a straight-through
+        # estimator subtracts it from the count: CountResidual)
+        self.count_source: dict[Expr, Clamped] = {}
         self._returned: dict[str, list[Val]] = {}  # module path -> what each call returned
         self._module_calls: collections.Counter = collections.Counter()  # path -> its calls
 
@@ -2714,6 +2728,9 @@ def _val(x) -> Val:
     if isinstance(x, Assembled):
         raise _Refuse("a sequence assigned step by step (out[t] = v) is read before each of its "
                       "T steps is assigned")
+    if isinstance(x, CountResidual):
+        raise _Refuse("a count minus the clamp it was made of is taken only added back to the "
+                      "clamp, y + (round(y) - y).detach() (a straight-through estimator)")
     if isinstance(x, (Clamped, Rounded)):
         raise _Refuse("clamp(x, 0, D) of real values is supported only rounded, round(clamp(x, "
                       "0, D)), or floor(clamp(x, 0, D) + s) with 0 <= s < 1 (a count of D "
@@ -3211,6 +3228,13 @@ def _binary(kind: str):
         if kind == "sub" and isinstance(x, Val) and isinstance(y, Val) and x.expr is y.expr \
                 and x.frame == y.frame:  # g - g.detach(), a straight-through surrogate: 0
             return Const(torch.zeros(tuple(c.value.shape), dtype=torch.float64), x.frame)
+        if kind == "sub" and isinstance(x, Val) and isinstance(y, Clamped) and \
+                b.count_source.get(x.expr) == y:  # q - y: a straight-through estimator's
+            return CountResidual(x, y)
+        if kind == "add" and {type(x), type(y)} == {Clamped, CountResidual}:
+            x, y = (x, y) if isinstance(x, Clamped) else (y, x)
+            if y.clamp == x:  # y + (q - y), exactly q
+                return y.q
         if isinstance(x, Val) and isinstance(y, Val):
             return _tensor_tensor(b, c, kind, x, y)
         if kind == "sub" and isinstance(y, Val) and not isinstance(x, _FROM_INPUT):
@@ -3458,7 +3482,9 @@ def _round(b, c, x, decimals=0):
     if decimals != 0:
         raise _Refuse("round with decimals")
     if isinstance(x, Clamped) and x.shift == 0:
-        return _rounded_count(b, c, x.x, x.top)
+        q = _rounded_count(b, c, x.x, x.top)
+        b.count_source[q.expr] = x
+        return q
     if isinstance(x, Val) and x.expr in b.clamped_to_one:  # round(clamp(x, 0, 1)) of a real x
         return _rounded_count(b, c, b.clamped_to_one[x.expr], 1)
     x = _val(x)
@@ -3468,7 +3494,9 @@ def _round(b, c, x, decimals=0):
 def _floor(b, c, x):
     """``torch.floor(clamp(x, 0, D) + s)`` (:class:`Clamped`): a count."""
     if isinstance(x, Clamped) and 0 <= x.shift < 1:
-        return _floored_count(b, c, x.x, x.top, x.shift)
+        q = _floored_count(b, c, x.x, x.top, x.shift)
+        b.count_source[q.expr] = replace(x, shift=0.0)
+        return q
     if isinstance(x, Val) and x.expr in b.clamped_to_one:  # floor(clamp(x, 0, 1)) of a real x
         return _floored_count(b, c, b.clamped_to_one[x.expr], 1, 0.0)
     if not isinstance(x, Clamped):

@@ -41,7 +41,8 @@ def _network(seed: int, block=sdt.MS_Block_Spike_SepConv, **kw) -> nn.Module:
 
 def _quantizers(model: nn.Module) -> set[str]:
     return {p for p, m in model.named_modules()
-            if isinstance(m, (sdt.MultiSpike, yolo.MultiSpike4, _FloorSpikes, _QuantIF))}
+            if isinstance(m, (sdt.MultiSpike, yolo.MultiSpike4, _FloorSpikes, _QuantIF,
+                              _StraightThroughSpikes))}
 
 
 def _assert_exact(model: nn.Module, report, output_tol: float = 0.0) -> None:
@@ -165,6 +166,33 @@ def test_floor_of_a_shifted_clamp_is_a_count_exactly():
     assert out[0, 0] == 0.25 and out[0, 8] == 0.0
 
 
+STRAIGHT_THROUGH = {
+    "round": lambda y: y + (torch.round(y) - y).detach(),
+    "round-added-to": lambda y: (y.round() - y).detach() + y,
+    "floor-halves-up": lambda y: y + (torch.floor(y + 0.5) - y).detach(),
+    "floor-shift-0.9": lambda y: y + (torch.floor(y + 0.9) - y).detach()}
+
+
+@pytest.mark.parametrize("form", STRAIGHT_THROUGH)
+def test_a_straight_through_estimator_of_a_count_is_the_count_exactly(form):
+    """``y + (round(y) - y).detach()`` with y = clamp(x, 0, 4) (quantization-aware training's
+    straight-through estimator, written without an autograd.Function) is round(y) in every
+    float: refused before ("clamp(x, 0, D) ... supported only rounded"). Edges where q - y is
+    not exact (a floor's shift: 1 - 0.2) included."""
+    x = np.random.default_rng(1).uniform(-1, 5, (2, 64))
+    x[:, :8] = [0.2, 0.1, np.nextafter(0.5, -1.0), 0.5, 1.5, 2.5, np.nextafter(0.1, 1), 3.9]
+    model = _Quantizer(lambda v: STRAIGHT_THROUGH[form](torch.clamp(v, 0, 4)))
+    out = simulate(snncc.trace(model, torch.tensor(x), T=1), x).output
+    np.testing.assert_array_equal(out, model(torch.tensor(x)).numpy())
+    assert set(np.unique(out)) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+
+
+class _StraightThroughSpikes(nn.Module):
+    def forward(self, x):
+        y = torch.clamp(x, 0, 4)
+        return (y + (torch.round(y) - y).detach()) / 4
+
+
 class _TwoConvs(nn.Module):
     """conv, BN, integer spikes ``spikes()``, twice, then a classifier on the mean."""
 
@@ -177,12 +205,13 @@ class _TwoConvs(nn.Module):
 
 
 class _FloorNet(_TwoConvs):
-    """Convolutions between integer spikes that round halves up, over T = 2 repeated steps."""
+    """Convolutions between integer spikes that round halves up (or ``spikes``), over T = 2
+    repeated steps."""
 
     T = 2
 
-    def __init__(self):
-        super().__init__(3, _FloorSpikes)
+    def __init__(self, spikes=_FloorSpikes):
+        super().__init__(3, spikes)
 
     def forward(self, x):
         x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1).flatten(0, 1)
@@ -191,9 +220,11 @@ class _FloorNet(_TwoConvs):
 
 
 @pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
-def test_floor_spikes_exact_on_every_target(target):
+@pytest.mark.parametrize("spikes", [_FloorSpikes, _StraightThroughSpikes],
+                         ids=["floor", "straight-through"])
+def test_floor_spikes_exact_on_every_target(target, spikes):
     torch.manual_seed(6)
-    model = randomize_bn(_FloorNet(), 6, **_BN).eval()
+    model = randomize_bn(_FloorNet(spikes), 6, **_BN).eval()
     report = snncc.check(model, torch.rand(3, 3, 8, 8), target=target)
     assert len(report.layers) == 8
     _assert_exact(model, report, output_tol=1e-12)
@@ -292,6 +323,8 @@ class _Quantizer(nn.Module):
     (lambda x: torch.floor(torch.clamp(x, 0, 4) + 1.5), r"floor is supported only of clamp"),
     (lambda x: torch.clamp(x, 0, 4) * 2, r"supported only rounded"),
     (lambda x: torch.round(torch.clamp(x, 0, 65)), r"at most 64"),
+    (lambda x: (torch.round(torch.clamp(x, 0, 4)) - torch.clamp(x, 0, 4)) * 2,
+     r"taken only added back to the clamp"),
 ])
 def test_other_roundings_are_refused(form, why):
     with pytest.raises(UnsupportedError, match=why):
