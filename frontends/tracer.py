@@ -689,8 +689,11 @@ class _ConcreteTracer(fx.Tracer):
         if held is not None and isinstance(out, fx.Proxy):  # what the model reads after it
             self._held[id(m)] = getattr(m, held)
             setattr(m, held, self.create_proxy("call_function", _membrane_after, (out,), {}))
-            if adapter.step_mode(m) == STEP_MULTI and getattr(m, "store_v_seq", False):
-                m.v_seq = self.create_proxy("call_function", _membrane_after, (out, True), {})
+        if adapter is not None and isinstance(out, fx.Proxy) and \
+                adapter.step_mode(m) == STEP_MULTI and getattr(m, "store_v_seq", False):
+            # (a firing neuron's too, which the graph refuses where it is read: left as the
+            # module had it, None after a reset, it was an output left out, silently)
+            m.v_seq = self.create_proxy("call_function", _membrane_after, (out, True), {})
         first = out[0] if isinstance(out, tuple) and out else out  # (spikes, state)
         if not leaf and isinstance(first, fx.Proxy):  # what the module returns (check compares
             first.node.meta.setdefault("returned_by", []).append(path)  # a neuron written so)
@@ -1638,6 +1641,10 @@ class _Builder:
             op = f"Tensor.{node.target}"
         elif node.target is _assigned:
             op = "Tensor.__setitem__"
+        elif node.target is _membrane_after:  # (read from the module called)
+            called = node.args[0]
+            op = f"{called.target if called.op == 'call_module' else 'a neuron'}." + \
+                ("v_seq" if node.args[1:] == (True,) else "v")
         else:
             mod = getattr(node.target, "__module__", None) or "torch"
             mod = "torch" if mod.startswith("torch._") else mod.lstrip("_")
@@ -1669,9 +1676,14 @@ class _Builder:
     def _function(self, node: fx.Node, c: _Call, args, kwargs):
         if node.target is _membrane_after:  # of the zeros a never-firing neuron returned
             held = self.held_after.get(id(args[0]))
-            if held is None:  # (its call was refused: that refusal)
-                return args[0]
-            return held[2] if args[1:] == (True,) else held[1]
+            if held is not None:
+                return held[2] if args[1:] == (True,) else held[1]
+            if isinstance(args[0], Val) and not _depends_on_refused(args[0].expr):
+                raise _Refuse("a firing neuron's membrane read from its module after a call: "
+                              "snncc maps what such a neuron returns, its spikes (the membrane "
+                              "of an IFNode that never fires, v_threshold=inf from v_reset 0, "
+                              "is taken)")
+            return args[0]  # (its call was refused: that refusal)
         leaves = _walk((args, kwargs))
         if not any(isinstance(a, _FROM_INPUT) for a in leaves):
             if isinstance(c.value, torch.Tensor):  # computed from constants only
