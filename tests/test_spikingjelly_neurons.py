@@ -535,3 +535,59 @@ def test_neuron_models_without_a_canonical_form_are_traced_through(make, target)
         fired = float((model(x) != 0).double().mean())
     assert_rates_in_range({"output": fired, **{r.node: r.rate_reference
                                                for r in report.layers}})
+
+
+class _ShiftedStep(nn.Module):
+    """A user's surrogate firing 0.3 above the threshold."""
+
+    def forward(self, v):
+        return (v >= 0.3).to(v)
+
+
+class _HeavisideWithGradient(torch.autograd.Function):
+    """A user's surrogate: the Heaviside step forward, the identity backward."""
+
+    @staticmethod
+    def forward(ctx, v):
+        return (v >= 0).to(v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+SURROGATES = {"shifted-module": _ShiftedStep, "autograd-function": lambda:
+              _HeavisideWithGradient.apply, "library-sigmoid": surrogate.Sigmoid}
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+@pytest.mark.parametrize("kind", ["LIFNode", "ParametricLIFNode", "IFNode"])
+@pytest.mark.parametrize("make", SURROGATES.values(), ids=SURROGATES.keys())
+def test_a_neuron_fires_as_its_surrogate_function_computes(make, kind, target):
+    """A surrogate_function not of the library's (whose forward is v >= v_threshold) is traced
+    through as written: it was taken for the library's step, silently (agreement 0.93 for a
+    user's shifted step)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(20, 16), getattr(neuron, kind)(surrogate_function=make()),
+                        layer.Linear(16, 4), neuron.IFNode())
+    functional.set_step_mode(net, "m")
+    with torch.no_grad():
+        net[0].weight.mul_(6.0)
+        net[2].weight.mul_(4.0)
+    x = 2 * torch.rand(T, B, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(net.double().eval(), x, target=target, T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert len(report.layers) == 2
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
+
+
+@pytest.mark.parametrize("make, op", [(lambda: surrogate.ATan(spiking=False), "Tensor.atan"),
+                                      (surrogate.PoissonPass, "torch.bernoulli")])
+def test_a_surrogate_function_that_does_not_spike_is_refused_at_its_op(make, op):
+    """``spiking=False`` (the surrogate's primitive, a real value) and PoissonPass (a random
+    draw) compiled as the step before: agreement 0.0, an output off by 1.0."""
+    net = nn.Sequential(layer.Linear(20, 16), neuron.LIFNode(surrogate_function=make()))
+    functional.set_step_mode(net, "m")
+    with pytest.raises(snncc.errors.UnsupportedError,
+                       match=rf"module '1.surrogate_function': op '{op}' is not supported"):
+        trace(net.double(), torch.rand(T, B, 20, dtype=torch.float64), T=T, layout="TB")

@@ -120,7 +120,8 @@ class SpikingJellyAdapter(Adapter):
         base = _library_class(m)
         return base is not None and (base.__module__.startswith(_NEURON_MODULES)
                                      or _qualname(m) in _NEURONS_ELSEWHERE) \
-            and not _overridden(m) and _kind(m) in (*_CANONICAL, "SlidingPSN", *_NOT_TRACED)
+            and not _overridden(m) and _kind(m) in (*_CANONICAL, "SlidingPSN", *_NOT_TRACED) \
+            and _fires_on_heaviside(m)
 
     def canonical(self, m: nn.Module, path: str):
         base, kind = _library_class(m), _kind(m)
@@ -345,6 +346,25 @@ def _overridden(m: nn.Module) -> list[str]:
         if cls.__module__ != _PARAMETRIZE:
             names |= set(vars(cls))
     return sorted(names - _INERT)
+
+
+#: the library's surrogate functions whose forward is not the Heaviside step even with
+#: ``spiking=True``: a random draw, and I-LIF's count (which its own canonical form reads)
+_NOT_HEAVISIDE = frozenset({"PoissonPass", "MultiLevelSpikeCount"})
+
+
+def _fires_on_heaviside(m: nn.Module) -> bool:
+    """Its ``surrogate_function`` (if any: I-LIF's is its count) is one of the library's with
+    ``spiking=True``, whose forward is H(v - v_threshold) = v >= v_threshold, as the canonical
+    form fires. Another (``spiking=False``: a real value; a user's, shifted or scaled; a random
+    one) makes the neuron traced through, its surrogate's forward computed as written: it was
+    taken for H, silently (agreement 0.0 to 0.93)."""
+    fn = getattr(m, "surrogate_function", None)
+    if fn is None or _kind(m) == "ILIFNode":
+        return True
+    cls = type(fn)
+    return cls.__module__ in (f"{_PACKAGE}.surrogate", f"{_LEGACY}.surrogate") \
+        and cls.__name__ not in _NOT_HEAVISIDE and getattr(fn, "spiking", True) is True
 
 
 def _qualname(m: nn.Module) -> str:
