@@ -591,3 +591,31 @@ def test_a_surrogate_function_that_does_not_spike_is_refused_at_its_op(make, op)
     with pytest.raises(snncc.errors.UnsupportedError,
                        match=rf"module '1.surrogate_function': op '{op}' is not supported"):
         trace(net.double(), torch.rand(T, B, 20, dtype=torch.float64), T=T, layout="TB")
+
+
+class _PartialResetIF(neuron.IFNode):
+    """A user's IF neuron as spikingjelly documents writing one: its reset overridden."""
+
+    def neuronal_reset(self, spike):
+        self.v = self.v - spike * 0.3
+
+
+@pytest.mark.parametrize("target", ["sim", "onnx"])
+def test_a_user_neuron_sharing_the_default_surrogate_with_library_neurons_is_compared(target):
+    """spikingjelly's neurons share one default surrogate module (a default argument): the
+    user's neuron, traced through, is compared at that module's calls, and the library neuron
+    after it calls the same module in its forward; those calls were recorded too, an
+    internal error ('Sizes of tensors must match') in check."""
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(20, 16), _PartialResetIF(), layer.Linear(16, 4),
+                        neuron.IFNode())
+    assert net[1].surrogate_function is net[3].surrogate_function
+    functional.set_step_mode(net, "m")
+    with torch.no_grad():
+        net[0].weight.mul_(4.0)
+        net[2].weight.mul_(4.0)
+    x = 2 * torch.rand(T, B, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = snncc.check(net.double().eval(), x, target=target, T=T, layout="TB")
+    assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
+    assert [r.path for r in report.layers] == ["1.surrogate_function", "3"]
+    assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
