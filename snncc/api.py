@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SnnccError, UnsupportedError
+from .errors import ShapeError, SnnccError, UnsupportedError
 from .graph import Graph
 from .models import LoadedModel, load_model
 from .targets import artifact_path
@@ -169,6 +169,7 @@ def compile(model, example_input=None, *, target: str = "sim", out: str | Path,
     loaded = load(model, example_input, T=T, layout=layout, input_shape=input_shape,
                   **load_options)
     _verify_own_loop(loaded, example_input)
+    _mark_steps_fixed(loaded, example_input)
     if loaded.arch_info:
         log(loaded.arch_info)
     _summarise_steps(loaded.graph, log)
@@ -320,6 +321,35 @@ def _verify_own_loop(loaded: LoadedModel, example_input) -> None:
             f"state it starts at a value snncc does not find, is not supported")
 
 
+def _mark_steps_fixed(loaded: LoadedModel, example_input) -> None:
+    """A graph traced from a PyTorch model computes what the model computes at the T it was
+    traced at. At another T it is the model only where the model's code is the same at every
+    T (a multi-step network on a ``[T, B, ...]`` sequence), not where it reads fixed steps
+    (``s[0]``), divides by its T or repeats a static input its own T times: its artifact ran
+    at another T all the same, silently wrong. The graph is run against the model at T + 1
+    on the example input with a step added (or random inputs); unless both agree exactly, it
+    is marked ``steps_fixed`` and its artifact refuses another T (:func:`run_outputs`). The
+    zoo's architectures, NIR and .snnir graphs are the same at every T."""
+    from .parity import check_parity
+
+    graph = loaded.graph
+    if loaded.torch_model is None or graph.meta.get("source") != "torch.fx" or \
+            graph.meta.get("arch"):
+        return
+    generic = False
+    if len(graph.inputs) == 1 and not graph.inputs[0].static:
+        x, steps = _check_inputs(loaded, example_input, None, None, 2, 0)
+        x = np.concatenate([x, x[-1:]])  # (the IR layout: [T, B, ...])
+        try:
+            report = check_parity(loaded, "sim", x, T=steps + 1)
+            generic = report.min_agreement == 1.0 and \
+                report.unexplained_output_difference is None
+        except Exception:  # noqa: BLE001 (the model's own code failing at T + 1, any type:
+            pass  # its T is fixed)
+    if not generic:
+        graph.meta["steps_fixed"] = True
+
+
 def check_dataset(model, dataset: str, example_input=None, *, target: str = "sim",
                   T: int | None = None, layout: str | None = None, input_shape=None,
                   batch: int | None = None, limit: int | None = None, transform=None,
@@ -379,9 +409,15 @@ def run_outputs(artifact: str | Path, inputs, *, target: str | None = None,
         _check_dtype(dtype)
     tgt, artifact = artifact_in(artifact, target)
     options = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+    meta = tgt.graph_meta(artifact)
+    if T is not None and meta.get("steps_fixed") and meta.get("T", T) != T:
+        raise ShapeError(f"{artifact}: compiled at T={meta['T']} from a model whose graph "
+                         f"differs at another T (it reads fixed steps, divides by its T or "
+                         f"loops its own T times): run it at T={meta['T']}, or compile the "
+                         f"model with --T {T}")
     outputs, traces = tgt.run(artifact, _numpy(inputs), T, **options)
     if sequence is None:
-        sequence = tgt.graph_meta(artifact).get("output_layout") in PER_STEP_LAYOUTS
+        sequence = meta.get("output_layout") in PER_STEP_LAYOUTS
         if sequence and not all(k in traces for k in outputs):
             from .limits import warn
 

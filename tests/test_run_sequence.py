@@ -238,3 +238,42 @@ def test_an_engine_without_the_output_sequence_is_compared_on_the_last_step():
         last, {"reference": seq, "simulator": seq, "target": seq[..., :4]})
     assert over_steps and np.array_equal(values["reference"], seq.mean(0))
     assert np.all(diffs["target"] == np.inf) and np.all(diffs["simulator"] == 0)
+
+
+class _Readout(torch.nn.Module):
+    """A multi-step net read out at its first step, ``s[0]``, or by its mean over time."""
+
+    def __init__(self, which: str):
+        super().__init__()
+        self.which = which
+        self.fc, self.lif = layer.Linear(6, 6), neuron.LIFNode(step_mode="m")
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        s = self.lif(self.fc(x))
+        return self.head(s[0] if self.which == "first" else s.mean(0))
+
+
+@pytest.mark.parametrize("which, target", [("first", "sim"), ("first", "nir"),
+                                           ("first", "lava"), ("mean", "sim"), ("mean", "nir")])
+def test_an_artifact_whose_graph_differs_at_another_T_refuses_to_run_at_it(which, target,
+                                                                          tmp_path):
+    """s[0] at T = 2 is a Delay reaching back T - 1 steps from the last: run at T = 4, the
+    artifact gave step 2, off by 0.67, silently (found with SGLFormer). A graph the same at
+    every T (the mean over time) runs at another T, equal to the model there."""
+    torch.manual_seed(0)
+    model = _Readout(which).double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(3.0)
+    x2 = torch.randn(2, B, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x4 = torch.randn(4, B, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    artifact = snncc.compile(model, x2, target=target, out=tmp_path / "out", T=2, layout="TB")
+    if which == "first":
+        with pytest.raises(SnnccError, match=r"compiled at T=2 from a model whose graph "
+                                             r"differs at another T .* --T 4"):
+            snncc.run(artifact, x4.numpy(), T=4)
+        return
+    functional.reset_net(model)
+    with torch.no_grad():
+        expected = model(x4).numpy()
+    np.testing.assert_array_equal(snncc.run(artifact, x4.numpy(), T=4), expected)

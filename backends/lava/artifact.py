@@ -59,7 +59,7 @@ def manifest(net: LavaNet) -> dict:
 
 
 #: the graph's metadata the manifest records (what :func:`snncc.api.run` reads of it)
-RECORDED_META = ("output_layout", "output_layouts")
+RECORDED_META = ("output_layout", "output_layouts", "T", "steps_fixed")
 
 
 def read_meta(directory) -> dict:
