@@ -365,17 +365,26 @@ def _in_place(method: str) -> bool:
 
 
 def _model_code_line() -> str:
-    """``file:line`` of the innermost frame outside torch and this module: the model's code
-    (or a library's it calls) that is being traced."""
+    """``file:line`` of the innermost frame outside torch and snncc's front-ends: the model's
+    code (or a library's it calls) that is being traced."""
     frame = sys._getframe(1)
-    while frame is not None and (frame.f_code.co_filename == __file__ or
-                                 frame.f_code.co_filename.startswith(_TORCH_DIR)):
+    while frame is not None and frame.f_code.co_filename.startswith((_TORCH_DIR,
+                                                                      _FRONTENDS_DIR)):
         frame = frame.f_back
     return "an unknown line" if frame is None else \
         f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
+def _running(function) -> bool:
+    """``function``'s code is running: a frame of it is on the stack."""
+    code, frame = getattr(function, "__code__", None), sys._getframe(1)
+    while frame is not None and frame.f_code is not code:
+        frame = frame.f_back
+    return frame is not None
+
+
 _TORCH_DIR = str(Path(torch.__file__).parent)
+_FRONTENDS_DIR = str(Path(__file__).parent) + os.sep  # (the tracer, the user-model wrapper)
 
 
 def _sharing_memory(node: fx.Node, root: nn.Module) -> set[fx.Node]:
@@ -875,8 +884,10 @@ class _ConcreteTracer(fx.Tracer):
             self._placeholders += 1
         proxy.node.meta["scope"] = self.scope.module_path
         proxy.node.meta["site"] = self._site()
-        if not self.scope.module_path and kind != "placeholder":
+        if not self.scope.module_path and kind != "placeholder" and \
+                _running(type(self.root).forward):
             # the root's ops have no module path to name them by: their line of its forward
+            # (not of an attribute fx reads lazily, once it has returned: `return s, state.v`)
             proxy.node.meta["line"] = _model_code_line()
         if kind == "call_module":
             self._note_dynamics(proxy.node)

@@ -1302,3 +1302,27 @@ def test_a_static_loops_values_written_into_a_sequence_are_its_steps(target):
     with torch.no_grad():
         rates = {"encoder": float(model.enc(10 * x).mean()), "lif": float(model(x).mean())}
     assert_rates_in_range(rates)
+
+
+class _StateReturned(nn.Module):
+    """A norse loop returning its cell's final state's membrane, ``s.v``, beside its spikes."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.cell = nn.Linear(6, 4), norse.LIFCell()
+
+    def forward(self, x):
+        s, out = None, []
+        for t in range(x.shape[0]):
+            z, s = self.cell(self.fc(x[t]), s)
+            out.append(z)
+        return torch.stack(out), s.v
+
+
+def test_a_refused_attribute_read_after_the_forward_names_no_line_of_snncc():
+    """fx reads ``s.v`` once the forward has returned: its refusal named snncc's own
+    frontends/user_model.py as the model's line."""
+    with pytest.raises(UnsupportedError, match=r"the tensor attribute 'v'") as err:
+        trace(_StateReturned().double(), torch.rand(T, 2, 6, dtype=torch.float64), T=T,
+              static=False)
+    assert "frontends" not in str(err.value) and ", at " not in str(err.value)
