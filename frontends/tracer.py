@@ -4674,8 +4674,9 @@ def trace(model: nn.Module, example_input: torch.Tensor, *, T: int, static: bool
     if not static and layout in ("TB", "BT"):
         axis = layout.index("B")
     elif not static and x.dim() >= 3 and x.shape[0] == x.shape[1] == T:
-        raise ValueError(f"the example sequence {tuple(x.shape)} has T={T} along both leading "
-                         "axes, so either may be its batch: give one of another size")
+        raise SnnccError(f"the example sequence {tuple(x.shape)} has T={T} along both "
+                         "leading axes, so it reads as [T, B, ...] and as [B, T, ...]: give "
+                         "layout='TB' or 'BT' (--layout), or an example of another batch size")
     example, x = x, _with_a_batch_apart_from_T(x, axis, T)
     try:
         return _traced(model, x, example, T, axis, static, name, share_weights, until)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -536,7 +537,8 @@ def _trace_failure(failures, examples, explicit: bool) -> SnnccError:
     layout, err = failures[0]
     shape = tuple(examples[layout].shape)
     how = f"input {shape} read as {_READINGS[layout]}"
-    others = "".join(f"; read as {_READINGS[c]}: {' '.join(str(e).split())[:300]}"
+    others = "".join(f"; read as {_READINGS[c]}: "
+                     f"{textwrap.shorten(str(e), 300, placeholder=' ...')}"
                      for c, e in failures[1:])
     hint = "" if explicit else (
         "; tried " + ", ".join(c for c, _ in failures) + f"{others} (set layout= / --layout to "

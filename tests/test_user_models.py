@@ -157,9 +157,13 @@ def test_an_example_sequence_of_one_sample_is_checked(net, layout):
 
 
 def test_an_example_sequence_with_T_on_both_leading_axes_is_refused_saying_so(net):
-    with pytest.raises(SnnccError, match=r"has T=4 along both leading axes, so either may be "
-                                         r"its batch"):
+    """It was snncc's own ValueError, 'running the model on the example input failed', which
+    did not say the layout settles it; the other reading's message was cut mid-word."""
+    with pytest.raises(SnnccError) as err:
         snncc.trace(net, _sequence(batch=4), T=4)
+    assert str(err.value).startswith(
+        "the example sequence (4, 4, 2, 16, 16) has T=4 along both leading axes, so it reads "
+        "as [T, B, ...] and as [B, T, ...]: give layout='TB' or 'BT' (--layout)"), str(err.value)
 
 
 @pytest.mark.parametrize("layout", ["TB", "BT"])
