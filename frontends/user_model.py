@@ -523,7 +523,14 @@ def trace_user_model(model: nn.Module, example=None, *, T: int | None = None,
         if traced is not model:
             graph.meta["steps_outside"] = True
         return graph, traced
-    raise _trace_failure(failures, examples, explicit=layout is not None)
+    err = _trace_failure(failures, examples, explicit=layout is not None)
+    declared = declared_T(model)
+    if declared not in (None, T):  # (what the model's own loop repeats, model.T, comes first)
+        err.message = (f"the model declares T={declared} (model.T) and T={T} was given: a "
+                       f"model that repeats its input model.T times computes {declared} "
+                       f"steps, whatever T says; give T={declared} or build the model with "
+                       f"T={T} ({err.message})")
+    raise err
 
 
 _READINGS = {"static": "a static [B, ...] image the model repeats over T",

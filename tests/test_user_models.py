@@ -156,6 +156,30 @@ def test_an_example_sequence_of_one_sample_is_checked(net, layout):
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
 
 
+class _RepeatsItsOwnT(nn.Module):
+    """The official Spikingformer / SGLFormer forward: a static image repeated ``self.T``
+    times."""
+
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.T, self.fc, self.lif = 2, nn.Linear(6, 4), neuron.LIFNode(step_mode="m")
+
+    def forward(self, x):
+        return self.lif(self.fc(x.unsqueeze(0).repeat(self.T, 1, 1))).mean(0)
+
+
+def test_a_T_other_than_the_models_own_is_refused_naming_both():
+    """The refusal blamed the model's ops ("op 'Tensor.mean' is not supported (it reduces over
+    the time or batch axis)"), not the T given against the model's T = 2 (found with a
+    checkpoint's T = 4 on a model built at T = 2)."""
+    with pytest.raises(SnnccError, match=r"^the model declares T=2 \(model.T\) and T=4 was "
+                                         r"given: .* give T=2 or build the model with T=4 "):
+        snncc.trace(_RepeatsItsOwnT(), torch.rand(3, 6), T=4)
+    assert snncc.trace(_RepeatsItsOwnT(), torch.rand(3, 6)).meta["T"] == 2
+
+
 def test_an_example_sequence_with_T_on_both_leading_axes_is_refused_saying_so(net):
     """It was snncc's own ValueError, 'running the model on the example input failed', which
     did not say the layout settles it; the other reading's message was cut mid-word."""
