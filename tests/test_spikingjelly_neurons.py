@@ -556,6 +556,20 @@ class _HeavisideWithGradient(torch.autograd.Function):
         return grad
 
 
+def _between_linears(neuron_module: nn.Module, gain: float):
+    """Linear(20, 16) (its weight times ``gain``) -> ``neuron_module`` -> Linear(16, 4) -> an
+    IFNode, multi-step in float64, and an input ``[T, B, 20]`` on which both fire."""
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(20, 16), neuron_module, layer.Linear(16, 4),
+                        neuron.IFNode())
+    functional.set_step_mode(net, "m")
+    with torch.no_grad():
+        net[0].weight.mul_(gain)
+        net[2].weight.mul_(4.0)
+    x = 2 * torch.rand(T, B, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return net.double().eval(), x
+
+
 SURROGATES = {"shifted-module": _ShiftedStep, "autograd-function": lambda:
               _HeavisideWithGradient.apply, "library-sigmoid": surrogate.Sigmoid}
 
@@ -567,15 +581,8 @@ def test_a_neuron_fires_as_its_surrogate_function_computes(make, kind, target):
     """A surrogate_function not of the library's (whose forward is v >= v_threshold) is traced
     through as written: it was taken for the library's step, silently (agreement 0.93 for a
     user's shifted step)."""
-    torch.manual_seed(0)
-    net = nn.Sequential(layer.Linear(20, 16), getattr(neuron, kind)(surrogate_function=make()),
-                        layer.Linear(16, 4), neuron.IFNode())
-    functional.set_step_mode(net, "m")
-    with torch.no_grad():
-        net[0].weight.mul_(6.0)
-        net[2].weight.mul_(4.0)
-    x = 2 * torch.rand(T, B, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    report = snncc.check(net.double().eval(), x, target=target, T=T, layout="TB")
+    net, x = _between_linears(getattr(neuron, kind)(surrogate_function=make()), gain=6.0)
+    report = snncc.check(net, x, target=target, T=T, layout="TB")
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
     assert len(report.layers) == 2
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
@@ -606,16 +613,9 @@ def test_a_user_neuron_sharing_the_default_surrogate_with_library_neurons_is_com
     user's neuron, traced through, is compared at that module's calls, and the library neuron
     after it calls the same module in its forward; those calls were recorded too, an
     internal error ('Sizes of tensors must match') in check."""
-    torch.manual_seed(0)
-    net = nn.Sequential(layer.Linear(20, 16), _PartialResetIF(), layer.Linear(16, 4),
-                        neuron.IFNode())
+    net, x = _between_linears(_PartialResetIF(), gain=4.0)
     assert net[1].surrogate_function is net[3].surrogate_function
-    functional.set_step_mode(net, "m")
-    with torch.no_grad():
-        net[0].weight.mul_(4.0)
-        net[2].weight.mul_(4.0)
-    x = 2 * torch.rand(T, B, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    report = snncc.check(net.double().eval(), x, target=target, T=T, layout="TB")
+    report = snncc.check(net, x, target=target, T=T, layout="TB")
     assert report.min_agreement == 1.0 and report.output_max_abs_diff_target == 0.0
     assert [r.path for r in report.layers] == ["1.surrogate_function", "3"]
     assert_rates_in_range({r.node: r.rate_reference for r in report.layers})
