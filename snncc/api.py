@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ShapeError, SnnccError, UnsupportedError
+from . import ir
 from .graph import Graph
 from .models import LoadedModel, load_model
 from .targets import artifact_path
@@ -325,23 +326,28 @@ def _mark_steps_fixed(loaded: LoadedModel, example_input) -> None:
     """A graph traced from a PyTorch model computes what the model computes at the T it was
     traced at. At another T it is the model only where the model's code is the same at every
     T (a multi-step network on a ``[T, B, ...]`` sequence), not where it reads fixed steps
-    (``s[0]``), divides by its T or repeats a static input its own T times: its artifact ran
-    at another T all the same, silently wrong. The graph is run against the model at T + 1
-    on the example input with a step added (or random inputs); unless both agree exactly, it
-    is marked ``steps_fixed`` and its artifact refuses another T (:func:`run_outputs`). The
-    zoo's architectures, NIR and .snnir graphs are the same at every T."""
+    (``s[0]``, a Delay of T - 1 steps from the last) or repeats a static input its own T
+    times: its artifact ran at another T all the same, silently wrong. A graph of a static
+    input, and one with Delays (reads of other steps) that differs from the model at T + 1
+    on the example input with a step added (or random inputs), is marked ``steps_fixed``: its
+    artifact refuses another T (:func:`run_outputs`). A sequence's graph without Delays
+    computes each step from its own and the neurons' states, the same at every T; so do the
+    zoo's architectures, NIR and .snnir graphs."""
     from .parity import check_parity
 
     graph = loaded.graph
     if loaded.torch_model is None or graph.meta.get("source") != "torch.fx" or \
             graph.meta.get("arch"):
         return
+    static = len(graph.inputs) != 1 or graph.inputs[0].static
+    if not static and not graph.of_type(ir.Delay):
+        return
     generic = False
-    if len(graph.inputs) == 1 and not graph.inputs[0].static:
+    if not static:
         x, steps = _check_inputs(loaded, example_input, None, None, 2, 0)
         x = np.concatenate([x, x[-1:]])  # (the IR layout: [T, B, ...])
         try:
-            report = check_parity(loaded, "sim", x, T=steps + 1)
+            report = check_parity(loaded, "sim", x, T=steps + 1, compiled=graph)
             generic = report.min_agreement == 1.0 and \
                 report.unexplained_output_difference is None
         except Exception:  # noqa: BLE001 (the model's own code failing at T + 1, any type:
