@@ -728,6 +728,11 @@ def test_a_threshold_that_is_a_state_and_a_variable_saved_for_backward_are_exact
     assert "__new__" not in torch.autograd.Variable.__dict__  # (restored as it was)
 
 
+#: lava where other tests exercise the same processes and the case is among the suite's slowest
+#: (4-13 s): run with -m slow
+LAVA_SLOW = pytest.param("lava", marks=pytest.mark.slow)
+
+
 class OneStepLIF(nn.Module):
     """One step per call, its membrane kept in ``self.v``, a float after a reset that the first
     call replaces by its input (CLIF's ``ComplementaryLIFNeuron`` and spikingjelly 0.0.0.0.14's
@@ -760,7 +765,7 @@ class OneStepNet(nn.Module):
         return self.lif2(self.fc2(self.lif1(self.fc1(x))))
 
 
-@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", LAVA_SLOW])
 def test_a_one_step_forward_of_tensor_op_neurons_is_run_as_its_loop(target, tmp_path):
     """A model that carries a state from one forward to the next is stepped T times, as the
     library neurons' one-step networks are; it was taken as a static model, the membrane
@@ -1651,7 +1656,7 @@ class _RecordedBeforeUpdate(nn.Module):
         return self.w2(spikes).mean(1), torch.stack(mem_rec, dim=1), spikes
 
 
-@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", LAVA_SLOW])
 def test_a_sequence_recorded_steps_late_is_exact(target):
     """Stacking such records was refused ("only stacking the T steps of a loop"): it is the
     series at its own steps, delayed, its first entries the recorded constants (started
@@ -1724,7 +1729,7 @@ class _SpyTorch(nn.Module):
         return m
 
 
-@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", LAVA_SLOW])
 def test_spytorchs_network_is_exact(target):
     """Refused before at three places: the spike function's ``out[x > 0] = 1.0`` into zeros
     (the spikes), stacking records two steps late, and the T + 1 readout entries, taken by
@@ -1865,7 +1870,7 @@ class _Srnn(nn.Module):
         return output
 
 
-@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", LAVA_SLOW])
 def test_srnn_layers_whose_threshold_starts_at_b_j0_are_exact(target):
     """Compiled with every Delay at 0 before, its outputs differed from the model's by 2.6
     (its thresholds start at b_j0 + beta * b_j0, its recurrent Linear at its bias)."""

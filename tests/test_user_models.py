@@ -2130,7 +2130,8 @@ class EventFlowLike(torch.nn.Module):
         return torch.stack(flows).mean(0)
 
 
-@pytest.mark.parametrize("target", ["sim", "onnx", "nir", "lava"])
+@pytest.mark.parametrize("target", ["sim", "onnx", "nir", pytest.param(
+    "lava", marks=pytest.mark.slow)])  # (one of the suite's slowest: run with -m slow)
 def test_a_neuron_state_stacked_into_one_tensor_is_taken_apart_again(target):
     """Refused before: 'only stacking the T steps of a loop over time', and the recurrent
     convolution of the zero state at the first step, 'this operand must be a tensor computed
