@@ -3327,7 +3327,9 @@ _TENSOR_OPS = {
 }
 
 
-def _tensor_tensor(b, c, kind, x: Val, y: Val) -> Val:
+def _tensor_tensor(b, c, kind, x: Val, y: Val, hint: str | None = None) -> Val:
+    """``x <kind> y`` of two traced values (``hint``: of an op that maps to more nodes after
+    it, as a comparison of the difference)."""
     if kind == "matmul" and (x.expr in b.scaled or y.expr in b.scaled):
         return _unscaled_matmul(b, c, x, y)
     frame = _join_frames(x, y)
@@ -3338,7 +3340,7 @@ def _tensor_tensor(b, c, kind, x: Val, y: Val) -> Val:
     if kind not in _TENSOR_OPS:
         raise _Refuse("dividing by a tensor")
     make = _TENSOR_OPS[kind]
-    out = b.new(c, lambda n, i: make(n, i, c.path), [x, y], frame)
+    out = b.new(c, lambda n, i: make(n, i, c.path), [x, y], frame, hint=hint)
     if kind == "add":
         b.note_sum(out, x, y)
     return out
@@ -3444,12 +3446,7 @@ def _compare(kind: str):
             x, y, op = y, x, _MIRRORED[kind]
         x = _val(x)
         if isinstance(y, _FROM_INPUT):  # (x > y iff x - y > 0, for finite floats)
-            y = _val(y)
-            neg = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [y], y.frame,
-                        shape=y.expr.shape, hint=f"{c.hint}_neg")
-            x = b.new(c, lambda n, i: ir.Add(n, i, path=c.path), [x, neg],
-                      _join_frames(x, neg), hint=f"{c.hint}_diff")
-            y = 0.0
+            x, y = _tensor_tensor(b, c, "sub", x, _val(y), hint=f"{c.hint}_diff"), 0.0
         k = b.const(y, x)
         if op in ("lt", "le"):
             x = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [x], x.frame,
@@ -3674,11 +3671,7 @@ def _logical(kind: str):
         if negated and kind == "or":
             raise _Refuse("s | ~z is not supported")
         y = _as_bool(b, c, y.y if negated else y)
-        if negated:
-            y = b.new(c, lambda n, i: ir.Scale(n, i, path=c.path, factor=-1.0), [y], y.frame,
-                      shape=y.expr.shape, hint=f"{c.hint}_neg")
-        both = b.new(c, lambda n, i: ir.Add(n, i, path=c.path), [x, y], _join_frames(x, y),
-                     hint=f"{c.hint}_sum")
+        both = _tensor_tensor(b, c, "sub" if negated else "add", x, y, hint=f"{c.hint}_sum")
         out = _comparison(b, c, both, np.asarray(1.0 if kind == "and" and not negated else 0.0),
                           "gt")
         b.booleans.add(out.expr)

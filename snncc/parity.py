@@ -256,14 +256,19 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     # library neurons running: a module written with tensor ops that one of them calls in
     # its own forward is not the graph's call of it (spikingjelly's default surrogate, one
     # module shared by every neuron constructed with it, is a neuron traced through as well)
-    in_leaf = [0]
+    in_leaf = 0
+
+    def entered_leaf(m, args):
+        nonlocal in_leaf
+        in_leaf += 1
 
     def spikes_in_dtype(path, out, leaf):
-        in_leaf[0] -= leaf
+        nonlocal in_leaf
+        in_leaf -= leaf
         spikes, rest = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, None)
         if spikes.is_floating_point() and spikes.dtype != tdtype:
             spikes = spikes.to(tdtype)
-        if path in records and (path not in written or not in_leaf[0]):
+        if path in records and (path not in written or not in_leaf):
             # a copy: the model may add to them in place (SEW's out += x)
             records[path].append(spikes.detach().clone())
         return spikes if rest is None else (spikes, *rest)
@@ -272,8 +277,7 @@ def torch_neuron_traces(model, graph: Graph, x: np.ndarray, dtype: str, device: 
     for p, m in model.named_modules():
         leaf = is_neuron(m)
         if leaf:
-            hooks.append(m.register_forward_pre_hook(lambda m, a: in_leaf.__setitem__(
-                0, in_leaf[0] + 1)))
+            hooks.append(m.register_forward_pre_hook(entered_leaf))
         if p in records or leaf:
             hooks.append(m.register_forward_hook(
                 lambda m, a, out, p=p, leaf=leaf: spikes_in_dtype(p, out, leaf)))
